@@ -1,0 +1,26 @@
+"""Test set-up: 8 host CPU devices before JAX starts, and strict rank promotion."""
+
+import os
+
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+).strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax  # noqa: E402
+
+jax.config.update("jax_numpy_rank_promotion", "raise")
+
+import pathlib  # noqa: E402
+
+import pytest  # noqa: E402
+
+SHARED_DATA = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> pathlib.Path:
+  """Path to ../shared/data (the public datasets); tests that need it skip when it is absent."""
+  if not SHARED_DATA.is_dir():
+    pytest.skip(f"shared data folder not found at {SHARED_DATA}")
+  return SHARED_DATA
