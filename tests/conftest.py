@@ -3,7 +3,7 @@
 import os
 
 os.environ["XLA_FLAGS"] = (
-    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+      os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
@@ -20,7 +20,7 @@ SHARED_DATA = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "d
 
 @pytest.fixture(scope="session")
 def shared_data() -> pathlib.Path:
-  """Path to ../shared/data (the public datasets); tests that need it skip when it is absent."""
-  if not SHARED_DATA.is_dir():
-    pytest.skip(f"shared data folder not found at {SHARED_DATA}")
-  return SHARED_DATA
+    """Path to ../shared/data (the public datasets); tests that need it skip when it is absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"shared data folder not found at {SHARED_DATA}")
+    return SHARED_DATA

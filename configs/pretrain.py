@@ -1,0 +1,46 @@
+"""Pretraining on plain text (every token is trained).
+
+Run locally (2 CPU cores, minutes; GSM8K solutions as a stand-in corpus until the small world exists):
+  r1jax --config=configs/pretrain.py:tiny --workdir=runs/pretrain
+Continued pretraining of a real model (a corpus of {"text": ...} rows):
+  r1jax --config=configs/pretrain.py:qwen2.5-0.5b --workdir=runs/pt \
+      --config.model.init_from=/models/Qwen2.5-0.5B --config.data.train=/data/corpus.jsonl
+"""
+
+import ml_collections
+
+from configs import base
+
+
+def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
+    """Variants: tiny (CPU, minutes), qwen2.5-0.5b (one GPU)."""
+    c = base.get_config()
+    c.stage = "pretrain"
+    if arg == "tiny":
+        c.data.format = "gsm8k"
+        c.data.train = base.data_path("gsm8k_train.jsonl")
+        c.data.eval = base.data_path("gsm8k_test.jsonl")
+        c.model.preset = "tiny"
+        c.model.max_seq_len = 256
+        c.tokenizer.train_vocab_size = 1024
+        c.data.seq_len = 256
+        c.data.batch_size = 16
+        c.optim.lr = 1e-3
+        c.train.steps = 200
+        c.train.eval_every = 100
+    elif arg == "qwen2.5-0.5b":
+        c.model.preset = "qwen2.5-0.5b"
+        c.model.init_from = "/models/Qwen2.5-0.5B"
+        c.model.dtype = "bfloat16"
+        c.model.remat = "full"
+        c.data.format = "jsonl"
+        c.data.train = "/data/corpus.jsonl"
+        c.data.seq_len = 2048
+        c.data.batch_size = 64
+        c.optim.lr = 2e-5
+        c.train.steps = 5000
+        c.train.checkpoint_every = 500
+        c.train.eval_every = 500
+    else:
+        raise ValueError(f"configs/pretrain.py: unknown variant {arg!r} (tiny, qwen2.5-0.5b)")
+    return c

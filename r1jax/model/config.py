@@ -1,0 +1,130 @@
+"""Model configuration: the frozen, hashable `ModelConfig`, presets and size/FLOP arithmetic."""
+
+import dataclasses
+
+FAMILIES = ("qwen2", "llama")
+REMAT_MODES = ("none", "full", "dots")
+
+
+@dataclasses.dataclass(frozen=True)
+class RopeScaling:
+    """Llama-3 RoPE frequency scaling ("rope_type": "llama3" in Hugging Face configs)."""
+
+    factor: float
+    low_freq_factor: float
+    high_freq_factor: float
+    original_max_position: int
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Decoder shape and numerics; hashable so jitted functions take it as a static argument."""
+
+    vocab_size: int
+    d_model: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    d_ff: int
+    rope_theta: float = 10000.0
+    rope_scaling: RopeScaling | None = None
+    rms_norm_eps: float = 1e-6
+    qkv_bias: bool = False
+    tie_embeddings: bool = False
+    max_seq_len: int = 2048
+    dtype: str = "float32"  # compute dtype; logits are always float32
+    param_dtype: str = "float32"
+    remat: str = "none"  # "none" | "full" | "dots": rematerialisation of each layer
+    family: str = "qwen2"  # "qwen2" | "llama": the Hugging Face architecture used on export
+
+    def __post_init__(self):
+        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"ModelConfig.{name} must be positive, got {getattr(self, name)}")
+        if self.n_heads % self.n_kv_heads:
+            raise ValueError(
+                f"ModelConfig.n_heads ({self.n_heads}) must be a multiple of "
+                f"n_kv_heads ({self.n_kv_heads})"
+            )
+        if self.remat not in REMAT_MODES:
+            raise ValueError(f"ModelConfig.remat must be one of {REMAT_MODES}, got {self.remat!r}")
+        if self.family not in FAMILIES:
+            raise ValueError(f"ModelConfig.family must be one of {FAMILIES}, got {self.family!r}")
+        if self.head_dim % 2:
+            raise ValueError(f"ModelConfig.head_dim must be even for RoPE, got {self.head_dim}")
+
+
+_LLAMA3_SCALING_8K = dict(low_freq_factor=1.0, high_freq_factor=4.0, original_max_position=8192)
+
+PRESETS: dict[str, ModelConfig] = {
+    "tiny": ModelConfig(
+        vocab_size=512, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=16, d_ff=128,
+        qkv_bias=True, tie_embeddings=True, max_seq_len=512,
+    ),  # fmt: skip
+    "qwen2.5-0.5b": ModelConfig(
+        vocab_size=151936, d_model=896, n_layers=24, n_heads=14, n_kv_heads=2, head_dim=64,
+        d_ff=4864, rope_theta=1000000.0, qkv_bias=True, tie_embeddings=True, max_seq_len=32768,
+        dtype="bfloat16",
+    ),  # fmt: skip
+    "qwen2.5-1.5b": ModelConfig(
+        vocab_size=151936, d_model=1536, n_layers=28, n_heads=12, n_kv_heads=2, head_dim=128,
+        d_ff=8960, rope_theta=1000000.0, qkv_bias=True, tie_embeddings=True, max_seq_len=32768,
+        dtype="bfloat16",
+    ),  # fmt: skip
+    "qwen2.5-7b": ModelConfig(
+        vocab_size=152064, d_model=3584, n_layers=28, n_heads=28, n_kv_heads=4, head_dim=128,
+        d_ff=18944, rope_theta=1000000.0, qkv_bias=True, tie_embeddings=False,
+        max_seq_len=131072, dtype="bfloat16",
+    ),  # fmt: skip
+    "llama3.2-1b": ModelConfig(
+        vocab_size=128256, d_model=2048, n_layers=16, n_heads=32, n_kv_heads=8, head_dim=64,
+        d_ff=8192, rope_theta=500000.0, rope_scaling=RopeScaling(factor=32.0, **_LLAMA3_SCALING_8K),
+        rms_norm_eps=1e-5, tie_embeddings=True, max_seq_len=131072, dtype="bfloat16",
+        family="llama",
+    ),  # fmt: skip
+    "llama3.1-8b": ModelConfig(
+        vocab_size=128256, d_model=4096, n_layers=32, n_heads=32, n_kv_heads=8, head_dim=128,
+        d_ff=14336, rope_theta=500000.0, rope_scaling=RopeScaling(factor=8.0, **_LLAMA3_SCALING_8K),
+        rms_norm_eps=1e-5, tie_embeddings=False, max_seq_len=131072, dtype="bfloat16",
+        family="llama",
+    ),  # fmt: skip
+}
+
+
+def get_preset(name: str) -> ModelConfig:
+    """Returns the preset `ModelConfig` called `name`."""
+    if name not in PRESETS:
+        raise KeyError(f"unknown model preset {name!r}; known presets: {sorted(PRESETS)}")
+    return PRESETS[name]
+
+
+def _layer_params(cfg: ModelConfig) -> int:
+    d, dh = cfg.d_model, cfg.head_dim
+    attn = d * cfg.n_heads * dh * 2 + d * cfg.n_kv_heads * dh * 2
+    if cfg.qkv_bias:
+        attn += (cfg.n_heads + 2 * cfg.n_kv_heads) * dh
+    return attn + 3 * d * cfg.d_ff + 2 * d
+
+
+def num_params(cfg: ModelConfig) -> int:
+    """Total parameter count (embedding counted once when tied)."""
+    embed = cfg.vocab_size * cfg.d_model * (1 if cfg.tie_embeddings else 2)
+    return embed + cfg.n_layers * _layer_params(cfg) + cfg.d_model
+
+
+def flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
+    """Training FLOPs per token: 6 * matmul params (layers + lm head) + 12 * L * H * Dh * seq_len.
+
+    The embedding lookup is not a matmul and is excluded; the lm head (D x V) is included
+    whether or not it is tied. The attention term is the PaLM-appendix count (scores and
+    weighted values, forward + backward, without the causal halving).
+    """
+    matmul_params = cfg.n_layers * _layer_params(cfg) + cfg.d_model * cfg.vocab_size
+    attention = 12 * cfg.n_layers * cfg.n_heads * cfg.head_dim * seq_len
+    return float(6 * matmul_params + attention)
+
+
+def forward_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
+    """Forward-only FLOPs per token (one third of `flops_per_token`)."""
+    return flops_per_token(cfg, seq_len) / 3.0

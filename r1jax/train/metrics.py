@@ -1,0 +1,121 @@
+"""Metrics: JSONL and TensorBoard writers, a progress bar, the matmul peak for MFU, and plots."""
+
+import json
+import math
+import pathlib
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tqdm
+
+_PEAK_CACHE: dict[str, float] = {}
+
+
+def measure_matmul_peak_flops(n: int = 1024, repeats: int = 5) -> float:
+    """FLOP/s of a large float32 matmul on the default device: the practical peak for MFU."""
+    key = f"{jax.devices()[0].platform}:{n}"
+    if key in _PEAK_CACHE:
+        return _PEAK_CACHE[key]
+    a = jnp.ones((n, n), jnp.float32)
+    matmul = jax.jit(lambda x, y: x @ y)
+    matmul(a, a).block_until_ready()
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        matmul(a, a).block_until_ready()
+        best = min(best, time.perf_counter() - start)
+    _PEAK_CACHE[key] = 2.0 * n**3 / best
+    return _PEAK_CACHE[key]
+
+
+def read_jsonl(path: str | pathlib.Path) -> list[dict]:
+    """All rows of a metrics.jsonl file (an empty list when it does not exist)."""
+    path = pathlib.Path(path)
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        if line.strip():
+            rows.append(json.loads(line))
+    return rows
+
+
+class MetricsWriter:
+    """Writes one JSON row per logged step to metrics.jsonl and scalars to TensorBoard."""
+
+    def __init__(self, workdir, *, total_steps: int, start_step: int = 0, tensorboard=True):
+        self.path = pathlib.Path(workdir) / "metrics.jsonl"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # A resumed run rewrites the steps after its checkpoint: drop rows the killed run left.
+        kept = [r for r in read_jsonl(self.path) if r.get("step", 0) <= start_step]
+        self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        self._file = self.path.open("a")
+        self._tb = None
+        if tensorboard and jax.process_index() == 0:
+            import tensorboardX  # imported lazily: it pulls in protobuf
+
+            self._tb = tensorboardX.SummaryWriter(str(pathlib.Path(workdir) / "tensorboard"))
+        self._bar = tqdm.tqdm(
+            total=total_steps,
+            initial=start_step,
+            file=sys.stderr,
+            dynamic_ncols=True,
+            disable=jax.process_index() != 0,
+            mininterval=1.0,
+        )
+
+    def write(self, step: int, metrics: dict) -> None:
+        """Logs the scalars of one step."""
+        row = {"step": int(step)}
+        for name, value in metrics.items():
+            value = np.asarray(value).item() if not isinstance(value, str) else value
+            row[name] = value
+        if jax.process_index() == 0:
+            self._file.write(json.dumps(row) + "\n")
+            self._file.flush()
+            if self._tb is not None:
+                for name, value in row.items():
+                    if name != "step" and isinstance(value, int | float):
+                        self._tb.add_scalar(name, value, step)
+        shown = {k: row[k] for k in ("loss", "reward", "accuracy", "tokens_per_s") if k in row}
+        self._bar.set_postfix({k: f"{v:.4g}" for k, v in shown.items()}, refresh=False)
+        self._bar.n = int(step)
+        self._bar.refresh()
+
+    def close(self) -> None:
+        """Flushes and closes every sink."""
+        self._bar.close()
+        self._file.close()
+        if self._tb is not None:
+            self._tb.close()
+
+
+def plot_curves(rows: list[dict], keys: list[str], out_path, *, title: str = "") -> None:
+    """One panel per metric key over steps, saved as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = [k for k in keys if any(k in r for r in rows)]
+    if not keys:
+        return
+    cols = min(3, len(keys))
+    nrows = math.ceil(len(keys) / cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3.0 * nrows), squeeze=False)
+    for ax, key in zip(axes.flat, keys):
+        pts = [(r["step"], r[key]) for r in rows if key in r and r[key] is not None]
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], lw=1.2)
+        ax.set_title(key)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(keys) :]:
+        ax.axis("off")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(out_path, dpi=110)
+    plt.close(fig)
