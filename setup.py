@@ -29,7 +29,13 @@ setuptools.setup(
         "tqdm>=4.60",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-timeout", "torch==2.13.0", "transformers>=4.50", "chex>=0.1.88"],
+        "test": [
+            "pytest>=8",
+            "pytest-timeout",
+            "torch==2.13.0",
+            "transformers>=4.50",
+            "chex>=0.1.88",
+        ],
         "hf": ["transformers>=4.50"],
         "bench": ["torch==2.13.0", "transformers>=4.50", "trl"],
     },

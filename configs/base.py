@@ -22,7 +22,9 @@ def get_config() -> ml_collections.ConfigDict:
 
     c.model = ml_collections.ConfigDict()
     c.model.preset = "tiny"  # a name from r1jax.model.config.PRESETS
-    c.model.init_from = ""  # '' = random init; a Hugging Face folder; or an r1jax run/checkpoint dir
+    c.model.init_from = (
+        ""  # '' = random init; a Hugging Face folder; or an r1jax run/checkpoint dir
+    )
     c.model.vocab_size = 0  # 0 = the preset's, or the tokenizer's when training one
     c.model.d_model = 0  # 0 = the preset's; likewise the shape fields below
     c.model.n_layers = 0

@@ -1,6 +1,6 @@
 """Pretraining on plain text (every token is trained).
 
-Run locally (2 CPU cores, minutes; GSM8K solutions as a stand-in corpus until the small world exists):
+Run locally (2 CPU cores, minutes; GSM8K solutions stand in for a corpus):
   r1jax --config=configs/pretrain.py:tiny --workdir=runs/pretrain
 Continued pretraining of a real model (a corpus of {"text": ...} rows):
   r1jax --config=configs/pretrain.py:qwen2.5-0.5b --workdir=runs/pt \

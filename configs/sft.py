@@ -56,5 +56,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
             c.mesh.data = 1
             c.mesh.fsdp = -1
     else:
-        raise ValueError(f"configs/sft.py: unknown variant {arg!r} (tiny, qwen2.5-1.5b, qwen2.5-7b-tpu)")
+        raise ValueError(
+            f"configs/sft.py: unknown variant {arg!r} (tiny, qwen2.5-1.5b, qwen2.5-7b-tpu)"
+        )
     return c

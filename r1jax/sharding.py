@@ -28,9 +28,13 @@ def mesh_shape(sizes: dict, num_devices: int) -> tuple[int, ...]:
     shape = [int(sizes.get(name, 1)) for name in MESH_AXES]
     unknown = [i for i, s in enumerate(shape) if s == -1]
     if len(unknown) > 1:
-        raise ValueError(f"config.mesh: at most one axis may be -1, got {dict(zip(MESH_AXES, shape))}")
+        raise ValueError(
+            f"config.mesh: at most one axis may be -1, got {dict(zip(MESH_AXES, shape))}"
+        )
     if any(s == 0 or s < -1 for s in shape):
-        raise ValueError(f"config.mesh: sizes must be positive or -1, got {dict(zip(MESH_AXES, shape))}")
+        raise ValueError(
+            f"config.mesh: sizes must be positive or -1, got {dict(zip(MESH_AXES, shape))}"
+        )
     known = math.prod(s for s in shape if s != -1)
     if unknown:
         if num_devices % known:

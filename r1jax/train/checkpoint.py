@@ -1,4 +1,4 @@
-"""Orbax checkpoints holding the train state (params, optimizer, step, RNG) and the data iterator."""
+"""Orbax checkpoints: the train state (params, optimizer, step, RNG) and the data iterator."""
 
 import json
 import pathlib
@@ -84,4 +84,6 @@ def restore_params(directory: str | pathlib.Path, target_params, *, step: int | 
 
 
 def _restore_arg(x):
-    return ocp.ArrayRestoreArgs(sharding=x.sharding) if x.sharding is not None else ocp.RestoreArgs()
+    return (
+        ocp.ArrayRestoreArgs(sharding=x.sharding) if x.sharding is not None else ocp.RestoreArgs()
+    )

@@ -1,0 +1,183 @@
+"""grain pipelines: records -> tokens -> packed rows -> numpy batches for the trainer.
+
+Shapes: B rows, T time (seq_len), L one example's length (L <= T).
+
+A batch is a dict of numpy arrays, each [B, T]:
+  inputs      int32   token ids fed to the model
+  targets     int32   the next token: the loss predicts targets[t] from inputs[..t]
+  loss_mask   float32 1 where targets[t] is trained (SFT: response tokens and the final EOS;
+                      pretrain: every real token), 0 for prompt tokens and padding
+  segment_ids int32   1, 2, ... per packed example, 0 for padding
+  positions   int32   position within its example (restarts at 0 for each packed example)
+"""
+
+from collections.abc import Sequence
+
+import grain
+import numpy as np
+
+from r1jax import text
+
+KINDS = ("pretrain", "sft")
+BATCH_KEYS = ("inputs", "targets", "loss_mask", "segment_ids", "positions")
+_SEQ_KEYS = ("inputs", "targets", "loss_mask")
+
+
+def _example(ids: list[int], trained_from: int, seq_len: int) -> dict:
+    """Shifted arrays of one example; the token ids[i] is trained iff i >= trained_from."""
+    truncated = len(ids) > seq_len + 1
+    ids_L = np.asarray(ids[: seq_len + 1], dtype=np.int32)
+    mask_L = (np.arange(1, len(ids_L)) >= trained_from).astype(np.float32)
+    return {
+        "inputs": ids_L[:-1],
+        "targets": ids_L[1:],
+        "loss_mask": mask_L,
+        "truncated": np.bool_(truncated),
+    }
+
+
+def _bos(tokenizer) -> list[int]:
+    return [] if tokenizer.bos_id is None else [tokenizer.bos_id]
+
+
+def tokenize_pretrain(record: dict, tokenizer: text.Tokenizer, seq_len: int) -> dict:
+    """[BOS] text EOS, cut to seq_len + 1 tokens; every target trained; 'truncated' flags a cut.
+
+    The text is record['text'], else prompt and response joined by a newline.
+    """
+    if "text" in record:
+        body = record["text"]
+    elif "prompt" in record and "response" in record:
+        body = f"{record['prompt']}\n{record['response']}"
+    else:
+        raise KeyError(f"pretrain record needs 'text' (or 'prompt' and 'response'): {record!r:.200}")
+    ids = _bos(tokenizer) + tokenizer.encode(body) + [tokenizer.eos_id]
+    return _example(ids, 1, seq_len)
+
+
+def tokenize_sft(
+    record: dict, tokenizer: text.Tokenizer, seq_len: int, template: str = "chat"
+) -> dict:
+    """[BOS] template(prompt) response EOS, cut to seq_len + 1; only response and EOS trained."""
+    if "prompt" not in record or "response" not in record:
+        raise KeyError(f"sft record needs 'prompt' and 'response': {record!r:.200}")
+    prompt_ids = _bos(tokenizer) + tokenizer.encode(text.apply_template(template, record["prompt"]))
+    response_ids = tokenizer.encode(text.response_text(template, record["response"]))
+    ids = prompt_ids + response_ids + [tokenizer.eos_id]
+    return _example(ids, len(prompt_ids), seq_len)
+
+
+def _unpacked_row(example: dict, seq_len: int, pad_id: int) -> dict:
+    """One example alone in a row of seq_len, padded."""
+    n = len(example["inputs"])
+    row = {
+        "inputs": np.full(seq_len, pad_id, np.int32),
+        "targets": np.full(seq_len, pad_id, np.int32),
+        "loss_mask": np.zeros(seq_len, np.float32),
+        "segment_ids": np.zeros(seq_len, np.int32),
+        "positions": np.zeros(seq_len, np.int32),
+    }
+    for key in _SEQ_KEYS:
+        row[key][:n] = example[key]
+    row["segment_ids"][:n] = 1
+    row["positions"][:n] = np.arange(n, dtype=np.int32)
+    return row
+
+
+def _from_packed(row: dict) -> dict:
+    """grain's packed row -> the batch format (one segment id and position array)."""
+    return {
+        "inputs": row["inputs"],
+        "targets": row["targets"],
+        "loss_mask": row["loss_mask"],
+        "segment_ids": row["inputs_segment_ids"],
+        "positions": row["inputs_positions"],
+    }
+
+
+def _counting(tokenize, stats: dict | None):
+    """Wraps a tokenize function: drops the flag, counts examples/truncations into stats."""
+
+    def fn(record):
+        example = tokenize(record)
+        truncated = bool(example.pop("truncated"))
+        if stats is not None:
+            stats["examples"] = stats.get("examples", 0) + 1
+            stats["truncated"] = stats.get("truncated", 0) + int(truncated)
+        # An example with no trained target (its prompt filled the row) teaches nothing.
+        return example if example["loss_mask"].any() else None
+
+    return fn
+
+
+def make_dataset(
+    records: Sequence[dict],
+    tokenizer: text.Tokenizer,
+    *,
+    kind: str = "pretrain",
+    seq_len: int,
+    batch_size: int,
+    seed: int,
+    shard_index: int = 0,
+    shard_count: int = 1,
+    pack: bool = True,
+    num_epochs: int | None = None,
+    template: str = "chat",
+    stats: dict | None = None,
+) -> grain.IterDataset:
+    """Batches (see the module docstring) of this shard's records; deterministic from `seed`.
+
+    1. Take records[shard_index::shard_count] (disjoint across processes).
+    2. Shuffle with `seed`, a new order each epoch; repeat num_epochs (None = forever).
+    3. Tokenize; examples whose prompt fills the row are dropped; truncations counted in stats.
+    4. Pack first-fit into rows of seq_len (or pad one example per row), batch, drop remainder.
+    The iterator's get_state()/set_state() resume exactly; its state is JSON-serializable.
+    """
+    _check_args(records, kind, seq_len, batch_size, shard_index, shard_count, template)
+    if kind == "pretrain":
+        tokenize = lambda r: tokenize_pretrain(r, tokenizer, seq_len)
+    else:
+        tokenize = lambda r: tokenize_sft(r, tokenizer, seq_len, template)
+    # (1)
+    ds = grain.MapDataset.source(records)[shard_index::shard_count]
+    if len(ds) == 0:
+        raise ValueError(f"shard {shard_index} of {shard_count} has no records ({len(records)})")
+    # (2)
+    ds = ds.shuffle(seed=seed).repeat(num_epochs)
+    # (3)
+    ds = ds.map(_counting(tokenize, stats)).filter(lambda ex: ex is not None)
+    it_ds = ds.to_iter_dataset()
+    # (4)
+    if pack:
+        it_ds = grain.experimental.FirstFitPackIterDataset(
+            it_ds,
+            length_struct={key: seq_len for key in _SEQ_KEYS},
+            num_packing_bins=batch_size,
+            seed=seed,
+            padding_struct={
+                "inputs": tokenizer.pad_id,
+                "targets": tokenizer.pad_id,
+                "loss_mask": 0.0,
+            },
+        ).map(_from_packed)
+    else:
+        it_ds = it_ds.map(lambda ex: _unpacked_row(ex, seq_len, tokenizer.pad_id))
+    return it_ds.batch(batch_size, drop_remainder=True)
+
+
+def _check_args(records, kind, seq_len, batch_size, shard_index, shard_count, template):
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    if template not in text.TEMPLATES:
+        raise ValueError(f"template must be one of {text.TEMPLATES}, got {template!r}")
+    if seq_len < 1 or batch_size < 1:
+        raise ValueError(f"seq_len and batch_size must be positive: {seq_len}, {batch_size}")
+    if not 0 <= shard_index < shard_count:
+        raise ValueError(f"shard_index {shard_index} not in [0, shard_count={shard_count})")
+    if not len(records):
+        raise ValueError("make_dataset: no records")
+
+
+def tokens_per_batch(batch: dict) -> tuple[int, int]:
+    """(real tokens, trained tokens) in a batch."""
+    return int((batch["segment_ids"] > 0).sum()), int(batch["loss_mask"].sum())

@@ -1,0 +1,195 @@
+"""Data files -> lists of dict records: JSONL, JSON lists, parquet (.gz allowed), GSM8K, MATH.
+
+Records the pipeline reads: {"text"} for pretraining, {"prompt", "response"} for SFT; task
+records also carry "answer" (the reference final answer, a string) and "task".
+"""
+
+import gzip
+import json
+import pathlib
+import re
+from collections.abc import Iterator
+
+from r1jax import text
+
+ON_ERROR = ("raise", "skip")
+
+
+class DataError(ValueError):
+    """A data file that cannot be read as asked; the message names the file (and line)."""
+
+
+def _check_file(path) -> pathlib.Path:
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"data file not found: {path}")
+    return path
+
+
+def _open_text(path: pathlib.Path):
+    if path.name.endswith(".gz"):
+        return gzip.open(path, "rt", encoding="utf-8")
+    return open(path, encoding="utf-8")
+
+
+def _count(stats: dict | None, key: str, n: int = 1) -> None:
+    if stats is not None:
+        stats[key] = stats.get(key, 0) + n
+
+
+def _reject(message: str, on_error: str, stats: dict | None) -> None:
+    """Raises DataError, or (on_error='skip') counts the row and keeps its first messages."""
+    if on_error == "raise":
+        raise DataError(message)
+    _count(stats, "skipped")
+    if stats is not None and len(stats.setdefault("errors", [])) < 10:
+        stats["errors"].append(message)
+
+
+def _check_on_error(on_error: str) -> None:
+    if on_error not in ON_ERROR:
+        raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
+
+
+def _jsonl_rows(path: pathlib.Path, on_error: str, stats: dict | None) -> Iterator[tuple]:
+    """(location 'file:line', row dict) for each good line; blank lines are ignored."""
+    with _open_text(path) as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                _reject(f"{where}: malformed JSON ({e.msg} at column {e.colno})", on_error, stats)
+                continue
+            if not isinstance(row, dict):
+                _reject(f"{where}: expected a JSON object, got {type(row).__name__}", on_error, stats)
+                continue
+            yield where, row
+
+
+def read_jsonl(path, *, on_error: str = "raise", stats: dict | None = None) -> list[dict]:
+    """Rows of a JSONL file (.gz ok); bad lines raise DataError (file:line) or are skipped.
+
+    `stats`, when given, gets "rows" (kept), "skipped" and "errors" (the first few messages).
+    """
+    _check_on_error(on_error)
+    rows = [row for _, row in _jsonl_rows(_check_file(path), on_error, stats)]
+    _count(stats, "rows", len(rows))
+    return rows
+
+
+def _json_list_rows(path: pathlib.Path) -> list[tuple]:
+    with _open_text(path) as f:
+        try:
+            data = json.load(f)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{e.lineno}: malformed JSON ({e.msg})") from e
+    if not isinstance(data, list):
+        raise DataError(f"{path}: expected a JSON list of objects, got {type(data).__name__}")
+    for i, row in enumerate(data):
+        if not isinstance(row, dict):
+            raise DataError(f"{path}[{i}]: expected a JSON object, got {type(row).__name__}")
+    return [(f"{path}[{i}]", row) for i, row in enumerate(data)]
+
+
+def read_json_list(path) -> list[dict]:
+    """Rows of a file holding one JSON list of objects (.gz ok)."""
+    return [row for _, row in _json_list_rows(_check_file(path))]
+
+
+def read_parquet(path) -> list[dict]:
+    """Rows of a parquet file (needs pyarrow: `pip install pyarrow`)."""
+    path = _check_file(path)
+    try:
+        import pyarrow.parquet as pq  # optional dependency; only parquet files need it
+    except ImportError as e:
+        raise DataError(f"{path}: reading parquet needs pyarrow (pip install pyarrow)") from e
+    return pq.read_table(path).to_pylist()
+
+
+def _located_rows(path, on_error: str, stats: dict | None) -> list[tuple]:
+    """(location, row) pairs of a .jsonl / .json list / .parquet file (each may end in .gz)."""
+    _check_on_error(on_error)
+    path = _check_file(path)
+    name = path.name.removesuffix(".gz")
+    if name.endswith(".json"):
+        return _json_list_rows(path)
+    if name.endswith(".parquet"):
+        return [(f"{path}[{i}]", row) for i, row in enumerate(read_parquet(path))]
+    return list(_jsonl_rows(path, on_error, stats))
+
+
+def _fields(where: str, row: dict, names, on_error: str, stats: dict | None) -> bool:
+    """True if every field is present, not null, not blank; else raises or counts (_reject)."""
+    for name in names:
+        value = row.get(name)
+        if value is None or (isinstance(value, str) and not value.strip()):
+            _reject(f"{where}: required field {name!r} is missing or empty", on_error, stats)
+            return False
+    return True
+
+
+_CALC = re.compile(r"<<[^<>]*>>")
+
+
+def gsm8k_answer(final: str) -> str:
+    """The GSM8K final answer as a plain number string ('1,000' -> '1000')."""
+    return final.strip().replace(",", "").rstrip(".")
+
+
+def gsm8k_response(solution: str) -> tuple[str, str]:
+    """(SFT response, final answer) from a GSM8K solution ending in '#### <final>'."""
+    steps, sep, final = solution.rpartition("####")
+    if not sep:
+        raise ValueError("no '#### <final answer>' line")
+    answer = gsm8k_answer(final)
+    if not answer:
+        raise ValueError("empty final answer after '####'")
+    lines = [_CALC.sub("", line).strip() for line in steps.strip().split("\n")]
+    think = "\n".join(line for line in lines if line) + f"\nSo the answer is {answer}."
+    return text.format_reasoning(think, answer), answer
+
+
+def gsm8k_records(path, *, on_error: str = "raise", stats: dict | None = None) -> list[dict]:
+    """GSM8K rows -> {prompt, response ('<think>steps</think> <answer>N</answer>'), answer, task}."""
+    records = []
+    for where, row in _located_rows(path, on_error, stats):
+        if not _fields(where, row, ("question", "answer"), on_error, stats):
+            continue
+        try:
+            response, answer = gsm8k_response(str(row["answer"]))
+        except ValueError as e:
+            _reject(f"{where}: field 'answer': {e}", on_error, stats)
+            continue
+        records.append(
+            {"prompt": row["question"], "response": response, "answer": answer, "task": "gsm8k"}
+        )
+    _count(stats, "rows", len(records))
+    return records
+
+
+def _answer_string(value) -> str:
+    """Reference answers as strings; floats that are whole numbers lose their '.0' (AMC)."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value).strip()
+
+
+def math_records(path, *, on_error: str = "raise", stats: dict | None = None) -> list[dict]:
+    """MATH-style rows (problem, answer[, solution]) -> {prompt, answer, task='math'[, response]}.
+
+    With a solution, response is '<think>solution</think> <answer>answer</answer>'.
+    """
+    records = []
+    for where, row in _located_rows(path, on_error, stats):
+        if not _fields(where, row, ("problem", "answer"), on_error, stats):
+            continue
+        record = {"prompt": row["problem"], "answer": _answer_string(row["answer"]), "task": "math"}
+        if row.get("solution"):
+            record["solution"] = row["solution"]
+            record["response"] = text.format_reasoning(row["solution"], record["answer"])
+        records.append(record)
+    _count(stats, "rows", len(records))
+    return records

@@ -1,0 +1,42 @@
+"""r1jax entry point: `r1jax --config=configs/<stage>.py:<variant> --workdir=DIR [--config.x=y]`."""
+
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from r1jax import configlib
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "configs/<stage>.py:<variant>")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: config, metrics, checkpoints.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    cfg = _CONFIG.value
+    logging.info("stage %s, workdir %s", cfg.stage, _WORKDIR.value)
+    try:
+        if cfg.stage in ("pretrain", "sft"):
+            from r1jax.train import supervised
+
+            supervised.run(cfg, _WORKDIR.value)
+        else:
+            raise configlib.ConfigError(
+                f"config.stage: unknown stage {cfg.stage!r}; expected one of {configlib.STAGES}"
+            )
+    except configlib.ConfigError as e:
+        sys.exit(f"r1jax: {e}")
+
+
+def run() -> None:
+    """Console-script entry: lets config files import their siblings, then runs the absl app."""
+    for arg in sys.argv[1:]:
+        if arg.startswith("--config="):
+            configlib.add_config_root_to_path(arg.split("=", 1)[1].split(":", 1)[0])
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,315 @@
+"""Hugging Face checkpoints (config.json + safetensors) <-> (ModelConfig, params).
+
+L layers, D model, H heads, K kv heads, Dh head dim, F mlp, V vocab.
+
+Torch `nn.Linear` stores [out, in]; our kernels are [in, ...out] with heads split out, and
+layer params are stacked on a leading L axis (the `nn.scan` layout).
+"""
+
+import json
+import pathlib
+
+import jax
+import ml_dtypes
+import numpy as np
+import safetensors
+import safetensors.numpy
+
+from r1jax.model import config as config_lib
+
+ModelConfig = config_lib.ModelConfig
+
+_ARCHITECTURES = {"Qwen2ForCausalLM": "qwen2", "LlamaForCausalLM": "llama"}
+_INDEX_FILE = "model.safetensors.index.json"
+_SINGLE_FILE = "model.safetensors"
+_DTYPE_NAMES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16, "float16": np.float16}
+
+
+def _require(hf: dict, key: str, path):
+    if key not in hf:
+        raise KeyError(f"{path}: config.json is missing required key {key!r}")
+    return hf[key]
+
+
+def _rope_from_hf(hf: dict, path) -> tuple[float, config_lib.RopeScaling | None]:
+    """Reads rope settings from `rope_parameters` (transformers 5) or the legacy keys."""
+    rope = dict(hf.get("rope_parameters") or hf.get("rope_scaling") or {})
+    if rope and all(isinstance(v, dict) for v in rope.values()):
+        raise ValueError(f"{path}: per-layer-type rope_parameters are not supported: {rope}")
+    theta = rope.get("rope_theta", hf.get("rope_theta", 10000.0))
+    rope_type = rope.get("rope_type", rope.get("type", "default")) or "default"
+    if rope.get("partial_rotary_factor", hf.get("partial_rotary_factor", 1.0)) != 1.0:
+        raise ValueError(f"{path}: partial_rotary_factor != 1 is not supported")
+    if rope_type == "default":
+        return float(theta), None
+    if rope_type != "llama3":
+        raise ValueError(f"{path}: unsupported rope type {rope_type!r} (supported: default, llama3)")
+    original = rope.get("original_max_position_embeddings", hf.get("max_position_embeddings"))
+    scaling = config_lib.RopeScaling(
+        factor=float(_require(rope, "factor", path)),
+        low_freq_factor=float(_require(rope, "low_freq_factor", path)),
+        high_freq_factor=float(_require(rope, "high_freq_factor", path)),
+        original_max_position=int(original),
+    )
+    return float(theta), scaling
+
+
+def _check_supported(hf: dict, family: str, path) -> None:
+    if hf.get("hidden_act", "silu") != "silu":
+        raise ValueError(f"{path}: unsupported hidden_act {hf['hidden_act']!r} (only silu)")
+    if family == "qwen2" and hf.get("use_sliding_window", False):
+        raise ValueError(f"{path}: Qwen2 use_sliding_window=true is not supported")
+    if family == "llama" and hf.get("attention_bias", False):
+        raise ValueError(f"{path}: Llama attention_bias=true (o_proj bias) is not supported")
+    if family == "llama" and hf.get("mlp_bias", False):
+        raise ValueError(f"{path}: Llama mlp_bias=true is not supported")
+
+
+def config_from_hf(hf: dict, *, path="config.json", dtype: str = "float32") -> ModelConfig:
+    """Maps a Hugging Face Qwen2 / Llama config dict to a ModelConfig."""
+    archs = hf.get("architectures") or []
+    family = next((_ARCHITECTURES[a] for a in archs if a in _ARCHITECTURES), None)
+    if family is None:
+        raise ValueError(
+            f"{path}: unsupported architectures {archs} (model_type {hf.get('model_type')!r}); "
+            f"supported: {sorted(_ARCHITECTURES)}"
+        )
+    _check_supported(hf, family, path)
+    theta, scaling = _rope_from_hf(hf, path)
+    d_model = int(_require(hf, "hidden_size", path))
+    n_heads = int(_require(hf, "num_attention_heads", path))
+    return ModelConfig(
+        vocab_size=int(_require(hf, "vocab_size", path)),
+        d_model=d_model,
+        n_layers=int(_require(hf, "num_hidden_layers", path)),
+        n_heads=n_heads,
+        n_kv_heads=int(hf.get("num_key_value_heads") or n_heads),
+        head_dim=int(hf.get("head_dim") or d_model // n_heads),
+        d_ff=int(_require(hf, "intermediate_size", path)),
+        rope_theta=theta,
+        rope_scaling=scaling,
+        rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+        qkv_bias=family == "qwen2",
+        tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+        max_seq_len=int(hf.get("max_position_embeddings", 2048)),
+        dtype=dtype,
+        param_dtype=dtype,
+        family=family,
+    )
+
+
+def _layer_specs(cfg: ModelConfig) -> dict:
+    """Our layer param path -> (HF tensor suffix, HF->ours, ours->HF) for one layer."""
+    d, h, k, dh = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+    specs = {
+        ("attn_norm", "scale"): ("input_layernorm.weight", lambda w: w, lambda w: w),
+        ("mlp_norm", "scale"): ("post_attention_layernorm.weight", lambda w: w, lambda w: w),
+        ("mlp", "gate_kernel"): ("mlp.gate_proj.weight", np.transpose, np.transpose),
+        ("mlp", "up_kernel"): ("mlp.up_proj.weight", np.transpose, np.transpose),
+        ("mlp", "down_kernel"): ("mlp.down_proj.weight", np.transpose, np.transpose),
+        ("attn", "o_kernel"): (
+            "self_attn.o_proj.weight",
+            lambda w: w.T.reshape(h, dh, d),
+            lambda w: w.reshape(h * dh, d).T,
+        ),
+    }
+    for name, n in (("q", h), ("k", k), ("v", k)):
+        specs[("attn", f"{name}_kernel")] = (
+            f"self_attn.{name}_proj.weight",
+            lambda w, n=n: w.T.reshape(d, n, dh),
+            lambda w, n=n: w.reshape(d, n * dh).T,
+        )
+        if cfg.qkv_bias:
+            specs[("attn", f"{name}_bias")] = (
+                f"self_attn.{name}_proj.bias",
+                lambda w, n=n: w.reshape(n, dh),
+                lambda w, n=n: w.reshape(n * dh),
+            )
+    return specs
+
+
+def _tensor_files(path: pathlib.Path) -> dict[str, pathlib.Path]:
+    """HF tensor name -> the safetensors file holding it."""
+    if (path / _INDEX_FILE).exists():
+        weight_map = json.loads((path / _INDEX_FILE).read_text())["weight_map"]
+        return {name: path / file for name, file in weight_map.items()}
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"{path}: no *.safetensors file and no {_INDEX_FILE}")
+    out = {}
+    for file in files:
+        with safetensors.safe_open(file, framework="numpy") as f:
+            out.update({name: file for name in f.keys()})
+    return out
+
+
+class _Reader:
+    """Reads named tensors lazily from a set of safetensors files, checking shapes."""
+
+    def __init__(self, path: pathlib.Path, dtype):
+        self.path, self.dtype = path, dtype
+        self.files = _tensor_files(path)
+        self.used: set[str] = set()
+        self._handles: dict = {}
+
+    def get(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
+        if name not in self.files:
+            raise KeyError(f"{self.path}: checkpoint has no tensor {name!r}")
+        file = self.files[name]
+        if file not in self._handles:
+            self._handles[file] = safetensors.safe_open(file, framework="numpy")
+        w = self._handles[file].get_tensor(name)
+        if tuple(w.shape) != tuple(shape):
+            raise ValueError(f"{self.path}: tensor {name!r} has shape {w.shape}, expected {shape}")
+        self.used.add(name)
+        return w.astype(self.dtype) if self.dtype is not None else w
+
+    def check_all_used(self) -> None:
+        # rotary inv_freq buffers appear in old checkpoints; they are recomputed from the config.
+        extra = {n for n in self.files if n not in self.used and "rotary_emb" not in n}
+        if extra:
+            raise ValueError(f"{self.path}: unexpected tensors not mapped: {sorted(extra)[:8]}")
+
+
+def _hf_shapes(cfg: ModelConfig) -> dict:
+    d, h, k, dh, f = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.d_ff
+    return {
+        "input_layernorm.weight": (d,),
+        "post_attention_layernorm.weight": (d,),
+        "mlp.gate_proj.weight": (f, d),
+        "mlp.up_proj.weight": (f, d),
+        "mlp.down_proj.weight": (d, f),
+        "self_attn.o_proj.weight": (d, h * dh),
+        "self_attn.q_proj.weight": (h * dh, d),
+        "self_attn.k_proj.weight": (k * dh, d),
+        "self_attn.v_proj.weight": (k * dh, d),
+        "self_attn.q_proj.bias": (h * dh,),
+        "self_attn.k_proj.bias": (k * dh,),
+        "self_attn.v_proj.bias": (k * dh,),
+    }
+
+
+_SAFETENSORS_DTYPES = {"BF16": "bfloat16", "F32": "float32", "F16": "float16"}
+
+
+def _checkpoint_dtype(path: pathlib.Path, files: dict) -> str:
+    name = "model.embed_tokens.weight"
+    if name not in files:
+        raise KeyError(f"{path}: checkpoint has no tensor {name!r}")
+    with safetensors.safe_open(files[name], framework="numpy") as f:
+        stored = f.get_slice(name).get_dtype()
+    if stored not in _SAFETENSORS_DTYPES:
+        raise ValueError(f"{path}: unsupported tensor dtype {stored} for {name!r}")
+    return _SAFETENSORS_DTYPES[stored]
+
+
+def load_hf(path, *, dtype: str | None = None) -> tuple[ModelConfig, dict]:
+    """Loads a Qwen2 / Llama Hugging Face folder; dtype=None keeps the checkpoint's dtype."""
+    path = pathlib.Path(path)
+    hf = json.loads((path / "config.json").read_text())
+    dtype = dtype or _checkpoint_dtype(path, _tensor_files(path))
+    if dtype not in _DTYPE_NAMES:
+        raise ValueError(f"unsupported dtype {dtype!r}; supported: {sorted(_DTYPE_NAMES)}")
+    cfg = config_from_hf(hf, path=path / "config.json", dtype=dtype)
+    reader = _Reader(path, _DTYPE_NAMES[dtype])
+    shapes = _hf_shapes(cfg)
+    layers: dict = {}
+    for (group, leaf), (suffix, to_ours, _) in _layer_specs(cfg).items():
+        per_layer = [
+            to_ours(reader.get(f"model.layers.{i}.{suffix}", shapes[suffix]))
+            for i in range(cfg.n_layers)
+        ]
+        layers.setdefault(group, {})[leaf] = np.stack(per_layer)
+    params = {
+        "embedding": reader.get("model.embed_tokens.weight", (cfg.vocab_size, cfg.d_model)),
+        "final_norm": {"scale": reader.get("model.norm.weight", (cfg.d_model,))},
+        "layers": layers,
+    }
+    if not cfg.tie_embeddings:
+        params["lm_head"] = reader.get("lm_head.weight", (cfg.vocab_size, cfg.d_model)).T
+    reader.check_all_used()
+    return cfg, jax.tree.map(lambda x: jax.numpy.asarray(np.ascontiguousarray(x)), params)
+
+
+def config_to_hf(cfg: ModelConfig, dtype_name: str) -> dict:
+    """The Hugging Face config.json dict for `cfg` (transformers 5 keys plus legacy rope keys)."""
+    rope = {"rope_type": "default", "rope_theta": cfg.rope_theta}
+    if cfg.rope_scaling is not None:
+        sc = cfg.rope_scaling
+        rope.update(rope_type="llama3", factor=sc.factor, low_freq_factor=sc.low_freq_factor,
+                    high_freq_factor=sc.high_freq_factor,
+                    original_max_position_embeddings=sc.original_max_position)  # fmt: skip
+    hf = {
+        "architectures": ["Qwen2ForCausalLM" if cfg.family == "qwen2" else "LlamaForCausalLM"],
+        "model_type": cfg.family,
+        "vocab_size": cfg.vocab_size,
+        "hidden_size": cfg.d_model,
+        "intermediate_size": cfg.d_ff,
+        "num_hidden_layers": cfg.n_layers,
+        "num_attention_heads": cfg.n_heads,
+        "num_key_value_heads": cfg.n_kv_heads,
+        "head_dim": cfg.head_dim,
+        "hidden_act": "silu",
+        "max_position_embeddings": cfg.max_seq_len,
+        "rms_norm_eps": cfg.rms_norm_eps,
+        "tie_word_embeddings": cfg.tie_embeddings,
+        "rope_parameters": rope,
+        "rope_theta": cfg.rope_theta,
+        "dtype": dtype_name,
+        "torch_dtype": dtype_name,
+    }
+    if cfg.family == "qwen2":
+        hf.update(use_sliding_window=False, sliding_window=None)
+    else:
+        hf.update(attention_bias=False, mlp_bias=False)
+    return hf
+
+
+def _hf_tensors(cfg: ModelConfig, params) -> dict[str, np.ndarray]:
+    """Our params -> HF tensor name -> numpy array (layers unstacked)."""
+    if cfg.family == "llama" and cfg.qkv_bias:
+        raise ValueError("family='llama' cannot export qkv_bias=True (HF Llama has no qkv bias)")
+    params = jax.tree.map(np.asarray, params)
+    out = {"model.embed_tokens.weight": params["embedding"]}
+    specs = _layer_specs(cfg)
+    for i in range(cfg.n_layers):
+        for (group, leaf), (suffix, _, to_hf) in specs.items():
+            out[f"model.layers.{i}.{suffix}"] = to_hf(params["layers"][group][leaf][i])
+        if cfg.family == "qwen2" and not cfg.qkv_bias:
+            # HF Qwen2 always has q/k/v biases; zeros reproduce a bias-free model exactly.
+            dt = params["embedding"].dtype
+            for name, n in (("q", cfg.n_heads), ("k", cfg.n_kv_heads), ("v", cfg.n_kv_heads)):
+                out[f"model.layers.{i}.self_attn.{name}_proj.bias"] = np.zeros(n * cfg.head_dim, dt)
+    out["model.norm.weight"] = params["final_norm"]["scale"]
+    if not cfg.tie_embeddings:
+        out["lm_head.weight"] = params["lm_head"].T
+    return {k: np.ascontiguousarray(v) for k, v in out.items()}
+
+
+def save_hf(path, cfg: ModelConfig, params, *, max_shard_bytes: int = 5 * 1024**3) -> None:
+    """Writes config.json and safetensors (sharded with an index beyond max_shard_bytes)."""
+    path = pathlib.Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    tensors = _hf_tensors(cfg, params)
+    dtype_name = tensors["model.embed_tokens.weight"].dtype.name
+    (path / "config.json").write_text(json.dumps(config_to_hf(cfg, dtype_name), indent=2))
+    shards: list[dict] = [{}]
+    size = 0
+    for name, w in tensors.items():
+        if shards[-1] and size + w.nbytes > max_shard_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][name] = w
+        size += w.nbytes
+    (path / _INDEX_FILE).unlink(missing_ok=True)  # a stale index would shadow the new files
+    if len(shards) == 1:
+        safetensors.numpy.save_file(shards[0], path / _SINGLE_FILE, metadata={"format": "pt"})
+        return
+    weight_map = {}
+    for i, shard in enumerate(shards):
+        file = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+        safetensors.numpy.save_file(shard, path / file, metadata={"format": "pt"})
+        weight_map.update({name: file for name in shard})
+    total = sum(w.nbytes for w in tensors.values())
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (path / _INDEX_FILE).write_text(json.dumps(index, indent=2))

@@ -1,0 +1,102 @@
+"""Per-token log-probs and entropies, computed in chunks over the vocabulary.
+
+B batch, T time, D model, V vocab, C vocab chunk.
+
+An online logsumexp (with running sums for the entropy) walks the vocabulary C columns at a
+time, so no [B, T, V] float32 buffer exists; each chunk is rematerialised in the backward pass.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from r1jax.model import transformer
+
+_FULL_VOCAB_MAX = 8192
+_DEFAULT_CHUNK = 8192
+
+
+class _Stats:
+    """Running max m, sum_e = sum exp(z - m), sum_ez = sum exp(z - m) * z, and target logit."""
+
+    @staticmethod
+    def init(shape):
+        zeros = jnp.zeros(shape, jnp.float32)
+        return (jnp.full(shape, -jnp.inf, jnp.float32), zeros, zeros, zeros)
+
+    @staticmethod
+    def update(stats, z_BxTxC, targets_BxT, start):
+        m, sum_e, sum_ez, target_z = stats
+        # The max only shifts the exponent; stopping its gradient is exact and avoids inf - inf.
+        m_new = jnp.maximum(m, jax.lax.stop_gradient(jnp.max(z_BxTxC, axis=-1)))
+        decay = jnp.exp(m - m_new)
+        e_BxTxC = jnp.exp(z_BxTxC - m_new[..., None])
+        sum_e = sum_e * decay + jnp.sum(e_BxTxC, axis=-1)
+        sum_ez = sum_ez * decay + jnp.sum(e_BxTxC * z_BxTxC, axis=-1)
+        local_BxT = targets_BxT - start
+        in_chunk = (local_BxT >= 0) & (local_BxT < z_BxTxC.shape[-1])
+        idx = jnp.clip(local_BxT, 0, z_BxTxC.shape[-1] - 1)
+        picked = jnp.take_along_axis(z_BxTxC, idx[..., None], axis=-1)[..., 0]
+        return (m_new, sum_e, sum_ez, jnp.where(in_chunk, picked, target_z))
+
+
+def _chunk_logits(h_BxTxD, w, is_vxd, start, size, temperature):
+    if is_vxd:
+        w_chunk = jax.lax.dynamic_slice_in_dim(w, start, size, axis=0)
+        logits = jnp.einsum("btd,cd->btc", h_BxTxD, w_chunk, preferred_element_type=jnp.float32)
+    else:
+        w_chunk = jax.lax.dynamic_slice_in_dim(w, start, size, axis=1)
+        logits = jnp.einsum("btd,dc->btc", h_BxTxD, w_chunk, preferred_element_type=jnp.float32)
+    return logits / temperature
+
+
+def token_logprobs(cfg, params, h_BxTxD, targets_BxT, *, temperature=1.0, chunk_size=None):
+    """(log p(target), entropy) per position [B, T], of softmax(logits / temperature)."""
+    if h_BxTxD.shape[:2] != targets_BxT.shape or h_BxTxD.shape[-1] != cfg.d_model:
+        raise ValueError(
+            f"h_BxTxD {h_BxTxD.shape} does not match targets_BxT {targets_BxT.shape} "
+            f"and d_model {cfg.d_model}"
+        )
+    v = cfg.vocab_size
+    if chunk_size is None:
+        chunk_size = v if v <= _FULL_VOCAB_MAX else _DEFAULT_CHUNK
+    chunk_size = min(int(chunk_size), v)
+    if chunk_size <= 0:
+        raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+    w, is_vxd = transformer.unembed_weight(cfg, params)
+    w = w.astype(jnp.dtype(cfg.dtype))
+    h_BxTxD = h_BxTxD.astype(w.dtype)
+    targets_BxT = targets_BxT.astype(jnp.int32)
+
+    @functools.partial(jax.checkpoint, static_argnums=(2,))
+    def chunk(stats, start, size):
+        z_BxTxC = _chunk_logits(h_BxTxD, w, is_vxd, start, size, temperature)
+        return _Stats.update(stats, z_BxTxC, targets_BxT, start)
+
+    n_full, rest = divmod(v, chunk_size)
+    stats = _Stats.init(targets_BxT.shape)
+    if n_full == 1:
+        stats = chunk(stats, 0, chunk_size)
+    else:
+        starts = jnp.arange(n_full, dtype=jnp.int32) * chunk_size
+        stats, _ = jax.lax.scan(lambda s, st: (chunk(s, st, chunk_size), None), stats, starts)
+    if rest:  # the ragged last chunk gets its own static shape
+        stats = chunk(stats, n_full * chunk_size, rest)
+    m, sum_e, sum_ez, target_z = stats
+    log_z = m + jnp.log(sum_e)
+    return target_z - log_z, log_z - sum_ez / sum_e
+
+
+def sequence_logprobs(
+    cfg, params, tokens_BxT, *, positions_BxT=None, segment_ids_BxT=None, temperature=1.0,
+    chunk_size=None,
+):  # fmt: skip
+    """(log p(tokens[:, 1:] | prefix), entropy), each [B, T-1]."""
+    h_BxTxD = transformer.hidden_states(
+        cfg, params, tokens_BxT, positions_BxT=positions_BxT, segment_ids_BxT=segment_ids_BxT
+    )
+    return token_logprobs(
+        cfg, params, h_BxTxD[:, :-1], tokens_BxT[:, 1:], temperature=temperature,
+        chunk_size=chunk_size,
+    )  # fmt: skip

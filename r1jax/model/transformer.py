@@ -1,0 +1,307 @@
+"""Decoder-only transformer (Qwen2 / Llama family) in Flax linen, with an explicit KV cache.
+
+B batch, T time, S cache length, D model, H heads, K kv heads, G heads per kv head,
+Dh head dim, F mlp, V vocab, L layers.
+
+Params are a plain pytree; every leaf carries logical axis names ("vocab", "embed", "heads",
+"kv_heads", "head_dim", "mlp", "norm", "layers") that `logical_axes` returns as PartitionSpecs.
+Layers are stacked with `nn.scan`, so layer params have a leading "layers" axis.
+"""
+
+import functools
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from r1jax.model import config as config_lib
+
+ModelConfig = config_lib.ModelConfig
+
+_INIT_STD = 0.02  # Hugging Face `initializer_range` for Qwen2 / Llama
+
+
+@flax.struct.dataclass
+class KVCache:
+    """Keys and values of every layer: k, v of shape [L, B, S, K, Dh] in cfg.dtype."""
+
+    k: jax.Array
+    v: jax.Array
+
+
+def _param(module, name, shape, names, init, cfg):
+    init = nn.with_logical_partitioning(init, names)
+    return module.param(name, init, shape, jnp.dtype(cfg.param_dtype))
+
+
+def rope_inv_freq(cfg: ModelConfig) -> np.ndarray:
+    """Inverse RoPE frequencies [Dh/2] in float32, with Llama-3 scaling when configured."""
+    dh = cfg.head_dim
+    exponent = np.arange(0, dh, 2, dtype=np.int64).astype(np.float32) / np.float32(dh)
+    inv_freq = (1.0 / (np.float32(cfg.rope_theta) ** exponent)).astype(np.float32)
+    sc = cfg.rope_scaling
+    if sc is None:
+        return inv_freq
+    # Llama 3.1: keep high frequencies, divide low ones by `factor`, interpolate in between.
+    low_wavelen = sc.original_max_position / sc.low_freq_factor
+    high_wavelen = sc.original_max_position / sc.high_freq_factor
+    wavelen = 2 * np.pi / inv_freq
+    scaled = np.where(wavelen > low_wavelen, inv_freq / sc.factor, inv_freq)
+    smooth = (sc.original_max_position / wavelen - sc.low_freq_factor) / (
+        sc.high_freq_factor - sc.low_freq_factor
+    )
+    smoothed = (1 - smooth) * scaled / sc.factor + smooth * scaled
+    is_medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+    return np.where(is_medium, smoothed, scaled).astype(np.float32)
+
+
+def rope_tables(cfg: ModelConfig, positions_BxT: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """cos and sin tables [B, T, Dh] in float32 (rotate-half layout, as Hugging Face)."""
+    freqs = positions_BxT.astype(jnp.float32)[..., None] * jnp.asarray(rope_inv_freq(cfg))[None, None]
+    emb = jnp.concatenate([freqs, freqs], axis=-1)
+    return jnp.cos(emb), jnp.sin(emb)
+
+
+def _apply_rope(x_BxTxNxDh, cos_BxTxDh, sin_BxTxDh):
+    x = x_BxTxNxDh.astype(jnp.float32)
+    x1, x2 = jnp.split(x, 2, axis=-1)
+    rotated = jnp.concatenate([-x2, x1], axis=-1)
+    out = x * cos_BxTxDh[:, :, None, :] + rotated * sin_BxTxDh[:, :, None, :]
+    return out.astype(x_BxTxNxDh.dtype)
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square norm computed in float32, scaled in the input dtype (as HF)."""
+
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, x_BxTxD):
+        scale = _param(self, "scale", (self.cfg.d_model,), ("norm",), nn.initializers.ones, self.cfg)
+        x = x_BxTxD.astype(jnp.float32)
+        x = x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + self.cfg.rms_norm_eps)
+        return scale.astype(x_BxTxD.dtype)[None, None] * x.astype(x_BxTxD.dtype)
+
+
+class Attention(nn.Module):
+    """Grouped-query attention with RoPE, optional qkv bias and an optional KV cache."""
+
+    cfg: ModelConfig
+
+    def _project(self, x_BxTxD, name, n, head_axis):
+        cfg, dt = self.cfg, jnp.dtype(self.cfg.dtype)
+        normal = nn.initializers.normal(_INIT_STD)
+        w = _param(self, f"{name}_kernel", (cfg.d_model, n, cfg.head_dim),
+                   ("embed", head_axis, "head_dim"), normal, cfg)  # fmt: skip
+        y_BxTxNxDh = jnp.einsum("btd,dnh->btnh", x_BxTxD, w.astype(dt))
+        if cfg.qkv_bias:
+            b = _param(self, f"{name}_bias", (n, cfg.head_dim), (head_axis, "head_dim"),
+                       nn.initializers.zeros, cfg)  # fmt: skip
+            y_BxTxNxDh = y_BxTxNxDh + b.astype(dt)[None, None]
+        return y_BxTxNxDh
+
+    @nn.compact
+    def __call__(self, x_BxTxD, rope, mask_BxTxS, kv, cache_index):
+        cfg, dt = self.cfg, jnp.dtype(self.cfg.dtype)
+        q_BxTxHxDh = _apply_rope(self._project(x_BxTxD, "q", cfg.n_heads, "heads"), *rope)
+        k_BxTxKxDh = _apply_rope(self._project(x_BxTxD, "k", cfg.n_kv_heads, "kv_heads"), *rope)
+        v_BxTxKxDh = self._project(x_BxTxD, "v", cfg.n_kv_heads, "kv_heads")
+        if kv is None:
+            k_BxSxKxDh, v_BxSxKxDh, new_kv = k_BxTxKxDh, v_BxTxKxDh, None
+        else:
+            start = (0, cache_index, 0, 0)
+            k_BxSxKxDh = jax.lax.dynamic_update_slice(kv[0], k_BxTxKxDh.astype(kv[0].dtype), start)
+            v_BxSxKxDh = jax.lax.dynamic_update_slice(kv[1], v_BxTxKxDh.astype(kv[1].dtype), start)
+            new_kv = (k_BxSxKxDh, v_BxSxKxDh)
+        b, t = x_BxTxD.shape[:2]
+        g = cfg.n_heads // cfg.n_kv_heads
+        q_BxTxKxGxDh = q_BxTxHxDh.reshape(b, t, cfg.n_kv_heads, g, cfg.head_dim)
+        scores_BxKxGxTxS = jnp.einsum(
+            "btkgh,bskh->bkgts", q_BxTxKxGxDh, k_BxSxKxDh.astype(dt),
+            preferred_element_type=jnp.float32,
+        ) * (cfg.head_dim**-0.5)  # fmt: skip
+        # A finite fill keeps fully masked rows (padding queries) finite instead of NaN.
+        scores_BxKxGxTxS = jnp.where(
+            mask_BxTxS[:, None, None, :, :], scores_BxKxGxTxS, jnp.finfo(jnp.float32).min
+        )
+        probs_BxKxGxTxS = jax.nn.softmax(scores_BxKxGxTxS, axis=-1).astype(dt)
+        out_BxTxKxGxDh = jnp.einsum("bkgts,bskh->btkgh", probs_BxKxGxTxS, v_BxSxKxDh.astype(dt))
+        out_BxTxHxDh = out_BxTxKxGxDh.reshape(b, t, cfg.n_heads, cfg.head_dim)
+        w_o = _param(self, "o_kernel", (cfg.n_heads, cfg.head_dim, cfg.d_model),
+                     ("heads", "head_dim", "embed"), nn.initializers.normal(_INIT_STD), cfg)  # fmt: skip
+        return jnp.einsum("bthk,hkd->btd", out_BxTxHxDh, w_o.astype(dt)), new_kv
+
+
+class MLP(nn.Module):
+    """SwiGLU feed-forward: down(silu(gate(x)) * up(x))."""
+
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, x_BxTxD):
+        cfg, dt = self.cfg, jnp.dtype(self.cfg.dtype)
+        normal = nn.initializers.normal(_INIT_STD)
+        gate = _param(self, "gate_kernel", (cfg.d_model, cfg.d_ff), ("embed", "mlp"), normal, cfg)
+        up = _param(self, "up_kernel", (cfg.d_model, cfg.d_ff), ("embed", "mlp"), normal, cfg)
+        down = _param(self, "down_kernel", (cfg.d_ff, cfg.d_model), ("mlp", "embed"), normal, cfg)
+        g_BxTxF = jnp.einsum("btd,df->btf", x_BxTxD, gate.astype(dt))
+        u_BxTxF = jnp.einsum("btd,df->btf", x_BxTxD, up.astype(dt))
+        return jnp.einsum("btf,fd->btd", jax.nn.silu(g_BxTxF) * u_BxTxF, down.astype(dt))
+
+
+class DecoderLayer(nn.Module):
+    """Pre-norm residual block; the scan body (carry = residual stream, xs = this layer's KV)."""
+
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, x_BxTxD, kv, rope, mask_BxTxS, cache_index):
+        h_BxTxD = RMSNorm(self.cfg, name="attn_norm")(x_BxTxD)
+        attn_BxTxD, new_kv = Attention(self.cfg, name="attn")(
+            h_BxTxD, rope, mask_BxTxS, kv, cache_index
+        )
+        x_BxTxD = x_BxTxD + attn_BxTxD
+        x_BxTxD = x_BxTxD + MLP(self.cfg, name="mlp")(RMSNorm(self.cfg, name="mlp_norm")(x_BxTxD))
+        return x_BxTxD, new_kv
+
+
+def _layer_class(cfg: ModelConfig):
+    if cfg.remat == "none":
+        return DecoderLayer
+    policy = None  # "full": save nothing, recompute the whole layer
+    if cfg.remat == "dots":
+        policy = jax.checkpoint_policies.dots_with_no_batch_dims_saveable
+    return nn.remat(DecoderLayer, policy=policy, prevent_cse=False)
+
+
+class Transformer(nn.Module):
+    """Embedding, scanned decoder layers and final norm; returns hidden states [B, T, D]."""
+
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, tokens_BxT, positions_BxT, mask_BxTxS, cache=None, cache_index=None):
+        cfg = self.cfg
+        normal = nn.initializers.normal(_INIT_STD)
+        embedding = _param(self, "embedding", (cfg.vocab_size, cfg.d_model), ("vocab", "embed"),
+                           normal, cfg)  # fmt: skip
+        if not cfg.tie_embeddings:
+            # Declared here so init creates it; `unembed` reads it straight from the params.
+            _param(self, "lm_head", (cfg.d_model, cfg.vocab_size), ("embed", "vocab"), normal, cfg)
+        x_BxTxD = jnp.take(embedding, tokens_BxT, axis=0).astype(jnp.dtype(cfg.dtype))
+        rope = rope_tables(cfg, positions_BxT)
+        layers = nn.scan(
+            _layer_class(cfg),
+            variable_axes={"params": 0},
+            split_rngs={"params": True},
+            in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast),
+            length=cfg.n_layers,
+            metadata_params={nn.PARTITION_NAME: "layers"},
+        )(cfg, name="layers")
+        kv = None if cache is None else (cache.k, cache.v)
+        x_BxTxD, new_kv = layers(x_BxTxD, kv, rope, mask_BxTxS, cache_index)
+        h_BxTxD = RMSNorm(cfg, name="final_norm")(x_BxTxD)
+        new_cache = None if cache is None else KVCache(k=new_kv[0], v=new_kv[1])
+        return h_BxTxD, new_cache
+
+
+def _dummy_inputs(cfg: ModelConfig):
+    tokens = jnp.zeros((1, 1), jnp.int32)
+    return tokens, tokens, jnp.ones((1, 1, 1), bool)
+
+
+@functools.lru_cache(maxsize=16)
+def _jitted_init(cfg: ModelConfig):
+    # Eager init of a scanned module dispatches op by op and is many times slower than jit.
+    return jax.jit(lambda rng: nn.meta.unbox(Transformer(cfg).init(rng, *_dummy_inputs(cfg))))
+
+
+def init_params(cfg: ModelConfig, rng: jax.Array) -> dict:
+    """Random params (plain, unboxed pytree of arrays in cfg.param_dtype)."""
+    return _jitted_init(cfg)(rng)["params"]
+
+
+def logical_axes(cfg: ModelConfig) -> dict:
+    """PartitionSpecs of logical axis names, one per param leaf (same structure as params)."""
+    init = lambda rng: Transformer(cfg).init(rng, *_dummy_inputs(cfg))
+    boxed = jax.eval_shape(init, jax.random.key(0))
+    return nn.get_partition_spec(boxed)["params"]
+
+
+def _check_tokens(name, x, shape):
+    if x.ndim != 2 or tuple(x.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(x.shape)}")
+
+
+def _packing_mask(tokens_BxT, segment_ids_BxT):
+    t = tokens_BxT.shape[1]
+    causal_TxT = jnp.arange(t)[:, None] >= jnp.arange(t)[None, :]
+    if segment_ids_BxT is None:
+        return jnp.broadcast_to(causal_TxT, (tokens_BxT.shape[0], t, t))
+    same_BxTxT = segment_ids_BxT[:, :, None] == segment_ids_BxT[:, None, :]
+    return causal_TxT[None] & same_BxTxT & (segment_ids_BxT[:, None, :] != 0)
+
+
+def hidden_states(cfg, params, tokens_BxT, *, positions_BxT=None, segment_ids_BxT=None):
+    """Final-norm hidden states [B, T, D] in cfg.dtype; segment_ids (0 = pad) isolate segments."""
+    if positions_BxT is None:
+        positions_BxT = jnp.broadcast_to(jnp.arange(tokens_BxT.shape[1]), tokens_BxT.shape)
+    _check_tokens("positions_BxT", positions_BxT, tokens_BxT.shape)
+    if segment_ids_BxT is not None:
+        _check_tokens("segment_ids_BxT", segment_ids_BxT, tokens_BxT.shape)
+    mask_BxTxT = _packing_mask(tokens_BxT, segment_ids_BxT)
+    h_BxTxD, _ = Transformer(cfg).apply({"params": params}, tokens_BxT, positions_BxT, mask_BxTxT)
+    return h_BxTxD
+
+
+def unembed_weight(cfg: ModelConfig, params) -> tuple[jax.Array, bool]:
+    """The output projection and whether it is stored as [V, D] (tied) rather than [D, V]."""
+    if cfg.tie_embeddings:
+        return params["embedding"], True
+    return params["lm_head"], False
+
+
+def unembed(cfg: ModelConfig, params, h_xD: jax.Array) -> jax.Array:
+    """Logits [..., V] in float32 from hidden states [..., D]."""
+    w, is_vxd = unembed_weight(cfg, params)
+    w = w.astype(jnp.dtype(cfg.dtype))
+    spec = "...d,vd->...v" if is_vxd else "...d,dv->...v"
+    return jnp.einsum(spec, h_xD.astype(w.dtype), w, preferred_element_type=jnp.float32)
+
+
+def forward(cfg, params, tokens_BxT, *, positions_BxT=None, segment_ids_BxT=None):
+    """Logits [B, T, V] in float32 for a (possibly packed) batch of token ids."""
+    h_BxTxD = hidden_states(
+        cfg, params, tokens_BxT, positions_BxT=positions_BxT, segment_ids_BxT=segment_ids_BxT
+    )
+    return unembed(cfg, params, h_BxTxD)
+
+
+def init_cache(cfg: ModelConfig, batch: int, length: int) -> KVCache:
+    """Zero KV cache with `length` slots per row."""
+    shape = (cfg.n_layers, batch, length, cfg.n_kv_heads, cfg.head_dim)
+    zeros = jnp.zeros(shape, jnp.dtype(cfg.dtype))
+    return KVCache(k=zeros, v=zeros)
+
+
+def forward_cached(cfg, params, tokens_BxT, positions_BxT, cache, *, cache_index, kv_mask_BxS):
+    """Runs T new tokens written at cache slots [cache_index, cache_index + T); returns logits.
+
+    New token t attends to slot s iff kv_mask_BxS[b, s] and s <= cache_index + t.
+    """
+    b, t = tokens_BxT.shape
+    s = cache.k.shape[2]
+    _check_tokens("positions_BxT", positions_BxT, (b, t))
+    _check_tokens("kv_mask_BxS", kv_mask_BxS, (b, s))
+    if cache.k.shape != (cfg.n_layers, b, s, cfg.n_kv_heads, cfg.head_dim):
+        raise ValueError(f"cache.k has shape {cache.k.shape}, expected [L, B, S, K, Dh]")
+    cache_index = jnp.asarray(cache_index, jnp.int32)
+    slot_T = cache_index + jnp.arange(t, dtype=jnp.int32)
+    causal_TxS = jnp.arange(s, dtype=jnp.int32)[None, :] <= slot_T[:, None]
+    mask_BxTxS = causal_TxS[None] & kv_mask_BxS.astype(bool)[:, None, :]
+    h_BxTxD, cache = Transformer(cfg).apply(
+        {"params": params}, tokens_BxT, positions_BxT, mask_BxTxS, cache, cache_index
+    )
+    return unembed(cfg, params, h_BxTxD), cache

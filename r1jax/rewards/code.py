@@ -1,0 +1,226 @@
+"""Code sandbox: run untrusted Python against trusted tests; the verdict comes from the harness.
+
+Isolation, best first: "bwrap" (no network, pid/ipc/uts namespaces, read-only /usr and Python,
+nothing else of the host visible, size-capped tmpfs work dir, dies with its parent), "unshare"
+(`unshare -n -p -f --kill-child`: no network, own pid namespace, host files visible), "rlimits"
+(resource limits and a throwaway uid only). In every mode the program runs under a fresh random
+uid with CPU, memory, file-size, process-count and open-file limits, and every process of that
+uid is killed when the run ends. See sandbox_harness.py for how tests call the program.
+"""
+
+import dataclasses
+import functools
+import json
+import math
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+_HARNESS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sandbox_harness.py")
+ISOLATION_MODES = ("bwrap", "unshare", "rlimits")
+STARTUP_MARGIN_S = 3.0  # interpreter start inside the sandbox, on a loaded 2-core machine
+WORKDIR_BYTES = 16 << 20
+OUTPUT_FILE_BYTES = 1 << 20
+MAX_PROCESSES = 16
+MAX_OPEN_FILES = 64
+
+
+@dataclasses.dataclass(frozen=True)
+class TestResult:
+    """Outcome of one sandboxed run; `passed` is the only field that earns credit."""
+
+    passed: bool
+    status: str  # passed | failed | error | timeout | sandbox_error
+    isolation: str
+    elapsed_s: float
+    detail: str = ""
+    stdout: str = ""
+    stderr: str = ""
+    uid: int = -1
+
+
+def _root_binds() -> list[str]:
+    """bwrap arguments that expose /usr, the merged-/usr links and the Python installation."""
+    args = ["--ro-bind", "/usr", "/usr"]
+    for top in ("/bin", "/sbin", "/lib", "/lib32", "/lib64"):
+        if os.path.islink(top):
+            args += ["--symlink", os.readlink(top), top]
+        elif os.path.isdir(top):
+            args += ["--ro-bind", top, top]
+    made = set()
+    for prefix in sorted({sys.base_prefix, sys.prefix, os.path.dirname(_HARNESS)}):
+        if prefix.startswith("/usr/"):
+            continue
+        # bwrap would create the parents 0700 (root only), hiding Python from the program's uid.
+        parts = prefix.strip("/").split("/")[:-1]
+        for depth in range(1, len(parts) + 1):
+            parent = "/" + "/".join(parts[:depth])
+            if parent not in made:
+                made.add(parent)
+                args += ["--perms", "0755", "--dir", parent]
+        args += ["--ro-bind", prefix, prefix]
+    return args
+
+
+def _sandbox_prefix(mode: str) -> list[str]:
+    """The command that wraps the harness interpreter for an isolation mode."""
+    if mode == "bwrap":
+        sandbox = ["bwrap", "--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts"]
+        sandbox += ["--unshare-cgroup-try", "--die-with-parent", "--new-session", "--clearenv"]
+        sandbox += _root_binds() + ["--proc", "/proc", "--dev", "/dev"]
+        sandbox += ["--perms", "1777", "--size", str(WORKDIR_BYTES), "--tmpfs", "/tmp"]
+        sandbox += ["--perms", "0777", "--size", str(WORKDIR_BYTES), "--tmpfs", "/sandbox"]
+        return sandbox + ["--chdir", "/sandbox", "--setenv", "PATH", "/usr/bin:/bin", "--"]
+    if mode == "unshare":
+        return ["unshare", "--net", "--pid", "--fork", "--kill-child", "--mount-proc"]
+    return []
+
+
+def _command(mode: str, uid: int, limits: dict[str, int]) -> list[str]:
+    python = [sys.executable, "-I", "-S", _HARNESS, str(uid), json.dumps(limits)]
+    return _sandbox_prefix(mode) + python
+
+
+@functools.cache
+def _mode_works(mode: str) -> bool:
+    """Whether this machine can run the harness interpreter under the given isolation."""
+    if mode == "rlimits":
+        return True
+    tool = "bwrap" if mode == "bwrap" else "unshare"
+    if shutil.which(tool) is None:
+        return False
+    probe = _sandbox_prefix(mode) + [sys.executable, "-I", "-S", "-c", "pass"]
+    try:
+        done = subprocess.run(probe, capture_output=True, timeout=20)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return done.returncode == 0
+
+
+def best_isolation() -> str:
+    """The strongest isolation mode that works here (the R1JAX_SANDBOX env var can force one)."""
+    forced = os.environ.get("R1JAX_SANDBOX")
+    if forced:
+        if forced not in ISOLATION_MODES:
+            raise ValueError(f"R1JAX_SANDBOX={forced!r}; expected one of {ISOLATION_MODES}")
+        return forced
+    return next(mode for mode in ISOLATION_MODES if _mode_works(mode))
+
+
+def _limits(timeout_s: float, memory_mb: int) -> dict[str, int]:
+    return {
+        "RLIMIT_AS": int(memory_mb) << 20,
+        "RLIMIT_CPU": int(math.ceil(timeout_s)) + 1,
+        "RLIMIT_FSIZE": OUTPUT_FILE_BYTES,
+        "RLIMIT_NPROC": MAX_PROCESSES,
+        "RLIMIT_NOFILE": MAX_OPEN_FILES,
+        "RLIMIT_CORE": 0,
+    }
+
+
+def kill_uid(uid: int) -> None:
+    """SIGKILL every process owned by `uid` (kill(-1) from a child that became that uid)."""
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child process
+        try:
+            os.setgroups([])
+            os.setgid(uid)
+            os.setuid(uid)
+            os.kill(-1, signal.SIGKILL)
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+
+
+def processes_of_uid(uid: int) -> list[int]:
+    """Live (non-zombie) pids whose real uid is `uid` (used by tests to check for leftovers)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/status") as f:
+                status = dict(line.split(":", 1) for line in f if ":" in line)
+        except OSError:
+            continue
+        if int(status["Uid"].split()[0]) == uid and not status["State"].strip().startswith("Z"):
+            found.append(int(entry))
+    return found
+
+
+def _verdict(stdout: bytes, nonce: str) -> dict:
+    try:
+        verdict = json.loads(stdout.decode("utf-8", "replace"))
+    except ValueError:
+        return {"status": "sandbox_error", "detail": "no verdict from the harness"}
+    if not isinstance(verdict, dict) or verdict.get("nonce") != nonce:
+        return {"status": "sandbox_error", "detail": "verdict without the run's nonce"}
+    return verdict
+
+
+def run_tests(
+    program: str,
+    tests: str,
+    *,
+    timeout_s: float = 5.0,
+    memory_mb: int = 512,
+    entry_point: str | None = None,
+    prelude: str = "",
+    isolation: str | None = None,
+) -> TestResult:
+    """Run `program` in the sandbox, then the trusted `tests` (plus `check(entry_point)`)."""
+    mode = isolation or best_isolation()
+    uid = 200_000 + secrets.randbelow(1_000_000_000)
+    nonce = secrets.token_hex(16)
+    request = {"program": program, "tests": tests, "entry_point": entry_point, "prelude": prelude}
+    request.update(nonce=nonce, timeout_s=timeout_s)
+    workdir = tempfile.mkdtemp(prefix="r1jax-sandbox-")
+    os.chmod(workdir, 0o777)
+    start = time.monotonic()
+    proc = subprocess.Popen(
+        _command(mode, uid, _limits(timeout_s, memory_mb)),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=workdir,
+        env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
+        start_new_session=True,
+    )
+    try:
+        stdout, stderr = proc.communicate(
+            json.dumps(request).encode(), timeout_s + STARTUP_MARGIN_S
+        )
+        verdict = _verdict(stdout, nonce)
+        if verdict["status"] == "sandbox_error":
+            tail = stderr[-300:].decode(errors="replace")
+            verdict["detail"] += f" (exit {proc.returncode}: {tail})"
+    except subprocess.TimeoutExpired:
+        verdict = {"status": "timeout", "detail": f"killed after {timeout_s + STARTUP_MARGIN_S}s"}
+    finally:
+        _cleanup(proc, uid, workdir)
+    return TestResult(
+        passed=verdict["status"] == "passed",
+        status=verdict["status"],
+        isolation=mode,
+        elapsed_s=time.monotonic() - start,
+        detail=str(verdict.get("detail", "")),
+        stdout=str(verdict.get("stdout", "")),
+        stderr=str(verdict.get("stderr", "")),
+        uid=uid,
+    )
+
+
+def _cleanup(proc: subprocess.Popen, uid: int, workdir: str) -> None:
+    """Kill the sandbox's process group, every process of its uid, and remove its work dir."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    kill_uid(uid)
+    proc.communicate()
+    shutil.rmtree(workdir, ignore_errors=True)

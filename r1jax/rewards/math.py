@@ -1,0 +1,321 @@
+"""Math answer extraction and equivalence: math-verify plus extraction rules, guards, a deadline."""
+
+import fractions
+import logging
+import multiprocessing
+import multiprocessing.connection
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+
+import math_verify
+
+# math-verify warns on every call with its own (signal-based) timeout disabled; we bound time here.
+logging.getLogger("math_verify").setLevel(logging.ERROR)
+
+DEFAULT_TIMEOUT_S = 5.0
+MAX_ANSWER_CHARS = 1000  # longer "answers" are never sent to sympy
+MAX_NESTING = 24  # bracket depth above which parsing gets super-linear in latex2sympy
+MAX_EXPONENT = 10_000  # a literal exponent above this can make sympy build a giant integer
+MAX_FACTORIAL = 2_000
+_CHECKER_START_S = 60.0
+
+_MC_LETTER = re.compile(r"^\(?([A-Ea-e])\)?$")
+_ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+_GSM8K = re.compile(r"####\s*([^\n]*)")
+_THE_ANSWER_IS = re.compile(r"answer\s+is\s*:?\s*([^\n]*)", re.IGNORECASE)
+_THOUSANDS = re.compile(r"^[-+]?\d{1,3}(,\d{3})+(\.\d+)?$")
+_NUMBER = re.compile(r"^[-+]?(\d+(\.\d*)?|\.\d+)(/\d+)?$")
+_UNIT_TAIL = re.compile(
+    r"^([-+]?[\d.,]*\d)\s*(\\%|%|\\text\{[^{}]*\}|\\mbox\{[^{}]*\}|[a-zA-Z]{2,}[a-zA-Z .\-/]*)$"
+)
+_TEXT_WRAP = re.compile(r"^\\(?:text|textbf|mathrm|mbox)\{([^{}]*)\}$")
+_POWER = re.compile(r"(\^|\*\*)")
+_EXPONENT_LITERAL = re.compile(r"(?:\^|\*\*)\s*\{?\s*\(?\s*(\d+)")
+_FACTORIAL_LITERAL = re.compile(r"(\d+)\s*!")
+_PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_PARSE_CONFIG = [
+    math_verify.LatexExtractionConfig(boxed_match_priority=0),
+    math_verify.ExprExtractionConfig(),
+]
+
+
+class _Deadline(BaseException):
+    """Raised by the interval timer; a BaseException so sympy's `except Exception` can't eat it."""
+
+
+_deadline_armed = threading.Event()
+
+
+def _last_boxed(text: str) -> str | None:
+    """Content of the last \\boxed{...} or \\fbox{...}, matching nested braces in linear time."""
+    start = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
+    if start < 0:
+        return None
+    open_at = text.find("{", start)
+    if open_at < 0 or text[start:open_at].strip() not in ("\\boxed", "\\fbox"):
+        # "\boxed 5" (no braces) is valid LaTeX for a single token.
+        rest = text[start:].split(None, 2)
+        return rest[1].rstrip(".$") if len(rest) > 1 and rest[0] == "\\boxed" else None
+    depth = 0
+    for i in range(open_at, len(text)):
+        ch = text[i]
+        if ch == "{":
+            depth += 1
+        elif ch == "}":
+            depth -= 1
+            if depth == 0:
+                return text[open_at + 1 : i]
+    return None  # unbalanced: no answer rather than a guess
+
+
+def _strip_sentence(ans: str) -> str:
+    """Trim phrasing around an answer given in prose ("is $42$.", "is **42**")."""
+    ans = ans.strip().rstrip(".").strip()
+    ans = ans.strip("*").strip()
+    if len(ans) >= 2 and ans[0] == "$" and ans[-1] == "$":
+        ans = ans.strip("$").strip()
+    return ans
+
+
+def extract_answer(text: str) -> str | None:
+    """Final answer: <answer> tag, else last \\boxed{}, else "#### x", else "the answer is x"."""
+    if not isinstance(text, str):
+        return None
+    tags = _ANSWER_TAG.findall(text)
+    if tags:
+        inner = tags[-1]
+        boxed = _last_boxed(inner)
+        return (boxed if boxed is not None else _strip_sentence(inner)).strip()
+    boxed = _last_boxed(text)
+    if boxed is not None:
+        return boxed.strip()
+    gsm = _GSM8K.findall(text)
+    if gsm:
+        return _strip_sentence(gsm[-1])
+    said = _THE_ANSWER_IS.findall(text)
+    if said:
+        inner = _strip_sentence(said[-1])
+        boxed = _last_boxed(inner)
+        return boxed.strip() if boxed is not None else inner
+    return None
+
+
+def normalize(ans: str) -> str:
+    """Cheap canonical form: no $, spaces, \\left, thousands separators, units or \\text{}."""
+    s = ans.strip().strip("$").strip()
+    # LaTeX thin spaces; a "\\ " that ends a "\\\\" row break is not one.
+    s = re.sub(r"(?<!\\)\\[!, ]", "", s).replace("\\dfrac", "\\frac")
+    s = s.replace("\\tfrac", "\\frac").replace("\\left", "").replace("\\right", "")
+    s = re.sub(r"^\\\$\s*|^\$", "", s).strip()  # a leading currency sign
+    s = re.sub(r"\s+", " ", s).rstrip(".").strip()
+    unwrapped = _TEXT_WRAP.match(s)
+    if unwrapped:
+        s = unwrapped.group(1).strip()
+    unit = _UNIT_TAIL.match(s)
+    if unit:
+        s = unit.group(1)
+    if _THOUSANDS.match(s.replace(" ", "")):
+        s = s.replace(",", "").replace(" ", "")
+    return s.replace(" ", "")
+
+
+def _as_fraction(s: str) -> fractions.Fraction | None:
+    if not _NUMBER.match(s) or len(s) > 100:
+        return None
+    try:
+        return fractions.Fraction(s)
+    except (ValueError, ZeroDivisionError):
+        return None
+
+
+def _choice_letter(s: str) -> str | None:
+    s = re.sub(r"^(option|choice)\s*", "", s.strip(), flags=re.IGNORECASE)
+    unwrapped = _TEXT_WRAP.match(s)
+    if unwrapped:
+        s = unwrapped.group(1).strip()
+    m = _MC_LETTER.match(s)
+    return m.group(1).upper() if m else None
+
+
+def _max_nesting(s: str) -> int:
+    depth = deepest = 0
+    for ch in s:
+        if ch in "{([":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "})]":
+            depth = max(depth - 1, 0)
+    return deepest
+
+
+def is_dangerous(ans: str) -> bool:
+    """True for answers that could make sympy build huge integers or parse super-linearly."""
+    if len(ans) > MAX_ANSWER_CHARS or _max_nesting(ans) > MAX_NESTING:
+        return True
+    if any(int(d) > MAX_EXPONENT for d in _EXPONENT_LITERAL.findall(ans) if len(d) < 12):
+        return True
+    if any(len(d) >= 12 for d in _EXPONENT_LITERAL.findall(ans)):
+        return True
+    if any(len(d) > 6 or int(d) > MAX_FACTORIAL for d in _FACTORIAL_LITERAL.findall(ans)):
+        return True
+    # A power inside an exponent (towers such as 9^{9^{9}} or 9**9**9) is never a sane answer.
+    for m in _POWER.finditer(ans):
+        tail = ans[m.end() :].lstrip()
+        exponent = _leading_group(tail)
+        if _POWER.search(exponent):
+            return True
+    return False
+
+
+def _leading_group(s: str) -> str:
+    """The exponent that follows a power operator: a {...} or (...) group, or the next token."""
+    if s[:1] in "{(":
+        close = {"{": "}", "(": ")"}[s[0]]
+        depth = 0
+        for i, ch in enumerate(s):
+            depth += ch == s[0]
+            depth -= ch == close
+            if depth == 0:
+                return s[: i + 1]
+        return s
+    m = re.match(r"[\w.\\]+\s*(\^|\*\*)?", s)
+    return m.group(0) if m else ""
+
+
+def _mv_equal(pred: str, gold: str) -> bool:
+    """math-verify parse + verify with its signal timeouts off (the caller bounds time)."""
+    gold_parsed = math_verify.parse(
+        "\\boxed{" + gold + "}", extraction_config=_PARSE_CONFIG, parsing_timeout=None
+    )
+    pred_parsed = math_verify.parse(
+        "\\boxed{" + pred + "}", extraction_config=_PARSE_CONFIG, parsing_timeout=None
+    )
+    if not gold_parsed or not pred_parsed:
+        return False
+    return bool(math_verify.verify(gold_parsed, pred_parsed, timeout_seconds=None))
+
+
+def _raise_deadline(signum, frame):
+    if _deadline_armed.is_set():
+        raise _Deadline()
+
+
+def _with_itimer(pred: str, gold: str, timeout_s: float) -> bool:
+    """Run math-verify under SIGALRM (main thread only); the deadline counts as not equal."""
+    previous = signal.signal(signal.SIGALRM, _raise_deadline)
+    _deadline_armed.set()
+    # Re-fire every 50 ms in case some library code swallows the first interruption.
+    signal.setitimer(signal.ITIMER_REAL, timeout_s, 0.05)
+    try:
+        return _mv_equal(pred, gold)
+    except _Deadline:
+        return False
+    finally:
+        _deadline_armed.clear()
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _checker_main(read_fd: int, write_fd: int) -> None:
+    """Child process: answer (pred, gold) requests until the parent closes the pipe."""
+    requests = multiprocessing.connection.Connection(read_fd, writable=False)
+    replies = multiprocessing.connection.Connection(write_fd, readable=False)
+    replies.send("ready")
+    while True:
+        try:
+            pred, gold = requests.recv()
+        except (EOFError, OSError):
+            return
+        try:
+            replies.send(_mv_equal(pred, gold))
+        except Exception:  # noqa: BLE001 - any parser failure means "not equal"
+            replies.send(False)
+
+
+class _Checker:
+    """A persistent child process running math-verify; killed and replaced when a call overruns."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._proc = None
+
+    def _start(self):
+        # A plain subprocess, not multiprocessing spawn: the caller's __main__ is not re-imported.
+        req_r, req_w = os.pipe()
+        rep_r, rep_w = os.pipe()
+        code = f"from r1jax.rewards import math; math._checker_main({req_r}, {rep_w})"
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([_PACKAGE_ROOT] + sys.path))
+        self._proc = subprocess.Popen(
+            [sys.executable, "-c", code], pass_fds=(req_r, rep_w), env=env, close_fds=True
+        )
+        os.close(req_r)
+        os.close(rep_w)
+        self._requests = multiprocessing.connection.Connection(req_w, readable=False)
+        self._replies = multiprocessing.connection.Connection(rep_r, writable=False)
+        # Imports (sympy) take a second or more; that wait is not charged to the first check.
+        if not self._replies.poll(_CHECKER_START_S) or self._replies.recv() != "ready":
+            self._kill()
+            raise RuntimeError("math checker process failed to start")
+
+    def _kill(self):
+        self._proc.kill()
+        self._proc.wait()
+        self._requests.close()
+        self._replies.close()
+        self._proc = None
+
+    def equal(self, pred: str, gold: str, timeout_s: float) -> bool:
+        with self._lock:
+            if self._proc is None or self._proc.poll() is not None:
+                self._start()
+            try:
+                self._requests.send((pred, gold))
+                if self._replies.poll(timeout_s):
+                    return bool(self._replies.recv())
+            except (EOFError, OSError):
+                pass
+            self._kill()
+            return False
+
+
+_CHECKER = _Checker()
+
+
+def symbolic_equal(pred: str, gold: str, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> bool:
+    """math-verify equivalence under a hard deadline (itimer on the main thread, else a child)."""
+    if is_dangerous(pred) or is_dangerous(gold):
+        return False
+    if threading.current_thread() is threading.main_thread():
+        try:
+            return _with_itimer(pred, gold, timeout_s)
+        except Exception:  # noqa: BLE001 - sympy raises many types on odd input
+            return False
+    return _CHECKER.equal(pred, gold, timeout_s)
+
+
+def is_equiv(pred: str | None, gold: str, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> bool:
+    """True when the predicted answer equals the gold answer (numbers, letters, LaTeX, sympy)."""
+    if pred is None or gold is None:
+        return False
+    pred, gold = str(pred), str(gold)
+    p, g = normalize(pred), normalize(gold)
+    if not p or not g:
+        return False
+    if p == g:
+        return True
+    gold_letter = _choice_letter(g)
+    if gold_letter is not None:
+        return _choice_letter(p) == gold_letter
+    pf, gf = _as_fraction(p), _as_fraction(g)
+    if pf is not None and gf is not None:
+        return pf == gf or abs(float(pf) - float(gf)) <= 1e-9 * max(1.0, abs(float(gf)))
+    return symbolic_equal(p, g, timeout_s=timeout_s)
+
+
+def accuracy_reward(completion: str, gold: str, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> float:
+    """1.0 when the completion's extracted final answer equals the gold answer, else 0.0."""
+    return float(is_equiv(extract_answer(completion), gold, timeout_s=timeout_s))

@@ -1,0 +1,229 @@
+"""Reward functions by name, weighted sums, and a worker pool that survives hangs and crashes.
+
+Config: `rewards = {"accuracy": 1.0, "format": 1.0, "language": 0.1}`. Every reward is
+`fn(completion, record) -> float`. `RewardPool.score` runs each (completion, all functions) item
+in a persistent worker process; a function that overruns `timeout_s` or kills its worker scores
+0 and is counted in the metrics, the worker is replaced, and the rest of the batch goes on.
+"""
+
+import importlib
+import multiprocessing.connection
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+from r1jax.rewards import format as format_reward
+from r1jax.rewards import language as language_reward
+from r1jax.rewards import tasks
+
+_PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_WORKER_START_S = 60.0  # importing sympy on a loaded machine
+
+
+def format_strict(completion: str, record: dict) -> float:
+    """R1 format, strict: <think>…</think><answer>…</answer> and nothing else."""
+    opens = bool(record.get("prompt_opens_think", False))
+    return format_reward.strict_format(completion, prompt_opens_think=opens)
+
+
+def format_lenient(completion: str, record: dict) -> float:
+    """R1 format, lenient: a think block then an answer block, text around allowed."""
+    opens = bool(record.get("prompt_opens_think", False))
+    return format_reward.lenient_format(completion, prompt_opens_think=opens)
+
+
+def tag_count(completion: str, record: dict) -> float:
+    """0.25 per R1 tag that appears exactly once."""
+    opens = bool(record.get("prompt_opens_think", False))
+    return format_reward.tag_count(completion, prompt_opens_think=opens)
+
+
+def language(completion: str, record: dict) -> float:
+    """Share of chain-of-thought words in record["language"] (else the prompt's language)."""
+    target = record.get("language") or language_reward.detect(record.get("prompt", ""))
+    return language_reward.consistency(completion, target)
+
+
+REWARDS = {
+    "accuracy": tasks.accuracy,
+    "format": format_strict,
+    "format_lenient": format_lenient,
+    "tag_count": tag_count,
+    "language": language,
+    "countdown": tasks.countdown,
+    "gsm8k": tasks.gsm8k,
+    "math": tasks.math_answer,
+    "code": tasks.humaneval,
+}
+
+
+def get(name: str):
+    """The reward registered under `name`, or a "module:function" path (custom rewards)."""
+    if name in REWARDS:
+        return REWARDS[name]
+    if ":" in name:
+        module, _, attr = name.partition(":")
+        return getattr(importlib.import_module(module), attr)
+    raise KeyError(f"unknown reward {name!r}; known: {sorted(REWARDS)} or 'module:function'")
+
+
+def score_item(names: list[str], completion: str, record: dict):
+    """Yield (name, value, error) for each reward, in order; an exception is (name, 0, repr)."""
+    for name in names:
+        try:
+            yield name, float(get(name)(completion, record)), None
+        except Exception as exc:  # noqa: BLE001 - one bad reward must not stop the others
+            yield name, 0.0, f"{type(exc).__name__}: {exc}"[:300]
+
+
+def _worker_main(read_fd: int, write_fd: int) -> None:
+    """Worker process: score (index, names, completion, record) requests until EOF."""
+    requests = multiprocessing.connection.Connection(read_fd, writable=False)
+    replies = multiprocessing.connection.Connection(write_fd, readable=False)
+    replies.send("ready")
+    while True:
+        try:
+            index, names, completion, record = requests.recv()
+        except (EOFError, OSError):
+            return
+        for name, value, error in score_item(names, completion, record):
+            replies.send((index, name, value, error))
+
+
+class _Worker:
+    """One persistent worker process and the item it is working on."""
+
+    def __init__(self):
+        req_r, req_w = os.pipe()
+        rep_r, rep_w = os.pipe()
+        code = f"from r1jax.rewards import registry; registry._worker_main({req_r}, {rep_w})"
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([_PACKAGE_ROOT] + sys.path))
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", code], pass_fds=(req_r, rep_w), env=env, close_fds=True
+        )
+        os.close(req_r)
+        os.close(rep_w)
+        self.requests = multiprocessing.connection.Connection(req_w, readable=False)
+        self.replies = multiprocessing.connection.Connection(rep_r, writable=False)
+        self.ready = False
+        self.task = None  # (index, names still to score)
+        self.deadline = 0.0
+
+    def kill(self):
+        self.proc.kill()
+        self.proc.wait()
+        self.requests.close()
+        self.replies.close()
+
+
+class RewardPool:
+    """Weighted rewards over a batch, scored by persistent workers with per-function timeouts."""
+
+    def __init__(self, weights: dict[str, float], *, num_workers: int, timeout_s: float):
+        for name in weights:
+            get(name)
+        self.weights = dict(weights)
+        self.names = list(weights)
+        self.timeout_s = float(timeout_s)
+        self.num_workers = int(num_workers)
+        self._workers = [_Worker() for _ in range(self.num_workers)]
+        self._restarts = 0
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self) -> None:
+        """Stop the workers."""
+        for worker in self._workers:
+            worker.kill()
+        self._workers = []
+
+    def score(self, completions: list[str], records: list[dict]):
+        """(total_N float32, {name: values_N}, metrics) for a batch of completions."""
+        if len(completions) != len(records):
+            raise ValueError(f"{len(completions)} completions but {len(records)} records")
+        start = time.monotonic()
+        n = len(completions)
+        values = {name: np.zeros(n, np.float32) for name in self.names}
+        counts = {f"{kind}/{name}": 0 for name in self.names for kind in ("timeouts", "crashes")}
+        if self.num_workers == 0:
+            self._score_in_process(completions, records, values, counts)
+        else:
+            self._score_in_workers(completions, records, values, counts)
+        total_N = sum((self.weights[k] * values[k] for k in self.names), np.zeros(n, np.float32))
+        metrics = {f"rewards/{k}": float(v) for k, v in counts.items()}
+        metrics.update(
+            {f"rewards/mean/{k}": float(v.mean()) if n else 0.0 for k, v in values.items()}
+        )
+        metrics["rewards/worker_restarts"] = float(self._restarts)
+        metrics["rewards/seconds"] = time.monotonic() - start
+        return total_N.astype(np.float32), values, metrics
+
+    def _score_in_process(self, completions, records, values, counts):
+        for i, (completion, record) in enumerate(zip(completions, records, strict=True)):
+            for name, value, error in score_item(self.names, completion, record):
+                values[name][i] = value
+                counts[f"crashes/{name}"] += error is not None
+
+    def _score_in_workers(self, completions, records, values, counts):
+        pending = [(i, list(self.names)) for i in range(len(completions))][::-1]
+        while pending or any(w.task for w in self._workers):
+            for worker in self._workers:
+                if worker.task is None and pending and worker.ready:
+                    worker.task = pending.pop()
+                    index, names = worker.task
+                    worker.requests.send((index, names, completions[index], records[index]))
+                    worker.deadline = time.monotonic() + self.timeout_s
+            self._collect(values, counts, pending)
+
+    def _collect(self, values, counts, pending):
+        """Wait for replies; record values; replace workers that time out or die."""
+        now = time.monotonic()
+        waits = [w.deadline - now for w in self._workers if w.task] or [_WORKER_START_S]
+        ready = multiprocessing.connection.wait(
+            [w.replies for w in self._workers], timeout=max(0.0, min(waits))
+        )
+        for slot, worker in enumerate(self._workers):
+            if worker.replies in ready:
+                try:
+                    self._receive(worker, values, counts)
+                    continue
+                except (EOFError, OSError):
+                    reason = "crashes"
+            elif worker.task and time.monotonic() > worker.deadline:
+                reason = "timeouts"
+            elif not worker.ready and worker.proc.poll() is not None:
+                raise RuntimeError("reward worker failed to start")
+            else:
+                continue
+            self._replace(slot, reason, counts, pending)
+
+    def _receive(self, worker, values, counts):
+        message = worker.replies.recv()
+        if message == "ready":
+            worker.ready = True
+            return
+        index, name, value, error = message
+        values[name][index] = value
+        counts[f"crashes/{name}"] += error is not None
+        remaining = worker.task[1][1:]
+        worker.task = (index, remaining) if remaining else None
+        worker.deadline = time.monotonic() + self.timeout_s
+
+    def _replace(self, slot, reason, counts, pending):
+        """The function being scored gets 0 and a count; the item's other functions are requeued."""
+        worker = self._workers[slot]
+        if worker.task:
+            index, names = worker.task
+            counts[f"{reason}/{names[0]}"] += 1
+            if names[1:]:
+                pending.append((index, names[1:]))
+        worker.kill()
+        self._workers[slot] = _Worker()
+        self._restarts += 1

@@ -1,0 +1,241 @@
+"""Sandbox harness (stdlib only, runs in the sandbox): trusted tests call untrusted code by proxy.
+
+The harness process H runs as root inside the sandbox. It forks the program process P, which
+drops to a fresh unprivileged uid and runs the untrusted program. The tests run in H and call
+the program's functions through proxies: arguments and return values cross a pipe as tagged
+JSON of plain data (never pickle). So nothing P does to its own interpreter (patched builtins,
+assert, sys.exit, fake output) reaches the tests, and P cannot signal, ptrace or read H.
+"""
+
+import builtins
+import ctypes
+import json
+import math
+import os
+import resource
+import select
+import signal
+import sys
+import time
+
+# Modules imported before the fork, so P (which cannot read root-only paths in the fallback
+# mode) can still use them, and so they cost nothing per program.
+PRELOAD = (
+    "bisect collections copy dataclasses datetime decimal fractions functools hashlib heapq "
+    "itertools json math operator random re statistics string traceback typing"
+).split()
+MAX_MESSAGE = 4 << 20
+OUTPUT_PREVIEW = 2048
+PR_SET_NO_NEW_PRIVS = 38
+
+
+def encode(value, depth=0):
+    """Plain data -> JSON-able tagged tree; anything else is an error."""
+    if depth > 100:
+        raise ValueError("value nested too deeply")
+    kind = type(value)
+    if value is None or kind in (bool, int, str):
+        return value
+    if kind is float:
+        return value if math.isfinite(value) else {"f": repr(value)}
+    if kind is complex:
+        return {"c": [encode(value.real), encode(value.imag)]}
+    if kind is bytes:
+        return {"b": value.hex()}
+    tags = {list: "l", tuple: "t", set: "s", frozenset: "fs"}
+    if kind in tags:
+        return {tags[kind]: [encode(v, depth + 1) for v in value]}
+    if kind is dict:
+        return {"d": [[encode(k, depth + 1), encode(v, depth + 1)] for k, v in value.items()]}
+    raise TypeError(f"unsupported value type {kind.__name__}")
+
+
+def decode(tree):
+    """Tagged tree -> fresh plain Python objects (the inverse of encode; rejects anything else)."""
+    if tree is None or type(tree) in (bool, int, float, str):
+        return tree
+    if type(tree) is not dict or len(tree) != 1:
+        raise ValueError("malformed value")
+    ((tag, body),) = tree.items()
+    if tag == "f":
+        if body not in ("inf", "-inf", "nan"):
+            raise ValueError("malformed float")
+        return float(body)
+    if tag == "c":
+        return complex(decode(body[0]), decode(body[1]))
+    if tag == "b":
+        return bytes.fromhex(body)
+    if tag == "d":
+        return {decode(k): decode(v) for k, v in body}
+    makers = {"l": list, "t": tuple, "s": set, "fs": frozenset}
+    if tag not in makers or type(body) is not list:
+        raise ValueError("malformed value")
+    return makers[tag](decode(v) for v in body)
+
+
+def _send(fd, message):
+    os.write(fd, (json.dumps(message) + "\n").encode())
+
+
+class _Reader:
+    """Line reader over a pipe fd with a deadline and a size cap."""
+
+    def __init__(self, fd):
+        self.fd, self.buffer = fd, b""
+
+    def read(self, deadline):
+        while b"\n" not in self.buffer:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("program did not answer in time")
+            ready, _, _ = select.select([self.fd], [], [], left)
+            if ready:
+                chunk = os.read(self.fd, 1 << 16)
+                if not chunk:
+                    raise EOFError("program process exited")
+                self.buffer += chunk
+                if len(self.buffer) > MAX_MESSAGE:
+                    raise ValueError("program message too large")
+        line, self.buffer = self.buffer.split(b"\n", 1)
+        return json.loads(line)
+
+
+def _program_main(cmd_fd, res_fd, uid, limits):
+    """P: drop privileges and limits, then serve exec/call requests. Never returns."""
+    os.setsid()
+    for name, value in limits.items():
+        resource.setrlimit(getattr(resource, name), (value, value))
+    null = os.open("/dev/null", os.O_RDONLY)
+    out = os.open("stdout.txt", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    err = os.open("stderr.txt", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    for fd, target in ((null, 0), (out, 1), (err, 2)):
+        os.dup2(fd, target)
+    for fd in range(3, 1024):
+        if fd not in (cmd_fd, res_fd):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+    os.fchown(1, uid, uid)
+    os.fchown(2, uid, uid)
+    os.chown(".", uid, uid)
+    # No setuid-binary escalation after the uid drop (bwrap sets this too; the fallbacks need it).
+    ctypes.CDLL(None).prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+    os.setgroups([])
+    os.setgid(uid)
+    os.setuid(uid)
+    os.environ.clear()
+    reader, namespace = _Reader(cmd_fd), {"__name__": "__main__"}
+    while True:
+        request = reader.read(time.monotonic() + 3600)
+        try:
+            if request["op"] == "exec":
+                exec(compile(request["program"], "<program>", "exec"), namespace)
+                names = [k for k, v in namespace.items() if callable(v) and not k.startswith("__")]
+                _send(res_fd, {"ok": names})
+            else:
+                args = decode(request["args"])
+                value = namespace[request["name"]](*args)
+                _send(res_fd, {"ok": encode(value)})
+        except BaseException as exc:  # noqa: BLE001 - any failure is reported, not fatal
+            _send(res_fd, {"exc": type(exc).__name__, "msg": str(exc)[:200]})
+
+
+def _make_proxy(name, cmd_fd, reader, deadline):
+    """A function in H that forwards a call to P and returns a fresh copy of P's answer."""
+
+    def proxy(*args):
+        _send(cmd_fd, {"op": "call", "name": name, "args": encode(list(args))})
+        reply = reader.read(deadline)
+        if "exc" in reply:
+            # Re-raise as a builtin type so tests that expect e.g. ValueError still work.
+            raise _builtin_exception(str(reply["exc"]))(str(reply.get("msg", "")))
+        return decode(reply["ok"])
+
+    proxy.__name__ = name
+    return proxy
+
+
+def _builtin_exception(name):
+    kind = getattr(builtins, name, None)
+    if isinstance(kind, type) and issubclass(kind, Exception):
+        return kind
+    return RuntimeError
+
+
+def _run_tests(request, cmd_fd, reader):
+    """H: send the program to P, then run the trusted tests against proxies."""
+    deadline = time.monotonic() + float(request["timeout_s"])
+    _send(cmd_fd, {"op": "exec", "program": request["program"]})
+    reply = reader.read(deadline)
+    if "exc" in reply:
+        return "error", f"program raised {reply['exc']}: {reply.get('msg', '')}"
+    names = [n for n in reply["ok"] if isinstance(n, str)]
+    namespace = {"__name__": "__tests__"}
+    exec(compile(request.get("prelude") or "", "<prelude>", "exec", optimize=0), namespace)
+    entry = request.get("entry_point")
+    for name in names + ([entry] if entry else []):
+        # Names the trusted prelude defines stay trusted (e.g. HumanEval's helper functions).
+        if name == entry or name not in namespace:
+            namespace[name] = _make_proxy(name, cmd_fd, reader, deadline)
+    try:
+        exec(compile(request["tests"], "<tests>", "exec", optimize=0), namespace)
+        if entry and callable(namespace.get("check")):
+            namespace["check"](namespace[entry])
+    except AssertionError as exc:
+        return "failed", f"assertion failed: {str(exc)[:200]}"
+    except TimeoutError as exc:
+        return "timeout", str(exc)
+    except Exception as exc:  # noqa: BLE001 - a test error is a failure to pass
+        return "error", f"{type(exc).__name__}: {str(exc)[:200]}"
+    return "passed", ""
+
+
+def _preview(path):
+    try:
+        with open(path, "rb") as f:
+            return f.read(OUTPUT_PREVIEW).decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+def main():
+    """Fork P first (so P never holds the request or nonce), then read the request and test."""
+    for module in PRELOAD:
+        __import__(module)
+    uid = int(sys.argv[1])
+    limits = json.loads(sys.argv[2])
+    cmd_r, cmd_w = os.pipe()
+    res_r, res_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(cmd_w)
+            os.close(res_r)
+            _program_main(cmd_r, res_w, uid, limits)
+        finally:
+            os._exit(1)
+    os.close(cmd_r)
+    os.close(res_w)
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    request = json.loads(sys.stdin.buffer.read())
+    try:
+        status, detail = _run_tests(request, cmd_w, _Reader(res_r))
+    except TimeoutError as exc:
+        status, detail = "timeout", str(exc)
+    except (EOFError, OSError, ValueError, KeyError, TypeError) as exc:
+        status, detail = "error", f"{type(exc).__name__}: {exc}"
+    os.kill(pid, signal.SIGKILL)
+    verdict = {
+        "nonce": request["nonce"],
+        "status": status,
+        "detail": detail,
+        "stdout": _preview("stdout.txt"),
+        "stderr": _preview("stderr.txt"),
+    }
+    sys.stdout.write(json.dumps(verdict))
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

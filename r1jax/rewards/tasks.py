@@ -1,0 +1,154 @@
+"""Task rewards: Countdown, GSM8K, MATH, HumanEval and the built-in world, plus dataset loaders.
+
+Every reward is `fn(completion: str, record: dict) -> float`; `accuracy` dispatches on
+record["task"] (default "math").
+"""
+
+import ast
+import fractions
+import gzip
+import json
+import operator
+import pathlib
+import re
+
+from r1jax.rewards import code
+from r1jax.rewards import math as math_reward
+
+MAX_EXPRESSION_CHARS = 300
+CODE_TIMEOUT_S = 10.0
+_BINARY_OPS = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+}
+_CODE_BLOCK = re.compile(r"```(?:python|py)?[ \t]*\n(.*?)```", re.DOTALL)
+
+
+def gsm8k_gold(answer_field: str) -> str:
+    """The final number of a GSM8K worked solution ("... #### 1,234" -> "1234")."""
+    return math_reward.normalize(answer_field.rsplit("####", 1)[-1])
+
+
+def _evaluate(node: ast.AST, used: list[int]) -> fractions.Fraction:
+    """Exact value of a + - * / expression over integer literals; anything else raises."""
+    if isinstance(node, ast.BinOp) and type(node.op) in _BINARY_OPS:
+        left, right = _evaluate(node.left, used), _evaluate(node.right, used)
+        return _BINARY_OPS[type(node.op)](left, right)
+    if isinstance(node, ast.Constant) and type(node.value) is int:
+        used.append(node.value)
+        return fractions.Fraction(node.value)
+    raise ValueError(f"not allowed in a Countdown expression: {type(node).__name__}")
+
+
+def countdown_value(expression: str, numbers: list[int]) -> fractions.Fraction | None:
+    """Value of the expression if it uses each given number exactly once, else None."""
+    expression = expression.split("=")[0].replace("\\times", "*").replace("×", "*")
+    expression = expression.replace("\\div", "/").replace("÷", "/").strip().strip("$")
+    if not expression or len(expression) > MAX_EXPRESSION_CHARS:
+        return None
+    used = []
+    try:
+        value = _evaluate(ast.parse(expression, mode="eval").body, used)
+    except (SyntaxError, ValueError, ZeroDivisionError, RecursionError, MemoryError):
+        return None
+    return value if sorted(used) == sorted(int(n) for n in numbers) else None
+
+
+def countdown(completion: str, record: dict) -> float:
+    """1.0 when the answer uses all record["numbers"] once each and equals record["target"]."""
+    answer = math_reward.extract_answer(completion)
+    if answer is None:
+        return 0.0
+    value = countdown_value(answer, record["numbers"])
+    return float(value is not None and value == int(record["target"]))
+
+
+def math_answer(completion: str, record: dict) -> float:
+    """MATH / AIME / AMC / world: the extracted answer equals record["answer"]."""
+    return math_reward.accuracy_reward(completion, str(record["answer"]))
+
+
+def gsm8k(completion: str, record: dict) -> float:
+    """GSM8K: accepts a raw record (worked solution ending in '#### n') or a bare answer."""
+    gold = str(record["answer"])
+    return math_reward.accuracy_reward(completion, gsm8k_gold(gold) if "####" in gold else gold)
+
+
+def extract_code(completion: str) -> str:
+    """The program in a completion: the last ```python block, else the <answer> part, else all."""
+    blocks = _CODE_BLOCK.findall(completion)
+    if blocks:
+        return blocks[-1]
+    tagged = re.findall(r"<answer>(.*?)</answer>", completion, re.DOTALL)
+    if tagged:
+        return tagged[-1].strip("\n")
+    return completion.split("</think>", 1)[-1]
+
+
+def humaneval_program(completion: str, record: dict) -> str:
+    """Prompt + completion: a whole function replaces the stub; a bare body continues it."""
+    body = extract_code(completion)
+    if re.search(rf"^def\s+{re.escape(record['entry_point'])}\s*\(", body, re.MULTILINE):
+        return record["prompt"] + "\n    pass\n\n" + body
+    return record["prompt"] + body
+
+
+def humaneval(completion: str, record: dict) -> float:
+    """1.0 when the program passes the record's HumanEval `check` in the sandbox."""
+    result = code.run_tests(
+        humaneval_program(completion, record),
+        record["test"],
+        entry_point=record["entry_point"],
+        prelude=record["prompt"],
+        timeout_s=float(record.get("timeout_s", CODE_TIMEOUT_S)),
+        memory_mb=int(record.get("memory_mb", 512)),
+    )
+    return float(result.passed)
+
+
+TASKS = {
+    "math": math_answer,
+    "aime": math_answer,
+    "amc": math_answer,
+    "world": math_answer,
+    "gsm8k": gsm8k,
+    "countdown": countdown,
+    "code": humaneval,
+    "humaneval": humaneval,
+}
+
+
+def accuracy(completion: str, record: dict) -> float:
+    """Task accuracy, dispatched on record["task"] (default "math")."""
+    task = record.get("task", "math")
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; known: {sorted(TASKS)}")
+    return TASKS[task](completion, record)
+
+
+def _jsonl(path: pathlib.Path) -> list[dict]:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def gsm8k_records(path) -> list[dict]:
+    """GSM8K jsonl rows as reward records (prompt, answer = final number, task)."""
+    rows = _jsonl(pathlib.Path(path))
+    return [
+        {"prompt": r["question"], "answer": gsm8k_gold(r["answer"]), "task": "gsm8k"} for r in rows
+    ]
+
+
+def math_records(path) -> list[dict]:
+    """MATH-style jsonl rows (problem, answer) as reward records."""
+    rows = _jsonl(pathlib.Path(path))
+    return [{"prompt": r["problem"], "answer": str(r["answer"]), "task": "math"} for r in rows]
+
+
+def humaneval_records(path) -> list[dict]:
+    """HumanEval rows as reward records (prompt, test, entry_point, task="code")."""
+    fields = ("task_id", "prompt", "test", "entry_point", "canonical_solution")
+    return [dict({k: r[k] for k in fields}, task="code") for r in _jsonl(pathlib.Path(path))]

@@ -1,0 +1,295 @@
+"""Tokenizers (SentencePiece trained here, Hugging Face tokenizer.json), prompt templates, tags.
+
+Token ids of a SentencePiece model trained by `SentencePieceTokenizer.train` are fixed:
+pad=0, unk=1, bos=2, eos=3, then the user-defined symbols (<think>, </think>, <answer>,
+</answer>, ...), then the 256 byte-fallback pieces, then the learned pieces.
+"""
+
+import io
+import json
+import pathlib
+import re
+from collections.abc import Iterable, Sequence
+from typing import Protocol, runtime_checkable
+
+import sentencepiece
+import tokenizers
+
+THINK_OPEN = "<think>"
+THINK_CLOSE = "</think>"
+ANSWER_OPEN = "<answer>"
+ANSWER_CLOSE = "</answer>"
+REASONING_TAGS = (THINK_OPEN, THINK_CLOSE, ANSWER_OPEN, ANSWER_CLOSE)
+
+PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
+
+
+@runtime_checkable
+class Tokenizer(Protocol):
+    """What the rest of r1jax needs from a tokenizer."""
+
+    vocab_size: int
+    bos_id: int | None
+    eos_id: int
+    pad_id: int
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of `text`, with no BOS or EOS added."""
+        ...
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """Text of `ids`; pad ids are dropped, nothing else (EOS included) stops decoding."""
+        ...
+
+    def token_to_id(self, piece: str) -> int | None:
+        """The id of one vocabulary piece, or None when it is not a single token."""
+        ...
+
+
+class SentencePieceTokenizer:
+    """A SentencePiece model; `train` builds one whose tags are single tokens."""
+
+    def __init__(self, model_proto: bytes):
+        self.model_proto = bytes(model_proto)
+        self._sp = sentencepiece.SentencePieceProcessor(model_proto=self.model_proto)
+        self.vocab_size = int(self._sp.get_piece_size())
+        bos = self._sp.bos_id()
+        self.bos_id = bos if bos >= 0 else None
+        self.eos_id = int(self._sp.eos_id())
+        pad = self._sp.pad_id()
+        # Models trained elsewhere may have no pad piece; padding is masked, so any id will do.
+        self.pad_id = int(pad) if pad >= 0 else self.eos_id
+        if self.eos_id < 0:
+            raise ValueError("SentencePiece model has no EOS piece (eos_id < 0)")
+
+    @classmethod
+    def train(
+        cls,
+        texts: Iterable[str],
+        model_prefix: str | pathlib.Path,
+        *,
+        vocab_size: int,
+        model_type: str = "bpe",
+        user_defined_symbols: Sequence[str] = REASONING_TAGS,
+        character_coverage: float = 0.9995,
+        seed: int = 0,
+        num_threads: int = 1,
+    ) -> "SentencePieceTokenizer":
+        """Trains on `texts` and writes `{model_prefix}.model`; same corpus and seed, same bytes."""
+        if model_type not in ("bpe", "unigram"):
+            raise ValueError(f"model_type must be 'bpe' or 'unigram', got {model_type!r}")
+        # Lines, not documents: SentencePiece treats each sentence as one unit, and a newline
+        # inside one would be an unseen character (it still encodes, through byte fallback).
+        sentences = (line for t in texts for line in t.split("\n") if line.strip())
+        writer = io.BytesIO()
+        sentencepiece.set_random_generator_seed(seed)
+        sentencepiece.SentencePieceTrainer.train(
+            sentence_iterator=sentences,
+            model_writer=writer,
+            vocab_size=vocab_size,
+            model_type=model_type,
+            user_defined_symbols=list(user_defined_symbols),
+            byte_fallback=True,
+            pad_id=PAD_ID,
+            unk_id=UNK_ID,
+            bos_id=BOS_ID,
+            eos_id=EOS_ID,
+            character_coverage=character_coverage,
+            # Exact round trips: no NFKC, keep spaces, and no dummy prefix so that
+            # encode(a) + encode(b) decodes to a + b (prompt and response are encoded apart).
+            normalization_rule_name="identity",
+            remove_extra_whitespaces=False,
+            add_dummy_prefix=False,
+            allow_whitespace_only_pieces=True,
+            split_digits=True,
+            hard_vocab_limit=False,
+            max_sentence_length=1 << 16,
+            num_threads=num_threads,
+            minloglevel=2,
+        )
+        tok = cls(writer.getvalue())
+        tok.save(pathlib.Path(f"{model_prefix}.model"))
+        return tok
+
+    @classmethod
+    def load(cls, path: str | pathlib.Path) -> "SentencePieceTokenizer":
+        """Reads a `.model` file."""
+        path = pathlib.Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"SentencePiece model not found: {path}")
+        return cls(path.read_bytes())
+
+    def save(self, path: str | pathlib.Path) -> None:
+        """Writes the serialized model (a `.model` file)."""
+        path = pathlib.Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(self.model_proto)
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of `text`, with no BOS or EOS added."""
+        return list(self._sp.encode(text, out_type=int))
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """Text of `ids`, pad dropped; control pieces (BOS, EOS) decode to nothing."""
+        return self._sp.decode([int(i) for i in ids if int(i) != self.pad_id])
+
+    def token_to_id(self, piece: str) -> int | None:
+        """The id of `piece`, or None when the model has no such piece."""
+        idx = self._sp.piece_to_id(piece)
+        return None if idx == self._sp.unk_id() and piece != self._sp.id_to_piece(idx) else idx
+
+
+def _special_content(value) -> str | None:
+    """A tokenizer_config.json special token: a string, an AddedToken dict, or null."""
+    if isinstance(value, dict):
+        return value.get("content")
+    return value if isinstance(value, str) else None
+
+
+def _first_id(value) -> int | None:
+    if isinstance(value, list):
+        return int(value[0]) if value else None
+    return int(value) if isinstance(value, int) else None
+
+
+def _read_json(path: pathlib.Path) -> dict:
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from e
+
+
+_COMMON_EOS = ("<|endoftext|>", "</s>", "<|end_of_text|>", "<eos>", "<|im_end|>")
+
+
+class HFTokenizer:
+    """A Hugging Face `tokenizer.json` (with eos/bos/pad from the configs beside it)."""
+
+    def __init__(self, path: str | pathlib.Path):
+        path = pathlib.Path(path)
+        folder = path if path.is_dir() else path.parent
+        file = folder / "tokenizer.json" if path.is_dir() else path
+        if not file.is_file():
+            raise FileNotFoundError(f"no tokenizer.json at {file}")
+        self._tok = tokenizers.Tokenizer.from_file(str(file))
+        self.vocab_size = int(self._tok.get_vocab_size(with_added_tokens=True))
+        tok_cfg = _read_json(folder / "tokenizer_config.json")
+        gen_cfg = _read_json(folder / "generation_config.json")
+        model_cfg = _read_json(folder / "config.json")
+        eos = self._id_of(_special_content(tok_cfg.get("eos_token")))
+        for candidate in (gen_cfg.get("eos_token_id"), model_cfg.get("eos_token_id")):
+            eos = eos if eos is not None else _first_id(candidate)
+        for piece in _COMMON_EOS:
+            eos = eos if eos is not None else self._tok.token_to_id(piece)
+        if eos is None:
+            raise ValueError(f"{file}: cannot find the EOS token (set eos_token in tokenizer_config)")
+        self.eos_id = int(eos)
+        bos = self._id_of(_special_content(tok_cfg.get("bos_token")))
+        if bos is None and "bos_token" not in tok_cfg:
+            bos = _first_id(gen_cfg.get("bos_token_id", model_cfg.get("bos_token_id")))
+        self.bos_id = bos
+        pad = self._id_of(_special_content(tok_cfg.get("pad_token")))
+        # Without a pad token, pad with EOS (what Qwen and Llama recipes do); padding is masked.
+        self.pad_id = int(pad) if pad is not None else self.eos_id
+
+    def _id_of(self, piece: str | None) -> int | None:
+        return None if piece is None else self._tok.token_to_id(piece)
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of `text`, with no BOS or EOS added."""
+        return list(self._tok.encode(text, add_special_tokens=False).ids)
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """Text of `ids`; pad is dropped unless it doubles as EOS."""
+        keep = [int(i) for i in ids if int(i) != self.pad_id or self.pad_id == self.eos_id]
+        return self._tok.decode(keep, skip_special_tokens=False)
+
+    def token_to_id(self, piece: str) -> int | None:
+        """The id of `piece`, or None when it is not in the vocabulary."""
+        return self._tok.token_to_id(piece)
+
+
+def load_tokenizer(path: str | pathlib.Path) -> Tokenizer:
+    """A `.model` file (SentencePiece), or a tokenizer.json / a folder holding one (HF)."""
+    path = pathlib.Path(path)
+    if path.is_dir():
+        if (path / "tokenizer.json").is_file():
+            return HFTokenizer(path)
+        if (path / "tokenizer.model").is_file():
+            return SentencePieceTokenizer.load(path / "tokenizer.model")
+        raise FileNotFoundError(f"{path}: folder has neither tokenizer.json nor tokenizer.model")
+    if path.suffix == ".model":
+        return SentencePieceTokenizer.load(path)
+    if path.suffix == ".json":
+        return HFTokenizer(path)
+    if not path.exists():
+        raise FileNotFoundError(f"tokenizer not found: {path}")
+    raise ValueError(f"{path}: not a tokenizer (expected a .model file, tokenizer.json or a folder)")
+
+
+# ---- templates -------------------------------------------------------------------------------
+
+R1_ZERO_TEMPLATE = (
+    "A conversation between User and Assistant. The user asks a question, and the Assistant "
+    "solves it. The assistant first thinks about the reasoning process in the mind and then "
+    "provides the user with the answer. The reasoning process and answer are enclosed within "
+    "<think> </think> and <answer> </answer> tags, respectively, i.e., <think> reasoning "
+    "process here </think> <answer> answer here </answer>. User: {prompt}. Assistant:"
+)
+
+TEMPLATES = ("chat", "r1_zero", "none")
+
+
+def r1_zero_prompt(question: str) -> str:
+    """The DeepSeek-R1-Zero prompt (paper, Table 1) around `question`."""
+    return R1_ZERO_TEMPLATE.format(prompt=question.strip())
+
+
+def chat_prompt(question: str, *, system: str | None = None) -> str:
+    """Plain chat prompt: optional 'System: …' line, 'User: …', then 'Assistant:' (no space)."""
+    head = f"System: {system.strip()}\n" if system else ""
+    return f"{head}User: {question.strip()}\nAssistant:"
+
+
+def apply_template(template: str, question: str, *, system: str | None = None) -> str:
+    """The prompt text for a template name in TEMPLATES ('none' leaves the question as is)."""
+    if template == "chat":
+        return chat_prompt(question, system=system)
+    if template == "r1_zero":
+        return r1_zero_prompt(question)
+    if template == "none":
+        return question
+    raise ValueError(f"unknown template {template!r}; expected one of {TEMPLATES}")
+
+
+def response_text(template: str, response: str) -> str:
+    """The completion as trained: a space after 'Assistant:' templates, raw for 'none'."""
+    return response if template == "none" else " " + response.strip()
+
+
+def chat_example(
+    question: str, response: str, *, system: str | None = None, template: str = "chat"
+) -> str:
+    """A whole SFT example as one string: the templated prompt followed by the response."""
+    return apply_template(template, question, system=system) + response_text(template, response)
+
+
+def format_reasoning(think: str, answer: str) -> str:
+    """'<think>…</think> <answer>…</answer>', the R1 response format."""
+    return f"{THINK_OPEN}{think.strip()}{THINK_CLOSE} {ANSWER_OPEN}{answer.strip()}{ANSWER_CLOSE}"
+
+
+_THINK_RE = re.compile(re.escape(THINK_OPEN) + r"(.*?)" + re.escape(THINK_CLOSE), re.DOTALL)
+_ANSWER_RE = re.compile(re.escape(ANSWER_OPEN) + r"(.*?)" + re.escape(ANSWER_CLOSE), re.DOTALL)
+
+
+def split_reasoning(text: str) -> tuple[str | None, str | None]:
+    """(first closed think block, last closed answer block), stripped; None where absent."""
+    think = _THINK_RE.search(text)
+    answers = _ANSWER_RE.findall(text)
+    return (
+        think.group(1).strip() if think else None,
+        answers[-1].strip() if answers else None,
+    )

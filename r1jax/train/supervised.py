@@ -1,0 +1,227 @@
+"""Supervised stages (pretrain, sft): the masked next-token loss, its step, and the run driver.
+
+Shapes: B rows, T time, k micro-batches.
+"""
+
+import dataclasses
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import optax
+from absl import logging
+
+from r1jax import configlib, sharding, text
+from r1jax.data import pipeline, sources
+from r1jax.model import config as model_config
+from r1jax.model import hf_io, logprobs, transformer
+from r1jax.train import checkpoint, trainer
+from r1jax.train import metrics as metrics_lib
+from r1jax.train import state as state_lib
+
+
+def lm_loss_terms(model_cfg, params, batch):
+    """(sum of masked token NLL, number of trained tokens) for one (micro-)batch."""
+    h_BxTxD = transformer.hidden_states(
+        model_cfg,
+        params,
+        batch["inputs"],
+        positions_BxT=batch["positions"],
+        segment_ids_BxT=batch["segment_ids"],
+    )
+    logp_BxT, _ = logprobs.token_logprobs(model_cfg, params, h_BxTxD, batch["targets"])
+    mask_BxT = batch["loss_mask"].astype(jnp.float32)
+    return -jnp.sum(logp_BxT * mask_BxT), jnp.sum(mask_BxT)
+
+
+def supervised_step(state, batch, *, model_cfg, optimizer, grad_accum=1, lr_schedule=None):
+    """One optimizer step on the token-mean NLL, exact under gradient accumulation.
+
+    1. Split the batch into `grad_accum` micro-batches.
+    2. Accumulate gradients of the summed NLL and the trained-token count over them.
+    3. Divide once by the global token count (so accumulation does not change the loss).
+    4. Apply the update unless the loss or gradient is not finite.
+    """
+    # (1)
+    micro = trainer.micro_batches(batch, grad_accum)
+    grad_fn = jax.value_and_grad(lambda p, b: lm_loss_terms(model_cfg, p, b), has_aux=True)
+
+    # (2)
+    def accumulate(carry, mb):
+        grads, nll, count = carry
+        (mb_nll, mb_count), mb_grads = grad_fn(state.params, mb)
+        grads = jax.tree.map(jnp.add, grads, mb_grads)
+        return (grads, nll + mb_nll, count + mb_count), None
+
+    zeros = jax.tree.map(jnp.zeros_like, state.params)
+    init = (zeros, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32))
+    (grads, nll, count), _ = jax.lax.scan(accumulate, init, micro)
+    # (3)
+    denom = jnp.maximum(count, 1.0)
+    grads = jax.tree.map(lambda g: g / denom, grads)
+    loss = nll / denom
+    grad_norm = optax.tree.norm(grads)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+    # (4)
+    new_state, finite = trainer.apply_if_finite(state, new_state, loss, grad_norm)
+    metrics = {"loss": loss, "grad_norm": grad_norm, "tokens": count, "finite": finite}
+    if lr_schedule is not None:
+        metrics["lr"] = lr_schedule(state.step)
+    return new_state, metrics
+
+
+def eval_terms(params, batch, *, model_cfg):
+    """(NLL sum, token count) of one eval batch; jitted by the caller."""
+    return lm_loss_terms(model_cfg, params, batch)
+
+
+def load_records(cfg, path: str) -> list[dict]:
+    """Reads a data file in the configured format into prompt/response (or text) records."""
+    if cfg.data.format == "gsm8k":
+        records = sources.gsm8k_records(path)
+    elif cfg.data.format == "math":
+        records = sources.math_records(path)
+    elif path.endswith(".parquet"):
+        records = sources.read_parquet(path)
+    elif path.endswith(".json"):
+        records = sources.read_json_list(path)
+    else:
+        records = sources.read_jsonl(path, on_error=cfg.data.on_error)
+    if cfg.data.max_records:
+        records = records[: cfg.data.max_records]
+    if not records:
+        raise ValueError(f"config.data: no records in {path}")
+    return records
+
+
+def record_text(record: dict) -> str:
+    """The text a tokenizer is trained on: `text`, or prompt and response."""
+    if "text" in record:
+        return record["text"]
+    return f"{record.get('prompt', '')}\n{record.get('response', '')}"
+
+
+def resolve_tokenizer(cfg, workdir, records):
+    """The configured tokenizer, or a SentencePiece model trained on the data (kept in workdir)."""
+    if cfg.tokenizer.path:
+        return text.load_tokenizer(cfg.tokenizer.path)
+    if cfg.tokenizer.train_vocab_size:
+        path = pathlib.Path(workdir) / "tokenizer.model"
+        if path.exists():  # a resumed run reuses the tokenizer it trained
+            return text.load_tokenizer(path)
+        logging.info(
+            "training a SentencePiece tokenizer (%d pieces)", cfg.tokenizer.train_vocab_size
+        )
+        return text.SentencePieceTokenizer.train(
+            (record_text(r) for r in records),
+            pathlib.Path(workdir) / "tokenizer",
+            vocab_size=cfg.tokenizer.train_vocab_size,
+        )
+    if cfg.model.init_from:
+        return text.load_tokenizer(cfg.model.init_from)
+    raise configlib.ConfigError(
+        "config.tokenizer.path: no tokenizer (set a path, train_vocab_size, or model.init_from)"
+    )
+
+
+def initial_params(cfg, model_cfg):
+    """Params to start from: None (random init), a Hugging Face folder, or an r1jax run."""
+    if not cfg.model.init_from:
+        return model_cfg, None
+    path = pathlib.Path(cfg.model.init_from)
+    if (path / "config.json").exists() and not (path / "checkpoints").exists():
+        hf_cfg, params = hf_io.load_hf(path)
+        keep = {"dtype": model_cfg.dtype, "param_dtype": model_cfg.param_dtype}
+        return dataclasses.replace(hf_cfg, remat=model_cfg.remat, **keep), params
+    abstract = jax.eval_shape(lambda k: transformer.init_params(model_cfg, k), jax.random.key(0))
+    return model_cfg, checkpoint.restore_params(path, abstract)
+
+
+def make_batches(cfg, records, tokenizer, *, seed, num_epochs=None):
+    """This process's share of the global batch, as a grain iterator (state is checkpointable)."""
+    ds = pipeline.make_dataset(
+        records,
+        tokenizer,
+        kind="pretrain" if cfg.stage == "pretrain" else "sft",
+        seq_len=cfg.data.seq_len,
+        batch_size=cfg.data.batch_size // jax.process_count(),
+        seed=seed,
+        shard_index=jax.process_index(),
+        shard_count=jax.process_count(),
+        pack=cfg.data.pack,
+        num_epochs=num_epochs,
+        template=cfg.data.template,
+    )
+    return iter(ds)
+
+
+def make_eval_fn(cfg, model_cfg, mesh, records, tokenizer):
+    """A function state -> {'eval_loss': ...} over a fixed set of held-out batches."""
+    if not records:
+        return None
+    batches = []
+    it = make_batches(cfg, records, tokenizer, seed=cfg.seed + 1, num_epochs=None)
+    for _ in range(cfg.data.eval_batches):
+        batches.append(next(it))
+    terms = jax.jit(lambda p, b: eval_terms(p, b, model_cfg=model_cfg))
+
+    def eval_fn(state):
+        nll = count = 0.0
+        for b in batches:
+            n, c = terms(state.params, sharding.put_batch(b, mesh))
+            nll, count = nll + float(n), count + float(c)
+        return {"eval_loss": nll / max(count, 1.0)}
+
+    return eval_fn
+
+
+def run(cfg, workdir) -> dict:
+    """Trains a pretrain or sft stage to cfg.train.steps, resuming from WORKDIR when it can."""
+    workdir = pathlib.Path(workdir)
+    configlib.validate(cfg)
+    records = load_records(cfg, cfg.data.train)
+    eval_records = load_records(cfg, cfg.data.eval) if cfg.data.eval else []
+    tokenizer = resolve_tokenizer(cfg, workdir, records)
+    model_cfg = configlib.model_config_from(cfg, vocab_size=tokenizer.vocab_size)
+    model_cfg, params = initial_params(cfg, model_cfg)
+    configlib.save_resolved(cfg, workdir, model_cfg)
+    mesh = sharding.make_mesh(cfg.mesh.to_dict())
+    rules = sharding.rules_from_config(cfg.mesh.rules)
+    schedule = state_lib.learning_rate_schedule(cfg.optim, cfg.train.steps)
+    optimizer = state_lib.make_optimizer(cfg.optim, cfg.train.steps)
+    rng = jax.random.PRNGKey(cfg.seed)
+    state, shardings = trainer.init_state(model_cfg, optimizer, rng, mesh, rules, params)
+    iterator = make_batches(cfg, records, tokenizer, seed=cfg.seed)
+    ckpt = checkpoint.manager(workdir / "checkpoints", max_to_keep=cfg.train.keep_checkpoints)
+    restored = checkpoint.restore_latest(ckpt, state, iterator)
+    if restored is not None:
+        state, iterator = restored
+        logging.info("resumed from step %d", int(state.step))
+    step_fn = trainer.jit_step(
+        supervised_step,
+        shardings,
+        mesh,
+        model_cfg=model_cfg,
+        optimizer=optimizer,
+        grad_accum=cfg.train.grad_accum,
+        lr_schedule=schedule,
+    )
+    peak = cfg.metrics.peak_flops or metrics_lib.measure_matmul_peak_flops()
+    tokens_per_step = cfg.data.batch_size * cfg.data.seq_len
+    flops = model_config.flops_per_token(model_cfg, cfg.data.seq_len) * tokens_per_step
+    loop = trainer.Loop(
+        workdir=workdir,
+        cfg=cfg,
+        total_steps=cfg.train.steps,
+        start_step=int(state.step),
+        ckpt_manager=ckpt,
+        peak_flops=peak,
+    )
+    batches = (sharding.put_batch(b, mesh) for b in iterator)
+    eval_fn = make_eval_fn(cfg, model_cfg, mesh, eval_records, tokenizer)
+    state = loop.run(
+        state, step_fn, batches, iterator=iterator, flops_per_step=flops, eval_fn=eval_fn
+    )
+    return {"step": int(state.step), "model": model_cfg}

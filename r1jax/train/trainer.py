@@ -1,0 +1,167 @@
+"""Where steps are jitted (shardings, donation), states are built on the mesh, and loops run."""
+
+import functools
+import pathlib
+import time
+from collections.abc import Callable, Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from r1jax import sharding
+from r1jax.model import transformer
+from r1jax.train import checkpoint
+from r1jax.train import metrics as metrics_lib
+from r1jax.train import state as state_lib
+
+
+def state_shardings(model_cfg, optimizer, mesh, rules):
+    """NamedShardings for every leaf of a TrainState: params by their logical axes."""
+    param_sh = sharding.param_shardings(transformer.logical_axes(model_cfg), mesh, rules)
+    repl = sharding.replicated(mesh)
+    abstract_params = jax.eval_shape(
+        lambda k: transformer.init_params(model_cfg, k), jax.random.key(0)
+    )
+    abstract_opt = jax.eval_shape(optimizer.init, abstract_params)
+    opt_sh = optax.tree_map_params(
+        optimizer, lambda _, s: s, abstract_opt, param_sh, transform_non_params=lambda _: repl
+    )
+    return state_lib.TrainState(step=repl, params=param_sh, opt_state=opt_sh, rng=repl)
+
+
+def init_state(model_cfg, optimizer, rng, mesh, rules, params=None):
+    """A step-0 TrainState created directly sharded (params from `params` when given)."""
+    shardings = state_shardings(model_cfg, optimizer, mesh, rules)
+    init_key, _ = jax.random.split(rng)
+    if params is None:
+
+        def make(key):
+            return state_lib.create(transformer.init_params(model_cfg, key), optimizer, rng)
+
+        return jax.jit(make, out_shardings=shardings)(init_key), shardings
+    params = jax.device_put(params, shardings.params)
+    make = jax.jit(
+        lambda p: state_lib.create(p, optimizer, rng), out_shardings=shardings, donate_argnums=0
+    )
+    return make(params), shardings
+
+
+def jit_step(step_fn: Callable, shardings, mesh, *, extra_in_shardings=(), **static):
+    """Jits step_fn(state, batch, *extra, **static) once, with shardings and the state donated."""
+    repl = sharding.replicated(mesh)
+    return jax.jit(
+        functools.partial(step_fn, **static),
+        in_shardings=(shardings, sharding.batch_sharding(mesh), *extra_in_shardings),
+        out_shardings=(shardings, repl),
+        donate_argnums=(0,),
+    )
+
+
+def apply_if_finite(state, new_state, loss, grad_norm):
+    """Keeps the old params and optimizer state when the loss or gradient is not finite."""
+    ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    keep = lambda new, old: jnp.where(ok, new, old)
+    params = jax.tree.map(keep, new_state.params, state.params)
+    opt_state = jax.tree.map(keep, new_state.opt_state, state.opt_state)
+    return new_state.replace(params=params, opt_state=opt_state), ok
+
+
+def micro_batches(batch: dict, k: int) -> dict:
+    """[B, ...] -> [k, B/k, ...]; micro-batch j takes rows j, j+k, ... (devices keep their rows)."""
+    return jax.tree.map(
+        lambda x: jnp.swapaxes(x.reshape(x.shape[0] // k, k, *x.shape[1:]), 0, 1), batch
+    )
+
+
+class BadStepsError(RuntimeError):
+    """Too many non-finite steps in a row; the offending batch was saved."""
+
+
+class Loop:
+    """The shared training loop: dispatch step t, then log step t-1; checkpoints; bad-step guard."""
+
+    def __init__(
+        self, *, workdir, cfg, total_steps: int, start_step: int, ckpt_manager, peak_flops
+    ):
+        self.workdir = pathlib.Path(workdir)
+        self.cfg = cfg
+        self.total_steps = total_steps
+        self.ckpt = ckpt_manager
+        self.peak_flops = peak_flops
+        self.writer = metrics_lib.MetricsWriter(
+            workdir,
+            total_steps=total_steps,
+            start_step=start_step,
+            tensorboard=cfg.metrics.tensorboard,
+        )
+        self.bad_in_row = 0
+
+    def run(
+        self,
+        state,
+        step_fn,
+        batches: Iterator,
+        *,
+        iterator=None,
+        flops_per_step=0.0,
+        eval_fn: Callable | None = None,
+    ):
+        """Runs until total_steps; returns the final state."""
+        pending, t_last = None, time.perf_counter()
+        step = int(jax.device_get(state.step))
+        while step < self.total_steps:
+            host_batch = next(batches)
+            state, metrics = step_fn(state, host_batch)
+            step += 1
+            if pending is not None:
+                t_last = self._log(*pending, t_last, flops_per_step)
+            pending = (step, metrics, host_batch)
+            if step % self.cfg.train.log_every == 0 or step == self.total_steps:
+                t_last = self._log(*pending, t_last, flops_per_step, force=True)
+                pending = None
+            if (
+                eval_fn is not None
+                and self.cfg.train.eval_every
+                and (step % self.cfg.train.eval_every == 0 or step == self.total_steps)
+            ):
+                self.writer.write(step, eval_fn(state))
+            if self.ckpt is not None and (
+                step % self.cfg.train.checkpoint_every == 0 or step == self.total_steps
+            ):
+                checkpoint.save(self.ckpt, state, iterator, force=True)
+        if self.ckpt is not None:
+            self.ckpt.wait_until_finished()
+        self.writer.close()
+        return state
+
+    def _log(self, step, metrics, host_batch, t_last, flops_per_step, force=False):
+        metrics = jax.device_get(metrics)
+        if not bool(metrics.get("finite", True)):
+            self._bad_step(step, host_batch)
+        else:
+            self.bad_in_row = 0
+        if not force:
+            return t_last
+        now = time.perf_counter()
+        steps_done = self.cfg.train.log_every
+        dt = (now - t_last) / steps_done
+        row = {k: float(np.asarray(v)) for k, v in metrics.items()}
+        row["step_time_s"] = dt
+        if "tokens" in row and dt > 0:
+            row["tokens_per_s"] = row["tokens"] / dt
+        if flops_per_step and dt > 0:
+            row["mfu"] = flops_per_step / dt / (self.peak_flops * jax.device_count())
+        self.writer.write(step, row)
+        return now
+
+    def _bad_step(self, step, host_batch):
+        self.bad_in_row += 1
+        if self.bad_in_row >= self.cfg.train.max_bad_steps:
+            path = self.workdir / f"bad_batch_step{step}.npz"
+            np.savez(path, **jax.device_get(host_batch))
+            raise BadStepsError(
+                f"{self.bad_in_row} non-finite steps in a row (last: step {step}); "
+                f"its batch is saved in {path}"
+            )

@@ -1,0 +1,303 @@
+"""Data sources (JSONL/JSON/parquet, GSM8K, MATH) and the grain pipeline's batches."""
+
+import collections
+import gzip
+import importlib.util
+import json
+
+import numpy as np
+import pytest
+
+from r1jax import text
+from r1jax.data import pipeline, sources
+
+# ---- sources -----------------------------------------------------------------------------------
+
+
+def _write_lines(path, lines):
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def test_read_jsonl_reads_rows_and_gz(tmp_path):
+    lines = ['{"text": "a"}', "", '{"text": "b"}']
+    assert sources.read_jsonl(_write_lines(tmp_path / "x.jsonl", lines)) == [
+        {"text": "a"},
+        {"text": "b"},
+    ]
+    with gzip.open(tmp_path / "x.jsonl.gz", "wt", encoding="utf-8") as f:
+        f.write("\n".join(lines))
+    assert sources.read_jsonl(tmp_path / "x.jsonl.gz") == [{"text": "a"}, {"text": "b"}]
+
+
+def test_read_jsonl_malformed_line_names_file_and_line(tmp_path):
+    path = _write_lines(tmp_path / "bad.jsonl", ['{"text": "a"}', '{"text": "b"}', '{"text": '])
+    with pytest.raises(sources.DataError, match=r"bad\.jsonl:3: malformed JSON"):
+        sources.read_jsonl(path)
+    stats = {}
+    assert sources.read_jsonl(path, on_error="skip", stats=stats) == [{"text": "a"}, {"text": "b"}]
+    assert stats["rows"] == 2 and stats["skipped"] == 1
+    assert "bad.jsonl:3" in stats["errors"][0]
+    not_object = _write_lines(tmp_path / "list.jsonl", ['{"text": "a"}', "[1, 2]"])
+    with pytest.raises(sources.DataError, match=r"list\.jsonl:2: expected a JSON object, got list"):
+        sources.read_jsonl(not_object)
+    with pytest.raises(ValueError, match="on_error"):
+        sources.read_jsonl(path, on_error="ignore")
+
+
+def test_missing_files_name_the_path(tmp_path):
+    for reader in (sources.read_jsonl, sources.read_json_list, sources.gsm8k_records):
+        with pytest.raises(FileNotFoundError, match="nope.jsonl"):
+            reader(tmp_path / "nope.jsonl")
+
+
+def test_read_json_list(tmp_path):
+    (tmp_path / "ok.json").write_text('[{"problem": "p", "answer": 1}]')
+    assert sources.read_json_list(tmp_path / "ok.json") == [{"problem": "p", "answer": 1}]
+    (tmp_path / "dict.json").write_text('{"problem": "p"}')
+    with pytest.raises(sources.DataError, match="expected a JSON list"):
+        sources.read_json_list(tmp_path / "dict.json")
+    (tmp_path / "broken.json").write_text('[{"problem": "p"},\n {"problem": }]')
+    with pytest.raises(sources.DataError, match=r"broken\.json:2: malformed JSON"):
+        sources.read_json_list(tmp_path / "broken.json")
+
+
+def test_read_parquet(tmp_path):
+    path = tmp_path / "t.parquet"
+    if importlib.util.find_spec("pyarrow") is None:
+        path.write_bytes(b"PAR1")
+        with pytest.raises(sources.DataError, match="needs pyarrow"):
+            sources.read_parquet(path)
+        return
+    import pyarrow
+    import pyarrow.parquet
+
+    pyarrow.parquet.write_table(pyarrow.table({"text": ["a", "b"]}), path)
+    assert sources.read_parquet(path) == [{"text": "a"}, {"text": "b"}]
+
+
+def test_gsm8k_records(shared_data):
+    records = sources.gsm8k_records(shared_data / "gsm8k_train.jsonl")
+    assert len(records) == 7473
+    first = records[0]
+    assert first["answer"] == "72" and first["task"] == "gsm8k"
+    assert first["response"] == (
+        "<think>Natalia sold 48/2 = 24 clips in May.\n"
+        "Natalia sold 48+24 = 72 clips altogether in April and May.\n"
+        "So the answer is 72.</think> <answer>72</answer>"
+    )
+    raw = [json.loads(line) for line in open(shared_data / "gsm8k_train.jsonl")]
+    with_comma = next(i for i, r in enumerate(raw) if "," in r["answer"].split("####")[-1])
+    assert records[with_comma]["answer"] == raw[with_comma]["answer"].split("####")[
+        -1
+    ].strip().replace(",", "")
+    for record in records:
+        assert "<<" not in record["response"] and "####" not in record["response"]
+        assert text.split_reasoning(record["response"])[1] == record["answer"]
+        assert "," not in record["answer"]
+
+
+def test_gsm8k_missing_field_names_file_line_and_field(tmp_path):
+    good = json.dumps({"question": "q", "answer": "1+1=<<1+1=2>>2\n#### 2"})
+    path = _write_lines(tmp_path / "g.jsonl", [good, json.dumps({"answer": "#### 1"})])
+    with pytest.raises(sources.DataError, match=r"g\.jsonl:2: required field 'question'"):
+        sources.gsm8k_records(path)
+    stats = {}
+    records = sources.gsm8k_records(path, on_error="skip", stats=stats)
+    assert [r["response"] for r in records] == [
+        "<think>1+1=2\nSo the answer is 2.</think> <answer>2</answer>"
+    ]
+    assert stats == {"skipped": 1, "rows": 1, "errors": [stats["errors"][0]]}
+    no_final = _write_lines(tmp_path / "h.jsonl", [json.dumps({"question": "q", "answer": "2"})])
+    with pytest.raises(sources.DataError, match=r"h\.jsonl:1: field 'answer': no '####"):
+        sources.gsm8k_records(no_final)
+
+
+def test_math_records(shared_data):
+    test = sources.math_records(shared_data / "math500_test.jsonl")
+    assert len(test) == 500 and all(r["task"] == "math" for r in test)
+    assert all(text.split_reasoning(r["response"])[1] == r["answer"] for r in test)
+    # Four rows of the rllm file have a null or empty answer: raise by default, or skip.
+    with pytest.raises(sources.DataError, match=r"math_train_rllm\.json\[886\]: required field"):
+        sources.math_records(shared_data / "math_train_rllm.json")
+    stats = {}
+    train = sources.math_records(shared_data / "math_train_rllm.json", on_error="skip", stats=stats)
+    assert len(train) == 7470 and stats["skipped"] == 4 and "response" not in train[0]
+    amc = sources.math_records(shared_data / "amc23_test.jsonl")
+    assert all("." not in r["answer"] for r in amc if r["answer"].replace(".", "").isdigit())
+
+
+def test_math_missing_field_in_json_list(tmp_path):
+    (tmp_path / "m.json").write_text('[{"problem": "p", "answer": "1"}, {"problem": "q"}]')
+    with pytest.raises(sources.DataError, match=r"m\.json\[1\]: required field 'answer'"):
+        sources.math_records(tmp_path / "m.json")
+
+
+# ---- pipeline ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def gsm8k(shared_data):
+    return sources.gsm8k_records(shared_data / "gsm8k_test.jsonl")
+
+
+@pytest.fixture(scope="module")
+def tok(gsm8k, tmp_path_factory):
+    corpus = (r["prompt"] + "\n" + r["response"] for r in gsm8k[:400])
+    prefix = tmp_path_factory.mktemp("sp") / "gsm8k"
+    return text.SentencePieceTokenizer.train(corpus, prefix, vocab_size=512)
+
+
+def test_tokenize_sft_trains_response_and_eos_only(gsm8k, tok):
+    record = gsm8k[0]
+    ex = pipeline.tokenize_sft(record, tok, seq_len=1024, template="r1_zero")
+    prompt_ids = [tok.bos_id] + tok.encode(text.r1_zero_prompt(record["prompt"]))
+    assert not ex["truncated"]
+    assert ex["inputs"][0] == tok.bos_id and ex["targets"][-1] == tok.eos_id
+    np.testing.assert_array_equal(ex["inputs"][1:], ex["targets"][:-1])
+    trained = ex["targets"][ex["loss_mask"] == 1]
+    assert tok.decode(trained) == " " + record["response"]
+    assert trained[-1] == tok.eos_id
+    assert ex["loss_mask"].sum() == len(ex["targets"]) - len(prompt_ids) + 1
+    assert (ex["inputs"].dtype, ex["targets"].dtype, ex["loss_mask"].dtype) == (
+        np.int32,
+        np.int32,
+        np.float32,
+    )
+
+
+def test_tokenize_pretrain_and_truncation(tok):
+    ex = pipeline.tokenize_pretrain({"text": "one two three"}, tok, seq_len=64)
+    assert ex["inputs"][0] == tok.bos_id and ex["targets"][-1] == tok.eos_id
+    assert ex["loss_mask"].tolist() == [1.0] * len(ex["targets"]) and not ex["truncated"]
+    cut = pipeline.tokenize_pretrain({"text": "one two three " * 20}, tok, seq_len=8)
+    assert len(cut["inputs"]) == 8 and cut["truncated"]
+    with pytest.raises(KeyError, match="needs 'text'"):
+        pipeline.tokenize_pretrain({"question": "q"}, tok, seq_len=8)
+
+
+def _segments(batch):
+    """(inputs, targets, loss_mask) of each packed example in a batch, checking positions."""
+    out = []
+    for b in range(batch["inputs"].shape[0]):
+        seg_T = batch["segment_ids"][b]
+        assert np.all(batch["loss_mask"][b][seg_T == 0] == 0)
+        for s in np.unique(seg_T[seg_T > 0]):
+            at = seg_T == s
+            np.testing.assert_array_equal(batch["positions"][b][at], np.arange(at.sum()))
+            out.append(
+                tuple(tuple(batch[k][b][at].tolist()) for k in ("inputs", "targets", "loss_mask"))
+            )
+    return out
+
+
+def test_packed_sft_batches_hold_exactly_the_tokenized_examples(gsm8k, tok):
+    records, seq_len = gsm8k[:60], 512
+    stats = {}
+    ds = pipeline.make_dataset(
+        records, tok, kind="sft", seq_len=seq_len, batch_size=4, seed=0, num_epochs=1, stats=stats
+    )
+    batches = list(ds)
+    for batch in batches:
+        assert set(batch) == set(pipeline.BATCH_KEYS)
+        for key, dtype in [("inputs", np.int32), ("targets", np.int32), ("loss_mask", np.float32)]:
+            assert batch[key].shape == (4, seq_len) and batch[key].dtype == dtype
+        assert batch["segment_ids"].dtype == batch["positions"].dtype == np.int32
+    expected, truncated = collections.Counter(), 0
+    for r in records:
+        ex = pipeline.tokenize_sft(r, tok, seq_len, "chat")
+        truncated += int(ex.pop("truncated"))
+        expected[tuple(tuple(ex[k].tolist()) for k in ("inputs", "targets", "loss_mask"))] += 1
+    got = collections.Counter(seg for batch in batches for seg in _segments(batch))
+    assert not got - expected  # every packed segment is a whole tokenized example
+    assert sum(got.values()) >= len(records) - 6  # drop_remainder loses at most 3 rows
+    assert max(b["segment_ids"].max() for b in batches) > 1  # rows hold several examples
+    assert stats == {"examples": len(records), "truncated": truncated}
+
+
+def _record_ids(ds, tok):
+    """The 'doc N' numbers in the order the (unpacked, batch_size=1) dataset yields them."""
+    return [int(tok.decode(b["inputs"][0][b["segment_ids"][0] > 0]).split()[1]) for b in ds]
+
+
+def test_sharding_epochs_and_seed(tok):
+    records = [{"text": f"doc {i} end"} for i in range(20)]
+    kw = dict(kind="pretrain", seq_len=16, batch_size=1, pack=False, num_epochs=1)
+    shards = [
+        _record_ids(
+            pipeline.make_dataset(records, tok, seed=3, shard_index=i, shard_count=2, **kw), tok
+        )
+        for i in range(2)
+    ]
+    assert not set(shards[0]) & set(shards[1])
+    assert sorted(shards[0] + shards[1]) == list(range(20))
+    kw["num_epochs"] = 2
+    two = _record_ids(pipeline.make_dataset(records, tok, seed=3, **kw), tok)
+    assert sorted(two[:20]) == sorted(two[20:]) == list(range(20))
+    assert two[:20] != two[20:]  # each epoch its own order
+    assert two == _record_ids(pipeline.make_dataset(records, tok, seed=3, **kw), tok)
+    assert two != _record_ids(pipeline.make_dataset(records, tok, seed=4, **kw), tok)
+
+
+def test_unpacked_rows_hold_one_example(gsm8k, tok):
+    ds = pipeline.make_dataset(
+        gsm8k[:8], tok, kind="sft", seq_len=64, batch_size=2, seed=0, pack=False, template="r1_zero"
+    )
+    batch = next(iter(ds))
+    assert set(np.unique(batch["segment_ids"])) <= {0, 1}
+    assert batch["loss_mask"].sum() > 0
+
+
+def test_iterator_state_resumes_exactly(gsm8k, tok):
+    def make():
+        return pipeline.make_dataset(gsm8k, tok, kind="sft", seq_len=256, batch_size=4, seed=7)
+
+    it = iter(make())
+    for _ in range(3):
+        next(it)
+    state = json.loads(json.dumps(it.get_state()))  # the checkpoint stores it as JSON
+    after = [next(it) for _ in range(3)]
+    restored = iter(make())
+    restored.set_state(state)
+    for want, got in zip(after, [next(restored) for _ in range(3)], strict=True):
+        for key in pipeline.BATCH_KEYS:
+            np.testing.assert_array_equal(want[key], got[key])
+    first = next(iter(make()))
+    assert not np.array_equal(first["inputs"], after[0]["inputs"])
+
+
+def test_make_dataset_rejects_bad_arguments(tok):
+    records = [{"text": "a"}]
+    with pytest.raises(ValueError, match="kind"):
+        pipeline.make_dataset(records, tok, kind="rl", seq_len=8, batch_size=1, seed=0)
+    with pytest.raises(ValueError, match="template"):
+        pipeline.make_dataset(
+            records, tok, kind="sft", seq_len=8, batch_size=1, seed=0, template="alpaca"
+        )
+    with pytest.raises(ValueError, match="shard_index 2"):
+        pipeline.make_dataset(
+            records, tok, seq_len=8, batch_size=1, seed=0, shard_index=2, shard_count=2
+        )
+    with pytest.raises(ValueError, match="shard 1 of 2 has no records"):
+        pipeline.make_dataset(
+            records, tok, seq_len=8, batch_size=1, seed=0, shard_index=1, shard_count=2
+        )
+
+
+def test_sft_prompt_longer_than_row_is_dropped(tok):
+    records = [{"prompt": "word " * 50, "response": "r"}, {"prompt": "p", "response": "ok"}]
+    stats = {}
+    ds = pipeline.make_dataset(
+        records,
+        tok,
+        kind="sft",
+        seq_len=16,
+        batch_size=1,
+        seed=0,
+        pack=False,
+        num_epochs=1,
+        stats=stats,
+    )
+    batches = list(ds)
+    assert len(batches) == 1 and stats == {"examples": 2, "truncated": 1}
+    assert tok.decode(batches[0]["targets"][0][batches[0]["loss_mask"][0] > 0]) == " ok"

@@ -1,0 +1,313 @@
+"""Tests for r1jax.rewards.code: the sandbox runs honest code and gives hostile code no credit."""
+
+import concurrent.futures
+import os
+import socket
+import textwrap
+
+import pytest
+
+from r1jax.rewards import code, sandbox_harness
+
+TIMEOUT_S = 2.0
+MARGIN_S = 3.5  # interpreter start-up plus cleanup on a loaded 2-core machine
+TESTS = """
+def check(candidate):
+    assert candidate(3) == 10
+    assert candidate(-2) == 5
+    assert candidate(0) == 1
+"""
+CORRECT = "def solve(x):\n    return x * x + 1\n"
+WRONG = "def solve(x):\n    return 0\n"
+
+
+def _run(program, **kwargs):
+    kwargs.setdefault("timeout_s", TIMEOUT_S)
+    return code.run_tests(textwrap.dedent(program), TESTS, entry_point="solve", **kwargs)
+
+
+def test_best_isolation_is_bwrap_when_installed():
+    if not code._mode_works("bwrap"):
+        pytest.skip("bubblewrap not usable on this machine")
+    assert code.best_isolation() == "bwrap"
+
+
+@pytest.mark.parametrize("mode", code.ISOLATION_MODES)
+def test_correct_program_passes_and_wrong_fails_in_every_mode(mode):
+    if not code._mode_works(mode):
+        pytest.skip(f"{mode} not usable here")
+    good = _run(CORRECT, isolation=mode)
+    assert good.passed and good.status == "passed" and good.isolation == mode
+    bad = _run(WRONG, isolation=mode)
+    assert not bad.passed and bad.status == "failed"
+    assert code.processes_of_uid(good.uid) == [] and code.processes_of_uid(bad.uid) == []
+
+
+def test_plain_asserts_tuples_floats_and_exceptions_cross_the_proxy():
+    program = """
+    def pair(a):
+        return (a, [a, {a: {a}}], float('inf'), 1.5, b'x', None, 1j)
+    def fails(a):
+        raise ValueError('no')
+    """
+    tests = """
+    assert pair(2) == (2, [2, {2: {2}}], float('inf'), 1.5, b'x', None, 1j)
+    try:
+        fails(1)
+        raise AssertionError('expected ValueError')
+    except ValueError:
+        pass
+    """
+    result = code.run_tests(textwrap.dedent(program), textwrap.dedent(tests), timeout_s=TIMEOUT_S)
+    assert result.passed, result
+
+
+def test_prelude_helpers_stay_trusted():
+    # The program redefines a helper the (trusted) tests use to check the answer.
+    prelude = "def helper(x):\n    return x * x + 1\n"
+    program = "def helper(x):\n    return 0\ndef solve(x):\n    return 0\n"
+    tests = "def check(candidate):\n    assert candidate(3) == helper(3)\n"
+    result = code.run_tests(program, tests, entry_point="solve", prelude=prelude)
+    assert not result.passed and result.status == "failed"
+
+
+def test_stdout_is_captured_and_capped():
+    result = _run("print('hello')\nprint('x' * 100000)\n" + CORRECT)
+    assert result.passed
+    assert result.stdout.startswith("hello\n")
+    assert len(result.stdout) <= sandbox_harness.OUTPUT_PREVIEW
+
+
+def test_encode_decode_round_trip_and_rejects_foreign_types():
+    value = [1, (2.5, "a"), {"k": frozenset({3})}, {4}, b"\x00", None, True, complex(1, 2)]
+    assert sandbox_harness.decode(sandbox_harness.encode(value)) == value
+    assert type(sandbox_harness.decode(sandbox_harness.encode((1,)))) is tuple
+
+    class Sneaky(int):
+        pass
+
+    with pytest.raises(TypeError):
+        sandbox_harness.encode(Sneaky(3))
+    with pytest.raises(ValueError):
+        sandbox_harness.decode({"l": [1], "extra": 2})
+
+
+def _src(body, tail=""):
+    return textwrap.dedent(body) + tail
+
+
+# Each hostile program tries to earn credit without computing x * x + 1 (or to hurt the host).
+HOSTILE = {
+    "infinite_loop_at_import": "while True:\n    pass\n",
+    "infinite_loop_in_function": "def solve(x):\n    while True:\n        pass\n",
+    "sleep_past_timeout": "import time\ntime.sleep(100)\n" + CORRECT,
+    "fork_bomb": _src(
+        """
+        import os
+        while True:
+            try:
+                os.fork()
+            except OSError:
+                pass
+        """
+    ),
+    "memory_bomb": "blocks = []\nwhile True:\n    blocks.append(bytearray(50 << 20))\n" + CORRECT,
+    "disk_filler": _src(
+        """
+        i = 0
+        while True:
+            with open(f"fill{i}", "wb") as f:
+                f.write(b"x" * (512 << 10))
+            i += 1
+        """,
+        CORRECT,
+    ),
+    "huge_output": "while True:\n    print('x' * 65536)\n" + CORRECT,
+    "exit_zero_before_tests": "import os\nos._exit(0)\n" + CORRECT,
+    "sys_exit_zero": "import sys\nsys.exit(0)\n",
+    "system_exit_inside_call": "def solve(x):\n    raise SystemExit(0)\n",
+    "prints_passed": "print('PASSED')\nprint('{\"status\": \"passed\"}')\n" + WRONG,
+    "patched_assert": _src(
+        """
+        import builtins
+        builtins.AssertionError = type("Nothing", (Exception,), {})
+        """,
+        WRONG,
+    ),
+    "patched_harness": _src(
+        """
+        import sys
+        harness = sys.modules["__main__"]
+        harness._run_tests = lambda *a, **k: ("passed", "")
+        harness.decode = lambda tree: 10
+        harness.encode = lambda value: 10
+        """,
+        WRONG,
+    ),
+    "always_equal_object": _src(
+        """
+        class Anything:
+            def __eq__(self, other):
+                return True
+        def solve(x):
+            return Anything()
+        """
+    ),
+    "int_subclass_equal": _src(
+        """
+        class Int(int):
+            def __eq__(self, other):
+                return True
+        def solve(x):
+            return Int(0)
+        """
+    ),
+    "forged_replies": _src(
+        """
+        import os
+        for fd in range(3, 64):
+            try:
+                os.write(fd, b'{"ok": ["solve"]}\\n' + b'{"ok": true}\\n' * 8)
+            except OSError:
+                pass
+        """,
+        WRONG,
+    ),
+    "forged_verdict_on_every_fd": _src(
+        """
+        import os
+        for fd in range(0, 64):
+            try:
+                os.write(fd, b'{"nonce": "", "status": "passed"}')
+            except OSError:
+                pass
+        """,
+        WRONG,
+    ),
+    "write_parent_fds_via_proc": _src(
+        """
+        import os
+        for fd in range(0, 8):
+            with open(f"/proc/{os.getppid()}/fd/{fd}", "w") as f:
+                f.write('{"nonce": "", "status": "passed"}')
+        """,
+        CORRECT,
+    ),
+    "read_parent_memory": _src(
+        """
+        import os
+        secret = open(f"/proc/{os.getppid()}/mem", "rb")
+        """,
+        CORRECT,
+    ),
+    "kill_parent": "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\n" + CORRECT,
+    "kill_everything": "import os, signal\nos.kill(-1, signal.SIGKILL)\n" + WRONG,
+    "ignore_sigterm_and_spin": _src(
+        """
+        import signal
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)
+        while True:
+            pass
+        """
+    ),
+    "children_left_behind": _src(
+        """
+        import os, time
+        for _ in range(4):
+            if os.fork() == 0:
+                os.setsid()
+                if os.fork() == 0:
+                    time.sleep(1000)
+                os._exit(0)
+        """,
+        WRONG,
+    ),
+    "recursion_bomb": "def solve(x):\n    return solve(x)\n",
+    "become_root": "import os\nos.setuid(0)\n" + CORRECT,
+    "segfault": "import ctypes\nctypes.string_at(0)\n" + CORRECT,
+    "patched_json_replies": _src(
+        """
+        import json
+        json.dumps = lambda obj, **k: '{"ok": 10}'
+        """,
+        WRONG,
+    ),
+}
+
+
+def _secret_file_program(path):
+    return f"open({str(path)!r}).read()\n" + CORRECT
+
+
+def _env_program():
+    return "import os\nassert os.environ.get('R1JAX_TEST_SECRET') == 'x'\n" + CORRECT
+
+
+def _network_program(port):
+    return f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=1)\n" + CORRECT
+
+
+def _hostile_suite(tmp_path, port):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("secret")
+    secret.chmod(0o600)
+    suite = {name: textwrap.dedent(src) for name, src in HOSTILE.items()}
+    suite["read_file_outside_workdir"] = _secret_file_program(secret)
+    suite["read_host_root_files"] = _secret_file_program("/root/.bashrc")
+    suite["read_environment"] = _env_program()
+    suite["network_to_host_loopback"] = _network_program(port)
+    return suite
+
+
+def test_hostile_programs_get_no_credit_in_time_and_leave_nothing(tmp_path):
+    os.environ["R1JAX_TEST_SECRET"] = "x"  # the sandbox must not pass the host env through
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    suite = _hostile_suite(tmp_path, server.getsockname()[1])
+    assert len(suite) >= 25
+    try:
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            results = dict(zip(suite, pool.map(_run, suite.values()), strict=True))
+    finally:
+        server.close()
+        del os.environ["R1JAX_TEST_SECRET"]
+    for name, result in results.items():
+        assert not result.passed, (name, result)
+        assert result.status != "passed", name
+        assert result.elapsed_s < TIMEOUT_S + MARGIN_S, (name, result.elapsed_s)
+        assert code.processes_of_uid(result.uid) == [], name
+    assert results["infinite_loop_in_function"].status == "timeout"
+    assert results["always_equal_object"].status == "error"
+
+
+def test_hostile_control_programs_pass_when_honest():
+    # The same harness gives credit to the honest twin of a hostile program, so the zeros above
+    # come from the sandbox, not from a harness that never passes anything.
+    assert _run(
+        "import os, signal\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n" + CORRECT
+    ).passed
+
+
+FALLBACK_SUBSET = [
+    "children_left_behind",
+    "fork_bomb",
+    "kill_parent",
+    "patched_harness",
+    "write_parent_fds_via_proc",
+    "always_equal_object",
+]
+
+
+@pytest.mark.parametrize("mode", ["unshare", "rlimits"])
+def test_fallback_modes_still_give_no_credit_and_leave_nothing(mode):
+    if not code._mode_works(mode):
+        pytest.skip(f"{mode} not usable here")
+    programs = [HOSTILE[name] for name in FALLBACK_SUBSET]
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        results = list(pool.map(lambda p: _run(p, isolation=mode), programs))
+    for name, result in zip(FALLBACK_SUBSET, results, strict=True):
+        assert not result.passed and result.isolation == mode, (name, result)
+        assert result.elapsed_s < TIMEOUT_S + MARGIN_S, (name, result.elapsed_s)
+        assert code.processes_of_uid(result.uid) == [], name

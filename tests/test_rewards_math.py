@@ -1,0 +1,325 @@
+"""Tests for r1jax.rewards.math: extraction, equivalence, guards and the hard deadline."""
+
+import json
+import threading
+import time
+
+import pytest
+
+from r1jax.rewards import math as math_reward
+from r1jax.rewards import tasks
+
+EXTRACTION = [
+    ("<think>work</think><answer>42</answer>", "42"),
+    ("<answer>first</answer> then <answer>\\boxed{7}</answer>", "7"),
+    ("<answer> 3.5 </answer>", "3.5"),
+    ("so \\boxed{\\frac{\\sqrt{3}}{2}} and finally \\boxed{\\frac{1}{2}}", "\\frac{1}{2}"),
+    ("\\boxed{\\left\\{1, \\{2\\}\\right\\}}", "\\left\\{1, \\{2\\}\\right\\}"),
+    ("$\\boxed{x^{2^{k}}}$.", "x^{2^{k}}"),
+    ("\\fbox{12}", "12"),
+    ("\\boxed 5.", "5"),
+    ("\\boxed{unbalanced", None),
+    ("blah\n#### 1,234\n", "1,234"),
+    ("#### 3\n#### 4", "4"),
+    ("The answer is 42.", "42"),
+    ("So the answer is: **17**", "17"),
+    ("Thus the final answer is $\\frac{3}{4}$.", "\\frac{3}{4}"),
+    ("The answer is \\boxed{9} indeed", "9"),
+    ("the Answer is (C)", "(C)"),
+    ("no final answer here", None),
+    ("", None),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), EXTRACTION)
+def test_extract_answer(text, expected):
+    assert math_reward.extract_answer(text) == expected
+
+
+# (prediction, gold, equal): hand-written; each row is checked through is_equiv.
+PAIRS = [
+    # integers, signs, leading zeros, decimals
+    ("42", "42", True),
+    ("042", "42", True),
+    ("025", "25", True),
+    ("-7", "-7", True),
+    ("+7", "7", True),
+    ("7", "-7", False),
+    ("41", "42", False),
+    ("42.0", "42", True),
+    ("42.00", "42", True),
+    ("42.5", "42", False),
+    ("0.5", "0.50", True),
+    (".5", "0.5", True),
+    ("1/2", "0.5", True),
+    ("3/4", "0.75", True),
+    ("1/3", "0.34", False),
+    ("1000.0", "1000", True),
+    ("100", "1000", False),
+    ("0", "0", True),
+    ("0", "1", False),
+    # thousands separators (GSM8K)
+    ("1,000", "1000", True),
+    ("1,234,567", "1234567", True),
+    ("12,345.5", "12345.5", True),
+    ("1,000", "100", False),
+    ("10,000", "1000", False),
+    # units and currency
+    ("$18", "18", True),
+    ("\\$18", "18", True),
+    ("18 dollars", "18", True),
+    ("18 dollars", "19", False),
+    ("5 cm", "5", True),
+    ("5 \\text{ cm}", "5", True),
+    ("5\\text{ meters}", "5", True),
+    ("30 minutes", "30", True),
+    ("20\\%", "20", True),
+    ("20%", "20", True),
+    ("$1,200", "1200", True),
+    ("$1,200", "120", False),
+    ("76^\\circ", "76", True),
+    ("76^\\circ", "77", False),
+    ("\\text{5}", "5", True),
+    # multiple choice letters
+    ("C", "C", True),
+    ("(C)", "C", True),
+    ("c", "C", True),
+    ("\\text{(C)}", "C", True),
+    ("\\textbf{(C)}", "C", True),
+    ("option C", "C", True),
+    ("(B)", "C", False),
+    ("D", "\\text{(D)}", True),
+    ("A", "\\text{(D)}", False),
+    ("E", "(E)", True),
+    ("B", "(E)", False),
+    # fractions and roots
+    ("\\frac{1}{2}", "\\frac12", True),
+    ("\\dfrac{1}{2}", "\\frac{1}{2}", True),
+    ("\\tfrac{1}{2}", "0.5", True),
+    ("\\frac{2}{4}", "\\frac{1}{2}", True),
+    ("\\frac{1}{3}", "\\frac{1}{2}", False),
+    ("\\frac{11}{2}", "5.5", True),
+    ("\\frac{13}{4}", "3.25", True),
+    ("\\frac{13}{4}", "3.5", False),
+    ("-\\frac{1}{2}", "\\frac{-1}{2}", True),
+    ("\\frac{-1}{2}", "\\frac{1}{2}", False),
+    ("\\sqrt{200}", "10\\sqrt{2}", True),
+    ("2\\sqrt{5}", "\\sqrt{20}", True),
+    ("2 \\sqrt{5}", "2\\sqrt{5}", True),
+    ("\\sqrt{5}", "2\\sqrt{5}", False),
+    ("\\frac{\\sqrt{3}}{2}", "\\frac{\\sqrt3}{2}", True),
+    ("\\frac{\\sqrt{3}}{3}", "\\frac{1}{\\sqrt{3}}", True),
+    ("\\frac{\\sqrt{3}}{2}", "\\frac{\\sqrt{2}}{2}", False),
+    ("16 \\sqrt{3}", "16\\sqrt{3}", True),
+    ("1+2\\sqrt{3}", "2\\sqrt{3}+1", True),
+    ("1+2\\sqrt{3}", "1-2\\sqrt{3}", False),
+    ("\\sqrt[3]{8}", "2", True),
+    ("\\sqrt{2}", "1.41", False),
+    # pi, powers, exponents
+    ("2\\pi", "2 \\pi", True),
+    ("\\pi", "3.14", False),
+    ("\\frac{\\pi}{2}", "\\frac{1}{2}\\pi", True),
+    ("4\\pi", "2\\pi", False),
+    ("2^{10}", "1024", True),
+    ("2^10", "1024", True),
+    ("2^{10}", "1000", False),
+    ("2^{100}", "1267650600228229401496703205376", True),
+    ("3^{4}", "81", True),
+    ("10^{3}", "1000", True),
+    ("10^{3}", "100", False),
+    ("e^{0}", "1", True),
+    # complex numbers
+    ("6+9i", "6+9i", True),
+    ("9i+6", "6+9i", True),
+    ("6-9i", "6+9i", False),
+    ("1+2i", "1 + 2i", True),
+    ("i", "-i", False),
+    # algebraic expressions
+    ("x^2+2x+1", "(x+1)^2", True),
+    ("(x+1)^2", "x^2+1", False),
+    ("2x+3", "3+2x", True),
+    ("2x+3", "2x-3", False),
+    ("\\frac{x}{2}", "0.5x", True),
+    ("x(x+1)", "x^2+x", True),
+    ("a+b", "b+a", True),
+    ("a-b", "b-a", False),
+    ("y = 2x + 1", "y=2x+1", True),
+    ("y = 2x + 1", "y=2x-1", False),
+    ("x=3", "3", True),
+    ("x=4", "3", False),
+    # tuples, sets, lists, intervals
+    ("(15,-29)", "(15, -29)", True),
+    ("(15,-29)", "(-29,15)", False),
+    ("(3, \\frac{\\pi}{2})", "\\left( 3, \\frac{\\pi}{2} \\right)", True),
+    ("(2,12) \\cup (12,102)", "(2,12)\\cup(12,102)", True),
+    ("(2,12) \\cup (12,102)", "(2,102)", False),
+    ("[-2,7]", "[-2, 7]", True),
+    ("[-2,7]", "(-2,7)", False),
+    ("(-\\infty, 3)", "(-\\infty,3)", True),
+    ("(-\\infty, 3]", "(-\\infty, 3)", False),
+    ("-2,1", "1,-2", True),
+    ("-2,1", "1,2", False),
+    ("\\{1,2,3\\}", "\\{3,2,1\\}", True),
+    ("\\{1,2\\}", "\\{1,2,3\\}", False),
+    ("1, 2, 3", "3, 2, 1", True),
+    # matrices and vectors
+    ("\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}", "\\begin{pmatrix}1\\\\2\\end{pmatrix}", True),
+    ("\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}", "\\begin{pmatrix}2\\\\1\\end{pmatrix}", False),
+    (
+        "\\begin{pmatrix} -1 & 0 \\\\ 0 & -1 \\end{pmatrix}",
+        "\\begin{pmatrix}-1&0\\\\0&-1\\end{pmatrix}",
+        True,
+    ),
+    (
+        "\\begin{pmatrix} 1 & 0 \\\\ 0 & -1 \\end{pmatrix}",
+        "\\begin{pmatrix}-1&0\\\\0&-1\\end{pmatrix}",
+        False,
+    ),
+    # bases, text answers
+    ("2516_8", "2516_8", True),
+    ("\\text{Monday}", "Monday", True),
+    ("\\text{Tuesday}", "Monday", False),
+    ("\\text{even}", "\\text{even}", True),
+    # percent, degrees written out
+    ("50\\%", "50", True),
+    ("50", "0.5", False),
+    # whitespace and LaTeX spacing
+    ("1\\,000", "1000", True),
+    ("1\\!000", "1000", True),
+    ("\\left(1,2\\right)", "(1,2)", True),
+    ("  7  ", "7", True),
+    ("7.", "7", True),
+    # more arithmetic forms
+    ("\\frac{6}{8}", "\\frac{3}{4}", True),
+    ("1.5", "\\frac{3}{2}", True),
+    ("1.5", "\\frac{2}{3}", False),
+    ("-0.25", "-\\frac{1}{4}", True),
+    ("0.25", "-\\frac{1}{4}", False),
+    ("3\\cdot 4", "12", True),
+    ("3\\times 4", "12", True),
+    ("3\\times 4", "7", False),
+    ("\\frac{1}{2}+\\frac{1}{3}", "\\frac{5}{6}", True),
+    ("\\log_2 8", "3", True),
+    ("\\binom{5}{2}", "10", True),
+    ("5!", "120", True),
+    ("5!", "24", False),
+    ("\\sin(\\pi/6)", "\\frac12", True),
+    ("|{-3}|", "3", True),
+    ("1000000", "10^6", True),
+    ("999999", "10^6", False),
+    # empty and missing
+    ("", "7", False),
+    (None, "7", False),
+    ("   ", "0", False),
+    # answers that try to match anything
+    ("x", "7", False),
+    ("\\infty", "7", False),
+    ("7 or 8", "7", False),
+    ("7, 8", "7", False),
+    ("anything", "7", False),
+    ("\\text{all of them}", "7", False),
+    # pathological inputs: never equal, never slow
+    ("9**9**9**9", "5", False),
+    ("9^{9^{9^{9}}}", "5", False),
+    ("2^{10^{10}}", "5", False),
+    ("10^{1000000}", "5", False),
+    ("100000!", "5", False),
+    ("{" * 10_000 + "1" + "}" * 10_000, "1", False),
+    ("(" * 5_000 + "1" + ")" * 5_000, "1", False),
+    ("1" * 1_000_000, "1", False),
+    ("x" * 1_000_000, "1", False),
+    ("\\frac{" * 3000 + "1", "1", False),
+]
+
+
+def test_pair_table_is_large():
+    assert len(PAIRS) >= 150
+    assert sum(not equal for _, _, equal in PAIRS) >= 50
+
+
+@pytest.mark.parametrize(("pred", "gold", "equal"), PAIRS)
+def test_is_equiv_pairs(pred, gold, equal):
+    start = time.monotonic()
+    assert math_reward.is_equiv(pred, gold, timeout_s=2.0) is equal
+    assert time.monotonic() - start < 2.5
+
+
+PHRASINGS = [
+    "<think>Let me compute.</think>\n<answer>{}</answer>",
+    "Some work.\nThe final answer is $\\boxed{{{}}}$.",
+    "So the answer is {}.",
+    "So the answer is ${}$.",
+    "<think>hmm</think><answer>The answer is \\boxed{{{}}}</answer>",
+]
+
+
+def _round_trip_failures(golds):
+    failures = []
+    for gold in golds:
+        for phrasing in PHRASINGS:
+            completion = phrasing.format(gold)
+            if math_reward.accuracy_reward(completion, gold) != 1.0:
+                failures.append((gold, completion))
+    return failures
+
+
+def test_gsm8k_gold_answers_round_trip(shared_data):
+    records = tasks.gsm8k_records(shared_data / "gsm8k_test.jsonl")
+    assert len(records) == 1319
+    golds = [r["answer"] for r in records]
+    assert _round_trip_failures(golds) == []
+    # The raw '#### n' line is itself a phrasing the checker must read.
+    lines = (shared_data / "gsm8k_test.jsonl").read_text().splitlines()
+    raw = [json.loads(line)["answer"] for line in lines]
+    assert all(math_reward.accuracy_reward(text, g) == 1.0 for text, g in zip(raw, golds))
+
+
+def test_math500_gold_answers_round_trip(shared_data):
+    records = tasks.math_records(shared_data / "math500_test.jsonl")
+    assert len(records) == 500
+    assert _round_trip_failures([r["answer"] for r in records]) == []
+
+
+def test_distinct_integer_golds_are_not_equal(shared_data):
+    records = tasks.gsm8k_records(shared_data / "gsm8k_test.jsonl")
+    golds = sorted({r["answer"] for r in records if r["answer"].lstrip("-").isdigit()}, key=int)
+    assert len(golds) > 300
+    assert not any(math_reward.is_equiv(a, b) for a, b in zip(golds, golds[1:]))
+
+
+def test_dangerous_answers_are_rejected_before_sympy():
+    for answer in ("9**9**9**9", "9^{9^9}", "2^{99999}", "1000000!", "{" * 100 + "}" * 100):
+        assert math_reward.is_dangerous(answer), answer
+    for answer in ("2^{100}", "x^2+y^2", "\\frac{1}{2}", "5!", "e^{i\\pi}"):
+        assert not math_reward.is_dangerous(answer), answer
+
+
+def _slow_pair():
+    # About 4 s of sympy work on this machine, short enough to pass every guard.
+    expr = "+".join(f"\\frac{{x^{{{i}}}}}{{{i}+y}}" for i in range(1, 50))
+    return expr, f"({expr})*(1+y)/(1+y)"
+
+
+def test_deadline_on_main_thread_counts_as_not_equal():
+    pred, gold = _slow_pair()
+    start = time.monotonic()
+    assert math_reward.is_equiv(pred, gold, timeout_s=0.5) is False
+    assert time.monotonic() - start < 1.0
+
+
+def test_deadline_off_main_thread_kills_the_checker_process():
+    pred, gold = _slow_pair()
+    out = {}
+
+    def worker():
+        math_reward.symbolic_equal("1", "1")  # start the checker process outside the timing
+        start = time.monotonic()
+        out["slow"] = math_reward.is_equiv(pred, gold, timeout_s=0.5)
+        out["slow_s"] = time.monotonic() - start
+        out["after"] = math_reward.is_equiv("x^2+2x+1", "(x+1)^2")
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    thread.join(60)
+    assert out == {"slow": False, "slow_s": out["slow_s"], "after": True}
+    assert out["slow_s"] < 1.0

@@ -1,0 +1,112 @@
+"""Tests for r1jax.rewards.registry: names, weights, and a pool that survives hangs and crashes."""
+
+import os
+import time
+
+import numpy as np
+import pytest
+
+from r1jax.rewards import registry
+
+RECORDS = [
+    {"task": "math", "answer": "\\frac{1}{2}", "prompt": "What is half of one?"},
+    {"task": "gsm8k", "answer": "#### 1,234", "prompt": "How many?"},
+    {"task": "countdown", "numbers": [3, 5, 7], "target": 22, "prompt": "Use 3 5 7 to make 22."},
+    {"task": "world", "answer": "17", "prompt": "计算 8 加 9。", "language": "zh"},
+]
+COMPLETIONS = [
+    "<think>one over two</think><answer>\\boxed{0.5}</answer>",
+    "<think>add</think><answer>1234</answer> extra",
+    "<think>try</think><answer>3*5+7</answer>",
+    "<think>八加九等于 seventeen</think><answer>18</answer>",
+]
+WEIGHTS = {"accuracy": 1.0, "format": 0.5, "language": 0.1}
+
+
+def hang_on_marker(completion, record):
+    """A reward that never returns on a marked completion (used by the pool tests)."""
+    while "HANG" in completion:
+        time.sleep(0.05)
+    return 1.0
+
+
+def crash_on_marker(completion, record):
+    """A reward that kills its own worker process on a marked completion."""
+    if "CRASH" in completion:
+        os._exit(3)
+    if "RAISE" in completion:
+        raise RuntimeError("bad record")
+    return 1.0
+
+
+def test_registry_names_and_lookup():
+    for name in ("accuracy", "format", "format_lenient", "tag_count", "language"):
+        assert name in registry.REWARDS
+        assert callable(registry.get(name))
+    assert registry.get("test_rewards_registry:hang_on_marker") is hang_on_marker
+    with pytest.raises(KeyError):
+        registry.get("no_such_reward")
+
+
+def test_language_reward_uses_record_language_or_detects_prompt():
+    zh_text = "<think>八加九</think><answer>17</answer>"
+    assert registry.language(zh_text, {"language": "zh"}) == 1.0
+    assert registry.language(zh_text, {"prompt": "计算 8 加 9"}) == 1.0
+    assert registry.language(zh_text, {"prompt": "Compute 8 plus 9"}) == 0.0
+
+
+def _expected():
+    accuracy = np.array([1, 1, 1, 0], np.float32)
+    format_ = np.array([1, 0, 1, 1], np.float32)
+    language = np.array([1, 1, 1, 5 / 6], np.float32)
+    return accuracy, format_, language
+
+
+def test_in_process_pool_scores_and_weights():
+    accuracy, format_, language = _expected()
+    with registry.RewardPool(WEIGHTS, num_workers=0, timeout_s=5.0) as pool:
+        total_N, per_fn, metrics = pool.score(COMPLETIONS, RECORDS)
+    np.testing.assert_allclose(per_fn["accuracy"], accuracy)
+    np.testing.assert_allclose(per_fn["format"], format_)
+    np.testing.assert_allclose(per_fn["language"], language, rtol=1e-6)
+    np.testing.assert_allclose(total_N, accuracy + 0.5 * format_ + 0.1 * language, rtol=1e-6)
+    assert total_N.dtype == np.float32 and total_N.shape == (4,)
+    assert metrics["rewards/crashes/accuracy"] == 0.0
+
+
+def test_worker_pool_matches_in_process_and_survives_hangs_and_crashes():
+    weights = dict(WEIGHTS)
+    weights["test_rewards_registry:hang_on_marker"] = 1.0
+    weights["test_rewards_registry:crash_on_marker"] = 1.0
+    completions = COMPLETIONS + ["HANG", "CRASH", "RAISE", COMPLETIONS[0]]
+    records = RECORDS + [RECORDS[0]] * 4
+    with registry.RewardPool(weights, num_workers=2, timeout_s=1.0) as pool:
+        pool.score(COMPLETIONS[:1], RECORDS[:1])  # workers are up before the timing
+        start = time.monotonic()
+        total_N, per_fn, metrics = pool.score(completions, records)
+        elapsed = time.monotonic() - start
+        # The pool keeps working after replacing workers.
+        again_N, _, again_metrics = pool.score(COMPLETIONS, RECORDS)
+    accuracy, format_, language = _expected()
+    np.testing.assert_allclose(per_fn["accuracy"][:4], accuracy)
+    np.testing.assert_allclose(per_fn["language"][:4], language, rtol=1e-6)
+    hang = per_fn["test_rewards_registry:hang_on_marker"]
+    crash = per_fn["test_rewards_registry:crash_on_marker"]
+    np.testing.assert_array_equal(hang, [1, 1, 1, 1, 0, 1, 1, 1])
+    np.testing.assert_array_equal(crash, [1, 1, 1, 1, 1, 0, 0, 1])
+    # Rewards scheduled after the hanging one on the same item were still computed.
+    assert per_fn["accuracy"][7] == 1.0
+    assert metrics["rewards/timeouts/test_rewards_registry:hang_on_marker"] == 1.0
+    assert metrics["rewards/crashes/test_rewards_registry:crash_on_marker"] == 2.0
+    assert metrics["rewards/timeouts/accuracy"] == 0.0
+    assert elapsed < 30.0
+    assert again_metrics["rewards/timeouts/test_rewards_registry:hang_on_marker"] == 0.0
+    np.testing.assert_allclose(again_N, total_N[:4], rtol=1e-6)
+
+
+def test_pool_rejects_unknown_names_and_mismatched_lengths():
+    with pytest.raises(KeyError):
+        registry.RewardPool({"nope": 1.0}, num_workers=0, timeout_s=1.0)
+    with registry.RewardPool(WEIGHTS, num_workers=0, timeout_s=1.0) as pool:
+        with pytest.raises(ValueError):
+            pool.score(["a"], [])

@@ -1,0 +1,109 @@
+"""Tests for r1jax.rewards.tasks: Countdown, GSM8K, MATH, HumanEval and world graders."""
+
+import concurrent.futures
+import json
+
+import pytest
+
+from r1jax.rewards import tasks
+
+
+def _countdown(answer, numbers, target):
+    record = {"task": "countdown", "numbers": numbers, "target": target}
+    return tasks.accuracy(f"<think>try</think><answer>{answer}</answer>", record)
+
+
+@pytest.mark.parametrize(
+    ("answer", "numbers", "target", "expected"),
+    [
+        ("7*3+5-2*1", [7, 3, 5, 2, 1], 24, 1.0),
+        ("(7-3)*(5+1)", [7, 3, 5, 1], 24, 1.0),
+        ("(7-3)*(5+1) = 24", [7, 3, 5, 1], 24, 1.0),
+        ("(7 - 3) \\times (5 + 1)", [7, 3, 5, 1], 24, 1.0),
+        ("(1+5)*(7-3)", [7, 3, 5, 1], 24, 1.0),
+        ("8/(3-8/3)", [8, 3, 8, 3], 24, 1.0),  # needs exact fractions
+        ("8/(3-8/3)", [8, 3, 8, 3], 23, 0.0),
+        ("(7-3)*(5+1)", [7, 3, 5, 1, 9], 24, 0.0),  # 9 unused
+        ("(7-3)*(5+1)+0", [7, 3, 5, 1], 24, 0.0),  # 0 not given
+        ("(7-3)*(5+1)", [7, 3, 5], 24, 0.0),
+        ("(7-3)*(6)", [7, 3, 5, 1], 24, 0.0),
+        ("-(3-7)*(5+1)", [7, 3, 5, 1], 24, 0.0),  # unary minus not allowed
+        ("(7-3)**(5+1)", [7, 3, 5, 1], 24, 0.0),
+        ("int('24')", [24], 24, 0.0),
+        ("__import__('os').system('true')", [1], 0, 0.0),
+        ("24", [24], 24, 1.0),
+        ("24.0", [24], 24, 0.0),  # a float literal is not one of the numbers
+        ("1/(1-1)", [1, 1, 1], 0, 0.0),
+        ("(" * 500 + "1" + ")" * 500, [1], 1, 0.0),
+        ("1+" * 200 + "1", [1] * 201, 201, 0.0),  # longer than MAX_EXPRESSION_CHARS
+    ],
+)
+def test_countdown(answer, numbers, target, expected):
+    assert _countdown(answer, numbers, target) == expected
+
+
+def test_countdown_without_answer_is_zero():
+    record = {"task": "countdown", "numbers": [1, 2], "target": 3}
+    assert tasks.countdown("I think 1+2", record) == 0.0
+    assert tasks.countdown("The answer is 1+2.", record) == 1.0
+
+
+def test_gsm8k_grader_on_raw_records(shared_data):
+    lines = (shared_data / "gsm8k_train.jsonl").read_text().splitlines()[:50]
+    for line in lines:
+        row = json.loads(line)
+        record = {"task": "gsm8k", "answer": row["answer"]}
+        gold = tasks.gsm8k_gold(row["answer"])
+        assert tasks.accuracy(f"<answer>{gold}</answer>", record) == 1.0
+        assert tasks.accuracy(f"The answer is {int(float(gold)) + 1}.", record) == 0.0
+
+
+def test_math_and_world_graders(shared_data):
+    records = tasks.math_records(shared_data / "math500_test.jsonl")[:30]
+    for record in records:
+        assert tasks.accuracy(f"<answer>\\boxed{{{record['answer']}}}</answer>", record) == 1.0
+    assert tasks.accuracy("<answer>not a number</answer>", records[0]) == 0.0
+    world = {"task": "world", "answer": "17"}
+    assert tasks.accuracy("<think>x</think><answer>17</answer>", world) == 1.0
+    assert tasks.accuracy("<think>x</think><answer>017</answer>", world) == 1.0
+    assert tasks.accuracy("<think>x</think><answer>18</answer>", world) == 0.0
+    assert tasks.accuracy("<answer>17</answer>", {"answer": "17"}) == 1.0  # default task is math
+
+
+def test_unknown_task_raises():
+    with pytest.raises(ValueError):
+        tasks.accuracy("1", {"task": "nope", "answer": "1"})
+
+
+def test_extract_code():
+    assert tasks.extract_code("text\n```python\nx = 1\n```\nmore\n```py\nx = 2\n```") == "x = 2\n"
+    assert tasks.extract_code("<think>a</think><answer>\nreturn 1\n</answer>") == "return 1"
+    assert tasks.extract_code("<think>a</think>    return 1\n") == "    return 1\n"
+
+
+def test_every_humaneval_canonical_solution_passes(shared_data):
+    records = tasks.humaneval_records(shared_data / "HumanEval.jsonl.gz")
+    assert len(records) == 164
+
+    def grade(record):
+        return tasks.accuracy(record["canonical_solution"], record)
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        rewards = list(pool.map(grade, records))
+    failed = [r["task_id"] for r, v in zip(records, rewards, strict=True) if v != 1.0]
+    assert failed == []
+
+
+def test_humaneval_empty_wrong_and_whole_function_answers(shared_data):
+    records = tasks.humaneval_records(shared_data / "HumanEval.jsonl.gz")[:3]
+    whole = (
+        "<think>ok</think>\n```python\nfrom typing import List\n\n"
+        "def has_close_elements(numbers: List[float], threshold: float) -> bool:\n"
+        "    return any(abs(a - b) < threshold\n"
+        "               for i, a in enumerate(numbers) for b in numbers[i + 1:])\n```"
+    )
+    assert tasks.accuracy(whole, records[0]) == 1.0
+    for record in records:
+        assert tasks.accuracy("", record) == 0.0
+        assert tasks.accuracy("    pass\n", record) == 0.0
+        assert tasks.accuracy("    return []\n", record) == 0.0

@@ -1,0 +1,164 @@
+"""Tokenizers (SentencePiece trained here, HF tokenizer.json built here), templates and tags."""
+
+import json
+
+import pytest
+import tokenizers
+import transformers
+
+from r1jax import text
+
+CORPUS = [
+    f"Tom has {a} apples and buys {b} more. <think>{a} + {b} = {a + b}</think> "
+    f"<answer>{a + b}</answer>\nThe answer is {a + b}."
+    for a in range(3, 40, 3)
+    for b in range(2, 30, 4)
+] + ["小明有三个苹果。他又买了两个。", "Bonjour, ça va très bien !"]
+
+SAMPLES = [
+    "Tom has 12 apples.",
+    "<think>3 + 4 = 7</think> <answer>7</answer>",
+    "two  spaces,\nnew line\tand tab",
+    "小明有五个苹果 — unseen: ζ∑🙂",
+]
+
+
+@pytest.fixture(scope="module")
+def sp_tok(tmp_path_factory):
+    prefix = tmp_path_factory.mktemp("sp") / "tok"
+    return text.SentencePieceTokenizer.train(CORPUS, prefix, vocab_size=320)
+
+
+def test_sentencepiece_ids_are_fixed_and_tags_are_single_tokens(sp_tok):
+    assert (sp_tok.pad_id, sp_tok.bos_id, sp_tok.eos_id) == (text.PAD_ID, text.BOS_ID, text.EOS_ID)
+    assert (text.PAD_ID, text.UNK_ID, text.BOS_ID, text.EOS_ID) == (0, 1, 2, 3)
+    assert [sp_tok.token_to_id(tag) for tag in text.REASONING_TAGS] == [4, 5, 6, 7]
+    for tag in text.REASONING_TAGS:
+        assert sp_tok.encode(tag) == [sp_tok.token_to_id(tag)]
+    assert sp_tok.token_to_id("no-such-piece") is None
+    assert sp_tok.vocab_size == 320
+    assert isinstance(sp_tok, text.Tokenizer)
+
+
+@pytest.mark.parametrize("sample", SAMPLES)
+def test_sentencepiece_round_trip_any_text(sp_tok, sample):
+    ids = sp_tok.encode(sample)
+    assert text.BOS_ID not in ids and text.EOS_ID not in ids
+    assert sp_tok.decode(ids) == sample
+
+
+def test_sentencepiece_concatenation_and_decode_rules(sp_tok):
+    a, b = "User: what is 2+2?\nAssistant:", " <think>4</think>"
+    # No dummy prefix: pieces encoded apart decode to the joined text.
+    assert sp_tok.decode(sp_tok.encode(a) + sp_tok.encode(b)) == a + b
+    ids = [sp_tok.bos_id] + sp_tok.encode(a) + [sp_tok.eos_id] + sp_tok.encode(b) + [0, 0]
+    assert sp_tok.decode(ids) == a + b  # EOS does not stop decoding; pad is dropped
+
+
+def test_sentencepiece_training_is_deterministic(tmp_path, sp_tok):
+    again = text.SentencePieceTokenizer.train(CORPUS, tmp_path / "again", vocab_size=320)
+    assert again.model_proto == sp_tok.model_proto
+    assert (tmp_path / "again.model").read_bytes() == sp_tok.model_proto
+    other = text.SentencePieceTokenizer.train(CORPUS[:40], tmp_path / "other", vocab_size=320)
+    assert other.model_proto != sp_tok.model_proto
+
+
+def test_sentencepiece_unigram_and_save_load(tmp_path):
+    uni = text.SentencePieceTokenizer.train(
+        CORPUS, tmp_path / "uni", vocab_size=360, model_type="unigram"
+    )
+    assert uni.decode(uni.encode(SAMPLES[3])) == SAMPLES[3]
+    uni.save(tmp_path / "copy" / "tokenizer.model")
+    loaded = text.load_tokenizer(tmp_path / "copy")  # a folder holding tokenizer.model
+    assert isinstance(loaded, text.SentencePieceTokenizer)
+    assert loaded.encode(SAMPLES[0]) == uni.encode(SAMPLES[0])
+    assert text.load_tokenizer(tmp_path / "uni.model").model_proto == uni.model_proto
+    with pytest.raises(ValueError, match="model_type"):
+        text.SentencePieceTokenizer.train(CORPUS, tmp_path / "x", vocab_size=300, model_type="wp")
+
+
+def _build_hf_folder(folder, *, with_config=True):
+    """A tiny byte-level BPE tokenizer.json (and tokenizer_config.json) made here."""
+    tok = tokenizers.Tokenizer(tokenizers.models.BPE())
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = tokenizers.decoders.ByteLevel()
+    specials = ["<|endoftext|>", "<|pad|>", "<think>", "</think>", "<answer>", "</answer>"]
+    trainer = tokenizers.trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=specials,
+        initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator(CORPUS, trainer=trainer)
+    folder.mkdir(parents=True, exist_ok=True)
+    tok.save(str(folder / "tokenizer.json"))
+    if with_config:
+        config = {"eos_token": "<|endoftext|>", "pad_token": {"content": "<|pad|>"}}
+        (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    return folder
+
+
+def test_hf_tokenizer_matches_transformers(tmp_path):
+    folder = _build_hf_folder(tmp_path / "hf")
+    tok = text.load_tokenizer(folder)
+    assert isinstance(tok, text.HFTokenizer)
+    assert (tok.eos_id, tok.pad_id, tok.bos_id) == (0, 1, None)
+    assert tok.token_to_id("<think>") == 2
+    ref = transformers.PreTrainedTokenizerFast(tokenizer_file=str(folder / "tokenizer.json"))
+    for sample in SAMPLES:
+        ids = tok.encode(sample)
+        assert ids == ref.encode(sample, add_special_tokens=False)
+        assert tok.decode(ids) == sample == ref.decode(ids)
+    ids = tok.encode("a") + [tok.eos_id] + tok.encode("b") + [tok.pad_id]
+    assert tok.decode(ids) == "a<|endoftext|>b"
+    assert text.load_tokenizer(folder / "tokenizer.json").vocab_size == tok.vocab_size
+
+
+def test_hf_tokenizer_eos_from_generation_config(tmp_path):
+    folder = _build_hf_folder(tmp_path / "hf", with_config=False)
+    (folder / "generation_config.json").write_text(json.dumps({"eos_token_id": [3, 0]}))
+    tok = text.HFTokenizer(folder)
+    assert tok.eos_id == 3 and tok.pad_id == 3  # pad falls back to EOS
+
+
+def test_load_tokenizer_errors_name_the_path(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nothing.model"):
+        text.load_tokenizer(tmp_path / "nothing.model")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="neither tokenizer.json nor tokenizer.model"):
+        text.load_tokenizer(tmp_path / "empty")
+    (tmp_path / "vocab.txt").write_text("a\n")
+    with pytest.raises(ValueError, match="vocab.txt: not a tokenizer"):
+        text.load_tokenizer(tmp_path / "vocab.txt")
+
+
+def test_r1_zero_template_is_the_papers():
+    paper = (
+        "A conversation between User and Assistant. The user asks a question, and the Assistant "
+        "solves it. The assistant first thinks about the reasoning process in the mind and then "
+        "provides the user with the answer. The reasoning process and answer are enclosed within "
+        "<think> </think> and <answer> </answer> tags, respectively, i.e., <think> reasoning "
+        "process here </think> <answer> answer here </answer>. User: prompt. Assistant:"
+    )
+    assert text.R1_ZERO_TEMPLATE.format(prompt="prompt") == paper
+    assert text.r1_zero_prompt(" What is 2+2? ").endswith("User: What is 2+2?. Assistant:")
+    assert text.apply_template("r1_zero", "q") == text.r1_zero_prompt("q")
+
+
+def test_chat_templates():
+    assert text.chat_prompt("Hi?") == "User: Hi?\nAssistant:"
+    assert text.chat_prompt("Hi?", system="Be brief.") == "System: Be brief.\nUser: Hi?\nAssistant:"
+    assert text.chat_example("Hi?", "Hello.") == "User: Hi?\nAssistant: Hello."
+    assert text.apply_template("none", "raw") == "raw"
+    assert text.response_text("none", "x") == "x"
+    with pytest.raises(ValueError, match="unknown template 'alpaca'"):
+        text.apply_template("alpaca", "q")
+
+
+def test_format_and_split_reasoning():
+    formatted = text.format_reasoning(" step 1\nstep 2 ", "42")
+    assert formatted == "<think>step 1\nstep 2</think> <answer>42</answer>"
+    assert text.split_reasoning(formatted) == ("step 1\nstep 2", "42")
+    assert text.split_reasoning("no tags") == (None, None)
+    assert text.split_reasoning("<think>open only <answer>1</answer>") == (None, "1")
+    two = "<think>a</think><answer>1</answer> <answer> 2 </answer>"
+    assert text.split_reasoning(two) == ("a", "2")
