@@ -79,6 +79,51 @@ def get_config() -> ml_collections.ConfigDict:
     c.mesh.tensor = 1  # tensor-parallel axis
     c.mesh.rules = []  # [[logical name, mesh axis or list or None], ...]; [] = r1jax defaults
 
+    c.rl = ml_collections.ConfigDict()
+    c.rl.algorithm = "grpo"  # grpo | ppo
+    c.rl.prompts_per_step = 32  # B: prompts per rollout step (all processes together)
+    c.rl.num_samples = 16  # G: completions per prompt
+    c.rl.max_prompt_len = 256  # prompts are left-cut to this many tokens
+    c.rl.max_new_tokens = 1024  # T: completion budget
+    c.rl.temperature = 1.0  # sampling temperature (log-probs use the same scaled distribution)
+    c.rl.top_p = 1.0
+    c.rl.top_k = 0  # 0 = off
+    c.rl.template = "r1_zero"  # prompt template: r1_zero | chat | none
+    c.rl.rewards = ml_collections.ConfigDict({"accuracy": 1.0, "format": 1.0})  # name -> weight
+    c.rl.reward_workers = 2  # host processes scoring completions (0 = in-process)
+    c.rl.reward_timeout_s = 10.0  # per completion; a timeout scores 0 and is counted
+    c.rl.advantage = "grpo"  # grpo | rloo (GRPO family); PPO uses GAE
+    c.rl.std_normalize = "group"  # group | batch | none (none + seq-mean-token-sum-norm = Dr. GRPO)
+    c.rl.clip_low = 0.2  # ratio clip below 1
+    c.rl.clip_high = 0.2  # ratio clip above 1 (DAPO clip-higher: 0.28)
+    c.rl.dual_clip = 0.0  # dual-clip constant c > 1 for negative advantages (0 = off)
+    c.rl.aggregation = "seq-mean-token-mean"  # | token-mean (DAPO) | seq-mean-token-sum-norm
+    c.rl.ratio_level = "token"  # token | sequence (GSPO)
+    c.rl.kl_coef = 0.001  # GRPO: KL-to-reference weight in the loss; PPO: in the reward
+    c.rl.kl_estimator = "k3"  # k1 | k2 | k3
+    c.rl.entropy_coef = 0.0  # entropy bonus
+    c.rl.tis_cap = 0.0  # truncated importance sampling cap on sampler/trainer ratio (0 = off)
+    c.rl.epochs = 1  # mu: passes over each rollout
+    c.rl.num_minibatches = 1  # optimizer updates per pass
+    c.rl.ref_reset_every = 0  # copy the policy into the reference every N steps (0 = never)
+    c.rl.dynamic_sampling = False  # DAPO: drop all-equal-reward groups and sample more prompts
+    c.rl.max_sampling_rounds = 3  # cap on dynamic-sampling rounds per step
+    c.rl.mask_truncated = False  # no loss on completions that hit max_new_tokens
+    c.rl.overlong_buffer = 0  # DAPO soft overlong penalty over the last N tokens (0 = off)
+    c.rl.overlong_penalty = 1.0  # penalty at the hard length limit
+    c.rl.gamma = 1.0  # PPO discount
+    c.rl.lam = 0.95  # PPO GAE lambda
+    c.rl.vf_coef = 0.1  # PPO value-loss weight
+    c.rl.value_clip = 0.2  # PPO value clipping
+    c.rl.critic = "shared"  # PPO critic: shared trunk + value head | separate model
+    c.rl.ppo_form = "clip"  # clip | kl_penalty (adaptive coefficient toward kl_target)
+    c.rl.kl_target = 0.01  # target KL for the adaptive coefficient (kl_penalty form)
+    c.rl.kl_horizon = 10000  # horizon of the adaptive KL controller
+    c.rl.whiten_advantages = True  # PPO: whiten GAE advantages over the batch
+    c.rl.eval_every = 0  # held-out evaluation every N steps (0 = before and after only)
+    c.rl.eval_prompts = 64  # held-out prompts per evaluation
+    c.rl.log_samples_every = 10  # print an example completion every N steps
+
     c.metrics = ml_collections.ConfigDict()
     c.metrics.peak_flops = 0.0  # per-device peak FLOP/s for MFU; 0 = measure a float32 matmul
     c.metrics.tensorboard = True  # also write TensorBoard event files

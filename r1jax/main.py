@@ -1,5 +1,6 @@
 """r1jax entry point: `r1jax --config=configs/<stage>.py:<variant> --workdir=DIR [--config.x=y]`."""
 
+import logging as std_logging
 import sys
 
 from absl import app, flags, logging
@@ -30,11 +31,20 @@ def main(argv) -> None:
         sys.exit(f"r1jax: {e}")
 
 
+class _QuietLibraries:
+    """Drops the per-file INFO chatter of orbax and grain; their warnings still show."""
+
+    def filter(self, record) -> bool:
+        noisy = "/orbax/" in record.pathname or "/grain/" in record.pathname
+        return not (noisy and record.levelno < std_logging.WARNING)
+
+
 def run() -> None:
     """Console-script entry: lets config files import their siblings, then runs the absl app."""
     for arg in sys.argv[1:]:
         if arg.startswith("--config="):
             configlib.add_config_root_to_path(arg.split("=", 1)[1].split(":", 1)[0])
+    logging.get_absl_handler().addFilter(_QuietLibraries())
     app.run(main)
 
 

@@ -184,7 +184,9 @@ class HFTokenizer:
         for piece in _COMMON_EOS:
             eos = eos if eos is not None else self._tok.token_to_id(piece)
         if eos is None:
-            raise ValueError(f"{file}: cannot find the EOS token (set eos_token in tokenizer_config)")
+            raise ValueError(
+                f"{file}: cannot find the EOS token (set eos_token in tokenizer_config)"
+            )
         self.eos_id = int(eos)
         bos = self._id_of(_special_content(tok_cfg.get("bos_token")))
         if bos is None and "bos_token" not in tok_cfg:
@@ -226,7 +228,9 @@ def load_tokenizer(path: str | pathlib.Path) -> Tokenizer:
         return HFTokenizer(path)
     if not path.exists():
         raise FileNotFoundError(f"tokenizer not found: {path}")
-    raise ValueError(f"{path}: not a tokenizer (expected a .model file, tokenizer.json or a folder)")
+    raise ValueError(
+        f"{path}: not a tokenizer (expected a .model file, tokenizer.json or a folder)"
+    )
 
 
 # ---- templates -------------------------------------------------------------------------------

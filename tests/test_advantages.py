@@ -205,3 +205,18 @@ def test_process_supervision_hand_values():
         eps=0.0,
     )
     np.testing.assert_allclose(got, [[0.0, -s, -s], [0.0, 0.0, s]], atol=1e-5)
+
+
+def test_process_supervision_with_one_final_step_is_outcome_supervision():
+    # One step per sample ending at its last valid token: DeepSeekMath's outcome supervision.
+    rewards_BxG = _rewards_BxG()[:2]
+    b, g = rewards_BxG.shape
+    lengths = np.array([4, 2, 5, 1, 3, 5, 2, 4, 3, 1])
+    mask = (np.arange(5)[None, :] < lengths[:, None]).astype(np.float32)
+    got = advantages.process_supervision(
+        rewards_BxG.reshape(b * g, 1), (lengths - 1)[:, None], np.ones((b * g, 1)), mask,
+        group_size=g,
+    )  # fmt: skip
+    outcome = advantages.group_relative(jnp.asarray(rewards_BxG)).reshape(-1)
+    want = advantages.broadcast_to_tokens(outcome, mask)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)

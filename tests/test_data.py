@@ -212,7 +212,7 @@ def test_packed_sft_batches_hold_exactly_the_tokenized_examples(gsm8k, tok):
     assert not got - expected  # every packed segment is a whole tokenized example
     assert sum(got.values()) >= len(records) - 6  # drop_remainder loses at most 3 rows
     assert max(b["segment_ids"].max() for b in batches) > 1  # rows hold several examples
-    assert stats == {"examples": len(records), "truncated": truncated}
+    assert stats == {"examples": len(records), "truncated": truncated, "untrained": 0}
 
 
 def _record_ids(ds, tok):
@@ -239,13 +239,19 @@ def test_sharding_epochs_and_seed(tok):
     assert two != _record_ids(pipeline.make_dataset(records, tok, seed=4, **kw), tok)
 
 
-def test_unpacked_rows_hold_one_example(gsm8k, tok):
-    ds = pipeline.make_dataset(
-        gsm8k[:8], tok, kind="sft", seq_len=64, batch_size=2, seed=0, pack=False, template="r1_zero"
-    )
-    batch = next(iter(ds))
-    assert set(np.unique(batch["segment_ids"])) <= {0, 1}
-    assert batch["loss_mask"].sum() > 0
+def test_unpacked_rows_hold_one_example_each(gsm8k, tok):
+    records, seq_len = gsm8k[:8], 512
+    kw = dict(kind="sft", seq_len=seq_len, batch_size=2, pack=False, template="r1_zero")
+    batches = list(pipeline.make_dataset(records, tok, seed=0, num_epochs=1, **kw))
+    assert len(batches) == 4
+    for batch in batches:
+        assert batch["segment_ids"].max(axis=1).tolist() == [1, 1]
+        assert np.all(batch["inputs"][batch["segment_ids"] == 0] == tok.pad_id)
+    expected = set()
+    for r in records:
+        ex = pipeline.tokenize_sft(r, tok, seq_len, "r1_zero")
+        expected.add(tuple(tuple(ex[k].tolist()) for k in ("inputs", "targets", "loss_mask")))
+    assert {seg for batch in batches for seg in _segments(batch)} == expected
 
 
 def test_iterator_state_resumes_exactly(gsm8k, tok):
@@ -284,20 +290,11 @@ def test_make_dataset_rejects_bad_arguments(tok):
         )
 
 
-def test_sft_prompt_longer_than_row_is_dropped(tok):
+def test_sft_prompt_longer_than_row_is_kept_untrained(tok):
     records = [{"prompt": "word " * 50, "response": "r"}, {"prompt": "p", "response": "ok"}]
     stats = {}
-    ds = pipeline.make_dataset(
-        records,
-        tok,
-        kind="sft",
-        seq_len=16,
-        batch_size=1,
-        seed=0,
-        pack=False,
-        num_epochs=1,
-        stats=stats,
-    )
-    batches = list(ds)
-    assert len(batches) == 1 and stats == {"examples": 2, "truncated": 1}
-    assert tok.decode(batches[0]["targets"][0][batches[0]["loss_mask"][0] > 0]) == " ok"
+    kw = dict(kind="sft", seq_len=32, batch_size=1, pack=False, num_epochs=1, stats=stats)
+    batches = list(pipeline.make_dataset(records, tok, seed=0, **kw))
+    assert len(batches) == 2 and stats == {"examples": 2, "truncated": 1, "untrained": 1}
+    trained = sorted(tok.decode(b["targets"][0][b["loss_mask"][0] > 0]) for b in batches)
+    assert trained == ["", " ok"]

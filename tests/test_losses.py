@@ -112,7 +112,9 @@ def _ref_policy_loss(w, b, cfg, w_frozen=None):
             per_token[i, t] = pg + cfg["kl_coef"] * k - cfg["entropy_coef"] * ent[i, t]
             m["ratios"].append(r)
             m["kl"].append(k)
-            m["ak"].append(_np_kl(lp[i, t], old[i, t], "k3"))
+            m["ak"].append(
+                np.exp(lp[i, t] - old[i, t]) - (lp[i, t] - old[i, t]) - 1
+            )  # KL(old||new)
             m["e"].append(ent[i, t])
     n = len(m["ratios"])
     metrics = {
@@ -343,6 +345,20 @@ def test_aggregate_terms_hand_values():
     assert losses.aggregate(v, jnp.zeros_like(mask), "token-mean") == 0.0
     with pytest.raises(ValueError):
         losses.aggregate_terms(v, mask, "sum")
+
+
+def test_policy_loss_rejects_bad_arguments():
+    lp, mask = jnp.zeros((2, 3)), jnp.ones((2, 3))
+    with pytest.raises(ValueError):
+        losses.policy_loss(lp, lp, jnp.zeros((3,)), mask)  # advantages fit neither [N] nor [N, T]
+    with pytest.raises(ValueError):
+        losses.policy_loss(lp, jnp.zeros((2, 4)), jnp.zeros((2,)), mask)
+    with pytest.raises(ValueError):
+        losses.policy_loss(lp, lp, jnp.zeros((2,)), mask, ratio_level="sentence")
+    with pytest.raises(ValueError):
+        losses.policy_loss(lp, lp, jnp.zeros((2,)), mask, dual_clip=0.5)
+    with pytest.raises(ValueError):
+        losses.policy_loss(lp, lp, jnp.zeros((2,)), mask, aggregation="token-sum")
 
 
 def test_kl_estimators_formulas_and_monte_carlo():

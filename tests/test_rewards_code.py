@@ -71,6 +71,23 @@ def test_prelude_helpers_stay_trusted():
     assert not result.passed and result.status == "failed"
 
 
+def test_program_cannot_shadow_builtins_the_tests_use():
+    program = "def abs(x):\n    return 0\ndef len(x):\n    return 1\ndef solve(x):\n    return 0\n"
+    tests = "def check(candidate):\n    assert abs(candidate(2) - 5) < 1e-9 and len([]) == 0\n"
+    result = code.run_tests(program, tests, entry_point="solve", timeout_s=TIMEOUT_S)
+    assert not result.passed and result.status == "failed"
+    honest = code.run_tests(CORRECT, tests, entry_point="solve", timeout_s=TIMEOUT_S)
+    assert honest.passed
+
+
+def test_deeply_nested_reply_is_an_error_not_a_crash():
+    program = (
+        "def solve(x):\n    v = []\n    for _ in range(5000):\n        v = [v]\n    return v\n"
+    )
+    result = _run(program)
+    assert not result.passed and result.status == "error"
+
+
 def test_stdout_is_captured_and_capped():
     result = _run("print('hello')\nprint('x' * 100000)\n" + CORRECT)
     assert result.passed

@@ -11,6 +11,7 @@ A batch is a dict of numpy arrays, each [B, T]:
   positions   int32   position within its example (restarts at 0 for each packed example)
 """
 
+import threading
 from collections.abc import Sequence
 
 import grain
@@ -50,7 +51,9 @@ def tokenize_pretrain(record: dict, tokenizer: text.Tokenizer, seq_len: int) -> 
     elif "prompt" in record and "response" in record:
         body = f"{record['prompt']}\n{record['response']}"
     else:
-        raise KeyError(f"pretrain record needs 'text' (or 'prompt' and 'response'): {record!r:.200}")
+        raise KeyError(
+            f"pretrain record needs 'text' (or 'prompt' and 'response'): {record!r:.200}"
+        )
     ids = _bos(tokenizer) + tokenizer.encode(body) + [tokenizer.eos_id]
     return _example(ids, 1, seq_len)
 
@@ -98,14 +101,19 @@ def _from_packed(row: dict) -> dict:
 def _counting(tokenize, stats: dict | None):
     """Wraps a tokenize function: drops the flag, counts examples/truncations into stats."""
 
+    lock = threading.Lock()  # grain maps in a pool of reader threads
+
     def fn(record):
         example = tokenize(record)
         truncated = bool(example.pop("truncated"))
+        # Examples with nothing trained are kept, not filtered: a dataset whose every example
+        # is filtered out would never yield (or end, when repeated forever).
+        untrained = not example["loss_mask"].any()
         if stats is not None:
-            stats["examples"] = stats.get("examples", 0) + 1
-            stats["truncated"] = stats.get("truncated", 0) + int(truncated)
-        # An example with no trained target (its prompt filled the row) teaches nothing.
-        return example if example["loss_mask"].any() else None
+            with lock:
+                for key, n in (("examples", 1), ("truncated", truncated), ("untrained", untrained)):
+                    stats[key] = stats.get(key, 0) + int(n)
+        return example
 
     return fn
 
@@ -129,7 +137,7 @@ def make_dataset(
 
     1. Take records[shard_index::shard_count] (disjoint across processes).
     2. Shuffle with `seed`, a new order each epoch; repeat num_epochs (None = forever).
-    3. Tokenize; examples whose prompt fills the row are dropped; truncations counted in stats.
+    3. Tokenize; stats counts examples, truncations, and untrained ones (prompt fills the row).
     4. Pack first-fit into rows of seq_len (or pad one example per row), batch, drop remainder.
     The iterator's get_state()/set_state() resume exactly; its state is JSON-serializable.
     """
@@ -145,8 +153,7 @@ def make_dataset(
     # (2)
     ds = ds.shuffle(seed=seed).repeat(num_epochs)
     # (3)
-    ds = ds.map(_counting(tokenize, stats)).filter(lambda ex: ex is not None)
-    it_ds = ds.to_iter_dataset()
+    it_ds = ds.map(_counting(tokenize, stats)).to_iter_dataset()
     # (4)
     if pack:
         it_ds = grain.experimental.FirstFitPackIterDataset(

@@ -64,7 +64,9 @@ def _jsonl_rows(path: pathlib.Path, on_error: str, stats: dict | None) -> Iterat
                 _reject(f"{where}: malformed JSON ({e.msg} at column {e.colno})", on_error, stats)
                 continue
             if not isinstance(row, dict):
-                _reject(f"{where}: expected a JSON object, got {type(row).__name__}", on_error, stats)
+                _reject(
+                    f"{where}: expected a JSON object, got {type(row).__name__}", on_error, stats
+                )
                 continue
             yield where, row
 
@@ -153,7 +155,7 @@ def gsm8k_response(solution: str) -> tuple[str, str]:
 
 
 def gsm8k_records(path, *, on_error: str = "raise", stats: dict | None = None) -> list[dict]:
-    """GSM8K rows -> {prompt, response ('<think>steps</think> <answer>N</answer>'), answer, task}."""
+    """GSM8K rows -> {prompt, response '<think>steps</think> <answer>N</answer>', answer, task}."""
     records = []
     for where, row in _located_rows(path, on_error, stats):
         if not _fields(where, row, ("question", "answer"), on_error, stats):

@@ -1,0 +1,1 @@
+"""The decoder model: config, transformer, log-probs, heads, Hugging Face I/O."""

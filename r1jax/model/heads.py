@@ -19,13 +19,17 @@ class ValueHead(nn.Module):
         # Fan-in scaled init keeps initial values O(1) whatever the width (as OpenRLHF's critic).
         init = nn.initializers.normal(1.0 / (self.d_model + 1) ** 0.5)
         kernel = self.param(
-            "kernel", nn.with_logical_partitioning(init, ("embed", None)), (self.d_model, 1),
+            "kernel",
+            nn.with_logical_partitioning(init, ("embed", None)),
+            (self.d_model, 1),
             jnp.dtype(self.param_dtype),
-        )  # fmt: skip
+        )
         bias = self.param(
-            "bias", nn.with_logical_partitioning(nn.initializers.zeros, (None,)), (1,),
+            "bias",
+            nn.with_logical_partitioning(nn.initializers.zeros, (None,)),
+            (1,),
             jnp.dtype(self.param_dtype),
-        )  # fmt: skip
+        )
         v_BxTx1 = jnp.einsum("btd,do->bto", h_BxTxD.astype(jnp.float32), kernel.astype(jnp.float32))
         return (v_BxTx1 + bias.astype(jnp.float32)[None, None])[..., 0]
 

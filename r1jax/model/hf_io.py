@@ -6,6 +6,7 @@ Torch `nn.Linear` stores [out, in]; our kernels are [in, ...out] with heads spli
 layer params are stacked on a leading L axis (the `nn.scan` layout).
 """
 
+import dataclasses
 import json
 import pathlib
 
@@ -43,7 +44,9 @@ def _rope_from_hf(hf: dict, path) -> tuple[float, config_lib.RopeScaling | None]
     if rope_type == "default":
         return float(theta), None
     if rope_type != "llama3":
-        raise ValueError(f"{path}: unsupported rope type {rope_type!r} (supported: default, llama3)")
+        raise ValueError(
+            f"{path}: unsupported rope type {rope_type!r} (supported: default, llama3)"
+        )
     original = rope.get("original_max_position_embeddings", hf.get("max_position_embeddings"))
     scaling = config_lib.RopeScaling(
         factor=float(_require(rope, "factor", path)),
@@ -206,11 +209,14 @@ def _checkpoint_dtype(path: pathlib.Path, files: dict) -> str:
 def load_hf(path, *, dtype: str | None = None) -> tuple[ModelConfig, dict]:
     """Loads a Qwen2 / Llama Hugging Face folder; dtype=None keeps the checkpoint's dtype."""
     path = pathlib.Path(path)
+    if not (path / "config.json").exists():
+        raise FileNotFoundError(f"{path}: no config.json (expected a Hugging Face model folder)")
     hf = json.loads((path / "config.json").read_text())
+    cfg = config_from_hf(hf, path=path / "config.json")  # validate before touching tensors
     dtype = dtype or _checkpoint_dtype(path, _tensor_files(path))
     if dtype not in _DTYPE_NAMES:
         raise ValueError(f"unsupported dtype {dtype!r}; supported: {sorted(_DTYPE_NAMES)}")
-    cfg = config_from_hf(hf, path=path / "config.json", dtype=dtype)
+    cfg = dataclasses.replace(cfg, dtype=dtype, param_dtype=dtype)
     reader = _Reader(path, _DTYPE_NAMES[dtype])
     shapes = _hf_shapes(cfg)
     layers: dict = {}
@@ -236,9 +242,13 @@ def config_to_hf(cfg: ModelConfig, dtype_name: str) -> dict:
     rope = {"rope_type": "default", "rope_theta": cfg.rope_theta}
     if cfg.rope_scaling is not None:
         sc = cfg.rope_scaling
-        rope.update(rope_type="llama3", factor=sc.factor, low_freq_factor=sc.low_freq_factor,
-                    high_freq_factor=sc.high_freq_factor,
-                    original_max_position_embeddings=sc.original_max_position)  # fmt: skip
+        rope.update(
+            rope_type="llama3",
+            factor=sc.factor,
+            low_freq_factor=sc.low_freq_factor,
+            high_freq_factor=sc.high_freq_factor,
+            original_max_position_embeddings=sc.original_max_position,
+        )
     hf = {
         "architectures": ["Qwen2ForCausalLM" if cfg.family == "qwen2" else "LlamaForCausalLM"],
         "model_type": cfg.family,

@@ -89,14 +89,24 @@ def token_logprobs(cfg, params, h_BxTxD, targets_BxT, *, temperature=1.0, chunk_
 
 
 def sequence_logprobs(
-    cfg, params, tokens_BxT, *, positions_BxT=None, segment_ids_BxT=None, temperature=1.0,
+    cfg,
+    params,
+    tokens_BxT,
+    *,
+    positions_BxT=None,
+    segment_ids_BxT=None,
+    temperature=1.0,
     chunk_size=None,
-):  # fmt: skip
+):
     """(log p(tokens[:, 1:] | prefix), entropy), each [B, T-1]."""
     h_BxTxD = transformer.hidden_states(
         cfg, params, tokens_BxT, positions_BxT=positions_BxT, segment_ids_BxT=segment_ids_BxT
     )
     return token_logprobs(
-        cfg, params, h_BxTxD[:, :-1], tokens_BxT[:, 1:], temperature=temperature,
+        cfg,
+        params,
+        h_BxTxD[:, :-1],
+        tokens_BxT[:, 1:],
+        temperature=temperature,
         chunk_size=chunk_size,
-    )  # fmt: skip
+    )

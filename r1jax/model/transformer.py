@@ -59,7 +59,9 @@ def rope_inv_freq(cfg: ModelConfig) -> np.ndarray:
 
 def rope_tables(cfg: ModelConfig, positions_BxT: jax.Array) -> tuple[jax.Array, jax.Array]:
     """cos and sin tables [B, T, Dh] in float32 (rotate-half layout, as Hugging Face)."""
-    freqs = positions_BxT.astype(jnp.float32)[..., None] * jnp.asarray(rope_inv_freq(cfg))[None, None]
+    freqs = (
+        positions_BxT.astype(jnp.float32)[..., None] * jnp.asarray(rope_inv_freq(cfg))[None, None]
+    )
     emb = jnp.concatenate([freqs, freqs], axis=-1)
     return jnp.cos(emb), jnp.sin(emb)
 
@@ -79,7 +81,9 @@ class RMSNorm(nn.Module):
 
     @nn.compact
     def __call__(self, x_BxTxD):
-        scale = _param(self, "scale", (self.cfg.d_model,), ("norm",), nn.initializers.ones, self.cfg)
+        scale = _param(
+            self, "scale", (self.cfg.d_model,), ("norm",), nn.initializers.ones, self.cfg
+        )
         x = x_BxTxD.astype(jnp.float32)
         x = x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + self.cfg.rms_norm_eps)
         return scale.astype(x_BxTxD.dtype)[None, None] * x.astype(x_BxTxD.dtype)
@@ -93,12 +97,24 @@ class Attention(nn.Module):
     def _project(self, x_BxTxD, name, n, head_axis):
         cfg, dt = self.cfg, jnp.dtype(self.cfg.dtype)
         normal = nn.initializers.normal(_INIT_STD)
-        w = _param(self, f"{name}_kernel", (cfg.d_model, n, cfg.head_dim),
-                   ("embed", head_axis, "head_dim"), normal, cfg)  # fmt: skip
+        w = _param(
+            self,
+            f"{name}_kernel",
+            (cfg.d_model, n, cfg.head_dim),
+            ("embed", head_axis, "head_dim"),
+            normal,
+            cfg,
+        )
         y_BxTxNxDh = jnp.einsum("btd,dnh->btnh", x_BxTxD, w.astype(dt))
         if cfg.qkv_bias:
-            b = _param(self, f"{name}_bias", (n, cfg.head_dim), (head_axis, "head_dim"),
-                       nn.initializers.zeros, cfg)  # fmt: skip
+            b = _param(
+                self,
+                f"{name}_bias",
+                (n, cfg.head_dim),
+                (head_axis, "head_dim"),
+                nn.initializers.zeros,
+                cfg,
+            )
             y_BxTxNxDh = y_BxTxNxDh + b.astype(dt)[None, None]
         return y_BxTxNxDh
 
@@ -119,9 +135,11 @@ class Attention(nn.Module):
         g = cfg.n_heads // cfg.n_kv_heads
         q_BxTxKxGxDh = q_BxTxHxDh.reshape(b, t, cfg.n_kv_heads, g, cfg.head_dim)
         scores_BxKxGxTxS = jnp.einsum(
-            "btkgh,bskh->bkgts", q_BxTxKxGxDh, k_BxSxKxDh.astype(dt),
+            "btkgh,bskh->bkgts",
+            q_BxTxKxGxDh,
+            k_BxSxKxDh.astype(dt),
             preferred_element_type=jnp.float32,
-        ) * (cfg.head_dim**-0.5)  # fmt: skip
+        ) * (cfg.head_dim**-0.5)
         # A finite fill keeps fully masked rows (padding queries) finite instead of NaN.
         scores_BxKxGxTxS = jnp.where(
             mask_BxTxS[:, None, None, :, :], scores_BxKxGxTxS, jnp.finfo(jnp.float32).min
@@ -129,8 +147,14 @@ class Attention(nn.Module):
         probs_BxKxGxTxS = jax.nn.softmax(scores_BxKxGxTxS, axis=-1).astype(dt)
         out_BxTxKxGxDh = jnp.einsum("bkgts,bskh->btkgh", probs_BxKxGxTxS, v_BxSxKxDh.astype(dt))
         out_BxTxHxDh = out_BxTxKxGxDh.reshape(b, t, cfg.n_heads, cfg.head_dim)
-        w_o = _param(self, "o_kernel", (cfg.n_heads, cfg.head_dim, cfg.d_model),
-                     ("heads", "head_dim", "embed"), nn.initializers.normal(_INIT_STD), cfg)  # fmt: skip
+        w_o = _param(
+            self,
+            "o_kernel",
+            (cfg.n_heads, cfg.head_dim, cfg.d_model),
+            ("heads", "head_dim", "embed"),
+            nn.initializers.normal(_INIT_STD),
+            cfg,
+        )
         return jnp.einsum("bthk,hkd->btd", out_BxTxHxDh, w_o.astype(dt)), new_kv
 
 
@@ -185,8 +209,9 @@ class Transformer(nn.Module):
     def __call__(self, tokens_BxT, positions_BxT, mask_BxTxS, cache=None, cache_index=None):
         cfg = self.cfg
         normal = nn.initializers.normal(_INIT_STD)
-        embedding = _param(self, "embedding", (cfg.vocab_size, cfg.d_model), ("vocab", "embed"),
-                           normal, cfg)  # fmt: skip
+        embedding = _param(
+            self, "embedding", (cfg.vocab_size, cfg.d_model), ("vocab", "embed"), normal, cfg
+        )
         if not cfg.tie_embeddings:
             # Declared here so init creates it; `unembed` reads it straight from the params.
             _param(self, "lm_head", (cfg.d_model, cfg.vocab_size), ("embed", "vocab"), normal, cfg)

@@ -223,4 +223,9 @@ def _cleanup(proc: subprocess.Popen, uid: int, workdir: str) -> None:
         pass
     kill_uid(uid)
     proc.communicate()
+    # SIGKILL is delivered asynchronously; wait (briefly) until no process of the uid is alive.
+    deadline = time.monotonic() + 2.0
+    while processes_of_uid(uid) and time.monotonic() < deadline:
+        time.sleep(0.01)
+        kill_uid(uid)
     shutil.rmtree(workdir, ignore_errors=True)

@@ -85,7 +85,7 @@ def _log_ratio(logp_NxT, old_logp_NxT, valid_NxT, ratio_level):
     n_tok_N = jnp.sum(valid_NxT.astype(lr_NxT.dtype), axis=1)
     seq_lr_N = jnp.sum(lr_NxT, axis=1) / jnp.maximum(n_tok_N, 1.0)
     sg = jax.lax.stop_gradient
-    return jnp.broadcast_to(seq_lr_N[:, None], logp_NxT.shape)
+    return sg(seq_lr_N)[:, None] + logp_NxT - sg(logp_NxT)
 
 
 def _check_shapes(logp_NxT, others):
@@ -188,13 +188,23 @@ def policy_loss_terms(
         sums["entropy"] = jnp.sum(jax.lax.stop_gradient(entropy_NxT))
     num, den = aggregate_terms(loss_NxT, valid_NxT, aggregation, max_len=max_len)  # (7)
 
+    return num, den, {**sums, **_ratio_metric_sums(logp_NxT, old_logp_NxT, ratio_NxT, valid_NxT)}
+
+
+def _ratio_metric_sums(logp_NxT, old_logp_NxT, ratio_NxT, valid_NxT):
+    """Sums over valid tokens of KL(old || new) and of the ratio; the ratio's max.
+
+    The tokens were sampled from the old policy, so KL(old || new) is the one k3 estimates
+    without bias here: (r - 1) - log r with r = pi / pi_old per token (Schulman's blog, TRL).
+    """
     r_NxT = jax.lax.stop_gradient(ratio_NxT)
-    approx_kl_NxT = kl(jax.lax.stop_gradient(logp_NxT), old_logp_NxT, "k3")
-    sums["approx_kl"] = jnp.sum(jnp.where(valid_NxT, approx_kl_NxT, 0.0))
-    sums["ratio_mean"] = jnp.sum(jnp.where(valid_NxT, r_NxT, 0.0))
-    sums["ratio_max"] = jnp.max(jnp.where(valid_NxT, r_NxT, -jnp.inf))
-    sums["n_tokens"] = jnp.sum(valid_NxT.astype(jnp.float32))
-    return num, den, sums
+    approx_kl_NxT = kl(old_logp_NxT, jax.lax.stop_gradient(logp_NxT), "k3")
+    return {
+        "approx_kl": jnp.sum(jnp.where(valid_NxT, approx_kl_NxT, 0.0)),
+        "ratio_mean": jnp.sum(jnp.where(valid_NxT, r_NxT, 0.0)),
+        "ratio_max": jnp.max(jnp.where(valid_NxT, r_NxT, -jnp.inf)),
+        "n_tokens": jnp.sum(valid_NxT.astype(jnp.float32)),
+    }
 
 
 def combine_metric_sums(a, b):
@@ -232,7 +242,9 @@ def policy_loss(
     """Clipped policy loss (PPO / GRPO / DAPO / Dr. GRPO / GSPO) -> (loss, metrics).
 
     `denominator` (from `aggregation_denominator` summed over all micro-batches) makes the sum
-    of micro-batch losses equal the one-batch loss. Metrics are token means over valid tokens.
+    of micro-batch losses equal the one-batch loss. Metrics, token means over valid tokens:
+    clip_frac_low/high, dual_clip_frac, approx_kl (k3 of KL(old || new)), ratio_mean, ratio_max,
+    and kl_ref / entropy when those inputs are given.
     """
     num, den, sums = policy_loss_terms(
         logp_NxT,
@@ -300,8 +312,10 @@ def adaptive_kl_coef(coef, observed_kl, *, target, horizon, n_steps):
 
 
 def kl_in_reward(score_N, logp_NxT, ref_logp_NxT, mask_NxT, *, kl_coef, estimator="k1"):
-    """PPO per-token rewards: -kl_coef * kl(logp, ref) per token, plus the score at the last
-    valid token of each sequence (a sequence with no valid token gets nothing)."""
+    """PPO per-token rewards: -kl_coef * kl(logp, ref), plus the score at the last valid token.
+
+    A sequence with no valid token gets nothing; padding gets 0.
+    """
     _check_shapes(logp_NxT, {"ref_logp_NxT": ref_logp_NxT, "mask_NxT": mask_NxT})
     valid_NxT = mask_NxT > 0
     kl_NxT = kl(

@@ -66,7 +66,13 @@ def supervised_step(state, batch, *, model_cfg, optimizer, grad_accum=1, lr_sche
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
     # (4)
     new_state, finite = trainer.apply_if_finite(state, new_state, loss, grad_norm)
-    metrics = {"loss": loss, "grad_norm": grad_norm, "tokens": count, "finite": finite}
+    metrics = {
+        "loss": loss,
+        "grad_norm": grad_norm,
+        "trained_tokens": count,
+        "tokens": jnp.sum(batch["segment_ids"] > 0).astype(jnp.float32),  # non-padding inputs
+        "finite": finite,
+    }
     if lr_schedule is not None:
         metrics["lr"] = lr_schedule(state.step)
     return new_state, metrics

@@ -1,0 +1,253 @@
+"""The experience maker: prompts -> G completions each -> rewards -> advantages -> one RL batch.
+
+Shapes: B prompts, G samples per prompt, N = B*G sequences, P prompt bucket, T new tokens, L = P+T.
+"""
+
+import dataclasses
+import time
+from collections.abc import Callable, Iterator
+
+import numpy as np
+
+from r1jax import text
+from r1jax.rl import advantages as adv_lib
+
+PROMPT_BUCKETS = (32, 64, 128, 256, 512, 1024, 2048, 4096)
+
+
+@dataclasses.dataclass(frozen=True)
+class RolloutConfig:
+    """How one rollout is made; built once from config.rl."""
+
+    prompts_per_step: int  # B
+    num_samples: int  # G
+    max_prompt_len: int  # longer prompts are cut from the left (keeping the question's end)
+    max_new_tokens: int  # T
+    template: str = "r1_zero"
+    advantage: str = "grpo"  # grpo | rloo
+    std_normalize: str = "group"  # group | batch | none (none = Dr. GRPO)
+    dynamic_sampling: bool = False  # DAPO: drop groups whose rewards are all equal, refill
+    max_sampling_rounds: int = 3  # cap on refills per step
+    mask_truncated: bool = False  # completions without EOS get no loss
+    overlong_buffer: int = 0  # DAPO soft overlong penalty over the last N tokens (0 = off)
+    overlong_penalty: float = 1.0  # the penalty at the hard limit
+
+
+def prompt_bucket(length: int, max_len: int) -> int:
+    """The smallest bucket that holds `length` (so a run compiles a handful of programs)."""
+    for b in PROMPT_BUCKETS:
+        if b >= length:
+            return min(b, max(max_len, length))
+    return max_len
+
+
+def encode_prompts(records: list[dict], tokenizer, template: str, max_len: int) -> list[list[int]]:
+    """Token ids of each record's templated prompt (BOS first when the tokenizer has one)."""
+    bos = [tokenizer.bos_id] if tokenizer.bos_id is not None else []
+    out = []
+    for r in records:
+        ids = bos + tokenizer.encode(text.apply_template(template, r["prompt"]))
+        out.append(ids[-max_len:])
+    return out
+
+
+def pad_left(prompts: list[list[int]], bucket: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Left-pads prompts into [B, P] and returns their lengths [B]."""
+    tokens_BxP = np.full((len(prompts), bucket), pad_id, np.int32)
+    lens_B = np.zeros((len(prompts),), np.int32)
+    for i, ids in enumerate(prompts):
+        tokens_BxP[i, bucket - len(ids) :] = ids
+        lens_B[i] = len(ids)
+    return tokens_BxP, lens_B
+
+
+def overlong_shaping(lengths_N: np.ndarray, max_new_tokens: int, buffer: int, penalty: float):
+    """DAPO soft overlong punishment: 0 up to max-buffer, then linear down to -penalty."""
+    if buffer <= 0:
+        return np.zeros_like(lengths_N, np.float32)
+    start = max_new_tokens - buffer
+    return (-penalty * np.clip((lengths_N - start) / buffer, 0.0, 1.0)).astype(np.float32)
+
+
+def training_arrays(prompt_BxP, prompt_lens_B, completion_NxT, lengths_N, num_samples, pad_id):
+    """input_ids/positions/segment_ids [N, L] and completion_mask [N, T] (EOS inside the mask)."""
+    prompt_NxP = np.repeat(prompt_BxP, num_samples, axis=0)
+    plen_N = np.repeat(prompt_lens_B, num_samples, axis=0)
+    n, p = prompt_NxP.shape
+    t = completion_NxT.shape[1]
+    comp_mask_NxT = (np.arange(t)[None, :] < lengths_N[:, None]).astype(np.float32)
+    completion_NxT = np.where(comp_mask_NxT > 0, completion_NxT, pad_id).astype(np.int32)
+    input_ids_NxL = np.concatenate([prompt_NxP, completion_NxT], axis=1)
+    prompt_real_NxP = np.arange(p)[None, :] >= (p - plen_N)[:, None]
+    segment_ids_NxL = np.concatenate([prompt_real_NxP, comp_mask_NxT > 0], axis=1).astype(np.int32)
+    positions_NxL = np.maximum(np.cumsum(segment_ids_NxL, axis=1) - 1, 0).astype(np.int32)
+    return {
+        "input_ids_NxL": input_ids_NxL,
+        "positions_NxL": positions_NxL,
+        "segment_ids_NxL": segment_ids_NxL,
+        "completion_mask_NxT": comp_mask_NxT,
+    }
+
+
+@dataclasses.dataclass
+class Samples:
+    """One sampling round: prompts, completions and their scores (host arrays)."""
+
+    records: list[dict]
+    prompt_BxP: np.ndarray
+    prompt_lens_B: np.ndarray
+    completion_NxT: np.ndarray
+    lengths_N: np.ndarray
+    truncated_N: np.ndarray
+    sampler_logp_NxT: np.ndarray
+    texts: list[str]
+    rewards_N: np.ndarray
+    per_fn: dict
+
+
+class ExperienceMaker:
+    """Turns a stream of prompt records into RL batches, one call per step.
+
+    1. Take B prompt records; template and tokenize them; left-pad into a bucket.
+    2. Sample G completions per prompt (prompt prefilled once, samples adjacent).
+    3. Decode and score them with the weighted reward functions in the host worker pool.
+    4. Dynamic sampling (optional): keep groups with unequal rewards, refill up to a cap.
+    5. Shape rewards (overlong penalty), compute group-relative advantages.
+    6. Build the training arrays (EOS inside the loss mask; truncated rows masked if asked).
+    """
+
+    def __init__(
+        self,
+        cfg: RolloutConfig,
+        tokenizer,
+        reward_pool,
+        sample_fn: Callable,
+        prompts: Iterator[dict],
+    ):
+        self.cfg, self.tokenizer, self.pool = cfg, tokenizer, reward_pool
+        self.sample_fn = sample_fn  # (prompt_BxP, prompt_lens_B, round) -> dict of host arrays
+        self.prompts = prompts
+
+    def _sample_round(self, round_index: int) -> Samples:
+        cfg = self.cfg
+        # (1)
+        records = [next(self.prompts) for _ in range(cfg.prompts_per_step)]
+        ids = encode_prompts(records, self.tokenizer, cfg.template, cfg.max_prompt_len)
+        bucket = prompt_bucket(max(len(i) for i in ids), cfg.max_prompt_len)
+        prompt_BxP, lens_B = pad_left(ids, bucket, self.tokenizer.pad_id)
+        # (2)
+        t0 = time.perf_counter()
+        out = self.sample_fn(prompt_BxP, lens_B, round_index)
+        self.timings["generate_s"] += time.perf_counter() - t0
+        texts = [self.tokenizer.decode(row[:n]) for row, n in zip(out["tokens"], out["lengths"])]
+        # (3)
+        t0 = time.perf_counter()
+        group_records = [r for r in records for _ in range(cfg.num_samples)]
+        rewards_N, per_fn, self.last_pool_metrics = self.pool.score(texts, group_records)
+        self.timings["reward_s"] += time.perf_counter() - t0
+        return Samples(
+            records,
+            prompt_BxP,
+            lens_B,
+            out["tokens"],
+            out["lengths"],
+            out["truncated"],
+            out["logprobs"],
+            texts,
+            rewards_N,
+            per_fn,
+        )
+
+    def make(self) -> tuple[dict, dict, Samples]:
+        """One RL batch (host arrays), its metrics, and the raw samples for logging."""
+        cfg = self.cfg
+        self.timings = {"generate_s": 0.0, "reward_s": 0.0}
+        kept, dropped, rounds = [], [], 0
+        while True:
+            s = self._sample_round(rounds)
+            rounds += 1
+            # (4)
+            groups = s.rewards_N.reshape(cfg.prompts_per_step, cfg.num_samples)
+            informative = groups.std(axis=1) > 0
+            kept.append((s, informative if cfg.dynamic_sampling else np.ones_like(informative)))
+            dropped.append(int((~informative).sum()))
+            have = sum(int(m.sum()) for _, m in kept)
+            if have >= cfg.prompts_per_step or rounds >= max(1, cfg.max_sampling_rounds):
+                break
+            if not cfg.dynamic_sampling:
+                break
+        samples = _select_groups(kept, cfg.prompts_per_step, cfg.num_samples, self.tokenizer.pad_id)
+        batch, metrics = self._finish(samples)
+        metrics.update(self.timings)
+        metrics.update(sampling_rounds=rounds, zero_std_groups=dropped[0] / cfg.prompts_per_step)
+        return batch, metrics, samples
+
+    def _finish(self, s: Samples) -> tuple[dict, dict]:
+        cfg = self.cfg
+        # (5)
+        shaped_N = s.rewards_N + overlong_shaping(
+            s.lengths_N, cfg.max_new_tokens, cfg.overlong_buffer, cfg.overlong_penalty
+        )
+        rewards_BxG = shaped_N.reshape(cfg.prompts_per_step, cfg.num_samples)
+        if cfg.advantage == "rloo":
+            adv_BxG = adv_lib.rloo(rewards_BxG)
+        else:
+            adv_BxG = adv_lib.group_relative(rewards_BxG, std_normalize=cfg.std_normalize)
+        # (6)
+        batch = training_arrays(
+            s.prompt_BxP,
+            s.prompt_lens_B,
+            s.completion_NxT,
+            s.lengths_N,
+            cfg.num_samples,
+            self.tokenizer.pad_id,
+        )
+        if cfg.mask_truncated:
+            batch["completion_mask_NxT"] *= (~s.truncated_N)[:, None].astype(np.float32)
+        batch["advantages_N"] = np.asarray(adv_BxG, np.float32).reshape(-1)
+        t = s.completion_NxT.shape[1]
+        batch["sampler_logp_NxT"] = np.where(
+            np.arange(t)[None, :] < s.lengths_N[:, None], s.sampler_logp_NxT, 0.0
+        ).astype(np.float32)
+        metrics = {
+            "reward": float(s.rewards_N.mean()),
+            "reward_std": float(s.rewards_N.std()),
+            "completion_len_mean": float(s.lengths_N.mean()),
+            "completion_len_max": float(s.lengths_N.max()),
+            "truncation_ratio": float(s.truncated_N.mean()),
+        }
+        for name, values in s.per_fn.items():
+            metrics[f"reward/{name}"] = float(np.mean(values))
+            metrics[f"reward/{name}_std"] = float(np.std(values))
+        for name, value in getattr(self, "last_pool_metrics", {}).items():
+            metrics[f"reward_pool/{name}"] = float(value)
+        return batch, metrics
+
+
+def _select_groups(kept: list, num_prompts: int, num_samples: int, pad_id: int) -> Samples:
+    """Fills a batch of num_prompts groups: informative groups first, then the others."""
+    chosen = [(s, b) for s, m in kept for b in range(num_prompts) if m[b]]
+    chosen += [(s, b) for s, m in kept for b in range(num_prompts) if not m[b]]
+    chosen = chosen[:num_prompts]
+    p = max(s.prompt_BxP.shape[1] for s, _ in chosen)
+    rows = lambda s, b: slice(b * num_samples, (b + 1) * num_samples)
+    prompts = [
+        np.pad(s.prompt_BxP[b], (p - s.prompt_BxP.shape[1], 0), constant_values=pad_id)
+        for s, b in chosen
+    ]
+    cat = lambda f: np.concatenate([f(s)[rows(s, b)] for s, b in chosen])
+    return Samples(
+        records=[s.records[b] for s, b in chosen],
+        prompt_BxP=np.stack(prompts).astype(np.int32),
+        prompt_lens_B=np.array([s.prompt_lens_B[b] for s, b in chosen], np.int32),
+        completion_NxT=cat(lambda s: s.completion_NxT),
+        lengths_N=cat(lambda s: s.lengths_N),
+        truncated_N=cat(lambda s: s.truncated_N),
+        sampler_logp_NxT=cat(lambda s: s.sampler_logp_NxT),
+        texts=[t for s, b in chosen for t in s.texts[rows(s, b)]],
+        rewards_N=cat(lambda s: s.rewards_N),
+        per_fn={
+            k: np.concatenate([s.per_fn[k][rows(s, b)] for s, b in chosen])
+            for k in chosen[0][0].per_fn
+        },
+    )
