@@ -11,7 +11,7 @@ import ml_collections
 
 from r1jax.model import config as model_config
 
-STAGES = ("pretrain", "sft")
+STAGES = ("pretrain", "sft", "rl")
 DATA_FORMATS = ("jsonl", "gsm8k", "math")
 TEMPLATES = ("chat", "r1_zero", "none")
 
@@ -82,10 +82,14 @@ def validate(cfg: ml_collections.ConfigDict, *, num_devices: int | None = None) 
     for name in ("log_every", "checkpoint_every"):
         _require(cfg.train[name] > 0, f"train.{name}", "must be positive")
     num_devices = jax.device_count() if num_devices is None else num_devices
+    if cfg.stage == "rl":
+        _validate_rl(cfg, num_devices)
     try:
         shape = sharding.mesh_shape(cfg.mesh.to_dict(), num_devices)
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    if cfg.stage == "rl":
+        return
     splits = shape[0] * shape[1]
     micro = cfg.data.batch_size // cfg.train.grad_accum
     _require(
@@ -129,3 +133,55 @@ def save_resolved(cfg: ml_collections.ConfigDict, workdir, model_cfg=None) -> No
     path = pathlib.Path(workdir) / "config.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def _validate_rl(cfg, num_devices: int) -> None:
+    """RL-specific checks: algorithm names, group size, how the rollout divides."""
+    from r1jax import sharding
+    from r1jax.rewards import registry
+
+    rl = cfg.rl
+    _require(rl.algorithm in ("grpo", "ppo"), "rl.algorithm", "expected 'grpo' or 'ppo'")
+    _require(rl.advantage in ("grpo", "rloo"), "rl.advantage", "expected 'grpo' or 'rloo'")
+    _require(
+        rl.std_normalize in ("group", "batch", "none"), "rl.std_normalize", "group | batch | none"
+    )
+    aggregations = ("seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm")
+    _require(rl.aggregation in aggregations, "rl.aggregation", f"expected one of {aggregations}")
+    _require(rl.ratio_level in ("token", "sequence"), "rl.ratio_level", "token | sequence")
+    _require(rl.kl_estimator in ("k1", "k2", "k3"), "rl.kl_estimator", "k1 | k2 | k3")
+    _require(rl.critic in ("shared", "separate"), "rl.critic", "shared | separate")
+    _require(rl.ppo_form in ("clip", "kl_penalty"), "rl.ppo_form", "clip | kl_penalty")
+    _require(rl.template in TEMPLATES, "rl.template", f"expected one of {TEMPLATES}")
+    _require(rl.temperature > 0, "rl.temperature", "RL samples need a positive temperature")
+    _require(rl.max_new_tokens > 0, "rl.max_new_tokens", "must be positive")
+    _require(
+        rl.num_samples >= 2 or rl.algorithm == "ppo",
+        "rl.num_samples",
+        "group-relative advantages need at least 2 samples per prompt",
+    )
+    for name in rl.rewards.keys():
+        try:
+            registry.get(name)
+        except (KeyError, ValueError) as e:
+            raise ConfigError(f"config.rl.rewards.{name}: {e}") from None
+    shape = sharding.mesh_shape(cfg.mesh.to_dict(), num_devices)
+    n = rl.prompts_per_step * rl.num_samples
+    per_update = rl.num_minibatches * cfg.train.grad_accum
+    _require(
+        n % per_update == 0,
+        "rl.prompts_per_step",
+        f"{rl.prompts_per_step} prompts x {rl.num_samples} samples = {n} sequences do not split "
+        f"into rl.num_minibatches={rl.num_minibatches} x train.grad_accum={cfg.train.grad_accum}",
+    )
+    _require(
+        (n // per_update) % (shape[0] * shape[1]) == 0,
+        "rl.prompts_per_step",
+        f"micro-batches of {n // per_update} sequences are not divisible by the "
+        f"{shape[0] * shape[1]} data-parallel devices",
+    )
+    _require(
+        rl.prompts_per_step % jax.process_count() == 0,
+        "rl.prompts_per_step",
+        f"not divisible by the {jax.process_count()} processes",
+    )

@@ -23,6 +23,10 @@ def main(argv) -> None:
             from r1jax.train import supervised
 
             supervised.run(cfg, _WORKDIR.value)
+        elif cfg.stage == "rl":
+            from r1jax.train import rl
+
+            rl.run(cfg, _WORKDIR.value)
         else:
             raise configlib.ConfigError(
                 f"config.stage: unknown stage {cfg.stage!r}; expected one of {configlib.STAGES}"

@@ -212,7 +212,7 @@ def test_packed_sft_batches_hold_exactly_the_tokenized_examples(gsm8k, tok):
     assert not got - expected  # every packed segment is a whole tokenized example
     assert sum(got.values()) >= len(records) - 6  # drop_remainder loses at most 3 rows
     assert max(b["segment_ids"].max() for b in batches) > 1  # rows hold several examples
-    assert stats == {"examples": len(records), "truncated": truncated, "untrained": 0}
+    assert stats == {"examples": len(records), "truncated": truncated}
 
 
 def _record_ids(ds, tok):
@@ -290,11 +290,22 @@ def test_make_dataset_rejects_bad_arguments(tok):
         )
 
 
-def test_sft_prompt_longer_than_row_is_kept_untrained(tok):
-    records = [{"prompt": "word " * 50, "response": "r"}, {"prompt": "p", "response": "ok"}]
+def test_long_sft_example_keeps_prompt_tail_and_response(tok):
+    record = {"prompt": "word " * 50 + "last", "response": "r"}
+    ex = pipeline.tokenize_sft(record, tok, seq_len=32, template="chat")
+    assert ex["truncated"] and len(ex["inputs"]) == 32
+    assert ex["inputs"][0] == tok.bos_id
+    assert tok.decode(ex["inputs"]).endswith("word last\nAssistant: r")
+    assert tok.decode(ex["targets"][ex["loss_mask"] > 0]) == " r"
+    assert ex["targets"][-1] == tok.eos_id
+    long_both = {"prompt": "word " * 50, "response": "answer " * 50}
+    ex = pipeline.tokenize_sft(long_both, tok, seq_len=32, template="chat")
+    assert len(ex["inputs"]) == 32 and ex["loss_mask"].sum() == 17  # prompt: 33 // 2 tokens
+    assert tok.decode(ex["targets"][ex["loss_mask"] > 0]).startswith(" answer answer")
     stats = {}
+    records = [record, {"prompt": "p", "response": "ok"}]
     kw = dict(kind="sft", seq_len=32, batch_size=1, pack=False, num_epochs=1, stats=stats)
     batches = list(pipeline.make_dataset(records, tok, seed=0, **kw))
-    assert len(batches) == 2 and stats == {"examples": 2, "truncated": 1, "untrained": 1}
+    assert len(batches) == 2 and stats == {"examples": 2, "truncated": 1}
     trained = sorted(tok.decode(b["targets"][0][b["loss_mask"][0] > 0]) for b in batches)
-    assert trained == ["", " ok"]
+    assert trained == [" ok", " r"]

@@ -37,26 +37,36 @@ def _reference(cfg, params, h, targets, temperature):
     return logp, -jnp.sum(jnp.exp(logp_BxTxV) * logp_BxTxV, axis=-1)
 
 
-@pytest.mark.parametrize("tie", [False, True])
-@pytest.mark.parametrize("chunk_size", [None, 100, 64, 7])  # 64 and 7 leave a ragged chunk
-def test_chunked_equals_full_log_softmax(tie, chunk_size):
-    cfg = dataclasses.replace(CFG, tie_embeddings=tie)
-    params = _params(cfg)
+def _total(fn, params, h):
+    logp, ent = fn(params, h)
+    return jnp.sum(logp * 0.7 + ent * 0.3), (logp, ent)
+
+
+def _inputs(cfg):
     rng = np.random.RandomState(1)
     h = jnp.asarray(rng.normal(0, 1, (2, 8, cfg.d_model)), jnp.float32)
-    targets = jnp.asarray(rng.randint(0, cfg.vocab_size, (2, 8)), jnp.int32)
+    return h, jnp.asarray(rng.randint(0, cfg.vocab_size, (2, 8)), jnp.int32)
 
-    def total(fn, p, hh):
-        logp, ent = fn(p, hh)
-        return jnp.sum(logp * 0.7 + ent * 0.3), (logp, ent)
 
+@functools.cache
+def _reference_grads(cfg):
+    h, targets = _inputs(cfg)
+    reference = lambda p, hh: _reference(cfg, p, hh, targets, 0.7)
+    grad_fn = jax.grad(functools.partial(_total, reference), argnums=(0, 1), has_aux=True)
+    return jax.jit(grad_fn)(_params(cfg), h)
+
+
+# V = 300: None is one full-vocabulary chunk, 100 divides V, 64 and 7 leave a ragged last chunk.
+@pytest.mark.parametrize("tie, chunk_size", [(False, None), (False, 100), (False, 64), (True, 7)])
+def test_chunked_equals_full_log_softmax(tie, chunk_size):
+    cfg = dataclasses.replace(CFG, tie_embeddings=tie)
+    h, targets = _inputs(cfg)
     chunked = lambda p, hh: logprobs.token_logprobs(
         cfg, p, hh, targets, temperature=0.7, chunk_size=chunk_size
     )
-    reference = lambda p, hh: _reference(cfg, p, hh, targets, 0.7)
-    grad = jax.jit(jax.grad(functools.partial(total, chunked), argnums=(0, 1), has_aux=True))
-    ref_grad = jax.jit(jax.grad(functools.partial(total, reference), argnums=(0, 1), has_aux=True))
-    (g, (logp, ent)), (rg, (ref_logp, ref_ent)) = grad(params, h), ref_grad(params, h)
+    grad_fn = jax.grad(functools.partial(_total, chunked), argnums=(0, 1), has_aux=True)
+    g, (logp, ent) = jax.jit(grad_fn)(_params(cfg), h)
+    rg, (ref_logp, ref_ent) = _reference_grads(cfg)
     assert logp.shape == ent.shape == (2, 8)
     np.testing.assert_allclose(logp, ref_logp, atol=1e-5)
     np.testing.assert_allclose(ent, ref_ent, atol=1e-5)

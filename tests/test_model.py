@@ -271,13 +271,14 @@ def test_value_head_and_last_token_scores():
     head = heads.init_value_head(CFG, jax.random.key(0))
     axes = heads.value_head_logical_axes(CFG)
     assert axes["kernel"] == jax.sharding.PartitionSpec("embed", None)
-    h = jax.random.normal(jax.random.key(1), (3, 6, CFG.d_model))
-    v = heads.values(CFG, head, h)
+    head = {"kernel": head["kernel"], "bias": head["bias"] + 0.5}  # a nonzero bias is checked too
+    h = jnp.asarray(np.random.RandomState(0).normal(0, 1, (3, 6, CFG.d_model)), jnp.float32)
+    mask = jnp.asarray([[1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 1, 1], [0, 0, 1, 1, 0, 0]], bool)
+    run = jax.jit(lambda p, h, m: (heads.values(CFG, p, h), heads.last_token_scores(CFG, p, h, m)))
+    v, scores = run(head, h, mask)
     assert v.shape == (3, 6) and v.dtype == jnp.float32
     expected = np.asarray(h) @ np.asarray(head["kernel"])[:, 0] + np.asarray(head["bias"])[0]
     np.testing.assert_allclose(v, expected, atol=1e-5)
-    mask = jnp.asarray([[1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 1, 1], [0, 0, 1, 1, 0, 0]], bool)
-    scores = heads.last_token_scores(CFG, head, h, mask)
     np.testing.assert_allclose(scores, [v[0, 2], v[1, 5], v[2, 3]], atol=1e-6)
     with pytest.raises(ValueError, match="mask_BxT"):
         heads.last_token_scores(CFG, head, h, mask[:, :5])

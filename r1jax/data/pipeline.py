@@ -61,13 +61,25 @@ def tokenize_pretrain(record: dict, tokenizer: text.Tokenizer, seq_len: int) -> 
 def tokenize_sft(
     record: dict, tokenizer: text.Tokenizer, seq_len: int, template: str = "chat"
 ) -> dict:
-    """[BOS] template(prompt) response EOS, cut to seq_len + 1; only response and EOS trained."""
+    """[BOS] template(prompt) response EOS, at most seq_len + 1; only response and EOS trained.
+
+    An example too long for the row first loses the start of its prompt (BOS kept), down to
+    half the row, then the end of its response; so every example trains at least one token.
+    """
     if "prompt" not in record or "response" not in record:
         raise KeyError(f"sft record needs 'prompt' and 'response': {record!r:.200}")
-    prompt_ids = _bos(tokenizer) + tokenizer.encode(text.apply_template(template, record["prompt"]))
+    head = _bos(tokenizer)
+    prompt_ids = tokenizer.encode(text.apply_template(template, record["prompt"]))
     response_ids = tokenizer.encode(text.response_text(template, record["response"]))
-    ids = prompt_ids + response_ids + [tokenizer.eos_id]
-    return _example(ids, len(prompt_ids), seq_len)
+    response_ids.append(tokenizer.eos_id)
+    budget = seq_len + 1
+    truncated = len(head) + len(prompt_ids) + len(response_ids) > budget
+    if truncated:
+        keep = max(budget - len(response_ids), budget // 2) - len(head)
+        prompt_ids = prompt_ids[len(prompt_ids) - max(keep, 0) :]
+    example = _example(head + prompt_ids + response_ids, len(head) + len(prompt_ids), seq_len)
+    example["truncated"] = np.bool_(truncated)
+    return example
 
 
 def _unpacked_row(example: dict, seq_len: int, pad_id: int) -> dict:
@@ -106,13 +118,10 @@ def _counting(tokenize, stats: dict | None):
     def fn(record):
         example = tokenize(record)
         truncated = bool(example.pop("truncated"))
-        # Examples with nothing trained are kept, not filtered: a dataset whose every example
-        # is filtered out would never yield (or end, when repeated forever).
-        untrained = not example["loss_mask"].any()
         if stats is not None:
             with lock:
-                for key, n in (("examples", 1), ("truncated", truncated), ("untrained", untrained)):
-                    stats[key] = stats.get(key, 0) + int(n)
+                stats["examples"] = stats.get("examples", 0) + 1
+                stats["truncated"] = stats.get("truncated", 0) + int(truncated)
         return example
 
     return fn
@@ -137,7 +146,7 @@ def make_dataset(
 
     1. Take records[shard_index::shard_count] (disjoint across processes).
     2. Shuffle with `seed`, a new order each epoch; repeat num_epochs (None = forever).
-    3. Tokenize; stats counts examples, truncations, and untrained ones (prompt fills the row).
+    3. Tokenize (see tokenize_sft for long examples); `stats` counts examples and truncations.
     4. Pack first-fit into rows of seq_len (or pad one example per row), batch, drop remainder.
     The iterator's get_state()/set_state() resume exactly; its state is JSON-serializable.
     """

@@ -1,7 +1,7 @@
 """Decoder-only transformer (Qwen2 / Llama family) in Flax linen, with an explicit KV cache.
 
 B batch, T time, S cache length, D model, H heads, K kv heads, G heads per kv head,
-Dh head dim, F mlp, V vocab, L layers.
+Dh head dim (e in einsums), F mlp, V vocab, L layers; N is H or K where both fit.
 
 Params are a plain pytree; every leaf carries logical axis names ("vocab", "embed", "heads",
 "kv_heads", "head_dim", "mlp", "norm", "layers") that `logical_axes` returns as PartitionSpecs.
@@ -31,9 +31,9 @@ class KVCache:
     v: jax.Array
 
 
-def _param(module, name, shape, names, init, cfg):
+def _param(module, name, shape, names, init):
     init = nn.with_logical_partitioning(init, names)
-    return module.param(name, init, shape, jnp.dtype(cfg.param_dtype))
+    return module.param(name, init, shape, jnp.dtype(module.cfg.param_dtype))
 
 
 def rope_inv_freq(cfg: ModelConfig) -> np.ndarray:
@@ -81,9 +81,7 @@ class RMSNorm(nn.Module):
 
     @nn.compact
     def __call__(self, x_BxTxD):
-        scale = _param(
-            self, "scale", (self.cfg.d_model,), ("norm",), nn.initializers.ones, self.cfg
-        )
+        scale = _param(self, "scale", (self.cfg.d_model,), ("norm",), nn.initializers.ones)
         x = x_BxTxD.astype(jnp.float32)
         x = x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + self.cfg.rms_norm_eps)
         return scale.astype(x_BxTxD.dtype)[None, None] * x.astype(x_BxTxD.dtype)
@@ -103,9 +101,8 @@ class Attention(nn.Module):
             (cfg.d_model, n, cfg.head_dim),
             ("embed", head_axis, "head_dim"),
             normal,
-            cfg,
         )
-        y_BxTxNxDh = jnp.einsum("btd,dnh->btnh", x_BxTxD, w.astype(dt))
+        y_BxTxNxDh = jnp.einsum("btd,dne->btne", x_BxTxD, w.astype(dt))
         if cfg.qkv_bias:
             b = _param(
                 self,
@@ -113,7 +110,6 @@ class Attention(nn.Module):
                 (n, cfg.head_dim),
                 (head_axis, "head_dim"),
                 nn.initializers.zeros,
-                cfg,
             )
             y_BxTxNxDh = y_BxTxNxDh + b.astype(dt)[None, None]
         return y_BxTxNxDh
@@ -135,7 +131,7 @@ class Attention(nn.Module):
         g = cfg.n_heads // cfg.n_kv_heads
         q_BxTxKxGxDh = q_BxTxHxDh.reshape(b, t, cfg.n_kv_heads, g, cfg.head_dim)
         scores_BxKxGxTxS = jnp.einsum(
-            "btkgh,bskh->bkgts",
+            "btkge,bske->bkgts",
             q_BxTxKxGxDh,
             k_BxSxKxDh.astype(dt),
             preferred_element_type=jnp.float32,
@@ -145,7 +141,7 @@ class Attention(nn.Module):
             mask_BxTxS[:, None, None, :, :], scores_BxKxGxTxS, jnp.finfo(jnp.float32).min
         )
         probs_BxKxGxTxS = jax.nn.softmax(scores_BxKxGxTxS, axis=-1).astype(dt)
-        out_BxTxKxGxDh = jnp.einsum("bkgts,bskh->btkgh", probs_BxKxGxTxS, v_BxSxKxDh.astype(dt))
+        out_BxTxKxGxDh = jnp.einsum("bkgts,bske->btkge", probs_BxKxGxTxS, v_BxSxKxDh.astype(dt))
         out_BxTxHxDh = out_BxTxKxGxDh.reshape(b, t, cfg.n_heads, cfg.head_dim)
         w_o = _param(
             self,
@@ -153,9 +149,8 @@ class Attention(nn.Module):
             (cfg.n_heads, cfg.head_dim, cfg.d_model),
             ("heads", "head_dim", "embed"),
             nn.initializers.normal(_INIT_STD),
-            cfg,
         )
-        return jnp.einsum("bthk,hkd->btd", out_BxTxHxDh, w_o.astype(dt)), new_kv
+        return jnp.einsum("bthe,hed->btd", out_BxTxHxDh, w_o.astype(dt)), new_kv
 
 
 class MLP(nn.Module):
@@ -167,9 +162,9 @@ class MLP(nn.Module):
     def __call__(self, x_BxTxD):
         cfg, dt = self.cfg, jnp.dtype(self.cfg.dtype)
         normal = nn.initializers.normal(_INIT_STD)
-        gate = _param(self, "gate_kernel", (cfg.d_model, cfg.d_ff), ("embed", "mlp"), normal, cfg)
-        up = _param(self, "up_kernel", (cfg.d_model, cfg.d_ff), ("embed", "mlp"), normal, cfg)
-        down = _param(self, "down_kernel", (cfg.d_ff, cfg.d_model), ("mlp", "embed"), normal, cfg)
+        gate = _param(self, "gate_kernel", (cfg.d_model, cfg.d_ff), ("embed", "mlp"), normal)
+        up = _param(self, "up_kernel", (cfg.d_model, cfg.d_ff), ("embed", "mlp"), normal)
+        down = _param(self, "down_kernel", (cfg.d_ff, cfg.d_model), ("mlp", "embed"), normal)
         g_BxTxF = jnp.einsum("btd,df->btf", x_BxTxD, gate.astype(dt))
         u_BxTxF = jnp.einsum("btd,df->btf", x_BxTxD, up.astype(dt))
         return jnp.einsum("btf,fd->btd", jax.nn.silu(g_BxTxF) * u_BxTxF, down.astype(dt))
@@ -210,11 +205,11 @@ class Transformer(nn.Module):
         cfg = self.cfg
         normal = nn.initializers.normal(_INIT_STD)
         embedding = _param(
-            self, "embedding", (cfg.vocab_size, cfg.d_model), ("vocab", "embed"), normal, cfg
+            self, "embedding", (cfg.vocab_size, cfg.d_model), ("vocab", "embed"), normal
         )
         if not cfg.tie_embeddings:
             # Declared here so init creates it; `unembed` reads it straight from the params.
-            _param(self, "lm_head", (cfg.d_model, cfg.vocab_size), ("embed", "vocab"), normal, cfg)
+            _param(self, "lm_head", (cfg.d_model, cfg.vocab_size), ("embed", "vocab"), normal)
         x_BxTxD = jnp.take(embedding, tokens_BxT, axis=0).astype(jnp.dtype(cfg.dtype))
         rope = rope_tables(cfg, positions_BxT)
         layers = nn.scan(

@@ -25,10 +25,12 @@ def manager(directory: str | pathlib.Path, *, max_to_keep: int = 3) -> ocp.Check
     return ocp.CheckpointManager(pathlib.Path(directory).absolute(), options=options)
 
 
-def save(mngr: ocp.CheckpointManager, state, iterator=None, *, force: bool = False) -> bool:
-    """Saves state (and the data iterator's position) at state.step, asynchronously."""
+def save(mngr, state, iterator=None, *, extra=None, force: bool = False) -> bool:
+    """Saves state, the data iterator's position and `extra` arrays at state.step (async)."""
     step = int(jax.device_get(state.step))
     items = {"state": ocp.args.StandardSave(state)}
+    if extra is not None:
+        items["extra"] = ocp.args.StandardSave(extra)
     if iterator is not None:
         items["data"] = grain.checkpoint.CheckpointSave(_IteratorSnapshot(iterator))
     return mngr.save(step, args=ocp.args.Composite(**items), force=force)
@@ -42,11 +44,11 @@ def abstract_like(tree) -> Any:
     )
 
 
-def restore_latest(mngr: ocp.CheckpointManager, target_state, iterator=None):
-    """Restores the newest checkpoint onto target_state's shapes and shardings.
+def restore_latest(mngr: ocp.CheckpointManager, target_state, iterator=None, *, extra=None):
+    """Restores the newest checkpoint onto target_state's (and extra's) shapes and shardings.
 
-    Returns (state, iterator) or None when the directory holds no checkpoint. The iterator,
-    when given, is moved to the position it had at save time.
+    Returns (state, iterator, extra) or None when the directory holds no checkpoint. The
+    iterator, when given, is moved to the position it had at save time.
     """
     step = mngr.latest_step()
     if step is None:
@@ -54,8 +56,14 @@ def restore_latest(mngr: ocp.CheckpointManager, target_state, iterator=None):
     items = {"state": ocp.args.StandardRestore(abstract_like(target_state))}
     if iterator is not None:
         items["data"] = grain.checkpoint.CheckpointRestore(iterator)
+    if extra is not None:
+        items["extra"] = ocp.args.StandardRestore(abstract_like(extra))
     restored = mngr.restore(step, args=ocp.args.Composite(**items))
-    return restored["state"], (restored["data"] if iterator is not None else None)
+    return (
+        restored["state"],
+        restored["data"] if iterator is not None else None,
+        restored["extra"] if extra is not None else None,
+    )
 
 
 def restore_params(directory: str | pathlib.Path, target_params, *, step: int | None = None):
@@ -69,18 +77,30 @@ def restore_params(directory: str | pathlib.Path, target_params, *, step: int | 
     step = mngr.latest_step() if step is None else step
     if step is None:
         raise FileNotFoundError(f"no checkpoint in {directory}")
-    abstract = {"params": abstract_like(target_params)}
-    restored = mngr.restore(
-        step,
-        args=ocp.args.Composite(
-            state=ocp.args.PyTreeRestore(
-                item=abstract,
-                restore_args=jax.tree.map(_restore_arg, abstract),
-                partial_restore=True,
-            )
-        ),
+    # RL runs keep the decoder under params["policy"]; supervised runs keep it at params.
+    layouts = (
+        {"params": abstract_like(target_params)},
+        {"params": {"policy": abstract_like(target_params)}},
     )
-    return restored["state"]["params"]
+    errors = []
+    for abstract in layouts:
+        try:
+            restored = mngr.restore(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.PyTreeRestore(
+                        item=abstract,
+                        restore_args=jax.tree.map(_restore_arg, abstract),
+                        partial_restore=True,
+                    )
+                ),
+            )
+        except (ValueError, KeyError, TypeError) as e:
+            errors.append(e)
+            continue
+        params = restored["state"]["params"]
+        return params["policy"] if "policy" in abstract["params"] else params
+    raise ValueError(f"{directory} step {step}: params do not match the model config: {errors}")
 
 
 def _restore_arg(x):

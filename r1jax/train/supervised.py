@@ -86,9 +86,9 @@ def eval_terms(params, batch, *, model_cfg):
 def load_records(cfg, path: str) -> list[dict]:
     """Reads a data file in the configured format into prompt/response (or text) records."""
     if cfg.data.format == "gsm8k":
-        records = sources.gsm8k_records(path)
+        records = sources.gsm8k_records(path, on_error=cfg.data.on_error)
     elif cfg.data.format == "math":
-        records = sources.math_records(path)
+        records = sources.math_records(path, on_error=cfg.data.on_error)
     elif path.endswith(".parquet"):
         records = sources.read_parquet(path)
     elif path.endswith(".json"):
@@ -203,7 +203,7 @@ def run(cfg, workdir) -> dict:
     ckpt = checkpoint.manager(workdir / "checkpoints", max_to_keep=cfg.train.keep_checkpoints)
     restored = checkpoint.restore_latest(ckpt, state, iterator)
     if restored is not None:
-        state, iterator = restored
+        state, iterator, _ = restored
         logging.info("resumed from step %d", int(state.step))
     step_fn = trainer.jit_step(
         supervised_step,

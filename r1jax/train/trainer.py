@@ -17,13 +17,10 @@ from r1jax.train import metrics as metrics_lib
 from r1jax.train import state as state_lib
 
 
-def state_shardings(model_cfg, optimizer, mesh, rules):
-    """NamedShardings for every leaf of a TrainState: params by their logical axes."""
-    param_sh = sharding.param_shardings(transformer.logical_axes(model_cfg), mesh, rules)
+def state_shardings(logical_params, abstract_params, optimizer, mesh, rules):
+    """NamedShardings for every leaf of a TrainState: params (and their moments) by logical axes."""
+    param_sh = sharding.param_shardings(logical_params, mesh, rules)
     repl = sharding.replicated(mesh)
-    abstract_params = jax.eval_shape(
-        lambda k: transformer.init_params(model_cfg, k), jax.random.key(0)
-    )
     abstract_opt = jax.eval_shape(optimizer.init, abstract_params)
     opt_sh = optax.tree_map_params(
         optimizer, lambda _, s: s, abstract_opt, param_sh, transform_non_params=lambda _: repl
@@ -31,21 +28,32 @@ def state_shardings(model_cfg, optimizer, mesh, rules):
     return state_lib.TrainState(step=repl, params=param_sh, opt_state=opt_sh, rng=repl)
 
 
-def init_state(model_cfg, optimizer, rng, mesh, rules, params=None):
-    """A step-0 TrainState created directly sharded (params from `params` when given)."""
-    shardings = state_shardings(model_cfg, optimizer, mesh, rules)
-    init_key, _ = jax.random.split(rng)
-    if params is None:
+def model_shardings(model_cfg, optimizer, mesh, rules):
+    """State shardings when the params are one decoder's params."""
+    abstract = jax.eval_shape(lambda k: transformer.init_params(model_cfg, k), jax.random.key(0))
+    return state_shardings(transformer.logical_axes(model_cfg), abstract, optimizer, mesh, rules)
 
-        def make(key):
-            return state_lib.create(transformer.init_params(model_cfg, key), optimizer, rng)
 
-        return jax.jit(make, out_shardings=shardings)(init_key), shardings
+def state_from_params(params, shardings, optimizer, rng):
+    """A step-0 TrainState around existing params, placed on the mesh (params donated)."""
     params = jax.device_put(params, shardings.params)
     make = jax.jit(
         lambda p: state_lib.create(p, optimizer, rng), out_shardings=shardings, donate_argnums=0
     )
-    return make(params), shardings
+    return make(params)
+
+
+def init_state(model_cfg, optimizer, rng, mesh, rules, params=None):
+    """A step-0 TrainState created directly sharded (params from `params` when given)."""
+    shardings = model_shardings(model_cfg, optimizer, mesh, rules)
+    init_key, _ = jax.random.split(rng)
+    if params is not None:
+        return state_from_params(params, shardings, optimizer, rng), shardings
+
+    def make(key):
+        return state_lib.create(transformer.init_params(model_cfg, key), optimizer, rng)
+
+    return jax.jit(make, out_shardings=shardings)(init_key), shardings
 
 
 def jit_step(step_fn: Callable, shardings, mesh, *, extra_in_shardings=(), **static):

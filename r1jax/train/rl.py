@@ -1,0 +1,342 @@
+"""The RL stage (GRPO family and PPO): rollout, reference/old log-probs, update, checkpoints.
+
+Shapes: B prompts, G samples per prompt, N = B*G sequences, T completion tokens.
+"""
+
+import dataclasses
+import pathlib
+import time
+
+import grain
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+from r1jax import configlib, sampler, sharding
+from r1jax.model import config as model_config
+from r1jax.model import heads, transformer
+from r1jax.rewards import registry
+from r1jax.rl import losses, rollout, steps
+from r1jax.train import checkpoint, supervised, trainer
+from r1jax.train import metrics as metrics_lib
+from r1jax.train import state as state_lib
+
+
+def loss_config(cfg) -> "steps.LossConfig":
+    """The frozen loss settings the jitted update sees."""
+    rl = cfg.rl
+    return steps.LossConfig(
+        clip_low=rl.clip_low,
+        clip_high=rl.clip_high,
+        dual_clip=rl.dual_clip or None,
+        aggregation=rl.aggregation,
+        ratio_level=rl.ratio_level,
+        kl_coef=rl.kl_coef if rl.algorithm == "grpo" else 0.0,
+        kl_estimator=rl.kl_estimator,
+        entropy_coef=rl.entropy_coef,
+        tis_cap=rl.tis_cap or None,
+        temperature=rl.temperature,
+        max_len=rl.max_new_tokens,
+        value_clip=rl.value_clip,
+        vf_coef=rl.vf_coef,
+        whiten_advantages=rl.whiten_advantages,
+        ppo_form=rl.ppo_form,
+    )
+
+
+def rollout_config(cfg) -> rollout.RolloutConfig:
+    """The experience maker's settings (this process's share of the prompts)."""
+    rl = cfg.rl
+    return rollout.RolloutConfig(
+        prompts_per_step=rl.prompts_per_step // jax.process_count(),
+        num_samples=rl.num_samples,
+        max_prompt_len=rl.max_prompt_len,
+        max_new_tokens=rl.max_new_tokens,
+        template=rl.template,
+        advantage=rl.advantage,
+        std_normalize=rl.std_normalize,
+        dynamic_sampling=rl.dynamic_sampling,
+        max_sampling_rounds=rl.max_sampling_rounds,
+        mask_truncated=rl.mask_truncated,
+        overlong_buffer=rl.overlong_buffer,
+        overlong_penalty=rl.overlong_penalty,
+    )
+
+
+def prompt_stream(records, *, seed: int):
+    """An endless, reshuffled-per-epoch stream of this process's prompt records (checkpointable)."""
+    ds = grain.MapDataset.source(records)[jax.process_index() :: jax.process_count()]
+    return iter(ds.shuffle(seed=seed).repeat(None).to_iter_dataset())
+
+
+def rl_logical_axes(model_cfg, algorithm: str, critic: str) -> dict:
+    """Logical axes of the RL params layout {'policy', ['value_head'], ['critic']}."""
+    out = {"policy": transformer.logical_axes(model_cfg)}
+    if algorithm == "ppo":
+        out["value_head"] = heads.value_head_logical_axes(model_cfg)
+        if critic == "separate":
+            out["critic"] = transformer.logical_axes(model_cfg)
+    return out
+
+
+@dataclasses.dataclass
+class Jitted:
+    """The compiled pieces of one RL run (each jitted once, params as arguments)."""
+
+    update: object
+    logprobs: object
+    values: object | None
+
+
+def build_jitted(cfg, model_cfg, optimizer, shardings, mesh) -> Jitted:
+    """Jits the update step (state donated) and the log-prob / value functions."""
+    lcfg = loss_config(cfg)
+    batch_sh = sharding.batch_sharding(mesh)
+    repl = sharding.replicated(mesh)
+    common = dict(
+        model_cfg=model_cfg,
+        optimizer=optimizer,
+        loss_cfg=lcfg,
+        num_minibatches=cfg.rl.num_minibatches,
+        epochs=cfg.rl.epochs,
+        grad_accum=cfg.train.grad_accum,
+    )
+    if cfg.rl.algorithm == "ppo":
+        update = trainer.jit_step(steps.ppo_update, shardings, mesh, critic=cfg.rl.critic, **common)
+        values = jax.jit(
+            lambda p, b: steps.compute_values(model_cfg, p, b, critic=cfg.rl.critic),
+            in_shardings=(shardings.params, batch_sh),
+            out_shardings=batch_sh,
+        )
+    else:
+        update = trainer.jit_step(steps.grpo_update, shardings, mesh, **common)
+        values = None
+    logprobs = jax.jit(
+        lambda p, b: steps.completion_logprobs(model_cfg, p, b, temperature=cfg.rl.temperature)[0],
+        in_shardings=(shardings.params["policy"], batch_sh),
+        out_shardings=batch_sh,
+    )
+    del repl
+    return Jitted(update=update, logprobs=logprobs, values=values)
+
+
+class RLRun:
+    """Everything one RL run holds between steps."""
+
+    def __init__(self, cfg, workdir):
+        self.cfg, self.workdir = cfg, pathlib.Path(workdir)
+        configlib.validate(cfg)
+        records = supervised.load_records(cfg, cfg.data.train)
+        self.eval_records = supervised.load_records(cfg, cfg.data.eval) if cfg.data.eval else []
+        self.tokenizer = supervised.resolve_tokenizer(cfg, workdir, records)
+        model_cfg = configlib.model_config_from(cfg, vocab_size=self.tokenizer.vocab_size)
+        self.model_cfg, policy = supervised.initial_params(cfg, model_cfg)
+        configlib.save_resolved(cfg, workdir, self.model_cfg)
+        self.mesh = sharding.make_mesh(cfg.mesh.to_dict())
+        rules = sharding.rules_from_config(cfg.mesh.rules)
+        self.optimizer = state_lib.make_optimizer(cfg.optim, cfg.train.steps)
+        keys = jax.random.split(jax.random.PRNGKey(cfg.seed), 3)  # init, state, sample
+        self.sample_key = keys[2]
+        if policy is None:
+            policy = transformer.init_params(self.model_cfg, keys[0])
+        params = steps.init_rl_params(
+            self.model_cfg, policy, keys[0], algorithm=cfg.rl.algorithm, critic=cfg.rl.critic
+        )
+        logical = rl_logical_axes(self.model_cfg, cfg.rl.algorithm, cfg.rl.critic)
+        abstract = jax.eval_shape(lambda: params)
+        self.shardings = trainer.state_shardings(
+            logical, abstract, self.optimizer, self.mesh, rules
+        )
+        self.ref = jax.device_put(params["policy"], self.shardings.params["policy"])
+        self.state = trainer.state_from_params(params, self.shardings, self.optimizer, keys[1])
+        self.prompts = prompt_stream(records, seed=cfg.seed)
+        self.ckpt = checkpoint.manager(
+            self.workdir / "checkpoints", max_to_keep=cfg.train.keep_checkpoints
+        )
+        self.kl_coef = float(cfg.rl.kl_coef)
+        self._restore()
+        self.jitted = build_jitted(cfg, self.model_cfg, self.optimizer, self.shardings, self.mesh)
+        self.pool = registry.RewardPool(
+            dict(cfg.rl.rewards),
+            num_workers=cfg.rl.reward_workers,
+            timeout_s=cfg.rl.reward_timeout_s,
+        )
+        self.maker = rollout.ExperienceMaker(
+            rollout_config(cfg), self.tokenizer, self.pool, self._sample, self.prompts
+        )
+
+    def _restore(self):
+        extra = {"ref": self.ref, "kl_coef": jnp.asarray(self.kl_coef, jnp.float32)}
+        restored = checkpoint.restore_latest(self.ckpt, self.state, self.prompts, extra=extra)
+        if restored is not None:
+            self.state, self.prompts, extra = restored
+            self.ref, self.kl_coef = extra["ref"], float(extra["kl_coef"])
+            logging.info("resumed from step %d", int(self.state.step))
+
+    def _sample(self, prompt_BxP, prompt_lens_B, round_index):
+        """Samples G completions per prompt with the current policy params."""
+        rl = self.cfg.rl
+        step_key = jax.random.fold_in(self.sample_key, int(self.step))
+        out = sampler.generate_padded(
+            self.model_cfg,
+            self.state.params["policy"],
+            jnp.asarray(prompt_BxP),
+            jnp.asarray(prompt_lens_B),
+            jax.random.fold_in(step_key, round_index),
+            max_new_tokens=rl.max_new_tokens,
+            temperature=rl.temperature,
+            top_p=rl.top_p,
+            top_k=rl.top_k,
+            num_samples=rl.num_samples,
+            eos_ids=(self.tokenizer.eos_id,),
+        )
+        out = jax.device_get(out)
+        return {
+            "tokens": np.asarray(out.tokens),
+            "lengths": np.asarray(out.lengths),
+            "logprobs": np.asarray(out.logprobs),
+            "truncated": ~np.asarray(out.stopped),
+        }
+
+    def step_once(self) -> dict:
+        """One RL step: rollout, log-probs, (PPO: values and GAE), update. Returns its metrics."""
+        rl, t = self.cfg.rl, {}
+        self.step = int(self.state.step)
+        host, metrics, samples = self.maker.make()
+        batch = sharding.put_batch(host, self.mesh)
+        t0 = time.perf_counter()
+        batch["old_logp_NxT"] = self.jitted.logprobs(self.state.params["policy"], batch)
+        needs_ref = self.kl_coef > 0
+        batch["ref_logp_NxT"] = (
+            self.jitted.logprobs(self.ref, batch)
+            if needs_ref
+            else jnp.zeros_like(batch["old_logp_NxT"])
+        )
+        if rl.algorithm == "ppo":
+            self._ppo_targets(batch, samples)
+        jax.block_until_ready(batch["ref_logp_NxT"])
+        t["logprob_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        self.state, update_metrics = self.jitted.update(self.state, batch)
+        update_metrics = jax.device_get(update_metrics)
+        t["update_s"] = time.perf_counter() - t0
+        metrics.update({k: float(np.asarray(v)) for k, v in update_metrics.items()})
+        metrics.update(t)
+        metrics.update(self._gap_metrics(host, batch))
+        if rl.ref_reset_every and int(self.state.step) % rl.ref_reset_every == 0:
+            self.ref = jax.tree.map(jnp.copy, self.state.params["policy"])
+        return metrics, samples
+
+    def _gap_metrics(self, host, batch) -> dict:
+        mask = host["completion_mask_NxT"]
+        old = np.asarray(jax.device_get(batch["old_logp_NxT"]))
+        gap = np.abs(old - host["sampler_logp_NxT"]) * mask
+        out = {"logp_gap_sampler_trainer": float(gap.sum() / max(mask.sum(), 1.0))}
+        if self.kl_coef > 0:
+            ref = np.asarray(jax.device_get(batch["ref_logp_NxT"]))
+            out["kl_ref_k3"] = float(
+                (np.exp(ref - old) - (ref - old) - 1).__mul__(mask).sum() / max(mask.sum(), 1.0)
+            )
+        return out
+
+    def _ppo_targets(self, batch, samples):
+        """PPO: per-token rewards (task score at the last token, KL penalty) and GAE."""
+        rl = self.cfg.rl
+        values_NxT = self.jitted.values(self.state.params, batch)
+        score_N = jnp.asarray(samples.rewards_N, jnp.float32)
+        rewards_NxT = losses.kl_in_reward(
+            score_N,
+            batch["old_logp_NxT"],
+            batch["ref_logp_NxT"],
+            batch["completion_mask_NxT"],
+            kl_coef=self.kl_coef,
+            estimator=rl.kl_estimator,
+        )
+        adv_NxT, returns_NxT = steps.ppo_advantages(
+            rewards_NxT,
+            values_NxT,
+            batch["completion_mask_NxT"],
+            gamma=rl.gamma,
+            lam=rl.lam,
+            whiten=rl.whiten_advantages,
+        )
+        batch.update(old_values_NxT=values_NxT, returns_NxT=returns_NxT, advantages_NxT=adv_NxT)
+        batch["kl_coef"] = jnp.asarray(self.kl_coef, jnp.float32)
+
+    def adapt_kl(self, observed_kl: float):
+        """PPO's adaptive KL coefficient (Ziegler et al.) toward rl.kl_target."""
+        rl = self.cfg.rl
+        if rl.algorithm == "ppo" and rl.ppo_form == "kl_penalty" and rl.kl_target > 0:
+            self.kl_coef = float(
+                losses.adaptive_kl_coef(
+                    self.kl_coef,
+                    observed_kl,
+                    target=rl.kl_target,
+                    horizon=rl.kl_horizon,
+                    n_steps=rl.prompts_per_step * rl.num_samples,
+                )
+            )
+
+    def save(self, force=False):
+        extra = {"ref": self.ref, "kl_coef": jnp.asarray(self.kl_coef, jnp.float32)}
+        checkpoint.save(self.ckpt, self.state, self.prompts, extra=extra, force=force)
+
+    def close(self):
+        self.ckpt.wait_until_finished()
+        self.pool.close()
+
+
+def _log_sample(step: int, samples, every: int) -> None:
+    if every and step % every == 0 and samples.texts:
+        logging.info(
+            "step %d sample (reward %.2f): %s\n  -> %r",
+            step,
+            float(samples.rewards_N[0]),
+            samples.records[0]["prompt"][:200],
+            samples.texts[0][:400],
+        )
+
+
+def run(cfg, workdir) -> dict:
+    """Runs the RL stage to cfg.train.steps, resuming from WORKDIR when it can."""
+    r = RLRun(cfg, workdir)
+    start = int(r.state.step)
+    peak = cfg.metrics.peak_flops or metrics_lib.measure_matmul_peak_flops()
+    writer = metrics_lib.MetricsWriter(
+        workdir, total_steps=cfg.train.steps, start_step=start, tensorboard=cfg.metrics.tensorboard
+    )
+    try:
+        for step in range(start + 1, cfg.train.steps + 1):
+            t0 = time.perf_counter()
+            metrics, samples = r.step_once()
+            metrics["step_time_s"] = time.perf_counter() - t0
+            metrics.update(_throughput(cfg, r.model_cfg, samples, metrics["step_time_s"], peak))
+            r.adapt_kl(metrics.get("kl_ref_k3", 0.0))
+            metrics["kl_coef"] = r.kl_coef
+            if step % cfg.train.log_every == 0 or step == cfg.train.steps:
+                writer.write(step, metrics)
+            _log_sample(step, samples, cfg.rl.log_samples_every)
+            if step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps:
+                r.save(force=True)
+    finally:
+        writer.close()
+        r.close()
+    return {"step": int(r.state.step), "model": r.model_cfg}
+
+
+def _throughput(cfg, model_cfg, samples, step_time_s: float, peak: float) -> dict:
+    """Generated tokens/s and model FLOPs utilisation of the whole step."""
+    gen_tokens = float(samples.lengths_N.sum())
+    seq = cfg.rl.max_prompt_len + cfg.rl.max_new_tokens
+    n_seq = len(samples.texts)
+    fwd = model_config.forward_flops_per_token(model_cfg, seq)
+    # Generation (forward per token), old + ref log-probs (2 forwards over N*(P+T) tokens),
+    # one training pass (3 forwards) per epoch over the same tokens.
+    train_tokens = n_seq * (samples.prompt_BxP.shape[1] + samples.completion_NxT.shape[1])
+    passes = 2 + 3 * cfg.rl.epochs
+    flops = fwd * (gen_tokens + passes * train_tokens)
+    return {
+        "gen_tokens_per_s": gen_tokens / step_time_s,
+        "mfu": flops / step_time_s / (peak * jax.device_count()),
+    }
