@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import safetensors.numpy as safetensors_numpy
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -237,4 +238,16 @@ def test_wrong_tensor_shape_names_the_tensor(tmp_path):
     hf = json.loads((tmp_path / "config.json").read_text())
     (tmp_path / "config.json").write_text(json.dumps({**hf, "intermediate_size": 48}))
     with pytest.raises(ValueError, match="mlp.gate_proj.weight"):
+        hf_io.load_hf(tmp_path)
+
+
+def test_unexpected_tensors_fail_but_tied_lm_head_copy_is_ignored(tmp_path):
+    cfg = SAVE_CASES["qwen2-tied"][0]
+    hf_io.save_hf(tmp_path, cfg, _our_model(cfg))
+    extra = {"lm_head.weight": np.zeros((V, cfg.d_model), np.float32)}
+    safetensors_numpy.save_file(extra, tmp_path / "extra.safetensors")
+    assert hf_io.load_hf(tmp_path)[0].tie_embeddings
+    extra["model.layers.0.self_attn.o_proj.bias"] = np.zeros(cfg.d_model, np.float32)
+    safetensors_numpy.save_file(extra, tmp_path / "extra.safetensors")
+    with pytest.raises(ValueError, match="o_proj.bias"):
         hf_io.load_hf(tmp_path)

@@ -167,9 +167,11 @@ class _Reader:
         self.used.add(name)
         return w.astype(self.dtype) if self.dtype is not None else w
 
-    def check_all_used(self) -> None:
+    def check_all_used(self, tied: bool) -> None:
         # rotary inv_freq buffers appear in old checkpoints; they are recomputed from the config.
-        extra = {n for n in self.files if n not in self.used and "rotary_emb" not in n}
+        # Some tied checkpoints still store a copy of the embedding as lm_head.weight.
+        ignored = lambda n: "rotary_emb" in n or (tied and n == "lm_head.weight")
+        extra = {n for n in self.files if n not in self.used and not ignored(n)}
         if extra:
             raise ValueError(f"{self.path}: unexpected tensors not mapped: {sorted(extra)[:8]}")
 
@@ -233,7 +235,7 @@ def load_hf(path, *, dtype: str | None = None) -> tuple[ModelConfig, dict]:
     }
     if not cfg.tie_embeddings:
         params["lm_head"] = reader.get("lm_head.weight", (cfg.vocab_size, cfg.d_model)).T
-    reader.check_all_used()
+    reader.check_all_used(cfg.tie_embeddings)
     return cfg, jax.tree.map(lambda x: jax.numpy.asarray(np.ascontiguousarray(x)), params)
 
 
@@ -264,10 +266,12 @@ def config_to_hf(cfg: ModelConfig, dtype_name: str) -> dict:
         "rms_norm_eps": cfg.rms_norm_eps,
         "tie_word_embeddings": cfg.tie_embeddings,
         "rope_parameters": rope,
-        "rope_theta": cfg.rope_theta,
+        "rope_theta": cfg.rope_theta,  # legacy key, for readers older than transformers 5
         "dtype": dtype_name,
         "torch_dtype": dtype_name,
     }
+    if cfg.rope_scaling is not None:
+        hf["rope_scaling"] = {k: v for k, v in rope.items() if k != "rope_theta"}  # legacy key
     if cfg.family == "qwen2":
         hf.update(use_sliding_window=False, sliding_window=None)
     else:

@@ -230,4 +230,11 @@ def run(cfg, workdir) -> dict:
     state = loop.run(
         state, step_fn, batches, iterator=iterator, flops_per_step=flops, eval_fn=eval_fn
     )
+    if jax.process_index() == 0:
+        metrics_lib.plot_curves(
+            metrics_lib.read_jsonl(workdir / "metrics.jsonl"),
+            ["loss", "eval_loss", "grad_norm", "lr", "tokens_per_s", "mfu"],
+            workdir / "curves.png",
+            title=f"{cfg.stage}: {cfg.model.preset}",
+        )
     return {"step": int(state.step), "model": model_cfg}
