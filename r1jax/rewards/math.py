@@ -286,10 +286,15 @@ _CHECKER = _Checker()
 
 
 def symbolic_equal(pred: str, gold: str, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> bool:
-    """math-verify equivalence under a hard deadline (itimer on the main thread, else a child)."""
+    """math-verify equivalence under a hard deadline (itimer on the main thread, else a child).
+
+    A process that has imported JAX (the trainer with in-process rewards) also uses the child:
+    an exception raised from a signal handler can land inside JAX's own callbacks, which
+    swallow it (seen here: the deadline then overran).
+    """
     if is_dangerous(pred) or is_dangerous(gold):
         return False
-    if threading.current_thread() is threading.main_thread():
+    if threading.current_thread() is threading.main_thread() and "jax" not in sys.modules:
         try:
             return _with_itimer(pred, gold, timeout_s)
         except Exception:  # noqa: BLE001 - sympy raises many types on odd input

@@ -47,6 +47,19 @@ def language(completion: str, record: dict) -> float:
     return language_reward.consistency(completion, target)
 
 
+def target_chars(completion: str, record: dict) -> float:
+    """Share of the completion's non-space characters in record["target_chars"] (digits default).
+
+    A smooth rule reward that a random tiny model can climb: it checks the RL machinery end to
+    end (tests, `configs/grpo.py:tiny`), not reasoning.
+    """
+    chars = [c for c in completion if not c.isspace()]
+    if not chars:
+        return 0.0
+    allowed = set(record.get("target_chars", "0123456789"))
+    return sum(c in allowed for c in chars) / len(chars)
+
+
 REWARDS = {
     "accuracy": tasks.accuracy,
     "format": format_strict,
@@ -57,6 +70,7 @@ REWARDS = {
     "gsm8k": tasks.gsm8k,
     "math": tasks.math_answer,
     "code": tasks.humaneval,
+    "target_chars": target_chars,
 }
 
 

@@ -1,0 +1,310 @@
+"""One GRPO step, r1jax against TRL's GRPOTrainer, on the same tiny Qwen2 weights (CPU, no vLLM).
+
+B prompts, G samples per prompt, N = B*G sequences, P prompt tokens, T new tokens, L = P+T.
+
+Workload, identical on both sides: a random Qwen2 (V 1024, D 256, 4 layers, 4 heads, 2 kv heads,
+F 768, f32), B=4 prompts of P=32 random tokens, G=8 samples of exactly T=64 tokens (no EOS can end
+them), temperature 1, a rule reward on the token ids, group-normalised advantages, token-mean
+PPO-clip loss, KL to a reference model (beta 0.04, k3), one on-policy AdamW update per step.
+Each side runs in its own subprocess so its peak RSS is its own; the parent prints the table.
+
+Run (about 2 minutes on 2 cores):
+  python benchmarks/grpo_step.py [--steps 5] [--warmup 2] [--threads 2]
+One side alone (prints its JSON):
+  python benchmarks/grpo_step.py --side r1jax --model-dir DIR --peak-flops F
+"""
+
+import argparse
+import json
+import os
+import pathlib
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+VOCAB, D_MODEL, N_LAYERS, N_HEADS, N_KV_HEADS, D_FF = 1024, 256, 4, 4, 2, 768
+PROMPTS, SAMPLES, PROMPT_LEN, NEW_TOKENS = 4, 8, 32, 64
+PAD_ID, EOS_ID, TARGET_ID = 0, 1, 7  # TARGET_ID: the token the rule reward counts
+BETA, CLIP_EPS, LR, SEED = 0.04, 0.2, 1e-5, 0
+
+
+def target_fraction(completion_ids) -> float:
+    """The rule reward both sides use: the share of completion tokens equal to TARGET_ID."""
+    ids = list(completion_ids)
+    return sum(1 for t in ids if t == TARGET_ID) / max(len(ids), 1)
+
+
+def prompt_ids(step: int) -> list[list[int]]:
+    """The B prompts of a step: P random non-special token ids, the same on both sides."""
+    import numpy as np
+
+    rng = np.random.default_rng(SEED + step)
+    return rng.integers(2, VOCAB, size=(PROMPTS, PROMPT_LEN)).tolist()
+
+
+def step_flops() -> dict:
+    """Model FLOPs of one step, one count for both sides.
+
+    Every pass uses `forward_flops_per_token(cfg, L)` (2 x matmul params incl. the LM head, plus
+    attention over the full L context, no causal halving), as r1jax's RL driver does:
+    generation = N*T tokens, reference forward and training (3 forwards) over all N*L tokens,
+    prompt included. The old-policy pass is not counted: on-policy, neither side runs one.
+    """
+    from r1jax.model import config as config_lib
+
+    cfg = config_lib.ModelConfig(
+        vocab_size=VOCAB,
+        d_model=D_MODEL,
+        n_layers=N_LAYERS,
+        n_heads=N_HEADS,
+        n_kv_heads=N_KV_HEADS,
+        head_dim=D_MODEL // N_HEADS,
+        d_ff=D_FF,
+        qkv_bias=True,
+    )
+    fwd = config_lib.forward_flops_per_token(cfg, PROMPT_LEN + NEW_TOKENS)
+    n = PROMPTS * SAMPLES
+    parts = {
+        "generate": fwd * n * NEW_TOKENS,
+        "ref_logprobs": fwd * n * (PROMPT_LEN + NEW_TOKENS),
+        "update": 3 * fwd * n * (PROMPT_LEN + NEW_TOKENS),
+    }
+    return {**parts, "total": sum(parts.values())}
+
+
+# ---------------------------------------------------------------------------------------------
+# The shared model and tokenizer.
+
+
+def make_model_dir(path: pathlib.Path) -> None:
+    """Writes a random tiny Qwen2 and a word-level tokenizer ("t<id>") as a Hugging Face folder."""
+    import tokenizers
+    import torch
+    import transformers
+
+    torch.manual_seed(SEED)
+    config = transformers.Qwen2Config(
+        vocab_size=VOCAB,
+        hidden_size=D_MODEL,
+        num_hidden_layers=N_LAYERS,
+        num_attention_heads=N_HEADS,
+        num_key_value_heads=N_KV_HEADS,
+        intermediate_size=D_FF,
+        max_position_embeddings=512,
+        tie_word_embeddings=False,
+        pad_token_id=PAD_ID,
+        eos_token_id=EOS_ID,
+        bos_token_id=None,
+    )
+    model = transformers.Qwen2ForCausalLM(config).to(torch.float32)
+    model.save_pretrained(path)
+    vocab = {"<pad>": PAD_ID, "<eos>": EOS_ID, **{f"t{i}": i for i in range(2, VOCAB)}}
+    tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="<pad>"))
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.WhitespaceSplit()
+    tok.decoder = None
+    fast = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", unk_token="<pad>"
+    )
+    fast.save_pretrained(path)
+
+
+def _rss_peak_mib() -> float:
+    # ru_maxrss is the process's resident-set high-water mark, in KiB on Linux.
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _summary(step_times: list[float], phases: list[dict], warmup: int) -> dict:
+    timed = step_times[warmup:]
+    phase_median = {
+        k: statistics.median(p[k] for p in phases[warmup:]) for k in (phases[0] if phases else {})
+    }
+    return {
+        "step_s": statistics.median(timed),
+        "step_s_all": step_times,
+        "phases_s": phase_median,
+        "peak_rss_mib": _rss_peak_mib(),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# TRL side.
+
+
+def _trl_dataset(total_steps: int):
+    import datasets
+
+    prompts = [" ".join(f"t{t}" for t in ids) for s in range(total_steps) for ids in prompt_ids(s)]
+    return datasets.Dataset.from_dict({"prompt": prompts})
+
+
+def _trl_reward(prompts, completions, completion_ids, **_):
+    return [target_fraction(ids) for ids in completion_ids]
+
+
+def _trl_trainer_class(timings: list[dict]):
+    """GRPOTrainer with its phases timed: generation, rewards, the scoring pass, the whole step."""
+    import trl
+
+    class Timed(trl.GRPOTrainer):
+        def _timed(self, name, fn, *args, **kwargs):
+            t0 = time.perf_counter()
+            out = fn(*args, **kwargs)
+            timings[-1][name] = timings[-1].get(name, 0.0) + time.perf_counter() - t0
+            return out
+
+        def _generate(self, prompts):
+            return self._timed("generate", super()._generate, prompts)
+
+        def _calculate_rewards(self, *args, **kwargs):
+            return self._timed("reward", super()._calculate_rewards, *args, **kwargs)
+
+        def _generate_and_score_completions(self, batch):
+            return self._timed("prepare", super()._generate_and_score_completions, batch)
+
+    return Timed
+
+
+def run_trl(model_dir: str, steps: int, warmup: int, threads: int) -> dict:
+    """Trains warmup + steps GRPO steps with TRL and times each (on_step_end to on_step_end)."""
+    import torch
+    import transformers
+    import trl
+
+    torch.set_num_threads(threads)
+    total = warmup + steps
+    timings: list[dict] = []
+    ends: list[float] = []
+
+    class StepClock(transformers.TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            timings.append({})
+
+        def on_step_end(self, args, state, control, **kwargs):
+            ends.append(time.perf_counter())
+
+    args = trl.GRPOConfig(
+        output_dir=tempfile.mkdtemp(prefix="grpo_trl_"),
+        per_device_train_batch_size=PROMPTS * SAMPLES,  # TRL counts completions, not prompts
+        num_generations=SAMPLES,
+        max_completion_length=NEW_TOKENS,
+        generation_kwargs={"min_new_tokens": NEW_TOKENS},  # EOS suppressed: exactly T tokens
+        temperature=1.0,
+        beta=BETA,
+        epsilon=CLIP_EPS,
+        loss_type="dapo",  # token mean over the batch, as r1jax's "token-mean"
+        scale_rewards="group",
+        num_iterations=1,
+        gradient_accumulation_steps=1,
+        learning_rate=LR,
+        lr_scheduler_type="constant",
+        max_grad_norm=1.0,
+        weight_decay=0.0,
+        max_steps=total,
+        use_vllm=False,
+        bf16=False,
+        fp16=False,
+        use_cpu=True,
+        model_init_kwargs={"dtype": "float32"},
+        logging_strategy="no",
+        save_strategy="no",
+        report_to=[],
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        seed=SEED,
+    )
+    tokenizer = transformers.PreTrainedTokenizerFast.from_pretrained(model_dir)
+    trainer = _trl_trainer_class(timings)(
+        model=model_dir,
+        reward_funcs=_trl_reward,
+        args=args,
+        train_dataset=_trl_dataset(total),
+        processing_class=tokenizer,
+        callbacks=[StepClock()],
+    )
+    start = time.perf_counter()
+    trainer.train()
+    step_times = [b - a for a, b in zip([start] + ends[:-1], ends)]
+    for t, s in zip(timings, step_times):
+        t["ref_logprobs+scoring"] = t.pop("prepare") - t["generate"] - t["reward"]
+        t["update"] = s - t["generate"] - t["reward"] - t["ref_logprobs+scoring"]
+    return _summary(step_times, timings, warmup)
+
+
+def run_r1jax(model_dir, steps, warmup, threads):
+    raise NotImplementedError
+
+
+# ---------------------------------------------------------------------------------------------
+# Parent: builds the model, measures the peak, runs each side in its own process, prints.
+
+
+def _run_side(side: str, model_dir: str, args) -> dict:
+    out = pathlib.Path(model_dir) / f"{side}.json"
+    cmd = [sys.executable, __file__, "--side", side, "--model-dir", model_dir, "--out", str(out)]
+    cmd += ["--steps", str(args.steps), "--warmup", str(args.warmup)]
+    cmd += ["--threads", str(args.threads)]
+    subprocess.run(cmd, check=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    return json.loads(out.read_text())
+
+
+def _measure_peak() -> float:
+    """The f32 matmul peak of this host (all cores), measured in a fresh process."""
+    code = (
+        "from r1jax.train import metrics; "
+        "print(max(metrics.measure_matmul_peak_flops(n, repeats=10) for n in (1024, 2048)))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], check=True, capture_output=True, text=True, cwd=ROOT
+    )
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def _print_report(results: dict, peak: float) -> None:
+    flops = step_flops()
+    print(f"\nworkload: B={PROMPTS} G={SAMPLES} P={PROMPT_LEN} T={NEW_TOKENS}, KL beta={BETA}")
+    print(f"model FLOPs/step: {flops['total'] / 1e9:.1f} G; f32 matmul peak {peak / 1e9:.1f} G/s")
+    for side, r in results.items():
+        mfu = flops["total"] / r["step_s"] / peak
+        steps = ", ".join(f"{s:.3f}" for s in r["step_s_all"])
+        print(
+            f"{side:6s} {r['step_s']:.3f} s/step (median after warm-up; all: {steps})  "
+            f"MFU {100 * mfu:.1f}%  peak RSS {r['peak_rss_mib']:.0f} MiB"
+        )
+        for name, sec in r["phases_s"].items():
+            print(f"         {name:22s} {sec:.3f} s")
+    if {"trl", "r1jax"} <= results.keys():
+        ratio = results["trl"]["step_s"] / results["r1jax"]["step_s"]
+        print(f"speed-up r1jax over TRL: {ratio:.2f}x")
+    print(json.dumps({"peak_flops": peak, "flops": flops, "results": results}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--side", choices=("both", "trl", "r1jax"), default="both")
+    parser.add_argument("--model-dir")
+    parser.add_argument("--out")
+    parser.add_argument("--steps", type=int, default=5, help="timed steps (median reported)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed first steps")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (TRL side)")
+    parser.add_argument("--sides", default="trl,r1jax", help="which sides the parent runs")
+    args = parser.parse_args()
+    if args.side != "both":
+        run = run_trl if args.side == "trl" else run_r1jax
+        result = run(args.model_dir, args.steps, args.warmup, args.threads)
+        pathlib.Path(args.out).write_text(json.dumps(result))
+        return
+    with tempfile.TemporaryDirectory(prefix="grpo_bench_") as tmp:
+        make_model_dir(pathlib.Path(tmp))
+        peak = _measure_peak()
+        results = {side: _run_side(side, tmp, args) for side in args.sides.split(",")}
+    _print_report(results, peak)
+
+
+if __name__ == "__main__":
+    main()

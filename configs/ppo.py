@@ -1,0 +1,44 @@
+"""PPO baseline: critic (value head), GAE, clipped surrogate, per-token KL in the reward.
+
+Run locally (2 CPU cores, ~2 minutes; the digit-writing check task of configs/grpo.py:tiny):
+  r1jax --config=configs/ppo.py:tiny --workdir=runs/ppo-tiny
+A real model (one GPU): r1jax --config=configs/ppo.py:qwen2.5-1.5b --workdir=runs/ppo-1.5b
+Variants: tiny | qwen2.5-1.5b, optionally `,separate` (separate critic model) or
+`,kl_penalty` (PPO's adaptive-KL-penalty form instead of clipping).
+"""
+
+import ml_collections
+
+from configs import base, grpo
+
+
+def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
+    """`size[,separate][,kl_penalty]`."""
+    parts = [p for p in arg.split(",") if p]
+    size = "tiny" if "tiny" in parts else "qwen2.5-1.5b"
+    unknown = [p for p in parts if p not in ("tiny", "qwen2.5-1.5b", "separate", "kl_penalty")]
+    if unknown:
+        raise ValueError(f"configs/ppo.py: unknown variant {unknown}")
+    c = base.get_config()
+    c.stage = "rl"
+    if size == "tiny":
+        grpo.tiny(c)
+    else:
+        grpo.real(c, size)
+    c.rl.algorithm = "ppo"
+    c.rl.num_samples = (
+        4 if size == "tiny" else 4
+    )  # PPO needs no group; a few samples share a prompt
+    c.rl.prompts_per_step = 8 if size == "tiny" else 128
+    c.rl.gamma, c.rl.lam = 1.0, 0.95
+    c.rl.vf_coef = 0.1
+    c.rl.kl_coef = 0.01 if size == "tiny" else 0.001  # in the reward, per token
+    c.rl.epochs = 2 if size == "tiny" else 1
+    c.rl.num_minibatches = 2
+    c.rl.ref_reset_every = 0
+    if "separate" in parts:
+        c.rl.critic = "separate"
+    if "kl_penalty" in parts:
+        c.rl.ppo_form = "kl_penalty"
+        c.rl.kl_target = 0.01
+    return c
