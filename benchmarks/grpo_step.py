@@ -170,25 +170,11 @@ def _trl_trainer_class(timings: list[dict]):
     return Timed
 
 
-def run_trl(model_dir: str, steps: int, warmup: int, threads: int) -> dict:
-    """Trains warmup + steps GRPO steps with TRL and times each (on_step_end to on_step_end)."""
-    import torch
-    import transformers
+def _trl_args(total_steps: int):
+    """GRPOConfig (TRL 1.16 field names) for the shared workload."""
     import trl
 
-    torch.set_num_threads(threads)
-    total = warmup + steps
-    timings: list[dict] = []
-    ends: list[float] = []
-
-    class StepClock(transformers.TrainerCallback):
-        def on_step_begin(self, args, state, control, **kwargs):
-            timings.append({})
-
-        def on_step_end(self, args, state, control, **kwargs):
-            ends.append(time.perf_counter())
-
-    args = trl.GRPOConfig(
+    return trl.GRPOConfig(
         output_dir=tempfile.mkdtemp(prefix="grpo_trl_"),
         per_device_train_batch_size=PROMPTS * SAMPLES,  # TRL counts completions, not prompts
         num_generations=SAMPLES,
@@ -205,7 +191,7 @@ def run_trl(model_dir: str, steps: int, warmup: int, threads: int) -> dict:
         lr_scheduler_type="constant",
         max_grad_norm=1.0,
         weight_decay=0.0,
-        max_steps=total,
+        max_steps=total_steps,
         use_vllm=False,
         bf16=False,
         fp16=False,
@@ -218,6 +204,26 @@ def run_trl(model_dir: str, steps: int, warmup: int, threads: int) -> dict:
         dataloader_num_workers=0,
         seed=SEED,
     )
+
+
+def run_trl(model_dir: str, steps: int, warmup: int, threads: int) -> dict:
+    """Trains warmup + steps GRPO steps with TRL and times each (on_step_end to on_step_end)."""
+    import torch
+    import transformers
+
+    torch.set_num_threads(threads)
+    total = warmup + steps
+    timings: list[dict] = []
+    ends: list[float] = []
+
+    class StepClock(transformers.TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            timings.append({})
+
+        def on_step_end(self, args, state, control, **kwargs):
+            ends.append(time.perf_counter())
+
+    args = _trl_args(total)
     tokenizer = transformers.PreTrainedTokenizerFast.from_pretrained(model_dir)
     trainer = _trl_trainer_class(timings)(
         model=model_dir,
@@ -236,8 +242,137 @@ def run_trl(model_dir: str, steps: int, warmup: int, threads: int) -> dict:
     return _summary(step_times, timings, warmup)
 
 
-def run_r1jax(model_dir, steps, warmup, threads):
-    raise NotImplementedError
+def _r1jax_config(total_steps: int):
+    """configs/grpo.py:tiny with this workload's loss and optimizer (what the RL driver reads)."""
+    from r1jax import configlib
+
+    return configlib.load_config(
+        str(ROOT / "configs" / "grpo.py") + ":tiny",
+        rl__prompts_per_step=PROMPTS,
+        rl__num_samples=SAMPLES,
+        rl__max_prompt_len=PROMPT_LEN,
+        rl__max_new_tokens=NEW_TOKENS,
+        rl__temperature=1.0,
+        rl__top_p=1.0,
+        rl__top_k=0,
+        rl__kl_coef=BETA,
+        rl__kl_estimator="k3",
+        rl__clip_low=CLIP_EPS,
+        rl__clip_high=CLIP_EPS,
+        rl__aggregation="token-mean",  # TRL's default loss_type "dapo"
+        rl__std_normalize="group",
+        rl__epochs=1,
+        rl__num_minibatches=1,
+        train__grad_accum=1,
+        optim__lr=LR,
+        optim__schedule="constant",
+        optim__warmup_steps=0,
+        optim__weight_decay=0.0,
+        optim__grad_clip=1.0,
+        optim__b1=0.9,
+        optim__b2=0.999,
+        optim__eps=1e-8,
+        train__steps=total_steps,
+    )
+
+
+class R1jaxSide:
+    """The pieces of r1jax's RL driver (`train/rl.py`) around the benchmark's own loop."""
+
+    def __init__(self, model_dir: str, total_steps: int, old_logprobs: str):
+        import jax
+
+        from r1jax import sharding
+        from r1jax.model import hf_io
+        from r1jax.rl import steps
+        from r1jax.train import rl, trainer
+        from r1jax.train import state as state_lib
+
+        self.cfg = _r1jax_config(total_steps)
+        self.model_cfg, policy = hf_io.load_hf(model_dir)
+        self.mesh = sharding.make_mesh(self.cfg.mesh.to_dict())
+        rules = sharding.rules_from_config(self.cfg.mesh.rules)
+        optimizer = state_lib.make_optimizer(self.cfg.optim, total_steps)
+        init_key, state_key, self.sample_key = jax.random.split(jax.random.PRNGKey(SEED), 3)
+        params = steps.init_rl_params(self.model_cfg, policy, init_key, algorithm="grpo")
+        logical = rl.rl_logical_axes(self.model_cfg, "grpo", "shared")
+        abstract = jax.eval_shape(lambda: params)
+        shardings = trainer.state_shardings(logical, abstract, optimizer, self.mesh, rules)
+        # The reference is a copy: the state's params are donated to the update.
+        self.ref = jax.device_put(params["policy"], shardings.params["policy"])
+        self.ref = jax.tree.map(lambda x: x.copy(), self.ref)
+        self.state = trainer.state_from_params(params, shardings, optimizer, state_key)
+        self.jitted = rl.build_jitted(self.cfg, self.model_cfg, optimizer, shardings, self.mesh)
+        self.old_logprobs = old_logprobs
+
+    def _sample(self, step: int, prompt_BxP, lens_B):
+        import jax
+        import numpy as np
+
+        from r1jax import sampler, sharding
+
+        # Prompts split over the data axis, so each host device samples its own rows.
+        prompt_BxP, lens_B = sharding.put_batch((prompt_BxP, lens_B), self.mesh)
+        out = sampler.generate_padded(
+            self.model_cfg,
+            self.state.params["policy"],
+            prompt_BxP,
+            lens_B,
+            jax.random.fold_in(self.sample_key, step),
+            max_new_tokens=NEW_TOKENS,
+            temperature=1.0,
+            top_p=1.0,
+            top_k=0,
+            num_samples=SAMPLES,
+            eos_ids=(),  # no stop token: exactly T tokens, as TRL's min_new_tokens=T
+        )
+        out = jax.device_get(out)
+        return np.asarray(out.tokens), np.asarray(out.lengths), np.asarray(out.logprobs)
+
+    def step(self, step: int) -> dict:
+        """One GRPO step; returns its phase times (each phase waits for its device work)."""
+        import jax
+        import numpy as np
+
+        from r1jax import sharding
+        from r1jax.rl import advantages, rollout
+
+        t, clock = {}, time.perf_counter
+        t0 = clock()
+        prompt_BxP = np.asarray(prompt_ids(step), np.int32)
+        lens_B = np.full((PROMPTS,), PROMPT_LEN, np.int32)
+        tokens_NxT, lengths_N, sampler_logp_NxT = self._sample(step, prompt_BxP, lens_B)
+        t["generate"], t0 = clock() - t0, clock()
+        rewards_N = np.array([target_fraction(r[:n]) for r, n in zip(tokens_NxT, lengths_N)])
+        adv_BxG = advantages.group_relative(rewards_N.reshape(PROMPTS, SAMPLES))
+        host = rollout.training_arrays(prompt_BxP, lens_B, tokens_NxT, lengths_N, SAMPLES, PAD_ID)
+        host["advantages_N"] = np.asarray(adv_BxG, np.float32).reshape(-1)
+        host["sampler_logp_NxT"] = sampler_logp_NxT.astype(np.float32)
+        batch = sharding.put_batch(host, self.mesh)
+        t["reward+batch"], t0 = clock() - t0, clock()
+        batch["ref_logp_NxT"] = jax.block_until_ready(self.jitted.logprobs(self.ref, batch))
+        t["ref_logprobs"], t0 = clock() - t0, clock()
+        if self.old_logprobs == "forward":  # what train/rl.py does today
+            policy = self.state.params["policy"]
+            batch["old_logp_NxT"] = jax.block_until_ready(self.jitted.logprobs(policy, batch))
+        else:  # on-policy, one update: the sampler's log-probs are the old policy's
+            batch["old_logp_NxT"] = batch["sampler_logp_NxT"]
+        t["old_logprobs"], t0 = clock() - t0, clock()
+        self.state, metrics = self.jitted.update(self.state, batch)
+        jax.device_get(metrics)
+        t["update"] = clock() - t0
+        return t
+
+
+def run_r1jax(model_dir: str, steps: int, warmup: int, old_logprobs: str) -> dict:
+    """Runs warmup + steps GRPO steps with r1jax's pieces and times each."""
+    side = R1jaxSide(model_dir, warmup + steps, old_logprobs)
+    step_times, phases = [], []
+    for step in range(warmup + steps):
+        t0 = time.perf_counter()
+        phases.append(side.step(step))
+        step_times.append(time.perf_counter() - t0)
+    return _summary(step_times, phases, warmup)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -248,7 +383,8 @@ def _run_side(side: str, model_dir: str, args) -> dict:
     out = pathlib.Path(model_dir) / f"{side}.json"
     cmd = [sys.executable, __file__, "--side", side, "--model-dir", model_dir, "--out", str(out)]
     cmd += ["--steps", str(args.steps), "--warmup", str(args.warmup)]
-    cmd += ["--threads", str(args.threads)]
+    cmd += ["--threads", str(args.threads), "--old-logprobs", args.old_logprobs]
+    cmd += ["--host-devices", str(args.host_devices)]
     subprocess.run(cmd, check=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
     return json.loads(out.read_text())
 
@@ -277,7 +413,9 @@ def _print_report(results: dict, peak: float) -> None:
             f"MFU {100 * mfu:.1f}%  peak RSS {r['peak_rss_mib']:.0f} MiB"
         )
         for name, sec in r["phases_s"].items():
-            print(f"         {name:22s} {sec:.3f} s")
+            phase_flops = flops.get(name.split("+")[0], 0.0)
+            util = f"  ({100 * phase_flops / sec / peak:.0f}% of peak)" if phase_flops else ""
+            print(f"         {name:22s} {sec:.3f} s{util}")
     if {"trl", "r1jax"} <= results.keys():
         ratio = results["trl"]["step_s"] / results["r1jax"]["step_s"]
         print(f"speed-up r1jax over TRL: {ratio:.2f}x")
@@ -292,11 +430,26 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5, help="timed steps (median reported)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed first steps")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (TRL side)")
+    parser.add_argument(
+        "--old-logprobs",
+        choices=("sampler", "forward"),
+        default="sampler",
+        help="r1jax: reuse the sampler's log-probs as the old policy's, or run a forward (driver)",
+    )
+    parser.add_argument(
+        "--host-devices", type=int, default=1, help="r1jax: XLA host CPU devices (mesh data axis)"
+    )
     parser.add_argument("--sides", default="trl,r1jax", help="which sides the parent runs")
     args = parser.parse_args()
     if args.side != "both":
-        run = run_trl if args.side == "trl" else run_r1jax
-        result = run(args.model_dir, args.steps, args.warmup, args.threads)
+        if args.side == "trl":
+            result = run_trl(args.model_dir, args.steps, args.warmup, args.threads)
+        else:
+            # XLA's CPU client sees one device by default; several let the data axis of the mesh
+            # run its shards on separate threads (must be set before jax is imported).
+            flag = f"--xla_force_host_platform_device_count={args.host_devices}"
+            os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {flag}"
+            result = run_r1jax(args.model_dir, args.steps, args.warmup, args.old_logprobs)
         pathlib.Path(args.out).write_text(json.dumps(result))
         return
     with tempfile.TemporaryDirectory(prefix="grpo_bench_") as tmp:

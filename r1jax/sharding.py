@@ -25,6 +25,8 @@ DEFAULT_RULES = (
 
 def mesh_shape(sizes: dict, num_devices: int) -> tuple[int, ...]:
     """Resolves {'data': -1, 'fsdp': 1, 'tensor': 1} against the device count (one -1 allowed)."""
+    if sizes.get("num_devices"):
+        num_devices = min(num_devices, int(sizes["num_devices"]))
     shape = [int(sizes.get(name, 1)) for name in MESH_AXES]
     unknown = [i for i, s in enumerate(shape) if s == -1]
     if len(unknown) > 1:
@@ -52,8 +54,10 @@ def mesh_shape(sizes: dict, num_devices: int) -> tuple[int, ...]:
 
 
 def make_mesh(sizes: dict, devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """Builds a ('data', 'fsdp', 'tensor') mesh from config sizes."""
+    """Builds a ('data', 'fsdp', 'tensor') mesh from config sizes (num_devices: first N only)."""
     devices = list(jax.devices() if devices is None else devices)
+    if sizes.get("num_devices"):
+        devices = devices[: int(sizes["num_devices"])]
     shape = mesh_shape(sizes, len(devices))
     return Mesh(np.asarray(devices).reshape(shape), MESH_AXES)
 

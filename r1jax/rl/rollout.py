@@ -9,10 +9,8 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
-from r1jax import text
+from r1jax import sampler, text
 from r1jax.rl import advantages as adv_lib
-
-PROMPT_BUCKETS = (32, 64, 128, 256, 512, 1024, 2048, 4096)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,11 +32,8 @@ class RolloutConfig:
 
 
 def prompt_bucket(length: int, max_len: int) -> int:
-    """The smallest bucket that holds `length` (so a run compiles a handful of programs)."""
-    for b in PROMPT_BUCKETS:
-        if b >= length:
-            return min(b, max(max_len, length))
-    return max_len
+    """The sampler's bucket for `length`, capped at max_len (a handful of compiled programs)."""
+    return min(sampler.prompt_bucket(length), max(max_len, length))
 
 
 def encode_prompts(records: list[dict], tokenizer, template: str, max_len: int) -> list[list[int]]:
@@ -220,7 +215,8 @@ class ExperienceMaker:
             metrics[f"reward/{name}"] = float(np.mean(values))
             metrics[f"reward/{name}_std"] = float(np.std(values))
         for name, value in getattr(self, "last_pool_metrics", {}).items():
-            metrics[f"reward_pool/{name}"] = float(value)
+            if not name.startswith("rewards/mean/"):  # already logged as reward/<name>
+                metrics[name] = float(value)
         return batch, metrics
 
 

@@ -130,15 +130,13 @@ def init_rl_params(
         return params
     if critic not in CRITICS:
         raise ValueError(f"critic={critic!r} not in {CRITICS}")
-    head_key, critic_key = jax.random.split(rng)
-    params["value_head"] = heads.init_value_head(model_cfg, head_key)
+    params["value_head"] = heads.init_value_head(model_cfg, rng)
     if critic == "separate":
         # A copy of the policy is the usual critic start (OpenRLHF, TRL); a fresh init otherwise
         # would be a critic that knows nothing about the text.
         if critic_params is None:
             critic_params = jax.tree.map(jnp.copy, policy_params)
         params["critic"] = critic_params
-        del critic_key
     return params
 
 
@@ -251,10 +249,6 @@ _LOSS_KEYS = ("pg_loss", "vf_loss")  # summed over micro-batches, not token mean
 
 def _minibatch_indices(state, n, num_minibatches, epochs):
     """Row indices [epochs * M, N / M] of every update's minibatch, freshly shuffled per epoch."""
-    if num_minibatches == 1:
-        # One minibatch holds every row: order is irrelevant, and keeping it keeps rows on the
-        # devices that hold them (no cross-device gather).
-        return jnp.broadcast_to(jnp.arange(n), (epochs, n))
     key = jax.random.fold_in(state.rng, state.step)
     perms = [jax.random.permutation(jax.random.fold_in(key, e), n) for e in range(epochs)]
     return jnp.stack(perms).reshape(epochs * num_minibatches, n // num_minibatches)
@@ -317,10 +311,17 @@ def _run_updates(
     """epochs x num_minibatches updates in one `lax.scan`; metrics averaged over updates."""
     n = rows["completion_mask_NxT"].shape[0]
     _check_split(n, num_minibatches, grad_accum, epochs)
-    idx_UxB = _minibatch_indices(state, n, num_minibatches, epochs)
+    if num_minibatches == 1:
+        # One minibatch holds every row: order is irrelevant, and not gathering keeps each row
+        # on the device that holds it.
+        xs_U = jnp.arange(epochs)
+        take = lambda _: rows
+    else:
+        xs_U = _minibatch_indices(state, n, num_minibatches, epochs)
+        take = lambda idx_B: jax.tree.map(lambda x: x[idx_B], rows)
 
-    def update(st, idx_B):
-        minibatch = jax.tree.map(lambda x: x[idx_B], rows)
+    def update(st, x):
+        minibatch = take(x)
         return _one_update(
             st,
             minibatch,
@@ -330,26 +331,22 @@ def _run_updates(
             aggregation=aggregation,
         )
 
-    new_state, per_update = jax.lax.scan(update, state, idx_UxB)
+    new_state, per_update = jax.lax.scan(update, state, xs_U)
     metrics = {k: jnp.max(v) if k.endswith("_max") else jnp.mean(v) for k, v in per_update.items()}
     metrics["skipped_updates"] = jnp.sum(1.0 - per_update["finite"])
     metrics["finite"] = jnp.min(per_update["finite"])
-    metrics["updates"] = jnp.asarray(idx_UxB.shape[0], jnp.float32)
+    metrics["updates"] = jnp.asarray(xs_U.shape[0], jnp.float32)
     return new_state.replace(step=state.step + 1), metrics
 
 
-_GRPO_ROW_KEYS = (
-    "input_ids_NxL",
-    "positions_NxL",
-    "segment_ids_NxL",
-    "completion_mask_NxT",
-    "old_logp_NxT",
-    "ref_logp_NxT",
-    "sampler_logp_NxT",
-)
-
-
-def _rows(batch, keys):
+def _rows(batch, loss_cfg, extra_keys):
+    """The per-row arrays the loss reads; reference and sampler log-probs only when used."""
+    keys = ["input_ids_NxL", "positions_NxL", "segment_ids_NxL", "completion_mask_NxT"]
+    keys += ["old_logp_NxT", *extra_keys]
+    if loss_cfg.kl_coef > 0:
+        keys.append("ref_logp_NxT")
+    if loss_cfg.tis_cap is not None:
+        keys.append("sampler_logp_NxT")
     missing = [k for k in keys if k not in batch]
     if missing:
         raise ValueError(f"RL batch lacks {missing}; it has {sorted(batch)}")
@@ -363,7 +360,8 @@ def grpo_update(
 
     1. Take the per-row arrays; the advantages are `advantages_NxT` when the batch has them
        (process supervision), else `advantages_N` (outcome rewards).
-    2. Per epoch, permute the rows with fold_in(fold_in(rng, step), epoch); cut M minibatches.
+    2. Per epoch, permute the rows with fold_in(fold_in(rng, step), epoch); cut M minibatches
+       (M = 1: no permutation, every update sees the whole rollout in place).
     3. Per minibatch, accumulate the clipped policy loss over `grad_accum` micro-batches, each
        divided by the minibatch's global denominator (exact accumulation), then one optimizer
        update, skipped when the loss or gradient is not finite.
@@ -371,7 +369,7 @@ def grpo_update(
     """
     # (1)
     adv_key = "advantages_NxT" if "advantages_NxT" in batch else "advantages_N"
-    rows = _rows(batch, (*_GRPO_ROW_KEYS, adv_key))
+    rows = _rows(batch, loss_cfg, (adv_key,))
     micro_loss = lambda p, mb, dens: _grpo_micro_loss(
         p, mb, dens, model_cfg=model_cfg, loss_cfg=loss_cfg, adv_key=adv_key
     )
@@ -411,8 +409,7 @@ def ppo_update(
     4. Advance `state.step` once; average metrics over the updates.
     """
     _check_critic(state.params, critic)
-    keys = (*_GRPO_ROW_KEYS, "advantages_NxT", "old_values_NxT", "returns_NxT")
-    rows = _rows(batch, keys)  # (1)
+    rows = _rows(batch, loss_cfg, ("advantages_NxT", "old_values_NxT", "returns_NxT"))  # (1)
     if loss_cfg.whiten_advantages:
         rows["advantages_NxT"] = advantages.whiten(
             rows["advantages_NxT"], rows["completion_mask_NxT"]

@@ -103,7 +103,9 @@ def build_jitted(cfg, model_cfg, optimizer, shardings, mesh) -> Jitted:
         grad_accum=cfg.train.grad_accum,
     )
     if cfg.rl.algorithm == "ppo":
-        update = trainer.jit_step(steps.ppo_update, shardings, mesh, critic=cfg.rl.critic, **common)
+        update = trainer.jit_step(
+            steps.ppo_update, shardings, mesh, batch_sharded=False, critic=cfg.rl.critic, **common
+        )
         values = jax.jit(
             lambda p, b: steps.compute_values(model_cfg, p, b, critic=cfg.rl.critic),
             in_shardings=(shardings.params, batch_sh),
@@ -148,13 +150,15 @@ class RLRun:
         self.shardings = trainer.state_shardings(
             logical, abstract, self.optimizer, self.mesh, rules
         )
-        self.ref = jax.device_put(params["policy"], self.shardings.params["policy"])
         self.state = trainer.state_from_params(params, self.shardings, self.optimizer, keys[1])
+        # A copy: the state's buffers are donated to every update.
+        self.ref = jax.tree.map(jnp.copy, self.state.params["policy"])
         self.prompts = prompt_stream(records, seed=cfg.seed)
         self.ckpt = checkpoint.manager(
             self.workdir / "checkpoints", max_to_keep=cfg.train.keep_checkpoints
         )
-        self.kl_coef = float(cfg.rl.kl_coef)
+        # Kept at float32 precision, as it is checkpointed, so a resumed run logs the same value.
+        self.kl_coef = float(np.float32(cfg.rl.kl_coef))
         self._restore()
         self.jitted = build_jitted(cfg, self.model_cfg, self.optimizer, self.shardings, self.mesh)
         self.pool = registry.RewardPool(
@@ -250,7 +254,8 @@ class RLRun:
             batch["old_logp_NxT"],
             batch["ref_logp_NxT"],
             batch["completion_mask_NxT"],
-            kl_coef=self.kl_coef,
+            # The kl_penalty form puts the (adaptive) KL in the loss instead of the reward.
+            kl_coef=self.kl_coef if rl.ppo_form == "clip" else 0.0,
             estimator=rl.kl_estimator,
         )
         adv_NxT, returns_NxT = steps.ppo_advantages(
@@ -262,19 +267,23 @@ class RLRun:
             whiten=rl.whiten_advantages,
         )
         batch.update(old_values_NxT=values_NxT, returns_NxT=returns_NxT, advantages_NxT=adv_NxT)
-        batch["kl_coef"] = jnp.asarray(self.kl_coef, jnp.float32)
+        batch["kl_coef"] = jax.device_put(
+            jnp.asarray(self.kl_coef, jnp.float32), sharding.replicated(self.mesh)
+        )
 
     def adapt_kl(self, observed_kl: float):
         """PPO's adaptive KL coefficient (Ziegler et al.) toward rl.kl_target."""
         rl = self.cfg.rl
         if rl.algorithm == "ppo" and rl.ppo_form == "kl_penalty" and rl.kl_target > 0:
             self.kl_coef = float(
-                losses.adaptive_kl_coef(
-                    self.kl_coef,
-                    observed_kl,
-                    target=rl.kl_target,
-                    horizon=rl.kl_horizon,
-                    n_steps=rl.prompts_per_step * rl.num_samples,
+                np.float32(
+                    losses.adaptive_kl_coef(
+                        self.kl_coef,
+                        observed_kl,
+                        target=rl.kl_target,
+                        horizon=rl.kl_horizon,
+                        n_steps=rl.prompts_per_step * rl.num_samples,
+                    )
                 )
             )
 

@@ -56,12 +56,16 @@ def init_state(model_cfg, optimizer, rng, mesh, rules, params=None):
     return jax.jit(make, out_shardings=shardings)(init_key), shardings
 
 
-def jit_step(step_fn: Callable, shardings, mesh, *, extra_in_shardings=(), **static):
-    """Jits step_fn(state, batch, *extra, **static) once, with shardings and the state donated."""
+def jit_step(step_fn: Callable, shardings, mesh, *, batch_sharded=True, **static):
+    """Jits step_fn(state, batch, **static) once, with shardings and the state donated.
+
+    batch_sharded=False lets the batch keep the shardings it arrives with (RL batches mix
+    per-row arrays, placed by sharding.put_batch, with replicated scalars).
+    """
     repl = sharding.replicated(mesh)
     return jax.jit(
         functools.partial(step_fn, **static),
-        in_shardings=(shardings, sharding.batch_sharding(mesh), *extra_in_shardings),
+        in_shardings=(shardings, sharding.batch_sharding(mesh) if batch_sharded else None),
         out_shardings=(shardings, repl),
         donate_argnums=(0,),
     )

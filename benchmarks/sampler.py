@@ -1,0 +1,239 @@
+"""Sampling speed and memory: r1jax `generate` against transformers `generate`, same weights.
+
+N prompts, G samples per prompt, P prompt length, T new tokens, V vocab.
+
+Two random Qwen2 models (f32): "tiny" (V 1024, D 256, 4 layers, 4 heads, 2 kv heads, F 768) and
+"small" (V 8192, D 512, 8 layers, 8 heads, 2 kv heads, F 1536). Workloads: N=32 prompts x G=1
+and N=8 prompts x G=8, P=16 random tokens, exactly T=128 new tokens (no EOS), temperature 1,
+no top-p / top-k, KV cache on both sides, torch on the same number of threads.
+Each side runs in its own subprocess per model, so its peak RSS (ru_maxrss) is its own.
+
+Run (about 5 minutes on 2 cores):
+  python benchmarks/sampler.py [--repeats 3] [--threads 2] [--models tiny,small]
+"""
+
+import argparse
+import json
+import os
+import pathlib
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+MODELS = {
+    "tiny": dict(vocab=1024, d=256, layers=4, heads=4, kv_heads=2, ff=768),
+    "small": dict(vocab=8192, d=512, layers=8, heads=8, kv_heads=2, ff=1536),
+}
+CASES = {"32x1": (32, 1), "8x8": (8, 8)}  # name -> (N prompts, G samples per prompt)
+PROMPT_LEN, NEW_TOKENS, SEED = 16, 128, 0
+
+
+def _rss_mib() -> float:
+    # ru_maxrss is the process's resident-set high-water mark, in KiB on Linux.
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def prompt_ids(n: int) -> list[list[int]]:
+    """N prompts of P random token ids (>= 2), the same on both sides."""
+    import numpy as np
+
+    return np.random.default_rng(SEED).integers(2, 1000, size=(n, PROMPT_LEN)).tolist()
+
+
+def make_model_dir(name: str, path: pathlib.Path) -> None:
+    """Writes a random Qwen2 of the named size as a Hugging Face folder."""
+    import torch
+    import transformers
+
+    m = MODELS[name]
+    torch.manual_seed(SEED)
+    config = transformers.Qwen2Config(
+        vocab_size=m["vocab"],
+        hidden_size=m["d"],
+        num_hidden_layers=m["layers"],
+        num_attention_heads=m["heads"],
+        num_key_value_heads=m["kv_heads"],
+        intermediate_size=m["ff"],
+        max_position_embeddings=512,
+        tie_word_embeddings=False,
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=None,
+    )
+    transformers.Qwen2ForCausalLM(config).to(torch.float32).save_pretrained(path)
+
+
+def _time_runs(fn, repeats: int) -> tuple[float, list[float]]:
+    """First call's time (includes compilation where there is one) and the later calls' times."""
+    t0 = time.perf_counter()
+    fn()
+    first = time.perf_counter() - t0
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return first, times
+
+
+def run_hf(model_dir: str, repeats: int, threads: int) -> dict:
+    """transformers generate: sampling, KV cache, exactly T new tokens."""
+    import torch
+    import transformers
+
+    torch.set_num_threads(threads)
+    base_rss = _rss_mib()
+    model = transformers.Qwen2ForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    out = {"base_rss_mib": base_rss}
+    for case, (n, g) in CASES.items():
+        ids = torch.tensor(prompt_ids(n))
+
+        def gen(ids=ids, g=g):
+            with torch.no_grad():
+                torch.manual_seed(SEED)
+                res = model.generate(
+                    ids,
+                    attention_mask=torch.ones_like(ids),
+                    do_sample=True,
+                    temperature=1.0,
+                    top_p=1.0,
+                    top_k=0,
+                    max_new_tokens=NEW_TOKENS,
+                    min_new_tokens=NEW_TOKENS,
+                    num_return_sequences=g,
+                    pad_token_id=0,
+                    use_cache=True,
+                )
+            assert res.shape == (len(ids) * g, PROMPT_LEN + NEW_TOKENS), res.shape
+
+        first, times = _time_runs(gen, repeats)
+        out[case] = {"first_s": first, "run_s": statistics.median(times), "runs_s": times}
+    out["peak_rss_mib"] = _rss_mib()
+    return out
+
+
+def run_r1jax(model_dir: str, repeats: int, threads: int) -> dict:
+    """r1jax generate (jitted prefill + while_loop decode) on the same weights."""
+    import jax
+    import numpy as np
+
+    from r1jax import sampler
+    from r1jax.model import hf_io
+
+    base_rss = _rss_mib()
+    cfg, params = hf_io.load_hf(model_dir)
+    params = jax.device_put(params)
+    out = {"base_rss_mib": base_rss}
+    for case, (n, g) in CASES.items():
+        prompts = prompt_ids(n)
+
+        def gen(prompts=prompts, g=g):
+            res = sampler.generate(
+                cfg, params, prompts, max_new_tokens=NEW_TOKENS, num_samples=g, seed=SEED
+            )
+            assert res.tokens.shape == (len(prompts) * g, NEW_TOKENS) and np.all(
+                res.lengths == NEW_TOKENS
+            )
+
+        first, times = _time_runs(gen, repeats)
+        run = statistics.median(times)
+        out[case] = {"first_s": first, "run_s": run, "runs_s": times, "compile_s": first - run}
+    out["peak_rss_mib"] = _rss_mib()
+    return out
+
+
+def decode_flops(name: str) -> float:
+    """Model FLOPs of one generated token: `forward_flops_per_token` at the mean context P + T/2."""
+    from r1jax.model import config as config_lib
+
+    m = MODELS[name]
+    cfg = config_lib.ModelConfig(
+        vocab_size=m["vocab"],
+        d_model=m["d"],
+        n_layers=m["layers"],
+        n_heads=m["heads"],
+        n_kv_heads=m["kv_heads"],
+        head_dim=m["d"] // m["heads"],
+        d_ff=m["ff"],
+        qkv_bias=True,
+    )
+    return config_lib.forward_flops_per_token(cfg, PROMPT_LEN + NEW_TOKENS // 2)
+
+
+def _measure_peak() -> float:
+    """The f32 matmul peak of this host (all cores), measured in a fresh process."""
+    code = (
+        "from r1jax.train import metrics; "
+        "print(max(metrics.measure_matmul_peak_flops(n, repeats=10) for n in (1024, 2048)))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], check=True, capture_output=True, text=True, cwd=ROOT
+    )
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def _run_side(side: str, model_dir: str, args) -> dict:
+    out = pathlib.Path(model_dir) / f"{side}.json"
+    cmd = [sys.executable, __file__, "--side", side, "--model-dir", model_dir, "--out", str(out)]
+    cmd += ["--repeats", str(args.repeats), "--threads", str(args.threads)]
+    subprocess.run(cmd, check=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    return json.loads(out.read_text())
+
+
+def _print_model(name: str, res: dict, peak: float) -> None:
+    flops = decode_flops(name)
+    print(f"\n{name}: {flops / 1e6:.1f} MFLOP per generated token; peak {peak / 1e9:.1f} GFLOP/s")
+    for case, (n, g) in CASES.items():
+        tokens = n * g * NEW_TOKENS
+        tps = {side: tokens / r[case]["run_s"] for side, r in res.items()}
+        for side, r in res.items():
+            frac = tps[side] * flops / peak
+            extra = f"  compile {r[case]['compile_s']:.1f} s" if "compile_s" in r[case] else ""
+            print(
+                f"  {case:5s} {side:12s} {tps[side]:8.0f} tokens/s  {100 * frac:5.1f}% of peak"
+                f"  (median {r[case]['run_s']:.3f} s; first call {r[case]['first_s']:.2f} s)"
+                + extra
+            )
+        if len(tps) == 2:
+            print(f"  {case:5s} r1jax / transformers: {tps['r1jax'] / tps['transformers']:.2f}x")
+    for side, r in res.items():
+        print(
+            f"  peak RSS {side:12s} {r['peak_rss_mib']:6.0f} MiB "
+            f"(after imports {r['base_rss_mib']:.0f} MiB)"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--side", choices=("both", "transformers", "r1jax"), default="both")
+    parser.add_argument("--model-dir")
+    parser.add_argument("--out")
+    parser.add_argument("--repeats", type=int, default=3, help="timed calls after the first")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads")
+    parser.add_argument("--models", default="tiny,small")
+    parser.add_argument("--sides", default="transformers,r1jax")
+    args = parser.parse_args()
+    if args.side != "both":
+        run = run_hf if args.side == "transformers" else run_r1jax
+        result = run(args.model_dir, args.repeats, args.threads)
+        pathlib.Path(args.out).write_text(json.dumps(result))
+        return
+    peak = _measure_peak()
+    report = {"peak_flops": peak}
+    for name in args.models.split(","):
+        with tempfile.TemporaryDirectory() as tmp:
+            make_model_dir(name, pathlib.Path(tmp))
+            res = {side: _run_side(side, tmp, args) for side in args.sides.split(",")}
+        _print_model(name, res, peak)
+        report[name] = res
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()

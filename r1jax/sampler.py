@@ -1,0 +1,455 @@
+"""Jitted sampling with a KV cache: prefill, `lax.while_loop` decode, group sampling, log-probs.
+
+N prompts, G samples per prompt, B = N*G rows, P prompt bucket length, T new tokens,
+S cache length, V vocab.
+
+Log-probs are those of the chosen token under the temperature-scaled distribution BEFORE
+top-p / top-k filtering (log_softmax(logits / temperature)), the quantity the RL losses compare
+with the trainer's log-probs. Greedy decoding (temperature 0) reports the unscaled log-probs.
+
+Prompts are left-padded, so every row writes its new tokens at the same cache slot and a single
+scalar `cache_index` drives the whole batch; a row with prompt length 0 is a padding row that is
+done from the start (length 0, pad tokens).
+"""
+
+import dataclasses
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from r1jax import sharding as sharding_lib
+from r1jax.model import config as config_lib
+from r1jax.model import transformer
+
+# Prompt lengths are padded up to one of these, so a run compiles a handful of programs.
+PROMPT_BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+    """Static sampling settings (hashable: part of the compiled program)."""
+
+    temperature: float = 1.0  # 0 = greedy
+    top_p: float = 1.0  # 1 = off
+    top_k: int = 0  # 0 = off
+    eos_ids: tuple[int, ...] = ()
+    pad_id: int = 0
+
+
+@flax.struct.dataclass
+class SampleOutput:
+    """tokens, logprobs [B, T] (pad / 0 after the stop token), lengths [B] (stop token
+    included), stopped [B] (True: ended by an EOS id; False: truncated at T or a padding row)."""
+
+    tokens: jax.Array
+    lengths: jax.Array
+    logprobs: jax.Array
+    stopped: jax.Array
+
+
+@flax.struct.dataclass
+class DecodeState:
+    """The while_loop carry: `step` is the index of the next token to sample."""
+
+    step: jax.Array
+    key: jax.Array
+    prompt_lens_B: jax.Array
+    last_token_B: jax.Array
+    k_LxBxKxSxDh: jax.Array  # the decode layout: one head's slots are contiguous
+    v_LxBxKxSxDh: jax.Array
+    tokens_BxT: jax.Array
+    logprobs_BxT: jax.Array
+    lengths_B: jax.Array
+    done_B: jax.Array
+    stopped_B: jax.Array
+
+
+def prompt_bucket(length: int) -> int:
+    """The smallest bucket in PROMPT_BUCKETS that holds `length` tokens."""
+    for b in PROMPT_BUCKETS:
+        if b >= length:
+            return b
+    raise ValueError(f"prompt of {length} tokens is longer than the largest bucket")
+
+
+# ---------------------------------------------------------------------------------------------
+# Sampling from one step's logits.
+
+
+def _filter_mask(logp_BxV: jax.Array, top_p: float, top_k: int) -> jax.Array:
+    """Allowed tokens after top-k then top-p (HF order); ties at the threshold are kept."""
+    v = logp_BxV.shape[-1]
+    k = v if top_k <= 0 else min(top_k, v)
+    if top_p >= 1.0 and k == v:
+        return jnp.ones(logp_BxV.shape, bool)
+    # lax.top_k with k = V is a full descending sort; only top-p needs more than k values.
+    sorted_BxK = jax.lax.top_k(logp_BxV, k)[0]
+    if top_p < 1.0:
+        probs_BxK = jax.nn.softmax(sorted_BxK, axis=-1)  # renormalised over the top-k set
+        mass_before_BxK = jnp.cumsum(probs_BxK, axis=-1) - probs_BxK
+        # Keep the smallest prefix whose mass reaches top_p (the first token is always kept).
+        kept_B = jnp.maximum(jnp.sum(mass_before_BxK < top_p, axis=-1), 1)
+        threshold_B = jnp.take_along_axis(sorted_BxK, kept_B[:, None] - 1, axis=-1)[:, 0]
+    else:
+        threshold_B = sorted_BxK[:, -1]
+    return logp_BxV >= threshold_B[:, None]
+
+
+def _inverse_cdf_sample(probs_BxV: jax.Array, key: jax.Array) -> jax.Array:
+    """One categorical draw per row from unnormalised probs (one uniform per row, cheap on CPU)."""
+    cdf_BxV = jnp.cumsum(probs_BxV, axis=-1)
+    # u in (0, 1] so a zero-probability token is never the first index reaching the target.
+    u_B = 1.0 - jax.random.uniform(key, probs_BxV.shape[:1], jnp.float32)
+    target_B = u_B * cdf_BxV[:, -1]
+    index_B = jnp.sum(cdf_BxV < target_B[:, None], axis=-1)
+    # Rounding can push the index past the last allowed token: step back to the nearest one.
+    last_allowed_B = jnp.max(
+        jnp.where(probs_BxV > 0, jnp.arange(probs_BxV.shape[-1])[None, :], 0), axis=-1
+    )
+    return jnp.minimum(index_B, last_allowed_B).astype(jnp.int32)
+
+
+def sample_logits(
+    logits_BxV: jax.Array, key: jax.Array, sampling: SamplingConfig
+) -> tuple[jax.Array, jax.Array]:
+    """Chosen tokens [B] and their log-probs [B] under the temperature-scaled, unfiltered law."""
+    logits_BxV = logits_BxV.astype(jnp.float32)
+    if sampling.temperature == 0:
+        logp_BxV = jax.nn.log_softmax(logits_BxV, axis=-1)
+        token_B = jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
+    else:
+        logp_BxV = jax.nn.log_softmax(logits_BxV / sampling.temperature, axis=-1)
+        allowed_BxV = _filter_mask(logp_BxV, sampling.top_p, sampling.top_k)
+        probs_BxV = jnp.where(allowed_BxV, jnp.exp(logp_BxV), 0.0)
+        token_B = _inverse_cdf_sample(probs_BxV, key)
+    logp_B = jnp.take_along_axis(logp_BxV, token_B[:, None], axis=-1)[:, 0]
+    return token_B, logp_B
+
+
+# ---------------------------------------------------------------------------------------------
+# Model calls.
+
+
+def _last_logits(cfg, params, tokens_BxT, positions_BxT, cache, cache_index, kv_mask_BxS):
+    """Logits [B, V] of the last of T new tokens, and the updated cache.
+
+    As `transformer.forward_cached`, but unembeds only the last position, so a long prefill
+    never materialises [B, P, V] logits.
+    """
+    t, s = tokens_BxT.shape[1], cache.k.shape[2]
+    slot_T = cache_index + jnp.arange(t, dtype=jnp.int32)
+    causal_TxS = jnp.arange(s, dtype=jnp.int32)[None, :] <= slot_T[:, None]
+    mask_BxTxS = causal_TxS[None] & kv_mask_BxS[:, None, :]
+    h_BxTxD, cache = transformer.Transformer(cfg).apply(
+        {"params": params}, tokens_BxT, positions_BxT, mask_BxTxS, cache, cache_index
+    )
+    return transformer.unembed(cfg, params, h_BxTxD[:, -1]), cache
+
+
+def _rms_norm(cfg, scale_D, x_BxD):
+    # As transformer.RMSNorm: statistics in float32, scaled in the compute dtype.
+    x = x_BxD.astype(jnp.float32)
+    x = x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + cfg.rms_norm_eps)
+    return scale_D.astype(x_BxD.dtype)[None] * x.astype(x_BxD.dtype)
+
+
+def _rope(x_BxNxDh, cos_BxDh, sin_BxDh):
+    x = x_BxNxDh.astype(jnp.float32)
+    x1, x2 = jnp.split(x, 2, axis=-1)
+    rotated = jnp.concatenate([-x2, x1], axis=-1)
+    out = x * cos_BxDh[:, None, :] + rotated * sin_BxDh[:, None, :]
+    return out.astype(x_BxNxDh.dtype)
+
+
+def _decode_layer(cfg, x_BxD, layer, k_BxKxSxDh, v_BxKxSxDh, rope, kv_mask_BxS):
+    """One decoder layer for one new token against a read-only cache; returns its new K/V."""
+    dt = jnp.dtype(cfg.dtype)
+    attn = layer["attn"]
+    h_BxD = _rms_norm(cfg, layer["attn_norm"]["scale"], x_BxD)
+
+    def project(name):
+        y = jnp.einsum("bd,dne->bne", h_BxD, attn[f"{name}_kernel"].astype(dt))
+        return y + attn[f"{name}_bias"].astype(dt)[None] if cfg.qkv_bias else y
+
+    q_BxHxDh, k_BxKxDh = _rope(project("q"), *rope), _rope(project("k"), *rope)
+    v_BxKxDh = project("v")
+    b, kh, g = x_BxD.shape[0], cfg.n_kv_heads, cfg.n_heads // cfg.n_kv_heads
+    q_BxKxGxDh = q_BxHxDh.reshape(b, kh, g, cfg.head_dim) * jnp.asarray(cfg.head_dim**-0.5, dt)
+    # The new token attends to the cached slots plus itself; the cache is only read here.
+    # A broadcast multiply-reduce, not a batched dot: XLA:CPU runs B*K tiny matmuls slowly.
+    scores_BxKxGxS = jnp.sum(
+        q_BxKxGxDh[:, :, :, None, :].astype(jnp.float32)
+        * k_BxKxSxDh[:, :, None, :, :].astype(jnp.float32),
+        axis=-1,
+    )
+    scores_BxKxGxS = jnp.where(
+        kv_mask_BxS[:, None, None, :], scores_BxKxGxS, jnp.finfo(jnp.float32).min
+    )
+    self_BxKxGx1 = jnp.einsum(
+        "bkge,bke->bkg", q_BxKxGxDh, k_BxKxDh, preferred_element_type=jnp.float32
+    )[..., None]
+    probs = jax.nn.softmax(jnp.concatenate([scores_BxKxGxS, self_BxKxGx1], axis=-1), axis=-1)
+    probs = probs.astype(dt)
+    out_BxKxGxDh = jnp.sum(probs[..., :-1, None] * v_BxKxSxDh[:, :, None].astype(dt), axis=3)
+    out_BxKxGxDh = out_BxKxGxDh + probs[..., -1:] * v_BxKxDh[:, :, None, :]
+    out_BxHxDh = out_BxKxGxDh.reshape(b, cfg.n_heads, cfg.head_dim)
+    x_BxD = x_BxD + jnp.einsum("bhe,hed->bd", out_BxHxDh, attn["o_kernel"].astype(dt))
+    mlp = layer["mlp"]
+    h_BxD = _rms_norm(cfg, layer["mlp_norm"]["scale"], x_BxD)
+    gate_BxF = jnp.einsum("bd,df->bf", h_BxD, mlp["gate_kernel"].astype(dt))
+    up_BxF = jnp.einsum("bd,df->bf", h_BxD, mlp["up_kernel"].astype(dt))
+    x_BxD = x_BxD + jnp.einsum(
+        "bf,fd->bd", jax.nn.silu(gate_BxF) * up_BxF, mlp["down_kernel"].astype(dt)
+    )
+    return x_BxD, (k_BxKxDh, v_BxKxDh)
+
+
+def _decode_logits(cfg, params, token_B, position_B, k_LxBxKxSxDh, v_LxBxKxSxDh, slot, kv_mask_BxS):
+    """Logits [B, V] of one new token per row, and the caches with its K/V written at `slot`.
+
+    The same math as `transformer.forward_cached` with T = 1, but on CPU that path dominates the
+    step: the scanned model copies each layer's cache several times per token, and its
+    [B, S, K, Dh] layout turns attention into many tiny transposed matmuls. Here the cache
+    (layout [L, B, K, S, Dh]) is only read by attention and the new slot is written in place.
+    Slots >= `slot` must be masked out by `kv_mask_BxS` (they hold stale or zero K/V).
+    """
+    dt = jnp.dtype(cfg.dtype)
+    x_BxD = jnp.take(params["embedding"], token_B, axis=0).astype(dt)
+    cos_Bx1xDh, sin_Bx1xDh = transformer.rope_tables(cfg, position_B[:, None])
+    rope = (cos_Bx1xDh[:, 0], sin_Bx1xDh[:, 0])
+
+    def body(x_BxD, xs):
+        layer, k_BxKxSxDh, v_BxKxSxDh = xs
+        return _decode_layer(cfg, x_BxD, layer, k_BxKxSxDh, v_BxKxSxDh, rope, kv_mask_BxS)
+
+    x_BxD, (k_LxBxKxDh, v_LxBxKxDh) = jax.lax.scan(
+        body, x_BxD, (params["layers"], k_LxBxKxSxDh, v_LxBxKxSxDh)
+    )
+    start = (0, 0, 0, slot, 0)
+    write = lambda c, new: jax.lax.dynamic_update_slice(
+        c, new[:, :, :, None].astype(c.dtype), start
+    )
+    h_BxD = _rms_norm(cfg, params["final_norm"]["scale"], x_BxD)
+    logits_BxV = transformer.unembed(cfg, params, h_BxD)
+    return logits_BxV, write(k_LxBxKxSxDh, k_LxBxKxDh), write(v_LxBxKxSxDh, v_LxBxKxDh)
+
+
+def _kv_mask(prompt_lens_B: jax.Array, p: int, s: int) -> jax.Array:
+    """Slots holding real tokens: the left padding [0, P - len) is masked out."""
+    return jnp.arange(s, dtype=jnp.int32)[None, :] >= (p - prompt_lens_B)[:, None]
+
+
+def _record(state: DecodeState, token_B, logp_B, sampling: SamplingConfig) -> DecodeState:
+    """Writes step `state.step`'s tokens; rows already done get pad / 0."""
+    active_B = ~state.done_B
+    token_B = jnp.where(active_B, token_B, sampling.pad_id).astype(jnp.int32)
+    logp_B = jnp.where(active_B, logp_B, 0.0)
+    hit_eos_B = jnp.zeros_like(active_B)
+    for eos in sampling.eos_ids:
+        hit_eos_B = hit_eos_B | (token_B == eos)
+    hit_eos_B = hit_eos_B & active_B
+    start = (jnp.int32(0), state.step)
+    return state.replace(
+        step=state.step + 1,
+        last_token_B=token_B,
+        tokens_BxT=jax.lax.dynamic_update_slice(state.tokens_BxT, token_B[:, None], start),
+        logprobs_BxT=jax.lax.dynamic_update_slice(state.logprobs_BxT, logp_B[:, None], start),
+        lengths_B=state.lengths_B + active_B.astype(jnp.int32),
+        done_B=state.done_B | hit_eos_B,
+        stopped_B=state.stopped_B | hit_eos_B,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Prefill and decode.
+
+
+def prefill(cfg, params, prompt_NxP, prompt_lens_N, key, *, max_new_tokens, num_samples, sampling):
+    """Prefills each prompt once, repeats its cache G times and samples token 0 of every row."""
+    n, p = prompt_NxP.shape
+    g, t = num_samples, max_new_tokens
+    s = p + t - 1  # the last sampled token is never fed back, so it needs no slot
+    prompt_lens_N = prompt_lens_N.astype(jnp.int32)
+    positions_NxP = jnp.maximum(
+        jnp.arange(p, dtype=jnp.int32)[None, :] - (p - prompt_lens_N)[:, None], 0
+    )
+    cache = transformer.init_cache(cfg, n, s)
+    logits_NxV, cache = _last_logits(
+        cfg, params, prompt_NxP, positions_NxP, cache, jnp.int32(0), _kv_mask(prompt_lens_N, p, s)
+    )
+    # Group sampling shares the prompt: its FLOPs are paid once, the cache is copied G times.
+    to_decode_layout = lambda x: jnp.repeat(jnp.swapaxes(x, 2, 3), g, axis=1)
+    logits_BxV = jnp.repeat(logits_NxV, g, axis=0)
+    prompt_lens_B = jnp.repeat(prompt_lens_N, g, axis=0)
+    b = n * g
+    state = DecodeState(
+        step=jnp.int32(0),
+        key=key,
+        prompt_lens_B=prompt_lens_B,
+        last_token_B=jnp.zeros((b,), jnp.int32),
+        k_LxBxKxSxDh=to_decode_layout(cache.k),
+        v_LxBxKxSxDh=to_decode_layout(cache.v),
+        tokens_BxT=jnp.full((b, t), sampling.pad_id, jnp.int32),
+        logprobs_BxT=jnp.zeros((b, t), jnp.float32),
+        lengths_B=jnp.zeros((b,), jnp.int32),
+        done_B=prompt_lens_B == 0,
+        stopped_B=jnp.zeros((b,), bool),
+    )
+    token_B, logp_B = sample_logits(logits_BxV, jax.random.fold_in(key, 0), sampling)
+    return _record(state, token_B, logp_B, sampling)
+
+
+def decode(cfg, params, state: DecodeState, *, prompt_len, sampling) -> SampleOutput:
+    """Runs the while_loop until every row has stopped or T tokens are sampled."""
+    t = state.tokens_BxT.shape[1]
+    s = state.k_LxBxKxSxDh.shape[3]
+    kv_mask_BxS = _kv_mask(state.prompt_lens_B, prompt_len, s)
+    slot_S = jnp.arange(s, dtype=jnp.int32)[None, :]
+
+    def cond(st: DecodeState):
+        return (st.step < t) & ~jnp.all(st.done_B)
+
+    def body(st: DecodeState):
+        # Feed the token sampled at step-1: it sits at slot P + step - 1.
+        slot = prompt_len + st.step - 1
+        positions_Bx1 = (st.prompt_lens_B + st.step - 1)[:, None]
+        logits_BxV, k, v = _decode_logits(
+            cfg,
+            params,
+            st.last_token_B,
+            positions_Bx1[:, 0],
+            st.k_LxBxKxSxDh,
+            st.v_LxBxKxSxDh,
+            slot,
+            kv_mask_BxS & (slot_S < slot),
+        )
+        token_B, logp_B = sample_logits(logits_BxV, jax.random.fold_in(st.key, st.step), sampling)
+        st = st.replace(k_LxBxKxSxDh=k, v_LxBxKxSxDh=v)
+        return _record(st, token_B, logp_B, sampling)
+
+    state = jax.lax.while_loop(cond, body, state)
+    return SampleOutput(
+        tokens=state.tokens_BxT,
+        lengths=state.lengths_B,
+        logprobs=state.logprobs_BxT,
+        stopped=state.stopped_B,
+    )
+
+
+def _generate(
+    cfg, params, prompt_NxP, prompt_lens_N, key, *, max_new_tokens, num_samples, sampling
+):
+    # One program: the cache is born and dies inside it (no host round trip, nothing to donate;
+    # XLA updates the while_loop carry in place).
+    state = prefill(
+        cfg,
+        params,
+        prompt_NxP,
+        prompt_lens_N,
+        key,
+        max_new_tokens=max_new_tokens,
+        num_samples=num_samples,
+        sampling=sampling,
+    )
+    return decode(cfg, params, state, prompt_len=prompt_NxP.shape[1], sampling=sampling)
+
+
+_generate_jit = jax.jit(
+    _generate, static_argnames=("cfg", "max_new_tokens", "num_samples", "sampling")
+)
+
+
+def generate_padded(
+    cfg: config_lib.ModelConfig,
+    params,
+    prompt_tokens_NxP: jax.Array,
+    prompt_lens_N: jax.Array,
+    key: jax.Array,
+    *,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    num_samples: int = 1,
+    eos_ids: tuple[int, ...] = (),
+    pad_id: int = 0,
+) -> SampleOutput:
+    """Samples G continuations of left-padded prompts; rows n*G..n*G+G-1 belong to prompt n."""
+    if prompt_tokens_NxP.ndim != 2 or prompt_lens_N.shape != prompt_tokens_NxP.shape[:1]:
+        raise ValueError(
+            f"prompt_tokens_NxP {prompt_tokens_NxP.shape} and prompt_lens_N "
+            f"{prompt_lens_N.shape} must be [N, P] and [N]"
+        )
+    if max_new_tokens < 1 or num_samples < 1:
+        raise ValueError(f"max_new_tokens ({max_new_tokens}), num_samples must be >= 1")
+    sampling = SamplingConfig(
+        float(temperature), float(top_p), int(top_k), tuple(int(e) for e in eos_ids), int(pad_id)
+    )
+    return _generate_jit(
+        cfg,
+        params,
+        prompt_tokens_NxP,
+        prompt_lens_N,
+        key,
+        max_new_tokens=int(max_new_tokens),
+        num_samples=int(num_samples),
+        sampling=sampling,
+    )
+
+
+def pad_prompts(prompts, bucket: int, rows: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Left-pads token lists into [rows, bucket]; rows beyond len(prompts) are padding rows."""
+    tokens_NxP = np.full((rows, bucket), pad_id, np.int32)
+    lens_N = np.zeros((rows,), np.int32)
+    for i, ids in enumerate(prompts):
+        if ids:
+            tokens_NxP[i, bucket - len(ids) :] = ids
+        lens_N[i] = len(ids)
+    return tokens_NxP, lens_N
+
+
+def generate(
+    cfg: config_lib.ModelConfig,
+    params,
+    prompts: list[list[int]],
+    *,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    num_samples: int = 1,
+    eos_ids=(),
+    seed: int = 0,
+    pad_id: int = 0,
+    mesh=None,
+) -> SampleOutput:
+    """Samples from token-id lists of varied lengths; returns host (numpy) arrays, N*G rows."""
+    if not prompts or any(len(ids) == 0 for ids in prompts):
+        raise ValueError("prompts must be a non-empty list of non-empty token-id lists")
+    n = len(prompts)
+    rows = (
+        n
+        if mesh is None
+        else -(-n // sharding_lib.batch_divisor(mesh)) * sharding_lib.batch_divisor(mesh)
+    )
+    tokens_NxP, lens_N = pad_prompts(prompts, prompt_bucket(max(map(len, prompts))), rows, pad_id)
+    if mesh is not None:
+        tokens_NxP, lens_N = sharding_lib.put_batch((tokens_NxP, lens_N), mesh)
+    out = generate_padded(
+        cfg,
+        params,
+        jnp.asarray(tokens_NxP),
+        jnp.asarray(lens_N),
+        jax.random.key(seed),
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        top_k=top_k,
+        num_samples=num_samples,
+        eos_ids=tuple(eos_ids),
+        pad_id=pad_id,
+    )
+    keep = n * num_samples
+    return jax.tree.map(lambda x: np.asarray(x)[:keep], out)

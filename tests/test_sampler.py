@@ -1,0 +1,223 @@
+"""Sampler: greedy parity with transformers, exact log-probs, filters, stopping, buckets, sharding.
+
+N prompts, G samples per prompt, P prompt bucket length, T new tokens, S cache length, V vocab.
+"""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from r1jax import sampler
+from r1jax import sharding as sharding_lib
+from r1jax.model import config as config_lib
+from r1jax.model import hf_io
+from r1jax.model import transformer as tf
+
+V = 256
+PROMPTS = [[5, 17, 3], [40, 41, 42, 43, 44, 45, 46, 47, 48, 49, 50], [9], [100, 7, 7, 30, 2]]
+
+
+def _tiny_cfg(**kw):
+    base = dict(vocab_size=V, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=8)
+    return config_lib.ModelConfig(**{**base, "d_ff": 64, "qkv_bias": True, **kw})
+
+
+@pytest.fixture(scope="module")
+def model():
+    cfg = _tiny_cfg()
+    params = tf.init_params(cfg, jax.random.key(1))
+    # Larger weights than the 0.02 init make the sampled distributions far from uniform.
+    params = jax.tree.map(lambda x: x * 4.0 if x.ndim > 1 else x, params)
+    return cfg, params
+
+
+def _hf_model(arch):
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    base = dict(
+        vocab_size=V,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        attn_implementation="eager",
+    )
+    if arch == "qwen2":
+        model = transformers.Qwen2ForCausalLM(
+            transformers.Qwen2Config(**base, tie_word_embeddings=True)
+        )
+    else:
+        model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**base))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.copy_(torch.randn_like(p) * 0.2 + (1.0 if "norm" in name else 0.0))
+    return model.eval()
+
+
+def _hf_greedy(model, prompts, t, eos):
+    torch = pytest.importorskip("torch")
+    p = max(map(len, prompts))
+    ids = np.zeros((len(prompts), p), np.int64)
+    mask = np.zeros_like(ids)
+    for i, row in enumerate(prompts):
+        ids[i, p - len(row) :], mask[i, p - len(row) :] = row, 1
+    with torch.no_grad():
+        out = model.generate(
+            torch.tensor(ids),
+            attention_mask=torch.tensor(mask),
+            do_sample=False,
+            max_new_tokens=t,
+            eos_token_id=eos,
+            pad_token_id=0,
+            use_cache=True,
+        )
+    new = out[:, p:].numpy()
+    return np.pad(new, ((0, 0), (0, t - new.shape[1])))  # HF stops when all rows stopped
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "llama"])
+def test_greedy_matches_transformers_generate(arch, tmp_path):
+    model = _hf_model(arch)
+    model.save_pretrained(tmp_path)
+    cfg, params = hf_io.load_hf(tmp_path)
+    t = 12
+    free = _hf_greedy(model, PROMPTS, t, None)
+    # An EOS id that row 0 emits mid-way, so at least one row stops early.
+    eos = int(free[0, 4])
+    out = sampler.generate(cfg, params, PROMPTS, max_new_tokens=t, temperature=0.0, eos_ids=[eos])
+    np.testing.assert_array_equal(out.tokens, _hf_greedy(model, PROMPTS, t, eos))
+    assert out.stopped[0] and out.lengths[0] == list(free[0]).index(eos) + 1
+    assert not out.stopped.all() and (out.lengths == t).any()
+
+
+def _forward_logp(cfg, params, prompts, out, num_samples, temperature):
+    """log_softmax(forward logits / temperature) [B, T, V] at each generated position."""
+    t = out.tokens.shape[1]
+    rows = [prompts[r // num_samples] + list(out.tokens[r]) for r in range(len(out.tokens))]
+    width = max(map(len, rows))
+    tokens = np.zeros((len(rows), width), np.int32)
+    seg = np.zeros_like(tokens)
+    pos = np.zeros_like(tokens)
+    for i, row in enumerate(rows):
+        pad = width - len(row)
+        tokens[i, pad:], seg[i, pad:], pos[i, pad:] = row, 1, np.arange(len(row))
+    logits = tf.forward(
+        cfg,
+        params,
+        jnp.asarray(tokens),
+        positions_BxT=jnp.asarray(pos),
+        segment_ids_BxT=jnp.asarray(seg),
+    )
+    logp = jax.nn.log_softmax(np.asarray(logits, np.float64) / temperature, axis=-1)
+    # The token at column width-t+j is predicted from position width-t+j-1.
+    return np.asarray(logp)[:, width - t - 1 : width - 1]
+
+
+def test_sampled_logprobs_match_forward_and_respect_filters(model):
+    cfg, params = model
+    g, t, temp, top_k, top_p = 3, 10, 0.7, 20, 0.6
+    out = sampler.generate(
+        cfg, params, PROMPTS, max_new_tokens=t, temperature=temp, top_k=top_k, top_p=top_p,
+        num_samples=g, seed=3,
+    )  # fmt: skip
+    assert out.tokens.shape == (len(PROMPTS) * g, t)
+    logp_BxTxV = _forward_logp(cfg, params, PROMPTS, out, g, temp)
+    chosen = np.take_along_axis(logp_BxTxV, out.tokens[..., None], axis=-1)[..., 0]
+    np.testing.assert_allclose(out.logprobs, chosen, atol=1e-5, rtol=0)
+    # Allowed set from the reference: top-k, then the smallest top-p prefix of the renormalised
+    # top-k law. Every emitted token must be in it.
+    sorted_desc = -np.sort(-logp_BxTxV, axis=-1)[..., :top_k]
+    probs = np.exp(sorted_desc - sorted_desc.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    kept = np.maximum(((np.cumsum(probs, -1) - probs) < top_p).sum(-1), 1)
+    threshold = np.take_along_axis(sorted_desc, kept[..., None] - 1, axis=-1)[..., 0]
+    assert np.all(chosen >= threshold - 1e-5)
+    assert np.mean(kept) < top_k - 2  # top-p really bites in this model
+    # Samples of one prompt are different draws, not copies.
+    assert len({tuple(r) for r in out.tokens}) == len(out.tokens)
+
+
+def _reference_allowed(logp_V, top_p, top_k):
+    order = np.argsort(-logp_V, kind="stable")
+    k = top_k or len(order)
+    probs = np.exp(logp_V[order[:k]])
+    probs /= probs.sum()
+    kept = max(int(((np.cumsum(probs) - probs) < top_p).sum()), 1)
+    return set(order[:kept].tolist()), probs[:kept] / probs[:kept].sum(), order[:kept]
+
+
+@pytest.mark.parametrize("top_p,top_k", [(0.7, 0), (1.0, 5), (0.9, 8)])
+def test_filters_never_emit_outside_the_allowed_set(top_p, top_k):
+    logits_V = np.random.RandomState(0).randn(64).astype(np.float32) * 2.0
+    b = 20000
+    sampling = sampler.SamplingConfig(temperature=1.0, top_p=top_p, top_k=top_k)
+    fn = jax.jit(lambda lg, k: sampler.sample_logits(lg, k, sampling))
+    tokens, _ = fn(jnp.broadcast_to(jnp.asarray(logits_V), (b, 64)), jax.random.key(0))
+    tokens = np.asarray(tokens)
+    logp_V = np.asarray(jax.nn.log_softmax(logits_V))
+    allowed, probs, order = _reference_allowed(logp_V, top_p, top_k)
+    assert set(tokens.tolist()) <= allowed
+    # And within the set, frequencies follow the renormalised probabilities.
+    freq = np.array([(tokens == i).mean() for i in order])
+    assert np.all(np.abs(freq - probs) <= 4 * np.sqrt(probs * (1 - probs) / b) + 1e-3)
+
+
+def test_eos_stopping_padding_and_determinism(model):
+    cfg, params = model
+    eos = tuple(range(0, V, 3))  # about a third of the vocabulary ends a row
+    kw = dict(max_new_tokens=16, num_samples=2, eos_ids=eos, pad_id=0)
+    out = sampler.generate(cfg, params, PROMPTS, seed=7, **kw)
+    again = sampler.generate(cfg, params, PROMPTS, seed=7, **kw)
+    other = sampler.generate(cfg, params, PROMPTS, seed=8, **kw)
+    np.testing.assert_array_equal(out.tokens, again.tokens)
+    np.testing.assert_array_equal(out.logprobs, again.logprobs)
+    assert not np.array_equal(out.tokens, other.tokens)
+    assert out.stopped.any() and (out.lengths < 16).any()
+    for row, n, stopped, lp in zip(out.tokens, out.lengths, out.stopped, out.logprobs):
+        assert stopped == (row[n - 1] in eos)
+        assert not any(tok in eos for tok in row[: n - 1])
+        assert np.all(row[n:] == 0) and np.all(lp[n:] == 0) and np.all(lp[:n] < 0)
+        assert stopped or n == 16
+
+
+def test_compilations_stay_bounded_across_prompt_lengths(model):
+    cfg, params = model
+    cfg = dataclasses.replace(cfg, max_seq_len=777)  # a fresh static key: counts start at zero
+    before = sampler._generate_jit._cache_size()
+    rs = np.random.RandomState(0)
+    for lengths in ([3, 9, 1, 16], [17, 2, 30, 5], [4, 4, 4, 4], [12, 1, 7, 15], [20, 31, 18, 2]):
+        prompts = [rs.randint(1, V, n).tolist() for n in lengths]
+        sampler.generate(cfg, params, prompts, max_new_tokens=4, seed=1)
+    assert sampler._generate_jit._cache_size() - before == 2  # buckets 16 and 32
+
+
+def test_padding_rows_and_padded_entry(model):
+    cfg, params = model
+    tokens_NxP, lens_N = sampler.pad_prompts(PROMPTS, 16, 6, pad_id=0)
+    out = sampler.generate_padded(
+        cfg, params, jnp.asarray(tokens_NxP), jnp.asarray(lens_N), jax.random.key(0),
+        max_new_tokens=5, num_samples=2, temperature=0.0,
+    )  # fmt: skip
+    ref = sampler.generate(cfg, params, PROMPTS, max_new_tokens=5, num_samples=2, temperature=0)
+    np.testing.assert_array_equal(np.asarray(out.tokens)[:8], ref.tokens)
+    assert np.all(np.asarray(out.lengths)[8:] == 0) and np.all(np.asarray(out.tokens)[8:] == 0)
+    # Greedy samples of one prompt are identical: the shared prefill is reused for both.
+    np.testing.assert_array_equal(ref.tokens[0::2], ref.tokens[1::2])
+
+
+def test_sharded_params_and_batch_match_single_device(model):
+    cfg, params = model
+    mesh = sharding_lib.make_mesh({"data": 4, "fsdp": 2, "tensor": 1})
+    shardings = sharding_lib.param_shardings(tf.logical_axes(cfg), mesh)
+    sharded = jax.device_put(params, shardings)
+    prompts = [[i + 1] * (1 + i % 5) for i in range(8)]
+    kw = dict(max_new_tokens=6, num_samples=2, temperature=0.9, eos_ids=(3,), seed=2)
+    out = sampler.generate(cfg, sharded, prompts, mesh=mesh, **kw)
+    ref = sampler.generate(cfg, params, prompts, **kw)
+    np.testing.assert_array_equal(out.tokens, ref.tokens)
+    np.testing.assert_allclose(out.logprobs, ref.logprobs, atol=1e-5)
