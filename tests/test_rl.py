@@ -86,7 +86,10 @@ def test_rl_config_mistakes_name_the_field(shared_data):
     with pytest.raises(configlib.ConfigError, match=r"config\.rl\.num_samples"):
         configlib.validate(_cfg("configs/grpo.py:tiny", rl__num_samples=1), num_devices=1)
     with pytest.raises(configlib.ConfigError, match=r"config\.rl\.prompts_per_step"):
-        configlib.validate(_cfg("configs/grpo.py:tiny", rl__prompts_per_step=3), num_devices=8)
+        bad = _cfg(
+            "configs/grpo.py:tiny", rl__prompts_per_step=3, rl__num_samples=3, mesh__num_devices=0
+        )
+        configlib.validate(bad, num_devices=8)
     with pytest.raises(configlib.ConfigError, match=r"config\.rl\.aggregation"):
         configlib.validate(_cfg("configs/grpo.py:tiny", rl__aggregation="mean"), num_devices=1)
 
