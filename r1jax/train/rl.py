@@ -264,7 +264,7 @@ class RLRun:
             batch["completion_mask_NxT"],
             gamma=rl.gamma,
             lam=rl.lam,
-            whiten=rl.whiten_advantages,
+            whiten=False,  # ppo_update whitens over the whole rollout (loss_cfg.whiten_advantages)
         )
         batch.update(old_values_NxT=values_NxT, returns_NxT=returns_NxT, advantages_NxT=adv_NxT)
         batch["kl_coef"] = jax.device_put(
