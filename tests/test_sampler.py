@@ -198,14 +198,17 @@ def test_compilations_stay_bounded_across_prompt_lengths(model):
 
 def test_padding_rows_and_padded_entry(model):
     cfg, params = model
-    tokens_NxP, lens_N = sampler.pad_prompts(PROMPTS, 16, 6, pad_id=0)
+    tokens_NxP, lens_N = sampler.pad_prompts(PROMPTS, 16, 6, pad_id=0)  # rows 4, 5: padding
     out = sampler.generate_padded(
         cfg, params, jnp.asarray(tokens_NxP), jnp.asarray(lens_N), jax.random.key(0),
         max_new_tokens=5, num_samples=2, temperature=0.0,
     )  # fmt: skip
-    ref = sampler.generate(cfg, params, PROMPTS, max_new_tokens=5, num_samples=2, temperature=0)
-    np.testing.assert_array_equal(np.asarray(out.tokens)[:8], ref.tokens)
+    # Same shapes, so the same program: padding rows must not change the real rows.
+    more = PROMPTS + [[1, 2], [3]]
+    ref = sampler.generate(cfg, params, more, max_new_tokens=5, num_samples=2, temperature=0)
+    np.testing.assert_array_equal(np.asarray(out.tokens)[:8], ref.tokens[:8])
     assert np.all(np.asarray(out.lengths)[8:] == 0) and np.all(np.asarray(out.tokens)[8:] == 0)
+    assert not np.asarray(out.stopped).any() and np.all(np.asarray(out.lengths)[:8] == 5)
     # Greedy samples of one prompt are identical: the shared prefill is reused for both.
     np.testing.assert_array_equal(ref.tokens[0::2], ref.tokens[1::2])
 

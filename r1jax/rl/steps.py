@@ -153,9 +153,14 @@ def _policy_terms(loss_cfg, logp_NxT, entropy_NxT, micro, adv_key, policy_den):
     """Clipped policy loss of a micro-batch / policy_den, and its metric sums."""
     use_ref = loss_cfg.kl_coef > 0  # zeros stand in for ref log-probs when the KL is off
     use_tis = loss_cfg.tis_cap is not None
+    # A batch without old log-probs is on-policy (one update per rollout): the old policy is the
+    # current one, so no separate forward pass is spent on it (as TRL with num_iterations=1).
+    old_logp_NxT = micro.get("old_logp_NxT")
+    if old_logp_NxT is None:
+        old_logp_NxT = jax.lax.stop_gradient(logp_NxT)
     num, _, sums = losses.policy_loss_terms(
         logp_NxT,
-        micro["old_logp_NxT"],
+        old_logp_NxT,
         micro[adv_key],
         micro["completion_mask_NxT"],
         clip_low=loss_cfg.clip_low,
@@ -173,6 +178,9 @@ def _policy_terms(loss_cfg, logp_NxT, entropy_NxT, micro, adv_key, policy_den):
         entropy_NxT=_sg_unless(entropy_NxT, loss_cfg.entropy_coef != 0),
         entropy_coef=loss_cfg.entropy_coef,
     )
+    if "sampler_logp_NxT" in micro:  # how far the sampler's numbers are from the trainer's
+        gap_NxT = jnp.abs(jax.lax.stop_gradient(logp_NxT) - micro["sampler_logp_NxT"])
+        sums["logp_gap_sampler_trainer"] = jnp.sum(gap_NxT * micro["completion_mask_NxT"])
     return num / jnp.maximum(policy_den, 1.0), sums
 
 
@@ -342,7 +350,7 @@ def _run_updates(
 def _rows(batch, loss_cfg, extra_keys):
     """The per-row arrays the loss reads; reference and sampler log-probs only when used."""
     keys = ["input_ids_NxL", "positions_NxL", "segment_ids_NxL", "completion_mask_NxT"]
-    keys += ["old_logp_NxT", *extra_keys]
+    keys += list(extra_keys)
     if loss_cfg.kl_coef > 0:
         keys.append("ref_logp_NxT")
     if loss_cfg.tis_cap is not None:
@@ -350,7 +358,18 @@ def _rows(batch, loss_cfg, extra_keys):
     missing = [k for k in keys if k not in batch]
     if missing:
         raise ValueError(f"RL batch lacks {missing}; it has {sorted(batch)}")
-    return {k: batch[k] for k in keys}
+    # Optional: without old log-probs the single update is on-policy; sampler log-probs feed
+    # the sampler-vs-trainer gap metric.
+    optional = [k for k in ("old_logp_NxT", "sampler_logp_NxT") if k in batch and k not in keys]
+    return {k: batch[k] for k in keys + optional}
+
+
+def _check_on_policy(rows, num_minibatches, epochs):
+    if "old_logp_NxT" not in rows and num_minibatches * epochs != 1:
+        raise ValueError(
+            f"{epochs} epochs x {num_minibatches} minibatches update the policy several times "
+            "per rollout: the batch needs old_logp_NxT (the sampling policy's log-probs)"
+        )
 
 
 def grpo_update(
@@ -370,6 +389,7 @@ def grpo_update(
     # (1)
     adv_key = "advantages_NxT" if "advantages_NxT" in batch else "advantages_N"
     rows = _rows(batch, loss_cfg, (adv_key,))
+    _check_on_policy(rows, num_minibatches, epochs)
     micro_loss = lambda p, mb, dens: _grpo_micro_loss(
         p, mb, dens, model_cfg=model_cfg, loss_cfg=loss_cfg, adv_key=adv_key
     )
@@ -410,6 +430,7 @@ def ppo_update(
     """
     _check_critic(state.params, critic)
     rows = _rows(batch, loss_cfg, ("advantages_NxT", "old_values_NxT", "returns_NxT"))  # (1)
+    _check_on_policy(rows, num_minibatches, epochs)
     if loss_cfg.whiten_advantages:
         rows["advantages_NxT"] = advantages.whiten(
             rows["advantages_NxT"], rows["completion_mask_NxT"]

@@ -159,6 +159,9 @@ class RLRun:
         )
         # Kept at float32 precision, as it is checkpointed, so a resumed run logs the same value.
         self.kl_coef = float(np.float32(cfg.rl.kl_coef))
+        # One update per rollout: the step uses its own log-probs as the old ones (PPO needs
+        # them before the update for the KL in the reward).
+        self.on_policy = cfg.rl.epochs * cfg.rl.num_minibatches == 1 and cfg.rl.algorithm == "grpo"
         self._restore()
         self.jitted = build_jitted(cfg, self.model_cfg, self.optimizer, self.shardings, self.mesh)
         self.pool = registry.RewardPool(
@@ -210,13 +213,10 @@ class RLRun:
         host, metrics, samples = self.maker.make()
         batch = sharding.put_batch(host, self.mesh)
         t0 = time.perf_counter()
-        batch["old_logp_NxT"] = self.jitted.logprobs(self.state.params["policy"], batch)
-        needs_ref = self.kl_coef > 0
-        batch["ref_logp_NxT"] = (
-            self.jitted.logprobs(self.ref, batch)
-            if needs_ref
-            else jnp.zeros_like(batch["old_logp_NxT"])
-        )
+        if not self.on_policy:  # several updates per rollout: freeze the sampling policy's numbers
+            batch["old_logp_NxT"] = self.jitted.logprobs(self.state.params["policy"], batch)
+        zeros = jnp.zeros_like(batch["sampler_logp_NxT"])
+        batch["ref_logp_NxT"] = self.jitted.logprobs(self.ref, batch) if self.kl_coef > 0 else zeros
         if rl.algorithm == "ppo":
             self._ppo_targets(batch, samples)
         jax.block_until_ready(batch["ref_logp_NxT"])
@@ -227,22 +227,21 @@ class RLRun:
         t["update_s"] = time.perf_counter() - t0
         metrics.update({k: float(np.asarray(v)) for k, v in update_metrics.items()})
         metrics.update(t)
-        metrics.update(self._gap_metrics(host, batch))
+        if rl.algorithm == "ppo":
+            metrics["kl_ref_k3"] = self._kl_to_ref(host, batch)
         if rl.ref_reset_every and int(self.state.step) % rl.ref_reset_every == 0:
             self.ref = jax.tree.map(jnp.copy, self.state.params["policy"])
         return metrics, samples
 
-    def _gap_metrics(self, host, batch) -> dict:
+    def _kl_to_ref(self, host, batch) -> float:
+        """Mean k3 KL(policy || reference) over completion tokens (drives the adaptive KL)."""
+        if self.kl_coef <= 0:
+            return 0.0
         mask = host["completion_mask_NxT"]
         old = np.asarray(jax.device_get(batch["old_logp_NxT"]))
-        gap = np.abs(old - host["sampler_logp_NxT"]) * mask
-        out = {"logp_gap_sampler_trainer": float(gap.sum() / max(mask.sum(), 1.0))}
-        if self.kl_coef > 0:
-            ref = np.asarray(jax.device_get(batch["ref_logp_NxT"]))
-            out["kl_ref_k3"] = float(
-                (np.exp(ref - old) - (ref - old) - 1).__mul__(mask).sum() / max(mask.sum(), 1.0)
-            )
-        return out
+        ref = np.asarray(jax.device_get(batch["ref_logp_NxT"]))
+        k3 = (np.exp(ref - old) - (ref - old) - 1.0) * mask
+        return float(k3.sum() / max(mask.sum(), 1.0))
 
     def _ppo_targets(self, batch, samples):
         """PPO: per-token rewards (task score at the last token, KL penalty) and GAE."""
@@ -321,7 +320,7 @@ def run(cfg, workdir) -> dict:
             metrics, samples = r.step_once()
             metrics["step_time_s"] = time.perf_counter() - t0
             metrics.update(_throughput(cfg, r.model_cfg, samples, metrics["step_time_s"], peak))
-            r.adapt_kl(metrics.get("kl_ref_k3", 0.0))
+            r.adapt_kl(metrics.get("kl_ref_k3", metrics.get("kl_ref", 0.0)))
             metrics["kl_coef"] = r.kl_coef
             if step % cfg.train.log_every == 0 or step == cfg.train.steps:
                 writer.write(step, metrics)
