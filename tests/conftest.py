@@ -10,6 +10,13 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import jax  # noqa: E402
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
+# Runs that rebuild the same programs (resume tests, repeated stages) compile them once.
+jax.config.update(
+    "jax_compilation_cache_dir",
+    os.environ.get("R1JAX_TEST_COMPILE_CACHE", f"/tmp/r1jax-test-xla-cache-{os.getuid()}"),
+)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 import pathlib  # noqa: E402
 
