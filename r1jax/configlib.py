@@ -78,7 +78,7 @@ def validate(cfg: ml_collections.ConfigDict, *, num_devices: int | None = None) 
     _require(cfg.train.steps > 0, "train.steps", "must be positive")
     _require(cfg.train.grad_accum >= 1, "train.grad_accum", "must be at least 1")
     _require(cfg.model.dtype in ("float32", "bfloat16"), "model.dtype", "float32 or bfloat16")
-    _require(cfg.optim.lr >= 0, "optim.lr", "must not be negative")
+    _require(cfg.optim.lr >= 0, "optim.lr", f"must be a non-negative number, got {cfg.optim.lr}")
     for name in ("log_every", "checkpoint_every"):
         _require(cfg.train[name] > 0, f"train.{name}", "must be positive")
     num_devices = jax.device_count() if num_devices is None else num_devices

@@ -7,6 +7,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from r1jax import configlib
+from r1jax.data import sources
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/<stage>.py:<variant>")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: config, metrics, checkpoints.")
@@ -31,7 +32,7 @@ def main(argv) -> None:
             raise configlib.ConfigError(
                 f"config.stage: unknown stage {cfg.stage!r}; expected one of {configlib.STAGES}"
             )
-    except configlib.ConfigError as e:
+    except (configlib.ConfigError, sources.DataError, FileNotFoundError) as e:
         sys.exit(f"r1jax: {e}")
 
 

@@ -83,3 +83,35 @@ def test_cli_unknown_override_and_missing_file(tmp_path):
     )
     assert out.returncode != 0
     assert "config.data.train" in out.stderr and "missing.jsonl" in out.stderr
+
+
+def test_malformed_row_names_file_and_line_or_is_skipped_and_counted(tmp_path):
+    from r1jax.data import sources
+    from r1jax.train import supervised
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(
+        '{"prompt": "a", "response": "b"}\n{"prompt": "c", \n{"prompt": "d", "response": "e"}\n'
+    )
+    cfg = _cfg(data__train=str(bad), data__format="jsonl", data__eval="")
+    with pytest.raises(sources.DataError, match=r"bad\.jsonl:2"):
+        supervised.load_records(cfg, str(bad))
+    cfg = _cfg(data__train=str(bad), data__format="jsonl", data__eval="", data__on_error="skip")
+    assert [r["prompt"] for r in supervised.load_records(cfg, str(bad))] == ["a", "d"]
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "r1jax.main",
+            "--config=configs/sft.py:tiny",
+            f"--workdir={tmp_path / 'run'}",
+            f"--config.data.train={bad}",
+            "--config.data.format=jsonl",
+            "--config.data.eval=",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+    )
+    assert out.returncode != 0 and "bad.jsonl:2" in out.stderr, out.stderr[-2000:]

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from r1jax import configlib
+from r1jax.rl import rollout
 from r1jax.train import metrics as metrics_lib
 from r1jax.train import rl
 
@@ -115,3 +116,23 @@ def test_rl_variants_load_and_give_loss_configs(spec):
     assert lcfg.aggregation == cfg.rl.aggregation
     rcfg = rl.rollout_config(cfg)
     assert rcfg.num_samples == cfg.rl.num_samples
+
+
+def test_non_finite_updates_in_a_row_stop_the_run_and_save_the_rollout(
+    tmp_path, shared_data, monkeypatch
+):
+    make = rollout.ExperienceMaker.make
+
+    def poisoned(self):
+        batch, metrics, samples = make(self)
+        batch["advantages_N"] = np.full_like(batch["advantages_N"], np.nan)
+        return batch, metrics, samples
+
+    monkeypatch.setattr(rollout.ExperienceMaker, "make", poisoned)
+    cfg = _cfg("configs/grpo.py:tiny", train__steps=5, train__max_bad_steps=2)
+    with pytest.raises(rl.trainer.BadStepsError, match="bad_batch_step2"):
+        rl.run(cfg, tmp_path)
+    saved = np.load(tmp_path / "bad_batch_step2.npz")
+    assert np.isnan(saved["advantages_N"]).all() and saved["input_ids_NxL"].shape[0] == 32
+    rows = _rows(tmp_path)
+    assert rows[0]["skipped_updates"] == 1.0

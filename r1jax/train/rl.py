@@ -211,6 +211,7 @@ class RLRun:
         rl, t = self.cfg.rl, {}
         self.step = int(self.state.step)
         host, metrics, samples = self.maker.make()
+        self.last_host_batch = host
         batch = sharding.put_batch(host, self.mesh)
         t0 = time.perf_counter()
         if not self.on_policy:  # several updates per rollout: freeze the sampling policy's numbers
@@ -314,12 +315,14 @@ def run(cfg, workdir) -> dict:
     writer = metrics_lib.MetricsWriter(
         workdir, total_steps=cfg.train.steps, start_step=start, tensorboard=cfg.metrics.tensorboard
     )
+    bad_in_row = 0
     try:
         for step in range(start + 1, cfg.train.steps + 1):
             t0 = time.perf_counter()
             metrics, samples = r.step_once()
             metrics["step_time_s"] = time.perf_counter() - t0
             metrics.update(_throughput(cfg, r.model_cfg, samples, metrics["step_time_s"], peak))
+            bad_in_row = _guard_bad_steps(r, metrics, step, bad_in_row)
             r.adapt_kl(metrics.get("kl_ref_k3", metrics.get("kl_ref", 0.0)))
             metrics["kl_coef"] = r.kl_coef
             if step % cfg.train.log_every == 0 or step == cfg.train.steps:
@@ -331,6 +334,21 @@ def run(cfg, workdir) -> dict:
         writer.close()
         r.close()
     return {"step": int(r.state.step), "model": r.model_cfg}
+
+
+def _guard_bad_steps(r: RLRun, metrics: dict, step: int, bad_in_row: int) -> int:
+    """Counts steps whose update was skipped as non-finite; stops the run after too many."""
+    if metrics.get("skipped_updates", 0.0) == 0:
+        return 0
+    bad_in_row += 1
+    if bad_in_row >= r.cfg.train.max_bad_steps:
+        path = r.workdir / f"bad_batch_step{step}.npz"
+        np.savez(path, **r.last_host_batch)
+        raise trainer.BadStepsError(
+            f"{bad_in_row} RL steps in a row with non-finite updates (last: step {step}); "
+            f"its rollout batch is saved in {path}"
+        )
+    return bad_in_row
 
 
 def _throughput(cfg, model_cfg, samples, step_time_s: float, peak: float) -> dict:

@@ -84,21 +84,31 @@ def eval_terms(params, batch, *, model_cfg):
 
 
 def load_records(cfg, path: str) -> list[dict]:
-    """Reads a data file in the configured format into prompt/response (or text) records."""
+    """Reads a data file in the configured format into prompt/response (or text) records.
+
+    A malformed row stops the run naming file:line, or with data.on_error="skip" is skipped,
+    counted in the log.
+    """
+    stats: dict = {}
+    on_error = cfg.data.on_error
     if cfg.data.format == "gsm8k":
-        records = sources.gsm8k_records(path, on_error=cfg.data.on_error)
+        records = sources.gsm8k_records(path, on_error=on_error, stats=stats)
     elif cfg.data.format == "math":
-        records = sources.math_records(path, on_error=cfg.data.on_error)
+        records = sources.math_records(path, on_error=on_error, stats=stats)
     elif path.endswith(".parquet"):
         records = sources.read_parquet(path)
     elif path.endswith(".json"):
         records = sources.read_json_list(path)
     else:
-        records = sources.read_jsonl(path, on_error=cfg.data.on_error)
+        records = sources.read_jsonl(path, on_error=on_error, stats=stats)
+    if stats.get("skipped"):
+        logging.warning(
+            "%s: skipped %d malformed rows (data.on_error='skip')", path, stats["skipped"]
+        )
     if cfg.data.max_records:
         records = records[: cfg.data.max_records]
     if not records:
-        raise ValueError(f"config.data: no records in {path}")
+        raise sources.DataError(f"config.data: no records in {path}")
     return records
 
 
