@@ -302,8 +302,9 @@ def forward(cfg, params, tokens_BxT, *, positions_BxT=None, segment_ids_BxT=None
 def init_cache(cfg: ModelConfig, batch: int, length: int) -> KVCache:
     """Zero KV cache with `length` slots per row."""
     shape = (cfg.n_layers, batch, length, cfg.n_kv_heads, cfg.head_dim)
-    zeros = jnp.zeros(shape, jnp.dtype(cfg.dtype))
-    return KVCache(k=zeros, v=zeros)
+    # Two buffers, not one shared: a cache may be donated, and a buffer can be donated once.
+    dtype = jnp.dtype(cfg.dtype)
+    return KVCache(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype))
 
 
 def forward_cached(cfg, params, tokens_BxT, positions_BxT, cache, *, cache_index, kv_mask_BxS):
