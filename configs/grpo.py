@@ -39,7 +39,7 @@ def tiny(c: ml_collections.ConfigDict) -> None:
     c.optim.lr = 3e-3
     c.optim.warmup_steps = 0
     c.optim.schedule = "constant"
-    c.train.steps = 40
+    c.train.steps = 60
     c.train.log_every = 1
     c.train.checkpoint_every = 20
     c.rl.log_samples_every = 10
