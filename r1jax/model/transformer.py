@@ -87,6 +87,12 @@ class RMSNorm(nn.Module):
         return scale.astype(x_BxTxD.dtype)[None, None] * x.astype(x_BxTxD.dtype)
 
 
+def _matmul(x_BxTxI, w_IxO):
+    """[B, T, I] @ [I, O] as one 2-D matmul: XLA:CPU runs the 3-D einsum about 2x slower."""
+    b, t, i = x_BxTxI.shape
+    return (x_BxTxI.reshape(b * t, i) @ w_IxO).reshape(b, t, w_IxO.shape[-1])
+
+
 class Attention(nn.Module):
     """Grouped-query attention with RoPE, optional qkv bias and an optional KV cache."""
 
@@ -102,7 +108,9 @@ class Attention(nn.Module):
             ("embed", head_axis, "head_dim"),
             normal,
         )
-        y_BxTxNxDh = jnp.einsum("btd,dne->btne", x_BxTxD, w.astype(dt))
+        b, t = x_BxTxD.shape[:2]
+        w_DxNDh = w.astype(dt).reshape(cfg.d_model, n * cfg.head_dim)
+        y_BxTxNxDh = _matmul(x_BxTxD, w_DxNDh).reshape(b, t, n, cfg.head_dim)
         if cfg.qkv_bias:
             b = _param(
                 self,
@@ -150,7 +158,8 @@ class Attention(nn.Module):
             ("heads", "head_dim", "embed"),
             nn.initializers.normal(_INIT_STD),
         )
-        return jnp.einsum("bthe,hed->btd", out_BxTxHxDh, w_o.astype(dt)), new_kv
+        w_HDhxD = w_o.astype(dt).reshape(cfg.n_heads * cfg.head_dim, cfg.d_model)
+        return _matmul(out_BxTxHxDh.reshape(b, t, -1), w_HDhxD), new_kv
 
 
 class MLP(nn.Module):
@@ -165,9 +174,9 @@ class MLP(nn.Module):
         gate = _param(self, "gate_kernel", (cfg.d_model, cfg.d_ff), ("embed", "mlp"), normal)
         up = _param(self, "up_kernel", (cfg.d_model, cfg.d_ff), ("embed", "mlp"), normal)
         down = _param(self, "down_kernel", (cfg.d_ff, cfg.d_model), ("mlp", "embed"), normal)
-        g_BxTxF = jnp.einsum("btd,df->btf", x_BxTxD, gate.astype(dt))
-        u_BxTxF = jnp.einsum("btd,df->btf", x_BxTxD, up.astype(dt))
-        return jnp.einsum("btf,fd->btd", jax.nn.silu(g_BxTxF) * u_BxTxF, down.astype(dt))
+        g_BxTxF = _matmul(x_BxTxD, gate.astype(dt))
+        u_BxTxF = _matmul(x_BxTxD, up.astype(dt))
+        return _matmul(jax.nn.silu(g_BxTxF) * u_BxTxF, down.astype(dt))
 
 
 class DecoderLayer(nn.Module):
