@@ -93,7 +93,6 @@ def build_jitted(cfg, model_cfg, optimizer, shardings, mesh) -> Jitted:
     """Jits the update step (state donated) and the log-prob / value functions."""
     lcfg = loss_config(cfg)
     batch_sh = sharding.batch_sharding(mesh)
-    repl = sharding.replicated(mesh)
     common = dict(
         model_cfg=model_cfg,
         optimizer=optimizer,
@@ -119,7 +118,6 @@ def build_jitted(cfg, model_cfg, optimizer, shardings, mesh) -> Jitted:
         in_shardings=(shardings.params["policy"], batch_sh),
         out_shardings=batch_sh,
     )
-    del repl
     return Jitted(update=update, logprobs=logprobs, values=values)
 
 
