@@ -229,11 +229,55 @@ PAIRS = [
     ("1" * 1_000_000, "1", False),
     ("x" * 1_000_000, "1", False),
     ("\\frac{" * 3000 + "1", "1", False),
+    # more: thousands separators, units and currency, letters, LaTeX forms, sets and intervals
+    ("1,000", "1000", True),
+    ("12,345,678", "12345678", True),
+    ("1,234.5", "1234.5", True),
+    ("1,000", "100", False),
+    ("$18", "18", True),
+    ("18 dollars", "18", True),
+    ("\\$18.00", "18", True),
+    ("18 cm", "18", True),
+    ("19 cm", "18", False),
+    ("50\\%", "50", True),
+    ("49%", "50", False),
+    ("(B)", "B", True),
+    ("B", "b", True),
+    ("C", "B", False),
+    ("\\text{(D)}", "D", True),
+    ("A", "D", False),
+    ("\\frac{1}{2}", "0.5", True),
+    ("\\dfrac{3}{4}", "\\frac34", True),
+    ("\\frac{2}{3}", "\\frac{3}{2}", False),
+    ("\\sqrt{8}", "2\\sqrt{2}", True),
+    ("\\sqrt{2}", "\\sqrt{3}", False),
+    ("2\\pi", "\\pi \\cdot 2", True),
+    ("\\pi", "3.14", False),
+    ("x^2+2x+1", "(x+1)^2", True),
+    ("x^2-1", "(x-1)(x+1)", True),
+    ("x^2+1", "(x+1)^2", False),
+    ("(1,2)", "(1, 2)", True),
+    ("(2,1)", "(1,2)", False),
+    ("[0,1)", "[0, 1)", True),
+    ("3\\sqrt{3}", "\\sqrt{27}", True),
+    ("10^3", "1000", True),
+    ("2^{10}", "1024", True),
+    ("2^{10}", "1000", False),
+    ("-\\frac{1}{2}", "-0.5", True),
+    ("\\frac{-1}{2}", "-\\frac12", True),
+    ("0.333", "\\frac13", False),
+    ("7", "seven", False),
+    ("\\infty", "\\infty", True),
+    ("\\{1,2,3\\}", "\\{3,2,1\\}", True),
+    ("5.0", "5", True),
+    ("5.01", "5", False),
+    ("1/4", "\\frac{1}{4}", True),
+    ("\\frac{1}{4}", "0.25", True),
 ]
 
 
 def test_pair_table_is_large():
-    assert len(PAIRS) >= 150
+    assert len(PAIRS) >= 200
     assert sum(not equal for _, _, equal in PAIRS) >= 50
 
 
