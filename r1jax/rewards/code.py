@@ -22,6 +22,7 @@ import tempfile
 import time
 
 _HARNESS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sandbox_harness.py")
+_BWRAP_HARNESS = "/r1jax/sandbox_harness.py"  # where bwrap mounts it inside the sandbox
 ISOLATION_MODES = ("bwrap", "unshare", "rlimits")
 STARTUP_MARGIN_S = 3.0  # interpreter start inside the sandbox, on a loaded 2-core machine
 WORKDIR_BYTES = 16 << 20
@@ -53,7 +54,7 @@ def _root_binds() -> list[str]:
         elif os.path.isdir(top):
             args += ["--ro-bind", top, top]
     made = set()
-    for prefix in sorted({sys.base_prefix, sys.prefix, os.path.dirname(_HARNESS)}):
+    for prefix in sorted({sys.base_prefix, sys.prefix}):
         if prefix.startswith("/usr/"):
             continue
         # bwrap would create the parents 0700 (root only), hiding Python from the program's uid.
@@ -75,6 +76,8 @@ def _sandbox_prefix(mode: str) -> list[str]:
         sandbox += _root_binds() + ["--proc", "/proc", "--dev", "/dev"]
         sandbox += ["--perms", "1777", "--size", str(WORKDIR_BYTES), "--tmpfs", "/tmp"]
         sandbox += ["--perms", "0777", "--size", str(WORKDIR_BYTES), "--tmpfs", "/sandbox"]
+        # The harness at a fixed path: a checkout under /tmp would be hidden by the tmpfs above.
+        sandbox += ["--perms", "0755", "--dir", "/r1jax", "--ro-bind", _HARNESS, _BWRAP_HARNESS]
         return sandbox + ["--chdir", "/sandbox", "--setenv", "PATH", "/usr/bin:/bin", "--"]
     if mode == "unshare":
         return ["unshare", "--net", "--pid", "--fork", "--kill-child", "--mount-proc"]
@@ -82,7 +85,8 @@ def _sandbox_prefix(mode: str) -> list[str]:
 
 
 def _command(mode: str, uid: int, limits: dict[str, int]) -> list[str]:
-    python = [sys.executable, "-I", "-S", _HARNESS, str(uid), json.dumps(limits)]
+    harness = _BWRAP_HARNESS if mode == "bwrap" else _HARNESS
+    python = [sys.executable, "-I", "-S", harness, str(uid), json.dumps(limits)]
     return _sandbox_prefix(mode) + python
 
 
