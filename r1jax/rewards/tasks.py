@@ -12,6 +12,7 @@ import operator
 import pathlib
 import re
 
+from r1jax.data import sources
 from r1jax.rewards import code
 from r1jax.rewards import math as math_reward
 
@@ -135,17 +136,13 @@ def _jsonl(path: pathlib.Path) -> list[dict]:
 
 
 def gsm8k_records(path) -> list[dict]:
-    """GSM8K jsonl rows as reward records (prompt, answer = final number, task)."""
-    rows = _jsonl(pathlib.Path(path))
-    return [
-        {"prompt": r["question"], "answer": gsm8k_gold(r["answer"]), "task": "gsm8k"} for r in rows
-    ]
+    """GSM8K jsonl rows as reward records (prompt, answer = final number, task); see sources."""
+    return sources.gsm8k_records(path)
 
 
 def math_records(path) -> list[dict]:
-    """MATH-style jsonl rows (problem, answer) as reward records."""
-    rows = _jsonl(pathlib.Path(path))
-    return [{"prompt": r["problem"], "answer": str(r["answer"]), "task": "math"} for r in rows]
+    """MATH-style jsonl rows (problem, answer) as reward records; see sources."""
+    return sources.math_records(path)
 
 
 def humaneval_records(path) -> list[dict]:
