@@ -44,7 +44,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.data = ml_collections.ConfigDict()
     c.data.train = ""  # training file (.jsonl, .json list, .parquet; .gz allowed)
     c.data.eval = ""  # held-out file for the eval loss ('' = none)
-    c.data.format = "jsonl"  # jsonl (prompt/response or text) | gsm8k | math
+    c.data.format = "jsonl"  # jsonl (prompt/response or text) | gsm8k | math | world (generated)
+    c.data.world_seed = 0  # data.format=world: the generator's seed (train/eval name a dataset)
     c.data.seq_len = 256  # tokens per packed row
     c.data.batch_size = 16  # global rows per optimizer step (all processes together)
     c.data.pack = True  # pack several examples per row (segment ids keep them apart)
@@ -124,6 +125,18 @@ def get_config() -> ml_collections.ConfigDict:
     c.rl.eval_every = 0  # held-out evaluation every N steps (0 = before and after only)
     c.rl.eval_prompts = 64  # held-out prompts per evaluation
     c.rl.log_samples_every = 10  # print an example completion every N steps
+
+    c.eval = ml_collections.ConfigDict()
+    c.eval.num_samples = 16  # n samples per problem for pass@1, pass@k and maj@k
+    c.eval.temperature = 0.6  # the R1 paper's evaluation temperature
+    c.eval.top_p = 0.95
+    c.eval.top_k = 0  # 0 = off
+    c.eval.max_new_tokens = 1024  # completion budget (truncated samples are counted)
+    c.eval.ks = (1, 2, 4, 8, 16)  # k values of the pass@k / maj@k curves (> num_samples dropped)
+    c.eval.greedy = True  # also one greedy sample per problem (pass@1_greedy)
+    c.eval.prompts_per_batch = 32  # prompts per sampler call (x num_samples rows)
+    c.eval.max_problems = 0  # evaluate only the first N problems of data.eval (0 = all)
+    c.eval.template = ""  # chat | r1_zero | world | none; '' = the run's own (else r1_zero)
 
     c.metrics = ml_collections.ConfigDict()
     c.metrics.peak_flops = 0.0  # per-device peak FLOP/s for MFU; 0 = measure a float32 matmul

@@ -2,6 +2,9 @@
 
 Run locally (2 CPU cores, minutes; GSM8K solutions stand in for a corpus):
   r1jax --config=configs/pretrain.py:tiny --workdir=runs/pretrain
+The base model of the built-in world (configs/r1_zero.py:tiny starts from it; about an hour on
+2 CPU cores, so the result ships in r1jax/assets/world_base):
+  r1jax --config=configs/pretrain.py:world --workdir=runs/world-base
 Continued pretraining of a real model (a corpus of {"text": ...} rows):
   r1jax --config=configs/pretrain.py:qwen2.5-0.5b --workdir=runs/pt \
       --config.model.init_from=/models/Qwen2.5-0.5B --config.data.train=/data/corpus.jsonl
@@ -13,7 +16,7 @@ from configs import base
 
 
 def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
-    """Variants: tiny (CPU, minutes), qwen2.5-0.5b (one GPU)."""
+    """Variants: tiny (CPU, minutes), world (the small world's base model), qwen2.5-0.5b."""
     c = base.get_config()
     c.stage = "pretrain"
     if arg == "tiny":
@@ -28,6 +31,8 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
         c.optim.lr = 1e-3
         c.train.steps = 200
         c.train.eval_every = 100
+    elif arg == "world":
+        world_base(c)
     elif arg == "qwen2.5-0.5b":
         c.model.preset = "qwen2.5-0.5b"
         c.model.init_from = "/models/Qwen2.5-0.5B"
@@ -42,5 +47,32 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
         c.train.checkpoint_every = 500
         c.train.eval_every = 500
     else:
-        raise ValueError(f"configs/pretrain.py: unknown variant {arg!r} (tiny, qwen2.5-0.5b)")
+        raise ValueError(
+            f"configs/pretrain.py: unknown variant {arg!r} (tiny, world, qwen2.5-0.5b)"
+        )
     return c
+
+
+def world_base(c: ml_collections.ConfigDict) -> None:
+    """A 0.86M-parameter decoder on the world corpus (30% worked solutions, 70% direct answers)."""
+    c.data.format = "world"  # r1jax.data.world generates the corpus in memory (seeded)
+    c.data.train = "corpus"
+    c.data.eval = ""
+    c.tokenizer.train_vocab_size = 512
+    c.data.seq_len = 128
+    c.data.batch_size = 64
+    c.model.preset = "tiny"
+    c.model.max_seq_len = 128
+    c.model.d_model = 128
+    c.model.n_layers = 4
+    c.model.n_heads = 4
+    c.model.n_kv_heads = 4
+    c.model.head_dim = 32
+    c.model.d_ff = 512
+    c.optim.lr = 1e-3
+    c.optim.warmup_steps = 50
+    c.train.steps = 1500
+    c.train.log_every = 50
+    c.train.eval_every = 0
+    c.train.checkpoint_every = 250
+    c.train.keep_checkpoints = 10

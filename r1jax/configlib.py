@@ -11,9 +11,9 @@ import ml_collections
 
 from r1jax.model import config as model_config
 
-STAGES = ("pretrain", "sft", "rl")
-DATA_FORMATS = ("jsonl", "gsm8k", "math")
-TEMPLATES = ("chat", "r1_zero", "none")
+STAGES = ("pretrain", "sft", "rl", "eval")
+DATA_FORMATS = ("jsonl", "gsm8k", "math", "world")
+TEMPLATES = ("chat", "r1_zero", "world", "none")
 
 
 class ConfigError(ValueError):
@@ -71,8 +71,23 @@ def validate(cfg: ml_collections.ConfigDict, *, num_devices: int | None = None) 
     _require(cfg.data.format in DATA_FORMATS, "data.format", f"expected one of {DATA_FORMATS}")
     _require(cfg.data.template in TEMPLATES, "data.template", f"expected one of {TEMPLATES}")
     _require(cfg.data.on_error in ("raise", "skip"), "data.on_error", "expected 'raise' or 'skip'")
-    _require(bool(cfg.data.train), "data.train", "a training file is required")
-    for field in ("data.train", "data.eval", "model.init_from", "tokenizer.path"):
+    if cfg.stage == "eval":
+        _require(bool(cfg.data.eval), "data.eval", "the eval stage needs a data file")
+    else:
+        _require(bool(cfg.data.train), "data.train", "a training file is required")
+    data_files = ("data.train", "data.eval")
+    if cfg.data.format == "world":  # generated in memory: the fields name datasets, not files
+        from r1jax.data import world
+
+        for field in data_files:
+            name = cfg.data[field.split(".")[1]]
+            _require(
+                not name or name in world.DATASETS,
+                field,
+                f"with data.format='world', one of {sorted(world.DATASETS)}; got {name!r}",
+            )
+        data_files = ()
+    for field in (*data_files, "model.init_from", "tokenizer.path"):
         _check_path(cfg, field)
     _require(cfg.data.seq_len > 0, "data.seq_len", "must be positive")
     _require(cfg.train.steps > 0, "train.steps", "must be positive")
@@ -88,7 +103,9 @@ def validate(cfg: ml_collections.ConfigDict, *, num_devices: int | None = None) 
         shape = sharding.mesh_shape(cfg.mesh.to_dict(), num_devices)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    if cfg.stage == "rl":
+    if cfg.stage == "eval":
+        _validate_eval(cfg)
+    if cfg.stage in ("rl", "eval"):
         return
     splits = shape[0] * shape[1]
     micro = cfg.data.batch_size // cfg.train.grad_accum
@@ -132,6 +149,8 @@ def save_resolved(cfg: ml_collections.ConfigDict, workdir, model_cfg=None) -> No
         out["model"] = dataclasses.asdict(model_cfg)
     path = pathlib.Path(workdir) / "config.json"
     path.parent.mkdir(parents=True, exist_ok=True)
+    if jax.process_index() != 0:  # one writer of the shared run directory
+        return
     path.write_text(json.dumps(out, indent=2, sort_keys=True, default=str) + "\n")
 
 
@@ -185,3 +204,18 @@ def _validate_rl(cfg, num_devices: int) -> None:
         "rl.prompts_per_step",
         f"not divisible by the {jax.process_count()} processes",
     )
+
+
+def _validate_eval(cfg) -> None:
+    """The eval stage: a model to load, sampling settings that make sense."""
+    e = cfg.eval
+    _require(bool(cfg.model.init_from), "model.init_from", "the eval stage needs a model to load")
+    _require(e.num_samples >= 1, "eval.num_samples", "must be at least 1")
+    _require(e.temperature > 0, "eval.temperature", "must be positive (eval.greedy adds greedy)")
+    _require(0 < e.top_p <= 1, "eval.top_p", "must be in (0, 1]")
+    _require(e.max_new_tokens > 0, "eval.max_new_tokens", "must be positive")
+    _require(e.prompts_per_batch > 0, "eval.prompts_per_batch", "must be positive")
+    _require(e.max_problems >= 0, "eval.max_problems", "must be >= 0 (0 = all)")
+    # ks above num_samples are dropped with a warning (so eval.num_samples alone can shrink a run)
+    _require(all(k >= 1 for k in e.ks), "eval.ks", f"every k must be >= 1, got {tuple(e.ks)}")
+    _require(e.template in TEMPLATES + ("",), "eval.template", f"'' or one of {TEMPLATES}")

@@ -6,17 +6,41 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from r1jax import configlib
+from r1jax import configlib, distributed
 from r1jax.data import sources
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/<stage>.py:<variant>")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: config, metrics, checkpoints.")
 flags.mark_flags_as_required(["config", "workdir"])
+# Multi-process runs (jax.distributed); each falls back to R1JAX_<FLAG NAME> in the environment.
+_DISTRIBUTED = flags.DEFINE_enum(
+    "distributed",
+    "auto",
+    list(distributed.MODES),
+    "auto: join a multi-process run when a coordinator is given or SLURM/MPI/a TPU pod is "
+    "detected; on: always call jax.distributed.initialize (JAX finds the coordinator); off",
+)
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", "", "host:port of process 0's coordinator service"
+)
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", 0, "processes in the run (0 = detect)")
+_PROCESS_ID = flags.DEFINE_integer("process_id", -1, "this process's index (-1 = detect)")
+_LOCAL_DEVICES = flags.DEFINE_string(
+    "local_device_ids", "", "comma-separated devices this process owns (e.g. one GPU each)"
+)
 
 
 def main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    # Before anything touches a JAX device.
+    distributed.initialize(
+        _COORDINATOR.value,
+        _NUM_PROCESSES.value,
+        _PROCESS_ID.value,
+        mode=_DISTRIBUTED.value,
+        local_device_ids=_LOCAL_DEVICES.value,
+    )
     cfg = _CONFIG.value
     logging.info("stage %s, workdir %s", cfg.stage, _WORKDIR.value)
     try:
@@ -28,6 +52,10 @@ def main(argv) -> None:
             from r1jax.train import rl
 
             rl.run(cfg, _WORKDIR.value)
+        elif cfg.stage == "eval":
+            from r1jax import evaluation
+
+            evaluation.run(cfg, _WORKDIR.value)
         else:
             raise configlib.ConfigError(
                 f"config.stage: unknown stage {cfg.stage!r}; expected one of {configlib.STAGES}"

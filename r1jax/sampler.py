@@ -78,23 +78,44 @@ def prompt_bucket(length: int) -> int:
 # Sampling from one step's logits.
 
 
+def _top_p_threshold(probs_BxV: jax.Array, top_p: float) -> jax.Array:
+    """The largest t with sum(p >= t) >= top_p per row: the smallest probability kept by top-p.
+
+    Bisection over float32 bit patterns (ordered like the values for p >= 0): 31 masked sums
+    over [B, V] instead of a full sort per decode step, which on CPU is 10-20x slower. In exact
+    arithmetic the kept set {p >= t} is HF's: the shortest descending prefix whose mass reaches
+    top_p, plus any ties of its last token.
+    """
+    as_float = lambda bits: jax.lax.bitcast_convert_type(bits, jnp.float32)
+    # Invariant: `lo` keeps enough mass (t = 0 keeps everything), `hi` does not (above the max).
+    hi_B = jax.lax.bitcast_convert_type(jnp.max(probs_BxV, axis=-1), jnp.int32) + 1
+    lo_B = jnp.zeros_like(hi_B)
+
+    def body(_, bounds):
+        lo_B, hi_B = bounds
+        mid_B = lo_B + (hi_B - lo_B) // 2
+        kept_B = jnp.sum(jnp.where(probs_BxV >= as_float(mid_B)[:, None], probs_BxV, 0.0), -1)
+        ok_B = kept_B >= top_p
+        return jnp.where(ok_B, mid_B, lo_B), jnp.where(ok_B, hi_B, mid_B)
+
+    lo_B, _ = jax.lax.fori_loop(0, 31, body, (lo_B, hi_B))
+    return as_float(lo_B)
+
+
 def _filter_mask(logp_BxV: jax.Array, top_p: float, top_k: int) -> jax.Array:
     """Allowed tokens after top-k then top-p (HF order); ties at the threshold are kept."""
     v = logp_BxV.shape[-1]
     k = v if top_k <= 0 else min(top_k, v)
-    if top_p >= 1.0 and k == v:
-        return jnp.ones(logp_BxV.shape, bool)
-    # lax.top_k with k = V is a full descending sort; only top-p needs more than k values.
-    sorted_BxK = jax.lax.top_k(logp_BxV, k)[0]
+    allowed_BxV = jnp.ones(logp_BxV.shape, bool)
+    if k < v:
+        kth_B = jax.lax.top_k(logp_BxV, k)[0][:, -1]
+        allowed_BxV = logp_BxV >= kth_B[:, None]
     if top_p < 1.0:
-        probs_BxK = jax.nn.softmax(sorted_BxK, axis=-1)  # renormalised over the top-k set
-        mass_before_BxK = jnp.cumsum(probs_BxK, axis=-1) - probs_BxK
-        # Keep the smallest prefix whose mass reaches top_p (the first token is always kept).
-        kept_B = jnp.maximum(jnp.sum(mass_before_BxK < top_p, axis=-1), 1)
-        threshold_B = jnp.take_along_axis(sorted_BxK, kept_B[:, None] - 1, axis=-1)[:, 0]
-    else:
-        threshold_B = sorted_BxK[:, -1]
-    return logp_BxV >= threshold_B[:, None]
+        # Renormalised over the top-k set, as HF's top-p sees it after its top-k warper.
+        probs_BxV = jnp.where(allowed_BxV, jnp.exp(logp_BxV), 0.0)
+        probs_BxV = probs_BxV / jnp.sum(probs_BxV, axis=-1, keepdims=True)
+        allowed_BxV = allowed_BxV & (probs_BxV >= _top_p_threshold(probs_BxV, top_p)[:, None])
+    return allowed_BxV
 
 
 def _inverse_cdf_sample(probs_BxV: jax.Array, key: jax.Array) -> jax.Array:
@@ -178,11 +199,10 @@ def _decode_layer(cfg, x_BxD, layer, k_BxKxSxDh, v_BxKxSxDh, rope, kv_mask_BxS):
     b, kh, g = x_BxD.shape[0], cfg.n_kv_heads, cfg.n_heads // cfg.n_kv_heads
     q_BxKxGxDh = q_BxHxDh.reshape(b, kh, g, cfg.head_dim) * jnp.asarray(cfg.head_dim**-0.5, dt)
     # The new token attends to the cached slots plus itself; the cache is only read here.
-    # A broadcast multiply-reduce, not a batched dot: XLA:CPU runs B*K tiny matmuls slowly.
-    scores_BxKxGxS = jnp.sum(
-        q_BxKxGxDh[:, :, :, None, :].astype(jnp.float32)
-        * k_BxKxSxDh[:, :, None, :, :].astype(jnp.float32),
-        axis=-1,
+    # Batched dots over (B, K): on XLA:CPU a broadcast multiply-reduce is as fast for small
+    # batches but 20-35x slower once B*K*S*Dh passes ~1M elements (B=128, K=4, S=127).
+    scores_BxKxGxS = jnp.einsum(
+        "bkge,bkse->bkgs", q_BxKxGxDh, k_BxKxSxDh.astype(dt), preferred_element_type=jnp.float32
     )
     scores_BxKxGxS = jnp.where(
         kv_mask_BxS[:, None, None, :], scores_BxKxGxS, jnp.finfo(jnp.float32).min
@@ -192,7 +212,7 @@ def _decode_layer(cfg, x_BxD, layer, k_BxKxSxDh, v_BxKxSxDh, rope, kv_mask_BxS):
     )[..., None]
     probs = jax.nn.softmax(jnp.concatenate([scores_BxKxGxS, self_BxKxGx1], axis=-1), axis=-1)
     probs = probs.astype(dt)
-    out_BxKxGxDh = jnp.sum(probs[..., :-1, None] * v_BxKxSxDh[:, :, None].astype(dt), axis=3)
+    out_BxKxGxDh = jnp.einsum("bkgs,bkse->bkge", probs[..., :-1], v_BxKxSxDh.astype(dt))
     out_BxKxGxDh = out_BxKxGxDh + probs[..., -1:] * v_BxKxDh[:, :, None, :]
     out_BxHxDh = out_BxKxGxDh.reshape(b, cfg.n_heads, cfg.head_dim)
     x_BxD = x_BxD + jnp.einsum("bhe,hed->bd", out_BxHxDh, attn["o_kernel"].astype(dt))
@@ -266,7 +286,35 @@ def _record(state: DecodeState, token_B, logp_B, sampling: SamplingConfig) -> De
 # Prefill and decode.
 
 
-def prefill(cfg, params, prompt_NxP, prompt_lens_N, key, *, max_new_tokens, num_samples, sampling):
+def _constrain(state: DecodeState, layout) -> DecodeState:
+    """Pins the decode state's layout on a mesh: rows split over the batch axes, the cache's kv
+    heads over the tensor axis (layout = (mesh, rules); None leaves it to the compiler)."""
+    if layout is None:
+        return state
+    mesh, rules = layout
+    rows = sharding_lib.batch_sharding(mesh)
+    cache = sharding_lib.cache_sharding(mesh, rules, layout="decode")
+    pin = jax.lax.with_sharding_constraint
+    per_row = ("prompt_lens_B", "last_token_B", "tokens_BxT", "logprobs_BxT", "lengths_B")
+    changes = {name: pin(getattr(state, name), rows) for name in per_row}
+    changes.update(done_B=pin(state.done_B, rows), stopped_B=pin(state.stopped_B, rows))
+    changes.update(k_LxBxKxSxDh=pin(state.k_LxBxKxSxDh, cache))
+    changes.update(v_LxBxKxSxDh=pin(state.v_LxBxKxSxDh, cache))
+    return state.replace(**changes)
+
+
+def prefill(
+    cfg,
+    params,
+    prompt_NxP,
+    prompt_lens_N,
+    key,
+    *,
+    max_new_tokens,
+    num_samples,
+    sampling,
+    layout=None,
+):
     """Prefills each prompt once, repeats its cache G times and samples token 0 of every row."""
     n, p = prompt_NxP.shape
     g, t = num_samples, max_new_tokens
@@ -276,6 +324,9 @@ def prefill(cfg, params, prompt_NxP, prompt_lens_N, key, *, max_new_tokens, num_
         jnp.arange(p, dtype=jnp.int32)[None, :] - (p - prompt_lens_N)[:, None], 0
     )
     cache = transformer.init_cache(cfg, n, s)
+    if layout is not None:
+        cache_sh = sharding_lib.cache_sharding(*layout, layout="model")
+        cache = jax.tree.map(lambda c: jax.lax.with_sharding_constraint(c, cache_sh), cache)
     logits_NxV, cache = _last_logits(
         cfg, params, prompt_NxP, positions_NxP, cache, jnp.int32(0), _kv_mask(prompt_lens_N, p, s)
     )
@@ -298,10 +349,10 @@ def prefill(cfg, params, prompt_NxP, prompt_lens_N, key, *, max_new_tokens, num_
         stopped_B=jnp.zeros((b,), bool),
     )
     token_B, logp_B = sample_logits(logits_BxV, jax.random.fold_in(key, 0), sampling)
-    return _record(state, token_B, logp_B, sampling)
+    return _constrain(_record(state, token_B, logp_B, sampling), layout)
 
 
-def decode(cfg, params, state: DecodeState, *, prompt_len, sampling) -> SampleOutput:
+def decode(cfg, params, state: DecodeState, *, prompt_len, sampling, layout=None) -> SampleOutput:
     """Runs the while_loop until every row has stopped or T tokens are sampled."""
     t = state.tokens_BxT.shape[1]
     s = state.k_LxBxKxSxDh.shape[3]
@@ -327,7 +378,7 @@ def decode(cfg, params, state: DecodeState, *, prompt_len, sampling) -> SampleOu
         )
         token_B, logp_B = sample_logits(logits_BxV, jax.random.fold_in(st.key, st.step), sampling)
         st = st.replace(k_LxBxKxSxDh=k, v_LxBxKxSxDh=v)
-        return _record(st, token_B, logp_B, sampling)
+        return _constrain(_record(st, token_B, logp_B, sampling), layout)
 
     state = jax.lax.while_loop(cond, body, state)
     return SampleOutput(
@@ -339,7 +390,7 @@ def decode(cfg, params, state: DecodeState, *, prompt_len, sampling) -> SampleOu
 
 
 def _generate(
-    cfg, params, prompt_NxP, prompt_lens_N, key, *, max_new_tokens, num_samples, sampling
+    cfg, params, prompt_NxP, prompt_lens_N, key, *, max_new_tokens, num_samples, sampling, layout
 ):
     # One program: the cache is born and dies inside it (no host round trip, nothing to donate;
     # XLA updates the while_loop carry in place).
@@ -352,12 +403,15 @@ def _generate(
         max_new_tokens=max_new_tokens,
         num_samples=num_samples,
         sampling=sampling,
+        layout=layout,
     )
-    return decode(cfg, params, state, prompt_len=prompt_NxP.shape[1], sampling=sampling)
+    return decode(
+        cfg, params, state, prompt_len=prompt_NxP.shape[1], sampling=sampling, layout=layout
+    )
 
 
 _generate_jit = jax.jit(
-    _generate, static_argnames=("cfg", "max_new_tokens", "num_samples", "sampling")
+    _generate, static_argnames=("cfg", "max_new_tokens", "num_samples", "sampling", "layout")
 )
 
 
@@ -375,8 +429,14 @@ def generate_padded(
     num_samples: int = 1,
     eos_ids: tuple[int, ...] = (),
     pad_id: int = 0,
+    mesh=None,
+    rules=None,
 ) -> SampleOutput:
-    """Samples G continuations of left-padded prompts; rows n*G..n*G+G-1 belong to prompt n."""
+    """Samples G continuations of left-padded prompts; rows n*G..n*G+G-1 belong to prompt n.
+
+    With a mesh, rows and the KV cache are pinned to it (rows over the batch axes, kv heads by
+    `rules`); the prompts should then be placed on it already (`sharding.put_batch`).
+    """
     if prompt_tokens_NxP.ndim != 2 or prompt_lens_N.shape != prompt_tokens_NxP.shape[:1]:
         raise ValueError(
             f"prompt_tokens_NxP {prompt_tokens_NxP.shape} and prompt_lens_N "
@@ -396,7 +456,40 @@ def generate_padded(
         max_new_tokens=int(max_new_tokens),
         num_samples=int(num_samples),
         sampling=sampling,
+        layout=None if mesh is None else (mesh, tuple(rules or sharding_lib.DEFAULT_RULES)),
     )
+
+
+def generate_local(
+    cfg: config_lib.ModelConfig,
+    params,
+    prompt_tokens_NxP: np.ndarray,
+    prompt_lens_N: np.ndarray,
+    key: jax.Array,
+    *,
+    mesh,
+    rules=None,
+    **kw,
+) -> dict:
+    """Samples for this process's prompts on the whole mesh; returns this process's rows (numpy).
+
+    Every process calls it at once with its own N prompts (the same N and P everywhere): they
+    form one global batch in process order, sampled by one sharded program, so the draws equal a
+    single process's on the concatenated prompts. Prompts are padded with empty rows to a
+    multiple of this process's share of the batch axes; those rows are dropped again.
+    """
+    n = prompt_tokens_NxP.shape[0]
+    share = max(1, sharding_lib.batch_divisor(mesh) // jax.process_count())
+    rows = -(-n // share) * share
+    tokens_NxP = np.zeros((rows, prompt_tokens_NxP.shape[1]), np.int32)
+    tokens_NxP[:n] = prompt_tokens_NxP
+    tokens_NxP[n:] = kw.get("pad_id", 0)
+    lens_N = np.zeros((rows,), np.int32)
+    lens_N[:n] = prompt_lens_N
+    tokens_NxP, lens_N = sharding_lib.put_batch((tokens_NxP, lens_N), mesh)
+    out = generate_padded(cfg, params, tokens_NxP, lens_N, key, mesh=mesh, rules=rules, **kw)
+    keep = n * kw.get("num_samples", 1)
+    return {name: sharding_lib.local_rows(x)[:keep] for name, x in vars(out).items()}
 
 
 def pad_prompts(prompts, bucket: int, rows: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
@@ -450,6 +543,7 @@ def generate(
         num_samples=num_samples,
         eos_ids=tuple(eos_ids),
         pad_id=pad_id,
+        mesh=mesh,
     )
     keep = n * num_samples
     return jax.tree.map(lambda x: np.asarray(x)[:keep], out)

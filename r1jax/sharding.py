@@ -1,11 +1,15 @@
 """Device meshes, logical-axis rules and shardings for params, batches and caches."""
 
+import contextlib
+import functools
 import math
+import threading
 from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
 import numpy as np
+from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -54,12 +58,43 @@ def mesh_shape(sizes: dict, num_devices: int) -> tuple[int, ...]:
 
 
 def make_mesh(sizes: dict, devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """Builds a ('data', 'fsdp', 'tensor') mesh from config sizes (num_devices: first N only)."""
+    """Builds a ('data', 'fsdp', 'tensor') mesh from config sizes (num_devices: first N only).
+
+    Devices are laid out by the interconnect's topology (`mesh_utils.create_device_mesh`: TPU
+    torus, GPU ids), unless that would give a process rows of the batch that are not one
+    contiguous block; then in process order, as `put_batch` needs.
+    """
     devices = list(jax.devices() if devices is None else devices)
     if sizes.get("num_devices"):
         devices = devices[: int(sizes["num_devices"])]
     shape = mesh_shape(sizes, len(devices))
-    return Mesh(np.asarray(devices).reshape(shape), MESH_AXES)
+    try:
+        grid = mesh_utils.create_device_mesh(shape, devices, allow_split_physical_axes=True)
+    except (ValueError, NotImplementedError, AssertionError):
+        grid = np.asarray(devices).reshape(shape)
+    mesh = Mesh(grid, MESH_AXES)
+    if _process_batch_blocks(mesh) is None:
+        order = sorted(devices, key=lambda d: (d.process_index, d.id))
+        mesh = Mesh(np.asarray(order).reshape(shape), MESH_AXES)
+    return mesh
+
+
+@functools.lru_cache(maxsize=64)
+def _process_batch_blocks(mesh: Mesh) -> dict[int, tuple[int, int]] | None:
+    """{process: (first, end)} of the batch-axis shards each process holds, or None when a
+    process's shards are not one contiguous block (in units of batch_divisor(mesh))."""
+    n = batch_divisor(mesh)
+    rows: dict[int, set[int]] = {}
+    for device, index in batch_sharding(mesh).devices_indices_map((n,)).items():
+        start = index[0].start or 0
+        rows.setdefault(device.process_index, set()).add(start)
+    blocks = {}
+    for process, starts in rows.items():
+        first, end = min(starts), max(starts) + 1
+        if len(starts) != end - first:
+            return None
+        blocks[process] = (first, end)
+    return blocks
 
 
 def rules_from_config(rules) -> tuple:
@@ -92,11 +127,106 @@ def batch_divisor(mesh: Mesh) -> int:
     return mesh.shape["data"] * mesh.shape["fsdp"]
 
 
-def put_batch(batch: dict, mesh: Mesh) -> dict:
-    """Places a host batch (numpy, this process's rows) onto the mesh, split over the batch axis."""
+def check_process_split(mesh: Mesh) -> None:
+    """Fails unless every process holds one equal, contiguous block of the batch axis."""
+    if jax.process_count() == 1:
+        return
+    blocks = _process_batch_blocks(mesh)
+    sizes = {end - first for first, end in (blocks or {}).values()}
+    if blocks is None or len(blocks) != jax.process_count() or len(sizes) != 1:
+        raise ValueError(
+            f"config.mesh: the batch axes (data x fsdp = {batch_divisor(mesh)}) must split "
+            f"evenly over the {jax.process_count()} processes, each holding a contiguous block "
+            f"(mesh {dict(mesh.shape)}); raise data or fsdp, lower tensor"
+        )
+
+
+def put_batch(batch, mesh: Mesh):
+    """Places a host batch (numpy, this process's rows) onto the mesh, split over the batch axis.
+
+    In a multi-process run every process passes its own rows; together they form the global
+    batch in process order (process 0's rows first).
+    """
     sharding = batch_sharding(mesh)
     if jax.process_count() == 1:
         return jax.device_put(batch, sharding)
-    return jax.tree.map(
-        lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), batch
-    )
+    check_process_split(mesh)
+
+    def put(x):
+        x = np.asarray(x)
+        global_shape = (x.shape[0] * jax.process_count(), *x.shape[1:])
+        return jax.make_array_from_process_local_data(sharding, x, global_shape)
+
+    return jax.tree.map(put, batch)
+
+
+def local_rows(x: jax.Array) -> np.ndarray:
+    """This process's rows of a batch-sharded array as numpy (all rows in a single process)."""
+    if x.is_fully_addressable:
+        return np.asarray(x)
+    pieces: dict[int, jax.Array] = {}
+    for shard in x.addressable_shards:
+        if any(
+            s != slice(None) and s.indices(n) != (0, n, 1)
+            for s, n in zip(shard.index[1:], x.shape[1:])
+        ):
+            raise ValueError(f"local_rows: {x.sharding} splits more than the batch axis")
+        pieces.setdefault(shard.index[0].start or 0, shard.data)  # replicas hold the same rows
+    return np.concatenate([np.asarray(pieces[start]) for start in sorted(pieces)])
+
+
+def cache_sharding(mesh: Mesh, rules=DEFAULT_RULES, *, layout: str = "decode") -> NamedSharding:
+    """Where a KV cache lives: rows split like the batch, kv heads like the attention weights.
+
+    layout "decode" is the sampler's [L, B, K, S, Dh]; "model" is transformer.KVCache's
+    [L, B, S, K, Dh].
+    """
+    names = {
+        "decode": ("layers", "batch", "kv_heads", None, "head_dim"),
+        "model": ("layers", "batch", None, "kv_heads", "head_dim"),
+    }[layout]
+    return nn.logical_to_mesh_sharding(PartitionSpec(*names), mesh, list(rules))
+
+
+def bytes_per_device(tree) -> dict[jax.Device, int]:
+    """Bytes of `tree`'s arrays held by each addressable device (from the arrays' shards)."""
+    out: dict[jax.Device, int] = {}
+    for leaf in jax.tree.leaves(tree):
+        for shard in leaf.addressable_shards:
+            out[shard.device] = out.get(shard.device, 0) + shard.data.nbytes
+    return out
+
+
+# (mesh, rules) while a sharded step is traced; `constrain` reads it.
+_ACTIVATIONS = threading.local()
+
+
+@contextlib.contextmanager
+def activation_layout(mesh: Mesh, rules=DEFAULT_RULES):
+    """While tracing inside it, `constrain` pins activations to `mesh` by `rules`.
+
+    The jitted steps trace their model code inside it (trainer.jit_step), so activations keep
+    their rows split over the batch axes and weights are gathered to them (FSDP), instead of
+    the partitioner splitting activations like the weights and reducing partial sums.
+    """
+    previous = getattr(_ACTIVATIONS, "layout", None)
+    _ACTIVATIONS.layout = (mesh, tuple(rules))
+    try:
+        yield
+    finally:
+        _ACTIVATIONS.layout = previous
+
+
+def constrain(x: jax.Array, names: tuple) -> jax.Array:
+    """Pins activation `x` by logical axis names (None: replicated) inside `activation_layout`.
+
+    A no-op elsewhere (one device, eager code). Names the rules do not list leave that
+    dimension to the compiler.
+    """
+    layout = getattr(_ACTIVATIONS, "layout", None)
+    if layout is None:
+        return x
+    mesh, rules = layout
+    table = dict(reversed(rules))  # the first rule for a name wins, as in flax
+    spec = [None if n is None else table.get(n, PartitionSpec.UNCONSTRAINED) for n in names]
+    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, PartitionSpec(*spec)))

@@ -243,7 +243,15 @@ R1_ZERO_TEMPLATE = (
     "process here </think> <answer> answer here </answer>. User: {prompt}. Assistant:"
 )
 
-TEMPLATES = ("chat", "r1_zero", "none")
+# The same structure (User/Assistant, think then answer tags) in 20 words for the built-in small
+# world (r1jax.data.world): the paper's wording is ~190 tokens of a 512-piece vocabulary, more
+# than the 128-token context a tiny CPU model affords.
+WORLD_TEMPLATE = (
+    "A conversation between User and Assistant. The Assistant thinks in <think> </think> and "
+    "answers in <answer> </answer>. User: {prompt} Assistant:"
+)
+
+TEMPLATES = ("chat", "r1_zero", "world", "none")
 
 
 def r1_zero_prompt(question: str) -> str:
@@ -263,6 +271,8 @@ def apply_template(template: str, question: str, *, system: str | None = None) -
         return chat_prompt(question, system=system)
     if template == "r1_zero":
         return r1_zero_prompt(question)
+    if template == "world":
+        return WORLD_TEMPLATE.format(prompt=question.strip())
     if template == "none":
         return question
     raise ValueError(f"unknown template {template!r}; expected one of {TEMPLATES}")

@@ -15,6 +15,10 @@ VARIANTS = [
     "configs/sft.py:qwen2.5-7b-tpu",
     "configs/pretrain.py:tiny",
     "configs/pretrain.py:qwen2.5-0.5b",
+    "configs/eval.py:gsm8k",
+    "configs/eval.py:math500",
+    "configs/eval.py:aime24",
+    "configs/eval.py:world",
 ]
 
 

@@ -65,8 +65,22 @@ def test_math_and_world_graders(shared_data):
     assert tasks.accuracy("<answer>not a number</answer>", records[0]) == 0.0
     world = {"task": "world", "answer": "17"}
     assert tasks.accuracy("<think>x</think><answer>17</answer>", world) == 1.0
-    assert tasks.accuracy("<think>x</think><answer>017</answer>", world) == 1.0
+    assert tasks.accuracy("<think>x</think><answer>017</answer>", world) == 0.0  # exact, as grade
     assert tasks.accuracy("<think>x</think><answer>18</answer>", world) == 0.0
+    assert tasks.accuracy("<answer>1</answer>", {"task": "world", "kind": "chain", "answer": "1"})
+
+
+def test_world_countdown_accepts_any_valid_expression():
+    record = {"task": "world", "kind": "countdown", "numbers": [3, 2, 4], "target": 20}
+    record["answer"] = "4*(2+3)"
+    for answer, expected in [
+        ("4*(2+3)", 1.0),
+        ("(3+2)*4", 1.0),  # not the stored answer, still right
+        ("(3+2)*4+0", 0.0),  # 0 is not one of the numbers
+        ("5*4", 0.0),  # numbers not used as given
+        ("4*2+3", 0.0),  # wrong value
+    ]:
+        assert tasks.accuracy(f"<think>t</think> <answer>{answer}</answer>", record) == expected
     assert tasks.accuracy("<answer>17</answer>", {"answer": "17"}) == 1.0  # default task is math
 
 

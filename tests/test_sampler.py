@@ -143,12 +143,31 @@ def test_sampled_logprobs_match_forward_and_respect_filters(model):
 
 
 def _reference_allowed(logp_V, top_p, top_k):
+    """HF's warpers: top-k keeps every token tied with the k-th; top-p keeps the shortest
+    descending prefix of the renormalised law whose mass reaches top_p (plus ties of its last)."""
     order = np.argsort(-logp_V, kind="stable")
-    k = top_k or len(order)
-    probs = np.exp(logp_V[order[:k]])
+    if top_k:
+        order = order[logp_V[order] >= logp_V[order[top_k - 1]]]
+    probs = np.exp(logp_V[order])
     probs /= probs.sum()
     kept = max(int(((np.cumsum(probs) - probs) < top_p).sum()), 1)
+    kept = int(np.sum(logp_V[order] >= logp_V[order[kept - 1]]))
     return set(order[:kept].tolist()), probs[:kept] / probs[:kept].sum(), order[:kept]
+
+
+@pytest.mark.parametrize("top_p,top_k", [(0.95, 0), (0.5, 0), (0.01, 0), (0.8, 7), (1.0, 3)])
+def test_filter_mask_equals_the_sorted_prefix(top_p, top_k):
+    # Peaked, flat and tied rows: the bisected threshold keeps the sort-based prefix (plus ties).
+    rng = np.random.RandomState(1)
+    logits = rng.randn(300, 96).astype(np.float32) * rng.choice([0.1, 1.0, 4.0], (300, 1))
+    logits[:50, :10] = logits[:50, :1]  # ten-way ties at the top
+    logits[50:100] = np.round(logits[50:100])  # many ties everywhere
+    logp = np.asarray(jax.nn.log_softmax(jnp.asarray(logits), axis=-1))
+    mask = np.asarray(jax.jit(lambda x: sampler._filter_mask(x, top_p, top_k))(logp))
+    for row, m in zip(logp, mask):
+        _, _, order = _reference_allowed(row, top_p, top_k)
+        expected = row >= row[order].min()  # the prefix and its ties
+        assert np.array_equal(m, expected)
 
 
 @pytest.mark.parametrize("top_p,top_k", [(0.7, 0), (1.0, 5), (0.9, 8)])

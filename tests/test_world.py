@@ -222,3 +222,21 @@ def test_config_validation():
         world.WorldConfig(chain_modulus=10)
     with pytest.raises(ValueError, match="language"):
         world.make_problem(random.Random(0), CFG, task="chain", language="fr")
+
+
+def test_cli_files_equal_the_in_memory_datasets(tmp_path):
+    """`python -m r1jax.data.world DIR` writes exactly what data.format=world generates."""
+    world.main([str(tmp_path), "--corpus", "30", "--prompts", "20", "--test", "10", "--pairs", "5"])
+    files = {"corpus": 30, "rl_train": 20, "rl_test": 10, "preference": 5}
+    names = {"corpus": "corpus", "rl_train": "train", "rl_test": "test", "preference": "preference"}
+    for file, n in files.items():
+        rows = [json.loads(x) for x in (tmp_path / f"{file}.jsonl").read_text().splitlines()]
+        assert rows == world.dataset(names[file], n=n)
+    with pytest.raises(ValueError, match="unknown world dataset"):
+        world.dataset("validation")
+
+
+def test_world_template_is_a_text_template():
+    prompt = text.apply_template("world", "Work mod 7. Start with 1, then plus 2. Result?")
+    assert prompt == world.format_prompt("Work mod 7. Start with 1, then plus 2. Result?", CFG)
+    assert prompt.endswith("Result? Assistant:")

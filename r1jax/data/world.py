@@ -29,13 +29,8 @@ KINDS = ("chain", "countdown")
 LANGUAGES = ("en", "zh")
 DIRECT_FORMATS = ("answer_only", "empty_think")
 
-# The R1-Zero structure (a User/Assistant conversation, think then answer tags) in 20 words,
-# 28 tokens: the paper's wording takes ~190 tokens of a corpus-trained 512-piece vocabulary, more
-# than the 128-token context a tiny CPU model can afford.
-TEMPLATE = (
-    "A conversation between User and Assistant. The Assistant thinks in <think> </think> and "
-    "answers in <answer> </answer>. User: {prompt} Assistant:"
-)
+# The R1-Zero structure in 20 words (text.WORLD_TEMPLATE, template name "world").
+TEMPLATE = text.WORLD_TEMPLATE
 TEMPLATES = {"short": TEMPLATE, "r1_zero": text.R1_ZERO_TEMPLATE}
 
 # Forcing prefixes that measure accuracy when reasoning vs answering directly (notes: do this
@@ -568,6 +563,23 @@ def write_corpus(path, cfg: WorldConfig | None = None, n: int = 50_000, *, seed:
     return write_jsonl(path, pretrain_corpus(cfg or WorldConfig(), n, seed=seed))
 
 
+# name -> (generator, default rows, stream seed); the CLI below writes the same rows to files.
+DATASETS = {
+    "corpus": (lambda cfg, n, seed: pretrain_corpus(cfg, n, seed=seed), 50_000, 0),
+    "train": (lambda cfg, n, seed: rl_prompts(cfg, n, seed=seed, split="train"), 2_000, 1),
+    "test": (lambda cfg, n, seed: rl_prompts(cfg, n, seed=seed, split="test"), 500, 2),
+    "preference": (lambda cfg, n, seed: preference_pairs(cfg, n, seed=seed), 2_000, 3),
+}
+
+
+def dataset(name: str, *, seed: int = 0, n: int = 0) -> list[dict]:
+    """One of DATASETS generated in memory (n = 0: its default size), as data.format=world reads."""
+    if name not in DATASETS:
+        raise ValueError(f"unknown world dataset {name!r}; expected one of {sorted(DATASETS)}")
+    make, default_n, stream = DATASETS[name]
+    return make(WorldConfig(seed=seed), n or default_n, stream)
+
+
 def main(argv=None) -> None:
     """`python -m r1jax.data.world OUT_DIR`: corpus, RL train/test prompts, preference pairs."""
     parser = argparse.ArgumentParser(description=main.__doc__)
@@ -578,11 +590,16 @@ def main(argv=None) -> None:
     parser.add_argument("--test", type=int, default=500)
     parser.add_argument("--pairs", type=int, default=2_000)
     args = parser.parse_args(argv)
-    cfg, out = WorldConfig(seed=args.seed), pathlib.Path(args.out_dir)
-    write_corpus(out / "corpus.jsonl", cfg, args.corpus, seed=0)
-    write_jsonl(out / "rl_train.jsonl", rl_prompts(cfg, args.prompts, seed=1, split="train"))
-    write_jsonl(out / "rl_test.jsonl", rl_prompts(cfg, args.test, seed=2, split="test"))
-    write_jsonl(out / "preference.jsonl", preference_pairs(cfg, args.pairs, seed=3))
+    out = pathlib.Path(args.out_dir)
+    sizes = {
+        "corpus": args.corpus,
+        "train": args.prompts,
+        "test": args.test,
+        "preference": args.pairs,
+    }
+    files = {"corpus": "corpus", "train": "rl_train", "test": "rl_test", "preference": "preference"}
+    for name, n in sizes.items():
+        write_jsonl(out / f"{files[name]}.jsonl", dataset(name, seed=args.seed, n=n))
 
 
 if __name__ == "__main__":

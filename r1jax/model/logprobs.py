@@ -11,6 +11,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from r1jax import sharding
 from r1jax.model import transformer
 
 _FULL_VOCAB_MAX = 8192
@@ -48,7 +49,7 @@ def _chunk_logits(h_BxTxD, w, is_vxd, start, size, temperature):
     else:
         w_chunk = jax.lax.dynamic_slice_in_dim(w, start, size, axis=1)
         logits = jnp.einsum("btd,dc->btc", h_BxTxD, w_chunk, preferred_element_type=jnp.float32)
-    return logits / temperature
+    return sharding.constrain(logits / temperature, ("batch", None, "vocab"))
 
 
 def token_logprobs(cfg, params, h_BxTxD, targets_BxT, *, temperature=1.0, chunk_size=None):

@@ -16,11 +16,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from r1jax import sharding
 from r1jax.model import config as config_lib
 
 ModelConfig = config_lib.ModelConfig
 
 _INIT_STD = 0.02  # Hugging Face `initializer_range` for Qwen2 / Llama
+# Activation layouts on a mesh (no-ops unless traced in sharding.activation_layout): rows
+# split like the batch, the residual stream whole, heads and the MLP hidden split like their
+# weights (tensor parallelism), so FSDP gathers weights to the rows, never the rows.
+_RESIDUAL = ("batch", None, None)
+_HIDDEN = ("batch", None, "mlp")
 
 
 @flax.struct.dataclass
@@ -111,6 +117,7 @@ class Attention(nn.Module):
         b, t = x_BxTxD.shape[:2]
         w_DxNDh = w.astype(dt).reshape(cfg.d_model, n * cfg.head_dim)
         y_BxTxNxDh = _matmul(x_BxTxD, w_DxNDh).reshape(b, t, n, cfg.head_dim)
+        y_BxTxNxDh = sharding.constrain(y_BxTxNxDh, ("batch", None, head_axis, None))
         if cfg.qkv_bias:
             b = _param(
                 self,
@@ -151,6 +158,7 @@ class Attention(nn.Module):
         probs_BxKxGxTxS = jax.nn.softmax(scores_BxKxGxTxS, axis=-1).astype(dt)
         out_BxTxKxGxDh = jnp.einsum("bkgts,bske->btkge", probs_BxKxGxTxS, v_BxSxKxDh.astype(dt))
         out_BxTxHxDh = out_BxTxKxGxDh.reshape(b, t, cfg.n_heads, cfg.head_dim)
+        out_BxTxHxDh = sharding.constrain(out_BxTxHxDh, ("batch", None, "heads", None))
         w_o = _param(
             self,
             "o_kernel",
@@ -174,8 +182,8 @@ class MLP(nn.Module):
         gate = _param(self, "gate_kernel", (cfg.d_model, cfg.d_ff), ("embed", "mlp"), normal)
         up = _param(self, "up_kernel", (cfg.d_model, cfg.d_ff), ("embed", "mlp"), normal)
         down = _param(self, "down_kernel", (cfg.d_ff, cfg.d_model), ("mlp", "embed"), normal)
-        g_BxTxF = _matmul(x_BxTxD, gate.astype(dt))
-        u_BxTxF = _matmul(x_BxTxD, up.astype(dt))
+        g_BxTxF = sharding.constrain(_matmul(x_BxTxD, gate.astype(dt)), _HIDDEN)
+        u_BxTxF = sharding.constrain(_matmul(x_BxTxD, up.astype(dt)), _HIDDEN)
         return _matmul(jax.nn.silu(g_BxTxF) * u_BxTxF, down.astype(dt))
 
 
@@ -186,13 +194,14 @@ class DecoderLayer(nn.Module):
 
     @nn.compact
     def __call__(self, x_BxTxD, kv, rope, mask_BxTxS, cache_index):
+        x_BxTxD = sharding.constrain(x_BxTxD, _RESIDUAL)
         h_BxTxD = RMSNorm(self.cfg, name="attn_norm")(x_BxTxD)
         attn_BxTxD, new_kv = Attention(self.cfg, name="attn")(
             h_BxTxD, rope, mask_BxTxS, kv, cache_index
         )
         x_BxTxD = x_BxTxD + attn_BxTxD
         x_BxTxD = x_BxTxD + MLP(self.cfg, name="mlp")(RMSNorm(self.cfg, name="mlp_norm")(x_BxTxD))
-        return x_BxTxD, new_kv
+        return sharding.constrain(x_BxTxD, _RESIDUAL), new_kv
 
 
 def _layer_class(cfg: ModelConfig):
@@ -220,6 +229,7 @@ class Transformer(nn.Module):
             # Declared here so init creates it; `unembed` reads it straight from the params.
             _param(self, "lm_head", (cfg.d_model, cfg.vocab_size), ("embed", "vocab"), normal)
         x_BxTxD = jnp.take(embedding, tokens_BxT, axis=0).astype(jnp.dtype(cfg.dtype))
+        x_BxTxD = sharding.constrain(x_BxTxD, _RESIDUAL)
         rope = rope_tables(cfg, positions_BxT)
         layers = nn.scan(
             _layer_class(cfg),
@@ -231,7 +241,7 @@ class Transformer(nn.Module):
         )(cfg, name="layers")
         kv = None if cache is None else (cache.k, cache.v)
         x_BxTxD, new_kv = layers(x_BxTxD, kv, rope, mask_BxTxS, cache_index)
-        h_BxTxD = RMSNorm(cfg, name="final_norm")(x_BxTxD)
+        h_BxTxD = sharding.constrain(RMSNorm(cfg, name="final_norm")(x_BxTxD), _RESIDUAL)
         new_cache = None if cache is None else KVCache(k=new_kv[0], v=new_kv[1])
         return h_BxTxD, new_cache
 

@@ -12,7 +12,7 @@ import operator
 import pathlib
 import re
 
-from r1jax.data import sources
+from r1jax.data import sources, world
 from r1jax.rewards import code
 from r1jax.rewards import math as math_reward
 
@@ -67,8 +67,14 @@ def countdown(completion: str, record: dict) -> float:
 
 
 def math_answer(completion: str, record: dict) -> float:
-    """MATH / AIME / AMC / world: the extracted answer equals record["answer"]."""
+    """MATH / AIME / AMC: the extracted answer equals record["answer"]."""
     return math_reward.accuracy_reward(completion, str(record["answer"]))
+
+
+def world_answer(completion: str, record: dict) -> float:
+    """The built-in world (`world.grade`): a chain's exact answer, or any valid countdown."""
+    # world.grade needs record["kind"]; a bare {"answer": ...} record is graded as a chain.
+    return world.grade(completion, {"kind": "chain", **record})
 
 
 def gsm8k(completion: str, record: dict) -> float:
@@ -113,7 +119,7 @@ TASKS = {
     "math": math_answer,
     "aime": math_answer,
     "amc": math_answer,
-    "world": math_answer,
+    "world": world_answer,
     "gsm8k": gsm8k,
     "countdown": countdown,
     "code": humaneval,

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
-from r1jax import sampler, text
+from r1jax import distributed, sampler, text
 from r1jax.rl import advantages as adv_lib
 
 
@@ -128,13 +128,18 @@ class ExperienceMaker:
         # (1)
         records = [next(self.prompts) for _ in range(cfg.prompts_per_step)]
         ids = encode_prompts(records, self.tokenizer, cfg.template, cfg.max_prompt_len)
-        bucket = prompt_bucket(max(len(i) for i in ids), cfg.max_prompt_len)
+        # Processes sample one global batch: they agree on its prompt length.
+        longest = distributed.global_max(max(len(i) for i in ids))
+        bucket = prompt_bucket(longest, cfg.max_prompt_len)
         prompt_BxP, lens_B = pad_left(ids, bucket, self.tokenizer.pad_id)
         # (2)
         t0 = time.perf_counter()
         out = self.sample_fn(prompt_BxP, lens_B, round_index)
         self.timings["generate_s"] += time.perf_counter() - t0
-        texts = [self.tokenizer.decode(row[:n]) for row, n in zip(out["tokens"], out["lengths"])]
+        # The stop token ends the text, it is not part of it (an HF EOS such as <|endoftext|>
+        # would otherwise break the strict format reward); it stays in the loss mask.
+        text_lens = out["lengths"] - (~out["truncated"]).astype(out["lengths"].dtype)
+        texts = [self.tokenizer.decode(row[:n]) for row, n in zip(out["tokens"], text_lens)]
         # (3)
         t0 = time.perf_counter()
         group_records = [r for r in records for _ in range(cfg.num_samples)]
@@ -166,7 +171,8 @@ class ExperienceMaker:
             informative = groups.std(axis=1) > 0
             kept.append((s, informative if cfg.dynamic_sampling else np.ones_like(informative)))
             dropped.append(int((~informative).sum()))
-            have = sum(int(m.sum()) for _, m in kept)
+            # Every process samples the same number of rounds (each round is one global batch).
+            have = distributed.global_min(sum(int(m.sum()) for _, m in kept))
             if have >= cfg.prompts_per_step or rounds >= max(1, cfg.max_sampling_rounds):
                 break
             if not cfg.dynamic_sampling:
@@ -174,20 +180,25 @@ class ExperienceMaker:
         samples = _select_groups(kept, cfg.prompts_per_step, cfg.num_samples, self.tokenizer.pad_id)
         batch, metrics = self._finish(samples)
         metrics.update(self.timings)
-        metrics.update(sampling_rounds=rounds, zero_std_groups=dropped[0] / cfg.prompts_per_step)
+        zero_std = distributed.gather_rows(np.asarray([dropped[0]]))  # one count per process
+        metrics.update(
+            sampling_rounds=rounds, zero_std_groups=zero_std.mean() / cfg.prompts_per_step
+        )
         return batch, metrics, samples
 
     def _finish(self, s: Samples) -> tuple[dict, dict]:
         cfg = self.cfg
-        # (5)
-        shaped_N = s.rewards_N + overlong_shaping(
-            s.lengths_N, cfg.max_new_tokens, cfg.overlong_buffer, cfg.overlong_penalty
+        # (5) over every process's rows (batch-level std, metrics), then this process's share.
+        everyone = distributed.gather_rows
+        shaped_N = everyone(s.rewards_N) + overlong_shaping(
+            everyone(s.lengths_N), cfg.max_new_tokens, cfg.overlong_buffer, cfg.overlong_penalty
         )
-        rewards_BxG = shaped_N.reshape(cfg.prompts_per_step, cfg.num_samples)
+        rewards_BxG = shaped_N.reshape(-1, cfg.num_samples)
         if cfg.advantage == "rloo":
             adv_BxG = adv_lib.rloo(rewards_BxG)
         else:
             adv_BxG = adv_lib.group_relative(rewards_BxG, std_normalize=cfg.std_normalize)
+        mine = distributed.local_slice(len(s.rewards_N))
         # (6)
         batch = training_arrays(
             s.prompt_BxP,
@@ -199,19 +210,21 @@ class ExperienceMaker:
         )
         if cfg.mask_truncated:
             batch["completion_mask_NxT"] *= (~s.truncated_N)[:, None].astype(np.float32)
-        batch["advantages_N"] = np.asarray(adv_BxG, np.float32).reshape(-1)
+        batch["advantages_N"] = np.asarray(adv_BxG, np.float32).reshape(-1)[mine]
         t = s.completion_NxT.shape[1]
         batch["sampler_logp_NxT"] = np.where(
             np.arange(t)[None, :] < s.lengths_N[:, None], s.sampler_logp_NxT, 0.0
         ).astype(np.float32)
+        rewards_N, lengths_N = everyone(s.rewards_N), everyone(s.lengths_N)
         metrics = {
-            "reward": float(s.rewards_N.mean()),
-            "reward_std": float(s.rewards_N.std()),
-            "completion_len_mean": float(s.lengths_N.mean()),
-            "completion_len_max": float(s.lengths_N.max()),
-            "truncation_ratio": float(s.truncated_N.mean()),
+            "reward": float(rewards_N.mean()),
+            "reward_std": float(rewards_N.std()),
+            "completion_len_mean": float(lengths_N.mean()),
+            "completion_len_max": float(lengths_N.max()),
+            "truncation_ratio": float(everyone(s.truncated_N).mean()),
         }
-        for name, values in s.per_fn.items():
+        for name in sorted(s.per_fn):
+            values = everyone(np.asarray(s.per_fn[name]))
             metrics[f"reward/{name}"] = float(np.mean(values))
             metrics[f"reward/{name}_std"] = float(np.std(values))
         for name, value in getattr(self, "last_pool_metrics", {}).items():

@@ -50,8 +50,9 @@ class MetricsWriter:
         self.path = pathlib.Path(workdir) / "metrics.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # A resumed run rewrites the steps after its checkpoint: drop rows the killed run left.
-        kept = [r for r in read_jsonl(self.path) if r.get("step", 0) <= start_step]
-        self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        if jax.process_index() == 0:  # one writer of the shared file in a multi-process run
+            kept = [r for r in read_jsonl(self.path) if r.get("step", 0) <= start_step]
+            self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
         self._file = self.path.open("a")
         self._tb = None
         if tensorboard and jax.process_index() == 0:

@@ -4,6 +4,7 @@ Shapes: B prompts, G samples per prompt, N = B*G sequences, T completion tokens.
 """
 
 import dataclasses
+import json
 import pathlib
 import time
 
@@ -13,12 +14,12 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from r1jax import configlib, sampler, sharding
+from r1jax import configlib, distributed, sampler, sharding
 from r1jax.model import config as model_config
 from r1jax.model import heads, transformer
 from r1jax.rewards import registry
 from r1jax.rl import losses, rollout, steps
-from r1jax.train import checkpoint, supervised, trainer
+from r1jax.train import checkpoint, report, supervised, trainer
 from r1jax.train import metrics as metrics_lib
 from r1jax.train import state as state_lib
 
@@ -64,10 +65,21 @@ def rollout_config(cfg) -> rollout.RolloutConfig:
     )
 
 
-def prompt_stream(records, *, seed: int):
-    """An endless, reshuffled-per-epoch stream of this process's prompt records (checkpointable)."""
-    ds = grain.MapDataset.source(records)[jax.process_index() :: jax.process_count()]
-    return iter(ds.shuffle(seed=seed).repeat(None).to_iter_dataset())
+def prompt_stream(records, *, seed: int, block: int = 1):
+    """An endless, reshuffled-per-epoch stream of this process's prompt records (checkpointable).
+
+    One global order whatever the process count: it is dealt to the P processes in blocks of
+    `block` records (process p's k-th block is global block k*P + p), so P processes taking
+    `block` prompts each take together the prompts one process would take.
+    """
+    ds = grain.MapDataset.source(records).shuffle(seed=seed).repeat(None)
+    p, count = jax.process_index(), jax.process_count()
+    if count > 1:
+        whole = ds
+        ds = grain.MapDataset.range(len(whole) // count).map(
+            lambda j: whole[((j // block) * count + p) * block + j % block]
+        )
+    return iter(ds.to_iter_dataset())
 
 
 def rl_logical_axes(model_cfg, algorithm: str, critic: str) -> dict:
@@ -138,25 +150,34 @@ class RLRun:
         self.optimizer = state_lib.make_optimizer(cfg.optim, cfg.train.steps)
         keys = jax.random.split(jax.random.PRNGKey(cfg.seed), 3)  # init, state, sample
         self.sample_key = keys[2]
-        if policy is None:
-            policy = transformer.init_params(self.model_cfg, keys[0])
-        params = steps.init_rl_params(
-            self.model_cfg, policy, keys[0], algorithm=cfg.rl.algorithm, critic=cfg.rl.critic
-        )
+        self.rules = rules
         logical = rl_logical_axes(self.model_cfg, cfg.rl.algorithm, cfg.rl.critic)
-        abstract = jax.eval_shape(lambda: params)
-        self.shardings = trainer.state_shardings(
-            logical, abstract, self.optimizer, self.mesh, rules
+        rl_params = lambda policy, key: steps.init_rl_params(
+            self.model_cfg, policy, key, algorithm=cfg.rl.algorithm, critic=cfg.rl.critic
         )
-        self.state = trainer.state_from_params(params, self.shardings, self.optimizer, keys[1])
+        if policy is None:  # initialised directly sharded: no device holds the whole model
+            init = lambda key: rl_params(transformer.init_params(self.model_cfg, key), key)
+            self.state, self.shardings = trainer.init_sharded_state(
+                init, logical, self.optimizer, self.mesh, rules, keys[0], keys[1]
+            )
+        else:
+            params = rl_params(policy, keys[0])
+            abstract = jax.eval_shape(lambda: params)
+            self.shardings = trainer.state_shardings(
+                logical, abstract, self.optimizer, self.mesh, rules
+            )
+            self.state = trainer.state_from_params(params, self.shardings, self.optimizer, keys[1])
         # A copy: the state's buffers are donated to every update.
         self.ref = jax.tree.map(jnp.copy, self.state.params["policy"])
-        self.prompts = prompt_stream(records, seed=cfg.seed)
+        self.prompts = prompt_stream(
+            records, seed=cfg.seed, block=rollout_config(cfg).prompts_per_step
+        )
         self.ckpt = checkpoint.manager(
             self.workdir / "checkpoints", max_to_keep=cfg.train.keep_checkpoints
         )
         # Kept at float32 precision, as it is checkpointed, so a resumed run logs the same value.
         self.kl_coef = float(np.float32(cfg.rl.kl_coef))
+        self.flops = np.zeros(2, np.float32)  # cumulative (training, rollout) FLOPs; checkpointed
         # One update per rollout: the step uses its own log-probs as the old ones (PPO needs
         # them before the update for the KL in the reward).
         self.on_policy = cfg.rl.epochs * cfg.rl.num_minibatches == 1 and cfg.rl.algorithm == "grpo"
@@ -173,22 +194,30 @@ class RLRun:
 
     def _restore(self):
         extra = {"ref": self.ref, "kl_coef": jnp.asarray(self.kl_coef, jnp.float32)}
+        extra["flops"] = jnp.asarray(self.flops)
         restored = checkpoint.restore_latest(self.ckpt, self.state, self.prompts, extra=extra)
         if restored is not None:
             self.state, self.prompts, extra = restored
             self.ref, self.kl_coef = extra["ref"], float(extra["kl_coef"])
+            self.flops = np.asarray(extra["flops"], np.float32)
             logging.info("resumed from step %d", int(self.state.step))
 
     def _sample(self, prompt_BxP, prompt_lens_B, round_index):
-        """Samples G completions per prompt with the current policy params."""
+        """Samples G completions per prompt with the current policy params.
+
+        All processes sample one global batch on the mesh (this process's prompts are its
+        rows of it) and each gets its own rows back.
+        """
         rl = self.cfg.rl
         step_key = jax.random.fold_in(self.sample_key, int(self.step))
-        out = sampler.generate_padded(
+        out = sampler.generate_local(
             self.model_cfg,
             self.state.params["policy"],
-            jnp.asarray(prompt_BxP),
-            jnp.asarray(prompt_lens_B),
+            prompt_BxP,
+            prompt_lens_B,
             jax.random.fold_in(step_key, round_index),
+            mesh=self.mesh,
+            rules=self.rules,
             max_new_tokens=rl.max_new_tokens,
             temperature=rl.temperature,
             top_p=rl.top_p,
@@ -196,12 +225,11 @@ class RLRun:
             num_samples=rl.num_samples,
             eos_ids=(self.tokenizer.eos_id,),
         )
-        out = jax.device_get(out)
         return {
-            "tokens": np.asarray(out.tokens),
-            "lengths": np.asarray(out.lengths),
-            "logprobs": np.asarray(out.logprobs),
-            "truncated": ~np.asarray(out.stopped),
+            "tokens": out["tokens"],
+            "lengths": out["lengths"],
+            "logprobs": out["logprobs"],
+            "truncated": ~out["stopped"],
         }
 
     def step_once(self) -> dict:
@@ -236,11 +264,12 @@ class RLRun:
         """Mean k3 KL(policy || reference) over completion tokens (drives the adaptive KL)."""
         if self.kl_coef <= 0:
             return 0.0
-        mask = host["completion_mask_NxT"]
-        old = np.asarray(jax.device_get(batch["old_logp_NxT"]))
-        ref = np.asarray(jax.device_get(batch["ref_logp_NxT"]))
+        mask = host["completion_mask_NxT"]  # this process's rows
+        old = sharding.local_rows(batch["old_logp_NxT"])
+        ref = sharding.local_rows(batch["ref_logp_NxT"])
         k3 = (np.exp(ref - old) - (ref - old) - 1.0) * mask
-        return float(k3.sum() / max(mask.sum(), 1.0))
+        k3_sum, count = distributed.gather_rows(np.asarray([[k3.sum(), mask.sum()]])).sum(axis=0)
+        return float(k3_sum / max(count, 1.0))
 
     def _ppo_targets(self, batch, samples):
         """PPO: per-token rewards (task score at the last token, KL penalty) and GAE."""
@@ -287,6 +316,7 @@ class RLRun:
 
     def save(self, force=False):
         extra = {"ref": self.ref, "kl_coef": jnp.asarray(self.kl_coef, jnp.float32)}
+        extra["flops"] = jnp.asarray(self.flops)
         checkpoint.save(self.ckpt, self.state, self.prompts, extra=extra, force=force)
 
     def close(self):
@@ -294,8 +324,19 @@ class RLRun:
         self.pool.close()
 
 
-def _log_sample(step: int, samples, every: int) -> None:
-    if every and step % every == 0 and samples.texts:
+def _log_sample(step: int, samples, every: int, workdir) -> None:
+    """Logs a completion every `every` steps; appends one per prompt (up to 4) to samples.jsonl."""
+    if every and step % every == 0 and samples.texts and jax.process_index() == 0:
+        group = len(samples.texts) // len(samples.records)
+        with (pathlib.Path(workdir) / "samples.jsonl").open("a", encoding="utf-8") as f:
+            for b in range(min(4, len(samples.records))):
+                row = {
+                    "step": step,
+                    "prompt": samples.records[b]["prompt"],
+                    "completion": samples.texts[b * group],
+                    "reward": float(samples.rewards_N[b * group]),
+                }
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
         logging.info(
             "step %d sample (reward %.2f): %s\n  -> %r",
             step,
@@ -314,24 +355,72 @@ def run(cfg, workdir) -> dict:
         workdir, total_steps=cfg.train.steps, start_step=start, tensorboard=cfg.metrics.tensorboard
     )
     bad_in_row = 0
+    _drop_rows_after(pathlib.Path(workdir) / "samples.jsonl", start)  # a resumed run redoes them
+    evaluator, before = _evaluator(r), None
     try:
+        if evaluator is not None:  # the base model's numbers, once (a resumed run reads them)
+            before = evaluator.load("eval_before")
+            if before is None and start == 0:
+                before = evaluator.evaluate(r.state.params["policy"], "eval_before")
         for step in range(start + 1, cfg.train.steps + 1):
             t0 = time.perf_counter()
             metrics, samples = r.step_once()
             metrics["step_time_s"] = time.perf_counter() - t0
             metrics.update(_throughput(cfg, r.model_cfg, samples, metrics["step_time_s"], peak))
+            r.flops += np.asarray(_step_flops(cfg, r, samples), np.float32)
+            metrics["total_flops"] = float(r.flops.sum())
+            if evaluator is not None and cfg.rl.eval_every and step % cfg.rl.eval_every == 0:
+                quick = evaluator.evaluate(r.state.params["policy"], f"eval_{step}", quick=True)
+                metrics.update({f"eval/{k}": v for k, v in quick.metrics.items() if "/" not in k})
             bad_in_row = _guard_bad_steps(r, metrics, step, bad_in_row)
             r.adapt_kl(metrics.get("kl_ref_k3", metrics.get("kl_ref", 0.0)))
             metrics["kl_coef"] = r.kl_coef
             if step % cfg.train.log_every == 0 or step == cfg.train.steps:
                 writer.write(step, metrics)
-            _log_sample(step, samples, cfg.rl.log_samples_every)
+            _log_sample(step, samples, cfg.rl.log_samples_every, workdir)
             if step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps:
                 r.save(force=True)
+        writer.close()
+        if evaluator is not None:
+            after = evaluator.evaluate(r.state.params["policy"], "eval_after")
+            if jax.process_index() == 0:
+                flops = {"train_flops": float(r.flops[0]), "rollout_flops": float(r.flops[1])}
+                done = report.write_report(workdir, before, after, flops, steps=cfg.train.steps)
+                logging.info("summary: %s", json.dumps(done.get("gain", {}), sort_keys=True))
     finally:
         writer.close()
         r.close()
     return {"step": int(r.state.step), "model": r.model_cfg}
+
+
+def _drop_rows_after(path: pathlib.Path, step: int) -> None:
+    if jax.process_index() == 0 and path.exists():
+        rows = metrics_lib.read_jsonl(path)
+        kept = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows if r["step"] <= step)
+        path.write_text(kept, encoding="utf-8")
+
+
+def _evaluator(r: "RLRun"):
+    """Held-out evaluation when data.eval is set (before and after training, every eval_every)."""
+    if not r.eval_records:
+        return None
+    return report.Evaluator(r.cfg, r.workdir, r.model_cfg, r.tokenizer, r.eval_records, r.mesh)
+
+
+def _step_flops(cfg, r: "RLRun", samples) -> tuple[float, float]:
+    """(training, rollout) FLOPs of one step, all processes together (see report.step_flops)."""
+    count = jax.process_count()
+    n_seq = len(samples.texts) * count
+    trained = n_seq * (samples.prompt_BxP.shape[1] + samples.completion_NxT.shape[1])
+    passes = (r.kl_coef > 0) + (not r.on_policy) + (cfg.rl.algorithm == "ppo")
+    flops = report.step_flops(
+        r.model_cfg,
+        trained_tokens=trained,
+        generated_tokens=float(distributed.gather_rows(samples.lengths_N).sum()),
+        scored_tokens=passes * trained,
+        epochs=cfg.rl.epochs,
+    )
+    return flops["train_flops"], flops["rollout_flops"]
 
 
 def _guard_bad_steps(r: RLRun, metrics: dict, step: int, bad_in_row: int) -> int:
@@ -351,9 +440,9 @@ def _guard_bad_steps(r: RLRun, metrics: dict, step: int, bad_in_row: int) -> int
 
 def _throughput(cfg, model_cfg, samples, step_time_s: float, peak: float) -> dict:
     """Generated tokens/s and model FLOPs utilisation of the whole step."""
-    gen_tokens = float(samples.lengths_N.sum())
+    gen_tokens = float(distributed.gather_rows(samples.lengths_N).sum())  # all processes'
     seq = cfg.rl.max_prompt_len + cfg.rl.max_new_tokens
-    n_seq = len(samples.texts)
+    n_seq = len(samples.texts) * jax.process_count()
     fwd = model_config.forward_flops_per_token(model_cfg, seq)
     # Generation (forward per token), old + ref log-probs (2 forwards over N*(P+T) tokens),
     # one training pass (3 forwards) per epoch over the same tokens.

@@ -11,8 +11,8 @@ import jax.numpy as jnp
 import optax
 from absl import logging
 
-from r1jax import configlib, sharding, text
-from r1jax.data import pipeline, sources
+from r1jax import configlib, distributed, sharding, text
+from r1jax.data import pipeline, sources, world
 from r1jax.model import config as model_config
 from r1jax.model import hf_io, logprobs, transformer
 from r1jax.train import checkpoint, trainer
@@ -95,6 +95,8 @@ def load_records(cfg, path: str) -> list[dict]:
         records = sources.gsm8k_records(path, on_error=on_error, stats=stats)
     elif cfg.data.format == "math":
         records = sources.math_records(path, on_error=on_error, stats=stats)
+    elif cfg.data.format == "world":  # generated: `path` names a world.DATASETS entry
+        records = world.dataset(path, seed=cfg.data.world_seed, n=cfg.data.max_records)
     elif path.endswith(".parquet"):
         records = sources.read_parquet(path)
     elif path.endswith(".json"):
@@ -125,20 +127,26 @@ def resolve_tokenizer(cfg, workdir, records):
         return text.load_tokenizer(cfg.tokenizer.path)
     if cfg.tokenizer.train_vocab_size:
         path = pathlib.Path(workdir) / "tokenizer.model"
+        if jax.process_count() > 1:  # process 0 trains it (deterministic); the others read it
+            if jax.process_index() == 0 and not path.exists():
+                _train_tokenizer(cfg, workdir, records)
+            distributed.barrier("tokenizer")
         if path.exists():  # a resumed run reuses the tokenizer it trained
             return text.load_tokenizer(path)
-        logging.info(
-            "training a SentencePiece tokenizer (%d pieces)", cfg.tokenizer.train_vocab_size
-        )
-        return text.SentencePieceTokenizer.train(
-            (record_text(r) for r in records),
-            pathlib.Path(workdir) / "tokenizer",
-            vocab_size=cfg.tokenizer.train_vocab_size,
-        )
+        return _train_tokenizer(cfg, workdir, records)
     if cfg.model.init_from:
         return text.load_tokenizer(cfg.model.init_from)
     raise configlib.ConfigError(
         "config.tokenizer.path: no tokenizer (set a path, train_vocab_size, or model.init_from)"
+    )
+
+
+def _train_tokenizer(cfg, workdir, records):
+    logging.info("training a SentencePiece tokenizer (%d pieces)", cfg.tokenizer.train_vocab_size)
+    return text.SentencePieceTokenizer.train(
+        (record_text(r) for r in records),
+        pathlib.Path(workdir) / "tokenizer",
+        vocab_size=cfg.tokenizer.train_vocab_size,
     )
 
 

@@ -1,6 +1,5 @@
 """Where steps are jitted (shardings, donation), states are built on the mesh, and loops run."""
 
-import functools
 import pathlib
 import time
 from collections.abc import Callable, Iterator
@@ -43,28 +42,59 @@ def state_from_params(params, shardings, optimizer, rng):
     return make(params)
 
 
-def init_state(model_cfg, optimizer, rng, mesh, rules, params=None):
-    """A step-0 TrainState created directly sharded (params from `params` when given)."""
-    shardings = model_shardings(model_cfg, optimizer, mesh, rules)
-    init_key, _ = jax.random.split(rng)
-    if params is not None:
-        return state_from_params(params, shardings, optimizer, rng), shardings
+def init_sharded_state(init_params, logical_params, optimizer, mesh, rules, init_key, rng):
+    """A step-0 TrainState from `init_params(key)`, created directly sharded.
 
-    def make(key):
-        return state_lib.create(transformer.init_params(model_cfg, key), optimizer, rng)
-
+    The params' shapes come from `jax.eval_shape`; one jitted init with output shardings then
+    makes params and optimizer state, each device computing only its own shards (the RNG is
+    partitionable), so no device or host ever holds the whole model.
+    """
+    abstract = jax.eval_shape(init_params, init_key)
+    shardings = state_shardings(logical_params, abstract, optimizer, mesh, rules)
+    make = lambda key: state_lib.create(init_params(key), optimizer, rng)
     return jax.jit(make, out_shardings=shardings)(init_key), shardings
 
 
-def jit_step(step_fn: Callable, shardings, mesh, *, batch_sharded=True, **static):
+def init_state(model_cfg, optimizer, rng, mesh, rules, params=None):
+    """A step-0 TrainState created directly sharded (params from `params` when given)."""
+    init_key, _ = jax.random.split(rng)
+    if params is not None:
+        shardings = model_shardings(model_cfg, optimizer, mesh, rules)
+        return state_from_params(params, shardings, optimizer, rng), shardings
+    return init_sharded_state(
+        lambda key: transformer.init_params(model_cfg, key),
+        transformer.logical_axes(model_cfg),
+        optimizer,
+        mesh,
+        rules,
+        init_key,
+        rng,
+    )
+
+
+def jit_step(
+    step_fn: Callable,
+    shardings,
+    mesh,
+    *,
+    batch_sharded=True,
+    rules=sharding.DEFAULT_RULES,
+    **static,
+):
     """Jits step_fn(state, batch, **static) once, with shardings and the state donated.
 
     batch_sharded=False lets the batch keep the shardings it arrives with (RL batches mix
-    per-row arrays, placed by sharding.put_batch, with replicated scalars).
+    per-row arrays, placed by sharding.put_batch, with replicated scalars). The step is traced
+    in `sharding.activation_layout(mesh, rules)`: activations split like the batch.
     """
     repl = sharding.replicated(mesh)
+
+    def step(state, batch):
+        with sharding.activation_layout(mesh, rules):
+            return step_fn(state, batch, **static)
+
     return jax.jit(
-        functools.partial(step_fn, **static),
+        step,
         in_shardings=(shardings, sharding.batch_sharding(mesh) if batch_sharded else None),
         out_shardings=(shardings, repl),
         donate_argnums=(0,),

@@ -1,0 +1,74 @@
+"""Test-time evaluation of any checkpoint: pass@1 over n samples (T=0.6, top-p 0.95), pass@k,
+maj@k, greedy pass@1, format / reasoning / truncation rates, per-kind breakdowns.
+
+model.init_from is an r1jax run folder (its model shape, tokenizer and prompt template are
+used), one of its checkpoint folders, or a Hugging Face folder. Writes WORKDIR/eval.json,
+eval_samples.jsonl and test_time_compute.png, and logs a short table.
+
+GSM8K test (1319 problems, 8 samples each):
+  r1jax --config=configs/eval.py:gsm8k --workdir=runs/eval-gsm8k --config.model.init_from=runs/sft
+MATH-500 (16 samples each, 4096 new tokens):
+  r1jax --config=configs/eval.py:math500 --workdir=runs/eval-math500 \
+      --config.model.init_from=/models/Qwen2.5-Math-1.5B
+AIME 2024 (30 problems, 64 samples each as in the R1 paper, 8192 new tokens):
+  r1jax --config=configs/eval.py:aime24 --workdir=runs/eval-aime24 \
+      --config.model.init_from=runs/r1zero-1.5b
+The built-in world's held-out problems (CPU, a minute or two; generated in memory), e.g. the
+shipped base model (--config.model.init_from=r1jax/assets/world_base) or an R1-Zero run:
+  r1jax --config=configs/eval.py:world --workdir=runs/eval-world --config.model.init_from=RUN
+Any run: add --config.eval.max_problems=50 for a quick look, --config.eval.num_samples=4 for
+fewer samples (larger ks are dropped), --config.eval.template=chat to override the template.
+"""
+
+import ml_collections
+
+from configs import base
+
+VARIANTS = ("gsm8k", "math500", "aime24", "world")
+
+
+def real(c: ml_collections.ConfigDict) -> None:
+    """A real model on one GPU: bfloat16, the paper's sampling, R1-Zero template by default."""
+    c.model.dtype = "bfloat16"
+    c.model.param_dtype = "bfloat16"
+    c.data.format = "math"
+
+
+def get_config(arg: str = "gsm8k") -> ml_collections.ConfigDict:
+    """Variants: gsm8k, math500, aime24 (../shared/data), world (the built-in world)."""
+    c = base.get_config()
+    c.stage = "eval"
+    if arg == "gsm8k":
+        real(c)
+        c.data.format = "gsm8k"
+        c.data.eval = base.data_path("gsm8k_test.jsonl")
+        c.eval.num_samples = 8
+        c.eval.ks = (1, 2, 4, 8)
+        c.eval.max_new_tokens = 1024
+        c.eval.prompts_per_batch = 32
+    elif arg == "math500":
+        real(c)
+        c.data.eval = base.data_path("math500_test.jsonl")
+        c.eval.num_samples = 16
+        c.eval.ks = (1, 2, 4, 8, 16)
+        c.eval.max_new_tokens = 4096
+        c.eval.prompts_per_batch = 8
+    elif arg == "aime24":
+        real(c)
+        c.data.eval = base.data_path("aime24_test.jsonl")
+        c.eval.num_samples = 64
+        c.eval.ks = (1, 2, 4, 8, 16, 32, 64)
+        c.eval.max_new_tokens = 8192
+        c.eval.prompts_per_batch = 1
+    elif arg == "world":
+        c.data.format = "world"
+        c.data.eval = "test"  # world.dataset("test"): problems never in the corpus or RL prompts
+        c.eval.template = "world"
+        c.eval.num_samples = 64
+        c.eval.ks = (1, 2, 4, 8, 16, 32, 64)
+        c.eval.max_problems = 200
+        c.eval.max_new_tokens = 64  # world responses stay under ~67 tokens; the context is 128
+        c.eval.prompts_per_batch = 32
+    else:
+        raise ValueError(f"configs/eval.py: unknown variant {arg!r} (one of {VARIANTS})")
+    return c

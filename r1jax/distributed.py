@@ -1,0 +1,151 @@
+"""Multi-process start-up (JAX's multi-controller runtime) and the few host collectives r1jax uses.
+
+Every process runs the same program on its own devices; `jax.jit` with shardings over a mesh of
+all processes' devices (GSPMD) does the rest. `initialize` must run before anything touches JAX
+devices. The collectives below are identities in a single process, so single-process code paths
+pay nothing for them.
+"""
+
+import os
+import zlib
+
+import jax
+import numpy as np
+from absl import logging
+from jax.experimental import multihost_utils
+
+MODES = ("auto", "on", "off")
+
+# Environment variables that, set by a launcher, mean "this process is one of several".
+_CLUSTER_HINTS = (
+    ("SLURM_NTASKS", lambda v: int(v) > 1),  # srun / sbatch with several tasks
+    ("OMPI_COMM_WORLD_SIZE", lambda v: int(v) > 1),  # mpirun
+    ("TPU_WORKER_HOSTNAMES", lambda v: "," in v),  # a multi-host Cloud TPU slice (GKE, QR)
+    ("MEGASCALE_COORDINATOR_ADDRESS", bool),  # multi-slice TPU
+)
+
+
+def _env(name: str, default: str = "") -> str:
+    return os.environ.get(name, default).strip()
+
+
+def cluster_detected() -> bool:
+    """True when a launcher's environment says this is one of several processes."""
+    for name, test in _CLUSTER_HINTS:
+        value = _env(name)
+        if value:
+            try:
+                if test(value):
+                    return True
+            except ValueError:
+                continue
+    return False
+
+
+def _use_gloo_on_cpu() -> None:
+    # CPU devices of different processes talk through gloo; without it cross-process
+    # collectives on CPU fail. Accelerators use their own (NCCL, ICI) and ignore this.
+    try:
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    except (AttributeError, ValueError) as e:  # renamed or removed in a later JAX
+        logging.warning("could not select gloo CPU collectives: %s", e)
+
+
+def initialize(
+    coordinator_address: str = "",
+    num_processes: int = 0,
+    process_id: int = -1,
+    *,
+    mode: str = "auto",
+    local_device_ids: str = "",
+) -> bool:
+    """Joins this process to a multi-process JAX run; returns whether it did.
+
+    Arguments left empty fall back to R1JAX_COORDINATOR_ADDRESS, R1JAX_NUM_PROCESSES,
+    R1JAX_PROCESS_ID and R1JAX_LOCAL_DEVICE_IDS. mode="auto" initialises when a coordinator is
+    given or a launcher (SLURM, Open MPI, a multi-host TPU slice) is detected; "on" always calls
+    `jax.distributed.initialize` (JAX then finds the coordinator itself on TPU, SLURM, MPI and
+    Kubernetes); "off" never does.
+    """
+    if mode not in MODES:
+        raise ValueError(f"--distributed={mode!r}: expected one of {MODES}")
+    address = coordinator_address or _env("R1JAX_COORDINATOR_ADDRESS")
+    count = num_processes or int(_env("R1JAX_NUM_PROCESSES", "0") or 0)
+    index = process_id if process_id >= 0 else int(_env("R1JAX_PROCESS_ID", "-1") or -1)
+    device_ids = local_device_ids or _env("R1JAX_LOCAL_DEVICE_IDS")
+    if mode == "off" or (mode == "auto" and not address and not cluster_detected()):
+        return False
+    if jax.distributed.is_initialized():
+        return True
+    kwargs = {}
+    if address:
+        kwargs["coordinator_address"] = address
+    if count:
+        kwargs["num_processes"] = count
+    if index >= 0:
+        kwargs["process_id"] = index
+    if device_ids:
+        kwargs["local_device_ids"] = [int(i) for i in device_ids.split(",")]
+    _use_gloo_on_cpu()
+    jax.distributed.initialize(**kwargs)
+    logging.info(
+        "process %d of %d: %d local devices, %d in all",
+        jax.process_index(),
+        jax.process_count(),
+        jax.local_device_count(),
+        jax.device_count(),
+    )
+    return True
+
+
+def is_primary() -> bool:
+    """The process that writes shared files (config, tokenizer, metrics)."""
+    return jax.process_index() == 0
+
+
+def barrier(name: str) -> None:
+    """Waits until every process reaches the barrier called `name` (no-op in one process)."""
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(name)
+
+
+def gather_rows(x_local) -> np.ndarray:
+    """Concatenates every process's rows (same shape on each), in process order, bit-exactly."""
+    x_local = np.asarray(x_local)
+    if jax.process_count() == 1:
+        return x_local
+    # Sent as 32-bit words: JAX without x64 would round float64 (and int64) to 32 bits.
+    words = np.ascontiguousarray(x_local.reshape(x_local.shape[0], -1)).view(np.uint8)
+    pad = (-words.shape[1]) % 4
+    words = np.pad(words, ((0, 0), (0, pad))).view(np.uint32)
+    out = np.asarray(multihost_utils.process_allgather(words, tiled=True)).view(np.uint8)
+    out = np.ascontiguousarray(out[:, : out.shape[1] - pad]).view(x_local.dtype)
+    return out.reshape(-1, *x_local.shape[1:])
+
+
+def local_slice(n_local: int) -> slice:
+    """This process's rows in an array gathered by `gather_rows`."""
+    start = jax.process_index() * n_local
+    return slice(start, start + n_local)
+
+
+def global_max(value: int) -> int:
+    """The largest `value` over all processes."""
+    if jax.process_count() == 1:
+        return int(value)
+    return int(np.max(multihost_utils.process_allgather(np.asarray(value, np.int64))))
+
+
+def global_min(value: int) -> int:
+    """The smallest `value` over all processes."""
+    if jax.process_count() == 1:
+        return int(value)
+    return int(np.min(multihost_utils.process_allgather(np.asarray(value, np.int64))))
+
+
+def assert_same(value: str, what: str) -> None:
+    """Fails on every process when `value` differs between processes (e.g. a config)."""
+    if jax.process_count() > 1:
+        multihost_utils.assert_equal(
+            np.uint32(zlib.crc32(value.encode())), f"{what} differs between processes"
+        )

@@ -1,0 +1,586 @@
+"""Test-time evaluation as R1 reports it: pass@1 from n samples, pass@k, maj@k, greedy pass@1.
+
+N prompts in a sampler call, G samples per prompt (n in the estimators), P prompt bucket,
+T new tokens.
+
+Usable as a library call (the RL stage evaluates before and after training) and as the `eval`
+stage: `r1jax --config=configs/eval.py:gsm8k --workdir=runs/eval --config.model.init_from=DIR`.
+"""
+
+import collections
+import dataclasses
+import fractions
+import json
+import math
+import pathlib
+import re
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tqdm
+from absl import logging
+
+from r1jax import configlib, sampler, sharding, text
+from r1jax.data import world
+from r1jax.model import config as model_config
+from r1jax.model import hf_io, transformer
+from r1jax.rewards import math as math_reward
+from r1jax.rewards import registry, tasks
+from r1jax.train import checkpoint, supervised
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """How one evaluation samples; ks above num_samples are dropped (with a warning)."""
+
+    num_samples: int = 16  # n samples per problem for pass@1 / pass@k / maj@k
+    temperature: float = 0.6
+    top_p: float = 0.95
+    top_k: int = 0
+    max_new_tokens: int = 256
+    greedy: bool = True  # also one greedy sample per problem (pass@1_greedy)
+    ks: tuple[int, ...] = (1, 2, 4, 8, 16)  # k values for the pass@k / maj@k curves
+    prompts_per_batch: int = 32  # prompts per sampler call
+    seed: int = 0
+
+
+@dataclasses.dataclass
+class EvalResult:
+    """Flat metrics, the pass@k / maj@k curves over k, and one row per problem."""
+
+    metrics: dict[str, float]
+    curves: dict[str, list[float]]
+    samples: list[dict]
+
+
+# ---------------------------------------------------------------------------------------------
+# Estimators.
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from n samples with c correct (Chen et al. 2021): 1 - C(n-c,k)/C(n,k).
+
+    In the product form 1 - prod_{i=n-c+1}^{n} (1 - k/i), which never forms a huge binomial.
+    """
+    if not (0 <= c <= n and 1 <= k <= n):
+        raise ValueError(f"pass_at_k needs 0 <= c <= n and 1 <= k <= n, got n={n} c={c} k={k}")
+    if n - c < k:
+        return 1.0
+    return float(1.0 - np.prod(1.0 - k / np.arange(n - c + 1, n + 1, dtype=np.float64)))
+
+
+def maj_at_k(votes: list[str | None], correct: list[bool], k: int) -> float:
+    """Expected accuracy of a majority vote over a uniformly random size-k subset of n samples.
+
+    Exact (no sampling). Definitions:
+    - a None vote (no extractable answer) is never a candidate; a subset with only None scores 0;
+    - ties at the top count are broken uniformly at random among the tied answers;
+    - an answer scores the mean correctness of the samples carrying it (0 or 1 whenever the
+      grader is a function of the vote key, as for world, countdown and numeric answers).
+    So maj@n is the plain majority vote over all samples, and maj@1 is the share of the n samples
+    that have an answer and are correct (pass@1 when every unanswered sample is wrong).
+
+    Method: answer a wins a subset holding j of its samples when every other answer holds <= j,
+    with weight 1/(1 + number of others holding exactly j). Counting subsets by size with a
+    generating function per group of answers of equal count (answers with equal counts are
+    interchangeable) gives, for each (count, j), the number of subsets per tie count.
+    """
+    n = len(votes)
+    if len(correct) != n:
+        raise ValueError(f"{n} votes but {len(correct)} correctness flags")
+    if not 1 <= k <= n:
+        raise ValueError(f"maj_at_k needs 1 <= k <= n={n}, got k={k}")
+    counts = collections.Counter(v for v in votes if v is not None)
+    right = collections.Counter()
+    for v, c in zip(votes, correct, strict=True):
+        if v is not None:
+            right[v] += float(c)
+    n_none = n - sum(counts.values())
+    # count -> [number of answers with that count, summed answer scores]
+    groups: dict[int, list] = {}
+    for answer, m in counts.items():
+        group = groups.setdefault(m, [0, 0.0])
+        group[0] += 1
+        group[1] += right[answer] / m
+    total = 0.0
+    for m, (_, score) in groups.items():
+        if score == 0:
+            continue
+        for j in range(1, min(m, k) + 1):
+            total += score * math.comb(m, j) * _tie_weighted_ways(groups, m, j, k - j, n_none)
+    return float(total / math.comb(n, k))
+
+
+def _truncated_product(a: np.ndarray, b: np.ndarray, size: int) -> np.ndarray:
+    return np.convolve(a, b)[:size]
+
+
+def _tie_weighted_ways(groups: dict, own: int, j: int, rest: int, n_none: int) -> float:
+    """Sum over ways to pick `rest` more samples with every other answer holding <= j of them,
+    of 1/(1 + number of other answers holding exactly j). One answer of count `own` is the
+    candidate and is excluded from its group."""
+    size = rest + 1
+    none_poly = np.array([math.comb(n_none, i) for i in range(size)], np.float64)
+    by_ties = {0: none_poly}  # ties t -> polynomial over the number of samples picked
+    for m, (g, _) in groups.items():
+        g -= m == own
+        if g == 0:
+            continue
+        below = np.array([math.comb(m, i) if i < j else 0 for i in range(size)], np.float64)
+        tie = math.comb(m, j) if m >= j and j <= rest else 0
+        # (below(x) + y * tie * x^j)^g: u of the g answers tie with the candidate.
+        powers = [np.eye(1, size)[0]]
+        for _ in range(g):
+            powers.append(_truncated_product(powers[-1], below, size))
+        terms = []
+        for u in range(0, g + 1 if tie else 1):
+            if j * u > rest:
+                break
+            term = np.zeros(size)
+            term[j * u :] = powers[g - u][: size - j * u] * (math.comb(g, u) * float(tie) ** u)
+            terms.append(term)
+        new: dict[int, np.ndarray] = {}
+        for t, poly in by_ties.items():
+            for u, term in enumerate(terms):
+                prod = _truncated_product(poly, term, size)
+                new[t + u] = new[t + u] + prod if t + u in new else prod
+        by_ties = new
+    return sum(poly[rest] / (t + 1) for t, poly in by_ties.items())
+
+
+# ---------------------------------------------------------------------------------------------
+# Answers to vote on.
+
+_FRAC = re.compile(r"^([-+]?)\\frac(?:\{(\d+)\}\{(\d+)\}|(\d)(\d))$")
+_NUMBER = re.compile(r"^[-+]?(\d+(\.\d*)?|\.\d+)(/\d+)?$")
+_DEGREES = re.compile(r"\^\{?\\circ\}?$")
+_ASSIGNMENT = re.compile(r"^[a-zA-Z]=(?!=)")
+
+
+def canonical_answer(answer: str) -> str | None:
+    """A cheap canonical form of a final math answer: '1,000' == '1000', '\\frac12' == '0.5'."""
+    s = math_reward.normalize(answer)
+    s = _DEGREES.sub("", _ASSIGNMENT.sub("", s))
+    if not s:
+        return None
+    frac = _FRAC.match(s)
+    if frac:
+        sign, num, den = (
+            frac.group(1),
+            frac.group(2) or frac.group(4),
+            frac.group(3) or frac.group(5),
+        )
+        s = f"{sign}{num}/{den}"
+    if _NUMBER.match(s) and len(s) <= 100:
+        try:
+            value = fractions.Fraction(s)
+        except (ValueError, ZeroDivisionError):
+            return s
+        return str(value.numerator) if value.denominator == 1 else str(value)
+    return s
+
+
+def vote_key(completion: str, record: dict) -> str | None:
+    """What maj@k votes on for the record's task; None when the completion has no usable answer.
+
+    world: `world.vote_key` (a countdown expression's value); countdown: the expression's value;
+    code: the extracted program text; math / gsm8k / aime / amc: `canonical_answer`.
+    """
+    task = record.get("task", "math")
+    if task == "world":
+        return world.vote_key(completion, {"kind": "chain", **record})
+    if task in ("code", "humaneval"):
+        return tasks.extract_code(completion).strip() or None
+    answer = math_reward.extract_answer(completion)
+    if answer is None:
+        return None
+    if task == "countdown":
+        value = tasks.countdown_value(answer, record["numbers"])
+        return None if value is None else str(value)
+    return canonical_answer(answer)
+
+
+# ---------------------------------------------------------------------------------------------
+# Sampling and grading.
+
+
+def _encode(tokenizer, prompt: str) -> list[int]:
+    bos = [tokenizer.bos_id] if tokenizer.bos_id is not None else []
+    return bos + tokenizer.encode(prompt)
+
+
+def _sample(model_cfg, params, tokenizer, prompt_ids, *, rows, key, mesh, num_samples, **kw):
+    """Texts (stop token dropped), lengths (stop token counted) and truncation of each row."""
+    bucket = sampler.prompt_bucket(max(map(len, prompt_ids)))
+    tokens_NxP, lens_N = sampler.pad_prompts(prompt_ids, bucket, rows, tokenizer.pad_id)
+    kw.update(num_samples=num_samples, eos_ids=(tokenizer.eos_id,), pad_id=tokenizer.pad_id)
+    if mesh is None:
+        out = sampler.generate_padded(
+            model_cfg, params, jnp.asarray(tokens_NxP), jnp.asarray(lens_N), key, **kw
+        )
+        out = {name: np.asarray(x) for name, x in vars(out).items()}
+    else:
+        out = sampler.generate_local(model_cfg, params, tokens_NxP, lens_N, key, mesh=mesh, **kw)
+    keep = len(prompt_ids) * num_samples
+    tokens, lengths, stopped = (out[name][:keep] for name in ("tokens", "lengths", "stopped"))
+    texts = [tokenizer.decode(row[: n - s]) for row, n, s in zip(tokens, lengths, stopped)]
+    return texts, lengths.tolist(), (~stopped).tolist()
+
+
+def _safe(fn, completion: str, record: dict, errors: list) -> float:
+    try:
+        return float(fn(completion, record))
+    except Exception as e:  # noqa: BLE001 - one odd record must not stop a long evaluation
+        errors.append(f"{type(e).__name__}: {e}")
+        return 0.0
+
+
+def grade_problem(record: dict, prompt: str, texts, lengths, truncated, greedy=None) -> dict:
+    """One problem's row: completions with scores, votes, format and reasoning flags."""
+    errors: list[str] = []
+    row = {
+        "prompt": prompt,
+        "answer": record.get("answer"),
+        "completions": list(texts),
+        "scores": [_safe(tasks.accuracy, t, record, errors) for t in texts],
+        "votes": [vote_key(t, record) for t in texts],
+        "lengths": [int(n) for n in lengths],
+        "truncated": [bool(x) for x in truncated],
+        "format": [_safe(registry.format_strict, t, record, errors) for t in texts],
+        "reasoning": [bool(world.is_reasoning(t)) for t in texts],
+    }
+    if "kind" in record:
+        row["kind"] = record["kind"]
+    if greedy is not None:
+        g_text, g_length, g_truncated = greedy
+        row["greedy"] = {
+            "completion": g_text,
+            "score": _safe(tasks.accuracy, g_text, record, errors),
+            "vote": vote_key(g_text, record),
+            "length": int(g_length),
+            "truncated": bool(g_truncated),
+        }
+    row["grading_errors"] = errors
+    return row
+
+
+def summarize(rows: list[dict], ks) -> tuple[dict[str, float], dict[str, list[float]]]:
+    """Metrics and curves over problem rows (scores >= 0.5 count as correct for pass@k/maj@k)."""
+    ks = sorted(set(ks))
+    metrics: dict[str, float] = {"num_problems": float(len(rows))}
+    if not rows:
+        return metrics, {"k": [], "pass@k": [], "maj@k": []}
+    correct = [[s >= 0.5 for s in r["scores"]] for r in rows]
+    metrics["pass@1"] = float(np.mean([np.mean(r["scores"]) for r in rows]))
+    if all("greedy" in r for r in rows):
+        metrics["pass@1_greedy"] = float(np.mean([r["greedy"]["score"] for r in rows]))
+    curves = {"k": [float(k) for k in ks], "pass@k": [], "maj@k": []}
+    for k in ks:
+        p = np.mean([pass_at_k(len(c), sum(c), k) for c in correct])
+        m = np.mean([maj_at_k(r["votes"], c, k) for r, c in zip(rows, correct, strict=True)])
+        curves["pass@k"].append(float(p))
+        curves["maj@k"].append(float(m))
+        if k > 1:  # pass@1 is the mean score above (equal for 0/1 scores)
+            metrics[f"pass@{k}"] = float(p)
+        metrics[f"maj@{k}"] = float(m)
+    flat = lambda name: [x for r in rows for x in r[name]]
+    metrics["mean_length"] = float(np.mean(flat("lengths")))
+    metrics["format_rate"] = float(np.mean(flat("format")))
+    metrics["reasoning_rate"] = float(np.mean(flat("reasoning")))
+    metrics["truncation_rate"] = float(np.mean(flat("truncated")))
+    return metrics, curves
+
+
+def _check(cfg: EvalConfig, records) -> tuple[int, ...]:
+    if not records:
+        raise ValueError("evaluate: no records")
+    if cfg.num_samples < 1 or cfg.max_new_tokens < 1 or cfg.prompts_per_batch < 1:
+        raise ValueError(f"EvalConfig: num_samples, max_new_tokens, prompts_per_batch >= 1: {cfg}")
+    if cfg.temperature <= 0:
+        raise ValueError("EvalConfig.temperature must be positive (greedy=True adds greedy)")
+    ks = tuple(sorted({k for k in cfg.ks if 1 <= k <= cfg.num_samples} | {1}))
+    dropped = sorted(set(cfg.ks) - set(ks))
+    if dropped:
+        logging.warning("evaluate: dropping ks %s (need 1 <= k <= %d)", dropped, cfg.num_samples)
+    return ks
+
+
+def evaluate(
+    model_cfg,
+    params,
+    tokenizer,
+    records: list[dict],
+    *,
+    prompt_fn,
+    cfg: EvalConfig,
+    mesh=None,
+    progress: bool = True,
+) -> EvalResult:
+    """Samples, grades and scores `records`; see the module docstring for the metrics.
+
+    1. Template and tokenize every prompt (BOS first when the tokenizer has one).
+    2. Per batch of prompts_per_batch prompts (padded rows keep one program per bucket): sample
+       G = num_samples completions at temperature, and one greedy completion if asked.
+    3. Grade each completion (task accuracy, strict format, reasoning) and take its vote key.
+    4. Estimate pass@1, pass@k, maj@k per problem, average, and break down by record "kind".
+    """
+    ks = _check(cfg, records)
+    # (1)
+    prompts = [prompt_fn(r) for r in records]
+    ids = [_encode(tokenizer, p) for p in prompts]
+    rows = min(cfg.prompts_per_batch, len(records))  # the last call is padded to this many
+    root = jax.random.key(cfg.seed)
+    out_rows, errors = [], 0
+    bar = tqdm.tqdm(total=len(records), desc="eval", unit="prompt", disable=not progress)
+    for b, start in enumerate(range(0, len(records), cfg.prompts_per_batch)):
+        batch = slice(start, start + cfg.prompts_per_batch)
+        # (2)
+        common = dict(rows=rows, key=jax.random.fold_in(root, b), mesh=mesh)
+        common.update(max_new_tokens=cfg.max_new_tokens)
+        sampled = _sample(
+            model_cfg,
+            params,
+            tokenizer,
+            ids[batch],
+            num_samples=cfg.num_samples,
+            temperature=cfg.temperature,
+            top_p=cfg.top_p,
+            top_k=cfg.top_k,
+            **common,
+        )
+        greedy = None
+        if cfg.greedy:
+            greedy = _sample(
+                model_cfg, params, tokenizer, ids[batch], num_samples=1, temperature=0.0, **common
+            )
+        # (3)
+        for i, record in enumerate(records[batch]):
+            part = slice(i * cfg.num_samples, (i + 1) * cfg.num_samples)
+            texts, lengths, truncated = (x[part] for x in sampled)
+            g = None if greedy is None else tuple(x[i] for x in greedy)
+            row = grade_problem(record, prompts[start + i], texts, lengths, truncated, g)
+            errors += len(row.pop("grading_errors"))
+            out_rows.append(row)
+        bar.update(len(records[batch]))
+    bar.close()
+    if errors:
+        logging.warning("evaluate: %d grader calls raised and scored 0", errors)
+    # (4)
+    metrics, curves = summarize(out_rows, ks)
+    for kind in sorted({r["kind"] for r in out_rows if "kind" in r}):
+        kind_metrics, _ = summarize([r for r in out_rows if r.get("kind") == kind], ks)
+        metrics.update({f"{kind}/{name}": v for name, v in kind_metrics.items()})
+    return EvalResult(metrics=metrics, curves=curves, samples=out_rows)
+
+
+# ---------------------------------------------------------------------------------------------
+# Output.
+
+
+def plot_test_time_compute(results: dict[str, EvalResult], path) -> None:
+    """pass@k and maj@k against k (log2 axis), one line per label (e.g. before / after RL)."""
+    import matplotlib  # only plotting needs it (as train/metrics.py)
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    for ax, name in zip(axes, ("pass@k", "maj@k"), strict=True):
+        for label, result in results.items():
+            ax.plot(result.curves["k"], result.curves[name], marker="o", label=label)
+        ax.set_xscale("log", base=2)
+        ks = sorted({k for result in results.values() for k in result.curves["k"]})
+        ax.set_xticks(ks, [f"{k:g}" for k in ks])
+        ax.set_xlabel("k (samples)")
+        ax.set_title(name)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("accuracy")
+    axes[0].set_ylim(0.0, 1.0)
+    axes[1].legend()
+    fig.tight_layout()
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write_result(result: EvalResult, workdir, name: str) -> None:
+    """Writes WORKDIR/{name}.json (metrics, curves) and {name}_samples.jsonl (one row a problem)."""
+    workdir = pathlib.Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    summary = {"metrics": result.metrics, "curves": result.curves}
+    (workdir / f"{name}.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    with (workdir / f"{name}_samples.jsonl").open("w", encoding="utf-8") as f:
+        for row in result.samples:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def format_table(metrics: dict[str, float]) -> str:
+    """A short text table: one line per group (all, then each kind), the headline columns."""
+    prefixes = [""] + sorted({k.split("/")[0] + "/" for k in metrics if "/" in k})
+    ks = sorted(int(k.split("@")[1]) for k in metrics if k.startswith("maj@"))
+    top = ks[-1] if ks else 1
+    columns = [
+        ("n", "num_problems", "{:.0f}"),
+        ("pass@1", "pass@1", "{:.3f}"),
+        ("greedy", "pass@1_greedy", "{:.3f}"),
+        (f"pass@{top}", f"pass@{top}", "{:.3f}"),
+        (f"maj@{top}", f"maj@{top}", "{:.3f}"),
+        ("format", "format_rate", "{:.3f}"),
+        ("reason", "reasoning_rate", "{:.3f}"),
+        ("len", "mean_length", "{:.1f}"),
+        ("trunc", "truncation_rate", "{:.3f}"),
+    ]
+    lines = ["group      " + " ".join(f"{title:>8}" for title, _, _ in columns)]
+    for prefix in prefixes:
+        cells = []
+        for _, key, fmt in columns:
+            value = metrics.get(prefix + key)
+            cells.append(f"{'-' if value is None else fmt.format(value):>8}")
+        lines.append(f"{(prefix.rstrip('/') or 'all'):<10} " + " ".join(cells))
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# The `eval` stage.
+
+
+def eval_config(cfg) -> EvalConfig:
+    """The frozen EvalConfig of a config's `eval` section."""
+    e = cfg.eval
+    return EvalConfig(
+        num_samples=int(e.num_samples),
+        temperature=float(e.temperature),
+        top_p=float(e.top_p),
+        top_k=int(e.top_k),
+        max_new_tokens=int(e.max_new_tokens),
+        greedy=bool(e.greedy),
+        ks=tuple(int(k) for k in e.ks),
+        prompts_per_batch=int(e.prompts_per_batch),
+        seed=int(cfg.seed),
+    )
+
+
+def _is_run_dir(folder: pathlib.Path) -> bool:
+    """True for an r1jax run folder: its config.json has 'config' and 'model' sections."""
+    try:
+        saved = json.loads((folder / "config.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    return isinstance(saved, dict) and "model" in saved and "config" in saved
+
+
+def run_model_config(run_dir) -> tuple[model_config.ModelConfig, dict]:
+    """(ModelConfig, resolved config dict) that an r1jax run wrote to its config.json."""
+    saved = json.loads((pathlib.Path(run_dir) / "config.json").read_text())
+    shape = dict(saved["model"])
+    if shape.get("rope_scaling"):
+        shape["rope_scaling"] = model_config.RopeScaling(**shape["rope_scaling"])
+    return model_config.ModelConfig(**shape), saved["config"]
+
+
+def place_params(model_cfg, params, mesh, rules=sharding.DEFAULT_RULES):
+    """Params sharded on the mesh by their logical axes (as the training stages place them)."""
+    logical = transformer.logical_axes(model_cfg)
+    return jax.device_put(params, sharding.param_shardings(logical, mesh, rules))
+
+
+def _restore(path, model_cfg, mesh, rules):
+    """A run's params from its newest checkpoint, restored straight onto the mesh."""
+    shardings = sharding.param_shardings(transformer.logical_axes(model_cfg), mesh, rules)
+    abstract = jax.tree.map(
+        lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh),
+        jax.eval_shape(lambda k: transformer.init_params(model_cfg, k), jax.random.key(0)),
+        shardings,
+    )
+    return checkpoint.restore_params(path, abstract)
+
+
+def load_model(cfg, mesh, rules=sharding.DEFAULT_RULES):
+    """(model_cfg, params on the mesh, tokenizer, run config or {}) from config.model.init_from.
+
+    An r1jax run (or its checkpoints folder) brings its own model shape and tokenizer; a Hugging
+    Face folder its config.json and tokenizer.json. config.tokenizer.path overrides either.
+    """
+    path = pathlib.Path(cfg.model.init_from)
+    numerics = dict(dtype=cfg.model.dtype, param_dtype=cfg.model.param_dtype, remat="none")
+    run_dir = next((d for d in (path, path.parent) if _is_run_dir(d)), None)
+    if (path / "config.json").is_file() and run_dir != path:
+        hf_cfg, params = hf_io.load_hf(path, dtype=cfg.model.param_dtype)
+        model_cfg = dataclasses.replace(hf_cfg, **numerics)
+        tokenizer = text.load_tokenizer(cfg.tokenizer.path or path)
+        return model_cfg, place_params(model_cfg, params, mesh, rules), tokenizer, {}
+    if run_dir is not None:
+        model_cfg, run_cfg = run_model_config(run_dir)
+        model_cfg = dataclasses.replace(model_cfg, **numerics)
+        tokenizer = text.load_tokenizer(cfg.tokenizer.path or run_dir)
+        return model_cfg, _restore(path, model_cfg, mesh, rules), tokenizer, run_cfg
+    # A bare checkpoint folder: the shape comes from this config.
+    if not cfg.tokenizer.path:
+        raise configlib.ConfigError(
+            f"config.tokenizer.path: {path} has no run config.json; give the tokenizer"
+        )
+    tokenizer = text.load_tokenizer(cfg.tokenizer.path)
+    model_cfg = configlib.model_config_from(cfg, vocab_size=tokenizer.vocab_size)
+    return model_cfg, _restore(path, model_cfg, mesh, rules), tokenizer, {}
+
+
+def resolve_template(cfg, run_cfg: dict) -> str:
+    """config.eval.template, or ('') the template the run was trained with, else r1_zero."""
+    if cfg.eval.template:
+        return cfg.eval.template
+    if run_cfg.get("stage") == "rl":
+        return run_cfg["rl"]["template"]
+    if run_cfg.get("stage") == "sft":
+        return run_cfg["data"]["template"]
+    return "r1_zero"
+
+
+def load_eval_records(cfg) -> list[dict]:
+    """config.data.eval in config.data.format, cut to config.eval.max_problems."""
+    records = supervised.load_records(cfg, cfg.data.eval)
+    if cfg.eval.max_problems:
+        records = records[: cfg.eval.max_problems]
+    return records
+
+
+def run(cfg, workdir) -> dict:
+    """The `eval` stage: evaluate config.model.init_from on config.data.eval; returns metrics."""
+    workdir = pathlib.Path(workdir)
+    configlib.validate(cfg)
+    records = load_eval_records(cfg)
+    mesh = sharding.make_mesh(cfg.mesh.to_dict())
+    rules = sharding.rules_from_config(cfg.mesh.rules)
+    model_cfg, params, tokenizer, run_cfg = load_model(cfg, mesh, rules)
+    template = resolve_template(cfg, run_cfg)
+    workdir.mkdir(parents=True, exist_ok=True)
+    resolved = {"config": cfg.to_dict(), "model": dataclasses.asdict(model_cfg)}
+    resolved["template"] = template
+    (workdir / "eval_config.json").write_text(
+        json.dumps(resolved, indent=2, sort_keys=True, default=str) + "\n"
+    )
+    logging.info(
+        "evaluating %s on %d problems of %s (template %s)",
+        cfg.model.init_from,
+        len(records),
+        cfg.data.eval,
+        template,
+    )
+    t0 = time.perf_counter()
+    result = evaluate(
+        model_cfg,
+        params,
+        tokenizer,
+        records,
+        prompt_fn=lambda r: text.apply_template(template, r["prompt"]),
+        cfg=eval_config(cfg),
+        mesh=mesh,
+    )
+    result.metrics["eval_seconds"] = time.perf_counter() - t0
+    if jax.process_index() == 0:
+        write_result(result, workdir, "eval")
+        plot_test_time_compute({"eval": result}, workdir / "test_time_compute.png")
+    logging.info("evaluation of %s:\n%s", cfg.model.init_from, format_table(result.metrics))
+    return result.metrics

@@ -1,0 +1,58 @@
+"""Exports an r1jax run's params to a Hugging Face folder (config.json, safetensors, tokenizer).
+
+  python -m r1jax.export RUN_DIR OUT_DIR [--step N]
+
+The folder loads in `transformers` (Qwen2/Llama) and back in r1jax (`--config.model.init_from`).
+RL runs export their policy. The run's SentencePiece model is copied as tokenizer.model.
+"""
+
+import argparse
+import json
+import pathlib
+import shutil
+
+import jax
+
+from r1jax.model import config as model_config
+from r1jax.model import hf_io, transformer
+from r1jax.train import checkpoint
+
+
+def run_model_config(run_dir: pathlib.Path) -> model_config.ModelConfig:
+    """The resolved model config an r1jax run saved in its config.json."""
+    path = run_dir / "config.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: not an r1jax run folder (no config.json)")
+    saved = json.loads(path.read_text())
+    if "model" not in saved:
+        raise ValueError(f"{path}: no 'model' section (was it written by r1jax?)")
+    fields = dict(saved["model"])
+    if fields.get("rope_scaling"):
+        fields["rope_scaling"] = model_config.RopeScaling(**fields["rope_scaling"])
+    return model_config.ModelConfig(**fields)
+
+
+def export(run_dir, out_dir, *, step: int | None = None) -> pathlib.Path:
+    """Writes the run's params (latest or `step`) and tokenizer to OUT_DIR; returns it."""
+    run_dir, out_dir = pathlib.Path(run_dir), pathlib.Path(out_dir)
+    cfg = run_model_config(run_dir)
+    abstract = jax.eval_shape(lambda k: transformer.init_params(cfg, k), jax.random.key(0))
+    params = checkpoint.restore_params(run_dir, abstract, step=step)
+    hf_io.save_hf(out_dir, cfg, params)
+    tokenizer = run_dir / "tokenizer.model"
+    if tokenizer.exists():
+        shutil.copyfile(tokenizer, out_dir / "tokenizer.model")
+    return out_dir
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir")
+    parser.add_argument("out_dir")
+    parser.add_argument("--step", type=int, default=None, help="checkpoint step (default latest)")
+    args = parser.parse_args(argv)
+    print(export(args.run_dir, args.out_dir, step=args.step))
+
+
+if __name__ == "__main__":
+    main()

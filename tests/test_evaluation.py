@@ -1,0 +1,323 @@
+"""Evaluation: pass@k and maj@k against brute force, vote keys, grading, evaluate, the eval stage.
+
+N prompts, G samples per prompt.
+"""
+
+import itertools
+import json
+import os
+import random
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from r1jax import configlib, evaluation, sharding, text
+from r1jax.data import world
+from r1jax.model import config as config_lib
+from r1jax.model import transformer as tf
+from r1jax.train import checkpoint, trainer
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WORLD = world.WorldConfig()
+SMALL = evaluation.EvalConfig(
+    num_samples=4, ks=(1, 2, 4, 8), max_new_tokens=8, prompts_per_batch=4, seed=3
+)
+
+
+# ---- estimators ------------------------------------------------------------------------------
+
+
+def test_pass_at_k_matches_subset_enumeration():
+    for n in range(1, 9):
+        for c in range(n + 1):
+            flags = [True] * c + [False] * (n - c)
+            for k in range(1, n + 1):
+                subsets = list(itertools.combinations(flags, k))
+                expected = sum(any(s) for s in subsets) / len(subsets)
+                assert evaluation.pass_at_k(n, c, k) == pytest.approx(expected, abs=1e-12)
+    assert evaluation.pass_at_k(64, 1, 1) == pytest.approx(1 / 64)
+    with pytest.raises(ValueError):
+        evaluation.pass_at_k(4, 5, 1)
+    with pytest.raises(ValueError):
+        evaluation.pass_at_k(4, 1, 5)
+
+
+def _maj_brute_force(votes, correct, k):
+    """Mean over all size-k subsets of the expected score of a tie-broken majority vote."""
+    by_answer = {}
+    for v, c in zip(votes, correct, strict=True):
+        if v is not None:
+            by_answer.setdefault(v, []).append(float(c))
+    score = {a: float(np.mean(cs)) for a, cs in by_answer.items()}
+    total, subsets = 0.0, list(itertools.combinations(range(len(votes)), k))
+    for subset in subsets:
+        counts = {}
+        for i in subset:
+            if votes[i] is not None:
+                counts[votes[i]] = counts.get(votes[i], 0) + 1
+        if counts:
+            top = max(counts.values())
+            total += np.mean([score[a] for a, m in counts.items() if m == top])
+    return total / len(subsets)
+
+
+def test_maj_at_k_matches_brute_force_with_ties_and_none():
+    rng = random.Random(0)
+    for _ in range(150):
+        n = rng.randint(1, 9)
+        alphabet = "abcde"[: rng.randint(1, 5)]
+        votes = [None if rng.random() < 0.25 else rng.choice(alphabet) for _ in range(n)]
+        right = {a: rng.random() < 0.5 for a in alphabet}
+        correct = [v is not None and right[v] for v in votes]
+        if rng.random() < 0.2:  # a grader that disagrees within one vote key
+            correct[rng.randrange(n)] ^= True
+        for k in range(1, n + 1):
+            got = evaluation.maj_at_k(votes, correct, k)
+            assert got == pytest.approx(_maj_brute_force(votes, correct, k), abs=1e-12)
+
+
+def test_maj_at_k_special_cases():
+    votes = ["a", "a", "b", "b", None, "c"]
+    correct = [True, True, False, False, False, False]
+    # k = n: a and b tie at 2, the tie is broken uniformly -> 0.5.
+    assert evaluation.maj_at_k(votes, correct, 6) == pytest.approx(0.5)
+    # k = 1: the share of samples with an answer that are correct.
+    assert evaluation.maj_at_k(votes, correct, 1) == pytest.approx(2 / 6)
+    assert evaluation.maj_at_k([None, None], [False, False], 2) == 0.0
+    assert evaluation.maj_at_k(["x"] * 3, [True] * 3, 2) == 1.0
+    # 64 distinct answers, one right: every subset is a k-way tie -> 1/64 at every k.
+    votes = [str(i) for i in range(64)]
+    correct = [i == 7 for i in range(64)]
+    for k in (1, 8, 64):
+        assert evaluation.maj_at_k(votes, correct, k) == pytest.approx(1 / 64)
+    with pytest.raises(ValueError):
+        evaluation.maj_at_k(["a"], [True], 2)
+
+
+# ---- vote keys and grading --------------------------------------------------------------------
+
+
+def _ans(x):
+    return f"<think>t</think> <answer>{x}</answer>"
+
+
+def test_vote_key():
+    key = evaluation.vote_key
+    chain = {"task": "world", "kind": "chain", "answer": "3"}
+    count = {"task": "world", "kind": "countdown", "numbers": [3, 2, 4], "target": 20}
+    assert key(_ans(" 3 "), chain) == "3"
+    assert key("<answer>3", chain) is None  # unclosed
+    assert key(_ans("(3+2)*4"), count) == key(_ans("4*(2+3)"), count) == "20"
+    assert key(_ans("4*2+3"), count) == "11"
+    assert key(_ans("5*4"), count) is None  # the numbers are not used as given
+    plain = {"task": "countdown", "numbers": [3, 2, 4], "target": 20}
+    assert key(_ans("(3 + 2) \\times 4"), plain) == "20"
+    gsm = {"task": "gsm8k", "answer": "1000"}
+    assert key(_ans("1,000"), gsm) == key(_ans("1000"), gsm) == key(_ans("$1000"), gsm) == "1000"
+    assert key("The answer is 1,000.", gsm) == "1000"
+    math = {"task": "math", "answer": "\\frac{1}{2}"}
+    halves = ["\\frac12", "\\frac{1}{2}", "\\dfrac{1}{2}", "1/2", "0.5", "\\boxed{0.50}"]
+    assert {key(_ans(h), math) for h in halves} == {"1/2"}
+    assert key(_ans("-\\frac{3}{6}"), math) == "-1/2"
+    assert key(_ans("025"), {"task": "aime"}) == key(_ans("25"), {"task": "aime"}) == "25"
+    assert key(_ans("x = 5"), math) == "5"
+    assert key(_ans("90^\\circ"), math) == "90"
+    assert key(_ans("\\sqrt{2}"), math) == "\\sqrt{2}"
+    assert key("no answer here", math) is None
+    code = {"task": "code"}
+    assert key("```python\nreturn 1\n```", code) == "return 1"
+
+
+def test_grade_problem_and_summarize():
+    record = {"task": "world", "kind": "chain", "answer": "3", "prompt": "p"}
+    texts = [_ans("3"), _ans("3"), "<answer>4</answer>", "<think>cut off"]
+    row = evaluation.grade_problem(
+        record, "P", texts, [5, 5, 3, 8], [False, False, False, True], (_ans("4"), 5, False)
+    )
+    assert row["scores"] == [1.0, 1.0, 0.0, 0.0]
+    assert row["votes"] == ["3", "3", "4", None]
+    assert row["format"] == [1.0, 1.0, 0.0, 0.0]
+    assert row["reasoning"] == [True, True, False, True]
+    assert row["greedy"]["score"] == 0.0 and row["kind"] == "chain"
+    assert not row.pop("grading_errors")
+    metrics, curves = evaluation.summarize([row], ks=(1, 2, 4))
+    assert metrics["pass@1"] == 0.5 and metrics["pass@1_greedy"] == 0.0
+    assert metrics["pass@2"] == pytest.approx(1 - 1 / 6) and metrics["pass@4"] == 1.0
+    assert metrics["maj@4"] == 1.0 and metrics["maj@1"] == 0.5
+    assert metrics["format_rate"] == 0.5 and metrics["reasoning_rate"] == 0.75
+    assert metrics["mean_length"] == 5.25 and metrics["truncation_rate"] == 0.25
+    assert curves["k"] == [1.0, 2.0, 4.0] and curves["pass@k"][0] == 0.5
+
+
+# ---- evaluate on a tiny random model ----------------------------------------------------------
+
+
+def _random_params(model_cfg):
+    """Random params drawn on the host (no init program to compile): weights 4x the 0.02 init,
+    so sampling is far from uniform and seeds matter; norm scales 1, biases 0."""
+    rng = np.random.default_rng(0)
+    abstract = jax.eval_shape(lambda k: tf.init_params(model_cfg, k), jax.random.key(0))
+
+    def draw(path, x):
+        name = jax.tree_util.keystr(path)
+        if "scale" in name or "bias" in name:
+            return np.full(x.shape, "scale" in name, x.dtype)
+        return (0.08 * rng.standard_normal(x.shape)).astype(x.dtype)
+
+    return jax.tree_util.tree_map_with_path(draw, abstract)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A SentencePiece tokenizer on the world corpus, a tiny random model, held-out records."""
+    folder = tmp_path_factory.mktemp("tiny_run")
+    corpus = world.pretrain_corpus(WORLD, 600, seed=0)
+    tok = text.SentencePieceTokenizer.train(
+        (r["text"] for r in corpus), folder / "tokenizer", vocab_size=400
+    )
+    model_cfg = config_lib.ModelConfig(
+        vocab_size=tok.vocab_size, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=8,
+        d_ff=64, qkv_bias=True, max_seq_len=256,
+    )  # fmt: skip
+    params = _random_params(model_cfg)
+    records = world.rl_prompts(WORLD, 6, seed=2, split="test")
+    # Placed as the eval stage places them, so the stage test reuses the compiled programs.
+    mesh = sharding.make_mesh({"data": -1, "num_devices": 1})
+    params = evaluation.place_params(model_cfg, params, mesh)
+    return folder, tok, model_cfg, params, records, mesh
+
+
+def _world_prompt(record):
+    return text.apply_template("world", record["prompt"])
+
+
+def test_evaluate_end_to_end_is_deterministic(tiny):
+    _, tok, model_cfg, params, records, mesh = tiny
+    run = lambda cfg: evaluation.evaluate(
+        model_cfg, params, tok, records, prompt_fn=_world_prompt, cfg=cfg, mesh=mesh, progress=False
+    )
+    result = run(SMALL)
+    assert len(result.samples) == len(records)
+    for row, record in zip(result.samples, records, strict=True):
+        assert row["prompt"] == _world_prompt(record) and row["kind"] == record["kind"]
+        for name in ("completions", "scores", "votes", "lengths", "format", "reasoning"):
+            assert len(row[name]) == SMALL.num_samples
+        assert all(1 <= n <= SMALL.max_new_tokens for n in row["lengths"])
+        assert set(row["greedy"]) >= {"completion", "score", "vote", "length"}
+    m = result.metrics
+    assert m["num_problems"] == len(records)
+    for name in ("pass@1", "pass@1_greedy", "pass@2", "pass@4", "maj@1", "maj@2", "maj@4"):
+        assert 0.0 <= m[name] <= 1.0
+    for name in ("format_rate", "reasoning_rate", "truncation_rate"):
+        assert 0.0 <= m[name] <= 1.0
+    assert 1.0 <= m["mean_length"] <= SMALL.max_new_tokens
+    assert "pass@8" not in m  # k above num_samples is dropped
+    kinds = {r["kind"] for r in records}
+    assert {f"{kind}/pass@1" for kind in kinds} <= set(m)
+    assert sum(m[f"{kind}/num_problems"] for kind in kinds) == len(records)
+    assert result.curves["k"] == [1.0, 2.0, 4.0] and len(result.curves["maj@k"]) == 3
+    assert run(SMALL).samples == result.samples  # a fixed seed gives the same samples
+    other = run(evaluation.EvalConfig(**{**SMALL.__dict__, "seed": 4}))
+    assert [r["completions"] for r in other.samples] != [r["completions"] for r in result.samples]
+    assert [r["greedy"] for r in other.samples] == [r["greedy"] for r in result.samples]
+
+
+def _save_run(folder, model_cfg, params):
+    """An r1jax run folder: config.json (model shape, sft with the world template), a checkpoint."""
+    cfg = configlib.load_config(os.path.join(REPO, "configs/sft.py:tiny"), data__template="world")
+    configlib.save_resolved(cfg, folder, model_cfg)
+    optimizer = optax.sgd(0.1)
+    mesh = sharding.make_mesh({"data": -1, "num_devices": 1})
+    shardings = trainer.model_shardings(model_cfg, optimizer, mesh, sharding.DEFAULT_RULES)
+    params = jax.tree.map(jnp.copy, params)  # state_from_params donates its params
+    state = trainer.state_from_params(params, shardings, optimizer, jax.random.key(0))
+    mngr = checkpoint.manager(folder / "checkpoints")
+    checkpoint.save(mngr, state, force=True)
+    mngr.wait_until_finished()
+
+
+def test_eval_stage_writes_results(tiny, tmp_path):
+    folder, _, model_cfg, params, records, _ = tiny
+    _save_run(folder, model_cfg, params)
+    data = tmp_path / "held_out.jsonl"
+    world.write_jsonl(data, records + records[:2])
+    cfg = configlib.load_config(
+        os.path.join(REPO, "configs/eval.py:world"),
+        model__init_from=str(folder),
+        data__eval=str(data),
+        eval__template="",  # the run's own template ("world", from its config.json)
+        eval__num_samples=SMALL.num_samples,
+        eval__max_new_tokens=SMALL.max_new_tokens,
+        eval__prompts_per_batch=SMALL.prompts_per_batch,
+        eval__max_problems=len(records),
+        mesh__num_devices=1,
+        seed=SMALL.seed,
+    )
+    metrics = evaluation.run(cfg, tmp_path / "eval")
+    out = tmp_path / "eval"
+    saved = json.loads((out / "eval.json").read_text())
+    assert saved["metrics"]["num_problems"] == len(records) == metrics["num_problems"]
+    assert saved["curves"]["k"] == [1.0, 2.0, 4.0]  # ks above num_samples dropped
+    rows = [json.loads(line) for line in (out / "eval_samples.jsonl").read_text().splitlines()]
+    assert [r["prompt"] for r in rows] == [_world_prompt(r) for r in records]
+    assert (out / "test_time_compute.png").stat().st_size > 0
+    assert json.loads((out / "eval_config.json").read_text())["template"] == "world"
+    # The library call on the same params samples the same completions as the stage.
+    _, tok, *_ = tiny
+    direct = evaluation.evaluate(
+        model_cfg,
+        params,
+        tok,
+        records,
+        prompt_fn=_world_prompt,
+        cfg=evaluation.EvalConfig(**{**SMALL.__dict__, "ks": (1, 2, 4, 8, 16)}),
+        mesh=tiny[5],
+        progress=False,
+    )
+    assert [r["completions"] for r in rows] == [r["completions"] for r in direct.samples]
+
+
+def test_eval_stage_cli_names_missing_model(tmp_path):
+    data = tmp_path / "held_out.jsonl"
+    world.write_jsonl(data, world.rl_prompts(WORLD, 2, seed=2, split="test"))
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "r1jax.main",
+            "--config=configs/eval.py:world",
+            f"--workdir={tmp_path / 'eval'}",
+            f"--config.data.eval={data}",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+    )
+    assert out.returncode != 0 and "config.model.init_from" in out.stderr, out.stderr[-2000:]
+
+
+def test_plot_compares_labels(tmp_path):
+    curves = {"k": [1.0, 2.0, 4.0], "pass@k": [0.1, 0.2, 0.3], "maj@k": [0.1, 0.15, 0.2]}
+    before = evaluation.EvalResult(metrics={}, curves=curves, samples=[])
+    after = evaluation.EvalResult(metrics={}, curves=curves, samples=[])
+    evaluation.plot_test_time_compute({"before": before, "after": after}, tmp_path / "ttc.png")
+    assert (tmp_path / "ttc.png").stat().st_size > 0
+    table = evaluation.format_table({"num_problems": 2.0, "pass@1": 0.5, "chain/pass@1": 1.0})
+    assert "all" in table and "chain" in table
+
+
+def test_eval_config_validation_names_the_field(shared_data):
+    spec = os.path.join(REPO, "configs/eval.py:gsm8k")
+    configlib.validate(configlib.load_config(spec, model__init_from=REPO), num_devices=1)
+    with pytest.raises(configlib.ConfigError, match=r"config\.model\.init_from"):
+        configlib.validate(configlib.load_config(spec), num_devices=1)
+    for field, value in [("ks", (0, 2)), ("top_p", 0.0), ("template", "r1"), ("temperature", 0)]:
+        cfg = configlib.load_config(spec, model__init_from=REPO, **{f"eval__{field}": value})
+        with pytest.raises(configlib.ConfigError, match=rf"config\.eval\.{field}"):
+            configlib.validate(cfg, num_devices=1)

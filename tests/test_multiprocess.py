@@ -1,0 +1,161 @@
+"""Two local processes (4 host devices each) under jax.distributed give one 8-device process's
+GRPO numbers, through a collective checkpoint save and restore.
+
+The test starts this file as a script: `python tests/test_multiprocess.py WORKDIR OUT.json
+PROCESS_ID NUM_PROCESSES ADDRESS [key=value ...]`.
+"""
+
+import json
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+import time
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+# The mesh spans both processes on every axis: FSDP and tensor shards live in both, and each
+# process holds half of the batch (data x fsdp = 4 rows of prompts, 2 per process).
+OVERRIDES = dict(
+    mesh__data=2,
+    mesh__fsdp=2,
+    mesh__tensor=2,
+    rl__prompts_per_step=4,
+    rl__num_samples=4,
+    rl__max_new_tokens=12,
+    data__max_records=200,
+    train__steps=4,
+    metrics__tensorboard=False,
+    metrics__peak_flops=1e9,
+    rl__log_samples_every=0,
+)
+TIMING_KEYS = ("_s", "tokens_per_s", "mfu", "rewards/seconds")
+
+
+def _worker(workdir, out, process_id, num_processes, address, extra):
+    """Steps 1-2, a collective save, step 3, a restore of step 2, step 3 again."""
+    import jax
+
+    from r1jax import configlib, distributed
+    from r1jax.train import rl
+
+    if num_processes > 1:
+        distributed.initialize(address, num_processes, process_id)
+    assert jax.device_count() == 8, jax.devices()
+    cfg = configlib.load_config(str(REPO / "configs/grpo.py") + ":tiny", **{**OVERRIDES, **extra})
+    t0 = time.perf_counter()
+    run = rl.RLRun(cfg, workdir)
+    print(f"init {time.perf_counter() - t0:.1f} s", flush=True)
+    rows = [run.step_once()[0] for _ in range(2)]
+    print(f"steps 1-2 {time.perf_counter() - t0:.1f} s", flush=True)
+    run.save(force=True)
+    run.ckpt.wait_until_finished()
+    print(f"save {time.perf_counter() - t0:.1f} s", flush=True)
+    rows.append(run.step_once()[0])
+    print(f"step 3 {time.perf_counter() - t0:.1f} s", flush=True)
+    run._restore()  # back to step 2: params, optimizer, reference, KL coefficient, prompt stream
+    print(f"restore {time.perf_counter() - t0:.1f} s", flush=True)
+    assert int(run.state.step) == 2
+    rows.append(run.step_once()[0])
+    print(f"step 3 again {time.perf_counter() - t0:.1f} s", flush=True)
+    run.close()
+    stable = [{k: v for k, v in r.items() if not any(t in k for t in TIMING_KEYS)} for r in rows]
+    pathlib.Path(out).write_text(json.dumps({"rows": stable, "processes": jax.process_count()}))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start(tmp_path, name, num_processes, extra=()):
+    """Starts the processes of one run; returns (name, [(process, log path, out path)])."""
+    env = {
+        **os.environ,
+        "JAX_PLATFORMS": "cpu",
+        # Cheap compiles (LLVM optimisation and XLA:CPU's fusion emitters off: five times
+        # faster, and the runs' compiles share two cores): the test checks numbers across
+        # layouts, not speed.
+        "XLA_FLAGS": f"--xla_force_host_platform_device_count={8 // num_processes} "
+        "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false",
+    }
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)
+    address = f"127.0.0.1:{_free_port()}"
+    started = []
+    for i in range(num_processes):
+        out, log = tmp_path / f"{name}-{i}.json", tmp_path / f"{name}-{i}.log"
+        args = [str(tmp_path / name), str(out), str(i), str(num_processes), address, *extra]
+        with open(log, "w") as f:
+            proc = subprocess.Popen(
+                [sys.executable, __file__, *args], cwd=REPO, env=env, stdout=f, stderr=f
+            )
+        started.append((proc, log, out))
+    return name, started
+
+
+def _finish(run, timeout=400):
+    name, started = run
+    try:
+        codes = [proc.wait(timeout=timeout) for proc, _, _ in started]
+    finally:
+        for proc, _, _ in started:
+            if proc.poll() is None:
+                proc.kill()
+    for i, (code, (_, log, _)) in enumerate(zip(codes, started)):
+        assert code == 0, f"{name} process {i} failed:\n{log.read_text()[-4000:]}"
+    return [json.loads(out.read_text()) for _, _, out in started]
+
+
+def _assert_rows_close(got, expected, rtol):
+    assert len(got) == len(expected)
+    for step, (g, e) in enumerate(zip(got, expected), 1):
+        assert g.keys() == e.keys(), step
+        for key in e:
+            assert abs(g[key] - e[key]) <= rtol * max(1.0, abs(e[key])), (step, key, g[key], e[key])
+
+
+def test_two_processes_match_one_process_through_save_and_restore(tmp_path, shared_data):
+    import pytest
+
+    try:
+        import jax
+
+        jax.config.jax_cpu_collectives_implementation  # noqa: B018  (gloo is selectable)
+    except AttributeError:
+        pytest.skip("this JAX has no gloo CPU collectives")
+    # Both runs read one tokenizer (trained here once), and run at the same time.
+    from r1jax import configlib
+    from r1jax.train import supervised
+
+    cfg = configlib.load_config(str(REPO / "configs/grpo.py") + ":tiny", **OVERRIDES)
+    supervised.resolve_tokenizer(cfg, tmp_path, supervised.load_records(cfg, cfg.data.train))
+    tokenizer = f"tokenizer__path={tmp_path / 'tokenizer.model'}"
+    single_run = _start(tmp_path, "single", 1, [tokenizer])
+    multi_run = _start(tmp_path, "multi", 2, [tokenizer])
+    (single,), multi = _finish(single_run), _finish(multi_run)
+    assert single["processes"] == 1 and multi[0]["processes"] == 2
+    # Both processes log the same (global) metrics.
+    assert multi[0]["rows"] == multi[1]["rows"]
+    rows = single["rows"]
+    # The restored run repeats step 3 exactly, in either layout.
+    assert rows[3] == rows[2]
+    assert multi[0]["rows"][3] == multi[0]["rows"][2]
+    # Same programs on the same (2, 2, 2) mesh; only the cross-process all-reduces (gloo) may
+    # add float32 partial sums in another order: relative 1e-5 leaves a margin of ~100 ulp.
+    _assert_rows_close(multi[0]["rows"], rows, rtol=1e-5)
+    assert rows[0]["reward"] > 0 and rows[2]["kl_ref"] > 0
+
+
+def _main(argv):
+    workdir, out, process_id, num_processes, address, *rest = argv
+    extra = {}
+    for item in rest:
+        key, value = item.split("=", 1)
+        extra[key] = value
+    _worker(workdir, out, int(process_id), int(num_processes), address, extra)
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(REPO))
+    _main(sys.argv[1:])

@@ -1,0 +1,97 @@
+"""RL run reports: summary numbers, compute accounting, the report figure, HF export."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from r1jax import evaluation, export
+from r1jax.model import config as model_config
+from r1jax.model import hf_io
+from r1jax.model import transformer as tf
+from r1jax.train import checkpoint, report
+
+
+def _result(pass1, maj):
+    metrics = {"pass@1": pass1, "pass@1_greedy": pass1, "format_rate": 1.0, "mean_length": 9.0}
+    metrics.update({"pass@4": min(1.0, 2 * pass1), "maj@1": pass1, "maj@4": maj})
+    metrics["chain/pass@1"] = pass1
+    curves = {"k": [1, 4], "pass@k": [pass1, min(1.0, 2 * pass1)], "maj@k": [pass1, maj]}
+    return evaluation.EvalResult(metrics=metrics, curves=curves, samples=[])
+
+
+def test_summary_reports_before_after_gain_and_compute():
+    flops = {"train_flops": 3.0e12, "rollout_flops": 1.0e12}
+    out = report.summary(_result(0.2, 0.25), _result(0.6, 0.7), flops, steps=10)
+    assert out["before"]["pass@1"] == 0.2 and out["after"]["maj@4"] == 0.7
+    assert out["after"]["chain/pass@1"] == 0.6
+    assert out["gain"]["pass@1"] == pytest.approx(0.4)
+    assert out["compute"]["total_flops"] == pytest.approx(4.0e12)
+    only_after = report.summary(None, _result(0.6, 0.7), flops, steps=10)
+    assert "before" not in only_after and "gain" not in only_after
+
+
+def test_step_flops_follow_the_6nd_rule():
+    cfg = model_config.ModelConfig(
+        vocab_size=64,
+        d_model=32,
+        n_layers=2,
+        n_heads=2,
+        n_kv_heads=2,
+        head_dim=16,
+        d_ff=64,
+        max_seq_len=32,
+    )
+    n = model_config.num_params(cfg)
+    out = report.step_flops(
+        cfg, trained_tokens=100, generated_tokens=40, scored_tokens=100, epochs=2
+    )
+    assert out["train_flops"] == pytest.approx(6 * n * 100 * 2)
+    fwd = model_config.forward_flops_per_token(cfg, 32)
+    assert out["rollout_flops"] == pytest.approx(fwd * 140)
+
+
+def test_write_report_makes_summary_and_figure(tmp_path):
+    rows = [
+        {"step": s, "reward": s / 10, "completion_len_mean": 5 + s, "kl_ref": 0.0}
+        for s in range(1, 6)
+    ]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    report.write_report(
+        tmp_path, _result(0.2, 0.25), _result(0.6, 0.7), {"train_flops": 1.0}, steps=5
+    )
+    assert json.loads((tmp_path / "summary.json").read_text())["steps"] == 5
+    assert (tmp_path / "report.png").stat().st_size > 10_000
+
+
+def test_export_writes_a_hugging_face_folder_of_the_run(tmp_path):
+    cfg = model_config.ModelConfig(
+        vocab_size=64,
+        d_model=32,
+        n_layers=2,
+        n_heads=2,
+        n_kv_heads=1,
+        head_dim=16,
+        d_ff=64,
+        max_seq_len=32,
+        qkv_bias=True,  # Hugging Face Qwen2 always has the qkv bias
+    )
+    params = tf.init_params(cfg, jax.random.key(3))
+    run = tmp_path / "run"
+    run.mkdir()
+    saved = {"config": {}, "model": json.loads(json.dumps(cfg.__dict__, default=str))}
+    (run / "config.json").write_text(json.dumps(saved))
+    state = {"params": {"policy": params}}  # an RL run's layout
+    mngr = checkpoint.manager(run / "checkpoints")
+    import orbax.checkpoint as ocp
+
+    mngr.save(3, args=ocp.args.Composite(state=ocp.args.PyTreeSave(state)))
+    mngr.wait_until_finished()
+    out = export.export(run, tmp_path / "hf")
+    loaded_cfg, loaded = hf_io.load_hf(out)
+    assert loaded_cfg.n_kv_heads == 1 and loaded_cfg.vocab_size == 64
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(loaded), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    with pytest.raises(FileNotFoundError, match="not an r1jax run"):
+        export.export(tmp_path / "hf_missing", tmp_path / "x")

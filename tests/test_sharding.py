@@ -1,0 +1,299 @@
+"""Sharded training and sampling on 8 host devices equal one device.
+
+N sequences, P prompt tokens, T completion tokens, L = P + T.
+
+One model whose every sharded dimension divides its mesh axis (D 64 over fsdp <= 8; 4 heads,
+2 kv heads, F 128 and V 256 over tensor = 2). The steps are the library's jitted functions
+(shardings, donation), compiled with XLA:CPU's LLVM optimisation and fusion emitters off: that
+changes how fast the host code runs, not the partitioned programs under test, and cuts the
+compile time that dominates these tests five-fold.
+"""
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from r1jax import sampler, sharding
+from r1jax.model import config as config_lib
+from r1jax.model import transformer
+from r1jax.rl import steps
+from r1jax.train import checkpoint, supervised, trainer
+from r1jax.train import state as state_lib
+
+CFG = config_lib.ModelConfig(
+    vocab_size=256,
+    d_model=64,
+    n_layers=2,
+    n_heads=4,
+    n_kv_heads=2,
+    head_dim=16,
+    d_ff=128,
+    qkv_bias=True,
+)
+MESHES = [(8, 1, 1), (1, 8, 1), (2, 2, 2), (1, 4, 2)]
+MESH_IDS = ["x".join(map(str, s)) for s in MESHES]
+ATOL = 1e-5  # float32; the meshes only reorder the partial sums of reductions
+FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False}
+
+
+def _optimizer():
+    # eps 1e-4, not 1e-8: Adam's first step divides each gradient by its own size, so on the
+    # few gradients that cancel to ~1e-9 float32 reordering noise (~1e-8 here) would move the
+    # update by up to lr * noise / eps. eps bounds that at 1e-7; a wrong gradient (a missing
+    # shard, a wrong reduction) still moves the params by ~lr = 1e-3.
+    optim = ml_collections.ConfigDict(
+        dict(lr=1e-3, schedule="constant", warmup_steps=0, min_lr_ratio=1.0, b1=0.9, b2=0.95)
+    )
+    optim.update(eps=1e-4, weight_decay=0.01, grad_clip=1.0)
+    return state_lib.make_optimizer(optim, 10)
+
+
+def _mesh(shape):
+    if shape == (1, 1, 1):
+        return sharding.make_mesh({"data": 1}, jax.devices()[:1])
+    return sharding.make_mesh(dict(zip(sharding.MESH_AXES, shape)))
+
+
+@functools.cache
+def _host_params():
+    """The model's initial params as numpy (placed on each mesh by the tests)."""
+    return jax.device_get(transformer.init_params(CFG, jax.random.key(0)))
+
+
+def _state_on(mesh, params, logical, opt):
+    """A step-0 TrainState around host `params`, laid out on `mesh` by the default rules."""
+    shardings = trainer.state_shardings(logical, params, opt, mesh, sharding.DEFAULT_RULES)
+    return trainer.state_from_params(params, shardings, opt, jax.random.key(1)), shardings
+
+
+def _run(jitted, state, batch):
+    return jitted.lower(state, batch).compile(FAST_COMPILE)(state, batch)
+
+
+def _sft_batch(rows=16, t=16):
+    rng = np.random.default_rng(0)
+    return {
+        "inputs": rng.integers(0, CFG.vocab_size, (rows, t)).astype(np.int32),
+        "targets": rng.integers(0, CFG.vocab_size, (rows, t)).astype(np.int32),
+        "loss_mask": (rng.random((rows, t)) < 0.7).astype(np.float32),
+        "segment_ids": np.ones((rows, t), np.int32),
+        "positions": np.tile(np.arange(t, dtype=np.int32), (rows, 1)),
+    }
+
+
+def _grpo_batch(n=16, p=8, t=8):
+    rng = np.random.default_rng(1)
+    lengths_N = rng.integers(1, t + 1, n)
+    mask_NxT = (np.arange(t)[None] < lengths_N[:, None]).astype(np.float32)
+    segment_NxL = np.concatenate([np.ones((n, p)), mask_NxT], axis=1).astype(np.int32)
+    # Old and reference log-probs near the model's (about -log V), so ratios and the KL matter.
+    near = lambda: (-np.log(CFG.vocab_size) + 0.3 * rng.standard_normal((n, t))) * mask_NxT
+    return {
+        "input_ids_NxL": rng.integers(0, CFG.vocab_size, (n, p + t)).astype(np.int32),
+        "positions_NxL": np.tile(np.arange(p + t, dtype=np.int32), (n, 1)),
+        "segment_ids_NxL": segment_NxL,
+        "completion_mask_NxT": mask_NxT,
+        "advantages_N": rng.standard_normal(n).astype(np.float32),
+        "old_logp_NxT": near().astype(np.float32),
+        "ref_logp_NxT": near().astype(np.float32),
+        "sampler_logp_NxT": near().astype(np.float32),
+    }
+
+
+def _sft_step(shape, cfg=CFG):
+    """(new state, metrics) of one SFT step with 2 micro-batches on a mesh."""
+    mesh, opt = _mesh(shape), _optimizer()
+    state, shardings = _state_on(mesh, _host_params(), transformer.logical_axes(CFG), opt)
+    step = trainer.jit_step(
+        supervised.supervised_step, shardings, mesh, model_cfg=cfg, optimizer=opt, grad_accum=2
+    )
+    return _run(step, state, sharding.put_batch(_sft_batch(), mesh))
+
+
+def _sft_run(shape, cfg=CFG):
+    state, metrics = _sft_step(shape, cfg)
+    return jax.device_get(metrics), jax.device_get((state.params, state.opt_state))
+
+
+def _grpo_run(shape):
+    """(metrics, updated params) of one GRPO update: 2 minibatches x 2 micro-batches, KL on."""
+    mesh, opt = _mesh(shape), _optimizer()
+    params = {"policy": _host_params()}
+    state, shardings = _state_on(mesh, params, {"policy": transformer.logical_axes(CFG)}, opt)
+    loss_cfg = steps.LossConfig(kl_coef=0.04, tis_cap=2.0, aggregation="token-mean")
+    update = trainer.jit_step(
+        steps.grpo_update,
+        shardings,
+        mesh,
+        model_cfg=CFG,
+        optimizer=opt,
+        loss_cfg=loss_cfg,
+        num_minibatches=2,
+        grad_accum=2,
+    )
+    state, metrics = _run(update, state, sharding.put_batch(_grpo_batch(), mesh))
+    return jax.device_get(metrics), jax.device_get(state.params)
+
+
+@pytest.fixture(scope="module")
+def sft_reference():
+    return _sft_run((1, 1, 1))
+
+
+@pytest.fixture(scope="module")
+def grpo_reference():
+    return _grpo_run((1, 1, 1))
+
+
+def _host(tree):
+    """numpy leaves; typed PRNG keys as their key data."""
+    as_data = lambda x: (
+        jax.random.key_data(x) if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key) else x
+    )
+    return jax.device_get(jax.tree.map(as_data, tree))
+
+
+def _assert_trees_close(got, expected, atol=ATOL):
+    got, expected = _host(got), _host(expected)
+    assert jax.tree.structure(got) == jax.tree.structure(expected)
+    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(got), jax.tree.leaves(expected)):
+        np.testing.assert_allclose(a, b, atol=atol, rtol=0, err_msg=jax.tree_util.keystr(path))
+
+
+def _assert_metrics_close(got, expected, rtol=ATOL):
+    assert got.keys() == expected.keys()
+    for key, want in expected.items():
+        g, w = float(got[key]), float(want)
+        assert abs(g - w) <= rtol * max(1.0, abs(w)), (key, g, w)
+
+
+@pytest.mark.parametrize("shape", MESHES, ids=MESH_IDS)
+def test_sft_step_on_mesh_equals_one_device(shape, sft_reference):
+    metrics_ref, state_ref = sft_reference
+    metrics, state = _sft_run(shape)
+    _assert_metrics_close(metrics, metrics_ref)  # loss, grad norm, token counts
+    _assert_trees_close(state, state_ref)  # params and both Adam moments
+    assert np.abs(state[0]["embedding"] - _host_params()["embedding"]).max() > 1e-4
+
+
+@pytest.mark.parametrize("shape", MESHES, ids=MESH_IDS)
+def test_grpo_update_on_mesh_equals_one_device(shape, grpo_reference):
+    metrics_ref, params_ref = grpo_reference
+    metrics, params = _grpo_run(shape)
+    assert metrics_ref["updates"] == 2 and metrics_ref["kl_ref"] > 0
+    _assert_metrics_close(metrics, metrics_ref)  # loss, KL, ratios, clip fractions, grad norm
+    _assert_trees_close(params, params_ref)
+
+
+@functools.cache
+def _peaked_params():
+    return jax.tree.map(lambda x: x * 4.0 if x.ndim > 1 else x, _host_params())
+
+
+_PROMPTS = [[i + 1] * (1 + i % 5) for i in range(8)]
+_SAMPLE_KW = dict(max_new_tokens=6, num_samples=2, temperature=0.0, eos_ids=(3,))
+
+
+@pytest.fixture(scope="module")
+def greedy_reference():
+    return sampler.generate(CFG, _peaked_params(), _PROMPTS, **_SAMPLE_KW)
+
+
+@pytest.mark.parametrize("shape", MESHES, ids=MESH_IDS)
+def test_greedy_sampling_on_mesh_equals_one_device(shape, greedy_reference):
+    ref = greedy_reference
+    assert len(np.unique(ref.tokens)) > 4  # the prompts lead to different continuations
+    mesh = _mesh(shape)
+    logical = transformer.logical_axes(CFG)
+    params = jax.device_put(_peaked_params(), sharding.param_shardings(logical, mesh))
+    out = sampler.generate(CFG, params, _PROMPTS, mesh=mesh, **_SAMPLE_KW)
+    np.testing.assert_array_equal(out.tokens, ref.tokens)
+    np.testing.assert_array_equal(out.lengths, ref.lengths)
+    np.testing.assert_allclose(out.logprobs, ref.logprobs, atol=ATOL)
+
+
+def test_full_fsdp_initialises_directly_sharded_with_an_eighth_on_each_device():
+    mesh, opt = _mesh((1, 8, 1)), _optimizer()
+    rng = jax.random.key(2)
+    state, _ = trainer.init_state(CFG, opt, rng, mesh, sharding.DEFAULT_RULES)
+    # The sharded init draws the numbers a one-device init draws.
+    _assert_trees_close(state.params, transformer.init_params(CFG, jax.random.split(rng)[0]), 0)
+    leaves = jax.tree.leaves(state.params)
+    total = sum(x.nbytes for x in leaves)
+    # Every matrix is split 8 ways over fsdp; norm scales and qkv biases (no "embed" axis,
+    # 0.5% of this model, ~0 of a real one) are replicated.
+    split = [x for x in leaves if x.sharding.shard_shape(x.shape) != x.shape]
+    assert all(np.prod(x.sharding.shard_shape(x.shape)) * 8 == x.size for x in split)
+    replicated = total - sum(x.nbytes for x in split)
+    assert replicated < 0.01 * total
+    per_device = sharding.bytes_per_device(state.params)
+    assert len(per_device) == 8
+    assert set(per_device.values()) == {(total - replicated) // 8 + replicated}
+    assert max(per_device.values()) < 1.04 * total / 8
+    # Adam's two moments are laid out like the params; its step counters are scalars.
+    params_held = max(per_device.values())
+    for held in sharding.bytes_per_device(state.opt_state).values():
+        assert 2 * params_held <= held <= 2 * params_held + 64
+
+
+def test_checkpoint_saved_on_one_mesh_restores_on_another(tmp_path):
+    # Saved after one SFT step on (8, 1, 1): step 1, moved params, non-zero Adam moments.
+    saved, _ = _sft_step((8, 1, 1))
+    expected = _host(saved)
+    mngr = checkpoint.manager(tmp_path / "checkpoints")
+    checkpoint.save(mngr, saved, force=True)
+    mngr.wait_until_finished()
+    # The target: a zero state of the same shapes laid out on (1, 4, 2).
+    mesh_b, opt = _mesh((1, 4, 2)), _optimizer()
+    zeros = jax.tree.map(np.zeros_like, _host_params())
+    target, shardings_b = _state_on(mesh_b, zeros, transformer.logical_axes(CFG), opt)
+    restored, _, _ = checkpoint.restore_latest(mngr, target)
+    _assert_trees_close(restored, expected, atol=0)
+    assert int(restored.step) == 1
+    for leaf, want in zip(jax.tree.leaves(restored), jax.tree.leaves(shardings_b)):
+        assert leaf.sharding.is_equivalent_to(want, leaf.ndim), (leaf.sharding, want)
+
+
+def test_bf16_compute_keeps_float32_master_weights_and_optimizer_state(sft_reference):
+    cfg = dataclasses.replace(CFG, dtype="bfloat16")
+    hidden = jax.eval_shape(
+        lambda p: transformer.hidden_states(cfg, p, jnp.zeros((2, 4), jnp.int32)), _host_params()
+    )
+    assert hidden.dtype == jnp.bfloat16
+    metrics, (params, opt_state) = _sft_run((2, 2, 2), cfg)
+    dtypes = {x.dtype for x in jax.tree.leaves((params, opt_state)) if x.ndim > 0}
+    assert dtypes == {np.dtype(np.float32)}
+    # bf16 activations: the loss agrees with float32 to bf16's ~3 significant digits.
+    loss_f32 = float(sft_reference[0]["loss"])
+    assert 0 < abs(float(metrics["loss"]) - loss_f32) < 1e-2 * loss_f32
+
+
+def test_remat_step_on_mesh_equals_one_device(sft_reference):
+    # test_model checks both policies' gradients on one device; here one under sharding.
+    metrics, state = _sft_run((1, 4, 2), dataclasses.replace(CFG, remat="dots"))
+    _assert_metrics_close(metrics, sft_reference[0])
+    _assert_trees_close(state, sft_reference[1])
+
+
+def test_kv_cache_sharding_follows_the_rules():
+    mesh = _mesh((2, 2, 2))
+    decode = sharding.cache_sharding(mesh, layout="decode").spec
+    model = sharding.cache_sharding(mesh, layout="model").spec
+    assert tuple(decode) == (None, ("data", "fsdp"), "tensor", None, None)
+    assert tuple(model) == (None, ("data", "fsdp"), None, "tensor", None)
+
+
+def test_mesh_sizes_infer_minus_one_and_reject_bad_shapes():
+    assert sharding.mesh_shape({"data": -1, "fsdp": 2, "tensor": 2}, 8) == (2, 2, 2)
+    assert sharding.mesh_shape({"data": 1, "fsdp": -1}, 8) == (1, 8, 1)
+    with pytest.raises(ValueError, match="at most one axis may be -1"):
+        sharding.mesh_shape({"data": -1, "fsdp": -1}, 8)
+    with pytest.raises(ValueError, match="not divisible"):
+        sharding.mesh_shape({"data": -1, "fsdp": 3}, 8)
+    with pytest.raises(ValueError, match="needs 4 devices, 8 are available"):
+        sharding.mesh_shape({"data": 2, "fsdp": 2}, 8)
