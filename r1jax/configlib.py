@@ -76,15 +76,16 @@ def validate(cfg: ml_collections.ConfigDict, *, num_devices: int | None = None) 
     else:
         _require(bool(cfg.data.train), "data.train", "a training file is required")
     data_files = ("data.train", "data.eval")
-    if cfg.data.format == "world":  # generated in memory: the fields name datasets, not files
+    if cfg.data.format == "world":  # a world.DATASETS name (generated in memory) or a file
         from r1jax.data import world
 
         for field in data_files:
             name = cfg.data[field.split(".")[1]]
             _require(
-                not name or name in world.DATASETS,
+                not name or name in world.DATASETS or pathlib.Path(name).is_file(),
                 field,
-                f"with data.format='world', one of {sorted(world.DATASETS)}; got {name!r}",
+                f"with data.format='world', one of {sorted(world.DATASETS)} or a JSONL file "
+                f"of world records; got {name!r}",
             )
         data_files = ()
     for field in (*data_files, "model.init_from", "tokenizer.path"):

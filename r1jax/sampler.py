@@ -12,6 +12,7 @@ scalar `cache_index` drives the whole batch; a row with prompt length 0 is a pad
 done from the start (length 0, pad tokens).
 """
 
+import contextlib
 import dataclasses
 
 import flax.struct
@@ -393,18 +394,20 @@ def _generate(
     cfg, params, prompt_NxP, prompt_lens_N, key, *, max_new_tokens, num_samples, sampling, layout
 ):
     # One program: the cache is born and dies inside it (no host round trip, nothing to donate;
-    # XLA updates the while_loop carry in place).
-    state = prefill(
-        cfg,
-        params,
-        prompt_NxP,
-        prompt_lens_N,
-        key,
-        max_new_tokens=max_new_tokens,
-        num_samples=num_samples,
-        sampling=sampling,
-        layout=layout,
-    )
+    # XLA updates the while_loop carry in place). On a mesh, the prefill forward's activations
+    # are split like the rows (sharding.activation_layout).
+    with contextlib.nullcontext() if layout is None else sharding_lib.activation_layout(*layout):
+        state = prefill(
+            cfg,
+            params,
+            prompt_NxP,
+            prompt_lens_N,
+            key,
+            max_new_tokens=max_new_tokens,
+            num_samples=num_samples,
+            sampling=sampling,
+            layout=layout,
+        )
     return decode(
         cfg, params, state, prompt_len=prompt_NxP.shape[1], sampling=sampling, layout=layout
     )

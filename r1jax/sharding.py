@@ -217,6 +217,17 @@ def activation_layout(mesh: Mesh, rules=DEFAULT_RULES):
         _ACTIVATIONS.layout = previous
 
 
+def laid_out(fn, mesh: Mesh, rules=DEFAULT_RULES):
+    """`fn` traced inside `activation_layout(mesh, rules)` (wrap it before jitting)."""
+
+    @functools.wraps(fn)
+    def wrapped(*args, **kwargs):
+        with activation_layout(mesh, rules):
+            return fn(*args, **kwargs)
+
+    return wrapped
+
+
 def constrain(x: jax.Array, names: tuple) -> jax.Array:
     """Pins activation `x` by logical axis names (None: replicated) inside `activation_layout`.
 

@@ -81,6 +81,8 @@ def test_short_r1_zero_run_connects_every_piece(short_run):
         assert summary[when]["maj@8"] >= 0.0 and summary[when]["pass@8"] >= summary[when]["pass@1"]
     assert summary["compute"]["total_flops"] == pytest.approx(flops[-1], rel=1e-6)
     assert (short_run / "report.png").stat().st_size > 20_000
+    # The run folder alone can be evaluated or exported: it keeps its tokenizer.
+    assert (short_run / "tokenizer.model").read_bytes() == (BASE / "tokenizer.model").read_bytes()
     samples = metrics_lib.read_jsonl(short_run / "samples.jsonl")
     assert {s["step"] for s in samples} == {5, 10, 15}
     assert all("<answer>" in s["completion"] or s["completion"] for s in samples)

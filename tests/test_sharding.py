@@ -11,6 +11,7 @@ compile time that dominates these tests five-fold.
 
 import dataclasses
 import functools
+import re
 
 import jax
 import jax.numpy as jnp
@@ -105,23 +106,28 @@ def _grpo_batch(n=16, p=8, t=8):
     }
 
 
-def _sft_step(shape, cfg=CFG):
-    """(new state, metrics) of one SFT step with 2 micro-batches on a mesh."""
+def _sft_step(shape, cfg=CFG, grad_accum=2):
+    """(new state, metrics) of one SFT step on a mesh (2 micro-batches by default)."""
     mesh, opt = _mesh(shape), _optimizer()
     state, shardings = _state_on(mesh, _host_params(), transformer.logical_axes(CFG), opt)
     step = trainer.jit_step(
-        supervised.supervised_step, shardings, mesh, model_cfg=cfg, optimizer=opt, grad_accum=2
+        supervised.supervised_step,
+        shardings,
+        mesh,
+        model_cfg=cfg,
+        optimizer=opt,
+        grad_accum=grad_accum,
     )
     return _run(step, state, sharding.put_batch(_sft_batch(), mesh))
 
 
-def _sft_run(shape, cfg=CFG):
-    state, metrics = _sft_step(shape, cfg)
+def _sft_run(shape, cfg=CFG, grad_accum=2):
+    state, metrics = _sft_step(shape, cfg, grad_accum)
     return jax.device_get(metrics), jax.device_get((state.params, state.opt_state))
 
 
-def _grpo_run(shape):
-    """(metrics, updated params) of one GRPO update: 2 minibatches x 2 micro-batches, KL on."""
+def _grpo_run(shape, grad_accum=2):
+    """(metrics, updated params) of one GRPO update: 2 minibatches (x micro-batches), KL on."""
     mesh, opt = _mesh(shape), _optimizer()
     params = {"policy": _host_params()}
     state, shardings = _state_on(mesh, params, {"policy": transformer.logical_axes(CFG)}, opt)
@@ -134,20 +140,22 @@ def _grpo_run(shape):
         optimizer=opt,
         loss_cfg=loss_cfg,
         num_minibatches=2,
-        grad_accum=2,
+        grad_accum=grad_accum,
     )
     state, metrics = _run(update, state, sharding.put_batch(_grpo_batch(), mesh))
     return jax.device_get(metrics), jax.device_get(state.params)
 
 
+# The references take whole batches; the meshes accumulate 2 micro-batches: the tests check the
+# sharded step and exact gradient accumulation at once.
 @pytest.fixture(scope="module")
 def sft_reference():
-    return _sft_run((1, 1, 1))
+    return _sft_run((1, 1, 1), grad_accum=1)
 
 
 @pytest.fixture(scope="module")
 def grpo_reference():
-    return _grpo_run((1, 1, 1))
+    return _grpo_run((1, 1, 1), grad_accum=1)
 
 
 def _host(tree):
@@ -239,6 +247,29 @@ def test_full_fsdp_initialises_directly_sharded_with_an_eighth_on_each_device():
     params_held = max(per_device.values())
     for held in sharding.bytes_per_device(state.opt_state).values():
         assert 2 * params_held <= held <= 2 * params_held + 64
+
+
+def test_full_fsdp_step_gathers_weights_not_activations():
+    # FSDP: each device keeps its rows and gathers each layer's weights to them. Without the
+    # activation layout the partitioner splits activations like the weights instead (all-to-all
+    # of activations, partial sums reduced), which costs memory and time on every device.
+    mesh, opt = _mesh((1, 8, 1)), _optimizer()
+    state, shardings = _state_on(mesh, _host_params(), transformer.logical_axes(CFG), opt)
+    step = trainer.jit_step(
+        supervised.supervised_step, shardings, mesh, model_cfg=CFG, optimizer=opt, grad_accum=2
+    )
+    hlo = step.lower(state, sharding.put_batch(_sft_batch(), mesh)).compile(FAST_COMPILE).as_text()
+    assert "all-to-all" not in hlo
+    gathered = re.findall(r"= [a-z0-9]+\[([0-9,]*)\]\S* all-gather\(", hlo)
+    assert gathered  # the weights, one layer at a time
+    per_layer = {x.size // (CFG.n_layers if "layers" in k else 1) for k, x in _flat_params()}
+    sizes = {int(np.prod([int(d) for d in dims.split(",") if d])) for dims in gathered}
+    assert sizes <= per_layer, (sizes, per_layer)
+
+
+def _flat_params():
+    leaves = jax.tree_util.tree_leaves_with_path(_host_params())
+    return [(jax.tree_util.keystr(path), x) for path, x in leaves]
 
 
 def test_checkpoint_saved_on_one_mesh_restores_on_another(tmp_path):

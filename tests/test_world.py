@@ -240,3 +240,23 @@ def test_world_template_is_a_text_template():
     prompt = text.apply_template("world", "Work mod 7. Start with 1, then plus 2. Result?")
     assert prompt == world.format_prompt("Work mod 7. Start with 1, then plus 2. Result?", CFG)
     assert prompt.endswith("Result? Assistant:")
+
+
+def test_data_format_world_reads_a_dataset_name_or_a_file(tmp_path):
+    """data.format=world: a world.DATASETS name is generated in memory; a JSONL file of world
+    records (the CLI's output) is read; anything else stops at start-up naming the field."""
+    import os
+
+    from r1jax import configlib
+    from r1jax.train import supervised
+
+    repo = os.path.join(os.path.dirname(__file__), "..")
+    path = tmp_path / "rl_test.jsonl"
+    world.write_jsonl(path, world.dataset("test", n=7))
+    for data_eval, n in (("test", 500), (str(path), 7)):
+        cfg = configlib.load_config(os.path.join(repo, "configs/eval.py:world"), data__eval=data_eval)
+        records = supervised.load_records(cfg, cfg.data.eval)
+        assert len(records) == n and records[:7] == world.dataset("test", n=7)
+    cfg = configlib.load_config(os.path.join(repo, "configs/eval.py:world"), data__eval="nope")
+    with pytest.raises(configlib.ConfigError, match="data.eval: .*got 'nope'"):
+        configlib.validate(cfg, num_devices=1)

@@ -228,6 +228,7 @@ class Transformer(nn.Module):
         if not cfg.tie_embeddings:
             # Declared here so init creates it; `unembed` reads it straight from the params.
             _param(self, "lm_head", (cfg.d_model, cfg.vocab_size), ("embed", "vocab"), normal)
+        embedding = sharding.constrain(embedding, ("vocab", None))
         x_BxTxD = jnp.take(embedding, tokens_BxT, axis=0).astype(jnp.dtype(cfg.dtype))
         x_BxTxD = sharding.constrain(x_BxTxD, _RESIDUAL)
         rope = rope_tables(cfg, positions_BxT)

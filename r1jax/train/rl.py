@@ -105,7 +105,9 @@ def build_jitted(cfg, model_cfg, optimizer, shardings, mesh) -> Jitted:
     """Jits the update step (state donated) and the log-prob / value functions."""
     lcfg = loss_config(cfg)
     batch_sh = sharding.batch_sharding(mesh)
+    rules = sharding.rules_from_config(cfg.mesh.rules)
     common = dict(
+        rules=rules,
         model_cfg=model_cfg,
         optimizer=optimizer,
         loss_cfg=lcfg,
@@ -118,15 +120,22 @@ def build_jitted(cfg, model_cfg, optimizer, shardings, mesh) -> Jitted:
             steps.ppo_update, shardings, mesh, batch_sharded=False, critic=cfg.rl.critic, **common
         )
         values = jax.jit(
-            lambda p, b: steps.compute_values(model_cfg, p, b, critic=cfg.rl.critic),
+            sharding.laid_out(
+                lambda p, b: steps.compute_values(model_cfg, p, b, critic=cfg.rl.critic),
+                mesh,
+                rules,
+            ),
             in_shardings=(shardings.params, batch_sh),
             out_shardings=batch_sh,
         )
     else:
         update = trainer.jit_step(steps.grpo_update, shardings, mesh, **common)
         values = None
+    logprobs_fn = lambda p, b: steps.completion_logprobs(
+        model_cfg, p, b, temperature=cfg.rl.temperature
+    )[0]
     logprobs = jax.jit(
-        lambda p, b: steps.completion_logprobs(model_cfg, p, b, temperature=cfg.rl.temperature)[0],
+        sharding.laid_out(logprobs_fn, mesh, rules),
         in_shardings=(shardings.params["policy"], batch_sh),
         out_shardings=batch_sh,
     )
@@ -199,7 +208,7 @@ class RLRun:
         if restored is not None:
             self.state, self.prompts, extra = restored
             self.ref, self.kl_coef = extra["ref"], float(extra["kl_coef"])
-            self.flops = np.asarray(extra["flops"], np.float32)
+            self.flops = np.array(extra["flops"], np.float32)  # a writable copy
             logging.info("resumed from step %d", int(self.state.step))
 
     def _sample(self, prompt_BxP, prompt_lens_B, round_index):

@@ -5,6 +5,7 @@ Shapes: B rows, T time, k micro-batches.
 
 import dataclasses
 import pathlib
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -95,7 +96,7 @@ def load_records(cfg, path: str) -> list[dict]:
         records = sources.gsm8k_records(path, on_error=on_error, stats=stats)
     elif cfg.data.format == "math":
         records = sources.math_records(path, on_error=on_error, stats=stats)
-    elif cfg.data.format == "world":  # generated: `path` names a world.DATASETS entry
+    elif cfg.data.format == "world" and path in world.DATASETS:  # generated in memory
         records = world.dataset(path, seed=cfg.data.world_seed, n=cfg.data.max_records)
     elif path.endswith(".parquet"):
         records = sources.read_parquet(path)
@@ -124,7 +125,7 @@ def record_text(record: dict) -> str:
 def resolve_tokenizer(cfg, workdir, records):
     """The configured tokenizer, or a SentencePiece model trained on the data (kept in workdir)."""
     if cfg.tokenizer.path:
-        return text.load_tokenizer(cfg.tokenizer.path)
+        return _keep_tokenizer(cfg.tokenizer.path, workdir)
     if cfg.tokenizer.train_vocab_size:
         path = pathlib.Path(workdir) / "tokenizer.model"
         if jax.process_count() > 1:  # process 0 trains it (deterministic); the others read it
@@ -135,10 +136,35 @@ def resolve_tokenizer(cfg, workdir, records):
             return text.load_tokenizer(path)
         return _train_tokenizer(cfg, workdir, records)
     if cfg.model.init_from:
-        return text.load_tokenizer(cfg.model.init_from)
+        return _keep_tokenizer(cfg.model.init_from, workdir)
     raise configlib.ConfigError(
         "config.tokenizer.path: no tokenizer (set a path, train_vocab_size, or model.init_from)"
     )
+
+
+# Files of a Hugging Face tokenizer folder worth keeping beside tokenizer.json.
+_HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+
+
+def _keep_tokenizer(path, workdir):
+    """Loads the tokenizer at `path` and copies its files into the run, so that the run folder
+    alone can be evaluated, exported or resumed from (process 0 writes)."""
+    tokenizer = text.load_tokenizer(path)
+    path, workdir = pathlib.Path(path), pathlib.Path(workdir)
+    if path.is_dir():
+        names = ["tokenizer.model"] if (path / "tokenizer.model").is_file() else []
+        if (path / "tokenizer.json").is_file():  # load_tokenizer prefers it
+            names = [n for n in _HF_TOKENIZER_FILES if (path / n).is_file()]
+        sources = [path / n for n in names]
+    else:
+        sources = [path]
+    if jax.process_index() == 0:
+        workdir.mkdir(parents=True, exist_ok=True)
+        for src in sources:
+            dst = workdir / ("tokenizer.model" if src.suffix == ".model" else src.name)
+            if not dst.exists() and src.resolve() != dst.resolve():
+                shutil.copyfile(src, dst)
+    return tokenizer
 
 
 def _train_tokenizer(cfg, workdir, records):
@@ -227,6 +253,7 @@ def run(cfg, workdir) -> dict:
         supervised_step,
         shardings,
         mesh,
+        rules=rules,
         model_cfg=model_cfg,
         optimizer=optimizer,
         grad_accum=cfg.train.grad_accum,

@@ -88,13 +88,9 @@ def jit_step(
     in `sharding.activation_layout(mesh, rules)`: activations split like the batch.
     """
     repl = sharding.replicated(mesh)
-
-    def step(state, batch):
-        with sharding.activation_layout(mesh, rules):
-            return step_fn(state, batch, **static)
-
+    step = lambda state, batch: step_fn(state, batch, **static)
     return jax.jit(
-        step,
+        sharding.laid_out(step, mesh, rules),
         in_shardings=(shardings, sharding.batch_sharding(mesh) if batch_sharded else None),
         out_shardings=(shardings, repl),
         donate_argnums=(0,),

@@ -1,0 +1,167 @@
+"""launch/: every script is valid bash, and the r1jax command lines it builds (printed under
+DRY_RUN=1) parse with r1jax's own flags, with the values the script means."""
+
+import json
+import os
+import pathlib
+import shlex
+import subprocess
+import sys
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+LAUNCH = REPO / "launch"
+SCRIPTS = sorted(p.name for p in LAUNCH.iterdir() if p.suffix in (".sh", ".sbatch"))
+CONFIG, WORKDIR, OVERRIDE = "configs/grpo.py:tiny", "/shared/runs/a b", "--config.rl.kl_coef=0.25"
+SLURM = {"SLURM_JOB_NODELIST": "gpu01,gpu02", "SLURM_NTASKS": "16", "SLURM_NTASKS_PER_NODE": "8"}
+# (script, leading arguments, environment) -> the r1jax command lines it runs.
+CASES = {
+    "local_cpu": ("local_cpu.sh", [], {}),
+    "single_gpu": ("single_gpu.sh", [], {}),
+    "multi_gpu": ("multi_gpu.sh", [], {}),
+    "multi_gpu_per_gpu": ("multi_gpu.sh", [], {"MODE": "per-gpu", "NUM_GPUS": "2"}),
+    "tpu_pod": ("tpu_pod.sh", ["run"], {"TPU_NAME": "r1", "ZONE": "us-central2-b"}),
+    "slurm_per_gpu": ("slurm.sbatch", [], SLURM),
+    "slurm_per_node": (
+        "slurm.sbatch",
+        [],
+        {**SLURM, "SLURM_NTASKS": "2", "SLURM_NTASKS_PER_NODE": "1", "SLURM_GPUS_ON_NODE": "4"},
+    ),
+}
+SHELL_OPERATORS = {"|", "||", "&&", ";", "2>&1", "&"}
+
+
+def _script(name, args, env, dry_run=True):
+    env = {**os.environ, **(env or {}), "DRY_RUN": "1" if dry_run else "0"}
+    return subprocess.run(
+        ["bash", str(LAUNCH / name), *args], env=env, capture_output=True, text=True, cwd=REPO
+    )
+
+
+def _r1jax_argvs(stdout: str) -> list[list[str]]:
+    """The argument lists of every r1jax call in the printed commands (ssh --command included)."""
+    argvs = []
+    for line in stdout.splitlines():
+        tokens = shlex.split(line)
+        for token in tokens:
+            if token.startswith("--command="):
+                tokens = shlex.split(token.split("=", 1)[1])
+        if "r1jax" in tokens:
+            rest = tokens[tokens.index("r1jax") + 1 :]
+            end = next((i for i, t in enumerate(rest) if t in SHELL_OPERATORS), len(rest))
+            argvs.append(rest[:end])
+    return argvs
+
+
+_PARSE = """
+import json, os, sys
+from absl import flags
+from r1jax import configlib, main
+
+NAMES = ("workdir", "distributed", "coordinator_address", "num_processes", "process_id",
+         "local_device_ids")
+
+
+def parse(argv):
+    configlib.add_config_root_to_path(argv[0].split("=", 1)[1].split(":", 1)[0])
+    sys.argv = ["r1jax", *argv]  # config_flags reads the --config.* overrides from sys.argv
+    rest = flags.FLAGS(sys.argv)  # raises on an unknown flag or a bad value
+    row = {name: flags.FLAGS[name].value for name in NAMES}
+    row.update(rest=rest[1:], stage=flags.FLAGS.config.stage, kl=flags.FLAGS.config.rl.kl_coef)
+    return row
+
+
+out = []
+for argv in json.load(sys.stdin):
+    # A forked child per command line: absl registers the overrides once per process.
+    read, write = os.pipe()
+    if os.fork() == 0:
+        os.close(read)
+        with os.fdopen(write, "w") as f:
+            f.write(json.dumps(parse(argv)))
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as f:
+        text = f.read()
+    _, status = os.wait()
+    if status:
+        sys.exit(f"r1jax flags rejected {argv}")
+    out.append(json.loads(text))
+print(json.dumps(out))
+"""
+
+
+@pytest.fixture(scope="module")
+def parsed():
+    """{case: [parsed r1jax flags of each command line it runs]}, parsed in one subprocess."""
+    argvs = {}
+    for case, (name, lead, env) in CASES.items():
+        done = _script(name, [*lead, CONFIG, WORKDIR, OVERRIDE], env)
+        assert done.returncode == 0, (case, done.stderr)
+        argvs[case] = _r1jax_argvs(done.stdout)
+        assert argvs[case] and all(a[0] == f"--config={CONFIG}" for a in argvs[case]), case
+    flat = [a for case in CASES for a in argvs[case]]
+    out = subprocess.run(
+        [sys.executable, "-c", _PARSE],
+        input=json.dumps(flat),
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = iter(json.loads(out.stdout.strip().splitlines()[-1]))
+    return {case: [next(rows) for _ in argvs[case]] for case in CASES}
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_script_is_valid_bash(name):
+    done = subprocess.run(["bash", "-n", str(LAUNCH / name)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+def test_every_target_has_a_script():
+    expected = {"local_cpu.sh", "single_gpu.sh", "multi_gpu.sh", "tpu_pod.sh", "slurm.sbatch"}
+    assert expected <= set(SCRIPTS)
+    assert {name for name, _, _ in CASES.values()} == set(SCRIPTS)
+
+
+def test_command_lines_parse_with_the_flags_they_mean(parsed):
+    for case, rows in parsed.items():
+        for row in rows:
+            assert row["workdir"] == WORKDIR and row["kl"] == 0.25, case  # quoting survives
+            assert row["stage"] == "rl" and row["rest"] == [], case
+    for case in ("local_cpu", "single_gpu", "multi_gpu"):
+        assert [r["distributed"] for r in parsed[case]] == ["off"], case
+    per_gpu = parsed["multi_gpu_per_gpu"]
+    assert [(r["process_id"], r["local_device_ids"]) for r in per_gpu] == [(0, "0"), (1, "1")]
+    assert {(r["distributed"], r["num_processes"]) for r in per_gpu} == {("on", 2)}
+    assert {r["coordinator_address"] for r in per_gpu} == {"127.0.0.1:12355"}
+    (tpu,) = parsed["tpu_pod"]  # jax.distributed reads the rest from the TPU metadata
+    assert tpu["distributed"] == "on" and tpu["coordinator_address"] == ""
+    (per_task,) = parsed["slurm_per_gpu"]  # srun starts it once per task
+    assert per_task["coordinator_address"] == "gpu01:12355" and per_task["num_processes"] == 16
+    assert (
+        per_task["process_id"] == -1 and per_task["local_device_ids"] == ""
+    )  # SLURM_PROCID/LOCALID
+    (per_node,) = parsed["slurm_per_node"]
+    assert per_node["num_processes"] == 2 and per_node["local_device_ids"] == "0,1,2,3"
+
+
+@pytest.mark.parametrize(
+    "name, lead, env, message",
+    [
+        ("local_cpu.sh", [], {}, "config spec"),
+        ("multi_gpu.sh", [CONFIG, WORKDIR], {"MODE": "all"}, "expected single or per-gpu"),
+        ("multi_gpu.sh", [CONFIG, WORKDIR], {"MODE": "per-gpu", "NUM_GPUS": "x"}, "not a count"),
+        ("tpu_pod.sh", ["run", CONFIG, WORKDIR], {"TPU_NAME": ""}, "set TPU_NAME"),
+        ("tpu_pod.sh", ["run"], {"TPU_NAME": "r1", "ZONE": "z"}, "config spec"),
+        ("tpu_pod.sh", ["create"], {"TPU_NAME": "r1", "ZONE": "z"}, "set ACCELERATOR_TYPE"),
+        ("slurm.sbatch", [CONFIG, WORKDIR], {"SLURM_JOB_NODELIST": ""}, "run this with sbatch"),
+    ],
+)
+def test_missing_or_bad_settings_fail_with_a_clear_message(name, lead, env, message):
+    env = {"ACCELERATOR_TYPE": "", **env}
+    done = _script(name, lead, env)
+    assert done.returncode != 0 and message in done.stderr, done.stderr
