@@ -1,10 +1,10 @@
 """Pretraining on plain text (every token is trained).
 
-Run locally (2 CPU cores, minutes; GSM8K solutions stand in for a corpus):
-  r1jax --config=configs/pretrain.py:tiny --workdir=runs/pretrain
-The base model of the built-in world (configs/r1_zero.py:tiny starts from it; about an hour on
-2 CPU cores, so the result ships in r1jax/assets/world_base):
-  r1jax --config=configs/pretrain.py:world --workdir=runs/world-base
+The base model of the built-in small world (configs/r1_zero.py:tiny starts from it; its step-750
+checkpoint ships in r1jax/assets/world_base, as this takes about an hour on 2 CPU cores):
+  r1jax --config=configs/pretrain.py:tiny --workdir=runs/world-base
+A few minutes of plain-text training (GSM8K solutions stand in for a corpus):
+  r1jax --config=configs/pretrain.py:gsm8k --workdir=runs/pretrain
 Continued pretraining of a real model (a corpus of {"text": ...} rows):
   r1jax --config=configs/pretrain.py:qwen2.5-0.5b --workdir=runs/pt \
       --config.model.init_from=/models/Qwen2.5-0.5B --config.data.train=/data/corpus.jsonl
@@ -16,10 +16,10 @@ from configs import base
 
 
 def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
-    """Variants: tiny (CPU, minutes), world (the small world's base model), qwen2.5-0.5b."""
+    """Variants: tiny (alias world: the small world base model), gsm8k (minutes), qwen2.5-0.5b."""
     c = base.get_config()
     c.stage = "pretrain"
-    if arg == "tiny":
+    if arg == "gsm8k":
         c.data.format = "gsm8k"
         c.data.train = base.data_path("gsm8k_train.jsonl")
         c.data.eval = base.data_path("gsm8k_test.jsonl")
@@ -31,7 +31,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
         c.optim.lr = 1e-3
         c.train.steps = 200
         c.train.eval_every = 100
-    elif arg == "world":
+    elif arg in ("tiny", "world"):
         world_base(c)
     elif arg == "qwen2.5-0.5b":
         c.model.preset = "qwen2.5-0.5b"
@@ -48,7 +48,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
         c.train.eval_every = 500
     else:
         raise ValueError(
-            f"configs/pretrain.py: unknown variant {arg!r} (tiny, world, qwen2.5-0.5b)"
+            f"configs/pretrain.py: unknown variant {arg!r} (tiny, world, gsm8k, qwen2.5-0.5b)"
         )
     return c
 

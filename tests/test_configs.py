@@ -14,6 +14,7 @@ VARIANTS = [
     "configs/sft.py:qwen2.5-1.5b",
     "configs/sft.py:qwen2.5-7b-tpu",
     "configs/pretrain.py:tiny",
+    "configs/pretrain.py:gsm8k",
     "configs/pretrain.py:qwen2.5-0.5b",
     "configs/eval.py:gsm8k",
     "configs/eval.py:math500",
@@ -31,7 +32,7 @@ def test_every_variant_loads(spec):
 
 
 def test_tiny_variants_validate(shared_data):
-    for spec in ("configs/sft.py:tiny", "configs/pretrain.py:tiny"):
+    for spec in ("configs/sft.py:tiny", "configs/pretrain.py:tiny", "configs/pretrain.py:gsm8k"):
         configlib.validate(configlib.load_config(os.path.join(REPO, spec)), num_devices=8)
 
 

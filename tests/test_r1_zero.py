@@ -15,20 +15,20 @@ BASE = REPO / "r1jax" / "assets" / "world_base"
 
 def test_the_shipped_base_has_its_provenance():
     prov = json.loads((BASE / "provenance.json").read_text())
-    assert prov["command"] == "r1jax --config=configs/pretrain.py:world --workdir=runs/world-base"
+    assert prov["command"] == "r1jax --config=configs/pretrain.py:tiny --workdir=runs/world-base"
     assert (BASE / "model.safetensors").stat().st_size > 1_000_000
     cfg = configlib.load_config(str(REPO / "configs/r1_zero.py") + ":tiny")
     assert pathlib.Path(cfg.model.init_from) == BASE and pathlib.Path(cfg.tokenizer.path) == BASE
 
 
 def test_pretraining_command_starts_like_the_shipped_base(tmp_path):
-    """Two steps of configs/pretrain.py:world give the recorded first losses and the same
+    """Two steps of configs/pretrain.py:tiny give the recorded first losses and the same
     tokenizer, byte for byte: the base model is reproducible from its command and seed."""
     from r1jax.train import supervised
 
     prov = json.loads((BASE / "provenance.json").read_text())
     cfg = configlib.load_config(
-        str(REPO / "configs/pretrain.py") + ":world",
+        str(REPO / "configs/pretrain.py") + ":tiny",
         train__steps=2,
         train__log_every=1,
         train__checkpoint_every=2,

@@ -254,7 +254,9 @@ def test_data_format_world_reads_a_dataset_name_or_a_file(tmp_path):
     path = tmp_path / "rl_test.jsonl"
     world.write_jsonl(path, world.dataset("test", n=7))
     for data_eval, n in (("test", 500), (str(path), 7)):
-        cfg = configlib.load_config(os.path.join(repo, "configs/eval.py:world"), data__eval=data_eval)
+        cfg = configlib.load_config(
+            os.path.join(repo, "configs/eval.py:world"), data__eval=data_eval
+        )
         records = supervised.load_records(cfg, cfg.data.eval)
         assert len(records) == n and records[:7] == world.dataset("test", n=7)
     cfg = configlib.load_config(os.path.join(repo, "configs/eval.py:world"), data__eval="nope")
