@@ -3,7 +3,8 @@
   python -m r1jax.export RUN_DIR OUT_DIR [--step N]
 
 The folder loads in `transformers` (Qwen2/Llama) and back in r1jax (`--config.model.init_from`).
-RL runs export their policy. The run's SentencePiece model is copied as tokenizer.model.
+RL runs export their policy. The run's tokenizer (tokenizer.model, or the HF tokenizer.json and
+its config files) is copied beside the weights.
 """
 
 import argparse
@@ -39,9 +40,15 @@ def export(run_dir, out_dir, *, step: int | None = None) -> pathlib.Path:
     abstract = jax.eval_shape(lambda k: transformer.init_params(cfg, k), jax.random.key(0))
     params = checkpoint.restore_params(run_dir, abstract, step=step)
     hf_io.save_hf(out_dir, cfg, params)
-    tokenizer = run_dir / "tokenizer.model"
-    if tokenizer.exists():
-        shutil.copyfile(tokenizer, out_dir / "tokenizer.model")
+    # The run's tokenizer: its SentencePiece model, or the HF tokenizer files it kept.
+    for name in (
+        "tokenizer.model",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+    ):
+        if (run_dir / name).exists():
+            shutil.copyfile(run_dir / name, out_dir / name)
     return out_dir
 
 

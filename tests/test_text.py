@@ -162,3 +162,29 @@ def test_format_and_split_reasoning():
     assert text.split_reasoning("<think>open only <answer>1</answer>") == (None, "1")
     two = "<think>a</think><answer>1</answer> <answer> 2 </answer>"
     assert text.split_reasoning(two) == ("a", "2")
+
+
+def test_a_run_keeps_its_tokenizer_files(tmp_path):
+    """resolve_tokenizer copies the tokenizer into the run, so the run folder alone loads it."""
+    import ml_collections
+
+    from r1jax.train import supervised
+
+    def cfg(path="", init_from=""):
+        return ml_collections.ConfigDict(
+            {"tokenizer": {"path": path, "train_vocab_size": 0}, "model": {"init_from": init_from}}
+        )
+
+    hf = _build_hf_folder(tmp_path / "hf")
+    sp = text.SentencePieceTokenizer.train(CORPUS, tmp_path / "sp", vocab_size=320)
+    for config, want in (
+        (cfg(init_from=str(hf)), ["tokenizer.json", "tokenizer_config.json"]),
+        (cfg(path=str(hf / "tokenizer.json")), ["tokenizer.json"]),
+        (cfg(path=str(tmp_path / "sp.model")), ["tokenizer.model"]),
+    ):
+        run = tmp_path / f"run{len(list(tmp_path.iterdir()))}"
+        tok = supervised.resolve_tokenizer(config, run, [])
+        assert sorted(p.name for p in run.iterdir()) == want
+        again = text.load_tokenizer(run)
+        assert again.encode("Work mod 7. <think>") == tok.encode("Work mod 7. <think>")
+    assert sp.vocab_size == 320

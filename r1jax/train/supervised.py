@@ -155,13 +155,13 @@ def _keep_tokenizer(path, workdir):
         names = ["tokenizer.model"] if (path / "tokenizer.model").is_file() else []
         if (path / "tokenizer.json").is_file():  # load_tokenizer prefers it
             names = [n for n in _HF_TOKENIZER_FILES if (path / n).is_file()]
-        sources = [path / n for n in names]
-    else:
-        sources = [path]
+        copies = [(path / n, n) for n in names]
+    else:  # a lone file keeps the name a folder load looks for
+        copies = [(path, "tokenizer.model" if path.suffix == ".model" else "tokenizer.json")]
     if jax.process_index() == 0:
         workdir.mkdir(parents=True, exist_ok=True)
-        for src in sources:
-            dst = workdir / ("tokenizer.model" if src.suffix == ".model" else src.name)
+        for src, name in copies:
+            dst = workdir / name
             if not dst.exists() and src.resolve() != dst.resolve():
                 shutil.copyfile(src, dst)
     return tokenizer
