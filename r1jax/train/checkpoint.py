@@ -31,10 +31,13 @@ def _write_small_arrays_whole() -> None:
     default = ocp.type_handlers.get_type_handler(jax.Array)
     if getattr(default, "_min_slice_bytes_for_replica_parallel", None) == _MIN_REPLICA_SLICE_BYTES:
         return
-    handler = ocp.type_handlers.ArrayHandler(
-        array_metadata_store=getattr(default, "_array_metadata_store", None),
-        min_slice_bytes_for_replica_parallel=_MIN_REPLICA_SLICE_BYTES,
-    )
+    try:
+        handler = ocp.type_handlers.ArrayHandler(
+            array_metadata_store=getattr(default, "_array_metadata_store", None),
+            min_slice_bytes_for_replica_parallel=_MIN_REPLICA_SLICE_BYTES,
+        )
+    except TypeError:  # an orbax without the option: keep its default handler (slower saves)
+        return
     ocp.type_handlers.register_type_handler(jax.Array, handler, override=True)
 
 
