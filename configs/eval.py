@@ -34,6 +34,18 @@ def real(c: ml_collections.ConfigDict) -> None:
     c.data.format = "math"
 
 
+def world_eval(c: ml_collections.ConfigDict) -> None:
+    """The small world's held-out protocol (also configs/r1_zero.py:tiny's before/after)."""
+    c.data.format = "world"
+    c.data.eval = "test"  # world.dataset("test"): problems never in the corpus or RL prompts
+    c.eval.template = "world"
+    c.eval.num_samples = 64
+    c.eval.ks = (1, 2, 4, 8, 16, 32, 64)
+    c.eval.max_problems = 200
+    c.eval.max_new_tokens = 64  # world responses stay under ~67 tokens; the context is 128
+    c.eval.prompts_per_batch = 32
+
+
 def get_config(arg: str = "gsm8k") -> ml_collections.ConfigDict:
     """Variants: gsm8k, math500, aime24 (../shared/data), world (the built-in world)."""
     c = base.get_config()
@@ -61,14 +73,7 @@ def get_config(arg: str = "gsm8k") -> ml_collections.ConfigDict:
         c.eval.max_new_tokens = 8192
         c.eval.prompts_per_batch = 1
     elif arg == "world":
-        c.data.format = "world"
-        c.data.eval = "test"  # world.dataset("test"): problems never in the corpus or RL prompts
-        c.eval.template = "world"
-        c.eval.num_samples = 64
-        c.eval.ks = (1, 2, 4, 8, 16, 32, 64)
-        c.eval.max_problems = 200
-        c.eval.max_new_tokens = 64  # world responses stay under ~67 tokens; the context is 128
-        c.eval.prompts_per_batch = 32
+        world_eval(c)
     else:
         raise ValueError(f"configs/eval.py: unknown variant {arg!r} (one of {VARIANTS})")
     return c

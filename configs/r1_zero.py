@@ -18,6 +18,7 @@ import pathlib
 import ml_collections
 
 from configs import base, grpo
+from configs import eval as eval_config
 
 WORLD_BASE = str(pathlib.Path(__file__).resolve().parents[1] / "r1jax" / "assets" / "world_base")
 
@@ -26,9 +27,8 @@ def tiny(c: ml_collections.ConfigDict) -> None:
     """GRPO from the world's base model; accuracy + format rewards, R1-Zero's template shape."""
     c.model.init_from = WORLD_BASE
     c.tokenizer.path = WORLD_BASE
-    c.data.format = "world"
+    eval_config.world_eval(c)  # before/after: 200 held-out problems x 64 samples, T 0.6
     c.data.train = "train"  # world.dataset("train"): problems never in the held-out split
-    c.data.eval = "test"
     c.rl.template = "world"
     c.rl.rewards = ml_collections.ConfigDict({"accuracy": 1.0, "format": 0.5})
     c.rl.reward_workers = 0  # world grading is microseconds; no process pool needed
@@ -46,13 +46,6 @@ def tiny(c: ml_collections.ConfigDict) -> None:
     c.train.steps = 70
     c.train.log_every = 1
     c.train.checkpoint_every = 35
-    c.eval.num_samples = 64
-    c.eval.max_problems = 200
-    c.eval.temperature = 0.6
-    c.eval.top_p = 0.95
-    c.eval.max_new_tokens = 64
-    c.eval.ks = (1, 2, 4, 8, 16, 32, 64)
-    c.eval.template = "world"
 
 
 def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:

@@ -95,3 +95,22 @@ def test_export_writes_a_hugging_face_folder_of_the_run(tmp_path):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     with pytest.raises(FileNotFoundError, match="not an r1jax run"):
         export.export(tmp_path / "hf_missing", tmp_path / "x")
+
+
+def test_quick_evaluation_during_training_uses_few_samples_and_writes_nothing(tmp_path):
+    """rl.eval_every's check: at most 8 samples, pass@1 and pass@n only, no files."""
+    import pathlib
+
+    from r1jax import configlib, sharding, text
+    from r1jax.data import world
+
+    repo = pathlib.Path(__file__).resolve().parents[1]
+    cfg = configlib.load_config(str(repo / "configs/r1_zero.py") + ":tiny", eval__max_problems=3)
+    model_cfg, params = hf_io.load_hf(cfg.model.init_from)
+    tok = text.load_tokenizer(cfg.tokenizer.path)
+    mesh = sharding.make_mesh({"data": 1}, jax.devices()[:1])
+    evaluator = report.Evaluator(cfg, tmp_path, model_cfg, tok, world.dataset("test"), mesh)
+    result = evaluator.evaluate(params, "eval_5", quick=True)
+    assert result.metrics["num_problems"] == 3
+    assert result.curves["k"] == [1.0, 8.0] and "pass@1_greedy" not in result.metrics
+    assert list(tmp_path.iterdir()) == []

@@ -6,6 +6,7 @@ pass@1, unbiased pass@k, maj@k); compute is counted as 6·N·D for training plus
 of the rollout and of the reference/old log-probs.
 """
 
+import dataclasses
 import json
 import pathlib
 import time
@@ -70,9 +71,7 @@ class Evaluator:
         eval_cfg = self.eval_cfg
         if quick:  # periodic checks during training: fewer samples, no curves worth keeping
             n = min(eval_cfg.num_samples, 8)
-            eval_cfg = evaluation.EvalConfig(
-                **{**eval_cfg.__dict__, "num_samples": n, "ks": (1, n), "greedy": False}
-            )
+            eval_cfg = dataclasses.replace(eval_cfg, num_samples=n, ks=(1, n), greedy=False)
         t0 = time.perf_counter()
         result = evaluation.evaluate(
             self.model_cfg,
