@@ -14,10 +14,16 @@ DATA_DIR = os.environ.get(
 )
 
 
+# Shipped small-world checkpoints (each provenance.json names the command that made it).
+ASSETS = pathlib.Path(__file__).resolve().parents[1] / "r1jax" / "assets"
+WORLD_BASE = str(ASSETS / "world_base")  # configs/pretrain.py:tiny, step 750
+WORLD_STUDENT = str(ASSETS / "world_student")  # configs/pretrain.py:student (distillation)
+
+
 def get_config() -> ml_collections.ConfigDict:
     """The shared defaults, one comment per field."""
     c = ml_collections.ConfigDict()
-    c.stage = ""  # which loop r1jax.main runs: pretrain | sft | ...
+    c.stage = ""  # which loop r1jax.main runs: pretrain | sft | rl | eval | collect | ...
     c.seed = 0  # root seed: init, data order and sampling keys all derive from it
 
     c.model = ml_collections.ConfigDict()
@@ -125,6 +131,45 @@ def get_config() -> ml_collections.ConfigDict:
     c.rl.eval_every = 0  # held-out evaluation every N steps (0 = before and after only)
     c.rl.eval_prompts = 64  # held-out prompts per evaluation
     c.rl.log_samples_every = 10  # print an example completion every N steps
+
+    # All-domain RL (R1 stage 4): general prompts are routed per prompt to a reward model.
+    c.rl.reward_model = ml_collections.ConfigDict()
+    c.rl.reward_model.path = ""  # a reward_model run folder; scores records of domain "general"
+    c.rl.reward_model.weight = 1.0  # its weight (general prompts get no rule rewards)
+    c.rl.reward_model.scope = "response"  # response | summary (the text after </think>, as R1)
+    c.rl.general_prompts = ""  # general prompts (data.format dataset name or file) mixed in
+    c.rl.general_fraction = 0.0  # share of each step's prompts drawn from general_prompts
+    c.rl.general_from_step = 0  # general prompts only from this step on (R1: the last part)
+
+    # Sampling datasets from a model (cold start, rejection sampling, distillation).
+    c.collect = ml_collections.ConfigDict()
+    c.collect.model = ""  # the model sampled: an r1jax run folder, checkpoint or HF folder
+    c.collect.template = ""  # prompt template when sampling ('' = the source run's own)
+    c.collect.num_prompts = 0  # prompts of data.train sampled (0 = all)
+    c.collect.num_samples = 4  # samples per prompt
+    c.collect.temperature = 0.7
+    c.collect.top_p = 0.95
+    c.collect.max_new_tokens = 1024
+    c.collect.prompts_per_batch = 32  # prompts per sampler call
+    c.collect.require_correct = True  # the task's rule check must accept the answer
+    c.collect.require_format = True  # <think>...</think> <answer>...</answer>, nothing else
+    c.collect.min_language_consistency = 0.0  # share of thought words in the prompt's language
+    c.collect.min_tokens = 1  # response length bounds (tokens, stop token included)
+    c.collect.max_tokens = 0  # 0 = no bound beyond max_new_tokens (truncated ones never pass)
+    c.collect.max_ngram_repeats = 3  # a repetition loop: some 4-word n-gram appears more often
+    c.collect.max_per_prompt = 1  # distinct accepted responses kept per prompt
+    c.collect.summary = True  # render with a one-line summary at the end of the thought
+    c.collect.general_data = ""  # general (non-reasoning) SFT rows mixed in ('' = none)
+    c.collect.general_ratio = 0.0  # general rows per reasoning row
+    c.collect.reward_model = ""  # a reward_model run that filters the general rows
+    c.collect.general_min_score = 0.0  # keep general rows the reward model scores above this
+    c.collect.sft = False  # then SFT model.init_from on the dataset, in the same workdir
+
+    # Reward-model training (Bradley-Terry on chosen/rejected pairs).
+    c.rm = ml_collections.ConfigDict()
+    c.rm.hh_eval = ""  # an HH-RLHF jsonl(.gz) whose held-out accuracy is reported ('' = none)
+    c.rm.hh_max_pairs = 500  # pairs of it scored
+    c.rm.max_len = 0  # tokens per prompt + response (0 = the model's context); keeps the end
 
     c.eval = ml_collections.ConfigDict()
     c.eval.num_samples = 16  # n samples per problem for pass@1, pass@k and maj@k

@@ -3,6 +3,8 @@
 The base model of the built-in small world (configs/r1_zero.py:tiny starts from it; its step-750
 checkpoint ships in r1jax/assets/world_base, as this takes about an hour on 2 CPU cores):
   r1jax --config=configs/pretrain.py:tiny --workdir=runs/world-base
+A smaller base for the distillation stage (shipped in r1jax/assets/world_student):
+  r1jax --config=configs/pretrain.py:student --workdir=runs/world-student
 A few minutes of plain-text training (GSM8K solutions stand in for a corpus):
   r1jax --config=configs/pretrain.py:gsm8k --workdir=runs/pretrain
 Continued pretraining of a real model (a corpus of {"text": ...} rows):
@@ -16,7 +18,7 @@ from configs import base
 
 
 def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
-    """Variants: tiny (alias world: the small world base model), gsm8k (minutes), qwen2.5-0.5b."""
+    """Variants: tiny (alias world: the small world base), student, gsm8k (minutes), qwen2.5-0.5b."""
     c = base.get_config()
     c.stage = "pretrain"
     if arg == "gsm8k":
@@ -33,6 +35,8 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
         c.train.eval_every = 100
     elif arg in ("tiny", "world"):
         world_base(c)
+    elif arg == "student":
+        world_student(c)
     elif arg == "qwen2.5-0.5b":
         c.model.preset = "qwen2.5-0.5b"
         c.model.init_from = "/models/Qwen2.5-0.5B"
@@ -48,7 +52,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
         c.train.eval_every = 500
     else:
         raise ValueError(
-            f"configs/pretrain.py: unknown variant {arg!r} (tiny, world, gsm8k, qwen2.5-0.5b)"
+            f"configs/pretrain.py: unknown variant {arg!r} (tiny, world, student, gsm8k, qwen2.5-0.5b)"
         )
     return c
 
@@ -76,3 +80,15 @@ def world_base(c: ml_collections.ConfigDict) -> None:
     c.train.eval_every = 0
     c.train.checkpoint_every = 250
     c.train.keep_checkpoints = 10
+
+
+def world_student(c: ml_collections.ConfigDict) -> None:
+    """A smaller base for distillation in the small world: d 64 (0.2M parameters), same corpus
+    and the world base's tokenizer, so teacher samples need no re-tokenizing."""
+    world_base(c)
+    c.tokenizer.path = base.WORLD_BASE
+    c.tokenizer.train_vocab_size = 0
+    c.model.d_model = 64
+    c.model.head_dim = 16
+    c.model.d_ff = 256
+    c.train.steps = 1000

@@ -13,14 +13,12 @@ Variants:
         --config.model.init_from=/models/Qwen2.5-Math-1.5B
 """
 
-import pathlib
-
 import ml_collections
 
 from configs import base, grpo
 from configs import eval as eval_config
 
-WORLD_BASE = str(pathlib.Path(__file__).resolve().parents[1] / "r1jax" / "assets" / "world_base")
+WORLD_BASE = base.WORLD_BASE
 
 
 def tiny(c: ml_collections.ConfigDict) -> None:

@@ -11,7 +11,7 @@ import ml_collections
 
 from r1jax.model import config as model_config
 
-STAGES = ("pretrain", "sft", "rl", "eval")
+STAGES = ("pretrain", "sft", "rl", "eval", "collect", "reward_model", "pipeline")
 DATA_FORMATS = ("jsonl", "gsm8k", "math", "world")
 TEMPLATES = ("chat", "r1_zero", "world", "none")
 

@@ -56,6 +56,18 @@ def main(argv) -> None:
             from r1jax import evaluation
 
             evaluation.run(cfg, _WORKDIR.value)
+        elif cfg.stage == "collect":
+            from r1jax.train import collect
+
+            collect.run(cfg, _WORKDIR.value)
+        elif cfg.stage == "reward_model":
+            from r1jax.train import reward_model
+
+            reward_model.run(cfg, _WORKDIR.value)
+        elif cfg.stage == "pipeline":
+            from r1jax import pipeline
+
+            pipeline.run(cfg, _WORKDIR.value)
         else:
             raise configlib.ConfigError(
                 f"config.stage: unknown stage {cfg.stage!r}; expected one of {configlib.STAGES}"
