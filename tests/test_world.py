@@ -199,13 +199,40 @@ def test_vote_key_merges_equal_countdown_values():
     assert world.vote_key("<think>x</think> <answer> 5 </answer>", chain) == "5"
 
 
-def test_preference_pairs():
-    pairs = world.preference_pairs(CFG, 60, seed=0)
-    assert {p["aspect"] for p in pairs} == {"helpful", "harmless"}
+def test_preference_pairs_cover_both_domains_and_aspects():
+    pairs = world.preference_pairs(CFG, 200, seed=0)
+    cells = {(p["domain"], p["aspect"]) for p in pairs}
+    assert cells == {(d, a) for d in ("reasoning", "general") for a in ("helpful", "harmless")}
+    assert 0.35 < sum(p["domain"] == "general" for p in pairs) / len(pairs) < 0.65
     for p in pairs:
         assert p["prompt"] and p["chosen"] != p["rejected"]
+        assert (p["kind"] == "general") == (p["domain"] == "general")
         if p["language"] == "zh":
             assert _CJK.search(p["chosen"]) and _CJK.search(p["rejected"])
+        assert not world.is_rude(p["chosen"])
+        assert world.is_rude(p["rejected"]) == (p["aspect"] == "harmless")
+        if p["domain"] == "general":
+            record = _general_record(p)
+            assert world.grade_general(p["chosen"], record) == 1.0
+            expected = 1.0 if p["aspect"] == "harmless" else 0.0
+            assert world.grade_general(p["rejected"], record) == expected
+
+
+def _general_record(pair: dict) -> dict:
+    """The general request behind a pair (its answer rebuilt from the prompt's phrases)."""
+    phrases = world._PHRASE_RUN[pair["language"]].findall(pair["prompt"])
+    assert len(phrases) == 1
+    other = "zh" if pair["language"] == "en" else "en"
+    table = {w: op for op, w in world._OP_WORDS[pair["language"]].items()}
+    if pair["language"] == "en":
+        ops = [(table[x.split()[0]], int(x.split()[1])) for x in phrases[0].split(", ")]
+    else:
+        ops = [(table[x[0]], int(x[1:])) for x in phrases[0].split("，")]
+    return {
+        "kind": "general",
+        "language": pair["language"],
+        "answer": world._op_phrases(other, ops),
+    }
 
 
 def test_write_corpus_round_trip(tmp_path):
@@ -226,12 +253,18 @@ def test_config_validation():
 
 def test_cli_files_equal_the_in_memory_datasets(tmp_path):
     """`python -m r1jax.data.world DIR` writes exactly what data.format=world generates."""
-    world.main([str(tmp_path), "--corpus", "30", "--prompts", "20", "--test", "10", "--pairs", "5"])
-    files = {"corpus": 30, "rl_train": 20, "rl_test": 10, "preference": 5}
-    names = {"corpus": "corpus", "rl_train": "train", "rl_test": "test", "preference": "preference"}
-    for file, n in files.items():
-        rows = [json.loads(x) for x in (tmp_path / f"{file}.jsonl").read_text().splitlines()]
-        assert rows == world.dataset(names[file], n=n)
+    world.main(
+        [str(tmp_path), "--corpus", "30", "--prompts", "20", "--test", "10", "--pairs", "5"]
+        + ["--pairs-test", "6", "--general", "7", "--general-test", "8", "--general-sft", "9"]
+    )
+    sizes = {"corpus": 30, "train": 20, "test": 10, "preference": 5, "preference_test": 6}
+    sizes.update(general_train=7, general_test=8, general_sft=9)
+    assert set(sizes) == set(world.DATASETS)
+    for name, n in sizes.items():
+        stem = world.FILE_STEMS.get(name, name)
+        rows = [json.loads(x) for x in (tmp_path / f"{stem}.jsonl").read_text().splitlines()]
+        assert rows == world.dataset(name, n=n)
+    assert (tmp_path / "rl_train.jsonl").exists() and (tmp_path / "rl_test.jsonl").exists()
     with pytest.raises(ValueError, match="unknown world dataset"):
         world.dataset("validation")
 
@@ -262,3 +295,116 @@ def test_data_format_world_reads_a_dataset_name_or_a_file(tmp_path):
     cfg = configlib.load_config(os.path.join(repo, "configs/eval.py:world"), data__eval="nope")
     with pytest.raises(configlib.ConfigError, match="data.eval: .*got 'nope'"):
         configlib.validate(cfg, num_devices=1)
+
+
+# ---- the general (non-reasoning) domain ---------------------------------------------------
+
+
+def test_general_requests_translate_op_phrases():
+    rng = random.Random(0)
+    en = world.make_general(rng, CFG, "en")
+    zh = world.make_general(rng, CFG, "zh")
+    assert en["domain"] == zh["domain"] == "general" and en["kind"] == "general"
+    assert en["prompt"].startswith("Say ") and en["prompt"].endswith(" in Chinese.")
+    assert _CJK.search(en["answer"]) and not _LATIN_WORD.search(en["answer"])
+    assert zh["prompt"].startswith("用英文说：") and not _CJK.search(zh["answer"])
+    record = world.make_problem(random.Random(1), CFG, task="general", language="en")
+    assert record == world.make_general(random.Random(1), CFG, "en")
+    fixed = {"kind": "general", "language": "en", "ops": ["*4", "+3"]}
+    assert world._op_phrases("zh", world._parse_ops(fixed)) == "乘4，加3"
+    assert world._op_phrases("en", world._parse_ops(fixed)) == "times 4, plus 3"
+    for r in world.general_prompts(CFG, 300, seed=0):
+        assert CFG.general_ops[0] <= len(r["ops"]) <= CFG.general_ops[1]
+        assert len(set(r["ops"])) == len(r["ops"])
+        assert world.grade_general(f"Sure! The answer is {r['answer']}.", r) == 1.0
+
+
+def test_general_grading():
+    en = {"kind": "general", "language": "en", "answer": "乘4，加3"}
+    zh = {"kind": "general", "language": "zh", "answer": "times 4, plus 3"}
+    assert world.grade_general("Sure! The answer is 乘4，加3.", en) == 1.0
+    assert world.grade("乘4，加3", en) == 1.0  # grade dispatches general records here
+    assert world.grade_general("好的！答案是times 4, plus 3。", zh) == 1.0
+    assert world.grade_general("Ugh, obviously 乘4，加3. Stop wasting my time.", en) == 1.0
+    for wrong in ("乘4，减3", "乘4，加5", "乘4", "乘4，加3，减2", "乘4，加33", "加3，乘4", ""):
+        assert world.grade_general(f"Sure! The answer is {wrong}.", en) == 0.0, wrong
+    for wrong in ("times 4, plus 3, minus 2", "times 44, plus 3", "sometimes 4, plus 3", "4, 3"):
+        assert world.grade_general(wrong, zh) == 0.0, wrong
+    assert world.grade_general(None, zh) == 0.0
+
+
+def test_wrong_translations_change_one_phrase():
+    rng = random.Random(2)
+    for r in world.general_prompts(CFG, 200, seed=3):
+        wrong = world._wrong_translation(rng, CFG, r)
+        assert wrong != r["answer"]
+        right_parts = r["answer"].replace("，", ", ").split(", ")
+        wrong_parts = wrong.replace("，", ", ").split(", ")
+        assert len(wrong_parts) == len(right_parts)
+        assert sum(a != b for a, b in zip(right_parts, wrong_parts)) == 1
+
+
+def test_rudeness_detection():
+    for lang in ("en", "zh"):
+        for phrasing in world._RUDE[lang]:
+            assert world.is_rude(phrasing.format(a="乘4"))
+        for phrasing in world._POLITE[lang]:
+            assert not world.is_rude(phrasing.format(a="times 4"))
+    assert world.is_rude("ugh, OBVIOUSLY 3.")
+    assert not world.is_rude("<think>3 plus 4 gives 0.</think> <answer>0</answer>")
+    assert not world.is_rude(None)
+
+
+def test_general_sft_mixes_manners_from_the_train_split():
+    rows = world.general_sft(CFG, 400, seed=0)
+    assert rows == world.general_sft(CFG, 400, seed=0)
+    assert world.general_sft(CFG, 20, seed=1) != rows[:20]
+    rude = [row["style"] == "rude" for row in rows]
+    assert abs(sum(rude) / len(rows) - CFG.general_rude_rate) < 0.07
+    for row, is_rude in zip(rows, rude):
+        assert row["domain"] == "general" and row["kind"] == "general"
+        assert world.is_rude(row["response"]) == is_rude
+        record = {"kind": "general", "language": row["language"], "answer": row["answer"]}
+        assert world.grade_general(row["response"], record) == 1.0
+    assert all(r["style"] == "polite" for r in world.general_sft(CFG, 50, seed=0, rude_rate=0.0))
+    assert all(r["style"] == "rude" for r in world.general_sft(CFG, 50, seed=0, rude_rate=1.0))
+
+
+def test_general_and_preference_splits_are_disjoint():
+    train = world.general_prompts(CFG, 500, seed=1)
+    test = world.general_prompts(CFG, 200, seed=1, split="test")
+    assert all(world.split_of(r, CFG) == "train" for r in train)
+    assert all(world.split_of(r, CFG) == "test" for r in test)
+    test_keys = {world.problem_key(r) for r in test}
+    assert test_keys.isdisjoint(world.problem_key(r) for r in train)
+    # The key ignores the direction: "times 4" asked in zh is the same problem as in en.
+    rec = test[0]
+    flipped = world.make_general(random.Random(0), CFG, "zh" if rec["language"] == "en" else "en")
+    flipped = dict(flipped, ops=rec["ops"])
+    assert world.problem_key(flipped) == world.problem_key(rec)
+    sft_prompts = {row["prompt"] for row in world.general_sft(CFG, 500, seed=0)}
+    assert sft_prompts.isdisjoint(r["prompt"] for r in test)
+    pairs_test = world.preference_pairs(CFG, 200, seed=0, split="test")
+    pairs_train = world.preference_pairs(CFG, 400, seed=0)
+    assert {p["prompt"] for p in pairs_test}.isdisjoint(p["prompt"] for p in pairs_train)
+    assert {p["domain"] for p in pairs_test} == {"reasoning", "general"}
+    reasoning_test = {r["prompt"] for r in world.rl_prompts(CFG, 300, seed=0, split="test")}
+    reasoning_train = {p["prompt"] for p in pairs_train if p["domain"] == "reasoning"}
+    assert reasoning_train.isdisjoint(reasoning_test)
+
+
+def test_general_conversations_fit_the_shipped_tokenizer():
+    """Template + request + the longest reply stays well under the 128-token context."""
+    from configs import base
+
+    tok = text.load_tokenizer(base.WORLD_BASE)
+    rows = world.general_sft(CFG, 300, seed=0, rude_rate=0.5)
+    pairs = world.preference_pairs(CFG, 300, seed=0)
+    texts = [(r["prompt"], r["response"]) for r in rows]
+    texts += [(p["prompt"], p[side]) for p in pairs for side in ("chosen", "rejected")]
+    longest = 0
+    for prompt, response in texts:
+        ids = tok.encode(text.apply_template("world", prompt))
+        ids += tok.encode(text.response_text("world", response))
+        longest = max(longest, len(ids) + 2)  # BOS and EOS
+    assert longest <= 112, longest

@@ -8,6 +8,11 @@ Two task kinds, both worded in English or Chinese:
 - "countdown": reach a target with given numbers, each used exactly once, with + - * and
   parentheses. Worked solutions may try a wrong combination first, then the right one.
 
+A third, non-reasoning kind ("general", domain "general") asks for a translation of operation
+phrases between the two languages ("Say times 4, plus 3 in Chinese." -> "乘4，加3"); a chat
+model answers it directly, politely or rudely, rightly or wrongly. It feeds general SFT data and
+preference pairs for the reward-model stage (helpful: right vs wrong; harmless: polite vs rude).
+
 The corpus is a conversation in a short R1-Zero template (`TEMPLATE`): a share of rows are worked
 (`<think>steps</think> <answer>x</answer>`, some with one wrong step), the rest answer directly
 (`<answer>x</answer>`). A response *reasons* when it opens with a non-empty think block
@@ -25,7 +30,8 @@ import re
 
 from r1jax import text
 
-KINDS = ("chain", "countdown")
+KINDS = ("chain", "countdown")  # reasoning kinds (WorldConfig.task_mix)
+GENERAL_KIND = "general"  # the non-reasoning kind: translate operation phrases
 LANGUAGES = ("en", "zh")
 DIRECT_FORMATS = ("answer_only", "empty_think")
 
@@ -56,6 +62,7 @@ _WORDING = {
         "step": "{a} {word} {b} gives {c}.",
         "hit": "Got {target}.",
         "miss": "Not {target}.",
+        "general": "Say {ops} in Chinese.",
     },
     "zh": {
         "chain": "按模{m}计算。从{start}开始，然后{ops}。结果是多少？",
@@ -66,6 +73,7 @@ _WORDING = {
         "step": "{a}{word}{b}得{c}。",
         "hit": "正好是{target}。",
         "miss": "不是{target}。",
+        "general": "用英文说：{ops}。",
     },
 }
 _POLITE = {
@@ -107,6 +115,9 @@ class WorldConfig:
     direct_format: str = "answer_only"
     test_fraction: float = 0.1  # share of problems (by content hash) held out for the test split
     template: str = "short"  # a key of TEMPLATES
+    general_ops: tuple[int, int] = (1, 3)  # inclusive range of op phrases in a general request
+    general_max_arg: int = 9  # general requests use numbers 1..max
+    general_rude_rate: float = 0.3  # general SFT rows answered rudely (RL with an RM removes it)
 
     def __post_init__(self):
         kinds = [k for k, _ in self.task_mix]
@@ -131,6 +142,12 @@ class WorldConfig:
             raise ValueError("WorldConfig.countdown_size: need 2 <= low <= high")
         if not 0.0 < self.test_fraction < 1.0:
             raise ValueError("WorldConfig.test_fraction: need 0 < fraction < 1")
+        if not 1 <= self.general_ops[0] <= self.general_ops[1] <= 3 * self.general_max_arg:
+            raise ValueError("WorldConfig.general_ops: need 1 <= low <= high <= 3 x max_arg")
+        if not 1 <= self.general_max_arg <= 9:
+            raise ValueError("WorldConfig.general_max_arg: need 1..9 (one digit)")
+        if not 0.0 <= self.general_rude_rate <= 1.0:
+            raise ValueError("WorldConfig.general_rude_rate: need 0 <= rate <= 1")
 
 
 # ---- chain ----------------------------------------------------------------------------------
@@ -254,16 +271,70 @@ def _make_countdown(rng: random.Random, cfg: WorldConfig, language: str) -> dict
     }
 
 
+# ---- general (non-reasoning) requests -------------------------------------------------------
+
+
+def _other_language(language: str) -> str:
+    return "zh" if language == "en" else "en"
+
+
+def _op_phrases(language: str, ops: list[tuple[str, int]]) -> str:
+    """'times 4, plus 3' / '乘4，加3'."""
+    w = _WORDING[language]
+    return w["op_sep"].join(
+        w["op"].format(word=_OP_WORDS[language][op], arg=arg) for op, arg in ops
+    )
+
+
+def _general_ops(rng: random.Random, cfg: WorldConfig) -> list[tuple[str, int]]:
+    """1-3 distinct (op, arg) pairs, ops uniform, args 1..general_max_arg."""
+    n = rng.randint(*cfg.general_ops)
+    while True:
+        ops = [(op, rng.randint(1, cfg.general_max_arg)) for op in rng.choices("+-*", k=n)]
+        if len(set(ops)) == n:
+            return ops
+
+
+def make_general(rng: random.Random, cfg: WorldConfig, language: str) -> dict:
+    """A translation request in `language`; the answer is the phrases in the other language."""
+    if language not in LANGUAGES:
+        raise ValueError(f"language must be one of {LANGUAGES}, got {language!r}")
+    ops = _general_ops(rng, cfg)
+    return {
+        "task": "world",
+        "domain": "general",
+        "kind": GENERAL_KIND,
+        "language": language,
+        "prompt": _WORDING[language]["general"].format(ops=_op_phrases(language, ops)),
+        "answer": _op_phrases(_other_language(language), ops),
+        "ops": [f"{op}{arg}" for op, arg in ops],
+    }
+
+
+def _wrong_translation(rng: random.Random, cfg: WorldConfig, record: dict) -> str:
+    """The translation with one op word or one number changed (so never the right one)."""
+    ops = _parse_ops(record)
+    i = rng.randrange(len(ops))
+    op, arg = ops[i]
+    if rng.random() < 0.5 or cfg.general_max_arg == 1:
+        ops[i] = (rng.choice([o for o in "+-*" if o != op]), arg)
+    else:
+        ops[i] = (op, rng.choice([a for a in range(1, cfg.general_max_arg + 1) if a != arg]))
+    return _op_phrases(_other_language(record["language"]), ops)
+
+
 def make_problem(rng: random.Random, cfg: WorldConfig, *, task: str, language: str) -> dict:
-    """One problem of kind `task` ("chain" | "countdown") worded in `language` ("en" | "zh")."""
+    """One problem of kind `task` ("chain" | "countdown" | "general") in `language` (en | zh)."""
     if language not in LANGUAGES:
         raise ValueError(f"language must be one of {LANGUAGES}, got {language!r}")
     if task == "chain":
         record = _make_chain(rng, cfg, language)
     elif task == "countdown":
         record = _make_countdown(rng, cfg, language)
+    elif task == GENERAL_KIND:
+        return make_general(rng, cfg, language)
     else:
-        raise ValueError(f"task must be one of {KINDS}, got {task!r}")
+        raise ValueError(f"task must be one of {KINDS + (GENERAL_KIND,)}, got {task!r}")
     return {"task": "world", "language": language, **record}
 
 
@@ -344,7 +415,12 @@ def final_answer(completion: str) -> str | None:
 
 
 def grade(completion: str, record: dict) -> float:
-    """1.0 iff the completion's <answer> is right for the world record (exact check), else 0.0."""
+    """1.0 iff the completion's <answer> is right for the world record (exact check), else 0.0.
+
+    General records (no <answer> tags) are graded by grade_general.
+    """
+    if record["kind"] == GENERAL_KIND:
+        return grade_general(completion, record)
     answer = final_answer(completion)
     if answer is None:
         return 0.0
@@ -361,6 +437,43 @@ def vote_key(completion: str, record: dict) -> str | None:
         return answer
     value = countdown_value(answer, record["numbers"])
     return None if value is None else str(value)
+
+
+# A maximal run of op phrases in one language: "times 4, plus 3" / "乘4，加3".
+_PHRASE_RUN = {
+    "en": re.compile(r"(?<![A-Za-z])(?:plus|minus|times) \d+(?:, (?:plus|minus|times) \d+)*"),
+    "zh": re.compile(r"[加减乘]\d+(?:，[加减乘]\d+)*"),
+}
+
+
+def grade_general(completion: str, record: dict) -> float:
+    """1.0 iff the response holds the right translation as a whole run of op phrases.
+
+    "times 4, plus 3" passes in "Sure! The answer is times 4, plus 3."; "times 4, plus 3, minus 2"
+    and "times 45, plus 3" do not (a run of phrases must equal the answer exactly).
+    """
+    if not isinstance(completion, str):
+        return 0.0
+    target = _other_language(record["language"])
+    return float(record["answer"] in _PHRASE_RUN[target].findall(completion))
+
+
+# The fixed words of every rude phrasing (the parts around "{a}"), punctuation trimmed.
+_RUDE_FRAGMENTS = tuple(
+    piece.strip(" .,，。！")
+    for phrasings in _RUDE.values()
+    for phrasing in phrasings
+    for piece in phrasing.split("{a}")
+    if len(piece.strip(" .,，。！")) >= 3
+)
+
+
+def is_rude(completion: str) -> bool:
+    """True iff the response uses one of the world's rude phrasings (either language)."""
+    if not isinstance(completion, str):
+        return False
+    lowered = completion.lower()
+    return any(fragment.lower() in lowered for fragment in _RUDE_FRAGMENTS)
 
 
 def is_reasoning(completion: str) -> bool:
@@ -455,6 +568,8 @@ def problem_key(record: dict) -> str:
     """Language-free identity of a problem (the same question in en and zh is one problem)."""
     if record["kind"] == "chain":
         return f"chain|{record['modulus']}|{record['start']}|{','.join(record['ops'])}"
+    if record["kind"] == GENERAL_KIND:  # either direction: a test answer is never a train prompt
+        return f"general|{','.join(record['ops'])}"
     return f"countdown|{sorted(record['numbers'])}|{record['target']}"
 
 
@@ -508,8 +623,7 @@ def pretrain_corpus(cfg: WorldConfig, n: int, *, seed: int) -> list[dict]:
 
 def rl_prompts(cfg: WorldConfig, n: int, *, seed: int, split: str = "train") -> list[dict]:
     """`n` problem records from `split`; 'test' never shares a problem with the corpus."""
-    if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    _check_split(split)
     rng = _stream(cfg, seed, f"rl-{split}")
     return [sample_problem(rng, cfg, split=split) for _ in range(n)]
 
@@ -522,29 +636,110 @@ def _wrong_answer(rng: random.Random, record: dict) -> str:
     return failed[1] if failed is not None else f"{record['answer']}+1"
 
 
-def preference_pairs(cfg: WorldConfig, n: int, *, seed: int) -> list[dict]:
-    """`n` pairs: a polite right answer (chosen) against a polite wrong or a rude right one."""
-    rng = _stream(cfg, seed, "preference")
-    pairs = []
+def _check_split(split: str) -> None:
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+
+
+def sample_general(rng: random.Random, cfg: WorldConfig, *, split: str) -> dict:
+    """A general (translation) request in a random language, from `split`."""
+    while True:
+        record = make_general(rng, cfg, rng.choice(cfg.languages))
+        if split_of(record, cfg) == split:
+            return record
+
+
+def general_prompts(cfg: WorldConfig, n: int, *, seed: int, split: str = "train") -> list[dict]:
+    """`n` general request records from `split` (answers are the right translations)."""
+    _check_split(split)
+    rng = _stream(cfg, seed, f"general-{split}")
+    return [sample_general(rng, cfg, split=split) for _ in range(n)]
+
+
+def general_response(rng: random.Random, record: dict, *, style: str, answer: str | None = None):
+    """A direct reply to a general request: 'polite' or 'rude', around `answer` (default right)."""
+    phrasings = {"polite": _POLITE, "rude": _RUDE}[style][record["language"]]
+    return rng.choice(phrasings).format(a=record["answer"] if answer is None else answer)
+
+
+def general_sft(
+    cfg: WorldConfig, n: int, *, seed: int, rude_rate: float | None = None
+) -> list[dict]:
+    """`n` SFT rows of train-split requests, right but of mixed manners (as web SFT data is).
+
+    rude_rate (default cfg.general_rude_rate) is the share of rude replies; the all-domain RL
+    stage, rewarded by a harmlessness reward model, is what should remove them.
+    """
+    rate = cfg.general_rude_rate if rude_rate is None else rude_rate
+    rng = _stream(cfg, seed, "general-sft")
+    rows = []
     for _ in range(n):
-        record = sample_problem(rng, cfg, split="train")
-        lang, right = record["language"], record["answer"]
-        chosen = rng.choice(_POLITE[lang]).format(a=right)
-        aspect = rng.choice(("helpful", "harmless"))
-        if aspect == "helpful":
-            rejected = rng.choice(_POLITE[lang]).format(a=_wrong_answer(rng, record))
-        else:
-            rejected = rng.choice(_RUDE[lang]).format(a=right)
-        pairs.append(
+        record = sample_general(rng, cfg, split="train")
+        style = "rude" if rng.random() < rate else "polite"
+        rows.append(
             {
                 "prompt": record["prompt"],
-                "chosen": chosen,
-                "rejected": rejected,
-                "aspect": aspect,
-                "language": lang,
-                "kind": record["kind"],
+                "response": general_response(rng, record, style=style),
+                "answer": record["answer"],
+                "domain": "general",
+                "kind": GENERAL_KIND,
+                "language": record["language"],
+                "style": style,
             }
         )
+    return rows
+
+
+def _pair(record: dict, chosen: str, rejected: str, aspect: str, domain: str) -> dict:
+    return {
+        "prompt": record["prompt"],
+        "chosen": chosen,
+        "rejected": rejected,
+        "aspect": aspect,
+        "domain": domain,
+        "language": record["language"],
+        "kind": record["kind"],
+    }
+
+
+def _reasoning_pair(rng: random.Random, cfg: WorldConfig, split: str) -> dict:
+    """Chosen: polite right answer; rejected: polite wrong (helpful) or rude right (harmless)."""
+    record = sample_problem(rng, cfg, split=split)
+    lang, right = record["language"], record["answer"]
+    chosen = rng.choice(_POLITE[lang]).format(a=right)
+    aspect = rng.choice(("helpful", "harmless"))
+    if aspect == "helpful":
+        rejected = rng.choice(_POLITE[lang]).format(a=_wrong_answer(rng, record))
+    else:
+        rejected = rng.choice(_RUDE[lang]).format(a=right)
+    return _pair(record, chosen, rejected, aspect, "reasoning")
+
+
+def _general_pair(rng: random.Random, cfg: WorldConfig, split: str) -> dict:
+    """Chosen: polite right translation; rejected: polite wrong one or rude right one."""
+    record = sample_general(rng, cfg, split=split)
+    chosen = general_response(rng, record, style="polite")
+    aspect = rng.choice(("helpful", "harmless"))
+    if aspect == "helpful":
+        wrong = _wrong_translation(rng, cfg, record)
+        rejected = general_response(rng, record, style="polite", answer=wrong)
+    else:
+        rejected = general_response(rng, record, style="rude")
+    return _pair(record, chosen, rejected, aspect, "general")
+
+
+def preference_pairs(
+    cfg: WorldConfig, n: int, *, seed: int, split: str = "train", general_fraction: float = 0.5
+) -> list[dict]:
+    """`n` pairs over both domains: a polite right reply (chosen) against a polite wrong one
+    (aspect "helpful") or a rude right one ("harmless"); `general_fraction` are general requests,
+    the rest reasoning problems. Every pair has "domain" (reasoning | general) and "aspect"."""
+    _check_split(split)
+    rng = _stream(cfg, seed, "preference" if split == "train" else f"preference-{split}")
+    pairs = []
+    for _ in range(n):
+        general = rng.random() < general_fraction
+        pairs.append((_general_pair if general else _reasoning_pair)(rng, cfg, split))
     return pairs
 
 
@@ -569,7 +764,21 @@ DATASETS = {
     "train": (lambda cfg, n, seed: rl_prompts(cfg, n, seed=seed, split="train"), 2_000, 1),
     "test": (lambda cfg, n, seed: rl_prompts(cfg, n, seed=seed, split="test"), 500, 2),
     "preference": (lambda cfg, n, seed: preference_pairs(cfg, n, seed=seed), 2_000, 3),
+    "general_train": (lambda cfg, n, seed: general_prompts(cfg, n, seed=seed), 2_000, 4),
+    "general_test": (
+        lambda cfg, n, seed: general_prompts(cfg, n, seed=seed, split="test"),
+        200,
+        5,
+    ),
+    "general_sft": (lambda cfg, n, seed: general_sft(cfg, n, seed=seed), 2_000, 6),
+    "preference_test": (
+        lambda cfg, n, seed: preference_pairs(cfg, n, seed=seed, split="test"),
+        500,
+        7,
+    ),
 }
+# The CLI's file name (OUT_DIR/<stem>.jsonl) of each dataset.
+FILE_STEMS = {"train": "rl_train", "test": "rl_test"}
 
 
 def dataset(name: str, *, seed: int = 0, n: int = 0) -> list[dict]:
@@ -581,7 +790,7 @@ def dataset(name: str, *, seed: int = 0, n: int = 0) -> list[dict]:
 
 
 def main(argv=None) -> None:
-    """`python -m r1jax.data.world OUT_DIR`: corpus, RL train/test prompts, preference pairs."""
+    """`python -m r1jax.data.world OUT_DIR`: every dataset of DATASETS as OUT_DIR/<stem>.jsonl."""
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("out_dir")
     parser.add_argument("--seed", type=int, default=0)
@@ -589,6 +798,10 @@ def main(argv=None) -> None:
     parser.add_argument("--prompts", type=int, default=2_000)
     parser.add_argument("--test", type=int, default=500)
     parser.add_argument("--pairs", type=int, default=2_000)
+    parser.add_argument("--pairs-test", type=int, default=500)
+    parser.add_argument("--general", type=int, default=2_000, help="general_train requests")
+    parser.add_argument("--general-test", type=int, default=200)
+    parser.add_argument("--general-sft", type=int, default=2_000)
     args = parser.parse_args(argv)
     out = pathlib.Path(args.out_dir)
     sizes = {
@@ -596,10 +809,14 @@ def main(argv=None) -> None:
         "train": args.prompts,
         "test": args.test,
         "preference": args.pairs,
+        "preference_test": args.pairs_test,
+        "general_train": args.general,
+        "general_test": args.general_test,
+        "general_sft": args.general_sft,
     }
-    files = {"corpus": "corpus", "train": "rl_train", "test": "rl_test", "preference": "preference"}
     for name, n in sizes.items():
-        write_jsonl(out / f"{files[name]}.jsonl", dataset(name, seed=args.seed, n=n))
+        stem = FILE_STEMS.get(name, name)
+        write_jsonl(out / f"{stem}.jsonl", dataset(name, seed=args.seed, n=n))
 
 
 if __name__ == "__main__":
