@@ -159,9 +159,11 @@ def get_config() -> ml_collections.ConfigDict:
     c.collect.max_ngram_repeats = 3  # a repetition loop: some 4-word n-gram appears more often
     c.collect.max_per_prompt = 1  # distinct accepted responses kept per prompt
     c.collect.summary = True  # render with a one-line summary at the end of the thought
+    c.collect.general_prompts = ""  # general prompts sampled too, kept if the reward model agrees
+    c.collect.num_general_prompts = 0  # how many of them (0 = all)
     c.collect.general_data = ""  # general (non-reasoning) SFT rows mixed in ('' = none)
     c.collect.general_ratio = 0.0  # general rows per reasoning row
-    c.collect.reward_model = ""  # a reward_model run that filters the general rows
+    c.collect.reward_model = ""  # a reward_model run judging general samples and rows
     c.collect.general_min_score = 0.0  # keep general rows the reward model scores above this
     c.collect.sft = False  # then SFT model.init_from on the dataset, in the same workdir
 

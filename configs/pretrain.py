@@ -18,7 +18,7 @@ from configs import base
 
 
 def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
-    """Variants: tiny (alias world: the small world base), student, gsm8k (minutes), qwen2.5-0.5b."""
+    """Variants: tiny (alias world: the world base), student, gsm8k (minutes), qwen2.5-0.5b."""
     c = base.get_config()
     c.stage = "pretrain"
     if arg == "gsm8k":
@@ -52,7 +52,8 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
         c.train.eval_every = 500
     else:
         raise ValueError(
-            f"configs/pretrain.py: unknown variant {arg!r} (tiny, world, student, gsm8k, qwen2.5-0.5b)"
+            f"configs/pretrain.py: unknown variant {arg!r} "
+            "(tiny, world, student, gsm8k, qwen2.5-0.5b)"
         )
     return c
 

@@ -106,6 +106,8 @@ def validate(cfg: ml_collections.ConfigDict, *, num_devices: int | None = None) 
         raise ConfigError(str(e)) from None
     if cfg.stage == "eval":
         _validate_eval(cfg)
+    if cfg.stage == "collect":
+        _validate_collect(cfg)
     if cfg.stage in ("rl", "eval"):
         return
     splits = shape[0] * shape[1]
@@ -185,6 +187,30 @@ def _validate_rl(cfg, num_devices: int) -> None:
             registry.get(name)
         except (KeyError, ValueError) as e:
             raise ConfigError(f"config.rl.rewards.{name}: {e}") from None
+    _require(
+        rl.reward_model.scope in ("response", "summary"),
+        "rl.reward_model.scope",
+        "response | summary",
+    )
+    _check_path(cfg, "rl.reward_model.path")
+    _require(0 <= rl.general_fraction < 1, "rl.general_fraction", "must be in [0, 1)")
+    if rl.general_fraction > 0:
+        _require(
+            bool(rl.general_prompts), "rl.general_prompts", "general_fraction > 0 needs prompts"
+        )
+        _require(
+            round(rl.general_fraction * rl.prompts_per_step) >= 1,
+            "rl.general_fraction",
+            f"{rl.general_fraction} of {rl.prompts_per_step} prompts rounds to none",
+        )
+    if rl.general_prompts:
+        _require(
+            bool(rl.reward_model.path),
+            "rl.reward_model.path",
+            "general prompts are scored by a reward model; give its run folder",
+        )
+        if cfg.data.format != "world" or pathlib.Path(rl.general_prompts).suffix:
+            _check_path(cfg, "rl.general_prompts")
     shape = sharding.mesh_shape(cfg.mesh.to_dict(), num_devices)
     n = rl.prompts_per_step * rl.num_samples
     per_update = rl.num_minibatches * cfg.train.grad_accum
@@ -220,3 +246,30 @@ def _validate_eval(cfg) -> None:
     # ks above num_samples are dropped with a warning (so eval.num_samples alone can shrink a run)
     _require(all(k >= 1 for k in e.ks), "eval.ks", f"every k must be >= 1, got {tuple(e.ks)}")
     _require(e.template in TEMPLATES + ("",), "eval.template", f"'' or one of {TEMPLATES}")
+
+
+def _validate_collect(cfg) -> None:
+    """The collect stage: a model to sample, checks and mixing settings that make sense."""
+    c = cfg.collect
+    _require(bool(c.model), "collect.model", "the collect stage needs a model to sample from")
+    _check_path(cfg, "collect.model")
+    _require(c.num_samples >= 1, "collect.num_samples", "must be at least 1")
+    _require(c.temperature > 0, "collect.temperature", "must be positive")
+    _require(0 < c.top_p <= 1, "collect.top_p", "must be in (0, 1]")
+    _require(c.max_new_tokens > 0, "collect.max_new_tokens", "must be positive")
+    _require(c.prompts_per_batch > 0, "collect.prompts_per_batch", "must be positive")
+    _require(c.max_per_prompt >= 1, "collect.max_per_prompt", "must be at least 1")
+    _require(0 <= c.min_language_consistency <= 1, "collect.min_language_consistency", "in [0, 1]")
+    _require(c.general_ratio >= 0, "collect.general_ratio", "must be >= 0")
+    _require(
+        not c.general_ratio or bool(c.general_data),
+        "collect.general_data",
+        "collect.general_ratio > 0 needs general SFT rows to mix in",
+    )
+    _require(c.template in TEMPLATES + ("",), "collect.template", f"'' or one of {TEMPLATES}")
+    for field in ("collect.reward_model",):
+        _check_path(cfg, field)
+    if c.general_data and cfg.data.format != "world":
+        _check_path(cfg, "collect.general_data")
+    if c.sft:
+        _require(bool(cfg.model.init_from), "model.init_from", "collect.sft trains this model")

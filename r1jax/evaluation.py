@@ -26,6 +26,7 @@ from r1jax import configlib, sampler, sharding, text
 from r1jax.data import world
 from r1jax.model import config as model_config
 from r1jax.model import hf_io, transformer
+from r1jax.rewards import language as language_reward
 from r1jax.rewards import math as math_reward
 from r1jax.rewards import registry, tasks
 from r1jax.train import checkpoint, supervised
@@ -206,13 +207,20 @@ def vote_key(completion: str, record: dict) -> str | None:
 # Sampling and grading.
 
 
-def _encode(tokenizer, prompt: str) -> list[int]:
+def encode_prompt(tokenizer, prompt: str) -> list[int]:
+    """Token ids of a prompt text, BOS first when the tokenizer has one."""
     bos = [tokenizer.bos_id] if tokenizer.bos_id is not None else []
     return bos + tokenizer.encode(prompt)
 
 
-def _sample(model_cfg, params, tokenizer, prompt_ids, *, rows, key, mesh, num_samples, **kw):
-    """Texts (stop token dropped), lengths (stop token counted) and truncation of each row."""
+def sample_completions(
+    model_cfg, params, tokenizer, prompt_ids, *, rows, key, mesh, num_samples, **kw
+):
+    """Texts (stop token dropped), lengths (stop token counted) and truncation of each row.
+
+    `prompt_ids` (at most `rows` prompts) are padded to `rows` so one program serves every
+    batch of a run; samples of one prompt are adjacent. `kw` are sampler.generate's options.
+    """
     bucket = sampler.prompt_bucket(max(map(len, prompt_ids)))
     tokens_NxP, lens_N = sampler.pad_prompts(prompt_ids, bucket, rows, tokenizer.pad_id)
     kw.update(num_samples=num_samples, eos_ids=(tokenizer.eos_id,), pad_id=tokenizer.pad_id)
@@ -253,6 +261,11 @@ def grade_problem(record: dict, prompt: str, texts, lengths, truncated, greedy=N
     }
     if "kind" in record:
         row["kind"] = record["kind"]
+    if record.get("language") in language_reward.LANGUAGES:  # of the thoughts, when there are any
+        row["language"] = [
+            language_reward.consistency(t, record["language"]) if thinks else None
+            for t, thinks in zip(texts, row["reasoning"], strict=True)
+        ]
     if greedy is not None:
         g_text, g_length, g_truncated = greedy
         row["greedy"] = {
@@ -290,6 +303,10 @@ def summarize(rows: list[dict], ks) -> tuple[dict[str, float], dict[str, list[fl
     metrics["format_rate"] = float(np.mean(flat("format")))
     metrics["reasoning_rate"] = float(np.mean(flat("reasoning")))
     metrics["truncation_rate"] = float(np.mean(flat("truncated")))
+    consistency = [x for r in rows for x in r.get("language", []) if x is not None]
+    if consistency:  # R1's language consistency: share of thought words in the prompt's language
+        metrics["language_consistency"] = float(np.mean(consistency))
+        metrics["language_mixed_rate"] = float(np.mean([x < 1.0 for x in consistency]))
     return metrics, curves
 
 
@@ -329,7 +346,7 @@ def evaluate(
     ks = _check(cfg, records)
     # (1)
     prompts = [prompt_fn(r) for r in records]
-    ids = [_encode(tokenizer, p) for p in prompts]
+    ids = [encode_prompt(tokenizer, p) for p in prompts]
     rows = min(cfg.prompts_per_batch, len(records))  # the last call is padded to this many
     root = jax.random.key(cfg.seed)
     out_rows, errors = [], 0
@@ -339,7 +356,7 @@ def evaluate(
         # (2)
         common = dict(rows=rows, key=jax.random.fold_in(root, b), mesh=mesh)
         common.update(max_new_tokens=cfg.max_new_tokens)
-        sampled = _sample(
+        sampled = sample_completions(
             model_cfg,
             params,
             tokenizer,
@@ -352,7 +369,7 @@ def evaluate(
         )
         greedy = None
         if cfg.greedy:
-            greedy = _sample(
+            greedy = sample_completions(
                 model_cfg, params, tokenizer, ids[batch], num_samples=1, temperature=0.0, **common
             )
         # (3)
@@ -431,6 +448,7 @@ def format_table(metrics: dict[str, float]) -> str:
         ("format", "format_rate", "{:.3f}"),
         ("reason", "reasoning_rate", "{:.3f}"),
         ("len", "mean_length", "{:.1f}"),
+        ("lang", "language_consistency", "{:.3f}"),
         ("trunc", "truncation_rate", "{:.3f}"),
     ]
     lines = ["group      " + " ".join(f"{title:>8}" for title, _, _ in columns)]

@@ -44,34 +44,9 @@ def main(argv) -> None:
     cfg = _CONFIG.value
     logging.info("stage %s, workdir %s", cfg.stage, _WORKDIR.value)
     try:
-        if cfg.stage in ("pretrain", "sft"):
-            from r1jax.train import supervised
+        from r1jax import pipeline  # the stage dispatch (imports each stage's module lazily)
 
-            supervised.run(cfg, _WORKDIR.value)
-        elif cfg.stage == "rl":
-            from r1jax.train import rl
-
-            rl.run(cfg, _WORKDIR.value)
-        elif cfg.stage == "eval":
-            from r1jax import evaluation
-
-            evaluation.run(cfg, _WORKDIR.value)
-        elif cfg.stage == "collect":
-            from r1jax.train import collect
-
-            collect.run(cfg, _WORKDIR.value)
-        elif cfg.stage == "reward_model":
-            from r1jax.train import reward_model
-
-            reward_model.run(cfg, _WORKDIR.value)
-        elif cfg.stage == "pipeline":
-            from r1jax import pipeline
-
-            pipeline.run(cfg, _WORKDIR.value)
-        else:
-            raise configlib.ConfigError(
-                f"config.stage: unknown stage {cfg.stage!r}; expected one of {configlib.STAGES}"
-            )
+        pipeline.run_stage(cfg, _WORKDIR.value)
     except (configlib.ConfigError, sources.DataError, FileNotFoundError) as e:
         sys.exit(f"r1jax: {e}")
 

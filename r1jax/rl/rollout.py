@@ -118,10 +118,36 @@ class ExperienceMaker:
         reward_pool,
         sample_fn: Callable,
         prompts: Iterator[dict],
+        reward_model=None,
+        reward_model_weight: float = 1.0,
     ):
         self.cfg, self.tokenizer, self.pool = cfg, tokenizer, reward_pool
         self.sample_fn = sample_fn  # (prompt_BxP, prompt_lens_B, round) -> dict of host arrays
         self.prompts = prompts
+        # Scores records of domain "general" (all-domain RL): .score(prompts, responses) -> [N]
+        self.reward_model, self.reward_model_weight = reward_model, float(reward_model_weight)
+
+    def _route(self, texts, group_records, rewards_N, per_fn):
+        """All-domain RL: general prompts are scored by the reward model alone, reasoning
+        prompts by the rule rewards; each per-function score is NaN outside its domain."""
+        general_N = np.array([r.get("domain") == "general" for r in group_records], bool)
+        if self.reward_model is None:
+            if general_N.any():
+                raise ValueError(
+                    "a prompt of domain 'general' needs a reward model "
+                    "(config.rl.reward_model.path)"
+                )
+            return rewards_N, per_fn
+        idx = np.flatnonzero(general_N)
+        rm_N = np.full(len(texts), np.nan, np.float32)
+        if idx.size:
+            rm_N[idx] = self.reward_model.score(
+                [group_records[i]["prompt"] for i in idx], [texts[i] for i in idx]
+            )
+        per_fn = {k: np.where(general_N, np.nan, v).astype(np.float32) for k, v in per_fn.items()}
+        per_fn["reward_model"] = rm_N
+        rewards_N = np.where(general_N, self.reward_model_weight * rm_N, rewards_N)
+        return rewards_N.astype(np.float32), per_fn
 
     def _sample_round(self, round_index: int) -> Samples:
         cfg = self.cfg
@@ -144,6 +170,7 @@ class ExperienceMaker:
         t0 = time.perf_counter()
         group_records = [r for r in records for _ in range(cfg.num_samples)]
         rewards_N, per_fn, self.last_pool_metrics = self.pool.score(texts, group_records)
+        rewards_N, per_fn = self._route(texts, group_records, rewards_N, per_fn)
         self.timings["reward_s"] += time.perf_counter() - t0
         return Samples(
             records,
@@ -223,10 +250,14 @@ class ExperienceMaker:
             "completion_len_max": float(lengths_N.max()),
             "truncation_ratio": float(everyone(s.truncated_N).mean()),
         }
-        for name in sorted(s.per_fn):
+        for name in sorted(s.per_fn):  # over the rows of the function's domain (NaN elsewhere)
             values = everyone(np.asarray(s.per_fn[name]))
-            metrics[f"reward/{name}"] = float(np.mean(values))
-            metrics[f"reward/{name}_std"] = float(np.std(values))
+            values = values[~np.isnan(values)]
+            metrics[f"reward/{name}"] = float(np.mean(values)) if values.size else 0.0
+            metrics[f"reward/{name}_std"] = float(np.std(values)) if values.size else 0.0
+        general = np.array([r.get("domain") == "general" for r in s.records], np.float32)
+        if "reward_model" in s.per_fn:
+            metrics["general_prompt_share"] = float(everyone(general).mean())
         for name, value in getattr(self, "last_pool_metrics", {}).items():
             if not name.startswith("rewards/mean/"):  # already logged as reward/<name>
                 metrics[name] = float(value)

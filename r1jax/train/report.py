@@ -26,6 +26,7 @@ HEADLINE = (
     "reasoning_rate",
     "mean_length",
     "truncation_rate",
+    "language_consistency",
 )
 CURVES = (
     "reward",

@@ -65,14 +65,53 @@ def rollout_config(cfg) -> rollout.RolloutConfig:
     )
 
 
-def prompt_stream(records, *, seed: int, block: int = 1):
+def mixed_prompts(
+    records, general, *, seed: int, per_round: int, general_per_round: int, general_from_round: int
+):
+    """One endless order of prompts: rounds of `per_round`, whose last `general_per_round`
+    slots are general prompts from round `general_from_round` on (each list reshuffled per
+    epoch; an index maps to its record in closed form, so the stream is checkpointable)."""
+    reasoning = grain.MapDataset.source(records).shuffle(seed=seed).repeat(None)
+    if not general or general_per_round <= 0:
+        return reasoning
+    chat = grain.MapDataset.source(general).shuffle(seed=seed + 1).repeat(None)
+    b, g, start = per_round, general_per_round, general_from_round
+
+    def pick(j):
+        rnd, slot = divmod(j, b)
+        general_before = max(0, rnd - start) * g  # general prompts taken by earlier rounds
+        if rnd >= start and slot >= b - g:
+            return chat[general_before + slot - (b - g)]
+        return reasoning[rnd * b - general_before + slot]
+
+    return grain.MapDataset.range(len(reasoning)).map(pick)
+
+
+def prompt_stream(
+    records,
+    *,
+    seed: int,
+    block: int = 1,
+    general=(),
+    general_per_step: int = 0,
+    general_from_step: int = 0,
+):
     """An endless, reshuffled-per-epoch stream of this process's prompt records (checkpointable).
 
     One global order whatever the process count: it is dealt to the P processes in blocks of
     `block` records (process p's k-th block is global block k*P + p), so P processes taking
-    `block` prompts each take together the prompts one process would take.
+    `block` prompts each take together the prompts one process would take. With `general`
+    records, each round of P*block prompts ends with `general_per_step` of them from sampling
+    round `general_from_step` on (a round is a step unless dynamic sampling adds rounds).
     """
-    ds = grain.MapDataset.source(records).shuffle(seed=seed).repeat(None)
+    ds = mixed_prompts(
+        records,
+        list(general),
+        seed=seed,
+        per_round=block * jax.process_count(),
+        general_per_round=general_per_step,
+        general_from_round=general_from_step,
+    )
     p, count = jax.process_index(), jax.process_count()
     if count > 1:
         whole = ds
@@ -80,6 +119,13 @@ def prompt_stream(records, *, seed: int, block: int = 1):
             lambda j: whole[((j // block) * count + p) * block + j % block]
         )
     return iter(ds.to_iter_dataset())
+
+
+def general_per_step(cfg) -> int:
+    """General prompts in each step's batch (all processes together): rl.general_fraction of it."""
+    if not cfg.rl.general_prompts:
+        return 0
+    return round(cfg.rl.general_fraction * cfg.rl.prompts_per_step)
 
 
 def rl_logical_axes(model_cfg, algorithm: str, critic: str) -> dict:
@@ -178,8 +224,16 @@ class RLRun:
             self.state = trainer.state_from_params(params, self.shardings, self.optimizer, keys[1])
         # A copy: the state's buffers are donated to every update.
         self.ref = jax.tree.map(jnp.copy, self.state.params["policy"])
+        general = (
+            supervised.load_records(cfg, cfg.rl.general_prompts) if cfg.rl.general_prompts else []
+        )
         self.prompts = prompt_stream(
-            records, seed=cfg.seed, block=rollout_config(cfg).prompts_per_step
+            records,
+            seed=cfg.seed,
+            block=rollout_config(cfg).prompts_per_step,
+            general=general,
+            general_per_step=general_per_step(cfg),
+            general_from_step=cfg.rl.general_from_step,
         )
         self.ckpt = checkpoint.manager(
             self.workdir / "checkpoints", max_to_keep=cfg.train.keep_checkpoints
@@ -197,8 +251,21 @@ class RLRun:
             num_workers=cfg.rl.reward_workers,
             timeout_s=cfg.rl.reward_timeout_s,
         )
+        scorer = None
+        if cfg.rl.reward_model.path:
+            from r1jax.rewards import preference  # a second model, loaded only when asked for
+
+            scorer = preference.RewardModelScorer.load(
+                cfg.rl.reward_model.path, mesh=self.mesh, scope=cfg.rl.reward_model.scope
+            )
         self.maker = rollout.ExperienceMaker(
-            rollout_config(cfg), self.tokenizer, self.pool, self._sample, self.prompts
+            rollout_config(cfg),
+            self.tokenizer,
+            self.pool,
+            self._sample,
+            self.prompts,
+            reward_model=scorer,
+            reward_model_weight=cfg.rl.reward_model.weight,
         )
 
     def _restore(self):

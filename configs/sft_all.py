@@ -1,0 +1,41 @@
+"""SFT on all the data (R1 stage 3, second half): the *base* model fine-tuned on the rejection-
+sampled reasoning data mixed with general data (configs/rejection_sampling.py's dataset).
+
+Variants:
+- tiny: the small world base on a CPU (a couple of minutes):
+    r1jax --config=configs/sft_all.py:tiny --workdir=runs/sft-all \
+        --config.data.train=runs/rejection-sampling/dataset.jsonl
+- qwen2.5-1.5b / qwen2.5-7b-tpu: 2 epochs, as R1 fine-tunes on its 800k samples:
+    r1jax --config=configs/sft_all.py:qwen2.5-1.5b --workdir=runs/sft-all-1.5b \
+        --config.data.train=runs/rs-1.5b/dataset.jsonl \
+        --config.model.init_from=/models/Qwen2.5-Math-1.5B
+"""
+
+import ml_collections
+
+from configs import base, cold_start, sft
+
+VARIANTS = ("tiny", "qwen2.5-1.5b", "qwen2.5-7b-tpu")
+
+
+def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
+    """Variants: tiny (the small world on a CPU), qwen2.5-1.5b, qwen2.5-7b-tpu."""
+    if arg not in VARIANTS:
+        raise ValueError(f"configs/sft_all.py: unknown variant {arg!r} (one of {VARIANTS})")
+    if arg == "tiny":
+        c = base.get_config()
+        c.stage = "sft"
+        cold_start.world_sft(c)
+        c.data.format = "jsonl"
+        c.data.train = "runs/rejection-sampling/dataset.jsonl"
+        c.train.steps = 150  # ~2 epochs of ~2.5k rows
+        return c
+    c = sft.get_config(arg)
+    c.data.format = "jsonl"
+    c.data.eval = ""
+    c.data.train = f"runs/rs-{arg.split('-')[1]}/dataset.jsonl"
+    c.data.template = "r1_zero"
+    c.data.seq_len = 8192 if arg == "qwen2.5-1.5b" else 16384
+    c.optim.lr = 5e-5  # R1: 2 epochs, cosine from 5e-5 down to 5e-6
+    c.optim.min_lr_ratio = 0.1
+    return c

@@ -1,0 +1,401 @@
+"""The whole R1 recipe as one run: stage after stage, each stage's output the next one's input,
+finishing with one evaluation table across stages.
+
+A pipeline config (configs/pipeline.py) holds one full stage config per stage under
+`stages.<name>` and the order in `pipeline.order`. Inside a stage config, a string "@name" (or
+"@name/file") names the folder (or a file) of an earlier stage's output, WORKDIR/name; so the
+cold-start stage reads `collect.model = "@r1_zero"`. Any field can be overridden from the
+command line: `--config.stages.reasoning_rl.train.steps=100`.
+
+1. For each stage in order: skip it when WORKDIR/<name>/stage_done.json exists; otherwise
+   resolve its references, run it in WORKDIR/<name> (a killed stage resumes from its own
+   checkpoints) and write stage_done.json.
+2. Evaluate every model of `pipeline.table` ((label, model) pairs) on the same held-out reasoning
+   problems and general prompts: pass@1, maj@k, greedy, response length, language consistency,
+   format rate, and the reward model's score on general prompts (each row cached in
+   WORKDIR/table/<label>.json).
+3. Write WORKDIR/table.md, table.json and table.png, and log the table.
+"""
+
+import dataclasses
+import json
+import pathlib
+import time
+
+import jax
+import numpy as np
+from absl import logging
+
+from r1jax import configlib, distributed, evaluation, sharding, text
+from r1jax.data import world
+
+DONE = "stage_done.json"
+
+
+def run_stage(cfg, workdir) -> dict:
+    """Runs one stage config (any of configlib.STAGES) in `workdir`; returns what it returns."""
+    stage = cfg.stage
+    if stage in ("pretrain", "sft"):
+        from r1jax.train import supervised
+
+        return supervised.run(cfg, workdir)
+    if stage == "rl":
+        from r1jax.train import rl
+
+        return rl.run(cfg, workdir)
+    if stage == "eval":
+        return evaluation.run(cfg, workdir)
+    if stage == "collect":
+        from r1jax.train import collect
+
+        return collect.run(cfg, workdir)
+    if stage == "reward_model":
+        from r1jax.train import reward_model
+
+        return reward_model.run(cfg, workdir)
+    if stage == "pipeline":
+        return run(cfg, workdir)
+    raise configlib.ConfigError(
+        f"config.stage: unknown stage {stage!r}; expected one of {configlib.STAGES}"
+    )
+
+
+def resolve(value, workdir: pathlib.Path):
+    """'@name[/path]' -> WORKDIR/name[/path]; other values unchanged."""
+    if isinstance(value, str) and value.startswith("@"):
+        return str(workdir / value[1:])
+    return value
+
+
+def resolve_config(stage_cfg, workdir: pathlib.Path):
+    """A copy of a stage config with every '@name' reference replaced by its folder."""
+    out = stage_cfg.copy_and_resolve_references()
+    out.unlock()
+
+    def walk(node):
+        for key in list(node.keys()):
+            value = node[key]
+            if hasattr(value, "keys"):
+                walk(value)
+            else:
+                node[key] = resolve(value, workdir)
+
+    walk(out)
+    return out
+
+
+def references(stage_cfg) -> set[str]:
+    """The stage names a stage config refers to ('@name...')."""
+    found = set()
+
+    def walk(node):
+        for value in node.values():
+            if hasattr(value, "keys"):
+                walk(value)
+            elif isinstance(value, str) and value.startswith("@"):
+                found.add(value[1:].split("/", 1)[0])
+
+    walk(stage_cfg)
+    return found
+
+
+def check(cfg) -> None:
+    """Stage names, order and references make sense (before hours of work start)."""
+    order = list(cfg.pipeline.order)
+    stages = cfg.stages
+    if not order:
+        raise configlib.ConfigError("config.pipeline.order: no stages")
+    for i, name in enumerate(order):
+        if name not in stages:
+            raise configlib.ConfigError(
+                f"config.pipeline.order: stage {name!r} has no config under config.stages"
+            )
+        if stages[name].stage not in configlib.STAGES or stages[name].stage == "pipeline":
+            raise configlib.ConfigError(
+                f"config.stages.{name}.stage: {stages[name].stage!r} is not a runnable stage"
+            )
+        for ref in references(stages[name]):
+            if ref not in order[:i]:
+                raise configlib.ConfigError(
+                    f"config.stages.{name}: refers to '@{ref}', which is not an earlier stage"
+                )
+    for label, model in cfg.pipeline.table:
+        if isinstance(model, str) and model.startswith("@"):
+            if model[1:].split("/", 1)[0] not in order:
+                raise configlib.ConfigError(
+                    f"config.pipeline.table.{label}: '{model}' is not a stage of this pipeline"
+                )
+
+
+def run_stages(cfg, workdir: pathlib.Path) -> dict[str, dict]:
+    """Step 1 of the module docstring; returns each stage's done record."""
+    order = list(cfg.pipeline.order)
+    done = {}
+    for i, name in enumerate(order, 1):
+        stage_dir = workdir / name
+        marker = stage_dir / DONE
+        if marker.exists():
+            done[name] = json.loads(marker.read_text())
+            logging.info("stage %d/%d %s: already done, skipped", i, len(order), name)
+            continue
+        stage_cfg = resolve_config(cfg.stages[name], workdir)
+        logging.info(
+            "==== stage %d/%d: %s (%s) in %s ====", i, len(order), name, stage_cfg.stage, stage_dir
+        )
+        t0 = time.perf_counter()
+        run_stage(stage_cfg, stage_dir)
+        record = {"stage": stage_cfg.stage, "seconds": time.perf_counter() - t0}
+        if jax.process_index() == 0:
+            stage_dir.mkdir(parents=True, exist_ok=True)
+            marker.write_text(json.dumps(record, indent=2) + "\n")
+        distributed.barrier(f"pipeline-{name}")
+        done[name] = record
+        logging.info("stage %s done in %.1f min", name, record["seconds"] / 60)
+    return done
+
+
+# ---------------------------------------------------------------------------------------------
+# The table.
+
+
+def _eval_config(cfg) -> evaluation.EvalConfig:
+    return dataclasses.replace(evaluation.eval_config(cfg), greedy=bool(cfg.eval.greedy))
+
+
+def general_metrics(cfg, model_cfg, params, tokenizer, scorer, records, *, mesh) -> dict:
+    """Reward-model score (mean over samples) of the model's answers to general prompts, plus
+    rule diagnostics where the world has them (rudeness, translation correct)."""
+    e = cfg.pipeline
+    template = cfg.eval.template or "world"
+    prompts = [text.apply_template(template, r["prompt"]) for r in records]
+    ids = [evaluation.encode_prompt(tokenizer, p) for p in prompts]
+    texts = []
+    root = jax.random.key(cfg.seed + 1)
+    for b, start in enumerate(range(0, len(ids), cfg.eval.prompts_per_batch)):
+        out, _, _ = evaluation.sample_completions(
+            model_cfg,
+            params,
+            tokenizer,
+            ids[start : start + cfg.eval.prompts_per_batch],
+            rows=min(cfg.eval.prompts_per_batch, len(ids)),
+            key=jax.random.fold_in(root, b),
+            mesh=mesh,
+            num_samples=e.general_samples,
+            max_new_tokens=cfg.eval.max_new_tokens,
+            temperature=cfg.eval.temperature,
+            top_p=cfg.eval.top_p,
+        )
+        texts += out
+    group = [r for r in records for _ in range(e.general_samples)]
+    metrics = {}
+    if scorer is not None:
+        scores = scorer.score([r["prompt"] for r in group], texts)
+        metrics["general/rm_score"] = float(np.mean(scores))
+    if all(r.get("task") == "world" for r in group):
+        metrics["general/correct"] = float(
+            np.mean([world.grade_general(t, r) for t, r in zip(texts, group, strict=True)])
+        )
+        metrics["general/rude_rate"] = float(np.mean([world.is_rude(t) for t in texts]))
+        metrics["general/thinks"] = float(np.mean([world.is_reasoning(t) for t in texts]))
+    return metrics
+
+
+def evaluate_model(cfg, label: str, model: str, *, mesh, scorer, reasoning, general) -> dict:
+    """One row of the table (reasoning metrics, general metrics) for the model at `model`."""
+    src = cfg.copy_and_resolve_references()
+    src.unlock()
+    src.model.init_from = model
+    rules = sharding.rules_from_config(cfg.mesh.rules)
+    model_cfg, params, tokenizer, _ = evaluation.load_model(src, mesh, rules)
+    template = cfg.eval.template or "world"
+    t0 = time.perf_counter()
+    result = evaluation.evaluate(
+        model_cfg,
+        params,
+        tokenizer,
+        reasoning,
+        prompt_fn=lambda r: text.apply_template(template, r["prompt"]),
+        cfg=_eval_config(cfg),
+        mesh=mesh,
+        progress=False,
+    )
+    row = dict(result.metrics)
+    if general:
+        row.update(general_metrics(cfg, model_cfg, params, tokenizer, scorer, general, mesh=mesh))
+    row["eval_seconds"] = time.perf_counter() - t0
+    row["model"] = model
+    logging.info("table row %s (%.0f s): %s", label, row["eval_seconds"], _short(row, cfg))
+    return row
+
+
+def _short(row: dict, cfg) -> str:
+    keys = ("pass@1", f"maj@{max(cfg.eval.ks)}", "language_consistency", "general/rm_score")
+    return ", ".join(f"{k} {row[k]:.3f}" for k in keys if k in row)
+
+
+COLUMNS = (
+    ("pass@1", "pass@1", "{:.3f}"),
+    ("maj@{k}", "maj@{k}", "{:.3f}"),
+    ("greedy", "pass@1_greedy", "{:.3f}"),
+    ("length", "mean_length", "{:.1f}"),
+    ("lang. consistency", "language_consistency", "{:.3f}"),
+    ("format", "format_rate", "{:.3f}"),
+    ("reasoning", "reasoning_rate", "{:.3f}"),
+    ("RM score (general)", "general/rm_score", "{:+.2f}"),
+    ("rude (general)", "general/rude_rate", "{:.3f}"),
+    ("correct (general)", "general/correct", "{:.3f}"),
+)
+
+
+def format_markdown(rows: dict[str, dict], k: int, minutes: dict[str, float]) -> str:
+    """The table as Markdown: one row per model, the headline columns, stage minutes."""
+    columns = [(t.format(k=k), key.format(k=k), fmt) for t, key, fmt in COLUMNS]
+    lines = [
+        "| stage | " + " | ".join(t for t, _, _ in columns) + " | minutes |",
+        "|---|" + "---:|" * (len(columns) + 1),
+    ]
+    for label, row in rows.items():
+        cells = [fmt.format(row[key]) if key in row else "-" for _, key, fmt in columns]
+        m = minutes.get(label)
+        lines.append(
+            f"| {label} | " + " | ".join(cells) + f" | {'-' if m is None else f'{m:.1f}'} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def findings(rows: dict[str, dict], checks) -> list[str]:
+    """The comparisons the recipe predicts (pipeline.checks: [metric, lower row, higher row]),
+    each stated with its numbers and whether it held in this run."""
+    out = []
+    for metric, low, high in checks:
+        if low in rows and high in rows and metric in rows[low] and metric in rows[high]:
+            a, b = rows[low][metric], rows[high][metric]
+            verdict = "holds" if b > a else "does NOT hold"
+            out.append(f"{metric}: {low} {a:.3f} -> {high} {b:.3f} ({verdict})")
+    return out
+
+
+def plot_table(rows: dict[str, dict], path, k: int) -> None:
+    """Grouped bars per stage: pass@1, maj@k, language consistency, format, RM score."""
+    import matplotlib  # only plotting needs it
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = list(rows)
+    metrics = [
+        ("pass@1", "pass@1"),
+        (f"maj@{k}", f"maj@{k}"),
+        ("lang. consistency", "language_consistency"),
+        ("format", "format_rate"),
+    ]
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.2), gridspec_kw={"width_ratios": [3, 1]})
+    x = np.arange(len(labels))
+    width = 0.8 / len(metrics)
+    for i, (title, key) in enumerate(metrics):
+        values = [rows[lab].get(key, np.nan) for lab in labels]
+        axes[0].bar(x + (i - len(metrics) / 2 + 0.5) * width, values, width, label=title)
+    axes[0].set_xticks(x, labels, rotation=30, ha="right")
+    axes[0].set_ylim(0, 1.05)
+    axes[0].legend(ncol=4, fontsize=8, loc="upper left")
+    axes[0].set_title("held-out reasoning problems")
+    axes[0].grid(axis="y", alpha=0.3)
+    rm = [rows[lab].get("general/rm_score", np.nan) for lab in labels]
+    axes[1].bar(x, rm, color="tab:purple")
+    axes[1].set_xticks(x, labels, rotation=30, ha="right")
+    axes[1].set_title("reward-model score, general prompts")
+    axes[1].grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write_table(cfg, workdir: pathlib.Path, done: dict[str, dict]) -> dict:
+    """Steps 2 and 3 of the module docstring; returns {label: metrics}."""
+    table_dir = workdir / "table"
+    mesh = sharding.make_mesh(cfg.mesh.to_dict())
+    records_cfg = cfg.copy_and_resolve_references()
+    reasoning = evaluation.load_eval_records(records_cfg)
+    general = []
+    if cfg.pipeline.general_eval:
+        from r1jax.train import supervised
+
+        general = supervised.load_records(cfg, cfg.pipeline.general_eval)
+        general = general[: cfg.pipeline.general_problems]
+    scorer = None
+    if cfg.pipeline.reward_model:
+        from r1jax.rewards import preference
+
+        scorer = preference.RewardModelScorer.load(
+            resolve(cfg.pipeline.reward_model, workdir), mesh=mesh
+        )
+    rows = {}
+    for label, model in cfg.pipeline.table:
+        path = table_dir / f"{label}.json"
+        if path.exists():
+            rows[label] = json.loads(path.read_text())
+            continue
+        row = evaluate_model(
+            cfg,
+            label,
+            resolve(model, workdir),
+            mesh=mesh,
+            scorer=scorer,
+            reasoning=reasoning,
+            general=general,
+        )
+        if jax.process_index() == 0:
+            table_dir.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(row, indent=2, sort_keys=True) + "\n")
+        rows[label] = row
+    k = max(int(x) for x in cfg.eval.ks if x <= cfg.eval.num_samples)
+    minutes = {}
+    for label, model in cfg.pipeline.table:
+        name = str(model)[1:].split("/", 1)[0] if str(model).startswith("@") else None
+        if name in done:
+            minutes[label] = done[name]["seconds"] / 60
+    notes = findings(rows, [tuple(c) for c in cfg.pipeline.checks])
+    body = format_markdown(rows, k, minutes)
+    total = sum(d["seconds"] for d in done.values()) / 60
+    summary = {
+        "rows": rows,
+        "stage_minutes": {n: d["seconds"] / 60 for n, d in done.items()},
+        "total_stage_minutes": total,
+        "findings": notes,
+        "eval": {
+            "problems": len(reasoning),
+            "samples": cfg.eval.num_samples,
+            "temperature": cfg.eval.temperature,
+            "general_prompts": len(general),
+            "general_samples": cfg.pipeline.general_samples,
+        },
+    }
+    if jax.process_index() == 0:
+        head = (
+            f"Held-out: {len(reasoning)} reasoning problems x {cfg.eval.num_samples} samples "
+            f"(T {cfg.eval.temperature}, top-p {cfg.eval.top_p}); {len(general)} general prompts "
+            f"x {cfg.pipeline.general_samples} samples scored by the reward model. "
+            f"Stages took {total:.1f} min.\n\n"
+        )
+        tail = "".join(f"- {n}\n" for n in notes)
+        (workdir / "table.md").write_text(head + body + ("\n" + tail if tail else ""))
+        (workdir / "table.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+        plot_table(rows, workdir / "table.png", k)
+    logging.info("R1 pipeline table (%s):\n%s%s", workdir / "table.md", body, "\n".join(notes))
+    return rows
+
+
+def run(cfg, workdir) -> dict:
+    """The pipeline stage: every stage in order, then the evaluation table."""
+    workdir = pathlib.Path(workdir)
+    check(cfg)
+    if jax.process_index() == 0:
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / "config.json").write_text(
+            json.dumps({"config": cfg.to_dict()}, indent=2, sort_keys=True, default=str) + "\n"
+        )
+    t0 = time.perf_counter()
+    done = run_stages(cfg, workdir)
+    rows = write_table(cfg, workdir, done) if cfg.pipeline.table else {}
+    logging.info("pipeline finished in %.1f min", (time.perf_counter() - t0) / 60)
+    return {"stages": done, "table": rows}

@@ -1,0 +1,315 @@
+"""Datasets sampled from a model: cold-start chains of thought, rejection sampling, distillation.
+
+The `collect` stage (configs/cold_start.py, configs/rejection_sampling.py, configs/distill.py):
+
+1. Load the source model (collect.model: an r1jax run, checkpoint or Hugging Face folder) and
+   the prompts (data.train, the first collect.num_prompts).
+2. Sample collect.num_samples completions per prompt through the sampler (batched, on the mesh).
+3. Keep a completion only if it passes every check (`rejection_reason`): not truncated, within
+   the length bounds, reasoning in the R1 format, the task's rule check accepts the answer, its
+   thought is in the prompt's language, and it has no repetition loop.
+4. Render accepted ones in a readable pattern, a thought ending in a one-line summary, then the
+   answer (`render`); deduplicate; keep up to collect.max_per_prompt per prompt.
+   Prompts of collect.general_prompts (domain "general") are sampled too and kept when the
+   reward model (collect.reward_model) scores them above collect.general_min_score.
+5. Mix in general (non-reasoning) SFT rows, collect.general_ratio per reasoning row, optionally
+   only those the reward model scores above collect.general_min_score.
+6. Write WORKDIR/dataset.jsonl and provenance.json (written last: a run that finds both skips
+   collection). With collect.sft the stage then fine-tunes model.init_from on the dataset in
+   the same WORKDIR (an ordinary SFT run there: checkpoints, metrics, resumable).
+"""
+
+import collections
+import hashlib
+import json
+import pathlib
+import random
+import re
+import time
+
+import jax
+import tqdm
+from absl import logging
+
+from r1jax import configlib, distributed, evaluation, sharding, text
+from r1jax.rewards import language as language_reward
+from r1jax.rewards import registry, tasks
+from r1jax.train import supervised
+
+DATASET = "dataset.jsonl"
+PROVENANCE = "provenance.json"
+# The summary line that ends a rendered thought, by the prompt's language (R1's readable pattern:
+# reasoning, then a summary). Short, so that world conversations stay inside a 128-token context.
+SUMMARY = {"en": "Result: {answer}.", "zh": "结果是{answer}。"}
+_WORD = re.compile(r"[A-Za-z0-9]+|[^\sA-Za-z0-9]")
+
+
+def ngram_repeats(completion: str, n: int = 4) -> int:
+    """How often the most frequent word n-gram occurs (CJK characters and symbols are words)."""
+    words = _WORD.findall(completion)
+    grams = collections.Counter(tuple(words[i : i + n]) for i in range(len(words) - n + 1))
+    return max(grams.values(), default=0)
+
+
+def rejection_reason(completion: str, record: dict, length: int, truncated: bool, c) -> str | None:
+    """The first check `completion` fails ('truncated', 'length', 'format', 'incorrect',
+    'language', 'repetition'), or None when it is accepted. `c` is config.collect."""
+    if truncated:
+        return "truncated"
+    if length < c.min_tokens or (c.max_tokens and length > c.max_tokens):
+        return "length"
+    think, answer = text.split_reasoning(completion)
+    if not think or answer is None:
+        return "format"
+    if c.require_format and registry.format_strict(completion, record) < 1.0:
+        return "format"
+    if c.require_correct and tasks.accuracy(completion, record) < 0.5:
+        return "incorrect"
+    if c.min_language_consistency > 0:
+        if language_reward.consistency(completion, language_of(record)) < (
+            c.min_language_consistency
+        ):
+            return "language"
+    if c.max_ngram_repeats and ngram_repeats(completion) > c.max_ngram_repeats:
+        return "repetition"
+    return None
+
+
+def language_of(record: dict) -> str:
+    """The record's language, else the one its prompt is written in."""
+    lang = record.get("language")
+    return lang if lang in language_reward.LANGUAGES else language_reward.detect(record["prompt"])
+
+
+def render(completion: str, record: dict, *, summary: bool) -> str:
+    """'<think>thought[ summary]</think> <answer>answer</answer>' from an accepted completion."""
+    think, answer = text.split_reasoning(completion)
+    if summary:
+        line = SUMMARY.get(language_of(record), SUMMARY["en"]).format(answer=answer)
+        think = f"{think.rstrip()} {line}"
+    return text.format_reasoning(think, answer)
+
+
+def _source_config(cfg):
+    """A copy of cfg whose model.init_from is the model to sample (for evaluation.load_model)."""
+    src = cfg.copy_and_resolve_references()
+    src.unlock()
+    src.model.init_from = cfg.collect.model
+    return src
+
+
+def _load_scorer(path, mesh):
+    from r1jax.rewards import preference  # a second model, loaded only when asked for
+
+    return preference.RewardModelScorer.load(path, mesh=mesh)
+
+
+def sample_accepted(cfg, records, *, mesh, progress=True):
+    """Samples every record; returns (accepted rows, stats). Rows keep the record's metadata.
+
+    Reasoning records pass the rule checks (`rejection_reason`); records of domain "general"
+    pass when they are not truncated and the reward model (collect.reward_model) scores them
+    above collect.general_min_score, and are kept as sampled (no think block is required).
+    """
+    c = cfg.collect
+    scorer = None
+    if any(r.get("domain") == "general" for r in records):
+        if not c.reward_model:
+            raise ValueError("collect: general prompts are judged by collect.reward_model; set it")
+        scorer = _load_scorer(c.reward_model, mesh)
+    rules = sharding.rules_from_config(cfg.mesh.rules)
+    src = _source_config(cfg)
+    model_cfg, params, tokenizer, run_cfg = evaluation.load_model(src, mesh, rules)
+    template = c.template or evaluation.resolve_template(src, run_cfg)
+    rows_per_call = min(c.prompts_per_batch, len(records))
+    root = jax.random.key(cfg.seed)
+    seen, accepted = set(), []
+    per_prompt = collections.Counter()
+    stats = {"sampled": 0, "accepted": 0, "duplicates": 0, "rejected_by": collections.Counter()}
+    by_group = collections.defaultdict(lambda: {"sampled": 0, "accepted": 0})
+    bar = tqdm.tqdm(total=len(records), desc="collect", unit="prompt", disable=not progress)
+    for b, start in enumerate(range(0, len(records), c.prompts_per_batch)):
+        batch = records[start : start + c.prompts_per_batch]
+        prompts = [text.apply_template(template, r["prompt"]) for r in batch]
+        ids = [evaluation.encode_prompt(tokenizer, p) for p in prompts]
+        texts, lengths, truncated = evaluation.sample_completions(
+            model_cfg,
+            params,
+            tokenizer,
+            ids,
+            rows=rows_per_call,
+            key=jax.random.fold_in(root, b),
+            mesh=mesh,
+            num_samples=c.num_samples,
+            max_new_tokens=c.max_new_tokens,
+            temperature=c.temperature,
+            top_p=c.top_p,
+        )
+        scores = _general_scores(scorer, batch, texts, c.num_samples)
+        for i, record in enumerate(batch):
+            group = f"{record.get('kind', 'all')}/{language_of(record)}"
+            for j in range(i * c.num_samples, (i + 1) * c.num_samples):
+                stats["sampled"] += 1
+                by_group[group]["sampled"] += 1
+                if record.get("domain") == "general":
+                    reason = "truncated" if truncated[j] else None
+                    if reason is None and not scores[j] > c.general_min_score:
+                        reason = "reward_model"
+                    response = texts[j].strip()
+                else:
+                    reason = rejection_reason(texts[j], record, lengths[j], truncated[j], c)
+                    response = reason or render(texts[j], record, summary=c.summary)
+                if reason is not None:
+                    stats["rejected_by"][reason] += 1
+                    continue
+                key = (record["prompt"], response)
+                if key in seen or per_prompt[record["prompt"]] >= c.max_per_prompt:
+                    stats["duplicates"] += key in seen
+                    continue
+                seen.add(key)
+                per_prompt[record["prompt"]] += 1
+                stats["accepted"] += 1
+                by_group[group]["accepted"] += 1
+                meta = {k: v for k, v in record.items() if k not in ("prompt", "response")}
+                accepted.append({"prompt": record["prompt"], "response": response, **meta})
+        bar.update(len(batch))
+    bar.close()
+    stats["rejected_by"] = dict(stats["rejected_by"])
+    stats["by_group"] = {k: dict(v) for k, v in sorted(by_group.items())}
+    stats["template"] = template
+    stats["prompts"] = len(records)
+    stats["prompts_with_a_row"] = len(per_prompt)
+    return accepted, stats
+
+
+def _general_scores(scorer, batch, texts, num_samples):
+    """Reward-model scores of the samples of general records (NaN for the others)."""
+    scores = [float("nan")] * len(texts)
+    rows = [
+        j
+        for i, r in enumerate(batch)
+        if r.get("domain") == "general"
+        for j in range(i * num_samples, (i + 1) * num_samples)
+    ]
+    if rows:
+        values = scorer.score(
+            [batch[j // num_samples]["prompt"] for j in rows], [texts[j] for j in rows]
+        )
+        for j, v in zip(rows, values, strict=True):
+            scores[j] = float(v)
+    return scores
+
+
+def general_rows(cfg, n: int, *, mesh) -> tuple[list[dict], dict]:
+    """Up to `n` general SFT rows from collect.general_data (optionally reward-model filtered)."""
+    c = cfg.collect
+    if n <= 0 or not c.general_data:
+        return [], {"general_rows": 0}
+    rows = supervised.load_records(cfg, c.general_data)
+    random.Random(f"r1jax-collect|{cfg.seed}").shuffle(rows)
+    stats = {"general_available": len(rows)}
+    if c.reward_model:
+        scorer = _load_scorer(c.reward_model, mesh)
+        scores = scorer.score([r["prompt"] for r in rows], [r["response"] for r in rows])
+        kept = [r for r, s in zip(rows, scores, strict=True) if s > c.general_min_score]
+        stats["general_filtered_out"] = len(rows) - len(kept)
+        rows = kept
+    rows = [{"domain": "general", **r} for r in rows[:n]]
+    stats["general_rows"] = len(rows)
+    if len(rows) < n:
+        logging.warning("collect: wanted %d general rows, %d available", n, len(rows))
+    return rows, stats
+
+
+def _write_dataset(workdir: pathlib.Path, rows: list[dict], provenance: dict) -> None:
+    """dataset.jsonl then provenance.json, each through a temporary file and a rename."""
+    body = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode("utf-8")
+    provenance["sha256"] = hashlib.sha256(body).hexdigest()
+    tmp = workdir / (DATASET + ".tmp")
+    tmp.write_bytes(body)
+    tmp.replace(workdir / DATASET)
+    tmp = workdir / (PROVENANCE + ".tmp")
+    tmp.write_text(json.dumps(provenance, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+    tmp.replace(workdir / PROVENANCE)
+
+
+def is_complete(workdir) -> bool:
+    """True when WORKDIR holds a finished dataset (provenance.json is written last)."""
+    workdir = pathlib.Path(workdir)
+    return (workdir / PROVENANCE).is_file() and (workdir / DATASET).is_file()
+
+
+def collect(cfg, workdir) -> pathlib.Path:
+    """Steps 1-6 of the module docstring (without the SFT); returns the dataset's path."""
+    workdir = pathlib.Path(workdir)
+    if is_complete(workdir):
+        logging.info("collect: %s already holds a dataset; not sampling again", workdir)
+        return workdir / DATASET
+    t0 = time.perf_counter()
+    records = supervised.load_records(cfg, cfg.data.train)
+    if cfg.collect.num_prompts:
+        records = records[: cfg.collect.num_prompts]
+    if cfg.collect.general_prompts:  # sampled too, and judged by the reward model
+        general = supervised.load_records(cfg, cfg.collect.general_prompts)
+        n = cfg.collect.num_general_prompts or len(general)
+        records = records + [{"domain": "general", **r} for r in general[:n]]
+    mesh = sharding.make_mesh(cfg.mesh.to_dict())
+    accepted, stats = sample_accepted(cfg, records, mesh=mesh)
+    if not accepted:
+        raise RuntimeError(
+            f"collect: no sample of {cfg.collect.model} passed the checks "
+            f"(rejected by: {stats['rejected_by']}); see config.collect"
+        )
+    n_general = round(cfg.collect.general_ratio * len(accepted))
+    general, general_stats = general_rows(cfg, n_general, mesh=mesh)
+    stats.update(general_stats)
+    rows = accepted + general
+    provenance = {
+        "source_model": str(cfg.collect.model),
+        "prompts_from": str(cfg.data.train),
+        "collect": cfg.collect.to_dict(),
+        "seed": int(cfg.seed),
+        "rows": len(rows),
+        "reasoning_rows": len(accepted),
+        "acceptance_rate": stats["accepted"] / max(stats["sampled"], 1),
+        "seconds": time.perf_counter() - t0,
+        **stats,
+    }
+    if jax.process_index() == 0:
+        workdir.mkdir(parents=True, exist_ok=True)
+        _write_dataset(workdir, rows, provenance)
+    distributed.barrier("collect")  # the SFT that follows reads the file on every process
+    logging.info(
+        "collect: %d of %d samples accepted (%.1f%%) from %d prompts; rejected by %s; "
+        "%d general rows; %s",
+        stats["accepted"],
+        stats["sampled"],
+        100 * provenance["acceptance_rate"],
+        len(records),
+        stats["rejected_by"],
+        len(general),
+        workdir / DATASET,
+    )
+    return workdir / DATASET
+
+
+def sft_config(cfg, dataset: pathlib.Path):
+    """The SFT run on the collected dataset: this config with stage sft and data.train set."""
+    sft = cfg.copy_and_resolve_references()
+    sft.unlock()
+    sft.stage = "sft"
+    sft.data.format = "jsonl"
+    sft.data.train = str(dataset)
+    sft.data.eval = ""
+    sft.data.max_records = 0
+    return sft
+
+
+def run(cfg, workdir) -> dict:
+    """The collect stage: the dataset, then (collect.sft) an SFT run on it in WORKDIR."""
+    configlib.validate(cfg)
+    dataset = collect(cfg, workdir)
+    out = {"dataset": str(dataset)}
+    if cfg.collect.sft:
+        out.update(supervised.run(sft_config(cfg, dataset), workdir))
+    return out
