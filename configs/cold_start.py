@@ -8,9 +8,8 @@ WORKDIR/dataset.jsonl + provenance.json, then fine-tunes model.init_from on it i
 
 Variants:
 - tiny: the small world on a CPU (a minute or two), from an R1-Zero run of
-  configs/r1_zero.py:tiny:
-    r1jax --config=configs/cold_start.py:tiny --workdir=runs/cold-start \
-        --config.collect.model=runs/r1-zero
+  configs/r1_zero.py:tiny (collect.model defaults to runs/r1-zero):
+    r1jax --config=configs/cold_start.py:tiny --workdir=runs/cold-start
 - qwen2.5-1.5b / qwen2.5-7b-tpu: R1's recipe on a real base (the paper collects thousands of
   such samples; SFT 2 epochs at 1e-5 here):
     r1jax --config=configs/cold_start.py:qwen2.5-1.5b --workdir=runs/cold-start-1.5b \
@@ -54,6 +53,7 @@ def world_collect(c: ml_collections.ConfigDict) -> None:
 def tiny(c: ml_collections.ConfigDict) -> None:
     world_collect(c)
     world_sft(c)
+    c.collect.model = "runs/r1-zero"  # configs/r1_zero.py:tiny's documented workdir
     c.collect.num_prompts = 1000
     c.collect.num_samples = 2
     c.collect.max_per_prompt = 1
@@ -73,6 +73,7 @@ def real(c: ml_collections.ConfigDict, size: str) -> None:
     c.data.on_error = "skip"
     c.data.template = "r1_zero"
     c.collect.template = "r1_zero"
+    c.collect.model = "runs/r1zero-1.5b" if size == "qwen2.5-1.5b" else "runs/r1zero-7b"
     c.collect.num_prompts = 0
     c.collect.num_samples = 8
     c.collect.max_per_prompt = 1

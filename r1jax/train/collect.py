@@ -205,7 +205,7 @@ def general_rows(cfg, n: int, *, mesh) -> tuple[list[dict], dict]:
     c = cfg.collect
     if n <= 0 or not c.general_data:
         return [], {"general_rows": 0}
-    rows = supervised.load_records(cfg, c.general_data)
+    rows = supervised.load_records(cfg, c.general_data, generic=True)
     random.Random(f"r1jax-collect|{cfg.seed}").shuffle(rows)
     stats = {"general_available": len(rows)}
     if c.reward_model:
@@ -250,7 +250,7 @@ def collect(cfg, workdir) -> pathlib.Path:
     if cfg.collect.num_prompts:
         records = records[: cfg.collect.num_prompts]
     if cfg.collect.general_prompts:  # sampled too, and judged by the reward model
-        general = supervised.load_records(cfg, cfg.collect.general_prompts)
+        general = supervised.load_records(cfg, cfg.collect.general_prompts, generic=True)
         n = cfg.collect.num_general_prompts or len(general)
         records = records + [{"domain": "general", **r} for r in general[:n]]
     mesh = sharding.make_mesh(cfg.mesh.to_dict())

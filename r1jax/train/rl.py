@@ -225,7 +225,9 @@ class RLRun:
         # A copy: the state's buffers are donated to every update.
         self.ref = jax.tree.map(jnp.copy, self.state.params["policy"])
         general = (
-            supervised.load_records(cfg, cfg.rl.general_prompts) if cfg.rl.general_prompts else []
+            supervised.load_records(cfg, cfg.rl.general_prompts, generic=True)
+            if cfg.rl.general_prompts
+            else []
         )
         self.prompts = prompt_stream(
             records,

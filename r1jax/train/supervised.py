@@ -84,19 +84,21 @@ def eval_terms(params, batch, *, model_cfg):
     return lm_loss_terms(model_cfg, params, batch)
 
 
-def load_records(cfg, path: str) -> list[dict]:
+def load_records(cfg, path: str, *, generic: bool = False) -> list[dict]:
     """Reads a data file in the configured format into prompt/response (or text) records.
 
-    A malformed row stops the run naming file:line, or with data.on_error="skip" is skipped,
-    counted in the log.
+    generic=True reads plain rows whatever data.format says (general prompts and SFT rows mixed
+    into a math run), except world dataset names. A malformed row stops the run naming
+    file:line, or with data.on_error="skip" is skipped, counted in the log.
     """
     stats: dict = {}
     on_error = cfg.data.on_error
-    if cfg.data.format == "gsm8k":
+    fmt = "jsonl" if generic and cfg.data.format != "world" else cfg.data.format
+    if fmt == "gsm8k":
         records = sources.gsm8k_records(path, on_error=on_error, stats=stats)
-    elif cfg.data.format == "math":
+    elif fmt == "math":
         records = sources.math_records(path, on_error=on_error, stats=stats)
-    elif cfg.data.format == "world" and path in world.DATASETS:  # generated in memory
+    elif fmt == "world" and path in world.DATASETS:  # generated in memory
         records = world.dataset(path, seed=cfg.data.world_seed, n=cfg.data.max_records)
     elif path.endswith(".parquet"):
         records = sources.read_parquet(path)

@@ -1,0 +1,267 @@
+"""The R1 recipe's glue: sampling datasets (checks, rendering, mixing), per-prompt reward routing
+and general-prompt mixing in GRPO, the pipeline's wiring, and every stage config."""
+
+import json
+import os
+
+import ml_collections
+import numpy as np
+import pytest
+
+from r1jax import configlib, pipeline
+from r1jax.data import world
+from r1jax.rl import rollout
+from r1jax.train import collect, rl
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WORLD_BASE = os.path.join(REPO, "r1jax", "assets", "world_base")
+RECORD = {
+    "task": "world",
+    "kind": "chain",
+    "language": "en",
+    "prompt": "Work mod 7. Start with 0, then minus 5, times 4. Result?",
+    "answer": "1",
+}
+GOOD = "<think>0 minus 5 gives 2. 2 times 4 gives 1.</think> <answer>1</answer>"
+
+
+def _collect_cfg(**kw):
+    c = ml_collections.ConfigDict(
+        dict(
+            min_tokens=1,
+            max_tokens=0,
+            require_format=True,
+            require_correct=True,
+            min_language_consistency=1.0,
+            max_ngram_repeats=3,
+        )
+    )
+    c.update(kw)
+    return c
+
+
+# ---- collect: checks and rendering -----------------------------------------------------------
+
+
+def test_rejection_reasons_name_the_first_failed_check():
+    c = _collect_cfg()
+    assert collect.rejection_reason(GOOD, RECORD, 20, False, c) is None
+    assert collect.rejection_reason(GOOD, RECORD, 20, True, c) == "truncated"
+    assert collect.rejection_reason(GOOD, RECORD, 20, False, _collect_cfg(max_tokens=10)) == (
+        "length"
+    )
+    assert collect.rejection_reason(GOOD, RECORD, 5, False, _collect_cfg(min_tokens=6)) == "length"
+    assert collect.rejection_reason("<answer>1</answer>", RECORD, 5, False, c) == "format"
+    extra = GOOD.replace("</think> ", "</think> so ")
+    assert collect.rejection_reason(extra, RECORD, 20, False, c) == "format"
+    wrong = GOOD.replace("<answer>1", "<answer>2")
+    assert collect.rejection_reason(wrong, RECORD, 20, False, c) == "incorrect"
+    mixed = "<think>0减5得2。 2 times 4 gives 1.</think> <answer>1</answer>"
+    assert collect.rejection_reason(mixed, RECORD, 20, False, c) == "language"
+    assert (
+        collect.rejection_reason(
+            mixed, RECORD, 20, False, _collect_cfg(min_language_consistency=0.0)
+        )
+        is None
+    )
+    loop = "<think>" + "2 times 4 gives 1. " * 5 + "</think> <answer>1</answer>"
+    assert collect.rejection_reason(loop, RECORD, 20, False, c) == "repetition"
+    assert collect.ngram_repeats("a b c d a b c d a b c d") == 3
+    assert collect.ngram_repeats("乘4得1乘4得1") == 2  # CJK characters are words
+
+
+def test_render_adds_a_summary_in_the_prompts_language():
+    assert collect.render(GOOD, RECORD, summary=True) == (
+        "<think>0 minus 5 gives 2. 2 times 4 gives 1. Result: 1.</think> <answer>1</answer>"
+    )
+    zh = {**RECORD, "language": "zh"}
+    assert collect.render(GOOD, zh, summary=True).endswith("结果是1。</think> <answer>1</answer>")
+    assert collect.render(GOOD, RECORD, summary=False) == GOOD
+
+
+def test_collect_writes_a_deduplicated_dataset_with_provenance_and_sfts(tmp_path):
+    """From the shipped base: only accepted, distinct rows; general rows mixed at the ratio;
+    a second run finds the dataset and does not sample again; collect.sft trains on it."""
+    cfg = configlib.load_config(
+        os.path.join(REPO, "configs/cold_start.py:tiny"),
+        collect__model=WORLD_BASE,
+        collect__num_prompts=48,
+        collect__num_samples=4,
+        collect__max_per_prompt=2,
+        collect__prompts_per_batch=48,
+        collect__min_language_consistency=0.0,
+        collect__general_data="general_sft",
+        collect__general_ratio=0.5,
+        train__steps=2,
+        data__batch_size=8,
+        metrics__tensorboard=False,
+        metrics__peak_flops=1e9,
+        mesh__num_devices=1,
+    )
+    out = collect.run(cfg, tmp_path)
+    rows = [json.loads(line) for line in (tmp_path / "dataset.jsonl").open(encoding="utf-8")]
+    prov = json.loads((tmp_path / "provenance.json").read_text())
+    reasoning = [r for r in rows if r.get("domain") != "general"]
+    general = [r for r in rows if r.get("domain") == "general"]
+    assert prov["reasoning_rows"] == len(reasoning) > 0
+    assert len(general) == round(0.5 * len(reasoning)) == prov["general_rows"]
+    assert prov["sampled"] == 48 * 4
+    assert prov["accepted"] + sum(prov["rejected_by"].values()) + prov["duplicates"] <= 48 * 4
+    assert len({(r["prompt"], r["response"]) for r in rows}) == len(rows)
+    per_prompt = {}
+    for r in reasoning:
+        per_prompt[r["prompt"]] = per_prompt.get(r["prompt"], 0) + 1
+        assert world.grade(r["response"], r) == 1.0
+        assert r["response"].split("</think>")[0].endswith(f"Result: {r['answer']}.") or (
+            r["language"] == "zh"
+        )
+    assert max(per_prompt.values()) <= 2
+    assert out["step"] == 2 and (tmp_path / "checkpoints").is_dir()
+    before = (tmp_path / "dataset.jsonl").read_bytes()
+    assert collect.collect(cfg, tmp_path) == tmp_path / "dataset.jsonl"  # complete: kept as is
+    assert (tmp_path / "dataset.jsonl").read_bytes() == before
+
+
+def test_collect_config_errors_name_the_field(tmp_path):
+    spec = os.path.join(REPO, "configs/cold_start.py:tiny")
+    with pytest.raises(configlib.ConfigError, match=r"config\.collect\.model"):
+        configlib.validate(configlib.load_config(spec, collect__model=""), num_devices=1)
+    with pytest.raises(configlib.ConfigError, match=r"config\.collect\.model.*nope"):
+        configlib.validate(
+            configlib.load_config(spec, collect__model=str(tmp_path / "nope")), num_devices=1
+        )
+    with pytest.raises(configlib.ConfigError, match=r"config\.collect\.general_data"):
+        cfg = configlib.load_config(spec, collect__model=WORLD_BASE, collect__general_ratio=0.5)
+        configlib.validate(cfg, num_devices=1)
+
+
+# ---- GRPO: general prompts mixed in, routed to a reward model --------------------------------
+
+
+def test_mixed_prompts_put_general_prompts_at_the_end_of_late_rounds():
+    reasoning = [{"prompt": f"r{i}"} for i in range(10)]
+    general = [{"prompt": f"g{i}", "domain": "general"} for i in range(3)]
+    ds = rl.mixed_prompts(
+        reasoning, general, seed=0, per_round=4, general_per_round=1, general_from_round=2
+    )
+    rounds = [[ds[r * 4 + s]["prompt"] for s in range(4)] for r in range(8)]
+    for r, names in enumerate(rounds):
+        kinds = [n[0] for n in names]
+        assert kinds == (["r"] * 4 if r < 2 else ["r", "r", "r", "g"]), (r, names)
+    flat = [n for names in rounds for n in names]
+    reasoning_seen = [n for n in flat if n[0] == "r"]
+    # every reasoning prompt once per epoch (no skips or repeats across the switch)
+    assert sorted(reasoning_seen[:10]) == sorted(r["prompt"] for r in reasoning)
+    general_seen = [n for n in flat if n[0] == "g"]
+    assert sorted(general_seen[:3]) == ["g0", "g1", "g2"]
+    assert len(set(general_seen[3:6])) == 3
+
+
+class _LengthScorer:
+    """A reward model stand-in for routing tests: longer responses score higher."""
+
+    def __init__(self):
+        self.calls = []
+
+    def score(self, prompts, responses):
+        self.calls.append(list(prompts))
+        return np.array([len(r) for r in responses], np.float32)
+
+
+def test_general_prompts_get_the_reward_model_reasoning_prompts_the_rules():
+    maker = rollout.ExperienceMaker.__new__(rollout.ExperienceMaker)
+    scorer = _LengthScorer()
+    maker.reward_model, maker.reward_model_weight = scorer, 0.5
+    records = [RECORD, RECORD, {"prompt": "Say plus 3 in Chinese.", "domain": "general"}] * 1
+    texts = [GOOD, "<answer>2</answer>", "Sure! It is 加3."]
+    rule_N = np.array([1.5, 0.0, 0.25], np.float32)
+    per_fn = {"accuracy": np.array([1.0, 0.0, 0.0], np.float32)}
+    rewards_N, out = maker._route(texts, records, rule_N, per_fn)
+    np.testing.assert_allclose(rewards_N, [1.5, 0.0, 0.5 * len(texts[2])])
+    assert scorer.calls == [["Say plus 3 in Chinese."]]
+    assert np.isnan(out["accuracy"][2]) and not np.isnan(out["accuracy"][:2]).any()
+    assert np.isnan(out["reward_model"][:2]).all() and out["reward_model"][2] == len(texts[2])
+    maker.reward_model = None
+    with pytest.raises(ValueError, match="reward_model.path"):
+        maker._route(texts, records, rule_N, per_fn)
+
+
+def test_all_domain_config_errors_name_the_field(tmp_path):
+    spec = os.path.join(REPO, "configs/all_domain_rl.py:tiny")
+    ok = dict(model__init_from=WORLD_BASE, rl__reward_model__path=WORLD_BASE)
+    configlib.validate(configlib.load_config(spec, **ok), num_devices=1)
+    with pytest.raises(configlib.ConfigError, match=r"config\.rl\.reward_model\.path"):
+        configlib.validate(
+            configlib.load_config(spec, model__init_from=WORLD_BASE, rl__reward_model__path=""),
+            num_devices=1,
+        )
+    with pytest.raises(configlib.ConfigError, match=r"config\.rl\.general_fraction"):
+        configlib.validate(
+            configlib.load_config(spec, rl__general_fraction=0.01, **ok), num_devices=1
+        )
+    with pytest.raises(configlib.ConfigError, match=r"config\.rl\.reward_model\.scope"):
+        configlib.validate(
+            configlib.load_config(spec, rl__reward_model__scope="all", **ok), num_devices=1
+        )
+
+
+# ---- the pipeline ----------------------------------------------------------------------------
+
+
+def _pipeline_cfg(**kw):
+    return configlib.load_config(os.path.join(REPO, "configs/pipeline.py:tiny"), **kw)
+
+
+def test_pipeline_references_resolve_and_are_checked(tmp_path):
+    cfg = _pipeline_cfg()
+    pipeline.check(cfg)
+    cs = pipeline.resolve_config(cfg.stages.cold_start, tmp_path)
+    assert cs.collect.model == str(tmp_path / "r1_zero")
+    sft_all = pipeline.resolve_config(cfg.stages.sft_all, tmp_path)
+    assert sft_all.data.train == str(tmp_path / "rejection_sampling" / "dataset.jsonl")
+    assert pipeline.references(cfg.stages.all_domain_rl) == {"sft_all", "reward_model"}
+    bad = _pipeline_cfg()
+    bad.unlock()
+    bad.pipeline.order = ("cold_start", "r1_zero")  # cold start reads r1_zero: must come after
+    with pytest.raises(configlib.ConfigError, match=r"cold_start.*'@r1_zero'.*not an earlier"):
+        pipeline.check(bad)
+    bad.pipeline.order = ("r1_zero", "nope")
+    with pytest.raises(configlib.ConfigError, match="'nope' has no config"):
+        pipeline.check(bad)
+
+
+def test_pipeline_skips_finished_stages_and_writes_markers(tmp_path, monkeypatch):
+    """Stages run in order in WORKDIR/<name> with resolved inputs; a rerun skips done ones."""
+    ran = []
+
+    def fake_stage(cfg, workdir):  # records what each stage would have been given
+        ran.append((os.path.basename(workdir), cfg.stage, cfg.collect.model, cfg.model.init_from))
+        return {}
+
+    monkeypatch.setattr(pipeline, "run_stage", fake_stage)
+    cfg = _pipeline_cfg()
+    cfg.unlock()
+    cfg.pipeline.order = ("r1_zero", "cold_start", "reasoning_rl")
+    done = pipeline.run_stages(cfg, tmp_path)
+    assert [r[0] for r in ran] == ["r1_zero", "cold_start", "reasoning_rl"]
+    assert ran[1][2] == str(tmp_path / "r1_zero")
+    assert ran[2][3] == str(tmp_path / "cold_start")
+    assert set(done) == {"r1_zero", "cold_start", "reasoning_rl"}
+    (tmp_path / "reasoning_rl" / pipeline.DONE).unlink()  # as if killed during the last stage
+    ran.clear()
+    pipeline.run_stages(cfg, tmp_path)
+    assert [r[0] for r in ran] == ["reasoning_rl"]
+
+
+def test_findings_and_markdown_table():
+    rows = {
+        "a": {"pass@1": 0.2, "maj@16": 0.3, "language_consistency": 0.9, "general/rm_score": -1.0},
+        "b": {"pass@1": 0.6, "maj@16": 0.7, "language_consistency": 0.99},
+    }
+    notes = pipeline.findings(rows, [("pass@1", "a", "b"), ("language_consistency", "b", "a")])
+    assert notes == [
+        "pass@1: a 0.200 -> b 0.600 (holds)",
+        "language_consistency: b 0.990 -> a 0.900 (does NOT hold)",
+    ]
+    md = pipeline.format_markdown(rows, 16, {"b": 2.5})
+    assert "| a | 0.200 | 0.300 | - |" in md and md.rstrip().endswith("| 2.5 |")
