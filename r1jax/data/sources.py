@@ -195,3 +195,117 @@ def math_records(path, *, on_error: str = "raise", stats: dict | None = None) ->
         records.append(record)
     _count(stats, "rows", len(records))
     return records
+
+
+# ---- preference pairs ------------------------------------------------------------------------
+
+HH_ASSISTANT = "\n\nAssistant:"
+
+
+def split_hh_pair(chosen: str, rejected: str) -> tuple[str, str, str]:
+    """(prompt, chosen reply, rejected reply) of two HH-RLHF transcripts.
+
+    The prompt is the longest shared start of the two transcripts that ends with an
+    '\\n\\nAssistant:' marker (a reply may itself contain the marker), without that marker: the
+    bare question for a single human turn, else the 'Human: ...\\n\\nAssistant: ...' transcript.
+    Raises ValueError when the transcripts are not two continuations of one conversation.
+    """
+    for name, value in (("chosen", chosen), ("rejected", rejected)):
+        if not isinstance(value, str):
+            raise ValueError(f"field {name!r} must be a string, got {type(value).__name__}")
+        if not value.lstrip().startswith("Human:") or HH_ASSISTANT not in value:
+            raise ValueError(
+                f"field {name!r} is not a '\\n\\nHuman: ... \\n\\nAssistant: ...' transcript"
+            )
+    shared = chosen[: len(_common_prefix(chosen, rejected))]
+    cut = shared.rfind(HH_ASSISTANT)
+    if cut < 0:
+        raise ValueError("chosen and rejected share no conversation ending in '\\n\\nAssistant:'")
+    end = cut + len(HH_ASSISTANT)
+    prompt = chosen[:cut].strip()
+    if prompt.count("Human:") == 1 and "Assistant:" not in prompt:
+        prompt = prompt.removeprefix("Human:").strip()
+    if not prompt:
+        raise ValueError("the shared conversation has no human turn")
+    return prompt, chosen[end:].strip(), rejected[end:].strip()
+
+
+def _common_prefix(a: str, b: str) -> str:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return a[:n]
+
+
+def hh_rlhf_pairs(
+    path, *, on_error: str = "raise", stats: dict | None = None, max_pairs: int = 0
+) -> list[dict]:
+    """HH-RLHF rows {"chosen", "rejected"} (whole transcripts) -> {"prompt", "chosen",
+    "rejected", "turns", "source"} with the two final assistant replies (split_hh_pair).
+
+    Malformed rows raise DataError naming file:line or (on_error='skip') are counted; pairs
+    whose replies are equal carry no preference and are dropped, counted in stats["identical"].
+    `max_pairs` > 0 keeps the first that many pairs.
+    """
+    pairs = []
+    for where, row in _located_rows(path, on_error, stats):
+        pair = _hh_pair(where, row, on_error, stats)
+        if pair is not None:
+            pairs.append(pair)
+        if max_pairs and len(pairs) >= max_pairs:
+            break
+    _count(stats, "rows", len(pairs))
+    return pairs
+
+
+def _hh_pair(where: str, row: dict, on_error: str, stats: dict | None) -> dict | None:
+    if not _fields(where, row, ("chosen", "rejected"), on_error, stats):
+        return None
+    try:
+        prompt, chosen, rejected = split_hh_pair(row["chosen"], row["rejected"])
+    except ValueError as e:
+        _reject(f"{where}: {e}", on_error, stats)
+        return None
+    if chosen == rejected:
+        _count(stats, "identical")
+        return None
+    turns = prompt.count("Human:") or 1
+    return {
+        "prompt": prompt,
+        "chosen": chosen,
+        "rejected": rejected,
+        "turns": turns,
+        "source": "hh-rlhf",
+    }
+
+
+def is_hh_row(row: dict) -> bool:
+    """True for an HH-RLHF row: whole transcripts in chosen/rejected and no separate prompt."""
+    return "prompt" not in row and "chosen" in row and "rejected" in row
+
+
+_PAIR_FIELDS = ("prompt", "chosen", "rejected")
+
+
+def preference_records(
+    path, *, on_error: str = "raise", stats: dict | None = None, max_pairs: int = 0
+) -> list[dict]:
+    """Pairs {"prompt", "chosen", "rejected", ...} from a file of such rows or of HH-RLHF rows
+    (told apart by their keys, row by row); other fields (aspect, domain) are kept."""
+    pairs = []
+    for where, row in _located_rows(path, on_error, stats):
+        pair = _hh_pair(where, row, on_error, stats) if is_hh_row(row) else None
+        if not is_hh_row(row) and _fields(where, row, _PAIR_FIELDS, on_error, stats):
+            wrong = [k for k in _PAIR_FIELDS if not isinstance(row[k], str)]
+            if wrong:
+                _reject(f"{where}: field {wrong[0]!r} must be a string", on_error, stats)
+            else:
+                pair = row
+        if pair is not None:
+            pairs.append(pair)
+        if max_pairs and len(pairs) >= max_pairs:
+            break
+    _count(stats, "rows", len(pairs))
+    return pairs

@@ -1,0 +1,236 @@
+"""Preference reward models (Bradley-Terry): the scalar score, the pairwise loss, a scorer.
+
+B pairs, R scored rows, T time (a length bucket), D model.
+
+A reward model is the decoder trunk with a scalar head read at each row's last real token:
+params {"trunk": decoder params, "head": value-head params}. A (prompt, response) row is
+tokenized exactly as SFT trains it (BOS + template(prompt) + response + EOS) and, when too long,
+keeps its end (BOS, then the last tokens: the response and EOS), where the score is read.
+"""
+
+import dataclasses
+import json
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from r1jax import sampler, sharding, text
+from r1jax.model import config as model_config
+from r1jax.model import heads, transformer
+from r1jax.train import checkpoint
+
+SCOPES = ("response", "summary")
+
+
+def init_params(model_cfg, trunk_params, key: jax.Array) -> dict:
+    """Reward-model params around a decoder's params, with a fresh (seeded) scalar head."""
+    return {"trunk": trunk_params, "head": heads.init_value_head(model_cfg, key)}
+
+
+def logical_axes(model_cfg) -> dict:
+    """Logical axis names of the reward-model params (placing them like the trainer does)."""
+    return {
+        "trunk": transformer.logical_axes(model_cfg),
+        "head": heads.value_head_logical_axes(model_cfg),
+    }
+
+
+def scores(model_cfg, params, tokens_RxT: jax.Array, mask_RxT: jax.Array) -> jax.Array:
+    """Scores [R] in float32: the head's value at each right-padded row's last real token."""
+    if tokens_RxT.ndim != 2 or mask_RxT.shape != tokens_RxT.shape:
+        raise ValueError(f"tokens {tokens_RxT.shape} and mask {mask_RxT.shape}: need equal [R, T]")
+    h_RxTxD = transformer.hidden_states(
+        model_cfg, params["trunk"], tokens_RxT, segment_ids_BxT=mask_RxT.astype(jnp.int32)
+    )
+    return heads.last_token_scores(model_cfg, params["head"], h_RxTxD, mask_RxT)
+
+
+def bradley_terry_terms(chosen_B: jax.Array, rejected_B: jax.Array) -> dict:
+    """Sums over pairs (exact under accumulation): nll of -log σ(r_c - r_r), correct, margin."""
+    if chosen_B.shape != rejected_B.shape or chosen_B.ndim != 1:
+        raise ValueError(f"chosen {chosen_B.shape} and rejected {rejected_B.shape}: need [B]")
+    margin_B = chosen_B.astype(jnp.float32) - rejected_B.astype(jnp.float32)
+    return {
+        "nll": -jnp.sum(jax.nn.log_sigmoid(margin_B)),
+        "correct": jnp.sum((margin_B > 0).astype(jnp.float32)),
+        "margin": jnp.sum(margin_B),
+        "pairs": jnp.asarray(margin_B.shape[0], jnp.float32),
+    }
+
+
+def bradley_terry_loss(chosen_B: jax.Array, rejected_B: jax.Array) -> tuple[jax.Array, dict]:
+    """(mean -log σ(r_c - r_r), {"accuracy": share with r_c > r_r, "margin": mean r_c - r_r})."""
+    terms = bradley_terry_terms(chosen_B, rejected_B)
+    return terms_to_metrics(terms)
+
+
+def terms_to_metrics(terms: dict) -> tuple[jax.Array, dict]:
+    """(loss, {accuracy, margin}) from summed terms."""
+    n = jnp.maximum(terms["pairs"], 1.0)
+    return terms["nll"] / n, {"accuracy": terms["correct"] / n, "margin": terms["margin"] / n}
+
+
+# ---- tokenization ---------------------------------------------------------------------------
+
+
+def tokenize(tokenizer, prompt: str, response: str, *, template: str, max_len: int) -> list[int]:
+    """BOS + template(prompt) + response + EOS as SFT tokenizes it; over max_len, keeps the end
+    (BOS stays, the start of the prompt goes first)."""
+    head = [] if tokenizer.bos_id is None else [tokenizer.bos_id]
+    body = tokenizer.encode(text.apply_template(template, prompt))
+    body += tokenizer.encode(text.response_text(template, response))
+    body.append(tokenizer.eos_id)
+    if max_len and len(head) + len(body) > max_len:
+        body = body[len(body) - (max_len - len(head)) :]
+    return head + body
+
+
+def bucket_length(length: int, max_len: int) -> int:
+    """Padded length of a batch whose longest row has `length` tokens (few distinct values)."""
+    return min(sampler.prompt_bucket(length), max_len) if max_len else sampler.prompt_bucket(length)
+
+
+def pad_rows(rows, length: int, pad_id: int, *, num_rows: int | None = None):
+    """(tokens [R, T], mask [R, T]) numpy, right-padded; num_rows adds empty rows at the end."""
+    num_rows = len(rows) if num_rows is None else num_rows
+    tokens_RxT = np.full((num_rows, length), pad_id, np.int32)
+    mask_RxT = np.zeros((num_rows, length), np.bool_)
+    for i, ids in enumerate(rows):
+        if len(ids) > length:
+            raise ValueError(f"row {i} has {len(ids)} tokens, more than the padded length {length}")
+        tokens_RxT[i, : len(ids)] = ids
+        mask_RxT[i, : len(ids)] = True
+    return tokens_RxT, mask_RxT
+
+
+def response_in_scope(response: str, scope: str) -> str:
+    """The part of a response a reward model judges: all of it, or (summary) what follows the
+    last </think> (R1 judges helpfulness on the summary); an unclosed think has no summary."""
+    if scope == "response":
+        return response
+    if scope != "summary":
+        raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
+    if text.THINK_CLOSE in response:
+        return response.rsplit(text.THINK_CLOSE, 1)[1].strip()
+    return "" if response.lstrip().startswith(text.THINK_OPEN) else response
+
+
+# ---- scorer ---------------------------------------------------------------------------------
+
+
+def run_model_config(run_dir) -> tuple[model_config.ModelConfig, dict]:
+    """(ModelConfig, resolved config dict) from a run's config.json (configlib.save_resolved)."""
+    saved = json.loads((pathlib.Path(run_dir) / "config.json").read_text())
+    shape = dict(saved["model"])
+    if shape.get("rope_scaling"):
+        shape["rope_scaling"] = model_config.RopeScaling(**shape["rope_scaling"])
+    return model_config.ModelConfig(**shape), saved["config"]
+
+
+class RewardModelScorer:
+    """Scores (prompt, response) texts with a reward model: jitted once per length bucket,
+    params as arguments, rows sorted by length so a bucket holds rows of similar length.
+
+    With a mesh, params are placed by their logical axes and rows split over the batch axes; in
+    a multi-process run every process must call score() with the same number of rows.
+    """
+
+    def __init__(
+        self,
+        model_cfg,
+        params,
+        tokenizer,
+        *,
+        template: str,
+        max_len: int = 0,
+        mesh=None,
+        rules=sharding.DEFAULT_RULES,
+        scope: str = "response",
+        batch_size: int = 64,
+    ):
+        if scope not in SCOPES:
+            raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
+        self.model_cfg, self.tokenizer, self.template = model_cfg, tokenizer, template
+        self.max_len = min(max_len or model_cfg.max_seq_len, model_cfg.max_seq_len)
+        self.mesh, self.rules, self.scope = mesh, rules, scope
+        divisor = 1 if mesh is None else sharding.batch_divisor(mesh)
+        self.batch_size = -(-max(batch_size, 1) // divisor) * divisor
+        self.params = params if mesh is None else self.place(params)
+        fn = lambda p, tokens, mask: scores(model_cfg, p, tokens, mask)
+        self._score = jax.jit(fn if mesh is None else sharding.laid_out(fn, mesh, rules))
+
+    def place(self, params):
+        """Params on this scorer's mesh by their logical axes."""
+        shardings = sharding.param_shardings(logical_axes(self.model_cfg), self.mesh, self.rules)
+        return jax.device_put(params, shardings)
+
+    @classmethod
+    def load(
+        cls, run_dir, *, mesh=None, scope: str = "response", batch_size: int = 64, rules=None
+    ) -> "RewardModelScorer":
+        """A scorer from a reward_model run folder: its config.json, tokenizer and the params
+        of its newest checkpoint (restored straight onto the mesh when one is given)."""
+        run_dir = pathlib.Path(run_dir)
+        model_cfg, run_cfg = run_model_config(run_dir)
+        if run_cfg.get("stage") != "reward_model":
+            raise ValueError(f"{run_dir} is a {run_cfg.get('stage')!r} run, not a reward_model run")
+        model_cfg = dataclasses.replace(model_cfg, remat="none")
+        if rules is None:
+            rules = sharding.rules_from_config(run_cfg.get("mesh", {}).get("rules", []))
+        abstract = jax.eval_shape(
+            lambda k: init_params(model_cfg, transformer.init_params(model_cfg, k), k),
+            jax.random.key(0),
+        )
+        if mesh is None:
+            where = jax.tree.map(
+                lambda _: jax.sharding.SingleDeviceSharding(jax.devices()[0]), abstract
+            )
+        else:
+            where = sharding.param_shardings(logical_axes(model_cfg), mesh, rules)
+        abstract = jax.tree.map(
+            lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh), abstract, where
+        )
+        params = checkpoint.restore_params(run_dir, abstract)
+        return cls(
+            model_cfg,
+            params,
+            text.load_tokenizer(run_dir),
+            template=run_cfg["data"]["template"],
+            max_len=run_cfg.get("rm", {}).get("max_len", 0),
+            mesh=mesh,
+            rules=rules,
+            scope=scope,
+            batch_size=batch_size,
+        )
+
+    def tokenize(self, prompt: str, response: str) -> list[int]:
+        """One row's token ids as this reward model reads it (scope applied)."""
+        response = response_in_scope(response, self.scope)
+        return tokenize(
+            self.tokenizer, prompt, response, template=self.template, max_len=self.max_len
+        )
+
+    def score(self, prompts, responses) -> np.ndarray:
+        """Scores float32 [N] of raw question texts and their responses."""
+        if len(prompts) != len(responses):
+            raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+        return self.score_tokens([self.tokenize(p, r) for p, r in zip(prompts, responses)])
+
+    def score_tokens(self, rows) -> np.ndarray:
+        """Scores float32 [N] of already tokenized rows (each at most max_len tokens)."""
+        out = np.zeros(len(rows), np.float32)
+        order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start : start + self.batch_size]
+            chunk = [rows[i] for i in idx]
+            length = bucket_length(max(len(r) for r in chunk), self.max_len)
+            tokens, mask = pad_rows(chunk, length, self.tokenizer.pad_id, num_rows=self.batch_size)
+            if self.mesh is None:
+                scores_R = np.asarray(self._score(self.params, tokens, mask))
+            else:
+                batch = sharding.put_batch({"tokens": tokens, "mask": mask}, self.mesh)
+                scores_R = sharding.local_rows(self._score(self.params, **batch))
+            out[idx] = scores_R[: len(idx)]
+        return out

@@ -1,0 +1,370 @@
+"""The reward-model stage: Bradley-Terry on chosen/rejected pairs, held-out and HH-RLHF accuracy.
+
+Shapes: B pairs, T time (a length bucket), k micro-batches.
+
+Data: data.train / data.eval are pair datasets: a world.DATASETS name (data.format=world, e.g.
+"preference" / "preference_test"), or a file of {"prompt", "chosen", "rejected"} rows or of
+HH-RLHF rows ({"chosen", "rejected"} whole transcripts). Writes WORKDIR/rm_eval.json, metrics,
+checkpoints and config.json; `rewards.preference.RewardModelScorer.load(WORKDIR)` scores with it.
+"""
+
+import collections
+import json
+import pathlib
+
+import grain
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import logging
+
+from r1jax import configlib, sharding
+from r1jax.data import sources, world
+from r1jax.model import transformer
+from r1jax.rewards import preference
+from r1jax.train import checkpoint, supervised, trainer
+from r1jax.train import metrics as metrics_lib
+from r1jax.train import state as state_lib
+
+BATCH_KEYS = ("chosen_BxT", "chosen_mask_BxT", "rejected_BxT", "rejected_mask_BxT")
+_GROUPS = ("aspect", "domain")  # pair fields that held-out accuracy is broken down by
+
+
+# ---- the step -------------------------------------------------------------------------------
+
+
+def rm_loss_terms(model_cfg, params, batch):
+    """(summed pair NLL, summed terms) of one (micro-)batch: chosen and rejected in one forward."""
+    b = batch["chosen_BxT"].shape[0]
+    tokens_RxT = jnp.concatenate([batch["chosen_BxT"], batch["rejected_BxT"]])
+    mask_RxT = jnp.concatenate([batch["chosen_mask_BxT"], batch["rejected_mask_BxT"]])
+    r_R = preference.scores(model_cfg, params, tokens_RxT, mask_RxT)
+    terms = preference.bradley_terry_terms(r_R[:b], r_R[b:])
+    return terms["nll"], terms
+
+
+def reward_model_step(state, batch, *, model_cfg, optimizer, grad_accum=1, lr_schedule=None):
+    """One optimizer step on the mean pair loss -log σ(r_c - r_r), exact under accumulation.
+
+    1. Split the batch into `grad_accum` micro-batches of pairs.
+    2. Accumulate gradients of the summed NLL and the summed terms over them.
+    3. Divide once by the global pair count.
+    4. Apply the update unless the loss or gradient is not finite.
+    """
+    # (1)
+    micro = trainer.micro_batches(batch, grad_accum)
+    grad_fn = jax.value_and_grad(lambda p, b: rm_loss_terms(model_cfg, p, b), has_aux=True)
+
+    # (2)
+    def accumulate(carry, mb):
+        grads, terms = carry
+        (_, mb_terms), mb_grads = grad_fn(state.params, mb)
+        return (
+            jax.tree.map(jnp.add, grads, mb_grads),
+            jax.tree.map(jnp.add, terms, mb_terms),
+        ), None
+
+    zero = jnp.zeros((), jnp.float32)
+    init_terms = {"nll": zero, "correct": zero, "margin": zero, "pairs": zero}
+    init = (jax.tree.map(jnp.zeros_like, state.params), init_terms)
+    (grads, terms), _ = jax.lax.scan(accumulate, init, micro)
+    # (3)
+    grads = jax.tree.map(lambda g: g / jnp.maximum(terms["pairs"], 1.0), grads)
+    loss, pair_metrics = preference.terms_to_metrics(terms)
+    grad_norm = optax.tree.norm(grads)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+    # (4)
+    new_state, finite = trainer.apply_if_finite(state, new_state, loss, grad_norm)
+    tokens = jnp.sum(batch["chosen_mask_BxT"]) + jnp.sum(batch["rejected_mask_BxT"])
+    metrics = {"loss": loss, **pair_metrics, "grad_norm": grad_norm, "finite": finite}
+    metrics["tokens"] = tokens.astype(jnp.float32)
+    if lr_schedule is not None:
+        metrics["lr"] = lr_schedule(state.step)
+    return new_state, metrics
+
+
+# ---- data -----------------------------------------------------------------------------------
+
+
+def load_pairs(cfg, path: str, *, max_pairs: int = 0) -> list[dict]:
+    """Pairs {"prompt", "chosen", "rejected", ...} of a world dataset name or a pair file."""
+    max_pairs = max_pairs or cfg.data.max_records
+    if cfg.data.format == "world" and path in world.DATASETS:
+        pairs = world.dataset(path, seed=cfg.data.world_seed, n=max_pairs)
+    else:
+        stats: dict = {}
+        pairs = sources.preference_records(
+            path, on_error=cfg.data.on_error, stats=stats, max_pairs=max_pairs
+        )
+        if stats.get("skipped") or stats.get("identical"):
+            logging.warning(
+                "%s: skipped %d malformed rows, dropped %d pairs with equal replies",
+                path,
+                stats.get("skipped", 0),
+                stats.get("identical", 0),
+            )
+    if not pairs:
+        raise sources.DataError(f"config.data: no preference pairs in {path}")
+    missing = [k for k in ("prompt", "chosen", "rejected") if k not in pairs[0]]
+    if missing:
+        raise sources.DataError(f"{path}: not a pair dataset (its rows lack {missing})")
+    return pairs
+
+
+def _tokenize_pair(pair, tokenizer, template, max_len) -> dict:
+    row = lambda side: np.asarray(
+        preference.tokenize(
+            tokenizer, pair["prompt"], pair[side], template=template, max_len=max_len
+        ),
+        np.int32,
+    )
+    return {"chosen": row("chosen"), "rejected": row("rejected")}
+
+
+def _pad_pairs(items, *, pad_id: int, max_len: int, fixed_len: int) -> dict:
+    """A batch of tokenized pairs, both sides padded to one length bucket (or fixed_len)."""
+    longest = max(max(len(x["chosen"]), len(x["rejected"])) for x in items)
+    length = fixed_len or preference.bucket_length(longest, max_len)
+    batch = {}
+    for side in ("chosen", "rejected"):
+        tokens, mask = preference.pad_rows([x[side] for x in items], length, pad_id)
+        batch[f"{side}_BxT"], batch[f"{side}_mask_BxT"] = tokens, mask
+    return batch
+
+
+def pair_batches(
+    pairs,
+    tokenizer,
+    *,
+    template: str,
+    max_len: int,
+    batch_size: int,
+    seed: int,
+    shard_index: int = 0,
+    shard_count: int = 1,
+    fixed_len: int = 0,
+):
+    """An endless iterator of pair batches (BATCH_KEYS, numpy), reshuffled each epoch and
+    checkpointable; rows are padded to a length bucket, or to fixed_len when given (processes
+    must agree on the shape in a multi-process run)."""
+    ds = grain.MapDataset.source(pairs)[shard_index::shard_count]
+    ds = ds.shuffle(seed=seed).repeat(None)
+    ds = ds.map(lambda p: _tokenize_pair(p, tokenizer, template, max_len)).to_iter_dataset()
+    pad = lambda items: _pad_pairs(
+        items, pad_id=tokenizer.pad_id, max_len=max_len, fixed_len=fixed_len
+    )
+    return iter(ds.batch(batch_size, drop_remainder=True, batch_fn=pad))
+
+
+# ---- evaluation -----------------------------------------------------------------------------
+
+
+class PairEval:
+    """Accuracy of a reward model on a fixed set of pairs (tokenized once), overall and by
+    aspect, domain and domain/aspect where the pairs carry them."""
+
+    def __init__(self, pairs, scorer: preference.RewardModelScorer):
+        self.pairs, self.scorer = pairs, scorer
+        self.rows, cut = [], 0
+        for p in pairs:
+            for side in ("chosen", "rejected"):
+                self.rows.append(scorer.tokenize(p["prompt"], p[side]))
+                full = preference.tokenize(
+                    scorer.tokenizer, p["prompt"], p[side], template=scorer.template, max_len=0
+                )
+                cut += len(full) > scorer.max_len
+        self.truncated = cut / max(len(self.rows), 1)
+
+    def __call__(self, params) -> dict:
+        self.scorer.params = params
+        s = self.scorer.score_tokens(self.rows)
+        margin = s[0::2] - s[1::2]
+        out = _summary(margin)
+        out["truncated"] = self.truncated
+        groups = collections.defaultdict(list)
+        for i, p in enumerate(self.pairs):
+            for field in _GROUPS:
+                if field in p:
+                    groups[(f"by_{field}", str(p[field]))].append(i)
+            if all(field in p for field in _GROUPS):
+                groups[("by_domain_aspect", f"{p['domain']}/{p['aspect']}")].append(i)
+        for (table, name), idx in sorted(groups.items()):
+            out.setdefault(table, {})[name] = _summary(margin[idx])
+        return out
+
+
+def _summary(margin: np.ndarray) -> dict:
+    return {
+        "accuracy": float(np.mean(margin > 0)),
+        "loss": float(np.mean(np.logaddexp(0.0, -margin))),  # -log σ(margin)
+        "margin": float(np.mean(margin)),
+        "pairs": int(len(margin)),
+    }
+
+
+def _flat(prefix: str, result: dict) -> dict:
+    """metrics.jsonl scalars: eval_accuracy, eval_accuracy/general/helpful, ..."""
+    out = {f"{prefix}_{k}": result[k] for k in ("accuracy", "loss", "margin")}
+    for name, cell in result.get("by_domain_aspect", result.get("by_aspect", {})).items():
+        out[f"{prefix}_accuracy/{name}"] = cell["accuracy"]
+    return out
+
+
+# ---- the run --------------------------------------------------------------------------------
+
+
+def _check(cfg) -> None:
+    rm = cfg.rm
+    for name in ("max_len", "hh_max_pairs"):
+        if rm[name] < 0:
+            raise configlib.ConfigError(f"config.rm.{name}: must be >= 0, got {rm[name]}")
+    if rm.hh_eval and not pathlib.Path(rm.hh_eval).is_file():
+        raise configlib.ConfigError(f"config.rm.hh_eval: no such file: {rm.hh_eval}")
+
+
+def _initial_state(cfg, model_cfg, trunk, optimizer, mesh, rules):
+    """A step-0 state around the trunk (random when None) and a seeded random head."""
+    init_key, state_key, head_key = jax.random.split(jax.random.PRNGKey(cfg.seed), 3)
+    logical = preference.logical_axes(model_cfg)
+    if trunk is None:
+        init = lambda key: preference.init_params(
+            model_cfg, transformer.init_params(model_cfg, key), head_key
+        )
+        return trainer.init_sharded_state(
+            init, logical, optimizer, mesh, rules, init_key, state_key
+        )
+    params = preference.init_params(model_cfg, trunk, head_key)
+    abstract = jax.eval_shape(lambda: params)
+    shardings = trainer.state_shardings(logical, abstract, optimizer, mesh, rules)
+    return trainer.state_from_params(params, shardings, optimizer, state_key), shardings
+
+
+def run(cfg, workdir) -> dict:
+    """Trains a reward model to cfg.train.steps (resuming from WORKDIR); writes rm_eval.json."""
+    workdir = pathlib.Path(workdir)
+    configlib.validate(cfg)
+    _check(cfg)
+    pairs = load_pairs(cfg, cfg.data.train)
+    eval_pairs = load_pairs(cfg, cfg.data.eval) if cfg.data.eval else []
+    tokenizer = supervised.resolve_tokenizer(cfg, workdir, pairs)
+    model_cfg = configlib.model_config_from(cfg, vocab_size=tokenizer.vocab_size)
+    model_cfg, trunk = supervised.initial_params(cfg, model_cfg)
+    configlib.save_resolved(cfg, workdir, model_cfg)
+    max_len = min(cfg.rm.max_len or model_cfg.max_seq_len, model_cfg.max_seq_len)
+    mesh = sharding.make_mesh(cfg.mesh.to_dict())
+    rules = sharding.rules_from_config(cfg.mesh.rules)
+    schedule = state_lib.learning_rate_schedule(cfg.optim, cfg.train.steps)
+    optimizer = state_lib.make_optimizer(cfg.optim, cfg.train.steps)
+    state, shardings = _initial_state(cfg, model_cfg, trunk, optimizer, mesh, rules)
+    iterator = pair_batches(
+        pairs,
+        tokenizer,
+        template=cfg.data.template,
+        max_len=max_len,
+        batch_size=cfg.data.batch_size // jax.process_count(),
+        seed=cfg.seed,
+        shard_index=jax.process_index(),
+        shard_count=jax.process_count(),
+        fixed_len=max_len if jax.process_count() > 1 else 0,
+    )
+    ckpt = checkpoint.manager(workdir / "checkpoints", max_to_keep=cfg.train.keep_checkpoints)
+    restored = checkpoint.restore_latest(ckpt, state, iterator)
+    if restored is not None:
+        state, iterator, _ = restored
+        logging.info("resumed from step %d", int(state.step))
+    step_fn = trainer.jit_step(
+        reward_model_step,
+        shardings,
+        mesh,
+        rules=rules,
+        model_cfg=model_cfg,
+        optimizer=optimizer,
+        grad_accum=cfg.train.grad_accum,
+        lr_schedule=schedule,
+    )
+    scorer = preference.RewardModelScorer(
+        model_cfg,
+        state.params,
+        tokenizer,
+        template=cfg.data.template,
+        max_len=max_len,
+        mesh=mesh,
+        rules=rules,
+        batch_size=max(64, cfg.data.batch_size),
+    )
+    heldout = PairEval(eval_pairs, scorer) if eval_pairs else None
+    results: dict[int, dict] = {}  # step -> held-out result (the loop's evals, reused at the end)
+
+    def eval_fn(st):
+        results[int(st.step)] = heldout(st.params)
+        return _flat("eval", results[int(st.step)])
+
+    loop = trainer.Loop(
+        workdir=workdir,
+        cfg=cfg,
+        total_steps=cfg.train.steps,
+        start_step=int(state.step),
+        ckpt_manager=ckpt,
+        peak_flops=cfg.metrics.peak_flops or 1.0,
+    )
+    batches = (sharding.put_batch(b, mesh) for b in iterator)
+    state = loop.run(
+        state, step_fn, batches, iterator=iterator, eval_fn=eval_fn if heldout else None
+    )
+    report = _final_report(cfg, state, scorer, heldout, results, len(pairs), max_len)
+    if jax.process_index() == 0:
+        (workdir / "rm_eval.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+        _log_table(report)
+        metrics_lib.plot_curves(
+            metrics_lib.read_jsonl(workdir / "metrics.jsonl"),
+            ["loss", "accuracy", "eval_accuracy", "margin", "grad_norm", "lr"],
+            workdir / "curves.png",
+            title=f"reward model: {cfg.model.preset}",
+        )
+    return {"step": int(state.step), "model": model_cfg, **report}
+
+
+def _final_report(cfg, state, scorer, heldout, results, train_pairs: int, max_len: int) -> dict:
+    """rm_eval.json: held-out accuracy (by aspect / domain) and HH-RLHF accuracy at the end."""
+    step = int(state.step)
+    report = {"step": step, "train_pairs": train_pairs, "max_len": max_len}
+    report["template"] = cfg.data.template
+    if heldout is not None:
+        result = results.get(step) or heldout(state.params)
+        report["heldout_accuracy"] = result["accuracy"]
+        report.update({f"heldout_{k}": v for k, v in result.items() if k != "accuracy"})
+    if cfg.rm.hh_eval:
+        stats: dict = {}
+        hh = sources.hh_rlhf_pairs(
+            cfg.rm.hh_eval, on_error="skip", stats=stats, max_pairs=cfg.rm.hh_max_pairs
+        )
+        result = PairEval(hh, scorer)(state.params)
+        report.update(
+            hh_accuracy=result["accuracy"],
+            hh_pairs=result["pairs"],
+            hh_loss=result["loss"],
+            hh_margin=result["margin"],
+            hh_truncated=result["truncated"],
+            hh_skipped=stats.get("skipped", 0) + stats.get("identical", 0),
+            hh_file=cfg.rm.hh_eval,
+        )
+    return report
+
+
+def _log_table(report: dict) -> None:
+    lines = [f"{'pairs':<28}{'n':>6}{'accuracy':>10}{'margin':>9}"]
+    if "heldout_pairs" in report:
+        row = {k: report[f"heldout_{k}"] for k in ("pairs", "accuracy", "margin")}
+        cells = [("held-out", row)]
+        for table in ("by_domain", "by_aspect", "by_domain_aspect"):
+            cells += [(f"  {name}", c) for name, c in report.get(f"heldout_{table}", {}).items()]
+    else:
+        cells = []
+    if "hh_pairs" in report:
+        cells.append(("HH-RLHF", {k: report[f"hh_{k}"] for k in ("pairs", "accuracy", "margin")}))
+    for name, c in cells:
+        lines.append(f"{name:<28}{c['pairs']:>6}{c['accuracy']:>10.3f}{c['margin']:>9.3f}")
+    logging.info("reward model at step %d:\n%s", report["step"], "\n".join(lines))

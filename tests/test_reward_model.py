@@ -1,0 +1,377 @@
+"""Reward models: Bradley-Terry loss, tokenization, scoring, the stage, the scorer, HH-RLHF."""
+
+import dataclasses
+import gzip
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import base
+from r1jax import configlib, sharding, text
+from r1jax.data import pipeline, sources, world
+from r1jax.model import config as model_config
+from r1jax.model import transformer
+from r1jax.rewards import preference
+from r1jax.train import checkpoint, reward_model, trainer
+from r1jax.train import metrics as metrics_lib
+from r1jax.train import state as state_lib
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HH_FILE = os.path.join(base.DATA_DIR, "hh_rlhf_harmless_base_test.jsonl.gz")
+TINY = dataclasses.replace(
+    model_config.get_preset("tiny"),
+    vocab_size=64,
+    d_model=32,
+    n_layers=2,
+    n_heads=2,
+    n_kv_heads=2,
+    head_dim=16,
+    d_ff=64,
+    max_seq_len=128,
+)
+
+
+def _np_log_sigmoid(x):
+    return -np.logaddexp(0.0, -x)
+
+
+def test_bradley_terry_loss_and_gradient_match_numpy():
+    rng = np.random.default_rng(0)
+    c, r = rng.normal(size=7).astype(np.float32), rng.normal(size=7).astype(np.float32)
+    loss, metrics = preference.bradley_terry_loss(jnp.asarray(c), jnp.asarray(r))
+    m = c.astype(np.float64) - r
+    np.testing.assert_allclose(loss, -np.mean(_np_log_sigmoid(m)), rtol=1e-6)
+    np.testing.assert_allclose(metrics["accuracy"], np.mean(m > 0), rtol=1e-6)
+    np.testing.assert_allclose(metrics["margin"], np.mean(m), rtol=1e-5, atol=1e-6)
+    grad_c, grad_r = jax.grad(lambda a, b: preference.bradley_terry_loss(a, b)[0], (0, 1))(
+        jnp.asarray(c), jnp.asarray(r)
+    )
+    expected = -(1.0 - 1.0 / (1.0 + np.exp(-m))) / len(m)  # d/dc of -mean log σ(c - r)
+    np.testing.assert_allclose(grad_c, expected, rtol=1e-5)
+    np.testing.assert_allclose(grad_r, -expected, rtol=1e-5)
+    # Large margins stay finite (log_sigmoid, not log(sigmoid)).
+    big, _ = preference.bradley_terry_loss(jnp.asarray([-100.0]), jnp.asarray([100.0]))
+    assert np.isfinite(big) and abs(float(big) - 200.0) < 1e-3
+    with pytest.raises(ValueError, match="chosen"):
+        preference.bradley_terry_loss(jnp.zeros(3), jnp.zeros(4))
+
+
+@pytest.fixture(scope="module")
+def world_tokenizer():
+    return text.load_tokenizer(base.WORLD_BASE)
+
+
+def test_tokenize_is_sft_tokenization_and_keeps_the_end(world_tokenizer):
+    tok = world_tokenizer
+    prompt, response = "Say times 4, plus 3 in Chinese.", "Sure! The answer is 乘4，加3."
+    ids = preference.tokenize(tok, prompt, response, template="world", max_len=128)
+    sft = pipeline.tokenize_sft({"prompt": prompt, "response": response}, tok, 128, "world")
+    assert ids == [*sft["inputs"].tolist(), int(sft["targets"][-1])]
+    assert ids[0] == tok.bos_id and ids[-1] == tok.eos_id
+    cut = preference.tokenize(tok, prompt, response, template="world", max_len=20)
+    assert len(cut) == 20 and cut[0] == tok.bos_id and cut[1:] == ids[-19:]
+    assert preference.tokenize(tok, prompt, response, template="world", max_len=0) == ids
+    assert preference.bucket_length(40, 128) == 64 and preference.bucket_length(100, 100) == 100
+
+
+def test_response_scope():
+    think = "<think>2 plus 3 gives 5.</think> Sure! The answer is 5."
+    assert preference.response_in_scope(think, "summary") == "Sure! The answer is 5."
+    assert preference.response_in_scope(think, "response") == think
+    assert preference.response_in_scope("Sure! 5.", "summary") == "Sure! 5."
+    assert preference.response_in_scope("<think>2 plus 3 gives", "summary") == ""
+    with pytest.raises(ValueError, match="scope"):
+        preference.response_in_scope(think, "thought")
+
+
+def test_padded_batch_scores_like_each_row_alone():
+    params = preference.init_params(
+        TINY, transformer.init_params(TINY, jax.random.key(0)), jax.random.key(1)
+    )
+    rng = np.random.default_rng(0)
+    rows = [rng.integers(1, 64, n).tolist() for n in (17, 9)]
+    score = jax.jit(lambda p, t, m: preference.scores(TINY, p, t, m))
+    tokens, mask = preference.pad_rows(rows, 32, pad_id=0, num_rows=3)
+    batch = np.asarray(score(params, tokens, mask))
+    alone = [float(score(params, *preference.pad_rows([r], len(r), 0))[0]) for r in rows]
+    np.testing.assert_allclose(batch[:2], alone, rtol=1e-5, atol=1e-5)
+    # Read at the last real token: padding content does not matter, the last token does.
+    tokens[:, 20:] = 7
+    np.testing.assert_allclose(np.asarray(score(params, tokens, mask))[:2], batch[:2], atol=1e-6)
+    tokens[0, 16] = (tokens[0, 16] + 1) % 64
+    assert abs(float(score(params, tokens, mask)[0]) - batch[0]) > 1e-6
+    with pytest.raises(ValueError, match="more than the padded length"):
+        preference.pad_rows(rows, 8, 0)
+
+
+def _pair_batch(rng, b=8, t=16):
+    batch = {}
+    for side in ("chosen", "rejected"):
+        lengths = rng.integers(3, t + 1, b)
+        batch[f"{side}_BxT"] = rng.integers(1, 64, (b, t)).astype(np.int32)
+        batch[f"{side}_mask_BxT"] = np.arange(t)[None, :] < lengths[:, None]
+    return batch
+
+
+def test_step_lowers_the_loss_and_accumulation_is_exact():
+    spec = os.path.join(REPO, "configs/reward_model.py:tiny")
+    cfg = configlib.load_config(spec, optim__lr=3e-3, optim__warmup_steps=0)
+    opt = state_lib.make_optimizer(cfg.optim, 20)
+    params = preference.init_params(
+        TINY, transformer.init_params(TINY, jax.random.key(0)), jax.random.key(1)
+    )
+    state = state_lib.create(params, opt, jax.random.key(2))
+    batch = _pair_batch(np.random.default_rng(0))
+    step = jax.jit(
+        lambda s, b, k: reward_model.reward_model_step(
+            s, b, model_cfg=TINY, optimizer=opt, grad_accum=k
+        ),
+        static_argnums=2,
+    )
+    one, m1 = step(state, batch, 1)
+    two, m2 = step(state, batch, 2)
+    for key in ("loss", "accuracy", "margin", "grad_norm"):
+        np.testing.assert_allclose(m1[key], m2[key], rtol=1e-5, atol=1e-6)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), one.params, two.params
+    )
+    losses = []
+    for _ in range(8):
+        state, metrics = step(state, batch, 1)
+        losses.append(float(metrics["loss"]))
+    assert losses[-1] < losses[0] * 0.7, losses
+
+
+# ---- the stage ------------------------------------------------------------------------------
+
+SHORT = dict(
+    model__init_from="",
+    model__preset="tiny",
+    model__d_model=32,
+    model__n_layers=2,
+    model__n_heads=2,
+    model__n_kv_heads=2,
+    model__head_dim=16,
+    model__d_ff=64,
+    model__max_seq_len=128,
+    data__max_records=48,
+    data__batch_size=8,
+    rm__hh_max_pairs=8,
+    rm__max_len=64,  # every row keeps its last 64 tokens: one length bucket, fewer compiles
+    optim__lr=3e-3,
+    optim__warmup_steps=1,
+    train__steps=6,
+    train__log_every=1,
+    train__eval_every=3,
+    train__checkpoint_every=3,
+    mesh__num_devices=1,
+    metrics__tensorboard=False,
+    metrics__peak_flops=1e9,
+)
+
+
+def _cfg(**extra):
+    hh = {"rm__hh_eval": HH_FILE if os.path.isfile(HH_FILE) else ""}
+    spec = os.path.join(REPO, "configs/reward_model.py:tiny")
+    return configlib.load_config(spec, **{**SHORT, **hh, **extra})
+
+
+class _Killed(Exception):
+    pass
+
+
+def _curve(workdir):
+    rows = metrics_lib.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+    timing = ("step_time_s", "tokens_per_s", "mfu")
+    return [{k: v for k, v in r.items() if k not in timing} for r in rows]
+
+
+@pytest.fixture(scope="module")
+def rm_run(tmp_path_factory):
+    """One uninterrupted short run of the stage (shared by the tests below)."""
+    workdir = tmp_path_factory.mktemp("rm") / "full"
+    out = reward_model.run(_cfg(), workdir)
+    return workdir, out
+
+
+def test_stage_lowers_the_loss_and_writes_its_report(rm_run):
+    workdir, out = rm_run
+    report = json.loads((workdir / "rm_eval.json").read_text())
+    assert report["step"] == 6 and out["step"] == 6
+    assert report["heldout_pairs"] == 48 and 0.0 <= report["heldout_accuracy"] <= 1.0
+    assert set(report["heldout_by_domain"]) == {"general", "reasoning"}
+    assert set(report["heldout_by_aspect"]) == {"helpful", "harmless"}
+    assert "general/harmless" in report["heldout_by_domain_aspect"]
+    if os.path.isfile(HH_FILE):
+        assert report["hh_pairs"] == 8 and 0.0 <= report["hh_accuracy"] <= 1.0
+    losses = [r["loss"] for r in _curve(workdir) if "loss" in r]
+    assert len(losses) == 6 and np.mean(losses[-2:]) < np.mean(losses[:2]), losses
+    evals = [r for r in _curve(workdir) if "eval_accuracy" in r]
+    assert [r["step"] for r in evals] == [3, 6]
+    assert evals[-1]["eval_accuracy"] == report["heldout_accuracy"]
+    assert (workdir / "config.json").exists() and (workdir / "tokenizer.model").exists()
+
+
+def test_killed_then_resumed_run_matches_the_uninterrupted_one(rm_run, tmp_path, monkeypatch):
+    full, _ = rm_run
+    killed = tmp_path / "killed"
+    save = checkpoint.save
+
+    def save_then_die(mngr, state, *args, **kwargs):
+        saved = save(mngr, state, *args, **kwargs)
+        if int(state.step) == 3:
+            mngr.wait_until_finished()
+            raise _Killed
+        return saved
+
+    monkeypatch.setattr(trainer.checkpoint, "save", save_then_die)
+    with pytest.raises(_Killed):
+        reward_model.run(_cfg(), killed)
+    monkeypatch.setattr(trainer.checkpoint, "save", save)
+    assert not (killed / "rm_eval.json").exists()
+    reward_model.run(_cfg(), killed)
+    assert _curve(killed) == _curve(full)
+    assert (killed / "rm_eval.json").read_text() == (full / "rm_eval.json").read_text()
+
+
+def test_scorer_round_trip(rm_run):
+    workdir, _ = rm_run
+    scorer = preference.RewardModelScorer.load(workdir, batch_size=16)
+    assert scorer.template == "world" and scorer.max_len == 64
+    pairs = world.dataset("preference_test", n=48)
+    chosen = scorer.score([p["prompt"] for p in pairs], [p["chosen"] for p in pairs])
+    rejected = scorer.score([p["prompt"] for p in pairs], [p["rejected"] for p in pairs])
+    assert chosen.dtype == np.float32 and chosen.shape == (48,)
+    report = json.loads((workdir / "rm_eval.json").read_text())
+    np.testing.assert_allclose(np.mean(chosen - rejected), report["heldout_margin"], rtol=1e-4)
+    assert np.mean(chosen > rejected) == report["heldout_accuracy"]
+    # The same numbers as the model's forward on the row as training tokenizes it.
+    ids = preference.tokenize(
+        scorer.tokenizer, pairs[0]["prompt"], pairs[0]["chosen"], template="world", max_len=64
+    )
+    tokens, mask = preference.pad_rows([ids], len(ids), scorer.tokenizer.pad_id)
+    direct = preference.scores(scorer.model_cfg, scorer.params, tokens, mask)
+    np.testing.assert_allclose(chosen[0], direct[0], rtol=1e-5, atol=1e-5)
+    # scope="summary" scores what follows </think> only.
+    summary = preference.RewardModelScorer.load(workdir, scope="summary", batch_size=16)
+    prompts = [p["prompt"] for p in pairs[:4]]
+    thought = [
+        f"<think>{i} plus 1 gives {i + 1}.</think> {p['chosen']}" for i, p in enumerate(pairs[:4])
+    ]
+    np.testing.assert_allclose(summary.score(prompts, thought), chosen[:4], rtol=1e-5, atol=1e-5)
+    assert not np.allclose(scorer.score(prompts, thought), chosen[:4])
+    # On a mesh: params placed by logical axes, rows split over the batch axes.
+    mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2}, jax.devices()[:8])
+    sharded = preference.RewardModelScorer.load(workdir, mesh=mesh, batch_size=6)
+    assert sharded.batch_size == 8
+    np.testing.assert_allclose(
+        sharded.score([p["prompt"] for p in pairs], [p["chosen"] for p in pairs]),
+        chosen,
+        rtol=1e-4,
+        atol=1e-4,
+    )
+    with pytest.raises(ValueError, match="responses"):
+        scorer.score(prompts, thought[:2])
+
+
+def test_scorer_refuses_other_runs(tmp_path):
+    (tmp_path / "config.json").write_text(
+        json.dumps({"config": {"stage": "sft"}, "model": dataclasses.asdict(TINY)})
+    )
+    with pytest.raises(ValueError, match="not a reward_model run"):
+        preference.RewardModelScorer.load(tmp_path)
+
+
+# ---- data -----------------------------------------------------------------------------------
+
+
+def test_hh_rlhf_adapter_on_the_shared_file(shared_data, tmp_path):
+    path = shared_data / "hh_rlhf_harmless_base_test.jsonl.gz"
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        rows = [json.loads(next(f)) for _ in range(6)]
+    small = tmp_path / "hh.jsonl"
+    small.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    pairs = sources.hh_rlhf_pairs(small)
+    assert len(pairs) == 6 and pairs == sources.hh_rlhf_pairs(path, max_pairs=6)
+    for row, pair in zip(rows, pairs):
+        head = pair["prompt"] if pair["turns"] > 1 else f"Human: {pair['prompt']}"
+        for side in ("chosen", "rejected"):
+            rebuilt = f"\n\n{head}\n\nAssistant: {pair[side]}"
+            assert " ".join(rebuilt.split()) == " ".join(row[side].split())
+        assert "\n\nAssistant:" not in pair["chosen"][:1] and pair["chosen"] != pair["rejected"]
+    assert pairs[0]["turns"] == 3 and pairs[0]["prompt"].startswith("Human: what are some pranks")
+    assert sources.preference_records(small) == pairs  # told apart by its keys
+
+
+def test_hh_rlhf_adapter_errors(tmp_path):
+    good = {
+        "chosen": "\n\nHuman: hi\n\nAssistant: hello",
+        "rejected": "\n\nHuman: hi\n\nAssistant: go",
+    }
+    bad_rows = [
+        good,
+        {"chosen": good["chosen"]},  # no rejected
+        {"chosen": "hello", "rejected": "there"},  # not transcripts
+        {"chosen": good["chosen"], "rejected": "\n\nHuman: bye\n\nAssistant: go"},  # no shared turn
+        {"chosen": 3, "rejected": good["rejected"]},
+        {"chosen": good["chosen"], "rejected": good["chosen"]},  # equal replies: dropped, counted
+    ]
+    path = tmp_path / "bad.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in bad_rows))
+    with pytest.raises(sources.DataError, match=r"bad\.jsonl:2: required field 'rejected'"):
+        sources.hh_rlhf_pairs(path)
+    stats: dict = {}
+    pairs = sources.hh_rlhf_pairs(path, on_error="skip", stats=stats)
+    assert pairs == [
+        {"prompt": "hi", "chosen": "hello", "rejected": "go", "turns": 1, "source": "hh-rlhf"}
+    ]
+    assert stats["skipped"] == 4 and stats["identical"] == 1
+    assert any("bad.jsonl:3" in e and "transcript" in e for e in stats["errors"])
+    assert any("bad.jsonl:4" in e and "share no conversation" in e for e in stats["errors"])
+    plain = tmp_path / "plain.jsonl"
+    rows = [{"prompt": "q", "chosen": "a", "rejected": "b", "aspect": "x"}]
+    rows.append({"prompt": "q", "chosen": ["a"], "rejected": "b"})
+    plain.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(sources.DataError, match=r"plain\.jsonl:2: field 'chosen' must be a str"):
+        sources.preference_records(plain)
+    assert sources.preference_records(plain, on_error="skip") == rows[:1]
+
+
+def test_pair_dataset_checks(tmp_path):
+    cfg = _cfg()
+    with pytest.raises(sources.DataError, match="not a pair dataset"):
+        reward_model.load_pairs(cfg, "general_test")
+    pairs = reward_model.load_pairs(cfg, "preference")
+    assert len(pairs) == 48 and {p["domain"] for p in pairs} == {"general", "reasoning"}
+
+
+# ---- configs --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("variant", ["tiny", "qwen2.5-1.5b", "qwen2.5-7b-tpu"])
+def test_config_variants_load_and_validate(variant, tmp_path):
+    spec = os.path.join(REPO, f"configs/reward_model.py:{variant}")
+    cfg = configlib.load_config(spec)
+    assert cfg.stage == "reward_model"
+    if variant == "tiny":
+        assert cfg.data.train == "preference" and cfg.data.eval == "preference_test"
+        configlib.validate(cfg, num_devices=1)
+        return
+    # Real-model variants name paths the user supplies: stand-ins exist here.
+    train = tmp_path / "train.jsonl"
+    train.write_text("")
+    cfg = configlib.load_config(spec, data__train=str(train), model__init_from=str(tmp_path))
+    configlib.validate(cfg, num_devices=8)
+    assert cfg.model.dtype == "bfloat16" and cfg.data.batch_size == 64
+    assert cfg.train.steps * cfg.data.batch_size >= 160_800  # one epoch of HH-RLHF
+
+
+def test_config_checks():
+    with pytest.raises(configlib.ConfigError, match="rm.max_len"):
+        reward_model._check(_cfg(rm__max_len=-1))
+    with pytest.raises(configlib.ConfigError, match="rm.hh_eval"):
+        reward_model._check(_cfg(rm__hh_eval="/nope.jsonl"))
