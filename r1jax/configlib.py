@@ -157,6 +157,29 @@ def save_resolved(cfg: ml_collections.ConfigDict, workdir, model_cfg=None) -> No
     path.write_text(json.dumps(out, indent=2, sort_keys=True, default=str) + "\n")
 
 
+def is_run_dir(folder) -> bool:
+    """True for an r1jax run folder: its config.json (save_resolved) has 'config' and 'model'."""
+    try:
+        saved = json.loads((pathlib.Path(folder) / "config.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    return isinstance(saved, dict) and "model" in saved and "config" in saved
+
+
+def load_resolved(run_dir) -> tuple[model_config.ModelConfig, dict]:
+    """(ModelConfig, resolved config dict) that a run wrote with save_resolved."""
+    path = pathlib.Path(run_dir) / "config.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: not an r1jax run folder (no config.json)")
+    saved = json.loads(path.read_text())
+    if "model" not in saved or "config" not in saved:
+        raise ValueError(f"{path}: no 'model'/'config' sections (was it written by r1jax?)")
+    shape = dict(saved["model"])
+    if shape.get("rope_scaling"):
+        shape["rope_scaling"] = model_config.RopeScaling(**shape["rope_scaling"])
+    return model_config.ModelConfig(**shape), saved["config"]
+
+
 def _validate_rl(cfg, num_devices: int) -> None:
     """RL-specific checks: algorithm names, group size, how the rollout divides."""
     from r1jax import sharding

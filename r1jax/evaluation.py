@@ -481,22 +481,9 @@ def eval_config(cfg) -> EvalConfig:
     )
 
 
-def _is_run_dir(folder: pathlib.Path) -> bool:
-    """True for an r1jax run folder: its config.json has 'config' and 'model' sections."""
-    try:
-        saved = json.loads((folder / "config.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        return False
-    return isinstance(saved, dict) and "model" in saved and "config" in saved
-
-
 def run_model_config(run_dir) -> tuple[model_config.ModelConfig, dict]:
     """(ModelConfig, resolved config dict) that an r1jax run wrote to its config.json."""
-    saved = json.loads((pathlib.Path(run_dir) / "config.json").read_text())
-    shape = dict(saved["model"])
-    if shape.get("rope_scaling"):
-        shape["rope_scaling"] = model_config.RopeScaling(**shape["rope_scaling"])
-    return model_config.ModelConfig(**shape), saved["config"]
+    return configlib.load_resolved(run_dir)
 
 
 def place_params(model_cfg, params, mesh, rules=sharding.DEFAULT_RULES):
@@ -524,7 +511,7 @@ def load_model(cfg, mesh, rules=sharding.DEFAULT_RULES):
     """
     path = pathlib.Path(cfg.model.init_from)
     numerics = dict(dtype=cfg.model.dtype, param_dtype=cfg.model.param_dtype, remat="none")
-    run_dir = next((d for d in (path, path.parent) if _is_run_dir(d)), None)
+    run_dir = next((d for d in (path, path.parent) if configlib.is_run_dir(d)), None)
     if (path / "config.json").is_file() and run_dir != path:
         hf_cfg, params = hf_io.load_hf(path, dtype=cfg.model.param_dtype)
         model_cfg = dataclasses.replace(hf_cfg, **numerics)

@@ -8,12 +8,12 @@ its config files) is copied beside the weights.
 """
 
 import argparse
-import json
 import pathlib
 import shutil
 
 import jax
 
+from r1jax import configlib
 from r1jax.model import config as model_config
 from r1jax.model import hf_io, transformer
 from r1jax.train import checkpoint
@@ -21,16 +21,7 @@ from r1jax.train import checkpoint
 
 def run_model_config(run_dir: pathlib.Path) -> model_config.ModelConfig:
     """The resolved model config an r1jax run saved in its config.json."""
-    path = run_dir / "config.json"
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: not an r1jax run folder (no config.json)")
-    saved = json.loads(path.read_text())
-    if "model" not in saved:
-        raise ValueError(f"{path}: no 'model' section (was it written by r1jax?)")
-    fields = dict(saved["model"])
-    if fields.get("rope_scaling"):
-        fields["rope_scaling"] = model_config.RopeScaling(**fields["rope_scaling"])
-    return model_config.ModelConfig(**fields)
+    return configlib.load_resolved(run_dir)[0]
 
 
 def export(run_dir, out_dir, *, step: int | None = None) -> pathlib.Path:

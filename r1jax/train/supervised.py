@@ -187,6 +187,11 @@ def initial_params(cfg, model_cfg):
         hf_cfg, params = hf_io.load_hf(path)
         keep = {"dtype": model_cfg.dtype, "param_dtype": model_cfg.param_dtype}
         return dataclasses.replace(hf_cfg, remat=model_cfg.remat, **keep), params
+    run_dir = next((d for d in (path, path.parent) if configlib.is_run_dir(d)), None)
+    if run_dir is not None:  # an r1jax run brings its own model shape (this config's numerics)
+        run_cfg, _ = configlib.load_resolved(run_dir)
+        keep = {"dtype": model_cfg.dtype, "param_dtype": model_cfg.param_dtype}
+        model_cfg = dataclasses.replace(run_cfg, remat=model_cfg.remat, **keep)
     abstract = jax.eval_shape(lambda k: transformer.init_params(model_cfg, k), jax.random.key(0))
     return model_cfg, checkpoint.restore_params(path, abstract)
 
