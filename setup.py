@@ -11,7 +11,7 @@ setuptools.setup(
     python_requires=">=3.10",
     packages=setuptools.find_packages(include=["r1jax", "r1jax.*"]),
     # The small world's base model (configs/r1_zero.py:tiny starts from it).
-    package_data={"r1jax": ["assets/world_base/*"]},
+    package_data={"r1jax": ["assets/world_base/*", "assets/world_student/*"]},
     # Ranges admit jax 0.10 (CPU, Python 3.11) and jax 0.11 (GPU, Python 3.12).
     install_requires=[
         "jax>=0.10,<0.12",
