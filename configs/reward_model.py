@@ -2,14 +2,16 @@
 harmlessness judges for general prompts in the all-domain RL stage.
 
 Variants:
-- tiny: the built-in small world on a CPU (about a minute on 2 cores). Trunk from the shipped base
-  model, a fresh scalar head; world preference pairs over both domains (reasoning, general) and
-  both aspects (helpful: right vs wrong; harmless: polite vs rude); held-out pairs from the test
-  split; also scored on the shared HH-RLHF harmless test pairs (near chance at this size: a
-  512-piece tokenizer and a 128-token context see little of those conversations).
-    r1jax --config=configs/reward_model.py:tiny --workdir=runs/rm
+- tiny: the built-in small world on a CPU (about 2 minutes on 2 busy cores). Trunk from the
+  shipped base model, a fresh scalar head; world preference pairs over both domains (reasoning,
+  general) and both aspects (helpful: right vs wrong; harmless: polite vs rude); held-out pairs
+  from the test split; also scored on the shared HH-RLHF harmless test pairs.
+    r1jax --config=configs/reward_model.py:tiny --workdir=runs/reward-model
   Writes rm_eval.json (held-out accuracy by domain and aspect, HH-RLHF accuracy) next to
-  metrics.jsonl; the all-domain RL stage reads the folder (rl.reward_model.path=runs/rm).
+  metrics.jsonl; the all-domain RL stage reads the folder (rl.reward_model.path). Measured:
+  held-out 0.72 = harmless 0.99 + helpful 0.48 (chance: a 1.1M-parameter model does not learn
+  to check a translation or a direct answer in CPU minutes, see configs/world_notes.md);
+  HH-RLHF 0.53 (a 512-piece tokenizer and a 128-token context see little of those talks).
 - qwen2.5-1.5b: one GPU; HH-RLHF-style training pairs at a path you give (rows {"chosen",
   "rejected"} transcripts, or {"prompt", "chosen", "rejected"}), InstructGPT's RM settings
   (lr 9e-6 cosine, batch 64, one epoch):
@@ -42,13 +44,13 @@ def tiny(c: ml_collections.ConfigDict) -> None:
     c.rm.hh_eval = HH_TEST
     c.rm.hh_max_pairs = 500
     c.optim.lr = 1e-4
-    c.optim.warmup_steps = 5
+    c.optim.warmup_steps = 3
     c.optim.schedule = "cosine"
     c.optim.weight_decay = 0.0
-    c.train.steps = 60
+    c.train.steps = 30  # ~half an epoch; 60 or 300 steps reach the same held-out numbers
     c.train.log_every = 5
-    c.train.eval_every = 30
-    c.train.checkpoint_every = 30
+    c.train.eval_every = 15
+    c.train.checkpoint_every = 15
 
 
 def real_model(c: ml_collections.ConfigDict, arg: str) -> None:

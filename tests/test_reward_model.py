@@ -246,6 +246,8 @@ def test_scorer_round_trip(rm_run):
     chosen = scorer.score([p["prompt"] for p in pairs], [p["chosen"] for p in pairs])
     rejected = scorer.score([p["prompt"] for p in pairs], [p["rejected"] for p in pairs])
     assert chosen.dtype == np.float32 and chosen.shape == (48,)
+    if hasattr(scorer._score, "_cache_size"):  # one program per length bucket (here one: 64)
+        assert scorer._score._cache_size() == 1
     report = json.loads((workdir / "rm_eval.json").read_text())
     np.testing.assert_allclose(np.mean(chosen - rejected), report["heldout_margin"], rtol=1e-4)
     assert np.mean(chosen > rejected) == report["heldout_accuracy"]
