@@ -9,15 +9,13 @@ keeps its end (BOS, then the last tokens: the response and EOS), where the score
 """
 
 import dataclasses
-import json
 import pathlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from r1jax import sampler, sharding, text
-from r1jax.model import config as model_config
+from r1jax import configlib, sampler, sharding, text
 from r1jax.model import heads, transformer
 from r1jax.train import checkpoint
 
@@ -120,15 +118,6 @@ def response_in_scope(response: str, scope: str) -> str:
 # ---- scorer ---------------------------------------------------------------------------------
 
 
-def run_model_config(run_dir) -> tuple[model_config.ModelConfig, dict]:
-    """(ModelConfig, resolved config dict) from a run's config.json (configlib.save_resolved)."""
-    saved = json.loads((pathlib.Path(run_dir) / "config.json").read_text())
-    shape = dict(saved["model"])
-    if shape.get("rope_scaling"):
-        shape["rope_scaling"] = model_config.RopeScaling(**shape["rope_scaling"])
-    return model_config.ModelConfig(**shape), saved["config"]
-
-
 class RewardModelScorer:
     """Scores (prompt, response) texts with a reward model: jitted once per length bucket,
     params as arguments, rows sorted by length so a bucket holds rows of similar length.
@@ -173,7 +162,7 @@ class RewardModelScorer:
         """A scorer from a reward_model run folder: its config.json, tokenizer and the params
         of its newest checkpoint (restored straight onto the mesh when one is given)."""
         run_dir = pathlib.Path(run_dir)
-        model_cfg, run_cfg = run_model_config(run_dir)
+        model_cfg, run_cfg = configlib.load_resolved(run_dir)
         if run_cfg.get("stage") != "reward_model":
             raise ValueError(f"{run_dir} is a {run_cfg.get('stage')!r} run, not a reward_model run")
         model_cfg = dataclasses.replace(model_cfg, remat="none")
