@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from r1jax import configlib, sampler, sharding, text
+from r1jax import configlib, distributed, sampler, sharding, text
 from r1jax.model import heads, transformer
 from r1jax.train import checkpoint
 
@@ -211,10 +211,16 @@ class RewardModelScorer:
         """Scores float32 [N] of already tokenized rows (each at most max_len tokens)."""
         out = np.zeros(len(rows), np.float32)
         order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
-        for start in range(0, len(order), self.batch_size):
-            idx = order[start : start + self.batch_size]
+        chunks = [order[s : s + self.batch_size] for s in range(0, len(order), self.batch_size)]
+        # Across processes every call is collective: the same number of calls, one length.
+        multi = self.mesh is not None and jax.process_count() > 1
+        if multi:
+            chunks += [[]] * (distributed.global_max(len(chunks)) - len(chunks))
+        for idx in chunks:
             chunk = [rows[i] for i in idx]
-            length = bucket_length(max(len(r) for r in chunk), self.max_len)
+            length = (
+                self.max_len if multi else bucket_length(max(len(r) for r in chunk), self.max_len)
+            )
             tokens, mask = pad_rows(chunk, length, self.tokenizer.pad_id, num_rows=self.batch_size)
             if self.mesh is None:
                 scores_R = np.asarray(self._score(self.params, tokens, mask))

@@ -7,6 +7,7 @@ import dataclasses
 import time
 from collections.abc import Callable, Iterator
 
+import jax
 import numpy as np
 
 from r1jax import distributed, sampler, text
@@ -140,7 +141,7 @@ class ExperienceMaker:
             return rewards_N, per_fn
         idx = np.flatnonzero(general_N)
         rm_N = np.full(len(texts), np.nan, np.float32)
-        if idx.size:
+        if idx.size or jax.process_count() > 1:  # a collective call: every process makes it
             rm_N[idx] = self.reward_model.score(
                 [group_records[i]["prompt"] for i in idx], [texts[i] for i in idx]
             )
