@@ -40,7 +40,7 @@ def tiny(c: ml_collections.ConfigDict) -> None:
     c.collect.general_min_score = 0.0
     c.collect.sft = True
     c.optim.lr = 1e-3  # a smaller model takes a larger step
-    c.train.steps = 200
+    c.train.steps = 600  # ~8 epochs of ~2.5k rows: 200 steps left it at its base's accuracy
 
 
 def tiny_rl(c: ml_collections.ConfigDict) -> None:

@@ -7,7 +7,7 @@ Stage `collect` (no SFT here: configs/sft_all.py trains the base model on the da
 Variants:
 - tiny: the small world on a CPU (about a minute), from a configs/reasoning_rl.py:tiny run;
   general rows come from the world's general SFT data (world.dataset("general_sft")), one per
-  three reasoning rows as in R1 (600k reasoning + 200k general samples):
+  reasoning row (R1 has one per three, 600k + 200k, for a base that already chats):
     r1jax --config=configs/rejection_sampling.py:tiny --workdir=runs/rejection-sampling \
         --config.collect.model=runs/reasoning-rl
 - qwen2.5-1.5b / qwen2.5-7b-tpu: MATH train prompts, 16 samples each, up to 4 kept per prompt;
@@ -32,7 +32,9 @@ def tiny(c: ml_collections.ConfigDict) -> None:
     c.collect.max_per_prompt = 2  # distinct correct answers per prompt
     c.collect.summary = False  # the RL model already ends its thoughts with a summary
     c.collect.general_data = "general_sft"
-    c.collect.general_ratio = 1 / 3
+    # One general row per reasoning row (R1: one per three): R1's base already chats, this
+    # world's base has never seen a general request, so it needs more of them.
+    c.collect.general_ratio = 1.0
 
 
 def real(c: ml_collections.ConfigDict, size: str) -> None:

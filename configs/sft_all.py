@@ -28,7 +28,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
         cold_start.world_sft(c)
         c.data.format = "jsonl"
         c.data.train = "runs/rejection-sampling/dataset.jsonl"
-        c.train.steps = 150  # ~2 epochs of ~2.5k rows
+        c.train.steps = 400  # ~3.5 epochs of ~3.7k rows (general answers are new to the base)
         return c
     c = sft.get_config(arg)
     c.data.format = "jsonl"
