@@ -265,3 +265,16 @@ def test_findings_and_markdown_table():
     ]
     md = pipeline.format_markdown(rows, 16, {"b": 2.5})
     assert "| a | 0.200 | 0.300 | - |" in md and md.rstrip().endswith("| 2.5 |")
+
+
+def test_general_prompts_from_a_file_are_tagged_general_and_checked(tmp_path):
+    path = tmp_path / "general.jsonl"
+    path.write_text('{"prompt": "Write a haiku."}\n{"prompt": "Greet me.", "domain": "chat"}\n')
+    cfg = configlib.load_config(
+        os.path.join(REPO, "configs/all_domain_rl.py:qwen2.5-1.5b"), rl__general_prompts=str(path)
+    )
+    records = rl.load_general_prompts(cfg)
+    assert [r["domain"] for r in records] == ["general", "general"]
+    path.write_text('{"prompt": "Write a haiku."}\n{"question": "no prompt"}\n')
+    with pytest.raises(Exception, match=r"general_prompts: row 2"):
+        rl.load_general_prompts(cfg)

@@ -214,7 +214,7 @@ def general_rows(cfg, n: int, *, mesh) -> tuple[list[dict], dict]:
         kept = [r for r, s in zip(rows, scores, strict=True) if s > c.general_min_score]
         stats["general_filtered_out"] = len(rows) - len(kept)
         rows = kept
-    rows = [{"domain": "general", **r} for r in rows[:n]]
+    rows = [{**r, "domain": "general"} for r in rows[:n]]
     stats["general_rows"] = len(rows)
     if len(rows) < n:
         logging.warning("collect: wanted %d general rows, %d available", n, len(rows))
@@ -252,7 +252,7 @@ def collect(cfg, workdir) -> pathlib.Path:
     if cfg.collect.general_prompts:  # sampled too, and judged by the reward model
         general = supervised.load_records(cfg, cfg.collect.general_prompts, generic=True)
         n = cfg.collect.num_general_prompts or len(general)
-        records = records + [{"domain": "general", **r} for r in general[:n]]
+        records = records + [{**r, "domain": "general"} for r in general[:n]]
     mesh = sharding.make_mesh(cfg.mesh.to_dict())
     accepted, stats = sample_accepted(cfg, records, mesh=mesh)
     if not accepted:

@@ -15,6 +15,7 @@ import numpy as np
 from absl import logging
 
 from r1jax import configlib, distributed, sampler, sharding
+from r1jax.data import sources
 from r1jax.model import config as model_config
 from r1jax.model import heads, transformer
 from r1jax.rewards import registry
@@ -121,6 +122,16 @@ def prompt_stream(
     return iter(ds.to_iter_dataset())
 
 
+def load_general_prompts(cfg) -> list[dict]:
+    """rl.general_prompts as records of domain "general" (routed to the reward model)."""
+    path = cfg.rl.general_prompts
+    records = supervised.load_records(cfg, path, generic=True)
+    bad = next((i for i, r in enumerate(records) if not isinstance(r.get("prompt"), str)), None)
+    if bad is not None:
+        raise sources.DataError(f"config.rl.general_prompts: row {bad + 1} of {path} has no prompt")
+    return [{**r, "domain": "general"} for r in records]
+
+
 def general_per_step(cfg) -> int:
     """General prompts in each step's batch (all processes together): rl.general_fraction of it."""
     if not cfg.rl.general_prompts:
@@ -224,11 +235,7 @@ class RLRun:
             self.state = trainer.state_from_params(params, self.shardings, self.optimizer, keys[1])
         # A copy: the state's buffers are donated to every update.
         self.ref = jax.tree.map(jnp.copy, self.state.params["policy"])
-        general = (
-            supervised.load_records(cfg, cfg.rl.general_prompts, generic=True)
-            if cfg.rl.general_prompts
-            else []
-        )
+        general = load_general_prompts(cfg) if cfg.rl.general_prompts else []
         self.prompts = prompt_stream(
             records,
             seed=cfg.seed,
