@@ -303,8 +303,14 @@ def plot_table(rows: dict[str, dict], path, k: int) -> None:
     rm = [rows[lab].get("general/rm_score", np.nan) for lab in labels]
     axes[1].bar(x, rm, color="tab:purple")
     axes[1].set_xticks(x, labels, rotation=30, ha="right")
-    axes[1].set_title("reward-model score, general prompts")
+    axes[1].set_title("general prompts: reward-model score (bars)", fontsize=10)
     axes[1].grid(axis="y", alpha=0.3)
+    correct = [rows[lab].get("general/correct", np.nan) for lab in labels]
+    if not np.all(np.isnan(correct)):  # the world's rule check, which the reward model lacks
+        twin = axes[1].twinx()
+        twin.plot(x, correct, "o-", color="black")
+        twin.set_ylim(0, 1.05)
+        twin.set_ylabel("correct by the rule check (line)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -359,6 +365,7 @@ def write_table(cfg, workdir: pathlib.Path, done: dict[str, dict]) -> dict:
     total = sum(d["seconds"] for d in done.values()) / 60
     summary = {
         "rows": rows,
+        "order": list(rows),  # the table's row order (the keys below are sorted)
         "stage_minutes": {n: d["seconds"] / 60 for n, d in done.items()},
         "total_stage_minutes": total,
         "findings": notes,

@@ -125,7 +125,8 @@ def sample_accepted(cfg, records, *, mesh, progress=True):
     root = jax.random.key(cfg.seed)
     seen, accepted = set(), []
     per_prompt = collections.Counter()
-    stats = {"sampled": 0, "accepted": 0, "duplicates": 0, "rejected_by": collections.Counter()}
+    stats = {"sampled": 0, "accepted": 0, "duplicates": 0, "over_max_per_prompt": 0}
+    stats["rejected_by"] = collections.Counter()
     by_group = collections.defaultdict(lambda: {"sampled": 0, "accepted": 0})
     bar = tqdm.tqdm(total=len(records), desc="collect", unit="prompt", disable=not progress)
     for b, start in enumerate(range(0, len(records), c.prompts_per_batch)):
@@ -163,8 +164,11 @@ def sample_accepted(cfg, records, *, mesh, progress=True):
                     stats["rejected_by"][reason] += 1
                     continue
                 key = (record["prompt"], response)
-                if key in seen or per_prompt[record["prompt"]] >= c.max_per_prompt:
-                    stats["duplicates"] += key in seen
+                if key in seen:
+                    stats["duplicates"] += 1
+                    continue
+                if per_prompt[record["prompt"]] >= c.max_per_prompt:
+                    stats["over_max_per_prompt"] += 1
                     continue
                 seen.add(key)
                 per_prompt[record["prompt"]] += 1
