@@ -96,3 +96,25 @@ def test_short_r1_zero_run_raises_the_reward(short_run):
         first = np.mean([r[key] for r in rows[:4]])
         last = np.mean([r[key] for r in rows[-4:]])
         assert last > first + margin, (key, first, last)
+
+
+def test_the_shipped_student_starts_like_its_command(tmp_path):
+    """The distillation student (configs/pretrain.py:student): its provenance names the command,
+    and two steps of it give the recorded first losses (the world base's tokenizer, reused)."""
+    from r1jax.train import supervised
+
+    student = REPO / "r1jax" / "assets" / "world_student"
+    prov = json.loads((student / "provenance.json").read_text())
+    assert prov["command"].startswith("r1jax --config=configs/pretrain.py:student ")
+    assert (student / "tokenizer.model").read_bytes() == (BASE / "tokenizer.model").read_bytes()
+    cfg = configlib.load_config(
+        str(REPO / "configs/pretrain.py") + ":student",
+        train__steps=2,
+        train__log_every=1,
+        train__checkpoint_every=2,
+        metrics__tensorboard=False,
+    )
+    supervised.run(cfg, tmp_path)
+    rows = metrics_lib.read_jsonl(tmp_path / "metrics.jsonl")
+    got = [r["loss"] for r in rows if "loss" in r]
+    np.testing.assert_allclose(got, [r["loss"] for r in prov["first_steps"]], rtol=2e-5)
