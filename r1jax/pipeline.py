@@ -17,7 +17,6 @@ command line: `--config.stages.reasoning_rl.train.steps=100`.
 3. Write WORKDIR/table.md, table.json and table.png, and log the table.
 """
 
-import dataclasses
 import json
 import pathlib
 import time
@@ -158,10 +157,6 @@ def run_stages(cfg, workdir: pathlib.Path) -> dict[str, dict]:
 # The table.
 
 
-def _eval_config(cfg) -> evaluation.EvalConfig:
-    return dataclasses.replace(evaluation.eval_config(cfg), greedy=bool(cfg.eval.greedy))
-
-
 def general_metrics(cfg, model_cfg, params, tokenizer, scorer, records, *, mesh) -> dict:
     """Reward-model score (mean over samples) of the model's answers to general prompts, plus
     rule diagnostics where the world has them (rudeness, translation correct)."""
@@ -215,7 +210,7 @@ def evaluate_model(cfg, label: str, model: str, *, mesh, scorer, reasoning, gene
         tokenizer,
         reasoning,
         prompt_fn=lambda r: text.apply_template(template, r["prompt"]),
-        cfg=_eval_config(cfg),
+        cfg=evaluation.eval_config(cfg),
         mesh=mesh,
         progress=False,
     )
@@ -320,8 +315,7 @@ def write_table(cfg, workdir: pathlib.Path, done: dict[str, dict]) -> dict:
     """Steps 2 and 3 of the module docstring; returns {label: metrics}."""
     table_dir = workdir / "table"
     mesh = sharding.make_mesh(cfg.mesh.to_dict())
-    records_cfg = cfg.copy_and_resolve_references()
-    reasoning = evaluation.load_eval_records(records_cfg)
+    reasoning = evaluation.load_eval_records(cfg)
     general = []
     if cfg.pipeline.general_eval:
         from r1jax.train import supervised

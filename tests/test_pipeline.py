@@ -279,3 +279,27 @@ def test_general_prompts_from_a_file_are_tagged_general_and_checked(tmp_path):
     path.write_text('{"prompt": "Write a haiku."}\n{"question": "no prompt"}\n')
     with pytest.raises(Exception, match=r"general_prompts: row 2"):
         rl.load_general_prompts(cfg)
+
+
+def test_collect_samples_on_eight_devices_as_on_one():
+    """Sampling for a dataset is batched through the sampler on the mesh: rows split over 8
+    devices give the same accepted samples as one device."""
+    from r1jax import sharding
+
+    cfg = configlib.load_config(
+        os.path.join(REPO, "configs/cold_start.py:tiny"),
+        collect__model=WORLD_BASE,
+        collect__num_samples=4,
+        collect__prompts_per_batch=16,
+        collect__min_language_consistency=0.0,
+        collect__require_correct=False,
+    )
+    records = world.dataset("train", n=16)
+    out = {}
+    for n in (1, 8):
+        mesh = sharding.make_mesh({"data": -1, "num_devices": n})
+        rows, stats = collect.sample_accepted(cfg, records, mesh=mesh, progress=False)
+        out[n] = ([(r["prompt"], r["response"]) for r in rows], stats["rejected_by"])
+        assert stats["sampled"] == 64
+    assert out[1] == out[8]
+    assert out[1][0]  # some samples reason in the R1 format
