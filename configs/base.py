@@ -139,7 +139,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.rl.reward_model.scope = "response"  # response | summary (the text after </think>, as R1)
     c.rl.general_prompts = ""  # general prompts (data.format dataset name or file) mixed in
     c.rl.general_fraction = 0.0  # share of each step's prompts drawn from general_prompts
-    c.rl.general_from_step = 0  # general prompts only from this step on (R1: the last part)
+    c.rl.general_from_step = 0  # general prompts only after this many steps (R1: the last part)
 
     # Sampling datasets from a model (cold start, rejection sampling, distillation).
     c.collect = ml_collections.ConfigDict()
