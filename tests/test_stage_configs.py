@@ -1,6 +1,7 @@
 """Every stage config of the R1 recipe (tiny and real-model variants) loads, validates and builds
 its step functions on a tiny stand-in model (the shipped world base): the real model, data and
-run paths are swapped for small local ones, every other setting is the config's own."""
+run paths are swapped for small local ones, every other setting is the config's own. The TPU
+variants share the one-GPU variants' code path; they are validated on an 8-device mesh."""
 
 import json
 import os
@@ -181,6 +182,13 @@ def _lower_rm(cfg):
 def test_stage_config_validates_and_builds_its_steps(spec, stand_ins, shared_data, tmp_path):
     cfg = stand_in(spec, stand_ins)
     configlib.validate(cfg, num_devices=1)
+    if spec.endswith("-tpu"):  # the 1.5b variant's code path; on a pod its params are sharded
+        own = configlib.load_config(os.path.join(REPO, spec))
+        assert own.mesh.fsdp == -1 and own.mesh.data == 1
+        cfg.mesh.num_devices = 0
+        cfg.data.batch_size, cfg.rl.prompts_per_step = own.data.batch_size, own.rl.prompts_per_step
+        configlib.validate(cfg, num_devices=8)  # its own batch sizes divide over 8 devices
+        return
     if cfg.stage == "rl":
         lowered = _lower_rl(cfg, tmp_path)
     elif cfg.stage == "reward_model":
