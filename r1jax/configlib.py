@@ -36,13 +36,28 @@ def load_config(spec: str, **overrides) -> ml_collections.ConfigDict:
     module_spec.loader.exec_module(module)
     cfg = module.get_config(arg) if arg else module.get_config()
     cfg.lock()
+    _override(cfg, overrides)
+    return cfg
+
+
+def _override(cfg: ml_collections.ConfigDict, overrides: dict) -> None:
+    """Sets dotted keys written with '__' (a locked config rejects unknown ones: KeyError)."""
     for key, value in overrides.items():
         node = cfg
         *parents, leaf = key.split("__")
         for name in parents:
             node = node[name]
         node[leaf] = value
-    return cfg
+
+
+def updated(cfg: ml_collections.ConfigDict, **overrides) -> ml_collections.ConfigDict:
+    """An unlocked copy of `cfg` with `overrides` (load_config's '__' keys; only existing
+    fields) applied, e.g. updated(cfg, model__init_from=path)."""
+    out = cfg.copy_and_resolve_references()
+    out.lock()
+    _override(out, overrides)
+    out.unlock()
+    return out
 
 
 def _require(condition: bool, field: str, message: str) -> None:

@@ -59,43 +59,40 @@ def run_stage(cfg, workdir) -> dict:
     )
 
 
+def stage_of(value) -> str | None:
+    """The stage an '@name[/path]' value refers to, else None."""
+    if isinstance(value, str) and value.startswith("@"):
+        return value[1:].split("/", 1)[0]
+    return None
+
+
 def resolve(value, workdir: pathlib.Path):
     """'@name[/path]' -> WORKDIR/name[/path]; other values unchanged."""
-    if isinstance(value, str) and value.startswith("@"):
-        return str(workdir / value[1:])
-    return value
+    return str(workdir / value[1:]) if stage_of(value) else value
+
+
+def _leaves(node):
+    """(parent, key, value) of every non-section field of a config, depth first."""
+    for key in list(node.keys()):
+        value = node[key]
+        if hasattr(value, "keys"):
+            yield from _leaves(value)
+        else:
+            yield node, key, value
 
 
 def resolve_config(stage_cfg, workdir: pathlib.Path):
     """A copy of a stage config with every '@name' reference replaced by its folder."""
     out = stage_cfg.copy_and_resolve_references()
     out.unlock()
-
-    def walk(node):
-        for key in list(node.keys()):
-            value = node[key]
-            if hasattr(value, "keys"):
-                walk(value)
-            else:
-                node[key] = resolve(value, workdir)
-
-    walk(out)
+    for node, key, value in list(_leaves(out)):
+        node[key] = resolve(value, workdir)
     return out
 
 
 def references(stage_cfg) -> set[str]:
     """The stage names a stage config refers to ('@name...')."""
-    found = set()
-
-    def walk(node):
-        for value in node.values():
-            if hasattr(value, "keys"):
-                walk(value)
-            elif isinstance(value, str) and value.startswith("@"):
-                found.add(value[1:].split("/", 1)[0])
-
-    walk(stage_cfg)
-    return found
+    return {stage_of(value) for _, _, value in _leaves(stage_cfg)} - {None}
 
 
 def check(cfg) -> None:
@@ -119,8 +116,8 @@ def check(cfg) -> None:
                     f"config.stages.{name}: refers to '@{ref}', which is not an earlier stage"
                 )
     for label, model in cfg.pipeline.table:
-        if isinstance(model, str) and model.startswith("@"):
-            if model[1:].split("/", 1)[0] not in order:
+        if stage_of(model) is not None:
+            if stage_of(model) not in order:
                 raise configlib.ConfigError(
                     f"config.pipeline.table.{label}: '{model}' is not a stage of this pipeline"
                 )
@@ -197,9 +194,7 @@ def general_metrics(cfg, model_cfg, params, tokenizer, scorer, records, *, mesh)
 
 def evaluate_model(cfg, label: str, model: str, *, mesh, scorer, reasoning, general) -> dict:
     """One row of the table (reasoning metrics, general metrics) for the model at `model`."""
-    src = cfg.copy_and_resolve_references()
-    src.unlock()
-    src.model.init_from = model
+    src = configlib.updated(cfg, model__init_from=model)
     rules = sharding.rules_from_config(cfg.mesh.rules)
     model_cfg, params, tokenizer, _ = evaluation.load_model(src, mesh, rules)
     template = cfg.eval.template or "world"
@@ -351,7 +346,7 @@ def write_table(cfg, workdir: pathlib.Path, done: dict[str, dict]) -> dict:
     k = max(int(x) for x in cfg.eval.ks if x <= cfg.eval.num_samples)
     minutes = {}
     for label, model in cfg.pipeline.table:
-        name = str(model)[1:].split("/", 1)[0] if str(model).startswith("@") else None
+        name = stage_of(model)
         if name in done:
             minutes[label] = done[name]["seconds"] / 60
     notes = findings(rows, [tuple(c) for c in cfg.pipeline.checks])

@@ -256,8 +256,8 @@ class ExperienceMaker:
             values = values[~np.isnan(values)]
             metrics[f"reward/{name}"] = float(np.mean(values)) if values.size else 0.0
             metrics[f"reward/{name}_std"] = float(np.std(values)) if values.size else 0.0
-        general = np.array([r.get("domain") == "general" for r in s.records], np.float32)
         if "reward_model" in s.per_fn:
+            general = np.array([r.get("domain") == "general" for r in s.records], np.float32)
             metrics["general_prompt_share"] = float(everyone(general).mean())
         for name, value in getattr(self, "last_pool_metrics", {}).items():
             if not name.startswith("rewards/mean/"):  # already logged as reward/<name>

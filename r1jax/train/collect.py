@@ -92,10 +92,7 @@ def render(completion: str, record: dict, *, summary: bool) -> str:
 
 def _source_config(cfg):
     """A copy of cfg whose model.init_from is the model to sample (for evaluation.load_model)."""
-    src = cfg.copy_and_resolve_references()
-    src.unlock()
-    src.model.init_from = cfg.collect.model
-    return src
+    return configlib.updated(cfg, model__init_from=cfg.collect.model)
 
 
 def _load_scorer(path, mesh):
@@ -299,14 +296,14 @@ def collect(cfg, workdir) -> pathlib.Path:
 
 def sft_config(cfg, dataset: pathlib.Path):
     """The SFT run on the collected dataset: this config with stage sft and data.train set."""
-    sft = cfg.copy_and_resolve_references()
-    sft.unlock()
-    sft.stage = "sft"
-    sft.data.format = "jsonl"
-    sft.data.train = str(dataset)
-    sft.data.eval = ""
-    sft.data.max_records = 0
-    return sft
+    return configlib.updated(
+        cfg,
+        stage="sft",
+        data__format="jsonl",
+        data__train=str(dataset),
+        data__eval="",
+        data__max_records=0,
+    )
 
 
 def run(cfg, workdir) -> dict:
