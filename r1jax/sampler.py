@@ -58,8 +58,10 @@ class DecodeState:
     key: jax.Array
     prompt_lens_B: jax.Array
     last_token_B: jax.Array
-    k_LxBxKxSxDh: jax.Array  # the decode layout: one head's slots are contiguous
-    v_LxBxKxSxDh: jax.Array
+    # One cache per layer, K as [B, K, Dh, S] and V as [B, K, S, Dh]: layer l reads and writes
+    # its own buffers, never a slice of a stacked [L, ...] array (a copy per layer per token).
+    k_layers: tuple[jax.Array, ...]
+    v_layers: tuple[jax.Array, ...]
     tokens_BxT: jax.Array
     logprobs_BxT: jax.Array
     lengths_B: jax.Array
@@ -119,18 +121,35 @@ def _filter_mask(logp_BxV: jax.Array, top_p: float, top_k: int) -> jax.Array:
     return allowed_BxV
 
 
+def _first_or_last(hit_BxN: jax.Array, nonzero_BxN: jax.Array) -> jax.Array:
+    """Per row: the first index where `hit`, else (float rounding past the end) the last
+    index where `nonzero`; `hit` implies `nonzero`, so the answer always has mass."""
+    last_B = jnp.max(jnp.where(nonzero_BxN, jnp.arange(hit_BxN.shape[-1])[None, :], 0), axis=-1)
+    return jnp.where(jnp.any(hit_BxN, axis=-1), jnp.argmax(hit_BxN, axis=-1), last_B)
+
+
 def _inverse_cdf_sample(probs_BxV: jax.Array, key: jax.Array) -> jax.Array:
-    """One categorical draw per row from unnormalised probs (one uniform per row, cheap on CPU)."""
-    cdf_BxV = jnp.cumsum(probs_BxV, axis=-1)
-    # u in (0, 1] so a zero-probability token is never the first index reaching the target.
-    u_B = 1.0 - jax.random.uniform(key, probs_BxV.shape[:1], jnp.float32)
-    target_B = u_B * cdf_BxV[:, -1]
-    index_B = jnp.sum(cdf_BxV < target_B[:, None], axis=-1)
-    # Rounding can push the index past the last allowed token: step back to the nearest one.
-    last_allowed_B = jnp.max(
-        jnp.where(probs_BxV > 0, jnp.arange(probs_BxV.shape[-1])[None, :], 0), axis=-1
-    )
-    return jnp.minimum(index_B, last_allowed_B).astype(jnp.int32)
+    """One categorical draw per row from unnormalised probs (one uniform per row, cheap on CPU).
+
+    Two-level inverse CDF: find the block of C ~ sqrt(V) tokens whose cumulative mass first
+    reaches u * total, then the token inside it. A cumsum over all V (a reduce-window on
+    XLA:CPU) cost 5-10x the whole draw. A token of zero probability is never chosen.
+    """
+    b, v = probs_BxV.shape
+    c = max(8, 1 << (max(1, int(np.sqrt(v))) - 1).bit_length())  # a power of two >= sqrt(V)
+    nb = -(-v // c)
+    blocks_BxNxC = jnp.pad(probs_BxV, ((0, 0), (0, nb * c - v))).reshape(b, nb, c)
+    mass_BxN = jnp.sum(blocks_BxNxC, axis=-1)
+    cdf_BxN = jnp.cumsum(mass_BxN, axis=-1)
+    # u in (0, 1] so the target is > 0 and a zero-mass prefix never reaches it.
+    u_B = 1.0 - jax.random.uniform(key, (b,), jnp.float32)
+    target_B = u_B * cdf_BxN[:, -1]
+    block_B = _first_or_last((cdf_BxN >= target_B[:, None]) & (mass_BxN > 0), mass_BxN > 0)
+    before_B = jnp.take_along_axis(cdf_BxN - mass_BxN, block_B[:, None], axis=-1)[:, 0]
+    inside_BxC = jnp.take_along_axis(blocks_BxNxC, block_B[:, None, None], axis=1)[:, 0]
+    cdf_BxC = before_B[:, None] + jnp.cumsum(inside_BxC, axis=-1)
+    offset_B = _first_or_last((cdf_BxC >= target_B[:, None]) & (inside_BxC > 0), inside_BxC > 0)
+    return (block_B * c + offset_B).astype(jnp.int32)
 
 
 def sample_logits(
@@ -185,76 +204,90 @@ def _rope(x_BxNxDh, cos_BxDh, sin_BxDh):
     return out.astype(x_BxNxDh.dtype)
 
 
-def _decode_layer(cfg, x_BxD, layer, k_BxKxSxDh, v_BxKxSxDh, rope, kv_mask_BxS):
-    """One decoder layer for one new token against a read-only cache; returns its new K/V."""
+def _decode_layer(cfg, x_BxD, layer, k_BxKxDhxS, v_BxKxSxDh, slot, rope, kv_mask_BxS):
+    """One decoder layer for one new token: writes its K/V at `slot` (in place) and attends to
+    the slots `kv_mask_BxS` allows, itself included. Returns x and the updated caches.
+
+    `layer` is one entry of `decode_layers` (fused q|k|v and gate|up kernels).
+    """
     dt = jnp.dtype(cfg.dtype)
-    attn = layer["attn"]
-    h_BxD = _rms_norm(cfg, layer["attn_norm"]["scale"], x_BxD)
-
-    def project(name):
-        y = jnp.einsum("bd,dne->bne", h_BxD, attn[f"{name}_kernel"].astype(dt))
-        return y + attn[f"{name}_bias"].astype(dt)[None] if cfg.qkv_bias else y
-
-    q_BxHxDh, k_BxKxDh = _rope(project("q"), *rope), _rope(project("k"), *rope)
-    v_BxKxDh = project("v")
-    b, kh, g = x_BxD.shape[0], cfg.n_kv_heads, cfg.n_heads // cfg.n_kv_heads
-    q_BxKxGxDh = q_BxHxDh.reshape(b, kh, g, cfg.head_dim) * jnp.asarray(cfg.head_dim**-0.5, dt)
-    # The new token attends to the cached slots plus itself; the cache is only read here.
-    # Batched dots over (B, K): on XLA:CPU a broadcast multiply-reduce is as fast for small
-    # batches but 20-35x slower once B*K*S*Dh passes ~1M elements (B=128, K=4, S=127).
+    b, h, kh, dh = x_BxD.shape[0], cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+    qkv_BxN = _rms_norm(cfg, layer["attn_norm"], x_BxD) @ layer["qkv_kernel"]
+    if cfg.qkv_bias:
+        qkv_BxN = qkv_BxN + layer["qkv_bias"][None]
+    qkv_BxNxDh = qkv_BxN.reshape(b, h + 2 * kh, dh)
+    q_BxHxDh = _rope(qkv_BxNxDh[:, :h], *rope)
+    k_BxKxDh = _rope(qkv_BxNxDh[:, h : h + kh], *rope)
+    write = lambda c, new, at: jax.lax.dynamic_update_slice(c, new.astype(c.dtype), at)
+    k_BxKxDhxS = write(k_BxKxDhxS, k_BxKxDh[..., None], (0, 0, 0, slot))
+    v_BxKxSxDh = write(v_BxKxSxDh, qkv_BxNxDh[:, h + kh :, None], (0, 0, slot, 0))
+    q_BxKxGxDh = q_BxHxDh.reshape(b, kh, h // kh, dh) * jnp.asarray(dh**-0.5, dt)
+    # Batched dots over (B, K). K is cached as [Dh, S] so q.K is a plain (not transposed)
+    # product: 2-3x faster on XLA:CPU than [S, Dh]; a broadcast multiply-reduce is slower still.
     scores_BxKxGxS = jnp.einsum(
-        "bkge,bkse->bkgs", q_BxKxGxDh, k_BxKxSxDh.astype(dt), preferred_element_type=jnp.float32
+        "bkge,bkes->bkgs", q_BxKxGxDh, k_BxKxDhxS.astype(dt), preferred_element_type=jnp.float32
     )
     scores_BxKxGxS = jnp.where(
         kv_mask_BxS[:, None, None, :], scores_BxKxGxS, jnp.finfo(jnp.float32).min
     )
-    self_BxKxGx1 = jnp.einsum(
-        "bkge,bke->bkg", q_BxKxGxDh, k_BxKxDh, preferred_element_type=jnp.float32
-    )[..., None]
-    probs = jax.nn.softmax(jnp.concatenate([scores_BxKxGxS, self_BxKxGx1], axis=-1), axis=-1)
-    probs = probs.astype(dt)
-    out_BxKxGxDh = jnp.einsum("bkgs,bkse->bkge", probs[..., :-1], v_BxKxSxDh.astype(dt))
-    out_BxKxGxDh = out_BxKxGxDh + probs[..., -1:] * v_BxKxDh[:, :, None, :]
-    out_BxHxDh = out_BxKxGxDh.reshape(b, cfg.n_heads, cfg.head_dim)
-    x_BxD = x_BxD + jnp.einsum("bhe,hed->bd", out_BxHxDh, attn["o_kernel"].astype(dt))
-    mlp = layer["mlp"]
-    h_BxD = _rms_norm(cfg, layer["mlp_norm"]["scale"], x_BxD)
-    gate_BxF = jnp.einsum("bd,df->bf", h_BxD, mlp["gate_kernel"].astype(dt))
-    up_BxF = jnp.einsum("bd,df->bf", h_BxD, mlp["up_kernel"].astype(dt))
-    x_BxD = x_BxD + jnp.einsum(
-        "bf,fd->bd", jax.nn.silu(gate_BxF) * up_BxF, mlp["down_kernel"].astype(dt)
-    )
-    return x_BxD, (k_BxKxDh, v_BxKxDh)
+    probs = jax.nn.softmax(scores_BxKxGxS, axis=-1).astype(dt)
+    out_BxKxGxDh = jnp.einsum("bkgs,bkse->bkge", probs, v_BxKxSxDh.astype(dt))
+    x_BxD = x_BxD + out_BxKxGxDh.reshape(b, h * dh) @ layer["o_kernel"]
+    gate_up_Bx2F = _rms_norm(cfg, layer["mlp_norm"], x_BxD) @ layer["gate_up_kernel"]
+    gate_BxF, up_BxF = jnp.split(gate_up_Bx2F, 2, axis=-1)
+    return x_BxD + (jax.nn.silu(gate_BxF) * up_BxF) @ layer["down_kernel"], k_BxKxDhxS, v_BxKxSxDh
 
 
-def _decode_logits(cfg, params, token_B, position_B, k_LxBxKxSxDh, v_LxBxKxSxDh, slot, kv_mask_BxS):
+def _decode_logits(cfg, params, layers, token_B, position_B, k_layers, v_layers, slot, kv_mask_BxS):
     """Logits [B, V] of one new token per row, and the caches with its K/V written at `slot`.
 
-    The same math as `transformer.forward_cached` with T = 1, but on CPU that path dominates the
-    step: the scanned model copies each layer's cache several times per token, and its
-    [B, S, K, Dh] layout turns attention into many tiny transposed matmuls. Here the cache
-    (layout [L, B, K, S, Dh]) is only read by attention and the new slot is written in place.
-    Slots >= `slot` must be masked out by `kv_mask_BxS` (they hold stale or zero K/V).
+    The same math as `transformer.forward_cached` with T = 1, but unrolled over per-layer
+    params (`decode_layers`) and per-layer caches: a scan over the stacked [L, ...] arrays
+    copies each layer's weights and cache out of the stack every token, which on CPU was a
+    third of the step. Slots >= `slot` must be masked out by `kv_mask_BxS` (stale or zero K/V).
     """
     dt = jnp.dtype(cfg.dtype)
     x_BxD = jnp.take(params["embedding"], token_B, axis=0).astype(dt)
     cos_Bx1xDh, sin_Bx1xDh = transformer.rope_tables(cfg, position_B[:, None])
     rope = (cos_Bx1xDh[:, 0], sin_Bx1xDh[:, 0])
-
-    def body(x_BxD, xs):
-        layer, k_BxKxSxDh, v_BxKxSxDh = xs
-        return _decode_layer(cfg, x_BxD, layer, k_BxKxSxDh, v_BxKxSxDh, rope, kv_mask_BxS)
-
-    x_BxD, (k_LxBxKxDh, v_LxBxKxDh) = jax.lax.scan(
-        body, x_BxD, (params["layers"], k_LxBxKxSxDh, v_LxBxKxSxDh)
-    )
-    start = (0, 0, 0, slot, 0)
-    write = lambda c, new: jax.lax.dynamic_update_slice(
-        c, new[:, :, :, None].astype(c.dtype), start
-    )
+    new_k, new_v = [], []
+    for layer, k_BxKxDhxS, v_BxKxSxDh in zip(layers, k_layers, v_layers, strict=True):
+        x_BxD, k_BxKxDhxS, v_BxKxSxDh = _decode_layer(
+            cfg, x_BxD, layer, k_BxKxDhxS, v_BxKxSxDh, slot, rope, kv_mask_BxS
+        )
+        new_k.append(k_BxKxDhxS)
+        new_v.append(v_BxKxSxDh)
     h_BxD = _rms_norm(cfg, params["final_norm"]["scale"], x_BxD)
     logits_BxV = transformer.unembed(cfg, params, h_BxD)
-    return logits_BxV, write(k_LxBxKxSxDh, k_LxBxKxDh), write(v_LxBxKxSxDh, v_LxBxKxDh)
+    return logits_BxV, tuple(new_k), tuple(new_v)
+
+
+def decode_layers(cfg, params) -> list[dict]:
+    """The scanned [L, ...] layer params as L per-layer dicts for decoding, made once per
+    `generate` call (one transient copy of the layer weights): q|k|v and gate|up kernels are
+    concatenated into one matmul each, and everything is cast to the compute dtype."""
+    dt = jnp.dtype(cfg.dtype)
+    stacked = params["layers"]
+    attn, mlp = stacked["attn"], stacked["mlp"]
+    flat = lambda w_LxDxNxDh: w_LxDxNxDh.reshape(*w_LxDxNxDh.shape[:2], -1)
+    qkv_LxDxN = jnp.concatenate([flat(attn[f"{n}_kernel"]) for n in "qkv"], axis=-1)
+    gate_up_LxDx2F = jnp.concatenate([mlp["gate_kernel"], mlp["up_kernel"]], axis=-1)
+    o_LxHDxD = attn["o_kernel"].reshape(cfg.n_layers, -1, cfg.d_model)
+    out = []
+    for i in range(cfg.n_layers):
+        layer = {
+            "attn_norm": stacked["attn_norm"]["scale"][i],
+            "mlp_norm": stacked["mlp_norm"]["scale"][i],
+            "qkv_kernel": qkv_LxDxN[i].astype(dt),
+            "o_kernel": o_LxHDxD[i].astype(dt),
+            "gate_up_kernel": gate_up_LxDx2F[i].astype(dt),
+            "down_kernel": mlp["down_kernel"][i].astype(dt),
+        }
+        if cfg.qkv_bias:
+            biases = [attn[f"{n}_bias"][i].reshape(-1) for n in "qkv"]
+            layer["qkv_bias"] = jnp.concatenate(biases).astype(dt)
+        out.append(layer)
+    return out
 
 
 def _kv_mask(prompt_lens_B: jax.Array, p: int, s: int) -> jax.Array:
@@ -294,13 +327,14 @@ def _constrain(state: DecodeState, layout) -> DecodeState:
         return state
     mesh, rules = layout
     rows = sharding_lib.batch_sharding(mesh)
-    cache = sharding_lib.cache_sharding(mesh, rules, layout="decode")
+    cache_k = sharding_lib.cache_sharding(mesh, rules, layout="decode_k")
+    cache_v = sharding_lib.cache_sharding(mesh, rules, layout="decode_v")
     pin = jax.lax.with_sharding_constraint
     per_row = ("prompt_lens_B", "last_token_B", "tokens_BxT", "logprobs_BxT", "lengths_B")
     changes = {name: pin(getattr(state, name), rows) for name in per_row}
     changes.update(done_B=pin(state.done_B, rows), stopped_B=pin(state.stopped_B, rows))
-    changes.update(k_LxBxKxSxDh=pin(state.k_LxBxKxSxDh, cache))
-    changes.update(v_LxBxKxSxDh=pin(state.v_LxBxKxSxDh, cache))
+    changes.update(k_layers=tuple(pin(c, cache_k) for c in state.k_layers))
+    changes.update(v_layers=tuple(pin(c, cache_v) for c in state.v_layers))
     return state.replace(**changes)
 
 
@@ -332,7 +366,9 @@ def prefill(
         cfg, params, prompt_NxP, positions_NxP, cache, jnp.int32(0), _kv_mask(prompt_lens_N, p, s)
     )
     # Group sampling shares the prompt: its FLOPs are paid once, the cache is copied G times.
-    to_decode_layout = lambda x: jnp.repeat(jnp.swapaxes(x, 2, 3), g, axis=1)
+    to_decode_layout = lambda x_LxNxSxKxDh, axes: tuple(
+        jnp.repeat(jnp.transpose(x_NxSxKxDh, axes), g, axis=0) for x_NxSxKxDh in x_LxNxSxKxDh
+    )
     logits_BxV = jnp.repeat(logits_NxV, g, axis=0)
     prompt_lens_B = jnp.repeat(prompt_lens_N, g, axis=0)
     b = n * g
@@ -341,8 +377,8 @@ def prefill(
         key=key,
         prompt_lens_B=prompt_lens_B,
         last_token_B=jnp.zeros((b,), jnp.int32),
-        k_LxBxKxSxDh=to_decode_layout(cache.k),
-        v_LxBxKxSxDh=to_decode_layout(cache.v),
+        k_layers=to_decode_layout(cache.k, (0, 2, 3, 1)),
+        v_layers=to_decode_layout(cache.v, (0, 2, 1, 3)),
         tokens_BxT=jnp.full((b, t), sampling.pad_id, jnp.int32),
         logprobs_BxT=jnp.zeros((b, t), jnp.float32),
         lengths_B=jnp.zeros((b,), jnp.int32),
@@ -356,7 +392,8 @@ def prefill(
 def decode(cfg, params, state: DecodeState, *, prompt_len, sampling, layout=None) -> SampleOutput:
     """Runs the while_loop until every row has stopped or T tokens are sampled."""
     t = state.tokens_BxT.shape[1]
-    s = state.k_LxBxKxSxDh.shape[3]
+    s = state.v_layers[0].shape[2]
+    layers = decode_layers(cfg, params)
     kv_mask_BxS = _kv_mask(state.prompt_lens_B, prompt_len, s)
     slot_S = jnp.arange(s, dtype=jnp.int32)[None, :]
 
@@ -370,15 +407,16 @@ def decode(cfg, params, state: DecodeState, *, prompt_len, sampling, layout=None
         logits_BxV, k, v = _decode_logits(
             cfg,
             params,
+            layers,
             st.last_token_B,
             positions_Bx1[:, 0],
-            st.k_LxBxKxSxDh,
-            st.v_LxBxKxSxDh,
+            st.k_layers,
+            st.v_layers,
             slot,
-            kv_mask_BxS & (slot_S < slot),
+            kv_mask_BxS & (slot_S <= slot),
         )
         token_B, logp_B = sample_logits(logits_BxV, jax.random.fold_in(st.key, st.step), sampling)
-        st = st.replace(k_LxBxKxSxDh=k, v_LxBxKxSxDh=v)
+        st = st.replace(k_layers=k, v_layers=v)
         return _constrain(_record(st, token_B, logp_B, sampling), layout)
 
     state = jax.lax.while_loop(cond, body, state)

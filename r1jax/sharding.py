@@ -175,14 +175,15 @@ def local_rows(x: jax.Array) -> np.ndarray:
     return np.concatenate([np.asarray(pieces[start]) for start in sorted(pieces)])
 
 
-def cache_sharding(mesh: Mesh, rules=DEFAULT_RULES, *, layout: str = "decode") -> NamedSharding:
+def cache_sharding(mesh: Mesh, rules=DEFAULT_RULES, *, layout: str = "decode_v") -> NamedSharding:
     """Where a KV cache lives: rows split like the batch, kv heads like the attention weights.
 
-    layout "decode" is the sampler's [L, B, K, S, Dh]; "model" is transformer.KVCache's
-    [L, B, S, K, Dh].
+    Layouts: the sampler's per-layer "decode_k" [B, K, Dh, S] and "decode_v" [B, K, S, Dh];
+    "model" is transformer.KVCache's [L, B, S, K, Dh].
     """
     names = {
-        "decode": ("layers", "batch", "kv_heads", None, "head_dim"),
+        "decode_k": ("batch", "kv_heads", "head_dim", None),
+        "decode_v": ("batch", "kv_heads", None, "head_dim"),
         "model": ("layers", "batch", None, "kv_heads", "head_dim"),
     }[layout]
     return nn.logical_to_mesh_sharding(PartitionSpec(*names), mesh, list(rules))

@@ -186,6 +186,30 @@ def test_filters_never_emit_outside_the_allowed_set(top_p, top_k):
     assert np.all(np.abs(freq - probs) <= 4 * np.sqrt(probs * (1 - probs) / b) + 1e-3)
 
 
+@pytest.mark.parametrize("v", [1000, 37])
+def test_two_level_draw_follows_the_probabilities_and_skips_zero_mass(v):
+    # V not a multiple of the block (padded tail), a whole block of zeros, zeros at block edges.
+    rng = np.random.RandomState(2)
+    probs_V = rng.gamma(0.3, size=v).astype(np.float32)
+    probs_V[rng.rand(v) < 0.3] = 0.0
+    probs_V[: 40 if v > 100 else 9] = 0.0  # covers the first block (32 or 8 tokens)
+    probs_V[-1] = 0.5
+    b = 40000
+    draw = jax.jit(sampler._inverse_cdf_sample)
+    tokens = np.asarray(draw(jnp.broadcast_to(jnp.asarray(probs_V), (b, v)), jax.random.key(3)))
+    assert probs_V[tokens].min() > 0
+    p = probs_V / probs_V.sum()
+    freq = np.bincount(tokens, minlength=v) / b
+    assert np.all(np.abs(freq - p) <= 5 * np.sqrt(p * (1 - p) / b) + 2e-4)
+    # One token holding all the mass, first or last, is always the draw.
+    for only in (0, v - 1):
+        one_V = np.zeros(v, np.float32)
+        one_V[only] = 3.0
+        assert set(np.asarray(draw(jnp.asarray(one_V)[None].repeat(64, 0), jax.random.key(4)))) == {
+            only
+        }
+
+
 def test_eos_stopping_padding_and_determinism(model):
     cfg, params = model
     eos = tuple(range(0, V, 3))  # about a third of the vocabulary ends a row

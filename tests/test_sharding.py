@@ -313,9 +313,11 @@ def test_remat_step_on_mesh_equals_one_device(sft_reference):
 
 def test_kv_cache_sharding_follows_the_rules():
     mesh = _mesh((2, 2, 2))
-    decode = sharding.cache_sharding(mesh, layout="decode").spec
+    decode_k = sharding.cache_sharding(mesh, layout="decode_k").spec
+    decode_v = sharding.cache_sharding(mesh, layout="decode_v").spec
     model = sharding.cache_sharding(mesh, layout="model").spec
-    assert tuple(decode) == (None, ("data", "fsdp"), "tensor", None, None)
+    assert tuple(decode_k) == (("data", "fsdp"), "tensor", None, None)
+    assert tuple(decode_v) == (("data", "fsdp"), "tensor", None, None)
     assert tuple(model) == (None, ("data", "fsdp"), None, "tensor", None)
 
 
