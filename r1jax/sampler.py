@@ -223,7 +223,8 @@ def _decode_layer(cfg, x_BxD, layer, k_BxKxDhxS, v_BxKxSxDh, slot, rope, kv_mask
     v_BxKxSxDh = write(v_BxKxSxDh, qkv_BxNxDh[:, h + kh :, None], (0, 0, slot, 0))
     q_BxKxGxDh = q_BxHxDh.reshape(b, kh, h // kh, dh) * jnp.asarray(dh**-0.5, dt)
     # Batched dots over (B, K). K is cached as [Dh, S] so q.K is a plain (not transposed)
-    # product: 2-3x faster on XLA:CPU than [S, Dh]; a broadcast multiply-reduce is slower still.
+    # product: on XLA:CPU 2-3x faster than against [S, Dh] at G 2-4, Dh 64 (0.10 vs 0.29 ms per
+    # layer at B 32, S 143), though slower at G 1; a broadcast multiply-reduce is slower still.
     scores_BxKxGxS = jnp.einsum(
         "bkge,bkes->bkgs", q_BxKxGxDh, k_BxKxDhxS.astype(dt), preferred_element_type=jnp.float32
     )
