@@ -175,7 +175,7 @@ def local_rows(x: jax.Array) -> np.ndarray:
     return np.concatenate([np.asarray(pieces[start]) for start in sorted(pieces)])
 
 
-def cache_sharding(mesh: Mesh, rules=DEFAULT_RULES, *, layout: str = "decode_v") -> NamedSharding:
+def cache_sharding(mesh: Mesh, rules=DEFAULT_RULES, *, layout: str) -> NamedSharding:
     """Where a KV cache lives: rows split like the batch, kv heads like the attention weights.
 
     Layouts: the sampler's per-layer "decode_k" [B, K, Dh, S] and "decode_v" [B, K, S, Dh];
