@@ -21,23 +21,28 @@ def test_the_shipped_base_has_its_provenance():
     assert pathlib.Path(cfg.model.init_from) == BASE and pathlib.Path(cfg.tokenizer.path) == BASE
 
 
-def test_pretraining_command_starts_like_the_shipped_base(tmp_path):
-    """Two steps of configs/pretrain.py:tiny give the recorded first losses and the same
-    tokenizer, byte for byte: the base model is reproducible from its command and seed."""
+def _two_pretraining_steps(variant: str, workdir) -> list[dict]:
+    """Runs configs/pretrain.py:<variant> for two steps; returns its metric rows with a loss."""
     from r1jax.train import supervised
 
-    prov = json.loads((BASE / "provenance.json").read_text())
     cfg = configlib.load_config(
-        str(REPO / "configs/pretrain.py") + ":tiny",
+        str(REPO / "configs/pretrain.py") + f":{variant}",
         train__steps=2,
         train__log_every=1,
         train__checkpoint_every=2,
         metrics__tensorboard=False,
     )
-    supervised.run(cfg, tmp_path)
+    supervised.run(cfg, workdir)
+    return [r for r in metrics_lib.read_jsonl(workdir / "metrics.jsonl") if "loss" in r]
+
+
+def test_pretraining_command_starts_like_the_shipped_base(tmp_path):
+    """Two steps of configs/pretrain.py:tiny give the recorded first losses and the same
+    tokenizer, byte for byte: the base model is reproducible from its command and seed."""
+    prov = json.loads((BASE / "provenance.json").read_text())
+    rows = _two_pretraining_steps("tiny", tmp_path)
     assert (tmp_path / "tokenizer.model").read_bytes() == (BASE / "tokenizer.model").read_bytes()
-    rows = metrics_lib.read_jsonl(tmp_path / "metrics.jsonl")
-    got = [(r["step"], r["loss"]) for r in rows if "loss" in r]
+    got = [(r["step"], r["loss"]) for r in rows]
     want = [(r["step"], r["loss"]) for r in prov["first_steps"]]
     assert [s for s, _ in got] == [s for s, _ in want]
     np.testing.assert_allclose([v for _, v in got], [v for _, v in want], rtol=2e-5)
@@ -101,20 +106,9 @@ def test_short_r1_zero_run_raises_the_reward(short_run):
 def test_the_shipped_student_starts_like_its_command(tmp_path):
     """The distillation student (configs/pretrain.py:student): its provenance names the command,
     and two steps of it give the recorded first losses (the world base's tokenizer, reused)."""
-    from r1jax.train import supervised
-
     student = REPO / "r1jax" / "assets" / "world_student"
     prov = json.loads((student / "provenance.json").read_text())
     assert prov["command"].startswith("r1jax --config=configs/pretrain.py:student ")
     assert (student / "tokenizer.model").read_bytes() == (BASE / "tokenizer.model").read_bytes()
-    cfg = configlib.load_config(
-        str(REPO / "configs/pretrain.py") + ":student",
-        train__steps=2,
-        train__log_every=1,
-        train__checkpoint_every=2,
-        metrics__tensorboard=False,
-    )
-    supervised.run(cfg, tmp_path)
-    rows = metrics_lib.read_jsonl(tmp_path / "metrics.jsonl")
-    got = [r["loss"] for r in rows if "loss" in r]
+    got = [r["loss"] for r in _two_pretraining_steps("student", tmp_path)]
     np.testing.assert_allclose(got, [r["loss"] for r in prov["first_steps"]], rtol=2e-5)
