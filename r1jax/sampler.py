@@ -14,6 +14,7 @@ done from the start (length 0, pad tokens).
 
 import contextlib
 import dataclasses
+import functools
 
 import flax.struct
 import jax
@@ -26,6 +27,10 @@ from r1jax.model import transformer
 
 # Prompt lengths are padded up to one of these, so a run compiles a handful of programs.
 PROMPT_BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
+# Decoding attends over a growing cache prefix (`attention_bounds`), growing by at least
+# MIN_SEGMENT slots; each segment compiles an attention per layer, at most SEGMENT_BUDGET in all
+# (XLA:CPU: ~0.2 s of compilation each).
+MIN_SEGMENT, SEGMENT_BUDGET = 32, 32
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,8 +63,11 @@ class DecodeState:
     key: jax.Array
     prompt_lens_B: jax.Array
     last_token_B: jax.Array
-    # One cache per layer, K as [B, K, Dh, S] and V as [B, K, S, Dh]: layer l reads and writes
-    # its own buffers, never a slice of a stacked [L, ...] array (a copy per layer per token).
+    # One cache per layer: layer l reads and writes its own buffers, never a slice of a stacked
+    # [L, ...] array (a copy per layer per token). Each is a tuple of chunks along S, split at
+    # the `attention_bounds`, so a step reads only the chunks filled so far, in place (a slice
+    # of one [.., S] buffer would be a copy): K chunks [B, K, Dh, n+1], V chunks [B, K, n+1, Dh],
+    # n slots and a scratch slot (`_write_chunks`).
     k_layers: tuple[jax.Array, ...]
     v_layers: tuple[jax.Array, ...]
     tokens_BxT: jax.Array
@@ -189,54 +197,145 @@ def _last_logits(cfg, params, tokens_BxT, positions_BxT, cache, cache_index, kv_
     return transformer.unembed(cfg, params, h_BxTxD[:, -1]), cache
 
 
-def _rms_norm(cfg, scale_D, x_BxD):
-    # As transformer.RMSNorm: statistics in float32, scaled in the compute dtype.
-    x = x_BxD.astype(jnp.float32)
-    x = x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + cfg.rms_norm_eps)
-    return scale_D.astype(x_BxD.dtype)[None] * x.astype(x_BxD.dtype)
+def _rms_norm_t(cfg, scale_D, x_DxB):
+    # As transformer.RMSNorm, on feature-major activations: statistics in float32 over D
+    # (axis 0), scaled in the compute dtype.
+    x = x_DxB.astype(jnp.float32)
+    x = x * jax.lax.rsqrt(jnp.mean(x * x, axis=0, keepdims=True) + cfg.rms_norm_eps)
+    return scale_D.astype(x_DxB.dtype)[:, None] * x.astype(x_DxB.dtype)
 
 
-def _rope(x_BxNxDh, cos_BxDh, sin_BxDh):
-    x = x_BxNxDh.astype(jnp.float32)
-    x1, x2 = jnp.split(x, 2, axis=-1)
-    rotated = jnp.concatenate([-x2, x1], axis=-1)
-    out = x * cos_BxDh[:, None, :] + rotated * sin_BxDh[:, None, :]
-    return out.astype(x_BxNxDh.dtype)
+def _rope_t(x_NxDhxB, cos_DhxB, sin_DhxB):
+    # As transformer._apply_rope (rotate-half), on feature-major [N, Dh, B] activations.
+    x = x_NxDhxB.astype(jnp.float32)
+    x1, x2 = jnp.split(x, 2, axis=1)
+    rotated = jnp.concatenate([-x2, x1], axis=1)
+    out = x * cos_DhxB[None] + rotated * sin_DhxB[None]
+    return out.astype(x_NxDhxB.dtype)
 
 
-def _decode_layer(cfg, x_BxD, layer, k_BxKxDhxS, v_BxKxSxDh, slot, rope, kv_mask_BxS):
-    """One decoder layer for one new token: writes its K/V at `slot` (in place) and attends to
-    the slots `kv_mask_BxS` allows, itself included. Returns x and the updated caches.
-
-    `layer` is one entry of `decode_layers` (fused q|k|v and gate|up kernels).
-    """
-    dt = jnp.dtype(cfg.dtype)
-    b, h, kh, dh = x_BxD.shape[0], cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
-    qkv_BxN = _rms_norm(cfg, layer["attn_norm"], x_BxD) @ layer["qkv_kernel"]
-    if cfg.qkv_bias:
-        qkv_BxN = qkv_BxN + layer["qkv_bias"][None]
-    qkv_BxNxDh = qkv_BxN.reshape(b, h + 2 * kh, dh)
-    q_BxHxDh = _rope(qkv_BxNxDh[:, :h], *rope)
-    k_BxKxDh = _rope(qkv_BxNxDh[:, h : h + kh], *rope)
-    write = lambda c, new, at: jax.lax.dynamic_update_slice(c, new.astype(c.dtype), at)
-    k_BxKxDhxS = write(k_BxKxDhxS, k_BxKxDh[..., None], (0, 0, 0, slot))
-    v_BxKxSxDh = write(v_BxKxSxDh, qkv_BxNxDh[:, h + kh :, None], (0, 0, slot, 0))
-    q_BxKxGxDh = q_BxHxDh.reshape(b, kh, h // kh, dh) * jnp.asarray(dh**-0.5, dt)
+def _attend_chunk(q_BxKxGxDh, k_BxKxDhxN, v_BxKxNxDh, kv_mask_BxN, dt):
+    """Attention of one query per row and head over one cache chunk of N slots, unnormalised:
+    the scores' max [B, K, G, 1], the sum of exp(score - max) [B, K, G, 1] and the
+    exp-weighted sum of values [B, K, G, Dh] (combined over chunks by `_attend`)."""
     # Batched dots over (B, K). K is cached as [Dh, S] so q.K is a plain (not transposed)
     # product: on XLA:CPU 2-3x faster than against [S, Dh] at G 2-4, Dh 64 (0.10 vs 0.29 ms per
     # layer at B 32, S 143), though slower at G 1; a broadcast multiply-reduce is slower still.
-    scores_BxKxGxS = jnp.einsum(
-        "bkge,bkes->bkgs", q_BxKxGxDh, k_BxKxDhxS.astype(dt), preferred_element_type=jnp.float32
+    scores_BxKxGxN = jnp.einsum(
+        "bkge,bkes->bkgs", q_BxKxGxDh, k_BxKxDhxN.astype(dt), preferred_element_type=jnp.float32
     )
-    scores_BxKxGxS = jnp.where(
-        kv_mask_BxS[:, None, None, :], scores_BxKxGxS, jnp.finfo(jnp.float32).min
+    scores_BxKxGxN = jnp.where(
+        kv_mask_BxN[:, None, None, :], scores_BxKxGxN, jnp.finfo(jnp.float32).min
     )
-    probs = jax.nn.softmax(scores_BxKxGxS, axis=-1).astype(dt)
-    out_BxKxGxDh = jnp.einsum("bkgs,bkse->bkge", probs, v_BxKxSxDh.astype(dt))
-    x_BxD = x_BxD + out_BxKxGxDh.reshape(b, h * dh) @ layer["o_kernel"]
-    gate_up_Bx2F = _rms_norm(cfg, layer["mlp_norm"], x_BxD) @ layer["gate_up_kernel"]
-    gate_BxF, up_BxF = jnp.split(gate_up_Bx2F, 2, axis=-1)
-    return x_BxD + (jax.nn.silu(gate_BxF) * up_BxF) @ layer["down_kernel"], k_BxKxDhxS, v_BxKxSxDh
+    max_BxKxGx1 = jnp.max(scores_BxKxGxN, axis=-1, keepdims=True)
+    weights_BxKxGxN = jnp.exp(scores_BxKxGxN - max_BxKxGx1)
+    sum_BxKxGx1 = jnp.sum(weights_BxKxGxN, axis=-1, keepdims=True)
+    out_BxKxGxDh = jnp.einsum(
+        "bkgs,bkse->bkge",
+        weights_BxKxGxN.astype(dt),
+        v_BxKxNxDh.astype(dt),
+        preferred_element_type=jnp.float32,
+    )
+    return max_BxKxGx1, sum_BxKxGx1, out_BxKxGxDh
+
+
+def _attend(q_BxKxGxDh, k_chunks, v_chunks, chunk_masks, segment, dt):
+    """Attention over the cache chunks 0..segment (read in place; later chunks are skipped by a
+    `lax.cond` and cost nothing), one softmax over their unmasked slots; [B, K, G, Dh]."""
+    b, kh, g, dh = q_BxKxGxDh.shape
+    skipped = (
+        jnp.full((b, kh, g, 1), jnp.finfo(jnp.float32).min),
+        jnp.zeros((b, kh, g, 1), jnp.float32),
+        jnp.zeros((b, kh, g, dh), jnp.float32),
+    )
+    parts = []
+    for c, (k, v, mask) in enumerate(zip(k_chunks, v_chunks, chunk_masks, strict=True)):
+        if c == 0:  # always read: it holds the prompt
+            parts.append(_attend_chunk(q_BxKxGxDh, k, v, mask, dt))
+        else:
+            parts.append(
+                jax.lax.cond(
+                    c <= segment,
+                    lambda q, k, v, m: _attend_chunk(q, k, v, m, dt),
+                    lambda *_: skipped,
+                    q_BxKxGxDh,
+                    k,
+                    v,
+                    mask,
+                )
+            )
+    if len(parts) == 1:
+        _, sum_BxKxGx1, out_BxKxGxDh = parts[0]
+        return (out_BxKxGxDh / sum_BxKxGx1).astype(dt)
+    max_BxKxGx1 = functools.reduce(jnp.maximum, [m for m, _, _ in parts])
+    scales = [jnp.exp(m - max_BxKxGx1) for m, _, _ in parts]
+    total_BxKxGx1 = sum(scale * total for scale, (_, total, _) in zip(scales, parts))
+    out_BxKxGxDh = sum(scale * o for scale, (_, _, o) in zip(scales, parts))
+    return (out_BxKxGxDh / total_BxKxGx1).astype(dt)
+
+
+def attention_bounds(prompt_len: int, cache_len: int, n_layers: int) -> tuple[int, ...]:
+    """The cache prefixes decoding attends over, one per segment of the decode loop.
+
+    Token t (0-based) of the continuation sits at slot P + t - 1 and needs slots [0, P + t);
+    step t attends over the shortest prefix in the list that covers them, so reading the cache
+    costs what is filled (rounded up to a segment) rather than all S slots every step.
+    Segments are of about equal size, of at least MIN_SEGMENT slots, and each layer compiles
+    its own attention per segment, so there are at most SEGMENT_BUDGET // n_layers of them.
+    """
+    new = cache_len - prompt_len
+    budget = max(1, SEGMENT_BUDGET // n_layers)
+    segments = max(1, min(budget, -(-new // MIN_SEGMENT)))
+    size = -(-new // segments) if new > 0 else 0
+    return tuple(min(prompt_len + size * (j + 1), cache_len) for j in range(segments))
+
+
+def _write_chunks(chunks, new, slot, segment, *, axis):
+    """Writes `new` (size 1 on `axis`) at global slot `slot` of a cache split into chunks along
+    `axis`; the slot lies in chunk `segment`. Each chunk ends in a scratch slot that attention
+    never sees: the other chunks write there. One in-place write per chunk, with no read and no
+    select (a switch over which chunk to write would copy them all)."""
+    out, start = [], 0
+    for c, chunk in enumerate(chunks):
+        n = chunk.shape[axis] - 1
+        at = [0] * chunk.ndim
+        at[axis] = jnp.where(segment == c, slot - start, n)
+        out.append(jax.lax.dynamic_update_slice(chunk, new.astype(chunk.dtype), at))
+        start += n
+    return tuple(out)
+
+
+def _decode_layer(cfg, x_DxB, layer, k_chunks, v_chunks, slot, rope, chunk_masks, segment):
+    """One decoder layer for one new token per row: writes its K/V at `slot` (in place) and
+    attends to the slots `chunk_masks` allow, itself included. Returns x and the caches.
+
+    The layer's cache is split into chunks along S at the `attention_bounds` (K [B, K, Dh, n+1],
+    V [B, K, n+1, Dh]: n slots and a scratch slot); `slot` lies in chunk `segment`, and
+    attention reads chunks 0..segment only, so its cost follows the filled length, not S.
+
+    Activations are feature-major ([D, B]) and `layer` is one entry of `decode_layers`
+    (transposed [out, in] kernels, q|k|v and gate|up fused), so every projection is W @ x with
+    the weight as the left operand: at B = 32 on XLA:CPU that is 1.5-3x faster than x @ W,
+    which repacks the whole weight matrix for each product.
+    """
+    dt = jnp.dtype(cfg.dtype)
+    b, h, kh, dh = x_DxB.shape[1], cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+    qkv_NxB = layer["qkv_kernel"] @ _rms_norm_t(cfg, layer["attn_norm"], x_DxB)
+    if cfg.qkv_bias:
+        qkv_NxB = qkv_NxB + layer["qkv_bias"][:, None]
+    qkv_NxDhxB = qkv_NxB.reshape(h + 2 * kh, dh, b)
+    # The cache and the attention products are row-major: [B, heads, Dh] from here on.
+    q_BxHxDh = jnp.transpose(_rope_t(qkv_NxDhxB[:h], *rope), (2, 0, 1))
+    k_BxKxDh = jnp.transpose(_rope_t(qkv_NxDhxB[h : h + kh], *rope), (2, 0, 1))
+    v_BxKxDh = jnp.transpose(qkv_NxDhxB[h + kh :], (2, 0, 1))
+    k_chunks = _write_chunks(k_chunks, k_BxKxDh[..., None], slot, segment, axis=3)
+    v_chunks = _write_chunks(v_chunks, v_BxKxDh[:, :, None], slot, segment, axis=2)
+    q_BxKxGxDh = q_BxHxDh.reshape(b, kh, h // kh, dh) * jnp.asarray(dh**-0.5, dt)
+    out_BxKxGxDh = _attend(q_BxKxGxDh, k_chunks, v_chunks, chunk_masks, segment, dt)
+    x_DxB = x_DxB + layer["o_kernel"] @ out_BxKxGxDh.reshape(b, h * dh).T
+    gate_up_2FxB = layer["gate_up_kernel"] @ _rms_norm_t(cfg, layer["mlp_norm"], x_DxB)
+    gate_FxB, up_FxB = jnp.split(gate_up_2FxB, 2, axis=0)
+    return x_DxB + layer["down_kernel"] @ (jax.nn.silu(gate_FxB) * up_FxB), k_chunks, v_chunks
 
 
 def _decode_logits(cfg, params, layers, token_B, position_B, k_layers, v_layers, slot, kv_mask_BxS):
@@ -246,27 +345,38 @@ def _decode_logits(cfg, params, layers, token_B, position_B, k_layers, v_layers,
     params (`decode_layers`) and per-layer caches: a scan over the stacked [L, ...] arrays
     copies each layer's weights and cache out of the stack every token, which on CPU was a
     third of the step. Slots >= `slot` must be masked out by `kv_mask_BxS` (stale or zero K/V).
+    Each layer's cache is a tuple of chunks along S (`attention_bounds`), each with a scratch
+    slot at its end; `segment` is the chunk holding `slot`.
     """
     dt = jnp.dtype(cfg.dtype)
-    x_BxD = jnp.take(params["embedding"], token_B, axis=0).astype(dt)
+    sizes = [k.shape[3] - 1 for k in k_layers[0]]
+    ends = np.cumsum(sizes)
+    segment = jnp.sum(jnp.asarray(ends[:-1], jnp.int32) <= slot)
+    chunk_masks = tuple(
+        jnp.pad(kv_mask_BxS[:, end - n : end], ((0, 0), (0, 1))) for n, end in zip(sizes, ends)
+    )
+    x_DxB = jnp.take(params["embedding"], token_B, axis=0).astype(dt).T
     cos_Bx1xDh, sin_Bx1xDh = transformer.rope_tables(cfg, position_B[:, None])
-    rope = (cos_Bx1xDh[:, 0], sin_Bx1xDh[:, 0])
+    rope = (cos_Bx1xDh[:, 0].T, sin_Bx1xDh[:, 0].T)
     new_k, new_v = [], []
-    for layer, k_BxKxDhxS, v_BxKxSxDh in zip(layers, k_layers, v_layers, strict=True):
-        x_BxD, k_BxKxDhxS, v_BxKxSxDh = _decode_layer(
-            cfg, x_BxD, layer, k_BxKxDhxS, v_BxKxSxDh, slot, rope, kv_mask_BxS
+    for layer, k_chunks, v_chunks in zip(layers["layers"], k_layers, v_layers, strict=True):
+        x_DxB, k_chunks, v_chunks = _decode_layer(
+            cfg, x_DxB, layer, k_chunks, v_chunks, slot, rope, chunk_masks, segment
         )
-        new_k.append(k_BxKxDhxS)
-        new_v.append(v_BxKxSxDh)
-    h_BxD = _rms_norm(cfg, params["final_norm"]["scale"], x_BxD)
-    logits_BxV = transformer.unembed(cfg, params, h_BxD)
-    return logits_BxV, tuple(new_k), tuple(new_v)
+        new_k.append(k_chunks)
+        new_v.append(v_chunks)
+    h_DxB = _rms_norm_t(cfg, params["final_norm"]["scale"], x_DxB)
+    logits_VxB = jnp.matmul(layers["unembed"], h_DxB, preferred_element_type=jnp.float32)
+    # The barrier keeps XLA from folding the transpose into the product (a transposed-operand
+    # dot that XLA:CPU runs 3x slower); the transpose itself is one small copy.
+    return jax.lax.optimization_barrier(logits_VxB).T, tuple(new_k), tuple(new_v)
 
 
-def decode_layers(cfg, params) -> list[dict]:
-    """The scanned [L, ...] layer params as L per-layer dicts for decoding, made once per
-    `generate` call (one transient copy of the layer weights): q|k|v and gate|up kernels are
-    concatenated into one matmul each, and everything is cast to the compute dtype."""
+def decode_layers(cfg, params) -> dict:
+    """The decode step's weights, made once per `generate` call (one transient copy of the layer
+    weights and the untied output projection): per layer (the scanned [L, ...] params split into
+    L dicts) q|k|v and gate|up kernels concatenated into one matmul each; every kernel
+    transposed to [out, in] (the left operand of W @ x) and cast to the compute dtype."""
     dt = jnp.dtype(cfg.dtype)
     stacked = params["layers"]
     attn, mlp = stacked["attn"], stacked["mlp"]
@@ -279,16 +389,17 @@ def decode_layers(cfg, params) -> list[dict]:
         layer = {
             "attn_norm": stacked["attn_norm"]["scale"][i],
             "mlp_norm": stacked["mlp_norm"]["scale"][i],
-            "qkv_kernel": qkv_LxDxN[i].astype(dt),
-            "o_kernel": o_LxHDxD[i].astype(dt),
-            "gate_up_kernel": gate_up_LxDx2F[i].astype(dt),
-            "down_kernel": mlp["down_kernel"][i].astype(dt),
+            "qkv_kernel": qkv_LxDxN[i].T.astype(dt),
+            "o_kernel": o_LxHDxD[i].T.astype(dt),
+            "gate_up_kernel": gate_up_LxDx2F[i].T.astype(dt),
+            "down_kernel": mlp["down_kernel"][i].T.astype(dt),
         }
         if cfg.qkv_bias:
             biases = [attn[f"{n}_bias"][i].reshape(-1) for n in "qkv"]
             layer["qkv_bias"] = jnp.concatenate(biases).astype(dt)
         out.append(layer)
-    return out
+    w, is_vxd = transformer.unembed_weight(cfg, params)
+    return {"layers": out, "unembed": (w if is_vxd else w.T).astype(dt)}
 
 
 def _kv_mask(prompt_lens_B: jax.Array, p: int, s: int) -> jax.Array:
@@ -334,8 +445,9 @@ def _constrain(state: DecodeState, layout) -> DecodeState:
     per_row = ("prompt_lens_B", "last_token_B", "tokens_BxT", "logprobs_BxT", "lengths_B")
     changes = {name: pin(getattr(state, name), rows) for name in per_row}
     changes.update(done_B=pin(state.done_B, rows), stopped_B=pin(state.stopped_B, rows))
-    changes.update(k_layers=tuple(pin(c, cache_k) for c in state.k_layers))
-    changes.update(v_layers=tuple(pin(c, cache_v) for c in state.v_layers))
+    pin_all = lambda chunks, where: tuple(pin(c, where) for c in chunks)
+    changes.update(k_layers=tuple(pin_all(chunks, cache_k) for chunks in state.k_layers))
+    changes.update(v_layers=tuple(pin_all(chunks, cache_v) for chunks in state.v_layers))
     return state.replace(**changes)
 
 
@@ -367,9 +479,17 @@ def prefill(
         cfg, params, prompt_NxP, positions_NxP, cache, jnp.int32(0), _kv_mask(prompt_lens_N, p, s)
     )
     # Group sampling shares the prompt: its FLOPs are paid once, the cache is copied G times.
-    to_decode_layout = lambda x_LxNxSxKxDh, axes: tuple(
-        jnp.repeat(jnp.transpose(x_NxSxKxDh, axes), g, axis=0) for x_NxSxKxDh in x_LxNxSxKxDh
-    )
+    # Each layer's cache becomes chunks along S, split at the decode's attention bounds, each
+    # with one more (scratch) slot at its end (`_write_chunks`).
+    splits = list(attention_bounds(p, s, cfg.n_layers)[:-1])
+
+    def to_decode_layout(x_LxNxSxKxDh, axes):
+        s_axis = axes.index(1)
+        scratch = [(0, 0)] * 4
+        scratch[s_axis] = (0, 1)
+        chunks = lambda x: jnp.split(jnp.repeat(jnp.transpose(x, axes), g, axis=0), splits, s_axis)
+        return tuple(tuple(jnp.pad(c, scratch) for c in chunks(x)) for x in x_LxNxSxKxDh)
+
     logits_BxV = jnp.repeat(logits_NxV, g, axis=0)
     prompt_lens_B = jnp.repeat(prompt_lens_N, g, axis=0)
     b = n * g
@@ -393,7 +513,7 @@ def prefill(
 def decode(cfg, params, state: DecodeState, *, prompt_len, sampling, layout=None) -> SampleOutput:
     """Runs the while_loop until every row has stopped or T tokens are sampled."""
     t = state.tokens_BxT.shape[1]
-    s = state.v_layers[0].shape[2]
+    s = sum(v.shape[2] - 1 for v in state.v_layers[0])
     layers = decode_layers(cfg, params)
     kv_mask_BxS = _kv_mask(state.prompt_lens_B, prompt_len, s)
     slot_S = jnp.arange(s, dtype=jnp.int32)[None, :]

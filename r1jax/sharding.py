@@ -178,7 +178,8 @@ def local_rows(x: jax.Array) -> np.ndarray:
 def cache_sharding(mesh: Mesh, rules=DEFAULT_RULES, *, layout: str) -> NamedSharding:
     """Where a KV cache lives: rows split like the batch, kv heads like the attention weights.
 
-    Layouts: the sampler's per-layer "decode_k" [B, K, Dh, S] and "decode_v" [B, K, S, Dh];
+    Layouts: the sampler's per-layer cache chunks "decode_k" [B, K, Dh, n] and "decode_v"
+    [B, K, n, Dh];
     "model" is transformer.KVCache's [L, B, S, K, Dh].
     """
     names = {

@@ -80,12 +80,12 @@ def _hf_greedy(model, prompts, t, eos):
     return np.pad(new, ((0, 0), (0, t - new.shape[1])))  # HF stops when all rows stopped
 
 
-@pytest.mark.parametrize("arch", ["qwen2", "llama"])
-def test_greedy_matches_transformers_generate(arch, tmp_path):
+# t = 75 decodes in three attention segments (`sampler.attention_bounds`), t = 12 in one.
+@pytest.mark.parametrize("arch,t", [("qwen2", 12), ("llama", 12), ("qwen2", 75)])
+def test_greedy_matches_transformers_generate(arch, t, tmp_path):
     model = _hf_model(arch)
     model.save_pretrained(tmp_path)
     cfg, params = hf_io.load_hf(tmp_path)
-    t = 12
     free = _hf_greedy(model, PROMPTS, t, None)
     # An EOS id that row 0 emits mid-way, so at least one row stops early.
     eos = int(free[0, 4])
@@ -118,9 +118,10 @@ def _forward_logp(cfg, params, prompts, out, num_samples, temperature):
     return np.asarray(logp)[:, width - t - 1 : width - 1]
 
 
-def test_sampled_logprobs_match_forward_and_respect_filters(model):
+@pytest.mark.parametrize("t", [10, 70])
+def test_sampled_logprobs_match_forward_and_respect_filters(model, t):
     cfg, params = model
-    g, t, temp, top_k, top_p = 3, 10, 0.7, 20, 0.6
+    g, temp, top_k, top_p = 3, 0.7, 20, 0.6
     out = sampler.generate(
         cfg, params, PROMPTS, max_new_tokens=t, temperature=temp, top_k=top_k, top_p=top_p,
         num_samples=g, seed=3,
@@ -210,6 +211,19 @@ def test_two_level_draw_follows_the_probabilities_and_skips_zero_mass(v):
         }
 
 
+@pytest.mark.parametrize(
+    "p,t,layers", [(16, 128, 4), (16, 128, 28), (64, 4096, 2), (3, 1, 2), (16, 33, 1)]
+)
+def test_attention_bounds_cover_the_cache_in_a_few_growing_segments(p, t, layers):
+    s = p + t - 1
+    bounds = sampler.attention_bounds(p, s, layers)
+    assert bounds[-1] == s and list(bounds) == sorted(set(bounds))
+    assert len(bounds) <= max(1, sampler.SEGMENT_BUDGET // layers)
+    assert bounds[0] >= p + min(s - p, sampler.MIN_SEGMENT) or len(bounds) == 1
+    sizes = np.diff((p, *bounds))
+    assert sizes.max() - sizes.min() <= sizes.max() // 2 + 1  # about equal segments
+
+
 def test_eos_stopping_padding_and_determinism(model):
     cfg, params = model
     eos = tuple(range(0, V, 3))  # about a third of the vocabulary ends a row
@@ -256,13 +270,14 @@ def test_padding_rows_and_padded_entry(model):
     np.testing.assert_array_equal(ref.tokens[0::2], ref.tokens[1::2])
 
 
-def test_sharded_params_and_batch_match_single_device(model):
+@pytest.mark.parametrize("t,mesh_sizes", [(6, (4, 2, 1)), (40, (2, 2, 2))])
+def test_sharded_params_and_batch_match_single_device(model, t, mesh_sizes):
     cfg, params = model
-    mesh = sharding_lib.make_mesh({"data": 4, "fsdp": 2, "tensor": 1})
+    mesh = sharding_lib.make_mesh(dict(zip(("data", "fsdp", "tensor"), mesh_sizes)))
     shardings = sharding_lib.param_shardings(tf.logical_axes(cfg), mesh)
     sharded = jax.device_put(params, shardings)
     prompts = [[i + 1] * (1 + i % 5) for i in range(8)]
-    kw = dict(max_new_tokens=6, num_samples=2, temperature=0.9, eos_ids=(3,), seed=2)
+    kw = dict(max_new_tokens=t, num_samples=2, temperature=0.9, eos_ids=(3,), seed=2)
     out = sampler.generate(cfg, sharded, prompts, mesh=mesh, **kw)
     ref = sampler.generate(cfg, params, prompts, **kw)
     np.testing.assert_array_equal(out.tokens, ref.tokens)
