@@ -66,8 +66,7 @@ class DecodeState:
     # One cache per layer: layer l reads and writes its own buffers, never a slice of a stacked
     # [L, ...] array (a copy per layer per token). Each is a tuple of chunks along S, split at
     # the `attention_bounds`, so a step reads only the chunks filled so far, in place (a slice
-    # of one [.., S] buffer would be a copy): K chunks [B, K, Dh, n+1], V chunks [B, K, n+1, Dh],
-    # n slots and a scratch slot (`_write_chunks`).
+    # of one [.., S] buffer would be a copy): K chunks [B, K, Dh, n], V chunks [B, K, n, Dh].
     k_layers: tuple[jax.Array, ...]
     v_layers: tuple[jax.Array, ...]
     tokens_BxT: jax.Array
@@ -292,15 +291,16 @@ def attention_bounds(prompt_len: int, cache_len: int, n_layers: int) -> tuple[in
 
 def _write_chunks(chunks, new, slot, segment, *, axis):
     """Writes `new` (size 1 on `axis`) at global slot `slot` of a cache split into chunks along
-    `axis`; the slot lies in chunk `segment`. Each chunk ends in a scratch slot that attention
-    never sees: the other chunks write there. One in-place write per chunk, with no read and no
-    select (a switch over which chunk to write would copy them all)."""
+    `axis`; the slot lies in chunk `segment`. Each chunk's write sits in a `lax.cond`, so only
+    that chunk is written, in place (a switch over the chunks would copy them all)."""
+    write = lambda chunk, new, *at: jax.lax.dynamic_update_slice(chunk, new, at)
+    keep = lambda chunk, new, *at: chunk
     out, start = [], 0
     for c, chunk in enumerate(chunks):
-        n = chunk.shape[axis] - 1
-        at = [0] * chunk.ndim
-        at[axis] = jnp.where(segment == c, slot - start, n)
-        out.append(jax.lax.dynamic_update_slice(chunk, new.astype(chunk.dtype), at))
+        n = chunk.shape[axis]
+        at = [jnp.int32(0)] * chunk.ndim
+        at[axis] = jnp.clip(slot - start, 0, n - 1)
+        out.append(jax.lax.cond(segment == c, write, keep, chunk, new.astype(chunk.dtype), *at))
         start += n
     return tuple(out)
 
@@ -309,9 +309,9 @@ def _decode_layer(cfg, x_DxB, layer, k_chunks, v_chunks, slot, rope, chunk_masks
     """One decoder layer for one new token per row: writes its K/V at `slot` (in place) and
     attends to the slots `chunk_masks` allow, itself included. Returns x and the caches.
 
-    The layer's cache is split into chunks along S at the `attention_bounds` (K [B, K, Dh, n+1],
-    V [B, K, n+1, Dh]: n slots and a scratch slot); `slot` lies in chunk `segment`, and
-    attention reads chunks 0..segment only, so its cost follows the filled length, not S.
+    The layer's cache is split into chunks along S at the `attention_bounds` (K [B, K, Dh, n],
+    V [B, K, n, Dh]); `slot` lies in chunk `segment`, and attention reads chunks 0..segment
+    only, so its cost follows the filled length, not S.
 
     Activations are feature-major ([D, B]) and `layer` is one entry of `decode_layers`
     (transposed [out, in] kernels, q|k|v and gate|up fused), so every projection is W @ x with
@@ -345,16 +345,13 @@ def _decode_logits(cfg, params, layers, token_B, position_B, k_layers, v_layers,
     params (`decode_layers`) and per-layer caches: a scan over the stacked [L, ...] arrays
     copies each layer's weights and cache out of the stack every token, which on CPU was a
     third of the step. Slots >= `slot` must be masked out by `kv_mask_BxS` (stale or zero K/V).
-    Each layer's cache is a tuple of chunks along S (`attention_bounds`), each with a scratch
-    slot at its end; `segment` is the chunk holding `slot`.
+    Each layer's cache is a tuple of chunks along S (`attention_bounds`); `segment` is the
+    chunk holding `slot`.
     """
     dt = jnp.dtype(cfg.dtype)
-    sizes = [k.shape[3] - 1 for k in k_layers[0]]
-    ends = np.cumsum(sizes)
+    ends = np.cumsum([k.shape[3] for k in k_layers[0]])
     segment = jnp.sum(jnp.asarray(ends[:-1], jnp.int32) <= slot)
-    chunk_masks = tuple(
-        jnp.pad(kv_mask_BxS[:, end - n : end], ((0, 0), (0, 1))) for n, end in zip(sizes, ends)
-    )
+    chunk_masks = tuple(jnp.split(kv_mask_BxS, ends[:-1], axis=1))
     x_DxB = jnp.take(params["embedding"], token_B, axis=0).astype(dt).T
     cos_Bx1xDh, sin_Bx1xDh = transformer.rope_tables(cfg, position_B[:, None])
     rope = (cos_Bx1xDh[:, 0].T, sin_Bx1xDh[:, 0].T)
@@ -479,16 +476,12 @@ def prefill(
         cfg, params, prompt_NxP, positions_NxP, cache, jnp.int32(0), _kv_mask(prompt_lens_N, p, s)
     )
     # Group sampling shares the prompt: its FLOPs are paid once, the cache is copied G times.
-    # Each layer's cache becomes chunks along S, split at the decode's attention bounds, each
-    # with one more (scratch) slot at its end (`_write_chunks`).
+    # Each layer's cache becomes chunks along S, split at the decode's attention bounds.
     splits = list(attention_bounds(p, s, cfg.n_layers)[:-1])
-
-    def to_decode_layout(x_LxNxSxKxDh, axes):
-        s_axis = axes.index(1)
-        scratch = [(0, 0)] * 4
-        scratch[s_axis] = (0, 1)
-        chunks = lambda x: jnp.split(jnp.repeat(jnp.transpose(x, axes), g, axis=0), splits, s_axis)
-        return tuple(tuple(jnp.pad(c, scratch) for c in chunks(x)) for x in x_LxNxSxKxDh)
+    to_decode_layout = lambda x_LxNxSxKxDh, axes: tuple(
+        tuple(jnp.split(jnp.repeat(jnp.transpose(x, axes), g, axis=0), splits, axes.index(1)))
+        for x in x_LxNxSxKxDh
+    )
 
     logits_BxV = jnp.repeat(logits_NxV, g, axis=0)
     prompt_lens_B = jnp.repeat(prompt_lens_N, g, axis=0)
@@ -513,7 +506,7 @@ def prefill(
 def decode(cfg, params, state: DecodeState, *, prompt_len, sampling, layout=None) -> SampleOutput:
     """Runs the while_loop until every row has stopped or T tokens are sampled."""
     t = state.tokens_BxT.shape[1]
-    s = sum(v.shape[2] - 1 for v in state.v_layers[0])
+    s = sum(v.shape[2] for v in state.v_layers[0])
     layers = decode_layers(cfg, params)
     kv_mask_BxS = _kv_mask(state.prompt_lens_B, prompt_len, s)
     slot_S = jnp.arange(s, dtype=jnp.int32)[None, :]
