@@ -276,9 +276,9 @@ def _attend(q_BxKxGxDh, k_chunks, v_chunks, chunk_masks, segment, dt):
 def attention_bounds(prompt_len: int, cache_len: int, n_layers: int) -> tuple[int, ...]:
     """The cache prefixes decoding attends over, one per segment of the decode loop.
 
-    Token t (0-based) of the continuation sits at slot P + t - 1 and needs slots [0, P + t);
-    step t attends over the shortest prefix in the list that covers them, so reading the cache
-    costs what is filled (rounded up to a segment) rather than all S slots every step.
+    Decode step t feeds the token sampled at step t - 1 into slot P + t - 1 and needs slots
+    [0, P + t); it attends over the shortest prefix in the list that covers them, so reading
+    the cache costs what is filled (rounded up to a segment) rather than all S slots per step.
     Segments are of about equal size, of at least MIN_SEGMENT slots, and each layer compiles
     its own attention per segment, so there are at most SEGMENT_BUDGET // n_layers of them.
     """
@@ -344,7 +344,7 @@ def _decode_logits(cfg, params, layers, token_B, position_B, k_layers, v_layers,
     The same math as `transformer.forward_cached` with T = 1, but unrolled over per-layer
     params (`decode_layers`) and per-layer caches: a scan over the stacked [L, ...] arrays
     copies each layer's weights and cache out of the stack every token, which on CPU was a
-    third of the step. Slots >= `slot` must be masked out by `kv_mask_BxS` (stale or zero K/V).
+    third of the step. Slots > `slot` must be masked out by `kv_mask_BxS` (stale or zero K/V).
     Each layer's cache is a tuple of chunks along S (`attention_bounds`); `segment` is the
     chunk holding `slot`.
     """

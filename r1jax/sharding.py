@@ -179,8 +179,7 @@ def cache_sharding(mesh: Mesh, rules=DEFAULT_RULES, *, layout: str) -> NamedShar
     """Where a KV cache lives: rows split like the batch, kv heads like the attention weights.
 
     Layouts: the sampler's per-layer cache chunks "decode_k" [B, K, Dh, n] and "decode_v"
-    [B, K, n, Dh];
-    "model" is transformer.KVCache's [L, B, S, K, Dh].
+    [B, K, n, Dh]; "model" is transformer.KVCache's [L, B, S, K, Dh].
     """
     names = {
         "decode_k": ("batch", "kv_heads", "head_dim", None),
