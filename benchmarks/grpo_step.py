@@ -385,6 +385,7 @@ def _run_side(side: str, model_dir: str, args) -> dict:
     cmd += ["--steps", str(args.steps), "--warmup", str(args.warmup)]
     cmd += ["--threads", str(args.threads), "--old-logprobs", args.old_logprobs]
     cmd += ["--host-devices", str(args.host_devices)]
+    cmd += ["--host-malloc", args.host_malloc if side == "r1jax" else args.trl_host_malloc]
     subprocess.run(cmd, check=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
     return json.loads(out.read_text())
 
@@ -410,7 +411,8 @@ def _print_report(results: dict, peak: float) -> None:
         steps = ", ".join(f"{s:.3f}" for s in r["step_s_all"])
         print(
             f"{side:6s} {r['step_s']:.3f} s/step (median after warm-up; all: {steps})  "
-            f"MFU {100 * mfu:.1f}%  peak RSS {r['peak_rss_mib']:.0f} MiB"
+            f"MFU {100 * mfu:.1f}%  peak RSS {r['peak_rss_mib']:.0f} MiB  "
+            f"host malloc {r.get('host_malloc', '?')}"
         )
         for name, sec in r["phases_s"].items():
             phase_flops = flops.get(name.split("+")[0], 0.0)
@@ -439,9 +441,26 @@ def main() -> None:
     parser.add_argument(
         "--host-devices", type=int, default=1, help="r1jax: XLA host CPU devices (mesh data axis)"
     )
+    parser.add_argument(
+        "--host-malloc",
+        choices=("reuse", "system"),
+        default="reuse",
+        help="r1jax: keep freed host memory for reuse (hostmem.reuse_freed_memory, as the CLI "
+        "does) or leave glibc's defaults",
+    )
+    parser.add_argument(
+        "--trl-host-malloc",
+        choices=("reuse", "system"),
+        default="system",
+        help="TRL: the same choice (default: glibc's defaults, as TRL runs)",
+    )
     parser.add_argument("--sides", default="trl,r1jax", help="which sides the parent runs")
     args = parser.parse_args()
     if args.side != "both":
+        if args.host_malloc == "reuse":  # before jax or torch start their threads
+            from r1jax import hostmem
+
+            hostmem.reuse_freed_memory()
         if args.side == "trl":
             result = run_trl(args.model_dir, args.steps, args.warmup, args.threads)
         else:
@@ -450,6 +469,7 @@ def main() -> None:
             flag = f"--xla_force_host_platform_device_count={args.host_devices}"
             os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {flag}"
             result = run_r1jax(args.model_dir, args.steps, args.warmup, args.old_logprobs)
+        result["host_malloc"] = args.host_malloc
         pathlib.Path(args.out).write_text(json.dumps(result))
         return
     with tempfile.TemporaryDirectory(prefix="grpo_bench_") as tmp:

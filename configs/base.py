@@ -42,6 +42,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.dtype = "float32"  # compute dtype: float32 | bfloat16
     c.model.param_dtype = "float32"  # master weights and optimizer state
     c.model.remat = "none"  # none | full | dots: rematerialise each layer in the backward pass
+    c.model.unroll_layers = 0  # layers per layer-loop iteration: 1 scan, n straight-line, 0 auto
 
     c.tokenizer = ml_collections.ConfigDict()
     c.tokenizer.path = ""  # a SentencePiece .model, or a folder/tokenizer.json; '' = model folder

@@ -157,6 +157,7 @@ def model_config_from(cfg: ml_collections.ConfigDict, *, vocab_size: int | None 
     elif vocab_size:
         changes["vocab_size"] = int(vocab_size)
     changes.update(dtype=cfg.model.dtype, param_dtype=cfg.model.param_dtype, remat=cfg.model.remat)
+    changes["unroll_layers"] = int(cfg.model.get("unroll_layers", 0))
     return dataclasses.replace(mcfg, **changes)
 
 

@@ -6,7 +6,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from r1jax import configlib, distributed
+from r1jax import configlib, distributed, hostmem
 from r1jax.data import sources
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/<stage>.py:<variant>")
@@ -28,12 +28,21 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", -1, "this process's index (-1 =
 _LOCAL_DEVICES = flags.DEFINE_string(
     "local_device_ids", "", "comma-separated devices this process owns (e.g. one GPU each)"
 )
+_HOST_MALLOC = flags.DEFINE_enum(
+    "host_malloc",
+    "auto",
+    list(hostmem.MODES),
+    "reuse: keep freed host memory for the next step instead of unmapping it (XLA:CPU frees "
+    "each step's temporaries; see r1jax/hostmem.py); system: glibc defaults; auto: reuse "
+    "unless JAX will run on an accelerator",
+)
 
 
 def main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    # Before anything touches a JAX device.
+    # Before anything touches a JAX device (XLA's CPU threads take their malloc arenas at start).
+    hostmem.configure(_HOST_MALLOC.value)
     distributed.initialize(
         _COORDINATOR.value,
         _NUM_PROCESSES.value,

@@ -195,6 +195,31 @@ def test_remat_keeps_logits_and_gradients(remat):
     chex.assert_trees_all_close(grad, ref_grad, atol=1e-6)
 
 
+@pytest.mark.parametrize("n_layers,unroll", [(2, 1), (3, 1), (3, 2)])
+def test_layer_unroll_keeps_logits_and_gradients(n_layers, unroll):
+    """Rolled, partly unrolled (with a remainder) and straight-line layer loops agree."""
+    tokens = _tokens((B, 8))
+    base = dataclasses.replace(CFG, n_layers=n_layers)
+    params = _params(base)
+    loss = lambda cfg, p: jnp.mean(tf.forward(cfg, p, tokens) ** 2)
+    results = {}
+    for k in (n_layers, unroll):  # straight-line reference first
+        cfg = dataclasses.replace(base, unroll_layers=k)
+        assert cfg.layer_unroll == k
+        results[k] = jax.jit(jax.value_and_grad(functools.partial(loss, cfg)))(params)
+    np.testing.assert_allclose(results[unroll][0], results[n_layers][0], rtol=1e-6)
+    chex.assert_trees_all_close(results[unroll][1], results[n_layers][1], atol=1e-6)
+
+
+def test_layer_unroll_auto_and_bounds():
+    assert CFG.unroll_layers == 0 and CFG.layer_unroll == CFG.n_layers
+    deep = dataclasses.replace(CFG, n_layers=config_lib.AUTO_UNROLL_MAX_LAYERS + 1)
+    assert deep.layer_unroll == 1
+    assert dataclasses.replace(deep, unroll_layers=100).layer_unroll == deep.n_layers
+    with pytest.raises(ValueError, match="unroll_layers"):
+        dataclasses.replace(CFG, unroll_layers=-1)
+
+
 @functools.cache
 def _reference_value_and_grad():
     tokens = _tokens((B, 8))

@@ -214,7 +214,11 @@ def _layer_class(cfg: ModelConfig):
 
 
 class Transformer(nn.Module):
-    """Embedding, scanned decoder layers and final norm; returns hidden states [B, T, D]."""
+    """Embedding, scanned decoder layers and final norm; returns hidden states [B, T, D].
+
+    The layers are one `nn.scan` (params stacked on a leading "layers" axis), unrolled
+    `cfg.layer_unroll` layers per loop iteration.
+    """
 
     cfg: ModelConfig
 
@@ -238,6 +242,7 @@ class Transformer(nn.Module):
             split_rngs={"params": True},
             in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast),
             length=cfg.n_layers,
+            unroll=cfg.layer_unroll,
             metadata_params={nn.PARTITION_NAME: "layers"},
         )(cfg, name="layers")
         kv = None if cache is None else (cache.k, cache.v)

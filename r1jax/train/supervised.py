@@ -178,6 +178,10 @@ def _train_tokenizer(cfg, workdir, records):
     )
 
 
+# What this run's config decides about a model whose shape comes from elsewhere.
+_RUN_NUMERICS = ("dtype", "param_dtype", "remat", "unroll_layers")
+
+
 def initial_params(cfg, model_cfg):
     """Params to start from: None (random init), a Hugging Face folder, or an r1jax run."""
     if not cfg.model.init_from:
@@ -185,13 +189,13 @@ def initial_params(cfg, model_cfg):
     path = pathlib.Path(cfg.model.init_from)
     if (path / "config.json").exists() and not (path / "checkpoints").exists():
         hf_cfg, params = hf_io.load_hf(path)
-        keep = {"dtype": model_cfg.dtype, "param_dtype": model_cfg.param_dtype}
-        return dataclasses.replace(hf_cfg, remat=model_cfg.remat, **keep), params
+        keep = {name: getattr(model_cfg, name) for name in _RUN_NUMERICS}
+        return dataclasses.replace(hf_cfg, **keep), params
     run_dir = next((d for d in (path, path.parent) if configlib.is_run_dir(d)), None)
     if run_dir is not None:  # an r1jax run brings its own model shape (this config's numerics)
         run_cfg, _ = configlib.load_resolved(run_dir)
-        keep = {"dtype": model_cfg.dtype, "param_dtype": model_cfg.param_dtype}
-        model_cfg = dataclasses.replace(run_cfg, remat=model_cfg.remat, **keep)
+        keep = {name: getattr(model_cfg, name) for name in _RUN_NUMERICS}
+        model_cfg = dataclasses.replace(run_cfg, **keep)
     abstract = jax.eval_shape(lambda k: transformer.init_params(model_cfg, k), jax.random.key(0))
     return model_cfg, checkpoint.restore_params(path, abstract)
 

@@ -1,0 +1,71 @@
+"""hostmem: freed XLA:CPU temporaries are reused instead of being unmapped and faulted in again."""
+
+import json
+import platform
+import subprocess
+import sys
+
+import pytest
+
+from r1jax import hostmem
+
+# A jitted scan whose stacked outputs (4 x 16 MiB, as a layer scan stacks its activations) are
+# a temporary above glibc's largest mmap threshold (32 MiB): with glibc's defaults every call
+# maps, faults and unmaps it.
+_PROBE = """
+import json, resource, sys
+from r1jax import hostmem
+applied = hostmem.configure(sys.argv[1])
+import jax, jax.numpy as jnp
+
+def layers(x, w):
+    def body(h, _):
+        h = jnp.tanh(h @ w)
+        return h, h
+    _, ys = jax.lax.scan(body, x, None, length=4)
+    return jnp.sum(ys[0] * ys[3]) + jnp.sum(ys[1] * ys[2])
+
+x = jax.device_put(jnp.ones((16384, 256), jnp.float32))
+w = jax.device_put(jnp.full((256, 256), 1e-3, jnp.float32))
+f = jax.jit(layers)
+for _ in range(2):
+    f(x, w).block_until_ready()
+faults = []
+for _ in range(6):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    f(x, w).block_until_ready()
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(json.dumps({"applied": applied, "faults": faults}))
+"""
+
+
+def _probe(mode):
+    out = subprocess.run(
+        [sys.executable, "-c", _PROBE, mode], check=True, capture_output=True, text=True
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.skipif(
+    platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only"
+)
+def test_reuse_stops_per_call_page_faults():
+    system, reuse = _probe("system"), _probe("reuse")
+    assert not system["applied"] and reuse["applied"]
+    # 64 MiB of fresh temporaries is ~16 000 4-KiB pages a call; reused memory faults no more,
+    # except when the heap grows once more (fragmentation moves its high-water mark).
+    assert min(system["faults"]) > 8000, system
+    assert sum(f < 1000 for f in reuse["faults"]) >= 4, reuse
+
+
+def test_configure_rejects_unknown_mode_and_system_does_nothing():
+    with pytest.raises(ValueError, match="host malloc mode 'fast'"):
+        hostmem.configure("fast")
+    assert hostmem.configure("system") is False
+
+
+def test_accelerator_expected_follows_jax_platforms(monkeypatch):
+    monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+    assert not hostmem.accelerator_expected()
+    monkeypatch.setenv("JAX_PLATFORMS", "cuda,cpu")
+    assert hostmem.accelerator_expected()
