@@ -182,6 +182,7 @@ def _run_side(side: str, model_dir: str, args) -> dict:
     out = pathlib.Path(model_dir) / f"{side}.json"
     cmd = [sys.executable, __file__, "--side", side, "--model-dir", model_dir, "--out", str(out)]
     cmd += ["--repeats", str(args.repeats), "--threads", str(args.threads)]
+    cmd += ["--host-malloc", args.host_malloc if side == "r1jax" else "system"]
     subprocess.run(cmd, check=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
     return json.loads(out.read_text())
 
@@ -218,8 +219,19 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     parser.add_argument("--models", default="tiny,small")
     parser.add_argument("--sides", default="transformers,r1jax")
+    parser.add_argument(
+        "--host-malloc",
+        choices=("reuse", "system"),
+        default="reuse",
+        help="r1jax: keep freed host memory for reuse (hostmem.reuse_freed_memory, as the CLI "
+        "does on CPU) or leave glibc's defaults; transformers always runs with the defaults",
+    )
     args = parser.parse_args()
     if args.side != "both":
+        if args.host_malloc == "reuse":  # before jax starts its threads
+            from r1jax import hostmem
+
+            hostmem.reuse_freed_memory()
         run = run_hf if args.side == "transformers" else run_r1jax
         result = run(args.model_dir, args.repeats, args.threads)
         pathlib.Path(args.out).write_text(json.dumps(result))
