@@ -56,15 +56,9 @@ def _reference_grads(cfg):
     return jax.jit(grad_fn)(_params(cfg), h)
 
 
-# V = 300: None is one full-vocabulary chunk (logits kept for the backward, or rematerialised
-# when over the byte budget), 100 divides V, 64 and 7 leave a ragged last chunk.
-@pytest.mark.parametrize(
-    "tie, chunk_size, keep_bytes",
-    [(False, None, None), (False, None, 0), (False, 100, None), (False, 64, None), (True, 7, None)],
-)
-def test_chunked_equals_full_log_softmax(tie, chunk_size, keep_bytes, monkeypatch):
-    if keep_bytes is not None:
-        monkeypatch.setattr(logprobs, "_KEEP_LOGITS_BYTES", keep_bytes)
+# V = 300: None is one full-vocabulary chunk, 100 divides V, 64 and 7 leave a ragged last chunk.
+@pytest.mark.parametrize("tie, chunk_size", [(False, None), (False, 100), (False, 64), (True, 7)])
+def test_chunked_equals_full_log_softmax(tie, chunk_size):
     cfg = dataclasses.replace(CFG, tie_embeddings=tie)
     h, targets = _inputs(cfg)
     chunked = lambda p, hh: logprobs.token_logprobs(

@@ -4,9 +4,9 @@ B batch, T time, D model, V vocab, C vocab chunk.
 
 An online logsumexp (with running sums for the entropy) walks the vocabulary C columns at a
 time, so no [B, T, V] float32 buffer exists; each chunk is rematerialised in the backward pass.
-A vocabulary that fits one chunk, with logits under `_KEEP_LOGITS_BYTES`, keeps its logits for
-the backward pass instead (recomputing them cost ~2% of a small model's GRPO update).
 """
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -16,7 +16,6 @@ from r1jax.model import transformer
 
 _FULL_VOCAB_MAX = 8192
 _DEFAULT_CHUNK = 8192
-_KEEP_LOGITS_BYTES = 256 * 2**20  # [B, T, V] float32 logits kept for the backward up to this
 
 
 class _Stats:
@@ -71,14 +70,12 @@ def token_logprobs(cfg, params, h_BxTxD, targets_BxT, *, temperature=1.0, chunk_
     h_BxTxD = h_BxTxD.astype(w.dtype)
     targets_BxT = targets_BxT.astype(jnp.int32)
 
+    @functools.partial(jax.checkpoint, static_argnums=(2,))
     def chunk(stats, start, size):
         z_BxTxC = _chunk_logits(h_BxTxD, w, is_vxd, start, size, temperature)
         return _Stats.update(stats, z_BxTxC, targets_BxT, start)
 
     n_full, rest = divmod(v, chunk_size)
-    logits_bytes = 4 * targets_BxT.size * v
-    if n_full + bool(rest) > 1 or logits_bytes > _KEEP_LOGITS_BYTES:
-        chunk = jax.checkpoint(chunk, static_argnums=(2,))
     stats = _Stats.init(targets_BxT.shape)
     if n_full == 1:
         stats = chunk(stats, 0, chunk_size)
