@@ -52,10 +52,12 @@ def _probe(mode):
 def test_reuse_stops_per_call_page_faults():
     system, reuse = _probe("system"), _probe("reuse")
     assert not system["applied"] and reuse["applied"]
-    # 64 MiB of fresh temporaries is ~16 000 4-KiB pages a call; reused memory faults no more,
-    # except when the heap grows once more (fragmentation moves its high-water mark).
-    assert min(system["faults"]) > 8000, system
-    assert sum(f < 1000 for f in reuse["faults"]) >= 4, reuse
+    # 64 MiB of fresh temporaries is ~16 000 4-KiB pages a call (32 2-MiB pages where the kernel
+    # backs every mapping with transparent huge pages); reused memory faults no more, except
+    # when the heap grows once more (fragmentation moves its high-water mark).
+    fresh = min(system["faults"])
+    assert fresh >= 16, system
+    assert sum(f <= fresh // 8 for f in reuse["faults"]) >= 4, (system, reuse)
 
 
 def test_configure_rejects_unknown_mode_and_system_does_nothing():
