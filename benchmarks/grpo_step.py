@@ -461,10 +461,9 @@ def main() -> None:
     )
     args = parser.parse_args()
     if args.side != "both":
-        if args.host_malloc == "reuse":  # before jax or torch start their threads
-            from r1jax import hostmem
+        from r1jax import hostmem
 
-            hostmem.reuse_freed_memory()
+        hostmem.configure(args.host_malloc)  # before jax or torch start their threads
         if args.side == "trl":
             result = run_trl(args.model_dir, args.steps, args.warmup, args.threads)
         else:

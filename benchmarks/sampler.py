@@ -228,10 +228,9 @@ def main() -> None:
     )
     args = parser.parse_args()
     if args.side != "both":
-        if args.host_malloc == "reuse":  # before jax starts its threads
-            from r1jax import hostmem
+        from r1jax import hostmem
 
-            hostmem.reuse_freed_memory()
+        hostmem.configure(args.host_malloc)  # before jax starts its threads
         run = run_hf if args.side == "transformers" else run_r1jax
         result = run(args.model_dir, args.repeats, args.threads)
         pathlib.Path(args.out).write_text(json.dumps(result))
