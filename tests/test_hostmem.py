@@ -31,7 +31,7 @@ f = jax.jit(layers)
 for _ in range(2):
     f(x, w).block_until_ready()
 faults = []
-for _ in range(6):
+for _ in range(16):
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     f(x, w).block_until_ready()
     faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
@@ -52,12 +52,15 @@ def _probe(mode):
 def test_reuse_stops_per_call_page_faults():
     system, reuse = _probe("system"), _probe("reuse")
     assert not system["applied"] and reuse["applied"]
-    # 64 MiB of fresh temporaries is ~16 000 4-KiB pages a call (32 2-MiB pages where the kernel
-    # backs every mapping with transparent huge pages); reused memory faults no more, except
-    # when the heap grows once more (fragmentation moves its high-water mark).
+    # With glibc's defaults each call faults ~128 MiB of fresh temporaries: ~33 000 4-KiB pages
+    # (64 2-MiB pages where the kernel backs every mapping with transparent huge pages). Reused memory faults
+    # no more, except when the heap grows: a small live block left inside a freed temp block
+    # makes it too small for the next one. That settles after a few growths (measured: 2-3 in
+    # 2000 calls, the heap then flat at ~3 temp blocks; 1-2 of these 16 calls here, 3 of 6 once
+    # on CI), so the test asks for most calls, not all, to be fault-free.
     fresh = min(system["faults"])
     assert fresh >= 16, system
-    assert sum(f <= fresh // 8 for f in reuse["faults"]) >= 4, (system, reuse)
+    assert sum(f <= fresh // 8 for f in reuse["faults"]) >= 10, (system, reuse)
 
 
 def test_configure_rejects_unknown_mode_and_system_does_nothing():
