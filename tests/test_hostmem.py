@@ -53,11 +53,11 @@ def test_reuse_stops_per_call_page_faults():
     system, reuse = _probe("system"), _probe("reuse")
     assert not system["applied"] and reuse["applied"]
     # With glibc's defaults each call faults ~128 MiB of fresh temporaries: ~33 000 4-KiB pages
-    # (64 2-MiB pages where the kernel backs every mapping with transparent huge pages). Reused memory faults
-    # no more, except when the heap grows: a small live block left inside a freed temp block
-    # makes it too small for the next one. That settles after a few growths (measured: 2-3 in
-    # 2000 calls, the heap then flat at ~3 temp blocks; 1-2 of these 16 calls here, 3 of 6 once
-    # on CI), so the test asks for most calls, not all, to be fault-free.
+    # (64 2-MiB pages where the kernel backs every mapping with transparent huge pages). Reused
+    # memory faults no more, except when the heap grows: a small live block left inside a freed
+    # temp block makes it too small for the next one. That settles after a few growths
+    # (measured: 2-3 in 2000 calls, then the heap stays flat at ~3 temp blocks; 1-2 of these 16
+    # calls here, 3 of 6 once on CI), so the test asks for most calls to be fault-free, not all.
     fresh = min(system["faults"])
     assert fresh >= 16, system
     assert sum(f <= fresh // 8 for f in reuse["faults"]) >= 10, (system, reuse)
