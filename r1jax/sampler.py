@@ -238,31 +238,13 @@ def _attend_chunk(q_BxKxGxDh, k_BxKxDhxN, v_BxKxNxDh, kv_mask_BxN, dt):
     return max_BxKxGx1, sum_BxKxGx1, out_BxKxGxDh
 
 
-def _attend(q_BxKxGxDh, k_chunks, v_chunks, chunk_masks, segment, dt):
-    """Attention over the cache chunks 0..segment (read in place; later chunks are skipped by a
-    `lax.cond` and cost nothing), one softmax over their unmasked slots; [B, K, G, Dh]."""
-    b, kh, g, dh = q_BxKxGxDh.shape
-    skipped = (
-        jnp.full((b, kh, g, 1), jnp.finfo(jnp.float32).min),
-        jnp.zeros((b, kh, g, 1), jnp.float32),
-        jnp.zeros((b, kh, g, dh), jnp.float32),
-    )
-    parts = []
-    for c, (k, v, mask) in enumerate(zip(k_chunks, v_chunks, chunk_masks, strict=True)):
-        if c == 0:  # always read: it holds the prompt
-            parts.append(_attend_chunk(q_BxKxGxDh, k, v, mask, dt))
-        else:
-            parts.append(
-                jax.lax.cond(
-                    c <= segment,
-                    lambda q, k, v, m: _attend_chunk(q, k, v, m, dt),
-                    lambda *_: skipped,
-                    q_BxKxGxDh,
-                    k,
-                    v,
-                    mask,
-                )
-            )
+def _attend(q_BxKxGxDh, k_chunks, v_chunks, chunk_masks, dt):
+    """Attention over the given cache chunks (read in place), one softmax over their unmasked
+    slots; [B, K, G, Dh]."""
+    parts = [
+        _attend_chunk(q_BxKxGxDh, k, v, mask, dt)
+        for k, v, mask in zip(k_chunks, v_chunks, chunk_masks, strict=True)
+    ]
     if len(parts) == 1:
         _, sum_BxKxGx1, out_BxKxGxDh = parts[0]
         return (out_BxKxGxDh / sum_BxKxGx1).astype(dt)
@@ -289,20 +271,14 @@ def attention_bounds(prompt_len: int, cache_len: int, n_layers: int) -> tuple[in
     return tuple(min(prompt_len + size * (j + 1), cache_len) for j in range(segments))
 
 
-def _write_chunks(chunks, new, slot, segment, *, axis):
+def _write_slot(chunks, new, slot, segment, start, *, axis):
     """Writes `new` (size 1 on `axis`) at global slot `slot` of a cache split into chunks along
-    `axis`; the slot lies in chunk `segment`. Each chunk's write sits in a `lax.cond`, so only
-    that chunk is written, in place (a switch over the chunks would copy them all)."""
-    write = lambda chunk, new, *at: jax.lax.dynamic_update_slice(chunk, new, at)
-    keep = lambda chunk, new, *at: chunk
-    out, start = [], 0
-    for c, chunk in enumerate(chunks):
-        n = chunk.shape[axis]
-        at = [jnp.int32(0)] * chunk.ndim
-        at[axis] = jnp.clip(slot - start, 0, n - 1)
-        out.append(jax.lax.cond(segment == c, write, keep, chunk, new.astype(chunk.dtype), *at))
-        start += n
-    return tuple(out)
+    `axis`; the slot lies in chunk `segment` (static), which begins at slot `start`. Only that
+    chunk is written, in place."""
+    at = [jnp.int32(0)] * chunks[segment].ndim
+    at[axis] = slot - start
+    written = jax.lax.dynamic_update_slice(chunks[segment], new.astype(chunks[segment].dtype), at)
+    return chunks[:segment] + (written,) + chunks[segment + 1 :]
 
 
 def _decode_layer(cfg, x_DxB, layer, k_chunks, v_chunks, slot, rope, chunk_masks, segment):
@@ -310,8 +286,9 @@ def _decode_layer(cfg, x_DxB, layer, k_chunks, v_chunks, slot, rope, chunk_masks
     attends to the slots `chunk_masks` allow, itself included. Returns x and the caches.
 
     The layer's cache is split into chunks along S at the `attention_bounds` (K [B, K, Dh, n],
-    V [B, K, n, Dh]); `slot` lies in chunk `segment`, and attention reads chunks 0..segment
-    only, so its cost follows the filled length, not S.
+    V [B, K, n, Dh]); `slot` lies in chunk `segment` (static: each segment has its own decode
+    loop), and attention reads chunks 0..segment only, so its cost follows the filled length,
+    not S. `chunk_masks` covers those chunks.
 
     Activations are feature-major ([D, B]) and `layer` is one entry of `decode_layers`
     (transposed [out, in] kernels, q|k|v and gate|up fused), so every projection is W @ x with
@@ -328,29 +305,32 @@ def _decode_layer(cfg, x_DxB, layer, k_chunks, v_chunks, slot, rope, chunk_masks
     q_BxHxDh = jnp.transpose(_rope_t(qkv_NxDhxB[:h], *rope), (2, 0, 1))
     k_BxKxDh = jnp.transpose(_rope_t(qkv_NxDhxB[h : h + kh], *rope), (2, 0, 1))
     v_BxKxDh = jnp.transpose(qkv_NxDhxB[h + kh :], (2, 0, 1))
-    k_chunks = _write_chunks(k_chunks, k_BxKxDh[..., None], slot, segment, axis=3)
-    v_chunks = _write_chunks(v_chunks, v_BxKxDh[:, :, None], slot, segment, axis=2)
+    start = sum(k.shape[3] for k in k_chunks[:segment])
+    k_chunks = _write_slot(k_chunks, k_BxKxDh[..., None], slot, segment, start, axis=3)
+    v_chunks = _write_slot(v_chunks, v_BxKxDh[:, :, None], slot, segment, start, axis=2)
     q_BxKxGxDh = q_BxHxDh.reshape(b, kh, h // kh, dh) * jnp.asarray(dh**-0.5, dt)
-    out_BxKxGxDh = _attend(q_BxKxGxDh, k_chunks, v_chunks, chunk_masks, segment, dt)
+    read = segment + 1
+    out_BxKxGxDh = _attend(q_BxKxGxDh, k_chunks[:read], v_chunks[:read], chunk_masks, dt)
     x_DxB = x_DxB + layer["o_kernel"] @ out_BxKxGxDh.reshape(b, h * dh).T
     gate_up_2FxB = layer["gate_up_kernel"] @ _rms_norm_t(cfg, layer["mlp_norm"], x_DxB)
     gate_FxB, up_FxB = jnp.split(gate_up_2FxB, 2, axis=0)
     return x_DxB + layer["down_kernel"] @ (jax.nn.silu(gate_FxB) * up_FxB), k_chunks, v_chunks
 
 
-def _decode_logits(cfg, params, layers, token_B, position_B, k_layers, v_layers, slot, kv_mask_BxS):
+def _decode_logits(
+    cfg, params, layers, token_B, position_B, k_layers, v_layers, slot, kv_mask_BxS, segment
+):
     """Logits [B, V] of one new token per row, and the caches with its K/V written at `slot`.
 
     The same math as `transformer.forward_cached` with T = 1, but unrolled over per-layer
     params (`decode_layers`) and per-layer caches: a scan over the stacked [L, ...] arrays
     copies each layer's weights and cache out of the stack every token, which on CPU was a
     third of the step. Slots > `slot` must be masked out by `kv_mask_BxS` (stale or zero K/V).
-    Each layer's cache is a tuple of chunks along S (`attention_bounds`); `segment` is the
-    chunk holding `slot`.
+    Each layer's cache is a tuple of chunks along S (`attention_bounds`); `segment` (static) is
+    the chunk holding `slot`, and `kv_mask_BxS` covers chunks 0..segment.
     """
     dt = jnp.dtype(cfg.dtype)
-    ends = np.cumsum([k.shape[3] for k in k_layers[0]])
-    segment = jnp.sum(jnp.asarray(ends[:-1], jnp.int32) <= slot)
+    ends = np.cumsum([k.shape[3] for k in k_layers[0]])[: segment + 1]
     chunk_masks = tuple(jnp.split(kv_mask_BxS, ends[:-1], axis=1))
     x_DxB = jnp.take(params["embedding"], token_B, axis=0).astype(dt).T
     cos_Bx1xDh, sin_Bx1xDh = transformer.rope_tables(cfg, position_B[:, None])
@@ -504,20 +484,27 @@ def prefill(
 
 
 def decode(cfg, params, state: DecodeState, *, prompt_len, sampling, layout=None) -> SampleOutput:
-    """Runs the while_loop until every row has stopped or T tokens are sampled."""
+    """Runs the decode loops until every row has stopped or T tokens are sampled.
+
+    One `lax.while_loop` per cache chunk (`attention_bounds`): the loop for chunk j feeds slots
+    in chunk j and attends over chunks 0..j, all known when it is traced, so a step needs no
+    branch to pick the chunk to write or the chunks to read. Each loop also stops as soon as
+    every row has stopped; the later loops then run no step.
+    """
     t = state.tokens_BxT.shape[1]
-    s = sum(v.shape[2] for v in state.v_layers[0])
+    ends = np.cumsum([v.shape[2] for v in state.v_layers[0]])
     layers = decode_layers(cfg, params)
-    kv_mask_BxS = _kv_mask(state.prompt_lens_B, prompt_len, s)
-    slot_S = jnp.arange(s, dtype=jnp.int32)[None, :]
+    kv_mask_BxS = _kv_mask(state.prompt_lens_B, prompt_len, int(ends[-1]))
+    slot_S = jnp.arange(int(ends[-1]), dtype=jnp.int32)[None, :]
 
-    def cond(st: DecodeState):
-        return (st.step < t) & ~jnp.all(st.done_B)
+    def cond(st: DecodeState, last_step):
+        return (st.step < last_step) & ~jnp.all(st.done_B)
 
-    def body(st: DecodeState):
+    def body(st: DecodeState, segment):
         # Feed the token sampled at step-1: it sits at slot P + step - 1.
         slot = prompt_len + st.step - 1
         positions_Bx1 = (st.prompt_lens_B + st.step - 1)[:, None]
+        read = int(ends[segment])
         logits_BxV, k, v = _decode_logits(
             cfg,
             params,
@@ -527,13 +514,21 @@ def decode(cfg, params, state: DecodeState, *, prompt_len, sampling, layout=None
             st.k_layers,
             st.v_layers,
             slot,
-            kv_mask_BxS & (slot_S <= slot),
+            kv_mask_BxS[:, :read] & (slot_S[:, :read] <= slot),
+            segment,
         )
         token_B, logp_B = sample_logits(logits_BxV, jax.random.fold_in(st.key, st.step), sampling)
         st = st.replace(k_layers=k, v_layers=v)
         return _constrain(_record(st, token_B, logp_B, sampling), layout)
 
-    state = jax.lax.while_loop(cond, body, state)
+    for segment, end in enumerate(ends):
+        # Steps whose slot P + step - 1 lies below `end`, in order; T - 1 feeds at most.
+        last_step = min(t, int(end) - prompt_len + 1)
+        state = jax.lax.while_loop(
+            functools.partial(cond, last_step=last_step),
+            functools.partial(body, segment=segment),
+            state,
+        )
     return SampleOutput(
         tokens=state.tokens_BxT,
         lengths=state.lengths_B,
