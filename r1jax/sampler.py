@@ -28,9 +28,9 @@ from r1jax.model import transformer
 # Prompt lengths are padded up to one of these, so a run compiles a handful of programs.
 PROMPT_BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
 # Decoding attends over a growing cache prefix (`attention_bounds`), growing by at least
-# MIN_SEGMENT slots. Each segment is its own decode loop (`decode`) and layer l compiles an
-# attention per segment, at most SEGMENT_BUDGET in all. Compilation grows with the segments:
-# tiny benchmark model (4 layers), T 1024: 8 segments, 12 s on 2 cores; T 64: 2 segments, 4 s.
+# MIN_SEGMENT slots. Each segment is its own decode loop (`decode`), compiled with the whole
+# step, so compilation grows with the segments: n_layers * segments <= SEGMENT_BUDGET bounds it
+# (benchmarks' tiny model, 4 layers, T 1024: 8 segments, 12 s on 2 cores; T 64: 2, 4 s).
 MIN_SEGMENT, SEGMENT_BUDGET = 32, 32
 
 
