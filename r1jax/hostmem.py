@@ -17,8 +17,10 @@ Then a freed temp block is reused by the next execution without faults. The cost
 keeps its high-water mark of heap memory until it exits. That mark can be a few temp blocks
 rather than one: a small block that stays live inside a freed temp block makes the hole too small
 for the next execution, and the heap grows once more. It settles after a few growths (a 128 MiB
-temp block, 2000 calls: 3 growths in the first 50, then flat); the GRPO benchmark's RSS stayed
-flat below its peak without reuse.
+temp block, 2000 calls: 3 growths in the first 50, then flat). Where it ends depends on the
+allocation order: the GRPO benchmark's RSS stayed below its peak without reuse, while the sampler
+benchmark's small model (8x8, a 249 MiB temp block) peaked at 1005-1488 MiB with reuse against
+1157-1203 MiB without.
 
 Call it early, before JAX creates its CPU client (that is when XLA's worker threads start and
 take their arenas). The CLI does, through `configure(mode)` with `--host_malloc` (default "auto":
