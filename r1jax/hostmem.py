@@ -19,8 +19,8 @@ rather than one: a small block that stays live inside a freed temp block makes t
 for the next execution, and the heap grows once more. It settles after a few growths (a 128 MiB
 temp block, 2000 calls: 3 growths in the first 50, then flat). Where it ends depends on the
 allocation order: the GRPO benchmark's RSS stayed below its peak without reuse, while the sampler
-benchmark's small model (8x8, a 249 MiB temp block) peaked at 1005-1488 MiB with reuse against
-1157-1203 MiB without.
+benchmark's small model (8x8, a 249 MiB temp block; two versions of its decode) peaked at 1005
+and 1488 MiB with reuse against 1157 and 1203 MiB without.
 
 Call it early, before JAX creates its CPU client (that is when XLA's worker threads start and
 take their arenas). The CLI does, through `configure(mode)` with `--host_malloc` (default "auto":
