@@ -273,12 +273,11 @@ def attention_bounds(prompt_len: int, cache_len: int, n_layers: int) -> tuple[in
     return tuple(min(prompt_len + size * (j + 1), cache_len) for j in range(segments))
 
 
-def _write_slot(chunks, new, slot, segment, start, *, axis):
+def _write_slot(chunks, new, slot, segment, *, axis):
     """Writes `new` (size 1 on `axis`) at global slot `slot` of a cache split into chunks along
-    `axis`; the slot lies in chunk `segment` (static), which begins at slot `start`. Only that
-    chunk is written, in place."""
+    `axis`; the slot lies in chunk `segment` (static). Only that chunk is written, in place."""
     at = [jnp.int32(0)] * chunks[segment].ndim
-    at[axis] = slot - start
+    at[axis] = slot - sum(chunk.shape[axis] for chunk in chunks[:segment])
     written = jax.lax.dynamic_update_slice(chunks[segment], new.astype(chunks[segment].dtype), at)
     return chunks[:segment] + (written,) + chunks[segment + 1 :]
 
@@ -307,9 +306,8 @@ def _decode_layer(cfg, x_DxB, layer, k_chunks, v_chunks, slot, rope, chunk_masks
     q_BxHxDh = jnp.transpose(_rope_t(qkv_NxDhxB[:h], *rope), (2, 0, 1))
     k_BxKxDh = jnp.transpose(_rope_t(qkv_NxDhxB[h : h + kh], *rope), (2, 0, 1))
     v_BxKxDh = jnp.transpose(qkv_NxDhxB[h + kh :], (2, 0, 1))
-    start = sum(k.shape[3] for k in k_chunks[:segment])
-    k_chunks = _write_slot(k_chunks, k_BxKxDh[..., None], slot, segment, start, axis=3)
-    v_chunks = _write_slot(v_chunks, v_BxKxDh[:, :, None], slot, segment, start, axis=2)
+    k_chunks = _write_slot(k_chunks, k_BxKxDh[..., None], slot, segment, axis=3)
+    v_chunks = _write_slot(v_chunks, v_BxKxDh[:, :, None], slot, segment, axis=2)
     q_BxKxGxDh = q_BxHxDh.reshape(b, kh, h // kh, dh) * jnp.asarray(dh**-0.5, dt)
     read = segment + 1
     out_BxKxGxDh = _attend(q_BxKxGxDh, k_chunks[:read], v_chunks[:read], chunk_masks, dt)
