@@ -10,6 +10,11 @@ with the trainer's log-probs. Greedy decoding (temperature 0) reports the unscal
 Prompts are left-padded, so every row writes its new tokens at the same cache slot and a single
 scalar `cache_index` drives the whole batch; a row with prompt length 0 is a padding row that is
 done from the start (length 0, pad tokens).
+
+The cache has two parts. The prompt's K/V, [N, .., P], is written once by the prefill and shared
+by the G samples of its prompt: decoding attends to it with the queries of all G samples in one
+product, so the prompt is neither copied G times nor read G times per step. The new tokens' K/V,
+[B, .., T - 1], is per row, split into chunks (`attention_bounds`).
 """
 
 import contextlib
@@ -64,10 +69,16 @@ class DecodeState:
     key: jax.Array
     prompt_lens_B: jax.Array
     last_token_B: jax.Array
-    # One cache per layer: layer l reads and writes its own buffers, never a slice of a stacked
-    # [L, ...] array (a copy per layer per token). Each is a tuple of chunks along S, split at
-    # the `attention_bounds`, so a step reads only the chunks filled so far, in place (a slice
-    # of one [.., S] buffer would be a copy): K chunks [B, K, Dh, n], V chunks [B, K, n, Dh].
+    # The prompts' cache, one entry per layer, written by the prefill and only read after:
+    # K [N, K, Dh, P], V [N, K, P, Dh]; the mask [N, P] is False on the left padding.
+    prompt_k_layers: tuple[jax.Array, ...]
+    prompt_v_layers: tuple[jax.Array, ...]
+    prompt_mask_NxP: jax.Array
+    # The new tokens' cache (slot P + i holds new token i), one per layer: layer l reads and
+    # writes its own buffers, never a slice of a stacked [L, ...] array (a copy per layer per
+    # token). Each is a tuple of chunks, split at the `attention_bounds`, so a step reads only
+    # the chunks filled so far, in place (a slice of one buffer would be a copy): K chunks
+    # [B, K, Dh, n], V chunks [B, K, n, Dh].
     k_layers: tuple[jax.Array, ...]
     v_layers: tuple[jax.Array, ...]
     tokens_BxT: jax.Array
@@ -215,7 +226,8 @@ def _rope_t(x_NxDhxB, cos_DhxB, sin_DhxB):
 
 
 def _attend_chunk(q_BxKxGxDh, k_BxKxDhxN, v_BxKxNxDh, kv_mask_BxN, dt):
-    """Attention of one query per row and head over one cache chunk of N slots, unnormalised:
+    """Attention of G queries per row and kv head over one cache chunk of N slots (the mask's
+    rows may broadcast: [1, N]), unnormalised:
     the scores' max [B, K, G, 1], the sum of exp(score - max) [B, K, G, 1] and the
     exp-weighted sum of values [B, K, G, Dh] (combined over chunks by `_attend`)."""
     # Batched dots over (B, K). K is cached as [Dh, S] so q.K is a plain (not transposed)
@@ -239,16 +251,35 @@ def _attend_chunk(q_BxKxGxDh, k_BxKxDhxN, v_BxKxNxDh, kv_mask_BxN, dt):
     return max_BxKxGx1, sum_BxKxGx1, out_BxKxGxDh
 
 
-def _attend(q_BxKxGxDh, k_chunks, v_chunks, chunk_masks, dt):
-    """Attention over the given cache chunks (read in place), one softmax over their unmasked
-    slots; [B, K, G, Dh]."""
-    parts = [
+def _by_prompt(x_BxKxGxE, n):
+    """[B, K, G, E] -> [N, K, S*G, E] with B = N*S rows (S samples per prompt, adjacent): the
+    rows of one prompt's samples become rows of one product against that prompt's cache."""
+    b, k, g, e = x_BxKxGxE.shape
+    x = x_BxKxGxE.reshape(n, b // n, k, g, e)
+    return jnp.transpose(x, (0, 2, 1, 3, 4)).reshape(n, k, (b // n) * g, e)
+
+
+def _by_row(x_NxKxSGxE, b):
+    """The inverse of `_by_prompt`: [N, K, S*G, E] -> [B, K, G, E]."""
+    n, k, sg, e = x_NxKxSGxE.shape
+    x = x_NxKxSGxE.reshape(n, k, b // n, sg // (b // n), e)
+    return jnp.transpose(x, (0, 2, 1, 3, 4)).reshape(b, k, sg // (b // n), e)
+
+
+def _attend(q_BxKxGxDh, prompt_cache, k_chunks, v_chunks, chunk_masks, dt):
+    """Attention over a prompt's shared cache and the given chunks of the row's own cache (all
+    read in place), one softmax over their unmasked slots; [B, K, G, Dh].
+
+    `prompt_cache` is (K [N, K, Dh, P], V [N, K, P, Dh], mask [N, P]) for N prompts of B / N
+    adjacent samples each: their queries meet the prompt's keys in one product (M = B / N * G
+    rows), so each prompt slot is read once per prompt, not once per sample.
+    """
+    b, n = q_BxKxGxDh.shape[0], prompt_cache[0].shape[0]
+    prompt_part = _attend_chunk(_by_prompt(q_BxKxGxDh, n), *prompt_cache, dt)
+    parts = [tuple(_by_row(x, b) for x in prompt_part)] + [
         _attend_chunk(q_BxKxGxDh, k, v, mask, dt)
         for k, v, mask in zip(k_chunks, v_chunks, chunk_masks, strict=True)
     ]
-    if len(parts) == 1:
-        _, sum_BxKxGx1, out_BxKxGxDh = parts[0]
-        return (out_BxKxGxDh / sum_BxKxGx1).astype(dt)
     max_BxKxGx1 = functools.reduce(jnp.maximum, [m for m, _, _ in parts])
     scales = [jnp.exp(m - max_BxKxGx1) for m, _, _ in parts]
     total_BxKxGx1 = sum(scale * total for scale, (_, total, _) in zip(scales, parts))
@@ -260,8 +291,9 @@ def attention_bounds(prompt_len: int, cache_len: int, n_layers: int) -> tuple[in
     """The cache prefixes decoding attends over, one per segment of the decode loop.
 
     Decode step t feeds the token sampled at step t - 1 into slot P + t - 1 and needs slots
-    [0, P + t); it attends over the shortest prefix in the list that covers them, so reading
-    the cache costs what is filled (rounded up to a segment) rather than all S slots per step.
+    [0, P + t); besides the prompt's slots [0, P) it attends over the new tokens' slots up to
+    the first bound past P + t - 1, so reading the cache costs what is filled (rounded up to a
+    segment) rather than all S slots per step. The new tokens' cache is split at the bounds.
     Segments are of about equal size, of at least MIN_SEGMENT slots, and each layer compiles
     its own attention per segment, so there are at most SEGMENT_BUDGET // n_layers of them
     (a model of more than SEGMENT_BUDGET // 2 layers reads the whole cache every step).
@@ -274,22 +306,27 @@ def attention_bounds(prompt_len: int, cache_len: int, n_layers: int) -> tuple[in
 
 
 def _write_slot(chunks, new, slot, segment, *, axis):
-    """Writes `new` (size 1 on `axis`) at global slot `slot` of a cache split into chunks along
-    `axis`; the slot lies in chunk `segment` (static). Only that chunk is written, in place."""
+    """Writes `new` (size 1 on `axis`) at slot `slot` of a cache split into chunks along `axis`
+    (slot 0 starts chunk 0); the slot lies in chunk `segment` (static). Only that chunk is
+    written, in place."""
     at = [jnp.int32(0)] * chunks[segment].ndim
     at[axis] = slot - sum(chunk.shape[axis] for chunk in chunks[:segment])
     written = jax.lax.dynamic_update_slice(chunks[segment], new.astype(chunks[segment].dtype), at)
     return chunks[:segment] + (written,) + chunks[segment + 1 :]
 
 
-def _decode_layer(cfg, x_DxB, layer, k_chunks, v_chunks, slot, rope, chunk_masks, segment):
-    """One decoder layer for one new token per row: writes its K/V at `slot` (in place) and
-    attends to the slots `chunk_masks` allow, itself included. Returns x and the caches.
+def _decode_layer(
+    cfg, x_DxB, layer, prompt_cache, k_chunks, v_chunks, slot, rope, chunk_masks, segment
+):
+    """One decoder layer for one new token per row: writes its K/V at new-token slot `slot`
+    (in place) and attends to the prompt's slots and to the new ones `chunk_masks` allow,
+    itself included. Returns x and the new tokens' caches.
 
-    The layer's cache is split into chunks along S at the `attention_bounds` (K [B, K, Dh, n],
-    V [B, K, n, Dh]); `slot` lies in chunk `segment` (static: each segment has its own decode
-    loop), and attention reads chunks 0..segment only, so its cost follows the filled length,
-    not S. `chunk_masks` covers those chunks.
+    `prompt_cache` is this layer's (K, V, mask) of the prompts (`_attend`). The new tokens'
+    cache is split into chunks at the `attention_bounds` (K [B, K, Dh, n], V [B, K, n, Dh]);
+    `slot` lies in chunk `segment` (static: each segment has its own decode loop), and
+    attention reads chunks 0..segment only, so its cost follows the filled length, not S.
+    `chunk_masks` covers those chunks.
 
     Activations are feature-major ([D, B]) and `layer` is one entry of `decode_layers`
     (transposed [out, in] kernels, q|k|v and gate|up fused), so every projection is W @ x with
@@ -310,35 +347,42 @@ def _decode_layer(cfg, x_DxB, layer, k_chunks, v_chunks, slot, rope, chunk_masks
     v_chunks = _write_slot(v_chunks, v_BxKxDh[:, :, None], slot, segment, axis=2)
     q_BxKxGxDh = q_BxHxDh.reshape(b, kh, h // kh, dh) * jnp.asarray(dh**-0.5, dt)
     read = segment + 1
-    out_BxKxGxDh = _attend(q_BxKxGxDh, k_chunks[:read], v_chunks[:read], chunk_masks, dt)
+    out_BxKxGxDh = _attend(
+        q_BxKxGxDh, prompt_cache, k_chunks[:read], v_chunks[:read], chunk_masks, dt
+    )
     x_DxB = x_DxB + layer["o_kernel"] @ out_BxKxGxDh.reshape(b, h * dh).T
     gate_up_2FxB = layer["gate_up_kernel"] @ _rms_norm_t(cfg, layer["mlp_norm"], x_DxB)
     gate_FxB, up_FxB = jnp.split(gate_up_2FxB, 2, axis=0)
     return x_DxB + layer["down_kernel"] @ (jax.nn.silu(gate_FxB) * up_FxB), k_chunks, v_chunks
 
 
-def _decode_logits(
-    cfg, params, layers, token_B, position_B, k_layers, v_layers, slot, kv_mask_BxS, segment
-):
-    """Logits [B, V] of one new token per row, and the caches with its K/V written at `slot`.
+def _decode_logits(cfg, params, layers, token_B, position_B, state, slot, new_mask_1xR, segment):
+    """Logits [B, V] of one new token per row, and the new tokens' caches with its K/V written
+    at new-token slot `slot` (global slot P + slot).
 
     The same math as `transformer.forward_cached` with T = 1, but unrolled over per-layer
     params (`decode_layers`) and per-layer caches: a scan over the stacked [L, ...] arrays
     copies each layer's weights and cache out of the stack every token, which on CPU was a
-    third of the step. Slots > `slot` must be masked out by `kv_mask_BxS` (stale or zero K/V).
-    Each layer's cache is a tuple of chunks along S (`attention_bounds`); `segment` (static) is
-    the chunk holding `slot`, and `kv_mask_BxS` covers chunks 0..segment.
+    third of the step. Attention covers the prompt's cache (`state.prompt_*`, masked by its
+    padding) and the new tokens' chunks 0..segment, where `segment` (static) is the chunk
+    holding `slot`; `new_mask_1xR` covers those chunks and must mask out slots > `slot` (stale
+    or zero K/V).
     """
     dt = jnp.dtype(cfg.dtype)
+    k_layers, v_layers = state.k_layers, state.v_layers
     ends = np.cumsum([k.shape[3] for k in k_layers[0]])[: segment + 1]
-    chunk_masks = tuple(jnp.split(kv_mask_BxS, ends[:-1], axis=1))
+    chunk_masks = tuple(jnp.split(new_mask_1xR, ends[:-1], axis=1))
     x_DxB = jnp.take(params["embedding"], token_B, axis=0).astype(dt).T
     cos_Bx1xDh, sin_Bx1xDh = transformer.rope_tables(cfg, position_B[:, None])
     rope = (cos_Bx1xDh[:, 0].T, sin_Bx1xDh[:, 0].T)
     new_k, new_v = [], []
-    for layer, k_chunks, v_chunks in zip(layers["layers"], k_layers, v_layers, strict=True):
+    prompt = zip(state.prompt_k_layers, state.prompt_v_layers, strict=True)
+    for layer, (k_prompt, v_prompt), k_chunks, v_chunks in zip(
+        layers["layers"], prompt, k_layers, v_layers, strict=True
+    ):
+        prompt_cache = (k_prompt, v_prompt, state.prompt_mask_NxP)
         x_DxB, k_chunks, v_chunks = _decode_layer(
-            cfg, x_DxB, layer, k_chunks, v_chunks, slot, rope, chunk_masks, segment
+            cfg, x_DxB, layer, prompt_cache, k_chunks, v_chunks, slot, rope, chunk_masks, segment
         )
         new_k.append(k_chunks)
         new_v.append(v_chunks)
@@ -419,10 +463,14 @@ def _constrain(state: DecodeState, layout) -> DecodeState:
     cache_k = sharding_lib.cache_sharding(mesh, rules, layout="decode_k")
     cache_v = sharding_lib.cache_sharding(mesh, rules, layout="decode_v")
     pin = jax.lax.with_sharding_constraint
+    # Rows of the prompts' cache split like the B rows: N and B divide alike, and the samples of
+    # one prompt are adjacent rows, so a shard's samples find their prompt on the same shard.
     per_row = ("prompt_lens_B", "last_token_B", "tokens_BxT", "logprobs_BxT", "lengths_B")
+    per_row += ("done_B", "stopped_B", "prompt_mask_NxP")
     changes = {name: pin(getattr(state, name), rows) for name in per_row}
-    changes.update(done_B=pin(state.done_B, rows), stopped_B=pin(state.stopped_B, rows))
     pin_all = lambda chunks, where: tuple(pin(c, where) for c in chunks)
+    changes.update(prompt_k_layers=pin_all(state.prompt_k_layers, cache_k))
+    changes.update(prompt_v_layers=pin_all(state.prompt_v_layers, cache_v))
     changes.update(k_layers=tuple(pin_all(chunks, cache_k) for chunks in state.k_layers))
     changes.update(v_layers=tuple(pin_all(chunks, cache_v) for chunks in state.v_layers))
     return state.replace(**changes)
@@ -440,7 +488,11 @@ def prefill(
     sampling,
     layout=None,
 ):
-    """Prefills each prompt once, repeats its cache G times and samples token 0 of every row."""
+    """Prefills each prompt once and samples token 0 of every row.
+
+    Group sampling shares the prompt: its FLOPs are paid once and its cache is kept once, for
+    all G samples (`_attend`); only the new tokens' cache has B = N*G rows.
+    """
     n, p = prompt_NxP.shape
     g, t = num_samples, max_new_tokens
     s = p + t - 1  # the last sampled token is never fed back, so it needs no slot
@@ -448,31 +500,32 @@ def prefill(
     positions_NxP = jnp.maximum(
         jnp.arange(p, dtype=jnp.int32)[None, :] - (p - prompt_lens_N)[:, None], 0
     )
-    cache = transformer.init_cache(cfg, n, s)
+    cache = transformer.init_cache(cfg, n, p)
     if layout is not None:
         cache_sh = sharding_lib.cache_sharding(*layout, layout="model")
         cache = jax.tree.map(lambda c: jax.lax.with_sharding_constraint(c, cache_sh), cache)
+    prompt_mask_NxP = _kv_mask(prompt_lens_N, p, p)
     logits_NxV, cache = _last_logits(
-        cfg, params, prompt_NxP, positions_NxP, cache, jnp.int32(0), _kv_mask(prompt_lens_N, p, s)
+        cfg, params, prompt_NxP, positions_NxP, cache, jnp.int32(0), prompt_mask_NxP
     )
-    # Group sampling shares the prompt: its FLOPs are paid once, the cache is copied G times.
-    # Each layer's cache becomes chunks along S, split at the decode's attention bounds.
-    splits = list(attention_bounds(p, s, cfg.n_layers)[:-1])
-    to_decode_layout = lambda x_LxNxSxKxDh, axes: tuple(
-        tuple(jnp.split(jnp.repeat(jnp.transpose(x, axes), g, axis=0), splits, axes.index(1)))
-        for x in x_LxNxSxKxDh
-    )
+    b, dt = n * g, jnp.dtype(cfg.dtype)
+    kh, dh = cfg.n_kv_heads, cfg.head_dim
+    # The new tokens' cache: per layer, chunks split at the decode's attention bounds.
+    sizes = np.diff((p, *attention_bounds(p, s, cfg.n_layers)))
+    zeros = lambda *shape: jnp.zeros(shape, dt)
 
     logits_BxV = jnp.repeat(logits_NxV, g, axis=0)
     prompt_lens_B = jnp.repeat(prompt_lens_N, g, axis=0)
-    b = n * g
     state = DecodeState(
         step=jnp.int32(0),
         key=key,
         prompt_lens_B=prompt_lens_B,
         last_token_B=jnp.zeros((b,), jnp.int32),
-        k_layers=to_decode_layout(cache.k, (0, 2, 3, 1)),
-        v_layers=to_decode_layout(cache.v, (0, 2, 1, 3)),
+        prompt_k_layers=tuple(jnp.transpose(k, (0, 2, 3, 1)) for k in cache.k),
+        prompt_v_layers=tuple(jnp.transpose(v, (0, 2, 1, 3)) for v in cache.v),
+        prompt_mask_NxP=prompt_mask_NxP,
+        k_layers=tuple(tuple(zeros(b, kh, dh, m) for m in sizes) for _ in range(cfg.n_layers)),
+        v_layers=tuple(tuple(zeros(b, kh, m, dh) for m in sizes) for _ in range(cfg.n_layers)),
         tokens_BxT=jnp.full((b, t), sampling.pad_id, jnp.int32),
         logprobs_BxT=jnp.zeros((b, t), jnp.float32),
         lengths_B=jnp.zeros((b,), jnp.int32),
@@ -483,7 +536,7 @@ def prefill(
     return _constrain(_record(state, token_B, logp_B, sampling), layout)
 
 
-def decode(cfg, params, state: DecodeState, *, prompt_len, sampling, layout=None) -> SampleOutput:
+def decode(cfg, params, state: DecodeState, *, sampling, layout=None) -> SampleOutput:
     """Runs the decode loops until every row has stopped or T tokens are sampled.
 
     One `lax.while_loop` per cache chunk (`attention_bounds`): the loop for chunk j feeds slots
@@ -492,29 +545,27 @@ def decode(cfg, params, state: DecodeState, *, prompt_len, sampling, layout=None
     every row has stopped; the later loops then run no step.
     """
     t = state.tokens_BxT.shape[1]
-    ends = np.cumsum([v.shape[2] for v in state.v_layers[0]])
+    # Ends of the new tokens' cache chunks; none when T = 1 (the prefill sampled the only token).
+    ends = np.cumsum([v.shape[2] for v in state.v_layers[0]]) if t > 1 else []
     layers = decode_layers(cfg, params)
-    kv_mask_BxS = _kv_mask(state.prompt_lens_B, prompt_len, int(ends[-1]))
-    slot_S = jnp.arange(int(ends[-1]), dtype=jnp.int32)[None, :]
+    slot_R = jnp.arange(t - 1, dtype=jnp.int32)[None, :]
 
     def cond(st: DecodeState, last_step):
         return (st.step < last_step) & ~jnp.all(st.done_B)
 
     def body(st: DecodeState, segment):
-        # Feed the token sampled at step-1: it sits at slot P + step - 1.
-        slot = prompt_len + st.step - 1
-        positions_Bx1 = (st.prompt_lens_B + st.step - 1)[:, None]
+        # Feed the token sampled at step-1: new token step-1, at cache slot P + step - 1.
+        slot = st.step - 1
         read = int(ends[segment])
         logits_BxV, k, v = _decode_logits(
             cfg,
             params,
             layers,
             st.last_token_B,
-            positions_Bx1[:, 0],
-            st.k_layers,
-            st.v_layers,
+            st.prompt_lens_B + slot,
+            st,
             slot,
-            kv_mask_BxS[:, :read] & (slot_S[:, :read] <= slot),
+            slot_R[:, :read] <= slot,
             segment,
         )
         token_B, logp_B = sample_logits(logits_BxV, jax.random.fold_in(st.key, st.step), sampling)
@@ -522,8 +573,8 @@ def decode(cfg, params, state: DecodeState, *, prompt_len, sampling, layout=None
         return _constrain(_record(st, token_B, logp_B, sampling), layout)
 
     for segment, end in enumerate(ends):
-        # Steps whose slot P + step - 1 lies below `end`, in order; T - 1 feeds at most.
-        last_step = min(t, int(end) - prompt_len + 1)
+        # Steps whose new-token slot step - 1 lies below `end`, in order; T - 1 feeds at most.
+        last_step = min(t, int(end) + 1)
         state = jax.lax.while_loop(
             functools.partial(cond, last_step=last_step),
             functools.partial(body, segment=segment),
@@ -555,9 +606,7 @@ def _generate(
             sampling=sampling,
             layout=layout,
         )
-    return decode(
-        cfg, params, state, prompt_len=prompt_NxP.shape[1], sampling=sampling, layout=layout
-    )
+    return decode(cfg, params, state, sampling=sampling, layout=layout)
 
 
 _generate_jit = jax.jit(

@@ -4,6 +4,7 @@ N prompts, G samples per prompt, P prompt bucket length, T new tokens, S cache l
 """
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -268,6 +269,28 @@ def test_padding_rows_and_padded_entry(model):
     assert not np.asarray(out.stopped).any() and np.all(np.asarray(out.lengths)[:8] == 5)
     # Greedy samples of one prompt are identical: the shared prefill is reused for both.
     np.testing.assert_array_equal(ref.tokens[0::2], ref.tokens[1::2])
+
+
+def test_samples_of_a_prompt_share_its_cache(model):
+    cfg, params = model
+    tokens_NxP, lens_N = sampler.pad_prompts(PROMPTS, 16, 4, pad_id=0)
+    prefill = functools.partial(
+        sampler.prefill, cfg, max_new_tokens=40, num_samples=5, sampling=sampler.SamplingConfig()
+    )
+    state = jax.eval_shape(prefill, params, tokens_NxP, lens_N, jax.random.key(0))
+    # The prompt's K/V once per prompt; only the new tokens' cache has a row per sample.
+    kh, dh = cfg.n_kv_heads, cfg.head_dim
+    assert [k.shape for k in state.prompt_k_layers] == [(4, kh, dh, 16)] * cfg.n_layers
+    assert [v.shape for v in state.prompt_v_layers] == [(4, kh, 16, dh)] * cfg.n_layers
+    assert len(state.k_layers[0]) > 1  # several chunks, each read with the shared prompt
+    assert {c.shape[0] for c in state.k_layers[0]} == {20}
+    assert sum(c.shape[3] for c in state.k_layers[0]) == 39
+    # Rows meet their own prompt: greedy samples of a group equal the one-sample greedy run.
+    kw = dict(max_new_tokens=40, temperature=0.0)
+    one = sampler.generate(cfg, params, PROMPTS, **kw)
+    five = sampler.generate(cfg, params, PROMPTS, num_samples=5, **kw)
+    np.testing.assert_array_equal(five.tokens, np.repeat(one.tokens, 5, axis=0))
+    np.testing.assert_allclose(five.logprobs, np.repeat(one.logprobs, 5, axis=0), atol=1e-5)
 
 
 @pytest.mark.parametrize("t,mesh_sizes", [(6, (4, 2, 1)), (40, (2, 2, 2))])
