@@ -4,11 +4,13 @@ N prompts, G samples per prompt, P prompt length, T new tokens, V vocab.
 
 Two random Qwen2 models (f32): "tiny" (V 1024, D 256, 4 layers, 4 heads, 2 kv heads, F 768) and
 "small" (V 8192, D 512, 8 layers, 8 heads, 2 kv heads, F 1536). Workloads: N=32 prompts x G=1
-and N=8 prompts x G=8, P=16 random tokens, exactly T=128 new tokens (no EOS), temperature 1,
-no top-p / top-k, KV cache on both sides, torch on the same number of threads.
+and N=8 prompts x G=8 of P=16 random tokens (the issue's cases), and N=4 x G=8 of P=256 (group
+sampling with RL-length prompts); exactly T=128 new tokens (no EOS), temperature 1, no top-p /
+top-k, KV cache on both sides, torch on the same number of threads. A call's time includes its
+prefill (transformers prefills each prompt G times, r1jax once).
 Each side runs in its own subprocess per model, so its peak RSS (ru_maxrss) is its own.
 
-Run (about 5 minutes on 2 cores):
+Run (about 7 minutes on 2 cores):
   python benchmarks/sampler.py [--repeats 3] [--threads 2] [--models tiny,small]
 """
 
@@ -30,8 +32,11 @@ MODELS = {
     "tiny": dict(vocab=1024, d=256, layers=4, heads=4, kv_heads=2, ff=768),
     "small": dict(vocab=8192, d=512, layers=8, heads=8, kv_heads=2, ff=1536),
 }
-CASES = {"32x1": (32, 1), "8x8": (8, 8)}  # name -> (N prompts, G samples per prompt)
-PROMPT_LEN, NEW_TOKENS, SEED = 16, 128, 0
+# name -> (N prompts, G samples per prompt, P prompt length). The issue's goals are set on the
+# first two; "4x8p256" is group sampling with RL-length prompts, where sharing the prompt's
+# cache between the samples (r1jax) matters most.
+CASES = {"32x1": (32, 1, 16), "8x8": (8, 8, 16), "4x8p256": (4, 8, 256)}
+NEW_TOKENS, SEED = 128, 0
 
 
 def _rss_mib() -> float:
@@ -39,11 +44,11 @@ def _rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def prompt_ids(n: int) -> list[list[int]]:
+def prompt_ids(n: int, p: int) -> list[list[int]]:
     """N prompts of P random token ids (>= 2), the same on both sides."""
     import numpy as np
 
-    return np.random.default_rng(SEED).integers(2, 1000, size=(n, PROMPT_LEN)).tolist()
+    return np.random.default_rng(SEED).integers(2, 1000, size=(n, p)).tolist()
 
 
 def make_model_dir(name: str, path: pathlib.Path) -> None:
@@ -91,8 +96,8 @@ def run_hf(model_dir: str, repeats: int, threads: int) -> dict:
     base_rss = _rss_mib()
     model = transformers.Qwen2ForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     out = {"base_rss_mib": base_rss}
-    for case, (n, g) in CASES.items():
-        ids = torch.tensor(prompt_ids(n))
+    for case, (n, g, p) in CASES.items():
+        ids = torch.tensor(prompt_ids(n, p))
 
         def gen(ids=ids, g=g):
             with torch.no_grad():
@@ -110,7 +115,7 @@ def run_hf(model_dir: str, repeats: int, threads: int) -> dict:
                     pad_token_id=0,
                     use_cache=True,
                 )
-            assert res.shape == (len(ids) * g, PROMPT_LEN + NEW_TOKENS), res.shape
+            assert res.shape == (len(ids) * g, ids.shape[1] + NEW_TOKENS), res.shape
 
         first, times = _time_runs(gen, repeats)
         out[case] = {"first_s": first, "run_s": statistics.median(times), "runs_s": times}
@@ -130,8 +135,8 @@ def run_r1jax(model_dir: str, repeats: int, threads: int) -> dict:
     cfg, params = hf_io.load_hf(model_dir)
     params = jax.device_put(params)
     out = {"base_rss_mib": base_rss}
-    for case, (n, g) in CASES.items():
-        prompts = prompt_ids(n)
+    for case, (n, g, p) in CASES.items():
+        prompts = prompt_ids(n, p)
 
         def gen(prompts=prompts, g=g):
             res = sampler.generate(
@@ -148,8 +153,9 @@ def run_r1jax(model_dir: str, repeats: int, threads: int) -> dict:
     return out
 
 
-def decode_flops(name: str) -> float:
-    """Model FLOPs of one generated token: `forward_flops_per_token` at the mean context P + T/2."""
+def decode_flops(name: str, p: int) -> float:
+    """Model FLOPs of one generated token: `forward_flops_per_token` at the mean context P + T/2
+    (the prefill's FLOPs are not counted, its time is)."""
     from r1jax.model import config as config_lib
 
     m = MODELS[name]
@@ -163,7 +169,7 @@ def decode_flops(name: str) -> float:
         d_ff=m["ff"],
         qkv_bias=True,
     )
-    return config_lib.forward_flops_per_token(cfg, PROMPT_LEN + NEW_TOKENS // 2)
+    return config_lib.forward_flops_per_token(cfg, p + NEW_TOKENS // 2)
 
 
 def _measure_peak() -> float:
@@ -188,21 +194,22 @@ def _run_side(side: str, model_dir: str, args) -> dict:
 
 
 def _print_model(name: str, res: dict, peak: float) -> None:
-    flops = decode_flops(name)
-    print(f"\n{name}: {flops / 1e6:.1f} MFLOP per generated token; peak {peak / 1e9:.1f} GFLOP/s")
-    for case, (n, g) in CASES.items():
+    print(f"\n{name}: peak {peak / 1e9:.1f} GFLOP/s")
+    for case, (n, g, p) in CASES.items():
+        flops = decode_flops(name, p)
+        print(f"  {case}: {flops / 1e6:.1f} MFLOP per generated token")
         tokens = n * g * NEW_TOKENS
         tps = {side: tokens / r[case]["run_s"] for side, r in res.items()}
         for side, r in res.items():
             frac = tps[side] * flops / peak
             extra = f"  compile {r[case]['compile_s']:.1f} s" if "compile_s" in r[case] else ""
             print(
-                f"  {case:5s} {side:12s} {tps[side]:8.0f} tokens/s  {100 * frac:5.1f}% of peak"
+                f"  {case:7s} {side:12s} {tps[side]:8.0f} tokens/s  {100 * frac:5.1f}% of peak"
                 f"  (median {r[case]['run_s']:.3f} s; first call {r[case]['first_s']:.2f} s)"
                 + extra
             )
         if len(tps) == 2:
-            print(f"  {case:5s} r1jax / transformers: {tps['r1jax'] / tps['transformers']:.2f}x")
+            print(f"  {case:7s} r1jax / transformers: {tps['r1jax'] / tps['transformers']:.2f}x")
     for side, r in res.items():
         print(
             f"  peak RSS {side:12s} {r['peak_rss_mib']:6.0f} MiB "

@@ -252,27 +252,28 @@ def _attend_chunk(q_BxKxGxDh, k_BxKxDhxN, v_BxKxNxDh, kv_mask_BxN, dt):
 
 
 def _by_prompt(x_BxKxGxE, n):
-    """[B, K, G, E] -> [N, K, S*G, E] with B = N*S rows (S samples per prompt, adjacent): the
+    """[B, K, G, E] -> [N, K, M*G, E] for B = N*M rows, the M samples of a prompt adjacent: the
     rows of one prompt's samples become rows of one product against that prompt's cache."""
     b, k, g, e = x_BxKxGxE.shape
     x = x_BxKxGxE.reshape(n, b // n, k, g, e)
     return jnp.transpose(x, (0, 2, 1, 3, 4)).reshape(n, k, (b // n) * g, e)
 
 
-def _by_row(x_NxKxSGxE, b):
-    """The inverse of `_by_prompt`: [N, K, S*G, E] -> [B, K, G, E]."""
-    n, k, sg, e = x_NxKxSGxE.shape
-    x = x_NxKxSGxE.reshape(n, k, b // n, sg // (b // n), e)
-    return jnp.transpose(x, (0, 2, 1, 3, 4)).reshape(b, k, sg // (b // n), e)
+def _by_row(x_NxKxMGxE, b):
+    """The inverse of `_by_prompt`: [N, K, M*G, E] -> [B, K, G, E]."""
+    n, k, mg, e = x_NxKxMGxE.shape
+    m = b // n
+    x = x_NxKxMGxE.reshape(n, k, m, mg // m, e)
+    return jnp.transpose(x, (0, 2, 1, 3, 4)).reshape(b, k, mg // m, e)
 
 
 def _attend(q_BxKxGxDh, prompt_cache, k_chunks, v_chunks, chunk_masks, dt):
     """Attention over a prompt's shared cache and the given chunks of the row's own cache (all
     read in place), one softmax over their unmasked slots; [B, K, G, Dh].
 
-    `prompt_cache` is (K [N, K, Dh, P], V [N, K, P, Dh], mask [N, P]) for N prompts of B / N
-    adjacent samples each: their queries meet the prompt's keys in one product (M = B / N * G
-    rows), so each prompt slot is read once per prompt, not once per sample.
+    `prompt_cache` is (K [N, K, Dh, P], V [N, K, P, Dh], mask [N, P]) for N prompts of M = B / N
+    adjacent samples each: their queries meet the prompt's keys in one product of M*G rows per
+    kv head, so each prompt slot is read once per prompt, not once per sample.
     """
     b, n = q_BxKxGxDh.shape[0], prompt_cache[0].shape[0]
     prompt_part = _attend_chunk(_by_prompt(q_BxKxGxDh, n), *prompt_cache, dt)
@@ -463,8 +464,8 @@ def _constrain(state: DecodeState, layout) -> DecodeState:
     cache_k = sharding_lib.cache_sharding(mesh, rules, layout="decode_k")
     cache_v = sharding_lib.cache_sharding(mesh, rules, layout="decode_v")
     pin = jax.lax.with_sharding_constraint
-    # Rows of the prompts' cache split like the B rows: N and B divide alike, and the samples of
-    # one prompt are adjacent rows, so a shard's samples find their prompt on the same shard.
+    # The prompts' cache is split over the batch axes like the prompts themselves (placed so by
+    # the caller); a prompt's samples are adjacent rows, so they land on the prompt's shard.
     per_row = ("prompt_lens_B", "last_token_B", "tokens_BxT", "logprobs_BxT", "lengths_B")
     per_row += ("done_B", "stopped_B", "prompt_mask_NxP")
     changes = {name: pin(getattr(state, name), rows) for name in per_row}
