@@ -291,6 +291,9 @@ def test_samples_of_a_prompt_share_its_cache(model):
     five = sampler.generate(cfg, params, PROMPTS, num_samples=5, **kw)
     np.testing.assert_array_equal(five.tokens, np.repeat(one.tokens, 5, axis=0))
     np.testing.assert_allclose(five.logprobs, np.repeat(one.logprobs, 5, axis=0), atol=1e-5)
+    # T = 1: the prefill samples the only token; there is no new tokens' cache to decode with.
+    first = sampler.generate(cfg, params, PROMPTS, max_new_tokens=1, num_samples=5, temperature=0)
+    np.testing.assert_array_equal(first.tokens, five.tokens[:, :1])
 
 
 @pytest.mark.parametrize("t,mesh_sizes", [(6, (4, 2, 1)), (40, (2, 2, 2))])
