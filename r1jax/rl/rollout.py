@@ -105,7 +105,7 @@ class ExperienceMaker:
     """Turns a stream of prompt records into RL batches, one call per step.
 
     1. Take B prompt records; template and tokenize them; left-pad into a bucket.
-    2. Sample G completions per prompt (prompt prefilled once, samples adjacent).
+    2. Sample G completions per prompt (prompt prefilled once, its cache shared; samples adjacent).
     3. Decode and score them with the weighted reward functions in the host worker pool.
     4. Dynamic sampling (optional): keep groups with unequal rewards, refill up to a cap.
     5. Shape rewards (overlong penalty), compute group-relative advantages.
