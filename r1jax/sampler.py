@@ -14,7 +14,9 @@ done from the start (length 0, pad tokens).
 The cache has two parts. The prompt's K/V, [N, .., P], is written once by the prefill and shared
 by the G samples of its prompt: decoding attends to it with the queries of all G samples in one
 product, so the prompt is neither copied G times nor read G times per step. The new tokens' K/V,
-[B, .., T - 1], is per row, split into chunks (`attention_bounds`).
+[B, .., T - 1], is per row, split into chunks (`attention_bounds`). With one sample per prompt
+there is nothing to share, and the prompt's K/V is the head of the first chunk instead (one
+product fewer per layer and step).
 """
 
 import contextlib
@@ -66,11 +68,13 @@ class DecodeState:
     """The while_loop carry: `step` is the index of the next token to sample."""
 
     step: jax.Array
-    key: jax.Array
+    # The draws' uniforms [B, T] (`step_uniforms`); [B, 0] when greedy.
+    uniform_BxT: jax.Array
     prompt_lens_B: jax.Array
     last_token_B: jax.Array
     # The prompts' cache, one entry per layer, written by the prefill and only read after:
-    # K [N, K, Dh, P], V [N, K, P, Dh]; the mask [N, P] is False on the left padding.
+    # K [N, K, Dh, P], V [N, K, P, Dh]; the mask [N, P] is False on the left padding. Empty when
+    # G = 1: the prompt's K/V then fill slots [0, P) of the first new-token chunk.
     prompt_k_layers: tuple[jax.Array, ...]
     prompt_v_layers: tuple[jax.Array, ...]
     prompt_mask_NxP: jax.Array
@@ -147,8 +151,18 @@ def _first_or_last(hit_BxN: jax.Array, nonzero_BxN: jax.Array) -> jax.Array:
     return jnp.where(jnp.any(hit_BxN, axis=-1), jnp.argmax(hit_BxN, axis=-1), last_B)
 
 
-def _inverse_cdf_sample(probs_BxV: jax.Array, key: jax.Array) -> jax.Array:
-    """One categorical draw per row from unnormalised probs (one uniform per row, cheap on CPU).
+def step_uniforms(key: jax.Array, b: int, t: int) -> jax.Array:
+    """The uniforms [B, T] in [0, 1) of the draws: step s uses uniform(fold_in(key, s), (B,)).
+
+    Made once per call, before the decode loops: inside a step, the two threefry calls ran as
+    rolled XLA:CPU loops (a dozen small thunks per round), several percent of a tiny model's step.
+    """
+    draw = lambda s: jax.random.uniform(jax.random.fold_in(key, s), (b,), jnp.float32)
+    return jax.vmap(draw, out_axes=1)(jnp.arange(t, dtype=jnp.int32))
+
+
+def _inverse_cdf_sample(probs_BxV: jax.Array, uniform_B: jax.Array) -> jax.Array:
+    """One categorical draw per row from unnormalised probs and one uniform in [0, 1) per row.
 
     Two-level inverse CDF: find the block of C ~ sqrt(V) tokens whose cumulative mass first
     reaches u * total, then the token inside it. A cumsum over all V (a reduce-window on
@@ -161,7 +175,7 @@ def _inverse_cdf_sample(probs_BxV: jax.Array, key: jax.Array) -> jax.Array:
     mass_BxN = jnp.sum(blocks_BxNxC, axis=-1)
     cdf_BxN = jnp.cumsum(mass_BxN, axis=-1)
     # u in (0, 1] so the target is > 0 and a zero-mass prefix never reaches it.
-    u_B = 1.0 - jax.random.uniform(key, (b,), jnp.float32)
+    u_B = 1.0 - uniform_B
     target_B = u_B * cdf_BxN[:, -1]
     block_B = _first_or_last((cdf_BxN >= target_B[:, None]) & (mass_BxN > 0), mass_BxN > 0)
     before_B = jnp.take_along_axis(cdf_BxN - mass_BxN, block_B[:, None], axis=-1)[:, 0]
@@ -174,18 +188,39 @@ def _inverse_cdf_sample(probs_BxV: jax.Array, key: jax.Array) -> jax.Array:
 def sample_logits(
     logits_BxV: jax.Array, key: jax.Array, sampling: SamplingConfig
 ) -> tuple[jax.Array, jax.Array]:
-    """Chosen tokens [B] and their log-probs [B] under the temperature-scaled, unfiltered law."""
-    logits_BxV = logits_BxV.astype(jnp.float32)
+    """Chosen tokens [B] and their log-probs [B] under the temperature-scaled, unfiltered law
+    (`sample_with_uniforms` with uniform(key, (B,)))."""
+    uniform_B = jax.random.uniform(key, logits_BxV.shape[:1], jnp.float32)
+    return sample_with_uniforms(logits_BxV, uniform_B, sampling)
+
+
+def sample_with_uniforms(
+    logits_BxV: jax.Array, uniform_B: jax.Array, sampling: SamplingConfig
+) -> tuple[jax.Array, jax.Array]:
+    """Chosen tokens [B] and their log-probs [B]; row b draws with uniform_B[b] in [0, 1)
+    (unused when greedy).
+
+    One exp pass over [B, V]: the draw uses the unnormalised weights exp(z - max) (the inverse
+    CDF is scale-free) and the chosen token's log-prob is z - max - log(sum), the value
+    log_softmax gives, so neither [B, V] log-probs nor normalised probs are materialised unless
+    top-p / top-k need them.
+    """
+    z_BxV = logits_BxV.astype(jnp.float32)
+    if sampling.temperature not in (0, 1):
+        z_BxV = z_BxV / sampling.temperature
+    max_B = jnp.max(z_BxV, axis=-1)
+    weights_BxV = jnp.exp(z_BxV - max_B[:, None])
+    log_total_B = jnp.log(jnp.sum(weights_BxV, axis=-1))
     if sampling.temperature == 0:
-        logp_BxV = jax.nn.log_softmax(logits_BxV, axis=-1)
-        token_B = jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
+        token_B = jnp.argmax(z_BxV, axis=-1).astype(jnp.int32)
     else:
-        logp_BxV = jax.nn.log_softmax(logits_BxV / sampling.temperature, axis=-1)
-        allowed_BxV = _filter_mask(logp_BxV, sampling.top_p, sampling.top_k)
-        probs_BxV = jnp.where(allowed_BxV, jnp.exp(logp_BxV), 0.0)
-        token_B = _inverse_cdf_sample(probs_BxV, key)
-    logp_B = jnp.take_along_axis(logp_BxV, token_B[:, None], axis=-1)[:, 0]
-    return token_B, logp_B
+        if sampling.top_k > 0 or sampling.top_p < 1.0:
+            logp_BxV = z_BxV - (max_B + log_total_B)[:, None]
+            allowed_BxV = _filter_mask(logp_BxV, sampling.top_p, sampling.top_k)
+            weights_BxV = jnp.where(allowed_BxV, weights_BxV, 0.0)
+        token_B = _inverse_cdf_sample(weights_BxV, uniform_B)
+    z_B = jnp.take_along_axis(z_BxV, token_B[:, None], axis=-1)[:, 0]
+    return token_B, z_B - max_B - log_total_B
 
 
 # ---------------------------------------------------------------------------------------------
@@ -273,14 +308,17 @@ def _attend(q_BxKxGxDh, prompt_cache, k_chunks, v_chunks, chunk_masks, dt):
 
     `prompt_cache` is (K [N, K, Dh, P], V [N, K, P, Dh], mask [N, P]) for N prompts of M = B / N
     adjacent samples each: their queries meet the prompt's keys in one product of M*G rows per
-    kv head, so each prompt slot is read once per prompt, not once per sample.
+    kv head, so each prompt slot is read once per prompt, not once per sample. None when the
+    prompt's K/V are in the chunks (G = 1).
     """
-    b, n = q_BxKxGxDh.shape[0], prompt_cache[0].shape[0]
-    prompt_part = _attend_chunk(_by_prompt(q_BxKxGxDh, n), *prompt_cache, dt)
-    parts = [tuple(_by_row(x, b) for x in prompt_part)] + [
+    parts = [
         _attend_chunk(q_BxKxGxDh, k, v, mask, dt)
         for k, v, mask in zip(k_chunks, v_chunks, chunk_masks, strict=True)
     ]
+    if prompt_cache is not None:
+        b, n = q_BxKxGxDh.shape[0], prompt_cache[0].shape[0]
+        prompt_part = _attend_chunk(_by_prompt(q_BxKxGxDh, n), *prompt_cache, dt)
+        parts.append(tuple(_by_row(x, b) for x in prompt_part))
     max_BxKxGx1 = functools.reduce(jnp.maximum, [m for m, _, _ in parts])
     scales = [jnp.exp(m - max_BxKxGx1) for m, _, _ in parts]
     total_BxKxGx1 = sum(scale * total for scale, (_, total, _) in zip(scales, parts))
@@ -319,15 +357,16 @@ def _write_slot(chunks, new, slot, segment, *, axis):
 def _decode_layer(
     cfg, x_DxB, layer, prompt_cache, k_chunks, v_chunks, slot, rope, chunk_masks, segment
 ):
-    """One decoder layer for one new token per row: writes its K/V at new-token slot `slot`
+    """One decoder layer for one new token per row: writes its K/V at slot `slot` of the chunks
     (in place) and attends to the prompt's slots and to the new ones `chunk_masks` allow,
     itself included. Returns x and the new tokens' caches.
 
-    `prompt_cache` is this layer's (K, V, mask) of the prompts (`_attend`). The new tokens'
-    cache is split into chunks at the `attention_bounds` (K [B, K, Dh, n], V [B, K, n, Dh]);
-    `slot` lies in chunk `segment` (static: each segment has its own decode loop), and
-    attention reads chunks 0..segment only, so its cost follows the filled length, not S.
-    `chunk_masks` covers those chunks.
+    `prompt_cache` is this layer's (K, V, mask) of the prompts (`_attend`), or None when they
+    head the first chunk. The new tokens' cache is split into chunks at the `attention_bounds`
+    (K [B, K, Dh, n], V [B, K, n, Dh]); `slot` counts from the first chunk's start and lies in
+    chunk `segment` (static: each segment has its own decode loop), and attention reads chunks
+    0..segment only, so its cost follows the filled length, not S. `chunk_masks` covers those
+    chunks.
 
     Activations are feature-major ([D, B]) and `layer` is one entry of `decode_layers`
     (transposed [out, in] kernels, q|k|v and gate|up fused), so every projection is W @ x with
@@ -357,7 +396,9 @@ def _decode_layer(
     return x_DxB + layer["down_kernel"] @ (jax.nn.silu(gate_FxB) * up_FxB), k_chunks, v_chunks
 
 
-def _decode_logits(cfg, params, layers, token_B, position_B, state, slot, new_mask_1xR, segment):
+def _decode_logits(
+    cfg, params, layers, rope_tables, token_B, position_B, state, slot, new_mask_1xR, segment
+):
     """Logits [B, V] of one new token per row, and the new tokens' caches with its K/V written
     at new-token slot `slot` (global slot P + slot).
 
@@ -366,24 +407,43 @@ def _decode_logits(cfg, params, layers, token_B, position_B, state, slot, new_ma
     copies each layer's weights and cache out of the stack every token, which on CPU was a
     third of the step. Attention covers the prompt's cache (`state.prompt_*`, masked by its
     padding) and the new tokens' chunks 0..segment, where `segment` (static) is the chunk
-    holding `slot`; `new_mask_1xR` covers those chunks and must mask out slots > `slot` (stale
-    or zero K/V).
+    holding `slot`; `new_mask_1xR` covers the new tokens' slots of those chunks and must mask
+    out slots > `slot` (stale or zero K/V). `rope_tables` are RoPE's cos and sin
+    [Dh, positions] (`decode`).
     """
     dt = jnp.dtype(cfg.dtype)
     k_layers, v_layers = state.k_layers, state.v_layers
+    if state.prompt_k_layers:
+        prompt_caches = [
+            (k, v, state.prompt_mask_NxP)
+            for k, v in zip(state.prompt_k_layers, state.prompt_v_layers, strict=True)
+        ]
+        mask_xR, chunk_slot = new_mask_1xR, slot
+    else:  # G = 1: the prompt's K/V are slots [0, P) of the first chunk (`prefill`).
+        prompt_caches = [None] * cfg.n_layers
+        p = state.prompt_mask_NxP.shape[1]
+        new_mask_BxR = jnp.broadcast_to(new_mask_1xR, (token_B.shape[0], new_mask_1xR.shape[1]))
+        mask_xR = jnp.concatenate([state.prompt_mask_NxP, new_mask_BxR], axis=1)
+        chunk_slot = slot + p
     ends = np.cumsum([k.shape[3] for k in k_layers[0]])[: segment + 1]
-    chunk_masks = tuple(jnp.split(new_mask_1xR, ends[:-1], axis=1))
+    chunk_masks = tuple(jnp.split(mask_xR, ends[:-1], axis=1))
     x_DxB = jnp.take(params["embedding"], token_B, axis=0).astype(dt).T
-    cos_Bx1xDh, sin_Bx1xDh = transformer.rope_tables(cfg, position_B[:, None])
-    rope = (cos_Bx1xDh[:, 0].T, sin_Bx1xDh[:, 0].T)
+    rope = tuple(jnp.take(table_DhxS, position_B, axis=1) for table_DhxS in rope_tables)
     new_k, new_v = [], []
-    prompt = zip(state.prompt_k_layers, state.prompt_v_layers, strict=True)
-    for layer, (k_prompt, v_prompt), k_chunks, v_chunks in zip(
-        layers["layers"], prompt, k_layers, v_layers, strict=True
+    for layer, prompt_cache, k_chunks, v_chunks in zip(
+        layers["layers"], prompt_caches, k_layers, v_layers, strict=True
     ):
-        prompt_cache = (k_prompt, v_prompt, state.prompt_mask_NxP)
         x_DxB, k_chunks, v_chunks = _decode_layer(
-            cfg, x_DxB, layer, prompt_cache, k_chunks, v_chunks, slot, rope, chunk_masks, segment
+            cfg,
+            x_DxB,
+            layer,
+            prompt_cache,
+            k_chunks,
+            v_chunks,
+            chunk_slot,
+            rope,
+            chunk_masks,
+            segment,
         )
         new_k.append(k_chunks)
         new_v.append(v_chunks)
@@ -429,6 +489,13 @@ def _kv_mask(prompt_lens_B: jax.Array, p: int, s: int) -> jax.Array:
     return jnp.arange(s, dtype=jnp.int32)[None, :] >= (p - prompt_lens_B)[:, None]
 
 
+def _step_uniform(state: DecodeState, step, sampling: SamplingConfig) -> jax.Array:
+    """Step `step`'s uniforms [B] (zeros when greedy: none are drawn)."""
+    if sampling.temperature == 0:
+        return jnp.zeros(state.uniform_BxT.shape[:1], jnp.float32)
+    return jax.lax.dynamic_index_in_dim(state.uniform_BxT, step, axis=1, keepdims=False)
+
+
 def _record(state: DecodeState, token_B, logp_B, sampling: SamplingConfig) -> DecodeState:
     """Writes step `state.step`'s tokens; rows already done get pad / 0."""
     active_B = ~state.done_B
@@ -466,7 +533,8 @@ def _constrain(state: DecodeState, layout) -> DecodeState:
     pin = jax.lax.with_sharding_constraint
     # The prompts' cache is split over the batch axes like the prompts themselves (placed so by
     # the caller); a prompt's samples are adjacent rows, so they land on the prompt's shard.
-    per_row = ("prompt_lens_B", "last_token_B", "tokens_BxT", "logprobs_BxT", "lengths_B")
+    per_row = ("uniform_BxT", "prompt_lens_B", "last_token_B", "tokens_BxT", "logprobs_BxT")
+    per_row += ("lengths_B",)
     per_row += ("done_B", "stopped_B", "prompt_mask_NxP")
     changes = {name: pin(getattr(state, name), rows) for name in per_row}
     pin_all = lambda chunks, where: tuple(pin(c, where) for c in chunks)
@@ -492,7 +560,8 @@ def prefill(
     """Prefills each prompt once and samples token 0 of every row.
 
     Group sampling shares the prompt: its FLOPs are paid once and its cache is kept once, for
-    all G samples (`_attend`); only the new tokens' cache has B = N*G rows.
+    all G samples (`_attend`); only the new tokens' cache has B = N*G rows. With G = 1 the
+    prompt's K/V head the first new-token chunk instead (`DecodeState`).
     """
     n, p = prompt_NxP.shape
     g, t = num_samples, max_new_tokens
@@ -515,25 +584,41 @@ def prefill(
     sizes = np.diff((p, *attention_bounds(p, s, cfg.n_layers)))
     zeros = lambda *shape: jnp.zeros(shape, dt)
 
+    prompt_k = tuple(jnp.transpose(k, (0, 2, 3, 1)) for k in cache.k)  # [N, K, Dh, P]
+    prompt_v = tuple(jnp.transpose(v, (0, 2, 1, 3)) for v in cache.v)  # [N, K, P, Dh]
+    k_layers = tuple(tuple(zeros(b, kh, dh, m) for m in sizes) for _ in range(cfg.n_layers))
+    v_layers = tuple(tuple(zeros(b, kh, m, dh) for m in sizes) for _ in range(cfg.n_layers))
+    if g == 1:  # nothing to share: the prompt's K/V head the first chunk (B = N rows)
+        k_layers = tuple(
+            (jnp.concatenate([k, chunks[0]], axis=3), *chunks[1:])
+            for k, chunks in zip(prompt_k, k_layers, strict=True)
+        )
+        v_layers = tuple(
+            (jnp.concatenate([v, chunks[0]], axis=2), *chunks[1:])
+            for v, chunks in zip(prompt_v, v_layers, strict=True)
+        )
+        prompt_k = prompt_v = ()
+
     logits_BxV = jnp.repeat(logits_NxV, g, axis=0)
     prompt_lens_B = jnp.repeat(prompt_lens_N, g, axis=0)
+    uniform_BxT = step_uniforms(key, b, t if sampling.temperature > 0 else 0)
     state = DecodeState(
         step=jnp.int32(0),
-        key=key,
+        uniform_BxT=uniform_BxT,
         prompt_lens_B=prompt_lens_B,
         last_token_B=jnp.zeros((b,), jnp.int32),
-        prompt_k_layers=tuple(jnp.transpose(k, (0, 2, 3, 1)) for k in cache.k),
-        prompt_v_layers=tuple(jnp.transpose(v, (0, 2, 1, 3)) for v in cache.v),
+        prompt_k_layers=prompt_k,
+        prompt_v_layers=prompt_v,
         prompt_mask_NxP=prompt_mask_NxP,
-        k_layers=tuple(tuple(zeros(b, kh, dh, m) for m in sizes) for _ in range(cfg.n_layers)),
-        v_layers=tuple(tuple(zeros(b, kh, m, dh) for m in sizes) for _ in range(cfg.n_layers)),
+        k_layers=k_layers,
+        v_layers=v_layers,
         tokens_BxT=jnp.full((b, t), sampling.pad_id, jnp.int32),
         logprobs_BxT=jnp.zeros((b, t), jnp.float32),
         lengths_B=jnp.zeros((b,), jnp.int32),
         done_B=prompt_lens_B == 0,
         stopped_B=jnp.zeros((b,), bool),
     )
-    token_B, logp_B = sample_logits(logits_BxV, jax.random.fold_in(key, 0), sampling)
+    token_B, logp_B = sample_with_uniforms(logits_BxV, _step_uniform(state, 0, sampling), sampling)
     return _constrain(_record(state, token_B, logp_B, sampling), layout)
 
 
@@ -545,10 +630,19 @@ def decode(cfg, params, state: DecodeState, *, sampling, layout=None) -> SampleO
     branch to pick the chunk to write or the chunks to read. Each loop also stops as soon as
     every row has stopped; the later loops then run no step.
     """
-    t = state.tokens_BxT.shape[1]
-    # Ends of the new tokens' cache chunks; none when T = 1 (the prefill sampled the only token).
-    ends = np.cumsum([v.shape[2] for v in state.v_layers[0]]) if t > 1 else []
+    t, p = state.tokens_BxT.shape[1], state.prompt_mask_NxP.shape[1]
+    # Ends of the chunks in new-token slots (the first chunk holds the prompt's P slots too when
+    # G = 1); none when T = 1 (the prefill sampled the only token).
+    sizes = [v.shape[2] for v in state.v_layers[0]]
+    sizes[0] -= 0 if state.prompt_v_layers else p
+    ends = np.cumsum(sizes) if t > 1 else []
     layers = decode_layers(cfg, params)
+    # RoPE cos / sin of every position a step can feed (< P + T), made once and gathered per
+    # step: computed inside the step, XLA fused cos and sin into each consumer and evaluated them
+    # per element of q and k, heads times over.
+    positions_1xS = jnp.arange(p + t, dtype=jnp.int32)[None]
+    cos_1xSxDh, sin_1xSxDh = transformer.rope_tables(cfg, positions_1xS)
+    rope_tables = (cos_1xSxDh[0].T, sin_1xSxDh[0].T)
     slot_R = jnp.arange(t - 1, dtype=jnp.int32)[None, :]
 
     def cond(st: DecodeState, last_step):
@@ -562,6 +656,7 @@ def decode(cfg, params, state: DecodeState, *, sampling, layout=None) -> SampleO
             cfg,
             params,
             layers,
+            rope_tables,
             st.last_token_B,
             st.prompt_lens_B + slot,
             st,
@@ -569,7 +664,8 @@ def decode(cfg, params, state: DecodeState, *, sampling, layout=None) -> SampleO
             slot_R[:, :read] <= slot,
             segment,
         )
-        token_B, logp_B = sample_logits(logits_BxV, jax.random.fold_in(st.key, st.step), sampling)
+        uniform_B = _step_uniform(st, st.step, sampling)
+        token_B, logp_B = sample_with_uniforms(logits_BxV, uniform_B, sampling)
         st = st.replace(k_layers=k, v_layers=v)
         return _constrain(_record(st, token_B, logp_B, sampling), layout)
 

@@ -119,10 +119,11 @@ def _forward_logp(cfg, params, prompts, out, num_samples, temperature):
     return np.asarray(logp)[:, width - t - 1 : width - 1]
 
 
-@pytest.mark.parametrize("t", [10, 70])
-def test_sampled_logprobs_match_forward_and_respect_filters(model, t):
+# g = 1 keeps the prompt's K/V in the first new-token chunk instead of a shared prompt cache.
+@pytest.mark.parametrize("t,g", [(10, 3), (70, 3), (40, 1)])
+def test_sampled_logprobs_match_forward_and_respect_filters(model, t, g):
     cfg, params = model
-    g, temp, top_k, top_p = 3, 0.7, 20, 0.6
+    temp, top_k, top_p = 0.7, 20, 0.6
     out = sampler.generate(
         cfg, params, PROMPTS, max_new_tokens=t, temperature=temp, top_k=top_k, top_p=top_p,
         num_samples=g, seed=3,
@@ -197,7 +198,7 @@ def test_two_level_draw_follows_the_probabilities_and_skips_zero_mass(v):
     probs_V[: 40 if v > 100 else 9] = 0.0  # covers the first block (32 or 8 tokens)
     probs_V[-1] = 0.5
     b = 40000
-    draw = jax.jit(sampler._inverse_cdf_sample)
+    draw = jax.jit(lambda p, k: sampler._inverse_cdf_sample(p, jax.random.uniform(k, p.shape[:1])))
     tokens = np.asarray(draw(jnp.broadcast_to(jnp.asarray(probs_V), (b, v)), jax.random.key(3)))
     assert probs_V[tokens].min() > 0
     p = probs_V / probs_V.sum()
@@ -285,6 +286,14 @@ def test_samples_of_a_prompt_share_its_cache(model):
     assert len(state.k_layers[0]) > 1  # several chunks, each read with the shared prompt
     assert {c.shape[0] for c in state.k_layers[0]} == {20}
     assert sum(c.shape[3] for c in state.k_layers[0]) == 39
+    # One sample per prompt: nothing to share, the prompt's 16 slots head the first chunk.
+    state = jax.eval_shape(
+        functools.partial(prefill, num_samples=1), params, tokens_NxP, lens_N, jax.random.key(0)
+    )
+    assert state.prompt_k_layers == () and state.prompt_v_layers == ()
+    assert [c.shape[:3] for c in state.k_layers[0]] == [(4, kh, dh)] * len(state.k_layers[0])
+    assert sum(c.shape[3] for c in state.k_layers[0]) == 16 + 39
+    assert sum(c.shape[2] for c in state.v_layers[-1]) == 16 + 39
     # Rows meet their own prompt: greedy samples of a group equal the one-sample greedy run.
     kw = dict(max_new_tokens=40, temperature=0.0)
     one = sampler.generate(cfg, params, PROMPTS, **kw)
@@ -296,15 +305,26 @@ def test_samples_of_a_prompt_share_its_cache(model):
     np.testing.assert_array_equal(first.tokens, five.tokens[:, :1])
 
 
-@pytest.mark.parametrize("t,mesh_sizes", [(6, (4, 2, 1)), (40, (2, 2, 2))])
-def test_sharded_params_and_batch_match_single_device(model, t, mesh_sizes):
+@pytest.mark.parametrize(
+    "t,mesh_sizes,g", [(6, (4, 2, 1), 2), (40, (2, 2, 2), 2), (40, (4, 1, 2), 1)]
+)
+def test_sharded_params_and_batch_match_single_device(model, t, mesh_sizes, g):
     cfg, params = model
     mesh = sharding_lib.make_mesh(dict(zip(("data", "fsdp", "tensor"), mesh_sizes)))
     shardings = sharding_lib.param_shardings(tf.logical_axes(cfg), mesh)
     sharded = jax.device_put(params, shardings)
     prompts = [[i + 1] * (1 + i % 5) for i in range(8)]
-    kw = dict(max_new_tokens=t, num_samples=2, temperature=0.9, eos_ids=(3,), seed=2)
+    kw = dict(max_new_tokens=t, num_samples=g, temperature=0.9, eos_ids=(3,), seed=2)
     out = sampler.generate(cfg, sharded, prompts, mesh=mesh, **kw)
     ref = sampler.generate(cfg, params, prompts, **kw)
     np.testing.assert_array_equal(out.tokens, ref.tokens)
     np.testing.assert_allclose(out.logprobs, ref.logprobs, atol=1e-5)
+
+
+def test_step_uniforms_are_the_per_step_keys_draws():
+    # Made once per call outside the decode loop; step s draws with fold_in(key, s).
+    key = jax.random.key(5)
+    u_BxT = np.asarray(sampler.step_uniforms(key, 3, 4))
+    for s in range(4):
+        want = jax.random.uniform(jax.random.fold_in(key, s), (3,), jnp.float32)
+        np.testing.assert_array_equal(u_BxT[:, s], np.asarray(want))
