@@ -319,6 +319,9 @@ def _attend(q_BxKxGxDh, prompt_cache, k_chunks, v_chunks, chunk_masks, dt):
         b, n = q_BxKxGxDh.shape[0], prompt_cache[0].shape[0]
         prompt_part = _attend_chunk(_by_prompt(q_BxKxGxDh, n), *prompt_cache, dt)
         parts.append(tuple(_by_row(x, b) for x in prompt_part))
+    if len(parts) == 1:  # nothing to combine
+        _, total_BxKxGx1, out_BxKxGxDh = parts[0]
+        return (out_BxKxGxDh / total_BxKxGx1).astype(dt)
     max_BxKxGx1 = functools.reduce(jnp.maximum, [m for m, _, _ in parts])
     scales = [jnp.exp(m - max_BxKxGx1) for m, _, _ in parts]
     total_BxKxGx1 = sum(scale * total for scale, (_, total, _) in zip(scales, parts))
