@@ -421,13 +421,13 @@ def _decode_logits(
             (k, v, state.prompt_mask_NxP)
             for k, v in zip(state.prompt_k_layers, state.prompt_v_layers, strict=True)
         ]
-        mask_xR, chunk_slot = new_mask_1xR, slot
+        mask_xR = new_mask_1xR
     else:  # G = 1: the prompt's K/V are slots [0, P) of the first chunk (`prefill`).
         prompt_caches = [None] * cfg.n_layers
         p = state.prompt_mask_NxP.shape[1]
         new_mask_BxR = jnp.broadcast_to(new_mask_1xR, (token_B.shape[0], new_mask_1xR.shape[1]))
         mask_xR = jnp.concatenate([state.prompt_mask_NxP, new_mask_BxR], axis=1)
-        chunk_slot = slot + p
+        slot = slot + p  # counted from the first chunk's start, which holds the prompt
     ends = np.cumsum([k.shape[3] for k in k_layers[0]])[: segment + 1]
     chunk_masks = tuple(jnp.split(mask_xR, ends[:-1], axis=1))
     x_DxB = jnp.take(params["embedding"], token_B, axis=0).astype(dt).T
@@ -437,16 +437,7 @@ def _decode_logits(
         layers["layers"], prompt_caches, k_layers, v_layers, strict=True
     ):
         x_DxB, k_chunks, v_chunks = _decode_layer(
-            cfg,
-            x_DxB,
-            layer,
-            prompt_cache,
-            k_chunks,
-            v_chunks,
-            chunk_slot,
-            rope,
-            chunk_masks,
-            segment,
+            cfg, x_DxB, layer, prompt_cache, k_chunks, v_chunks, slot, rope, chunk_masks, segment
         )
         new_k.append(k_chunks)
         new_v.append(v_chunks)
@@ -537,8 +528,7 @@ def _constrain(state: DecodeState, layout) -> DecodeState:
     # The prompts' cache is split over the batch axes like the prompts themselves (placed so by
     # the caller); a prompt's samples are adjacent rows, so they land on the prompt's shard.
     per_row = ("uniform_BxT", "prompt_lens_B", "last_token_B", "tokens_BxT", "logprobs_BxT")
-    per_row += ("lengths_B",)
-    per_row += ("done_B", "stopped_B", "prompt_mask_NxP")
+    per_row += ("lengths_B", "done_B", "stopped_B", "prompt_mask_NxP")
     changes = {name: pin(getattr(state, name), rows) for name in per_row}
     pin_all = lambda chunks, where: tuple(pin(c, where) for c in chunks)
     changes.update(prompt_k_layers=pin_all(state.prompt_k_layers, cache_k))
