@@ -9,9 +9,12 @@ sampling with RL-length prompts); exactly T=128 new tokens (no EOS), temperature
 top-k, KV cache on both sides, torch on the same number of threads. A call's time includes its
 prefill (transformers prefills each prompt G times, r1jax once).
 Each side runs in its own subprocess per model, so its peak RSS (ru_maxrss) is its own.
+r1jax runs twice: on one XLA device ("r1jax"), and with the rows split over --host-devices XLA
+host devices ("r1jax-2dev": a 'data' mesh, one thread per device, params replicated), the way
+a multi-core CPU host can run the sampler's data-parallel path.
 
-Run (about 7 minutes on 2 cores):
-  python benchmarks/sampler.py [--repeats 3] [--threads 2] [--models tiny,small]
+Run (about 4 minutes on 2 fast cores, 10 on slow ones):
+  python benchmarks/sampler.py [--repeats 3] [--threads 2] [--host-devices 2] [--models tiny,small]
 """
 
 import argparse
@@ -124,23 +127,39 @@ def run_hf(model_dir: str, repeats: int, threads: int) -> dict:
 
 
 def run_r1jax(model_dir: str, repeats: int, threads: int) -> dict:
-    """r1jax generate (jitted prefill + while_loop decode) on the same weights."""
+    """r1jax generate (jitted prefill + while_loop decode) on the same weights.
+
+    With several host devices (`XLA_FLAGS`, set by `main` before JAX starts) the rows are split
+    over a ('data',) mesh of them, params replicated: each device runs its share of the batch
+    on its own thread, as on any data-parallel mesh (`sampler.generate(..., mesh=)`)."""
     import jax
     import numpy as np
 
     from r1jax import sampler
+    from r1jax import sharding as sharding_lib
     from r1jax.model import hf_io
 
     base_rss = _rss_mib()
     cfg, params = hf_io.load_hf(model_dir)
-    params = jax.device_put(params)
-    out = {"base_rss_mib": base_rss}
+    mesh = None
+    if jax.device_count() > 1:
+        mesh = sharding_lib.make_mesh({"data": -1})
+        params = jax.device_put(params, sharding_lib.replicated(mesh))
+    else:
+        params = jax.device_put(params)
+    out = {"base_rss_mib": base_rss, "devices": jax.device_count()}
     for case, (n, g, p) in CASES.items():
         prompts = prompt_ids(n, p)
 
         def gen(prompts=prompts, g=g):
             res = sampler.generate(
-                cfg, params, prompts, max_new_tokens=NEW_TOKENS, num_samples=g, seed=SEED
+                cfg,
+                params,
+                prompts,
+                max_new_tokens=NEW_TOKENS,
+                num_samples=g,
+                seed=SEED,
+                mesh=mesh,
             )
             assert res.tokens.shape == (len(prompts) * g, NEW_TOKENS) and np.all(
                 res.lengths == NEW_TOKENS
@@ -184,11 +203,24 @@ def _measure_peak() -> float:
     return float(out.stdout.strip().splitlines()[-1])
 
 
-def _run_side(side: str, model_dir: str, args) -> dict:
-    out = pathlib.Path(model_dir) / f"{side}.json"
+def _side_names(args) -> list[str]:
+    """The sides to run: "transformers", "r1jax" (one XLA device) and, with --host-devices
+    N > 1, "r1jax-Ndev" (rows split over N host devices)."""
+    names = []
+    for side in args.sides.split(","):
+        names.append(side)
+        if side == "r1jax" and args.host_devices > 1:
+            names.append(f"r1jax-{args.host_devices}dev")
+    return names
+
+
+def _run_side(name: str, model_dir: str, args) -> dict:
+    side, _, devices = name.partition("-")
+    out = pathlib.Path(model_dir) / f"{name}.json"
     cmd = [sys.executable, __file__, "--side", side, "--model-dir", model_dir, "--out", str(out)]
     cmd += ["--repeats", str(args.repeats), "--threads", str(args.threads)]
     cmd += ["--host-malloc", args.host_malloc if side == "r1jax" else "system"]
+    cmd += ["--host-devices", devices.removesuffix("dev") or "1"]
     subprocess.run(cmd, check=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
     return json.loads(out.read_text())
 
@@ -208,8 +240,9 @@ def _print_model(name: str, res: dict, peak: float) -> None:
                 f"  (median {r[case]['run_s']:.3f} s; first call {r[case]['first_s']:.2f} s)"
                 + extra
             )
-        if len(tps) == 2:
-            print(f"  {case:7s} r1jax / transformers: {tps['r1jax'] / tps['transformers']:.2f}x")
+        for side in tps:
+            if side.startswith("r1jax") and "transformers" in tps:
+                print(f"  {case:7s} {side} / transformers: {tps[side] / tps['transformers']:.2f}x")
     for side, r in res.items():
         print(
             f"  peak RSS {side:12s} {r['peak_rss_mib']:6.0f} MiB "
@@ -227,6 +260,13 @@ def main() -> None:
     parser.add_argument("--models", default="tiny,small")
     parser.add_argument("--sides", default="transformers,r1jax")
     parser.add_argument(
+        "--host-devices",
+        type=int,
+        default=2,
+        help="r1jax also runs with the rows split over this many XLA host devices, one thread "
+        "each (a 'data' mesh; 1: one device only). Default 2, the torch thread count's default",
+    )
+    parser.add_argument(
         "--host-malloc",
         choices=("reuse", "system"),
         default="reuse",
@@ -238,6 +278,10 @@ def main() -> None:
         from r1jax import hostmem
 
         hostmem.configure(args.host_malloc)  # before jax starts its threads
+        if args.side == "r1jax" and args.host_devices > 1:
+            # XLA's CPU client makes one device unless told before JAX starts.
+            flag = f"--xla_force_host_platform_device_count={args.host_devices}"
+            os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {flag}".strip()
         run = run_hf if args.side == "transformers" else run_r1jax
         result = run(args.model_dir, args.repeats, args.threads)
         pathlib.Path(args.out).write_text(json.dumps(result))
@@ -247,7 +291,7 @@ def main() -> None:
     for name in args.models.split(","):
         with tempfile.TemporaryDirectory() as tmp:
             make_model_dir(name, pathlib.Path(tmp))
-            res = {side: _run_side(side, tmp, args) for side in args.sides.split(",")}
+            res = {side: _run_side(side, tmp, args) for side in _side_names(args)}
         _print_model(name, res, peak)
         report[name] = res
     print(json.dumps(report))
