@@ -14,9 +14,9 @@ done from the start (length 0, pad tokens).
 The cache has two parts. The prompt's K/V, [N, .., P], is written once by the prefill and shared
 by the G samples of its prompt: decoding attends to it with the queries of all G samples in one
 product, so the prompt is neither copied G times nor read G times per step. The new tokens' K/V,
-[B, .., T - 1], is per row, split into chunks (`attention_bounds`). With one sample per prompt
-there is nothing to share, and the prompt's K/V is the head of the first chunk instead (one
-product fewer per layer and step).
+[B, .., T - 1] rounded up to whole chunks, is per row, split into chunks (`attention_bounds`).
+With one sample per prompt there is nothing to share, and the prompt's K/V is the head of the
+first chunk instead (one product fewer per layer and step).
 """
 
 import contextlib
@@ -34,11 +34,13 @@ from r1jax.model import transformer
 
 # Prompt lengths are padded up to one of these, so a run compiles a handful of programs.
 PROMPT_BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
-# Decoding attends over a growing cache prefix (`attention_bounds`), growing by at least
-# MIN_SEGMENT slots. Each segment is its own decode loop (`decode`), compiled with the whole
-# step, so compilation grows with the segments: n_layers * segments <= SEGMENT_BUDGET bounds it
-# (benchmarks' tiny model, 4 layers, T 1024: 8 segments, 12 s on 2 cores; T 64: 2, 4 s).
-MIN_SEGMENT, SEGMENT_BUDGET = 32, 32
+# Decoding attends over a growing cache prefix (`attention_bounds`), growing by a multiple of
+# SEGMENT_SLOTS slots: XLA:CPU vectorises the softmax's exp along the slots in whole blocks of
+# 64 (AVX-512) and runs the rest element by element (an exp over [.., 32] slots took 8x longer
+# per element than over [.., 64]). Each segment is its own decode loop (`decode`), compiled with
+# the whole step, so compilation grows with the segments: n_layers * segments <= SEGMENT_BUDGET
+# bounds it (benchmarks' tiny model, 4 layers, T 1024: 8 segments; T 128: 2, 6 s on 2 cores).
+SEGMENT_SLOTS, SEGMENT_BUDGET = 64, 32
 
 
 @dataclasses.dataclass(frozen=True)
@@ -330,21 +332,25 @@ def _attend(q_BxKxGxDh, prompt_cache, k_chunks, v_chunks, chunk_masks, dt):
 
 
 def attention_bounds(prompt_len: int, cache_len: int, n_layers: int) -> tuple[int, ...]:
-    """The cache prefixes decoding attends over, one per segment of the decode loop.
+    """The cache prefixes decoding attends over, one per segment of the decode loop; the last
+    one, the cache's capacity, is `cache_len` rounded up to a whole segment.
 
     Decode step t feeds the token sampled at step t - 1 into slot P + t - 1 and needs slots
     [0, P + t); besides the prompt's slots [0, P) it attends over the new tokens' slots up to
     the first bound past P + t - 1, so reading the cache costs what is filled (rounded up to a
     segment) rather than all S slots per step. The new tokens' cache is split at the bounds.
-    Segments are of about equal size, of at least MIN_SEGMENT slots, and each layer compiles
-    its own attention per segment, so there are at most SEGMENT_BUDGET // n_layers of them
-    (a model of more than SEGMENT_BUDGET // 2 layers reads the whole cache every step).
+    Segments are of equal size, a multiple of SEGMENT_SLOTS (the slots past `cache_len` are
+    never written and always masked), and each layer compiles its own attention per segment, so
+    there are at most SEGMENT_BUDGET // n_layers of them (a model of more than
+    SEGMENT_BUDGET // 2 layers reads the whole cache every step).
     """
     new = cache_len - prompt_len
-    budget = max(1, SEGMENT_BUDGET // n_layers)
-    segments = max(1, min(budget, -(-new // MIN_SEGMENT)))
-    size = -(-new // segments) if new > 0 else 0
-    return tuple(min(prompt_len + size * (j + 1), cache_len) for j in range(segments))
+    if new <= 0:  # one new token: the prefill samples it, nothing is decoded
+        return (prompt_len,)
+    blocks = -(-new // SEGMENT_SLOTS)
+    per_segment = -(-blocks // max(1, min(blocks, SEGMENT_BUDGET // n_layers)))
+    size = per_segment * SEGMENT_SLOTS
+    return tuple(prompt_len + size * (j + 1) for j in range(-(-blocks // per_segment)))
 
 
 def _write_slot(chunks, new, slot, segment, *, axis):
@@ -516,26 +522,22 @@ def _record(state: DecodeState, token_B, logp_B, sampling: SamplingConfig) -> De
 
 
 def _constrain(state: DecodeState, layout) -> DecodeState:
-    """Pins the decode state's layout on a mesh: rows split over the batch axes, the cache's kv
-    heads over the tensor axis (layout = (mesh, rules); None leaves it to the compiler)."""
+    """Pins the decode state's layout over the mesh axes that do not split the rows (the
+    cache's kv heads over the tensor axis); layout = `sharding.per_shard_layout`, None leaves it
+    to the compiler. Each device holds whole rows (`_generate`), so rows are not pinned."""
     if layout is None:
         return state
     mesh, rules = layout
-    rows = sharding_lib.batch_sharding(mesh)
     cache_k = sharding_lib.cache_sharding(mesh, rules, layout="decode_k")
     cache_v = sharding_lib.cache_sharding(mesh, rules, layout="decode_v")
     pin = jax.lax.with_sharding_constraint
-    # The prompts' cache is split over the batch axes like the prompts themselves (placed so by
-    # the caller); a prompt's samples are adjacent rows, so they land on the prompt's shard.
-    per_row = ("uniform_BxT", "prompt_lens_B", "last_token_B", "tokens_BxT", "logprobs_BxT")
-    per_row += ("lengths_B", "done_B", "stopped_B", "prompt_mask_NxP")
-    changes = {name: pin(getattr(state, name), rows) for name in per_row}
     pin_all = lambda chunks, where: tuple(pin(c, where) for c in chunks)
-    changes.update(prompt_k_layers=pin_all(state.prompt_k_layers, cache_k))
-    changes.update(prompt_v_layers=pin_all(state.prompt_v_layers, cache_v))
-    changes.update(k_layers=tuple(pin_all(chunks, cache_k) for chunks in state.k_layers))
-    changes.update(v_layers=tuple(pin_all(chunks, cache_v) for chunks in state.v_layers))
-    return state.replace(**changes)
+    return state.replace(
+        prompt_k_layers=pin_all(state.prompt_k_layers, cache_k),
+        prompt_v_layers=pin_all(state.prompt_v_layers, cache_v),
+        k_layers=tuple(pin_all(chunks, cache_k) for chunks in state.k_layers),
+        v_layers=tuple(pin_all(chunks, cache_v) for chunks in state.v_layers),
+    )
 
 
 def prefill(
@@ -543,14 +545,15 @@ def prefill(
     params,
     prompt_NxP,
     prompt_lens_N,
-    key,
+    uniform_BxT,
     *,
     max_new_tokens,
     num_samples,
     sampling,
     layout=None,
 ):
-    """Prefills each prompt once and samples token 0 of every row.
+    """Prefills each prompt once and samples token 0 of every row; `uniform_BxT` are the draws'
+    uniforms (`step_uniforms`; [B, 0] when greedy).
 
     Group sampling shares the prompt: its FLOPs are paid once and its cache is kept once, for
     all G samples (`_attend`); only the new tokens' cache has B = N*G rows. With G = 1 the
@@ -573,7 +576,8 @@ def prefill(
     )
     b, dt = n * g, jnp.dtype(cfg.dtype)
     kh, dh = cfg.n_kv_heads, cfg.head_dim
-    # The new tokens' cache: per layer, chunks split at the decode's attention bounds.
+    # The new tokens' cache: per layer, chunks split at the decode's attention bounds (whole
+    # segments: up to SEGMENT_SLOTS - 1 slots past s are never written).
     sizes = np.diff((p, *attention_bounds(p, s, cfg.n_layers)))
     zeros = lambda *shape: jnp.zeros(shape, dt)
 
@@ -594,7 +598,6 @@ def prefill(
 
     logits_BxV = jnp.repeat(logits_NxV, g, axis=0)
     prompt_lens_B = jnp.repeat(prompt_lens_N, g, axis=0)
-    uniform_BxT = step_uniforms(key, b, t if sampling.temperature > 0 else 0)
     state = DecodeState(
         step=jnp.int32(0),
         uniform_BxT=uniform_BxT,
@@ -636,7 +639,7 @@ def decode(cfg, params, state: DecodeState, *, sampling, layout=None) -> SampleO
     positions_1xS = jnp.arange(p + t, dtype=jnp.int32)[None]
     cos_1xSxDh, sin_1xSxDh = transformer.rope_tables(cfg, positions_1xS)
     rope_tables = (cos_1xSxDh[0].T, sin_1xSxDh[0].T)
-    slot_R = jnp.arange(t - 1, dtype=jnp.int32)[None, :]
+    slot_R = jnp.arange(sum(sizes), dtype=jnp.int32)[None, :]
 
     def cond(st: DecodeState, last_step):
         return (st.step < last_step) & ~jnp.all(st.done_B)
@@ -678,25 +681,73 @@ def decode(cfg, params, state: DecodeState, *, sampling, layout=None) -> SampleO
     )
 
 
-def _generate(
-    cfg, params, prompt_NxP, prompt_lens_N, key, *, max_new_tokens, num_samples, sampling, layout
+def _sample_rows(
+    cfg,
+    params,
+    prompt_NxP,
+    prompt_lens_N,
+    uniform_BxT,
+    *,
+    max_new_tokens,
+    num_samples,
+    sampling,
+    layout,
 ):
-    # One program: the cache is born and dies inside it (no host round trip, nothing to donate;
-    # XLA updates the while_loop carry in place). On a mesh, the prefill forward's activations
-    # are split like the rows (sharding.activation_layout).
+    """Prefill and decode of the given rows (all of them, or one device's share)."""
+    # On a mesh, the prefill forward's activations are laid out (sharding.activation_layout).
     with contextlib.nullcontext() if layout is None else sharding_lib.activation_layout(*layout):
         state = prefill(
             cfg,
             params,
             prompt_NxP,
             prompt_lens_N,
-            key,
+            uniform_BxT,
             max_new_tokens=max_new_tokens,
             num_samples=num_samples,
             sampling=sampling,
             layout=layout,
         )
     return decode(cfg, params, state, sampling=sampling, layout=layout)
+
+
+def _generate(
+    cfg, params, prompt_NxP, prompt_lens_N, key, *, max_new_tokens, num_samples, sampling, layout
+):
+    """One program: the cache is born and dies inside it (no host round trip, nothing to donate;
+    XLA updates the while_loop carry in place).
+
+    On a mesh, every device samples its own rows with its own decode loops (`jax.shard_map`
+    over the batch axes), so no step waits for another device: a per-step collective (the
+    loops' all-rows-done test) cost more than a tiny model's whole step on host devices, and
+    each device stops as soon as its own rows have. Params are gathered over the batch axes
+    (FSDP) once per call; the other axes (tensor) stay automatic (`sharding.per_shard_layout`).
+    The draws' uniforms are made for all rows before the split, so a row draws the same
+    numbers on any mesh.
+    """
+    b, t = prompt_NxP.shape[0] * num_samples, max_new_tokens
+    uniform_BxT = step_uniforms(key, b, t if sampling.temperature > 0 else 0)
+    sample = functools.partial(
+        _sample_rows,
+        cfg,
+        max_new_tokens=max_new_tokens,
+        num_samples=num_samples,
+        sampling=sampling,
+    )
+    if layout is None:
+        return sample(params, prompt_NxP, prompt_lens_N, uniform_BxT, layout=None)
+    mesh, rules = layout
+    rows = sharding_lib.batch_sharding(mesh).spec
+    per_shard = jax.shard_map(
+        functools.partial(sample, layout=sharding_lib.per_shard_layout(mesh, rules)),
+        mesh=mesh,
+        in_specs=(jax.sharding.PartitionSpec(), rows, rows, rows),
+        out_specs=rows,
+        axis_names=set(sharding_lib.batch_axes(mesh)),
+        # No collectives inside; the check would ask every zero-initialised carry (the caches)
+        # to be cast to "varying over the batch axes" first.
+        check_vma=False,
+    )
+    return per_shard(params, prompt_NxP, prompt_lens_N, uniform_BxT)
 
 
 _generate_jit = jax.jit(

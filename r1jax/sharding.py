@@ -175,8 +175,31 @@ def local_rows(x: jax.Array) -> np.ndarray:
     return np.concatenate([np.asarray(pieces[start]) for start in sorted(pieces)])
 
 
-def cache_sharding(mesh: Mesh, rules=DEFAULT_RULES, *, layout: str) -> NamedSharding:
-    """Where a KV cache lives: rows split like the batch, kv heads like the attention weights.
+def batch_axes(mesh: Mesh) -> tuple[str, ...]:
+    """The mesh axes the batch dimension is split over (`batch_sharding`)."""
+    return tuple(batch_sharding(mesh).spec[0])
+
+
+def per_shard_layout(mesh: Mesh, rules=DEFAULT_RULES):
+    """The layout (mesh, rules) for code inside `jax.shard_map` over the batch axes: each device
+    holds whole rows, so "batch" maps to no axis, and only the other axes (tensor) are laid out,
+    by bare PartitionSpecs on shard_map's context mesh (mesh None). None when those axes are
+    all of size 1: nothing is left to lay out."""
+    if all(size == 1 for name, size in mesh.shape.items() if name not in batch_axes(mesh)):
+        return None
+    return None, tuple((name, None if name == "batch" else axes) for name, axes in rules)
+
+
+def logical_sharding(mesh: Mesh | None, rules, names: tuple):
+    """Logical axis names laid out on `mesh` by `rules`; with mesh None, the bare PartitionSpec
+    (inside `jax.shard_map`, where it applies to the context mesh's automatic axes)."""
+    spec = nn.logical_to_mesh_axes(names, list(rules))
+    return spec if mesh is None else NamedSharding(mesh, spec)
+
+
+def cache_sharding(mesh: Mesh | None, rules=DEFAULT_RULES, *, layout: str):
+    """Where a KV cache lives: rows split like the batch, kv heads like the attention weights
+    (mesh None: a bare PartitionSpec, `logical_sharding`).
 
     Layouts: the sampler's per-layer cache chunks "decode_k" [B, K, Dh, n] and "decode_v"
     [B, K, n, Dh]; "model" is transformer.KVCache's [L, B, S, K, Dh].
@@ -186,7 +209,7 @@ def cache_sharding(mesh: Mesh, rules=DEFAULT_RULES, *, layout: str) -> NamedShar
         "decode_v": ("batch", "kv_heads", None, "head_dim"),
         "model": ("layers", "batch", None, "kv_heads", "head_dim"),
     }[layout]
-    return nn.logical_to_mesh_sharding(PartitionSpec(*names), mesh, list(rules))
+    return logical_sharding(mesh, rules, names)
 
 
 def bytes_per_device(tree) -> dict[jax.Device, int]:
@@ -240,5 +263,8 @@ def constrain(x: jax.Array, names: tuple) -> jax.Array:
         return x
     mesh, rules = layout
     table = dict(reversed(rules))  # the first rule for a name wins, as in flax
-    spec = [None if n is None else table.get(n, PartitionSpec.UNCONSTRAINED) for n in names]
-    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, PartitionSpec(*spec)))
+    spec = PartitionSpec(
+        *[None if n is None else table.get(n, PartitionSpec.UNCONSTRAINED) for n in names]
+    )
+    # mesh None: inside shard_map (`per_shard_layout`), a bare spec on its context mesh.
+    return jax.lax.with_sharding_constraint(x, spec if mesh is None else NamedSharding(mesh, spec))

@@ -5,6 +5,7 @@ N prompts, G samples per prompt, P prompt bucket length, T new tokens, S cache l
 
 import dataclasses
 import functools
+import re
 
 import jax
 import jax.numpy as jnp
@@ -81,7 +82,7 @@ def _hf_greedy(model, prompts, t, eos):
     return np.pad(new, ((0, 0), (0, t - new.shape[1])))  # HF stops when all rows stopped
 
 
-# t = 75 decodes in three attention segments (`sampler.attention_bounds`), t = 12 in one.
+# t = 75 decodes in two attention segments (`sampler.attention_bounds`), t = 12 in one.
 @pytest.mark.parametrize("arch,t", [("qwen2", 12), ("llama", 12), ("qwen2", 75)])
 def test_greedy_matches_transformers_generate(arch, t, tmp_path):
     model = _hf_model(arch)
@@ -214,16 +215,20 @@ def test_two_level_draw_follows_the_probabilities_and_skips_zero_mass(v):
 
 
 @pytest.mark.parametrize(
-    "p,t,layers", [(16, 128, 4), (16, 128, 28), (64, 4096, 2), (3, 1, 2), (16, 33, 1)]
+    "p,t,layers,segments",
+    [(16, 128, 4, 2), (16, 129, 4, 2), (16, 130, 4, 3), (16, 1024, 4, 8), (16, 128, 28, 1)]
+    + [(64, 4096, 2, 16), (64, 4096, 40, 1), (3, 2, 2, 1), (16, 33, 1, 1)],
 )
-def test_attention_bounds_cover_the_cache_in_a_few_growing_segments(p, t, layers):
+def test_attention_bounds_cover_the_cache_in_a_few_growing_segments(p, t, layers, segments):
     s = p + t - 1
     bounds = sampler.attention_bounds(p, s, layers)
-    assert bounds[-1] == s and list(bounds) == sorted(set(bounds))
-    assert len(bounds) <= max(1, sampler.SEGMENT_BUDGET // layers)
-    assert bounds[0] >= p + min(s - p, sampler.MIN_SEGMENT) or len(bounds) == 1
+    assert len(bounds) == segments <= max(1, sampler.SEGMENT_BUDGET // layers)
     sizes = np.diff((p, *bounds))
-    assert sizes.max() - sizes.min() <= sizes.max() // 2 + 1  # about equal segments
+    # Equal segments of whole blocks, covering the cache with less than a block to spare.
+    assert len(set(sizes)) == 1 and sizes[0] % sampler.SEGMENT_SLOTS == 0
+    assert s <= bounds[-1] < s + sampler.SEGMENT_SLOTS
+    # One new token (the prefill samples it): no new tokens' cache at all.
+    assert sampler.attention_bounds(p, p, layers) == (p,)
 
 
 def test_eos_stopping_padding_and_determinism(model):
@@ -276,24 +281,25 @@ def test_samples_of_a_prompt_share_its_cache(model):
     cfg, params = model
     tokens_NxP, lens_N = sampler.pad_prompts(PROMPTS, 16, 4, pad_id=0)
     prefill = functools.partial(
-        sampler.prefill, cfg, max_new_tokens=40, num_samples=5, sampling=sampler.SamplingConfig()
+        sampler.prefill, cfg, max_new_tokens=80, num_samples=5, sampling=sampler.SamplingConfig()
     )
-    state = jax.eval_shape(prefill, params, tokens_NxP, lens_N, jax.random.key(0))
+    uniforms = lambda b: sampler.step_uniforms(jax.random.key(0), b, 80)
+    state = jax.eval_shape(prefill, params, tokens_NxP, lens_N, uniforms(20))
     # The prompt's K/V once per prompt; only the new tokens' cache has a row per sample.
     kh, dh = cfg.n_kv_heads, cfg.head_dim
     assert [k.shape for k in state.prompt_k_layers] == [(4, kh, dh, 16)] * cfg.n_layers
     assert [v.shape for v in state.prompt_v_layers] == [(4, kh, 16, dh)] * cfg.n_layers
     assert len(state.k_layers[0]) > 1  # several chunks, each read with the shared prompt
     assert {c.shape[0] for c in state.k_layers[0]} == {20}
-    assert sum(c.shape[3] for c in state.k_layers[0]) == 39
+    assert [c.shape[3] for c in state.k_layers[0]] == [64, 64]  # 79 slots, in whole segments
     # One sample per prompt: nothing to share, the prompt's 16 slots head the first chunk.
     state = jax.eval_shape(
-        functools.partial(prefill, num_samples=1), params, tokens_NxP, lens_N, jax.random.key(0)
+        functools.partial(prefill, num_samples=1), params, tokens_NxP, lens_N, uniforms(4)
     )
     assert state.prompt_k_layers == () and state.prompt_v_layers == ()
     assert [c.shape[:3] for c in state.k_layers[0]] == [(4, kh, dh)] * len(state.k_layers[0])
-    assert sum(c.shape[3] for c in state.k_layers[0]) == 16 + 39
-    assert sum(c.shape[2] for c in state.v_layers[-1]) == 16 + 39
+    assert [c.shape[3] for c in state.k_layers[0]] == [16 + 64, 64]
+    assert [c.shape[2] for c in state.v_layers[-1]] == [16 + 64, 64]
     # Rows meet their own prompt: greedy samples of a group equal the one-sample greedy run.
     kw = dict(max_new_tokens=40, temperature=0.0)
     one = sampler.generate(cfg, params, PROMPTS, **kw)
@@ -306,7 +312,7 @@ def test_samples_of_a_prompt_share_its_cache(model):
 
 
 @pytest.mark.parametrize(
-    "t,mesh_sizes,g", [(6, (4, 2, 1), 2), (40, (2, 2, 2), 2), (40, (4, 1, 2), 1)]
+    "t,mesh_sizes,g", [(6, (4, 2, 1), 2), (70, (2, 2, 2), 2), (40, (4, 1, 2), 1)]
 )
 def test_sharded_params_and_batch_match_single_device(model, t, mesh_sizes, g):
     cfg, params = model
@@ -328,3 +334,51 @@ def test_step_uniforms_are_the_per_step_keys_draws():
     for s in range(4):
         want = jax.random.uniform(jax.random.fold_in(key, s), (3,), jnp.float32)
         np.testing.assert_array_equal(u_BxT[:, s], np.asarray(want))
+
+
+_COLLECTIVES = ("all-reduce", "all-gather", "collective-permute", "all-to-all", "reduce-scatter")
+
+
+def _ops_inside_loops(hlo_text):
+    """HLO op names in the computations a `while` runs (bodies, conditions and what they call),
+    and in the whole program, from a compiled program's text."""
+    comps, name = {}, None
+    for line in hlo_text.splitlines():
+        if line.endswith("{") and line.lstrip("ENTRY ").startswith("%"):
+            name = line.lstrip("ENTRY ").split()[0].lstrip("%")
+            comps[name] = []
+        elif name and line.startswith("  %"):
+            comps[name].append(line)
+    callees = lambda lines: {
+        c
+        for line in lines
+        for c in re.findall(r"(?:body|condition|calls|to_apply)=%([\w.\-]+)", line)
+    }
+    ops = lambda lines: {m for line in lines for m in re.findall(r"= \S+ ([\w\-]+)\(", line)}
+    todo = [c for lines in comps.values() for line in lines if " while(" in line
+            for c in re.findall(r"(?:body|condition)=%([\w.\-]+)", line)]  # fmt: skip
+    seen = set()
+    while todo:
+        c = todo.pop()
+        if c not in seen:
+            seen.add(c)
+            todo.extend(callees(comps[c]))
+    return set().union(*(ops(comps[c]) for c in seen)), ops(sum(comps.values(), []))
+
+
+def test_each_device_decodes_its_own_rows_without_per_step_collectives(model):
+    # On a mesh every device runs its own decode loops over its rows (shard_map over the batch
+    # axes): no step waits on another device, and FSDP params are gathered once, before them.
+    cfg, params = model
+    mesh = sharding_lib.make_mesh({"data": 4, "fsdp": 2, "tensor": 1})
+    sharded = jax.device_put(params, sharding_lib.param_shardings(tf.logical_axes(cfg), mesh))
+    tokens_NxP, lens_N = sharding_lib.put_batch(sampler.pad_prompts(PROMPTS * 2, 16, 8, 0), mesh)
+    sampling = sampler.SamplingConfig(temperature=0.8, eos_ids=(3,))
+    compiled = sampler._generate_jit.lower(
+        cfg, sharded, tokens_NxP, lens_N, jax.random.key(0), max_new_tokens=70, num_samples=2,
+        sampling=sampling, layout=(mesh, sharding_lib.DEFAULT_RULES),
+    ).compile()  # fmt: skip
+    in_loops, everywhere = _ops_inside_loops(compiled.as_text())
+    assert {"while", "dot", "fusion"} & in_loops  # the parser sees the decode loops' ops
+    assert "all-gather" in " ".join(everywhere)  # ... and the params' gather outside them
+    assert not [op for op in in_loops if op.startswith(_COLLECTIVES)]
