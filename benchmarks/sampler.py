@@ -10,11 +10,15 @@ top-k, KV cache on both sides, torch on the same number of threads. A call's tim
 prefill (transformers prefills each prompt G times, r1jax once).
 Each side runs in its own subprocess per model, so its peak RSS (ru_maxrss) is its own.
 r1jax runs twice: on one XLA device ("r1jax"), and with the rows split over --host-devices XLA
-host devices ("r1jax-2dev": a 'data' mesh, one thread per device, params replicated), the way
-a multi-core CPU host can run the sampler's data-parallel path.
+host devices ("r1jax-2dev": a 'data' mesh, params replicated; each device decodes its own rows
+with its own loops, so the cores work at once), the way a multi-core CPU host can run the
+sampler's data-parallel path. Each of --rounds runs every side once, in alternating order; the
+speed-ups are printed per round and as the median over rounds (the time of one call drifts by
+up to 2x over minutes on a shared VM).
 
-Run (about 4 minutes on 2 fast cores, 10 on slow ones):
-  python benchmarks/sampler.py [--repeats 3] [--threads 2] [--host-devices 2] [--models tiny,small]
+Run (about 4 minutes a round on 2 cores):
+  python benchmarks/sampler.py [--rounds 2] [--repeats 3] [--threads 2] [--host-devices 2]
+                               [--models tiny,small]
 """
 
 import argparse
@@ -250,6 +254,17 @@ def _print_model(name: str, res: dict, peak: float) -> None:
         )
 
 
+def _print_median_ratios(name: str, rounds: list[dict]) -> None:
+    """Per case and r1jax side: the speed-up over transformers in each round, and its median."""
+    print(f"\n{name}: r1jax / transformers, each round and the median")
+    for case in CASES:
+        for side in rounds[0]:
+            if side.startswith("r1jax") and "transformers" in rounds[0]:
+                ratios = [r["transformers"][case]["run_s"] / r[side][case]["run_s"] for r in rounds]
+                each = " ".join(f"{x:.2f}x" for x in ratios)
+                print(f"  {case:7s} {side:12s} {each}  median {statistics.median(ratios):.2f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--side", choices=("both", "transformers", "r1jax"), default="both")
@@ -258,6 +273,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed calls after the first")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     parser.add_argument("--models", default="tiny,small")
+    parser.add_argument(
+        "--rounds", type=int, default=2, help="rounds of all sides, alternating (median ratio)"
+    )
     parser.add_argument("--sides", default="transformers,r1jax")
     parser.add_argument(
         "--host-devices",
@@ -289,11 +307,21 @@ def main() -> None:
     peak = _measure_peak()
     report = {"peak_flops": peak}
     for name in args.models.split(","):
+        rounds = []
         with tempfile.TemporaryDirectory() as tmp:
             make_model_dir(name, pathlib.Path(tmp))
-            res = {side: _run_side(side, tmp, args) for side in _side_names(args)}
-        _print_model(name, res, peak)
-        report[name] = res
+            for r in range(args.rounds):
+                # Every round runs every side, in the opposite order to the round before, so a
+                # machine whose speed drifts over minutes (a shared VM) hits all sides alike.
+                order = _side_names(args)[:: -1 if r % 2 else 1]
+                res = {side: _run_side(side, tmp, args) for side in order}
+                rounds.append({side: res[side] for side in _side_names(args)})
+                if args.rounds > 1:
+                    print(f"\n=== {name}: round {r + 1} of {args.rounds}")
+                _print_model(name, rounds[-1], peak)
+        if len(rounds) > 1:
+            _print_median_ratios(name, rounds)
+        report[name] = rounds
     print(json.dumps(report))
 
 
