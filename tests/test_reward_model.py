@@ -139,6 +139,10 @@ def test_step_lowers_the_loss_and_accumulation_is_exact():
     jax.tree.map(
         lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), one.params, two.params
     )
+    # The loss sees r_c - r_r only: the head's bias has no gradient and does not move (Adam would
+    # scale its rounding-noise gradient up to a full step).
+    for moved in (one, two):
+        np.testing.assert_array_equal(moved.params["head"]["bias"], state.params["head"]["bias"])
     losses = []
     for _ in range(8):
         state, metrics = step(state, batch, 1)

@@ -51,6 +51,10 @@ def reward_model_step(state, batch, *, model_cfg, optimizer, grad_accum=1, lr_sc
     2. Accumulate gradients of the summed NLL and the summed terms over them.
     3. Divide once by the global pair count.
     4. Apply the update unless the loss or gradient is not finite.
+
+    The head's bias gets no gradient: the loss depends on r_c - r_r only, so the bias's true
+    gradient is 0, and its computed one is rounding noise (~1e-10) that Adam would scale up to a
+    full-size step, a random walk of every score.
     """
     # (1)
     micro = trainer.micro_batches(batch, grad_accum)
@@ -71,6 +75,7 @@ def reward_model_step(state, batch, *, model_cfg, optimizer, grad_accum=1, lr_sc
     (grads, terms), _ = jax.lax.scan(accumulate, init, micro)
     # (3)
     grads = jax.tree.map(lambda g: g / jnp.maximum(terms["pairs"], 1.0), grads)
+    grads["head"]["bias"] = jnp.zeros_like(grads["head"]["bias"])
     loss, pair_metrics = preference.terms_to_metrics(terms)
     grad_norm = optax.tree.norm(grads)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
