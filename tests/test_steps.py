@@ -158,7 +158,11 @@ def test_grad_accumulation_is_exact(aggregation):
     s4, m4 = _jitted_grpo(lcfg, grad_accum=4)(_fresh_state(), batch)
     assert float(m1["loss"]) == pytest.approx(float(m4["loss"]), abs=1e-6)
     assert float(m1["grad_norm"]) == pytest.approx(float(m4["grad_norm"]), rel=1e-5)
-    assert _max_diff(s1.params, s4.params) < 1e-6
+    # Adam's first step moves a param by lr * g / (|g| + eps): where g is near eps (rarely used
+    # embedding rows), the rounding of a different summation order shows, up to ~1e-6 here (jax
+    # 0.10.2). A wrong split of the denominator changes the update's direction at the scale of
+    # lr = 1e-3; the loss and gradient norm above pin the sums themselves.
+    assert _max_diff(s1.params, s4.params) < 1e-5
     assert _max_diff(s1.params, {"policy": _policy()}) > 1e-4  # the update did something
     assert int(s1.step) == int(s4.step) == 1
 
