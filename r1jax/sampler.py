@@ -39,7 +39,7 @@ PROMPT_BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 3276
 # 64 (AVX-512) and runs the rest element by element (an exp over [.., 32] slots took 8x longer
 # per element than over [.., 64]). Each segment is its own decode loop (`decode`), compiled with
 # the whole step, so compilation grows with the segments: n_layers * segments <= SEGMENT_BUDGET
-# bounds it (benchmarks' tiny model, 4 layers, T 1024: 8 segments; T 128: 2, 6 s on 2 cores).
+# bounds it (benchmarks' tiny model, 4 layers, T 1024: 8 segments; T 128: 2, 4-6 s on 2 cores).
 SEGMENT_SLOTS, SEGMENT_BUDGET = 64, 32
 
 
@@ -717,12 +717,11 @@ def _generate(
     XLA updates the while_loop carry in place).
 
     On a mesh, every device samples its own rows with its own decode loops (`jax.shard_map`
-    over the batch axes), so no step waits for another device: a per-step collective (the
-    loops' all-rows-done test) cost more than a tiny model's whole step on host devices, and
-    each device stops as soon as its own rows have. Params are gathered over the batch axes
-    (FSDP) once per call; the other axes (tensor) stay automatic (`sharding.per_shard_layout`).
-    The draws' uniforms are made for all rows before the split, so a row draws the same
-    numbers on any mesh.
+    over the batch axes): no step waits for another device (one global loop all-reduced its
+    all-rows-done test every step, and gathered FSDP weights inside the loop), and each device
+    stops as soon as its own rows have. Params are gathered over the batch axes once per call;
+    the other axes (tensor) stay automatic (`sharding.per_shard_layout`). The draws' uniforms
+    are made for all rows before the split, so a row draws the same numbers on any mesh.
     """
     b, t = prompt_NxP.shape[0] * num_samples, max_new_tokens
     uniform_BxT = step_uniforms(key, b, t if sampling.temperature > 0 else 0)

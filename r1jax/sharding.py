@@ -226,8 +226,9 @@ _ACTIVATIONS = threading.local()
 
 
 @contextlib.contextmanager
-def activation_layout(mesh: Mesh, rules=DEFAULT_RULES):
-    """While tracing inside it, `constrain` pins activations to `mesh` by `rules`.
+def activation_layout(mesh: Mesh | None, rules=DEFAULT_RULES):
+    """While tracing inside it, `constrain` pins activations to `mesh` by `rules` (mesh None:
+    inside `jax.shard_map`, on its context mesh; `per_shard_layout`).
 
     The jitted steps trace their model code inside it (trainer.jit_step), so activations keep
     their rows split over the batch axes and weights are gathered to them (FSDP), instead of
