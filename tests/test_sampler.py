@@ -344,8 +344,9 @@ def _ops_inside_loops(hlo_text):
     and in the whole program, from a compiled program's text."""
     comps, name = {}, None
     for line in hlo_text.splitlines():
-        if line.endswith("{") and line.lstrip("ENTRY ").startswith("%"):
-            name = line.lstrip("ENTRY ").split()[0].lstrip("%")
+        head = line.removeprefix("ENTRY ")
+        if line.endswith("{") and head.startswith("%"):
+            name = head.split()[0].removeprefix("%")
             comps[name] = []
         elif name and line.startswith("  %"):
             comps[name].append(line)

@@ -53,7 +53,7 @@ def reward_model_step(state, batch, *, model_cfg, optimizer, grad_accum=1, lr_sc
     4. Apply the update unless the loss or gradient is not finite.
 
     The head's bias gets no gradient: the loss depends on r_c - r_r only, so the bias's true
-    gradient is 0, and its computed one is rounding noise (~1e-10) that Adam would scale up to a
+    gradient is 0, and its computed one is rounding noise that Adam would scale up to a
     full-size step, a random walk of every score.
     """
     # (1)
