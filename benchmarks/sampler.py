@@ -207,6 +207,38 @@ def _measure_peak() -> float:
     return float(out.stdout.strip().splitlines()[-1])
 
 
+def host_info() -> dict:
+    """What the numbers were measured on: CPU model, cores, the vector extensions that matter to
+    f32 matmuls, and the package versions of both sides. The ratios depend on the host as much as
+    on the code: benchmarks/README.md has the same commit on an AMD EPYC VM and on an Intel Xeon
+    VM, where transformers ran 1.6x faster and r1jax about as fast."""
+    from importlib import metadata
+
+    model, flags = "unknown", set()
+    try:
+        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                model = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+    except OSError:
+        pass
+    versions = {}
+    for package in ("jax", "jaxlib", "torch", "transformers"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    affinity = getattr(os, "sched_getaffinity", None)
+    return {
+        "cpu": model,
+        "cores": len(affinity(0)) if affinity else os.cpu_count(),
+        "isa": sorted(flags & {"avx2", "fma", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16"}),
+        **versions,
+    }
+
+
 def _side_names(args) -> list[str]:
     """The sides to run: "transformers", "r1jax" (one XLA device) and, with --host-devices
     N > 1, "r1jax-Ndev" (rows split over N host devices)."""
@@ -304,8 +336,10 @@ def main() -> None:
         result = run(args.model_dir, args.repeats, args.threads)
         pathlib.Path(args.out).write_text(json.dumps(result))
         return
+    host = host_info()
+    print("host: " + ", ".join(f"{k} {v}" for k, v in host.items()), flush=True)
     peak = _measure_peak()
-    report = {"peak_flops": peak}
+    report = {"host": host, "peak_flops": peak}
     for name in args.models.split(","):
         rounds = []
         with tempfile.TemporaryDirectory() as tmp:
