@@ -503,7 +503,7 @@ def _restore(path, model_cfg, mesh, rules):
     return checkpoint.restore_params(path, abstract)
 
 
-def load_model(cfg, mesh, rules=sharding.DEFAULT_RULES):
+def _load_model(cfg, mesh, rules=sharding.DEFAULT_RULES):
     """(model_cfg, params on the mesh, tokenizer, run config or {}) from config.model.init_from.
 
     An r1jax run (or its checkpoints folder) brings its own model shape and tokenizer; a Hugging
@@ -530,6 +530,14 @@ def load_model(cfg, mesh, rules=sharding.DEFAULT_RULES):
     tokenizer = text.load_tokenizer(cfg.tokenizer.path)
     model_cfg = configlib.model_config_from(cfg, vocab_size=tokenizer.vocab_size)
     return model_cfg, _restore(path, model_cfg, mesh, rules), tokenizer, {}
+
+
+def load_model(cfg, mesh, rules=sharding.DEFAULT_RULES):
+    """(model_cfg, params on the mesh, tokenizer, run config or {}) from config.model.init_from
+    (`_load_model`), the tokenizer checked against the model's vocabulary."""
+    model_cfg, params, tokenizer, run_cfg = _load_model(cfg, mesh, rules)
+    text.check_fits(tokenizer, model_cfg.vocab_size)
+    return model_cfg, params, tokenizer, run_cfg
 
 
 def resolve_template(cfg, run_cfg: dict) -> str:

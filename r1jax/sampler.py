@@ -22,6 +22,7 @@ first chunk instead (one product fewer per layer and step).
 import contextlib
 import dataclasses
 import functools
+import math
 
 import flax.struct
 import jax
@@ -52,6 +53,18 @@ class SamplingConfig:
     top_k: int = 0  # 0 = off
     eos_ids: tuple[int, ...] = ()
     pad_id: int = 0
+
+    def __post_init__(self):
+        if not (math.isfinite(self.temperature) and self.temperature >= 0):
+            raise ValueError(
+                f"temperature must be finite and >= 0 (0 = greedy), got {self.temperature}"
+            )
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1] (1 = off), got {self.top_p}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
+        if self.pad_id < 0 or any(e < 0 for e in self.eos_ids):
+            raise ValueError(f"eos_ids {self.eos_ids} and pad_id {self.pad_id} must be >= 0")
 
 
 @flax.struct.dataclass
@@ -782,10 +795,17 @@ def generate_padded(
             f"{prompt_lens_N.shape} must be [N, P] and [N]"
         )
     if max_new_tokens < 1 or num_samples < 1:
-        raise ValueError(f"max_new_tokens ({max_new_tokens}), num_samples must be >= 1")
+        raise ValueError(
+            f"max_new_tokens ({max_new_tokens}) and num_samples ({num_samples}) must be >= 1"
+        )
     sampling = SamplingConfig(
         float(temperature), float(top_p), int(top_k), tuple(int(e) for e in eos_ids), int(pad_id)
     )
+    if max((sampling.pad_id, *sampling.eos_ids)) >= cfg.vocab_size:
+        raise ValueError(
+            f"eos_ids {sampling.eos_ids} and pad_id {sampling.pad_id} must be below the "
+            f"model's vocab_size {cfg.vocab_size}"
+        )
     return _generate_jit(
         cfg,
         params,
@@ -831,6 +851,28 @@ def generate_local(
     return {name: sharding_lib.local_rows(x)[:keep] for name, x in vars(out).items()}
 
 
+def check_prompts(prompts, vocab_size: int) -> None:
+    """Raises ValueError unless `prompts` is a non-empty list of non-empty lists of integer token
+    ids in [0, vocab_size); the model's embedding lookup would clamp an id out of range."""
+    if isinstance(prompts, (str, bytes)) or not len(prompts):
+        raise ValueError("prompts must be a non-empty list of non-empty token-id lists")
+    for i, ids in enumerate(prompts):
+        ids = np.asarray(ids)
+        if ids.ndim != 1 or ids.size == 0:
+            raise ValueError(
+                f"prompt {i} must be a non-empty list of token ids, got an array of shape "
+                f"{ids.shape}"
+            )
+        if not np.issubdtype(ids.dtype, np.integer):
+            raise ValueError(f"prompt {i}: token ids must be integers, got dtype {ids.dtype}")
+        bad = ids[(ids < 0) | (ids >= vocab_size)]
+        if bad.size:
+            raise ValueError(
+                f"prompt {i}: token id {int(bad[0])} is outside the model's vocabulary "
+                f"[0, {vocab_size})"
+            )
+
+
 def pad_prompts(prompts, bucket: int, rows: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
     """Left-pads token lists into [rows, bucket]; rows beyond len(prompts) are padding rows."""
     tokens_NxP = np.full((rows, bucket), pad_id, np.int32)
@@ -858,8 +900,7 @@ def generate(
     mesh=None,
 ) -> SampleOutput:
     """Samples from token-id lists of varied lengths; returns host (numpy) arrays, N*G rows."""
-    if not prompts or any(len(ids) == 0 for ids in prompts):
-        raise ValueError("prompts must be a non-empty list of non-empty token-id lists")
+    check_prompts(prompts, cfg.vocab_size)
     n = len(prompts)
     rows = (
         n

@@ -139,6 +139,17 @@ class SentencePieceTokenizer:
         return None if idx == self._sp.unk_id() and piece != self._sp.id_to_piece(idx) else idx
 
 
+def check_fits(tokenizer: Tokenizer, vocab_size: int) -> None:
+    """Raises ValueError when the tokenizer has ids the model has no embedding row for: the
+    embedding lookup and the loss would silently clamp them to the last row."""
+    if tokenizer.vocab_size > vocab_size:
+        raise ValueError(
+            f"the tokenizer has {tokenizer.vocab_size} ids but the model's vocab_size is "
+            f"{vocab_size}: use the model's own tokenizer, or a config.model.vocab_size of at "
+            f"least {tokenizer.vocab_size}"
+        )
+
+
 def _special_content(value) -> str | None:
     """A tokenizer_config.json special token: a string, an AddedToken dict, or null."""
     if isinstance(value, dict):

@@ -249,6 +249,32 @@ def test_eos_stopping_padding_and_determinism(model):
         assert stopped or n == 16
 
 
+@pytest.mark.parametrize(
+    "kw,match",
+    [
+        (dict(prompts=[[1, V]]), f"prompt 0: token id {V} is outside the model's vocabulary"),
+        (dict(prompts=[[2], [3, -1]]), "prompt 1: token id -1 is outside"),
+        (dict(prompts=[[1.5, 2.0]]), "token ids must be integers"),
+        (dict(prompts=[[]]), "prompt 0 must be a non-empty list"),
+        (dict(prompts=[]), "non-empty list"),
+        (dict(prompts="abc"), "non-empty list"),
+        (dict(temperature=-0.5), "temperature must be finite and >= 0"),
+        (dict(temperature=float("nan")), "temperature must be finite"),
+        (dict(top_p=0.0), r"top_p must be in \(0, 1\]"),
+        (dict(top_p=1.5), r"top_p must be in \(0, 1\]"),
+        (dict(top_k=-1), "top_k must be >= 0"),
+        (dict(eos_ids=[V]), f"below the model's vocab_size {V}"),
+        (dict(pad_id=-1), "pad_id -1 must be >= 0"),
+        (dict(max_new_tokens=0), r"max_new_tokens \(0\) and num_samples \(1\) must be >= 1"),
+    ],
+)
+def test_bad_arguments_are_refused_with_the_reason(model, kw, match):
+    cfg, params = model
+    kw = {"prompts": PROMPTS, "max_new_tokens": 4, **kw}
+    with pytest.raises(ValueError, match=match):
+        sampler.generate(cfg, params, **kw)
+
+
 def test_compilations_stay_bounded_across_prompt_lengths(model):
     cfg, params = model
     cfg = dataclasses.replace(cfg, max_seq_len=777)  # a fresh static key: counts start at zero

@@ -93,6 +93,12 @@ def _tiny_setup(grad_accum):
     return model_cfg, opt, state, batch
 
 
+def test_a_tokenizer_larger_than_the_model_vocab_is_refused(tmp_path, shared_data):
+    # Ids past the embedding would be clamped to its last row, silently.
+    with pytest.raises(ValueError, match="tokenizer has 512 ids but the model's vocab_size is 300"):
+        supervised.run(_short_cfg(model__vocab_size=300), tmp_path)
+
+
 def test_grad_accumulation_equals_one_batch():
     model_cfg, opt, state, batch = _tiny_setup(1)
     one, m1 = supervised.supervised_step(state, batch, model_cfg=model_cfg, optimizer=opt)

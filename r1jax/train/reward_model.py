@@ -19,7 +19,7 @@ import numpy as np
 import optax
 from absl import logging
 
-from r1jax import configlib, sharding
+from r1jax import configlib, sharding, text
 from r1jax.data import sources, world
 from r1jax.model import transformer
 from r1jax.rewards import preference
@@ -257,6 +257,7 @@ def run(cfg, workdir) -> dict:
     tokenizer = supervised.resolve_tokenizer(cfg, workdir, pairs)
     model_cfg = configlib.model_config_from(cfg, vocab_size=tokenizer.vocab_size)
     model_cfg, trunk = supervised.initial_params(cfg, model_cfg)
+    text.check_fits(tokenizer, model_cfg.vocab_size)
     configlib.save_resolved(cfg, workdir, model_cfg)
     max_len = min(cfg.rm.max_len or model_cfg.max_seq_len, model_cfg.max_seq_len)
     mesh = sharding.make_mesh(cfg.mesh.to_dict())

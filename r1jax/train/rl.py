@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from r1jax import configlib, distributed, sampler, sharding
+from r1jax import configlib, distributed, sampler, sharding, text
 from r1jax.data import sources
 from r1jax.model import config as model_config
 from r1jax.model import heads, transformer
@@ -210,6 +210,7 @@ class RLRun:
         self.tokenizer = supervised.resolve_tokenizer(cfg, workdir, records)
         model_cfg = configlib.model_config_from(cfg, vocab_size=self.tokenizer.vocab_size)
         self.model_cfg, policy = supervised.initial_params(cfg, model_cfg)
+        text.check_fits(self.tokenizer, self.model_cfg.vocab_size)
         configlib.save_resolved(cfg, workdir, self.model_cfg)
         self.mesh = sharding.make_mesh(cfg.mesh.to_dict())
         rules = sharding.rules_from_config(cfg.mesh.rules)

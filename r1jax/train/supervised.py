@@ -247,6 +247,7 @@ def run(cfg, workdir) -> dict:
     tokenizer = resolve_tokenizer(cfg, workdir, records)
     model_cfg = configlib.model_config_from(cfg, vocab_size=tokenizer.vocab_size)
     model_cfg, params = initial_params(cfg, model_cfg)
+    text.check_fits(tokenizer, model_cfg.vocab_size)
     configlib.save_resolved(cfg, workdir, model_cfg)
     mesh = sharding.make_mesh(cfg.mesh.to_dict())
     rules = sharding.rules_from_config(cfg.mesh.rules)
