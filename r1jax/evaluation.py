@@ -102,10 +102,11 @@ def maj_at_k(votes: list[str | None], correct: list[bool], k: int) -> float:
     # count -> [number of answers with that count, summed answer scores]
     groups: dict[int, list] = {}
     for answer, m in counts.items():
-        group = groups.setdefault(m, [0, 0.0])
+        group = groups.setdefault(m, [0, fractions.Fraction(0)])
         group[0] += 1
-        group[1] += right[answer] / m
-    total = 0.0
+        group[1] += fractions.Fraction(right[answer]) / m
+    # Subset counts are exact integers: C(n, k) passes float64's range near n = 1030.
+    total = fractions.Fraction(0)
     for m, (_, score) in groups.items():
         if score == 0:
             continue
@@ -118,29 +119,36 @@ def _truncated_product(a: np.ndarray, b: np.ndarray, size: int) -> np.ndarray:
     return np.convolve(a, b)[:size]
 
 
-def _tie_weighted_ways(groups: dict, own: int, j: int, rest: int, n_none: int) -> float:
+def _int_poly(coefficients) -> np.ndarray:
+    """A polynomial of Python ints (object array): exact, and no float overflow."""
+    return np.array(list(coefficients), dtype=object)
+
+
+def _tie_weighted_ways(
+    groups: dict, own: int, j: int, rest: int, n_none: int
+) -> fractions.Fraction:
     """Sum over ways to pick `rest` more samples with every other answer holding <= j of them,
     of 1/(1 + number of other answers holding exactly j). One answer of count `own` is the
     candidate and is excluded from its group."""
     size = rest + 1
-    none_poly = np.array([math.comb(n_none, i) for i in range(size)], np.float64)
+    none_poly = _int_poly(math.comb(n_none, i) for i in range(size))
     by_ties = {0: none_poly}  # ties t -> polynomial over the number of samples picked
     for m, (g, _) in groups.items():
         g -= m == own
         if g == 0:
             continue
-        below = np.array([math.comb(m, i) if i < j else 0 for i in range(size)], np.float64)
+        below = _int_poly(math.comb(m, i) if i < j else 0 for i in range(size))
         tie = math.comb(m, j) if m >= j and j <= rest else 0
         # (below(x) + y * tie * x^j)^g: u of the g answers tie with the candidate.
-        powers = [np.eye(1, size)[0]]
+        powers = [_int_poly([1] + [0] * rest)]
         for _ in range(g):
             powers.append(_truncated_product(powers[-1], below, size))
         terms = []
         for u in range(0, g + 1 if tie else 1):
             if j * u > rest:
                 break
-            term = np.zeros(size)
-            term[j * u :] = powers[g - u][: size - j * u] * (math.comb(g, u) * float(tie) ** u)
+            term = _int_poly([0] * size)
+            term[j * u :] = powers[g - u][: size - j * u] * (math.comb(g, u) * tie**u)
             terms.append(term)
         new: dict[int, np.ndarray] = {}
         for t, poly in by_ties.items():
@@ -148,7 +156,7 @@ def _tie_weighted_ways(groups: dict, own: int, j: int, rest: int, n_none: int) -
                 prod = _truncated_product(poly, term, size)
                 new[t + u] = new[t + u] + prod if t + u in new else prod
         by_ties = new
-    return sum(poly[rest] / (t + 1) for t, poly in by_ties.items())
+    return sum(fractions.Fraction(int(poly[rest]), t + 1) for t, poly in by_ties.items())
 
 
 # ---------------------------------------------------------------------------------------------

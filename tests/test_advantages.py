@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from r1jax.rl import advantages
+from r1jax.rl import advantages, rollout
 
 GARBAGE = 1e6  # large but finite values in padded positions; they must change nothing
 
@@ -53,6 +53,20 @@ def test_group_relative_uses_sample_std_and_zero_for_ties():
         advantages.group_relative(jnp.ones((2, 1)))
     with pytest.raises(ValueError):
         advantages.group_relative(jnp.ones((2, 3)), std_normalize="batchnorm")
+
+
+def test_ties_give_exactly_zero_in_float32():
+    # float32 sum / count of 7 x 0.7 is an ulp off 0.7: (r - mean) / (std + eps) was 0.056.
+    r = jnp.full((2, 7), 0.7, jnp.float32).at[1].set(0.9)
+    for mode in ("group", "batch", "none"):
+        np.testing.assert_array_equal(advantages.group_relative(r, std_normalize=mode), 0.0)
+    np.testing.assert_array_equal(advantages.whiten(r[:1], jnp.ones_like(r[:1])), 0.0)
+
+
+def test_dynamic_sampling_drops_float32_ties():
+    # np.std of 7 x 0.7 in float32 is 6e-8 > 0: the all-equal group counted as informative.
+    r = np.array([[0.7] * 7, [0.9] * 3 + [0.0] * 4, [1.1] * 7], np.float32)
+    np.testing.assert_array_equal(rollout.informative_groups(r), [False, True, False])
 
 
 def test_rloo_matches_leave_one_out():

@@ -102,6 +102,13 @@ def test_maj_at_k_special_cases():
 # ---- vote keys and grading --------------------------------------------------------------------
 
 
+def test_maj_at_k_beyond_float64_subset_counts():
+    # C(1030, 515) > 1.8e308: float64 subset counts raised OverflowError here.
+    votes = ["a"] * 1000 + [None] * 30
+    assert evaluation.maj_at_k(votes, [True] * 1030, 515) == 1.0
+    assert evaluation.maj_at_k(votes, [False] * 1030, 515) == 0.0
+
+
 def _ans(x):
     return f"<think>t</think> <answer>{x}</answer>"
 
