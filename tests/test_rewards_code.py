@@ -1,9 +1,14 @@
 """Tests for r1jax.rewards.code: the sandbox runs honest code and gives hostile code no credit."""
 
 import concurrent.futures
+import ctypes
 import os
+import random
 import socket
+import subprocess
+import sys
 import textwrap
+import time
 
 import pytest
 
@@ -328,3 +333,106 @@ def test_fallback_modes_still_give_no_credit_and_leave_nothing(mode):
         assert not result.passed and result.isolation == mode, (name, result)
         assert result.elapsed_s < TIMEOUT_S + MARGIN_S, (name, result.elapsed_s)
         assert code.processes_of_uid(result.uid) == [], name
+
+
+@pytest.mark.parametrize("mode", code.ISOLATION_MODES)
+def test_output_preview_never_follows_what_the_program_put_in_its_place(tmp_path, mode):
+    # The root harness reads stdout.txt from the work dir P owns: a symlink to a root-only file
+    # must not leak it into the result, and a FIFO must not block the verdict.
+    if not code._mode_works(mode):
+        pytest.skip(f"{mode} not usable here")
+    secret = tmp_path / "secret.txt"
+    secret.write_text("root-only secret")
+    secret.chmod(0o600)
+    swap = "import os\nos.unlink('stdout.txt')\nos.unlink('stderr.txt')\n"
+    link = (
+        swap
+        + f"os.symlink({str(secret)!r}, 'stdout.txt')\nos.symlink('/etc/passwd', 'stderr.txt')\n"
+    )
+    fifo = swap + "os.mkfifo('stdout.txt')\nos.mkfifo('stderr.txt')\n"
+    linked = _run(link + CORRECT, isolation=mode)
+    assert linked.passed and linked.stdout == "" and linked.stderr == "", linked
+    blocked = _run(fifo + CORRECT, isolation=mode)
+    assert blocked.passed and blocked.elapsed_s < TIMEOUT_S, blocked
+
+
+def _sysv_segments_of(uid):
+    with open("/proc/sysvipc/shm") as f:
+        rows = [line.split() for line in f.readlines()[1:]]
+    return [int(row[1]) for row in rows if int(row[7]) == uid]  # shmid, uid columns
+
+
+def test_nothing_the_program_writes_outlives_the_run():
+    # Files in the host's world-writable dirs and SysV shared memory (which outlives its process)
+    # would pile up run after run; the namespaced modes give each run its own.
+    mode = code.best_isolation()
+    if mode == "rlimits":
+        pytest.skip("rlimits mode shares the host's file system and IPC (trusted data only)")
+    tag = f"r1jax-test-{os.getpid()}"
+    paths = [f"{top}/{tag}" for top in ("/tmp", "/var/tmp", "/dev/shm") if os.path.isdir(top)]
+    program = _src(
+        f"""
+        import ctypes
+        for path in {paths!r}:
+            try:
+                open(path, "w").write("left behind")
+            except OSError:
+                pass
+        libc = ctypes.CDLL(None)
+        libc.shmat.restype = ctypes.c_void_p
+        segment = libc.shmat(libc.shmget(0, 1 << 20, 0o1000 | 0o600), None, 0)
+        ctypes.memset(segment, 1, 1 << 20)
+        """,
+        CORRECT,
+    )
+    result = _run(program)
+    left = [p for p in paths if os.path.exists(p)]
+    segments = _sysv_segments_of(result.uid)
+    for path in left:
+        os.unlink(path)
+    for shmid in segments:
+        ctypes.CDLL(None).shmctl(shmid, 0, None)  # IPC_RMID
+    assert result.passed, result
+    assert left == [] and segments == []
+
+
+def test_program_sees_python_but_no_other_host_file():
+    # A world-readable dataset (or this file) would hand a program the tests' answers.
+    mode = code.best_isolation()
+    if mode == "rlimits":
+        pytest.skip("rlimits mode shares the host's file system (trusted data only)")
+    program = f"open({os.path.abspath(__file__)!r}).read()\n" + CORRECT
+    result = _run(program)
+    assert result.status == "error" and "FileNotFoundError" in result.detail, result
+    assert _run("import gzip, threading\n" + CORRECT).passed  # the stdlib is all there
+
+
+_WORKER = """
+import sys
+from r1jax.rewards import code
+code.secrets.randbelow = lambda n: int(sys.argv[1])  # the test knows the run's uid
+code.run_tests("import time\\ntime.sleep(100)\\n", "pass", timeout_s=60.0)
+"""
+
+
+def test_sandbox_stops_when_the_process_that_started_it_dies():
+    # A pool worker killed on its own timeout must not leave the sandbox running to its deadline.
+    offset = random.randrange(1_000_000_000)
+    uid = 200_000 + offset
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(code.__file__))))
+    env = dict(os.environ, PYTHONPATH=root)
+    worker = subprocess.Popen([sys.executable, "-c", _WORKER, str(offset)], env=env)
+    try:
+        deadline = time.monotonic() + 30.0
+        while not code.processes_of_uid(uid):  # wait until the program runs
+            assert worker.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        worker.kill()
+        worker.wait()
+    deadline = time.monotonic() + 3.0
+    while code.processes_of_uid(uid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    left = code.processes_of_uid(uid)
+    code.kill_uid(uid)
+    assert left == []

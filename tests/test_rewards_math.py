@@ -273,6 +273,26 @@ PAIRS = [
     ("5.01", "5", False),
     ("1/4", "\\frac{1}{4}", True),
     ("\\frac{1}{4}", "0.25", True),
+    # a "unit" that is part of the value or a second candidate is not stripped
+    ("7 or eight", "7", False),
+    ("7 or x", "7", False),
+    ("7\\text{ or 8}", "7", False),
+    ("7\\text{ (or maybe 8)}", "7", False),
+    ("\\text{7 or eight}", "7", False),
+    ("5 million", "5", False),
+    ("3 hundred", "3", False),
+    ("5 thousand dollars", "5", False),
+    ("5 squared", "5", False),
+    ("2pi", "2", False),
+    ("76°", "76", True),
+    ("12 square feet", "12", True),
+    ("60 miles per hour", "60", True),
+    # the tolerance for written-out decimals never lets a near-miss integer through
+    ("1234567891", "1234567890", False),
+    ("1234567890.5", "1234567891", False),
+    ("18446744073709551615", "18446744073709551616", False),
+    ("0.3333333333", "1/3", True),
+    ("0.5000000001", "\\frac12", True),
 ]
 
 
@@ -329,6 +349,14 @@ def test_distinct_integer_golds_are_not_equal(shared_data):
     golds = sorted({r["answer"] for r in records if r["answer"].lstrip("-").isdigit()}, key=int)
     assert len(golds) > 300
     assert not any(math_reward.is_equiv(a, b) for a, b in zip(golds, golds[1:]))
+
+
+def test_extraction_is_linear_on_many_unclosed_answer_tags():
+    # A (.*?) regex rescans to the end from every unclosed <answer>: ~12 s for this 160 kB text.
+    text = "<answer>7</answer>" + "<answer>" * 20_000
+    start = time.monotonic()
+    assert math_reward.extract_answer(text) == "7"
+    assert time.monotonic() - start < 0.5
 
 
 def test_dangerous_answers_are_rejected_before_sympy():

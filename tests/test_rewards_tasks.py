@@ -2,6 +2,7 @@
 
 import concurrent.futures
 import json
+import time
 
 import pytest
 
@@ -93,6 +94,13 @@ def test_extract_code():
     assert tasks.extract_code("text\n```python\nx = 1\n```\nmore\n```py\nx = 2\n```") == "x = 2\n"
     assert tasks.extract_code("<think>a</think><answer>\nreturn 1\n</answer>") == "return 1"
     assert tasks.extract_code("<think>a</think>    return 1\n") == "    return 1\n"
+
+
+def test_extract_code_is_linear_on_many_unclosed_answer_tags():
+    text = "<answer>x = 1</answer>" + "<answer>" * 20_000
+    start = time.monotonic()
+    assert tasks.extract_code(text) == "x = 1"
+    assert time.monotonic() - start < 0.5
 
 
 def test_every_humaneval_canonical_solution_passes(shared_data):

@@ -2,10 +2,11 @@
 
 Isolation, best first: "bwrap" (no network, pid/ipc/uts namespaces, read-only /usr and Python,
 nothing else of the host visible, size-capped tmpfs work dir, dies with its parent), "unshare"
-(`unshare -n -p -f --kill-child`: no network, own pid namespace, host files visible), "rlimits"
-(resource limits and a throwaway uid only). In every mode the program runs under a fresh random
-uid with CPU, memory, file-size, process-count and open-file limits, and every process of that
-uid is killed when the run ends. See sandbox_harness.py for how tests call the program.
+(`unshare -n -p -i -f --kill-child`: no network, own pid and ipc namespaces, and the harness
+chroots into the same file system view bwrap gives), "rlimits" (resource limits and a throwaway
+uid only). In every mode the program runs under a fresh random uid with CPU, memory, file-size,
+process-count and open-file limits, and every process of that uid is killed when the run ends.
+See sandbox_harness.py for how tests call the program.
 """
 
 import dataclasses
@@ -20,6 +21,8 @@ import subprocess
 import sys
 import tempfile
 import time
+
+from r1jax.rewards import sandbox_harness
 
 _HARNESS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sandbox_harness.py")
 _BWRAP_HARNESS = "/r1jax/sandbox_harness.py"  # where bwrap mounts it inside the sandbox
@@ -80,13 +83,16 @@ def _sandbox_prefix(mode: str) -> list[str]:
         sandbox += ["--perms", "0755", "--dir", "/r1jax", "--ro-bind", _HARNESS, _BWRAP_HARNESS]
         return sandbox + ["--chdir", "/sandbox", "--setenv", "PATH", "/usr/bin:/bin", "--"]
     if mode == "unshare":
-        return ["unshare", "--net", "--pid", "--fork", "--kill-child", "--mount-proc"]
+        # --ipc: SysV shared memory segments outlive their process, but not their namespace.
+        return ["unshare", "--net", "--pid", "--ipc", "--fork", "--kill-child", "--mount-proc"]
     return []
 
 
 def _command(mode: str, uid: int, limits: dict[str, int]) -> list[str]:
     harness = _BWRAP_HARNESS if mode == "bwrap" else _HARNESS
     python = [sys.executable, "-I", "-S", harness, str(uid), json.dumps(limits)]
+    if mode == "unshare":  # the harness builds what bwrap's arguments give (`_root_binds`)
+        python += [sandbox_harness.PRIVATE_FS_FLAG, sys.base_prefix, sys.prefix]
     return _sandbox_prefix(mode) + python
 
 
@@ -99,8 +105,14 @@ def _mode_works(mode: str) -> bool:
     if shutil.which(tool) is None:
         return False
     probe = _sandbox_prefix(mode) + [sys.executable, "-I", "-S", "-c", "pass"]
+    if mode == "unshare":  # the harness must also be able to mount its private file system
+        check = "import sys; sys.path.append(sys.argv[1]); import sandbox_harness as h; "
+        check += f"h.private_filesystem([{sys.base_prefix!r}, {sys.prefix!r}])"
+        python = [sys.executable, "-I", "-S", "-c", check, os.path.dirname(_HARNESS)]
+        probe = _sandbox_prefix(mode) + python
     try:
-        done = subprocess.run(probe, capture_output=True, timeout=20)
+        with tempfile.TemporaryDirectory() as cwd:  # the harness mounts over its work dir
+            done = subprocess.run(probe, capture_output=True, timeout=20, cwd=cwd)
     except (OSError, subprocess.SubprocessError):
         return False
     return done.returncode == 0

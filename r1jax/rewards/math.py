@@ -21,18 +21,32 @@ MAX_ANSWER_CHARS = 1000  # longer "answers" are never sent to sympy
 MAX_NESTING = 24  # bracket depth above which parsing gets super-linear in latex2sympy
 MAX_EXPONENT = 10_000  # a literal exponent above this can make sympy build a giant integer
 MAX_FACTORIAL = 2_000
+# A plain-number comparison allows 1e-9 relative error (a repeating decimal written out), but never
+# more than this: "1234567891" must not equal "1234567890".
+MAX_ABS_ERROR = fractions.Fraction(1, 10**6)
 _CHECKER_START_S = 60.0
 
 _MC_LETTER = re.compile(r"^\(?([A-Ea-e])\)?$")
-_ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 _GSM8K = re.compile(r"####\s*([^\n]*)")
 _THE_ANSWER_IS = re.compile(r"answer\s+is\s*:?\s*([^\n]*)", re.IGNORECASE)
 _THOUSANDS = re.compile(r"^[-+]?\d{1,3}(,\d{3})+(\.\d+)?$")
 _NUMBER = re.compile(r"^[-+]?(\d+(\.\d*)?|\.\d+)(/\d+)?$")
 _UNIT_TAIL = re.compile(
-    r"^([-+]?[\d.,]*\d)\s*(\\%|%|\\text\{[^{}]*\}|\\mbox\{[^{}]*\}|[a-zA-Z]{2,}[a-zA-Z .\-/]*)$"
+    r"^([-+]?[\d.,]*\d)\s*(\\%|%|°|\\text\{[^{}]*\}|\\mbox\{[^{}]*\}|[a-zA-Z]{2,}[a-zA-Z .\-/]*)$"
+)
+# Words that make a trailing "unit" part of the value or a second candidate ("5 million",
+# "7 or eight", "3 squared", "2 pi", "7\text{ or 8}"): such a tail is never stripped.
+_NOT_UNITS = frozenset(
+    """or and nor not no but plus minus over divided than to either neither maybe perhaps
+    possibly probably except zero one two three four five six seven eight nine ten eleven twelve
+    thirteen fourteen fifteen sixteen seventeen eighteen nineteen twenty thirty forty fifty sixty
+    seventy eighty ninety hundred hundreds thousand thousands million millions billion billions
+    trillion trillions dozen dozens half halves quarter quarters third thirds fourth fourths
+    fifth fifths tenth tenths hundredth hundredths thousandth thousandths squared cubed
+    factorial pi mod sqrt root""".split()
 )
 _TEXT_WRAP = re.compile(r"^\\(?:text|textbf|mathrm|mbox)\{([^{}]*)\}$")
+_TEXT_GROUP = re.compile(r"\\(?:text|textbf|mathrm|mbox)\{([^{}]*)\}")
 _POWER = re.compile(r"(\^|\*\*)")
 _EXPONENT_LITERAL = re.compile(r"(?:\^|\*\*)\s*\{?\s*\(?\s*(\d+)")
 _FACTORIAL_LITERAL = re.compile(r"(\d+)\s*!")
@@ -72,6 +86,18 @@ def _last_boxed(text: str) -> str | None:
     return None  # unbalanced: no answer rather than a guess
 
 
+def last_tagged(text: str, open_tag: str = "<answer>", close_tag: str = "</answer>") -> str | None:
+    """Content of the last `open_tag…close_tag` pair: the last match `re.findall` would give for
+    open(.*?)close, in linear time (that regex is quadratic on many unclosed opening tags)."""
+    found, pos = None, 0
+    while True:
+        start = text.find(open_tag, pos)
+        end = text.find(close_tag, start + len(open_tag)) if start >= 0 else -1
+        if end < 0:
+            return found
+        found, pos = text[start + len(open_tag) : end], end + len(close_tag)
+
+
 def _strip_sentence(ans: str) -> str:
     """Trim phrasing around an answer given in prose ("is $42$.", "is **42**")."""
     ans = ans.strip().rstrip(".").strip()
@@ -85,9 +111,8 @@ def extract_answer(text: str) -> str | None:
     """Final answer: <answer> tag, else last \\boxed{}, else "#### x", else "the answer is x"."""
     if not isinstance(text, str):
         return None
-    tags = _ANSWER_TAG.findall(text)
-    if tags:
-        inner = tags[-1]
+    inner = last_tagged(text)
+    if inner is not None:
         boxed = _last_boxed(inner)
         return (boxed if boxed is not None else _strip_sentence(inner)).strip()
     boxed = _last_boxed(text)
@@ -116,11 +141,23 @@ def normalize(ans: str) -> str:
     if unwrapped:
         s = unwrapped.group(1).strip()
     unit = _UNIT_TAIL.match(s)
-    if unit:
+    if unit and _plain_unit(unit.group(2)):
         s = unit.group(1)
     if _THOUSANDS.match(s.replace(" ", "")):
         s = s.replace(",", "").replace(" ", "")
     return s.replace(" ", "")
+
+
+def _plain_unit(tail: str) -> bool:
+    """Whether a trailing word group is a unit to drop, not more of the value or another answer."""
+    words = re.findall(r"[a-zA-Z]+", tail)
+    return not any(c.isdigit() for c in tail) and not any(w.lower() in _NOT_UNITS for w in words)
+
+
+def _hedged_text(s: str) -> bool:
+    """A \\text{} group that holds a number or a connective ("7\\text{ or 8}"): math-verify
+    would drop it as a unit."""
+    return any(not _plain_unit(group) for group in _TEXT_GROUP.findall(s))
 
 
 def _as_fraction(s: str) -> fractions.Fraction | None:
@@ -317,7 +354,9 @@ def is_equiv(pred: str | None, gold: str, *, timeout_s: float = DEFAULT_TIMEOUT_
         return _choice_letter(p) == gold_letter
     pf, gf = _as_fraction(p), _as_fraction(g)
     if pf is not None and gf is not None:
-        return pf == gf or abs(float(pf) - float(gf)) <= 1e-9 * max(1.0, abs(float(gf)))
+        return abs(pf - gf) <= min(fractions.Fraction(1, 10**9) * max(1, abs(gf)), MAX_ABS_ERROR)
+    if _hedged_text(pred) and not _hedged_text(gold):
+        return False
     return symbolic_equal(p, g, timeout_s=timeout_s)
 
 

@@ -15,6 +15,7 @@ import os
 import resource
 import select
 import signal
+import stat
 import sys
 import time
 
@@ -27,6 +28,10 @@ PRELOAD = (
 MAX_MESSAGE = 4 << 20
 OUTPUT_PREVIEW = 2048
 PR_SET_NO_NEW_PRIVS = 38
+PRIVATE_FS_FLAG = "--private-fs"
+TMPFS_BYTES = 16 << 20
+DEVICES = ("null", "zero", "full", "random", "urandom")
+_MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_REMOUNT, _MS_BIND, _MS_REC = 1, 2, 4, 32, 4096, 16384
 
 
 def encode(value, depth=0):
@@ -78,17 +83,25 @@ def _send(fd, message):
 
 
 class _Reader:
-    """Line reader over a pipe fd with a deadline and a size cap."""
+    """Line reader over a pipe fd with a deadline and a size cap.
 
-    def __init__(self, fd):
+    `caller_fd`, the write end of a pipe, is watched too: select() reports it readable only once
+    its reader is gone, i.e. the process that started the sandbox died (a pool worker killed on
+    its timeout). H then stops at once rather than at its deadline, and its namespace with it.
+    """
+
+    def __init__(self, fd, caller_fd=None):
         self.fd, self.buffer = fd, b""
+        self.watched = [fd] if caller_fd is None else [fd, caller_fd]
 
     def read(self, deadline):
         while b"\n" not in self.buffer:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise TimeoutError("program did not answer in time")
-            ready, _, _ = select.select([self.fd], [], [], left)
+            ready, _, _ = select.select(self.watched, [], [], left)
+            if self.watched[-1] in ready and self.watched[-1] != self.fd:
+                raise BrokenPipeError("the caller of the sandbox exited")
             if ready:
                 chunk = os.read(self.fd, 1 << 16)
                 if not chunk:
@@ -98,6 +111,61 @@ class _Reader:
                     raise ValueError("program message too large")
         line, self.buffer = self.buffer.split(b"\n", 1)
         return json.loads(line)
+
+
+def _mount(libc, source, target, fstype, flags, data=None):
+    args = [x.encode() if x is not None else None for x in (source, target, fstype, data)]
+    if libc.mount(args[0], args[1], args[2], flags, args[3]) != 0:
+        raise OSError(ctypes.get_errno(), f"mount {source} on {target}", target)
+
+
+def _bind(libc, source, target, read_only=True):
+    _mount(libc, source, target, None, _MS_BIND | _MS_REC)
+    if read_only:  # a bind mount takes its read-only flag only on a remount
+        flags = _MS_REMOUNT | _MS_BIND | _MS_RDONLY | _MS_NOSUID | _MS_NODEV
+        _mount(libc, None, target, None, flags)
+
+
+def private_filesystem(prefixes):
+    """Unshare mode (H is root in a private mount namespace): what bwrap gives, by hand.
+
+    A 16 MiB tmpfs on the work dir becomes the root: /usr, the merged-/usr links and the Python
+    installation `prefixes` bound read-only, a few /dev nodes, this namespace's /proc, and
+    writable /sandbox (the new work dir), /tmp and /dev/shm in the tmpfs. H then chroots into it,
+    so P (unprivileged, cannot chroot) sees no other host file (datasets with the tests'
+    answers) and nothing it writes outlives the run.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    os.umask(0o022)
+    root = os.getcwd()
+    _mount(libc, "tmpfs", root, "tmpfs", _MS_NOSUID | _MS_NODEV, f"size={TMPFS_BYTES},mode=755")
+
+    def inside(path):
+        return os.path.join(root, path.lstrip("/"))
+
+    bound = ["/usr"]
+    for top in ("/bin", "/sbin", "/lib", "/lib32", "/lib64"):
+        if os.path.islink(top):
+            os.symlink(os.readlink(top), inside(top))
+        elif os.path.isdir(top):
+            bound.append(top)
+    for prefix in sorted(set(prefixes)):
+        if not any(prefix == b or prefix.startswith(b + "/") for b in bound):
+            bound.append(prefix)
+    for path in bound:
+        os.makedirs(inside(path))  # parents 0755 too, so P can reach the Python installation
+        _bind(libc, path, inside(path))
+    os.makedirs(inside("/proc"))
+    _bind(libc, "/proc", inside("/proc"), read_only=False)
+    os.makedirs(inside("/dev/shm"))
+    for name in DEVICES:
+        open(inside(f"/dev/{name}"), "w").close()
+        _bind(libc, f"/dev/{name}", inside(f"/dev/{name}"), read_only=False)
+    for path, mode in (("/tmp", 0o1777), ("/dev/shm", 0o1777), ("/sandbox", 0o777)):
+        os.makedirs(inside(path), exist_ok=True)
+        os.chmod(inside(path), mode)
+    os.chroot(root)
+    os.chdir("/sandbox")
 
 
 def _program_main(cmd_fd, res_fd, uid, limits):
@@ -193,12 +261,25 @@ def _run_tests(request, cmd_fd, reader):
     return "passed", ""
 
 
-def _preview(path):
+def _preview(path, uid):
+    """The start of P's output file, only if it is still P's regular file.
+
+    P owns the work dir, so it can swap the file for a symlink (to a root-only file H would
+    read), a FIFO (H would block) or a hard link to another user's file; all read as empty.
+    """
     try:
-        with open(path, "rb") as f:
-            return f.read(OUTPUT_PREVIEW).decode("utf-8", "replace")
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError:
         return ""
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_uid != uid:
+            return ""
+        return os.read(fd, OUTPUT_PREVIEW).decode("utf-8", "replace")
+    except OSError:
+        return ""
+    finally:
+        os.close(fd)
 
 
 def main():
@@ -207,6 +288,8 @@ def main():
         __import__(module)
     uid = int(sys.argv[1])
     limits = json.loads(sys.argv[2])
+    if PRIVATE_FS_FLAG in sys.argv[3:]:
+        private_filesystem(sys.argv[sys.argv.index(PRIVATE_FS_FLAG) + 1 :])
     cmd_r, cmd_w = os.pipe()
     res_r, res_w = os.pipe()
     pid = os.fork()
@@ -222,7 +305,8 @@ def main():
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     request = json.loads(sys.stdin.buffer.read())
     try:
-        status, detail = _run_tests(request, cmd_w, _Reader(res_r))
+        caller = 1 if stat.S_ISFIFO(os.fstat(1).st_mode) else None
+        status, detail = _run_tests(request, cmd_w, _Reader(res_r, caller))
     except TimeoutError as exc:
         status, detail = "timeout", str(exc)
     except Exception as exc:  # noqa: BLE001 - e.g. a RecursionError decoding a nested reply
@@ -232,8 +316,8 @@ def main():
         "nonce": request["nonce"],
         "status": status,
         "detail": detail,
-        "stdout": _preview("stdout.txt"),
-        "stderr": _preview("stderr.txt"),
+        "stdout": _preview("stdout.txt", uid),
+        "stderr": _preview("stderr.txt", uid),
     }
     sys.stdout.write(json.dumps(verdict))
     sys.stdout.flush()

@@ -88,9 +88,9 @@ def extract_code(completion: str) -> str:
     blocks = _CODE_BLOCK.findall(completion)
     if blocks:
         return blocks[-1]
-    tagged = re.findall(r"<answer>(.*?)</answer>", completion, re.DOTALL)
-    if tagged:
-        return tagged[-1].strip("\n")
+    tagged = math_reward.last_tagged(completion)
+    if tagged is not None:
+        return tagged.strip("\n")
     return completion.split("</think>", 1)[-1]
 
 
