@@ -3,6 +3,7 @@
 import dataclasses
 import importlib.util
 import json
+import os
 import pathlib
 import sys
 
@@ -105,13 +106,25 @@ def validate(cfg: ml_collections.ConfigDict, *, num_devices: int | None = None) 
         data_files = ()
     for field in (*data_files, "model.init_from", "tokenizer.path"):
         _check_path(cfg, field)
+    for field in data_files:
+        name = cfg.data[field.split(".")[1]]
+        _require(not name or not pathlib.Path(name).is_dir(), field, f"{name} is a folder")
     _require(cfg.data.seq_len > 0, "data.seq_len", "must be positive")
+    _require(
+        cfg.data.batch_size > 0, "data.batch_size", f"must be positive, got {cfg.data.batch_size}"
+    )
+    _require(cfg.data.max_records >= 0, "data.max_records", "must be >= 0 (0 = all)")
     _require(cfg.train.steps > 0, "train.steps", "must be positive")
     _require(cfg.train.grad_accum >= 1, "train.grad_accum", "must be at least 1")
-    _require(cfg.model.dtype in ("float32", "bfloat16"), "model.dtype", "float32 or bfloat16")
+    _validate_model(cfg)
     _require(cfg.optim.lr >= 0, "optim.lr", f"must be a non-negative number, got {cfg.optim.lr}")
+    schedules = ("constant", "cosine", "linear")
+    _require(cfg.optim.schedule in schedules, "optim.schedule", f"expected one of {schedules}")
+    _require(cfg.optim.warmup_steps >= 0, "optim.warmup_steps", "must be >= 0")
     for name in ("log_every", "checkpoint_every"):
         _require(cfg.train[name] > 0, f"train.{name}", "must be positive")
+    _require(cfg.train.eval_every >= 0, "train.eval_every", "must be >= 0 (0 = only at the end)")
+    _require(cfg.data.eval_batches >= 1, "data.eval_batches", "must be at least 1")
     num_devices = jax.device_count() if num_devices is None else num_devices
     if cfg.stage == "rl":
         _validate_rl(cfg, num_devices)
@@ -145,6 +158,22 @@ def validate(cfg: ml_collections.ConfigDict, *, num_devices: int | None = None) 
     )
 
 
+_MODEL_SIZES = ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim", "d_ff")
+
+
+def _validate_model(cfg) -> None:
+    """config.model and config.tokenizer: names and sizes (0 = the preset's / the tokenizer's)."""
+    m = cfg.model
+    _require(m.dtype in ("float32", "bfloat16"), "model.dtype", "float32 or bfloat16")
+    _require(m.param_dtype in ("float32", "bfloat16"), "model.param_dtype", "float32 or bfloat16")
+    modes = model_config.REMAT_MODES
+    _require(m.remat in modes, "model.remat", f"expected one of {modes}")
+    for name in (*_MODEL_SIZES, "max_seq_len", "unroll_layers"):
+        _require(m[name] >= 0, f"model.{name}", f"must be >= 0 (0 = the preset's), got {m[name]}")
+    vocab = cfg.tokenizer.train_vocab_size
+    _require(vocab >= 0, "tokenizer.train_vocab_size", f"must be >= 0 (0 = none), got {vocab}")
+
+
 def model_config_from(cfg: ml_collections.ConfigDict, *, vocab_size: int | None = None):
     """The frozen ModelConfig: the preset with the non-zero shape fields of config.model applied."""
     mcfg = model_config.get_preset(cfg.model.preset)
@@ -158,11 +187,73 @@ def model_config_from(cfg: ml_collections.ConfigDict, *, vocab_size: int | None 
         changes["vocab_size"] = int(vocab_size)
     changes.update(dtype=cfg.model.dtype, param_dtype=cfg.model.param_dtype, remat=cfg.model.remat)
     changes["unroll_layers"] = int(cfg.model.get("unroll_layers", 0))
-    return dataclasses.replace(mcfg, **changes)
+    try:
+        return dataclasses.replace(mcfg, **changes)
+    except ValueError as e:  # ModelConfig's own checks name ModelConfig.<field>
+        raise ConfigError(f"config.model: {e}") from None
+
+
+def check_workdir(workdir) -> None:
+    """Fails when `workdir` cannot be a run folder: a file, under a file, or not writable."""
+    path = pathlib.Path(workdir)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"--workdir {workdir}: exists and is not a folder")
+    existing = next(p for p in (path, *path.absolute().parents) if p.exists())
+    if not existing.is_dir():
+        raise ConfigError(f"--workdir {workdir}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"--workdir {workdir}: {existing} is not writable")
+
+
+# Model fields a resumed run may change: numerics and context, not the shape of its weights.
+_RESUMABLE_MODEL_FIELDS = ("dtype", "param_dtype", "remat", "unroll_layers", "max_seq_len")
+
+
+def _json_form(value):
+    return json.loads(json.dumps(value, default=str))
+
+
+def check_resumable(cfg: ml_collections.ConfigDict, workdir, model_cfg=None) -> None:
+    """Refuses a workdir whose checkpoints another run wrote (another stage or model shape):
+    resuming would fail inside orbax's restore, or continue someone else's run."""
+    workdir = pathlib.Path(workdir)
+    ckpt = workdir / "checkpoints"
+    path = workdir / "config.json"
+    if not (ckpt.is_dir() and any(ckpt.iterdir()) and path.exists()):
+        return
+    advice = f"use another --workdir, or start from that run: --config.model.init_from={workdir}"
+    try:
+        saved = json.loads(path.read_text())
+        old_stage = saved["config"]["stage"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ConfigError(
+            f"--workdir {workdir}: has checkpoints but {path} is unreadable ({e!r:.80}), so "
+            f"they cannot be matched to this config; {advice}"
+        ) from None
+    if old_stage != cfg.stage:
+        raise ConfigError(
+            f"--workdir {workdir}: holds checkpoints of a {old_stage!r} run, not of this "
+            f"{cfg.stage!r} config; {advice}"
+        )
+    if model_cfg is None or not isinstance(saved.get("model"), dict):
+        return
+    new = _json_form(dataclasses.asdict(model_cfg))
+    diff = [
+        f"{name} {saved['model'].get(name)!r} -> {value!r}"
+        for name, value in new.items()
+        if name not in _RESUMABLE_MODEL_FIELDS and _json_form(saved["model"].get(name)) != value
+    ]
+    if diff:
+        raise ConfigError(
+            f"--workdir {workdir}: its checkpoints hold a model of another shape than this "
+            f"config's ({', '.join(diff)}); {advice}"
+        )
 
 
 def save_resolved(cfg: ml_collections.ConfigDict, workdir, model_cfg=None) -> None:
-    """Writes the resolved config (and the model shape) to WORKDIR/config.json."""
+    """Writes the resolved config (and the model shape) to WORKDIR/config.json, after
+    check_resumable: a workdir holding another run's checkpoints is refused, not overwritten."""
+    check_resumable(cfg, workdir, model_cfg)
     out = {"config": cfg.to_dict()}
     if model_cfg is not None:
         out["model"] = dataclasses.asdict(model_cfg)
@@ -170,7 +261,9 @@ def save_resolved(cfg: ml_collections.ConfigDict, workdir, model_cfg=None) -> No
     path.parent.mkdir(parents=True, exist_ok=True)
     if jax.process_index() != 0:  # one writer of the shared run directory
         return
-    path.write_text(json.dumps(out, indent=2, sort_keys=True, default=str) + "\n")
+    tmp = path.with_name(path.name + ".tmp")  # a kill mid-write leaves the old file whole
+    tmp.write_text(json.dumps(out, indent=2, sort_keys=True, default=str) + "\n")
+    os.replace(tmp, path)
 
 
 def is_run_dir(folder) -> bool:
@@ -215,7 +308,13 @@ def _validate_rl(cfg, num_devices: int) -> None:
     _require(rl.ppo_form in ("clip", "kl_penalty"), "rl.ppo_form", "clip | kl_penalty")
     _require(rl.template in TEMPLATES, "rl.template", f"expected one of {TEMPLATES}")
     _require(rl.temperature > 0, "rl.temperature", "RL samples need a positive temperature")
+    _require(0 < rl.top_p <= 1, "rl.top_p", "must be in (0, 1]")
+    _require(rl.top_k >= 0, "rl.top_k", "must be >= 0 (0 = off)")
     _require(rl.max_new_tokens > 0, "rl.max_new_tokens", "must be positive")
+    _require(rl.max_prompt_len > 0, "rl.max_prompt_len", "must be positive")
+    for name in ("prompts_per_step", "epochs", "num_minibatches"):
+        _require(rl[name] >= 1, f"rl.{name}", f"must be at least 1, got {rl[name]}")
+    _require(rl.reward_workers >= 0, "rl.reward_workers", "must be >= 0 (0 = in-process)")
     _require(
         rl.num_samples >= 2 or rl.algorithm == "ppo",
         "rl.num_samples",

@@ -1,12 +1,15 @@
 """r1jax entry point: `r1jax --config=configs/<stage>.py:<variant> --workdir=DIR [--config.x=y]`."""
 
+import difflib
 import logging as std_logging
+import pathlib
 import sys
 
+import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from r1jax import configlib, distributed, hostmem
+from r1jax import configlib, distributed, hostmem, text
 from r1jax.data import sources
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/<stage>.py:<variant>")
@@ -55,9 +58,62 @@ def main(argv) -> None:
     try:
         from r1jax import pipeline  # the stage dispatch (imports each stage's module lazily)
 
+        configlib.check_workdir(_WORKDIR.value)
         pipeline.run_stage(cfg, _WORKDIR.value)
-    except (configlib.ConfigError, sources.DataError, FileNotFoundError) as e:
+    except (
+        configlib.ConfigError,
+        sources.DataError,
+        text.TokenizerError,
+        FileNotFoundError,
+    ) as e:
         sys.exit(f"r1jax: {e}")
+
+
+def config_problem(argv: list[str]) -> str:
+    """Why the --config flags of `argv` cannot be loaded: a missing config file, or the first
+    --config.<field> override that names no field (with the closest field name)."""
+    pairs = zip(argv, argv[1:] + [""])
+    spec = next(
+        (
+            a.split("=", 1)[1] if "=" in a else b
+            for a, b in pairs
+            if a in ("--config", "-config") or a.startswith(("--config=", "-config="))
+        ),
+        "",
+    )
+    path = spec.split(":", 1)[0]
+    if not pathlib.Path(path).is_file():
+        return f"--config={spec}: no such config file {path!r}"
+    try:
+        cfg = configlib.load_config(spec)
+    except Exception as e:  # the config file's own error, e.g. an unknown variant
+        return f"--config={spec}: {type(e).__name__}: {e}"
+    for arg in argv:
+        if not arg.startswith("--config."):
+            continue
+        parts = arg[2:].split("=", 1)[0].split(".")
+        node = cfg
+        for depth, name in enumerate(parts[1:], start=1):
+            section = ".".join(parts[:depth])
+            if not isinstance(node, ml_collections.ConfigDict):
+                return f"{arg}: {section} is a value, not a section with fields"
+            if name not in node:
+                close = difflib.get_close_matches(name, list(node.keys()), n=1)
+                hint = f" (did you mean {section}.{close[0]}?)" if close else ""
+                return f"{arg}: {section} has no field {name!r}{hint}"
+            node = node[name]
+    return ""
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, but a bad --config ends the run with one line naming the problem
+    (ml_collections raises a KeyError from deep inside flag parsing, or an IOError later)."""
+    try:
+        args = app.parse_flags_with_usage(argv)
+        _CONFIG.value.get("stage")  # a config file that failed to load raises on first use
+        return args
+    except (KeyError, AttributeError, OSError) as e:
+        sys.exit(f"r1jax: {config_problem(argv) or e}")
 
 
 class _QuietLibraries:
@@ -74,7 +130,7 @@ def run() -> None:
         if arg.startswith("--config="):
             configlib.add_config_root_to_path(arg.split("=", 1)[1].split(":", 1)[0])
     logging.get_absl_handler().addFilter(_QuietLibraries())
-    app.run(main)
+    app.run(main, flags_parser=_parse_flags)
 
 
 if __name__ == "__main__":

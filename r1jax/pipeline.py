@@ -385,6 +385,7 @@ def run(cfg, workdir) -> dict:
     """The pipeline stage: every stage in order, then the evaluation table."""
     workdir = pathlib.Path(workdir)
     check(cfg)
+    configlib.check_resumable(cfg, workdir)  # not over a single stage's run folder
     if jax.process_index() == 0:
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / "config.json").write_text(

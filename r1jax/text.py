@@ -8,7 +8,6 @@ pad=0, unk=1, bos=2, eos=3, then the user-defined symbols (<think>, </think>, <a
 import io
 import json
 import pathlib
-import re
 from collections.abc import Iterable, Sequence
 from typing import Protocol, runtime_checkable
 
@@ -22,6 +21,10 @@ ANSWER_CLOSE = "</answer>"
 REASONING_TAGS = (THINK_OPEN, THINK_CLOSE, ANSWER_OPEN, ANSWER_CLOSE)
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
+
+
+class TokenizerError(ValueError):
+    """A tokenizer file that cannot be used; the message names the file."""
 
 
 @runtime_checkable
@@ -117,7 +120,10 @@ class SentencePieceTokenizer:
         path = pathlib.Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"SentencePiece model not found: {path}")
-        return cls(path.read_bytes())
+        try:
+            return cls(path.read_bytes())
+        except (RuntimeError, ValueError) as e:  # sentencepiece raises RuntimeError on junk
+            raise TokenizerError(f"{path}: not a usable SentencePiece model ({e})") from None
 
     def save(self, path: str | pathlib.Path) -> None:
         """Writes the serialized model (a `.model` file)."""
@@ -169,7 +175,7 @@ def _read_json(path: pathlib.Path) -> dict:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from e
+        raise TokenizerError(f"{path}: not valid JSON ({e})") from e
 
 
 _COMMON_EOS = ("<|endoftext|>", "</s>", "<|end_of_text|>", "<eos>", "<|im_end|>")
@@ -184,19 +190,27 @@ class HFTokenizer:
         file = folder / "tokenizer.json" if path.is_dir() else path
         if not file.is_file():
             raise FileNotFoundError(f"no tokenizer.json at {file}")
-        self._tok = tokenizers.Tokenizer.from_file(str(file))
+        try:
+            self._tok = tokenizers.Tokenizer.from_file(str(file))
+        except Exception as e:  # tokenizers raises a bare Exception on a malformed file
+            raise TokenizerError(f"{file}: not a readable tokenizer.json ({e})") from None
         self.vocab_size = int(self._tok.get_vocab_size(with_added_tokens=True))
         tok_cfg = _read_json(folder / "tokenizer_config.json")
         gen_cfg = _read_json(folder / "generation_config.json")
         model_cfg = _read_json(folder / "config.json")
-        eos = self._id_of(_special_content(tok_cfg.get("eos_token")))
+        named = _special_content(tok_cfg.get("eos_token"))
+        eos = self._id_of(named)
+        if named and eos is None:  # the files disagree: guessing another EOS would go unnoticed
+            raise TokenizerError(
+                f"{file}: eos_token {named!r} of tokenizer_config.json is not in its vocabulary"
+            )
         for candidate in (gen_cfg.get("eos_token_id"), model_cfg.get("eos_token_id")):
             eos = eos if eos is not None else _first_id(candidate)
         for piece in _COMMON_EOS:
             eos = eos if eos is not None else self._tok.token_to_id(piece)
         if eos is None:
-            raise ValueError(
-                f"{file}: cannot find the EOS token (set eos_token in tokenizer_config)"
+            raise TokenizerError(
+                f"{file}: cannot find the EOS token (set eos_token in tokenizer_config.json)"
             )
         self.eos_id = int(eos)
         bos = self._id_of(_special_content(tok_cfg.get("bos_token")))
@@ -206,6 +220,13 @@ class HFTokenizer:
         pad = self._id_of(_special_content(tok_cfg.get("pad_token")))
         # Without a pad token, pad with EOS (what Qwen and Llama recipes do); padding is masked.
         self.pad_id = int(pad) if pad is not None else self.eos_id
+        for name in ("eos_id", "bos_id", "pad_id"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value < self.vocab_size:
+                raise TokenizerError(
+                    f"{folder}: {name} {value} (from its config files) is not an id of the "
+                    f"{self.vocab_size}-token vocabulary of {file.name}"
+                )
 
     def _id_of(self, piece: str | None) -> int | None:
         return None if piece is None else self._tok.token_to_id(piece)
@@ -239,7 +260,7 @@ def load_tokenizer(path: str | pathlib.Path) -> Tokenizer:
         return HFTokenizer(path)
     if not path.exists():
         raise FileNotFoundError(f"tokenizer not found: {path}")
-    raise ValueError(
+    raise TokenizerError(
         f"{path}: not a tokenizer (expected a .model file, tokenizer.json or a folder)"
     )
 
@@ -306,15 +327,36 @@ def format_reasoning(think: str, answer: str) -> str:
     return f"{THINK_OPEN}{think.strip()}{THINK_CLOSE} {ANSWER_OPEN}{answer.strip()}{ANSWER_CLOSE}"
 
 
-_THINK_RE = re.compile(re.escape(THINK_OPEN) + r"(.*?)" + re.escape(THINK_CLOSE), re.DOTALL)
-_ANSWER_RE = re.compile(re.escape(ANSWER_OPEN) + r"(.*?)" + re.escape(ANSWER_CLOSE), re.DOTALL)
+def first_tagged(text: str, open_tag: str, close_tag: str) -> str | None:
+    """Content of the first `open_tag…close_tag` pair (re.search of open(.*?)close), in linear
+    time: that regex rescans to the end from every unclosed opening tag."""
+    start = text.find(open_tag)
+    if start < 0:
+        return None
+    # No close after the first open means none after any later open either.
+    end = text.find(close_tag, start + len(open_tag))
+    return text[start + len(open_tag) : end] if end >= 0 else None
+
+
+def last_tagged(
+    text: str, open_tag: str = ANSWER_OPEN, close_tag: str = ANSWER_CLOSE
+) -> str | None:
+    """Content of the last `open_tag…close_tag` pair: the last match `re.findall` would give for
+    open(.*?)close, in linear time (that regex is quadratic on many unclosed opening tags)."""
+    found, pos = None, 0
+    while True:
+        start = text.find(open_tag, pos)
+        end = text.find(close_tag, start + len(open_tag)) if start >= 0 else -1
+        if end < 0:
+            return found
+        found, pos = text[start + len(open_tag) : end], end + len(close_tag)
 
 
 def split_reasoning(text: str) -> tuple[str | None, str | None]:
     """(first closed think block, last closed answer block), stripped; None where absent."""
-    think = _THINK_RE.search(text)
-    answers = _ANSWER_RE.findall(text)
+    think = first_tagged(text, THINK_OPEN, THINK_CLOSE)
+    answer = last_tagged(text, ANSWER_OPEN, ANSWER_CLOSE)
     return (
-        think.group(1).strip() if think else None,
-        answers[-1].strip() if answers else None,
+        think.strip() if think is not None else None,
+        answer.strip() if answer is not None else None,
     )

@@ -1,5 +1,6 @@
 """Configs: every variant loads and validates; mistakes stop at start-up naming the field."""
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -78,7 +79,9 @@ def test_cli_unknown_override_and_missing_file(tmp_path):
         text=True,
         env=env,
     )
-    assert out.returncode != 0 and "lrr" in out.stderr
+    assert out.returncode != 0
+    assert "--config.optim.lrr=1e-4: config.optim has no field 'lrr' (did you mean" in out.stderr
+    assert "Traceback" not in out.stderr, out.stderr[-2000:]
     out = subprocess.run(
         base + [f"--workdir={tmp_path}", f"--config.data.train={tmp_path}/missing.jsonl"],
         cwd=REPO,
@@ -120,3 +123,72 @@ def test_malformed_row_names_file_and_line_or_is_skipped_and_counted(tmp_path):
         env={**os.environ, "JAX_PLATFORMS": "cpu"},
     )
     assert out.returncode != 0 and "bad.jsonl:2" in out.stderr, out.stderr[-2000:]
+
+
+@pytest.mark.parametrize(
+    "spec,field,value",
+    [
+        ("sft.py:tiny", "data.batch_size", 0),
+        ("sft.py:tiny", "data.max_records", -1),
+        ("sft.py:tiny", "data.eval_batches", 0),
+        ("sft.py:tiny", "optim.schedule", "cosin"),
+        ("sft.py:tiny", "model.remat", "fulll"),
+        ("sft.py:tiny", "model.d_model", -8),
+        ("sft.py:tiny", "tokenizer.train_vocab_size", -5),
+        ("r1_zero.py:tiny", "rl.num_minibatches", 0),
+        ("r1_zero.py:tiny", "rl.prompts_per_step", -16),
+        ("r1_zero.py:tiny", "rl.epochs", 0),
+        ("r1_zero.py:tiny", "rl.top_p", 1.5),
+    ],
+)
+def test_sizes_and_names_that_cannot_work_name_the_field(shared_data, spec, field, value):
+    cfg = configlib.load_config(os.path.join(REPO, "configs", spec))
+    section, name = field.split(".")
+    cfg[section][name] = value
+    with pytest.raises(configlib.ConfigError, match=rf"config\.{field}: "):
+        configlib.validate(cfg, num_devices=1)
+
+
+def test_data_file_that_is_a_folder_and_bad_model_shape(shared_data, tmp_path):
+    with pytest.raises(configlib.ConfigError, match=r"config\.data\.train: .* is a folder"):
+        configlib.validate(_cfg(data__train=str(tmp_path)), num_devices=1)
+    with pytest.raises(configlib.ConfigError, match=r"config\.model: .*n_kv_heads"):
+        configlib.model_config_from(_cfg(model__n_heads=3), vocab_size=100)
+
+
+def test_a_workdir_holding_another_run_is_refused_and_kept(tmp_path):
+    cfg = configlib.load_config(os.path.join(REPO, "configs/sft.py:tiny"))
+    shape = configlib.model_config_from(cfg, vocab_size=100)
+    configlib.save_resolved(cfg, tmp_path, shape)
+    other = dataclasses.replace(shape, d_model=64)
+    configlib.save_resolved(cfg, tmp_path, other)  # no checkpoints yet: nothing to protect
+    configlib.save_resolved(cfg, tmp_path, shape)
+    (tmp_path / "checkpoints" / "2").mkdir(parents=True)
+    before = (tmp_path / "config.json").read_text()
+    with pytest.raises(configlib.ConfigError, match=r"another shape .*d_model 128 -> 64"):
+        configlib.save_resolved(cfg, tmp_path, other)
+    pretrain = configlib.updated(cfg, stage="pretrain")
+    with pytest.raises(configlib.ConfigError, match="checkpoints of a 'sft' run, not of this"):
+        configlib.save_resolved(pretrain, tmp_path, shape)
+    assert (tmp_path / "config.json").read_text() == before
+    longer = dataclasses.replace(shape, max_seq_len=512, dtype="bfloat16")
+    configlib.save_resolved(configlib.updated(cfg, train__steps=400), tmp_path, longer)  # resumes
+
+
+def test_workdir_that_is_a_file_and_config_problems(tmp_path):
+    from r1jax import main
+
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(configlib.ConfigError, match="exists and is not a folder"):
+        configlib.check_workdir(tmp_path / "file")
+    with pytest.raises(configlib.ConfigError, match=r"file is a file, not a folder"):
+        configlib.check_workdir(tmp_path / "file" / "run")
+    configlib.check_workdir(tmp_path / "new" / "run")
+    spec = os.path.join(REPO, "configs/sft.py:tiny")
+    assert "no such config file" in main.config_problem(["r1jax", "--config=nope.py:tiny"])
+    problem = main.config_problem(["r1jax", f"--config={spec}", "--config.rll.num_samples=4"])
+    assert problem == (
+        "--config.rll.num_samples=4: config has no field 'rll' (did you mean config.rl?)"
+    )
+    problem = main.config_problem(["r1jax", f"--config={spec}", "--config.seed.x=1"])
+    assert "config.seed is a value, not a section" in problem

@@ -51,6 +51,55 @@ def test_missing_files_name_the_path(tmp_path):
             reader(tmp_path / "nope.jsonl")
 
 
+def test_bad_bytes_broken_gzip_and_folders_name_the_file(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_bytes(b'\xef\xbb\xbf{"a": 1}\n{"a": "caf\xe9"}\n{"a": 3}\n')  # BOM, then Latin-1
+    with pytest.raises(sources.DataError, match=r"bad\.jsonl:2: not UTF-8 text \(byte 0xe9"):
+        sources.read_jsonl(bad)
+    stats = {}
+    assert sources.read_jsonl(bad, on_error="skip", stats=stats) == [{"a": 1}, {"a": 3}]
+    assert stats["skipped"] == 1
+    (tmp_path / "list.json").write_bytes(b'[{"a": "\xff"}]')
+    with pytest.raises(sources.DataError, match=r"list\.json: not UTF-8"):
+        sources.read_json_list(tmp_path / "list.json")
+    whole = gzip.compress(b'{"a": 1}\n' * 200)
+    for name, data in (("plain.jsonl.gz", b"not gzip"), ("cut.jsonl.gz", whole[: len(whole) // 2])):
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(sources.DataError, match=name + ": not a readable gzip file"):
+            sources.read_jsonl(tmp_path / name, on_error="skip")
+    with pytest.raises(sources.DataError, match="is a folder"):
+        sources.gsm8k_records(tmp_path)
+
+
+def test_fields_of_the_wrong_type_are_refused_not_stringified(tmp_path):
+    rows = [
+        {"question": "q", "answer": ["2 + 2 #### 4"]},
+        {"question": 7, "answer": "#### 4"},
+        {"question": "q", "answer": 4},
+    ]
+    for i, row in enumerate(rows):
+        path = _write_lines(tmp_path / f"gsm{i}.jsonl", [json.dumps(row)])
+        with pytest.raises(sources.DataError, match=rf"gsm{i}\.jsonl:1: field '\w+' must be str"):
+            sources.gsm8k_records(path)
+    path = _write_lines(
+        tmp_path / "math.jsonl",
+        [
+            json.dumps({"problem": "p", "answer": 12.0}),
+            json.dumps({"problem": "p", "answer": ["1", "2"]}),
+            json.dumps({"problem": ["p"], "answer": "1"}),
+            json.dumps({"problem": "p", "answer": True}),
+            json.dumps({"problem": "p", "answer": "1", "solution": {"steps": 1}}),
+        ],
+    )
+    with pytest.raises(
+        sources.DataError, match=r"math\.jsonl:2: field 'answer' must be str or int"
+    ):
+        sources.math_records(path)
+    stats = {}
+    assert [r["answer"] for r in sources.math_records(path, on_error="skip", stats=stats)] == ["12"]
+    assert stats["skipped"] == 4
+
+
 def test_read_json_list(tmp_path):
     (tmp_path / "ok.json").write_text('[{"problem": "p", "answer": 1}]')
     assert sources.read_json_list(tmp_path / "ok.json") == [{"problem": "p", "answer": 1}]
@@ -288,6 +337,17 @@ def test_make_dataset_rejects_bad_arguments(tok):
         pipeline.make_dataset(
             records, tok, seq_len=8, batch_size=1, seed=0, shard_index=1, shard_count=2
         )
+
+
+def test_records_without_their_fields_are_refused_before_training(tok):
+    sft = [{"prompt": "a", "response": "b"}, {"prompt": "c"}]
+    with pytest.raises(sources.DataError, match=r"record 2 of 2: field 'response' is missing"):
+        pipeline.make_dataset(sft, tok, kind="sft", seq_len=16, batch_size=1, seed=0)
+    sft[1]["response"] = 5
+    with pytest.raises(sources.DataError, match=r"record 2 of 2: field 'response' is a int"):
+        pipeline.make_dataset(sft, tok, kind="sft", seq_len=16, batch_size=1, seed=0)
+    with pytest.raises(sources.DataError, match=r"record 1 of 1.*'text' \(or 'prompt'"):
+        pipeline.make_dataset([{"txt": "a"}], tok, seq_len=16, batch_size=1, seed=0)
 
 
 def test_long_sft_example_keeps_prompt_tail_and_response(tok):

@@ -221,6 +221,14 @@ def test_legacy_rope_keys_are_read(tmp_path):
         ({"architectures": ["MistralForCausalLM"]}, "unsupported architectures"),
         ({"architectures": ["Qwen2ForCausalLM"], "use_sliding_window": True}, "sliding_window"),
         ({"rope_parameters": {"rope_type": "yarn", "factor": 4.0}}, "rope type 'yarn'"),
+        (
+            {"rope_parameters": {"rope_type": "linear", "factor": 2.0}},
+            "rope type 'linear' in rope_parameters",
+        ),
+        (
+            {"rope_parameters": None, "rope_scaling": {"type": "dynamic", "factor": 2.0}},
+            "rope type 'dynamic' in rope_scaling",
+        ),
         ({"attention_bias": True}, "attention_bias"),
         ({"hidden_act": "gelu"}, "hidden_act"),
         ({"hidden_size": None}, "hidden_size"),
@@ -243,11 +251,77 @@ def test_wrong_tensor_shape_names_the_tensor(tmp_path):
 
 def test_unexpected_tensors_fail_but_tied_lm_head_copy_is_ignored(tmp_path):
     cfg = SAVE_CASES["qwen2-tied"][0]
-    hf_io.save_hf(tmp_path, cfg, _our_model(cfg))
-    extra = {"lm_head.weight": np.zeros((V, cfg.d_model), np.float32)}
+    params = _our_model(cfg)
+    hf_io.save_hf(tmp_path, cfg, params)
+    extra = {"lm_head.weight": np.asarray(params["embedding"])}
     safetensors_numpy.save_file(extra, tmp_path / "extra.safetensors")
     assert hf_io.load_hf(tmp_path)[0].tie_embeddings
     extra["model.layers.0.self_attn.o_proj.bias"] = np.zeros(cfg.d_model, np.float32)
     safetensors_numpy.save_file(extra, tmp_path / "extra.safetensors")
     with pytest.raises(ValueError, match="o_proj.bias"):
         hf_io.load_hf(tmp_path)
+
+
+def test_tied_config_with_a_distinct_lm_head_loads_untied_like_transformers(tmp_path):
+    model = _hf_model(
+        "qwen2", num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True
+    )
+    model.save_pretrained(tmp_path)
+    lm_head = np.random.RandomState(1).normal(0, 0.2, (V, 64)).astype(np.float32)
+    tensors = safetensors_numpy.load_file(tmp_path / "model.safetensors")
+    tensors["lm_head.weight"] = lm_head
+    safetensors_numpy.save_file(tensors, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    reference = transformers.AutoModelForCausalLM.from_pretrained(
+        tmp_path, attn_implementation="eager", dtype=torch.float32
+    ).eval()
+    cfg, params = hf_io.load_hf(tmp_path)
+    assert not cfg.tie_embeddings
+    np.testing.assert_array_equal(params["lm_head"], lm_head.T)
+    tokens = _tokens()
+    diff = np.abs(np.asarray(_forward(cfg, params, tokens)) - _hf_logits(reference, tokens)).max()
+    assert diff <= 1e-4, f"max |logit diff| {diff}"
+
+
+def test_save_hf_over_an_earlier_save_replaces_its_weight_files(tmp_path):
+    cfg = SAVE_CASES["qwen2-tied"][0]
+    old, new = _our_model(cfg, seed=0), _our_model(cfg, seed=1)
+    hf_io.save_hf(tmp_path, cfg, old)
+    hf_io.save_hf(tmp_path, cfg, new, max_shard_bytes=20_000)  # sharded over a single file
+    assert not (tmp_path / "model.safetensors").exists()
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        tmp_path, attn_implementation="eager", dtype=torch.float32
+    ).eval()
+    tokens = _tokens()
+    diff = np.abs(np.asarray(_forward(cfg, new, tokens)) - _hf_logits(model, tokens)).max()
+    assert diff <= 1e-4, f"transformers read stale weights: max |logit diff| {diff}"
+    one_layer = dataclasses.replace(cfg, n_layers=1)  # single file over shards of a deeper model
+    hf_io.save_hf(tmp_path, one_layer, _our_model(one_layer))
+    assert sorted(p.name for p in tmp_path.glob("*.safetensors")) == ["model.safetensors"]
+    assert hf_io.load_hf(tmp_path)[0] == one_layer
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ('{"vocab_size": 3,', "config.json is not valid JSON"),
+        ("[1, 2]", "must hold a JSON object"),
+        ('{"architectures": ["LlamaForCausalLM"], "hidden_size": "big"}', "'hidden_size'"),
+    ],
+)
+def test_corrupt_config_json_names_the_file(tmp_path, text, message):
+    (tmp_path / "config.json").write_text(text)
+    with pytest.raises(ValueError, match=message) as e:
+        hf_io.load_hf(tmp_path)
+    assert str(tmp_path / "config.json") in str(e.value)
+
+
+def test_config_defaults_follow_transformers():
+    hf = hf_io.config_to_hf(SAVE_CASES["qwen2-tied"][0], "float32")
+    del hf["max_position_embeddings"], hf["rms_norm_eps"]
+    cfg = hf_io.config_from_hf({**hf, "num_key_value_heads": None, "head_dim": None})
+    assert cfg.max_seq_len == 32768 and cfg.rms_norm_eps == 1e-6  # Qwen2Config defaults
+    assert cfg.n_kv_heads == cfg.n_heads and cfg.head_dim == cfg.d_model // cfg.n_heads
+    llama = hf_io.config_from_hf({**hf, "architectures": ["LlamaForCausalLM"]})
+    assert llama.max_seq_len == 2048  # LlamaConfig default
+    with pytest.raises(ValueError, match="'rms_norm_eps' must be a number"):
+        hf_io.config_from_hf({**hf, "rms_norm_eps": None})  # transformers rejects it too

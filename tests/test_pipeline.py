@@ -303,3 +303,14 @@ def test_collect_samples_on_eight_devices_as_on_one():
         assert stats["sampled"] == 64
     assert out[1] == out[8]
     assert out[1][0]  # some samples reason in the R1 format
+
+
+def test_pipeline_refuses_a_workdir_holding_a_single_stage_run(tmp_path):
+    """Its config.json (which the run's checkpoints need) is not overwritten."""
+    sft = configlib.load_config(os.path.join(REPO, "configs/sft.py:tiny"))
+    configlib.save_resolved(sft, tmp_path, configlib.model_config_from(sft, vocab_size=100))
+    (tmp_path / "checkpoints" / "200").mkdir(parents=True)
+    before = (tmp_path / "config.json").read_text()
+    with pytest.raises(configlib.ConfigError, match="checkpoints of a 'sft' run"):
+        pipeline.run(_pipeline_cfg(), tmp_path)
+    assert (tmp_path / "config.json").read_text() == before

@@ -1,12 +1,14 @@
 """Tokenizers (SentencePiece trained here, HF tokenizer.json built here), templates and tags."""
 
 import json
+import time
 
 import pytest
 import tokenizers
 import transformers
 
 from r1jax import text
+from r1jax.data import world
 
 CORPUS = [
     f"Tom has {a} apples and buys {b} more. <think>{a} + {b} = {a + b}</think> "
@@ -131,6 +133,25 @@ def test_load_tokenizer_errors_name_the_path(tmp_path):
         text.load_tokenizer(tmp_path / "vocab.txt")
 
 
+def test_corrupt_tokenizer_files_name_the_file(tmp_path):
+    (tmp_path / "junk.model").write_bytes(b"not a sentencepiece model")
+    with pytest.raises(text.TokenizerError, match=r"junk\.model: not a usable SentencePiece"):
+        text.load_tokenizer(tmp_path / "junk.model")
+    (tmp_path / "tokenizer.json").write_text("{not json")
+    with pytest.raises(text.TokenizerError, match=r"tokenizer\.json: not a readable tokenizer"):
+        text.load_tokenizer(tmp_path / "tokenizer.json")
+    folder = _build_hf_folder(tmp_path / "hf", with_config=False)
+    (folder / "tokenizer_config.json").write_text(json.dumps({"eos_token": "<|eos|>"}))
+    with pytest.raises(
+        text.TokenizerError, match="'<\\|eos\\|>' of tokenizer_config.json is not in"
+    ):
+        text.load_tokenizer(folder)
+    (folder / "tokenizer_config.json").unlink()
+    (folder / "generation_config.json").write_text(json.dumps({"eos_token_id": 99999}))
+    with pytest.raises(text.TokenizerError, match=r"eos_id 99999 .* not an id of the \d+-token"):
+        text.load_tokenizer(folder)
+
+
 def test_r1_zero_template_is_the_papers():
     paper = (
         "A conversation between User and Assistant. The user asks a question, and the Assistant "
@@ -162,6 +183,16 @@ def test_format_and_split_reasoning():
     assert text.split_reasoning("<think>open only <answer>1</answer>") == (None, "1")
     two = "<think>a</think><answer>1</answer> <answer> 2 </answer>"
     assert text.split_reasoning(two) == ("a", "2")
+
+
+def test_split_reasoning_is_linear_on_unclosed_tags():
+    # The open(.*?)close regexes rescanned to the end from every unclosed tag: 640 kB of them
+    # took minutes. The answer is also the world task's (`world.final_answer`).
+    hostile = "<think><answer>" * 40_000
+    start = time.perf_counter()
+    assert text.split_reasoning(hostile) == (None, None)
+    assert world.final_answer("<answer> 7 </answer>" + hostile) == "7"
+    assert time.perf_counter() - start < 1.0
 
 
 def test_a_run_keeps_its_tokenizer_files(tmp_path):

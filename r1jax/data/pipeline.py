@@ -18,6 +18,7 @@ import grain
 import numpy as np
 
 from r1jax import text
+from r1jax.data import sources
 
 KINDS = ("pretrain", "sft")
 BATCH_KEYS = ("inputs", "targets", "loss_mask", "segment_ids", "positions")
@@ -192,6 +193,30 @@ def _check_args(records, kind, seq_len, batch_size, shard_index, shard_count, te
         raise ValueError(f"shard_index {shard_index} not in [0, shard_count={shard_count})")
     if not len(records):
         raise ValueError("make_dataset: no records")
+    _check_records(records, kind)
+
+
+def _check_records(records, kind: str) -> None:
+    """Every record has the string fields `kind` tokenizes: found now, not when the shuffled
+    stream first reaches a bad row (possibly hours in, inside a reader thread)."""
+    for i, record in enumerate(records, start=1):
+        if not isinstance(record, dict):
+            raise sources.DataError(f"record {i}: expected a dict, got {type(record).__name__}")
+        if kind == "pretrain" and "text" in record:
+            names = ("text",)
+        else:
+            names = ("prompt", "response")
+        for name in names:
+            value = record.get(name)
+            if not isinstance(value, str):
+                what = "missing" if value is None else f"a {type(value).__name__}"
+                needs = "'prompt' and 'response'"
+                if kind == "pretrain":
+                    needs = "'text' (or " + needs + ")"
+                raise sources.DataError(
+                    f"record {i} of {len(records)}: field {name!r} is {what}; {kind} records "
+                    f"need string fields {needs}: {record!r:.200}"
+                )
 
 
 def tokens_per_batch(batch: dict) -> tuple[int, int]:

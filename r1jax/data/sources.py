@@ -8,6 +8,7 @@ import gzip
 import json
 import pathlib
 import re
+import zlib
 from collections.abc import Iterator
 
 from r1jax import text
@@ -21,15 +22,36 @@ class DataError(ValueError):
 
 def _check_file(path) -> pathlib.Path:
     path = pathlib.Path(path)
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder, not a data file")
     if not path.is_file():
         raise FileNotFoundError(f"data file not found: {path}")
     return path
 
 
-def _open_text(path: pathlib.Path):
-    if path.name.endswith(".gz"):
-        return gzip.open(path, "rt", encoding="utf-8")
-    return open(path, encoding="utf-8")
+# What a file named .gz that is not (whole) gzip raises while it is read.
+_GZIP_ERRORS = (gzip.BadGzipFile, EOFError, zlib.error)
+
+
+def _numbered_lines(path: pathlib.Path) -> Iterator[tuple[int, bytes]]:
+    """(line number, raw bytes) of a file (.gz ok); a broken .gz raises DataError."""
+    opener = gzip.open if path.name.endswith(".gz") else open
+    try:
+        with opener(path, "rb") as f:
+            yield from enumerate(f, start=1)
+    except _GZIP_ERRORS as e:
+        raise DataError(f"{path}: not a readable gzip file ({e})") from e
+
+
+def _decode(raw: bytes, where: str, *, first: bool) -> str:
+    """UTF-8 text of `raw` (a byte-order mark at the start of a file is dropped)."""
+    try:
+        return raw.decode("utf-8-sig" if first else "utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(
+            f"{where}: not UTF-8 text (byte {raw[e.start]:#04x} at offset {e.start}); "
+            "re-encode the file as UTF-8"
+        ) from None
 
 
 def _count(stats: dict | None, key: str, n: int = 1) -> None:
@@ -53,22 +75,24 @@ def _check_on_error(on_error: str) -> None:
 
 def _jsonl_rows(path: pathlib.Path, on_error: str, stats: dict | None) -> Iterator[tuple]:
     """(location 'file:line', row dict) for each good line; blank lines are ignored."""
-    with _open_text(path) as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                _reject(f"{where}: malformed JSON ({e.msg} at column {e.colno})", on_error, stats)
-                continue
-            if not isinstance(row, dict):
-                _reject(
-                    f"{where}: expected a JSON object, got {type(row).__name__}", on_error, stats
-                )
-                continue
-            yield where, row
+    for lineno, raw in _numbered_lines(path):
+        where = f"{path}:{lineno}"
+        try:
+            line = _decode(raw, where, first=lineno == 1)
+        except DataError as e:
+            _reject(str(e), on_error, stats)
+            continue
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            _reject(f"{where}: malformed JSON ({e.msg} at column {e.colno})", on_error, stats)
+            continue
+        if not isinstance(row, dict):
+            _reject(f"{where}: expected a JSON object, got {type(row).__name__}", on_error, stats)
+            continue
+        yield where, row
 
 
 def read_jsonl(path, *, on_error: str = "raise", stats: dict | None = None) -> list[dict]:
@@ -83,11 +107,11 @@ def read_jsonl(path, *, on_error: str = "raise", stats: dict | None = None) -> l
 
 
 def _json_list_rows(path: pathlib.Path) -> list[tuple]:
-    with _open_text(path) as f:
-        try:
-            data = json.load(f)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{e.lineno}: malformed JSON ({e.msg})") from e
+    content = _decode(b"".join(raw for _, raw in _numbered_lines(path)), str(path), first=True)
+    try:
+        data = json.loads(content)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}:{e.lineno}: malformed JSON ({e.msg})") from e
     if not isinstance(data, list):
         raise DataError(f"{path}: expected a JSON list of objects, got {type(data).__name__}")
     for i, row in enumerate(data):
@@ -108,7 +132,10 @@ def read_parquet(path) -> list[dict]:
         import pyarrow.parquet as pq  # optional dependency; only parquet files need it
     except ImportError as e:
         raise DataError(f"{path}: reading parquet needs pyarrow (pip install pyarrow)") from e
-    return pq.read_table(path).to_pylist()
+    try:
+        return pq.read_table(path).to_pylist()
+    except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError
+        raise DataError(f"{path}: not a readable parquet file ({e})") from e
 
 
 def _located_rows(path, on_error: str, stats: dict | None) -> list[tuple]:
@@ -123,14 +150,30 @@ def _located_rows(path, on_error: str, stats: dict | None) -> list[tuple]:
     return list(_jsonl_rows(path, on_error, stats))
 
 
-def _fields(where: str, row: dict, names, on_error: str, stats: dict | None) -> bool:
-    """True if every field is present, not null, not blank; else raises or counts (_reject)."""
+def _fields(where: str, row: dict, names, on_error: str, stats: dict | None, *, types=None) -> bool:
+    """True if every field is present, not null, not blank and (with `types`, name -> allowed
+    types) of an allowed type; else raises or counts (_reject)."""
     for name in names:
         value = row.get(name)
         if value is None or (isinstance(value, str) and not value.strip()):
             _reject(f"{where}: required field {name!r} is missing or empty", on_error, stats)
             return False
+        allowed = (types or {}).get(name)
+        # bool is an int to isinstance, but a true/false answer is a broken row, not a number
+        if allowed and (not isinstance(value, allowed) or isinstance(value, bool)):
+            expected = " or ".join(t.__name__ for t in allowed)
+            _reject(
+                f"{where}: field {name!r} must be {expected}, got {type(value).__name__} "
+                f"{value!r:.60}",
+                on_error,
+                stats,
+            )
+            return False
     return True
+
+
+_TEXT = (str,)
+_ANSWER = (str, int, float)  # MATH-style answers: AMC/AIME files hold numbers
 
 
 _CALC = re.compile(r"<<[^<>]*>>")
@@ -158,10 +201,11 @@ def gsm8k_records(path, *, on_error: str = "raise", stats: dict | None = None) -
     """GSM8K rows -> {prompt, response '<think>steps</think> <answer>N</answer>', answer, task}."""
     records = []
     for where, row in _located_rows(path, on_error, stats):
-        if not _fields(where, row, ("question", "answer"), on_error, stats):
+        types = {"question": _TEXT, "answer": _TEXT}
+        if not _fields(where, row, ("question", "answer"), on_error, stats, types=types):
             continue
         try:
-            response, answer = gsm8k_response(str(row["answer"]))
+            response, answer = gsm8k_response(row["answer"])
         except ValueError as e:
             _reject(f"{where}: field 'answer': {e}", on_error, stats)
             continue
@@ -186,7 +230,9 @@ def math_records(path, *, on_error: str = "raise", stats: dict | None = None) ->
     """
     records = []
     for where, row in _located_rows(path, on_error, stats):
-        if not _fields(where, row, ("problem", "answer"), on_error, stats):
+        types = {"problem": _TEXT, "answer": _ANSWER, "solution": _TEXT}
+        names = ("problem", "answer", "solution") if row.get("solution") else ("problem", "answer")
+        if not _fields(where, row, names, on_error, stats, types=types):
             continue
         record = {"prompt": row["problem"], "answer": _answer_string(row["answer"]), "task": "math"}
         if row.get("solution"):

@@ -88,9 +88,6 @@ _RUDE = {
     ),
     "zh": ("烦死了，显然是{a}。别浪费我时间。", "{a}。小孩都知道。", "自己算去。行吧，{a}。"),
 }
-_ANSWER_RE = re.compile(
-    re.escape(text.ANSWER_OPEN) + r"(.*?)" + re.escape(text.ANSWER_CLOSE), re.DOTALL
-)
 _EXPR_TOKEN = re.compile(r"\s*(?:([0-9]+)|([-+*()]))")
 
 
@@ -410,8 +407,8 @@ def countdown_value(expression: str, numbers) -> int | None:
 
 def final_answer(completion: str) -> str | None:
     """Content of the last closed <answer> block, stripped; None when there is none."""
-    found = _ANSWER_RE.findall(completion) if isinstance(completion, str) else []
-    return found[-1].strip() if found else None
+    found = text.last_tagged(completion) if isinstance(completion, str) else None
+    return found.strip() if found is not None else None
 
 
 def grade(completion: str, record: dict) -> float:

@@ -26,35 +26,80 @@ _SINGLE_FILE = "model.safetensors"
 _DTYPE_NAMES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16, "float16": np.float16}
 
 
+# transformers' defaults for keys a config.json may leave out (Qwen2Config / LlamaConfig).
+_DEFAULT_MAX_POSITIONS = {"qwen2": 32768, "llama": 2048}
+
+
 def _require(hf: dict, key: str, path):
     if key not in hf:
         raise KeyError(f"{path}: config.json is missing required key {key!r}")
     return hf[key]
 
 
+def _number(hf: dict, key: str, path, kind, default=None, *, nullable=False):
+    """hf[key] as int or float, `default` when absent (or null where transformers allows it)."""
+    value = hf.get(key)
+    if value is None and (key not in hf or nullable):
+        if default is None:
+            raise KeyError(f"{path}: config.json is missing required key {key!r}")
+        return kind(default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{path}: config key {key!r} must be a number, got {value!r}")
+    if kind is int and value != int(value):
+        raise ValueError(f"{path}: config key {key!r} must be an integer, got {value!r}")
+    return kind(value)
+
+
+def _read_json(file: pathlib.Path, what: str) -> dict:
+    """The JSON object in `file`; a corrupt or non-object file is a ValueError naming it."""
+    try:
+        obj = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{file}: {what} is not valid JSON ({e})") from e
+    if not isinstance(obj, dict):
+        raise ValueError(f"{file}: {what} must hold a JSON object, got {type(obj).__name__}")
+    return obj
+
+
+def _safe_open(file: pathlib.Path):
+    try:
+        return safetensors.safe_open(file, framework="numpy")
+    except safetensors.SafetensorError as e:
+        raise ValueError(f"{file}: not a readable safetensors file ({e})") from e
+
+
 def _rope_from_hf(hf: dict, path) -> tuple[float, config_lib.RopeScaling | None]:
     """Reads rope settings from `rope_parameters` (transformers 5) or the legacy keys."""
-    rope = dict(hf.get("rope_parameters") or hf.get("rope_scaling") or {})
+    key = "rope_parameters" if hf.get("rope_parameters") else "rope_scaling"
+    rope = hf.get(key) or {}
+    if not isinstance(rope, dict):
+        raise ValueError(f"{path}: {key} must be a JSON object, got {rope!r}")
     if rope and all(isinstance(v, dict) for v in rope.values()):
         raise ValueError(f"{path}: per-layer-type rope_parameters are not supported: {rope}")
-    theta = rope.get("rope_theta", hf.get("rope_theta", 10000.0))
+    theta = _number(rope, "rope_theta", path, float, _number(hf, "rope_theta", path, float, 1e4))
     rope_type = rope.get("rope_type", rope.get("type", "default")) or "default"
     if rope.get("partial_rotary_factor", hf.get("partial_rotary_factor", 1.0)) != 1.0:
         raise ValueError(f"{path}: partial_rotary_factor != 1 is not supported")
     if rope_type == "default":
-        return float(theta), None
+        return theta, None
     if rope_type != "llama3":
         raise ValueError(
-            f"{path}: unsupported rope type {rope_type!r} (supported: default, llama3)"
+            f"{path}: unsupported rope type {rope_type!r} in {key} (supported: default, llama3)"
         )
     original = rope.get("original_max_position_embeddings", hf.get("max_position_embeddings"))
     scaling = config_lib.RopeScaling(
-        factor=float(_require(rope, "factor", path)),
-        low_freq_factor=float(_require(rope, "low_freq_factor", path)),
-        high_freq_factor=float(_require(rope, "high_freq_factor", path)),
-        original_max_position=int(original),
+        factor=_number(rope, "factor", path, float),
+        low_freq_factor=_number(rope, "low_freq_factor", path, float),
+        high_freq_factor=_number(rope, "high_freq_factor", path, float),
+        original_max_position=_number(
+            {"original_max_position_embeddings": original},
+            "original_max_position_embeddings",
+            path,
+            int,
+            nullable=True,
+        ),
     )
-    return float(theta), scaling
+    return theta, scaling
 
 
 def _check_supported(hf: dict, family: str, path) -> None:
@@ -79,26 +124,32 @@ def config_from_hf(hf: dict, *, path="config.json", dtype: str = "float32") -> M
         )
     _check_supported(hf, family, path)
     theta, scaling = _rope_from_hf(hf, path)
-    d_model = int(_require(hf, "hidden_size", path))
-    n_heads = int(_require(hf, "num_attention_heads", path))
-    return ModelConfig(
-        vocab_size=int(_require(hf, "vocab_size", path)),
+    d_model = _number(hf, "hidden_size", path, int)
+    n_heads = _number(hf, "num_attention_heads", path, int)
+    fields = dict(
+        vocab_size=_number(hf, "vocab_size", path, int),
         d_model=d_model,
-        n_layers=int(_require(hf, "num_hidden_layers", path)),
+        n_layers=_number(hf, "num_hidden_layers", path, int),
         n_heads=n_heads,
-        n_kv_heads=int(hf.get("num_key_value_heads") or n_heads),
-        head_dim=int(hf.get("head_dim") or d_model // n_heads),
-        d_ff=int(_require(hf, "intermediate_size", path)),
+        n_kv_heads=_number(hf, "num_key_value_heads", path, int, n_heads, nullable=True),
+        head_dim=_number(hf, "head_dim", path, int, d_model // max(n_heads, 1), nullable=True),
+        d_ff=_number(hf, "intermediate_size", path, int),
         rope_theta=theta,
         rope_scaling=scaling,
-        rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+        rms_norm_eps=_number(hf, "rms_norm_eps", path, float, 1e-6),
         qkv_bias=family == "qwen2",
         tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
-        max_seq_len=int(hf.get("max_position_embeddings", 2048)),
+        max_seq_len=_number(
+            hf, "max_position_embeddings", path, int, _DEFAULT_MAX_POSITIONS[family]
+        ),
         dtype=dtype,
         param_dtype=dtype,
         family=family,
     )
+    try:
+        return ModelConfig(**fields)
+    except ValueError as e:  # ModelConfig's own checks (e.g. heads not a multiple of kv heads)
+        raise ValueError(f"{path}: {e}") from e
 
 
 def _layer_specs(cfg: ModelConfig) -> dict:
@@ -134,14 +185,16 @@ def _layer_specs(cfg: ModelConfig) -> dict:
 def _tensor_files(path: pathlib.Path) -> dict[str, pathlib.Path]:
     """HF tensor name -> the safetensors file holding it."""
     if (path / _INDEX_FILE).exists():
-        weight_map = json.loads((path / _INDEX_FILE).read_text())["weight_map"]
+        weight_map = _read_json(path / _INDEX_FILE, "the shard index").get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise ValueError(f"{path / _INDEX_FILE}: no 'weight_map' object")
         return {name: path / file for name, file in weight_map.items()}
     files = sorted(path.glob("*.safetensors"))
     if not files:
         raise FileNotFoundError(f"{path}: no *.safetensors file and no {_INDEX_FILE}")
     out = {}
     for file in files:
-        with safetensors.safe_open(file, framework="numpy") as f:
+        with _safe_open(file) as f:
             out.update({name: file for name in f.keys()})
     return out
 
@@ -160,7 +213,7 @@ class _Reader:
             raise KeyError(f"{self.path}: checkpoint has no tensor {name!r}")
         file = self.files[name]
         if file not in self._handles:
-            self._handles[file] = safetensors.safe_open(file, framework="numpy")
+            self._handles[file] = _safe_open(file)
         w = self._handles[file].get_tensor(name)
         if tuple(w.shape) != tuple(shape):
             raise ValueError(f"{self.path}: tensor {name!r} has shape {w.shape}, expected {shape}")
@@ -201,7 +254,7 @@ def _checkpoint_dtype(path: pathlib.Path, files: dict) -> str:
     name = "model.embed_tokens.weight"
     if name not in files:
         raise KeyError(f"{path}: checkpoint has no tensor {name!r}")
-    with safetensors.safe_open(files[name], framework="numpy") as f:
+    with _safe_open(files[name]) as f:
         stored = f.get_slice(name).get_dtype()
     if stored not in _SAFETENSORS_DTYPES:
         raise ValueError(f"{path}: unsupported tensor dtype {stored} for {name!r}")
@@ -209,11 +262,15 @@ def _checkpoint_dtype(path: pathlib.Path, files: dict) -> str:
 
 
 def load_hf(path, *, dtype: str | None = None) -> tuple[ModelConfig, dict]:
-    """Loads a Qwen2 / Llama Hugging Face folder; dtype=None keeps the checkpoint's dtype."""
+    """Loads a Qwen2 / Llama Hugging Face folder; dtype=None keeps the checkpoint's dtype.
+
+    A tied config (tie_word_embeddings) whose checkpoint also stores an lm_head.weight that
+    differs from the embedding loads untied, as transformers does.
+    """
     path = pathlib.Path(path)
     if not (path / "config.json").exists():
         raise FileNotFoundError(f"{path}: no config.json (expected a Hugging Face model folder)")
-    hf = json.loads((path / "config.json").read_text())
+    hf = _read_json(path / "config.json", "config.json")
     cfg = config_from_hf(hf, path=path / "config.json")  # validate before touching tensors
     dtype = dtype or _checkpoint_dtype(path, _tensor_files(path))
     if dtype not in _DTYPE_NAMES:
@@ -228,13 +285,19 @@ def load_hf(path, *, dtype: str | None = None) -> tuple[ModelConfig, dict]:
             for i in range(cfg.n_layers)
         ]
         layers.setdefault(group, {})[leaf] = np.stack(per_layer)
+    vxd = (cfg.vocab_size, cfg.d_model)
     params = {
-        "embedding": reader.get("model.embed_tokens.weight", (cfg.vocab_size, cfg.d_model)),
+        "embedding": reader.get("model.embed_tokens.weight", vxd),
         "final_norm": {"scale": reader.get("model.norm.weight", (cfg.d_model,))},
         "layers": layers,
     }
+    if cfg.tie_embeddings and "lm_head.weight" in reader.files:
+        # As transformers: a stored lm_head equal to the embedding is a copy of the tied
+        # weight; a different one means the checkpoint is untied whatever the config says.
+        if not np.array_equal(reader.get("lm_head.weight", vxd), params["embedding"]):
+            cfg = dataclasses.replace(cfg, tie_embeddings=False)
     if not cfg.tie_embeddings:
-        params["lm_head"] = reader.get("lm_head.weight", (cfg.vocab_size, cfg.d_model)).T
+        params["lm_head"] = reader.get("lm_head.weight", vxd).T
     reader.check_all_used(cfg.tie_embeddings)
     return cfg, jax.tree.map(lambda x: jax.numpy.asarray(np.ascontiguousarray(x)), params)
 
@@ -315,7 +378,11 @@ def save_hf(path, cfg: ModelConfig, params, *, max_shard_bytes: int = 5 * 1024**
             size = 0
         shards[-1][name] = w
         size += w.nbytes
-    (path / _INDEX_FILE).unlink(missing_ok=True)  # a stale index would shadow the new files
+    # Weight files of an earlier save would be read instead of (transformers prefers a single
+    # model.safetensors to an index) or beside (our glob without an index) the new ones.
+    (path / _INDEX_FILE).unlink(missing_ok=True)
+    for stale in [path / _SINGLE_FILE, *path.glob("model-?????-of-?????.safetensors")]:
+        stale.unlink(missing_ok=True)
     if len(shards) == 1:
         safetensors.numpy.save_file(shards[0], path / _SINGLE_FILE, metadata={"format": "pt"})
         return

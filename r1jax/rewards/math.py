@@ -13,6 +13,8 @@ import threading
 
 import math_verify
 
+from r1jax.text import last_tagged
+
 # math-verify warns on every call with its own (signal-based) timeout disabled; we bound time here.
 logging.getLogger("math_verify").setLevel(logging.ERROR)
 
@@ -84,18 +86,6 @@ def _last_boxed(text: str) -> str | None:
             if depth == 0:
                 return text[open_at + 1 : i]
     return None  # unbalanced: no answer rather than a guess
-
-
-def last_tagged(text: str, open_tag: str = "<answer>", close_tag: str = "</answer>") -> str | None:
-    """Content of the last `open_tag…close_tag` pair: the last match `re.findall` would give for
-    open(.*?)close, in linear time (that regex is quadratic on many unclosed opening tags)."""
-    found, pos = None, 0
-    while True:
-        start = text.find(open_tag, pos)
-        end = text.find(close_tag, start + len(open_tag)) if start >= 0 else -1
-        if end < 0:
-            return found
-        found, pos = text[start + len(open_tag) : end], end + len(close_tag)
 
 
 def _strip_sentence(ans: str) -> str:
