@@ -561,7 +561,12 @@ def resolve_template(cfg, run_cfg: dict) -> str:
 
 def load_eval_records(cfg) -> list[dict]:
     """config.data.eval in config.data.format, cut to config.eval.max_problems."""
-    records = supervised.load_records(cfg, cfg.data.eval)
+    records = registry.check_records(
+        ["accuracy"],
+        supervised.load_records(cfg, cfg.data.eval),
+        f"config.data.eval ({cfg.data.eval})",
+        on_error=cfg.data.on_error,
+    )
     if cfg.eval.max_problems:
         records = records[: cfg.eval.max_problems]
     return records

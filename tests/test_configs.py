@@ -1,6 +1,8 @@
 """Configs: every variant loads and validates; mistakes stop at start-up naming the field."""
 
 import dataclasses
+import gzip
+import json
 import os
 import subprocess
 import sys
@@ -106,6 +108,11 @@ def test_malformed_row_names_file_and_line_or_is_skipped_and_counted(tmp_path):
         supervised.load_records(cfg, str(bad))
     cfg = _cfg(data__train=str(bad), data__format="jsonl", data__eval="", data__on_error="skip")
     assert [r["prompt"] for r in supervised.load_records(cfg, str(bad))] == ["a", "d"]
+    # A gzipped JSON list is read as a list (it was read as JSONL, failing at line 1).
+    rows = [{"prompt": "a", "response": "b"}, {"prompt": "c", "response": "d"}]
+    with gzip.open(tmp_path / "rows.json.gz", "wt") as f:
+        json.dump(rows, f, indent=1)
+    assert supervised.load_records(cfg, str(tmp_path / "rows.json.gz")) == rows
     out = subprocess.run(
         [
             sys.executable,

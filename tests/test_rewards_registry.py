@@ -6,6 +6,7 @@ import time
 import numpy as np
 import pytest
 
+from r1jax.data import sources
 from r1jax.rewards import registry
 
 RECORDS = [
@@ -110,3 +111,34 @@ def test_pool_rejects_unknown_names_and_mismatched_lengths():
     with registry.RewardPool(WEIGHTS, num_workers=0, timeout_s=1.0) as pool:
         with pytest.raises(ValueError):
             pool.score(["a"], [])
+
+
+def test_records_the_rewards_cannot_grade_are_refused_up_front():
+    """A record without what its reward reads would score 0 on every completion (a crash count
+    in the metrics), so an RL or eval run refuses it before training, naming it."""
+    assert registry.check_records(WEIGHTS, RECORDS, "data") == RECORDS
+    bad = [
+        ({"prompt": "2+2?"}, "no 'answer' field, which reward 'accuracy' \\(task 'math'\\)"),
+        ({"prompt": "2+2?", "answer": None}, "no 'answer' field"),
+        ({"prompt": "?", "task": "countdown", "numbers": [1, 2]}, "no 'target' field"),
+        ({"prompt": "?", "task": "world", "kind": "countdown", "answer": "3"}, "no 'numbers'"),
+        ({"prompt": "?", "task": "algebra", "answer": "1"}, "unknown task 'algebra'"),
+        ({"prompt": "?", "task": ["math"], "answer": "1"}, "unknown task \\['math'\\]"),
+        ({"answer": "4"}, "no text 'prompt' field"),
+        ({"prompt": 4, "answer": "4"}, "no text 'prompt' field"),
+    ]
+    for record, reason in bad:
+        with pytest.raises(sources.DataError, match=f"^data: record 2: {reason}"):
+            registry.check_records(WEIGHTS, [RECORDS[0], record], "data")
+        kept = registry.check_records(WEIGHTS, [RECORDS[0], record], "data", on_error="skip")
+        assert kept == [RECORDS[0]]
+    with pytest.raises(sources.DataError, match="no record the rewards"):
+        registry.check_records(WEIGHTS, [bad[0][0]], "data", on_error="skip")
+    # A reward bound to one task checks that task's fields whatever record["task"] says.
+    with pytest.raises(sources.DataError, match="no 'entry_point' field, which reward 'code'"):
+        registry.check_records({"code": 1.0}, [{"prompt": "def f():", "test": "x"}], "data")
+    # Rewards that read nothing beyond the completion (and custom ones) pass any prompt.
+    plain = [{"prompt": "say digits"}]
+    assert registry.check_records({"target_chars": 1.0, "format": 1.0}, plain, "d") == plain
+    custom = {f"{__name__}:hang_on_marker": 1.0}
+    assert registry.check_records(custom, plain, "d") == plain

@@ -219,3 +219,10 @@ def test_a_run_keeps_its_tokenizer_files(tmp_path):
         again = text.load_tokenizer(run)
         assert again.encode("Work mod 7. <think>") == tok.encode("Work mod 7. <think>")
     assert sp.vocab_size == 320
+    # Resuming that run with another tokenizer is refused: its checkpoint speaks the old ids.
+    other = text.SentencePieceTokenizer.train(CORPUS, tmp_path / "sp2", vocab_size=400)
+    with pytest.raises(text.TokenizerError, match=r"tokenizer\.model differs from .*sp2\.model"):
+        supervised.resolve_tokenizer(cfg(path=str(tmp_path / "sp2.model")), run, [])
+    assert text.load_tokenizer(run).vocab_size == 320 != other.vocab_size == 400
+    same = supervised.resolve_tokenizer(cfg(path=str(tmp_path / "sp.model")), run, [])
+    assert same.vocab_size == 320

@@ -133,8 +133,16 @@ def read_parquet(path) -> list[dict]:
     except ImportError as e:
         raise DataError(f"{path}: reading parquet needs pyarrow (pip install pyarrow)") from e
     try:
+        if path.name.endswith(".gz"):
+            with gzip.open(path) as f:
+                return pq.read_table(f).to_pylist()
         return pq.read_table(path).to_pylist()
-    except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError
+    except (
+        OSError,
+        ValueError,
+        EOFError,
+        zlib.error,
+    ) as e:  # pyarrow's ArrowInvalid is a ValueError
         raise DataError(f"{path}: not a readable parquet file ({e})") from e
 
 
@@ -148,6 +156,13 @@ def _located_rows(path, on_error: str, stats: dict | None) -> list[tuple]:
     if name.endswith(".parquet"):
         return [(f"{path}[{i}]", row) for i, row in enumerate(read_parquet(path))]
     return list(_jsonl_rows(path, on_error, stats))
+
+
+def read_records(path, *, on_error: str = "raise", stats: dict | None = None) -> list[dict]:
+    """Rows of a .jsonl, .json (one list) or .parquet file, each possibly .gz, by its name."""
+    rows = [row for _, row in _located_rows(path, on_error, stats)]
+    _count(stats, "rows", len(rows))
+    return rows
 
 
 def _fields(where: str, row: dict, names, on_error: str, stats: dict | None, *, types=None) -> bool:

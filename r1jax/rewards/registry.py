@@ -7,6 +7,7 @@ in a persistent worker process; a function that overruns `timeout_s` or kills it
 """
 
 import importlib
+import logging
 import multiprocessing.connection
 import os
 import subprocess
@@ -15,6 +16,7 @@ import time
 
 import numpy as np
 
+from r1jax.data import sources
 from r1jax.rewards import format as format_reward
 from r1jax.rewards import language as language_reward
 from r1jax.rewards import tasks
@@ -82,6 +84,53 @@ def get(name: str):
         module, _, attr = name.partition(":")
         return getattr(importlib.import_module(module), attr)
     raise KeyError(f"unknown reward {name!r}; known: {sorted(REWARDS)} or 'module:function'")
+
+
+# Built-in rewards that grade one task whatever record["task"] says.
+_REWARD_TASK = {"gsm8k": "gsm8k", "math": "math", "countdown": "countdown", "code": "code"}
+
+
+def record_problem(names, record: dict) -> str | None:
+    """Why the rewards `names` cannot grade `record` (a field they read is missing, an unknown
+    task), or None. A run checks its records up front: otherwise every completion of such a
+    record scores 0 and the run trains on nothing but a crash count."""
+    if not isinstance(record, dict):
+        return f"a record must be a JSON object, got {type(record).__name__}"
+    for name in names:
+        if name == "accuracy":
+            task = record.get("task", "math")
+            if not isinstance(task, str) or task not in tasks.TASKS:
+                return f"unknown task {task!r} (known: {sorted(tasks.TASKS)})"
+        elif name in _REWARD_TASK:
+            task = _REWARD_TASK[name]
+        else:
+            continue
+        missing = [f for f in tasks.task_fields(task, record) if record.get(f) is None]
+        if missing:
+            return f"no {missing[0]!r} field, which reward {name!r} (task {task!r}) needs"
+    return None
+
+
+def check_records(names, records: list[dict], where: str, *, on_error: str = "raise") -> list:
+    """The records the rewards `names` can grade, each with a text `prompt`.
+
+    A record that cannot be graded raises DataError (a ValueError) naming `where`, its number
+    and the problem, or with on_error="skip" is dropped (the count is logged)."""
+    names, kept = list(names), []
+    for i, record in enumerate(records):
+        problem = record_problem(names, record)
+        if problem is None and not isinstance(record.get("prompt"), str):
+            problem = "no text 'prompt' field"
+        if problem is None:
+            kept.append(record)
+        elif on_error != "skip":
+            raise sources.DataError(f"{where}: record {i + 1}: {problem}")
+    if len(kept) < len(records):
+        skipped = len(records) - len(kept)
+        logging.warning("%s: skipped %d records the rewards cannot grade", where, skipped)
+    if not kept:
+        raise sources.DataError(f"{where}: no record the rewards {names} can grade")
+    return kept
 
 
 def score_item(names: list[str], completion: str, record: dict):

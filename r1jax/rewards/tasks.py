@@ -127,6 +127,28 @@ TASKS = {
 }
 
 
+# The record fields each task's reward reads.
+TASK_FIELDS = {
+    "math": ("answer",),
+    "aime": ("answer",),
+    "amc": ("answer",),
+    "world": ("answer",),
+    "gsm8k": ("answer",),
+    "countdown": ("numbers", "target"),
+    "code": ("prompt", "test", "entry_point"),
+    "humaneval": ("prompt", "test", "entry_point"),
+}
+
+
+def task_fields(task: str, record: dict) -> tuple[str, ...]:
+    """The fields `record` needs to be graded as `task` (a world countdown needs its numbers)."""
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; known: {sorted(TASKS)}")
+    if task == "world" and record.get("kind") == "countdown":
+        return ("numbers", "target")
+    return TASK_FIELDS[task]
+
+
 def accuracy(completion: str, record: dict) -> float:
     """Task accuracy, dispatched on record["task"] (default "math")."""
     task = record.get("task", "math")

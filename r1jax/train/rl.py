@@ -205,8 +205,20 @@ class RLRun:
     def __init__(self, cfg, workdir):
         self.cfg, self.workdir = cfg, pathlib.Path(workdir)
         configlib.validate(cfg)
-        records = supervised.load_records(cfg, cfg.data.train)
-        self.eval_records = supervised.load_records(cfg, cfg.data.eval) if cfg.data.eval else []
+        records = registry.check_records(
+            dict(cfg.rl.rewards),
+            supervised.load_records(cfg, cfg.data.train),
+            f"config.data.train ({cfg.data.train})",
+            on_error=cfg.data.on_error,
+        )
+        self.eval_records = []
+        if cfg.data.eval:  # graded by task accuracy (report.Evaluator)
+            self.eval_records = registry.check_records(
+                ["accuracy"],
+                supervised.load_records(cfg, cfg.data.eval),
+                f"config.data.eval ({cfg.data.eval})",
+                on_error=cfg.data.on_error,
+            )
         self.tokenizer = supervised.resolve_tokenizer(cfg, workdir, records)
         model_cfg = configlib.model_config_from(cfg, vocab_size=self.tokenizer.vocab_size)
         self.model_cfg, policy = supervised.initial_params(cfg, model_cfg)

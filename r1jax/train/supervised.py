@@ -4,6 +4,8 @@ Shapes: B rows, T time, k micro-batches.
 """
 
 import dataclasses
+import filecmp
+import os
 import pathlib
 import shutil
 
@@ -100,12 +102,8 @@ def load_records(cfg, path: str, *, generic: bool = False) -> list[dict]:
         records = sources.math_records(path, on_error=on_error, stats=stats)
     elif fmt == "world" and path in world.DATASETS:  # generated in memory
         records = world.dataset(path, seed=cfg.data.world_seed, n=cfg.data.max_records)
-    elif path.endswith(".parquet"):
-        records = sources.read_parquet(path)
-    elif path.endswith(".json"):
-        records = sources.read_json_list(path)
-    else:
-        records = sources.read_jsonl(path, on_error=on_error, stats=stats)
+    else:  # .jsonl, .json (one list) or .parquet, each possibly .gz
+        records = sources.read_records(path, on_error=on_error, stats=stats)
     if stats.get("skipped"):
         logging.warning(
             "%s: skipped %d malformed rows (data.on_error='skip')", path, stats["skipped"]
@@ -160,12 +158,21 @@ def _keep_tokenizer(path, workdir):
         copies = [(path / n, n) for n in names]
     else:  # a lone file keeps the name a folder load looks for
         copies = [(path, "tokenizer.model" if path.suffix == ".model" else "tokenizer.json")]
+    for src, name in copies:  # a resumed run must not switch tokenizers under its checkpoint
+        dst = workdir / name
+        if dst.is_file() and src.resolve() != dst.resolve() and not filecmp.cmp(src, dst, False):
+            raise text.TokenizerError(
+                f"{dst} differs from the configured tokenizer {src}: this run folder was made "
+                "with another tokenizer (use a new workdir, or the tokenizer the run was made with)"
+            )
     if jax.process_index() == 0:
         workdir.mkdir(parents=True, exist_ok=True)
         for src, name in copies:
             dst = workdir / name
             if not dst.exists() and src.resolve() != dst.resolve():
-                shutil.copyfile(src, dst)
+                # Whole or absent: the other processes compare it (above) while this one writes.
+                shutil.copyfile(src, dst.with_name(dst.name + ".tmp"))
+                os.replace(dst.with_name(dst.name + ".tmp"), dst)
     return tokenizer
 
 
