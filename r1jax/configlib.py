@@ -10,6 +10,7 @@ import sys
 import jax
 import ml_collections
 
+from r1jax import files
 from r1jax.model import config as model_config
 
 STAGES = ("pretrain", "sft", "rl", "eval", "collect", "reward_model", "pipeline")
@@ -261,9 +262,7 @@ def save_resolved(cfg: ml_collections.ConfigDict, workdir, model_cfg=None) -> No
     path.parent.mkdir(parents=True, exist_ok=True)
     if jax.process_index() != 0:  # one writer of the shared run directory
         return
-    tmp = path.with_name(path.name + ".tmp")  # a kill mid-write leaves the old file whole
-    tmp.write_text(json.dumps(out, indent=2, sort_keys=True, default=str) + "\n")
-    os.replace(tmp, path)
+    files.write_json(path, out, default=str)
 
 
 def is_run_dir(folder) -> bool:

@@ -22,7 +22,7 @@ import numpy as np
 import tqdm
 from absl import logging
 
-from r1jax import configlib, sampler, sharding, text
+from r1jax import configlib, files, sampler, sharding, text
 from r1jax.data import world
 from r1jax.model import config as model_config
 from r1jax.model import hf_io, transformer
@@ -436,7 +436,7 @@ def write_result(result: EvalResult, workdir, name: str) -> None:
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     summary = {"metrics": result.metrics, "curves": result.curves}
-    (workdir / f"{name}.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    files.write_json(workdir / f"{name}.json", summary)
     with (workdir / f"{name}_samples.jsonl").open("w", encoding="utf-8") as f:
         for row in result.samples:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
@@ -584,9 +584,7 @@ def run(cfg, workdir) -> dict:
     workdir.mkdir(parents=True, exist_ok=True)
     resolved = {"config": cfg.to_dict(), "model": dataclasses.asdict(model_cfg)}
     resolved["template"] = template
-    (workdir / "eval_config.json").write_text(
-        json.dumps(resolved, indent=2, sort_keys=True, default=str) + "\n"
-    )
+    files.write_json(workdir / "eval_config.json", resolved, default=str)
     logging.info(
         "evaluating %s on %d problems of %s (template %s)",
         cfg.model.init_from,

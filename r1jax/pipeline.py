@@ -25,7 +25,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from r1jax import configlib, distributed, evaluation, sharding, text
+from r1jax import configlib, distributed, evaluation, files, sharding, text
 from r1jax.data import world
 
 DONE = "stage_done.json"
@@ -143,7 +143,7 @@ def run_stages(cfg, workdir: pathlib.Path) -> dict[str, dict]:
         record = {"stage": stage_cfg.stage, "seconds": time.perf_counter() - t0}
         if jax.process_index() == 0:
             stage_dir.mkdir(parents=True, exist_ok=True)
-            marker.write_text(json.dumps(record, indent=2) + "\n")
+            files.write_json(marker, record, sort_keys=False)
         distributed.barrier(f"pipeline-{name}")
         done[name] = record
         logging.info("stage %s done in %.1f min", name, record["seconds"] / 60)
@@ -341,7 +341,7 @@ def write_table(cfg, workdir: pathlib.Path, done: dict[str, dict]) -> dict:
         )
         if jax.process_index() == 0:
             table_dir.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(row, indent=2, sort_keys=True) + "\n")
+            files.write_json(path, row)
         rows[label] = row
     k = max(int(x) for x in cfg.eval.ks if x <= cfg.eval.num_samples)
     minutes = {}
@@ -374,8 +374,8 @@ def write_table(cfg, workdir: pathlib.Path, done: dict[str, dict]) -> dict:
             f"Stages took {total:.1f} min.\n\n"
         )
         tail = "".join(f"- {n}\n" for n in notes)
-        (workdir / "table.md").write_text(head + body + ("\n" + tail if tail else ""))
-        (workdir / "table.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+        files.write_atomic(workdir / "table.md", head + body + ("\n" + tail if tail else ""))
+        files.write_json(workdir / "table.json", summary)
         plot_table(rows, workdir / "table.png", k)
     logging.info("R1 pipeline table (%s):\n%s%s", workdir / "table.md", body, "\n".join(notes))
     return rows
@@ -388,9 +388,7 @@ def run(cfg, workdir) -> dict:
     configlib.check_resumable(cfg, workdir)  # not over a single stage's run folder
     if jax.process_index() == 0:
         workdir.mkdir(parents=True, exist_ok=True)
-        (workdir / "config.json").write_text(
-            json.dumps({"config": cfg.to_dict()}, indent=2, sort_keys=True, default=str) + "\n"
-        )
+        files.write_json(workdir / "config.json", {"config": cfg.to_dict()}, default=str)
     t0 = time.perf_counter()
     done = run_stages(cfg, workdir)
     rows = write_table(cfg, workdir, done) if cfg.pipeline.table else {}

@@ -14,6 +14,8 @@ from typing import Protocol, runtime_checkable
 import sentencepiece
 import tokenizers
 
+from r1jax import files
+
 THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"
 ANSWER_OPEN = "<answer>"
@@ -127,9 +129,7 @@ class SentencePieceTokenizer:
 
     def save(self, path: str | pathlib.Path) -> None:
         """Writes the serialized model (a `.model` file)."""
-        path = pathlib.Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(self.model_proto)
+        files.write_atomic(path, self.model_proto)  # a resumed run reuses the one it trained
 
     def encode(self, text: str) -> list[int]:
         """Token ids of `text`, with no BOS or EOS added."""

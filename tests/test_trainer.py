@@ -67,6 +67,8 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path, shared_data):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert (killed / "checkpoints" / "4").is_dir(), "the run never wrote its step-4 checkpoint"
+    with open(killed / "metrics.jsonl", "a") as f:  # as if killed in the middle of a row
+        f.write('{"step": 5, "loss": 3.')
     supervised.run(_short_cfg(), killed)
     expected, got = _losses(full), _losses(killed)
     assert [s for s, *_ in expected] == list(range(1, 9))

@@ -31,7 +31,7 @@ import jax
 import tqdm
 from absl import logging
 
-from r1jax import configlib, distributed, evaluation, sharding, text
+from r1jax import configlib, distributed, evaluation, files, sharding, text
 from r1jax.rewards import language as language_reward
 from r1jax.rewards import registry, tasks
 from r1jax.train import supervised
@@ -226,12 +226,8 @@ def _write_dataset(workdir: pathlib.Path, rows: list[dict], provenance: dict) ->
     """dataset.jsonl then provenance.json, each through a temporary file and a rename."""
     body = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode("utf-8")
     provenance["sha256"] = hashlib.sha256(body).hexdigest()
-    tmp = workdir / (DATASET + ".tmp")
-    tmp.write_bytes(body)
-    tmp.replace(workdir / DATASET)
-    tmp = workdir / (PROVENANCE + ".tmp")
-    tmp.write_text(json.dumps(provenance, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
-    tmp.replace(workdir / PROVENANCE)
+    files.write_atomic(workdir / DATASET, body)
+    files.write_json(workdir / PROVENANCE, provenance, ensure_ascii=False)
 
 
 def is_complete(workdir) -> bool:

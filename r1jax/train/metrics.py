@@ -11,6 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import tqdm
 
+from r1jax import files
+
 _PEAK_CACHE: dict[str, float] = {}
 
 
@@ -31,16 +33,9 @@ def measure_matmul_peak_flops(n: int = 1024, repeats: int = 5) -> float:
     return _PEAK_CACHE[key]
 
 
-def read_jsonl(path: str | pathlib.Path) -> list[dict]:
-    """All rows of a metrics.jsonl file (an empty list when it does not exist)."""
-    path = pathlib.Path(path)
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        if line.strip():
-            rows.append(json.loads(line))
-    return rows
+# All rows of a metrics.jsonl file ([] when it does not exist; a last line cut short by a kill
+# is dropped).
+read_jsonl = files.read_jsonl
 
 
 class MetricsWriter:
@@ -52,7 +47,7 @@ class MetricsWriter:
         # A resumed run rewrites the steps after its checkpoint: drop rows the killed run left.
         if jax.process_index() == 0:  # one writer of the shared file in a multi-process run
             kept = [r for r in read_jsonl(self.path) if r.get("step", 0) <= start_step]
-            self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+            files.write_atomic(self.path, "".join(json.dumps(r) + "\n" for r in kept))
         self._file = self.path.open("a")
         self._tb = None
         if tensorboard and jax.process_index() == 0:

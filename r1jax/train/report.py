@@ -14,7 +14,7 @@ import time
 import jax
 from absl import logging
 
-from r1jax import evaluation, text
+from r1jax import evaluation, files, text
 from r1jax.model import config as model_config
 from r1jax.train import metrics as metrics_lib
 
@@ -134,7 +134,7 @@ def write_report(workdir, before, after, flops: dict, *, steps: int) -> dict:
     """summary.json and report.png (training curves + pass@k / maj@k against k)."""
     workdir = pathlib.Path(workdir)
     result = summary(before, after, flops, steps=steps)
-    (workdir / "summary.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+    files.write_json(workdir / "summary.json", result)
     rows = metrics_lib.read_jsonl(workdir / "metrics.jsonl")
     _plot(workdir / "report.png", rows, {"before": before, "after": after})
     return result

@@ -9,7 +9,6 @@ checkpoints and config.json; `rewards.preference.RewardModelScorer.load(WORKDIR)
 """
 
 import collections
-import json
 import pathlib
 
 import grain
@@ -19,7 +18,7 @@ import numpy as np
 import optax
 from absl import logging
 
-from r1jax import configlib, sharding, text
+from r1jax import configlib, files, sharding, text
 from r1jax.data import sources, world
 from r1jax.model import transformer
 from r1jax.rewards import preference
@@ -322,7 +321,7 @@ def run(cfg, workdir) -> dict:
     )
     report = _final_report(cfg, state, scorer, heldout, results, len(pairs), max_len)
     if jax.process_index() == 0:
-        (workdir / "rm_eval.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+        files.write_json(workdir / "rm_eval.json", report)
         _log_table(report)
         metrics_lib.plot_curves(
             metrics_lib.read_jsonl(workdir / "metrics.jsonl"),

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from r1jax import configlib, distributed, sampler, sharding, text
+from r1jax import configlib, distributed, files, sampler, sharding, text
 from r1jax.data import sources
 from r1jax.model import config as model_config
 from r1jax.model import heads, transformer
@@ -495,7 +495,7 @@ def _drop_rows_after(path: pathlib.Path, step: int) -> None:
     if jax.process_index() == 0 and path.exists():
         rows = metrics_lib.read_jsonl(path)
         kept = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows if r["step"] <= step)
-        path.write_text(kept, encoding="utf-8")
+        files.write_atomic(path, kept)
 
 
 def _evaluator(r: "RLRun"):

@@ -1,0 +1,60 @@
+"""Files a killed run must find whole when it resumes.
+
+A run can be killed at any moment, also in the middle of writing a file that its resumption reads
+(config.json, a stage's done-marker, the tokenizer it trained, metrics.jsonl when it drops the
+rows after its checkpoint). `write_atomic` writes such a file through a temporary file and a
+rename, so a reader sees the old file or the new one, never a part. An append-only JSONL log
+can still end in a line the kill cut short: `read_jsonl` drops that one line.
+"""
+
+import json
+import os
+import pathlib
+
+from absl import logging
+
+
+def write_atomic(path, data: str | bytes, *, encoding: str = "utf-8") -> None:
+    """Writes `data` to `path` through `path`.tmp<pid> and a rename (parents are created)."""
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    try:
+        if isinstance(data, bytes):
+            tmp.write_bytes(data)
+        else:
+            tmp.write_text(data, encoding=encoding)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_json(path, obj, **dumps_kwargs) -> None:
+    """`obj` as indented JSON (keys sorted unless told) and a newline, through write_atomic."""
+    dumps_kwargs = {"indent": 2, "sort_keys": True, **dumps_kwargs}
+    write_atomic(path, json.dumps(obj, **dumps_kwargs) + "\n")
+
+
+def read_jsonl(path) -> list[dict]:
+    """The rows of a JSONL log ([] when there is none).
+
+    A last line that does not parse and has no newline after it was cut short by a kill: it is
+    dropped (with a warning). A bad line anywhere else raises ValueError naming file:line.
+    """
+    path = pathlib.Path(path)
+    if not path.exists():
+        return []
+    content = path.read_text(encoding="utf-8", errors="replace")
+    lines = content.split("\n")
+    rows = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            if number == len(lines):  # no newline after it: the write was cut short
+                logging.warning("%s:%d: dropped a line cut short (%s)", path, number, e.msg)
+                continue
+            raise ValueError(f"{path}:{number}: malformed JSON line ({e.msg})") from e
+    return rows

@@ -1,0 +1,40 @@
+"""r1jax.files: what a run killed at any moment leaves behind is whole when it resumes."""
+
+import os
+
+import pytest
+
+from r1jax import files
+
+
+def test_read_jsonl_drops_only_a_last_line_cut_short(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    assert files.read_jsonl(path) == []
+    path.write_text('{"step": 1}\n\n{"step": 2}\n{"step": 3, "lo')  # killed mid-append
+    assert files.read_jsonl(path) == [{"step": 1}, {"step": 2}]
+    path.write_bytes('{"step": 1}\n{"text": "caf\u00e9"}\n{"text": "caf\u00e9'.encode()[:-1])
+    assert files.read_jsonl(path) == [{"step": 1}, {"text": "caf\u00e9"}]
+    # Anything else is damage the run did not do: it stops, naming file and line.
+    path.write_text('{"step": 1}\n{"step": 2,\n{"step": 3}\n')
+    with pytest.raises(ValueError, match=r"metrics\.jsonl:2: malformed JSON"):
+        files.read_jsonl(path)
+    path.write_text('{"step": 1}\n{"step": 2\n')  # a whole line (newline written) that is bad
+    with pytest.raises(ValueError, match=r"metrics\.jsonl:2"):
+        files.read_jsonl(path)
+
+
+def test_write_atomic_leaves_the_old_file_whole_when_interrupted(tmp_path, monkeypatch):
+    path = tmp_path / "run" / "config.json"
+    files.write_json(path, {"b": 1, "a": [1, 2]})
+    assert path.read_text() == '{\n  "a": [\n    1,\n    2\n  ],\n  "b": 1\n}\n'
+    files.write_atomic(path, b"\x00\x01")
+    assert path.read_bytes() == b"\x00\x01"
+
+    def killed(*args):
+        raise KeyboardInterrupt  # the moment between the data written and the rename
+
+    monkeypatch.setattr(os, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        files.write_json(path, {"new": True})
+    assert path.read_bytes() == b"\x00\x01"
+    assert sorted(p.name for p in path.parent.iterdir()) == ["config.json"]  # no temporary left
