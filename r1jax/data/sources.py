@@ -137,12 +137,8 @@ def read_parquet(path) -> list[dict]:
             with gzip.open(path) as f:
                 return pq.read_table(f).to_pylist()
         return pq.read_table(path).to_pylist()
-    except (
-        OSError,
-        ValueError,
-        EOFError,
-        zlib.error,
-    ) as e:  # pyarrow's ArrowInvalid is a ValueError
+    # pyarrow's ArrowInvalid is a ValueError; the others come from a broken .gz.
+    except (OSError, ValueError, EOFError, zlib.error) as e:
         raise DataError(f"{path}: not a readable parquet file ({e})") from e
 
 

@@ -5,16 +5,14 @@ Shapes: B rows, T time, k micro-batches.
 
 import dataclasses
 import filecmp
-import os
 import pathlib
-import shutil
 
 import jax
 import jax.numpy as jnp
 import optax
 from absl import logging
 
-from r1jax import configlib, distributed, sharding, text
+from r1jax import configlib, distributed, files, sharding, text
 from r1jax.data import pipeline, sources, world
 from r1jax.model import config as model_config
 from r1jax.model import hf_io, logprobs, transformer
@@ -158,9 +156,11 @@ def _keep_tokenizer(path, workdir):
         copies = [(path / n, n) for n in names]
     else:  # a lone file keeps the name a folder load looks for
         copies = [(path, "tokenizer.model" if path.suffix == ".model" else "tokenizer.json")]
-    for src, name in copies:  # a resumed run must not switch tokenizers under its checkpoint
+    for src, name in copies:  # a resumed run must not switch token ids under its checkpoint
         dst = workdir / name
-        if dst.is_file() and src.resolve() != dst.resolve() and not filecmp.cmp(src, dst, False):
+        if name not in ("tokenizer.model", "tokenizer.json") or not dst.is_file():
+            continue
+        if src.resolve() != dst.resolve() and not filecmp.cmp(src, dst, shallow=False):
             raise text.TokenizerError(
                 f"{dst} differs from the configured tokenizer {src}: this run folder was made "
                 "with another tokenizer (use a new workdir, or the tokenizer the run was made with)"
@@ -171,8 +171,7 @@ def _keep_tokenizer(path, workdir):
             dst = workdir / name
             if not dst.exists() and src.resolve() != dst.resolve():
                 # Whole or absent: the other processes compare it (above) while this one writes.
-                shutil.copyfile(src, dst.with_name(dst.name + ".tmp"))
-                os.replace(dst.with_name(dst.name + ".tmp"), dst)
+                files.write_atomic(dst, src.read_bytes())
     return tokenizer
 
 
