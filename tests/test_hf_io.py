@@ -215,6 +215,12 @@ def test_legacy_rope_keys_are_read(tmp_path):
     assert default.rope_scaling is None and default.rope_theta == 123.0
 
 
+def test_swish_is_read_as_silu():
+    # transformers maps both names to one function (ACT2FN); some Llama configs say "swish".
+    hf = hf_io.config_to_hf(SAVE_CASES["llama3-untied-head_dim16"][0], "float32")
+    assert hf_io.config_from_hf({**hf, "hidden_act": "swish"}) == hf_io.config_from_hf(hf)
+
+
 @pytest.mark.parametrize(
     "overrides, message",
     [

@@ -103,7 +103,7 @@ def _rope_from_hf(hf: dict, path) -> tuple[float, config_lib.RopeScaling | None]
 
 
 def _check_supported(hf: dict, family: str, path) -> None:
-    if hf.get("hidden_act", "silu") != "silu":
+    if hf.get("hidden_act", "silu") not in ("silu", "swish"):  # one function in transformers
         raise ValueError(f"{path}: unsupported hidden_act {hf['hidden_act']!r} (only silu)")
     if family == "qwen2" and hf.get("use_sliding_window", False):
         raise ValueError(f"{path}: Qwen2 use_sliding_window=true is not supported")
