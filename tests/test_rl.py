@@ -1,11 +1,14 @@
 """The RL stage end to end: GRPO and PPO raise a rule reward; a killed run resumes exactly."""
 
+import json
 import os
 
+import ml_collections
 import numpy as np
 import pytest
 
 from r1jax import configlib
+from r1jax.data import sources
 from r1jax.rl import rollout
 from r1jax.train import metrics as metrics_lib
 from r1jax.train import rl
@@ -93,6 +96,18 @@ def test_rl_config_mistakes_name_the_field(shared_data):
         configlib.validate(bad, num_devices=8)
     with pytest.raises(configlib.ConfigError, match=r"config\.rl\.aggregation"):
         configlib.validate(_cfg("configs/grpo.py:tiny", rl__aggregation="mean"), num_devices=1)
+
+
+def test_records_the_rewards_cannot_grade_stop_the_run_before_training(tmp_path):
+    # Without the check, every completion of the second record would score 0 (a crash count).
+    data = tmp_path / "train.jsonl"
+    rows = [{"prompt": "1+1?", "answer": "2"}, {"prompt": "2+2?"}]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = _cfg("configs/grpo.py:tiny", data__train=str(data), data__format="jsonl", data__eval="")
+    cfg.rl.rewards = ml_collections.ConfigDict({"accuracy": 1.0, "format": 0.5})
+    with pytest.raises(sources.DataError, match=r"train\.jsonl\): record 2: no 'answer' field"):
+        rl.run(cfg, tmp_path / "run")
+    assert not (tmp_path / "run" / "checkpoints").exists()
 
 
 @pytest.mark.parametrize(
