@@ -386,8 +386,12 @@ def _run_side(side: str, model_dir: str, args) -> dict:
     cmd += ["--steps", str(args.steps), "--warmup", str(args.warmup)]
     cmd += ["--threads", str(args.threads), "--old-logprobs", args.old_logprobs]
     cmd += ["--host-devices", str(args.host_devices)]
-    cmd += ["--host-malloc", args.host_malloc if side == "r1jax" else args.trl_host_malloc]
-    subprocess.run(cmd, check=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    malloc = args.host_malloc if side == "r1jax" else args.trl_host_malloc
+    cmd += ["--host-malloc", malloc]
+    from r1jax import hostmem  # huge pages are a glibc tunable: set when the side starts
+
+    env = hostmem.environ_for(malloc, {**os.environ, "PYTHONWARNINGS": "ignore"})
+    subprocess.run(cmd, check=True, env=env)
     return json.loads(out.read_text())
 
 
@@ -444,14 +448,14 @@ def main() -> None:
     )
     parser.add_argument(
         "--host-malloc",
-        choices=("reuse", "system"),
-        default="reuse",
-        help="r1jax: keep freed host memory for reuse (hostmem.reuse_freed_memory, as the CLI "
-        "does) or leave glibc's defaults",
+        choices=("auto", "hugepages", "reuse", "system"),
+        default="auto",
+        help="r1jax's host allocator (r1jax/hostmem.py; auto, as the CLI: transparent huge "
+        "pages where glibc and the kernel allow, else reuse)",
     )
     parser.add_argument(
         "--trl-host-malloc",
-        choices=("reuse", "system"),
+        choices=("hugepages", "reuse", "system"),
         default="system",
         help="TRL: the same choice (default: glibc's defaults, as TRL runs)",
     )
@@ -472,7 +476,7 @@ def main() -> None:
             flag = f"--xla_force_host_platform_device_count={args.host_devices}"
             os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {flag}"
             result = run_r1jax(args.model_dir, args.steps, args.warmup, args.old_logprobs)
-        result["host_malloc"] = args.host_malloc
+        result["host_malloc"] = hostmem.resolve(args.host_malloc)
         pathlib.Path(args.out).write_text(json.dumps(result))
         return
     with tempfile.TemporaryDirectory(prefix="grpo_bench_") as tmp:

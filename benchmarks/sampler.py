@@ -255,9 +255,12 @@ def _run_side(name: str, model_dir: str, args) -> dict:
     out = pathlib.Path(model_dir) / f"{name}.json"
     cmd = [sys.executable, __file__, "--side", side, "--model-dir", model_dir, "--out", str(out)]
     cmd += ["--repeats", str(args.repeats), "--threads", str(args.threads)]
-    cmd += ["--host-malloc", args.host_malloc if side == "r1jax" else "system"]
-    cmd += ["--host-devices", devices.removesuffix("dev") or "1"]
-    subprocess.run(cmd, check=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    malloc = args.host_malloc if side == "r1jax" else "system"
+    cmd += ["--host-malloc", malloc, "--host-devices", devices.removesuffix("dev") or "1"]
+    from r1jax import hostmem  # huge pages are a glibc tunable: set when the side starts
+
+    env = hostmem.environ_for(malloc, {**os.environ, "PYTHONWARNINGS": "ignore"})
+    subprocess.run(cmd, check=True, env=env)
     return json.loads(out.read_text())
 
 
@@ -318,10 +321,11 @@ def main() -> None:
     )
     parser.add_argument(
         "--host-malloc",
-        choices=("reuse", "system"),
-        default="reuse",
-        help="r1jax: keep freed host memory for reuse (hostmem.reuse_freed_memory, as the CLI "
-        "does on CPU) or leave glibc's defaults; transformers always runs with the defaults",
+        choices=("auto", "hugepages", "reuse", "system"),
+        default="auto",
+        help="r1jax's host allocator (r1jax/hostmem.py; auto, as the CLI: transparent huge "
+        "pages where glibc and the kernel allow, else reuse); transformers always runs with "
+        "glibc's defaults",
     )
     args = parser.parse_args()
     if args.side != "both":

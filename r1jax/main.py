@@ -2,6 +2,7 @@
 
 import difflib
 import logging as std_logging
+import os
 import pathlib
 import sys
 
@@ -35,9 +36,10 @@ _HOST_MALLOC = flags.DEFINE_enum(
     "host_malloc",
     "auto",
     list(hostmem.MODES),
-    "reuse: keep freed host memory for the next step instead of unmapping it (XLA:CPU frees "
-    "each step's temporaries; see r1jax/hostmem.py); system: glibc defaults; auto: reuse "
-    "unless JAX will run on an accelerator",
+    "hugepages: malloc asks for transparent huge pages (glibc.malloc.hugetlb=1; the command "
+    "restarts itself once to set it); reuse: keep freed host memory for the next step instead "
+    "of unmapping it; system: glibc defaults; auto: hugepages where glibc and the kernel allow, "
+    "else reuse, and system when JAX will run on an accelerator (see r1jax/hostmem.py)",
 )
 
 
@@ -45,6 +47,12 @@ def main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     # Before anything touches a JAX device (XLA's CPU threads take their malloc arenas at start).
+    if hostmem.needs_restart(_HOST_MALLOC.value) and _started_as_command():
+        # A glibc tunable is read when a process starts: run this command again with it.
+        env = hostmem.environ_for(_HOST_MALLOC.value)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
     hostmem.configure(_HOST_MALLOC.value)
     distributed.initialize(
         _COORDINATOR.value,
@@ -67,6 +75,15 @@ def main(argv) -> None:
         FileNotFoundError,
     ) as e:
         sys.exit(f"r1jax: {e}")
+
+
+def _started_as_command() -> bool:
+    """True when this process is the `r1jax` command (or `python -m r1jax.main`) itself, so that
+    its command line can be run again; not when main() was called from another program."""
+    args = sys.argv[1:]
+    replayable = sys.orig_argv[len(sys.orig_argv) - len(args) :] == args
+    script = pathlib.Path(sys.argv[0])
+    return replayable and (script.name == "r1jax" or script.parts[-2:] == ("r1jax", "main.py"))
 
 
 def config_problem(argv: list[str]) -> str:
