@@ -47,9 +47,10 @@ def main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     # Before anything touches a JAX device (XLA's CPU threads take their malloc arenas at start).
-    if hostmem.needs_restart(_HOST_MALLOC.value) and _started_as_command():
+    restarted = os.environ.get("R1JAX_RESTARTED") == "1"  # once: never a loop, whatever glibc did
+    if hostmem.needs_restart(_HOST_MALLOC.value) and _started_as_command() and not restarted:
         # A glibc tunable is read when a process starts: run this command again with it.
-        env = hostmem.environ_for(_HOST_MALLOC.value)
+        env = {**hostmem.environ_for(_HOST_MALLOC.value), "R1JAX_RESTARTED": "1"}
         sys.stdout.flush()
         sys.stderr.flush()
         os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
