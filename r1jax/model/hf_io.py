@@ -30,12 +30,6 @@ _DTYPE_NAMES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16, "float16"
 _DEFAULT_MAX_POSITIONS = {"qwen2": 32768, "llama": 2048}
 
 
-def _require(hf: dict, key: str, path):
-    if key not in hf:
-        raise KeyError(f"{path}: config.json is missing required key {key!r}")
-    return hf[key]
-
-
 def _number(hf: dict, key: str, path, kind, default=None, *, nullable=False):
     """hf[key] as int or float, `default` when absent (or null where transformers allows it)."""
     value = hf.get(key)

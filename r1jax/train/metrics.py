@@ -38,6 +38,14 @@ def measure_matmul_peak_flops(n: int = 1024, repeats: int = 5) -> float:
 read_jsonl = files.read_jsonl
 
 
+def drop_rows_after(path, step: int) -> None:
+    """Rewrites a JSONL log without its rows of steps after `step` (a resumed run redoes them)."""
+    path = pathlib.Path(path)
+    if path.exists():
+        kept = [r for r in read_jsonl(path) if r.get("step", 0) <= step]
+        files.write_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept))
+
+
 class MetricsWriter:
     """Writes one JSON row per logged step to metrics.jsonl and scalars to TensorBoard."""
 
@@ -46,8 +54,7 @@ class MetricsWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # A resumed run rewrites the steps after its checkpoint: drop rows the killed run left.
         if jax.process_index() == 0:  # one writer of the shared file in a multi-process run
-            kept = [r for r in read_jsonl(self.path) if r.get("step", 0) <= start_step]
-            files.write_atomic(self.path, "".join(json.dumps(r) + "\n" for r in kept))
+            drop_rows_after(self.path, start_step)
         self._file = self.path.open("a")
         self._tb = None
         if tensorboard and jax.process_index() == 0:

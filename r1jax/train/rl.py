@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from r1jax import configlib, distributed, files, sampler, sharding, text
+from r1jax import configlib, distributed, sampler, sharding, text
 from r1jax.data import sources
 from r1jax.model import config as model_config
 from r1jax.model import heads, transformer
@@ -453,7 +453,8 @@ def run(cfg, workdir) -> dict:
         workdir, total_steps=cfg.train.steps, start_step=start, tensorboard=cfg.metrics.tensorboard
     )
     bad_in_row = 0
-    _drop_rows_after(pathlib.Path(workdir) / "samples.jsonl", start)  # a resumed run redoes them
+    if jax.process_index() == 0:  # a resumed run redoes the rows after its checkpoint
+        metrics_lib.drop_rows_after(pathlib.Path(workdir) / "samples.jsonl", start)
     evaluator, before = _evaluator(r), None
     try:
         if evaluator is not None:  # the base model's numbers, once (a resumed run reads them)
@@ -489,13 +490,6 @@ def run(cfg, workdir) -> dict:
         writer.close()
         r.close()
     return {"step": int(r.state.step), "model": r.model_cfg}
-
-
-def _drop_rows_after(path: pathlib.Path, step: int) -> None:
-    if jax.process_index() == 0 and path.exists():
-        rows = metrics_lib.read_jsonl(path)
-        kept = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows if r["step"] <= step)
-        files.write_atomic(path, kept)
 
 
 def _evaluator(r: "RLRun"):
