@@ -214,6 +214,20 @@ def _json_form(value):
     return json.loads(json.dumps(value, default=str))
 
 
+def _saved_model_form(saved: dict) -> dict:
+    """A saved model shape in today's JSON form: a rope_scaling written before RopeScaling
+    gained fields (rope_type, YaRN's) reads with their defaults, as `load_resolved` reads it."""
+    form = dict(saved)
+    if isinstance(form.get("rope_scaling"), dict):
+        try:
+            form["rope_scaling"] = dataclasses.asdict(
+                model_config.RopeScaling(**form["rope_scaling"])
+            )
+        except (TypeError, ValueError):
+            pass  # compared as written: it differs, and the refusal names it
+    return _json_form(form)
+
+
 def check_resumable(cfg: ml_collections.ConfigDict, workdir, model_cfg=None) -> None:
     """Refuses a workdir whose checkpoints another run wrote (another stage or model shape):
     resuming would fail inside orbax's restore, or continue someone else's run."""
@@ -239,10 +253,11 @@ def check_resumable(cfg: ml_collections.ConfigDict, workdir, model_cfg=None) -> 
     if model_cfg is None or not isinstance(saved.get("model"), dict):
         return
     new = _json_form(dataclasses.asdict(model_cfg))
+    old = _saved_model_form(saved["model"])
     diff = [
-        f"{name} {saved['model'].get(name)!r} -> {value!r}"
+        f"{name} {old.get(name)!r} -> {value!r}"
         for name, value in new.items()
-        if name not in _RESUMABLE_MODEL_FIELDS and _json_form(saved["model"].get(name)) != value
+        if name not in _RESUMABLE_MODEL_FIELDS and old.get(name) != value
     ]
     if diff:
         raise ConfigError(

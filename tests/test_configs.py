@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from r1jax import configlib
+from r1jax.model import config as model_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VARIANTS = [
@@ -180,6 +181,28 @@ def test_a_workdir_holding_another_run_is_refused_and_kept(tmp_path):
     assert (tmp_path / "config.json").read_text() == before
     longer = dataclasses.replace(shape, max_seq_len=512, dtype="bfloat16")
     configlib.save_resolved(configlib.updated(cfg, train__steps=400), tmp_path, longer)  # resumes
+
+
+def test_a_run_saved_before_rope_types_resumes_and_loads(tmp_path):
+    # A Llama 3 run's config.json written when RopeScaling had only llama3's four fields.
+    cfg = configlib.load_config(os.path.join(REPO, "configs/sft.py:tiny"))
+    scaling = model_config.RopeScaling(8.0, 1.0, 4.0, 8192)
+    shape = dataclasses.replace(
+        configlib.model_config_from(cfg, vocab_size=100), rope_scaling=scaling
+    )
+    configlib.save_resolved(cfg, tmp_path, shape)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    saved["model"]["rope_scaling"] = {
+        "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+        "original_max_position": 8192,
+    }  # fmt: skip
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    (tmp_path / "checkpoints" / "2").mkdir(parents=True)
+    assert configlib.load_resolved(tmp_path)[0] == shape
+    configlib.save_resolved(cfg, tmp_path, shape)  # resumes
+    yarn = model_config.RopeScaling(4.0, original_max_position=64, rope_type="yarn")
+    with pytest.raises(configlib.ConfigError, match="another shape .*rope_scaling"):
+        configlib.save_resolved(cfg, tmp_path, dataclasses.replace(shape, rope_scaling=yarn))
 
 
 def test_workdir_that_is_a_file_and_config_problems(tmp_path):

@@ -26,6 +26,12 @@ LLAMA3_ROPE = {
     "original_max_position_embeddings": 8,
     "rope_theta": 500000.0,
 }  # a short original context, so most frequencies are rescaled
+YARN_ROPE = {
+    "rope_type": "yarn",
+    "factor": 4.0,
+    "original_max_position_embeddings": 8,
+    "rope_theta": 1e4,
+}
 
 
 def _hf_model(arch, **kwargs):
@@ -70,6 +76,45 @@ PARITY_CASES = {
         "40KB",
     ),
     "llama-2q2kv": ("llama", dict(num_attention_heads=2, num_key_value_heads=2), None),
+    "llama-linear-rope": (
+        "llama",
+        dict(
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            rope_parameters={"rope_type": "linear", "factor": 2.5, "rope_theta": 1e4},
+        ),
+        None,
+    ),
+    # YaRN with a short original context, so the ramp and the attention factor both matter.
+    "qwen2-yarn-rope": (
+        "qwen2",
+        dict(
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=32,
+            rope_parameters=YARN_ROPE,
+        ),
+        None,
+    ),
+    "llama-yarn-mscale-untruncated-head_dim32": (
+        "llama",
+        dict(
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            head_dim=32,
+            rope_parameters={
+                **YARN_ROPE,
+                "factor": 8.0,
+                "original_max_position_embeddings": 4,
+                "mscale": 0.707,
+                "mscale_all_dim": 1.0,
+                "beta_fast": 8,
+                "beta_slow": 2,
+                "truncate": False,
+            },
+        ),
+        None,
+    ),
     "llama3-scaling-tied-head_dim32": (
         "llama",
         dict(
@@ -98,6 +143,45 @@ def test_load_hf_matches_transformers_logits(case, tmp_path):
     tokens = _tokens()
     diff = np.abs(np.asarray(_forward(cfg, params, tokens)) - _hf_logits(model, tokens)).max()
     assert diff <= 1e-4, f"{case}: max |logit diff| {diff}"
+
+
+ROPE_VARIANTS = {
+    "default": {"rope_type": "default"},
+    "linear": {"rope_type": "linear", "factor": 3.0},
+    "llama3": LLAMA3_ROPE,
+    "llama3-odd-context": {**LLAMA3_ROPE, "original_max_position_embeddings": 3000},
+    "yarn": YARN_ROPE,
+    "yarn-untruncated": {**YARN_ROPE, "truncate": False, "original_max_position_embeddings": 300},
+    "yarn-mscale": {**YARN_ROPE, "mscale": 0.707, "mscale_all_dim": 1.0, "beta_fast": 16},
+    "yarn-attention-factor": {**YARN_ROPE, "attention_factor": 1.5, "beta_slow": 2},
+    "yarn-no-factor": {**YARN_ROPE, "factor": None},
+}
+
+
+@pytest.mark.parametrize("variant", sorted(ROPE_VARIANTS))
+@pytest.mark.parametrize("head_dim, theta", [(32, 1e4), (128, 1e6)])
+def test_rope_frequencies_and_scaling_match_transformers(variant, head_dim, theta, tmp_path):
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
+    hf_config = transformers.LlamaConfig(
+        vocab_size=V,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        head_dim=head_dim,
+        max_position_embeddings=4096,
+        rope_parameters={**ROPE_VARIANTS[variant], "rope_theta": theta},
+        architectures=["LlamaForCausalLM"],
+    )
+    hf_config.save_pretrained(tmp_path)
+    cfg = hf_io.config_from_hf(json.loads((tmp_path / "config.json").read_text()))
+    rotary = LlamaRotaryEmbedding(hf_config)
+    # Equal but where numpy's float64 pow rounds theta ** (2i / Dh) differently from torch's
+    # float32 pow (about 1% of entries, by 1 ulp).
+    np.testing.assert_allclose(tf.rope_inv_freq(cfg), rotary.inv_freq.numpy(), rtol=3e-7, atol=0)
+    assert tf.rope_attention_scaling(cfg) == rotary.attention_scaling
+    assert hf_io.config_from_hf(hf_io.config_to_hf(cfg, "float32")) == cfg
 
 
 def _our_model(cfg, seed=0):
@@ -152,6 +236,36 @@ SAVE_CASES = {
             rope_theta=500000.0,
             rope_scaling=config_lib.RopeScaling(8.0, 1.0, 4.0, 8),
             rms_norm_eps=1e-5,
+            family="llama",
+        ),
+        None,
+    ),
+    "qwen2-yarn": (
+        config_lib.ModelConfig(
+            vocab_size=V,
+            d_model=32,
+            n_layers=2,
+            n_heads=4,
+            n_kv_heads=2,
+            head_dim=8,
+            d_ff=64,
+            qkv_bias=True,
+            rope_scaling=config_lib.RopeScaling(
+                4.0, original_max_position=8, rope_type="yarn", beta_fast=16.0, attention_factor=1.2
+            ),
+        ),
+        None,
+    ),
+    "llama-linear": (
+        config_lib.ModelConfig(
+            vocab_size=V,
+            d_model=32,
+            n_layers=2,
+            n_heads=2,
+            n_kv_heads=2,
+            head_dim=16,
+            d_ff=64,
+            rope_scaling=config_lib.RopeScaling(3.0, rope_type="linear"),
             family="llama",
         ),
         None,
@@ -226,10 +340,19 @@ def test_swish_is_read_as_silu():
     [
         ({"architectures": ["MistralForCausalLM"]}, "unsupported architectures"),
         ({"architectures": ["Qwen2ForCausalLM"], "use_sliding_window": True}, "sliding_window"),
-        ({"rope_parameters": {"rope_type": "yarn", "factor": 4.0}}, "rope type 'yarn'"),
+        ({"rope_parameters": {"rope_type": "longrope", "factor": 4.0}}, "rope type 'longrope'"),
+        ({"rope_parameters": {"rope_type": "linear"}}, "missing required key 'factor'"),
         (
-            {"rope_parameters": {"rope_type": "linear", "factor": 2.0}},
-            "rope type 'linear' in rope_parameters",
+            {"rope_parameters": {"rope_type": "yarn", "factor": -2.0}},
+            "rope_parameters: RopeScaling.factor must be positive",
+        ),
+        (
+            {"rope_parameters": {"rope_type": "yarn", "factor": 2.0, "truncate": "yes"}},
+            "'truncate' must be true or false",
+        ),
+        (
+            {"rope_parameters": {"rope_type": "llama3", "factor": 2.0, "low_freq_factor": 1.0}},
+            "missing required key 'high_freq_factor'",
         ),
         (
             {"rope_parameters": None, "rope_scaling": {"type": "dynamic", "factor": 2.0}},

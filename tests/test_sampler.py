@@ -53,8 +53,12 @@ def _hf_model(arch):
         model = transformers.Qwen2ForCausalLM(
             transformers.Qwen2Config(**base, tie_word_embeddings=True)
         )
-    else:
+    elif arch == "llama":
         model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**base))
+    else:  # "llama-yarn": YaRN RoPE (cos and sin scaled) over a short original context
+        yarn = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 8}
+        config = transformers.LlamaConfig(**base, rope_parameters={**yarn, "rope_theta": 1e4})
+        model = transformers.LlamaForCausalLM(config)
     with torch.no_grad():
         for name, p in model.named_parameters():
             p.copy_(torch.randn_like(p) * 0.2 + (1.0 if "norm" in name else 0.0))
@@ -83,7 +87,9 @@ def _hf_greedy(model, prompts, t, eos):
 
 
 # t = 75 decodes in two attention segments (`sampler.attention_bounds`), t = 12 in one.
-@pytest.mark.parametrize("arch,t", [("qwen2", 12), ("llama", 12), ("qwen2", 75)])
+@pytest.mark.parametrize(
+    "arch,t", [("qwen2", 12), ("llama", 12), ("qwen2", 75), ("llama-yarn", 12)]
+)
 def test_greedy_matches_transformers_generate(arch, t, tmp_path):
     model = _hf_model(arch)
     model.save_pretrained(tmp_path)

@@ -8,14 +8,56 @@ REMAT_MODES = ("none", "full", "dots")
 AUTO_UNROLL_MAX_LAYERS = 8
 
 
+ROPE_TYPES = ("llama3", "linear", "yarn")
+
+
 @dataclasses.dataclass(frozen=True)
 class RopeScaling:
-    """Llama-3 RoPE frequency scaling ("rope_type": "llama3" in Hugging Face configs)."""
+    """RoPE frequency scaling, as the Hugging Face rope types of the same names.
+
+    - "llama3" (Llama 3.1): low frequencies divided by `factor`, high ones kept, a smooth ramp
+      between (`low_freq_factor`, `high_freq_factor`, `original_max_position`).
+    - "linear" (position interpolation): every frequency divided by `factor`.
+    - "yarn" (YaRN): frequencies ramped from extrapolated to interpolated (divided by `factor`)
+      between the dimensions that turn `beta_fast` and `beta_slow` times over
+      `original_max_position` (ramp ends rounded outwards when `truncate`), and cos / sin
+      multiplied by `attention_factor` (resolved from `factor` and mscale when loading).
+    """
 
     factor: float
-    low_freq_factor: float
-    high_freq_factor: float
-    original_max_position: int
+    low_freq_factor: float | None = None
+    high_freq_factor: float | None = None
+    original_max_position: int | None = None
+    rope_type: str = "llama3"
+    beta_fast: float = 32.0
+    beta_slow: float = 1.0
+    attention_factor: float = 1.0
+    truncate: bool = True
+
+    def __post_init__(self):
+        if self.rope_type not in ROPE_TYPES:
+            raise ValueError(
+                f"RopeScaling.rope_type must be one of {ROPE_TYPES}, got {self.rope_type!r}"
+            )
+        if not self.factor > 0:
+            raise ValueError(f"RopeScaling.factor must be positive, got {self.factor}")
+        needs = {
+            "llama3": ("low_freq_factor", "high_freq_factor", "original_max_position"),
+            "linear": (),
+            "yarn": ("original_max_position",),
+        }[self.rope_type]
+        missing = [name for name in needs if getattr(self, name) is None]
+        if missing:
+            raise ValueError(f"RopeScaling of type {self.rope_type!r} needs {', '.join(missing)}")
+        if self.rope_type == "llama3" and self.high_freq_factor == self.low_freq_factor:
+            raise ValueError(
+                "RopeScaling llama3: high_freq_factor must differ from low_freq_factor"
+            )
+        if self.original_max_position is not None and self.original_max_position <= 0:
+            raise ValueError(
+                f"RopeScaling.original_max_position must be positive, got "
+                f"{self.original_max_position}"
+            )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -8,6 +8,7 @@ layer params are stacked on a leading L axis (the `nn.scan` layout).
 
 import dataclasses
 import json
+import math
 import pathlib
 
 import jax
@@ -76,24 +77,78 @@ def _rope_from_hf(hf: dict, path) -> tuple[float, config_lib.RopeScaling | None]
         raise ValueError(f"{path}: partial_rotary_factor != 1 is not supported")
     if rope_type == "default":
         return theta, None
-    if rope_type != "llama3":
+    if rope_type not in config_lib.ROPE_TYPES:
         raise ValueError(
-            f"{path}: unsupported rope type {rope_type!r} in {key} (supported: default, llama3)"
+            f"{path}: unsupported rope type {rope_type!r} in {key} "
+            f"(supported: default, {', '.join(config_lib.ROPE_TYPES)})"
         )
-    original = rope.get("original_max_position_embeddings", hf.get("max_position_embeddings"))
-    scaling = config_lib.RopeScaling(
-        factor=_number(rope, "factor", path, float),
-        low_freq_factor=_number(rope, "low_freq_factor", path, float),
-        high_freq_factor=_number(rope, "high_freq_factor", path, float),
-        original_max_position=_number(
-            {"original_max_position_embeddings": original},
-            "original_max_position_embeddings",
-            path,
-            int,
-            nullable=True,
-        ),
+    try:
+        if rope_type == "linear":
+            factor = _number(rope, "factor", path, float)
+            return theta, config_lib.RopeScaling(factor=factor, rope_type="linear")
+        original = _original_context(hf, rope, path)
+        if rope_type == "yarn":
+            return theta, _yarn_from_hf(hf, rope, original, path)
+        return theta, config_lib.RopeScaling(
+            factor=_number(rope, "factor", path, float),
+            low_freq_factor=_number(rope, "low_freq_factor", path, float),
+            high_freq_factor=_number(rope, "high_freq_factor", path, float),
+            original_max_position=original,
+        )
+    except ValueError as e:
+        if str(e).startswith(str(path)):
+            raise
+        raise ValueError(f"{path}: {key}: {e}") from e
+
+
+def _original_context(hf: dict, rope: dict, path) -> int:
+    """The pretraining context a llama3 / yarn scaling refers to, where transformers takes it:
+    a top-level original_max_position_embeddings (as Phi-3 writes it), else the rope dict's,
+    else max_position_embeddings."""
+    key = "original_max_position_embeddings"
+    for source in (hf, rope):
+        if source.get(key) is not None:
+            return _number(source, key, path, int)
+    return _number(hf, "max_position_embeddings", path, int)
+
+
+def _yarn_mscale(scale: float, mscale: float = 1.0) -> float:
+    # YaRN's attention temperature (its Eq. 21), as transformers' `yarn_get_mscale`.
+    return 1.0 if scale <= 1 else 0.1 * mscale * math.log(scale) + 1.0
+
+
+def _yarn_from_hf(hf: dict, rope: dict, original: int, path) -> config_lib.RopeScaling:
+    """YaRN's settings with transformers' defaults: factor (null: the ratio of the context to the
+    original one), attention_factor (absent: from factor, and mscale / mscale_all_dim when both
+    are set), beta_fast 32, beta_slow 1, truncate true."""
+    if rope.get("factor") is None:
+        max_positions = _number(hf, "max_position_embeddings", path, int)
+        factor = max_positions / original
+    else:
+        factor = _number(rope, "factor", path, float)
+    attention_factor = rope.get("attention_factor")
+    if attention_factor is None:
+        mscale, mscale_all_dim = rope.get("mscale"), rope.get("mscale_all_dim")
+        if mscale and mscale_all_dim:
+            m, m_all = (_number(rope, k, path, float) for k in ("mscale", "mscale_all_dim"))
+            attention_factor = _yarn_mscale(factor, m) / _yarn_mscale(factor, m_all)
+        else:
+            attention_factor = _yarn_mscale(factor)
+    else:
+        attention_factor = _number(rope, "attention_factor", path, float)
+    truncate = rope.get("truncate", True)
+    if not isinstance(truncate, bool):
+        raise ValueError(f"{path}: rope key 'truncate' must be true or false, got {truncate!r}")
+    return config_lib.RopeScaling(
+        factor=factor,
+        original_max_position=original,
+        rope_type="yarn",
+        # `or`: transformers reads a null or 0 as the default too.
+        beta_fast=_number(rope, "beta_fast", path, float, 32.0, nullable=True) or 32.0,
+        beta_slow=_number(rope, "beta_slow", path, float, 1.0, nullable=True) or 1.0,
+        attention_factor=float(attention_factor),
+        truncate=truncate,
     )
-    return theta, scaling
 
 
 def _check_supported(hf: dict, family: str, path) -> None:
@@ -299,14 +354,22 @@ def load_hf(path, *, dtype: str | None = None) -> tuple[ModelConfig, dict]:
 def config_to_hf(cfg: ModelConfig, dtype_name: str) -> dict:
     """The Hugging Face config.json dict for `cfg` (transformers 5 keys plus legacy rope keys)."""
     rope = {"rope_type": "default", "rope_theta": cfg.rope_theta}
-    if cfg.rope_scaling is not None:
-        sc = cfg.rope_scaling
+    sc = cfg.rope_scaling
+    if sc is not None:
+        rope.update(rope_type=sc.rope_type, factor=sc.factor)
+    if sc is not None and sc.rope_type == "llama3":
         rope.update(
-            rope_type="llama3",
-            factor=sc.factor,
             low_freq_factor=sc.low_freq_factor,
             high_freq_factor=sc.high_freq_factor,
             original_max_position_embeddings=sc.original_max_position,
+        )
+    if sc is not None and sc.rope_type == "yarn":
+        rope.update(
+            original_max_position_embeddings=sc.original_max_position,
+            beta_fast=sc.beta_fast,
+            beta_slow=sc.beta_slow,
+            attention_factor=sc.attention_factor,
+            truncate=sc.truncate,
         )
     hf = {
         "architectures": ["Qwen2ForCausalLM" if cfg.family == "qwen2" else "LlamaForCausalLM"],

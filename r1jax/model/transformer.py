@@ -9,6 +9,7 @@ Layers are stacked with `nn.scan`, so layer params have a leading "layers" axis.
 """
 
 import functools
+import math
 
 import flax.linen as nn
 import flax.struct
@@ -43,24 +44,64 @@ def _param(module, name, shape, names, init):
 
 
 def rope_inv_freq(cfg: ModelConfig) -> np.ndarray:
-    """Inverse RoPE frequencies [Dh/2] in float32, with Llama-3 scaling when configured."""
+    """Inverse RoPE frequencies [Dh/2] in float32, scaled as `cfg.rope_scaling` says (the
+    operations and their order as transformers' `modeling_rope_utils`, in float32)."""
     dh = cfg.head_dim
     exponent = np.arange(0, dh, 2, dtype=np.int64).astype(np.float32) / np.float32(dh)
-    inv_freq = (1.0 / (np.float32(cfg.rope_theta) ** exponent)).astype(np.float32)
+    # theta ** exponent rounded once to float32, as torch's float32 pow (numpy's float32 power
+    # is 1 ulp off torch's in ~20% of entries, a phase error that grows with the position).
+    base = np.float64(np.float32(cfg.rope_theta))
+    pos_freqs = np.power(base, exponent.astype(np.float64)).astype(np.float32)
+    inv_freq = (1.0 / pos_freqs).astype(np.float32)
     sc = cfg.rope_scaling
     if sc is None:
         return inv_freq
+    if sc.rope_type == "linear":
+        return (inv_freq / np.float32(sc.factor)).astype(np.float32)
+    if sc.rope_type == "yarn":
+        return _yarn_inv_freq(sc, pos_freqs, dh, cfg.rope_theta)
     # Llama 3.1: keep high frequencies, divide low ones by `factor`, interpolate in between.
     low_wavelen = sc.original_max_position / sc.low_freq_factor
     high_wavelen = sc.original_max_position / sc.high_freq_factor
-    wavelen = 2 * np.pi / inv_freq
+    # torch divides a number by a tensor as the number times the tensor's reciprocal.
+    wavelen = np.float32(2 * np.pi) * (np.float32(1) / inv_freq)
     scaled = np.where(wavelen > low_wavelen, inv_freq / sc.factor, inv_freq)
-    smooth = (sc.original_max_position / wavelen - sc.low_freq_factor) / (
-        sc.high_freq_factor - sc.low_freq_factor
-    )
+    per_wavelen = np.float32(sc.original_max_position) * (np.float32(1) / wavelen)
+    smooth = (per_wavelen - sc.low_freq_factor) / (sc.high_freq_factor - sc.low_freq_factor)
     smoothed = (1 - smooth) * scaled / sc.factor + smooth * scaled
     is_medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
     return np.where(is_medium, smoothed, scaled).astype(np.float32)
+
+
+def _yarn_inv_freq(sc, pos_freqs: np.ndarray, dh: int, theta: float) -> np.ndarray:
+    """YaRN: each frequency blends its extrapolated (unscaled) and interpolated (/ factor)
+    values by a linear ramp over the dimensions, from those that turn `beta_fast` times over
+    the original context (kept) to those that turn `beta_slow` times (interpolated)."""
+
+    def correction_dim(rotations):  # the dimension that turns `rotations` times
+        turns = math.log(sc.original_max_position / (rotations * 2 * math.pi))
+        return (dh * turns) / (2 * math.log(theta))
+
+    low, high = correction_dim(sc.beta_fast), correction_dim(sc.beta_slow)
+    if sc.truncate:
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, dh - 1)
+    if low == high:
+        high += 0.001  # as transformers: avoids dividing by zero
+    ramp = np.clip(
+        (np.arange(dh // 2, dtype=np.float32) - np.float32(low)) / np.float32(high - low), 0, 1
+    ).astype(np.float32)
+    extrapolation = (1 - ramp).astype(np.float32)
+    interpolated = (1.0 / (np.float32(sc.factor) * pos_freqs)).astype(np.float32)
+    extrapolated = (1.0 / pos_freqs).astype(np.float32)
+    blended = interpolated * (1 - extrapolation) + extrapolated * extrapolation
+    return blended.astype(np.float32)
+
+
+def rope_attention_scaling(cfg: ModelConfig) -> float:
+    """The factor RoPE's cos and sin are multiplied by (YaRN's attention factor; else 1)."""
+    sc = cfg.rope_scaling
+    return float(sc.attention_factor) if sc is not None and sc.rope_type == "yarn" else 1.0
 
 
 def rope_tables(cfg: ModelConfig, positions_BxT: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -69,7 +110,11 @@ def rope_tables(cfg: ModelConfig, positions_BxT: jax.Array) -> tuple[jax.Array, 
         positions_BxT.astype(jnp.float32)[..., None] * jnp.asarray(rope_inv_freq(cfg))[None, None]
     )
     emb = jnp.concatenate([freqs, freqs], axis=-1)
-    return jnp.cos(emb), jnp.sin(emb)
+    cos, sin = jnp.cos(emb), jnp.sin(emb)
+    scale = rope_attention_scaling(cfg)
+    if scale != 1.0:
+        cos, sin = cos * jnp.float32(scale), sin * jnp.float32(scale)
+    return cos, sin
 
 
 def _apply_rope(x_BxTxNxDh, cos_BxTxDh, sin_BxTxDh):
