@@ -137,7 +137,7 @@ def _yarn_from_hf(hf: dict, rope: dict, original: int, path) -> config_lib.RopeS
     else:
         attention_factor = _number(rope, "attention_factor", path, float)
     truncate = rope.get("truncate", True)
-    if not isinstance(truncate, bool):
+    if truncate is not None and not isinstance(truncate, bool):
         raise ValueError(f"{path}: rope key 'truncate' must be true or false, got {truncate!r}")
     return config_lib.RopeScaling(
         factor=factor,
@@ -147,7 +147,7 @@ def _yarn_from_hf(hf: dict, rope: dict, original: int, path) -> config_lib.RopeS
         beta_fast=_number(rope, "beta_fast", path, float, 32.0, nullable=True) or 32.0,
         beta_slow=_number(rope, "beta_slow", path, float, 1.0, nullable=True) or 1.0,
         attention_factor=float(attention_factor),
-        truncate=truncate,
+        truncate=bool(truncate),  # null: falsy to transformers too
     )
 
 
