@@ -9,11 +9,10 @@ its config files) is copied beside the weights.
 
 import argparse
 import pathlib
-import shutil
 
 import jax
 
-from r1jax import configlib
+from r1jax import configlib, files
 from r1jax.model import config as model_config
 from r1jax.model import hf_io, transformer
 from r1jax.train import checkpoint
@@ -30,8 +29,9 @@ def export(run_dir, out_dir, *, step: int | None = None) -> pathlib.Path:
     cfg = run_model_config(run_dir)
     abstract = jax.eval_shape(lambda k: transformer.init_params(cfg, k), jax.random.key(0))
     params = checkpoint.restore_params(run_dir, abstract, step=step)
-    hf_io.save_hf(out_dir, cfg, params)
-    # The run's tokenizer: its SentencePiece model, or the HF tokenizer files it kept.
+    # The run's tokenizer first (its SentencePiece model, or the HF tokenizer files it kept),
+    # then the model, whose config.json save_hf writes last: an export cut short has none.
+    (out_dir / "config.json").unlink(missing_ok=True)
     for name in (
         "tokenizer.model",
         "tokenizer.json",
@@ -39,7 +39,8 @@ def export(run_dir, out_dir, *, step: int | None = None) -> pathlib.Path:
         "special_tokens_map.json",
     ):
         if (run_dir / name).exists():
-            shutil.copyfile(run_dir / name, out_dir / name)
+            files.write_atomic(out_dir / name, (run_dir / name).read_bytes())
+    hf_io.save_hf(out_dir, cfg, params)
     return out_dir
 
 

@@ -454,3 +454,31 @@ def test_config_defaults_follow_transformers():
     assert llama.max_seq_len == 2048  # LlamaConfig default
     with pytest.raises(ValueError, match="'rms_norm_eps' must be a number"):
         hf_io.config_from_hf({**hf, "rms_norm_eps": None})  # transformers rejects it too
+
+
+def test_a_save_cut_short_is_no_model_until_saved_again(tmp_path, monkeypatch):
+    cfg = SAVE_CASES["qwen2-tied"][0]
+    old, new = _our_model(cfg, seed=0), _our_model(cfg, seed=1)
+    hf_io.save_hf(tmp_path, cfg, old)
+    real_save, calls = safetensors_numpy.save_file, []
+
+    def save_then_fail(*args, **kwargs):  # the second shard's write fails (a kill, a full disk)
+        calls.append(args[1])
+        if len(calls) == 2:
+            raise OSError("No space left on device")
+        return real_save(*args, **kwargs)
+
+    monkeypatch.setattr(safetensors_numpy, "save_file", save_then_fail)
+    with pytest.raises(OSError, match="No space left"):
+        hf_io.save_hf(tmp_path, cfg, new, max_shard_bytes=20_000)
+    monkeypatch.setattr(safetensors_numpy, "save_file", real_save)
+    assert not (tmp_path / "config.json").exists()
+    assert not list(tmp_path.glob("*.tmp*"))  # no temporary file left behind
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        hf_io.load_hf(tmp_path)
+    with pytest.raises((OSError, ValueError), match="config.json"):  # transformers refuses too
+        transformers.AutoModelForCausalLM.from_pretrained(tmp_path)
+    hf_io.save_hf(tmp_path, cfg, new, max_shard_bytes=20_000)
+    cfg2, params2 = hf_io.load_hf(tmp_path)
+    assert cfg2 == cfg
+    jax.tree.map(np.testing.assert_array_equal, new, params2)

@@ -9,6 +9,7 @@ layer params are stacked on a leading L axis (the `nn.scan` layout).
 import dataclasses
 import json
 import math
+import os
 import pathlib
 
 import jax
@@ -17,6 +18,7 @@ import numpy as np
 import safetensors
 import safetensors.numpy
 
+from r1jax import files
 from r1jax.model import config as config_lib
 
 ModelConfig = config_lib.ModelConfig
@@ -421,12 +423,17 @@ def _hf_tensors(cfg: ModelConfig, params) -> dict[str, np.ndarray]:
 
 
 def save_hf(path, cfg: ModelConfig, params, *, max_shard_bytes: int = 5 * 1024**3) -> None:
-    """Writes config.json and safetensors (sharded with an index beyond max_shard_bytes)."""
+    """Writes config.json and safetensors (sharded with an index beyond max_shard_bytes).
+
+    config.json is removed first and written last, every file through a temporary name: a save
+    cut short (killed) leaves a folder without config.json, which no reader takes for a model
+    (`load_hf` and transformers both refuse it), and saving again completes it.
+    """
     path = pathlib.Path(path)
     path.mkdir(parents=True, exist_ok=True)
     tensors = _hf_tensors(cfg, params)
     dtype_name = tensors["model.embed_tokens.weight"].dtype.name
-    (path / "config.json").write_text(json.dumps(config_to_hf(cfg, dtype_name), indent=2))
+    (path / "config.json").unlink(missing_ok=True)
     shards: list[dict] = [{}]
     size = 0
     for name, w in tensors.items():
@@ -441,13 +448,23 @@ def save_hf(path, cfg: ModelConfig, params, *, max_shard_bytes: int = 5 * 1024**
     for stale in [path / _SINGLE_FILE, *path.glob("model-?????-of-?????.safetensors")]:
         stale.unlink(missing_ok=True)
     if len(shards) == 1:
-        safetensors.numpy.save_file(shards[0], path / _SINGLE_FILE, metadata={"format": "pt"})
-        return
-    weight_map = {}
-    for i, shard in enumerate(shards):
-        file = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-        safetensors.numpy.save_file(shard, path / file, metadata={"format": "pt"})
-        weight_map.update({name: file for name in shard})
-    total = sum(w.nbytes for w in tensors.values())
-    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-    (path / _INDEX_FILE).write_text(json.dumps(index, indent=2))
+        _save_shard(shards[0], path / _SINGLE_FILE)
+    else:
+        weight_map = {}
+        for i, shard in enumerate(shards):
+            file = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+            _save_shard(shard, path / file)
+            weight_map.update({name: file for name in shard})
+        total = sum(w.nbytes for w in tensors.values())
+        index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+        files.write_atomic(path / _INDEX_FILE, json.dumps(index, indent=2))
+    files.write_atomic(path / "config.json", json.dumps(config_to_hf(cfg, dtype_name), indent=2))
+
+
+def _save_shard(tensors: dict[str, np.ndarray], file: pathlib.Path) -> None:
+    tmp = file.with_name(f"{file.name}.tmp{os.getpid()}")
+    try:
+        safetensors.numpy.save_file(tensors, tmp, metadata={"format": "pt"})
+        os.replace(tmp, file)
+    finally:
+        tmp.unlink(missing_ok=True)
