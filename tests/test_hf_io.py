@@ -478,7 +478,9 @@ def test_a_save_cut_short_is_no_model_until_saved_again(tmp_path, monkeypatch):
         hf_io.load_hf(tmp_path)
     with pytest.raises((OSError, ValueError), match="config.json"):  # transformers refuses too
         transformers.AutoModelForCausalLM.from_pretrained(tmp_path)
+    (tmp_path / "model-00001-of-00002.safetensors.tmp4242").write_bytes(b"cut")  # a SIGKILL's
     hf_io.save_hf(tmp_path, cfg, new, max_shard_bytes=20_000)
+    assert not list(tmp_path.glob("*.tmp*"))
     cfg2, params2 = hf_io.load_hf(tmp_path)
     assert cfg2 == cfg
     jax.tree.map(np.testing.assert_array_equal, new, params2)

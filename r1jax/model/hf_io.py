@@ -443,9 +443,11 @@ def save_hf(path, cfg: ModelConfig, params, *, max_shard_bytes: int = 5 * 1024**
         shards[-1][name] = w
         size += w.nbytes
     # Weight files of an earlier save would be read instead of (transformers prefers a single
-    # model.safetensors to an index) or beside (our glob without an index) the new ones.
+    # model.safetensors to an index) or beside (our glob without an index) the new ones; a
+    # killed save may have left temporary files.
     (path / _INDEX_FILE).unlink(missing_ok=True)
-    for stale in [path / _SINGLE_FILE, *path.glob("model-?????-of-?????.safetensors")]:
+    old_files = [_SINGLE_FILE, "model-?????-of-?????.safetensors", "*.safetensors.tmp*"]
+    for stale in [p for pattern in old_files for p in path.glob(pattern)]:
         stale.unlink(missing_ok=True)
     if len(shards) == 1:
         _save_shard(shards[0], path / _SINGLE_FILE)
