@@ -196,43 +196,22 @@ def _our_model(cfg, seed=0):
     return jax.tree_util.tree_map_with_path(draw, shapes)
 
 
+def _small(**shape):
+    """A 2-layer, D 32 ModelConfig for the save cases (the rest of its shape given)."""
+    return config_lib.ModelConfig(vocab_size=V, d_model=32, n_layers=2, d_ff=64, **shape)
+
+
 SAVE_CASES = {
     "qwen2-tied": (
-        config_lib.ModelConfig(
-            vocab_size=V,
-            d_model=32,
-            n_layers=2,
-            n_heads=4,
-            n_kv_heads=2,
-            head_dim=8,
-            d_ff=64,
-            qkv_bias=True,
-            tie_embeddings=True,
-        ),
+        _small(n_heads=4, n_kv_heads=2, head_dim=8, qkv_bias=True, tie_embeddings=True),
         None,
     ),
-    "qwen2-no-bias-sharded": (
-        config_lib.ModelConfig(
-            vocab_size=V,
-            d_model=32,
-            n_layers=2,
-            n_heads=4,
-            n_kv_heads=2,
-            head_dim=8,
-            d_ff=64,
-            qkv_bias=False,
-        ),
-        20_000,
-    ),
+    "qwen2-no-bias-sharded": (_small(n_heads=4, n_kv_heads=2, head_dim=8, qkv_bias=False), 20_000),
     "llama3-untied-head_dim16": (
-        config_lib.ModelConfig(
-            vocab_size=V,
-            d_model=32,
-            n_layers=2,
+        _small(
             n_heads=2,
             n_kv_heads=1,
             head_dim=16,
-            d_ff=64,
             rope_theta=500000.0,
             rope_scaling=config_lib.RopeScaling(8.0, 1.0, 4.0, 8),
             rms_norm_eps=1e-5,
@@ -241,14 +220,10 @@ SAVE_CASES = {
         None,
     ),
     "qwen2-yarn": (
-        config_lib.ModelConfig(
-            vocab_size=V,
-            d_model=32,
-            n_layers=2,
+        _small(
             n_heads=4,
             n_kv_heads=2,
             head_dim=8,
-            d_ff=64,
             qkv_bias=True,
             rope_scaling=config_lib.RopeScaling(
                 4.0, original_max_position=8, rope_type="yarn", beta_fast=16.0, attention_factor=1.2
@@ -257,14 +232,10 @@ SAVE_CASES = {
         None,
     ),
     "llama-linear": (
-        config_lib.ModelConfig(
-            vocab_size=V,
-            d_model=32,
-            n_layers=2,
+        _small(
             n_heads=2,
             n_kv_heads=2,
             head_dim=16,
-            d_ff=64,
             rope_scaling=config_lib.RopeScaling(3.0, rope_type="linear"),
             family="llama",
         ),
