@@ -109,7 +109,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.rl.aggregation = "seq-mean-token-mean"  # | token-mean (DAPO) | seq-mean-token-sum-norm
     c.rl.ratio_level = "token"  # token | sequence (GSPO)
     c.rl.kl_coef = 0.001  # GRPO: KL-to-reference weight in the loss; PPO: in the reward
-    c.rl.kl_estimator = "k3"  # k1 | k2 | k3
+    c.rl.kl_estimator = "k3"  # k1 | k2 | k3 (GRPO's KL in the loss: k3; configs/ppo.py: k1)
     c.rl.entropy_coef = 0.0  # entropy bonus
     c.rl.tis_cap = 0.0  # truncated importance sampling cap on sampler/trainer ratio (0 = off)
     c.rl.epochs = 1  # mu: passes over each rollout
@@ -125,9 +125,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.rl.vf_coef = 0.1  # PPO value-loss weight
     c.rl.value_clip = 0.2  # PPO value clipping
     c.rl.critic = "shared"  # PPO critic: shared trunk + value head | separate model
-    c.rl.ppo_form = "clip"  # clip | kl_penalty (adaptive coefficient toward kl_target)
-    c.rl.kl_target = 0.01  # target KL for the adaptive coefficient (kl_penalty form)
-    c.rl.kl_horizon = 10000  # horizon of the adaptive KL controller
+    c.rl.ppo_form = "clip"  # clip | kl_penalty (PPO §4: KL(old || new) in the loss, kl_coef adapts)
+    c.rl.kl_target = 0.01  # kl_penalty form: target KL(old || new) per token after an update
     c.rl.whiten_advantages = True  # PPO: whiten GAE advantages over the batch
     c.rl.eval_every = 0  # held-out evaluation every N steps (0 = before and after only)
     c.rl.eval_prompts = 64  # held-out prompts per evaluation

@@ -436,16 +436,11 @@ def test_kl_penalty_policy_loss_matches_reference_and_gradient():
 
 
 def test_adaptive_kl_coef():
-    # error clipped to +0.2 (observed = 3 x target), to -0.2, and proportional inside.
-    np.testing.assert_allclose(
-        losses.adaptive_kl_coef(0.1, 0.3, target=0.1, horizon=100, n_steps=10), 0.1 * 1.02
-    )
-    np.testing.assert_allclose(
-        losses.adaptive_kl_coef(0.1, 0.0, target=0.1, horizon=100, n_steps=10), 0.1 * 0.98
-    )
-    np.testing.assert_allclose(
-        losses.adaptive_kl_coef(0.1, 0.11, target=0.1, horizon=100, n_steps=50), 0.1 * 1.05
-    )
+    # PPO §4: halve below target / 1.5, double above target * 1.5, keep in between (edges kept).
+    assert losses.adaptive_kl_coef(0.1, 0.005, target=0.01) == 0.05
+    assert losses.adaptive_kl_coef(0.1, 0.016, target=0.01) == 0.2
+    for d in (0.01 / 1.5, 0.007, 0.01, 0.014, 0.015):
+        assert losses.adaptive_kl_coef(0.1, d, target=0.01) == 0.1
 
 
 def test_kl_in_reward():

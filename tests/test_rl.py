@@ -3,11 +3,13 @@
 import json
 import os
 
+import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
 
-from r1jax import configlib
+from r1jax import configlib, sharding
 from r1jax.data import sources
 from r1jax.rl import rollout
 from r1jax.train import metrics as metrics_lib
@@ -54,6 +56,51 @@ def test_ppo_raises_the_reward(tmp_path, shared_data):
     rows = _rows(tmp_path)
     first, last = _rise(rows)
     assert last > first + 0.2, (first, last)
+
+
+def test_ppo_kl_penalty_adapts_its_coefficient_to_the_updates_kl(tmp_path, shared_data):
+    # PPO §4: d = KL(pi_old || pi) after the update (not the drift from the reference) halves or
+    # doubles beta toward rl.kl_target. Recomputed here from the policy before and after.
+    cfg = _cfg("configs/ppo.py:tiny,kl_penalty", train__steps=2)
+    r = rl.RLRun(cfg, tmp_path)
+    try:
+        before = jax.tree.map(jnp.copy, r.state.params["policy"])
+        metrics, _ = r.step_once()
+        batch = sharding.put_batch(r.last_host_batch, r.mesh)
+        old = np.asarray(r.jitted.logprobs(before, batch))
+        new = np.asarray(r.jitted.logprobs(r.state.params["policy"], batch))
+    finally:
+        r.close()
+    mask = r.last_host_batch["completion_mask_NxT"]
+    log_ratio = np.where(mask > 0, new - old, 0.0)
+    d = float(((np.exp(log_ratio) - log_ratio - 1.0) * mask).sum() / mask.sum())
+    assert d > 0 and metrics["kl_old_new"] == pytest.approx(d, rel=1e-4)
+    beta = float(np.float32(cfg.rl.kl_coef))
+    want = (
+        beta / 2 if d < cfg.rl.kl_target / 1.5 else beta * 2 if d > cfg.rl.kl_target * 1.5 else beta
+    )
+    assert r.kl_coef == pytest.approx(want, rel=1e-6)
+
+
+def test_ppo_score_gets_dapo_overlong_shaping(tmp_path, shared_data):
+    # With gamma = lambda = 1 and no KL in the reward, the return at the first completion token
+    # is the sequence's score: the task reward plus the soft overlong penalty.
+    cfg = _cfg(
+        "configs/ppo.py:tiny", rl__lam=1.0, rl__kl_coef=0.0, rl__overlong_buffer=12, train__steps=1
+    )
+    r = rl.RLRun(cfg, tmp_path)
+    try:
+        _, samples = r.step_once()
+        batch = sharding.put_batch(r.last_host_batch, r.mesh)
+        batch["old_logp_NxT"] = r.jitted.logprobs(r.state.params["policy"], batch)
+        batch["ref_logp_NxT"] = jnp.zeros_like(batch["old_logp_NxT"])  # unused: no KL
+        r._ppo_targets(batch, samples)
+        returns_N = np.asarray(batch["returns_NxT"])[:, 0]
+    finally:
+        r.close()
+    shaping_N = rollout.overlong_shaping(samples.lengths_N, cfg.rl.max_new_tokens, 12, 1.0)
+    assert np.any(shaping_N < 0)
+    np.testing.assert_allclose(returns_N, samples.rewards_N + shaping_N, atol=1e-5)
 
 
 class _Killed(Exception):
@@ -131,6 +178,8 @@ def test_rl_variants_load_and_give_loss_configs(spec):
     assert lcfg.aggregation == cfg.rl.aggregation
     rcfg = rl.rollout_config(cfg)
     assert rcfg.num_samples == cfg.rl.num_samples
+    # PPO's per-token KL in the reward is k1 (logp - ref); GRPO's in the loss is k3.
+    assert cfg.rl.kl_estimator == ("k1" if cfg.rl.algorithm == "ppo" else "k3")
 
 
 def test_non_finite_updates_in_a_row_stop_the_run_and_save_the_rollout(

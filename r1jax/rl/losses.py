@@ -285,7 +285,8 @@ def kl_penalty_policy_loss(
     (1) r = exp(logp - old_logp);
     (2) loss_t = -r * A + kl_coef * KL(old || new)_t, KL estimated on the tokens sampled
         from the old policy (`kl(old_logp, logp, kl_estimator)`);
-    (3) aggregate; adapt kl_coef between updates with `adaptive_kl_coef`.
+    (3) aggregate; adapt kl_coef between updates with `adaptive_kl_coef` (from KL(old ||
+        new) measured after the update).
     """
     _check_shapes(logp_NxT, {"old_logp_NxT": old_logp_NxT, "mask_NxT": mask_NxT})
     valid_NxT = mask_NxT > 0
@@ -301,14 +302,18 @@ def kl_penalty_policy_loss(
     return loss, metrics  # (3)
 
 
-def adaptive_kl_coef(coef, observed_kl, *, target, horizon, n_steps):
-    """Adaptive KL controller (Ziegler et al. 2019): proportional error clipped to +-0.2.
+def adaptive_kl_coef(coef, observed_kl, *, target):
+    """PPO's adaptive KL penalty coefficient (Schulman et al. 2017 §4).
 
-    (1) e = clip(observed_kl / target - 1, -0.2, 0.2);
-    (2) coef <- coef * (1 + e * n_steps / horizon).
+    `observed_kl` is d = KL(pi_old || pi) after an update, the KL the penalty weighs:
+    (1) d < target / 1.5: coef <- coef / 2;
+    (2) d > target * 1.5: coef <- coef * 2; otherwise unchanged.
     """
-    error = jnp.clip(observed_kl / target - 1.0, -0.2, 0.2)  # (1)
-    return coef * (1.0 + error * n_steps / horizon)  # (2)
+    if observed_kl < target / 1.5:  # (1)
+        return coef / 2.0
+    if observed_kl > target * 1.5:  # (2)
+        return coef * 2.0
+    return coef
 
 
 def kl_in_reward(score_N, logp_NxT, ref_logp_NxT, mask_NxT, *, kl_coef, estimator="k1"):

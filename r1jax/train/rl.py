@@ -337,6 +337,7 @@ class RLRun:
         host, metrics, samples = self.maker.make()
         self.last_host_batch = host
         batch = sharding.put_batch(host, self.mesh)
+        inputs = dict(batch)  # the log-prob function's arguments (one compiled program)
         t0 = time.perf_counter()
         if not self.on_policy:  # several updates per rollout: freeze the sampling policy's numbers
             batch["old_logp_NxT"] = self.jitted.logprobs(self.state.params["policy"], batch)
@@ -354,6 +355,10 @@ class RLRun:
         metrics.update(t)
         if rl.algorithm == "ppo":
             metrics["kl_ref_k3"] = self._kl_to_ref(host, batch)
+            if not metrics.get("skipped_updates", 0.0):  # a skipped update changed nothing
+                d = self.adapt_kl(inputs, batch["old_logp_NxT"], host)
+                if d is not None:
+                    metrics["kl_old_new"] = d
         if rl.ref_reset_every and int(self.state.step) % rl.ref_reset_every == 0:
             self.ref = jax.tree.map(jnp.copy, self.state.params["policy"])
         return metrics, samples
@@ -373,7 +378,11 @@ class RLRun:
         """PPO: per-token rewards (task score at the last token, KL penalty) and GAE."""
         rl = self.cfg.rl
         values_NxT = self.jitted.values(self.state.params, batch)
-        score_N = jnp.asarray(samples.rewards_N, jnp.float32)
+        # The task score with DAPO's overlong shaping (as the GRPO family's advantages get it).
+        score_N = samples.rewards_N + rollout.overlong_shaping(
+            samples.lengths_N, rl.max_new_tokens, rl.overlong_buffer, rl.overlong_penalty
+        )
+        score_N = jnp.asarray(score_N, jnp.float32)
         rewards_NxT = losses.kl_in_reward(
             score_N,
             batch["old_logp_NxT"],
@@ -396,21 +405,24 @@ class RLRun:
             jnp.asarray(self.kl_coef, jnp.float32), sharding.replicated(self.mesh)
         )
 
-    def adapt_kl(self, observed_kl: float):
-        """PPO's adaptive KL coefficient (Ziegler et al.) toward rl.kl_target."""
+    def adapt_kl(self, inputs, old_logp_NxT, host) -> float | None:
+        """PPO's adaptive KL penalty (kl_penalty form, Schulman et al. 2017 §4): after the
+        update, d = KL(pi_old || pi) over the rollout's completion tokens (k3 on the tokens the
+        old policy sampled, all processes' rows), and the coefficient halves or doubles toward
+        rl.kl_target. Returns d (None in other forms, where the coefficient is fixed)."""
         rl = self.cfg.rl
-        if rl.algorithm == "ppo" and rl.ppo_form == "kl_penalty" and rl.kl_target > 0:
-            self.kl_coef = float(
-                np.float32(
-                    losses.adaptive_kl_coef(
-                        self.kl_coef,
-                        observed_kl,
-                        target=rl.kl_target,
-                        horizon=rl.kl_horizon,
-                        n_steps=rl.prompts_per_step * rl.num_samples,
-                    )
-                )
-            )
+        if not (rl.algorithm == "ppo" and rl.ppo_form == "kl_penalty" and rl.kl_target > 0):
+            return None
+        new = sharding.local_rows(self.jitted.logprobs(self.state.params["policy"], inputs))
+        old = sharding.local_rows(old_logp_NxT)
+        mask = host["completion_mask_NxT"]  # this process's rows
+        log_ratio = np.where(mask > 0, new - old, 0.0)
+        k3 = (np.exp(log_ratio) - log_ratio - 1.0) * mask
+        k3_sum, count = distributed.gather_rows(np.asarray([[k3.sum(), mask.sum()]])).sum(axis=0)
+        d = float(k3_sum / max(count, 1.0))
+        coef = losses.adaptive_kl_coef(self.kl_coef, d, target=rl.kl_target)
+        self.kl_coef = float(np.float32(coef))  # checkpointed as float32
+        return d
 
     def save(self, force=False):
         extra = {"ref": self.ref, "kl_coef": jnp.asarray(self.kl_coef, jnp.float32)}
@@ -472,7 +484,6 @@ def run(cfg, workdir) -> dict:
                 quick = evaluator.evaluate(r.state.params["policy"], f"eval_{step}", quick=True)
                 metrics.update({f"eval/{k}": v for k, v in quick.metrics.items() if "/" not in k})
             bad_in_row = _guard_bad_steps(r, metrics, step, bad_in_row)
-            r.adapt_kl(metrics.get("kl_ref_k3", metrics.get("kl_ref", 0.0)))
             metrics["kl_coef"] = r.kl_coef
             if step % cfg.train.log_every == 0 or step == cfg.train.steps:
                 writer.write(step, metrics)
@@ -504,7 +515,9 @@ def _step_flops(cfg, r: "RLRun", samples) -> tuple[float, float]:
     count = jax.process_count()
     n_seq = len(samples.texts) * count
     trained = n_seq * (samples.prompt_BxP.shape[1] + samples.completion_NxT.shape[1])
-    passes = (r.kl_coef > 0) + (not r.on_policy) + (cfg.rl.algorithm == "ppo")
+    kl_penalty = cfg.rl.algorithm == "ppo" and cfg.rl.ppo_form == "kl_penalty"
+    # Forwards besides the update: reference, old policy, values, updated policy (kl_penalty).
+    passes = (r.kl_coef > 0) + (not r.on_policy) + (cfg.rl.algorithm == "ppo") + kl_penalty
     flops = report.step_flops(
         r.model_cfg,
         trained_tokens=trained,
@@ -537,9 +550,11 @@ def _throughput(cfg, model_cfg, samples, step_time_s: float, peak: float) -> dic
     n_seq = len(samples.texts) * jax.process_count()
     fwd = model_config.forward_flops_per_token(model_cfg, seq)
     # Generation (forward per token), old + ref log-probs (2 forwards over N*(P+T) tokens),
-    # one training pass (3 forwards) per epoch over the same tokens.
+    # one training pass (3 forwards) per epoch over the same tokens, and for PPO's kl_penalty
+    # form the updated policy's log-probs.
     train_tokens = n_seq * (samples.prompt_BxP.shape[1] + samples.completion_NxT.shape[1])
-    passes = 2 + 3 * cfg.rl.epochs
+    kl_penalty = cfg.rl.algorithm == "ppo" and cfg.rl.ppo_form == "kl_penalty"
+    passes = 2 + 3 * cfg.rl.epochs + kl_penalty  # + the updated policy's log-probs
     flops = fwd * (gen_tokens + passes * train_tokens)
     return {
         "gen_tokens_per_s": gen_tokens / step_time_s,
