@@ -2,8 +2,10 @@
 
 import concurrent.futures
 import ctypes
+import json
 import os
 import random
+import shutil
 import socket
 import subprocess
 import sys
@@ -436,3 +438,179 @@ def test_sandbox_stops_when_the_process_that_started_it_dies():
     left = code.processes_of_uid(uid)
     code.kill_uid(uid)
     assert left == []
+
+
+# Its reply makes the harness decode a dict whose int keys all hash alike: quadratic, ~100 s.
+_BUSY_HARNESS = """
+import fcntl, os, time
+M = (1 << 61) - 1
+def solve(x):
+    body = ",".join("[%d, 0]" % (k * M) for k in range(1, 130001))
+    line = ('{"ok": {"d": [' + body + ']}}\\n').encode()
+    for fd in range(3, 64):
+        try:
+            if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_WRONLY:
+                os.write(fd, line)
+        except OSError:
+            pass
+    time.sleep(1000)
+"""
+_BUSY_WORKER = """
+import sys
+from r1jax.rewards import code
+code.secrets.randbelow = lambda n: int(sys.argv[1])
+code.run_tests(sys.argv[2], "def check(c):\\n    assert c(3) == 10\\n", entry_point="solve",
+               timeout_s=60.0)
+"""
+
+
+def _sandbox_processes(uid: int) -> list[int]:
+    """Pids running the sandbox of `uid`: its harness (uid in its arguments) or the program."""
+    found = set(code.processes_of_uid(uid))
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                args = f.read().split(b"\0")
+        except OSError:
+            continue
+        if str(uid).encode() in args and any(a.endswith(b"sandbox_harness.py") for a in args):
+            found.add(int(entry))
+    return sorted(found)
+
+
+def test_sandbox_dies_with_its_starter_even_while_the_harness_is_busy():
+    # The harness only checks for a dead caller between reads; here it is stuck decoding a
+    # hostile reply when the worker dies, so the sandbox must be killed with the worker.
+    if os.geteuid() != 0:
+        pytest.skip("the program's processes are found by its own uid (root only)")
+    offset = random.randrange(1_000_000_000)
+    uid = 200_000 + offset
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(code.__file__))))
+    env = dict(os.environ, PYTHONPATH=root)
+    args = [sys.executable, "-c", _BUSY_WORKER, str(offset), _BUSY_HARNESS]
+    worker = subprocess.Popen(args, env=env)
+    try:
+        deadline = time.monotonic() + 30.0
+        while not code.processes_of_uid(uid):  # wait until the program runs
+            assert worker.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        time.sleep(1.0)  # the reply is written and the harness decodes it
+    finally:
+        worker.kill()
+        worker.wait()
+    deadline = time.monotonic() + 3.0
+    while _sandbox_processes(uid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    left = _sandbox_processes(uid)
+    for pid in left:
+        try:
+            os.kill(pid, 9)
+        except ProcessLookupError:
+            pass
+    assert left == []
+
+
+# Run as an unprivileged user: prints the isolation chosen, then each program's status.
+_AS_NOBODY = """
+import json, os, sys
+from r1jax.rewards import code
+out = {}
+try:
+    out["best"] = code.best_isolation()
+except code.SandboxUnavailable as e:
+    out["best"], out["message"] = "unavailable", str(e)
+tests = "def check(candidate):\\n    assert candidate(3) == 10\\n"
+leak = '''
+import os
+def solve(x):
+    # What a program sharing the harness's uid could reach of the harness: its memory, its
+    # environment, its pipe to the caller. The tests pass only if none of it opens.
+    opened = []
+    for name in ("mem", "environ", "fd/1", "fd/0"):
+        try:
+            os.close(os.open(f"/proc/{os.getppid()}/{name}", os.O_RDONLY | os.O_NONBLOCK))
+            opened.append(name)
+        except OSError:
+            pass
+    return x * x + 1 if not opened and os.getppid() > 1 else opened
+'''
+programs = {"correct": sys.argv[1], "wrong": sys.argv[2], "leak": leak}
+for name, program in programs.items():
+    try:
+        r = code.run_tests(program, tests, entry_point="solve", timeout_s=5.0)
+        out[name] = [r.status, r.isolation, r.uid, r.detail[:200]]
+    except code.SandboxUnavailable:
+        out[name] = ["raised SandboxUnavailable"]
+print(json.dumps(out))
+"""
+
+
+def _as_nobody(*args, env=None):
+    """Runs python (the first interpreter user 65534 can start) as uid 65534, or None."""
+    if not code._is_root() or shutil.which("setpriv") is None:
+        return None
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(code.__file__))))
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": root, **(env or {})}
+    drop = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    # The interpreter must also start itself again as that user (the harness is sys.executable).
+    probe = "import subprocess, sys, r1jax.rewards.code\n"
+    probe += "subprocess.run([sys.executable, '-c', '0'], check=True)"
+    for python in ("/usr/bin/python3", sys.executable):
+        check = [python, "-c", probe]
+        probe = subprocess.run(drop + check, env=env, cwd="/", capture_output=True)
+        if probe.returncode == 0:
+            return subprocess.run(
+                drop + [python, "-c", *args], env=env, cwd="/", capture_output=True, text=True
+            )
+    return None
+
+
+def test_a_user_who_is_not_root_gets_correct_grades_or_a_clear_refusal():
+    # The program cannot get a uid of its own; it shares the harness's, which must still keep
+    # its memory and pipes out of the program's reach.
+    done = _as_nobody(_AS_NOBODY, CORRECT, WRONG)
+    if done is None:
+        pytest.skip("needs root, setpriv and a Python that uid 65534 can run")
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = json.loads(done.stdout)
+    if out["best"] == "unavailable":  # no usable bwrap: refused, naming the way out
+        assert "R1JAX_SANDBOX=rlimits" in out["message"] and "bubblewrap" in out["message"]
+        assert out["correct"] == ["raised SandboxUnavailable"]
+        forced = _as_nobody(_AS_NOBODY, CORRECT, WRONG, env={"R1JAX_SANDBOX": "rlimits"})
+        out = json.loads(forced.stdout)
+    assert out["correct"][:3] == ["passed", out["best"], 65534], out
+    assert out["wrong"][0] == "failed", out
+    assert out["leak"][0] == "passed", out
+
+
+def test_code_records_without_a_sandbox_stop_the_run_before_training(monkeypatch):
+    from r1jax.rewards import registry
+
+    monkeypatch.setattr(code, "_is_root", lambda: False)
+    monkeypatch.setattr(code, "_mode_works", lambda mode: mode == "rlimits")
+    monkeypatch.delenv("R1JAX_SANDBOX", raising=False)
+    record = {"task": "code", "prompt": "def solve(x):\n", "test": TESTS, "entry_point": "solve"}
+    with pytest.raises(code.SandboxUnavailable, match="bubblewrap"):
+        registry.check_records(["accuracy", "format"], [record], "train.jsonl")
+    assert registry.check_records(["format"], [record], "train.jsonl") == [record]
+    monkeypatch.setenv("R1JAX_SANDBOX", "rlimits")  # accepted explicitly
+    assert registry.check_records(["accuracy"], [record], "train.jsonl") == [record]
+
+
+def test_the_pool_waits_for_a_code_run_as_long_as_its_own_limit():
+    # The pool's timeout (1 s here, 10 s by default) is shorter than the record's code timeout
+    # plus the sandbox's start-up: a correct but slow program must not be cut off as a hang.
+    from r1jax.rewards import registry
+
+    slow = "```python\ndef solve(x):\n    __import__('time').sleep(1.5)\n    return x * x + 1\n```"
+    record = {
+        "task": "code",
+        "prompt": 'def solve(x):\n    """x * x + 1"""\n',
+        "test": "def check(candidate):\n    assert candidate(3) == 10\n",
+        "entry_point": "solve",
+        "timeout_s": 4.0,
+    }
+    with registry.RewardPool({"accuracy": 1.0}, num_workers=1, timeout_s=1.0) as pool:
+        total, _, metrics = pool.score([slow], [record])
+    assert total.tolist() == [1.0]
+    assert metrics["rewards/timeouts/accuracy"] == 0 and metrics["rewards/worker_restarts"] == 0

@@ -7,8 +7,15 @@ chroots into the same file system view bwrap gives), "rlimits" (resource limits 
 uid only). In every mode the program runs under a fresh random uid with CPU, memory, file-size,
 process-count and open-file limits, and every process of that uid is killed when the run ends.
 See sandbox_harness.py for how tests call the program.
+
+Run by a user who is not root, only bwrap (unprivileged, in a user namespace) isolates: the
+program keeps the user's uid (sandbox_harness.py says what still separates it from the tests),
+and "unshare" is unavailable. Without bwrap a non-root user's code rewards raise
+SandboxUnavailable at the start of a run (`require_isolation`) rather than grade with nothing
+between the program and the user's files and network; R1JAX_SANDBOX=rlimits accepts that.
 """
 
+import ctypes
 import dataclasses
 import functools
 import json
@@ -28,10 +35,20 @@ _HARNESS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sandbox_har
 _BWRAP_HARNESS = "/r1jax/sandbox_harness.py"  # where bwrap mounts it inside the sandbox
 ISOLATION_MODES = ("bwrap", "unshare", "rlimits")
 STARTUP_MARGIN_S = 3.0  # interpreter start inside the sandbox, on a loaded 2-core machine
+CLEANUP_S = 3.0  # killing the sandbox's processes and removing its work dir, loaded machine
 WORKDIR_BYTES = 16 << 20
 OUTPUT_FILE_BYTES = 1 << 20
 MAX_PROCESSES = 16
 MAX_OPEN_FILES = 64
+_PR_SET_PDEATHSIG = 1
+
+
+class SandboxUnavailable(RuntimeError):
+    """No isolation mode this process can use for untrusted programs."""
+
+
+def _is_root() -> bool:
+    return os.geteuid() == 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,7 +119,7 @@ def _mode_works(mode: str) -> bool:
     if mode == "rlimits":
         return True
     tool = "bwrap" if mode == "bwrap" else "unshare"
-    if shutil.which(tool) is None:
+    if shutil.which(tool) is None or (mode == "unshare" and not _is_root()):
         return False
     probe = _sandbox_prefix(mode) + [sys.executable, "-I", "-S", "-c", "pass"]
     if mode == "unshare":  # the harness must also be able to mount its private file system
@@ -119,13 +136,31 @@ def _mode_works(mode: str) -> bool:
 
 
 def best_isolation() -> str:
-    """The strongest isolation mode that works here (the R1JAX_SANDBOX env var can force one)."""
+    """The strongest isolation mode that works here (the R1JAX_SANDBOX env var can force one).
+
+    Raises SandboxUnavailable for a user who is not root where bwrap does not work: "rlimits"
+    would then run programs as that user, with their files and the network (force it with
+    R1JAX_SANDBOX=rlimits where that is acceptable, e.g. inside a throwaway container)."""
     forced = os.environ.get("R1JAX_SANDBOX")
     if forced:
         if forced not in ISOLATION_MODES:
             raise ValueError(f"R1JAX_SANDBOX={forced!r}; expected one of {ISOLATION_MODES}")
         return forced
-    return next(mode for mode in ISOLATION_MODES if _mode_works(mode))
+    mode = next(mode for mode in ISOLATION_MODES if _mode_works(mode))
+    if mode == "rlimits" and not _is_root():
+        raise SandboxUnavailable(
+            f"code rewards: no sandbox for a user who is not root (uid {os.getuid()}): bwrap "
+            "(bubblewrap) is missing or cannot create namespaces here, and 'unshare' needs "
+            "root. Install bubblewrap, run as root (e.g. in a container), or set "
+            "R1JAX_SANDBOX=rlimits to run programs under your own uid with resource limits only"
+        )
+    return mode
+
+
+def require_isolation() -> str:
+    """The mode `run_tests` will use; raises SandboxUnavailable now rather than on every
+    program (a run whose code rewards all fail to start would train on zeros)."""
+    return best_isolation()
 
 
 def _limits(timeout_s: float, memory_mb: int) -> dict[str, int]:
@@ -191,7 +226,8 @@ def run_tests(
 ) -> TestResult:
     """Run `program` in the sandbox, then the trusted `tests` (plus `check(entry_point)`)."""
     mode = isolation or best_isolation()
-    uid = 200_000 + secrets.randbelow(1_000_000_000)
+    # A fresh uid needs root; otherwise the harness runs the program under this uid (-1).
+    uid = 200_000 + secrets.randbelow(1_000_000_000) if _is_root() else -1
     nonce = secrets.token_hex(16)
     request = {"program": program, "tests": tests, "entry_point": entry_point, "prelude": prelude}
     request.update(nonce=nonce, timeout_s=timeout_s)
@@ -206,6 +242,10 @@ def run_tests(
         cwd=workdir,
         env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
         start_new_session=True,
+        # The sandbox dies with this thread's process (a pool worker killed on its timeout):
+        # bwrap --die-with-parent and unshare --kill-child pass it on to the harness, whose pid
+        # namespace takes the program with it.
+        preexec_fn=_die_with_parent,
     )
     try:
         stdout, stderr = proc.communicate(
@@ -227,8 +267,12 @@ def run_tests(
         detail=str(verdict.get("detail", "")),
         stdout=str(verdict.get("stdout", "")),
         stderr=str(verdict.get("stderr", "")),
-        uid=uid,
+        uid=uid if uid >= 0 else os.getuid(),
     )
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the forked child
+    ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
 def _cleanup(proc: subprocess.Popen, uid: int, workdir: str) -> None:
@@ -237,11 +281,12 @@ def _cleanup(proc: subprocess.Popen, uid: int, workdir: str) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
-    kill_uid(uid)
+    if uid >= 0:  # the program's own uid (root only); otherwise its pid namespace ends it
+        kill_uid(uid)
     proc.communicate()
-    # SIGKILL is delivered asynchronously; wait (briefly) until no process of the uid is alive.
+    # SIGKILL is delivered asynchronously; wait (briefly) until no process of the uid lives.
     deadline = time.monotonic() + 2.0
-    while processes_of_uid(uid) and time.monotonic() < deadline:
+    while uid >= 0 and processes_of_uid(uid) and time.monotonic() < deadline:
         time.sleep(0.01)
         kill_uid(uid)
     shutil.rmtree(workdir, ignore_errors=True)

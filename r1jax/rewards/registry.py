@@ -17,9 +17,9 @@ import time
 import numpy as np
 
 from r1jax.data import sources
+from r1jax.rewards import code, tasks
 from r1jax.rewards import format as format_reward
 from r1jax.rewards import language as language_reward
-from r1jax.rewards import tasks
 
 _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _WORKER_START_S = 60.0  # importing sympy on a loaded machine
@@ -90,6 +90,19 @@ def get(name: str):
 _REWARD_TASK = {"gsm8k": "gsm8k", "math": "math", "countdown": "countdown", "code": "code"}
 
 
+def _graded_task(name: str, record: dict) -> str | None:
+    """The task a built-in reward grades `record` as (None for the others)."""
+    if name == "accuracy":
+        return record.get("task", "math")
+    return _REWARD_TASK.get(name)
+
+
+def time_needed(name: str, record: dict) -> float:
+    """Seconds reward `name` may need on `record` by its task's own limits (`tasks.time_needed`)."""
+    task = _graded_task(name, record)
+    return tasks.time_needed(task, record) if task in tasks.TASKS else 0.0
+
+
 def record_problem(names, record: dict) -> str | None:
     """Why the rewards `names` cannot grade `record` (a field they read is missing, an unknown
     task), or None. A run checks its records up front: otherwise every completion of such a
@@ -130,6 +143,9 @@ def check_records(names, records: list[dict], where: str, *, on_error: str = "ra
         logging.warning("%s: skipped %d records the rewards cannot grade", where, skipped)
     if not kept:
         raise sources.DataError(f"{where}: no record the rewards {names} can grade")
+    graded = {_graded_task(name, r) for r in kept for name in names}
+    if any(tasks.TASKS.get(task) is tasks.humaneval for task in graded):
+        code.require_isolation()  # SandboxUnavailable now, not a zero for every program
     return kept
 
 
@@ -242,10 +258,15 @@ class RewardPool:
                     worker.task = pending.pop()
                     index, names = worker.task
                     worker.requests.send((index, names, completions[index], records[index]))
-                    worker.deadline = time.monotonic() + self.timeout_s
-            self._collect(values, counts, pending)
+                    worker.deadline = self._deadline(names[0], records[index])
+            self._collect(values, counts, pending, records)
 
-    def _collect(self, values, counts, pending):
+    def _deadline(self, name: str, record: dict) -> float:
+        """When scoring `name` on `record` counts as a timeout: timeout_s, or longer where the
+        record's task has a longer limit of its own (a code run's timeout and sandbox)."""
+        return time.monotonic() + max(self.timeout_s, time_needed(name, record))
+
+    def _collect(self, values, counts, pending, records):
         """Wait for replies; record values; replace workers that time out or die."""
         now = time.monotonic()
         waits = [w.deadline - now for w in self._workers if w.task] or [_WORKER_START_S]
@@ -255,7 +276,7 @@ class RewardPool:
         for slot, worker in enumerate(self._workers):
             if worker.replies in ready:
                 try:
-                    self._receive(worker, values, counts)
+                    self._receive(worker, values, counts, records)
                     continue
                 except (EOFError, OSError):
                     reason = "crashes"
@@ -267,7 +288,7 @@ class RewardPool:
                 continue
             self._replace(slot, reason, counts, pending)
 
-    def _receive(self, worker, values, counts):
+    def _receive(self, worker, values, counts, records):
         message = worker.replies.recv()
         if message == "ready":
             worker.ready = True
@@ -277,7 +298,8 @@ class RewardPool:
         counts[f"crashes/{name}"] += error is not None
         remaining = worker.task[1][1:]
         worker.task = (index, remaining) if remaining else None
-        worker.deadline = time.monotonic() + self.timeout_s
+        if remaining:
+            worker.deadline = self._deadline(remaining[0], records[index])
 
     def _replace(self, slot, reason, counts, pending):
         """The function being scored gets 0 and a count; the item's other functions are requeued."""

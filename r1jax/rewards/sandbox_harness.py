@@ -5,6 +5,11 @@ drops to a fresh unprivileged uid and runs the untrusted program. The tests run 
 the program's functions through proxies: arguments and return values cross a pipe as tagged
 JSON of plain data (never pickle). So nothing P does to its own interpreter (patched builtins,
 assert, sys.exit, fake output) reaches the tests, and P cannot signal, ptrace or read H.
+
+Started by a user who is not root (uid argument -1: unprivileged bubblewrap, or a forced
+"rlimits"), H cannot give P another uid; P then runs under H's uid and H makes itself
+non-dumpable first, so P still cannot ptrace H or open its memory or file descriptors in /proc
+(it can kill H, which only loses the verdict: a run without one earns nothing).
 """
 
 import builtins
@@ -27,6 +32,7 @@ PRELOAD = (
 ).split()
 MAX_MESSAGE = 4 << 20
 OUTPUT_PREVIEW = 2048
+PR_SET_DUMPABLE = 4
 PR_SET_NO_NEW_PRIVS = 38
 PRIVATE_FS_FLAG = "--private-fs"
 TMPFS_BYTES = 16 << 20
@@ -168,8 +174,10 @@ def private_filesystem(prefixes):
     os.chdir("/sandbox")
 
 
-def _program_main(cmd_fd, res_fd, uid, limits):
-    """P: drop privileges and limits, then serve exec/call requests. Never returns."""
+def _program_main(cmd_fd, res_fd, uid, limits, own_uid=True):
+    """P: drop privileges and limits, then serve exec/call requests. Never returns.
+
+    own_uid=False (H is not root): P keeps H's uid; everything else is the same."""
     os.setsid()
     for name, value in limits.items():
         resource.setrlimit(getattr(resource, name), (value, value))
@@ -184,14 +192,15 @@ def _program_main(cmd_fd, res_fd, uid, limits):
                 os.close(fd)
             except OSError:
                 pass
-    os.fchown(1, uid, uid)
-    os.fchown(2, uid, uid)
-    os.chown(".", uid, uid)
     # No setuid-binary escalation after the uid drop (bwrap sets this too; the fallbacks need it).
     ctypes.CDLL(None).prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
-    os.setgroups([])
-    os.setgid(uid)
-    os.setuid(uid)
+    if own_uid:
+        os.fchown(1, uid, uid)
+        os.fchown(2, uid, uid)
+        os.chown(".", uid, uid)
+        os.setgroups([])
+        os.setgid(uid)
+        os.setuid(uid)
     os.environ.clear()
     reader, namespace = _Reader(cmd_fd), {"__name__": "__main__"}
     while True:
@@ -287,9 +296,16 @@ def main():
     for module in PRELOAD:
         __import__(module)
     uid = int(sys.argv[1])
+    own_uid = uid >= 0  # -1: not root, P runs under H's uid (module docstring)
+    if not own_uid:
+        uid = os.getuid()
     limits = json.loads(sys.argv[2])
     if PRIVATE_FS_FLAG in sys.argv[3:]:
         private_filesystem(sys.argv[sys.argv.index(PRIVATE_FS_FLAG) + 1 :])
+    # Non-dumpable: a process of the same uid without CAP_SYS_PTRACE can neither ptrace H nor
+    # open its /proc files (memory, fds, environ); P inherits the flag.
+    if ctypes.CDLL(None).prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
+        raise OSError("prctl(PR_SET_DUMPABLE, 0) failed")
     cmd_r, cmd_w = os.pipe()
     res_r, res_w = os.pipe()
     pid = os.fork()
@@ -297,7 +313,7 @@ def main():
         try:
             os.close(cmd_w)
             os.close(res_r)
-            _program_main(cmd_r, res_w, uid, limits)
+            _program_main(cmd_r, res_w, uid, limits, own_uid)
         finally:
             os._exit(1)
     os.close(cmd_r)

@@ -149,6 +149,16 @@ def task_fields(task: str, record: dict) -> tuple[str, ...]:
     return TASK_FIELDS[task]
 
 
+def time_needed(task: str, record: dict) -> float:
+    """Seconds grading `record` as `task` may take by its own limits (0: none of its own). A
+    code run may use its timeout, the sandbox's start-up margin and its clean-up; a reward pool
+    waits at least that long before it counts a timeout (and kills the worker)."""
+    if TASKS.get(task) is humaneval:
+        timeout_s = float(record.get("timeout_s", CODE_TIMEOUT_S))
+        return timeout_s + code.STARTUP_MARGIN_S + code.CLEANUP_S
+    return 0.0
+
+
 def accuracy(completion: str, record: dict) -> float:
     """Task accuracy, dispatched on record["task"] (default "math")."""
     task = record.get("task", "math")
