@@ -631,13 +631,14 @@ def prefill(
     return _constrain(_record(state, token_B, logp_B, sampling), layout)
 
 
-def decode(cfg, params, state: DecodeState, *, sampling, layout=None) -> SampleOutput:
+def decode(cfg, params, state: DecodeState, *, sampling, layout=None, stop_axes=()) -> SampleOutput:
     """Runs the decode loops until every row has stopped or T tokens are sampled.
 
     One `lax.while_loop` per cache chunk (`attention_bounds`): the loop for chunk j feeds slots
     in chunk j and attends over chunks 0..j, all known when it is traced, so a step needs no
     branch to pick the chunk to write or the chunks to read. Each loop also stops as soon as
-    every row has stopped; the later loops then run no step.
+    every row has stopped; the later loops then run no step. With `stop_axes` (manual mesh axes
+    inside `jax.shard_map`) "every row" means every row on those axes (`_generate`).
     """
     t, p = state.tokens_BxT.shape[1], state.prompt_mask_NxP.shape[1]
     # Ends of the chunks in new-token slots (the first chunk holds the prompt's P slots too when
@@ -655,7 +656,10 @@ def decode(cfg, params, state: DecodeState, *, sampling, layout=None) -> SampleO
     slot_R = jnp.arange(sum(sizes), dtype=jnp.int32)[None, :]
 
     def cond(st: DecodeState, last_step):
-        return (st.step < last_step) & ~jnp.all(st.done_B)
+        all_done = jnp.all(st.done_B)
+        if stop_axes:  # done only when every shard is: one scalar all-reduce per step
+            all_done = jax.lax.pmin(all_done.astype(jnp.int32), stop_axes) > 0
+        return (st.step < last_step) & ~all_done
 
     def body(st: DecodeState, segment):
         # Feed the token sampled at step-1: new token step-1, at cache slot P + step - 1.
@@ -705,6 +709,7 @@ def _sample_rows(
     num_samples,
     sampling,
     layout,
+    stop_axes=(),
 ):
     """Prefill and decode of the given rows (all of them, or one device's share)."""
     # On a mesh, the prefill forward's activations are laid out (sharding.activation_layout).
@@ -720,7 +725,7 @@ def _sample_rows(
             sampling=sampling,
             layout=layout,
         )
-    return decode(cfg, params, state, sampling=sampling, layout=layout)
+    return decode(cfg, params, state, sampling=sampling, layout=layout, stop_axes=stop_axes)
 
 
 def _generate(
@@ -733,8 +738,12 @@ def _generate(
     over the batch axes): no step waits for another device (one global loop all-reduced its
     all-rows-done test every step, and gathered FSDP weights inside the loop), and each device
     stops as soon as its own rows have. Params are gathered over the batch axes once per call;
-    the other axes (tensor) stay automatic (`sharding.per_shard_layout`). The draws' uniforms
-    are made for all rows before the split, so a row draws the same numbers on any mesh.
+    the other axes (tensor) stay automatic (`sharding.per_shard_layout`). When those axes are
+    split, the steps hold collectives over them, and XLA:CPU's collectives wait for every
+    device of the program, so a shard that stopped early would leave the others waiting
+    forever: the loops then stop when every shard's rows have (`decode`'s stop_axes). The
+    draws' uniforms are made for all rows before the split, so a row draws the same numbers on
+    any mesh.
     """
     b, t = prompt_NxP.shape[0] * num_samples, max_new_tokens
     uniform_BxT = step_uniforms(key, b, t if sampling.temperature > 0 else 0)
@@ -749,8 +758,10 @@ def _generate(
         return sample(params, prompt_NxP, prompt_lens_N, uniform_BxT, layout=None)
     mesh, rules = layout
     rows = sharding_lib.batch_sharding(mesh).spec
+    inner = sharding_lib.per_shard_layout(mesh, rules)
+    axes = tuple(sharding_lib.batch_axes(mesh))
     per_shard = jax.shard_map(
-        functools.partial(sample, layout=sharding_lib.per_shard_layout(mesh, rules)),
+        functools.partial(sample, layout=inner, stop_axes=axes if inner is not None else ()),
         mesh=mesh,
         in_specs=(jax.sharding.PartitionSpec(), rows, rows, rows),
         out_specs=rows,

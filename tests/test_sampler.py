@@ -359,6 +359,24 @@ def test_sharded_params_and_batch_match_single_device(model, t, mesh_sizes, g):
     np.testing.assert_allclose(out.logprobs, ref.logprobs, atol=1e-5)
 
 
+def test_tensor_split_mesh_with_shards_stopping_at_different_steps(model):
+    # With the tensor axis split, decode steps hold collectives over it; on XLA:CPU these wait
+    # for every device, so a batch shard whose rows all stopped early must keep stepping with
+    # the others (before: a rendezvous timeout, then the process aborted).
+    cfg, params = model
+    mesh = sharding_lib.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+    sharded = jax.device_put(params, sharding_lib.param_shardings(tf.logical_axes(cfg), mesh))
+    kw = dict(max_new_tokens=16, temperature=1.0, seed=7)
+    free = sampler.generate(cfg, params, PROMPTS[:3], **kw)
+    kw["eos_ids"] = (int(free.tokens[0, 4]),)  # row 0 stops by step 5 (same draws)
+    # 3 prompts on 4 row shards: the padding row's shard is done before the first step.
+    ref = sampler.generate(cfg, params, PROMPTS[:3], **kw)
+    assert ref.lengths[0] <= 5 and ref.lengths.max() == 16
+    out = sampler.generate(cfg, sharded, PROMPTS[:3], mesh=mesh, **kw)
+    np.testing.assert_array_equal(out.tokens, ref.tokens)
+    np.testing.assert_array_equal(out.lengths, ref.lengths)
+
+
 def test_step_uniforms_are_the_per_step_keys_draws():
     # Made once per call outside the decode loop; step s draws with fold_in(key, s).
     key = jax.random.key(5)
