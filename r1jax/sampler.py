@@ -222,7 +222,10 @@ def sample_with_uniforms(
     """
     z_BxV = logits_BxV.astype(jnp.float32)
     if sampling.temperature not in (0, 1):
-        z_BxV = z_BxV / sampling.temperature
+        # The max is taken out before the division: (z - max) / T is <= 0 with an exact 0 at
+        # the max however XLA rounds each fused copy of the division, and finite for any T > 0
+        # (z / T alone overflowed, or came out different in the max and the exp, at T << 1).
+        z_BxV = (z_BxV - jnp.max(z_BxV, axis=-1, keepdims=True)) / sampling.temperature
     max_B = jnp.max(z_BxV, axis=-1)
     weights_BxV = jnp.exp(z_BxV - max_B[:, None])
     log_total_B = jnp.log(jnp.sum(weights_BxV, axis=-1))
@@ -778,6 +781,26 @@ _generate_jit = jax.jit(
 )
 
 
+def _integer(name: str, value) -> int:
+    """`value` as an int; a fractional or non-numeric value raises naming `name`."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer, float)):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    if value != int(value):
+        raise ValueError(f"{name} must be a whole number, got {value!r}")
+    return int(value)
+
+
+def token_ids(name: str, ids) -> tuple[int, ...]:
+    """Stop token ids as a tuple: None (none), one id, or a sequence of ids."""
+    if ids is None:
+        return ()
+    if isinstance(ids, (int, np.integer)) and not isinstance(ids, (bool, np.bool_)):
+        return (int(ids),)
+    if isinstance(ids, (str, bytes)) or not hasattr(ids, "__iter__"):
+        raise TypeError(f"{name} must be a token id or a sequence of token ids, got {ids!r}")
+    return tuple(_integer(name, i) for i in ids)
+
+
 def generate_padded(
     cfg: config_lib.ModelConfig,
     params,
@@ -790,7 +813,7 @@ def generate_padded(
     top_p: float = 1.0,
     top_k: int = 0,
     num_samples: int = 1,
-    eos_ids: tuple[int, ...] = (),
+    eos_ids: int | tuple[int, ...] | None = (),
     pad_id: int = 0,
     mesh=None,
     rules=None,
@@ -805,12 +828,20 @@ def generate_padded(
             f"prompt_tokens_NxP {prompt_tokens_NxP.shape} and prompt_lens_N "
             f"{prompt_lens_N.shape} must be [N, P] and [N]"
         )
+    max_new_tokens, num_samples = (
+        _integer("max_new_tokens", max_new_tokens),
+        _integer("num_samples", num_samples),
+    )
     if max_new_tokens < 1 or num_samples < 1:
         raise ValueError(
             f"max_new_tokens ({max_new_tokens}) and num_samples ({num_samples}) must be >= 1"
         )
     sampling = SamplingConfig(
-        float(temperature), float(top_p), int(top_k), tuple(int(e) for e in eos_ids), int(pad_id)
+        float(temperature),
+        float(top_p),
+        _integer("top_k", top_k),
+        token_ids("eos_ids", eos_ids),
+        _integer("pad_id", pad_id),
     )
     if max((sampling.pad_id, *sampling.eos_ids)) >= cfg.vocab_size:
         raise ValueError(
@@ -889,7 +920,7 @@ def pad_prompts(prompts, bucket: int, rows: int, pad_id: int) -> tuple[np.ndarra
     tokens_NxP = np.full((rows, bucket), pad_id, np.int32)
     lens_N = np.zeros((rows,), np.int32)
     for i, ids in enumerate(prompts):
-        if ids:
+        if len(ids):  # lists or arrays of ids
             tokens_NxP[i, bucket - len(ids) :] = ids
         lens_N[i] = len(ids)
     return tokens_NxP, lens_N
@@ -932,7 +963,7 @@ def generate(
         top_p=top_p,
         top_k=top_k,
         num_samples=num_samples,
-        eos_ids=tuple(eos_ids),
+        eos_ids=token_ids("eos_ids", eos_ids),
         pad_id=pad_id,
         mesh=mesh,
     )

@@ -400,6 +400,24 @@ def test_save_hf_over_an_earlier_save_replaces_its_weight_files(tmp_path):
     assert hf_io.load_hf(tmp_path)[0] == one_layer
 
 
+def test_a_single_file_beside_a_stale_shard_index_is_the_model_as_in_transformers(tmp_path):
+    # transformers' save_pretrained unsharded over a sharded save removes the shards but not
+    # the index; from_pretrained then reads model.safetensors, and so must load_hf.
+    _hf_model("qwen2", num_attention_heads=4, num_key_value_heads=2).save_pretrained(
+        tmp_path, max_shard_size="30KB"
+    )
+    model = _hf_model("llama", num_attention_heads=4, num_key_value_heads=2)
+    with torch.no_grad():  # other weights than the sharded save's
+        model.model.embed_tokens.weight.mul_(-1.0)
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors.index.json").exists()
+    assert not list(tmp_path.glob("model-*-of-*.safetensors"))
+    cfg, params = hf_io.load_hf(tmp_path)
+    tokens = _tokens()
+    diff = np.abs(np.asarray(_forward(cfg, params, tokens)) - _hf_logits(model, tokens)).max()
+    assert diff <= 1e-4, f"max |logit diff| {diff}"
+
+
 @pytest.mark.parametrize(
     "text, message",
     [

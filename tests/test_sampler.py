@@ -272,6 +272,9 @@ def test_eos_stopping_padding_and_determinism(model):
         (dict(eos_ids=[V]), f"below the model's vocab_size {V}"),
         (dict(pad_id=-1), "pad_id -1 must be >= 0"),
         (dict(max_new_tokens=0), r"max_new_tokens \(0\) and num_samples \(1\) must be >= 1"),
+        (dict(top_k=2.7), "top_k must be a whole number, got 2.7"),
+        (dict(max_new_tokens=2.5), "max_new_tokens must be a whole number"),
+        (dict(eos_ids=[1.5]), "eos_ids must be a whole number"),
     ],
 )
 def test_bad_arguments_are_refused_with_the_reason(model, kw, match):
@@ -279,6 +282,41 @@ def test_bad_arguments_are_refused_with_the_reason(model, kw, match):
     kw = {"prompts": PROMPTS, "max_new_tokens": 4, **kw}
     with pytest.raises(ValueError, match=match):
         sampler.generate(cfg, params, **kw)
+
+
+def test_prompts_as_arrays_and_eos_ids_as_one_id_or_none(model):
+    cfg, params = model
+    kw = dict(max_new_tokens=6, temperature=0.0)
+    ref = sampler.generate(cfg, params, PROMPTS, eos_ids=(3,), **kw)
+    arrays = [np.asarray(p, np.int32) for p in PROMPTS]
+    for prompts, eos in ((arrays, 3), (PROMPTS, np.int64(3)), (arrays, [3])):
+        out = sampler.generate(cfg, params, prompts, eos_ids=eos, **kw)
+        np.testing.assert_array_equal(out.tokens, ref.tokens)
+    free = sampler.generate(cfg, params, PROMPTS, eos_ids=None, **kw)
+    np.testing.assert_array_equal(free.lengths, 6)
+    with pytest.raises(TypeError, match="eos_ids must be a token id or a sequence"):
+        sampler.generate(cfg, params, PROMPTS, eos_ids="3", **kw)
+
+
+@pytest.mark.parametrize("temperature", [0.01, 1e-4, 1e-8, 1e-20])
+def test_logprobs_stay_exact_at_tiny_temperatures(temperature):
+    # As T -> 0 the draw is the argmax with log-prob 0 (minus the others' vanishing mass).
+    # Dividing the raw logits by T came out differently in XLA's fused copies of the division:
+    # log-probs above 0 (+1.7e-5 at T 0.01, +26 at 1e-8), then other tokens and infinities.
+    rng = np.random.default_rng(0)
+    logits_BxV = jnp.asarray(rng.normal(0, 3, (8, 300)).astype(np.float32) + 40.0)
+    uniform_B = jnp.asarray(rng.uniform(size=8).astype(np.float32))
+    sampling = sampler.SamplingConfig(temperature=temperature)
+    token_B, logp_B = jax.jit(sampler.sample_with_uniforms, static_argnums=2)(
+        logits_BxV, uniform_B, sampling
+    )
+    np.testing.assert_array_equal(token_B, np.argmax(logits_BxV, axis=-1))
+    z = np.asarray(logits_BxV, np.float64) / temperature
+    want = z[np.arange(8), token_B] - (
+        z.max(-1) + np.log(np.exp(z - z.max(-1, keepdims=True)).sum(-1))
+    )
+    np.testing.assert_allclose(logp_B, want, atol=1e-6)
+    assert np.all(np.asarray(logp_B) <= 0)
 
 
 def test_compilations_stay_bounded_across_prompt_lengths(model):

@@ -234,13 +234,19 @@ def _layer_specs(cfg: ModelConfig) -> dict:
 
 
 def _tensor_files(path: pathlib.Path) -> dict[str, pathlib.Path]:
-    """HF tensor name -> the safetensors file holding it."""
-    if (path / _INDEX_FILE).exists():
+    """HF tensor name -> the safetensors file holding it.
+
+    As transformers: model.safetensors, when present, is the model, even beside a shard index
+    (HF's `save_pretrained` unsharded over a sharded save removes the shards, not the index)."""
+    if (path / _SINGLE_FILE).exists():
+        files = [path / _SINGLE_FILE]
+    elif (path / _INDEX_FILE).exists():
         weight_map = _read_json(path / _INDEX_FILE, "the shard index").get("weight_map")
         if not isinstance(weight_map, dict):
             raise ValueError(f"{path / _INDEX_FILE}: no 'weight_map' object")
         return {name: path / file for name, file in weight_map.items()}
-    files = sorted(path.glob("*.safetensors"))
+    else:
+        files = sorted(path.glob("*.safetensors"))
     if not files:
         raise FileNotFoundError(f"{path}: no *.safetensors file and no {_INDEX_FILE}")
     out = {}
