@@ -353,6 +353,9 @@ def test_unexpected_tensors_fail_but_tied_lm_head_copy_is_ignored(tmp_path):
     cfg = SAVE_CASES["qwen2-tied"][0]
     params = _our_model(cfg)
     hf_io.save_hf(tmp_path, cfg, params)
+    # Neither model.safetensors (which alone is the model, as in transformers) nor an index:
+    # every *.safetensors file is read.
+    (tmp_path / "model.safetensors").rename(tmp_path / "weights.safetensors")
     extra = {"lm_head.weight": np.asarray(params["embedding"])}
     safetensors_numpy.save_file(extra, tmp_path / "extra.safetensors")
     assert hf_io.load_hf(tmp_path)[0].tie_embeddings
