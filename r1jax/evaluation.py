@@ -497,16 +497,16 @@ def run_model_config(run_dir) -> tuple[model_config.ModelConfig, dict]:
 def place_params(model_cfg, params, mesh, rules=sharding.DEFAULT_RULES):
     """Params sharded on the mesh by their logical axes (as the training stages place them)."""
     logical = transformer.logical_axes(model_cfg)
-    return jax.device_put(params, sharding.param_shardings(logical, mesh, rules))
+    return jax.device_put(params, sharding.param_shardings(logical, mesh, rules, shapes=params))
 
 
 def _restore(path, model_cfg, mesh, rules):
     """A run's params from its newest checkpoint, restored straight onto the mesh."""
-    shardings = sharding.param_shardings(transformer.logical_axes(model_cfg), mesh, rules)
+    shapes = jax.eval_shape(lambda k: transformer.init_params(model_cfg, k), jax.random.key(0))
+    logical = transformer.logical_axes(model_cfg)
+    shardings = sharding.param_shardings(logical, mesh, rules, shapes=shapes)
     abstract = jax.tree.map(
-        lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh),
-        jax.eval_shape(lambda k: transformer.init_params(model_cfg, k), jax.random.key(0)),
-        shardings,
+        lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh), shapes, shardings
     )
     return checkpoint.restore_params(path, abstract)
 

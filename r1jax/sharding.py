@@ -107,9 +107,37 @@ def rules_from_config(rules) -> tuple:
     return tuple(out)
 
 
-def param_shardings(logical_tree, mesh: Mesh, rules=DEFAULT_RULES):
-    """Maps a pytree of logical PartitionSpecs to NamedShardings on the mesh."""
-    return nn.logical_to_mesh_sharding(logical_tree, mesh, list(rules))
+def param_shardings(logical_tree, mesh: Mesh, rules=DEFAULT_RULES, shapes=None):
+    """Maps a pytree of logical PartitionSpecs to NamedShardings on the mesh.
+
+    With `shapes` (the params, or their `jax.eval_shape`), every split dimension is checked to
+    divide evenly over its mesh axes; a ValueError names the param, its size and the axes
+    (jax's own error names neither the model size nor the config to change)."""
+    out = nn.logical_to_mesh_sharding(logical_tree, mesh, list(rules))
+    if shapes is not None:
+        check_divisible(out, shapes, mesh)
+    return out
+
+
+def check_divisible(shardings, shapes, mesh: Mesh) -> None:
+    """Raises ValueError for the first leaf whose sharded dimension the mesh axes do not divide."""
+    flat_sh = jax.tree_util.tree_flatten_with_path(shardings)[0]
+    flat_shapes = jax.tree.leaves(shapes)
+    if len(flat_sh) != len(flat_shapes):
+        raise ValueError(f"{len(flat_sh)} shardings for {len(flat_shapes)} params")
+    for (path, where), leaf in zip(flat_sh, flat_shapes, strict=True):
+        for dim, entry in enumerate(where.spec):
+            axes = () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
+            ways = math.prod(mesh.shape[a] for a in axes)
+            if dim < len(leaf.shape) and leaf.shape[dim] % ways:
+                name = "/".join(str(getattr(k, "key", k)) for k in path)
+                sizes = ", ".join(f"{a}={mesh.shape[a]}" for a in axes)
+                raise ValueError(
+                    f"config.mesh: param {name} {tuple(leaf.shape)} cannot be split over mesh "
+                    f"axes {sizes}: its dimension {dim} of size {leaf.shape[dim]} is not a "
+                    f"multiple of {ways}. Choose mesh sizes that divide the model's heads, kv "
+                    f"heads, vocabulary and widths, or change config.mesh.rules"
+                )
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

@@ -330,3 +330,27 @@ def test_mesh_sizes_infer_minus_one_and_reject_bad_shapes():
         sharding.mesh_shape({"data": -1, "fsdp": 3}, 8)
     with pytest.raises(ValueError, match="needs 4 devices, 8 are available"):
         sharding.mesh_shape({"data": 2, "fsdp": 2}, 8)
+
+
+@pytest.mark.parametrize(
+    "preset,mesh_sizes,match",
+    [
+        (
+            "qwen2.5-0.5b",
+            {"fsdp": 2, "tensor": 4},
+            r"attn/\w+ .* size (14|2) is not a multiple of 4",
+        ),
+        ("tiny", {"fsdp": 1, "tensor": 8}, r"dimension \d of size \d+ is not a multiple of 8"),
+    ],
+)
+def test_a_mesh_that_does_not_divide_the_model_is_refused_naming_the_param(
+    preset, mesh_sizes, match
+):
+    # Checked on shapes only (jax.eval_shape): nothing is allocated, the 0.5B model included.
+    model_cfg = config_lib.get_preset(preset)
+    mesh = sharding.make_mesh(mesh_sizes)
+    optimizer = _optimizer()
+    with pytest.raises(ValueError, match=f"config.mesh: param .*{match}"):
+        trainer.model_shardings(model_cfg, optimizer, mesh, sharding.DEFAULT_RULES)
+    fits = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+    trainer.model_shardings(model_cfg, optimizer, fits, sharding.DEFAULT_RULES)

@@ -152,7 +152,8 @@ class RewardModelScorer:
 
     def place(self, params):
         """Params on this scorer's mesh by their logical axes."""
-        shardings = sharding.param_shardings(logical_axes(self.model_cfg), self.mesh, self.rules)
+        logical = logical_axes(self.model_cfg)
+        shardings = sharding.param_shardings(logical, self.mesh, self.rules, shapes=params)
         return jax.device_put(params, shardings)
 
     @classmethod
@@ -177,7 +178,7 @@ class RewardModelScorer:
                 lambda _: jax.sharding.SingleDeviceSharding(jax.devices()[0]), abstract
             )
         else:
-            where = sharding.param_shardings(logical_axes(model_cfg), mesh, rules)
+            where = sharding.param_shardings(logical_axes(model_cfg), mesh, rules, shapes=abstract)
         abstract = jax.tree.map(
             lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh), abstract, where
         )

@@ -18,7 +18,7 @@ from r1jax.train import state as state_lib
 
 def state_shardings(logical_params, abstract_params, optimizer, mesh, rules):
     """NamedShardings for every leaf of a TrainState: params (and their moments) by logical axes."""
-    param_sh = sharding.param_shardings(logical_params, mesh, rules)
+    param_sh = sharding.param_shardings(logical_params, mesh, rules, shapes=abstract_params)
     repl = sharding.replicated(mesh)
     abstract_opt = jax.eval_shape(optimizer.init, abstract_params)
     opt_sh = optax.tree_map_params(
