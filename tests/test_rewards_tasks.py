@@ -94,6 +94,11 @@ def test_extract_code():
     assert tasks.extract_code("text\n```python\nx = 1\n```\nmore\n```py\nx = 2\n```") == "x = 2\n"
     assert tasks.extract_code("<think>a</think><answer>\nreturn 1\n</answer>") == "return 1"
     assert tasks.extract_code("<think>a</think>    return 1\n") == "    return 1\n"
+    # Fence spellings models write; other languages' blocks are not the program.
+    for fence in ("```python3", "```Python", "``` python", "```python  # solution", "```PY", "```"):
+        assert tasks.extract_code(f"a\n{fence}\nx = 1\n```\nb") == "x = 1\n", fence
+    assert tasks.extract_code("```python\r\nx = 1\r\ny = 2\r\n```") == "x = 1\ny = 2\n"
+    assert tasks.extract_code("```python\nx = 1\n```\n```output\n1\n```") == "x = 1\n"
 
 
 def test_extract_code_is_linear_on_many_unclosed_answer_tags():

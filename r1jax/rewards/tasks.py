@@ -24,7 +24,11 @@ _BINARY_OPS = {
     ast.Mult: operator.mul,
     ast.Div: operator.truediv,
 }
-_CODE_BLOCK = re.compile(r"```(?:python|py)?[ \t]*\n(.*?)```", re.DOTALL)
+# A Python (or unlabelled) fence: ```python, ```Python3, ``` py, ```python  # comment, CRLF;
+# not other languages' blocks (```output, ```text).
+_CODE_BLOCK = re.compile(
+    r"```[ \t]*(?:python3?|py)?(?:[ \t][^\n]*)?\r?\n(.*?)```", re.DOTALL | re.IGNORECASE
+)
 
 
 def gsm8k_gold(answer_field: str) -> str:
@@ -87,7 +91,7 @@ def extract_code(completion: str) -> str:
     """The program in a completion: the last ```python block, else the <answer> part, else all."""
     blocks = _CODE_BLOCK.findall(completion)
     if blocks:
-        return blocks[-1]
+        return blocks[-1].replace("\r\n", "\n")
     tagged = math_reward.last_tagged(completion)
     if tagged is not None:
         return tagged.strip("\n")
