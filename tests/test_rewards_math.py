@@ -58,8 +58,12 @@ PAIRS = [
     ("100", "1000", False),
     ("0", "0", True),
     ("0", "1", False),
-    # thousands separators (GSM8K)
+    # thousands separators (GSM8K); a comma and a space separate a list's items (PRM800K)
     ("1,000", "1000", True),
+    ("256, 81", "81, 256", True),  # math_train_rllm.json's gold for "find all solutions"
+    ("\\{81, 256\\}", "81, 256", True),
+    ("81256", "81, 256", False),
+    ("1, 234", "1234", False),
     ("1,234,567", "1234567", True),
     ("12,345.5", "12345.5", True),
     ("1,000", "100", False),

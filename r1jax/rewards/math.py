@@ -133,9 +133,12 @@ def normalize(ans: str) -> str:
     unit = _UNIT_TAIL.match(s)
     if unit and _plain_unit(unit.group(2)):
         s = unit.group(1)
-    if _THOUSANDS.match(s.replace(" ", "")):
-        s = s.replace(",", "").replace(" ", "")
-    return s.replace(" ", "")
+    # "1,234" is one number; "81, 256" (a space after the comma) is a list of two, as in the
+    # MATH graders (PRM800K strips only commas with no space after them). The space stays so
+    # that no later reading (math-verify's) takes "81,256" for 81256.
+    if _THOUSANDS.match(s):
+        s = s.replace(",", "")
+    return re.sub(r"(?<!\d,) | (?!\d)", "", s)
 
 
 def _plain_unit(tail: str) -> bool:
