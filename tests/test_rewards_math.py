@@ -19,6 +19,11 @@ EXTRACTION = [
     ("\\fbox{12}", "12"),
     ("\\boxed 5.", "5"),
     ("\\boxed{unbalanced", None),
+    ("\\boxed{3} then \\boxed{4", None),  # the last box never closes: no guess
+    # a later mention of the command in prose boxes nothing
+    ("\\boxed{42}. Remember to put answers in \\boxed.", "42"),
+    ("Final: \\boxed{42} (I used \\boxed notation)", "42"),
+    ("\\boxed{42}\nNote: \\fbox would also work.", "42"),
     ("blah\n#### 1,234\n", "1,234"),
     ("#### 3\n#### 4", "4"),
     ("The answer is 42.", "42"),

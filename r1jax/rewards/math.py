@@ -66,16 +66,22 @@ class _Deadline(BaseException):
 _deadline_armed = threading.Event()
 
 
-def _last_boxed(text: str) -> str | None:
-    """Content of the last \\boxed{...} or \\fbox{...}, matching nested braces in linear time."""
-    start = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
-    if start < 0:
-        return None
+_BOX_COMMANDS = ("\\boxed", "\\fbox")
+_BOXES_TRIED = 8  # the last few boxes only: each scan may run to the end of the text
+_UNBALANCED = object()
+_BARE_BOX_TOKEN = re.compile(r"[-+]?(\d[\d.,/]*|\\?[A-Za-z])")
+
+
+def _box_at(text: str, start: int, command: str) -> str | None:
+    """The content of the box command at `start`: None when it boxes nothing (a mention of the
+    command in prose), _UNBALANCED when its braces never close."""
     open_at = text.find("{", start)
-    if open_at < 0 or text[start:open_at].strip() not in ("\\boxed", "\\fbox"):
-        # "\boxed 5" (no braces) is valid LaTeX for a single token.
+    if open_at < 0 or text[start:open_at].strip() != command:
+        # "\boxed 5" (no braces) is valid LaTeX for a single token; prose that names the
+        # command ("put it in \boxed notation") is not an answer.
         rest = text[start:].split(None, 2)
-        return rest[1].rstrip(".$") if len(rest) > 1 and rest[0] == "\\boxed" else None
+        token = rest[1].rstrip(".$") if len(rest) > 1 and rest[0] == command else ""
+        return token if _BARE_BOX_TOKEN.fullmatch(token) else None
     depth = 0
     for i in range(open_at, len(text)):
         ch = text[i]
@@ -85,7 +91,24 @@ def _last_boxed(text: str) -> str | None:
             depth -= 1
             if depth == 0:
                 return text[open_at + 1 : i]
-    return None  # unbalanced: no answer rather than a guess
+    return _UNBALANCED
+
+
+def _last_boxed(text: str) -> str | None:
+    """Content of the last \\boxed{...} or \\fbox{...} (nested braces matched), skipping a
+    trailing mention of the command that boxes nothing ("... in \\boxed."); None if none."""
+    end = len(text)
+    for _ in range(_BOXES_TRIED):
+        start, command = max((text.rfind(c, 0, end), c) for c in _BOX_COMMANDS)
+        if start < 0:
+            return None
+        content = _box_at(text, start, command)
+        if content is _UNBALANCED:  # the last box never closes: no answer rather than a guess
+            return None
+        if content is not None:
+            return content
+        end = start
+    return None
 
 
 def _strip_sentence(ans: str) -> str:
