@@ -22,6 +22,14 @@ CASES = [
     ("no tags means the whole text counts", "en", 1.0),
     ("<think>Сначала сложим</think>", "ru", 1.0),
     ("<think>Сначала сложим</think>", "en", 0.0),
+    # LaTeX command names, code and the signs × ÷ are no language's words
+    ("<think>因为 $\\frac{a}{b}\\cdot\\sqrt{x}$ 所以</think>", "zh", 1.0),
+    ("<think>3 × 4 ÷ 2 等于六</think>", "zh", 1.0),
+    ("<think>先运行 ```python\nprint(sum([1, 2]))\n``` 得到三</think>", "zh", 1.0),
+    ("<think>Café résumé</think>", "en", 1.0),
+    # Japanese writes kanji beside kana: both count for "ja", only kanji for "zh"
+    ("<think>これは日本語です</think>", "ja", 1.0),
+    ("<think>これは日本語です</think>", "zh", 3 / 8),
 ]
 
 
@@ -44,6 +52,7 @@ def test_consistency_rejects_unknown_language():
         ("3 たす 4 は何ですか", "ja"),
         ("Сколько будет 3 + 4?", "ru"),
         ("3 + 4 = ?", "en"),
+        ("计算 $\\frac{\\sqrt{3}}{2}\\cdot\\frac{\\sqrt{2}}{2}$", "zh"),
         ("", "en"),
     ],
 )
