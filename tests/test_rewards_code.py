@@ -1,7 +1,9 @@
 """Tests for r1jax.rewards.code: the sandbox runs honest code and gives hostile code no credit."""
 
+import collections
 import concurrent.futures
 import ctypes
+import enum
 import json
 import os
 import random
@@ -107,13 +109,41 @@ def test_encode_decode_round_trip_and_rejects_foreign_types():
     assert sandbox_harness.decode(sandbox_harness.encode(value)) == value
     assert type(sandbox_harness.decode(sandbox_harness.encode((1,)))) is tuple
 
-    class Sneaky(int):
+    class Sneaky:
         pass
 
     with pytest.raises(TypeError):
-        sandbox_harness.encode(Sneaky(3))
+        sandbox_harness.encode(Sneaky())
+    with pytest.raises(TypeError):
+        sandbox_harness.encode([1, Sneaky()])
     with pytest.raises(ValueError):
         sandbox_harness.decode({"l": [1], "extra": 2})
+
+
+def test_builtin_subclasses_cross_as_their_base_type():
+    # A correct program may return a Counter, OrderedDict, defaultdict or namedtuple where the
+    # tests compare with a dict or tuple; they arrive as exactly that builtin type.
+    class Level(enum.IntEnum):
+        HIGH = 3
+
+    point = collections.namedtuple("Point", "x y")
+    value = [
+        collections.Counter("aab"),
+        collections.OrderedDict(b=1),
+        collections.defaultdict(list, k=[1]),
+        point(1, 2),
+        Level.HIGH,
+    ]
+    back = sandbox_harness.decode(sandbox_harness.encode(value))
+    assert back == [{"a": 2, "b": 1}, {"b": 1}, {"k": [1]}, (1, 2), 3]
+    assert [type(v) for v in back] == [dict, dict, dict, tuple, int]
+    program = """
+import collections
+def solve(x):
+    return collections.Counter(str(x * x + 1))
+"""
+    tests = "def check(candidate):\n    assert candidate(3) == {'1': 1, '0': 1}\n"
+    assert code.run_tests(program, tests, entry_point="solve", timeout_s=TIMEOUT_S).passed
 
 
 def _src(body, tail=""):

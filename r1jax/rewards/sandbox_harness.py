@@ -41,24 +41,33 @@ _MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_REMOUNT, _MS_BIND, _MS_REC = 1, 2, 4, 32,
 
 
 def encode(value, depth=0):
-    """Plain data -> JSON-able tagged tree; anything else is an error."""
+    """Plain data -> JSON-able tagged tree; anything else is an error.
+
+    Subclasses of the builtin types (Counter, OrderedDict, defaultdict, namedtuple, IntEnum,
+    str subclasses) cross as their builtin base, as a test comparing with == sees them; this
+    runs in P (untrusted) when P answers, and H's `decode` accepts only the tagged tree anyway.
+    """
     if depth > 100:
         raise ValueError("value nested too deeply")
-    kind = type(value)
-    if value is None or kind in (bool, int, str):
+    if value is None or type(value) is bool:
         return value
-    if kind is float:
+    for base in (int, str):
+        if isinstance(value, base):
+            return base(value) if type(value) is not base else value
+    if isinstance(value, float):
+        value = float(value)
         return value if math.isfinite(value) else {"f": repr(value)}
-    if kind is complex:
+    if isinstance(value, complex):
         return {"c": [encode(value.real), encode(value.imag)]}
-    if kind is bytes:
-        return {"b": value.hex()}
-    tags = {list: "l", tuple: "t", set: "s", frozenset: "fs"}
-    if kind in tags:
-        return {tags[kind]: [encode(v, depth + 1) for v in value]}
-    if kind is dict:
-        return {"d": [[encode(k, depth + 1), encode(v, depth + 1)] for k, v in value.items()]}
-    raise TypeError(f"unsupported value type {kind.__name__}")
+    if isinstance(value, bytes):
+        return {"b": bytes(value).hex()}
+    for base, tag in ((list, "l"), (tuple, "t"), (set, "s"), (frozenset, "fs")):
+        if isinstance(value, base):
+            return {tag: [encode(v, depth + 1) for v in base.__iter__(value)]}
+    if isinstance(value, dict):
+        items = dict.items(value)
+        return {"d": [[encode(k, depth + 1), encode(v, depth + 1)] for k, v in items]}
+    raise TypeError(f"unsupported value type {type(value).__name__}")
 
 
 def decode(tree):
