@@ -13,6 +13,11 @@ EXTRACTION = [
     ("<think>work</think><answer>42</answer>", "42"),
     ("<answer>first</answer> then <answer>\\boxed{7}</answer>", "7"),
     ("<answer> 3.5 </answer>", "3.5"),
+    # a sentence in the tag gives what it names
+    ("<answer>The answer is 42.</answer>", "42"),
+    ("<answer>Answer: 42</answer>", "42"),
+    ("<answer>So the final answer is $\\frac{1}{2}$.</answer>", "\\frac{1}{2}"),
+    ("<answer>answers vary</answer>", "answers vary"),
     ("so \\boxed{\\frac{\\sqrt{3}}{2}} and finally \\boxed{\\frac{1}{2}}", "\\frac{1}{2}"),
     ("\\boxed{\\left\\{1, \\{2\\}\\right\\}}", "\\left\\{1, \\{2\\}\\right\\}"),
     ("$\\boxed{x^{2^{k}}}$.", "x^{2^{k}}"),

@@ -31,6 +31,11 @@ _CHECKER_START_S = 60.0
 _MC_LETTER = re.compile(r"^\(?([A-Ea-e])\)?$")
 _GSM8K = re.compile(r"####\s*([^\n]*)")
 _THE_ANSWER_IS = re.compile(r"answer\s+is\s*:?\s*([^\n]*)", re.IGNORECASE)
+_ANSWER_SENTENCE = re.compile(
+    r"\s*(?:(?:so|thus|therefore|hence),?\s+)?"
+    r"(?:the\s+(?:final\s+)?answer\s+is\s*:?|(?:final\s+)?answer\s*:)\s*(.+?)\s*$",
+    re.IGNORECASE | re.DOTALL,
+)
 _THOUSANDS = re.compile(r"^[-+]?\d{1,3}(,\d{3})+(\.\d+)?$")
 _NUMBER = re.compile(r"^[-+]?(\d+(\.\d*)?|\.\d+)(/\d+)?$")
 _UNIT_TAIL = re.compile(
@@ -127,7 +132,11 @@ def extract_answer(text: str) -> str | None:
     inner = last_tagged(text)
     if inner is not None:
         boxed = _last_boxed(inner)
-        return (boxed if boxed is not None else _strip_sentence(inner)).strip()
+        if boxed is not None:
+            return boxed.strip()
+        # A sentence in the tag ("The answer is 42.", "Answer: 42") gives what it names.
+        said = _ANSWER_SENTENCE.match(inner)
+        return _strip_sentence(said.group(1) if said else inner).strip()
     boxed = _last_boxed(text)
     if boxed is not None:
         return boxed.strip()
