@@ -70,7 +70,12 @@ PAIRS = [
     ("0", "1", False),
     # thousands separators (GSM8K); a comma and a space separate a list's items (PRM800K)
     ("1,000", "1000", True),
-    ("256, 81", "81, 256", True),  # math_train_rllm.json's gold for "find all solutions"
+    ("256, 81", "81, 256", True),
+    # scientific notation, either case
+    ("1e3", "1000", True),
+    ("1.5e3", "1500", True),
+    ("2.5E-3", "0.0025", True),
+    ("1e3", "1001", False),  # math_train_rllm.json's gold for "find all solutions"
     ("\\{81, 256\\}", "81, 256", True),
     ("81256", "81, 256", False),
     ("1, 234", "1234", False),

@@ -37,7 +37,9 @@ _ANSWER_SENTENCE = re.compile(
     re.IGNORECASE | re.DOTALL,
 )
 _THOUSANDS = re.compile(r"^[-+]?\d{1,3}(,\d{3})+(\.\d+)?$")
-_NUMBER = re.compile(r"^[-+]?(\d+(\.\d*)?|\.\d+)(/\d+)?$")
+# A plain number: integer, decimal, fraction a/b, or scientific notation "1.5e3" (a lowercase
+# e would otherwise reach math-verify as Euler's number; the exponent is kept small).
+_NUMBER = re.compile(r"^[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d{1,3}|(/\d+)?)$")
 _UNIT_TAIL = re.compile(
     r"^([-+]?[\d.,]*\d)\s*(\\%|%|°|\\text\{[^{}]*\}|\\mbox\{[^{}]*\}|[a-zA-Z]{2,}[a-zA-Z .\-/]*)$"
 )
