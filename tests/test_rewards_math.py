@@ -71,6 +71,10 @@ PAIRS = [
     # thousands separators (GSM8K); a comma and a space separate a list's items (PRM800K)
     ("1,000", "1000", True),
     ("256, 81", "81, 256", True),
+    # LaTeX spaces as digit group separators
+    ("1\\;000", "1000", True),
+    ("1\\:000", "1000", True),
+    ("1~000", "1000", True),
     # scientific notation, either case
     ("1e3", "1000", True),
     ("1.5e3", "1500", True),

@@ -156,8 +156,8 @@ def extract_answer(text: str) -> str | None:
 def normalize(ans: str) -> str:
     """Cheap canonical form: no $, spaces, \\left, thousands separators, units or \\text{}."""
     s = ans.strip().strip("$").strip()
-    # LaTeX thin spaces; a "\\ " that ends a "\\\\" row break is not one.
-    s = re.sub(r"(?<!\\)\\[!, ]", "", s).replace("\\dfrac", "\\frac")
+    # LaTeX spaces (\\, \\! \\: \\; \\  and ~); a "\\ " that ends a "\\\\" row break is not one.
+    s = re.sub(r"(?<!\\)\\[!,:; ]|(?<!\\)~", "", s).replace("\\dfrac", "\\frac")
     s = s.replace("\\tfrac", "\\frac").replace("\\left", "").replace("\\right", "")
     s = re.sub(r"^\\\$\s*|^\$", "", s).strip()  # a leading currency sign
     s = re.sub(r"\s+", " ", s).rstrip(".").strip()
