@@ -75,6 +75,15 @@ PAIRS = [
     ("1\\;000", "1000", True),
     ("1\\:000", "1000", True),
     ("1~000", "1000", True),
+    # Unicode math
+    ("½", "\\frac{1}{2}", True),
+    ("1½", "1.5", True),
+    ("√2", "\\sqrt{2}", True),
+    ("3√(2)", "3\\sqrt{2}", True),
+    ("(−∞, 3)", "(-\\infty, 3)", True),
+    ("5·3", "15", True),
+    ("–5", "-5", True),
+    ("1–5", "-4", False),
     # scientific notation, either case
     ("1e3", "1000", True),
     ("1.5e3", "1500", True),

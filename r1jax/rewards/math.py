@@ -153,9 +153,30 @@ def extract_answer(text: str) -> str | None:
     return None
 
 
+# Unicode math a model may write, as the LaTeX the later steps read ("1½" a mixed number).
+_UNICODE_MATH = str.maketrans(
+    {
+        "\u2212": "-",  # minus sign
+        "\u00b7": "\\cdot ",
+        "\u22c5": "\\cdot ",
+        "\u221e": "\\infty ",
+        "\u221a": "\\sqrt",
+        "\u00bd": "\\frac{1}{2}",
+        "\u2153": "\\frac{1}{3}",
+        "\u2154": "\\frac{2}{3}",
+        "\u00bc": "\\frac{1}{4}",
+        "\u00be": "\\frac{3}{4}",
+    }
+)
+_ROOT_PARENS = re.compile(r"\\sqrt\(([^()]*)\)")
+
+
 def normalize(ans: str) -> str:
     """Cheap canonical form: no $, spaces, \\left, thousands separators, units or \\text{}."""
-    s = ans.strip().strip("$").strip()
+    s = ans.translate(_UNICODE_MATH)
+    s = re.sub(r"(?<![\w)}])\u2013", "-", s)  # an en dash used as a minus ("–5"), not "1–5"
+    s = _ROOT_PARENS.sub(r"\\sqrt{\1}", s)  # "√(2)"
+    s = s.strip().strip("$").strip()
     # LaTeX spaces (\\, \\! \\: \\; \\  and ~); a "\\ " that ends a "\\\\" row break is not one.
     s = re.sub(r"(?<!\\)\\[!,:; ]|(?<!\\)~", "", s).replace("\\dfrac", "\\frac")
     s = s.replace("\\tfrac", "\\frac").replace("\\left", "").replace("\\right", "")
