@@ -78,7 +78,9 @@ def real(c: ml_collections.ConfigDict, size: str) -> None:
     c.collect.num_samples = 8
     c.collect.max_per_prompt = 1
     c.collect.temperature = 0.7
-    c.collect.max_new_tokens = 8192
+    # The chains are SFT rows of data.seq_len with their prompt (up to 512 tokens) and summary
+    # line: a longer one would train without its summary, answer and EOS.
+    c.collect.max_new_tokens = c.data.seq_len - 512
     c.collect.min_tokens = 256  # long chains of thought
     c.collect.min_language_consistency = 0.95
     c.collect.prompts_per_batch = 16

@@ -61,7 +61,7 @@ def real(c: ml_collections.ConfigDict, size: str) -> None:
     c.data.train = base.data_path("math_train_rllm.json")
     c.data.on_error = "skip"
     c.data.template = "r1_zero"
-    c.data.seq_len = 8192
+    c.data.seq_len = 8192 + 512  # the teacher's longest completion and a prompt of up to 512
     c.data.batch_size = 64
     c.train.grad_accum = 8 if size == "qwen2.5-1.5b" else 1
     c.collect.model = teacher

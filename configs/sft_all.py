@@ -35,7 +35,8 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     c.data.eval = ""
     c.data.train = f"runs/rs-{arg.split('-')[1]}/dataset.jsonl"
     c.data.template = "r1_zero"
-    c.data.seq_len = 8192 if arg == "qwen2.5-1.5b" else 16384
+    # configs/rejection_sampling.py's longest completion plus a prompt of up to 512 tokens.
+    c.data.seq_len = (8192 if arg == "qwen2.5-1.5b" else 16384) + 512
     c.optim.lr = 5e-5  # R1: 2 epochs, cosine from 5e-5 down to 5e-6
     c.optim.min_lr_ratio = 0.1
     return c

@@ -4,12 +4,15 @@ import collections
 import gzip
 import importlib.util
 import json
+import logging
 
+import ml_collections
 import numpy as np
 import pytest
 
 from r1jax import text
 from r1jax.data import pipeline, sources
+from r1jax.train import supervised
 
 # ---- sources -----------------------------------------------------------------------------------
 
@@ -109,6 +112,34 @@ def test_read_json_list(tmp_path):
     (tmp_path / "broken.json").write_text('[{"problem": "p"},\n {"problem": }]')
     with pytest.raises(sources.DataError, match=r"broken\.json:2: malformed JSON"):
         sources.read_json_list(tmp_path / "broken.json")
+
+
+def test_rows_without_text_fields_or_with_lone_surrogates_follow_on_error(tmp_path):
+    # Each bad row names its file and line; with on_error="skip" it is skipped and counted.
+    lines = [
+        '{"prompt": "a", "response": "b"}',
+        '{"prompt": "c"}',
+        '{"prompt": "e", "response": 7}',
+        '{"prompt": "\\ud800 x", "response": "y"}',  # JSON's escape for a lone surrogate
+        '{"prompt": "g", "response": "h"}',
+    ]
+    path = tmp_path / "m.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    need = (("prompt", "response"),)
+    with pytest.raises(sources.DataError, match=r"m\.jsonl:2: field 'response' is missing"):
+        sources.read_records(path, required=need)
+    stats = {}
+    rows = sources.read_records(path, on_error="skip", stats=stats, required=need)
+    assert [r["prompt"] for r in rows] == ["a", "g"] and stats["skipped"] == 3
+    assert any("m.jsonl:3: field 'response' is a int, not a string" in e for e in stats["errors"])
+    assert any("m.jsonl:4: a string holds the lone surrogate" in e for e in stats["errors"])
+    with pytest.raises(sources.DataError, match=r"m\.jsonl:4: .*lone surrogate"):
+        sources.read_records(path)  # without required fields too
+    listed = tmp_path / "l.json"
+    listed.write_text('[{"prompt": "a", "response": "b"}, 5, {"prompt": "c", "response": "d"}]')
+    with pytest.raises(sources.DataError, match=r"l\.json\[1\]: expected a JSON object"):
+        sources.read_records(listed)
+    assert len(sources.read_records(listed, on_error="skip", stats={})) == 2
 
 
 def test_read_parquet(tmp_path):
@@ -369,3 +400,17 @@ def test_long_sft_example_keeps_prompt_tail_and_response(tok):
     assert len(batches) == 2 and stats == {"examples": 2, "truncated": 1}
     trained = sorted(tok.decode(b["targets"][0][b["loss_mask"][0] > 0]) for b in batches)
     assert trained == [" ok", " r"]
+
+
+def test_records_longer_than_seq_len_are_counted_and_reported(gsm8k, tok, tmp_path, caplog):
+    records = gsm8k[:300]
+    cut, checked = pipeline.truncation_count(records, tok, kind="sft", seq_len=200, limit=100)
+    want = sum(bool(pipeline.tokenize_sft(r, tok, 200)["truncated"]) for r in records[::3])
+    assert checked == 100 and cut == want and 0 < cut < checked
+    assert pipeline.truncation_count(records, tok, kind="sft", seq_len=4096) == (0, 300)
+    cfg = ml_collections.ConfigDict({"stage": "sft", "data": {"seq_len": 64, "template": "chat"}})
+    with caplog.at_level(logging.WARNING):
+        supervised._report_truncation(cfg, records, tok, tmp_path)
+    assert "longer than data.seq_len=64" in caplog.text and "EOS" in caplog.text
+    stats = json.loads((tmp_path / "data_stats.json").read_text())
+    assert stats["records"] == 300 and stats["longer_than_seq_len"] > 0

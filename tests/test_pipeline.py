@@ -10,6 +10,7 @@ import pytest
 
 from r1jax import configlib, pipeline
 from r1jax.data import world
+from r1jax.rewards import language
 from r1jax.rl import rollout
 from r1jax.train import collect, rl
 
@@ -70,6 +71,21 @@ def test_rejection_reasons_name_the_first_failed_check():
     assert collect.ngram_repeats("乘4得1乘4得1") == 2  # CJK characters are words
 
 
+def test_a_prompt_cut_to_max_len_keeps_its_bos():
+    class Words:
+        bos_id = 2
+
+        def encode(self, s):
+            return [10 + i for i in range(len(s.split()))]
+
+    ids = rollout.encode_prompts([{"prompt": "a b c d e f"}, {"prompt": "a"}], Words(), "none", 4)
+    assert ids == [[2, 13, 14, 15], [2, 10]]
+    Words.bos_id = None
+    assert rollout.encode_prompts([{"prompt": "a b c d e f"}], Words(), "none", 4) == [
+        [12, 13, 14, 15]
+    ]
+
+
 def test_render_adds_a_summary_in_the_prompts_language():
     assert collect.render(GOOD, RECORD, summary=True) == (
         "<think>0 minus 5 gives 2. 2 times 4 gives 1. Result: 1.</think> <answer>1</answer>"
@@ -77,6 +93,11 @@ def test_render_adds_a_summary_in_the_prompts_language():
     zh = {**RECORD, "language": "zh"}
     assert collect.render(GOOD, zh, summary=True).endswith("结果是1。</think> <answer>1</answer>")
     assert collect.render(GOOD, RECORD, summary=False) == GOOD
+    # Every language the consistency reward knows has a summary written in it.
+    for lang in language.LANGUAGES:
+        line = collect.render(GOOD, {**RECORD, "language": lang}, summary=True)
+        summary = line.split("gives 1. ", 1)[1].split("</think>")[0]
+        assert language.consistency(summary, lang) == 1.0, (lang, summary)
 
 
 def test_collect_writes_a_deduplicated_dataset_with_provenance_and_sfts(tmp_path):

@@ -149,6 +149,31 @@ def test_bad_steps_in_a_row_stop_the_run_and_save_the_batch(tmp_path):
     assert saved and np.load(saved[0])["inputs"].shape == (8, 16)
 
 
+def test_eval_every_zero_evaluates_once_at_the_end_and_rates_cover_the_steps_logged(tmp_path):
+    cfg = _short_cfg(train__eval_every=0, train__log_every=4)
+    _, _, state, batch = _tiny_setup(1)
+    loop = trainer.Loop(
+        workdir=tmp_path, cfg=cfg, total_steps=6, start_step=0, ckpt_manager=None, peak_flops=1e9
+    )
+    evals = []
+
+    def slow_step(state, batch):
+        time.sleep(0.05)
+        return state.replace(step=state.step + 1), {"loss": jnp.float32(1.0), "tokens": 100.0}
+
+    def eval_fn(state):
+        evals.append(int(state.step))
+        return {"eval_loss": 0.5}
+
+    loop.run(state, slow_step, iter([batch] * 6), eval_fn=eval_fn)
+    assert evals == [6]  # eval_every 0 = only at the end
+    rows = metrics_lib.read_jsonl(tmp_path / "metrics.jsonl")
+    times = {r["step"]: r["step_time_s"] for r in rows if "step_time_s" in r}
+    assert sorted(times) == [4, 6]
+    # Step 6's row covers 2 steps, not log_every = 4: the same time a step as step 4's row.
+    assert times[6] == pytest.approx(times[4], rel=0.5) and times[6] > 0.04
+
+
 def test_init_params_match_transformer_init():
     model_cfg, opt, state, _ = _tiny_setup(1)
     expected = transformer.init_params(model_cfg, jax.random.split(jax.random.PRNGKey(0))[0])

@@ -219,6 +219,27 @@ def _check_records(records, kind: str) -> None:
                 )
 
 
+def truncation_count(
+    records: Sequence[dict],
+    tokenizer: text.Tokenizer,
+    *,
+    kind: str,
+    seq_len: int,
+    template: str = "chat",
+    limit: int = 2000,
+) -> tuple[int, int]:
+    """(truncated, checked): how many of up to `limit` records, evenly spaced, are longer than
+    a row of seq_len. An SFT example that long loses the start of its prompt and, past half the
+    row, the end of its response with its EOS (`tokenize_sft`)."""
+    step = max(1, len(records) // max(1, limit))
+    sample = records[::step][:limit]
+    if kind == "pretrain":
+        tokenize = lambda r: tokenize_pretrain(r, tokenizer, seq_len)
+    else:
+        tokenize = lambda r: tokenize_sft(r, tokenizer, seq_len, template)
+    return sum(bool(tokenize(r)["truncated"]) for r in sample), len(sample)
+
+
 def tokens_per_batch(batch: dict) -> tuple[int, int]:
     """(real tokens, trained tokens) in a batch."""
     return int((batch["segment_ids"] > 0).sum()), int(batch["loss_mask"].sum())

@@ -9,7 +9,7 @@ import json
 import pathlib
 import re
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 from r1jax import text
 
@@ -92,7 +92,8 @@ def _jsonl_rows(path: pathlib.Path, on_error: str, stats: dict | None) -> Iterat
         if not isinstance(row, dict):
             _reject(f"{where}: expected a JSON object, got {type(row).__name__}", on_error, stats)
             continue
-        yield where, row
+        if _proper_text(where, row, on_error, stats):
+            yield where, row
 
 
 def read_jsonl(path, *, on_error: str = "raise", stats: dict | None = None) -> list[dict]:
@@ -106,7 +107,7 @@ def read_jsonl(path, *, on_error: str = "raise", stats: dict | None = None) -> l
     return rows
 
 
-def _json_list_rows(path: pathlib.Path) -> list[tuple]:
+def _json_list_rows(path: pathlib.Path, on_error: str = "raise", stats=None) -> list[tuple]:
     content = _decode(b"".join(raw for _, raw in _numbered_lines(path)), str(path), first=True)
     try:
         data = json.loads(content)
@@ -114,15 +115,50 @@ def _json_list_rows(path: pathlib.Path) -> list[tuple]:
         raise DataError(f"{path}:{e.lineno}: malformed JSON ({e.msg})") from e
     if not isinstance(data, list):
         raise DataError(f"{path}: expected a JSON list of objects, got {type(data).__name__}")
+    rows = []
     for i, row in enumerate(data):
+        where = f"{path}[{i}]"
         if not isinstance(row, dict):
-            raise DataError(f"{path}[{i}]: expected a JSON object, got {type(row).__name__}")
-    return [(f"{path}[{i}]", row) for i, row in enumerate(data)]
+            _reject(f"{where}: expected a JSON object, got {type(row).__name__}", on_error, stats)
+        elif _proper_text(where, row, on_error, stats):
+            rows.append((where, row))
+    return rows
 
 
-def read_json_list(path) -> list[dict]:
+def _proper_text(where: str, row, on_error: str, stats: dict | None) -> bool:
+    """False (raising or counting) if a string in the row holds a lone surrogate: JSON's
+    "\\ud800" escape decodes to one, which no tokenizer can encode (it failed later, inside a
+    reader thread, with no file or line)."""
+    bad = _lone_surrogate(row)
+    if bad is None:
+        return True
+    _reject(
+        f"{where}: a string holds the lone surrogate {bad!r} (not valid Unicode)", on_error, stats
+    )
+    return False
+
+
+def _lone_surrogate(value):
+    """The first lone surrogate in a JSON value's strings (keys included), or None."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as e:
+            return value[e.start]
+        return None
+    if isinstance(value, dict):
+        parts = [*value.keys(), *value.values()]
+    elif isinstance(value, list):
+        parts = value
+    else:
+        return None
+    return next((bad for bad in map(_lone_surrogate, parts) if bad is not None), None)
+
+
+def read_json_list(path, *, on_error: str = "raise", stats: dict | None = None) -> list[dict]:
     """Rows of a file holding one JSON list of objects (.gz ok)."""
-    return [row for _, row in _json_list_rows(_check_file(path))]
+    _check_on_error(on_error)
+    return [row for _, row in _json_list_rows(_check_file(path), on_error, stats)]
 
 
 def read_parquet(path) -> list[dict]:
@@ -142,23 +178,44 @@ def read_parquet(path) -> list[dict]:
         raise DataError(f"{path}: not a readable parquet file ({e})") from e
 
 
-def _located_rows(path, on_error: str, stats: dict | None) -> list[tuple]:
+def _located_rows(path, on_error: str, stats: dict | None) -> Iterable[tuple]:
     """(location, row) pairs of a .jsonl / .json list / .parquet file (each may end in .gz)."""
     _check_on_error(on_error)
     path = _check_file(path)
     name = path.name.removesuffix(".gz")
     if name.endswith(".json"):
-        return _json_list_rows(path)
+        return _json_list_rows(path, on_error, stats)
     if name.endswith(".parquet"):
         return [(f"{path}[{i}]", row) for i, row in enumerate(read_parquet(path))]
-    return list(_jsonl_rows(path, on_error, stats))
+    return _jsonl_rows(path, on_error, stats)  # lazily: errors come in file order
 
 
-def read_records(path, *, on_error: str = "raise", stats: dict | None = None) -> list[dict]:
-    """Rows of a .jsonl, .json (one list) or .parquet file, each possibly .gz, by its name."""
-    rows = [row for _, row in _located_rows(path, on_error, stats)]
+def read_records(
+    path, *, on_error: str = "raise", stats: dict | None = None, required=()
+) -> list[dict]:
+    """Rows of a .jsonl, .json (one list) or .parquet file, each possibly .gz, by its name.
+
+    `required`: alternative sets of string fields, e.g. (("text",), ("prompt", "response"));
+    a row with none of them complete raises (naming file:line) or is skipped (on_error)."""
+    rows = [
+        row
+        for where, row in _located_rows(path, on_error, stats)
+        if _has_text_fields(where, row, required, on_error, stats)
+    ]
     _count(stats, "rows", len(rows))
     return rows
+
+
+def _has_text_fields(where: str, row: dict, required, on_error: str, stats) -> bool:
+    if not required or any(all(isinstance(row.get(f), str) for f in names) for names in required):
+        return True
+    names = required[-1] if "text" not in row and len(required) > 1 else required[0]
+    name = next(f for f in names if not isinstance(row.get(f), str))
+    value = row.get(name)
+    what = "missing" if value is None else f"a {type(value).__name__}, not a string"
+    needs = " or ".join("+".join(repr(f) for f in alt) for alt in required)
+    _reject(f"{where}: field {name!r} is {what} (rows need {needs})", on_error, stats)
+    return False
 
 
 def _fields(where: str, row: dict, names, on_error: str, stats: dict | None, *, types=None) -> bool:

@@ -38,12 +38,16 @@ def prompt_bucket(length: int, max_len: int) -> int:
 
 
 def encode_prompts(records: list[dict], tokenizer, template: str, max_len: int) -> list[list[int]]:
-    """Token ids of each record's templated prompt (BOS first when the tokenizer has one)."""
+    """Token ids of each record's templated prompt (BOS first when the tokenizer has one).
+
+    A prompt longer than max_len keeps its end, and its BOS, as SFT rows keep theirs
+    (`pipeline.tokenize_sft`): the model is not prompted without the BOS it was trained with."""
     bos = [tokenizer.bos_id] if tokenizer.bos_id is not None else []
     out = []
     for r in records:
-        ids = bos + tokenizer.encode(text.apply_template(template, r["prompt"]))
-        out.append(ids[-max_len:])
+        ids = tokenizer.encode(text.apply_template(template, r["prompt"]))
+        keep = max_len - len(bos)  # prompt tokens that fit beside the BOS
+        out.append(bos + ids[max(0, len(ids) - keep) :] if keep > 0 else (bos + ids)[-max_len:])
     return out
 
 

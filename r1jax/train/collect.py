@@ -40,7 +40,14 @@ DATASET = "dataset.jsonl"
 PROVENANCE = "provenance.json"
 # The summary line that ends a rendered thought, by the prompt's language (R1's readable pattern:
 # reasoning, then a summary). Short, so that world conversations stay inside a 128-token context.
-SUMMARY = {"en": "Result: {answer}.", "zh": "结果是{answer}。"}
+SUMMARY = {
+    "en": "Result: {answer}.",
+    "zh": "结果是{answer}。",
+    "ja": "結果は{answer}です。",
+    "ko": "결과는 {answer}입니다.",
+    "ru": "Ответ: {answer}.",
+    "ar": "النتيجة: {answer}.",
+}
 _WORD = re.compile(r"[A-Za-z0-9]+|[^\sA-Za-z0-9]")
 
 

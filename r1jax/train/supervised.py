@@ -84,12 +84,13 @@ def eval_terms(params, batch, *, model_cfg):
     return lm_loss_terms(model_cfg, params, batch)
 
 
-def load_records(cfg, path: str, *, generic: bool = False) -> list[dict]:
+def load_records(cfg, path: str, *, generic: bool = False, required=()) -> list[dict]:
     """Reads a data file in the configured format into prompt/response (or text) records.
 
     generic=True reads plain rows whatever data.format says (general prompts and SFT rows mixed
     into a math run), except world dataset names. A malformed row stops the run naming
-    file:line, or with data.on_error="skip" is skipped, counted in the log.
+    file:line, or with data.on_error="skip" is skipped, counted in the log; for plain rows
+    that includes a row without the string fields `required` asks for (`sources.read_records`).
     """
     stats: dict = {}
     on_error = cfg.data.on_error
@@ -101,7 +102,7 @@ def load_records(cfg, path: str, *, generic: bool = False) -> list[dict]:
     elif fmt == "world" and path in world.DATASETS:  # generated in memory
         records = world.dataset(path, seed=cfg.data.world_seed, n=cfg.data.max_records)
     else:  # .jsonl, .json (one list) or .parquet, each possibly .gz
-        records = sources.read_records(path, on_error=on_error, stats=stats)
+        records = sources.read_records(path, on_error=on_error, stats=stats, required=required)
     if stats.get("skipped"):
         logging.warning(
             "%s: skipped %d malformed rows (data.on_error='skip')", path, stats["skipped"]
@@ -224,6 +225,28 @@ def make_batches(cfg, records, tokenizer, *, seed, num_epochs=None):
     return iter(ds)
 
 
+def _report_truncation(cfg, records, tokenizer, workdir) -> None:
+    """Warns when training examples do not fit data.seq_len (an SFT example that long trains
+    without the end of its response and its EOS) and writes the count to WORKDIR/data_stats.json."""
+    kind = "pretrain" if cfg.stage == "pretrain" else "sft"
+    cut, checked = pipeline.truncation_count(
+        records, tokenizer, kind=kind, seq_len=cfg.data.seq_len, template=cfg.data.template
+    )
+    if cut:
+        logging.warning(
+            "%d of %d training records checked (%.1f%%) are longer than data.seq_len=%d "
+            "tokens and are cut%s; raise data.seq_len or drop long records",
+            cut,
+            checked,
+            100 * cut / checked,
+            cfg.data.seq_len,
+            "" if kind == "pretrain" else " (the prompt's start, then the response's end and EOS)",
+        )
+    if jax.process_index() == 0:
+        stats = {"records": len(records), "checked": checked, "longer_than_seq_len": cut}
+        files.write_json(pathlib.Path(workdir) / "data_stats.json", stats)
+
+
 def make_eval_fn(cfg, model_cfg, mesh, records, tokenizer):
     """A function state -> {'eval_loss': ...} over a fixed set of held-out batches."""
     if not records:
@@ -248,8 +271,11 @@ def run(cfg, workdir) -> dict:
     """Trains a pretrain or sft stage to cfg.train.steps, resuming from WORKDIR when it can."""
     workdir = pathlib.Path(workdir)
     configlib.validate(cfg)
-    records = load_records(cfg, cfg.data.train)
-    eval_records = load_records(cfg, cfg.data.eval) if cfg.data.eval else []
+    required = (("prompt", "response"),)  # the string fields a training row needs
+    if cfg.stage == "pretrain":
+        required = (("text",), *required)
+    records = load_records(cfg, cfg.data.train, required=required)
+    eval_records = load_records(cfg, cfg.data.eval, required=required) if cfg.data.eval else []
     tokenizer = resolve_tokenizer(cfg, workdir, records)
     model_cfg = configlib.model_config_from(cfg, vocab_size=tokenizer.vocab_size)
     model_cfg, params = initial_params(cfg, model_cfg)
@@ -261,6 +287,7 @@ def run(cfg, workdir) -> dict:
     optimizer = state_lib.make_optimizer(cfg.optim, cfg.train.steps)
     rng = jax.random.PRNGKey(cfg.seed)
     state, shardings = trainer.init_state(model_cfg, optimizer, rng, mesh, rules, params)
+    _report_truncation(cfg, records, tokenizer, workdir)
     iterator = make_batches(cfg, records, tokenizer, seed=cfg.seed)
     ckpt = checkpoint.manager(workdir / "checkpoints", max_to_keep=cfg.train.keep_checkpoints)
     restored = checkpoint.restore_latest(ckpt, state, iterator)

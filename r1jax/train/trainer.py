@@ -135,6 +135,7 @@ class Loop:
             tensorboard=cfg.metrics.tensorboard,
         )
         self.bad_in_row = 0
+        self.last_logged = start_step  # rates in a row are over the steps since this one
 
     def run(
         self,
@@ -159,11 +160,8 @@ class Loop:
             if step % self.cfg.train.log_every == 0 or step == self.total_steps:
                 t_last = self._log(*pending, t_last, flops_per_step, force=True)
                 pending = None
-            if (
-                eval_fn is not None
-                and self.cfg.train.eval_every
-                and (step % self.cfg.train.eval_every == 0 or step == self.total_steps)
-            ):
+            every = self.cfg.train.eval_every  # 0: at the last step only
+            if eval_fn is not None and ((every and step % every == 0) or step == self.total_steps):
                 self.writer.write(step, eval_fn(state))
             if self.ckpt is not None and (
                 step % self.cfg.train.checkpoint_every == 0 or step == self.total_steps
@@ -183,7 +181,9 @@ class Loop:
         if not force:
             return t_last
         now = time.perf_counter()
-        steps_done = self.cfg.train.log_every
+        # The steps since the last row: log_every, fewer at the end or after a resume.
+        steps_done = max(1, step - self.last_logged)
+        self.last_logged = step
         dt = (now - t_last) / steps_done
         row = {k: float(np.asarray(v)) for k, v in metrics.items()}
         row["step_time_s"] = dt
