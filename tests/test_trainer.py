@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 
+import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,9 +14,9 @@ import pytest
 
 from r1jax import configlib, sharding
 from r1jax.model import transformer
+from r1jax.train import checkpoint, supervised, trainer
 from r1jax.train import metrics as metrics_lib
 from r1jax.train import state as state_lib
-from r1jax.train import supervised, trainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -179,3 +180,44 @@ def test_init_params_match_transformer_init():
     expected = transformer.init_params(model_cfg, jax.random.split(jax.random.PRNGKey(0))[0])
     for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(expected)):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("damage", ["empty_iterator_state", "cut_array_file", "empty_metadata"])
+def test_a_damaged_newest_checkpoint_is_set_aside_and_the_previous_one_restored(tmp_path, damage):
+    _, _, state, batch = _tiny_setup(1)
+    data = [{"x": np.arange(i, i + 4)} for i in range(50)]
+    make_iter = lambda: iter(grain.MapDataset.source(data).to_iter_dataset())  # noqa: E731
+    ckpt = checkpoint.manager(tmp_path / "checkpoints", max_to_keep=3)
+    iterator = make_iter()
+    for step in (2, 4):
+        state = state.replace(step=jnp.asarray(step, state.step.dtype))
+        next(iterator)
+        checkpoint.save(ckpt, state, iterator, force=True)
+        ckpt.wait_until_finished()
+    newest = tmp_path / "checkpoints" / "4"
+    if damage == "empty_iterator_state":
+        next(newest.glob("data/*.json")).write_text("")
+    elif damage == "cut_array_file":
+        biggest = max((p for p in newest.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+        biggest.write_bytes(biggest.read_bytes()[:100])
+    else:
+        (newest / "state" / "_METADATA").write_text("")
+    fresh = checkpoint.manager(tmp_path / "checkpoints", max_to_keep=3)
+    restored, it, _ = checkpoint.restore_latest(fresh, state, make_iter())
+    assert int(restored.step) == 2
+    assert not newest.exists() and len(list((tmp_path / "corrupt_checkpoints").iterdir())) == 1
+    assert fresh.all_steps() == [2]
+    # ... and the run goes on: step 4 is saved again where the damaged one was.
+    checkpoint.save(fresh, restored.replace(step=jnp.asarray(4, state.step.dtype)), it, force=True)
+    fresh.wait_until_finished()
+    assert fresh.all_steps() == [2, 4]
+
+
+def test_no_readable_checkpoint_is_a_clear_error(tmp_path):
+    _, _, state, _ = _tiny_setup(1)
+    ckpt = checkpoint.manager(tmp_path / "checkpoints")
+    checkpoint.save(ckpt, state.replace(step=jnp.asarray(1, state.step.dtype)), force=True)
+    ckpt.wait_until_finished()
+    (tmp_path / "checkpoints" / "1" / "state" / "_METADATA").write_text("")
+    with pytest.raises(RuntimeError, match=r"no checkpoint could be restored .* step 1, failed"):
+        checkpoint.restore_latest(checkpoint.manager(tmp_path / "checkpoints"), state)

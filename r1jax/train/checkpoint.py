@@ -2,12 +2,16 @@
 
 import json
 import pathlib
+import time
 from typing import Any
 
 import grain
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
+
+from r1jax import distributed
 
 
 class _IteratorSnapshot:
@@ -107,10 +111,35 @@ def restore_latest(mngr: ocp.CheckpointManager, target_state, iterator=None, *, 
 
     Returns (state, iterator, extra) or None when the directory holds no checkpoint. The
     iterator, when given, is moved to the position it had at save time.
+
+    A checkpoint that cannot be read (cut short or damaged on disk) is moved out of the way, to
+    DIR/../corrupt_checkpoints/STEP-TIME, with a warning naming the error, and the next older
+    one is restored: the run resumes from there to the same numbers. When none can be read, the
+    error says so and names the newest one's problem.
     """
-    step = mngr.latest_step()
-    if step is None:
+    steps = sorted(mngr.all_steps(), reverse=True)
+    if not steps:
         return None
+    errors = []
+    for step in steps:
+        try:
+            restored = _restore(mngr, step, target_state, iterator, extra)
+        except Exception as e:  # noqa: BLE001 - orbax, TensorStore and grain raise many kinds
+            errors.append((step, e))
+            continue
+        if errors:
+            _set_aside(mngr, [s for s, _ in errors], restored_step=step, error=errors[0][1])
+        return restored
+    step, error = errors[0]
+    raise RuntimeError(
+        f"{mngr.directory}: no checkpoint could be restored ({len(steps)} tried, steps "
+        f"{steps}); the newest, step {step}, failed with {type(error).__name__}: "
+        f"{str(error)[-500:]}. If the config changed since they were saved, use the old one or "
+        "another --workdir; if they are damaged, move them away to start over"
+    ) from error
+
+
+def _restore(mngr, step, target_state, iterator, extra):
     items = {"state": ocp.args.StandardRestore(abstract_like(target_state))}
     if iterator is not None:
         items["data"] = grain.checkpoint.CheckpointRestore(iterator)
@@ -122,6 +151,32 @@ def restore_latest(mngr: ocp.CheckpointManager, target_state, iterator=None, *, 
         restored["data"] if iterator is not None else None,
         restored["extra"] if extra is not None else None,
     )
+
+
+def _set_aside(mngr, bad_steps, *, restored_step: int, error: Exception) -> None:
+    """Moves unreadable checkpoints out of the manager's directory (a later save of the same
+    step would collide with them) and makes every process's manager forget them."""
+    directory = pathlib.Path(mngr.directory)
+    aside = directory.parent / "corrupt_checkpoints"
+    logging.warning(
+        "checkpoints %s in %s could not be restored (%s: %s); resuming from step %d, moving "
+        "them to %s",
+        bad_steps,
+        directory,
+        type(error).__name__,
+        str(error)[-300:],
+        restored_step,
+        aside,
+    )
+    if distributed.is_primary():
+        aside.mkdir(exist_ok=True)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        for step in bad_steps:
+            source = directory / str(step)
+            if source.exists():
+                source.rename(aside / f"{step}-{stamp}")
+    distributed.barrier("r1jax-checkpoint-set-aside")
+    mngr.reload()
 
 
 def restore_params(directory: str | pathlib.Path, target_params, *, step: int | None = None):
