@@ -436,10 +436,11 @@ def write_result(result: EvalResult, workdir, name: str) -> None:
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     summary = {"metrics": result.metrics, "curves": result.curves}
+    # The samples first, each file whole or absent: a run that finds {name}.json skips the
+    # evaluation, so a kill between the two must not leave the samples cut short for good.
+    rows = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in result.samples)
+    files.write_atomic(workdir / f"{name}_samples.jsonl", rows)
     files.write_json(workdir / f"{name}.json", summary)
-    with (workdir / f"{name}_samples.jsonl").open("w", encoding="utf-8") as f:
-        for row in result.samples:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
 def format_table(metrics: dict[str, float]) -> str:

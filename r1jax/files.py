@@ -29,6 +29,14 @@ def write_atomic(path, data: str | bytes, *, encoding: str = "utf-8") -> None:
         tmp.unlink(missing_ok=True)
 
 
+def give_default_mode(path) -> None:
+    """chmod `path` to what open() would have given a new file (0666 less the umask); for files
+    written by libraries that create them owner-only (safetensors: 0600)."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
 def write_json(path, obj, **dumps_kwargs) -> None:
     """`obj` as indented JSON (keys sorted unless told) and a newline, through write_atomic."""
     dumps_kwargs = {"indent": 2, "sort_keys": True, **dumps_kwargs}

@@ -328,3 +328,28 @@ def test_eval_config_validation_names_the_field(shared_data):
         cfg = configlib.load_config(spec, model__init_from=REPO, **{f"eval__{field}": value})
         with pytest.raises(configlib.ConfigError, match=rf"config\.eval\.{field}"):
             configlib.validate(cfg, num_devices=1)
+
+
+def test_a_kill_while_writing_the_results_leaves_no_summary_beside_cut_samples(
+    tmp_path, monkeypatch
+):
+    # A run that finds {name}.json skips the evaluation: the samples must be whole by then.
+    result = evaluation.EvalResult({"pass@1": 0.5}, {}, [{"id": i} for i in range(3)])
+    calls = {"n": 0}
+    real_dumps = json.dumps
+
+    def killed_at_the_second_row(obj, **kw):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt  # the kill, mid-way through the samples
+        return real_dumps(obj, **kw)
+
+    monkeypatch.setattr(evaluation.json, "dumps", killed_at_the_second_row)
+    with pytest.raises(KeyboardInterrupt):
+        evaluation.write_result(result, tmp_path, "eval_before")
+    assert not (tmp_path / "eval_before.json").exists()  # so the evaluation reruns
+    monkeypatch.setattr(evaluation.json, "dumps", real_dumps)
+    evaluation.write_result(result, tmp_path, "eval_before")
+    lines = (tmp_path / "eval_before_samples.jsonl").read_text().splitlines()
+    assert [json.loads(line) for line in lines] == result.samples
+    assert json.loads((tmp_path / "eval_before.json").read_text())["metrics"] == {"pass@1": 0.5}

@@ -391,6 +391,9 @@ def test_save_hf_over_an_earlier_save_replaces_its_weight_files(tmp_path):
     hf_io.save_hf(tmp_path, cfg, old)
     hf_io.save_hf(tmp_path, cfg, new, max_shard_bytes=20_000)  # sharded over a single file
     assert not (tmp_path / "model.safetensors").exists()
+    # Weights readable as the config is (safetensors alone writes them 0600).
+    modes = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()}
+    assert len(set(modes.values())) == 1, modes
     model = transformers.AutoModelForCausalLM.from_pretrained(
         tmp_path, attn_implementation="eager", dtype=torch.float32
     ).eval()

@@ -473,6 +473,7 @@ def _save_shard(tensors: dict[str, np.ndarray], file: pathlib.Path) -> None:
     tmp = file.with_name(f"{file.name}.tmp{os.getpid()}")
     try:
         safetensors.numpy.save_file(tensors, tmp, metadata={"format": "pt"})
+        files.give_default_mode(tmp)  # safetensors writes 0600: other users could not load it
         os.replace(tmp, file)
     finally:
         tmp.unlink(missing_ok=True)
