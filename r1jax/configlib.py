@@ -234,7 +234,11 @@ def check_resumable(cfg: ml_collections.ConfigDict, workdir, model_cfg=None) -> 
     workdir = pathlib.Path(workdir)
     ckpt = workdir / "checkpoints"
     path = workdir / "config.json"
-    if not (ckpt.is_dir() and any(ckpt.iterdir()) and path.exists()):
+    has_checkpoints = ckpt.is_dir() and any(ckpt.iterdir())
+    # Another stage's outputs without checkpoints (a pipeline's stage folders and table, a
+    # collected dataset) are a run too: its config.json must not be overwritten.
+    others = path.exists() and any(p.name != "config.json" for p in workdir.iterdir())
+    if not (path.exists() and (has_checkpoints or others)):
         return
     advice = f"use another --workdir, or start from that run: --config.model.init_from={workdir}"
     try:
@@ -246,11 +250,12 @@ def check_resumable(cfg: ml_collections.ConfigDict, workdir, model_cfg=None) -> 
             f"they cannot be matched to this config; {advice}"
         ) from None
     if old_stage != cfg.stage:
+        held = "checkpoints" if has_checkpoints else "the outputs"
         raise ConfigError(
-            f"--workdir {workdir}: holds checkpoints of a {old_stage!r} run, not of this "
+            f"--workdir {workdir}: holds {held} of a {old_stage!r} run, not of this "
             f"{cfg.stage!r} config; {advice}"
         )
-    if model_cfg is None or not isinstance(saved.get("model"), dict):
+    if not has_checkpoints or model_cfg is None or not isinstance(saved.get("model"), dict):
         return
     new = _json_form(dataclasses.asdict(model_cfg))
     old = _saved_model_form(saved["model"])

@@ -183,6 +183,20 @@ def test_a_workdir_holding_another_run_is_refused_and_kept(tmp_path):
     configlib.save_resolved(configlib.updated(cfg, train__steps=400), tmp_path, longer)  # resumes
 
 
+def test_a_stage_is_refused_over_another_stages_outputs_without_checkpoints(tmp_path):
+    # A pipeline's folder has no checkpoints of its own, only its stages' folders and table.
+    pipeline_cfg = {"config": {"stage": "pipeline"}}
+    (tmp_path / "config.json").write_text(json.dumps(pipeline_cfg))
+    sft = configlib.load_config(os.path.join(REPO, "configs/sft.py:tiny"))
+    shape = configlib.model_config_from(sft, vocab_size=100)
+    configlib.save_resolved(sft, tmp_path / "fresh", shape)  # only config.json: a fresh start
+    configlib.save_resolved(sft, tmp_path / "fresh", shape)
+    (tmp_path / "r1_zero").mkdir()
+    with pytest.raises(configlib.ConfigError, match="holds the outputs of a 'pipeline' run"):
+        configlib.save_resolved(sft, tmp_path, shape)
+    assert json.loads((tmp_path / "config.json").read_text()) == pipeline_cfg
+
+
 def test_a_run_saved_before_rope_types_resumes_and_loads(tmp_path):
     # A Llama 3 run's config.json written when RopeScaling had only llama3's four fields.
     cfg = configlib.load_config(os.path.join(REPO, "configs/sft.py:tiny"))
