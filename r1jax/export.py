@@ -9,6 +9,7 @@ its config files) is copied beside the weights.
 
 import argparse
 import pathlib
+import sys
 
 import jax
 
@@ -50,7 +51,10 @@ def main(argv=None) -> None:
     parser.add_argument("out_dir")
     parser.add_argument("--step", type=int, default=None, help="checkpoint step (default latest)")
     args = parser.parse_args(argv)
-    print(export(args.run_dir, args.out_dir, step=args.step))
+    try:
+        print(export(args.run_dir, args.out_dir, step=args.step))
+    except (FileNotFoundError, ValueError) as e:  # a wrong folder or step: one line, no trace
+        sys.exit(f"r1jax.export: {e}")
 
 
 if __name__ == "__main__":

@@ -127,9 +127,11 @@ def _parse_flags(argv: list[str]) -> list[str]:
     """absl's flag parsing, but a bad --config ends the run with one line naming the problem
     (ml_collections raises a KeyError from deep inside flag parsing, or an IOError later)."""
     try:
-        args = app.parse_flags_with_usage(argv)
+        args = flags.FLAGS(argv)
         _CONFIG.value.get("stage")  # a config file that failed to load raises on first use
         return args
+    except flags.Error as e:  # e.g. the config file's own error (an unknown variant)
+        sys.exit(f"r1jax: {config_problem(argv) or e} (flags: r1jax --helpshort)")
     except (KeyError, AttributeError, OSError) as e:
         sys.exit(f"r1jax: {config_problem(argv) or e}")
 

@@ -236,3 +236,29 @@ def test_workdir_that_is_a_file_and_config_problems(tmp_path):
     )
     problem = main.config_problem(["r1jax", f"--config={spec}", "--config.seed.x=1"])
     assert "config.seed is a value, not a section" in problem
+
+
+def test_an_unknown_variant_is_one_line_not_a_traceback(tmp_path):
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "r1jax.main",
+            "--config=configs/sft.py:bogus",
+            f"--workdir={tmp_path}",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert bad.returncode != 0 and "Traceback" not in bad.stderr
+    last = bad.stderr.strip().splitlines()[-1]
+    assert last.startswith("r1jax: --config=configs/sft.py:bogus: ValueError: ") and "bogus" in last
+
+
+def test_export_names_a_wrong_folder_in_one_line(tmp_path):
+    from r1jax import export
+
+    with pytest.raises(SystemExit, match=r"^r1jax\.export: .*nope/config\.json: not an r1jax run"):
+        export.main([str(tmp_path / "nope"), str(tmp_path / "out")])

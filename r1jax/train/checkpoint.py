@@ -190,6 +190,10 @@ def restore_params(directory: str | pathlib.Path, target_params, *, step: int | 
     step = mngr.latest_step() if step is None else step
     if step is None:
         raise FileNotFoundError(f"no checkpoint in {directory}")
+    if step not in mngr.all_steps():
+        raise FileNotFoundError(
+            f"{directory}: no checkpoint of step {step} (has {mngr.all_steps()})"
+        )
     # RL runs keep the decoder under params["policy"]; supervised runs keep it at params.
     layouts = (
         {"params": abstract_like(target_params)},
