@@ -96,6 +96,39 @@ def _tiny_setup(grad_accum):
     return model_cfg, opt, state, batch
 
 
+def test_sigterm_saves_after_the_step_exits_143_and_resumes_to_the_same_numbers(
+    tmp_path, shared_data
+):
+    # SLURM and TPU preemption send SIGTERM before the kill: the run saves where it stands.
+    full, stopped = tmp_path / "full", tmp_path / "stopped"
+    supervised.run(_short_cfg(train__checkpoint_every=100), full)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "r1jax.main",
+            *_cli_args(stopped),
+            "--config.train.checkpoint_every=100",
+        ],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.time() + 120
+    while not any(r.get("step", 0) >= 2 for r in metrics_lib.read_jsonl(stopped / "metrics.jsonl")):
+        assert proc.poll() is None and time.time() < deadline, "the run ended before step 2"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == trainer.PREEMPTED_EXIT_CODE, err[-2000:]
+    steps = sorted(int(p.name) for p in (stopped / "checkpoints").iterdir() if p.name.isdigit())
+    assert len(steps) == 1 and 2 <= steps[0] < 8  # saved where it stopped, not at an interval
+    assert f"stopped after step {steps[0]} with its checkpoint saved" in err
+    supervised.run(_short_cfg(train__checkpoint_every=100), stopped)
+    assert _losses(stopped) == _losses(full)
+
+
 def test_a_tokenizer_larger_than_the_model_vocab_is_refused(tmp_path, shared_data):
     # Ids past the embedding would be clamped to its last row, silently.
     with pytest.raises(ValueError, match="tokenizer has 512 ids but the model's vocab_size is 300"):

@@ -468,6 +468,7 @@ def run(cfg, workdir) -> dict:
     if jax.process_index() == 0:  # a resumed run redoes the rows after its checkpoint
         metrics_lib.drop_rows_after(pathlib.Path(workdir) / "samples.jsonl", start)
     evaluator, before = _evaluator(r), None
+    preemption = trainer.Preemption().__enter__()  # SIGTERM: save after the step, exit
     try:
         if evaluator is not None:  # the base model's numbers, once (a resumed run reads them)
             before = evaluator.load("eval_before")
@@ -488,8 +489,14 @@ def run(cfg, workdir) -> dict:
             if step % cfg.train.log_every == 0 or step == cfg.train.steps:
                 writer.write(step, metrics)
             _log_sample(step, samples, cfg.rl.log_samples_every, workdir)
-            if step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps:
+            saved = step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps
+            if saved:
                 r.save(force=True)
+            if step < cfg.train.steps and preemption.should_stop():
+                if not saved:
+                    r.save(force=True)
+                r.ckpt.wait_until_finished()
+                trainer.Preemption.exit(step, workdir)
         writer.close()
         if evaluator is not None:
             after = evaluator.evaluate(r.state.params["policy"], "eval_after")
@@ -498,6 +505,7 @@ def run(cfg, workdir) -> dict:
                 done = report.write_report(workdir, before, after, flops, steps=cfg.train.steps)
                 logging.info("summary: %s", json.dumps(done.get("gain", {}), sort_keys=True))
     finally:
+        preemption.__exit__(None, None, None)
         writer.close()
         r.close()
     return {"step": int(r.state.step), "model": r.model_cfg}

@@ -1,6 +1,9 @@
 """Where steps are jitted (shardings, donation), states are built on the mesh, and loops run."""
 
 import pathlib
+import signal
+import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 
@@ -8,8 +11,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from absl import logging
 
-from r1jax import sharding
+from r1jax import distributed, sharding
 from r1jax.model import transformer
 from r1jax.train import checkpoint
 from r1jax.train import metrics as metrics_lib
@@ -113,6 +117,48 @@ def micro_batches(batch: dict, k: int) -> dict:
     )
 
 
+PREEMPTED_EXIT_CODE = 128 + signal.SIGTERM  # what a shell reports for a SIGTERM death
+
+
+class Preemption:
+    """SIGTERM, the notice SLURM and Cloud TPU / GCE preemption send before they kill, asks a
+    training loop to finish its step, save a checkpoint and exit (code 143); the same command
+    then resumes from that step to the same numbers. A context manager around the loop (the
+    handler is installed from the main thread only; the old one is put back on exit)."""
+
+    def __init__(self):
+        self.requested = False
+        self._old = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGTERM, self._old)
+            self._old = None
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def should_stop(self) -> bool:
+        """Whether any process got the signal: every process stops after the same step (the
+        checkpoint save is collective)."""
+        return distributed.global_max(int(self.requested)) > 0
+
+    @staticmethod
+    def exit(step: int, workdir) -> None:
+        logging.warning(
+            "SIGTERM: stopped after step %d with its checkpoint saved; rerun the same command "
+            "(--workdir=%s) to resume",
+            step,
+            workdir,
+        )
+        sys.exit(PREEMPTED_EXIT_CODE)
+
+
 class BadStepsError(RuntimeError):
     """Too many non-finite steps in a row; the offending batch was saved."""
 
@@ -147,7 +193,11 @@ class Loop:
         flops_per_step=0.0,
         eval_fn: Callable | None = None,
     ):
-        """Runs until total_steps; returns the final state."""
+        """Runs until total_steps (or a SIGTERM, `Preemption`); returns the final state."""
+        with Preemption() as preemption:
+            return self._run(state, step_fn, batches, iterator, flops_per_step, eval_fn, preemption)
+
+    def _run(self, state, step_fn, batches, iterator, flops_per_step, eval_fn, preemption):
         pending, t_last = None, time.perf_counter()
         step = int(jax.device_get(state.step))
         while step < self.total_steps:
@@ -163,10 +213,15 @@ class Loop:
             every = self.cfg.train.eval_every  # 0: at the last step only
             if eval_fn is not None and ((every and step % every == 0) or step == self.total_steps):
                 self.writer.write(step, eval_fn(state))
-            if self.ckpt is not None and (
-                step % self.cfg.train.checkpoint_every == 0 or step == self.total_steps
-            ):
+            saved = step % self.cfg.train.checkpoint_every == 0 or step == self.total_steps
+            if self.ckpt is not None and saved:
                 checkpoint.save(self.ckpt, state, iterator, force=True)
+            if self.ckpt is not None and step < self.total_steps and preemption.should_stop():
+                if not saved:  # (rows are written at log steps only, as in a run not stopped)
+                    checkpoint.save(self.ckpt, state, iterator, force=True)
+                self.ckpt.wait_until_finished()
+                self.writer.close()
+                Preemption.exit(step, self.workdir)
         if self.ckpt is not None:
             self.ckpt.wait_until_finished()
         self.writer.close()
