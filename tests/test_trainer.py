@@ -215,6 +215,11 @@ def test_init_params_match_transformer_init():
         np.testing.assert_array_equal(a, b)
 
 
+# orbax leaves the reads of a restore that failed as coroutines never awaited: expected here.
+_ABANDONED_READS = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+
+
+@_ABANDONED_READS
 @pytest.mark.parametrize("damage", ["empty_iterator_state", "cut_array_file", "empty_metadata"])
 def test_a_damaged_newest_checkpoint_is_set_aside_and_the_previous_one_restored(tmp_path, damage):
     _, _, state, batch = _tiny_setup(1)
@@ -246,6 +251,7 @@ def test_a_damaged_newest_checkpoint_is_set_aside_and_the_previous_one_restored(
     assert fresh.all_steps() == [2, 4]
 
 
+@_ABANDONED_READS
 def test_no_readable_checkpoint_is_a_clear_error(tmp_path):
     _, _, state, _ = _tiny_setup(1)
     ckpt = checkpoint.manager(tmp_path / "checkpoints")
