@@ -163,17 +163,24 @@ def _tie_weighted_ways(
 # Answers to vote on.
 
 _FRAC = re.compile(r"^([-+]?)\\frac(?:\{(\d+)\}\{(\d+)\}|(\d)(\d))$")
-_NUMBER = re.compile(r"^[-+]?(\d+(\.\d*)?|\.\d+)(/\d+)?$")
 _DEGREES = re.compile(r"\^\{?\\circ\}?$")
 _ASSIGNMENT = re.compile(r"^[a-zA-Z]=(?!=)")
+# \frac{a}{b} of two atoms (a number, a letter, a command such as \pi, optionally signed) as a/b.
+_ATOM = r"[-+]?(?:\d+(?:\.\d+)?|\\[a-zA-Z]+|[a-zA-Z])"
+_ATOM_FRAC = re.compile(r"\\frac\{(" + _ATOM + r")\}\{(" + _ATOM + r")\}")
 
 
 def canonical_answer(answer: str) -> str | None:
-    """A cheap canonical form of a final math answer: '1,000' == '1000', '\\frac12' == '0.5'."""
+    """A cheap canonical form of a final math answer, so that maj@k counts as one the forms the
+    grader accepts as equal: '1,000' == '1000' == '1e3', '\\frac12' == '0.5', '(1, 2)' ==
+    '(1,2)', '\\sqrt3' == '\\sqrt{3}', '\\frac{\\pi}{2}' == '\\pi/2', '\\text{(A)}' == 'A'."""
     s = math_reward.normalize(answer)
-    s = _DEGREES.sub("", _ASSIGNMENT.sub("", s))
+    s = _DEGREES.sub("", _ASSIGNMENT.sub("", s)).replace(" ", "")  # "(1, 2)": a list's spaces
     if not s:
         return None
+    letter = math_reward._choice_letter(s)
+    if letter is not None:
+        return letter
     frac = _FRAC.match(s)
     if frac:
         sign, num, den = (
@@ -182,7 +189,9 @@ def canonical_answer(answer: str) -> str | None:
             frac.group(3) or frac.group(5),
         )
         s = f"{sign}{num}/{den}"
-    if _NUMBER.match(s) and len(s) <= 100:
+    else:
+        s = _ATOM_FRAC.sub(r"\1/\2", s)
+    if math_reward._NUMBER.match(s) and len(s) <= 100:
         try:
             value = fractions.Fraction(s)
         except (ValueError, ZeroDivisionError):

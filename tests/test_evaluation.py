@@ -20,6 +20,7 @@ from r1jax import configlib, evaluation, sharding, text
 from r1jax.data import world
 from r1jax.model import config as config_lib
 from r1jax.model import transformer as tf
+from r1jax.rewards import math as math_reward
 from r1jax.train import checkpoint, trainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -136,6 +137,22 @@ def test_vote_key():
     assert key(_ans("90^\\circ"), math) == "90"
     assert key(_ans("\\sqrt{2}"), math) == "\\sqrt{2}"
     assert key("no answer here", math) is None
+    # Forms the grader accepts as equal vote as one (maj@k would split them).
+    for forms in (
+        ["(1,2)", "(1, 2)"],
+        ["\\frac{\\sqrt{3}}{2}", "\\frac{\\sqrt3}{2}", "\\frac{\\sqrt{3}}2"],
+        ["2\\sqrt{2}", "2\\sqrt2"],
+        ["\\text{(A)}", "A", "(A)"],
+        ["\\pi/2", "\\frac{\\pi}{2}", "\\frac\\pi2"],
+        ["1e3", "1000", "1,000"],
+    ):
+        keys = {key(_ans(f), math) for f in forms}
+        assert len(keys) == 1, (forms, keys)
+        assert all(math_reward.is_equiv(f, forms[0]) for f in forms), forms
+    assert key(_ans("81, 256"), math) != key(_ans("81256"), math)  # a list, not thousands
+    general = world.dataset("general_test", n=1)[0]  # graded on phrase runs, not <answer>
+    good = "Sure! The answer is " + general["answer"] + "."
+    assert evaluation.vote_key(good, general) == general["answer"]
     code = {"task": "code"}
     assert key("```python\nreturn 1\n```", code) == "return 1"
 

@@ -208,6 +208,20 @@ def test_general_prompts_get_the_reward_model_reasoning_prompts_the_rules():
         maker._route(texts, records, rule_N, per_fn)
 
 
+def test_general_prompts_are_not_graded_by_the_rule_rewards(tmp_path):
+    # A plain general prompt has no answer: graded by 'accuracy' it was a crash, every step.
+    from r1jax.rewards import registry
+
+    maker = rollout.ExperienceMaker.__new__(rollout.ExperienceMaker)
+    maker.reward_model, maker.reward_model_weight = _LengthScorer(), 1.0
+    maker.pool = registry.RewardPool({"accuracy": 1.0, "format": 0.5}, num_workers=0, timeout_s=5)
+    records = [RECORD, {"prompt": "Write a haiku.", "domain": "general"}]
+    rewards_N, per_fn = maker._score_rules([GOOD, "Leaves fall."], records)
+    assert maker.last_pool_metrics["rewards/crashes/accuracy"] == 0
+    assert rewards_N[0] == 1.5 and rewards_N[1] == 0.0
+    assert per_fn["accuracy"][0] == 1.0 and np.isnan(per_fn["accuracy"][1])
+
+
 def test_all_domain_config_errors_name_the_field(tmp_path):
     spec = os.path.join(REPO, "configs/all_domain_rl.py:tiny")
     ok = dict(model__init_from=WORLD_BASE, rl__reward_model__path=WORLD_BASE)

@@ -345,6 +345,11 @@ def test_hh_rlhf_adapter_errors(tmp_path):
     with pytest.raises(sources.DataError, match=r"plain\.jsonl:2: field 'chosen' must be a str"):
         sources.preference_records(plain)
     assert sources.preference_records(plain, on_error="skip") == rows[:1]
+    # Equal replies carry no preference in plain rows either: dropped and counted.
+    same = tmp_path / "same.jsonl"
+    same.write_text(json.dumps({"prompt": "q", "chosen": "a", "rejected": "a "}) + "\n")
+    stats = {}
+    assert sources.preference_records(same, stats=stats) == [] and stats["identical"] == 1
 
 
 def test_pair_dataset_checks(tmp_path):

@@ -407,7 +407,8 @@ def preference_records(
     path, *, on_error: str = "raise", stats: dict | None = None, max_pairs: int = 0
 ) -> list[dict]:
     """Pairs {"prompt", "chosen", "rejected", ...} from a file of such rows or of HH-RLHF rows
-    (told apart by their keys, row by row); other fields (aspect, domain) are kept."""
+    (told apart by their keys, row by row); other fields (aspect, domain) are kept. Pairs
+    whose replies are equal are dropped and counted in stats["identical"] (both kinds)."""
     pairs = []
     for where, row in _located_rows(path, on_error, stats):
         pair = _hh_pair(where, row, on_error, stats) if is_hh_row(row) else None
@@ -415,6 +416,8 @@ def preference_records(
             wrong = [k for k in _PAIR_FIELDS if not isinstance(row[k], str)]
             if wrong:
                 _reject(f"{where}: field {wrong[0]!r} must be a string", on_error, stats)
+            elif row["chosen"].strip() == row["rejected"].strip():
+                _count(stats, "identical")  # no preference, as for HH rows
             else:
                 pair = row
         if pair is not None:

@@ -427,7 +427,11 @@ def grade(completion: str, record: dict) -> float:
 
 
 def vote_key(completion: str, record: dict) -> str | None:
-    """What maj@k votes on: the answer, or a countdown expression's value (None if unusable)."""
+    """What maj@k votes on: the answer, a countdown expression's value, or a general (translation)
+    problem's last run of op phrases in the target language (None if unusable)."""
+    if record.get("kind") == "general":  # graded on runs of phrases, not on an <answer> tag
+        runs = _PHRASE_RUN[_other_language(record["language"])].findall(completion or "")
+        return runs[-1] if runs else None
     # Different expressions with the same value are one answer; the target is never consulted.
     answer = final_answer(completion)
     if answer is None or record["kind"] != "countdown":

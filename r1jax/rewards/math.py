@@ -169,6 +169,20 @@ _UNICODE_MATH = str.maketrans(
     }
 )
 _ROOT_PARENS = re.compile(r"\\sqrt\(([^()]*)\)")
+# LaTeX arguments of one token may go without braces: \sqrt3, \frac12, \frac\pi2, \frac{\sqrt3}2.
+_TOKEN = r"(\\[a-zA-Z]+|[a-zA-Z0-9])"
+_ARG = (
+    r"(\{(?:[^{}]|\{[^{}]*\})*\}|\\[a-zA-Z]+|[a-zA-Z0-9])"  # braced (one level nested) or a token
+)
+_BARE_SQRT = re.compile(r"\\sqrt" + _TOKEN)
+_ANY_FRAC = re.compile(r"\\frac" + _ARG + _ARG)
+
+
+def _braced(s: str) -> str:
+    """\\sqrt and \\frac arguments in braces: '\\frac\\pi2' -> '\\frac{\\pi}{2}'."""
+    brace = lambda arg: arg if arg.startswith("{") else "{" + arg + "}"  # noqa: E731
+    s = _BARE_SQRT.sub(r"\\sqrt{\1}", s)
+    return _ANY_FRAC.sub(lambda m: "\\frac" + brace(m.group(1)) + brace(m.group(2)), s)
 
 
 def normalize(ans: str) -> str:
@@ -180,6 +194,7 @@ def normalize(ans: str) -> str:
     # LaTeX spaces (\\, \\! \\: \\; \\  and ~); a "\\ " that ends a "\\\\" row break is not one.
     s = re.sub(r"(?<!\\)\\[!,:; ]|(?<!\\)~", "", s).replace("\\dfrac", "\\frac")
     s = s.replace("\\tfrac", "\\frac").replace("\\left", "").replace("\\right", "")
+    s = _braced(s)
     s = re.sub(r"^\\\$\s*|^\$", "", s).strip()  # a leading currency sign
     s = re.sub(r"\s+", " ", s).rstrip(".").strip()
     unwrapped = _TEXT_WRAP.match(s)

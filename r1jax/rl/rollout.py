@@ -163,6 +163,24 @@ class ExperienceMaker:
         rewards_N = np.where(general_N, self.reward_model_weight * rm_N, rewards_N)
         return rewards_N.astype(np.float32), per_fn
 
+    def _score_rules(self, texts, group_records):
+        """The rule rewards (the pool) of the rows they grade: with a reward model, rows of
+        domain "general" are left to it (`_route`) rather than graded, and counted as crashes,
+        by rewards that need an answer they do not have."""
+        rows = np.arange(len(texts))
+        if self.reward_model is not None:
+            rows = np.flatnonzero([r.get("domain") != "general" for r in group_records])
+        scored_N, per_rows, self.last_pool_metrics = self.pool.score(
+            [texts[i] for i in rows], [group_records[i] for i in rows]
+        )
+        rewards_N = np.zeros(len(texts), np.float32)
+        rewards_N[rows] = scored_N
+        per_fn = {}
+        for name, values in per_rows.items():
+            per_fn[name] = np.full(len(texts), np.nan, np.float32)
+            per_fn[name][rows] = values
+        return rewards_N, per_fn
+
     def _sample_round(self, round_index: int) -> Samples:
         cfg = self.cfg
         # (1)
@@ -183,7 +201,7 @@ class ExperienceMaker:
         # (3)
         t0 = time.perf_counter()
         group_records = [r for r in records for _ in range(cfg.num_samples)]
-        rewards_N, per_fn, self.last_pool_metrics = self.pool.score(texts, group_records)
+        rewards_N, per_fn = self._score_rules(texts, group_records)
         rewards_N, per_fn = self._route(texts, group_records, rewards_N, per_fn)
         self.timings["reward_s"] += time.perf_counter() - t0
         return Samples(
@@ -268,8 +286,9 @@ class ExperienceMaker:
         for name in sorted(s.per_fn):  # over the rows of the function's domain (NaN elsewhere)
             values = everyone(np.asarray(s.per_fn[name]))
             values = values[~np.isnan(values)]
-            metrics[f"reward/{name}"] = float(np.mean(values)) if values.size else 0.0
-            metrics[f"reward/{name}_std"] = float(np.std(values)) if values.size else 0.0
+            if values.size:  # a function with no row of its domain in the batch logs nothing
+                metrics[f"reward/{name}"] = float(np.mean(values))
+                metrics[f"reward/{name}_std"] = float(np.std(values))
         if "reward_model" in s.per_fn:
             general = np.array([r.get("domain") == "general" for r in s.records], np.float32)
             metrics["general_prompt_share"] = float(everyone(general).mean())

@@ -478,7 +478,7 @@ def run(cfg, workdir) -> dict:
             t0 = time.perf_counter()
             metrics, samples = r.step_once()
             metrics["step_time_s"] = time.perf_counter() - t0
-            metrics.update(_throughput(cfg, r.model_cfg, samples, metrics["step_time_s"], peak))
+            metrics.update(_throughput(cfg, r, samples, metrics["step_time_s"], peak))
             r.flops += np.asarray(_step_flops(cfg, r, samples), np.float32)
             metrics["total_flops"] = float(r.flops.sum())
             if evaluator is not None and cfg.rl.eval_every and step % cfg.rl.eval_every == 0:
@@ -518,14 +518,19 @@ def _evaluator(r: "RLRun"):
     return report.Evaluator(r.cfg, r.workdir, r.model_cfg, r.tokenizer, r.eval_records, r.mesh)
 
 
+def _scoring_passes(cfg, r: "RLRun") -> int:
+    """Forward passes over the rollout besides the update: reference (when KL is on), old
+    policy (when the update is not on-policy), values (PPO), updated policy (kl_penalty)."""
+    kl_penalty = cfg.rl.algorithm == "ppo" and cfg.rl.ppo_form == "kl_penalty"
+    return int((r.kl_coef > 0) + (not r.on_policy) + (cfg.rl.algorithm == "ppo") + kl_penalty)
+
+
 def _step_flops(cfg, r: "RLRun", samples) -> tuple[float, float]:
     """(training, rollout) FLOPs of one step, all processes together (see report.step_flops)."""
     count = jax.process_count()
     n_seq = len(samples.texts) * count
     trained = n_seq * (samples.prompt_BxP.shape[1] + samples.completion_NxT.shape[1])
-    kl_penalty = cfg.rl.algorithm == "ppo" and cfg.rl.ppo_form == "kl_penalty"
-    # Forwards besides the update: reference, old policy, values, updated policy (kl_penalty).
-    passes = (r.kl_coef > 0) + (not r.on_policy) + (cfg.rl.algorithm == "ppo") + kl_penalty
+    passes = _scoring_passes(cfg, r)
     flops = report.step_flops(
         r.model_cfg,
         trained_tokens=trained,
@@ -551,18 +556,16 @@ def _guard_bad_steps(r: RLRun, metrics: dict, step: int, bad_in_row: int) -> int
     return bad_in_row
 
 
-def _throughput(cfg, model_cfg, samples, step_time_s: float, peak: float) -> dict:
+def _throughput(cfg, r: "RLRun", samples, step_time_s: float, peak: float) -> dict:
     """Generated tokens/s and model FLOPs utilisation of the whole step."""
     gen_tokens = float(distributed.gather_rows(samples.lengths_N).sum())  # all processes'
     seq = cfg.rl.max_prompt_len + cfg.rl.max_new_tokens
     n_seq = len(samples.texts) * jax.process_count()
-    fwd = model_config.forward_flops_per_token(model_cfg, seq)
-    # Generation (forward per token), old + ref log-probs (2 forwards over N*(P+T) tokens),
-    # one training pass (3 forwards) per epoch over the same tokens, and for PPO's kl_penalty
-    # form the updated policy's log-probs.
+    fwd = model_config.forward_flops_per_token(r.model_cfg, seq)
+    # Generation (a forward per token), the scoring forwards that ran (`_scoring_passes`) and
+    # one training pass (3 forwards) per epoch over the N*(P+T) tokens.
     train_tokens = n_seq * (samples.prompt_BxP.shape[1] + samples.completion_NxT.shape[1])
-    kl_penalty = cfg.rl.algorithm == "ppo" and cfg.rl.ppo_form == "kl_penalty"
-    passes = 2 + 3 * cfg.rl.epochs + kl_penalty  # + the updated policy's log-probs
+    passes = _scoring_passes(cfg, r) + 3 * cfg.rl.epochs
     flops = fwd * (gen_tokens + passes * train_tokens)
     return {
         "gen_tokens_per_s": gen_tokens / step_time_s,
