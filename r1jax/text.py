@@ -136,8 +136,11 @@ class SentencePieceTokenizer:
         return list(self._sp.encode(text, out_type=int))
 
     def decode(self, ids: Iterable[int]) -> str:
-        """Text of `ids`, pad dropped; control pieces (BOS, EOS) decode to nothing."""
-        return self._sp.decode([int(i) for i in ids if int(i) != self.pad_id])
+        """Text of `ids`, pad dropped; control pieces (BOS, EOS) decode to nothing, and so do ids
+        past the vocabulary (a model's embedding may have more rows than the tokenizer has
+        pieces, `check_fits`; SentencePiece raised on them, the HF decoder drops them)."""
+        n = self.vocab_size
+        return self._sp.decode([int(i) for i in ids if int(i) != self.pad_id and 0 <= int(i) < n])
 
     def token_to_id(self, piece: str) -> int | None:
         """The id of `piece`, or None when the model has no such piece."""
@@ -243,6 +246,17 @@ class HFTokenizer:
     def token_to_id(self, piece: str) -> int | None:
         """The id of `piece`, or None when it is not in the vocabulary."""
         return self._tok.token_to_id(piece)
+
+    def special_tokens(self) -> dict:
+        """eos/bos/pad as tokenizer_config.json entries naming the tokens this tokenizer
+        resolved (from whichever config file gave them): a tokenizer.json beside a
+        tokenizer_config.json holding them loads with the same ids."""
+        piece = lambda i: None if i is None else self._tok.id_to_token(i)  # noqa: E731
+        return {
+            "eos_token": piece(self.eos_id),
+            "bos_token": piece(self.bos_id),
+            "pad_token": piece(self.pad_id),
+        }
 
 
 def load_tokenizer(path: str | pathlib.Path) -> Tokenizer:

@@ -393,6 +393,13 @@ def test_long_sft_example_keeps_prompt_tail_and_response(tok):
     ex = pipeline.tokenize_sft(long_both, tok, seq_len=32, template="chat")
     assert len(ex["inputs"]) == 32 and ex["loss_mask"].sum() == 17  # prompt: 33 // 2 tokens
     assert tok.decode(ex["targets"][ex["loss_mask"] > 0]).startswith(" answer answer")
+    # A prompt shorter than its share (half the row) is kept whole while the response is cut.
+    short = {"prompt": "word " * 3 + "first", "response": "answer " * 80}
+    ex = pipeline.tokenize_sft(short, tok, seq_len=64, template="chat")
+    prompt_len = len(tok.encode(text.apply_template("chat", short["prompt"])))
+    assert ex["truncated"] and 65 // 4 < prompt_len < 65 // 2 - 1  # keep = 31 tokens
+    assert ex["inputs"][0] == tok.bos_id
+    assert tok.decode(ex["inputs"]).startswith("User: word word word first\nAssistant:")
     stats = {}
     records = [record, {"prompt": "p", "response": "ok"}]
     kw = dict(kind="sft", seq_len=32, batch_size=1, pack=False, num_epochs=1, stats=stats)

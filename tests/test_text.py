@@ -210,7 +210,7 @@ def test_a_run_keeps_its_tokenizer_files(tmp_path):
     sp = text.SentencePieceTokenizer.train(CORPUS, tmp_path / "sp", vocab_size=320)
     for config, want in (
         (cfg(init_from=str(hf)), ["tokenizer.json", "tokenizer_config.json"]),
-        (cfg(path=str(hf / "tokenizer.json")), ["tokenizer.json"]),
+        (cfg(path=str(hf / "tokenizer.json")), ["tokenizer.json", "tokenizer_config.json"]),
         (cfg(path=str(tmp_path / "sp.model")), ["tokenizer.model"]),
     ):
         run = tmp_path / f"run{len(list(tmp_path.iterdir()))}"
@@ -218,6 +218,7 @@ def test_a_run_keeps_its_tokenizer_files(tmp_path):
         assert sorted(p.name for p in run.iterdir()) == want
         again = text.load_tokenizer(run)
         assert again.encode("Work mod 7. <think>") == tok.encode("Work mod 7. <think>")
+        assert (again.eos_id, again.bos_id, again.pad_id) == (tok.eos_id, tok.bos_id, tok.pad_id)
     assert sp.vocab_size == 320
     # Resuming that run with another tokenizer is refused: its checkpoint speaks the old ids.
     other = text.SentencePieceTokenizer.train(CORPUS, tmp_path / "sp2", vocab_size=400)
@@ -226,3 +227,38 @@ def test_a_run_keeps_its_tokenizer_files(tmp_path):
     assert text.load_tokenizer(run).vocab_size == 320 != other.vocab_size == 400
     same = supervised.resolve_tokenizer(cfg(path=str(tmp_path / "sp.model")), run, [])
     assert same.vocab_size == 320
+
+
+def test_the_run_folder_loads_the_special_ids_the_run_trained_with(tmp_path):
+    # EOS named by a file the run does not keep (a lone tokenizer.json's sibling config,
+    # generation_config.json) must not fall back to a guess in the run folder.
+    import ml_collections
+
+    from r1jax.train import supervised
+
+    cfg = lambda path: ml_collections.ConfigDict(  # noqa: E731
+        {"tokenizer": {"path": str(path), "train_vocab_size": 0}, "model": {"init_from": ""}}
+    )
+    named = _build_hf_folder(tmp_path / "named", with_config=False)
+    (named / "tokenizer_config.json").write_text(json.dumps({"eos_token": "</answer>"}))
+    generated = _build_hf_folder(tmp_path / "generated", with_config=False)
+    (generated / "generation_config.json").write_text(json.dumps({"eos_token_id": [3, 0]}))
+    for source, eos in ((named / "tokenizer.json", 5), (generated, 3)):
+        run = tmp_path / f"run-{source.parent.name}-{source.name}"
+        tok = supervised.resolve_tokenizer(cfg(source), run, [])
+        assert tok.eos_id == eos
+        assert text.load_tokenizer(run).eos_id == eos  # not <|endoftext|> = 0, a guess
+    # Resuming with the same tokenizer.json but other special tokens is refused.
+    (named / "tokenizer_config.json").write_text(json.dumps({"eos_token": "<think>"}))
+    with pytest.raises(text.TokenizerError, match=r"eos/bos/pad ids \(5, None, 5\)"):
+        supervised.resolve_tokenizer(
+            cfg(named / "tokenizer.json"), tmp_path / "run-named-tokenizer.json", []
+        )
+
+
+def test_ids_past_a_sentencepiece_vocabulary_decode_to_nothing(tmp_path):
+    # check_fits lets the model's embedding be larger than the tokenizer; a sampled id past the
+    # tokenizer's pieces made SentencePiece raise and the run die.
+    sp = text.SentencePieceTokenizer.train(CORPUS, tmp_path / "sp", vocab_size=320)
+    ids = sp.encode("Work mod 7.")
+    assert sp.decode(ids + [sp.vocab_size, 600]) == sp.decode(ids) == "Work mod 7."

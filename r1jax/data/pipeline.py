@@ -77,7 +77,9 @@ def tokenize_sft(
     truncated = len(head) + len(prompt_ids) + len(response_ids) > budget
     if truncated:
         keep = max(budget - len(response_ids), budget // 2) - len(head)
-        prompt_ids = prompt_ids[len(prompt_ids) - max(keep, 0) :]
+        # The prompt's last `keep` tokens; all of it when it is shorter (a negative start would
+        # count from the end and drop a prompt that fits).
+        prompt_ids = prompt_ids[max(0, len(prompt_ids) - max(keep, 0)) :]
     example = _example(head + prompt_ids + response_ids, len(head) + len(prompt_ids), seq_len)
     example["truncated"] = np.bool_(truncated)
     return example

@@ -5,6 +5,7 @@ Shapes: B rows, T time, k micro-batches.
 
 import dataclasses
 import filecmp
+import json
 import pathlib
 
 import jax
@@ -166,13 +167,34 @@ def _keep_tokenizer(path, workdir):
                 f"{dst} differs from the configured tokenizer {src}: this run folder was made "
                 "with another tokenizer (use a new workdir, or the tokenizer the run was made with)"
             )
+    kept_config = workdir / "tokenizer_config.json"
+    if isinstance(tokenizer, text.HFTokenizer) and kept_config.is_file():
+        kept = text.HFTokenizer(workdir)  # a resumed run: same tokenizer.json, same ids?
+        ids = lambda t: (t.eos_id, t.bos_id, t.pad_id)  # noqa: E731
+        if ids(kept) != ids(tokenizer):
+            raise text.TokenizerError(
+                f"{workdir}: its tokenizer has eos/bos/pad ids {ids(kept)}, the configured "
+                f"{path} has {ids(tokenizer)} (its config files changed); use a new workdir or "
+                "the tokenizer files the run was made with"
+            )
     if jax.process_index() == 0:
         workdir.mkdir(parents=True, exist_ok=True)
         for src, name in copies:
             dst = workdir / name
+            if name == "tokenizer_config.json":
+                continue  # written below, with the special tokens this load resolved
             if not dst.exists() and src.resolve() != dst.resolve():
                 # Whole or absent: the other processes compare it (above) while this one writes.
                 files.write_atomic(dst, src.read_bytes())
+        if isinstance(tokenizer, text.HFTokenizer) and not kept_config.is_file():
+            # The eos/bos/pad the run trains with, named in its own tokenizer_config.json: they
+            # may have come from files the run does not keep (generation_config.json, the
+            # model's config.json) or from a guess, and the run folder must load the same ids.
+            folder = path if path.is_dir() else path.parent
+            source = folder / "tokenizer_config.json"
+            config = json.loads(source.read_text()) if source.is_file() else {}
+            config.update(tokenizer.special_tokens())
+            files.write_json(kept_config, config, sort_keys=False)
     return tokenizer
 
 
