@@ -240,7 +240,7 @@ def sample_completions(
     """
     bucket = sampler.prompt_bucket(max(map(len, prompt_ids)))
     tokens_NxP, lens_N = sampler.pad_prompts(prompt_ids, bucket, rows, tokenizer.pad_id)
-    kw.update(num_samples=num_samples, eos_ids=(tokenizer.eos_id,), pad_id=tokenizer.pad_id)
+    kw.update(num_samples=num_samples, eos_ids=text.stop_ids(tokenizer), pad_id=tokenizer.pad_id)
     if mesh is None:
         out = sampler.generate_padded(
             model_cfg, params, jnp.asarray(tokens_NxP), jnp.asarray(lens_N), key, **kw

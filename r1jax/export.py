@@ -38,6 +38,7 @@ def export(run_dir, out_dir, *, step: int | None = None) -> pathlib.Path:
         "tokenizer.json",
         "tokenizer_config.json",
         "special_tokens_map.json",
+        "generation_config.json",
     ):
         if (run_dir / name).exists():
             files.write_atomic(out_dir / name, (run_dir / name).read_bytes())

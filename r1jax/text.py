@@ -216,6 +216,13 @@ class HFTokenizer:
                 f"{file}: cannot find the EOS token (set eos_token in tokenizer_config.json)"
             )
         self.eos_id = int(eos)
+        # Every id generation stops on: EOS and generation_config.json's others (Llama-3.1 and
+        # Qwen2.5 instruct models end turns with one token and text with another).
+        extra = gen_cfg.get("eos_token_id")
+        extra = extra if isinstance(extra, list) else [extra]
+        self.stop_ids = tuple(
+            dict.fromkeys([self.eos_id] + [int(i) for i in extra if isinstance(i, int)])
+        )
         bos = self._id_of(_special_content(tok_cfg.get("bos_token")))
         if bos is None and "bos_token" not in tok_cfg:
             bos = _first_id(gen_cfg.get("bos_token_id", model_cfg.get("bos_token_id")))
@@ -223,8 +230,9 @@ class HFTokenizer:
         pad = self._id_of(_special_content(tok_cfg.get("pad_token")))
         # Without a pad token, pad with EOS (what Qwen and Llama recipes do); padding is masked.
         self.pad_id = int(pad) if pad is not None else self.eos_id
-        for name in ("eos_id", "bos_id", "pad_id"):
-            value = getattr(self, name)
+        for name, value in [(n, getattr(self, n)) for n in ("eos_id", "bos_id", "pad_id")] + [
+            ("a stop id", i) for i in self.stop_ids
+        ]:
             if value is not None and not 0 <= value < self.vocab_size:
                 raise TokenizerError(
                     f"{folder}: {name} {value} (from its config files) is not an id of the "
@@ -257,6 +265,12 @@ class HFTokenizer:
             "bos_token": piece(self.bos_id),
             "pad_token": piece(self.pad_id),
         }
+
+
+def stop_ids(tokenizer) -> tuple[int, ...]:
+    """The ids that end a generation: the tokenizer's EOS and any others its configuration names
+    (an HF generation_config.json's eos_token_id list)."""
+    return tuple(getattr(tokenizer, "stop_ids", None) or (tokenizer.eos_id,))
 
 
 def load_tokenizer(path: str | pathlib.Path) -> Tokenizer:

@@ -248,6 +248,9 @@ def test_the_run_folder_loads_the_special_ids_the_run_trained_with(tmp_path):
         tok = supervised.resolve_tokenizer(cfg(source), run, [])
         assert tok.eos_id == eos
         assert text.load_tokenizer(run).eos_id == eos  # not <|endoftext|> = 0, a guess
+        # Generation stops on every id generation_config.json names, in the run folder too.
+        want = (3, 0) if source == generated else (5,)
+        assert text.stop_ids(tok) == text.stop_ids(text.load_tokenizer(run)) == want
     # Resuming with the same tokenizer.json but other special tokens is refused.
     (named / "tokenizer_config.json").write_text(json.dumps({"eos_token": "<think>"}))
     with pytest.raises(text.TokenizerError, match=r"eos/bos/pad ids \(5, None, 5\)"):

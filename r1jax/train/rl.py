@@ -321,7 +321,7 @@ class RLRun:
             top_p=rl.top_p,
             top_k=rl.top_k,
             num_samples=rl.num_samples,
-            eos_ids=(self.tokenizer.eos_id,),
+            eos_ids=text.stop_ids(self.tokenizer),
         )
         return {
             "tokens": out["tokens"],

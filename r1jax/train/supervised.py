@@ -143,7 +143,13 @@ def resolve_tokenizer(cfg, workdir, records):
 
 
 # Files of a Hugging Face tokenizer folder worth keeping beside tokenizer.json.
-_HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+# generation_config.json names the other ids generation stops on (text.stop_ids).
+_HF_TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "generation_config.json",
+)
 
 
 def _keep_tokenizer(path, workdir):
@@ -158,6 +164,8 @@ def _keep_tokenizer(path, workdir):
         copies = [(path / n, n) for n in names]
     else:  # a lone file keeps the name a folder load looks for
         copies = [(path, "tokenizer.model" if path.suffix == ".model" else "tokenizer.json")]
+        if path.suffix == ".json" and (path.parent / "generation_config.json").is_file():
+            copies.append((path.parent / "generation_config.json", "generation_config.json"))
     for src, name in copies:  # a resumed run must not switch token ids under its checkpoint
         dst = workdir / name
         if name not in ("tokenizer.model", "tokenizer.json") or not dst.is_file():
