@@ -33,7 +33,9 @@ TIMING_KEYS = ("_s", "tokens_per_s", "mfu", "rewards/seconds")
 
 
 def _worker(workdir, out, process_id, num_processes, address, extra):
-    """Steps 1-2, a collective save, step 3, a restore of step 2, step 3 again."""
+    """Steps 1-2, a collective save, step 3, a restore of step 2, step 3 again; then a save of
+    step 3 whose last process's iterator file is damaged, a restore (falls back to step 2),
+    step 3 a third time."""
     import jax
 
     from r1jax import configlib, distributed
@@ -58,6 +60,20 @@ def _worker(workdir, out, process_id, num_processes, address, extra):
     assert int(run.state.step) == 2
     rows.append(run.step_once()[0])
     print(f"step 3 again {time.perf_counter() - t0:.1f} s", flush=True)
+    # Step 3 saved, then only the last process's iterator file of it damaged: every process
+    # must fall back to step 2 together (one restoring step 3 alone hung in orbax's sync).
+    run.save(force=True)
+    run.ckpt.wait_until_finished()
+    distributed.barrier("test-saved-3")
+    last = jax.process_count() - 1
+    if jax.process_index() == last:
+        data = pathlib.Path(workdir) / "checkpoints" / "3" / "data"
+        (data / f"process_{last}-of-{jax.process_count()}.json").write_text("")
+    distributed.barrier("test-damaged-3")
+    run._restore()
+    assert int(run.state.step) == 2
+    rows.append(run.step_once()[0])
+    print(f"step 3 after a fallback {time.perf_counter() - t0:.1f} s", flush=True)
     run.close()
     stable = [{k: v for k, v in r.items() if not any(t in k for t in TIMING_KEYS)} for r in rows]
     pathlib.Path(out).write_text(json.dumps({"rows": stable, "processes": jax.process_count()}))
@@ -139,8 +155,8 @@ def test_two_processes_match_one_process_through_save_and_restore(tmp_path, shar
     assert multi[0]["rows"] == multi[1]["rows"]
     rows = single["rows"]
     # The restored run repeats step 3 exactly, in either layout.
-    assert rows[3] == rows[2]
-    assert multi[0]["rows"][3] == multi[0]["rows"][2]
+    assert rows[3] == rows[2] == rows[4]
+    assert multi[0]["rows"][3] == multi[0]["rows"][2] == multi[0]["rows"][4]
     # Same programs on the same (2, 2, 2) mesh; only the cross-process all-reduces (gloo) may
     # add float32 partial sums in another order: relative 1e-5 leaves a margin of ~100 ulp.
     _assert_rows_close(multi[0]["rows"], rows, rtol=1e-5)

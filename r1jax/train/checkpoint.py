@@ -122,21 +122,43 @@ def restore_latest(mngr: ocp.CheckpointManager, target_state, iterator=None, *, 
         return None
     errors = []
     for step in steps:
+        # Every process resumes from the same step. The files only this process reads (its
+        # iterator position) are checked and agreed on before orbax's restore, whose own
+        # cross-process sync would otherwise meet a process that gave up on the step.
+        error = _own_files_problem(mngr, step) if iterator is not None else None
+        if distributed.global_min(int(error is None)) == 0:
+            errors.append((step, error or RuntimeError("another process could not read it")))
+            continue
         try:
-            restored = _restore(mngr, step, target_state, iterator, extra)
+            restored, error = _restore(mngr, step, target_state, iterator, extra), None
         except Exception as e:  # noqa: BLE001 - orbax, TensorStore and grain raise many kinds
-            errors.append((step, e))
+            restored, error = None, e
+        if distributed.global_min(int(error is None)) == 0:
+            errors.append((step, error or RuntimeError("another process could not restore it")))
             continue
         if errors:
             _set_aside(mngr, [s for s, _ in errors], restored_step=step, error=errors[0][1])
         return restored
     step, error = errors[0]
+    others = "; ".join(f"step {s}: {type(e).__name__}: {str(e)[-200:]}" for s, e in errors[1:])
     raise RuntimeError(
         f"{mngr.directory}: no checkpoint could be restored ({len(steps)} tried, steps "
         f"{steps}); the newest, step {step}, failed with {type(error).__name__}: "
-        f"{str(error)[-500:]}. If the config changed since they were saved, use the old one or "
-        "another --workdir; if they are damaged, move them away to start over"
+        f"{str(error)[-500:]}{' (' + others + ')' if others else ''}. If the config changed "
+        "since they were saved, use the old one or another --workdir; if they are damaged, move "
+        "them away to start over"
     ) from error
+
+
+def _own_files_problem(mngr, step: int) -> Exception | None:
+    """Why this process's data-iterator file of `step` cannot be read, or None."""
+    name = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+    path = pathlib.Path(mngr.directory) / str(step) / "data" / name
+    try:
+        json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        return e
+    return None
 
 
 def _restore(mngr, step, target_state, iterator, extra):
