@@ -732,7 +732,17 @@ def _sample_rows(
 
 
 def _generate(
-    cfg, params, prompt_NxP, prompt_lens_N, key, *, max_new_tokens, num_samples, sampling, layout
+    cfg,
+    params,
+    prompt_NxP,
+    prompt_lens_N,
+    key,
+    prompt_order_N=None,
+    *,
+    max_new_tokens,
+    num_samples,
+    sampling,
+    layout,
 ):
     """One program: the cache is born and dies inside it (no host round trip, nothing to donate;
     XLA updates the while_loop carry in place).
@@ -750,6 +760,9 @@ def _generate(
     """
     b, t = prompt_NxP.shape[0] * num_samples, max_new_tokens
     uniform_BxT = step_uniforms(key, b, t if sampling.temperature > 0 else 0)
+    if prompt_order_N is not None:  # row n*G+g draws as the prompt's place in the order says
+        rows_B = (prompt_order_N[:, None] * num_samples + jnp.arange(num_samples)).reshape(-1)
+        uniform_BxT = jnp.take(uniform_BxT, rows_B, axis=0)
     sample = functools.partial(
         _sample_rows,
         cfg,
@@ -817,8 +830,13 @@ def generate_padded(
     pad_id: int = 0,
     mesh=None,
     rules=None,
+    prompt_order_N=None,
 ) -> SampleOutput:
     """Samples G continuations of left-padded prompts; rows n*G..n*G+G-1 belong to prompt n.
+
+    `prompt_order_N` (a permutation of 0..N-1, default the identity) gives each prompt the draws
+    of that place in the batch: `generate_local` puts every process's padding after all real
+    prompts, so that the draws equal one process's on the concatenated prompts.
 
     With a mesh, rows and the KV cache are pinned to it (rows over the batch axes, kv heads by
     `rules`); the prompts should then be placed on it already (`sharding.put_batch`).
@@ -854,6 +872,7 @@ def generate_padded(
         prompt_tokens_NxP,
         prompt_lens_N,
         key,
+        prompt_order_N,
         max_new_tokens=int(max_new_tokens),
         num_samples=int(num_samples),
         sampling=sampling,
@@ -887,8 +906,16 @@ def generate_local(
     tokens_NxP[n:] = kw.get("pad_id", 0)
     lens_N = np.zeros((rows,), np.int32)
     lens_N[:n] = prompt_lens_N
-    tokens_NxP, lens_N = sharding_lib.put_batch((tokens_NxP, lens_N), mesh)
-    out = generate_padded(cfg, params, tokens_NxP, lens_N, key, mesh=mesh, rules=rules, **kw)
+    # Each process pads its own prompts, so padding rows sit between processes' prompts; the
+    # order gives the real prompts the places (and draws) they have in one process's batch.
+    p, count = jax.process_index(), jax.process_count()
+    order_N = np.concatenate(
+        [p * n + np.arange(n), count * n + p * (rows - n) + np.arange(rows - n)]
+    ).astype(np.int32)
+    tokens_NxP, lens_N, order_N = sharding_lib.put_batch((tokens_NxP, lens_N, order_N), mesh)
+    out = generate_padded(
+        cfg, params, tokens_NxP, lens_N, key, mesh=mesh, rules=rules, prompt_order_N=order_N, **kw
+    )
     keep = n * kw.get("num_samples", 1)
     return {name: sharding_lib.local_rows(x)[:keep] for name, x in vars(out).items()}
 

@@ -13,6 +13,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # The mesh spans both processes on every axis: FSDP and tensor shards live in both, and each
 # process holds half of the batch (data x fsdp = 4 rows of prompts, 2 per process).
@@ -131,8 +133,10 @@ def _assert_rows_close(got, expected, rtol):
             assert abs(g[key] - e[key]) <= rtol * max(1.0, abs(e[key])), (step, key, g[key], e[key])
 
 
-def test_two_processes_match_one_process_through_save_and_restore(tmp_path, shared_data):
-    import pytest
+@pytest.mark.parametrize("prompts", [4, 2])
+def test_two_processes_match_one_process_through_save_and_restore(tmp_path, shared_data, prompts):
+    # 2 prompts a step: one per process, each padded to its share of the (data x fsdp = 4)
+    # rows, so padding sits between the processes' prompts (their draws must not move).
 
     try:
         import jax
@@ -146,9 +150,9 @@ def test_two_processes_match_one_process_through_save_and_restore(tmp_path, shar
 
     cfg = configlib.load_config(str(REPO / "configs/grpo.py") + ":tiny", **OVERRIDES)
     supervised.resolve_tokenizer(cfg, tmp_path, supervised.load_records(cfg, cfg.data.train))
-    tokenizer = f"tokenizer__path={tmp_path / 'tokenizer.model'}"
-    single_run = _start(tmp_path, "single", 1, [tokenizer])
-    multi_run = _start(tmp_path, "multi", 2, [tokenizer])
+    extra = [f"tokenizer__path={tmp_path / 'tokenizer.model'}", f"rl__prompts_per_step={prompts}"]
+    single_run = _start(tmp_path, "single", 1, extra)
+    multi_run = _start(tmp_path, "multi", 2, extra)
     (single,), multi = _finish(single_run), _finish(multi_run)
     assert single["processes"] == 1 and multi[0]["processes"] == 2
     # Both processes log the same (global) metrics.
@@ -168,7 +172,7 @@ def _main(argv):
     extra = {}
     for item in rest:
         key, value = item.split("=", 1)
-        extra[key] = value
+        extra[key] = int(value) if value.isdigit() else value
     _worker(workdir, out, int(process_id), int(num_processes), address, extra)
 
 
