@@ -151,9 +151,12 @@ def restore_latest(mngr: ocp.CheckpointManager, target_state, iterator=None, *, 
 
 
 def _own_files_problem(mngr, step: int) -> Exception | None:
-    """Why this process's data-iterator file of `step` cannot be read, or None."""
+    """Why this process's data-iterator file of `step` cannot be read, or None (also when it
+    is not where grain's handler puts it today: orbax's restore then has the last word)."""
     name = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
     path = pathlib.Path(mngr.directory) / str(step) / "data" / name
+    if not path.exists():
+        return None
     try:
         json.loads(path.read_text())
     except (OSError, ValueError) as e:
