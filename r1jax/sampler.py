@@ -761,9 +761,8 @@ def _generate(
     b, t = prompt_NxP.shape[0] * num_samples, max_new_tokens
     uniform_BxT = step_uniforms(key, b, t if sampling.temperature > 0 else 0)
     if prompt_order_N is not None:  # row n*G+g draws as the prompt's place in the order says
-        rows_B = (prompt_order_N[:, None] * num_samples + jnp.arange(num_samples)[None, :]).reshape(
-            -1
-        )
+        samples_1xG = jnp.arange(num_samples)[None, :]
+        rows_B = (prompt_order_N[:, None] * num_samples + samples_1xG).reshape(-1)
         uniform_BxT = jnp.take(uniform_BxT, rows_B, axis=0)
     sample = functools.partial(
         _sample_rows,
