@@ -154,10 +154,7 @@ def make_dataset(
     The iterator's get_state()/set_state() resume exactly; its state is JSON-serializable.
     """
     _check_args(records, kind, seq_len, batch_size, shard_index, shard_count, template)
-    if kind == "pretrain":
-        tokenize = lambda r: tokenize_pretrain(r, tokenizer, seq_len)
-    else:
-        tokenize = lambda r: tokenize_sft(r, tokenizer, seq_len, template)
+    tokenize = _tokenize_fn(kind, tokenizer, seq_len, template)
     # (1)
     ds = grain.MapDataset.source(records)[shard_index::shard_count]
     if len(ds) == 0:
@@ -235,11 +232,15 @@ def truncation_count(
     row, the end of its response with its EOS (`tokenize_sft`)."""
     step = max(1, len(records) // max(1, limit))
     sample = records[::step][:limit]
-    if kind == "pretrain":
-        tokenize = lambda r: tokenize_pretrain(r, tokenizer, seq_len)
-    else:
-        tokenize = lambda r: tokenize_sft(r, tokenizer, seq_len, template)
+    tokenize = _tokenize_fn(kind, tokenizer, seq_len, template)
     return sum(bool(tokenize(r)["truncated"]) for r in sample), len(sample)
+
+
+def _tokenize_fn(kind: str, tokenizer, seq_len: int, template: str):
+    """record -> example for `kind` ("pretrain" or "sft")."""
+    if kind == "pretrain":
+        return lambda r: tokenize_pretrain(r, tokenizer, seq_len)
+    return lambda r: tokenize_sft(r, tokenizer, seq_len, template)
 
 
 def tokens_per_batch(batch: dict) -> tuple[int, int]:

@@ -3,6 +3,7 @@
 Shapes: B prompts, G samples per prompt, N = B*G sequences, T completion tokens.
 """
 
+import contextlib
 import dataclasses
 import json
 import pathlib
@@ -367,12 +368,9 @@ class RLRun:
         """Mean k3 KL(policy || reference) over completion tokens (drives the adaptive KL)."""
         if self.kl_coef <= 0:
             return 0.0
-        mask = host["completion_mask_NxT"]  # this process's rows
         old = sharding.local_rows(batch["old_logp_NxT"])
         ref = sharding.local_rows(batch["ref_logp_NxT"])
-        k3 = (np.exp(ref - old) - (ref - old) - 1.0) * mask
-        k3_sum, count = distributed.gather_rows(np.asarray([[k3.sum(), mask.sum()]])).sum(axis=0)
-        return float(k3_sum / max(count, 1.0))
+        return _mean_k3(ref - old, host["completion_mask_NxT"])
 
     def _ppo_targets(self, batch, samples):
         """PPO: per-token rewards (task score at the last token, KL penalty) and GAE."""
@@ -414,12 +412,7 @@ class RLRun:
         if not (rl.algorithm == "ppo" and rl.ppo_form == "kl_penalty" and rl.kl_target > 0):
             return None
         new = sharding.local_rows(self.jitted.logprobs(self.state.params["policy"], inputs))
-        old = sharding.local_rows(old_logp_NxT)
-        mask = host["completion_mask_NxT"]  # this process's rows
-        log_ratio = np.where(mask > 0, new - old, 0.0)
-        k3 = (np.exp(log_ratio) - log_ratio - 1.0) * mask
-        k3_sum, count = distributed.gather_rows(np.asarray([[k3.sum(), mask.sum()]])).sum(axis=0)
-        d = float(k3_sum / max(count, 1.0))
+        d = _mean_k3(new - sharding.local_rows(old_logp_NxT), host["completion_mask_NxT"])
         coef = losses.adaptive_kl_coef(self.kl_coef, d, target=rl.kl_target)
         self.kl_coef = float(np.float32(coef))  # checkpointed as float32
         return d
@@ -468,8 +461,9 @@ def run(cfg, workdir) -> dict:
     if jax.process_index() == 0:  # a resumed run redoes the rows after its checkpoint
         metrics_lib.drop_rows_after(pathlib.Path(workdir) / "samples.jsonl", start)
     evaluator, before = _evaluator(r), None
-    preemption = trainer.Preemption().__enter__()  # SIGTERM: save after the step, exit
-    try:
+    # SIGTERM: save after the step and exit (`trainer.Preemption`); the writer and the run are
+    # closed however the loop ends.
+    with contextlib.closing(writer), contextlib.closing(r), trainer.Preemption() as preemption:
         if evaluator is not None:  # the base model's numbers, once (a resumed run reads them)
             before = evaluator.load("eval_before")
             if before is None and start == 0:
@@ -504,10 +498,6 @@ def run(cfg, workdir) -> dict:
                 flops = {"train_flops": float(r.flops[0]), "rollout_flops": float(r.flops[1])}
                 done = report.write_report(workdir, before, after, flops, steps=cfg.train.steps)
                 logging.info("summary: %s", json.dumps(done.get("gain", {}), sort_keys=True))
-    finally:
-        preemption.__exit__(None, None, None)
-        writer.close()
-        r.close()
     return {"step": int(r.state.step), "model": r.model_cfg}
 
 
@@ -516,6 +506,15 @@ def _evaluator(r: "RLRun"):
     if not r.eval_records:
         return None
     return report.Evaluator(r.cfg, r.workdir, r.model_cfg, r.tokenizer, r.eval_records, r.mesh)
+
+
+def _mean_k3(log_ratio_NxT, mask_NxT) -> float:
+    """Mean k3 estimate exp(x) - x - 1 of log ratios x over every process's completion tokens
+    (this process's rows given; padding ignored)."""
+    x = np.where(mask_NxT > 0, log_ratio_NxT, 0.0)
+    k3_sum = ((np.exp(x) - x - 1.0) * mask_NxT).sum()
+    k3_sum, count = distributed.gather_rows(np.asarray([[k3_sum, mask_NxT.sum()]])).sum(axis=0)
+    return float(k3_sum / max(count, 1.0))
 
 
 def _scoring_passes(cfg, r: "RLRun") -> int:
