@@ -162,7 +162,6 @@ def _tie_weighted_ways(
 # ---------------------------------------------------------------------------------------------
 # Answers to vote on.
 
-_FRAC = re.compile(r"^([-+]?)\\frac(?:\{(\d+)\}\{(\d+)\}|(\d)(\d))$")
 _DEGREES = re.compile(r"\^\{?\\circ\}?$")
 _ASSIGNMENT = re.compile(r"^[a-zA-Z]=(?!=)")
 # \frac{a}{b} of two atoms (a number, a letter, a command such as \pi, optionally signed) as a/b.
@@ -181,16 +180,7 @@ def canonical_answer(answer: str) -> str | None:
     letter = math_reward._choice_letter(s)
     if letter is not None:
         return letter
-    frac = _FRAC.match(s)
-    if frac:
-        sign, num, den = (
-            frac.group(1),
-            frac.group(2) or frac.group(4),
-            frac.group(3) or frac.group(5),
-        )
-        s = f"{sign}{num}/{den}"
-    else:
-        s = _ATOM_FRAC.sub(r"\1/\2", s)
+    s = _ATOM_FRAC.sub(r"\1/\2", s)  # normalize braced every \frac: \frac12 is \frac{1}{2}
     if math_reward._NUMBER.match(s) and len(s) <= 100:
         try:
             value = fractions.Fraction(s)
