@@ -216,8 +216,7 @@ def vote_key(completion: str, record: dict) -> str | None:
 
 def encode_prompt(tokenizer, prompt: str) -> list[int]:
     """Token ids of a prompt text, BOS first when the tokenizer has one."""
-    bos = [tokenizer.bos_id] if tokenizer.bos_id is not None else []
-    return bos + tokenizer.encode(prompt)
+    return text.bos_ids(tokenizer) + tokenizer.encode(prompt)
 
 
 def sample_completions(

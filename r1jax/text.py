@@ -34,7 +34,7 @@ class Tokenizer(Protocol):
     """What the rest of r1jax needs from a tokenizer."""
 
     vocab_size: int
-    bos_id: int | None
+    bos_id: int | None  # put before every text unless the tokenizer has `prefix_ids` (see bos_ids)
     eos_id: int
     pad_id: int
 
@@ -185,7 +185,8 @@ _COMMON_EOS = ("<|endoftext|>", "</s>", "<|end_of_text|>", "<eos>", "<|im_end|>"
 
 
 class HFTokenizer:
-    """A Hugging Face `tokenizer.json` (with eos/bos/pad from the configs beside it)."""
+    """A Hugging Face `tokenizer.json`, with eos/bos/pad from the files beside it
+    (special_tokens_map.json, tokenizer_config.json, generation_config.json, config.json)."""
 
     def __init__(self, path: str | pathlib.Path):
         path = pathlib.Path(path)
@@ -199,6 +200,12 @@ class HFTokenizer:
             raise TokenizerError(f"{file}: not a readable tokenizer.json ({e})") from None
         self.vocab_size = int(self._tok.get_vocab_size(with_added_tokens=True))
         tok_cfg = _read_json(folder / "tokenizer_config.json")
+        # Older folders name their special tokens in special_tokens_map.json, which wins over
+        # tokenizer_config.json in transformers' loading too.
+        special_map = _read_json(folder / "special_tokens_map.json")
+        for key in ("eos_token", "bos_token", "pad_token"):
+            if key in special_map:
+                tok_cfg[key] = special_map[key]
         gen_cfg = _read_json(folder / "generation_config.json")
         model_cfg = _read_json(folder / "config.json")
         named = _special_content(tok_cfg.get("eos_token"))
@@ -226,6 +233,12 @@ class HFTokenizer:
         bos = self._id_of(_special_content(tok_cfg.get("bos_token")))
         if bos is None and "bos_token" not in tok_cfg:
             bos = _first_id(gen_cfg.get("bos_token_id", model_cfg.get("bos_token_id")))
+        # What goes before a text is what this tokenizer.json's post-processor adds, as in
+        # transformers' tokenizer(text): Llama-3's <|begin_of_text|>, nothing for Qwen2 or for
+        # SmolLM2, whose bos_token <|im_start|> names a token it never adds by itself.
+        self.prefix_ids = self._added_prefix()
+        if bos is None and self.prefix_ids:
+            bos = self.prefix_ids[0]
         self.bos_id = bos
         pad = self._id_of(_special_content(tok_cfg.get("pad_token")))
         # Without a pad token, pad with EOS (what Qwen and Llama recipes do); padding is masked.
@@ -241,6 +254,18 @@ class HFTokenizer:
 
     def _id_of(self, piece: str | None) -> int | None:
         return None if piece is None else self._tok.token_to_id(piece)
+
+    def _added_prefix(self) -> tuple[int, ...]:
+        """The ids the post-processor puts before a text (add_special_tokens=True)."""
+        for probe in ("Hello", "a", "0"):
+            plain = self._tok.encode(probe, add_special_tokens=False).ids
+            if not plain:
+                continue
+            full = self._tok.encode(probe, add_special_tokens=True).ids
+            for k in range(len(full) - len(plain) + 1):
+                if full[k : k + len(plain)] == plain:
+                    return tuple(int(i) for i in full[:k])
+        return ()
 
     def encode(self, text: str) -> list[int]:
         """Token ids of `text`, with no BOS or EOS added."""
@@ -265,6 +290,15 @@ class HFTokenizer:
             "bos_token": piece(self.bos_id),
             "pad_token": piece(self.pad_id),
         }
+
+
+def bos_ids(tokenizer) -> list[int]:
+    """The ids every text starts with: an HF tokenizer's `prefix_ids` (what its post-processor
+    adds), else [bos_id] when the tokenizer has a BOS (SentencePiece models), else []."""
+    prefix = getattr(tokenizer, "prefix_ids", None)
+    if prefix is not None:
+        return list(prefix)
+    return [] if tokenizer.bos_id is None else [tokenizer.bos_id]
 
 
 def stop_ids(tokenizer) -> tuple[int, ...]:

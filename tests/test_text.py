@@ -265,3 +265,56 @@ def test_ids_past_a_sentencepiece_vocabulary_decode_to_nothing(tmp_path):
     sp = text.SentencePieceTokenizer.train(CORPUS, tmp_path / "sp", vocab_size=320)
     ids = sp.encode("Work mod 7.")
     assert sp.decode(ids + [sp.vocab_size, 600]) == sp.decode(ids) == "Work mod 7."
+
+
+@pytest.mark.parametrize(
+    "bos_token, adds_bos",
+    [
+        ("<|begin|>", True),  # Llama-3: the post-processor puts <|begin_of_text|> first
+        ("<|begin|>", False),  # SmolLM2: bos_token <|im_start|> named, never added
+        (None, False),  # Qwen2: no BOS at all
+        (None, True),  # added by the post-processor, named nowhere in the configs
+    ],
+)
+def test_the_bos_put_first_is_what_the_tokenizer_adds(tmp_path, bos_token, adds_bos):
+    """Every encoder (SFT rows, RL and evaluation prompts, preference pairs) puts first what
+    transformers' tokenizer(text) puts first, not whatever token the configs name BOS."""
+    from r1jax.data import pipeline
+    from r1jax.rl import rollout
+
+    folder = _build_hf_folder(tmp_path / "hf", with_config=False)
+    tok = tokenizers.Tokenizer.from_file(str(folder / "tokenizer.json"))
+    tok.add_special_tokens(["<|begin|>"])
+    begin = tok.token_to_id("<|begin|>")
+    if adds_bos:
+        tok.post_processor = tokenizers.processors.TemplateProcessing(
+            single="<|begin|> $A", special_tokens=[("<|begin|>", begin)]
+        )
+    tok.save(str(folder / "tokenizer.json"))
+    config = {"eos_token": "<|endoftext|>", "bos_token": bos_token}
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+
+    ours = text.load_tokenizer(folder)
+    ref = transformers.AutoTokenizer.from_pretrained(folder)
+    prompt = "Tom has 12 apples."
+    expected = ref(prompt)["input_ids"]
+    assert (expected[0] == begin) == adds_bos
+    assert text.bos_ids(ours) + ours.encode(prompt) == expected
+    assert ours.bos_id == (begin if adds_bos or bos_token else None)
+    assert rollout.encode_prompts([{"prompt": prompt}], ours, "none", 64) == [expected]
+    row = pipeline.tokenize_sft({"prompt": prompt, "response": "7"}, ours, 64, template="none")
+    assert list(row["inputs"][: len(expected)]) == expected
+
+
+def test_special_tokens_map_names_the_special_tokens_as_in_transformers(tmp_path):
+    """A Llama-2-era folder names eos/pad in special_tokens_map.json (which wins over
+    tokenizer_config.json in transformers too); a run keeps the same ids."""
+    folder = _build_hf_folder(tmp_path / "hf")  # tokenizer_config: eos <|endoftext|>, pad <|pad|>
+    (folder / "special_tokens_map.json").write_text(
+        json.dumps({"eos_token": "</answer>", "pad_token": {"content": "<think>"}})
+    )
+    tok = text.load_tokenizer(folder)
+    ref = transformers.AutoTokenizer.from_pretrained(folder)
+    assert (tok.eos_id, tok.pad_id) == (ref.eos_token_id, ref.pad_token_id) == (5, 2)
+    (folder / "tokenizer_config.json").unlink()
+    assert text.load_tokenizer(folder).eos_id == 5

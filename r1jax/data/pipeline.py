@@ -39,7 +39,7 @@ def _example(ids: list[int], trained_from: int, seq_len: int) -> dict:
 
 
 def _bos(tokenizer) -> list[int]:
-    return [] if tokenizer.bos_id is None else [tokenizer.bos_id]
+    return text.bos_ids(tokenizer)
 
 
 def tokenize_pretrain(record: dict, tokenizer: text.Tokenizer, seq_len: int) -> dict:

@@ -76,7 +76,7 @@ def terms_to_metrics(terms: dict) -> tuple[jax.Array, dict]:
 def tokenize(tokenizer, prompt: str, response: str, *, template: str, max_len: int) -> list[int]:
     """BOS + template(prompt) + response + EOS as SFT tokenizes it; over max_len, keeps the end
     (BOS stays, the start of the prompt goes first)."""
-    head = [] if tokenizer.bos_id is None else [tokenizer.bos_id]
+    head = text.bos_ids(tokenizer)
     body = tokenizer.encode(text.apply_template(template, prompt))
     body += tokenizer.encode(text.response_text(template, response))
     body.append(tokenizer.eos_id)

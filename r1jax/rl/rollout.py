@@ -42,7 +42,7 @@ def encode_prompts(records: list[dict], tokenizer, template: str, max_len: int) 
 
     A prompt longer than max_len keeps its end, and its BOS, as SFT rows keep theirs
     (`pipeline.tokenize_sft`): the model is not prompted without the BOS it was trained with."""
-    bos = [tokenizer.bos_id] if tokenizer.bos_id is not None else []
+    bos = text.bos_ids(tokenizer)
     out = []
     for r in records:
         ids = tokenizer.encode(text.apply_template(template, r["prompt"]))
