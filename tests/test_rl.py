@@ -133,6 +133,20 @@ def test_interrupted_run_resumes_to_the_same_numbers(tmp_path, shared_data, monk
     assert resumed == full
 
 
+def test_a_resume_takes_the_configs_kl_coef_unless_it_adapts(tmp_path, shared_data):
+    # Turning the KL on at a resume (trained with kl_coef 0) used the checkpoint's 0 to skip the
+    # reference pass while the loss took the config's 0.001: k3 against zeros, kl_ref ~800.
+    spec = "configs/grpo.py:tiny"
+    rl.run(_cfg(spec, rl__kl_coef=0.0, train__steps=1, train__checkpoint_every=1), tmp_path)
+    r = rl.RLRun(_cfg(spec, rl__kl_coef=0.001, train__steps=2), tmp_path)
+    try:
+        assert int(r.state.step) == 1 and r.kl_coef == pytest.approx(0.001)
+        metrics, _ = r.step_once()
+    finally:
+        r.close()
+    assert 0 <= metrics["kl_ref"] < 0.1, metrics["kl_ref"]
+
+
 def test_rl_config_mistakes_name_the_field(shared_data):
     with pytest.raises(configlib.ConfigError, match=r"config\.rl\.num_samples"):
         configlib.validate(_cfg("configs/grpo.py:tiny", rl__num_samples=1), num_devices=1)

@@ -263,6 +263,12 @@ class RLRun:
         )
         # Kept at float32 precision, as it is checkpointed, so a resumed run logs the same value.
         self.kl_coef = float(np.float32(cfg.rl.kl_coef))
+        # Only PPO's adaptive KL (kl_penalty form) changes the coefficient as it trains; a
+        # resume restores it there, and takes the config's (perhaps new) value everywhere else.
+        rl = cfg.rl
+        self.adaptive_kl = (
+            rl.algorithm == "ppo" and rl.ppo_form == "kl_penalty" and rl.kl_target > 0
+        )
         self.flops = np.zeros(2, np.float32)  # cumulative (training, rollout) FLOPs; checkpointed
         # One update per rollout: the step uses its own log-probs as the old ones (PPO needs
         # them before the update for the KL in the reward).
@@ -297,7 +303,9 @@ class RLRun:
         restored = checkpoint.restore_latest(self.ckpt, self.state, self.prompts, extra=extra)
         if restored is not None:
             self.state, self.prompts, extra = restored
-            self.ref, self.kl_coef = extra["ref"], float(extra["kl_coef"])
+            self.ref = extra["ref"]
+            if self.adaptive_kl:  # the controller's state; elsewhere the config's value holds
+                self.kl_coef = float(extra["kl_coef"])
             self.flops = np.array(extra["flops"], np.float32)  # a writable copy
             logging.info("resumed from step %d", int(self.state.step))
 
@@ -409,7 +417,7 @@ class RLRun:
         old policy sampled, all processes' rows), and the coefficient halves or doubles toward
         rl.kl_target. Returns d (None in other forms, where the coefficient is fixed)."""
         rl = self.cfg.rl
-        if not (rl.algorithm == "ppo" and rl.ppo_form == "kl_penalty" and rl.kl_target > 0):
+        if not self.adaptive_kl:
             return None
         new = sharding.local_rows(self.jitted.logprobs(self.state.params["policy"], inputs))
         d = _mean_k3(new - sharding.local_rows(old_logp_NxT), host["completion_mask_NxT"])
