@@ -35,6 +35,7 @@ def _collect_cfg(**kw):
             require_correct=True,
             min_language_consistency=1.0,
             max_ngram_repeats=3,
+            ngram_size=4,
         )
     )
     c.update(kw)
@@ -67,8 +68,8 @@ def test_rejection_reasons_name_the_first_failed_check():
     )
     loop = "<think>" + "2 times 4 gives 1. " * 5 + "</think> <answer>1</answer>"
     assert collect.rejection_reason(loop, RECORD, 20, False, c) == "repetition"
-    assert collect.ngram_repeats("a b c d a b c d a b c d") == 3
-    assert collect.ngram_repeats("乘4得1乘4得1") == 2  # CJK characters are words
+    assert collect.ngram_repeats("a b c d a b c d a b c d", 4) == 3
+    assert collect.ngram_repeats("乘4得1乘4得1", 4) == 2  # CJK characters are words
 
 
 def test_a_prompt_cut_to_max_len_keeps_its_bos():
@@ -349,3 +350,102 @@ def test_pipeline_refuses_a_workdir_holding_a_single_stage_run(tmp_path):
     with pytest.raises(configlib.ConfigError, match="checkpoints of a 'sft' run"):
         pipeline.run(_pipeline_cfg(), tmp_path)
     assert (tmp_path / "config.json").read_text() == before
+
+
+def test_a_prompt_that_opens_think_keeps_the_continuations_that_close_it():
+    # The template already wrote <think>: a good completion starts inside the thought. It was
+    # rejected as 'format' while one that opened <think> again was kept and trained on as
+    # '<think><think>...'.
+    opens = {**RECORD, "prompt_opens_think": True}
+    inside = GOOD[len("<think>") :]
+    c = _collect_cfg()
+    assert collect.rejection_reason(inside, opens, 20, False, c) is None
+    assert collect.rejection_reason(GOOD, opens, 20, False, c) == "format"
+    assert collect.rejection_reason(GOOD, RECORD, 20, False, c) is None
+    rendered = collect.render(inside, opens, summary=True)
+    assert rendered == "0 minus 5 gives 2. 2 times 4 gives 1. Result: 1.</think> <answer>1</answer>"
+    assert ("<think>" + rendered).count("<think>") == 1
+
+
+def test_the_repetition_check_passes_long_math_chains_and_stops_loops():
+    # Defaults of the real configs: R1's own aha-moment chain repeats '\sqrt { a' 9 times and
+    # half of MATH-500's reference solutions repeat some 4-gram more than 3 times.
+    from configs import base
+
+    c = base.get_config().collect
+    chain = (
+        "To solve \\sqrt{a - \\sqrt{a + x}} = x, square both sides: a - \\sqrt{a + x} = x^2. "
+        "Then (a - x^2)^2 = a + x, so a^2 - 2ax^2 + x^4 = a + x. Wait, wait. Let's reevaluate: "
+        "\\sqrt{a - \\sqrt{a + x}} = x, square: a - \\sqrt{a + x} = x^2, \\sqrt{a + x} = a - x^2."
+    )
+    record = {"prompt": "Solve for x.", "answer": "\\frac{\\sqrt{4a-3}-1}{2}", "task": "math"}
+    good = f"<think>{chain}</think> <answer>\\frac{{\\sqrt{{4a-3}}-1}}{{2}}</answer>"
+    assert collect.ngram_repeats(good, 4) > c.max_ngram_repeats  # the old 4-gram check
+    assert collect.rejection_reason(good, record, 200, False, c) is None
+    loop = f"<think>{chain} " + "So we square both sides again and simplify the terms. " * 6
+    loop += "</think> <answer>\\frac{\\sqrt{4a-3}-1}{2}</answer>"
+    assert collect.rejection_reason(loop, record, 300, False, c) == "repetition"
+
+
+def _rs_cfg(**kw):
+    small = dict(
+        collect__model=WORLD_BASE,
+        collect__num_prompts=24,
+        collect__num_samples=2,
+        collect__prompts_per_batch=8,
+        collect__require_correct=False,
+        collect__general_ratio=0.0,
+        collect__general_data="",
+        mesh__num_devices=1,
+    )
+    return configlib.load_config(
+        os.path.join(REPO, "configs/rejection_sampling.py:tiny"), **{**small, **kw}
+    )
+
+
+def test_a_killed_collection_resumes_from_its_journal_to_the_same_dataset(tmp_path, monkeypatch):
+    from r1jax import evaluation
+
+    collect.collect(_rs_cfg(), tmp_path / "full")
+    full = (tmp_path / "full" / collect.DATASET).read_bytes()
+    assert not (tmp_path / "full" / collect.JOURNAL).exists()  # the dataset holds it all
+    original, calls = evaluation.sample_completions, []
+
+    def killed_at_the_third_call(*args, **kw):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return original(*args, **kw)
+
+    monkeypatch.setattr(evaluation, "sample_completions", killed_at_the_third_call)
+    with pytest.raises(KeyboardInterrupt):
+        collect.collect(_rs_cfg(), tmp_path / "resumed")
+    journal = tmp_path / "resumed" / collect.JOURNAL
+    with open(journal, "ab") as f:
+        f.write(b'{"batch": 2, "verd')  # a write the kill tore
+    calls.clear()
+    monkeypatch.setattr(evaluation, "sample_completions", original)
+    counted = lambda *a, **k: calls.append(1) or original(*a, **k)  # noqa: E731
+    monkeypatch.setattr(evaluation, "sample_completions", counted)
+    collect.collect(_rs_cfg(), tmp_path / "resumed")
+    assert len(calls) == 1  # the two calls journaled are not sampled again
+    assert (tmp_path / "resumed" / collect.DATASET).read_bytes() == full
+    # A finished dataset is reused only for the settings it was collected with.
+    with pytest.raises(configlib.ConfigError, match=r"collect\.num_samples: 2 -> 4"):
+        collect.collect(_rs_cfg(collect__num_samples=4), tmp_path / "full")
+    assert collect.collect(_rs_cfg(), tmp_path / "full").read_bytes() == full
+
+
+def test_the_teacher_is_sampled_with_its_own_tokenizer(tmp_path):
+    # config.tokenizer is the student's (the model collect.sft trains): a 400-piece student
+    # tokenizer sampled the 512-piece world base, and every sample came out truncated garbage.
+    from r1jax import evaluation, sharding, text
+
+    text.SentencePieceTokenizer.train(
+        (r["prompt"] for r in world.dataset("train", n=300)), tmp_path / "student", vocab_size=400
+    )
+    cfg = _rs_cfg(tokenizer__path=str(tmp_path / "student.model"))
+    src = collect._source_config(cfg)
+    mesh = sharding.make_mesh({"num_devices": 1})
+    _, _, tok, _ = evaluation.load_model(src, mesh)
+    assert tok.vocab_size == 512

@@ -44,7 +44,8 @@ def test_prompt_that_opens_think_is_accounted_for():
     assert format_reward.strict_format(completion, prompt_opens_think=True) == 1.0
     assert format_reward.tag_count(completion, prompt_opens_think=True) == 1.0
     # A completion that repeats the opening tag has two of them once the prompt's is counted.
-    assert format_reward.strict_format("<think>" + completion, prompt_opens_think=True) == 1.0
+    assert format_reward.strict_format("<think>" + completion, prompt_opens_think=True) == 0.0
+    assert format_reward.tag_count("<think>" + completion, prompt_opens_think=True) < 1.0
 
 
 def test_think_part():

@@ -13,10 +13,9 @@ def _each_tag_once(text: str) -> bool:
 
 
 def with_think_prefix(completion: str, prompt_opens_think: bool) -> str:
-    """Re-attach the opening <think> when the prompt template already ended with it."""
-    if prompt_opens_think and not completion.lstrip().startswith("<think>"):
-        return "<think>" + completion
-    return completion
+    """The text the model wrote after the prompt's opening <think>, with that tag put back: a
+    completion that opens <think> again has two (and fails the one-tag-each checks)."""
+    return "<think>" + completion if prompt_opens_think else completion
 
 
 def strict_format(completion: str, *, prompt_opens_think: bool = False) -> float:

@@ -22,6 +22,7 @@ The `collect` stage (configs/cold_start.py, configs/rejection_sampling.py, confi
 import collections
 import hashlib
 import json
+import os
 import pathlib
 import random
 import re
@@ -32,6 +33,7 @@ import tqdm
 from absl import logging
 
 from r1jax import configlib, distributed, evaluation, files, sharding, text
+from r1jax.rewards import format as format_reward
 from r1jax.rewards import language as language_reward
 from r1jax.rewards import registry, tasks
 from r1jax.train import supervised
@@ -51,7 +53,7 @@ SUMMARY = {
 _WORD = re.compile(r"[A-Za-z0-9]+|[^\sA-Za-z0-9]")
 
 
-def ngram_repeats(completion: str, n: int = 4) -> int:
+def ngram_repeats(completion: str, n: int = 16) -> int:
     """How often the most frequent word n-gram occurs (CJK characters and symbols are words)."""
     words = _WORD.findall(completion)
     grams = collections.Counter(tuple(words[i : i + n]) for i in range(len(words) - n + 1))
@@ -65,21 +67,29 @@ def rejection_reason(completion: str, record: dict, length: int, truncated: bool
         return "truncated"
     if length < c.min_tokens or (c.max_tokens and length > c.max_tokens):
         return "length"
-    think, answer = text.split_reasoning(completion)
-    if not think or answer is None:
+    full = _full_text(completion, record)
+    think, answer = text.split_reasoning(full)
+    if not think or answer is None or (full != completion and _opens_think(completion)):
         return "format"
     if c.require_format and registry.format_strict(completion, record) < 1.0:
         return "format"
     if c.require_correct and tasks.accuracy(completion, record) < 0.5:
         return "incorrect"
     if c.min_language_consistency > 0:
-        if language_reward.consistency(completion, language_of(record)) < (
-            c.min_language_consistency
-        ):
+        if language_reward.consistency(full, language_of(record)) < c.min_language_consistency:
             return "language"
-    if c.max_ngram_repeats and ngram_repeats(completion) > c.max_ngram_repeats:
+    if c.max_ngram_repeats and ngram_repeats(full, c.ngram_size) > c.max_ngram_repeats:
         return "repetition"
     return None
+
+
+def _full_text(completion: str, record: dict) -> str:
+    """The completion with the <think> its prompt opened (record['prompt_opens_think'])."""
+    return format_reward.with_think_prefix(completion, bool(record.get("prompt_opens_think")))
+
+
+def _opens_think(completion: str) -> bool:
+    return completion.lstrip().startswith(text.THINK_OPEN)
 
 
 def language_of(record: dict) -> str:
@@ -89,17 +99,28 @@ def language_of(record: dict) -> str:
 
 
 def render(completion: str, record: dict, *, summary: bool) -> str:
-    """'<think>thought[ summary]</think> <answer>answer</answer>' from an accepted completion."""
-    think, answer = text.split_reasoning(completion)
+    """'<think>thought[ summary]</think> <answer>answer</answer>' from an accepted completion;
+    without its '<think>' when the prompt opens it (prompt + response holds the tag once)."""
+    think, answer = text.split_reasoning(_full_text(completion, record))
     if summary:
         line = SUMMARY.get(language_of(record), SUMMARY["en"]).format(answer=answer)
         think = f"{think.rstrip()} {line}"
-    return text.format_reasoning(think, answer)
+    rendered = text.format_reasoning(think, answer)
+    if record.get("prompt_opens_think"):
+        rendered = rendered[len(text.THINK_OPEN) :]
+    return rendered
 
 
 def _source_config(cfg):
-    """A copy of cfg whose model.init_from is the model to sample (for evaluation.load_model)."""
-    return configlib.updated(cfg, model__init_from=cfg.collect.model)
+    """A copy of cfg whose model.init_from is the model to sample (for evaluation.load_model),
+    with collect.tokenizer ('' = the source model's own): config.tokenizer is the tokenizer of
+    the model collect.sft trains (a distilled student's may differ from its teacher's)."""
+    return configlib.updated(
+        cfg,
+        model__init_from=cfg.collect.model,
+        tokenizer__path=cfg.collect.tokenizer,
+        tokenizer__train_vocab_size=0,
+    )
 
 
 def _load_scorer(path, mesh):
@@ -108,86 +129,182 @@ def _load_scorer(path, mesh):
     return preference.RewardModelScorer.load(path, mesh=mesh)
 
 
-def sample_accepted(cfg, records, *, mesh, progress=True):
+def sample_accepted(cfg, records, *, mesh, progress=True, journal=None):
     """Samples every record; returns (accepted rows, stats). Rows keep the record's metadata.
 
     Reasoning records pass the rule checks (`rejection_reason`); records of domain "general"
     pass when they are not truncated and the reward model (collect.reward_model) scores them
     above collect.general_min_score, and are kept as sampled (no think block is required).
+
+    With `journal` (a path), each sampler call's outcome is appended there as it finishes and a
+    rerun with the same settings replays the calls it holds instead of sampling them again: a
+    killed collection loses at most the call in flight, and gives the same dataset.
     """
     c = cfg.collect
-    scorer = None
-    if any(r.get("domain") == "general" for r in records):
-        if not c.reward_model:
-            raise ValueError("collect: general prompts are judged by collect.reward_model; set it")
-        scorer = _load_scorer(c.reward_model, mesh)
-    rules = sharding.rules_from_config(cfg.mesh.rules)
-    src = _source_config(cfg)
-    model_cfg, params, tokenizer, run_cfg = evaluation.load_model(src, mesh, rules)
-    template = c.template or evaluation.resolve_template(src, run_cfg)
     rows_per_call = min(c.prompts_per_batch, len(records))
+    starts = list(range(0, len(records), c.prompts_per_batch))
+    done = _read_journal(journal, _journal_header(cfg, records)) if journal else {}
+    if done:
+        logging.info(
+            "collect: %d of %d sampler calls done before; resuming", len(done), len(starts)
+        )
+    if len(done) < len(starts):
+        scorer = None
+        if any(r.get("domain") == "general" for r in records):
+            if not c.reward_model:
+                raise ValueError(
+                    "collect: general prompts are judged by collect.reward_model; set it"
+                )
+            scorer = _load_scorer(c.reward_model, mesh)
+        rules = sharding.rules_from_config(cfg.mesh.rules)
+        src = _source_config(cfg)
+        model_cfg, params, tokenizer, run_cfg = evaluation.load_model(src, mesh, rules)
+        template = c.template or evaluation.resolve_template(src, run_cfg)
+    else:
+        template = next(iter(done.values()))["template"] if done else c.template
     root = jax.random.key(cfg.seed)
+    bar = tqdm.tqdm(total=len(records), desc="collect", unit="prompt", disable=not progress)
+    outcomes = []
+    for b, start in enumerate(starts):
+        batch = records[start : start + c.prompts_per_batch]
+        if b not in done:
+            prompts = [text.apply_template(template, r["prompt"]) for r in batch]
+            ids = [evaluation.encode_prompt(tokenizer, p) for p in prompts]
+            texts, lengths, truncated = evaluation.sample_completions(
+                model_cfg,
+                params,
+                tokenizer,
+                ids,
+                rows=rows_per_call,
+                key=jax.random.fold_in(root, b),
+                mesh=mesh,
+                num_samples=c.num_samples,
+                max_new_tokens=c.max_new_tokens,
+                temperature=c.temperature,
+                top_p=c.top_p,
+            )
+            scores = _general_scores(scorer, batch, texts, c.num_samples)
+            done[b] = _judge(c, batch, texts, lengths, truncated, scores)
+            done[b].update(batch=b, template=template)
+            if journal and jax.process_index() == 0:
+                _append_journal(journal, done[b])
+        outcomes.append(done[b])
+        bar.update(len(batch))
+    bar.close()
+    return _gather(records, starts, outcomes, c, template)
+
+
+def _judge(c, batch, texts, lengths, truncated, scores) -> dict:
+    """One sampler call's outcome: each sample's verdict ([record index in the call, response]
+    for a sample that passes, else its reason)."""
+    verdicts = []
+    for i, record in enumerate(batch):
+        for j in range(i * c.num_samples, (i + 1) * c.num_samples):
+            if record.get("domain") == "general":
+                reason = "truncated" if truncated[j] else None
+                if reason is None and not scores[j] > c.general_min_score:
+                    reason = "reward_model"
+                response = texts[j].strip()
+            else:
+                reason = rejection_reason(texts[j], record, lengths[j], truncated[j], c)
+                response = reason or render(texts[j], record, summary=c.summary)
+            verdicts.append([i, None, reason] if reason else [i, response, None])
+    return {"verdicts": verdicts}
+
+
+def _gather(records, starts, outcomes, c, template):
+    """Accepted rows (deduplicated, at most collect.max_per_prompt a prompt) and the stats, from
+    the calls' outcomes in order."""
     seen, accepted = set(), []
     per_prompt = collections.Counter()
     stats = {"sampled": 0, "accepted": 0, "duplicates": 0, "over_max_per_prompt": 0}
-    stats["rejected_by"] = collections.Counter()
+    rejected_by = collections.Counter()
     by_group = collections.defaultdict(lambda: {"sampled": 0, "accepted": 0})
-    bar = tqdm.tqdm(total=len(records), desc="collect", unit="prompt", disable=not progress)
-    for b, start in enumerate(range(0, len(records), c.prompts_per_batch)):
-        batch = records[start : start + c.prompts_per_batch]
-        prompts = [text.apply_template(template, r["prompt"]) for r in batch]
-        ids = [evaluation.encode_prompt(tokenizer, p) for p in prompts]
-        texts, lengths, truncated = evaluation.sample_completions(
-            model_cfg,
-            params,
-            tokenizer,
-            ids,
-            rows=rows_per_call,
-            key=jax.random.fold_in(root, b),
-            mesh=mesh,
-            num_samples=c.num_samples,
-            max_new_tokens=c.max_new_tokens,
-            temperature=c.temperature,
-            top_p=c.top_p,
-        )
-        scores = _general_scores(scorer, batch, texts, c.num_samples)
-        for i, record in enumerate(batch):
+    for start, outcome in zip(starts, outcomes, strict=True):
+        for i, response, reason in outcome["verdicts"]:
+            record = records[start + i]
             group = f"{record.get('kind', 'all')}/{language_of(record)}"
-            for j in range(i * c.num_samples, (i + 1) * c.num_samples):
-                stats["sampled"] += 1
-                by_group[group]["sampled"] += 1
-                if record.get("domain") == "general":
-                    reason = "truncated" if truncated[j] else None
-                    if reason is None and not scores[j] > c.general_min_score:
-                        reason = "reward_model"
-                    response = texts[j].strip()
-                else:
-                    reason = rejection_reason(texts[j], record, lengths[j], truncated[j], c)
-                    response = reason or render(texts[j], record, summary=c.summary)
-                if reason is not None:
-                    stats["rejected_by"][reason] += 1
-                    continue
-                key = (record["prompt"], response)
-                if key in seen:
-                    stats["duplicates"] += 1
-                    continue
-                if per_prompt[record["prompt"]] >= c.max_per_prompt:
-                    stats["over_max_per_prompt"] += 1
-                    continue
-                seen.add(key)
-                per_prompt[record["prompt"]] += 1
-                stats["accepted"] += 1
-                by_group[group]["accepted"] += 1
-                meta = {k: v for k, v in record.items() if k not in ("prompt", "response")}
-                accepted.append({"prompt": record["prompt"], "response": response, **meta})
-        bar.update(len(batch))
-    bar.close()
-    stats["rejected_by"] = dict(stats["rejected_by"])
+            stats["sampled"] += 1
+            by_group[group]["sampled"] += 1
+            if reason is not None:
+                rejected_by[reason] += 1
+                continue
+            key = (record["prompt"], response)
+            if key in seen:
+                stats["duplicates"] += 1
+                continue
+            if per_prompt[record["prompt"]] >= c.max_per_prompt:
+                stats["over_max_per_prompt"] += 1
+                continue
+            seen.add(key)
+            per_prompt[record["prompt"]] += 1
+            stats["accepted"] += 1
+            by_group[group]["accepted"] += 1
+            meta = {k: v for k, v in record.items() if k not in ("prompt", "response")}
+            accepted.append({"prompt": record["prompt"], "response": response, **meta})
+    stats["rejected_by"] = dict(rejected_by)
     stats["by_group"] = {k: dict(v) for k, v in sorted(by_group.items())}
     stats["template"] = template
     stats["prompts"] = len(records)
     stats["prompts_with_a_row"] = len(per_prompt)
     return accepted, stats
+
+
+JOURNAL = "collect_journal.jsonl"
+
+
+def _journal_header(cfg, records) -> dict:
+    """What a journal's calls depend on: a rerun with other settings or prompts starts over."""
+    prompts = hashlib.sha256(
+        json.dumps([r["prompt"] for r in records], ensure_ascii=False).encode("utf-8")
+    ).hexdigest()
+    return {"settings": _collection_settings(cfg), "prompts_sha256": prompts}
+
+
+def _read_journal(path, header) -> dict[int, dict]:
+    """The calls a journal holds, when it was written with `header`'s settings (else none, and
+    it is started over). A torn last line (a kill mid-write) is dropped."""
+    path = pathlib.Path(path)
+    lines = path.read_bytes().split(b"\n") if path.is_file() else []
+    entries = []
+    for line in lines:
+        try:
+            entries.append(json.loads(line))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            break  # the torn tail of a killed write; everything after it is dropped too
+    if not entries or _json_form(entries[0]) != _json_form(header):
+        if entries:
+            logging.warning("collect: %s was written with other settings; sampling again", path)
+        entries = []
+    if jax.process_index() == 0:  # rewritten whole: the header and the complete calls
+        body = "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in entries or [header])
+        files.write_atomic(path, body)
+    distributed.barrier("collect-journal")
+    return {int(e["batch"]): e for e in entries[1:]}
+
+
+def _append_journal(path, outcome: dict) -> None:
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(outcome, ensure_ascii=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _json_form(value):
+    return json.loads(json.dumps(value, default=str))
+
+
+def _collection_settings(cfg) -> dict:
+    """The settings a collected dataset depends on (collect.sft and the SFT that follows aside)."""
+    c = {k: v for k, v in cfg.collect.to_dict().items() if k != "sft"}
+    return _json_form(
+        {
+            "source_model": str(cfg.collect.model),
+            "prompts_from": str(cfg.data.train),
+            "seed": int(cfg.seed),
+            "collect": c,
+        }
+    )
 
 
 def _general_scores(scorer, batch, texts, num_samples):
@@ -243,10 +360,35 @@ def is_complete(workdir) -> bool:
     return (workdir / PROVENANCE).is_file() and (workdir / DATASET).is_file()
 
 
+def _check_same_settings(cfg, workdir: pathlib.Path) -> None:
+    """Refuses a finished dataset collected with other settings than cfg's (another source
+    model, prompts, seed or collect.* value): reusing it would go unnoticed."""
+    try:
+        provenance = json.loads((workdir / PROVENANCE).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise configlib.ConfigError(f"{workdir / PROVENANCE}: unreadable ({e})") from None
+    was = {k: provenance.get(k) for k in ("source_model", "prompts_from", "seed")}
+    was["collect"] = provenance.get("collect", {})
+    now = _collection_settings(cfg)
+    flat = lambda d: {  # noqa: E731
+        **{k: v for k, v in d.items() if k != "collect"},
+        **{f"collect.{k}": v for k, v in (d.get("collect") or {}).items()},
+    }
+    was, now = flat(_json_form(was)), flat(now)
+    # Fields a dataset written before they existed does not record are not compared.
+    diff = [f"{k}: {was[k]!r} -> {now[k]!r}" for k in now if k in was and was[k] != now[k]]
+    if diff:
+        raise configlib.ConfigError(
+            f"{workdir} holds a dataset collected with other settings ({'; '.join(diff)}): use "
+            f"a new workdir, or move {DATASET} and {PROVENANCE} away to collect again"
+        )
+
+
 def collect(cfg, workdir) -> pathlib.Path:
     """Steps 1-6 of the module docstring (without the SFT); returns the dataset's path."""
     workdir = pathlib.Path(workdir)
     if is_complete(workdir):
+        _check_same_settings(cfg, workdir)
         logging.info("collect: %s already holds a dataset; not sampling again", workdir)
         return workdir / DATASET
     t0 = time.perf_counter()
@@ -258,7 +400,10 @@ def collect(cfg, workdir) -> pathlib.Path:
         n = cfg.collect.num_general_prompts or len(general)
         records = records + [{**r, "domain": "general"} for r in general[:n]]
     mesh = sharding.make_mesh(cfg.mesh.to_dict())
-    accepted, stats = sample_accepted(cfg, records, mesh=mesh)
+    if jax.process_index() == 0:
+        workdir.mkdir(parents=True, exist_ok=True)
+    distributed.barrier("collect-workdir")
+    accepted, stats = sample_accepted(cfg, records, mesh=mesh, journal=workdir / JOURNAL)
     if not accepted:
         raise RuntimeError(
             f"collect: no sample of {cfg.collect.model} passed the checks "
@@ -280,8 +425,8 @@ def collect(cfg, workdir) -> pathlib.Path:
         **stats,
     }
     if jax.process_index() == 0:
-        workdir.mkdir(parents=True, exist_ok=True)
         _write_dataset(workdir, rows, provenance)
+        (workdir / JOURNAL).unlink(missing_ok=True)  # the dataset and provenance hold it all
     distributed.barrier("collect")  # the SFT that follows reads the file on every process
     logging.info(
         "collect: %d of %d samples accepted (%.1f%%) from %d prompts; rejected by %s; "
