@@ -46,7 +46,7 @@ def get_config() -> ml_collections.ConfigDict:
 
     c.tokenizer = ml_collections.ConfigDict()
     c.tokenizer.path = ""  # a SentencePiece .model, or a folder/tokenizer.json; '' = model folder
-    c.tokenizer.train_vocab_size = 0  # >0 and no path: train SentencePiece on the training text
+    c.tokenizer.train_vocab_size = 0  # >0 without path or model.init_from: train SentencePiece
 
     c.data = ml_collections.ConfigDict()
     c.data.train = ""  # training file (.jsonl, .json list, .parquet; .gz allowed)
@@ -144,6 +144,7 @@ def get_config() -> ml_collections.ConfigDict:
     # Sampling datasets from a model (cold start, rejection sampling, distillation).
     c.collect = ml_collections.ConfigDict()
     c.collect.model = ""  # the model sampled: an r1jax run folder, checkpoint or HF folder
+    c.collect.tokenizer = ""  # its tokenizer ('' = its own; config.tokenizer is the SFT model's)
     c.collect.template = ""  # prompt template when sampling ('' = the source run's own)
     c.collect.num_prompts = 0  # prompts of data.train sampled (0 = all)
     c.collect.num_samples = 4  # samples per prompt
@@ -156,7 +157,11 @@ def get_config() -> ml_collections.ConfigDict:
     c.collect.min_language_consistency = 0.0  # share of thought words in the prompt's language
     c.collect.min_tokens = 1  # response length bounds (tokens, stop token included)
     c.collect.max_tokens = 0  # 0 = no bound beyond max_new_tokens (truncated ones never pass)
-    c.collect.max_ngram_repeats = 3  # a repetition loop: some 4-word n-gram appears more often
+    # A repetition loop: some run of ngram_size words (CJK characters and symbols count as
+    # words) appears more than max_ngram_repeats times (0 = off). Long runs: math notation
+    # repeats short ones ('\sqrt { a' 9 times in R1's own aha-moment chain).
+    c.collect.max_ngram_repeats = 3
+    c.collect.ngram_size = 16
     c.collect.max_per_prompt = 1  # distinct accepted responses kept per prompt
     c.collect.summary = True  # render with a one-line summary at the end of the thought
     c.collect.general_prompts = ""  # general prompts sampled too, kept if the reward model agrees

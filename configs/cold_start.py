@@ -48,6 +48,7 @@ def world_collect(c: ml_collections.ConfigDict) -> None:
     c.collect.max_new_tokens = 80  # worked solutions reach ~67 tokens, plus the summary line
     c.collect.prompts_per_batch = 64
     c.collect.min_language_consistency = 1.0  # one language: the prompt's
+    c.collect.ngram_size = 4  # world chains are ~30 words: a loop repeats short sentences
 
 
 def tiny(c: ml_collections.ConfigDict) -> None:
@@ -80,7 +81,7 @@ def real(c: ml_collections.ConfigDict, size: str) -> None:
     c.collect.temperature = 0.7
     # The chains are SFT rows of data.seq_len with their prompt (up to 512 tokens) and summary
     # line: a longer one would train without its summary, answer and EOS.
-    c.collect.max_new_tokens = c.data.seq_len - 512
+    c.collect.max_new_tokens = c.data.get_ref("seq_len") - 512  # follows --config.data.seq_len
     c.collect.min_tokens = 256  # long chains of thought
     c.collect.min_language_consistency = 0.95
     c.collect.prompts_per_batch = 16

@@ -88,7 +88,8 @@ def apply_preset(c: ml_collections.ConfigDict, preset: str) -> None:
         c.rl.clip_low, c.rl.clip_high = 0.2, 0.28
         c.rl.aggregation = "token-mean"
         c.rl.dynamic_sampling = True
-        c.rl.overlong_buffer = max(1, c.rl.max_new_tokens // 4)
+        # A reference: --config.rl.max_new_tokens=N moves the buffer with it (N // 4).
+        c.rl.overlong_buffer = c.rl.get_ref("max_new_tokens") // 4
         c.rl.kl_coef = 0.0
     elif preset == "gspo":  # Zheng et al. 2025: sequence-level ratio, tiny clip ranges
         c.rl.ratio_level = "sequence"

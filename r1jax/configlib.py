@@ -120,8 +120,23 @@ def validate(cfg: ml_collections.ConfigDict, *, num_devices: int | None = None) 
     _validate_model(cfg)
     _require(cfg.optim.lr >= 0, "optim.lr", f"must be a non-negative number, got {cfg.optim.lr}")
     schedules = ("constant", "cosine", "linear")
-    _require(cfg.optim.schedule in schedules, "optim.schedule", f"expected one of {schedules}")
-    _require(cfg.optim.warmup_steps >= 0, "optim.warmup_steps", "must be >= 0")
+    o = cfg.optim
+    _require(o.schedule in schedules, "optim.schedule", f"expected one of {schedules}")
+    _require(o.warmup_steps >= 0, "optim.warmup_steps", "must be >= 0")
+    _require(
+        0 <= o.min_lr_ratio <= 1, "optim.min_lr_ratio", f"must be in [0, 1], got {o.min_lr_ratio}"
+    )
+    for name in ("b1", "b2"):
+        _require(0 <= o[name] < 1, f"optim.{name}", f"must be in [0, 1), got {o[name]}")
+    _require(o.eps > 0, "optim.eps", f"must be positive, got {o.eps}")
+    _require(o.weight_decay >= 0, "optim.weight_decay", f"must be >= 0, got {o.weight_decay}")
+    _require(o.grad_clip >= 0, "optim.grad_clip", f"must be >= 0 (0 = off), got {o.grad_clip}")
+    _require(
+        cfg.train.keep_checkpoints >= 1,
+        "train.keep_checkpoints",
+        f"must be at least 1 (orbax deletes every checkpoint past it), got "
+        f"{cfg.train.keep_checkpoints}",
+    )
     for name in ("log_every", "checkpoint_every"):
         _require(cfg.train[name] > 0, f"train.{name}", "must be positive")
     _require(cfg.train.eval_every >= 0, "train.eval_every", "must be >= 0 (0 = only at the end)")
@@ -159,7 +174,15 @@ def validate(cfg: ml_collections.ConfigDict, *, num_devices: int | None = None) 
     )
 
 
-_MODEL_SIZES = ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim", "d_ff")
+MODEL_SHAPE_FIELDS = (
+    "vocab_size",
+    "d_model",
+    "n_layers",
+    "n_heads",
+    "n_kv_heads",
+    "head_dim",
+    "d_ff",
+)
 
 
 def _validate_model(cfg) -> None:
@@ -169,7 +192,7 @@ def _validate_model(cfg) -> None:
     _require(m.param_dtype in ("float32", "bfloat16"), "model.param_dtype", "float32 or bfloat16")
     modes = model_config.REMAT_MODES
     _require(m.remat in modes, "model.remat", f"expected one of {modes}")
-    for name in (*_MODEL_SIZES, "max_seq_len", "unroll_layers"):
+    for name in (*MODEL_SHAPE_FIELDS, "max_seq_len", "unroll_layers"):
         _require(m[name] >= 0, f"model.{name}", f"must be >= 0 (0 = the preset's), got {m[name]}")
     vocab = cfg.tokenizer.train_vocab_size
     _require(vocab >= 0, "tokenizer.train_vocab_size", f"must be >= 0 (0 = none), got {vocab}")
@@ -334,6 +357,35 @@ def _validate_rl(cfg, num_devices: int) -> None:
     for name in ("prompts_per_step", "epochs", "num_minibatches"):
         _require(rl[name] >= 1, f"rl.{name}", f"must be at least 1, got {rl[name]}")
     _require(rl.reward_workers >= 0, "rl.reward_workers", "must be >= 0 (0 = in-process)")
+    _require(rl.reward_timeout_s > 0, "rl.reward_timeout_s", "must be positive")
+    for name in ("kl_coef", "clip_low", "clip_high", "entropy_coef", "vf_coef", "value_clip"):
+        _require(rl[name] >= 0, f"rl.{name}", f"must be >= 0, got {rl[name]}")
+    _require(
+        rl.clip_low < 1,
+        "rl.clip_low",
+        f"must be below 1 (ratio 1 - clip_low > 0), got {rl.clip_low}",
+    )
+    _require(
+        rl.dual_clip == 0 or rl.dual_clip > 1, "rl.dual_clip", f"0 (off) or > 1, got {rl.dual_clip}"
+    )
+    _require(rl.tis_cap == 0 or rl.tis_cap >= 1, "rl.tis_cap", f"0 (off) or >= 1, got {rl.tis_cap}")
+    _require(0 <= rl.gamma <= 1 and 0 <= rl.lam <= 1, "rl.gamma", "gamma and lam must be in [0, 1]")
+    _require(
+        0 <= rl.overlong_buffer <= rl.max_new_tokens,
+        "rl.overlong_buffer",
+        f"must be in [0, rl.max_new_tokens={rl.max_new_tokens}], got {rl.overlong_buffer}",
+    )
+    if rl.algorithm == "ppo" and rl.ppo_form == "kl_penalty":
+        _require(
+            rl.kl_coef > 0 and rl.kl_target > 0,
+            "rl.kl_coef",
+            "ppo_form='kl_penalty' adapts a positive kl_coef toward a positive rl.kl_target",
+        )
+    _require(
+        any(w != 0 for w in rl.rewards.values()) or bool(rl.reward_model.path),
+        "rl.rewards",
+        "every reward weight is 0 and no reward model is set: nothing to learn from",
+    )
     _require(
         rl.num_samples >= 2 or rl.algorithm == "ppo",
         "rl.num_samples",
@@ -368,7 +420,10 @@ def _validate_rl(cfg, num_devices: int) -> None:
         )
         if cfg.data.format != "world" or pathlib.Path(rl.general_prompts).suffix:
             _check_path(cfg, "rl.general_prompts")
-    shape = sharding.mesh_shape(cfg.mesh.to_dict(), num_devices)
+    try:
+        shape = sharding.mesh_shape(cfg.mesh.to_dict(), num_devices)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     n = rl.prompts_per_step * rl.num_samples
     per_update = rl.num_minibatches * cfg.train.grad_accum
     _require(
@@ -398,6 +453,7 @@ def _validate_eval(cfg) -> None:
     _require(e.temperature > 0, "eval.temperature", "must be positive (eval.greedy adds greedy)")
     _require(0 < e.top_p <= 1, "eval.top_p", "must be in (0, 1]")
     _require(e.max_new_tokens > 0, "eval.max_new_tokens", "must be positive")
+    _require(e.get("top_k", 0) >= 0, "eval.top_k", "must be >= 0 (0 = off)")
     _require(e.prompts_per_batch > 0, "eval.prompts_per_batch", "must be positive")
     _require(e.max_problems >= 0, "eval.max_problems", "must be >= 0 (0 = all)")
     # ks above num_samples are dropped with a warning (so eval.num_samples alone can shrink a run)
@@ -416,6 +472,8 @@ def _validate_collect(cfg) -> None:
     _require(c.max_new_tokens > 0, "collect.max_new_tokens", "must be positive")
     _require(c.prompts_per_batch > 0, "collect.prompts_per_batch", "must be positive")
     _require(c.max_per_prompt >= 1, "collect.max_per_prompt", "must be at least 1")
+    _require(c.max_ngram_repeats >= 0, "collect.max_ngram_repeats", "must be >= 0 (0 = off)")
+    _require(c.ngram_size >= 1, "collect.ngram_size", "must be at least 1")
     _require(0 <= c.min_language_consistency <= 1, "collect.min_language_consistency", "in [0, 1]")
     _require(c.general_ratio >= 0, "collect.general_ratio", "must be >= 0")
     _require(
@@ -424,7 +482,7 @@ def _validate_collect(cfg) -> None:
         "collect.general_ratio > 0 needs general SFT rows to mix in",
     )
     _require(c.template in TEMPLATES + ("",), "collect.template", f"'' or one of {TEMPLATES}")
-    for field in ("collect.reward_model",):
+    for field in ("collect.reward_model", "collect.tokenizer"):
         _check_path(cfg, field)
     if c.general_data and cfg.data.format != "world":
         _check_path(cfg, "collect.general_data")

@@ -147,6 +147,21 @@ def test_malformed_row_names_file_and_line_or_is_skipped_and_counted(tmp_path):
         ("r1_zero.py:tiny", "rl.prompts_per_step", -16),
         ("r1_zero.py:tiny", "rl.epochs", 0),
         ("r1_zero.py:tiny", "rl.top_p", 1.5),
+        # Values that train, silently wrong: 0 kept no checkpoint (orbax max_to_keep), a
+        # negative TIS cap reversed the policy gradient, a negative kl_coef skipped the
+        # reference pass in GRPO and rewarded log-probs in PPO, a negative min_lr_ratio ascended.
+        ("sft.py:tiny", "train.keep_checkpoints", 0),
+        ("sft.py:tiny", "optim.min_lr_ratio", -0.5),
+        ("sft.py:tiny", "optim.b2", 1.0),
+        ("sft.py:tiny", "optim.eps", 0.0),
+        ("r1_zero.py:tiny", "rl.tis_cap", -1.0),
+        ("r1_zero.py:tiny", "rl.tis_cap", 0.5),
+        ("r1_zero.py:tiny", "rl.kl_coef", -0.001),
+        ("r1_zero.py:tiny", "rl.clip_low", -0.2),
+        ("r1_zero.py:tiny", "rl.dual_clip", 0.5),
+        ("r1_zero.py:tiny", "rl.gamma", 1.5),
+        ("r1_zero.py:tiny", "rl.reward_timeout_s", 0),
+        ("r1_zero.py:tiny", "rl.overlong_buffer", 10_000),
     ],
 )
 def test_sizes_and_names_that_cannot_work_name_the_field(shared_data, spec, field, value):
@@ -262,3 +277,31 @@ def test_export_names_a_wrong_folder_in_one_line(tmp_path):
 
     with pytest.raises(SystemExit, match=r"^r1jax\.export: .*nope/config\.json: not an r1jax run"):
         export.main([str(tmp_path / "nope"), str(tmp_path / "out")])
+
+
+def test_rl_config_mistakes_that_need_two_fields(shared_data):
+    cfg = configlib.load_config(os.path.join(REPO, "configs/ppo.py:tiny,kl_penalty"))
+    cfg.rl.kl_coef = 0.0  # the adaptive coefficient would stay 0 forever
+    with pytest.raises(configlib.ConfigError, match=r"config\.rl\.kl_coef: "):
+        configlib.validate(cfg, num_devices=1)
+    cfg = configlib.load_config(os.path.join(REPO, "configs/r1_zero.py:tiny"))
+    cfg.rl.rewards = {"accuracy": 0.0, "format": 0.0}
+    with pytest.raises(configlib.ConfigError, match=r"config\.rl\.rewards: .*nothing to learn"):
+        configlib.validate(cfg, num_devices=1)
+    cfg = configlib.load_config(os.path.join(REPO, "configs/r1_zero.py:tiny"))
+    cfg.mesh.data = 2  # was a ValueError traceback in RL configs (one line in SFT)
+    with pytest.raises(configlib.ConfigError, match=r"config\.mesh"):
+        configlib.validate(cfg, num_devices=1)
+
+
+def test_derived_fields_follow_an_override():
+    # DAPO's overlong buffer stayed 1024 under --config.rl.max_new_tokens=512: every
+    # completion, the empty one included, was penalised.
+    cfg = configlib.load_config(
+        os.path.join(REPO, "configs/grpo.py:qwen2.5-1.5b,dapo"), rl__max_new_tokens=512
+    )
+    assert cfg.rl.overlong_buffer == 128
+    cfg = configlib.load_config(
+        os.path.join(REPO, "configs/cold_start.py:qwen2.5-1.5b"), data__seq_len=4096
+    )
+    assert cfg.collect.max_new_tokens == 4096 - 512

@@ -82,6 +82,7 @@ def stand_in(spec: str, paths: dict):
     cfg.rl.prompts_per_step = max(4, cfg.train.grad_accum * cfg.rl.num_minibatches)
     if cfg.stage == "collect":
         cfg.collect.model = WORLD_BASE
+        cfg.collect.max_new_tokens = 32  # cold_start's follows data.seq_len - 512
     if cfg.collect.reward_model:
         cfg.collect.reward_model = paths["rm"]
     if cfg.rl.reward_model.path:

@@ -260,3 +260,47 @@ def test_no_readable_checkpoint_is_a_clear_error(tmp_path):
     (tmp_path / "checkpoints" / "1" / "state" / "_METADATA").write_text("")
     with pytest.raises(RuntimeError, match=r"no checkpoint could be restored .* step 1, failed"):
         checkpoint.restore_latest(checkpoint.manager(tmp_path / "checkpoints"), state)
+
+
+def test_init_from_brings_its_tokenizer_and_shape(tmp_path, shared_data, caplog):
+    # sft.py:tiny trains a 1024-piece tokenizer; with model.init_from that tokenizer's ids
+    # would feed weights learned on the world base's 512 pieces (check_fits passes: 512 < 1024).
+    base = os.path.join(REPO, "r1jax", "assets", "world_base")
+    cfg = configlib.load_config(
+        os.path.join(REPO, "configs/sft.py:tiny"),
+        model__init_from=base,
+        model__n_layers=2,
+        model__max_seq_len=512,
+    )
+    assert cfg.tokenizer.train_vocab_size and not cfg.tokenizer.path
+    records = [{"prompt": "Start with 5.", "response": "5"}]
+    tok = supervised.resolve_tokenizer(cfg, tmp_path, records)
+    with open(os.path.join(base, "tokenizer.model"), "rb") as f:
+        assert tok.model_proto == f.read()
+    model_cfg = configlib.model_config_from(cfg, vocab_size=tok.vocab_size)
+    with caplog.at_level("WARNING"):
+        loaded, params = supervised.initial_params(cfg, model_cfg)
+        supervised.warn_past_context(loaded, 600, "data.seq_len")
+    # The base's 4 layers (the override cannot apply to its weights, and says so); the longer
+    # context is a context extension, kept and later exported.
+    assert (loaded.n_layers, loaded.max_seq_len) == (4, 512)
+    assert "n_layers=2 (it has 4)" in caplog.text
+    assert "data.seq_len = 600 tokens, past the model's max_seq_len 512" in caplog.text
+
+
+def test_the_schedule_counts_training_steps_not_optimizer_updates():
+    # RL makes epochs x minibatches updates a step: sized in steps but indexed by update, the
+    # warmup ended and the cosine reached its floor that many times too early.
+    import ml_collections
+
+    optim = ml_collections.ConfigDict(
+        dict(lr=1.0, warmup_steps=2, schedule="constant", min_lr_ratio=0.1, b1=0.0, b2=0.0)
+    )
+    optim.update(eps=1e-12, weight_decay=0.0, grad_clip=0.0)
+    opt = state_lib.make_optimizer(optim, 10, updates_per_step=3)
+    params = jnp.zeros(())
+    opt_state, lrs = opt.init(params), []
+    for _ in range(9):
+        updates, opt_state = opt.update(jnp.ones(()), opt_state, params)
+        lrs.append(-float(updates))  # Adam with b1 = b2 = 0 moves by lr * sign(grad)
+    np.testing.assert_allclose(lrs, [0, 0, 0, 0.5, 0.5, 0.5, 1, 1, 1], atol=1e-6)

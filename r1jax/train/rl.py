@@ -223,11 +223,18 @@ class RLRun:
         self.tokenizer = supervised.resolve_tokenizer(cfg, workdir, records)
         model_cfg = configlib.model_config_from(cfg, vocab_size=self.tokenizer.vocab_size)
         self.model_cfg, policy = supervised.initial_params(cfg, model_cfg)
+        supervised.warn_past_context(
+            self.model_cfg,
+            cfg.rl.max_prompt_len + cfg.rl.max_new_tokens,
+            "rl.max_prompt_len + rl.max_new_tokens",
+        )
         text.check_fits(self.tokenizer, self.model_cfg.vocab_size)
         configlib.save_resolved(cfg, workdir, self.model_cfg)
         self.mesh = sharding.make_mesh(cfg.mesh.to_dict())
         rules = sharding.rules_from_config(cfg.mesh.rules)
-        self.optimizer = state_lib.make_optimizer(cfg.optim, cfg.train.steps)
+        self.optimizer = state_lib.make_optimizer(
+            cfg.optim, cfg.train.steps, updates_per_step=cfg.rl.epochs * cfg.rl.num_minibatches
+        )
         keys = jax.random.split(jax.random.PRNGKey(cfg.seed), 3)  # init, state, sample
         self.sample_key = keys[2]
         self.rules = rules

@@ -39,9 +39,17 @@ def learning_rate_schedule(optim_cfg, total_steps: int) -> optax.Schedule:
     return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), decay], [warmup])
 
 
-def make_optimizer(optim_cfg, total_steps: int) -> optax.GradientTransformation:
-    """AdamW with global-norm clipping and the configured schedule."""
+def make_optimizer(
+    optim_cfg, total_steps: int, *, updates_per_step: int = 1
+) -> optax.GradientTransformation:
+    """AdamW with global-norm clipping and the configured schedule over `total_steps` training
+    steps. A step of `updates_per_step` optimizer updates (RL: epochs x minibatches) keeps one
+    learning rate: the schedule is indexed by step, not by update, so warmup_steps and the decay
+    count steps as train.steps does."""
     schedule = learning_rate_schedule(optim_cfg, total_steps)
+    if updates_per_step > 1:
+        by_step = schedule
+        schedule = lambda count: by_step(count // updates_per_step)  # noqa: E731
     parts = []
     if optim_cfg.grad_clip and optim_cfg.grad_clip > 0:
         parts.append(optax.clip_by_global_norm(float(optim_cfg.grad_clip)))

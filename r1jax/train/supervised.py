@@ -123,9 +123,17 @@ def record_text(record: dict) -> str:
 
 
 def resolve_tokenizer(cfg, workdir, records):
-    """The configured tokenizer, or a SentencePiece model trained on the data (kept in workdir)."""
+    """The configured tokenizer; else model.init_from's (its weights know no other ids); else a
+    SentencePiece model trained on the data (kept in workdir)."""
     if cfg.tokenizer.path:
         return _keep_tokenizer(cfg.tokenizer.path, workdir)
+    if cfg.model.init_from:
+        if cfg.tokenizer.train_vocab_size:
+            logging.info(
+                "tokenizer: model.init_from's own (tokenizer.train_vocab_size=%d is not used)",
+                cfg.tokenizer.train_vocab_size,
+            )
+        return _keep_tokenizer(cfg.model.init_from, workdir)
     if cfg.tokenizer.train_vocab_size:
         path = pathlib.Path(workdir) / "tokenizer.model"
         if jax.process_count() > 1:  # process 0 trains it (deterministic); the others read it
@@ -135,8 +143,6 @@ def resolve_tokenizer(cfg, workdir, records):
         if path.exists():  # a resumed run reuses the tokenizer it trained
             return text.load_tokenizer(path)
         return _train_tokenizer(cfg, workdir, records)
-    if cfg.model.init_from:
-        return _keep_tokenizer(cfg.model.init_from, workdir)
     raise configlib.ConfigError(
         "config.tokenizer.path: no tokenizer (set a path, train_vocab_size, or model.init_from)"
     )
@@ -219,6 +225,40 @@ def _train_tokenizer(cfg, workdir, records):
 _RUN_NUMERICS = ("dtype", "param_dtype", "remat", "unroll_layers")
 
 
+def _loaded_shape(cfg, model_cfg, loaded):
+    """The loaded model's shape with this config's numerics, and config.model.max_seq_len when
+    it is longer (a context extension, recorded and exported). Other shape fields the config
+    sets cannot apply to loaded weights: a warning names them."""
+    keep = {name: getattr(model_cfg, name) for name in _RUN_NUMERICS}
+    if cfg.model.max_seq_len > loaded.max_seq_len:
+        keep["max_seq_len"] = int(cfg.model.max_seq_len)
+    ignored = [
+        f"{name}={cfg.model[name]} (it has {getattr(loaded, name)})"
+        for name in (*configlib.MODEL_SHAPE_FIELDS, "max_seq_len")
+        if cfg.model[name] and cfg.model[name] != getattr(loaded, name) and name not in keep
+    ]
+    if ignored:
+        logging.warning(
+            "model.init_from %s brings its own shape; config.model %s not applied",
+            cfg.model.init_from,
+            ", ".join(ignored),
+        )
+    return dataclasses.replace(loaded, **keep)
+
+
+def warn_past_context(model_cfg, tokens: int, what: str) -> None:
+    """A warning when a run's sequences reach past the model's max_seq_len: nothing fails
+    (RoPE takes any position) but the model was not trained there."""
+    if tokens > model_cfg.max_seq_len:
+        logging.warning(
+            "%s = %d tokens, past the model's max_seq_len %d: positions beyond it are "
+            "extrapolated (set config.model.max_seq_len to extend the context on purpose)",
+            what,
+            tokens,
+            model_cfg.max_seq_len,
+        )
+
+
 def initial_params(cfg, model_cfg):
     """Params to start from: None (random init), a Hugging Face folder, or an r1jax run."""
     if not cfg.model.init_from:
@@ -226,13 +266,11 @@ def initial_params(cfg, model_cfg):
     path = pathlib.Path(cfg.model.init_from)
     if (path / "config.json").exists() and not (path / "checkpoints").exists():
         hf_cfg, params = hf_io.load_hf(path)
-        keep = {name: getattr(model_cfg, name) for name in _RUN_NUMERICS}
-        return dataclasses.replace(hf_cfg, **keep), params
+        return _loaded_shape(cfg, model_cfg, hf_cfg), params
     run_dir = next((d for d in (path, path.parent) if configlib.is_run_dir(d)), None)
     if run_dir is not None:  # an r1jax run brings its own model shape (this config's numerics)
         run_cfg, _ = configlib.load_resolved(run_dir)
-        keep = {name: getattr(model_cfg, name) for name in _RUN_NUMERICS}
-        model_cfg = dataclasses.replace(run_cfg, **keep)
+        model_cfg = _loaded_shape(cfg, model_cfg, run_cfg)
     abstract = jax.eval_shape(lambda k: transformer.init_params(model_cfg, k), jax.random.key(0))
     return model_cfg, checkpoint.restore_params(path, abstract)
 
@@ -309,6 +347,7 @@ def run(cfg, workdir) -> dict:
     tokenizer = resolve_tokenizer(cfg, workdir, records)
     model_cfg = configlib.model_config_from(cfg, vocab_size=tokenizer.vocab_size)
     model_cfg, params = initial_params(cfg, model_cfg)
+    warn_past_context(model_cfg, cfg.data.seq_len, "data.seq_len")
     text.check_fits(tokenizer, model_cfg.vocab_size)
     configlib.save_resolved(cfg, workdir, model_cfg)
     mesh = sharding.make_mesh(cfg.mesh.to_dict())
