@@ -304,3 +304,35 @@ def test_the_schedule_counts_training_steps_not_optimizer_updates():
         updates, opt_state = opt.update(jnp.ones(()), opt_state, params)
         lrs.append(-float(updates))  # Adam with b1 = b2 = 0 moves by lr * sign(grad)
     np.testing.assert_allclose(lrs, [0, 0, 0, 0.5, 0.5, 0.5, 1, 1, 1], atol=1e-6)
+
+
+def test_a_run_saved_on_eight_devices_exports_on_one(tmp_path, shared_data):
+    # Restored "as saved", the params named devices 0-7: on a one-device machine the export
+    # (and model.init_from) failed, calling it a model-config mismatch.
+    from safetensors.numpy import load_file
+
+    from r1jax import export
+
+    cfg = configlib.load_config(
+        os.path.join(REPO, "configs/sft.py:tiny"),
+        mesh__data=1,
+        mesh__fsdp=8,
+        train__steps=1,
+        train__eval_every=0,
+        data__max_records=32,
+        metrics__tensorboard=False,
+    )
+    supervised.run(cfg, tmp_path / "run")
+    export.export(tmp_path / "run", tmp_path / "on8")
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"
+    out = subprocess.run(
+        [sys.executable, "-m", "r1jax.export", str(tmp_path / "run"), str(tmp_path / "on1")],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    a = load_file(tmp_path / "on8" / "model.safetensors")
+    b = load_file(tmp_path / "on1" / "model.safetensors")
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)

@@ -1,5 +1,6 @@
 """Orbax checkpoints: the train state (params, optimizer, step, RNG) and the data iterator."""
 
+import functools
 import json
 import pathlib
 import time
@@ -224,33 +225,47 @@ def restore_params(directory: str | pathlib.Path, target_params, *, step: int | 
         {"params": abstract_like(target_params)},
         {"params": {"policy": abstract_like(target_params)}},
     )
+    # Leaves without a sharding restore as they were saved; where that names devices this
+    # machine does not have (a run trained on 8 devices, exported on 1), onto this one's.
     errors = []
-    for abstract in layouts:
-        try:
-            restored = mngr.restore(
-                step,
-                args=ocp.args.Composite(
-                    state=ocp.args.PyTreeRestore(
-                        item=abstract,
-                        restore_args=jax.tree.map(_restore_arg, abstract),
-                        partial_restore=True,
-                    )
-                ),
+    for elsewhere in (False, True):
+        for abstract in layouts:
+            restore_args = jax.tree.map(
+                functools.partial(_restore_arg, elsewhere=elsewhere), abstract
             )
-        except (ValueError, KeyError, TypeError) as e:
-            errors.append(e)
-            continue
-        params = restored["state"]["params"]
-        params = params["policy"] if "policy" in abstract["params"] else params
-        # A partial restore leaves entries missing from the checkpoint as their placeholders.
-        if any(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(params)):
-            errors.append(KeyError(f"layout {jax.tree.structure(abstract)} not in the checkpoint"))
-            continue
-        return params
+            try:
+                restored = mngr.restore(
+                    step,
+                    args=ocp.args.Composite(
+                        state=ocp.args.PyTreeRestore(
+                            item=abstract, restore_args=restore_args, partial_restore=True
+                        )
+                    ),
+                )
+            except (ValueError, KeyError, TypeError) as e:
+                errors.append(e)
+                continue
+            params = restored["state"]["params"]
+            params = params["policy"] if "policy" in abstract["params"] else params
+            # A partial restore leaves entries missing from the checkpoint as placeholders.
+            if any(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(params)):
+                errors.append(
+                    KeyError(f"layout {jax.tree.structure(abstract)} not in the checkpoint")
+                )
+                continue
+            return params
+        if not any("sharding" in str(e) for e in errors):
+            break
     raise ValueError(f"{directory} step {step}: params do not match the model config: {errors}")
 
 
-def _restore_arg(x):
-    return (
-        ocp.ArrayRestoreArgs(sharding=x.sharding) if x.sharding is not None else ocp.RestoreArgs()
-    )
+def _restore_arg(x, elsewhere: bool = False):
+    """As the target says; else as saved, or (`elsewhere`: saved on other devices) whole on
+    this process's first device (every device when there are several processes)."""
+    if x.sharding is not None:
+        return ocp.ArrayRestoreArgs(sharding=x.sharding)
+    if not elsewhere:
+        return ocp.RestoreArgs()
+    if jax.process_count() == 1:
+        return ocp.ArrayRestoreArgs(sharding=jax.sharding.SingleDeviceSharding(jax.devices()[0]))
+    return ocp.ArrayRestoreArgs(sharding=_everywhere())
