@@ -9,6 +9,7 @@ import sys
 
 import jax
 import ml_collections
+from absl import logging
 
 from r1jax import files
 from r1jax.model import config as model_config
@@ -292,6 +293,50 @@ def check_resumable(cfg: ml_collections.ConfigDict, workdir, model_cfg=None) -> 
             f"--workdir {workdir}: its checkpoints hold a model of another shape than this "
             f"config's ({', '.join(diff)}); {advice}"
         )
+    old_cfg, new_cfg = _flat(saved.get("config") or {}), _flat(_json_form(cfg.to_dict()))
+    changed = lambda names: [  # noqa: E731
+        f"{n} {old_cfg[n]!r} -> {new_cfg.get(n)!r}"
+        for n in names
+        if n in old_cfg and old_cfg[n] != new_cfg.get(n)
+    ]
+    if cfg.stage == "rl":  # the checkpoint's tree: a value head, a separate critic
+        diff = changed(("rl.algorithm", "rl.critic"))
+        if diff:
+            raise ConfigError(
+                f"--workdir {workdir}: its checkpoints are of another RL run ({', '.join(diff)}); "
+                f"{advice}"
+            )
+    diff = changed(_DATA_FIELDS)
+    if diff:
+        logging.warning(
+            "--workdir %s: resuming with other data settings than its checkpoints were trained "
+            "with (%s): the data position carries over to another order or dataset",
+            workdir,
+            ", ".join(diff),
+        )
+
+
+# What a resumed run's data order and content depend on (changing one is warned about).
+_DATA_FIELDS = (
+    "seed",
+    "data.train",
+    "data.format",
+    "data.max_records",
+    "data.template",
+    "data.pack",
+    "rl.template",
+    "rl.general_prompts",
+)
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
 
 
 def save_resolved(cfg: ml_collections.ConfigDict, workdir, model_cfg=None) -> None:
@@ -305,6 +350,18 @@ def save_resolved(cfg: ml_collections.ConfigDict, workdir, model_cfg=None) -> No
     path.parent.mkdir(parents=True, exist_ok=True)
     if jax.process_index() != 0:  # one writer of the shared run directory
         return
+    ckpt = path.parent / "checkpoints"
+    steps = [int(d.name) for d in ckpt.iterdir() if d.name.isdigit()] if ckpt.is_dir() else []
+    if steps and path.is_file():
+        try:
+            before = json.loads(path.read_text())
+        except (OSError, ValueError):
+            before = None
+        if before is not None and _json_form(before) != _json_form(out):
+            # A resume with changed settings: what trained the steps so far stays on record.
+            keep = path.parent / "config_history" / f"config_to_step_{max(steps)}.json"
+            files.write_json(keep, before, default=str)
+            logging.info("config.json changed on resume; the previous one is kept as %s", keep)
     files.write_json(path, out, default=str)
 
 

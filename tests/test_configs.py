@@ -305,3 +305,25 @@ def test_derived_fields_follow_an_override():
         os.path.join(REPO, "configs/cold_start.py:qwen2.5-1.5b"), data__seq_len=4096
     )
     assert cfg.collect.max_new_tokens == 4096 - 512
+
+
+def test_a_resume_with_changed_settings_is_refused_warned_or_recorded(tmp_path, caplog):
+    grpo = configlib.load_config(os.path.join(REPO, "configs/grpo.py:tiny"))
+    shape = configlib.model_config_from(grpo, vocab_size=100)
+    configlib.save_resolved(grpo, tmp_path, shape)
+    (tmp_path / "checkpoints" / "6").mkdir(parents=True)
+    before = (tmp_path / "config.json").read_text()
+    # PPO's checkpoint holds a value head: orbax failed after config.json was overwritten.
+    ppo = configlib.load_config(os.path.join(REPO, "configs/ppo.py:tiny"))
+    with pytest.raises(
+        configlib.ConfigError, match=r"another RL run \(rl.algorithm 'grpo' -> 'ppo'"
+    ):
+        configlib.save_resolved(ppo, tmp_path, shape)
+    assert (tmp_path / "config.json").read_text() == before
+    # Another seed reorders the rest of the data: allowed, said, and what trained steps 1-6 kept.
+    with caplog.at_level("WARNING"):
+        configlib.save_resolved(configlib.updated(grpo, seed=1), tmp_path, shape)
+    assert "other data settings" in caplog.text and "seed 0 -> 1" in caplog.text
+    kept = tmp_path / "config_history" / "config_to_step_6.json"
+    assert kept.read_text() == before
+    assert json.loads((tmp_path / "config.json").read_text())["config"]["seed"] == 1
