@@ -64,6 +64,8 @@ def main(argv) -> None:
     )
     cfg = _CONFIG.value
     logging.info("stage %s, workdir %s", cfg.stage, _WORKDIR.value)
+    from r1jax.train import checkpoint  # its RestoreError is one line too
+
     try:
         from r1jax import pipeline  # the stage dispatch (imports each stage's module lazily)
 
@@ -74,6 +76,7 @@ def main(argv) -> None:
         sources.DataError,
         text.TokenizerError,
         FileNotFoundError,
+        checkpoint.RestoreError,
     ) as e:
         sys.exit(f"r1jax: {e}")
 

@@ -336,3 +336,41 @@ def test_a_run_saved_on_eight_devices_exports_on_one(tmp_path, shared_data):
     a = load_file(tmp_path / "on8" / "model.safetensors")
     b = load_file(tmp_path / "on1" / "model.safetensors")
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_checkpoints_of_another_process_count_are_refused_in_one_line(tmp_path, shared_data):
+    # grain keeps one position file per process: with another count every step failed and the
+    # error advised moving the checkpoints away. Here: files as two processes name them.
+    cfg = configlib.load_config(
+        os.path.join(REPO, "configs/sft.py:tiny"),
+        train__steps=1,
+        train__eval_every=0,
+        data__max_records=32,
+        metrics__tensorboard=False,
+        mesh__num_devices=1,
+    )
+    supervised.run(cfg, tmp_path)
+    data = tmp_path / "checkpoints" / "1" / "data"
+    (data / "process_0-of-1.json").rename(data / "process_0-of-2.json")
+    (data / "process_1-of-2.json").write_text((data / "process_0-of-2.json").read_text())
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "r1jax.main",
+            "--config=configs/sft.py:tiny",
+            f"--workdir={tmp_path}",
+            "--config.train.steps=2",
+            "--config.data.max_records=32",
+            "--config.mesh.num_devices=1",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+    )
+    assert out.returncode != 0
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("r1jax: ") and "saved by 2 processes and this run has 1" in last, last
+    assert "Traceback" not in out.stderr
+    assert (data / "process_0-of-2.json").exists()  # nothing moved aside

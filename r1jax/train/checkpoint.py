@@ -3,6 +3,7 @@
 import functools
 import json
 import pathlib
+import re
 import time
 from typing import Any
 
@@ -107,6 +108,10 @@ def abstract_like(tree) -> Any:
     return jax.tree.map(abstract, tree)
 
 
+class RestoreError(RuntimeError):
+    """No checkpoint of a run folder can be restored by this run; the message says why."""
+
+
 def restore_latest(mngr: ocp.CheckpointManager, target_state, iterator=None, *, extra=None):
     """Restores the newest checkpoint onto target_state's (and extra's) shapes and shardings.
 
@@ -121,6 +126,8 @@ def restore_latest(mngr: ocp.CheckpointManager, target_state, iterator=None, *, 
     steps = sorted(mngr.all_steps(), reverse=True)
     if not steps:
         return None
+    if iterator is not None:
+        _check_process_count(mngr, steps[0])
     errors = []
     for step in steps:
         # Every process resumes from the same step. The files only this process reads (its
@@ -142,13 +149,31 @@ def restore_latest(mngr: ocp.CheckpointManager, target_state, iterator=None, *, 
         return restored
     step, error = errors[0]
     others = "; ".join(f"step {s}: {type(e).__name__}: {str(e)[-200:]}" for s, e in errors[1:])
-    raise RuntimeError(
+    raise RestoreError(
         f"{mngr.directory}: no checkpoint could be restored ({len(steps)} tried, steps "
         f"{steps}); the newest, step {step}, failed with {type(error).__name__}: "
         f"{str(error)[-500:]}{' (' + others + ')' if others else ''}. If the config changed "
         "since they were saved, use the old one or another --workdir; if they are damaged, move "
         "them away to start over"
     ) from error
+
+
+def _check_process_count(mngr, step: int) -> None:
+    """Refuses, in one line, checkpoints whose data-iterator positions were saved by another
+    number of processes (grain keeps one file per process): every step would fail to restore."""
+    folder = pathlib.Path(mngr.directory) / str(step) / "data"
+    counts = {
+        int(m.group(1))
+        for f in (folder.iterdir() if folder.is_dir() else ())
+        if (m := re.fullmatch(r"process_\d+-of-(\d+)\.json", f.name))
+    }
+    if counts and jax.process_count() not in counts:
+        raise RestoreError(
+            f"{mngr.directory}: its checkpoints were saved by {sorted(counts)[0]} processes and "
+            f"this run has {jax.process_count()}: resume with {sorted(counts)[0]} processes, or "
+            f"start a new --workdir from these weights with --config.model.init_from="
+            f"{pathlib.Path(mngr.directory).parent}"
+        )
 
 
 def _own_files_problem(mngr, step: int) -> Exception | None:
