@@ -6,7 +6,8 @@
 #   MODE=per-gpu  one process per GPU (jax.distributed on 127.0.0.1, process i owns GPU i);
 #                 what multi-node runs do, on one host. Logs: WORKDIR/logs/process_<i>.log,
 #                 process 0's also here; one failing process stops the others.
-#   NUM_GPUS      GPUs to use (default: all that nvidia-smi lists); PORT coordinator port
+#   NUM_GPUS      GPUs to use (default: those CUDA_VISIBLE_DEVICES names, else all that
+#                 nvidia-smi lists); PORT coordinator port
 #                 (default 12355). DRY_RUN=1 prints the commands instead of running them.
 # Example: MODE=per-gpu launch/multi_gpu.sh configs/grpo.py:qwen2.5-1.5b runs/grpo-1.5b
 set -euo pipefail
@@ -30,6 +31,10 @@ run() {  # runs a command, or prints it (shell-quoted) under DRY_RUN=1
 gpu_count() {
   if [[ -n ${NUM_GPUS:-} ]]; then
     echo "$NUM_GPUS"
+  elif [[ -n ${CUDA_VISIBLE_DEVICES:-} ]]; then  # what JAX sees, not every GPU of the host
+    local -a visible
+    IFS=, read -ra visible <<< "$CUDA_VISIBLE_DEVICES"
+    echo "${#visible[@]}"
   elif command -v nvidia-smi > /dev/null; then
     nvidia-smi -L | grep -c '^GPU'
   else
@@ -63,18 +68,21 @@ case $mode in
       fi
     done
     status=0
+    # Ctrl-C / SIGTERM reach only this shell (background jobs ignore SIGINT): pass a SIGTERM on,
+    # which makes each r1jax save a checkpoint and exit.
+    trap 'status=130; kill -TERM "${pids[@]}" 2> /dev/null || true' INT TERM
     # The first process to fail stops the rest (the others would wait on it forever).
-    while ((${#pids[@]})); do
-      if ! wait -n "${pids[@]}"; then
+    while ((${#pids[@]})) && ((status == 0)); do
+      done_pid=
+      if ! wait -n -p done_pid "${pids[@]}"; then
+        ((status)) && break  # interrupted by the trap above
         status=1
         echo "multi_gpu.sh: a process failed; stopping the others (logs: $workdir/logs)" >&2
         kill "${pids[@]}" 2> /dev/null || true
         break
       fi
       alive=()
-      for pid in "${pids[@]}"; do
-        kill -0 "$pid" 2> /dev/null && alive+=("$pid")
-      done
+      for pid in "${pids[@]}"; do [[ $pid == "$done_pid" ]] || alive+=("$pid"); done
       pids=("${alive[@]+"${alive[@]}"}")
     done
     wait || true

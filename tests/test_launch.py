@@ -165,3 +165,75 @@ def test_missing_or_bad_settings_fail_with_a_clear_message(name, lead, env, mess
     env = {"ACCELERATOR_TYPE": "", **env}
     done = _script(name, lead, env)
     assert done.returncode != 0 and message in done.stderr, done.stderr
+
+
+_FAKE_R1JAX = """#!/usr/bin/env python3
+# A stand-in r1jax for the launcher: process i sleeps FAKE_SLEEP_i s then exits FAKE_RC_i; on
+# SIGTERM it notes it (as r1jax saves and exits 143).
+import os, pathlib, signal, sys, time
+i = [a for a in sys.argv if a.startswith("--process_id=")][0].split("=")[1]
+def term(*_):
+    pathlib.Path(os.environ["FAKE_DIR"], f"term_{i}").write_text("")
+    sys.exit(143)
+signal.signal(signal.SIGTERM, term)
+pathlib.Path(os.environ["FAKE_DIR"], f"started_{i}").write_text(str(os.getpid()))
+time.sleep(float(os.environ.get(f"FAKE_SLEEP_{i}", "30")))
+sys.exit(int(os.environ.get(f"FAKE_RC_{i}", "0")))
+"""
+
+
+def _fake_env(tmp_path, **env):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / "r1jax").write_text(_FAKE_R1JAX)
+    (bin_dir / "r1jax").chmod(0o755)
+    path = f"{bin_dir}{os.pathsep}{os.environ['PATH']}"
+    return {
+        **os.environ,
+        "PATH": path,
+        "MODE": "per-gpu",
+        "NUM_GPUS": "2",
+        "FAKE_DIR": str(tmp_path),
+        "DRY_RUN": "0",
+        **env,
+    }
+
+
+def test_per_gpu_launcher_passes_ctrl_c_on_and_reports_every_failure(tmp_path):
+    import signal
+    import time
+
+    # Ctrl-C: background jobs of a script ignore SIGINT, so the launcher exited and left every
+    # process running; it now sends them SIGTERM (r1jax saves and exits) and exits 130.
+    env = _fake_env(tmp_path)
+    p = subprocess.Popen(
+        ["bash", str(LAUNCH / "multi_gpu.sh"), CONFIG, str(tmp_path / "run")],
+        env=env,
+        cwd=REPO,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 20
+    while not all((tmp_path / f"started_{i}").exists() for i in (0, 1)):
+        assert time.time() < deadline and p.poll() is None
+        time.sleep(0.05)
+    os.killpg(p.pid, signal.SIGINT)
+    assert p.wait(timeout=20) == 130
+    assert (tmp_path / "term_0").exists() and (tmp_path / "term_1").exists()
+    for i in (0, 1):
+        pid = int((tmp_path / f"started_{i}").read_text())
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    # A process failing just after another finished was dropped unread (exit 0) 2-3 times in 10.
+    for _ in range(4):
+        env = _fake_env(tmp_path, FAKE_SLEEP_0="0.3", FAKE_SLEEP_1="0.302", FAKE_RC_1="1")
+        out = subprocess.run(
+            ["bash", str(LAUNCH / "multi_gpu.sh"), CONFIG, str(tmp_path / "run")],
+            env=env,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert out.returncode == 1, out.stderr
