@@ -8,7 +8,7 @@ setuptools.setup(
     description="DeepSeek-R1 training recipe (GRPO, PPO, rule rewards, SFT) in JAX/Flax",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
-    python_requires=">=3.10",
+    python_requires=">=3.11",  # jax 0.10, flax, orbax and grain need 3.11
     packages=setuptools.find_packages(include=["r1jax", "r1jax.*"]),
     # The small world's base model (configs/r1_zero.py:tiny starts from it).
     package_data={"r1jax": ["assets/world_base/*", "assets/world_student/*"]},

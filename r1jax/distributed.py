@@ -18,7 +18,9 @@ MODES = ("auto", "on", "off")
 
 # Environment variables that, set by a launcher, mean "this process is one of several".
 _CLUSTER_HINTS = (
-    ("SLURM_NTASKS", lambda v: int(v) > 1),  # srun / sbatch with several tasks
+    # srun with several tasks (the batch script itself is one process, whatever SLURM_NTASKS
+    # the job has: there a bare r1jax runs alone).
+    ("SLURM_STEP_NUM_TASKS", lambda v: int(v) > 1),
     ("OMPI_COMM_WORLD_SIZE", lambda v: int(v) > 1),  # mpirun
     ("TPU_WORKER_HOSTNAMES", lambda v: "," in v),  # a multi-host Cloud TPU slice (GKE, QR)
     ("MEGASCALE_COORDINATOR_ADDRESS", bool),  # multi-slice TPU
@@ -27,6 +29,13 @@ _CLUSTER_HINTS = (
 
 def _env(name: str, default: str = "") -> str:
     return os.environ.get(name, default).strip()
+
+
+def _int(name: str, value: str) -> int:
+    try:
+        return int(value.strip())
+    except ValueError:
+        raise ValueError(f"{name}={value!r} is not a whole number") from None
 
 
 def cluster_detected() -> bool:
@@ -70,8 +79,10 @@ def initialize(
     if mode not in MODES:
         raise ValueError(f"--distributed={mode!r}: expected one of {MODES}")
     address = coordinator_address or _env("R1JAX_COORDINATOR_ADDRESS")
-    count = num_processes or int(_env("R1JAX_NUM_PROCESSES", "0") or 0)
-    index = process_id if process_id >= 0 else int(_env("R1JAX_PROCESS_ID", "-1") or -1)
+    count = num_processes or _int("R1JAX_NUM_PROCESSES", _env("R1JAX_NUM_PROCESSES") or "0")
+    index = process_id
+    if index < 0:
+        index = _int("R1JAX_PROCESS_ID", _env("R1JAX_PROCESS_ID") or "-1")
     device_ids = local_device_ids or _env("R1JAX_LOCAL_DEVICE_IDS")
     if mode == "off" or (mode == "auto" and not address and not cluster_detected()):
         return False
@@ -85,7 +96,7 @@ def initialize(
     if index >= 0:
         kwargs["process_id"] = index
     if device_ids:
-        kwargs["local_device_ids"] = [int(i) for i in device_ids.split(",")]
+        kwargs["local_device_ids"] = [_int("--local_device_ids", i) for i in device_ids.split(",")]
     _use_gloo_on_cpu()
     jax.distributed.initialize(**kwargs)
     logging.info(

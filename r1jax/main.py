@@ -46,6 +46,8 @@ _HOST_MALLOC = flags.DEFINE_enum(
 def main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if not _WORKDIR.value.strip():  # e.g. --workdir=$RUN with RUN unset: not the current folder
+        sys.exit("r1jax: --workdir is empty; name the run folder")
     # Before anything touches a JAX device (XLA's CPU threads take their malloc arenas at start).
     restarted = os.environ.get("R1JAX_RESTARTED") == "1"  # once: never a loop, whatever glibc did
     if hostmem.needs_restart(_HOST_MALLOC.value) and _started_as_command() and not restarted:
@@ -55,13 +57,16 @@ def main(argv) -> None:
         sys.stderr.flush()
         os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
     hostmem.configure(_HOST_MALLOC.value)
-    distributed.initialize(
-        _COORDINATOR.value,
-        _NUM_PROCESSES.value,
-        _PROCESS_ID.value,
-        mode=_DISTRIBUTED.value,
-        local_device_ids=_LOCAL_DEVICES.value,
-    )
+    try:
+        distributed.initialize(
+            _COORDINATOR.value,
+            _NUM_PROCESSES.value,
+            _PROCESS_ID.value,
+            mode=_DISTRIBUTED.value,
+            local_device_ids=_LOCAL_DEVICES.value,
+        )
+    except ValueError as e:  # jax's "coordinator_address should be defined", a bad id list
+        sys.exit(f"r1jax: --distributed={_DISTRIBUTED.value}: {e}")
     cfg = _CONFIG.value
     logging.info("stage %s, workdir %s", cfg.stage, _WORKDIR.value)
     from r1jax.train import checkpoint  # its RestoreError is one line too
@@ -153,6 +158,11 @@ def run() -> None:
         if arg.startswith("--config="):
             configlib.add_config_root_to_path(arg.split("=", 1)[1].split(":", 1)[0])
     logging.get_absl_handler().addFilter(_QuietLibraries())
+    # --helpshort lists the main module's key flags; as a console script that is bin/r1jax.
+    for flag in (_CONFIG, _WORKDIR, _DISTRIBUTED, _COORDINATOR, _NUM_PROCESSES, _PROCESS_ID):
+        flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS[flag.name])
+    for flag in (_LOCAL_DEVICES, _HOST_MALLOC):
+        flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS[flag.name])
     app.run(main, flags_parser=_parse_flags)
 
 

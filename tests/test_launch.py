@@ -237,3 +237,63 @@ def test_per_gpu_launcher_passes_ctrl_c_on_and_reports_every_failure(tmp_path):
             timeout=60,
         )
         assert out.returncode == 1, out.stderr
+
+
+def _cli(args, cwd, **env):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", **env}
+    return subprocess.run(
+        [sys.executable, "-m", "r1jax.main", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_cli_start_up_mistakes_are_one_line(tmp_path):
+    config = f"--config={REPO / 'configs/sft.py'}:tiny"
+    # --workdir=$RUN with RUN unset trained into the current folder.
+    out = _cli([config, "--workdir="], tmp_path)
+    assert out.returncode != 0 and out.stderr.strip().endswith(
+        "r1jax: --workdir is empty; name the run folder"
+    )
+    assert list(tmp_path.iterdir()) == []
+    # Misconfigured multi-process runs: jax's ValueError / int() tracebacks before.
+    out = _cli(
+        [config, f"--workdir={tmp_path / 'a'}", "--distributed=on"],
+        tmp_path,
+        R1JAX_NUM_PROCESSES="two",
+    )
+    assert out.stderr.strip().splitlines()[-1] == (
+        "r1jax: --distributed=on: R1JAX_NUM_PROCESSES='two' is not a whole number"
+    )
+    assert "Traceback" not in out.stderr
+    # A job's batch script (SLURM_NTASKS of the job, no srun step) runs a bare r1jax alone.
+    from r1jax import distributed
+
+    slurm_batch = {"SLURM_JOB_ID": "1", "SLURM_NTASKS": "8", "SLURM_PROCID": "0"}
+    os.environ.update(slurm_batch)
+    try:
+        assert not distributed.cluster_detected()
+        os.environ["SLURM_STEP_NUM_TASKS"] = "8"
+        assert distributed.cluster_detected()
+    finally:
+        for name in (*slurm_batch, "SLURM_STEP_NUM_TASKS"):
+            os.environ.pop(name, None)
+
+
+def test_slurm_refuses_tasks_per_node_that_leave_gpus_idle():
+    env = {**SLURM, "SLURM_NTASKS": "4", "SLURM_NTASKS_PER_NODE": "2", "SLURM_GPUS_PER_NODE": "8"}
+    out = _script("slurm.sbatch", [CONFIG, WORKDIR], env)
+    assert out.returncode == 2 and "2 tasks per node for 8 GPUs per node" in out.stderr
+
+
+def test_helpshort_of_the_console_script_lists_the_flags():
+    import shutil
+
+    script = shutil.which("r1jax")
+    if script is None:
+        pytest.skip("the r1jax console script is not installed")
+    out = subprocess.run([script, "--helpshort"], capture_output=True, text=True, timeout=300)
+    assert "--workdir" in out.stdout and "--distributed" in out.stdout, out.stdout[-1000:]
