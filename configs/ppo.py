@@ -19,7 +19,10 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     size = "tiny" if "tiny" in parts else "qwen2.5-1.5b"
     unknown = [p for p in parts if p not in ("tiny", "qwen2.5-1.5b", "separate", "kl_penalty")]
     if unknown:
-        raise ValueError(f"configs/ppo.py: unknown variant {unknown}")
+        raise ValueError(
+            f"configs/ppo.py: unknown variant {unknown}; expected `size[,separate][,kl_penalty]` "
+            "with size tiny or qwen2.5-1.5b, e.g. tiny,separate"
+        )
     c = base.get_config()
     c.stage = "rl"
     if size == "tiny":
