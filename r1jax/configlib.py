@@ -1,5 +1,6 @@
 """Config helpers: load a `path.py:variant` spec, validate at start-up, build the ModelConfig."""
 
+import contextlib
 import dataclasses
 import importlib.util
 import json
@@ -68,12 +69,31 @@ def _require(condition: bool, field: str, message: str) -> None:
         raise ConfigError(f"config.{field}: {message}")
 
 
+# Folders that earlier stages of a pipeline will write: a path under one is not checked yet.
+_PENDING: list[pathlib.Path] = []
+
+
+@contextlib.contextmanager
+def pending_outputs(folders):
+    """Within it, validate() does not require paths under `folders` to exist (a pipeline checks
+    every stage's config before the stages that write them have run)."""
+    _PENDING.extend(pathlib.Path(f).absolute() for f in folders)
+    try:
+        yield
+    finally:
+        del _PENDING[-len(folders) :]
+
+
 def _check_path(cfg, field: str) -> None:
     node = cfg
     for name in field.split("."):
         node = node[name]
-    if node and not pathlib.Path(node).exists():
-        raise ConfigError(f"config.{field}: no such file or directory: {node}")
+    if not node or pathlib.Path(node).exists():
+        return
+    path = pathlib.Path(node).absolute()
+    if any(path == f or f in path.parents for f in _PENDING):
+        return
+    raise ConfigError(f"config.{field}: no such file or directory: {node}")
 
 
 def validate(cfg: ml_collections.ConfigDict, *, num_devices: int | None = None) -> None:
@@ -504,8 +524,13 @@ def _validate_rl(cfg, num_devices: int) -> None:
 
 def _validate_eval(cfg) -> None:
     """The eval stage: a model to load, sampling settings that make sense."""
-    e = cfg.eval
     _require(bool(cfg.model.init_from), "model.init_from", "the eval stage needs a model to load")
+    validate_eval_sampling(cfg)
+
+
+def validate_eval_sampling(cfg) -> None:
+    """config.eval's sampling settings (the eval stage's, and a pipeline's table's)."""
+    e = cfg.eval
     _require(e.num_samples >= 1, "eval.num_samples", "must be at least 1")
     _require(e.temperature > 0, "eval.temperature", "must be positive (eval.greedy adds greedy)")
     _require(0 < e.top_p <= 1, "eval.top_p", "must be in (0, 1]")

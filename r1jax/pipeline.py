@@ -123,6 +123,23 @@ def check(cfg) -> None:
                 )
 
 
+def check_stage_configs(cfg, workdir: pathlib.Path) -> None:
+    """Validates every stage's config and the table's evaluation settings now, not when the
+    stage is reached (hours later); paths into stage folders are not required to exist yet."""
+    order = list(cfg.pipeline.order)
+    with configlib.pending_outputs([workdir / name for name in order]):
+        for name in order:
+            if not (workdir / name / DONE).exists():
+                try:
+                    configlib.validate(resolve_config(cfg.stages[name], workdir))
+                except configlib.ConfigError as e:
+                    raise configlib.ConfigError(
+                        str(e).replace("config.", f"config.stages.{name}.", 1)
+                    ) from None
+    if cfg.pipeline.table:
+        configlib.validate_eval_sampling(cfg)
+
+
 def run_stages(cfg, workdir: pathlib.Path) -> dict[str, dict]:
     """Step 1 of the module docstring; returns each stage's done record."""
     order = list(cfg.pipeline.order)
@@ -385,6 +402,7 @@ def run(cfg, workdir) -> dict:
     """The pipeline stage: every stage in order, then the evaluation table."""
     workdir = pathlib.Path(workdir)
     check(cfg)
+    check_stage_configs(cfg, workdir)
     configlib.check_resumable(cfg, workdir)  # not over a single stage's run folder
     if jax.process_index() == 0:
         workdir.mkdir(parents=True, exist_ok=True)

@@ -449,3 +449,21 @@ def test_the_teacher_is_sampled_with_its_own_tokenizer(tmp_path):
     mesh = sharding.make_mesh({"num_devices": 1})
     _, _, tok, _ = evaluation.load_model(src, mesh)
     assert tok.vocab_size == 512
+
+
+def test_every_stage_config_is_checked_before_the_first_stage_runs(tmp_path):
+    # A mistake in the 8th stage surfaced when it was reached (40 minutes in here, days at
+    # scale); paths into stage folders that earlier stages write are not required yet.
+    cfg = _pipeline_cfg()
+    pipeline.check_stage_configs(cfg, tmp_path)  # the shipped pipeline is valid as is
+    cfg.stages.student_rl.rl.algorithm = "grop"
+    with pytest.raises(configlib.ConfigError, match=r"config\.stages\.student_rl\.rl\.algorithm"):
+        pipeline.run(cfg, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+    cfg = _pipeline_cfg(eval__temperature=0.0)  # the table's evaluation
+    with pytest.raises(configlib.ConfigError, match=r"config\.eval\.temperature"):
+        pipeline.run(cfg, tmp_path / "run")
+    cfg = _pipeline_cfg()
+    cfg.stages.sft_all.data.train = str(tmp_path / "nowhere.jsonl")  # not a stage's output
+    with pytest.raises(configlib.ConfigError, match=r"stages\.sft_all\.data\.train: no such file"):
+        pipeline.check_stage_configs(cfg, tmp_path)
