@@ -374,3 +374,18 @@ def test_checkpoints_of_another_process_count_are_refused_in_one_line(tmp_path, 
     assert last.startswith("r1jax: ") and "saved by 2 processes and this run has 1" in last, last
     assert "Traceback" not in out.stderr
     assert (data / "process_0-of-2.json").exists()  # nothing moved aside
+
+
+def test_a_first_ctrl_c_saves_after_the_step_a_second_stops_at_once(tmp_path):
+    # Ctrl-C lost every step since the last interval checkpoint (a traceback, no save).
+    with trainer.Preemption() as preemption:
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.01)
+        assert preemption.should_stop()
+        with pytest.raises(SystemExit) as stopped:
+            preemption.exit(3, tmp_path)
+        assert stopped.value.code == 130
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.01)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

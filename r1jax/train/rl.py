@@ -505,7 +505,7 @@ def run(cfg, workdir) -> dict:
                 if not saved:
                     r.save(force=True)
                 r.ckpt.wait_until_finished()
-                trainer.Preemption.exit(step, workdir)
+                preemption.exit(step, workdir)
         writer.close()
         if evaluator is not None:
             after = evaluator.evaluate(r.state.params["policy"], "eval_after")

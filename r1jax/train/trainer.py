@@ -123,40 +123,49 @@ PREEMPTED_EXIT_CODE = 128 + signal.SIGTERM  # what a shell reports for a SIGTERM
 class Preemption:
     """SIGTERM, the notice SLURM and Cloud TPU / GCE preemption send before they kill, asks a
     training loop to finish its step, save a checkpoint and exit (code 143); the same command
-    then resumes from that step to the same numbers. A context manager around the loop (the
-    handler is installed from the main thread only; the old one is put back on exit)."""
+    then resumes from that step to the same numbers. A first Ctrl-C (SIGINT) does the same
+    (exit code 130); a second one stops at once. A context manager around the loop (the
+    handlers are installed from the main thread only; the old ones are put back on exit)."""
 
     def __init__(self):
         self.requested = False
-        self._old = None
+        self.signum = signal.SIGTERM
+        self._old = {}
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            self._old = signal.signal(signal.SIGTERM, self._handle)
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                self._old[signum] = signal.signal(signum, self._handle)
         return self
 
     def __exit__(self, *exc):
-        if self._old is not None:
-            signal.signal(signal.SIGTERM, self._old)
-            self._old = None
+        for signum, old in self._old.items():
+            signal.signal(signum, old)
+        self._old = {}
 
     def _handle(self, signum, frame):
-        self.requested = True
+        if signum == signal.SIGINT and self.requested:
+            raise KeyboardInterrupt  # the second Ctrl-C: stop now, without the checkpoint
+        if signum == signal.SIGINT:
+            logging.warning("Ctrl-C: saving after this step (Ctrl-C again to stop at once)")
+        self.requested, self.signum = True, signum
 
     def should_stop(self) -> bool:
         """Whether any process got the signal: every process stops after the same step (the
         checkpoint save is collective)."""
         return distributed.global_max(int(self.requested)) > 0
 
-    @staticmethod
-    def exit(step: int, workdir) -> None:
+    def exit(self, step: int, workdir) -> None:
+        name = signal.Signals(self.signum).name
         logging.warning(
-            "SIGTERM: stopped after step %d with its checkpoint saved; rerun the same command "
+            "%s: stopped after step %d with its checkpoint saved; rerun the same command "
             "(--workdir=%s) to resume",
+            name,
             step,
             workdir,
         )
-        sys.exit(PREEMPTED_EXIT_CODE)
+        # Another process's signal stopped this one: report SIGTERM's code (a preemption).
+        sys.exit(128 + int(self.signum) if self.requested else PREEMPTED_EXIT_CODE)
 
 
 class BadStepsError(RuntimeError):
@@ -221,7 +230,7 @@ class Loop:
                     checkpoint.save(self.ckpt, state, iterator, force=True)
                 self.ckpt.wait_until_finished()
                 self.writer.close()
-                Preemption.exit(step, self.workdir)
+                preemption.exit(step, self.workdir)
         if self.ckpt is not None:
             self.ckpt.wait_until_finished()
         self.writer.close()
