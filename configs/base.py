@@ -129,7 +129,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.rl.kl_target = 0.01  # kl_penalty form: target KL(old || new) per token after an update
     c.rl.whiten_advantages = True  # PPO: whiten GAE advantages over the batch
     c.rl.eval_every = 0  # held-out evaluation every N steps (0 = before and after only)
-    c.rl.eval_prompts = 64  # held-out prompts per evaluation
+    c.rl.eval_prompts = 64  # held-out prompts per evaluation; eval.max_problems, when set, wins
     c.rl.log_samples_every = 10  # print an example completion every N steps
 
     # All-domain RL (R1 stage 4): general prompts are routed per prompt to a reward model.
@@ -187,7 +187,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.eval.ks = (1, 2, 4, 8, 16)  # k values of the pass@k / maj@k curves (> num_samples dropped)
     c.eval.greedy = True  # also one greedy sample per problem (pass@1_greedy)
     c.eval.prompts_per_batch = 32  # prompts per sampler call (x num_samples rows)
-    c.eval.max_problems = 0  # evaluate only the first N problems of data.eval (0 = all)
+    c.eval.max_problems = 0  # only the first N problems of data.eval (0 = all; RL: rl.eval_prompts)
     c.eval.template = ""  # chat | r1_zero | world | none; '' = the run's own (else r1_zero)
 
     c.metrics = ml_collections.ConfigDict()

@@ -45,10 +45,12 @@ def test_step_flops_follow_the_6nd_rule():
     )
     n = model_config.num_params(cfg)
     out = report.step_flops(
-        cfg, trained_tokens=100, generated_tokens=40, scored_tokens=100, epochs=2
+        cfg, trained_tokens=100, generated_tokens=40, scored_tokens=100, epochs=2, seq_len=20
     )
     assert out["train_flops"] == pytest.approx(6 * n * 100 * 2)
-    fwd = model_config.forward_flops_per_token(cfg, 32)
+    # Attention counted at the rollout's length, not max_seq_len (32k-128k for real presets).
+    fwd = model_config.forward_flops_per_token(cfg, 20)
+    assert fwd < model_config.forward_flops_per_token(cfg, 32)
     assert out["rollout_flops"] == pytest.approx(fwd * 140)
 
 

@@ -39,16 +39,23 @@ CURVES = (
 
 
 def step_flops(
-    model_cfg, *, trained_tokens: float, generated_tokens: float, scored_tokens: float, epochs: int
+    model_cfg,
+    *,
+    trained_tokens: float,
+    generated_tokens: float,
+    scored_tokens: float,
+    epochs: int,
+    seq_len: int,
 ) -> dict:
     """One RL step's compute: 6·N·D training, and forward FLOPs of sampling and scoring.
 
     trained_tokens: prompt + completion tokens of the rollout batch (the update's D per epoch);
     generated_tokens: sampled tokens; scored_tokens: tokens the reference (and old) log-prob
-    passes read.
+    passes read; seq_len: the rollout's sequence length (prompt + completion), which the
+    attention term counts (not the model's max_seq_len, 32k-128k for real presets).
     """
     n = model_config.num_params(model_cfg)
-    fwd = model_config.forward_flops_per_token(model_cfg, model_cfg.max_seq_len)
+    fwd = model_config.forward_flops_per_token(model_cfg, seq_len)
     return {
         "train_flops": 6.0 * n * trained_tokens * epochs,
         "rollout_flops": fwd * (generated_tokens + scored_tokens),

@@ -543,14 +543,15 @@ def _step_flops(cfg, r: "RLRun", samples) -> tuple[float, float]:
     """(training, rollout) FLOPs of one step, all processes together (see report.step_flops)."""
     count = jax.process_count()
     n_seq = len(samples.texts) * count
-    trained = n_seq * (samples.prompt_BxP.shape[1] + samples.completion_NxT.shape[1])
+    seq = samples.prompt_BxP.shape[1] + samples.completion_NxT.shape[1]
     passes = _scoring_passes(cfg, r)
     flops = report.step_flops(
         r.model_cfg,
-        trained_tokens=trained,
+        trained_tokens=n_seq * seq,
         generated_tokens=float(distributed.gather_rows(samples.lengths_N).sum()),
-        scored_tokens=passes * trained,
+        scored_tokens=passes * n_seq * seq,
         epochs=cfg.rl.epochs,
+        seq_len=seq,
     )
     return flops["train_flops"], flops["rollout_flops"]
 
@@ -573,7 +574,7 @@ def _guard_bad_steps(r: RLRun, metrics: dict, step: int, bad_in_row: int) -> int
 def _throughput(cfg, r: "RLRun", samples, step_time_s: float, peak: float) -> dict:
     """Generated tokens/s and model FLOPs utilisation of the whole step."""
     gen_tokens = float(distributed.gather_rows(samples.lengths_N).sum())  # all processes'
-    seq = cfg.rl.max_prompt_len + cfg.rl.max_new_tokens
+    seq = samples.prompt_BxP.shape[1] + samples.completion_NxT.shape[1]
     n_seq = len(samples.texts) * jax.process_count()
     fwd = model_config.forward_flops_per_token(r.model_cfg, seq)
     # Generation (a forward per token), the scoring forwards that ran (`_scoring_passes`) and
