@@ -76,7 +76,7 @@ def real(c: ml_collections.ConfigDict, size: str) -> None:
     c.collect.sft = True
     c.optim.lr = 1e-5
     c.optim.warmup_steps = 50
-    c.train.steps = 2000
+    c.train.epochs = 2  # R1-Distill: 2 epochs; train.steps follows the collected dataset's size
     c.train.checkpoint_every = 200
     if size == "qwen2.5-7b-tpu":
         c.mesh.data = 1

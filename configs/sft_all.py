@@ -39,4 +39,5 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     c.data.seq_len = (8192 if arg == "qwen2.5-1.5b" else 16384) + 512
     c.optim.lr = 5e-5  # R1: 2 epochs, cosine from 5e-5 down to 5e-6
     c.optim.min_lr_ratio = 0.1
+    c.train.epochs = 2  # train.steps from the collected dataset's size (data_stats.json)
     return c

@@ -421,3 +421,17 @@ def test_records_longer_than_seq_len_are_counted_and_reported(gsm8k, tok, tmp_pa
     assert "longer than data.seq_len=64" in caplog.text and "EOS" in caplog.text
     stats = json.loads((tmp_path / "data_stats.json").read_text())
     assert stats["records"] == 300 and stats["longer_than_seq_len"] > 0
+
+
+def test_train_epochs_sets_the_steps_from_the_data(gsm8k, tok, tmp_path):
+    # sft_all / distill say "2 epochs, as R1" of a dataset whose size is known only once it is
+    # collected: a fixed train.steps was 3-13 epochs of it.
+    records = gsm8k[:200]
+    assert pipeline.rows_per_epoch(records, tok, kind="sft", seq_len=256, pack=False) == 200
+    rows = pipeline.rows_per_epoch(records, tok, kind="sft", seq_len=256)
+    tokens = sum(len(pipeline.tokenize_sft(r, tok, 256)["inputs"]) for r in records)
+    assert rows == -(-tokens // 256)
+    # A real pass: packed batches of one epoch hold about as many rows (first-fit leaves gaps).
+    kw = dict(kind="sft", seq_len=256, batch_size=4, pack=True, num_epochs=1)
+    batches = list(pipeline.make_dataset(records, tok, seed=0, **kw))
+    assert rows <= 4 * len(batches) <= 1.3 * rows + 4

@@ -1,5 +1,6 @@
 """Supervised trainer: exact resume after SIGKILL, gradient accumulation, bad-step guard."""
 
+import json
 import os
 import signal
 import subprocess
@@ -389,3 +390,22 @@ def test_a_first_ctrl_c_saves_after_the_step_a_second_stops_at_once(tmp_path):
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(0.01)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_train_epochs_run_the_steps_one_pass_of_the_data_fills(tmp_path, shared_data):
+    cfg = configlib.load_config(
+        os.path.join(REPO, "configs/sft.py:tiny"),
+        train__epochs=1.0,
+        train__steps=1000,  # replaced
+        train__eval_every=0,
+        data__max_records=48,
+        metrics__tensorboard=False,
+        mesh__num_devices=1,
+    )
+    supervised.run(cfg, tmp_path)
+    stats = json.loads((tmp_path / "data_stats.json").read_text())
+    want = -(-stats["rows_per_epoch"] // cfg.data.batch_size)
+    assert stats["steps"] == want < 1000
+    saved = json.loads((tmp_path / "config.json").read_text())["config"]
+    assert saved["train"]["steps"] == want
+    assert max(int(p.name) for p in (tmp_path / "checkpoints").iterdir()) == want

@@ -11,6 +11,7 @@ A batch is a dict of numpy arrays, each [B, T]:
   positions   int32   position within its example (restarts at 0 for each packed example)
 """
 
+import math
 import threading
 from collections.abc import Sequence
 
@@ -234,6 +235,27 @@ def truncation_count(
     sample = records[::step][:limit]
     tokenize = _tokenize_fn(kind, tokenizer, seq_len, template)
     return sum(bool(tokenize(r)["truncated"]) for r in sample), len(sample)
+
+
+def rows_per_epoch(
+    records: Sequence[dict],
+    tokenizer: text.Tokenizer,
+    *,
+    kind: str,
+    seq_len: int,
+    template: str = "chat",
+    pack: bool = True,
+    limit: int = 2000,
+) -> int:
+    """Rows of seq_len one pass over `records` fills: one per record unpacked; packed, their
+    tokens (mean of up to `limit` evenly spaced records, cut as rows cut them) over seq_len."""
+    if not pack or not records:
+        return len(records)
+    step = max(1, len(records) // max(1, limit))
+    sample = records[::step][:limit]
+    tokenize = _tokenize_fn(kind, tokenizer, seq_len, template)
+    mean = sum(len(tokenize(r)["inputs"]) for r in sample) / len(sample)
+    return max(1, math.ceil(len(records) * mean / seq_len))
 
 
 def _tokenize_fn(kind: str, tokenizer, seq_len: int, template: str):

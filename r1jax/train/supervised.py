@@ -6,6 +6,7 @@ Shapes: B rows, T time, k micro-batches.
 import dataclasses
 import filecmp
 import json
+import math
 import pathlib
 
 import jax
@@ -293,7 +294,7 @@ def make_batches(cfg, records, tokenizer, *, seed, num_epochs=None):
     return iter(ds)
 
 
-def _report_truncation(cfg, records, tokenizer, workdir) -> None:
+def _report_truncation(cfg, records, tokenizer, workdir, rows_per_epoch=None) -> None:
     """Warns when training examples do not fit data.seq_len (an SFT example that long trains
     without the end of its response and its EOS) and writes the count to WORKDIR/data_stats.json."""
     kind = "pretrain" if cfg.stage == "pretrain" else "sft"
@@ -312,6 +313,8 @@ def _report_truncation(cfg, records, tokenizer, workdir) -> None:
         )
     if jax.process_index() == 0:
         stats = {"records": len(records), "checked": checked, "longer_than_seq_len": cut}
+        if rows_per_epoch is not None:
+            stats.update(rows_per_epoch=rows_per_epoch, steps=cfg.train.steps)
         files.write_json(pathlib.Path(workdir) / "data_stats.json", stats)
 
 
@@ -345,6 +348,26 @@ def run(cfg, workdir) -> dict:
     records = load_records(cfg, cfg.data.train, required=required)
     eval_records = load_records(cfg, cfg.data.eval, required=required) if cfg.data.eval else []
     tokenizer = resolve_tokenizer(cfg, workdir, records)
+    rows = None
+    if cfg.train.epochs > 0:  # the step count follows the data (a collected dataset's size)
+        rows = pipeline.rows_per_epoch(
+            records,
+            tokenizer,
+            kind="pretrain" if cfg.stage == "pretrain" else "sft",
+            seq_len=cfg.data.seq_len,
+            template=cfg.data.template,
+            pack=cfg.data.pack,
+        )
+        steps = max(1, math.ceil(cfg.train.epochs * rows / cfg.data.batch_size))
+        logging.info(
+            "train.epochs=%g: %d records fill ~%d rows of %d tokens a pass; train.steps = %d",
+            cfg.train.epochs,
+            len(records),
+            rows,
+            cfg.data.seq_len,
+            steps,
+        )
+        cfg = configlib.updated(cfg, train__steps=steps)
     model_cfg = configlib.model_config_from(cfg, vocab_size=tokenizer.vocab_size)
     model_cfg, params = initial_params(cfg, model_cfg)
     warn_past_context(model_cfg, cfg.data.seq_len, "data.seq_len")
@@ -356,7 +379,7 @@ def run(cfg, workdir) -> dict:
     optimizer = state_lib.make_optimizer(cfg.optim, cfg.train.steps)
     rng = jax.random.PRNGKey(cfg.seed)
     state, shardings = trainer.init_state(model_cfg, optimizer, rng, mesh, rules, params)
-    _report_truncation(cfg, records, tokenizer, workdir)
+    _report_truncation(cfg, records, tokenizer, workdir, rows_per_epoch=rows)
     iterator = make_batches(cfg, records, tokenizer, seed=cfg.seed)
     ckpt = checkpoint.manager(workdir / "checkpoints", max_to_keep=cfg.train.keep_checkpoints)
     restored = checkpoint.restore_latest(ckpt, state, iterator)
