@@ -13,7 +13,7 @@ import sys
 
 import jax
 
-from r1jax import configlib, files
+from r1jax import configlib, files, text
 from r1jax.model import config as model_config
 from r1jax.model import hf_io, transformer
 from r1jax.train import checkpoint
@@ -42,6 +42,13 @@ def export(run_dir, out_dir, *, step: int | None = None) -> pathlib.Path:
     ):
         if (run_dir / name).exists():
             files.write_atomic(out_dir / name, (run_dir / name).read_bytes())
+    if (run_dir / "tokenizer.model").exists() and not (run_dir / "tokenizer.json").exists():
+        # A SentencePiece model trained here: transformers' AutoTokenizer would convert it with
+        # a dummy prefix (other ids); a tokenizer.json gives the run's own ids, BOS included.
+        sp = text.SentencePieceTokenizer.load(run_dir / "tokenizer.model")
+        files.write_atomic(out_dir / "tokenizer.json", sp.to_hf_json())
+        config = {"tokenizer_class": "PreTrainedTokenizerFast", **sp.special_tokens()}
+        files.write_json(out_dir / "tokenizer_config.json", config, sort_keys=False)
     hf_io.save_hf(out_dir, cfg, params)
     return out_dir
 

@@ -135,6 +135,75 @@ class SentencePieceTokenizer:
         """Token ids of `text`, with no BOS or EOS added."""
         return list(self._sp.encode(text, out_type=int))
 
+    def to_hf_json(self) -> str:
+        """This model as a Hugging Face tokenizer.json giving the same ids (BOS first, as r1jax
+        encodes every text) and the same text back: for transformers, vLLM and any reader of
+        tokenizer.json. BPE merges are ranked by the merged piece's score, as SentencePiece
+        merges; unigram keeps its scores; user-defined pieces (<think>, ...) stay whole."""
+        from sentencepiece import sentencepiece_model_pb2  # needs protobuf (grain's dependency)
+
+        proto = sentencepiece_model_pb2.ModelProto()
+        proto.ParseFromString(self.model_proto)
+        pieces = list(proto.pieces)
+        normal, unknown, control, user = 1, 2, 3, 4  # ModelProto.SentencePiece.Type
+        vocab = {p.piece: i for i, p in enumerate(pieces)}
+        unk = next(i for i, p in enumerate(pieces) if p.type == unknown)
+        if proto.trainer_spec.model_type == proto.trainer_spec.BPE:
+            merges = []
+            for i, p in enumerate(pieces):
+                if p.type != normal:
+                    continue
+                halves = [(p.piece[:k], p.piece[k:]) for k in range(1, len(p.piece))]
+                local = sorted(
+                    (h for h in halves if h[0] in vocab and h[1] in vocab),
+                    key=lambda h: (vocab[h[0]], vocab[h[1]]),
+                )
+                merges += [(-p.score, i, left, right) for left, right in local]
+            model = tokenizers.models.BPE(
+                vocab=vocab,
+                merges=[(left, right) for *_, left, right in sorted(merges)],
+                unk_token=pieces[unk].piece,
+                fuse_unk=True,
+                byte_fallback=True,
+            )
+        else:
+            scores = [(p.piece, p.score) for p in pieces]
+            model = tokenizers.models.Unigram(scores, unk_id=unk, byte_fallback=True)
+        tok = tokenizers.Tokenizer(model)
+        normalize = [tokenizers.normalizers.Replace(" ", "\u2581")]
+        decode = [
+            tokenizers.decoders.Replace("\u2581", " "),
+            tokenizers.decoders.ByteFallback(),
+            tokenizers.decoders.Fuse(),
+        ]
+        if proto.normalizer_spec.add_dummy_prefix:  # models trained elsewhere (Llama-2 style)
+            normalize.insert(0, tokenizers.normalizers.Prepend("\u2581"))
+            decode.append(tokenizers.decoders.Strip(" ", 1, 0))
+        tok.normalizer = tokenizers.normalizers.Sequence(normalize)
+        tok.decoder = tokenizers.decoders.Sequence(decode)
+        specials = [p.piece for p in pieces if p.type in (control, unknown)]
+        tok.add_special_tokens(
+            [tokenizers.AddedToken(t, special=True, normalized=False) for t in specials]
+        )
+        users = [p.piece for p in pieces if p.type == user]
+        tok.add_tokens([tokenizers.AddedToken(t, special=False, normalized=False) for t in users])
+        if self.bos_id is not None:
+            bos = pieces[self.bos_id].piece
+            tok.post_processor = tokenizers.processors.TemplateProcessing(
+                single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, self.bos_id)]
+            )
+        return tok.to_str()
+
+    def special_tokens(self) -> dict:
+        """eos/bos/pad/unk as tokenizer_config.json entries."""
+        piece = lambda i: None if i is None or i < 0 else self._sp.id_to_piece(i)  # noqa: E731
+        return {
+            "eos_token": piece(self.eos_id),
+            "bos_token": piece(self.bos_id),
+            "pad_token": piece(self.pad_id),
+            "unk_token": piece(self._sp.unk_id()),
+        }
+
     def decode(self, ids: Iterable[int]) -> str:
         """Text of `ids`, pad dropped; control pieces (BOS, EOS) decode to nothing, and so do ids
         past the vocabulary (a model's embedding may have more rows than the tokenizer has

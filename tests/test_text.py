@@ -318,3 +318,28 @@ def test_special_tokens_map_names_the_special_tokens_as_in_transformers(tmp_path
     assert (tok.eos_id, tok.pad_id) == (ref.eos_token_id, ref.pad_token_id) == (5, 2)
     (folder / "tokenizer_config.json").unlink()
     assert text.load_tokenizer(folder).eos_id == 5
+
+
+@pytest.mark.parametrize("model_type", ["bpe", "unigram"])
+def test_a_sentencepiece_model_exports_as_a_tokenizer_json_with_its_ids(tmp_path, model_type):
+    # Without it, transformers converted tokenizer.model with a dummy prefix: other ids from
+    # the first token on, and a Chinese prompt of 10 tokens became 2.
+    sp = text.SentencePieceTokenizer.train(
+        CORPUS * 3, tmp_path / "sp", vocab_size=400, model_type=model_type
+    )
+    (tmp_path / "hf").mkdir()
+    (tmp_path / "hf" / "tokenizer.json").write_text(sp.to_hf_json())
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", **sp.special_tokens()}
+    (tmp_path / "hf" / "tokenizer_config.json").write_text(json.dumps(config))
+    ref = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    ours = text.load_tokenizer(tmp_path / "hf")
+    rows = world.dataset("train", n=100)
+    samples = (
+        SAMPLES + CORPUS + [r["prompt"] for r in rows] + ["   lead", "trail  ", "", "a<think>b"]
+    )
+    for sample in samples:
+        ids = sp.encode(sample)
+        assert ref(sample)["input_ids"] == [sp.bos_id] + ids, sample
+        assert text.bos_ids(ours) + ours.encode(sample) == [sp.bos_id] + ids
+        assert ref.decode(ids) == sp.decode(ids) == sample
+    assert (ref.eos_token_id, ref.pad_token_id) == (sp.eos_id, sp.pad_id)

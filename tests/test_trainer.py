@@ -337,6 +337,18 @@ def test_a_run_saved_on_eight_devices_exports_on_one(tmp_path, shared_data):
     a = load_file(tmp_path / "on8" / "model.safetensors")
     b = load_file(tmp_path / "on1" / "model.safetensors")
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    # The export's tokenizer gives transformers the ids the run trained on, BOS first.
+    import transformers
+
+    from r1jax import text
+
+    ours = text.load_tokenizer(tmp_path / "run" / "tokenizer.model")
+    # (transformers 5's AutoTokenizer picks Qwen2Tokenizer for a qwen2 config.json whatever
+    # tokenizer_config.json says, and re-splits text byte-level: the README says to load it so.)
+    ref = transformers.PreTrainedTokenizerFast.from_pretrained(tmp_path / "on1")
+    prompt = "Natalia sold clips to 48 of her friends. 小明有五个苹果。"
+    assert ref(prompt)["input_ids"] == [ours.bos_id] + ours.encode(prompt)
+    assert ref.eos_token_id == ours.eos_id
 
 
 def test_checkpoints_of_another_process_count_are_refused_in_one_line(tmp_path, shared_data):
