@@ -5,7 +5,7 @@
 #
 # Usage (from the repository root):
 #   export TPU_NAME=r1 ZONE=us-central2-b ACCELERATOR_TYPE=v4-32   # required
-#   export RUNTIME_VERSION=tpu-ubuntu2204-base PROJECT=my-project  # optional
+#   export RUNTIME_VERSION=... PROJECT=my-project  # optional (runtime: by ACCELERATOR_TYPE)
 #   launch/tpu_pod.sh create
 #   launch/tpu_pod.sh install
 #   launch/tpu_pod.sh run configs/grpo.py:qwen2.5-7b-tpu /mnt/shared/runs/r1zero-7b [--config.x=y ...]
@@ -44,15 +44,25 @@ tpu=(gcloud compute tpus tpu-vm)
 remote_dir='~/r1jax'
 # shellcheck disable=SC2088
 log="~/r1jax-${TPU_NAME}.log"
+venv="$remote_dir/.venv"
 
 ssh_all() {  # runs a shell command on every worker, their output streamed here
   run "${tpu[@]}" ssh "$TPU_NAME" --zone="$ZONE" "${project[@]}" --worker=all --command="$1"
 }
 
+runtime() {  # Cloud TPU's software version for the accelerator (its docs' table)
+  case $ACCELERATOR_TYPE in
+    v5litepod-* | v5e-*) echo v2-alpha-tpuv5-lite ;;
+    v5p-*) echo v2-alpha-tpuv5 ;;
+    v6e-*) echo v2-alpha-tpuv6e ;;
+    *) echo tpu-ubuntu2204-base ;;  # v2, v3, v4
+  esac
+}
+
 create() {
   : "${ACCELERATOR_TYPE:?set ACCELERATOR_TYPE, e.g. v4-32 or v5litepod-16}"
   run "${tpu[@]}" create "$TPU_NAME" --zone="$ZONE" "${project[@]}" \
-    --accelerator-type="$ACCELERATOR_TYPE" --version="${RUNTIME_VERSION:-tpu-ubuntu2204-base}"
+    --accelerator-type="$ACCELERATOR_TYPE" --version="${RUNTIME_VERSION:-$(runtime)}"
 }
 
 install() {
@@ -62,8 +72,11 @@ install() {
   run tar -czf "$tarball" --exclude=.git --exclude=./runs --exclude='*.egg-info' -C "$repo" .
   run "${tpu[@]}" scp "$tarball" "$TPU_NAME:~/r1jax-src.tar.gz" --zone="$ZONE" \
     "${project[@]}" --worker=all
+  # r1jax needs Python >= 3.11 (jax, flax, orbax, grain); the runtimes' python3 is 3.10: uv
+  # makes a 3.11 environment in $remote_dir/.venv, which `run` puts first on PATH.
   ssh_all "mkdir -p $remote_dir && tar -xzf ~/r1jax-src.tar.gz -C $remote_dir \
-&& pip install -q -U 'jax[tpu]' && pip install -q -e $remote_dir"
+&& python3 -m pip install -q -U uv && python3 -m uv venv -q -p 3.11 $venv \
+&& python3 -m uv pip install -q -p $venv/bin/python -U 'jax[tpu]' -e $remote_dir"
   rm -f "$tarball"
 }
 
@@ -76,7 +89,7 @@ start() {
   local data=""
   [[ -n ${R1JAX_DATA:-} ]] && data="export R1JAX_DATA=$(printf '%q' "$R1JAX_DATA") && "
   # Every worker runs the same command; all of them stream here, and into $log on the worker.
-  ssh_all "set -o pipefail; ${data}cd $remote_dir && $cmd 2>&1 | tee $log"
+  ssh_all "set -o pipefail; export PATH=$venv/bin:\$PATH; ${data}cd $remote_dir && $cmd 2>&1 | tee $log"
 }
 
 case $action in

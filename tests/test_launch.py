@@ -297,3 +297,18 @@ def test_helpshort_of_the_console_script_lists_the_flags():
         pytest.skip("the r1jax console script is not installed")
     out = subprocess.run([script, "--helpshort"], capture_output=True, text=True, timeout=300)
     assert "--workdir" in out.stdout and "--distributed" in out.stdout, out.stdout[-1000:]
+
+
+def test_tpu_runtime_follows_the_accelerator_and_install_makes_a_311_env():
+    env = {"TPU_NAME": "r1", "ZONE": "z"}
+    for accel, runtime in [
+        ("v4-32", "tpu-ubuntu2204-base"),
+        ("v5litepod-16", "v2-alpha-tpuv5-lite"),
+        ("v5p-8", "v2-alpha-tpuv5"),
+        ("v6e-8", "v2-alpha-tpuv6e"),
+    ]:
+        out = _script("tpu_pod.sh", ["create"], {**env, "ACCELERATOR_TYPE": accel})
+        assert f"--version={runtime}" in out.stdout, out.stdout
+    # The runtimes' python3 is 3.10; r1jax needs 3.11 (pip install -e failed on every worker).
+    out = _script("tpu_pod.sh", ["install"], env)
+    assert "uv venv -q -p 3.11" in out.stdout.replace("\\", "")
