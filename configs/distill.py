@@ -16,6 +16,10 @@ Variants:
   (student Qwen2.5-7B): R1-Distill's recipe, SFT only, 2 epochs:
     r1jax --config=configs/distill.py:qwen2.5-1.5b --workdir=runs/distill-1.5b \
         --config.collect.model=runs/all-domain-7b
+  These sample MATH prompts only: R1 distils on its 800k rows, general ones included. Add
+  general rows with --config.collect.general_data=FILE.jsonl --config.collect.general_ratio=0.33
+  (and --config.collect.general_prompts=FILE with --config.collect.reward_model=RUN to sample
+  the teacher's general answers); none are shipped at this scale.
 """
 
 import ml_collections
