@@ -142,3 +142,23 @@ def test_records_the_rewards_cannot_grade_are_refused_up_front():
     assert registry.check_records({"target_chars": 1.0, "format": 1.0}, plain, "d") == plain
     custom = {f"{__name__}:hang_on_marker": 1.0}
     assert registry.check_records(custom, plain, "d") == plain
+
+
+def test_a_ctrl_c_to_the_process_group_leaves_the_reward_helpers_scoring():
+    # The trainer saves after a first Ctrl-C; its workers and the math checker died of it and
+    # the step it saved had those items scored 0 (crashes).
+    import signal
+
+    from r1jax.rewards import math as math_reward
+
+    with registry.RewardPool(dict(WEIGHTS), num_workers=2, timeout_s=5.0) as pool:
+        pool.score(COMPLETIONS, RECORDS)  # the workers are up
+        math_reward._CHECKER.equal("x^2", "x*x", 30.0)  # and the math checker
+        helpers = [w.proc for w in pool._workers] + [math_reward._CHECKER._proc]
+        for proc in helpers:
+            os.kill(proc.pid, signal.SIGINT)
+        time.sleep(0.5)
+        assert all(proc.poll() is None for proc in helpers)
+        _, per_fn, metrics = pool.score(COMPLETIONS, RECORDS)
+    np.testing.assert_allclose(per_fn["accuracy"], _expected()[0])
+    assert not any(v for k, v in metrics.items() if "crashes" in k or "restarts" in k)

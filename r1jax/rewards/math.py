@@ -322,6 +322,9 @@ def _with_itimer(pred: str, gold: str, timeout_s: float) -> bool:
 
 def _checker_main(read_fd: int, write_fd: int) -> None:
     """Child process: answer (pred, gold) requests until the parent closes the pipe."""
+    # A terminal's Ctrl-C reaches the whole process group: the trainer finishes its step and
+    # saves (trainer.Preemption), so this helper keeps scoring it; the parent closes the pipe.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     requests = multiprocessing.connection.Connection(read_fd, writable=False)
     replies = multiprocessing.connection.Connection(write_fd, readable=False)
     replies.send("ready")

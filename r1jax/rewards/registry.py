@@ -10,6 +10,7 @@ import importlib
 import logging
 import multiprocessing.connection
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -160,6 +161,9 @@ def score_item(names: list[str], completion: str, record: dict):
 
 def _worker_main(read_fd: int, write_fd: int) -> None:
     """Worker process: score (index, names, completion, record) requests until EOF."""
+    # A terminal's Ctrl-C reaches the whole process group: the trainer finishes its step and
+    # saves (trainer.Preemption), so this helper keeps scoring it; the parent closes the pipe.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     requests = multiprocessing.connection.Connection(read_fd, writable=False)
     replies = multiprocessing.connection.Connection(write_fd, readable=False)
     replies.send("ready")
