@@ -428,10 +428,10 @@ def test_train_epochs_sets_the_steps_from_the_data(gsm8k, tok, tmp_path):
     # collected: a fixed train.steps was 3-13 epochs of it.
     records = gsm8k[:200]
     assert pipeline.rows_per_epoch(records, tok, kind="sft", seq_len=256, pack=False) == 200
-    rows = pipeline.rows_per_epoch(records, tok, kind="sft", seq_len=256)
+    rows = pipeline.rows_per_epoch(records, tok, kind="sft", seq_len=256, batch_size=4)
     tokens = sum(len(pipeline.tokenize_sft(r, tok, 256)["inputs"]) for r in records)
-    assert rows == -(-tokens // 256)
-    # A real pass: packed batches of one epoch hold about as many rows (first-fit leaves gaps).
+    assert rows > -(-tokens // 256)  # first-fit leaves gaps: tokens / seq_len was too few
+    # A real pass (shuffled) fills about as many rows.
     kw = dict(kind="sft", seq_len=256, batch_size=4, pack=True, num_epochs=1)
     batches = list(pipeline.make_dataset(records, tok, seed=0, **kw))
-    assert rows <= 4 * len(batches) <= 1.3 * rows + 4
+    assert abs(4 * len(batches) - rows) <= 0.1 * rows + 4

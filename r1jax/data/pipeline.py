@@ -165,21 +165,26 @@ def make_dataset(
     # (3)
     it_ds = ds.map(_counting(tokenize, stats)).to_iter_dataset()
     # (4)
-    if pack:
-        it_ds = grain.experimental.FirstFitPackIterDataset(
-            it_ds,
-            length_struct={key: seq_len for key in _SEQ_KEYS},
-            num_packing_bins=batch_size,
-            seed=seed,
-            padding_struct={
-                "inputs": tokenizer.pad_id,
-                "targets": tokenizer.pad_id,
-                "loss_mask": 0.0,
-            },
-        ).map(_from_packed)
-    else:
-        it_ds = it_ds.map(lambda ex: _unpacked_row(ex, seq_len, tokenizer.pad_id))
-    return it_ds.batch(batch_size, drop_remainder=True)
+    return _rows(it_ds, tokenizer, seq_len, batch_size, seed, pack).batch(
+        batch_size, drop_remainder=True
+    )
+
+
+def _rows(examples, tokenizer, seq_len: int, batch_size: int, seed: int, pack: bool):
+    """Examples -> rows of seq_len: packed first-fit into batch_size bins, or one a row."""
+    if not pack:
+        return examples.map(lambda ex: _unpacked_row(ex, seq_len, tokenizer.pad_id))
+    return grain.experimental.FirstFitPackIterDataset(
+        examples,
+        length_struct={key: seq_len for key in _SEQ_KEYS},
+        num_packing_bins=batch_size,
+        seed=seed,
+        padding_struct={
+            "inputs": tokenizer.pad_id,
+            "targets": tokenizer.pad_id,
+            "loss_mask": 0.0,
+        },
+    ).map(_from_packed)
 
 
 def _check_args(records, kind, seq_len, batch_size, shard_index, shard_count, template):
@@ -243,19 +248,23 @@ def rows_per_epoch(
     *,
     kind: str,
     seq_len: int,
+    batch_size: int = 1,
     template: str = "chat",
     pack: bool = True,
     limit: int = 2000,
 ) -> int:
-    """Rows of seq_len one pass over `records` fills: one per record unpacked; packed, their
-    tokens (mean of up to `limit` evenly spaced records, cut as rows cut them) over seq_len."""
+    """Rows of seq_len one pass over `records` fills: one per record unpacked; packed, the rows
+    make_dataset's first-fit packer (batch_size bins) fills with up to `limit` evenly spaced
+    records, in their order, scaled to all of them (gaps included: an example over half a row
+    takes one to itself)."""
     if not pack or not records:
         return len(records)
     step = max(1, len(records) // max(1, limit))
     sample = records[::step][:limit]
     tokenize = _tokenize_fn(kind, tokenizer, seq_len, template)
-    mean = sum(len(tokenize(r)["inputs"]) for r in sample) / len(sample)
-    return max(1, math.ceil(len(records) * mean / seq_len))
+    examples = grain.MapDataset.source(sample).map(tokenize).to_iter_dataset()
+    rows = sum(1 for _ in _rows(examples, tokenizer, seq_len, batch_size, 0, pack=True))
+    return max(1, math.ceil(rows * len(records) / len(sample)))
 
 
 def _tokenize_fn(kind: str, tokenizer, seq_len: int, template: str):

@@ -355,6 +355,7 @@ def run(cfg, workdir) -> dict:
             tokenizer,
             kind="pretrain" if cfg.stage == "pretrain" else "sft",
             seq_len=cfg.data.seq_len,
+            batch_size=cfg.data.batch_size // jax.process_count(),
             template=cfg.data.template,
             pack=cfg.data.pack,
         )
