@@ -320,8 +320,9 @@ def check_resumable(cfg: ml_collections.ConfigDict, workdir, model_cfg=None) -> 
         for n in names
         if n in old_cfg and old_cfg[n] != new_cfg.get(n)
     ]
-    if cfg.stage == "rl":  # the checkpoint's tree: a value head, a separate critic
-        diff = changed(("rl.algorithm", "rl.critic"))
+    if cfg.stage == "rl":  # the checkpoint's tree: PPO's value head or separate critic
+        ppo = old_cfg.get("rl.algorithm") == new_cfg.get("rl.algorithm") == "ppo"
+        diff = changed(("rl.algorithm", "rl.critic") if ppo else ("rl.algorithm",))
         if diff:
             raise ConfigError(
                 f"--workdir {workdir}: its checkpoints are of another RL run ({', '.join(diff)}); "

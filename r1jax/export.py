@@ -12,6 +12,7 @@ import pathlib
 import sys
 
 import jax
+from absl import logging
 
 from r1jax import configlib, files, text
 from r1jax.model import config as model_config
@@ -46,9 +47,13 @@ def export(run_dir, out_dir, *, step: int | None = None) -> pathlib.Path:
         # A SentencePiece model trained here: transformers' AutoTokenizer would convert it with
         # a dummy prefix (other ids); a tokenizer.json gives the run's own ids, BOS included.
         sp = text.SentencePieceTokenizer.load(run_dir / "tokenizer.model")
-        files.write_atomic(out_dir / "tokenizer.json", sp.to_hf_json())
-        config = {"tokenizer_class": "PreTrainedTokenizerFast", **sp.special_tokens()}
-        files.write_json(out_dir / "tokenizer_config.json", config, sort_keys=False)
+        try:
+            files.write_atomic(out_dir / "tokenizer.json", sp.to_hf_json())
+        except text.TokenizerError as e:
+            logging.warning("export: only tokenizer.model written: %s", e)
+        else:
+            config = {"tokenizer_class": "PreTrainedTokenizerFast", **sp.special_tokens()}
+            files.write_json(out_dir / "tokenizer_config.json", config, sort_keys=False)
     hf_io.save_hf(out_dir, cfg, params)
     return out_dir
 

@@ -144,6 +144,13 @@ class SentencePieceTokenizer:
 
         proto = sentencepiece_model_pb2.ModelProto()
         proto.ParseFromString(self.model_proto)
+        if proto.normalizer_spec.add_dummy_prefix:
+            # Models trained elsewhere (Llama-2 style): tokenizers' normalizers run on each
+            # stretch between added tokens, so a prepended '\u2581' would follow every <think>.
+            raise TokenizerError(
+                "a SentencePiece model with a dummy prefix is not converted to tokenizer.json "
+                "(its ids would differ after added tokens); keep its tokenizer.model"
+            )
         pieces = list(proto.pieces)
         normal, unknown, control, user = 1, 2, 3, 4  # ModelProto.SentencePiece.Type
         vocab = {p.piece: i for i, p in enumerate(pieces)}
@@ -176,9 +183,6 @@ class SentencePieceTokenizer:
             tokenizers.decoders.ByteFallback(),
             tokenizers.decoders.Fuse(),
         ]
-        if proto.normalizer_spec.add_dummy_prefix:  # models trained elsewhere (Llama-2 style)
-            normalize.insert(0, tokenizers.normalizers.Prepend("\u2581"))
-            decode.append(tokenizers.decoders.Strip(" ", 1, 0))
         tok.normalizer = tokenizers.normalizers.Sequence(normalize)
         tok.decoder = tokenizers.decoders.Sequence(decode)
         specials = [p.piece for p in pieces if p.type in (control, unknown)]

@@ -320,6 +320,7 @@ def test_a_resume_with_changed_settings_is_refused_warned_or_recorded(tmp_path, 
     ):
         configlib.save_resolved(ppo, tmp_path, shape)
     assert (tmp_path / "config.json").read_text() == before
+    configlib.check_resumable(configlib.updated(grpo, rl__critic="separate"), tmp_path, shape)
     # Another seed reorders the rest of the data: allowed, said, and what trained steps 1-6 kept.
     with caplog.at_level("WARNING"):
         configlib.save_resolved(configlib.updated(grpo, seed=1), tmp_path, shape)

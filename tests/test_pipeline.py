@@ -434,6 +434,9 @@ def test_a_killed_collection_resumes_from_its_journal_to_the_same_dataset(tmp_pa
     with pytest.raises(configlib.ConfigError, match=r"collect\.num_samples: 2 -> 4"):
         collect.collect(_rs_cfg(collect__num_samples=4), tmp_path / "full")
     assert collect.collect(_rs_cfg(), tmp_path / "full").read_bytes() == full
+    # The same folders spelled otherwise (relative, through '..') are the same settings.
+    other = os.path.join(os.path.relpath(WORLD_BASE), "..", "world_base")
+    assert collect.collect(_rs_cfg(collect__model=other), tmp_path / "full").read_bytes() == full
 
 
 def test_the_teacher_is_sampled_with_its_own_tokenizer(tmp_path):

@@ -343,3 +343,22 @@ def test_a_sentencepiece_model_exports_as_a_tokenizer_json_with_its_ids(tmp_path
         assert text.bos_ids(ours) + ours.encode(sample) == [sp.bos_id] + ids
         assert ref.decode(ids) == sp.decode(ids) == sample
     assert (ref.eos_token_id, ref.pad_token_id) == (sp.eos_id, sp.pad_id)
+
+
+def test_a_dummy_prefix_sentencepiece_model_is_not_converted(tmp_path):
+    # tokenizers normalises each stretch between added tokens apart: a prepended '\u2581' would
+    # follow every <think> of a Llama-2-style model, so its ids would differ; export keeps only
+    # its tokenizer.model.
+    import sentencepiece
+
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(CORPUS * 3),
+        model_prefix=str(tmp_path / "llama2"),
+        vocab_size=150,
+        user_defined_symbols=["<think>"],
+        add_dummy_prefix=True,
+        minloglevel=2,
+    )
+    sp = text.load_tokenizer(tmp_path / "llama2.model")
+    with pytest.raises(text.TokenizerError, match="dummy prefix"):
+        sp.to_hf_json()

@@ -278,6 +278,16 @@ def test_init_from_brings_its_tokenizer_and_shape(tmp_path, shared_data, caplog)
     tok = supervised.resolve_tokenizer(cfg, tmp_path, records)
     with open(os.path.join(base, "tokenizer.model"), "rb") as f:
         assert tok.model_proto == f.read()
+    # init_from may name a run's checkpoints folder: its tokenizer is the run's.
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    for name in ("config.json", "tokenizer.model"):
+        (run / name).write_bytes(open(os.path.join(base, name), "rb").read())
+    (run / "config.json").write_text(json.dumps({"config": {"stage": "sft"}, "model": {}}))
+    in_run = configlib.updated(cfg, model__init_from=str(run / "checkpoints"))
+    assert supervised.resolve_tokenizer(in_run, tmp_path / "w2", records).model_proto == (
+        tok.model_proto
+    )
     model_cfg = configlib.model_config_from(cfg, vocab_size=tok.vocab_size)
     with caplog.at_level("WARNING"):
         loaded, params = supervised.initial_params(cfg, model_cfg)

@@ -158,7 +158,11 @@ def sample_accepted(cfg, records, *, mesh, progress=True, journal=None):
             scorer = _load_scorer(c.reward_model, mesh)
         rules = sharding.rules_from_config(cfg.mesh.rules)
         src = _source_config(cfg)
-        model_cfg, params, tokenizer, run_cfg = evaluation.load_model(src, mesh, rules)
+        try:
+            model_cfg, params, tokenizer, run_cfg = evaluation.load_model(src, mesh, rules)
+        except configlib.ConfigError as e:  # src.tokenizer is collect.tokenizer here
+            message = str(e).replace("config.tokenizer.path", "config.collect.tokenizer")
+            raise configlib.ConfigError(message) from None
         template = c.template or evaluation.resolve_template(src, run_cfg)
     else:
         template = next(iter(done.values()))["template"] if done else c.template
@@ -295,16 +299,25 @@ def _json_form(value):
 
 
 def _collection_settings(cfg) -> dict:
-    """The settings a collected dataset depends on (collect.sft and the SFT that follows aside)."""
-    c = {k: v for k, v in cfg.collect.to_dict().items() if k != "sft"}
+    """The settings a collected dataset depends on (collect.sft and the SFT that follows aside);
+    paths as absolute paths, however the config spelled them (a pipeline's @stage folders follow
+    --workdir's spelling)."""
+    c = {k: _same_path(v) for k, v in cfg.collect.to_dict().items() if k != "sft"}
     return _json_form(
         {
-            "source_model": str(cfg.collect.model),
-            "prompts_from": str(cfg.data.train),
+            "source_model": _same_path(str(cfg.collect.model)),
+            "prompts_from": _same_path(str(cfg.data.train)),
             "seed": int(cfg.seed),
             "collect": c,
         }
     )
+
+
+def _same_path(value):
+    """An existing path as its resolved absolute form; any other value as it is."""
+    if isinstance(value, str) and value and os.path.exists(value):
+        return str(pathlib.Path(value).resolve())
+    return value
 
 
 def _general_scores(scorer, batch, texts, num_samples):
@@ -367,8 +380,8 @@ def _check_same_settings(cfg, workdir: pathlib.Path) -> None:
         provenance = json.loads((workdir / PROVENANCE).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as e:
         raise configlib.ConfigError(f"{workdir / PROVENANCE}: unreadable ({e})") from None
-    was = {k: provenance.get(k) for k in ("source_model", "prompts_from", "seed")}
-    was["collect"] = provenance.get("collect", {})
+    was = {k: _same_path(provenance.get(k)) for k in ("source_model", "prompts_from", "seed")}
+    was["collect"] = {k: _same_path(v) for k, v in (provenance.get("collect") or {}).items()}
     now = _collection_settings(cfg)
     flat = lambda d: {  # noqa: E731
         **{k: v for k, v in d.items() if k != "collect"},

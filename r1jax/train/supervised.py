@@ -134,7 +134,9 @@ def resolve_tokenizer(cfg, workdir, records):
                 "tokenizer: model.init_from's own (tokenizer.train_vocab_size=%d is not used)",
                 cfg.tokenizer.train_vocab_size,
             )
-        return _keep_tokenizer(cfg.model.init_from, workdir)
+        path = pathlib.Path(cfg.model.init_from)  # a run, an HF folder, or RUN/checkpoints
+        run_dir = next((d for d in (path, path.parent) if configlib.is_run_dir(d)), path)
+        return _keep_tokenizer(run_dir, workdir)
     if cfg.tokenizer.train_vocab_size:
         path = pathlib.Path(workdir) / "tokenizer.model"
         if jax.process_count() > 1:  # process 0 trains it (deterministic); the others read it
