@@ -255,7 +255,8 @@ def check_workdir(workdir) -> None:
 _RESUMABLE_MODEL_FIELDS = ("dtype", "param_dtype", "remat", "unroll_layers", "max_seq_len")
 
 
-def _json_form(value):
+def json_form(value):
+    """`value` as it reads back from JSON (tuples as lists, other objects as strings)."""
     return json.loads(json.dumps(value, default=str))
 
 
@@ -270,7 +271,7 @@ def _saved_model_form(saved: dict) -> dict:
             )
         except (TypeError, ValueError):
             pass  # compared as written: it differs, and the refusal names it
-    return _json_form(form)
+    return json_form(form)
 
 
 def check_resumable(cfg: ml_collections.ConfigDict, workdir, model_cfg=None) -> None:
@@ -302,7 +303,7 @@ def check_resumable(cfg: ml_collections.ConfigDict, workdir, model_cfg=None) -> 
         )
     if not has_checkpoints or model_cfg is None or not isinstance(saved.get("model"), dict):
         return
-    new = _json_form(dataclasses.asdict(model_cfg))
+    new = json_form(dataclasses.asdict(model_cfg))
     old = _saved_model_form(saved["model"])
     diff = [
         f"{name} {old.get(name)!r} -> {value!r}"
@@ -314,7 +315,7 @@ def check_resumable(cfg: ml_collections.ConfigDict, workdir, model_cfg=None) -> 
             f"--workdir {workdir}: its checkpoints hold a model of another shape than this "
             f"config's ({', '.join(diff)}); {advice}"
         )
-    old_cfg, new_cfg = _flat(saved.get("config") or {}), _flat(_json_form(cfg.to_dict()))
+    old_cfg, new_cfg = flatten(saved.get("config") or {}), flatten(json_form(cfg.to_dict()))
     changed = lambda names: [  # noqa: E731
         f"{n} {old_cfg[n]!r} -> {new_cfg.get(n)!r}"
         for n in names
@@ -351,11 +352,12 @@ _DATA_FIELDS = (
 )
 
 
-def _flat(tree: dict, prefix: str = "") -> dict:
+def flatten(tree: dict, prefix: str = "") -> dict:
+    """{'a': {'b': 1}} -> {'a.b': 1}: nested dicts as dotted names."""
     out = {}
     for k, v in tree.items():
         if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
+            out.update(flatten(v, f"{prefix}{k}."))
         else:
             out[f"{prefix}{k}"] = v
     return out
@@ -379,7 +381,7 @@ def save_resolved(cfg: ml_collections.ConfigDict, workdir, model_cfg=None) -> No
             before = json.loads(path.read_text())
         except (OSError, ValueError):
             before = None
-        if before is not None and _json_form(before) != _json_form(out):
+        if before is not None and json_form(before) != json_form(out):
             # A resume with changed settings: what trained the steps so far stays on record.
             keep = path.parent / "config_history" / f"config_to_step_{max(steps)}.json"
             files.write_json(keep, before, default=str)

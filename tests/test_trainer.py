@@ -41,9 +41,9 @@ def _short_cfg(**extra):
     return configlib.load_config(os.path.join(REPO, "configs/sft.py:tiny"), **{**SHORT, **extra})
 
 
-def _cli_args(workdir):
+def _cli_args(workdir, **extra):
     args = [f"--config={os.path.join(REPO, 'configs/sft.py')}:tiny", f"--workdir={workdir}"]
-    args += [f"--config.{k.replace('__', '.')}={v}" for k, v in SHORT.items()]
+    args += [f"--config.{k.replace('__', '.')}={v}" for k, v in {**SHORT, **extra}.items()]
     return args
 
 
@@ -324,16 +324,7 @@ def test_a_run_saved_on_eight_devices_exports_on_one(tmp_path, shared_data):
 
     from r1jax import export
 
-    cfg = configlib.load_config(
-        os.path.join(REPO, "configs/sft.py:tiny"),
-        mesh__data=1,
-        mesh__fsdp=8,
-        train__steps=1,
-        train__eval_every=0,
-        data__max_records=32,
-        metrics__tensorboard=False,
-    )
-    supervised.run(cfg, tmp_path / "run")
+    supervised.run(_short_cfg(mesh__data=1, mesh__fsdp=8, train__steps=1), tmp_path / "run")
     export.export(tmp_path / "run", tmp_path / "on8")
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"
@@ -364,29 +355,12 @@ def test_a_run_saved_on_eight_devices_exports_on_one(tmp_path, shared_data):
 def test_checkpoints_of_another_process_count_are_refused_in_one_line(tmp_path, shared_data):
     # grain keeps one position file per process: with another count every step failed and the
     # error advised moving the checkpoints away. Here: files as two processes name them.
-    cfg = configlib.load_config(
-        os.path.join(REPO, "configs/sft.py:tiny"),
-        train__steps=1,
-        train__eval_every=0,
-        data__max_records=32,
-        metrics__tensorboard=False,
-        mesh__num_devices=1,
-    )
-    supervised.run(cfg, tmp_path)
+    supervised.run(_short_cfg(train__steps=1), tmp_path)
     data = tmp_path / "checkpoints" / "1" / "data"
     (data / "process_0-of-1.json").rename(data / "process_0-of-2.json")
     (data / "process_1-of-2.json").write_text((data / "process_0-of-2.json").read_text())
     out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "r1jax.main",
-            "--config=configs/sft.py:tiny",
-            f"--workdir={tmp_path}",
-            "--config.train.steps=2",
-            "--config.data.max_records=32",
-            "--config.mesh.num_devices=1",
-        ],
+        [sys.executable, "-m", "r1jax.main", *_cli_args(tmp_path, train__steps=2)],
         capture_output=True,
         text=True,
         cwd=REPO,
@@ -415,15 +389,7 @@ def test_a_first_ctrl_c_saves_after_the_step_a_second_stops_at_once(tmp_path):
 
 
 def test_train_epochs_run_the_steps_one_pass_of_the_data_fills(tmp_path, shared_data):
-    cfg = configlib.load_config(
-        os.path.join(REPO, "configs/sft.py:tiny"),
-        train__epochs=1.0,
-        train__steps=1000,  # replaced
-        train__eval_every=0,
-        data__max_records=48,
-        metrics__tensorboard=False,
-        mesh__num_devices=1,
-    )
+    cfg = _short_cfg(train__epochs=1.0, train__steps=1000)  # steps replaced
     supervised.run(cfg, tmp_path)
     stats = json.loads((tmp_path / "data_stats.json").read_text())
     want = -(-stats["rows_per_epoch"] // cfg.data.batch_size)

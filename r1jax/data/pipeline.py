@@ -236,10 +236,14 @@ def truncation_count(
     """(truncated, checked): how many of up to `limit` records, evenly spaced, are longer than
     a row of seq_len. An SFT example that long loses the start of its prompt and, past half the
     row, the end of its response with its EOS (`tokenize_sft`)."""
-    step = max(1, len(records) // max(1, limit))
-    sample = records[::step][:limit]
+    sample = _spaced_sample(records, limit)
     tokenize = _tokenize_fn(kind, tokenizer, seq_len, template)
     return sum(bool(tokenize(r)["truncated"]) for r in sample), len(sample)
+
+
+def _spaced_sample(records: Sequence[dict], limit: int) -> Sequence[dict]:
+    """Up to `limit` records, evenly spaced over all of them."""
+    return records[:: max(1, len(records) // max(1, limit))][:limit]
 
 
 def rows_per_epoch(
@@ -259,8 +263,7 @@ def rows_per_epoch(
     takes one to itself)."""
     if not pack or not records:
         return len(records)
-    step = max(1, len(records) // max(1, limit))
-    sample = records[::step][:limit]
+    sample = _spaced_sample(records, limit)
     tokenize = _tokenize_fn(kind, tokenizer, seq_len, template)
     examples = grain.MapDataset.source(sample).map(tokenize).to_iter_dataset()
     rows = sum(1 for _ in _rows(examples, tokenizer, seq_len, batch_size, 0, pack=True))

@@ -276,7 +276,7 @@ def _read_journal(path, header) -> dict[int, dict]:
             entries.append(json.loads(line))
         except (json.JSONDecodeError, UnicodeDecodeError):
             break  # the torn tail of a killed write; everything after it is dropped too
-    if not entries or _json_form(entries[0]) != _json_form(header):
+    if not entries or configlib.json_form(entries[0]) != configlib.json_form(header):
         if entries:
             logging.warning("collect: %s was written with other settings; sampling again", path)
         entries = []
@@ -294,16 +294,12 @@ def _append_journal(path, outcome: dict) -> None:
         os.fsync(f.fileno())
 
 
-def _json_form(value):
-    return json.loads(json.dumps(value, default=str))
-
-
 def _collection_settings(cfg) -> dict:
     """The settings a collected dataset depends on (collect.sft and the SFT that follows aside);
     paths as absolute paths, however the config spelled them (a pipeline's @stage folders follow
     --workdir's spelling)."""
     c = {k: _same_path(v) for k, v in cfg.collect.to_dict().items() if k != "sft"}
-    return _json_form(
+    return configlib.json_form(
         {
             "source_model": _same_path(str(cfg.collect.model)),
             "prompts_from": _same_path(str(cfg.data.train)),
@@ -382,12 +378,8 @@ def _check_same_settings(cfg, workdir: pathlib.Path) -> None:
         raise configlib.ConfigError(f"{workdir / PROVENANCE}: unreadable ({e})") from None
     was = {k: _same_path(provenance.get(k)) for k in ("source_model", "prompts_from", "seed")}
     was["collect"] = {k: _same_path(v) for k, v in (provenance.get("collect") or {}).items()}
-    now = _collection_settings(cfg)
-    flat = lambda d: {  # noqa: E731
-        **{k: v for k, v in d.items() if k != "collect"},
-        **{f"collect.{k}": v for k, v in (d.get("collect") or {}).items()},
-    }
-    was, now = flat(_json_form(was)), flat(now)
+    was = configlib.flatten(configlib.json_form(was))
+    now = configlib.flatten(_collection_settings(cfg))
     # Fields a dataset written before they existed does not record are not compared.
     diff = [f"{k}: {was[k]!r} -> {now[k]!r}" for k in now if k in was and was[k] != now[k]]
     if diff:

@@ -278,12 +278,40 @@ def initial_params(cfg, model_cfg):
     return model_cfg, checkpoint.restore_params(path, abstract)
 
 
+def _kind(cfg) -> str:
+    """The pipeline's example kind of a supervised stage."""
+    return "pretrain" if cfg.stage == "pretrain" else "sft"
+
+
+def _steps_for_epochs(cfg, records, tokenizer):
+    """(cfg with train.steps = train.epochs passes over `records`, rows one pass fills)."""
+    rows = pipeline.rows_per_epoch(
+        records,
+        tokenizer,
+        kind=_kind(cfg),
+        seq_len=cfg.data.seq_len,
+        batch_size=cfg.data.batch_size // jax.process_count(),
+        template=cfg.data.template,
+        pack=cfg.data.pack,
+    )
+    steps = max(1, math.ceil(cfg.train.epochs * rows / cfg.data.batch_size))
+    logging.info(
+        "train.epochs=%g: %d records fill ~%d rows of %d tokens a pass; train.steps = %d",
+        cfg.train.epochs,
+        len(records),
+        rows,
+        cfg.data.seq_len,
+        steps,
+    )
+    return configlib.updated(cfg, train__steps=steps), rows
+
+
 def make_batches(cfg, records, tokenizer, *, seed, num_epochs=None):
     """This process's share of the global batch, as a grain iterator (state is checkpointable)."""
     ds = pipeline.make_dataset(
         records,
         tokenizer,
-        kind="pretrain" if cfg.stage == "pretrain" else "sft",
+        kind=_kind(cfg),
         seq_len=cfg.data.seq_len,
         batch_size=cfg.data.batch_size // jax.process_count(),
         seed=seed,
@@ -299,7 +327,7 @@ def make_batches(cfg, records, tokenizer, *, seed, num_epochs=None):
 def _report_truncation(cfg, records, tokenizer, workdir, rows_per_epoch=None) -> None:
     """Warns when training examples do not fit data.seq_len (an SFT example that long trains
     without the end of its response and its EOS) and writes the count to WORKDIR/data_stats.json."""
-    kind = "pretrain" if cfg.stage == "pretrain" else "sft"
+    kind = _kind(cfg)
     cut, checked = pipeline.truncation_count(
         records, tokenizer, kind=kind, seq_len=cfg.data.seq_len, template=cfg.data.template
     )
@@ -352,25 +380,7 @@ def run(cfg, workdir) -> dict:
     tokenizer = resolve_tokenizer(cfg, workdir, records)
     rows = None
     if cfg.train.epochs > 0:  # the step count follows the data (a collected dataset's size)
-        rows = pipeline.rows_per_epoch(
-            records,
-            tokenizer,
-            kind="pretrain" if cfg.stage == "pretrain" else "sft",
-            seq_len=cfg.data.seq_len,
-            batch_size=cfg.data.batch_size // jax.process_count(),
-            template=cfg.data.template,
-            pack=cfg.data.pack,
-        )
-        steps = max(1, math.ceil(cfg.train.epochs * rows / cfg.data.batch_size))
-        logging.info(
-            "train.epochs=%g: %d records fill ~%d rows of %d tokens a pass; train.steps = %d",
-            cfg.train.epochs,
-            len(records),
-            rows,
-            cfg.data.seq_len,
-            steps,
-        )
-        cfg = configlib.updated(cfg, train__steps=steps)
+        cfg, rows = _steps_for_epochs(cfg, records, tokenizer)
     model_cfg = configlib.model_config_from(cfg, vocab_size=tokenizer.vocab_size)
     model_cfg, params = initial_params(cfg, model_cfg)
     warn_past_context(model_cfg, cfg.data.seq_len, "data.seq_len")
