@@ -37,11 +37,14 @@ YARN_ROPE = {
 def _hf_model(arch, **kwargs):
     """A tiny random transformers model in float32 with every weight (norms, biases) perturbed."""
     torch.manual_seed(0)
-    config_cls = {"qwen2": transformers.Qwen2Config, "llama": transformers.LlamaConfig}[arch]
+    config_cls, model_cls = {
+        "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM),
+        "llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
+        "mistral": (transformers.MistralConfig, transformers.MistralForCausalLM),
+    }[arch]
     base = dict(vocab_size=V, hidden_size=64, intermediate_size=96, num_hidden_layers=2)
     hf_config = config_cls(**base, **kwargs, attn_implementation="eager")
-    model_cls = {"qwen2": transformers.Qwen2ForCausalLM, "llama": transformers.LlamaForCausalLM}
-    model = model_cls[arch](hf_config).eval()
+    model = model_cls(hf_config).eval()
     with torch.no_grad():
         for name, p in model.named_parameters():
             p.copy_(torch.randn_like(p) * 0.2 + (1.0 if "norm" in name else 0.0))
@@ -115,6 +118,24 @@ PARITY_CASES = {
         ),
         None,
     ),
+    # Mistral v0.2+ (no sliding window) computes as Llama; loads as family llama.
+    "mistral-no-window-head_dim24": (
+        "mistral",
+        dict(num_attention_heads=4, num_key_value_heads=2, head_dim=24, sliding_window=None),
+        None,
+    ),
+    # use_sliding_window with max_window_layers past the last layer: no layer slides.
+    "qwen2-window-on-no-sliding-layer": (
+        "qwen2",
+        dict(
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            use_sliding_window=True,
+            sliding_window=4,
+            max_window_layers=2,
+        ),
+        None,
+    ),
     "llama3-scaling-tied-head_dim32": (
         "llama",
         dict(
@@ -137,7 +158,8 @@ def test_load_hf_matches_transformers_logits(case, tmp_path):
     model.save_pretrained(tmp_path, **save_kwargs)
     assert (tmp_path / "model.safetensors.index.json").exists() == (shard_size is not None)
     cfg, params = hf_io.load_hf(tmp_path)
-    assert cfg.family == arch and cfg.tie_embeddings == kwargs.get("tie_word_embeddings", False)
+    assert cfg.family == {"mistral": "llama"}.get(arch, arch)
+    assert cfg.tie_embeddings == kwargs.get("tie_word_embeddings", False)
     assert cfg.head_dim == kwargs.get("head_dim", 64 // kwargs["num_attention_heads"])
     assert (cfg.rope_scaling is not None) == ("rope_parameters" in kwargs)
     tokens = _tokens()
@@ -277,6 +299,8 @@ def test_bfloat16_round_trip_keeps_dtype_and_bits(tmp_path):
 
 def _write_config(path, **overrides):
     hf = hf_io.config_to_hf(SAVE_CASES["llama3-untied-head_dim16"][0], "float32")
+    if "rope_parameters" in overrides:
+        hf.pop("rope_scaling")  # the legacy copy of the rope settings replaced
     hf.update(overrides)
     path.mkdir(exist_ok=True)
     (path / "config.json").write_text(json.dumps({k: v for k, v in hf.items() if v is not None}))
@@ -300,6 +324,18 @@ def test_legacy_rope_keys_are_read(tmp_path):
     assert default.rope_scaling is None and default.rope_theta == 123.0
 
 
+def test_both_rope_spellings_agreeing_are_read(tmp_path):
+    yarn = {"factor": 4.0, "original_max_position_embeddings": 8}
+    _write_config(
+        tmp_path,
+        rope_parameters={**yarn, "rope_type": "yarn", "rope_theta": 5e5},
+        rope_scaling={**yarn, "type": "yarn"},
+    )
+    cfg = hf_io.config_from_hf(json.loads((tmp_path / "config.json").read_text()))
+    assert cfg.rope_theta == 5e5 and cfg.rope_scaling.rope_type == "yarn"
+    assert cfg.rope_scaling.factor == 4.0
+
+
 def test_swish_is_read_as_silu():
     # transformers maps both names to one function (ACT2FN); some Llama configs say "swish".
     hf = hf_io.config_to_hf(SAVE_CASES["llama3-untied-head_dim16"][0], "float32")
@@ -309,8 +345,31 @@ def test_swish_is_read_as_silu():
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        ({"architectures": ["MistralForCausalLM"]}, "unsupported architectures"),
-        ({"architectures": ["Qwen2ForCausalLM"], "use_sliding_window": True}, "sliding_window"),
+        ({"architectures": ["GemmaForCausalLM"]}, "unsupported architectures"),
+        (
+            {"architectures": ["MistralForCausalLM"], "sliding_window": 4096},
+            r"sliding-window attention \(sliding_window 4096, layers \[0, 1\]\)",
+        ),
+        (
+            {
+                "architectures": ["Qwen2ForCausalLM"],
+                "use_sliding_window": True,
+                "max_window_layers": 0,
+            },
+            r"sliding-window attention .*layers \[0, 1\]",
+        ),
+        (
+            {
+                "architectures": ["Qwen2ForCausalLM"],
+                "use_sliding_window": True,
+                "max_window_layers": 1,
+            },
+            r"sliding-window attention .*layers \[1\]",
+        ),
+        (
+            {"layer_types": ["full_attention", "sliding_attention"], "sliding_window": 8},
+            r"sliding-window attention \(sliding_window 8, layers \[1\]\)",
+        ),
         ({"rope_parameters": {"rope_type": "longrope", "factor": 4.0}}, "rope type 'longrope'"),
         ({"rope_parameters": {"rope_type": "linear"}}, "missing required key 'factor'"),
         (
@@ -328,6 +387,14 @@ def test_swish_is_read_as_silu():
         (
             {"rope_parameters": None, "rope_scaling": {"type": "dynamic", "factor": 2.0}},
             "rope type 'dynamic' in rope_scaling",
+        ),
+        (
+            # transformers reads rope_scaling when both are set (a card's YaRN added by hand).
+            {
+                "rope_parameters": {"rope_type": "default", "rope_theta": 1e4},
+                "rope_scaling": {"type": "yarn", "factor": 4.0},
+            },
+            "rope_parameters .* and rope_scaling .* disagree",
         ),
         ({"attention_bias": True}, "attention_bias"),
         ({"hidden_act": "gelu"}, "hidden_act"),

@@ -23,14 +23,24 @@ from r1jax.model import config as config_lib
 
 ModelConfig = config_lib.ModelConfig
 
-_ARCHITECTURES = {"Qwen2ForCausalLM": "qwen2", "LlamaForCausalLM": "llama"}
+# Mistral without a sliding window is Llama's computation (same tensors, no biases).
+_ARCHITECTURES = {
+    "Qwen2ForCausalLM": "qwen2",
+    "LlamaForCausalLM": "llama",
+    "MistralForCausalLM": "llama",
+}
 _INDEX_FILE = "model.safetensors.index.json"
 _SINGLE_FILE = "model.safetensors"
 _DTYPE_NAMES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16, "float16": np.float16}
 
 
 # transformers' defaults for keys a config.json may leave out (Qwen2Config / LlamaConfig).
-_DEFAULT_MAX_POSITIONS = {"qwen2": 32768, "llama": 2048}
+# transformers' defaults, where a config.json leaves max_position_embeddings out.
+_DEFAULT_MAX_POSITIONS = {
+    "Qwen2ForCausalLM": 32768,
+    "LlamaForCausalLM": 2048,
+    "MistralForCausalLM": 4096 * 32,
+}
 
 
 def _number(hf: dict, key: str, path, kind, default=None, *, nullable=False):
@@ -66,7 +76,12 @@ def _safe_open(file: pathlib.Path):
 
 
 def _rope_from_hf(hf: dict, path) -> tuple[float, config_lib.RopeScaling | None]:
-    """Reads rope settings from `rope_parameters` (transformers 5) or the legacy keys."""
+    """Reads rope settings from `rope_parameters` (transformers 5) or the legacy keys.
+
+    A config holding both, saying different things (a transformers 5 folder with a YaRN
+    `rope_scaling` added by hand, as model cards tell), is refused: transformers reads
+    `rope_scaling` there, and dropping either would silently give other logits."""
+    _check_one_rope(hf, path)
     key = "rope_parameters" if hf.get("rope_parameters") else "rope_scaling"
     rope = hf.get(key) or {}
     if not isinstance(rope, dict):
@@ -101,6 +116,25 @@ def _rope_from_hf(hf: dict, path) -> tuple[float, config_lib.RopeScaling | None]
         if str(e).startswith(str(path)):
             raise
         raise ValueError(f"{path}: {key}: {e}") from e
+
+
+def _rope_settings(rope) -> dict:
+    """A rope dict without its theta, type spelt one way: what two spellings must agree on."""
+    rope = dict(rope)
+    rope.pop("rope_theta", None)
+    rope["rope_type"] = rope.pop("type", None) or rope.get("rope_type") or "default"
+    return rope
+
+
+def _check_one_rope(hf: dict, path) -> None:
+    new, old = hf.get("rope_parameters"), hf.get("rope_scaling")
+    if not (isinstance(new, dict) and isinstance(old, dict) and new and old):
+        return
+    if _rope_settings(new) != _rope_settings(old):
+        raise ValueError(
+            f"{path}: rope_parameters {new} and rope_scaling {old} disagree (transformers "
+            "reads rope_scaling when both are set); keep one of them"
+        )
 
 
 def _original_context(hf: dict, rope: dict, path) -> int:
@@ -153,11 +187,27 @@ def _yarn_from_hf(hf: dict, rope: dict, original: int, path) -> config_lib.RopeS
     )
 
 
-def _check_supported(hf: dict, family: str, path) -> None:
+def _sliding_layers(hf: dict, arch: str) -> list[int]:
+    """The layers transformers runs with sliding-window attention."""
+    n_layers = hf.get("num_hidden_layers")
+    if isinstance(hf.get("layer_types"), list):
+        return [i for i, t in enumerate(hf["layer_types"]) if t != "full_attention"]
+    if arch == "MistralForCausalLM":  # every layer slides when a window is set
+        return list(range(n_layers or 1)) if hf.get("sliding_window") is not None else []
+    if arch == "Qwen2ForCausalLM" and hf.get("use_sliding_window", False):
+        first = hf.get("max_window_layers", 28)  # transformers' default
+        return list(range(first, n_layers)) if isinstance(first, int) else [0]
+    return []
+
+
+def _check_supported(hf: dict, family: str, arch: str, path) -> None:
     if hf.get("hidden_act", "silu") not in ("silu", "swish"):  # one function in transformers
         raise ValueError(f"{path}: unsupported hidden_act {hf['hidden_act']!r} (only silu)")
-    if family == "qwen2" and hf.get("use_sliding_window", False):
-        raise ValueError(f"{path}: Qwen2 use_sliding_window=true is not supported")
+    if sliding := _sliding_layers(hf, arch):
+        raise ValueError(
+            f"{path}: sliding-window attention (sliding_window {hf.get('sliding_window')}, "
+            f"layers {sliding}) is not supported"
+        )
     if family == "llama" and hf.get("attention_bias", False):
         raise ValueError(f"{path}: Llama attention_bias=true (o_proj bias) is not supported")
     if family == "llama" and hf.get("mlp_bias", False):
@@ -165,15 +215,17 @@ def _check_supported(hf: dict, family: str, path) -> None:
 
 
 def config_from_hf(hf: dict, *, path="config.json", dtype: str = "float32") -> ModelConfig:
-    """Maps a Hugging Face Qwen2 / Llama config dict to a ModelConfig."""
+    """Maps a Hugging Face Qwen2 / Llama / Mistral (no sliding window) config dict to a
+    ModelConfig."""
     archs = hf.get("architectures") or []
-    family = next((_ARCHITECTURES[a] for a in archs if a in _ARCHITECTURES), None)
-    if family is None:
+    arch = next((a for a in archs if a in _ARCHITECTURES), None)
+    if arch is None:
         raise ValueError(
             f"{path}: unsupported architectures {archs} (model_type {hf.get('model_type')!r}); "
             f"supported: {sorted(_ARCHITECTURES)}"
         )
-    _check_supported(hf, family, path)
+    family = _ARCHITECTURES[arch]
+    _check_supported(hf, family, arch, path)
     theta, scaling = _rope_from_hf(hf, path)
     d_model = _number(hf, "hidden_size", path, int)
     n_heads = _number(hf, "num_attention_heads", path, int)
@@ -190,9 +242,7 @@ def config_from_hf(hf: dict, *, path="config.json", dtype: str = "float32") -> M
         rms_norm_eps=_number(hf, "rms_norm_eps", path, float, 1e-6),
         qkv_bias=family == "qwen2",
         tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
-        max_seq_len=_number(
-            hf, "max_position_embeddings", path, int, _DEFAULT_MAX_POSITIONS[family]
-        ),
+        max_seq_len=_number(hf, "max_position_embeddings", path, int, _DEFAULT_MAX_POSITIONS[arch]),
         dtype=dtype,
         param_dtype=dtype,
         family=family,
@@ -319,7 +369,8 @@ def _checkpoint_dtype(path: pathlib.Path, files: dict) -> str:
 
 
 def load_hf(path, *, dtype: str | None = None) -> tuple[ModelConfig, dict]:
-    """Loads a Qwen2 / Llama Hugging Face folder; dtype=None keeps the checkpoint's dtype.
+    """Loads a Qwen2 / Llama / Mistral (no sliding window) Hugging Face folder; dtype=None
+    keeps the checkpoint's dtype.
 
     A tied config (tie_word_embeddings) whose checkpoint also stores an lm_head.weight that
     differs from the embedding loads untied, as transformers does.
