@@ -412,6 +412,16 @@ def load_resolved(run_dir) -> tuple[model_config.ModelConfig, dict]:
     return model_config.ModelConfig(**shape), saved["config"]
 
 
+def trained_template(run_cfg: dict) -> str | None:
+    """The prompt template a run (its resolved config dict) trained with; None for stages
+    without one (pretraining, reward models)."""
+    if run_cfg.get("stage") == "rl":
+        return run_cfg["rl"]["template"]
+    if run_cfg.get("stage") == "sft":
+        return run_cfg["data"]["template"]
+    return None
+
+
 def _validate_rl(cfg, num_devices: int) -> None:
     """RL-specific checks: algorithm names, group size, how the rollout divides."""
     from r1jax import sharding

@@ -549,13 +549,7 @@ def load_model(cfg, mesh, rules=sharding.DEFAULT_RULES):
 
 def resolve_template(cfg, run_cfg: dict) -> str:
     """config.eval.template, or ('') the template the run was trained with, else r1_zero."""
-    if cfg.eval.template:
-        return cfg.eval.template
-    if run_cfg.get("stage") == "rl":
-        return run_cfg["rl"]["template"]
-    if run_cfg.get("stage") == "sft":
-        return run_cfg["data"]["template"]
-    return "r1_zero"
+    return cfg.eval.template or configlib.trained_template(run_cfg) or "r1_zero"
 
 
 def load_eval_records(cfg) -> list[dict]:

@@ -4,10 +4,12 @@
 
 The folder loads in `transformers` (Qwen2/Llama) and back in r1jax (`--config.model.init_from`).
 RL runs export their policy. The run's tokenizer (tokenizer.model, or the HF tokenizer.json and
-its config files) is copied beside the weights.
+its config files) is copied beside the weights, with a chat_template that renders the prompt
+template the run trained with (`text.hf_chat_template`).
 """
 
 import argparse
+import json
 import pathlib
 import sys
 
@@ -54,8 +56,29 @@ def export(run_dir, out_dir, *, step: int | None = None) -> pathlib.Path:
         else:
             config = {"tokenizer_class": "PreTrainedTokenizerFast", **sp.special_tokens()}
             files.write_json(out_dir / "tokenizer_config.json", config, sort_keys=False)
+    _write_chat_template(out_dir, configlib.trained_template(configlib.load_resolved(run_dir)[1]))
     hf_io.save_hf(out_dir, cfg, params)
     return out_dir
+
+
+def _write_chat_template(out_dir: pathlib.Path, template: str | None) -> None:
+    """Sets tokenizer_config.json's chat_template to the run's own template, so that
+    apply_chat_template prompts the model as it was trained (a base model's tokenizer carries
+    its own template, e.g. '<|im_start|>user', which this model never saw)."""
+    if template is None or not (out_dir / "tokenizer.json").exists():
+        return
+    tokenizer = text.load_tokenizer(out_dir)
+    prefix = text.bos_ids(tokenizer)
+    if prefix not in ([], [tokenizer.bos_id]):
+        logging.warning("export: no chat_template written (texts start with ids %s)", prefix)
+        return
+    path = out_dir / "tokenizer_config.json"
+    config = json.loads(path.read_text()) if path.exists() else {}
+    if config.get("chat_template"):
+        logging.info("export: the tokenizer's chat_template replaced by the run's %r", template)
+    config["chat_template"] = text.hf_chat_template(template, bos=bool(prefix))
+    files.write_json(path, config, sort_keys=False)
+    (out_dir / "chat_template.jinja").unlink(missing_ok=True)  # it would win over the config
 
 
 def main(argv=None) -> None:

@@ -457,6 +457,63 @@ def chat_example(
     return apply_template(template, question, system=system) + response_text(template, response)
 
 
+def hf_chat_template(template: str, *, bos: bool) -> str:
+    """A Jinja chat template (tokenizer_config.json's `chat_template`) that renders `template`
+    as r1jax trains and samples it: [BOS] + apply_template(prompt); an assistant turn adds
+    response_text(response) + EOS. So transformers' apply_chat_template(messages,
+    add_generation_prompt=True) gives the prompt text r1jax's RL and evaluation sample from.
+
+    One user turn (optionally answered) for r1_zero / world / none; 'chat' also takes a system
+    message and further turns (not trained: joined by a newline)."""
+    if template not in TEMPLATES:
+        raise ValueError(f"unknown template {template!r}; expected one of {TEMPLATES}")
+
+    def say(literal: str) -> str:  # Jinja output of a string literal
+        return "{{ " + json.dumps(literal, ensure_ascii=False) + " }}"
+
+    def fail(message: str) -> str:
+        return "{{ raise_exception(" + json.dumps(message) + ") }}"
+
+    q, mark = "\x00Q\x00", "\x00S\x00"
+    before, after = apply_template(template, q).split(q)  # after: the generation prompt
+    resp_before, resp_after = response_text(template, q).split(q)
+    content = "{{ m['content'] }}" if template == "none" else "{{ m['content'] | trim }}"
+    if template == "chat":
+        head = apply_template(template, q, system=mark).split(before + q)[0]
+        sys_before, sys_after = head.split(mark)
+        system = say(sys_before) + "{{ messages[0]['content'] | trim }}" + say(sys_after)
+        next_turn = "{%- if loop.index0 > 0 -%}" + say("\n") + "{%- endif -%}"
+        limit = ""
+    else:
+        system = fail(f"the {template} template has no system message")
+        next_turn = ""
+        limit = (
+            "{%- if turns | length > 2 -%}"
+            + fail(f"the {template} template takes one user turn")
+            + "{%- endif -%}"
+        )
+    has_system = "messages and messages[0]['role'] == 'system'"
+    return "".join(
+        [
+            f"{{%- if {has_system} -%}}{{%- set turns = messages[1:] -%}}",
+            "{%- else -%}{%- set turns = messages -%}{%- endif -%}",
+            limit,
+            "{{ bos_token }}" if bos else "",
+            f"{{%- if {has_system} and messages[0]['content'] -%}}{system}{{%- endif -%}}",
+            "{%- for m in turns -%}",
+            "{%- if m['role'] == 'user' and loop.index0 % 2 == 0 -%}",
+            next_turn + say(before) + content,
+            "{%- elif m['role'] == 'assistant' and loop.index0 % 2 == 1 -%}",
+            say(after + resp_before) + content + say(resp_after) + "{{ eos_token }}",
+            "{%- else -%}",
+            fail("turns must alternate user and assistant, starting with user"),
+            "{%- endif -%}",
+            "{%- endfor -%}",
+            "{%- if add_generation_prompt -%}" + say(after) + "{%- endif -%}",
+        ]
+    )
+
+
 def format_reasoning(think: str, answer: str) -> str:
     """'<think>…</think> <answer>…</answer>', the R1 response format."""
     return f"{THINK_OPEN}{think.strip()}{THINK_CLOSE} {ANSWER_OPEN}{answer.strip()}{ANSWER_CLOSE}"

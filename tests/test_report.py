@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from r1jax import evaluation, export
+from r1jax import evaluation, export, text
 from r1jax.model import config as model_config
 from r1jax.model import hf_io
 from r1jax.model import transformer as tf
@@ -82,8 +82,17 @@ def test_export_writes_a_hugging_face_folder_of_the_run(tmp_path):
     params = tf.init_params(cfg, jax.random.key(3))
     run = tmp_path / "run"
     run.mkdir()
-    saved = {"config": {}, "model": json.loads(json.dumps(cfg.__dict__, default=str))}
+    run_cfg = {"stage": "rl", "rl": {"template": "r1_zero"}}
+    saved = {"config": run_cfg, "model": json.loads(json.dumps(cfg.__dict__, default=str))}
     (run / "config.json").write_text(json.dumps(saved))
+    # A base model's tokenizer with its own chat template, which the run never trained on.
+    import tokenizers
+
+    vocab = {"<unk>": 0, "</s>": 1, **{c: i + 2 for i, c in enumerate("abcdefgh")}}
+    tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="<unk>"))
+    tok.save(str(run / "tokenizer.json"))
+    base_config = {"eos_token": "</s>", "chat_template": "<|im_start|>{{ messages[0]['content'] }}"}
+    (run / "tokenizer_config.json").write_text(json.dumps(base_config))
     state = {"params": {"policy": params}}  # an RL run's layout
     mngr = checkpoint.manager(run / "checkpoints")
     import orbax.checkpoint as ocp
@@ -91,6 +100,9 @@ def test_export_writes_a_hugging_face_folder_of_the_run(tmp_path):
     mngr.save(3, args=ocp.args.Composite(state=ocp.args.PyTreeSave(state)))
     mngr.wait_until_finished()
     out = export.export(run, tmp_path / "hf")
+    exported = json.loads((out / "tokenizer_config.json").read_text())
+    assert exported["chat_template"] == text.hf_chat_template("r1_zero", bos=False)
+    assert exported["eos_token"] == "</s>"
     loaded_cfg, loaded = hf_io.load_hf(out)
     assert loaded_cfg.n_kv_heads == 1 and loaded_cfg.vocab_size == 64
     for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(loaded), strict=True):

@@ -175,6 +175,61 @@ def test_chat_templates():
         text.apply_template("alpaca", "q")
 
 
+def _chat_ids(tokenizer, messages, **kwargs):
+    out = tokenizer.apply_chat_template(messages, tokenize=True, **kwargs)
+    return list(out["input_ids"] if hasattr(out, "keys") else out)
+
+
+@pytest.mark.parametrize("kind", ["sentencepiece", "byte-level"])
+@pytest.mark.parametrize("template", text.TEMPLATES)
+def test_the_exported_chat_template_renders_the_trained_template(tmp_path, kind, template):
+    # An exported model kept its base tokenizer's chat_template ('<|im_start|>user ...') while
+    # it was trained on 'User: ...\nAssistant:': transformers users prompted it in a format it
+    # never saw. hf_chat_template renders r1jax's own templates; the ids are r1jax's.
+    folder = tmp_path / "hf"
+    if kind == "sentencepiece":  # BOS first
+        sp = text.SentencePieceTokenizer.train(CORPUS * 3, tmp_path / "sp", vocab_size=400)
+        folder.mkdir()
+        (folder / "tokenizer.json").write_text(sp.to_hf_json())
+        config = {"tokenizer_class": "PreTrainedTokenizerFast", **sp.special_tokens()}
+    else:  # no BOS
+        _build_hf_folder(folder)
+        config = {"eos_token": "<|endoftext|>", "pad_token": "<|pad|>"}
+    ours = text.load_tokenizer(folder)
+    bos = bool(text.bos_ids(ours))
+    assert bos == (kind == "sentencepiece")
+    config["chat_template"] = text.hf_chat_template(template, bos=bos)
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    ref = transformers.PreTrainedTokenizerFast.from_pretrained(folder)
+    question, answer = (
+        "  Tom has 12 apples. 小明? ",
+        " <think>12 + 3 = 15</think> <answer>15</answer> ",
+    )
+    user = [{"role": "user", "content": question}]
+    prompt = text.apply_template(template, question)
+    assert _chat_ids(ref, user, add_generation_prompt=True) == text.bos_ids(ours) + ours.encode(
+        prompt
+    )
+    both = user + [{"role": "assistant", "content": answer}]
+    rendered = ref.apply_chat_template(both, tokenize=False)
+    head = ref.bos_token if bos else ""
+    assert rendered == head + text.chat_example(question, answer, template=template) + "<" + (
+        "/s>" if bos else "|endoftext|>"
+    )
+    system = [{"role": "system", "content": "Be brief."}] + user
+    if template == "chat":
+        assert ref.apply_chat_template(system, tokenize=False, add_generation_prompt=True) == (
+            head + text.chat_prompt(question, system="Be brief.")
+        )
+    else:
+        with pytest.raises(Exception, match=f"the {template} template has no system message"):
+            ref.apply_chat_template(system, tokenize=False)
+        with pytest.raises(Exception, match="takes one user turn"):
+            ref.apply_chat_template(both + user, tokenize=False)
+    with pytest.raises(Exception, match="must alternate user and assistant"):
+        ref.apply_chat_template(user + user, tokenize=False)
+
+
 def test_format_and_split_reasoning():
     formatted = text.format_reasoning(" step 1\nstep 2 ", "42")
     assert formatted == "<think>step 1\nstep 2</think> <answer>42</answer>"

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from r1jax import configlib, sharding
+from r1jax import configlib, evaluation, sharding
 from r1jax.model import transformer
 from r1jax.train import checkpoint, supervised, trainer
 from r1jax.train import metrics as metrics_lib
@@ -350,6 +350,14 @@ def test_a_run_saved_on_eight_devices_exports_on_one(tmp_path, shared_data):
     prompt = "Natalia sold clips to 48 of her friends. 小明有五个苹果。"
     assert ref(prompt)["input_ids"] == [ours.bos_id] + ours.encode(prompt)
     assert ref.eos_token_id == ours.eos_id
+    # Its chat template prompts as the run trained (data.template), as r1jax's eval does.
+    cfg = _short_cfg()
+    chat = ref.apply_chat_template(
+        [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True
+    )
+    ids = chat["input_ids"] if hasattr(chat, "keys") else chat
+    assert cfg.data.template == "chat"
+    assert list(ids) == evaluation.encode_prompt(ours, text.apply_template("chat", prompt))
 
 
 def test_checkpoints_of_another_process_count_are_refused_in_one_line(tmp_path, shared_data):
