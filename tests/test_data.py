@@ -246,14 +246,57 @@ def test_tokenize_sft_trains_response_and_eos_only(gsm8k, tok):
     )
 
 
-def test_tokenize_pretrain_and_truncation(tok):
-    ex = pipeline.tokenize_pretrain({"text": "one two three"}, tok, seq_len=64)
+def test_tokenize_pretrain_and_long_documents(tok):
+    (ex,) = pipeline.tokenize_pretrain({"text": "one two three"}, tok, seq_len=64)
     assert ex["inputs"][0] == tok.bos_id and ex["targets"][-1] == tok.eos_id
     assert ex["loss_mask"].tolist() == [1.0] * len(ex["targets"]) and not ex["truncated"]
-    cut = pipeline.tokenize_pretrain({"text": "one two three " * 20}, tok, seq_len=8)
-    assert len(cut["inputs"]) == 8 and cut["truncated"]
+    # A document longer than a row continues in the next rows: every token trained once (it
+    # was cut to its first row, 7% of a long-document corpus trained).
+    body = "one two three " * 20
+    ids = text.bos_ids(tok) + tok.encode(body) + [tok.eos_id]
+    for seq_len in (8, 9, len(ids) - 1, len(ids) - 2):
+        rows = pipeline.tokenize_pretrain({"text": body}, tok, seq_len=seq_len)
+        assert len(rows) == -(-(len(ids) - 1) // seq_len)
+        assert all(len(r["inputs"]) <= seq_len and not r["truncated"] for r in rows)
+        assert np.concatenate([r["targets"] for r in rows]).tolist() == ids[1:]
+        assert np.concatenate([r["inputs"] for r in rows]).tolist() == ids[:-1]
+        assert all(r["loss_mask"].all() for r in rows)
     with pytest.raises(KeyError, match="needs 'text'"):
         pipeline.tokenize_pretrain({"question": "q"}, tok, seq_len=8)
+
+
+@pytest.mark.parametrize("pack", [True, False])
+def test_pretraining_trains_every_token_of_long_documents_and_resumes_inside_one(tok, pack):
+    records = [{"text": f"doc {i} " + "one two three " * (3 + 7 * i)} for i in range(5)]
+    per_doc = [pipeline.tokenize_pretrain(r, tok, seq_len=16) for r in records]
+    want = sorted(tuple(ex["targets"].tolist()) for rows in per_doc for ex in rows)
+    ds = pipeline.make_dataset(
+        records, tok, kind="pretrain", seq_len=16, batch_size=2, seed=3, num_epochs=1, pack=pack
+    )
+    got, batches, it = [], [], iter(ds)
+    for batch in it:
+        batches.append(batch)
+        for b in range(2):
+            for s in range(1, batch["segment_ids"][b].max() + 1):
+                got.append(tuple(batch["targets"][b][batch["segment_ids"][b] == s].tolist()))
+    # Every row of every document once (the batch remainder dropped, at most one batch's rows).
+    assert set(got) <= set(want) and len(want) - len(got) < 2 * (16 if pack else 1)
+    rows = pipeline.rows_per_epoch(
+        records, tok, kind="pretrain", seq_len=16, batch_size=2, pack=pack
+    )
+    assert rows >= sum(len(r) for r in per_doc) // (16 if pack else 1)
+    if not pack:
+        assert rows == sum(len(r) for r in per_doc)
+    # The iterator's state resumes in the middle of a document's rows.
+    it = iter(ds)
+    next(it)
+    state = it.get_state()
+    rest = list(it)
+    resumed = iter(ds)
+    resumed.set_state(state)
+    for a, b in zip(rest, list(resumed), strict=True):
+        for key in a:
+            np.testing.assert_array_equal(a[key], b[key])
 
 
 def _segments(batch):

@@ -43,8 +43,10 @@ def _bos(tokenizer) -> list[int]:
     return text.bos_ids(tokenizer)
 
 
-def tokenize_pretrain(record: dict, tokenizer: text.Tokenizer, seq_len: int) -> dict:
-    """[BOS] text EOS, cut to seq_len + 1 tokens; every target trained; 'truncated' flags a cut.
+def tokenize_pretrain(record: dict, tokenizer: text.Tokenizer, seq_len: int) -> list[dict]:
+    """[BOS] text EOS as rows of at most seq_len + 1 tokens, every target trained: a document
+    longer than a row continues in the next ones (each starts with the token the one before
+    predicted last), so every token of it is trained once.
 
     The text is record['text'], else prompt and response joined by a newline.
     """
@@ -57,7 +59,8 @@ def tokenize_pretrain(record: dict, tokenizer: text.Tokenizer, seq_len: int) -> 
             f"pretrain record needs 'text' (or 'prompt' and 'response'): {record!r:.200}"
         )
     ids = _bos(tokenizer) + tokenizer.encode(body) + [tokenizer.eos_id]
-    return _example(ids, 1, seq_len)
+    starts = range(0, max(1, len(ids) - 1), seq_len)
+    return [_example(ids[start : start + seq_len + 1], 1, seq_len) for start in starts]
 
 
 def tokenize_sft(
@@ -115,20 +118,38 @@ def _from_packed(row: dict) -> dict:
 
 
 def _counting(tokenize, stats: dict | None):
-    """Wraps a tokenize function: drops the flag, counts examples/truncations into stats."""
+    """Wraps a tokenize function (record -> examples): drops the flag, counts examples and
+    truncations into stats."""
 
     lock = threading.Lock()  # grain maps in a pool of reader threads
 
     def fn(record):
-        example = tokenize(record)
-        truncated = bool(example.pop("truncated"))
+        examples = tokenize(record)
+        truncated = sum(bool(example.pop("truncated")) for example in examples)
         if stats is not None:
             with lock:
-                stats["examples"] = stats.get("examples", 0) + 1
-                stats["truncated"] = stats.get("truncated", 0) + int(truncated)
-        return example
+                stats["examples"] = stats.get("examples", 0) + len(examples)
+                stats["truncated"] = stats.get("truncated", 0) + truncated
+        return examples
 
     return fn
+
+
+class _Unlist(grain.experimental.FlatMapTransform):
+    """A record's list of examples -> the examples (its iterator state resumes inside one)."""
+
+    max_fan_out = 2**31 - 1  # not enforced by FlatMapIterDataset; a document's row count
+
+    def flat_map(self, element):
+        return element
+
+
+def _examples(records: grain.MapDataset, tokenize, kind: str) -> grain.IterDataset:
+    """Records -> a stream of examples: tokenize maps a record to a list of them (SFT: one,
+    mapped alone so that its iterator state keeps the form earlier checkpoints saved)."""
+    if kind == "sft":
+        return records.map(lambda r: tokenize(r)[0]).to_iter_dataset()
+    return grain.experimental.FlatMapIterDataset(records.map(tokenize).to_iter_dataset(), _Unlist())
 
 
 def make_dataset(
@@ -150,7 +171,8 @@ def make_dataset(
 
     1. Take records[shard_index::shard_count] (disjoint across processes).
     2. Shuffle with `seed`, a new order each epoch; repeat num_epochs (None = forever).
-    3. Tokenize (see tokenize_sft for long examples); `stats` counts examples and truncations.
+    3. Tokenize (see tokenize_sft for long examples; a long pretraining document fills several
+       rows, tokenize_pretrain); `stats` counts examples and truncations.
     4. Pack first-fit into rows of seq_len (or pad one example per row), batch, drop remainder.
     The iterator's get_state()/set_state() resume exactly; its state is JSON-serializable.
     """
@@ -163,7 +185,7 @@ def make_dataset(
     # (2)
     ds = ds.shuffle(seed=seed).repeat(num_epochs)
     # (3)
-    it_ds = ds.map(_counting(tokenize, stats)).to_iter_dataset()
+    it_ds = _examples(ds, _counting(tokenize, stats), kind)
     # (4)
     return _rows(it_ds, tokenizer, seq_len, batch_size, seed, pack).batch(
         batch_size, drop_remainder=True
@@ -235,10 +257,11 @@ def truncation_count(
 ) -> tuple[int, int]:
     """(truncated, checked): how many of up to `limit` records, evenly spaced, are longer than
     a row of seq_len. An SFT example that long loses the start of its prompt and, past half the
-    row, the end of its response with its EOS (`tokenize_sft`)."""
+    row, the end of its response with its EOS (`tokenize_sft`); a pretraining document is never
+    cut (it continues in the next rows)."""
     sample = _spaced_sample(records, limit)
     tokenize = _tokenize_fn(kind, tokenizer, seq_len, template)
-    return sum(bool(tokenize(r)["truncated"]) for r in sample), len(sample)
+    return sum(any(ex["truncated"] for ex in tokenize(r)) for r in sample), len(sample)
 
 
 def _spaced_sample(records: Sequence[dict], limit: int) -> Sequence[dict]:
@@ -257,24 +280,25 @@ def rows_per_epoch(
     pack: bool = True,
     limit: int = 2000,
 ) -> int:
-    """Rows of seq_len one pass over `records` fills: one per record unpacked; packed, the rows
-    make_dataset's first-fit packer (batch_size bins) fills with up to `limit` evenly spaced
-    records, in their order, scaled to all of them (gaps included: an example over half a row
-    takes one to itself)."""
-    if not pack or not records:
+    """Rows of seq_len one pass over `records` fills: one per example unpacked (an SFT record
+    is one, a pretraining document one per row it spans); packed, the rows make_dataset's
+    first-fit packer (batch_size bins) fills with up to `limit` evenly spaced records, in
+    their order, scaled to all of them (gaps included: an example over half a row takes one to
+    itself)."""
+    if not records or (not pack and kind == "sft"):
         return len(records)
     sample = _spaced_sample(records, limit)
     tokenize = _tokenize_fn(kind, tokenizer, seq_len, template)
-    examples = grain.MapDataset.source(sample).map(tokenize).to_iter_dataset()
-    rows = sum(1 for _ in _rows(examples, tokenizer, seq_len, batch_size, 0, pack=True))
+    examples = _examples(grain.MapDataset.source(sample), tokenize, kind)
+    rows = sum(1 for _ in _rows(examples, tokenizer, seq_len, batch_size, 0, pack=pack))
     return max(1, math.ceil(rows * len(records) / len(sample)))
 
 
 def _tokenize_fn(kind: str, tokenizer, seq_len: int, template: str):
-    """record -> example for `kind` ("pretrain" or "sft")."""
+    """record -> its examples for `kind` ("pretrain" or "sft": always one)."""
     if kind == "pretrain":
         return lambda r: tokenize_pretrain(r, tokenizer, seq_len)
-    return lambda r: tokenize_sft(r, tokenizer, seq_len, template)
+    return lambda r: [tokenize_sft(r, tokenizer, seq_len, template)]
 
 
 def tokens_per_batch(batch: dict) -> tuple[int, int]:

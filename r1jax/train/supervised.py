@@ -325,21 +325,21 @@ def make_batches(cfg, records, tokenizer, *, seed, num_epochs=None):
 
 
 def _report_truncation(cfg, records, tokenizer, workdir, rows_per_epoch=None) -> None:
-    """Warns when training examples do not fit data.seq_len (an SFT example that long trains
-    without the end of its response and its EOS) and writes the count to WORKDIR/data_stats.json."""
-    kind = _kind(cfg)
+    """Warns when SFT examples do not fit data.seq_len (one that long trains without the end of
+    its response and its EOS; a pretraining document continues in the next rows) and writes
+    the count to WORKDIR/data_stats.json."""
     cut, checked = pipeline.truncation_count(
-        records, tokenizer, kind=kind, seq_len=cfg.data.seq_len, template=cfg.data.template
+        records, tokenizer, kind=_kind(cfg), seq_len=cfg.data.seq_len, template=cfg.data.template
     )
     if cut:
         logging.warning(
             "%d of %d training records checked (%.1f%%) are longer than data.seq_len=%d "
-            "tokens and are cut%s; raise data.seq_len or drop long records",
+            "tokens and are cut (the prompt's start, then the response's end and EOS); raise "
+            "data.seq_len or drop long records",
             cut,
             checked,
             100 * cut / checked,
             cfg.data.seq_len,
-            "" if kind == "pretrain" else " (the prompt's start, then the response's end and EOS)",
         )
     if jax.process_index() == 0:
         stats = {"records": len(records), "checked": checked, "longer_than_seq_len": cut}
