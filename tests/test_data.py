@@ -114,7 +114,7 @@ def test_read_json_list(tmp_path):
         sources.read_json_list(tmp_path / "broken.json")
 
 
-def test_rows_without_text_fields_or_with_lone_surrogates_follow_on_error(tmp_path):
+def test_rows_without_text_fields_or_with_lone_surrogates_follow_on_error(tmp_path, tok):
     # Each bad row names its file and line; with on_error="skip" it is skipped and counted.
     lines = [
         '{"prompt": "a", "response": "b"}',
@@ -122,6 +122,7 @@ def test_rows_without_text_fields_or_with_lone_surrogates_follow_on_error(tmp_pa
         '{"prompt": "e", "response": 7}',
         '{"prompt": "\\ud800 x", "response": "y"}',  # JSON's escape for a lone surrogate
         '{"prompt": "g", "response": "h"}',
+        '{"prompt": "i", "response": " \\n"}',  # blank: it trained EOS right after the prompt
     ]
     path = tmp_path / "m.jsonl"
     path.write_text("\n".join(lines) + "\n")
@@ -130,7 +131,15 @@ def test_rows_without_text_fields_or_with_lone_surrogates_follow_on_error(tmp_pa
         sources.read_records(path, required=need)
     stats = {}
     rows = sources.read_records(path, on_error="skip", stats=stats, required=need)
-    assert [r["prompt"] for r in rows] == ["a", "g"] and stats["skipped"] == 3
+    assert [r["prompt"] for r in rows] == ["a", "g"] and stats["skipped"] == 4
+    assert any("m.jsonl:6: field 'response' is blank" in e for e in stats["errors"])
+    # A table's row with text null beside a pair (mixed parquet): pretraining uses the pair.
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_text('{"text": "t"}\n{"text": null, "prompt": "p", "response": "r"}\n')
+    rows = sources.read_records(mixed, required=(("text",), *need))
+    assert len(rows) == 2
+    ds = pipeline.make_dataset(rows, tok, kind="pretrain", seq_len=8, batch_size=2, seed=0)
+    assert next(iter(ds))["inputs"].shape == (2, 8)
     assert any("m.jsonl:3: field 'response' is a int, not a string" in e for e in stats["errors"])
     assert any("m.jsonl:4: a string holds the lone surrogate" in e for e in stats["errors"])
     with pytest.raises(sources.DataError, match=r"m\.jsonl:4: .*lone surrogate"):

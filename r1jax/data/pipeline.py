@@ -50,7 +50,7 @@ def tokenize_pretrain(record: dict, tokenizer: text.Tokenizer, seq_len: int) -> 
 
     The text is record['text'], else prompt and response joined by a newline.
     """
-    if "text" in record:
+    if record.get("text") is not None:  # a table's row may hold text null beside a pair
         body = record["text"]
     elif "prompt" in record and "response" in record:
         body = f"{record['prompt']}\n{record['response']}"
@@ -229,7 +229,7 @@ def _check_records(records, kind: str) -> None:
     for i, record in enumerate(records, start=1):
         if not isinstance(record, dict):
             raise sources.DataError(f"record {i}: expected a dict, got {type(record).__name__}")
-        if kind == "pretrain" and "text" in record:
+        if kind == "pretrain" and record.get("text") is not None:
             names = ("text",)
         else:
             names = ("prompt", "response")

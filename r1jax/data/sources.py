@@ -206,13 +206,21 @@ def read_records(
     return rows
 
 
+def _text(value) -> bool:
+    return isinstance(value, str) and bool(value.strip())
+
+
 def _has_text_fields(where: str, row: dict, required, on_error: str, stats) -> bool:
-    if not required or any(all(isinstance(row.get(f), str) for f in names) for names in required):
+    """Whether the row has one of the `required` sets of non-blank string fields (a blank SFT
+    response would train EOS straight after the prompt); else raises or counts (_reject)."""
+    if not required or any(all(_text(row.get(f)) for f in names) for names in required):
         return True
-    names = required[-1] if "text" not in row and len(required) > 1 else required[0]
-    name = next(f for f in names if not isinstance(row.get(f), str))
+    names = required[-1] if row.get("text") is None and len(required) > 1 else required[0]
+    name = next(f for f in names if not _text(row.get(f)))
     value = row.get(name)
-    what = "missing" if value is None else f"a {type(value).__name__}, not a string"
+    what = "missing" if value is None else "blank"
+    if not isinstance(value, (str, type(None))):
+        what = f"a {type(value).__name__}, not a string"
     needs = " or ".join("+".join(repr(f) for f in alt) for alt in required)
     _reject(f"{where}: field {name!r} is {what} (rows need {needs})", on_error, stats)
     return False
