@@ -1,5 +1,5 @@
 """Two local processes (4 host devices each) under jax.distributed give one 8-device process's
-GRPO numbers, through a collective checkpoint save and restore.
+GRPO and PPO numbers, through a collective checkpoint save and restore.
 
 The test starts this file as a script: `python tests/test_multiprocess.py WORKDIR OUT.json
 PROCESS_ID NUM_PROCESSES ADDRESS [key=value ...]`.
@@ -46,7 +46,10 @@ def _worker(workdir, out, process_id, num_processes, address, extra):
     if num_processes > 1:
         distributed.initialize(address, num_processes, process_id)
     assert jax.device_count() == 8, jax.devices()
-    cfg = configlib.load_config(str(REPO / "configs/grpo.py") + ":tiny", **{**OVERRIDES, **extra})
+    stage = extra.pop("stage_config", "grpo")
+    cfg = configlib.load_config(
+        str(REPO / f"configs/{stage}.py") + ":tiny", **{**OVERRIDES, **extra}
+    )
     t0 = time.perf_counter()
     run = rl.RLRun(cfg, workdir)
     print(f"init {time.perf_counter() - t0:.1f} s", flush=True)
@@ -130,13 +133,21 @@ def _assert_rows_close(got, expected, rtol):
     for step, (g, e) in enumerate(zip(got, expected), 1):
         assert g.keys() == e.keys(), step
         for key in e:
-            assert abs(g[key] - e[key]) <= rtol * max(1.0, abs(e[key])), (step, key, g[key], e[key])
+            # A clip fraction counts tokens past a threshold: one token at the boundary may
+            # fall on the other side (PPO's vf_clip_frac moved by 1/368 from step 3 on, with
+            # the losses and norms equal to 1e-6).
+            tol = 0.01 if key.endswith("_frac") else rtol * max(1.0, abs(e[key]))
+            assert abs(g[key] - e[key]) <= tol, (step, key, g[key], e[key])
 
 
-@pytest.mark.parametrize("prompts", [4, 2])
-def test_two_processes_match_one_process_through_save_and_restore(tmp_path, shared_data, prompts):
+@pytest.mark.parametrize("stage, prompts", [("grpo", 4), ("grpo", 2), ("ppo", 4)])
+def test_two_processes_match_one_process_through_save_and_restore(
+    tmp_path, shared_data, stage, prompts
+):
     # 2 prompts a step: one per process, each padded to its share of the (data x fsdp = 4)
     # rows, so padding sits between the processes' prompts (their draws must not move).
+    # PPO: the critic's GAE over every process's scores (they were this process's alone: a
+    # broadcasting error at the first step).
 
     try:
         import jax
@@ -148,9 +159,10 @@ def test_two_processes_match_one_process_through_save_and_restore(tmp_path, shar
     from r1jax import configlib
     from r1jax.train import supervised
 
-    cfg = configlib.load_config(str(REPO / "configs/grpo.py") + ":tiny", **OVERRIDES)
+    cfg = configlib.load_config(str(REPO / f"configs/{stage}.py") + ":tiny", **OVERRIDES)
     supervised.resolve_tokenizer(cfg, tmp_path, supervised.load_records(cfg, cfg.data.train))
     extra = [f"tokenizer__path={tmp_path / 'tokenizer.model'}", f"rl__prompts_per_step={prompts}"]
+    extra.append(f"stage_config={stage}")
     single_run = _start(tmp_path, "single", 1, extra)
     multi_run = _start(tmp_path, "multi", 2, extra)
     (single,), multi = _finish(single_run), _finish(multi_run)
@@ -164,7 +176,7 @@ def test_two_processes_match_one_process_through_save_and_restore(tmp_path, shar
     # Same programs on the same (2, 2, 2) mesh; only the cross-process all-reduces (gloo) may
     # add float32 partial sums in another order: relative 1e-5 leaves a margin of ~100 ulp.
     _assert_rows_close(multi[0]["rows"], rows, rtol=1e-5)
-    assert rows[0]["reward"] > 0 and rows[2]["kl_ref"] > 0
+    assert rows[0]["reward"] > 0 and rows[2]["kl_ref" if stage == "grpo" else "kl_ref_k3"] > 0
 
 
 def _main(argv):

@@ -391,9 +391,11 @@ class RLRun:
         """PPO: per-token rewards (task score at the last token, KL penalty) and GAE."""
         rl = self.cfg.rl
         values_NxT = self.jitted.values(self.state.params, batch)
-        # The task score with DAPO's overlong shaping (as the GRPO family's advantages get it).
-        score_N = samples.rewards_N + rollout.overlong_shaping(
-            samples.lengths_N, rl.max_new_tokens, rl.overlong_buffer, rl.overlong_penalty
+        # The task score with DAPO's overlong shaping (as the GRPO family's advantages get it),
+        # for every process's rows: the batch's arrays are global.
+        everyone = distributed.gather_rows
+        score_N = everyone(samples.rewards_N) + rollout.overlong_shaping(
+            everyone(samples.lengths_N), rl.max_new_tokens, rl.overlong_buffer, rl.overlong_penalty
         )
         score_N = jnp.asarray(score_N, jnp.float32)
         rewards_NxT = losses.kl_in_reward(
