@@ -472,6 +472,14 @@ def _validate_rl(cfg, num_devices: int) -> None:
             "rl.kl_coef",
             "ppo_form='kl_penalty' adapts a positive kl_coef toward a positive rl.kl_target",
         )
+        # The clip form's extras that the penalty form's loss (PPO §4) has no place for.
+        for name, off in (("entropy_coef", 0.0), ("tis_cap", 0.0), ("ratio_level", "token")):
+            _require(
+                rl[name] == off,
+                f"rl.{name}",
+                f"ppo_form='kl_penalty' does not apply it: set it to {off!r} or use "
+                f"ppo_form='clip' (got {rl[name]!r})",
+            )
     _require(
         any(w != 0 for w in rl.rewards.values()) or bool(rl.reward_model.path),
         "rl.rewards",
