@@ -166,7 +166,9 @@ _DEGREES = re.compile(r"\^\{?\\circ\}?$")
 _ASSIGNMENT = re.compile(r"^[a-zA-Z]=(?!=)")
 # \frac{a}{b} of two atoms (a number, a letter, a command such as \pi, optionally signed) as a/b.
 _ATOM = r"[-+]?(?:\d+(?:\.\d+)?|\\[a-zA-Z]+|[a-zA-Z])"
-_ATOM_FRAC = re.compile(r"\\frac\{(" + _ATOM + r")\}\{(" + _ATOM + r")\}")
+# Not after a digit: "1\\frac{4}{5}" is a mixed number (9/5), not 14/5 (_MIXED reads it).
+_ATOM_FRAC = re.compile(r"(?<!\d)\\frac\{(" + _ATOM + r")\}\{(" + _ATOM + r")\}")
+_MIXED = re.compile(r"^([-+]?)(\d+)\\frac\{(\d+)\}\{(\d+)\}$")
 
 
 def canonical_answer(answer: str) -> str | None:
@@ -180,6 +182,11 @@ def canonical_answer(answer: str) -> str | None:
     letter = math_reward._choice_letter(s)
     if letter is not None:
         return letter
+    mixed = _MIXED.match(s)
+    if mixed and int(mixed.group(4)):
+        sign, whole, num, den = mixed.groups()
+        value = int(whole) + fractions.Fraction(int(num), int(den))
+        return str(-value if sign == "-" else value)
     s = _ATOM_FRAC.sub(r"\1/\2", s)  # normalize braced every \frac: \frac12 is \frac{1}{2}
     if math_reward._NUMBER.match(s) and len(s) <= 100:
         try:

@@ -145,11 +145,17 @@ def test_vote_key():
         ["\\text{(A)}", "A", "(A)"],
         ["\\pi/2", "\\frac{\\pi}{2}", "\\frac\\pi2"],
         ["1e3", "1000", "1,000"],
+        # Mixed numbers (MATH-500 golds): the key was 14/5, a wrong answer's, and 9/5 split.
+        ["1\\frac{4}{5}", "\\frac{9}{5}", "1.8", "9/5"],
+        ["137 \\frac{1}{2}", "\\frac{275}{2}", "137.5"],
+        ["-1\\frac{4}{5}", "-\\frac{9}{5}"],
+        ["11,\\! 111,\\! 111,\\! 100", "11111111100", "11,111,111,100"],
     ):
         keys = {key(_ans(f), math) for f in forms}
         assert len(keys) == 1, (forms, keys)
         assert all(math_reward.is_equiv(f, forms[0]) for f in forms), forms
     assert key(_ans("81, 256"), math) != key(_ans("81256"), math)  # a list, not thousands
+    assert key(_ans("1\\frac{4}{5}"), math) != key(_ans("\\frac{14}{5}"), math)
     general = world.dataset("general_test", n=1)[0]  # graded on phrase runs, not <answer>
     good = "Sure! The answer is " + general["answer"] + "."
     assert evaluation.vote_key(good, general) == general["answer"]

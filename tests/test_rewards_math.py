@@ -37,6 +37,7 @@ EXTRACTION = [
     ("The answer is \\boxed{9} indeed", "9"),
     ("the Answer is (C)", "(C)"),
     ("no final answer here", None),
+    ("<think>so the answer is 18</think>", "18"),  # up to the closing tag
     ("", None),
 ]
 
@@ -325,6 +326,19 @@ PAIRS = [
     ("18446744073709551615", "18446744073709551616", False),
     ("0.3333333333", "1/3", True),
     ("0.5000000001", "\\frac12", True),
+    # LaTeX's digit-group separator with a space after it (MATH-500's gold for one problem,
+    # two MATH-train golds): a correct plain number scored 0 against it.
+    ("11111111100", "11,\\! 111,\\! 111,\\! 100", True),
+    ("11,111,111,100", "11,\\! 111,\\! 111,\\! 100", True),
+    ("\\frac{1}{29322216}", "\\dfrac{1}{29,\\!322,\\!216}", True),
+    ("1,\\! 2", "12", False),
+    # AoPS's boxed \textbf{(113)} (AIME solutions) and units squared.
+    ("\\textbf{(113)}", "113", True),
+    ("\\textbf{(113)}", "114", False),
+    ("15 cm^2", "15\\mbox{ cm}^2", True),
+    ("15", "15\\mbox{ cm}^2", True),
+    ("864 inches^2", "864", True),
+    ("3 xy^2", "3", False),
 ]
 
 

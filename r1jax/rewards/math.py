@@ -30,7 +30,8 @@ _CHECKER_START_S = 60.0
 
 _MC_LETTER = re.compile(r"^\(?([A-Ea-e])\)?$")
 _GSM8K = re.compile(r"####\s*([^\n]*)")
-_THE_ANSWER_IS = re.compile(r"answer\s+is\s*:?\s*([^\n]*)", re.IGNORECASE)
+# Up to the line's end or a closing tag ("... the answer is 18</think>").
+_THE_ANSWER_IS = re.compile(r"answer\s+is\s*:?\s*((?:(?!</)[^\n])*)", re.IGNORECASE)
 _ANSWER_SENTENCE = re.compile(
     r"\s*(?:(?:so|thus|therefore|hence),?\s+)?"
     r"(?:the\s+(?:final\s+)?answer\s+is\s*:?|(?:final\s+)?answer\s*:)\s*(.+?)\s*$",
@@ -42,6 +43,12 @@ _THOUSANDS = re.compile(r"^[-+]?\d{1,3}(,\d{3})+(\.\d+)?$")
 _NUMBER = re.compile(r"^[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d{1,3}|(/\d+)?)$")
 _UNIT_TAIL = re.compile(
     r"^([-+]?[\d.,]*\d)\s*(\\%|%|°|\\text\{[^{}]*\}|\\mbox\{[^{}]*\}|[a-zA-Z]{2,}[a-zA-Z .\-/]*)$"
+)
+# A unit squared or cubed: "15\mbox{ cm}^2" (MATH-500's gold), "864 inches^2"; named units only
+# ("3 xy^2" keeps its tail).
+_AREA_TAIL = re.compile(
+    r"^([-+]?[\d.,]*\d)\s*(\\text\{[^{}]*\}|\\mbox\{[^{}]*\}|(?:square\s+)?(?:[ckm]?m|in|inch"
+    r"(?:es)?|ft|feet|foot|yards?|yd|(?:centi|milli|kilo)?met(?:er|re)s?|units?))\^\{?[23]\}?$"
 )
 # Words that make a trailing "unit" part of the value or a second candidate ("5 million",
 # "7 or eight", "3 squared", "2 pi", "7\text{ or 8}"): such a tail is never stripped.
@@ -55,6 +62,7 @@ _NOT_UNITS = frozenset(
     factorial pi mod sqrt root""".split()
 )
 _TEXT_WRAP = re.compile(r"^\\(?:text|textbf|mathrm|mbox)\{([^{}]*)\}$")
+_LONE_NUMBER = re.compile(r"\s*\(?\s*[-+]?[\d.,]*\d\s*\)?\s*")
 _TEXT_GROUP = re.compile(r"\\(?:text|textbf|mathrm|mbox)\{([^{}]*)\}")
 _POWER = re.compile(r"(\^|\*\*)")
 _EXPONENT_LITERAL = re.compile(r"(?:\^|\*\*)\s*\{?\s*\(?\s*(\d+)")
@@ -191,6 +199,9 @@ def normalize(ans: str) -> str:
     s = re.sub(r"(?<![\w)}])\u2013", "-", s)  # an en dash used as a minus ("–5"), not "1–5"
     s = _ROOT_PARENS.sub(r"\\sqrt{\1}", s)  # "√(2)"
     s = s.strip().strip("$").strip()
+    # LaTeX's digit-group separator ",\!" (MATH: "11,\! 111,\! 100"), with any space after it,
+    # as PRM800K's grader drops it: else the space made the number a list.
+    s = re.sub(r"(?<=\d),\\!\s*(?=\d{3}(?!\d))", "", s)
     # LaTeX spaces (\\, \\! \\: \\; \\  and ~); a "\\ " that ends a "\\\\" row break is not one.
     s = re.sub(r"(?<!\\)\\[!,:; ]|(?<!\\)~", "", s).replace("\\dfrac", "\\frac")
     s = s.replace("\\tfrac", "\\frac").replace("\\left", "").replace("\\right", "")
@@ -200,7 +211,7 @@ def normalize(ans: str) -> str:
     unwrapped = _TEXT_WRAP.match(s)
     if unwrapped:
         s = unwrapped.group(1).strip()
-    unit = _UNIT_TAIL.match(s)
+    unit = _UNIT_TAIL.match(s) or _AREA_TAIL.match(s)
     if unit and _plain_unit(unit.group(2)):
         s = unit.group(1)
     # "1,234" is one number; "81, 256" (a space after the comma) is a list of two, as in the
@@ -219,8 +230,12 @@ def _plain_unit(tail: str) -> bool:
 
 def _hedged_text(s: str) -> bool:
     """A \\text{} group that holds a number or a connective ("7\\text{ or 8}"): math-verify
-    would drop it as a unit."""
-    return any(not _plain_unit(group) for group in _TEXT_GROUP.findall(s))
+    would drop it as a unit. A group that is only a number ("\\textbf{(113)}", AoPS's way to
+    state an answer) hedges nothing."""
+    return any(
+        not (_plain_unit(group) or _LONE_NUMBER.fullmatch(group))
+        for group in _TEXT_GROUP.findall(s)
+    )
 
 
 def _as_fraction(s: str) -> fractions.Fraction | None:
