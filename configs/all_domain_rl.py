@@ -8,9 +8,14 @@ Variants:
     r1jax --config=configs/all_domain_rl.py:tiny --workdir=runs/all-domain-rl \
         --config.model.init_from=runs/sft-all --config.rl.reward_model.path=runs/reward-model
 - qwen2.5-1.5b / qwen2.5-7b-tpu: R1's second RL stage: T 0.7, 1700 steps, general data and
-  the preference reward only in the last 400:
+  the preference rewards only in the last 400. Two reward models, as R1 §2.3.4: helpfulness
+  judged on the summary (the text after </think>), harmlessness on the whole response; each
+  z-scored by its own evaluation scores (normalize) and added. Train them with
+  configs/reward_model.py on HH-RLHF's helpful-base and harmless-base splits:
     r1jax --config=configs/all_domain_rl.py:qwen2.5-1.5b --workdir=runs/all-domain-1.5b \
-        --config.model.init_from=runs/sft-all-1.5b --config.rl.reward_model.path=runs/rm-1.5b \
+        --config.model.init_from=runs/sft-all-1.5b \
+        --config.rl.reward_model.path=runs/rm-helpful-1.5b \
+        --config.rl.harmlessness_model.path=runs/rm-harmless-1.5b \
         --config.rl.general_prompts=/data/general_prompts.jsonl
 """
 
@@ -49,7 +54,11 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     c.rl.template = "r1_zero"
     c.rl.temperature = 0.7
     c.rl.rewards = ml_collections.ConfigDict({"accuracy": 1.0, "format": 1.0, "language": 1.0})
-    c.rl.reward_model.path = f"runs/rm-{size}"
+    c.rl.reward_model.path = f"runs/rm-helpful-{size}"
+    c.rl.reward_model.scope = "summary"
+    c.rl.reward_model.normalize = True
+    c.rl.harmlessness_model.path = f"runs/rm-harmless-{size}"
+    c.rl.harmlessness_model.scope = "response"
     c.rl.general_prompts = "/data/general_prompts.jsonl"
     c.rl.general_fraction = 0.25
     c.train.steps = 1700

@@ -138,6 +138,16 @@ def get_config() -> ml_collections.ConfigDict:
     c.rl.reward_model.path = ""  # a reward_model run folder; scores records of domain "general"
     c.rl.reward_model.weight = 1.0  # its weight (general prompts get no rule rewards)
     c.rl.reward_model.scope = "response"  # response | summary (the text after </think>, as R1)
+    # z-score by the mean / std of its scores on its evaluation responses (rm_eval.json): needed
+    # to add two models' scores, or with rl.std_normalize other than "group"
+    c.rl.reward_model.normalize = False
+    # A second reward model (R1 §2.3.4: helpfulness judged on the summary by rl.reward_model,
+    # harmlessness on the whole response by this one); a general prompt gets the weighted sum.
+    c.rl.harmlessness_model = ml_collections.ConfigDict()
+    c.rl.harmlessness_model.path = ""  # a reward_model run folder ('' = none)
+    c.rl.harmlessness_model.weight = 1.0
+    c.rl.harmlessness_model.scope = "response"
+    c.rl.harmlessness_model.normalize = True  # its scores are added to rl.reward_model's
     c.rl.general_prompts = ""  # general prompts (data.format dataset name or file) mixed in
     c.rl.general_fraction = 0.0  # share of each step's prompts drawn from general_prompts
     c.rl.general_from_step = 0  # general prompts only after this many steps (R1: the last part)

@@ -495,12 +495,23 @@ def _validate_rl(cfg, num_devices: int) -> None:
             registry.get(name)
         except (KeyError, ValueError) as e:
             raise ConfigError(f"config.rl.rewards.{name}: {e}") from None
-    _require(
-        rl.reward_model.scope in ("response", "summary"),
-        "rl.reward_model.scope",
-        "response | summary",
-    )
-    _check_path(cfg, "rl.reward_model.path")
+    for name in ("reward_model", "harmlessness_model"):
+        _require(
+            rl[name].scope in ("response", "summary"), f"rl.{name}.scope", "response | summary"
+        )
+        _check_path(cfg, f"rl.{name}.path")
+    if rl.harmlessness_model.path:
+        _require(
+            bool(rl.reward_model.path),
+            "rl.harmlessness_model.path",
+            "a second reward model needs the first, rl.reward_model.path (or set this one there)",
+        )
+        _require(
+            rl.reward_model.normalize and rl.harmlessness_model.normalize,
+            "rl.harmlessness_model.normalize",
+            "two reward models' scores add up only on one scale: set normalize=True on both "
+            "rl.reward_model and rl.harmlessness_model",
+        )
     _require(0 <= rl.general_fraction < 1, "rl.general_fraction", "must be in [0, 1)")
     if rl.general_fraction > 0:
         _require(

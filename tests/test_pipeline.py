@@ -3,6 +3,7 @@ and general-prompt mixing in GRPO, the pipeline's wiring, and every stage config
 
 import json
 import os
+import types
 
 import ml_collections
 import numpy as np
@@ -181,20 +182,35 @@ def test_mixed_prompts_put_general_prompts_at_the_end_of_late_rounds():
 
 
 class _LengthScorer:
-    """A reward model stand-in for routing tests: longer responses score higher."""
+    """A reward model stand-in for routing tests: longer responses score higher (scope
+    'summary': the length of the summary)."""
 
-    def __init__(self):
-        self.calls = []
+    def __init__(self, scope="response", scale=1.0):
+        self.calls, self.scope, self.scale = [], scope, scale
 
-    def score(self, prompts, responses):
+    def score(self, prompts, responses, *, opens_think):
+        from r1jax.rewards import preference
+
         self.calls.append(list(prompts))
-        return np.array([len(r) for r in responses], np.float32)
+        return np.array(
+            [
+                self.scale * len(preference.response_in_scope(r, self.scope, prompt_opens_think=o))
+                for r, o in zip(responses, opens_think)
+            ],
+            np.float32,
+        )
 
 
-def test_general_prompts_get_the_reward_model_reasoning_prompts_the_rules():
+def _maker(reward_models, group_size=1):
     maker = rollout.ExperienceMaker.__new__(rollout.ExperienceMaker)
-    scorer = _LengthScorer()
-    maker.reward_model, maker.reward_model_weight = scorer, 0.5
+    maker.reward_models = reward_models
+    maker.cfg = types.SimpleNamespace(num_samples=group_size)
+    return maker
+
+
+def test_general_prompts_get_the_reward_models_reasoning_prompts_the_rules():
+    scorer, harmless = _LengthScorer(), _LengthScorer(scale=-2.0)
+    maker = _maker([("reward_model", scorer, 0.5)])
     records = [RECORD, RECORD, {"prompt": "Say plus 3 in Chinese.", "domain": "general"}] * 1
     texts = [GOOD, "<answer>2</answer>", "Sure! It is 加3."]
     rule_N = np.array([1.5, 0.0, 0.25], np.float32)
@@ -204,17 +220,47 @@ def test_general_prompts_get_the_reward_model_reasoning_prompts_the_rules():
     assert scorer.calls == [["Say plus 3 in Chinese."]]
     assert np.isnan(out["accuracy"][2]) and not np.isnan(out["accuracy"][:2]).any()
     assert np.isnan(out["reward_model"][:2]).all() and out["reward_model"][2] == len(texts[2])
-    maker.reward_model = None
+    # Two reward models (R1: helpfulness and harmlessness): their weighted sum, each logged.
+    maker = _maker([("reward_model", scorer, 0.5), ("harmlessness_model", harmless, 1.0)])
+    rewards_N, out = maker._route(texts, records, rule_N, per_fn)
+    np.testing.assert_allclose(rewards_N, [1.5, 0.0, (0.5 - 2.0) * len(texts[2])])
+    assert out["harmlessness_model"][2] == -2.0 * len(texts[2])
+    maker = _maker([])
     with pytest.raises(ValueError, match="reward_model.path"):
         maker._route(texts, records, rule_N, per_fn)
+
+
+def test_a_response_with_no_summary_scores_as_its_groups_worst_finished_one():
+    # Judged as an empty reply, a response cut inside its thought scored above real answers
+    # (+1.16 against -3.8 for a rude one with the tiny reward model): never finishing paid.
+    general = {"prompt": "Write a haiku.", "domain": "general"}
+    opened = {**general, "prompt_opens_think": True}
+    records = [general] * 3 + [opened] * 3 + [general] * 2
+    texts = [
+        "<think>leaves</think> Leaves fall, slowly down.",  # finished: 25
+        "<think>first, count the syllables of",  # cut inside the thought
+        "<think>a</think> Short one.",  # finished: 10
+        "count syllables</think> Autumn.",  # opened by the prompt, finished: 7
+        "five, seven, five and",  # opened by the prompt, never closed
+        "ok</think>   ",  # nothing after </think>
+        "<think>never closed",  # a group with no finished response:
+        "<think>also cut",  # its rows take the call's lowest finished score
+    ]
+    maker = _maker([("reward_model", _LengthScorer("summary"), 1.0)], group_size=3)
+    zeros = np.zeros(len(texts), np.float32)
+    rewards_N, out = maker._route(texts, records, zeros, {})
+    np.testing.assert_allclose(rewards_N, [25, 10, 10, 7, 7, 7, 7, 7])
+    # A whole-response model judges them as they are.
+    maker = _maker([("harmlessness_model", _LengthScorer("response"), 1.0)], group_size=3)
+    rewards_N, _ = maker._route(texts, records, zeros, {})
+    np.testing.assert_allclose(rewards_N, [len(t) for t in texts])
 
 
 def test_general_prompts_are_not_graded_by_the_rule_rewards(tmp_path):
     # A plain general prompt has no answer: graded by 'accuracy' it was a crash, every step.
     from r1jax.rewards import registry
 
-    maker = rollout.ExperienceMaker.__new__(rollout.ExperienceMaker)
-    maker.reward_model, maker.reward_model_weight = _LengthScorer(), 1.0
+    maker = _maker([("reward_model", _LengthScorer(), 1.0)])
     maker.pool = registry.RewardPool({"accuracy": 1.0, "format": 0.5}, num_workers=0, timeout_s=5)
     records = [RECORD, {"prompt": "Write a haiku.", "domain": "general"}]
     rewards_N, per_fn = maker._score_rules([GOOD, "Leaves fall."], records)
@@ -239,6 +285,25 @@ def test_all_domain_config_errors_name_the_field(tmp_path):
     with pytest.raises(configlib.ConfigError, match=r"config\.rl\.reward_model\.scope"):
         configlib.validate(
             configlib.load_config(spec, rl__reward_model__scope="all", **ok), num_devices=1
+        )
+    # A second reward model: after the first, and both on the normalized scale.
+    two = dict(ok, rl__harmlessness_model__path=WORLD_BASE)
+    with pytest.raises(configlib.ConfigError, match=r"harmlessness_model\.normalize: .*both"):
+        configlib.validate(configlib.load_config(spec, **two), num_devices=1)
+    configlib.validate(
+        configlib.load_config(spec, rl__reward_model__normalize=True, **two), num_devices=1
+    )
+    with pytest.raises(configlib.ConfigError, match=r"harmlessness_model\.path: .*needs the first"):
+        configlib.validate(
+            configlib.load_config(
+                spec,
+                model__init_from=WORLD_BASE,
+                rl__reward_model__path="",
+                rl__harmlessness_model__path=WORLD_BASE,
+                rl__general_prompts="",
+                rl__general_fraction=0.0,
+            ),
+            num_devices=1,
         )
 
 

@@ -84,6 +84,10 @@ def test_response_scope():
     assert preference.response_in_scope(think, "response") == think
     assert preference.response_in_scope("Sure! 5.", "summary") == "Sure! 5."
     assert preference.response_in_scope("<think>2 plus 3 gives", "summary") == ""
+    # A prompt that opened <think>: an unclosed thought is not a summary.
+    assert preference.response_in_scope("2 plus 3 gives", "summary", prompt_opens_think=True) == ""
+    assert not preference.has_summary("<think>5</think>  ")
+    assert preference.has_summary("5</think> Five.", prompt_opens_think=True)
     with pytest.raises(ValueError, match="scope"):
         preference.response_in_scope(think, "thought")
 
@@ -282,6 +286,24 @@ def test_scorer_round_trip(rm_run):
     )
     with pytest.raises(ValueError, match="responses"):
         scorer.score(prompts, thought[:2])
+    # normalize: z-scored by the scores of its held-out responses, which rm_eval.json records.
+    both = np.concatenate([chosen, rejected])
+    np.testing.assert_allclose(
+        [report["score_mean"], report["score_std"]], [both.mean(), both.std()], rtol=1e-4
+    )
+    z = preference.RewardModelScorer.load(workdir, batch_size=16, normalize=True)
+    np.testing.assert_allclose(
+        z.score([p["prompt"] for p in pairs], [p["chosen"] for p in pairs]),
+        (chosen - report["score_mean"]) / report["score_std"],
+        rtol=1e-5,
+        atol=1e-5,
+    )
+    (workdir / "rm_eval.json").rename(workdir / "rm_eval.kept")
+    try:
+        with pytest.raises(ValueError, match="normalize needs the score statistics"):
+            preference.RewardModelScorer.load(workdir, normalize=True)
+    finally:
+        (workdir / "rm_eval.kept").rename(workdir / "rm_eval.json")
 
 
 def test_scorer_refuses_other_runs(tmp_path):

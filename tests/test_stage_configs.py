@@ -85,8 +85,9 @@ def stand_in(spec: str, paths: dict):
         cfg.collect.max_new_tokens = 32  # cold_start's follows data.seq_len - 512
     if cfg.collect.reward_model:
         cfg.collect.reward_model = paths["rm"]
-    if cfg.rl.reward_model.path:
-        cfg.rl.reward_model.path = paths["rm"]
+    for name in ("reward_model", "harmlessness_model"):
+        if cfg.rl[name].path:
+            cfg.rl[name].path = paths["rm"]
     if cfg.rl.general_prompts.startswith("/"):
         cfg.rl.general_prompts = paths["general"]
     if cfg.collect.general_data.startswith("/"):

@@ -259,12 +259,12 @@ def truncation_count(
     a row of seq_len. An SFT example that long loses the start of its prompt and, past half the
     row, the end of its response with its EOS (`tokenize_sft`); a pretraining document is never
     cut (it continues in the next rows)."""
-    sample = _spaced_sample(records, limit)
+    sample = spaced_sample(records, limit)
     tokenize = _tokenize_fn(kind, tokenizer, seq_len, template)
     return sum(any(ex["truncated"] for ex in tokenize(r)) for r in sample), len(sample)
 
 
-def _spaced_sample(records: Sequence[dict], limit: int) -> Sequence[dict]:
+def spaced_sample(records: Sequence[dict], limit: int) -> Sequence[dict]:
     """Up to `limit` records, evenly spaced over all of them."""
     return records[:: max(1, len(records) // max(1, limit))][:limit]
 
@@ -287,7 +287,7 @@ def rows_per_epoch(
     itself)."""
     if not records or (not pack and kind == "sft"):
         return len(records)
-    sample = _spaced_sample(records, limit)
+    sample = spaced_sample(records, limit)
     tokenize = _tokenize_fn(kind, tokenizer, seq_len, template)
     examples = _examples(grain.MapDataset.source(sample), tokenize, kind)
     rows = sum(1 for _ in _rows(examples, tokenizer, seq_len, batch_size, 0, pack=pack))

@@ -9,6 +9,7 @@ keeps its end (BOS, then the last tokens: the response and EOS), where the score
 """
 
 import dataclasses
+import json
 import pathlib
 
 import jax
@@ -103,16 +104,24 @@ def pad_rows(rows, length: int, pad_id: int, *, num_rows: int | None = None):
     return tokens_RxT, mask_RxT
 
 
-def response_in_scope(response: str, scope: str) -> str:
+def response_in_scope(response: str, scope: str, *, prompt_opens_think: bool = False) -> str:
     """The part of a response a reward model judges: all of it, or (summary) what follows the
-    last </think> (R1 judges helpfulness on the summary); an unclosed think has no summary."""
+    last </think> (R1 judges helpfulness on the summary); an unclosed think (also one the
+    prompt opened) has no summary."""
     if scope == "response":
         return response
     if scope != "summary":
         raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
     if text.THINK_CLOSE in response:
         return response.rsplit(text.THINK_CLOSE, 1)[1].strip()
-    return "" if response.lstrip().startswith(text.THINK_OPEN) else response
+    unclosed = prompt_opens_think or response.lstrip().startswith(text.THINK_OPEN)
+    return "" if unclosed else response
+
+
+def has_summary(response: str, *, prompt_opens_think: bool = False) -> bool:
+    """Whether a response has a non-empty summary for a 'summary'-scope reward model to judge
+    (one cut inside its thought, or ending at </think>, has none)."""
+    return bool(response_in_scope(response, "summary", prompt_opens_think=prompt_opens_think))
 
 
 # ---- scorer ---------------------------------------------------------------------------------
@@ -138,9 +147,13 @@ class RewardModelScorer:
         rules=sharding.DEFAULT_RULES,
         scope: str = "response",
         batch_size: int = 64,
+        normalize: tuple[float, float] | None = None,
     ):
         if scope not in SCOPES:
             raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
+        if normalize is not None and not normalize[1] > 0:
+            raise ValueError(f"normalize needs (mean, std) with std > 0, got {normalize}")
+        self.normalize = normalize  # score() returns (score - mean) / std
         self.model_cfg, self.tokenizer, self.template = model_cfg, tokenizer, template
         self.max_len = min(max_len or model_cfg.max_seq_len, model_cfg.max_seq_len)
         self.mesh, self.rules, self.scope = mesh, rules, scope
@@ -158,11 +171,34 @@ class RewardModelScorer:
 
     @classmethod
     def load(
-        cls, run_dir, *, mesh=None, scope: str = "response", batch_size: int = 64, rules=None
+        cls,
+        run_dir,
+        *,
+        mesh=None,
+        scope: str = "response",
+        batch_size: int = 64,
+        rules=None,
+        normalize: bool = False,
     ) -> "RewardModelScorer":
         """A scorer from a reward_model run folder: its config.json, tokenizer and the params
-        of its newest checkpoint (restored straight onto the mesh when one is given)."""
+        of its newest checkpoint (restored straight onto the mesh when one is given).
+
+        normalize: z-score its scores by the mean and std of its scores over the responses of
+        its evaluation pairs (rm_eval.json's score_mean / score_std), so that models trained
+        apart add up on one scale and next to the rule rewards (Bradley-Terry fixes only score
+        differences: a model's offset and scale are arbitrary)."""
         run_dir = pathlib.Path(run_dir)
+        stats = None
+        if normalize:
+            report = run_dir / "rm_eval.json"
+            found = json.loads(report.read_text()) if report.is_file() else {}
+            if not (found.get("score_std") or 0) > 0:
+                raise ValueError(
+                    f"{run_dir}: normalize needs the score statistics a reward_model run writes "
+                    f"to rm_eval.json at its end (score_mean, score_std); {report} has none "
+                    "(a run from before they were recorded: train it again, or do not normalize)"
+                )
+            stats = (float(found["score_mean"]), float(found["score_std"]))
         model_cfg, run_cfg = configlib.load_resolved(run_dir)
         if run_cfg.get("stage") != "reward_model":
             raise ValueError(f"{run_dir} is a {run_cfg.get('stage')!r} run, not a reward_model run")
@@ -193,20 +229,31 @@ class RewardModelScorer:
             rules=rules,
             scope=scope,
             batch_size=batch_size,
+            normalize=stats,
         )
 
-    def tokenize(self, prompt: str, response: str) -> list[int]:
+    def tokenize(self, prompt: str, response: str, *, prompt_opens_think: bool = False):
         """One row's token ids as this reward model reads it (scope applied)."""
-        response = response_in_scope(response, self.scope)
+        response = response_in_scope(response, self.scope, prompt_opens_think=prompt_opens_think)
         return tokenize(
             self.tokenizer, prompt, response, template=self.template, max_len=self.max_len
         )
 
-    def score(self, prompts, responses) -> np.ndarray:
-        """Scores float32 [N] of raw question texts and their responses."""
+    def score(self, prompts, responses, *, opens_think=None) -> np.ndarray:
+        """Scores float32 [N] of raw question texts and their responses (opens_think: per row,
+        whether its prompt's template opened <think>), z-scored when `normalize` was given."""
         if len(prompts) != len(responses):
             raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
-        return self.score_tokens([self.tokenize(p, r) for p, r in zip(prompts, responses)])
+        opens = [False] * len(prompts) if opens_think is None else list(opens_think)
+        rows = [
+            self.tokenize(p, r, prompt_opens_think=o)
+            for p, r, o in zip(prompts, responses, opens, strict=True)
+        ]
+        out = self.score_tokens(rows)
+        if self.normalize is not None:
+            mean, std = self.normalize
+            out = ((out - mean) / std).astype(np.float32)
+        return out
 
     def score_tokens(self, rows) -> np.ndarray:
         """Scores float32 [N] of already tokenized rows (each at most max_len tokens)."""

@@ -11,6 +11,7 @@ import jax
 import numpy as np
 
 from r1jax import distributed, sampler, text
+from r1jax.rewards import preference
 from r1jax.rl import advantages as adv_lib
 
 
@@ -114,6 +115,26 @@ class Samples:
     per_fn: dict
 
 
+def _floor_unfinished(rm_N, idx, texts, opens, group_size: int) -> None:
+    """A general response with no summary to judge (cut inside its thought, or nothing after
+    </think>) scores as the lowest finished response of its group (else of the call), in place:
+    a summary-scope reward model judged it as an empty reply, often above real answers, and
+    never finishing was rewarded."""
+    unfinished = [
+        i
+        for i, o in zip(idx, opens, strict=True)
+        if not preference.has_summary(texts[i], prompt_opens_think=o)
+    ]
+    if not unfinished:
+        return
+    finished = np.setdiff1d(idx, unfinished)
+    for i in unfinished:
+        mates = finished[finished // group_size == i // group_size]
+        pool = mates if mates.size else finished
+        if pool.size:
+            rm_N[i] = rm_N[pool].min()
+
+
 class ExperienceMaker:
     """Turns a stream of prompt records into RL batches, one call per step.
 
@@ -132,20 +153,21 @@ class ExperienceMaker:
         reward_pool,
         sample_fn: Callable,
         prompts: Iterator[dict],
-        reward_model=None,
-        reward_model_weight: float = 1.0,
+        reward_models=(),
     ):
         self.cfg, self.tokenizer, self.pool = cfg, tokenizer, reward_pool
         self.sample_fn = sample_fn  # (prompt_BxP, prompt_lens_B, round) -> dict of host arrays
         self.prompts = prompts
-        # Scores records of domain "general" (all-domain RL): .score(prompts, responses) -> [N]
-        self.reward_model, self.reward_model_weight = reward_model, float(reward_model_weight)
+        # All-domain RL: (name, scorer, weight) of each reward model scoring records of domain
+        # "general" (a scorer: .scope and .score(prompts, responses, opens_think=) -> [N]).
+        self.reward_models = list(reward_models)
 
     def _route(self, texts, group_records, rewards_N, per_fn):
-        """All-domain RL: general prompts are scored by the reward model alone, reasoning
-        prompts by the rule rewards; each per-function score is NaN outside its domain."""
+        """All-domain RL: general prompts are scored by the reward models alone (their weighted
+        sum), reasoning prompts by the rule rewards; each per-function score is NaN outside its
+        domain."""
         general_N = np.array([r.get("domain") == "general" for r in group_records], bool)
-        if self.reward_model is None:
+        if not self.reward_models:
             if general_N.any():
                 raise ValueError(
                     "a prompt of domain 'general' needs a reward model "
@@ -153,14 +175,22 @@ class ExperienceMaker:
                 )
             return rewards_N, per_fn
         idx = np.flatnonzero(general_N)
-        rm_N = np.full(len(texts), np.nan, np.float32)
-        if idx.size or jax.process_count() > 1:  # a collective call: every process makes it
-            rm_N[idx] = self.reward_model.score(
-                [group_records[i]["prompt"] for i in idx], [texts[i] for i in idx]
-            )
         per_fn = {k: np.where(general_N, np.nan, v).astype(np.float32) for k, v in per_fn.items()}
-        per_fn["reward_model"] = rm_N
-        rewards_N = np.where(general_N, self.reward_model_weight * rm_N, rewards_N)
+        opens = [bool(group_records[i].get("prompt_opens_think")) for i in idx]
+        total_N = np.zeros(len(texts), np.float32)
+        for name, scorer, weight in self.reward_models:
+            rm_N = np.full(len(texts), np.nan, np.float32)
+            if idx.size or jax.process_count() > 1:  # a collective call: every process makes it
+                rm_N[idx] = scorer.score(
+                    [group_records[i]["prompt"] for i in idx],
+                    [texts[i] for i in idx],
+                    opens_think=opens,
+                )
+            if scorer.scope == "summary":
+                _floor_unfinished(rm_N, idx, texts, opens, self.cfg.num_samples)
+            per_fn[name] = rm_N
+            total_N += weight * np.nan_to_num(rm_N)
+        rewards_N = np.where(general_N, total_N, rewards_N)
         return rewards_N.astype(np.float32), per_fn
 
     def _score_rules(self, texts, group_records):
@@ -168,7 +198,7 @@ class ExperienceMaker:
         domain "general" are left to it (`_route`) rather than graded, and counted as crashes,
         by rewards that need an answer they do not have."""
         rows = np.arange(len(texts))
-        if self.reward_model is not None:
+        if self.reward_models:
             rows = np.flatnonzero([r.get("domain") != "general" for r in group_records])
         scored_N, per_rows, self.last_pool_metrics = self.pool.score(
             [texts[i] for i in rows], [group_records[i] for i in rows]
@@ -289,7 +319,7 @@ class ExperienceMaker:
             if values.size:  # a function with no row of its domain in the batch logs nothing
                 metrics[f"reward/{name}"] = float(np.mean(values))
                 metrics[f"reward/{name}_std"] = float(np.std(values))
-        if "reward_model" in s.per_fn:
+        if self.reward_models:
             general = np.array([r.get("domain") == "general" for r in s.records], np.float32)
             metrics["general_prompt_share"] = float(everyone(general).mean())
         for name, value in getattr(self, "last_pool_metrics", {}).items():

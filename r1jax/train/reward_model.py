@@ -19,7 +19,7 @@ import optax
 from absl import logging
 
 from r1jax import configlib, files, sharding, text
-from r1jax.data import sources, world
+from r1jax.data import pipeline, sources, world
 from r1jax.model import transformer
 from r1jax.rewards import preference
 from r1jax.train import checkpoint, supervised, trainer
@@ -188,6 +188,8 @@ class PairEval:
         margin = s[0::2] - s[1::2]
         out = _summary(margin)
         out["truncated"] = self.truncated
+        # The scale RL's normalize reads (RewardModelScorer.load): scores of all responses.
+        out["score_mean"], out["score_std"] = float(np.mean(s)), float(np.std(s))
         groups = collections.defaultdict(list)
         for i, p in enumerate(self.pairs):
             for field in _GROUPS:
@@ -319,7 +321,7 @@ def run(cfg, workdir) -> dict:
     state = loop.run(
         state, step_fn, batches, iterator=iterator, eval_fn=eval_fn if heldout else None
     )
-    report = _final_report(cfg, state, scorer, heldout, results, len(pairs), max_len)
+    report = _final_report(cfg, state, scorer, heldout, results, pairs, max_len)
     if jax.process_index() == 0:
         files.write_json(workdir / "rm_eval.json", report)
         _log_table(report)
@@ -332,15 +334,20 @@ def run(cfg, workdir) -> dict:
     return {"step": int(state.step), "model": model_cfg, **report}
 
 
-def _final_report(cfg, state, scorer, heldout, results, train_pairs: int, max_len: int) -> dict:
-    """rm_eval.json: held-out accuracy (by aspect / domain) and HH-RLHF accuracy at the end."""
+def _final_report(cfg, state, scorer, heldout, results, pairs, max_len: int) -> dict:
+    """rm_eval.json: held-out accuracy (by aspect / domain) and HH-RLHF accuracy at the end, and
+    the mean and std of the scores of the held-out responses (else of up to 500 training
+    pairs'), which RL's rl.reward_model.normalize divides by."""
     step = int(state.step)
-    report = {"step": step, "train_pairs": train_pairs, "max_len": max_len}
+    report = {"step": step, "train_pairs": len(pairs), "max_len": max_len}
     report["template"] = cfg.data.template
     if heldout is not None:
         result = results.get(step) or heldout(state.params)
         report["heldout_accuracy"] = result["accuracy"]
         report.update({f"heldout_{k}": v for k, v in result.items() if k != "accuracy"})
+    else:
+        result = PairEval(pipeline.spaced_sample(pairs, 500), scorer)(state.params)
+    report["score_mean"], report["score_std"] = result["score_mean"], result["score_std"]
     if cfg.rm.hh_eval:
         stats: dict = {}
         hh = sources.hh_rlhf_pairs(

@@ -48,6 +48,11 @@ def loss_config(cfg) -> "steps.LossConfig":
     )
 
 
+# The preference reward models of all-domain RL (R1 §2.3.4): general prompts get the weighted
+# sum of their scores (e.g. helpfulness on the summary, harmlessness on the whole response).
+REWARD_MODELS = ("reward_model", "harmlessness_model")
+
+
 def rollout_config(cfg) -> rollout.RolloutConfig:
     """The experience maker's settings (this process's share of the prompts)."""
     rl = cfg.rl
@@ -287,22 +292,36 @@ class RLRun:
             num_workers=cfg.rl.reward_workers,
             timeout_s=cfg.rl.reward_timeout_s,
         )
-        scorer = None
-        if cfg.rl.reward_model.path:
-            from r1jax.rewards import preference  # a second model, loaded only when asked for
-
-            scorer = preference.RewardModelScorer.load(
-                cfg.rl.reward_model.path, mesh=self.mesh, scope=cfg.rl.reward_model.scope
-            )
         self.maker = rollout.ExperienceMaker(
             rollout_config(cfg),
             self.tokenizer,
             self.pool,
             self._sample,
             self.prompts,
-            reward_model=scorer,
-            reward_model_weight=cfg.rl.reward_model.weight,
+            reward_models=self._reward_models(),
         )
+
+    def _reward_models(self) -> list:
+        """(name, scorer, weight) of rl.reward_model and rl.harmlessness_model, where set."""
+        from r1jax.rewards import preference  # more models, loaded only when asked for
+
+        out = []
+        for name in REWARD_MODELS:
+            rm = self.cfg.rl[name]
+            if not rm.path:
+                continue
+            scorer = preference.RewardModelScorer.load(
+                rm.path, mesh=self.mesh, scope=rm.scope, normalize=rm.normalize
+            )
+            out.append((name, scorer, rm.weight))
+            if not rm.normalize and self.cfg.rl.std_normalize != "group":
+                logging.warning(
+                    "config.rl.%s: raw scores with rl.std_normalize=%r: its arbitrary offset "
+                    "and scale set every prompt's advantage; consider normalize=True",
+                    name,
+                    self.cfg.rl.std_normalize,
+                )
+        return out
 
     def _restore(self):
         extra = {"ref": self.ref, "kl_coef": jnp.asarray(self.kl_coef, jnp.float32)}
