@@ -405,3 +405,48 @@ def test_train_epochs_run_the_steps_one_pass_of_the_data_fills(tmp_path, shared_
     saved = json.loads((tmp_path / "config.json").read_text())["config"]
     assert saved["train"]["steps"] == want
     assert max(int(p.name) for p in (tmp_path / "checkpoints").iterdir()) == want
+
+
+def _tensorboard_as_read(folder):
+    """{tag: [(step, value)]} as TensorBoard's loader keeps them: files in order, and a
+    SessionLog START at step s drops the events before it at steps >= s (a restart)."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    events = []
+    for f in sorted(folder.glob("events.out.tfevents.*")):
+        data, i = f.read_bytes(), 0
+        while i + 12 <= len(data):
+            (length,) = struct.unpack("<Q", data[i : i + 8])
+            if i + 16 + length > len(data):
+                break  # a torn last record: the end of what was written
+            event = event_pb2.Event()
+            event.ParseFromString(data[i + 12 : i + 12 + length])
+            if event.session_log.status == event_pb2.SessionLog.START:
+                events = [(s, t, v) for s, t, v in events if s < event.step]
+            events += [(event.step, v.tag, v.simple_value) for v in event.summary.value]
+            i += 16 + length
+    out = {}
+    for step, tag, value in events:
+        out.setdefault(tag, []).append((step, value))
+    return out
+
+
+def test_a_resumed_run_replaces_the_killed_runs_tensorboard_events(tmp_path):
+    # The killed run's events of steps after the checkpoint stayed beside the resumed run's:
+    # two values at each redone step for TensorBoard (metrics.jsonl dropped them).
+    killed = metrics_lib.MetricsWriter(tmp_path, total_steps=10)
+    for step in range(1, 11):
+        killed.write(step, {"loss": 100.0 - step + 0.5})
+    killed._tb.close()  # its events on disk, as flush_secs leaves them in a longer run; killed
+    time.sleep(1.1)  # the next events file is named by another second, as a later process's
+    resumed = metrics_lib.MetricsWriter(tmp_path, total_steps=10, start_step=5)
+    for step in range(6, 11):
+        resumed.write(step, {"loss": 100.0 - step})
+    resumed.close()
+    want = [(s, 100.0 - s + (0.5 if s <= 5 else 0.0)) for s in range(1, 11)]
+    assert _tensorboard_as_read(tmp_path / "tensorboard")["loss"] == want
+    assert [r["loss"] for r in metrics_lib.read_jsonl(tmp_path / "metrics.jsonl")] == [
+        v for _, v in want
+    ]

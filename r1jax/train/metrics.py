@@ -60,7 +60,12 @@ class MetricsWriter:
         if tensorboard and jax.process_index() == 0:
             import tensorboardX  # imported lazily: it pulls in protobuf
 
-            self._tb = tensorboardX.SummaryWriter(str(pathlib.Path(workdir) / "tensorboard"))
+            folder = pathlib.Path(workdir) / "tensorboard"
+            # A resumed run redoes the steps after its checkpoint: a SessionLog START at the
+            # first of them makes TensorBoard drop the killed run's events from there on.
+            resumed = folder.is_dir() and any(folder.glob("events.out.tfevents.*"))
+            purge = start_step + 1 if resumed else None
+            self._tb = tensorboardX.SummaryWriter(str(folder), purge_step=purge)
         self._bar = tqdm.tqdm(
             total=total_steps,
             initial=start_step,
