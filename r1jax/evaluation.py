@@ -10,6 +10,7 @@ stage: `r1jax --config=configs/eval.py:gsm8k --workdir=runs/eval --config.model.
 import collections
 import dataclasses
 import fractions
+import hashlib
 import json
 import math
 import pathlib
@@ -22,7 +23,7 @@ import numpy as np
 import tqdm
 from absl import logging
 
-from r1jax import configlib, files, sampler, sharding, text
+from r1jax import configlib, distributed, files, sampler, sharding, text
 from r1jax.data import world
 from r1jax.model import config as model_config
 from r1jax.model import hf_io, transformer
@@ -347,8 +348,13 @@ def evaluate(
     cfg: EvalConfig,
     mesh=None,
     progress: bool = True,
+    journal: tuple[pathlib.Path, dict] | None = None,
 ) -> EvalResult:
     """Samples, grades and scores `records`; see the module docstring for the metrics.
+
+    journal: (path, header). Each batch's graded rows are appended there as it finishes, and a
+    rerun with the same header (settings, prompts, model) replays them instead of sampling
+    again: a killed evaluation loses at most the batch in flight, and gives the same numbers.
 
     1. Template and tokenize every prompt (BOS first when the tokenizer has one).
     2. Per batch of prompts_per_batch prompts (padded rows keep one program per bucket): sample
@@ -363,9 +369,17 @@ def evaluate(
     rows = min(cfg.prompts_per_batch, len(records))  # the last call is padded to this many
     root = jax.random.key(cfg.seed)
     out_rows, errors = [], 0
+    done = _open_journal(*journal) if journal else {}
+    if done:
+        logging.info("evaluate: %d batches done before; resuming", len(done))
     bar = tqdm.tqdm(total=len(records), desc="eval", unit="prompt", disable=not progress)
     for b, start in enumerate(range(0, len(records), cfg.prompts_per_batch)):
         batch = slice(start, start + cfg.prompts_per_batch)
+        if b in done:
+            out_rows += done[b]["rows"]
+            errors += done[b]["grading_errors"]
+            bar.update(len(records[batch]))
+            continue
         # (2)
         common = dict(rows=rows, key=jax.random.fold_in(root, b), mesh=mesh)
         common.update(max_new_tokens=cfg.max_new_tokens)
@@ -386,13 +400,20 @@ def evaluate(
                 model_cfg, params, tokenizer, ids[batch], num_samples=1, temperature=0.0, **common
             )
         # (3)
+        graded, batch_errors = [], 0
         for i, record in enumerate(records[batch]):
             part = slice(i * cfg.num_samples, (i + 1) * cfg.num_samples)
             texts, lengths, truncated = (x[part] for x in sampled)
             g = None if greedy is None else tuple(x[i] for x in greedy)
             row = grade_problem(record, prompts[start + i], texts, lengths, truncated, g)
-            errors += len(row.pop("grading_errors"))
-            out_rows.append(row)
+            batch_errors += len(row.pop("grading_errors"))
+            graded.append(row)
+        if journal and jax.process_index() == 0:
+            files.append_journal(
+                journal[0], {"batch": b, "rows": graded, "grading_errors": batch_errors}
+            )
+        out_rows += graded
+        errors += batch_errors
         bar.update(len(records[batch]))
     bar.close()
     if errors:
@@ -403,6 +424,30 @@ def evaluate(
         kind_metrics, _ = summarize([r for r in out_rows if r.get("kind") == kind], ks)
         metrics.update({f"{kind}/{name}": v for name, v in kind_metrics.items()})
     return EvalResult(metrics=metrics, curves=curves, samples=out_rows)
+
+
+def _open_journal(path, header) -> dict[int, dict]:
+    """Batch -> its journaled rows, when the journal was written with `header` (else none)."""
+    entries = files.open_journal(path, header) if jax.process_index() == 0 else None
+    distributed.barrier("eval-journal")
+    if entries is None:  # the other processes read what process 0 kept
+        entries = files.read_jsonl(path)[1:]
+    return {int(e["batch"]): e for e in entries}
+
+
+def params_fingerprint(params) -> str:
+    """A digest of the params' values (the sum and the sum of squares of every leaf): a
+    journal of another checkpoint's samples is not replayed."""
+    stats = jax.jit(
+        lambda p: jax.tree.map(
+            lambda x: jnp.stack(
+                [jnp.sum(x, dtype=jnp.float32), jnp.sum(jnp.square(x.astype(jnp.float32)))]
+            ),
+            p,
+        )
+    )(params)
+    values = [np.asarray(jax.device_get(x)).tolist() for x in jax.tree.leaves(stats)]
+    return hashlib.sha256(json.dumps(values).encode()).hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -572,8 +617,12 @@ def load_eval_records(cfg) -> list[dict]:
     return records
 
 
+JOURNAL = "eval_journal.jsonl"  # a running evaluation's finished batches (see `evaluate`)
+
+
 def run(cfg, workdir) -> dict:
-    """The `eval` stage: evaluate config.model.init_from on config.data.eval; returns metrics."""
+    """The `eval` stage: evaluate config.model.init_from on config.data.eval; returns metrics.
+    A killed evaluation resumes from its journal (WORKDIR/eval_journal.jsonl)."""
     workdir = pathlib.Path(workdir)
     configlib.validate(cfg)
     records = load_eval_records(cfg)
@@ -593,6 +642,16 @@ def run(cfg, workdir) -> dict:
         template,
     )
     t0 = time.perf_counter()
+    prompts = [text.apply_template(template, r["prompt"]) for r in records]
+    header = {
+        "eval": dataclasses.asdict(eval_config(cfg)),
+        "prompts_sha256": hashlib.sha256(json.dumps(prompts).encode()).hexdigest(),
+        "answers_sha256": hashlib.sha256(
+            json.dumps([r.get("answer") for r in records], default=str).encode()
+        ).hexdigest(),
+        "model": dataclasses.asdict(model_cfg),
+        "params": params_fingerprint(params),
+    }
     result = evaluate(
         model_cfg,
         params,
@@ -601,10 +660,12 @@ def run(cfg, workdir) -> dict:
         prompt_fn=lambda r: text.apply_template(template, r["prompt"]),
         cfg=eval_config(cfg),
         mesh=mesh,
+        journal=(workdir / JOURNAL, header),
     )
     result.metrics["eval_seconds"] = time.perf_counter() - t0
     if jax.process_index() == 0:
         write_result(result, workdir, "eval")
         plot_test_time_compute({"eval": result}, workdir / "test_time_compute.png")
+        (workdir / JOURNAL).unlink(missing_ok=True)  # the results hold it all now
     logging.info("evaluation of %s:\n%s", cfg.model.init_from, format_table(result.metrics))
     return result.metrics

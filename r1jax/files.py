@@ -66,3 +66,33 @@ def read_jsonl(path) -> list[dict]:
                 continue
             raise ValueError(f"{path}:{number}: malformed JSON line ({e.msg})") from e
     return rows
+
+
+def open_journal(path, header: dict) -> list[dict]:
+    """The entries of a journal (a JSONL file: `header`, then one entry a line) that a killed
+    run left, when it was written with the same header (JSON-equal); else none, with a warning.
+    The file is rewritten whole with the header and those entries (a torn last line, cut by the
+    kill, and anything after it dropped), ready for `append_journal`. One process writes it."""
+    path = pathlib.Path(path)
+    lines = path.read_bytes().split(b"\n") if path.is_file() else []
+    entries = []
+    for line in lines:
+        try:
+            entries.append(json.loads(line))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            break  # the torn tail of a killed write; everything after it is dropped too
+    header = json.loads(json.dumps(header, default=str))
+    if entries and entries[0] != header:
+        logging.warning("%s was written with other settings; starting over", path)
+        entries = []
+    body = "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in entries or [header])
+    write_atomic(path, body)
+    return entries[1:]
+
+
+def append_journal(path, entry: dict) -> None:
+    """Appends one entry to a journal and syncs it to disk (a kill after this keeps it)."""
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(entry, ensure_ascii=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())

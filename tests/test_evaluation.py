@@ -312,6 +312,60 @@ def test_eval_stage_writes_results(tiny, tmp_path):
     assert [r["completions"] for r in rows] == [r["completions"] for r in direct.samples]
 
 
+def test_a_killed_eval_stage_resumes_from_its_journal(tiny, tmp_path, monkeypatch):
+    # A killed evaluation started again from problem 0 (hours for aime24 / math500 configs).
+    folder, _, model_cfg, params, records, _ = tiny
+    if not (folder / "checkpoints").is_dir():
+        _save_run(folder, model_cfg, params)
+    data = tmp_path / "held_out.jsonl"
+    world.write_jsonl(data, records)
+    cfg = configlib.load_config(
+        os.path.join(REPO, "configs/eval.py:world"),
+        model__init_from=str(folder),
+        data__eval=str(data),
+        eval__template="world",
+        eval__num_samples=SMALL.num_samples,
+        eval__max_new_tokens=SMALL.max_new_tokens,
+        eval__prompts_per_batch=2,  # 3 batches
+        mesh__num_devices=1,
+        seed=SMALL.seed,
+    )
+    full = evaluation.run(cfg, tmp_path / "full")
+    calls, sample = [], evaluation.sample_completions
+
+    def killed_at_the_fourth_call(*args, **kwargs):  # two batches: sampled and greedy each
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        calls.append(1)
+        return sample(*args, **kwargs)
+
+    monkeypatch.setattr(evaluation, "sample_completions", killed_at_the_fourth_call)
+    with pytest.raises(KeyboardInterrupt):
+        evaluation.run(cfg, tmp_path / "killed")
+    journal = tmp_path / "killed" / evaluation.JOURNAL
+    assert len(journal.read_text().splitlines()) == 3  # the header and two batches
+    with open(journal, "a") as f:
+        f.write('{"batch": 2, "rows": [{"pro')  # and a line the kill cut short
+    calls.clear()
+    resumed = evaluation.run(cfg, tmp_path / "killed")
+    assert len(calls) == 2  # only the last batch sampled again
+    assert {k: v for k, v in resumed.items() if k != "eval_seconds"} == {
+        k: v for k, v in full.items() if k != "eval_seconds"
+    }
+    for name in ("eval_samples.jsonl",):
+        assert (tmp_path / "killed" / name).read_text() == (tmp_path / "full" / name).read_text()
+    assert not journal.exists()
+    # A journal of other params (a run trained further) is not replayed.
+    monkeypatch.setattr(evaluation, "sample_completions", killed_at_the_fourth_call)
+    calls.clear()
+    with pytest.raises(KeyboardInterrupt):
+        evaluation.run(cfg, tmp_path / "other")
+    header = json.loads((tmp_path / "other" / evaluation.JOURNAL).read_text().splitlines()[0])
+    assert header["params"] == evaluation.params_fingerprint(params)
+    bumped = jax.tree.map(lambda x: x + 1e-3, params)
+    assert evaluation.params_fingerprint(bumped) != header["params"]
+
+
 def test_eval_stage_cli_names_missing_model(tmp_path):
     data = tmp_path / "held_out.jsonl"
     world.write_jsonl(data, world.rl_prompts(WORLD, 2, seed=2, split="test"))

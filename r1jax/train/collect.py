@@ -191,7 +191,7 @@ def sample_accepted(cfg, records, *, mesh, progress=True, journal=None):
             done[b] = _judge(c, batch, texts, lengths, truncated, scores)
             done[b].update(batch=b, template=template)
             if journal and jax.process_index() == 0:
-                _append_journal(journal, done[b])
+                files.append_journal(journal, done[b])
         outcomes.append(done[b])
         bar.update(len(batch))
     bar.close()
@@ -267,31 +267,12 @@ def _journal_header(cfg, records) -> dict:
 
 def _read_journal(path, header) -> dict[int, dict]:
     """The calls a journal holds, when it was written with `header`'s settings (else none, and
-    it is started over). A torn last line (a kill mid-write) is dropped."""
-    path = pathlib.Path(path)
-    lines = path.read_bytes().split(b"\n") if path.is_file() else []
-    entries = []
-    for line in lines:
-        try:
-            entries.append(json.loads(line))
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            break  # the torn tail of a killed write; everything after it is dropped too
-    if not entries or configlib.json_form(entries[0]) != configlib.json_form(header):
-        if entries:
-            logging.warning("collect: %s was written with other settings; sampling again", path)
-        entries = []
-    if jax.process_index() == 0:  # rewritten whole: the header and the complete calls
-        body = "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in entries or [header])
-        files.write_atomic(path, body)
+    it is started over)."""
+    entries = files.open_journal(path, header) if jax.process_index() == 0 else None
     distributed.barrier("collect-journal")
-    return {int(e["batch"]): e for e in entries[1:]}
-
-
-def _append_journal(path, outcome: dict) -> None:
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(outcome, ensure_ascii=False) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    if entries is None:  # the other processes read what process 0 kept
+        entries = files.read_jsonl(path)[1:]
+    return {int(e["batch"]): e for e in entries}
 
 
 def _collection_settings(cfg) -> dict:
