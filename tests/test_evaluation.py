@@ -103,6 +103,18 @@ def test_maj_at_k_special_cases():
 # ---- vote keys and grading --------------------------------------------------------------------
 
 
+def test_maj_at_k_in_floats_equals_the_exact_count():
+    rng = np.random.RandomState(0)
+    for n, answers in ((64, 5), (128, 40)):
+        votes = [None if rng.rand() < 0.1 else str(rng.randint(answers)) for _ in range(n)]
+        correct = [v == "0" for v in votes]
+        for k in (1, 7, n // 2, n):
+            fast = evaluation.maj_at_k(votes, correct, k)
+            assert fast == pytest.approx(
+                evaluation.maj_at_k(votes, correct, k, exact=True), rel=1e-12
+            )
+
+
 def test_maj_at_k_beyond_float64_subset_counts():
     # C(1030, 515) > 1.8e308: float64 subset counts raised OverflowError here.
     votes = ["a"] * 1000 + [None] * 30
