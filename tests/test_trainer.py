@@ -450,3 +450,19 @@ def test_a_resumed_run_replaces_the_killed_runs_tensorboard_events(tmp_path):
     assert [r["loss"] for r in metrics_lib.read_jsonl(tmp_path / "metrics.jsonl")] == [
         v for _, v in want
     ]
+
+
+def test_a_save_cut_by_a_kill_is_removed_by_the_next_run_not_by_a_reader(tmp_path, shared_data):
+    # SIGTERM's save cut by a SIGKILL left checkpoints/2.orbax-checkpoint-tmp (a checkpoint's
+    # size) for good: step 2 is not saved again.
+    from r1jax import export
+
+    supervised.run(_short_cfg(train__steps=1), tmp_path / "run")
+    cut = tmp_path / "run" / "checkpoints" / "7.orbax-checkpoint-tmp"
+    (cut / "state").mkdir(parents=True)
+    (cut / "state" / "part").write_bytes(b"\0" * 1024)
+    export.export(tmp_path / "run", tmp_path / "hf")  # a reader: another run may be saving it
+    assert cut.is_dir()
+    supervised.run(_short_cfg(train__steps=2), tmp_path / "run")
+    assert not cut.exists()
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["1", "2"]

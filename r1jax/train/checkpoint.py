@@ -47,10 +47,19 @@ def _write_small_arrays_whole() -> None:
     ocp.type_handlers.register_type_handler(jax.Array, handler, override=True)
 
 
-def manager(directory: str | pathlib.Path, *, max_to_keep: int = 3) -> ocp.CheckpointManager:
-    """A checkpoint manager over DIR/checkpoints with items 'state' and (optionally) 'data'."""
+def manager(
+    directory: str | pathlib.Path, *, max_to_keep: int = 3, writer: bool = False
+) -> ocp.CheckpointManager:
+    """A checkpoint manager over DIR/checkpoints with items 'state' and (optionally) 'data'.
+
+    writer: the run that saves here; it removes the unfinished saves a kill left (a step's
+    .orbax-checkpoint-tmp folder, the size of a checkpoint, which stays when that step is not
+    saved again). Readers (export, init_from, evaluation) leave them: they may belong to a run
+    saving now."""
     _write_small_arrays_whole()
-    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=max_to_keep, create=True, cleanup_tmp_directories=writer
+    )
     return ocp.CheckpointManager(pathlib.Path(directory).absolute(), options=options)
 
 

@@ -277,7 +277,9 @@ def run(cfg, workdir) -> dict:
         shard_count=jax.process_count(),
         fixed_len=max_len if jax.process_count() > 1 else 0,
     )
-    ckpt = checkpoint.manager(workdir / "checkpoints", max_to_keep=cfg.train.keep_checkpoints)
+    ckpt = checkpoint.manager(
+        workdir / "checkpoints", max_to_keep=cfg.train.keep_checkpoints, writer=True
+    )
     restored = checkpoint.restore_latest(ckpt, state, iterator)
     if restored is not None:
         state, iterator, _ = restored

@@ -271,7 +271,7 @@ class RLRun:
             general_from_step=cfg.rl.general_from_step,
         )
         self.ckpt = checkpoint.manager(
-            self.workdir / "checkpoints", max_to_keep=cfg.train.keep_checkpoints
+            self.workdir / "checkpoints", max_to_keep=cfg.train.keep_checkpoints, writer=True
         )
         # Kept at float32 precision, as it is checkpointed, so a resumed run logs the same value.
         self.kl_coef = float(np.float32(cfg.rl.kl_coef))

@@ -394,7 +394,9 @@ def run(cfg, workdir) -> dict:
     state, shardings = trainer.init_state(model_cfg, optimizer, rng, mesh, rules, params)
     _report_truncation(cfg, records, tokenizer, workdir, rows_per_epoch=rows)
     iterator = make_batches(cfg, records, tokenizer, seed=cfg.seed)
-    ckpt = checkpoint.manager(workdir / "checkpoints", max_to_keep=cfg.train.keep_checkpoints)
+    ckpt = checkpoint.manager(
+        workdir / "checkpoints", max_to_keep=cfg.train.keep_checkpoints, writer=True
+    )
     restored = checkpoint.restore_latest(ckpt, state, iterator)
     if restored is not None:
         state, iterator, _ = restored
