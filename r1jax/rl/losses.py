@@ -44,7 +44,9 @@ def aggregate_terms(values_NxT, mask_NxT, mode, *, max_len=None):
     - "token-mean" (DAPO): sum over valid tokens / number of valid tokens;
     - "seq-mean-token-sum-norm" (Dr. GRPO): sum over sequences of token sum / max_len, over
       non-empty sequences; max_len (default T) is a constant, so long answers are not diluted.
-    Padding contributes nothing, whatever it holds.
+    Padding contributes nothing, whatever it holds. The seq-mean modes count non-empty rows: a
+    row masked out whole (rl.mask_truncated) is not in the denominator (TRL divides by every
+    row; the two differ by a factor on the whole step, not in its direction).
     """
     valid_NxT = mask_NxT > 0
     v_NxT = jnp.where(valid_NxT, values_NxT, 0.0)
