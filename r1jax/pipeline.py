@@ -155,9 +155,12 @@ def run_stages(cfg, workdir: pathlib.Path) -> dict[str, dict]:
         logging.info(
             "==== stage %d/%d: %s (%s) in %s ====", i, len(order), name, stage_cfg.stage, stage_dir
         )
+        # A stage that left files here was stopped and resumes: its seconds are only this run's.
+        resumed = stage_dir.is_dir() and any(stage_dir.iterdir())
         t0 = time.perf_counter()
         run_stage(stage_cfg, stage_dir)
         record = {"stage": stage_cfg.stage, "seconds": time.perf_counter() - t0}
+        record["resumed"] = resumed
         if jax.process_index() == 0:
             stage_dir.mkdir(parents=True, exist_ok=True)
             files.write_json(marker, record, sort_keys=False)
@@ -254,8 +257,11 @@ COLUMNS = (
 )
 
 
-def format_markdown(rows: dict[str, dict], k: int, minutes: dict[str, float]) -> str:
-    """The table as Markdown: one row per model, the headline columns, stage minutes."""
+def format_markdown(
+    rows: dict[str, dict], k: int, minutes: dict[str, float], resumed=frozenset()
+) -> str:
+    """The table as Markdown: one row per model, the headline columns, stage minutes (marked *
+    for a stage resumed after a stop: the minutes of the run that finished it)."""
     columns = [(t.format(k=k), key.format(k=k), fmt) for t, key, fmt in COLUMNS]
     lines = [
         "| stage | " + " | ".join(t for t, _, _ in columns) + " | minutes |",
@@ -264,9 +270,10 @@ def format_markdown(rows: dict[str, dict], k: int, minutes: dict[str, float]) ->
     for label, row in rows.items():
         cells = [fmt.format(row[key]) if key in row else "-" for _, key, fmt in columns]
         m = minutes.get(label)
-        lines.append(
-            f"| {label} | " + " | ".join(cells) + f" | {'-' if m is None else f'{m:.1f}'} |"
-        )
+        cell = "-" if m is None else f"{m:.1f}" + ("*" if label in resumed else "")
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {cell} |")
+    if resumed:
+        lines.append("\n\\* resumed after a stop: the minutes of the run that finished the stage")
     return "\n".join(lines) + "\n"
 
 
@@ -361,18 +368,21 @@ def write_table(cfg, workdir: pathlib.Path, done: dict[str, dict]) -> dict:
             files.write_json(path, row)
         rows[label] = row
     k = max(int(x) for x in cfg.eval.ks if x <= cfg.eval.num_samples)
-    minutes = {}
+    minutes, resumed = {}, set()
     for label, model in cfg.pipeline.table:
         name = stage_of(model)
         if name in done:
             minutes[label] = done[name]["seconds"] / 60
+            if done[name].get("resumed"):
+                resumed.add(label)
     notes = findings(rows, [tuple(c) for c in cfg.pipeline.checks])
-    body = format_markdown(rows, k, minutes)
+    body = format_markdown(rows, k, minutes, resumed)
     total = sum(d["seconds"] for d in done.values()) / 60
     summary = {
         "rows": rows,
         "order": list(rows),  # the table's row order (the keys below are sorted)
         "stage_minutes": {n: d["seconds"] / 60 for n, d in done.items()},
+        "resumed_stages": [n for n, d in done.items() if d.get("resumed")],
         "total_stage_minutes": total,
         "findings": notes,
         "eval": {

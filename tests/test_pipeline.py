@@ -349,10 +349,13 @@ def test_pipeline_skips_finished_stages_and_writes_markers(tmp_path, monkeypatch
     assert ran[1][2] == str(tmp_path / "r1_zero")
     assert ran[2][3] == str(tmp_path / "cold_start")
     assert set(done) == {"r1_zero", "cold_start", "reasoning_rl"}
+    assert not any(record["resumed"] for record in done.values())
     (tmp_path / "reasoning_rl" / pipeline.DONE).unlink()  # as if killed during the last stage
+    (tmp_path / "reasoning_rl" / "metrics.jsonl").write_text('{"step": 1}\n')
     ran.clear()
-    pipeline.run_stages(cfg, tmp_path)
+    done = pipeline.run_stages(cfg, tmp_path)
     assert [r[0] for r in ran] == ["reasoning_rl"]
+    assert done["reasoning_rl"]["resumed"] and not done["cold_start"]["resumed"]
 
 
 def test_findings_and_markdown_table():
@@ -367,6 +370,11 @@ def test_findings_and_markdown_table():
     ]
     md = pipeline.format_markdown(rows, 16, {"b": 2.5})
     assert "| a | 0.200 | 0.300 | - |" in md and md.rstrip().endswith("| 2.5 |")
+    # A resumed stage's minutes are only its last run's: marked, with a note.
+    md = pipeline.format_markdown(rows, 16, {"b": 2.5}, {"b"})
+    assert "| 2.5* |" in md and md.rstrip().endswith(
+        "the minutes of the run that finished the stage"
+    )
 
 
 def test_general_prompts_from_a_file_are_tagged_general_and_checked(tmp_path):
