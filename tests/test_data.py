@@ -296,6 +296,29 @@ def test_pretraining_trains_every_token_of_long_documents_and_resumes_inside_one
     assert rows >= sum(len(r) for r in per_doc) // (16 if pack else 1)
     if not pack:
         assert rows == sum(len(r) for r in per_doc)
+    # A position saved before documents spanned rows (no FlatMap level; each document one
+    # row) resumes where it was: here every document fits a row of 64.
+    docs = [{"text": f"doc {i} " + "one two three " * (i % 4)} for i in range(40)]
+    assert all(len(pipeline.tokenize_pretrain(r, tok, 64)) == 1 for r in docs)
+    short = pipeline.make_dataset(
+        docs, tok, kind="pretrain", seq_len=64, batch_size=2, seed=3, pack=pack
+    )
+    it = pipeline.resumable_iterator(short, "pretrain")
+    next(it)
+    state = it.get_state()
+
+    def saved_before(node):  # the same position as the old pipeline saved it
+        if "next_index_in_buffer" in node:
+            finished = node["next_index_in_buffer"] >= 1
+            return {"next_index": node["parent"]["next_index"] + finished}
+        return {**node, "parent": saved_before(node["parent"])}
+
+    resumed = pipeline.resumable_iterator(short, "pretrain")
+    resumed.set_state(saved_before(state))
+    for _ in range(3):
+        a, b = next(it), next(resumed)
+        for key in a:
+            np.testing.assert_array_equal(a[key], b[key])
     # The iterator's state resumes in the middle of a document's rows.
     it = iter(ds)
     next(it)

@@ -192,6 +192,27 @@ def make_dataset(
     )
 
 
+def resumable_iterator(ds: grain.IterDataset, kind: str) -> grain.DatasetIterator:
+    """iter(ds), whose set_state also takes a pretraining position saved before a document
+    could span rows (r1jax before 2026-12-06: no FlatMap level in the state; its next record
+    starts at its first row), so those runs resume."""
+    it = iter(ds)
+    if kind == "pretrain":
+        set_state = it.set_state
+        it.set_state = lambda state: set_state(_with_row_position(state))
+    return it
+
+
+def _with_row_position(state):
+    if not isinstance(state, dict) or "next_index_in_buffer" in state:
+        return state
+    if "next_index" in state:  # the records' own position, saved without the FlatMap's
+        return {"parent": state, "next_index_in_buffer": 0}
+    if "parent" in state:
+        return {**state, "parent": _with_row_position(state["parent"])}
+    return state
+
+
 def _rows(examples, tokenizer, seq_len: int, batch_size: int, seed: int, pack: bool):
     """Examples -> rows of seq_len: packed first-fit into batch_size bins, or one a row."""
     if not pack:

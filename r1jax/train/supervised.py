@@ -117,8 +117,8 @@ def load_records(cfg, path: str, *, generic: bool = False, required=()) -> list[
 
 
 def record_text(record: dict) -> str:
-    """The text a tokenizer is trained on: `text`, or prompt and response."""
-    if "text" in record:
+    """The text a tokenizer is trained on: `text` (unless null), or prompt and response."""
+    if record.get("text") is not None:
         return record["text"]
     return f"{record.get('prompt', '')}\n{record.get('response', '')}"
 
@@ -321,7 +321,7 @@ def make_batches(cfg, records, tokenizer, *, seed, num_epochs=None):
         num_epochs=num_epochs,
         template=cfg.data.template,
     )
-    return iter(ds)
+    return pipeline.resumable_iterator(ds, _kind(cfg))
 
 
 def _report_truncation(cfg, records, tokenizer, workdir, rows_per_epoch=None) -> None:
