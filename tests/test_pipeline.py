@@ -185,8 +185,11 @@ class _LengthScorer:
     """A reward model stand-in for routing tests: longer responses score higher (scope
     'summary': the length of the summary)."""
 
-    def __init__(self, scope="response", scale=1.0):
-        self.calls, self.scope, self.scale = [], scope, scale
+    def __init__(self, scope="response", scale=1.0, spread=2.0):
+        self.calls, self.scope, self.scale, self.spread = [], scope, scale, spread
+
+    def score_spread(self):
+        return self.spread
 
     def score(self, prompts, responses, *, opens_think):
         from r1jax.rewards import preference
@@ -230,9 +233,11 @@ def test_general_prompts_get_the_reward_models_reasoning_prompts_the_rules():
         maker._route(texts, records, rule_N, per_fn)
 
 
-def test_a_response_with_no_summary_scores_as_its_groups_worst_finished_one():
+def test_a_response_with_no_summary_scores_below_its_groups_worst_finished_one():
     # Judged as an empty reply, a response cut inside its thought scored above real answers
     # (+1.16 against -3.8 for a rude one with the tiny reward model): never finishing paid.
+    # One spread (the model's score std) below the worst finished answer of its group: tied
+    # with it, a group with one finished answer had no advantage for finishing.
     general = {"prompt": "Write a haiku.", "domain": "general"}
     opened = {**general, "prompt_opens_think": True}
     records = [general] * 3 + [opened] * 3 + [general] * 2
@@ -249,7 +254,14 @@ def test_a_response_with_no_summary_scores_as_its_groups_worst_finished_one():
     maker = _maker([("reward_model", _LengthScorer("summary"), 1.0)], group_size=3)
     zeros = np.zeros(len(texts), np.float32)
     rewards_N, out = maker._route(texts, records, zeros, {})
-    np.testing.assert_allclose(rewards_N, [25, 10, 10, 7, 7, 7, 7, 7])
+    np.testing.assert_allclose(rewards_N, [25, 10 - 2, 10, 7, 7 - 2, 7 - 2, 7 - 2, 7 - 2])
+    # A model whose run recorded no score statistics: the spread of this call's finished ones.
+    maker = _maker([("reward_model", _LengthScorer("summary", spread=None), 1.0)], group_size=3)
+    rewards_N, _ = maker._route(texts, records, zeros, {})
+    spread = np.std([25, 10, 7])
+    np.testing.assert_allclose(
+        rewards_N[[1, 4, 7]], [10 - spread, 7 - spread, 7 - spread], rtol=1e-6
+    )
     # A whole-response model judges them as they are.
     maker = _maker([("harmlessness_model", _LengthScorer("response"), 1.0)], group_size=3)
     rewards_N, _ = maker._route(texts, records, zeros, {})

@@ -291,7 +291,9 @@ def test_scorer_round_trip(rm_run):
     np.testing.assert_allclose(
         [report["score_mean"], report["score_std"]], [both.mean(), both.std()], rtol=1e-4
     )
+    assert scorer.score_spread() == report["score_std"]
     z = preference.RewardModelScorer.load(workdir, batch_size=16, normalize=True)
+    assert z.score_spread() == 1.0
     np.testing.assert_allclose(
         z.score([p["prompt"] for p in pairs], [p["chosen"] for p in pairs]),
         (chosen - report["score_mean"]) / report["score_std"],

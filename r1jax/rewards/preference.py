@@ -154,6 +154,7 @@ class RewardModelScorer:
         if normalize is not None and not normalize[1] > 0:
             raise ValueError(f"normalize needs (mean, std) with std > 0, got {normalize}")
         self.normalize = normalize  # score() returns (score - mean) / std
+        self.raw_std: float | None = None  # its scores' std on its evaluation responses
         self.model_cfg, self.tokenizer, self.template = model_cfg, tokenizer, template
         self.max_len = min(max_len or model_cfg.max_seq_len, model_cfg.max_seq_len)
         self.mesh, self.rules, self.scope = mesh, rules, scope
@@ -189,9 +190,9 @@ class RewardModelScorer:
         differences: a model's offset and scale are arbitrary)."""
         run_dir = pathlib.Path(run_dir)
         stats = None
+        report = run_dir / "rm_eval.json"
+        found = json.loads(report.read_text()) if report.is_file() else {}
         if normalize:
-            report = run_dir / "rm_eval.json"
-            found = json.loads(report.read_text()) if report.is_file() else {}
             if not (found.get("score_std") or 0) > 0:
                 raise ValueError(
                     f"{run_dir}: normalize needs the score statistics a reward_model run writes "
@@ -219,7 +220,7 @@ class RewardModelScorer:
             lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh), abstract, where
         )
         params = checkpoint.restore_params(run_dir, abstract)
-        return cls(
+        scorer = cls(
             model_cfg,
             params,
             text.load_tokenizer(run_dir),
@@ -231,6 +232,13 @@ class RewardModelScorer:
             batch_size=batch_size,
             normalize=stats,
         )
+        scorer.raw_std = found.get("score_std") or None
+        return scorer
+
+    def score_spread(self) -> float | None:
+        """The std of this scorer's scores on its evaluation responses, on the scale score()
+        returns (1 when normalized); None when its run recorded none."""
+        return 1.0 if self.normalize is not None else self.raw_std
 
     def tokenize(self, prompt: str, response: str, *, prompt_opens_think: bool = False):
         """One row's token ids as this reward model reads it (scope applied)."""

@@ -115,24 +115,25 @@ class Samples:
     per_fn: dict
 
 
-def _floor_unfinished(rm_N, idx, texts, opens, group_size: int) -> None:
+def _floor_unfinished(rm_N, idx, texts, opens, group_size: int, spread: float | None) -> None:
     """A general response with no summary to judge (cut inside its thought, or nothing after
-    </think>) scores as the lowest finished response of its group (else of the call), in place:
-    a summary-scope reward model judged it as an empty reply, often above real answers, and
-    never finishing was rewarded."""
+    </think>) scores, in place, one spread (the model's score std: 1 when normalized) below the
+    lowest finished response of its group (else of the call). A summary-scope reward model
+    judged it as an empty reply, often above real answers: never finishing was rewarded; tied
+    with the worst answer, a group with one finished answer had no advantage at all."""
     unfinished = [
         i
         for i, o in zip(idx, opens, strict=True)
         if not preference.has_summary(texts[i], prompt_opens_think=o)
     ]
-    if not unfinished:
-        return
     finished = np.setdiff1d(idx, unfinished)
+    if not unfinished or not finished.size:
+        return
+    if spread is None:  # a model with no recorded statistics: its scores in this call
+        spread = float(np.std(rm_N[finished])) if finished.size > 1 else 1.0
     for i in unfinished:
         mates = finished[finished // group_size == i // group_size]
-        pool = mates if mates.size else finished
-        if pool.size:
-            rm_N[i] = rm_N[pool].min()
+        rm_N[i] = rm_N[mates if mates.size else finished].min() - (spread or 1.0)
 
 
 class ExperienceMaker:
@@ -187,7 +188,8 @@ class ExperienceMaker:
                     opens_think=opens,
                 )
             if scorer.scope == "summary":
-                _floor_unfinished(rm_N, idx, texts, opens, self.cfg.num_samples)
+                spread = scorer.score_spread()
+                _floor_unfinished(rm_N, idx, texts, opens, self.cfg.num_samples, spread)
             per_fn[name] = rm_N
             total_N += weight * np.nan_to_num(rm_N)
         rewards_N = np.where(general_N, total_N, rewards_N)
