@@ -346,6 +346,20 @@ def test_swish_is_read_as_silu():
     "overrides, message",
     [
         ({"architectures": ["GemmaForCausalLM"]}, "unsupported architectures"),
+        # transformers' Mistral slides with its default window when the key is absent, and
+        # whatever layer_types say.
+        (
+            {"architectures": ["MistralForCausalLM"]},
+            r"sliding-window attention \(sliding_window 4096, layers \[0, 1\]\)",
+        ),
+        (
+            {
+                "architectures": ["MistralForCausalLM"],
+                "sliding_window": 8,
+                "layer_types": ["full_attention", "full_attention"],
+            },
+            r"sliding-window attention \(sliding_window 8, layers \[0, 1\]\)",
+        ),
         (
             {"architectures": ["MistralForCausalLM"], "sliding_window": 4096},
             r"sliding-window attention \(sliding_window 4096, layers \[0, 1\]\)",

@@ -34,7 +34,6 @@ _SINGLE_FILE = "model.safetensors"
 _DTYPE_NAMES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16, "float16": np.float16}
 
 
-# transformers' defaults for keys a config.json may leave out (Qwen2Config / LlamaConfig).
 # transformers' defaults, where a config.json leaves max_position_embeddings out.
 _DEFAULT_MAX_POSITIONS = {
     "Qwen2ForCausalLM": 32768,
@@ -190,10 +189,10 @@ def _yarn_from_hf(hf: dict, rope: dict, original: int, path) -> config_lib.RopeS
 def _sliding_layers(hf: dict, arch: str) -> list[int]:
     """The layers transformers runs with sliding-window attention."""
     n_layers = hf.get("num_hidden_layers")
+    if arch == "MistralForCausalLM":  # every layer slides when a window is set (absent: 4096)
+        return list(range(n_layers or 1)) if hf.get("sliding_window", 4096) is not None else []
     if isinstance(hf.get("layer_types"), list):
         return [i for i, t in enumerate(hf["layer_types"]) if t != "full_attention"]
-    if arch == "MistralForCausalLM":  # every layer slides when a window is set
-        return list(range(n_layers or 1)) if hf.get("sliding_window") is not None else []
     if arch == "Qwen2ForCausalLM" and hf.get("use_sliding_window", False):
         first = hf.get("max_window_layers", 28)  # transformers' default
         return list(range(first, n_layers)) if isinstance(first, int) else [0]
@@ -205,7 +204,7 @@ def _check_supported(hf: dict, family: str, arch: str, path) -> None:
         raise ValueError(f"{path}: unsupported hidden_act {hf['hidden_act']!r} (only silu)")
     if sliding := _sliding_layers(hf, arch):
         raise ValueError(
-            f"{path}: sliding-window attention (sliding_window {hf.get('sliding_window')}, "
+            f"{path}: sliding-window attention (sliding_window {hf.get('sliding_window', 4096)}, "
             f"layers {sliding}) is not supported"
         )
     if family == "llama" and hf.get("attention_bias", False):
