@@ -335,6 +335,10 @@ PAIRS = [
     # AoPS's boxed \textbf{(113)} (AIME solutions) and units squared.
     ("\\textbf{(113)}", "113", True),
     ("\\textbf{(113)}", "114", False),
+    ("113 \\textbf{(114)}", "113", False),  # a second number in text: a hedge
+    ("12\\text{ (13)}", "12", False),
+    ("9m^3", "9m^2", False),  # m a variable: "3m^2" is not 3 square metres
+    ("3", "3m^2", False),
     ("15 cm^2", "15\\mbox{ cm}^2", True),
     ("15", "15\\mbox{ cm}^2", True),
     ("864 inches^2", "864", True),

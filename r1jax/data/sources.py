@@ -206,17 +206,20 @@ def read_records(
     return rows
 
 
-def _text(value) -> bool:
-    return isinstance(value, str) and bool(value.strip())
+def _text(row: dict, name: str) -> bool:
+    """A string, and not blank except a pretraining `text` (corpora hold empty documents)."""
+    value = row.get(name)
+    return isinstance(value, str) and (name == "text" or bool(value.strip()))
 
 
 def _has_text_fields(where: str, row: dict, required, on_error: str, stats) -> bool:
-    """Whether the row has one of the `required` sets of non-blank string fields (a blank SFT
-    response would train EOS straight after the prompt); else raises or counts (_reject)."""
-    if not required or any(all(_text(row.get(f)) for f in names) for names in required):
+    """Whether the row has one of the `required` sets of string fields, prompt and response not
+    blank (a blank SFT response would train EOS straight after the prompt); else raises or
+    counts (_reject)."""
+    if not required or any(all(_text(row, f) for f in names) for names in required):
         return True
     names = required[-1] if row.get("text") is None and len(required) > 1 else required[0]
-    name = next(f for f in names if not _text(row.get(f)))
+    name = next(f for f in names if not _text(row, f))
     value = row.get(name)
     what = "missing" if value is None else "blank"
     if not isinstance(value, (str, type(None))):

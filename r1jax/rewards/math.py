@@ -44,11 +44,11 @@ _NUMBER = re.compile(r"^[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d{1,3}|(/\d+)?)$")
 _UNIT_TAIL = re.compile(
     r"^([-+]?[\d.,]*\d)\s*(\\%|%|°|\\text\{[^{}]*\}|\\mbox\{[^{}]*\}|[a-zA-Z]{2,}[a-zA-Z .\-/]*)$"
 )
-# A unit squared or cubed: "15\mbox{ cm}^2" (MATH-500's gold), "864 inches^2"; named units only
-# ("3 xy^2" keeps its tail).
+# A unit squared or cubed: "15\mbox{ cm}^2" (MATH-500's gold), "864 inches^2": a \text/\mbox
+# group, or a unit name of two letters or more after a space ("3m^2" keeps its variable m).
 _AREA_TAIL = re.compile(
-    r"^([-+]?[\d.,]*\d)\s*(\\text\{[^{}]*\}|\\mbox\{[^{}]*\}|(?:square\s+)?(?:[ckm]?m|in|inch"
-    r"(?:es)?|ft|feet|foot|yards?|yd|(?:centi|milli|kilo)?met(?:er|re)s?|units?))\^\{?[23]\}?$"
+    r"^([-+]?[\d.,]*\d)(\s*\\text\{[^{}]*\}|\s*\\mbox\{[^{}]*\}|\s+(?:square\s+)?(?:[ckm]m|in"
+    r"|inch(?:es)?|ft|feet|foot|yards?|yd|(?:centi|milli|kilo)?met(?:er|re)s?|units?))\^\{?[23]\}?$"
 )
 # Words that make a trailing "unit" part of the value or a second candidate ("5 million",
 # "7 or eight", "3 squared", "2 pi", "7\text{ or 8}"): such a tail is never stripped.
@@ -230,12 +230,11 @@ def _plain_unit(tail: str) -> bool:
 
 def _hedged_text(s: str) -> bool:
     """A \\text{} group that holds a number or a connective ("7\\text{ or 8}"): math-verify
-    would drop it as a unit. A group that is only a number ("\\textbf{(113)}", AoPS's way to
-    state an answer) hedges nothing."""
-    return any(
-        not (_plain_unit(group) or _LONE_NUMBER.fullmatch(group))
-        for group in _TEXT_GROUP.findall(s)
-    )
+    would drop it as a unit. An answer that is only such a group holding only a number
+    ("\\textbf{(113)}", AoPS's way to state an answer) hedges nothing."""
+    if _TEXT_WRAP.match(s.strip()) and _LONE_NUMBER.fullmatch(_TEXT_WRAP.match(s.strip())[1]):
+        return False
+    return any(not _plain_unit(group) for group in _TEXT_GROUP.findall(s))
 
 
 def _as_fraction(s: str) -> fractions.Fraction | None:
