@@ -14,6 +14,8 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
+from r1jax import files
+
 MODES = ("auto", "on", "off")
 
 # Environment variables that, set by a launcher, mean "this process is one of several".
@@ -160,3 +162,11 @@ def assert_same(value: str, what: str) -> None:
         multihost_utils.assert_equal(
             np.uint32(zlib.crc32(value.encode())), f"{what} differs between processes"
         )
+
+
+def open_journal(path, header: dict, name: str) -> list[dict]:
+    """The entries of a killed run's journal that every process replays (files.open_journal:
+    only when written with `header`): process 0 checks and rewrites it, the others read it."""
+    entries = files.open_journal(path, header) if is_primary() else None
+    barrier(name)
+    return files.read_jsonl(path)[1:] if entries is None else entries

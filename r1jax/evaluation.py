@@ -364,9 +364,9 @@ def evaluate(
 ) -> EvalResult:
     """Samples, grades and scores `records`; see the module docstring for the metrics.
 
-    journal: (path, header). Each batch's graded rows are appended there as it finishes, and a
-    rerun with the same header (settings, prompts, model) replays them instead of sampling
-    again: a killed evaluation loses at most the batch in flight, and gives the same numbers.
+    journal: (path, header). Each batch's samples are appended there as they finish, and a
+    rerun with the same header (sampling settings, prompts, model) grades them again instead of
+    sampling: a killed evaluation loses at most the batch in flight, and gives the same numbers.
 
     1. Template and tokenize every prompt (BOS first when the tokenizer has one).
     2. Per batch of prompts_per_batch prompts (padded rows keep one program per bucket): sample
@@ -381,51 +381,31 @@ def evaluate(
     rows = min(cfg.prompts_per_batch, len(records))  # the last call is padded to this many
     root = jax.random.key(cfg.seed)
     out_rows, errors = [], 0
-    done = _open_journal(*journal) if journal else {}
+    done = {}
+    if journal:
+        done = {int(e["batch"]): e for e in distributed.open_journal(*journal, "eval-journal")}
     if done:
-        logging.info("evaluate: %d batches done before; resuming", len(done))
+        logging.info("evaluate: %d batches sampled before; resuming", len(done))
     bar = tqdm.tqdm(total=len(records), desc="eval", unit="prompt", disable=not progress)
     for b, start in enumerate(range(0, len(records), cfg.prompts_per_batch)):
         batch = slice(start, start + cfg.prompts_per_batch)
-        if b in done:
-            out_rows += done[b]["rows"]
-            errors += done[b]["grading_errors"]
-            bar.update(len(records[batch]))
-            continue
         # (2)
-        common = dict(rows=rows, key=jax.random.fold_in(root, b), mesh=mesh)
-        common.update(max_new_tokens=cfg.max_new_tokens)
-        sampled = sample_completions(
-            model_cfg,
-            params,
-            tokenizer,
-            ids[batch],
-            num_samples=cfg.num_samples,
-            temperature=cfg.temperature,
-            top_p=cfg.top_p,
-            top_k=cfg.top_k,
-            **common,
-        )
-        greedy = None
-        if cfg.greedy:
-            greedy = sample_completions(
-                model_cfg, params, tokenizer, ids[batch], num_samples=1, temperature=0.0, **common
+        if b in done:
+            sampled, greedy = done[b]["sampled"], done[b]["greedy"]
+        else:
+            sampled, greedy = _sample_batch(
+                model_cfg, params, tokenizer, ids[batch], cfg, b, root, rows, mesh
             )
+            if journal and jax.process_index() == 0:
+                files.append_journal(journal[0], {"batch": b, "sampled": sampled, "greedy": greedy})
         # (3)
-        graded, batch_errors = [], 0
         for i, record in enumerate(records[batch]):
             part = slice(i * cfg.num_samples, (i + 1) * cfg.num_samples)
             texts, lengths, truncated = (x[part] for x in sampled)
             g = None if greedy is None else tuple(x[i] for x in greedy)
             row = grade_problem(record, prompts[start + i], texts, lengths, truncated, g)
-            batch_errors += len(row.pop("grading_errors"))
-            graded.append(row)
-        if journal and jax.process_index() == 0:
-            files.append_journal(
-                journal[0], {"batch": b, "rows": graded, "grading_errors": batch_errors}
-            )
-        out_rows += graded
-        errors += batch_errors
+            errors += len(row.pop("grading_errors"))
+            out_rows.append(row)
         bar.update(len(records[batch]))
     bar.close()
     if errors:
@@ -438,13 +418,28 @@ def evaluate(
     return EvalResult(metrics=metrics, curves=curves, samples=out_rows)
 
 
-def _open_journal(path, header) -> dict[int, dict]:
-    """Batch -> its journaled rows, when the journal was written with `header` (else none)."""
-    entries = files.open_journal(path, header) if jax.process_index() == 0 else None
-    distributed.barrier("eval-journal")
-    if entries is None:  # the other processes read what process 0 kept
-        entries = files.read_jsonl(path)[1:]
-    return {int(e["batch"]): e for e in entries}
+def _sample_batch(model_cfg, params, tokenizer, prompt_ids, cfg, b, root, rows, mesh):
+    """Step 2 for batch b: (texts, lengths, truncated) of its samples, and of its greedy
+    completions when cfg.greedy (else None)."""
+    common = dict(rows=rows, key=jax.random.fold_in(root, b), mesh=mesh)
+    common.update(max_new_tokens=cfg.max_new_tokens)
+    sampled = sample_completions(
+        model_cfg,
+        params,
+        tokenizer,
+        prompt_ids,
+        num_samples=cfg.num_samples,
+        temperature=cfg.temperature,
+        top_p=cfg.top_p,
+        top_k=cfg.top_k,
+        **common,
+    )
+    greedy = None
+    if cfg.greedy:
+        greedy = sample_completions(
+            model_cfg, params, tokenizer, prompt_ids, num_samples=1, temperature=0.0, **common
+        )
+    return sampled, greedy
 
 
 def params_fingerprint(params) -> str:
@@ -655,12 +650,11 @@ def run(cfg, workdir) -> dict:
     )
     t0 = time.perf_counter()
     prompts = [text.apply_template(template, r["prompt"]) for r in records]
+    sampling = dataclasses.asdict(eval_config(cfg))
+    sampling.pop("ks")  # what is computed from the samples, not how they are drawn
     header = {
-        "eval": dataclasses.asdict(eval_config(cfg)),
+        "eval": sampling,
         "prompts_sha256": hashlib.sha256(json.dumps(prompts).encode()).hexdigest(),
-        "answers_sha256": hashlib.sha256(
-            json.dumps([r.get("answer") for r in records], default=str).encode()
-        ).hexdigest(),
         "model": dataclasses.asdict(model_cfg),
         "params": params_fingerprint(params),
     }

@@ -367,15 +367,18 @@ def test_a_killed_eval_stage_resumes_from_its_journal(tiny, tmp_path, monkeypatc
     for name in ("eval_samples.jsonl",):
         assert (tmp_path / "killed" / name).read_text() == (tmp_path / "full" / name).read_text()
     assert not journal.exists()
-    # A journal of other params (a run trained further) is not replayed.
-    monkeypatch.setattr(evaluation, "sample_completions", killed_at_the_fourth_call)
+    # The journal holds samples, graded again on replay: other ks (what is computed from the
+    # samples) replay it; a journal of other params (a run trained further) is not replayed.
     calls.clear()
     with pytest.raises(KeyboardInterrupt):
         evaluation.run(cfg, tmp_path / "other")
-    header = json.loads((tmp_path / "other" / evaluation.JOURNAL).read_text().splitlines()[0])
-    assert header["params"] == evaluation.params_fingerprint(params)
+    calls.clear()
+    fewer_ks = evaluation.run(configlib.updated(cfg, eval__ks=(1, 2)), tmp_path / "other")
+    assert len(calls) == 2 and fewer_ks["pass@1"] == full["pass@1"] and "pass@4" not in fewer_ks
+    fingerprint = evaluation.params_fingerprint(params)
+    assert fingerprint == evaluation.params_fingerprint(jax.tree.map(jnp.copy, params))
     bumped = jax.tree.map(lambda x: x + 1e-3, params)
-    assert evaluation.params_fingerprint(bumped) != header["params"]
+    assert evaluation.params_fingerprint(bumped) != fingerprint
 
 
 def test_eval_stage_cli_names_missing_model(tmp_path):

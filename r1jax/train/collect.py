@@ -268,10 +268,7 @@ def _journal_header(cfg, records) -> dict:
 def _read_journal(path, header) -> dict[int, dict]:
     """The calls a journal holds, when it was written with `header`'s settings (else none, and
     it is started over)."""
-    entries = files.open_journal(path, header) if jax.process_index() == 0 else None
-    distributed.barrier("collect-journal")
-    if entries is None:  # the other processes read what process 0 kept
-        entries = files.read_jsonl(path)[1:]
+    entries = distributed.open_journal(path, header, "collect-journal")
     return {int(e["batch"]): e for e in entries}
 
 
