@@ -87,7 +87,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.mesh.fsdp = 1  # parameter-sharded data-parallel axis
     c.mesh.tensor = 1  # tensor-parallel axis
     c.mesh.num_devices = 0  # use the first N devices (0 = all of them); for tests and debugging
-    c.mesh.rules = []  # [[logical name, mesh axis or list or None], ...]; [] = r1jax defaults
+    c.mesh.rules = []  # [[logical name, mesh axis or list or None], ...]: replace those defaults
 
     c.rl = ml_collections.ConfigDict()
     c.rl.algorithm = "grpo"  # grpo | ppo

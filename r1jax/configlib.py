@@ -168,6 +168,7 @@ def validate(cfg: ml_collections.ConfigDict, *, num_devices: int | None = None) 
         _validate_rl(cfg, num_devices)
     try:
         shape = sharding.mesh_shape(cfg.mesh.to_dict(), num_devices)
+        sharding.rules_from_config(cfg.mesh.rules)
     except ValueError as e:
         raise ConfigError(str(e)) from None
     if cfg.stage == "eval":

@@ -98,13 +98,29 @@ def _process_batch_blocks(mesh: Mesh) -> dict[int, tuple[int, int]] | None:
 
 
 def rules_from_config(rules) -> tuple:
-    """Turns config rules (a list of [name, axis-or-list-or-None]) into a hashable tuple."""
-    if not rules:
-        return DEFAULT_RULES
-    out = []
-    for name, axes in rules:
-        out.append((name, tuple(axes) if isinstance(axes, list | tuple) else axes))
-    return tuple(out)
+    """The logical-axis rules: DEFAULT_RULES with the config's entries (a list of [name,
+    axis-or-list-or-None]) in place of those names' defaults. A partial list replaced the
+    whole table, and every name it left out was replicated (8x the params' memory on full
+    FSDP, silently); an unknown name or mesh axis is a ValueError naming it."""
+    names = dict(DEFAULT_RULES)
+    given = {}
+    for entry in rules or ():
+        if not isinstance(entry, list | tuple) or len(entry) != 2:
+            raise ValueError(f"config.mesh.rules: {entry!r} is not a [name, mesh axes] pair")
+        name, axes = entry
+        axes = tuple(axes) if isinstance(axes, list | tuple) else axes
+        if name not in names:
+            raise ValueError(
+                f"config.mesh.rules: unknown logical axis {name!r} (known: {sorted(names)})"
+            )
+        for axis in (axes,) if isinstance(axes, str) or axes is None else axes:
+            if axis is not None and axis not in MESH_AXES:
+                raise ValueError(
+                    f"config.mesh.rules: {name!r} -> unknown mesh axis {axis!r} "
+                    f"(mesh axes: {MESH_AXES}, or None)"
+                )
+        given[name] = axes
+    return tuple((name, given.get(name, axes)) for name, axes in DEFAULT_RULES)
 
 
 def param_shardings(logical_tree, mesh: Mesh, rules=DEFAULT_RULES, shapes=None):

@@ -335,3 +335,11 @@ def test_a_resume_with_changed_settings_is_refused_warned_or_recorded(tmp_path, 
     kept = tmp_path / "config_history" / "config_to_step_6.json"
     assert kept.read_text() == before
     assert json.loads((tmp_path / "config.json").read_text())["config"]["seed"] == 1
+
+
+def test_a_mesh_rule_naming_an_unknown_axis_stops_at_start_up(shared_data):
+    for spec in ("configs/sft.py:tiny", "configs/r1_zero.py:tiny"):
+        cfg = configlib.load_config(os.path.join(REPO, spec), mesh__num_devices=1)
+        cfg.mesh.rules = [["kv_head", None]]  # a typo was ignored and the rest replicated
+        with pytest.raises(configlib.ConfigError, match=r"config\.mesh\.rules: .*'kv_head'"):
+            configlib.validate(cfg, num_devices=1)

@@ -321,6 +321,29 @@ def test_kv_cache_sharding_follows_the_rules():
     assert tuple(model) == (None, ("data", "fsdp"), None, "tensor", None)
 
 
+def test_config_rules_replace_only_the_names_they_give():
+    # A partial list replaced the whole table: every other name (embed, vocab, ...) mapped to
+    # no mesh axis, and full FSDP held all the params on every device, silently.
+    rules = sharding.rules_from_config([["kv_heads", None], ["mlp", ["fsdp", "tensor"]]])
+    want = dict(sharding.DEFAULT_RULES, kv_heads=None, mlp=("fsdp", "tensor"))
+    assert rules == tuple(want.items()) and sharding.rules_from_config([]) == sharding.DEFAULT_RULES
+    cfg = config_lib.ModelConfig(
+        vocab_size=64, d_model=32, n_layers=1, n_heads=2, n_kv_heads=1, head_dim=16, d_ff=64
+    )
+    shapes = jax.eval_shape(functools.partial(transformer.init_params, cfg), jax.random.key(0))
+    placed = sharding.param_shardings(
+        transformer.logical_axes(cfg), _mesh((1, 8, 1)), rules, shapes=shapes
+    )
+    assert tuple(placed["embedding"].spec) == ("tensor", "fsdp")  # still split
+    for bad, match in (
+        ([["kv_head", None]], "unknown logical axis 'kv_head'"),
+        ([["embed", "model"]], "'embed' -> unknown mesh axis 'model'"),
+        ([["embed"]], "not a \\[name, mesh axes\\] pair"),
+    ):
+        with pytest.raises(ValueError, match=f"config.mesh.rules: .*{match}"):
+            sharding.rules_from_config(bad)
+
+
 def test_mesh_sizes_infer_minus_one_and_reject_bad_shapes():
     assert sharding.mesh_shape({"data": -1, "fsdp": 2, "tensor": 2}, 8) == (2, 2, 2)
     assert sharding.mesh_shape({"data": 1, "fsdp": -1}, 8) == (1, 8, 1)
