@@ -10,7 +10,7 @@ import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from r1jax import configlib, distributed, hostmem, text
+from r1jax import configlib, distributed, hostmem, sharding, text
 from r1jax.data import sources
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/<stage>.py:<variant>")
@@ -82,6 +82,7 @@ def main(argv) -> None:
         text.TokenizerError,
         FileNotFoundError,
         checkpoint.RestoreError,
+        sharding.ShardingError,
     ) as e:
         sys.exit(f"r1jax: {e}")
 

@@ -135,8 +135,13 @@ def param_shardings(logical_tree, mesh: Mesh, rules=DEFAULT_RULES, shapes=None):
     return out
 
 
+class ShardingError(ValueError):
+    """A model shape the configured mesh cannot split (the CLI prints it in one line)."""
+
+
 def check_divisible(shardings, shapes, mesh: Mesh) -> None:
-    """Raises ValueError for the first leaf whose sharded dimension the mesh axes do not divide."""
+    """Raises ShardingError for the first leaf whose sharded dimension the mesh axes do not
+    divide."""
     flat_sh = jax.tree_util.tree_flatten_with_path(shardings)[0]
     flat_shapes = jax.tree.leaves(shapes)
     if len(flat_sh) != len(flat_shapes):
@@ -148,7 +153,7 @@ def check_divisible(shardings, shapes, mesh: Mesh) -> None:
             if dim < len(leaf.shape) and leaf.shape[dim] % ways:
                 name = "/".join(str(getattr(k, "key", k)) for k in path)
                 sizes = ", ".join(f"{a}={mesh.shape[a]}" for a in axes)
-                raise ValueError(
+                raise ShardingError(
                     f"config.mesh: param {name} {tuple(leaf.shape)} cannot be split over mesh "
                     f"axes {sizes}: its dimension {dim} of size {leaf.shape[dim]} is not a "
                     f"multiple of {ways}. Choose mesh sizes that divide the model's heads, kv "

@@ -94,6 +94,19 @@ def test_cli_unknown_override_and_missing_file(tmp_path):
     )
     assert out.returncode != 0
     assert "config.data.train" in out.stderr and "missing.jsonl" in out.stderr
+    # A model the mesh cannot split: one line too (it was a 20-line traceback).
+    many = {**env, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    out = subprocess.run(
+        base + [f"--workdir={tmp_path / 'tp'}", "--config.mesh.data=1", "--config.mesh.tensor=8"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=many,
+    )
+    assert out.returncode != 0
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("r1jax: config.mesh: param ") and "not a multiple of 8" in last, last
+    assert "Traceback" not in out.stderr, out.stderr[-2000:]
 
 
 def test_malformed_row_names_file_and_line_or_is_skipped_and_counted(tmp_path):
