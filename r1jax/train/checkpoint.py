@@ -1,7 +1,9 @@
 """Orbax checkpoints: the train state (params, optimizer, step, RNG) and the data iterator."""
 
+import contextlib
 import functools
 import json
+import logging as std_logging
 import pathlib
 import re
 import time
@@ -268,14 +270,17 @@ def restore_params(directory: str | pathlib.Path, target_params, *, step: int | 
                 functools.partial(_restore_arg, elsewhere=elsewhere), abstract
             )
             try:
-                restored = mngr.restore(
-                    step,
-                    args=ocp.args.Composite(
-                        state=ocp.args.PyTreeRestore(
-                            item=abstract, restore_args=restore_args, partial_restore=True
-                        )
-                    ),
-                )
+                # The first pass's failures are expected on other devices (orbax logs each
+                # leaf's at ERROR, before the pass that works); they stay in `errors`.
+                with _quiet_logs() if not elsewhere else contextlib.nullcontext():
+                    restored = mngr.restore(
+                        step,
+                        args=ocp.args.Composite(
+                            state=ocp.args.PyTreeRestore(
+                                item=abstract, restore_args=restore_args, partial_restore=True
+                            )
+                        ),
+                    )
             except (ValueError, KeyError, TypeError) as e:
                 errors.append(e)
                 continue
@@ -291,6 +296,17 @@ def restore_params(directory: str | pathlib.Path, target_params, *, step: int | 
         if not any("sharding" in str(e) for e in errors):
             break
     raise ValueError(f"{directory} step {step}: params do not match the model config: {errors}")
+
+
+@contextlib.contextmanager
+def _quiet_logs():
+    """Python logging at ERROR and below off for the block."""
+    previous = std_logging.root.manager.disable
+    std_logging.disable(std_logging.ERROR)
+    try:
+        yield
+    finally:
+        std_logging.disable(previous)
 
 
 def _restore_arg(x, elsewhere: bool = False):
