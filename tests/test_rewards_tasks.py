@@ -99,6 +99,16 @@ def test_extract_code():
         assert tasks.extract_code(f"a\n{fence}\nx = 1\n```\nb") == "x = 1\n", fence
     assert tasks.extract_code("```python\r\nx = 1\r\ny = 2\r\n```") == "x = 1\ny = 2\n"
     assert tasks.extract_code("```python\nx = 1\n```\n```output\n1\n```") == "x = 1\n"
+    # An output block before the program: skipped whole (its closing fence is no opening one).
+    assert tasks.extract_code("```output\n1\n```\n```python\nx = 1\n```") == "x = 1\n"
+
+
+def test_extract_code_is_linear_on_a_fence_followed_by_spaces():
+    # The fence regex backtracked quadratically: 48k spaces took 21 s, before any sandbox.
+    text = "```python\nx = 1\n```\n```" + " " * 200_000 + "x"
+    start = time.monotonic()
+    assert tasks.extract_code(text) == "x = 1\n"
+    assert time.monotonic() - start < 0.5
 
 
 def test_extract_code_is_linear_on_many_unclosed_answer_tags():
