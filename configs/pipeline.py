@@ -17,7 +17,8 @@ Then every model is evaluated on the same held-out problems and general prompts:
 table.md, table.json, table.png. Override any stage field, e.g.
   --config.stages.reasoning_rl.train.steps=80 --config.stages.reasoning_rl.rl.rewards.language=1.0
 Real models: run the stage configs one by one (each has qwen2.5-1.5b and qwen2.5-7b-tpu
-variants), or build a pipeline the same way from them (`real` below).
+variants), or build a pipeline the same way from them (`stage_configs` below, with real-model
+variants and paths).
 """
 
 import ml_collections

@@ -14,10 +14,14 @@ Variants:
   HH-RLHF 0.53 (a 512-piece tokenizer and a 128-token context see little of those talks).
 - qwen2.5-1.5b: one GPU; HH-RLHF-style training pairs at a path you give (rows {"chosen",
   "rejected"} transcripts, or {"prompt", "chosen", "rejected"}), InstructGPT's RM settings
-  (lr 9e-6 cosine, batch 64, one epoch):
-    r1jax --config=configs/reward_model.py:qwen2.5-1.5b --workdir=runs/rm-1.5b \
+  (lr 9e-6 cosine, batch 64, one epoch). R1's two judges, one run each, as
+  configs/all_domain_rl.py's qwen variants read them:
+    r1jax --config=configs/reward_model.py:qwen2.5-1.5b --workdir=runs/rm-helpful-1.5b \
         --config.model.init_from=/models/Qwen2.5-1.5B-Instruct \
-        --config.data.train=/data/hh-rlhf/train.jsonl.gz
+        --config.data.train=/data/hh-rlhf/helpful-base/train.jsonl.gz
+    r1jax --config=configs/reward_model.py:qwen2.5-1.5b --workdir=runs/rm-harmless-1.5b \
+        --config.model.init_from=/models/Qwen2.5-1.5B-Instruct \
+        --config.data.train=/data/hh-rlhf/harmless-base/train.jsonl.gz
 - qwen2.5-7b-tpu: the same on a pod slice, parameters sharded (mesh fsdp):
     r1jax --config=configs/reward_model.py:qwen2.5-7b-tpu --workdir=gs://bucket/rm-7b \
         --config.model.init_from=/models/Qwen2.5-7B-Instruct \
