@@ -283,17 +283,20 @@ def _kind(cfg) -> str:
     return "pretrain" if cfg.stage == "pretrain" else "sft"
 
 
-def _steps_for_epochs(cfg, records, tokenizer):
-    """(cfg with train.steps = train.epochs passes over `records`, rows one pass fills)."""
-    rows = pipeline.rows_per_epoch(
-        records,
-        tokenizer,
+def _rows_args(cfg) -> dict:
+    """How this process's rows are made: the arguments make_dataset and rows_per_epoch share."""
+    return dict(
         kind=_kind(cfg),
         seq_len=cfg.data.seq_len,
         batch_size=cfg.data.batch_size // jax.process_count(),
         template=cfg.data.template,
         pack=cfg.data.pack,
     )
+
+
+def _steps_for_epochs(cfg, records, tokenizer):
+    """(cfg with train.steps = train.epochs passes over `records`, rows one pass fills)."""
+    rows = pipeline.rows_per_epoch(records, tokenizer, **_rows_args(cfg))
     steps = max(1, math.ceil(cfg.train.epochs * rows / cfg.data.batch_size))
     logging.info(
         "train.epochs=%g: %d records fill ~%d rows of %d tokens a pass; train.steps = %d",
@@ -311,15 +314,11 @@ def make_batches(cfg, records, tokenizer, *, seed, num_epochs=None):
     ds = pipeline.make_dataset(
         records,
         tokenizer,
-        kind=_kind(cfg),
-        seq_len=cfg.data.seq_len,
-        batch_size=cfg.data.batch_size // jax.process_count(),
         seed=seed,
         shard_index=jax.process_index(),
         shard_count=jax.process_count(),
-        pack=cfg.data.pack,
         num_epochs=num_epochs,
-        template=cfg.data.template,
+        **_rows_args(cfg),
     )
     return pipeline.resumable_iterator(ds, _kind(cfg))
 
