@@ -407,6 +407,12 @@ def _sysv_segments_of(uid):
             CORRECT,
             TESTS.replace("    assert candidate(0)", "    print('ok')\n    assert candidate(0)"),
         ),
+        # Debugging output past the 1 MiB output file: dropped (it raised inside the call).
+        (
+            "def solve(x):\n    for i in range(200_000):\n        print('step', i)\n"
+            "    return x * x + 1\n",
+            TESTS,
+        ),
         # Keyword arguments and integers past Python's 4300-digit str limit.
         (CORRECT, "def check(candidate):\n    assert candidate(x=3) == 10\n"),
         (
@@ -414,7 +420,7 @@ def _sysv_segments_of(uid):
             "def check(candidate):\n    assert candidate(5000) == 10 ** 5000\n",
         ),
     ],
-    ids=["main_block_input", "main_block_exit", "tests_print", "keyword_args", "big_int"],
+    ids=["main_block_input", "main_block_exit", "tests_print", "chatty", "keyword_args", "big_int"],
 )
 def test_correct_programs_the_reference_harness_passes_pass(program, tests):
     result = code.run_tests(program, tests, entry_point="solve", timeout_s=TIMEOUT_S)
