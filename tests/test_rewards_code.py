@@ -3,7 +3,9 @@
 import collections
 import concurrent.futures
 import ctypes
+import decimal
 import enum
+import fractions
 import json
 import os
 import random
@@ -118,6 +120,37 @@ def test_encode_decode_round_trip_and_rejects_foreign_types():
         sandbox_harness.encode([1, Sneaky()])
     with pytest.raises(ValueError):
         sandbox_harness.decode({"l": [1], "extra": 2})
+    for malformed in ({"q": [1.5, 2]}, {"r": [1, 2]}, {"dec": 1}, {"it": 3}, {"dk": [[1]]}):
+        with pytest.raises(ValueError):
+            sandbox_harness.decode(malformed)
+
+
+def test_views_iterators_fractions_cross_as_python_sees_them():
+    d = {"a": 1, "b": 2}
+    value = [
+        fractions.Fraction(3, 4),
+        decimal.Decimal("1.10"),
+        range(1, 10, 2),
+        d.keys(),
+        d.values(),
+        d.items(),
+        (i for i in [1, [2]]),
+        map(str, [1, 2]),
+    ]
+    back = sandbox_harness.decode(json.loads(json.dumps(sandbox_harness.encode(value))))
+    assert back[:3] == [fractions.Fraction(3, 4), decimal.Decimal("1.10"), range(1, 10, 2)]
+    assert str(back[1]) == "1.10" and type(back[0]) is fractions.Fraction
+    assert back[3] == {"a", "b"} and back[5] == {("a", 1), ("b", 2)}
+    assert list(back[4]) == [1, 2]
+    assert next(back[6]) == 1 and list(back[6]) == [[2]] and list(back[7]) == ["1", "2"]
+    # As in Python, a generator is not a list: comparing it with one still fails.
+    result = code.run_tests(
+        "def solve(x):\n    return (i for i in range(x))\n",
+        "def check(candidate):\n    assert candidate(2) == [0, 1]\n",
+        entry_point="solve",
+        timeout_s=TIMEOUT_S,
+    )
+    assert result.status == "failed", result
 
 
 def test_builtin_subclasses_cross_as_their_base_type():
@@ -409,7 +442,7 @@ def _sysv_segments_of(uid):
         ),
         # Debugging output past the 1 MiB output file: dropped (it raised inside the call).
         (
-            "def solve(x):\n    for i in range(200_000):\n        print('step', i)\n"
+            "def solve(x):\n    for i in range(100_000):\n        print('step', i)\n"
             "    return x * x + 1\n",
             TESTS,
         ),
@@ -419,8 +452,33 @@ def _sysv_segments_of(uid):
             "def solve(x):\n    return 10 ** x\n",
             "def check(candidate):\n    assert candidate(5000) == 10 ** 5000\n",
         ),
+        # Dict views, generators and Fractions: the tests consume or compare them as Python
+        # would (they were refused as "unsupported value type").
+        (
+            "def solve(x):\n    return {i: i * i for i in range(x)}.keys()\n",
+            "def check(candidate):\n    assert sorted(candidate(3)) == [0, 1, 2]\n",
+        ),
+        (
+            "def solve(x):\n    return (i * i for i in range(x))\n",
+            "def check(candidate):\n    assert list(candidate(3)) == [0, 1, 4]\n",
+        ),
+        (
+            "from fractions import Fraction\ndef solve(x):\n    return Fraction(1, x)\n",
+            "from fractions import Fraction\n"
+            "def check(candidate):\n    assert candidate(3) == Fraction(1, 3)\n",
+        ),
     ],
-    ids=["main_block_input", "main_block_exit", "tests_print", "chatty", "keyword_args", "big_int"],
+    ids=[
+        "main_block_input",
+        "main_block_exit",
+        "tests_print",
+        "chatty",
+        "keyword_args",
+        "big_int",
+        "dict_keys",
+        "generator",
+        "fraction",
+    ],
 )
 def test_correct_programs_the_reference_harness_passes_pass(program, tests):
     result = code.run_tests(program, tests, entry_point="solve", timeout_s=TIMEOUT_S)

@@ -13,7 +13,10 @@ non-dumpable first, so P still cannot ptrace H or open its memory or file descri
 """
 
 import builtins
+import collections.abc
 import ctypes
+import decimal
+import fractions
 import json
 import math
 import os
@@ -47,6 +50,8 @@ def encode(value, depth=0):
     Subclasses of the builtin types (Counter, OrderedDict, defaultdict, namedtuple, IntEnum,
     str subclasses) cross as their builtin base, as a test comparing with == sees them; this
     runs in P (untrusted) when P answers, and H's `decode` accepts only the tagged tree anyway.
+    Fraction, Decimal, range, dict views and iterators cross too: tests compare or consume them
+    (`sorted(candidate(d))` of a `d.keys()`, `list(...)` of a generator).
     """
     if depth > 100:
         raise ValueError("value nested too deeply")
@@ -68,7 +73,24 @@ def encode(value, depth=0):
     if isinstance(value, dict):
         items = dict.items(value)
         return {"d": [[encode(k, depth + 1), encode(v, depth + 1)] for k, v in items]}
+    if isinstance(value, fractions.Fraction):
+        return {"q": [int(value.numerator), int(value.denominator)]}
+    if isinstance(value, decimal.Decimal):
+        return {"dec": str(value)}
+    if isinstance(value, range):
+        return {"r": [value.start, value.stop, value.step]}
+    for view, tag in _VIEWS:
+        if isinstance(value, view):
+            pairs = tag == "di"
+            return {tag: [encode(list(v) if pairs else v, depth + 1) for v in value]}
+    if isinstance(value, collections.abc.Iterator):
+        # A generator, map, zip, ... crosses as the values it yields, read now in P; the tests
+        # get an iterator over them, so list()/sorted()/next() see what they would have seen.
+        return {"it": [encode(v, depth + 1) for v in value]}
     raise TypeError(f"unsupported value type {type(value).__name__}")
+
+
+_VIEWS = ((type({}.keys()), "dk"), (type({}.values()), "dv"), (type({}.items()), "di"))
 
 
 def decode(tree):
@@ -88,6 +110,23 @@ def decode(tree):
         return bytes.fromhex(body)
     if tag == "d":
         return {decode(k): decode(v) for k, v in body}
+    if tag == "dec":
+        if type(body) is not str:
+            raise ValueError("malformed decimal")
+        return decimal.Decimal(body)
+    if tag in ("q", "r"):
+        if type(body) is not list or [type(v) for v in body] != [int] * (2 if tag == "q" else 3):
+            raise ValueError("malformed fraction or range")
+        return fractions.Fraction(*body) if tag == "q" else range(*body)
+    if tag in ("dk", "dv", "di", "it"):
+        if type(body) is not list:
+            raise ValueError("malformed view or iterator")
+        values = [decode(v) for v in body]
+        if tag == "dk":
+            return dict.fromkeys(values).keys()
+        if tag == "dv":
+            return dict(enumerate(values)).values()
+        return dict(values).items() if tag == "di" else iter(values)
     makers = {"l": list, "t": tuple, "s": set, "fs": frozenset}
     if tag not in makers or type(body) is not list:
         raise ValueError("malformed value")
