@@ -380,7 +380,7 @@ def evaluate(
     ids = [encode_prompt(tokenizer, p) for p in prompts]
     rows = min(cfg.prompts_per_batch, len(records))  # the last call is padded to this many
     root = jax.random.key(cfg.seed)
-    out_rows, errors = [], 0
+    out_rows, errors, first_error = [], 0, None
     done = {}
     if journal:
         done = {int(e["batch"]): e for e in distributed.open_journal(*journal, "eval-journal")}
@@ -404,12 +404,16 @@ def evaluate(
             texts, lengths, truncated = (x[part] for x in sampled)
             g = None if greedy is None else tuple(x[i] for x in greedy)
             row = grade_problem(record, prompts[start + i], texts, lengths, truncated, g)
-            errors += len(row.pop("grading_errors"))
+            row_errors = row.pop("grading_errors")
+            errors += len(row_errors)
+            first_error = first_error or (row_errors[0] if row_errors else None)
             out_rows.append(row)
         bar.update(len(records[batch]))
     bar.close()
     if errors:
-        logging.warning("evaluate: %d grader calls raised and scored 0", errors)
+        logging.warning(
+            "evaluate: %d grader calls raised and scored 0; the first: %s", errors, first_error
+        )
     # (4)
     metrics, curves = summarize(out_rows, ks)
     for kind in sorted({r["kind"] for r in out_rows if "kind" in r}):

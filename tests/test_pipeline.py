@@ -73,6 +73,15 @@ def test_rejection_reasons_name_the_first_failed_check():
     assert collect.ngram_repeats("乘4得1乘4得1", 4) == 2  # CJK characters are words
 
 
+def test_a_grader_that_raises_rejects_the_sample_instead_of_stopping_collection(monkeypatch):
+    # A resumed collection would sample the same call and raise again: it could never finish.
+    def broken(completion, record):
+        raise RuntimeError("grader bug")
+
+    monkeypatch.setitem(collect.tasks.TASKS, "world", broken)
+    assert collect.rejection_reason(GOOD, RECORD, 20, False, _collect_cfg()) == "grading_error"
+
+
 def test_a_prompt_cut_to_max_len_keeps_its_bos():
     class Words:
         bos_id = 2

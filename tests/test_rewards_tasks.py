@@ -2,11 +2,13 @@
 
 import concurrent.futures
 import json
+import logging
+import sys
 import time
 
 import pytest
 
-from r1jax.rewards import tasks
+from r1jax.rewards import code, registry, tasks
 
 
 def _countdown(answer, numbers, target):
@@ -144,3 +146,22 @@ def test_humaneval_empty_wrong_and_whole_function_answers(shared_data):
         assert tasks.accuracy("", record) == 0.0
         assert tasks.accuracy("    pass\n", record) == 0.0
         assert tasks.accuracy("    return []\n", record) == 0.0
+
+
+def test_a_sandbox_without_a_verdict_raises_instead_of_scoring_a_failure(
+    shared_data, monkeypatch, caplog
+):
+    # A harness that dies without its verdict is the sandbox's failure, not the program's: the
+    # grader raises, so the reward pool and evaluation count and log it (it read as a 0).
+    record = tasks.humaneval_records(shared_data / "HumanEval.jsonl.gz")[0]
+    silent = [sys.executable, "-c", "import sys; sys.stdin.read()"]
+    monkeypatch.setattr(code, "_command", lambda mode, uid, limits: silent)
+    completion = "    return False\n"
+    with pytest.raises(code.SandboxError, match="no verdict"):
+        tasks.accuracy(completion, record)
+    with registry.RewardPool({"accuracy": 1.0}, num_workers=0, timeout_s=10.0) as pool:
+        with caplog.at_level(logging.WARNING):
+            _, values, metrics = pool.score([completion] * 2, [record] * 2)
+    assert metrics["rewards/crashes/accuracy"] == 2.0 and values["accuracy"].tolist() == [0, 0]
+    logged = [r.getMessage() for r in caplog.records if "raised and scored 0" in r.getMessage()]
+    assert len(logged) == 1 and "SandboxError" in logged[0] and "no verdict" in logged[0]

@@ -47,6 +47,10 @@ class SandboxUnavailable(RuntimeError):
     """No isolation mode this process can use for untrusted programs."""
 
 
+class SandboxError(RuntimeError):
+    """A run ended without the harness's verdict (`TestResult.status` "sandbox_error")."""
+
+
 def _is_root() -> bool:
     return os.geteuid() == 0
 

@@ -214,6 +214,7 @@ class RewardPool:
         self.num_workers = int(num_workers)
         self._workers = [_Worker() for _ in range(self.num_workers)]
         self._restarts = 0
+        self._logged = set()  # (reward, exception type) pairs already logged
 
     def __enter__(self):
         return self
@@ -252,7 +253,7 @@ class RewardPool:
         for i, (completion, record) in enumerate(zip(completions, records, strict=True)):
             for name, value, error in score_item(self.names, completion, record):
                 values[name][i] = value
-                counts[f"crashes/{name}"] += error is not None
+                self._count_error(name, error, counts)
 
     def _score_in_workers(self, completions, records, values, counts):
         pending = [(i, list(self.names)) for i in range(len(completions))][::-1]
@@ -299,11 +300,27 @@ class RewardPool:
             return
         index, name, value, error = message
         values[name][index] = value
-        counts[f"crashes/{name}"] += error is not None
+        self._count_error(name, error, counts)
         remaining = worker.task[1][1:]
         worker.task = (index, remaining) if remaining else None
         if remaining:
             worker.deadline = self._deadline(remaining[0], records[index])
+
+    def _count_error(self, name, error, counts):
+        """Count a reward that raised; log the first error of each kind (the metrics count all)."""
+        if error is None:
+            return
+        counts[f"crashes/{name}"] += 1
+        kind = (name, error.split(":", 1)[0])
+        if kind not in self._logged:
+            self._logged.add(kind)
+            logging.warning(
+                "reward %r raised and scored 0 (counted in rewards/crashes/%s; each kind of "
+                "error is logged once): %s",
+                name,
+                name,
+                error,
+            )
 
     def _replace(self, slot, reason, counts, pending):
         """The function being scored gets 0 and a count; the item's other functions are requeued."""

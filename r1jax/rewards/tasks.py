@@ -121,7 +121,10 @@ def humaneval_program(completion: str, record: dict) -> str:
 
 
 def humaneval(completion: str, record: dict) -> float:
-    """1.0 when the program passes the record's HumanEval `check` in the sandbox."""
+    """1.0 when the program passes the record's HumanEval `check` in the sandbox.
+
+    A run without the harness's verdict raises code.SandboxError (the callers score it 0 and
+    count and log it): a broken sandbox must not read as programs that fail."""
     result = code.run_tests(
         humaneval_program(completion, record),
         record["test"],
@@ -130,6 +133,8 @@ def humaneval(completion: str, record: dict) -> float:
         timeout_s=float(record.get("timeout_s", CODE_TIMEOUT_S)),
         memory_mb=int(record.get("memory_mb", 512)),
     )
+    if result.status == "sandbox_error":
+        raise code.SandboxError(result.detail)
     return float(result.passed)
 
 

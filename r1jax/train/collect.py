@@ -60,9 +60,14 @@ def ngram_repeats(completion: str, n: int = 16) -> int:
     return max(grams.values(), default=0)
 
 
+_LOGGED_ERRORS: set[str] = set()
+
+
 def rejection_reason(completion: str, record: dict, length: int, truncated: bool, c) -> str | None:
     """The first check `completion` fails ('truncated', 'length', 'format', 'incorrect',
-    'language', 'repetition'), or None when it is accepted. `c` is config.collect."""
+    'grading_error', 'language', 'repetition'), or None when it is accepted. `c` is
+    config.collect. A grader that raises rejects the completion (logged once per kind of error)
+    rather than stopping the collection: a resumed run would sample and raise again."""
     if truncated:
         return "truncated"
     if length < c.min_tokens or (c.max_tokens and length > c.max_tokens):
@@ -73,8 +78,17 @@ def rejection_reason(completion: str, record: dict, length: int, truncated: bool
         return "format"
     if c.require_format and registry.format_strict(completion, record) < 1.0:
         return "format"
-    if c.require_correct and tasks.accuracy(completion, record) < 0.5:
-        return "incorrect"
+    if c.require_correct:
+        try:
+            correct = tasks.accuracy(completion, record) >= 0.5
+        except Exception as exc:  # noqa: BLE001 - one grader failure must not stop a collection
+            error = f"{type(exc).__name__}: {exc}"[:300]
+            if type(exc).__name__ not in _LOGGED_ERRORS:
+                _LOGGED_ERRORS.add(type(exc).__name__)
+                logging.warning("collect: a grader raised (logged once per kind): %s", error)
+            return "grading_error"
+        if not correct:
+            return "incorrect"
     if c.min_language_consistency > 0:
         if language_reward.consistency(full, language_of(record)) < c.min_language_consistency:
             return "language"
