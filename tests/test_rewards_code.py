@@ -6,6 +6,7 @@ import ctypes
 import decimal
 import enum
 import fractions
+import glob
 import json
 import os
 import random
@@ -13,6 +14,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 
@@ -554,6 +556,7 @@ def test_program_sees_python_but_no_other_host_file():
 
 _WORKER = """
 import sys
+import tempfile
 from r1jax.rewards import code
 code.secrets.randbelow = lambda n: int(sys.argv[1])  # the test knows the run's uid
 code.run_tests("import time\\ntime.sleep(100)\\n", "pass", timeout_s=60.0)
@@ -580,6 +583,7 @@ def test_sandbox_stops_when_the_process_that_started_it_dies():
         time.sleep(0.05)
     left = code.processes_of_uid(uid)
     code.kill_uid(uid)
+    code.remove_workdirs_of(worker.pid)  # as a reward pool does for the workers it kills
     assert left == []
 
 
@@ -600,6 +604,7 @@ def solve(x):
 """
 _BUSY_WORKER = """
 import sys
+import tempfile
 from r1jax.rewards import code
 code.secrets.randbelow = lambda n: int(sys.argv[1])
 code.run_tests(sys.argv[2], "def check(c):\\n    assert c(3) == 10\\n", entry_point="solve",
@@ -650,6 +655,7 @@ def test_sandbox_dies_with_its_starter_even_while_the_harness_is_busy():
             os.kill(pid, 9)
         except ProcessLookupError:
             pass
+    code.remove_workdirs_of(worker.pid)
     assert left == []
 
 
@@ -757,3 +763,20 @@ def test_the_pool_waits_for_a_code_run_as_long_as_its_own_limit():
         total, _, metrics = pool.score([slow], [record])
     assert total.tolist() == [1.0]
     assert metrics["rewards/timeouts/accuracy"] == 0 and metrics["rewards/worker_restarts"] == 0
+
+
+def sleep_in_the_sandbox(completion, record):
+    """A reward whose code run outlasts the pool's timeout (the pool kills its worker)."""
+    return float(code.run_tests("import time\ntime.sleep(30)\n", "", timeout_s=20.0).passed)
+
+
+def test_a_worker_killed_mid_run_leaves_no_work_dir():
+    from r1jax.rewards import registry
+
+    name = "test_rewards_code:sleep_in_the_sandbox"
+    with registry.RewardPool({name: 1.0}, num_workers=1, timeout_s=1.0) as pool:
+        pid = pool._workers[0].proc.pid
+        pattern = os.path.join(tempfile.gettempdir(), f"{code.WORKDIR_PREFIX}{pid}-*")
+        _, _, metrics = pool.score(["x"], [{"prompt": "p"}])
+        assert metrics[f"rewards/timeouts/{name}"] == 1.0
+        assert glob.glob(pattern) == []

@@ -18,6 +18,7 @@ between the program and the user's files and network; R1JAX_SANDBOX=rlimits acce
 import ctypes
 import dataclasses
 import functools
+import glob
 import json
 import math
 import os
@@ -41,6 +42,9 @@ OUTPUT_FILE_BYTES = 1 << 20
 MAX_PROCESSES = 16
 MAX_OPEN_FILES = 64
 _PR_SET_PDEATHSIG = 1
+
+
+WORKDIR_PREFIX = "r1jax-sandbox-"  # then the starting process's pid
 
 
 class SandboxUnavailable(RuntimeError):
@@ -237,7 +241,7 @@ def run_tests(
     nonce = secrets.token_hex(16)
     request = {"program": program, "tests": tests, "entry_point": entry_point, "prelude": prelude}
     request.update(nonce=nonce, timeout_s=timeout_s)
-    workdir = tempfile.mkdtemp(prefix="r1jax-sandbox-")
+    workdir = tempfile.mkdtemp(prefix=f"{WORKDIR_PREFIX}{os.getpid()}-")
     os.chmod(workdir, 0o777)
     start = time.monotonic()
     proc = subprocess.Popen(
@@ -275,6 +279,13 @@ def run_tests(
         stderr=str(verdict.get("stderr", "")),
         uid=uid if uid >= 0 else os.getuid(),
     )
+
+
+def remove_workdirs_of(pid: int) -> None:
+    """Remove the work dirs of runs started by process `pid`, which is dead (a reward worker
+    killed on its timeout never reaches its runs' clean-up)."""
+    for path in glob.glob(os.path.join(tempfile.gettempdir(), f"{WORKDIR_PREFIX}{pid}-*")):
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the forked child

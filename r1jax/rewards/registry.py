@@ -200,6 +200,7 @@ class _Worker:
         self.proc.wait()
         self.requests.close()
         self.replies.close()
+        code.remove_workdirs_of(self.proc.pid)  # a code run it was in never cleaned up
 
 
 class RewardPool:
