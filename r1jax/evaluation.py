@@ -240,12 +240,13 @@ def encode_prompt(tokenizer, prompt: str) -> list[int]:
 
 
 def sample_completions(
-    model_cfg, params, tokenizer, prompt_ids, *, rows, key, mesh, num_samples, **kw
+    model_cfg, params, tokenizer, prompt_ids, *, rows, key, mesh, num_samples, rules=None, **kw
 ):
     """Texts (stop token dropped), lengths (stop token counted) and truncation of each row.
 
     `prompt_ids` (at most `rows` prompts) are padded to `rows` so one program serves every
     batch of a run; samples of one prompt are adjacent. `kw` are sampler.generate's options.
+    `rules` lay out the KV cache on the mesh (the run's config.mesh.rules, as its params).
     """
     bucket = sampler.prompt_bucket(max(map(len, prompt_ids)))
     tokens_NxP, lens_N = sampler.pad_prompts(prompt_ids, bucket, rows, tokenizer.pad_id)
@@ -256,7 +257,9 @@ def sample_completions(
         )
         out = {name: np.asarray(x) for name, x in vars(out).items()}
     else:
-        out = sampler.generate_local(model_cfg, params, tokens_NxP, lens_N, key, mesh=mesh, **kw)
+        out = sampler.generate_local(
+            model_cfg, params, tokens_NxP, lens_N, key, mesh=mesh, rules=rules, **kw
+        )
     keep = len(prompt_ids) * num_samples
     tokens, lengths, stopped = (out[name][:keep] for name in ("tokens", "lengths", "stopped"))
     texts = [tokenizer.decode(row[: n - s]) for row, n, s in zip(tokens, lengths, stopped)]
@@ -359,6 +362,7 @@ def evaluate(
     prompt_fn,
     cfg: EvalConfig,
     mesh=None,
+    rules=None,
     progress: bool = True,
     journal: tuple[pathlib.Path, dict] | None = None,
 ) -> EvalResult:
@@ -394,7 +398,7 @@ def evaluate(
             sampled, greedy = done[b]["sampled"], done[b]["greedy"]
         else:
             sampled, greedy = _sample_batch(
-                model_cfg, params, tokenizer, ids[batch], cfg, b, root, rows, mesh
+                model_cfg, params, tokenizer, ids[batch], cfg, b, root, rows, (mesh, rules)
             )
             if journal and jax.process_index() == 0:
                 files.append_journal(journal[0], {"batch": b, "sampled": sampled, "greedy": greedy})
@@ -422,10 +426,11 @@ def evaluate(
     return EvalResult(metrics=metrics, curves=curves, samples=out_rows)
 
 
-def _sample_batch(model_cfg, params, tokenizer, prompt_ids, cfg, b, root, rows, mesh):
+def _sample_batch(model_cfg, params, tokenizer, prompt_ids, cfg, b, root, rows, layout):
     """Step 2 for batch b: (texts, lengths, truncated) of its samples, and of its greedy
-    completions when cfg.greedy (else None)."""
-    common = dict(rows=rows, key=jax.random.fold_in(root, b), mesh=mesh)
+    completions when cfg.greedy (else None). `layout` is (mesh, rules)."""
+    mesh, rules = layout
+    common = dict(rows=rows, key=jax.random.fold_in(root, b), mesh=mesh, rules=rules)
     common.update(max_new_tokens=cfg.max_new_tokens)
     sampled = sample_completions(
         model_cfg,
@@ -670,6 +675,7 @@ def run(cfg, workdir) -> dict:
         prompt_fn=lambda r: text.apply_template(template, r["prompt"]),
         cfg=eval_config(cfg),
         mesh=mesh,
+        rules=rules,
         journal=(workdir / JOURNAL, header),
     )
     result.metrics["eval_seconds"] = time.perf_counter() - t0

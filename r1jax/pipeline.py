@@ -192,6 +192,7 @@ def general_metrics(cfg, model_cfg, params, tokenizer, scorer, records, *, mesh)
             rows=min(cfg.eval.prompts_per_batch, len(ids)),
             key=jax.random.fold_in(root, b),
             mesh=mesh,
+            rules=sharding.rules_from_config(cfg.mesh.rules),
             num_samples=e.general_samples,
             max_new_tokens=cfg.eval.max_new_tokens,
             temperature=cfg.eval.temperature,

@@ -16,7 +16,7 @@ import numpy as np
 import optax
 import pytest
 
-from r1jax import configlib, evaluation, sharding, text
+from r1jax import configlib, evaluation, sampler, sharding, text
 from r1jax.data import world
 from r1jax.model import config as config_lib
 from r1jax.model import transformer as tf
@@ -236,6 +236,21 @@ def tiny(tmp_path_factory):
 
 def _world_prompt(record):
     return text.apply_template("world", record["prompt"])
+
+
+def test_evaluation_samples_with_the_runs_mesh_rules(tiny, monkeypatch):
+    # The KV cache is laid out by config.mesh.rules, as the params are (it used the defaults).
+    _, tok, model_cfg, params, records, mesh = tiny
+    rules = sharding.rules_from_config([["kv_heads", None]])
+    seen, real = [], sampler.generate_padded
+    monkeypatch.setattr(
+        sampler, "generate_padded", lambda *a, **kw: seen.append(kw["rules"]) or real(*a, **kw)
+    )
+    evaluation.evaluate(
+        model_cfg, params, tok, records[:2], prompt_fn=_world_prompt, cfg=SMALL, mesh=mesh,
+        rules=rules, progress=False,
+    )  # fmt: skip
+    assert seen and all(r == rules for r in seen)
 
 
 def test_evaluate_end_to_end_is_deterministic(tiny):

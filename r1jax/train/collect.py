@@ -196,6 +196,7 @@ def sample_accepted(cfg, records, *, mesh, progress=True, journal=None):
                 rows=rows_per_call,
                 key=jax.random.fold_in(root, b),
                 mesh=mesh,
+                rules=rules,
                 num_samples=c.num_samples,
                 max_new_tokens=c.max_new_tokens,
                 temperature=c.temperature,

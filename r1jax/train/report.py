@@ -14,7 +14,7 @@ import time
 import jax
 from absl import logging
 
-from r1jax import evaluation, files, text
+from r1jax import evaluation, files, sharding, text
 from r1jax.model import config as model_config
 from r1jax.train import metrics as metrics_lib
 
@@ -89,6 +89,7 @@ class Evaluator:
             prompt_fn=self.prompt_fn,
             cfg=eval_cfg,
             mesh=self.mesh,
+            rules=sharding.rules_from_config(self.cfg.mesh.rules),
             progress=not quick,
         )
         logging.info(
