@@ -290,9 +290,9 @@ def grade_problem(record: dict, prompt: str, texts, lengths, truncated, greedy=N
     }
     if "kind" in record:
         row["kind"] = record["kind"]
-    if record.get("language") in language_reward.LANGUAGES:  # of the thoughts, when there are any
+    if language_reward.normalize(record.get("language")):  # of the thoughts, when there are any
         row["language"] = [
-            language_reward.consistency(t, record["language"]) if thinks else None
+            registry.language(t, record) if thinks else None
             for t, thinks in zip(texts, row["reasoning"], strict=True)
         ]
     if greedy is not None:

@@ -2,7 +2,8 @@
 
 import pytest
 
-from r1jax.rewards import language
+from r1jax.data import sources
+from r1jax.rewards import language, registry
 
 
 def test_word_counts_by_script():
@@ -30,6 +31,27 @@ CASES = [
     # Japanese writes kanji beside kana: both count for "ja", only kanji for "zh"
     ("<think>これは日本語です</think>", "ja", 1.0),
     ("<think>これは日本語です</think>", "zh", 3 / 8),
+    # ... but a sentence of ideographs alone is Chinese, also for a Japanese target.
+    ("<think>我们需要计算三加四，结果是七。</think>", "ja", 0.0),
+    ("<think>これは日本語です。三加四等于七。</think>", "ja", 8 / 14),
+    # A fence hides code only: one unclosed ``` or prose in a closed fence hid the rest of a
+    # mixed thought (0.010 -> 1.0 by adding ```).
+    ("<think>我们来算。``` Let me add these numbers</think><answer>5</answer>", "zh", 4 / 9),
+    ("<think>我们来算。\n```\nLet me add these numbers.\n```\n</think>", "zh", 4 / 9),
+    ("<think>我们来算。\n```text\nLet me add these numbers.\n```\n</think>", "zh", 4 / 9),
+    ("<think>我们来算。\n```cpp\nLet me add these numbers.\n```\n</think>", "zh", 4 / 9),
+    ("<think>算。\n```cpp\nint x = 1;  // add it\n```\n</think>", "zh", 1 / 3),
+    ("<think>算。\n```python\n# add it\n'then check'\nx = 1\n```\n</think>", "zh", 1 / 5),
+    # Points, segments and function names are math, not English; so is inline code.
+    ("<think>在三角形ABC中，AB=AC，求角BAC。由 sin 和 gcd 得</think>", "zh", 1.0),
+    ("<think>我们调用 `numpy.linalg.solve` 函数求解。</think>", "zh", 1.0),
+    # The tags are not words: an answer without a thought has no thought's words.
+    ("<answer>5</answer>", "en", 0.0),
+    ("<think>2+3=5</think><answer>5</answer>", "en", 0.0),
+    ("Add them. <answer>5</answer>", "en", 1.0),
+    # Full-width Latin is Latin (NFKC); Arabic digits and punctuation are no words.
+    ("<think>ＡＢＣ是 Ｈｅｌｌｏ</think>", "en", 1 / 2),
+    ("<think>We add ١٢ ، then stop</think>", "en", 1.0),
 ]
 
 
@@ -41,6 +63,26 @@ def test_consistency(text, target, expected):
 def test_consistency_rejects_unknown_language():
     with pytest.raises(ValueError):
         language.consistency("hello", "xx")
+
+
+def test_record_language_codes():
+    codes = ("zh-CN", "ZH", "en_US", "ja")
+    assert [language.normalize(c) for c in codes] == ["zh", "zh", "en", "ja"]
+    assert [language.normalize(c) for c in ("fr", "English", None, 3)] == [None] * 4
+    # A record's unknown code stops the run up front (every completion raised and scored 0).
+    records = [{"prompt": "Quelle est la somme ?", "language": "fr"}]
+    with pytest.raises(sources.DataError, match="record 1: unknown language 'fr'"):
+        registry.check_records(["language"], records, "prompts.jsonl")
+    record = {"prompt": "3 加 4", "language": "zh-CN"}
+    assert registry.language("<think>三加四</think><answer>7</answer>", record) == 1.0
+
+
+def test_language_reward_reads_the_thought_the_prompt_opened():
+    # The prompt ends in <think>: a <think> block written later (here inside the answer) is not
+    # the thought; the English before </think> is.
+    record = {"prompt": "3 加 4", "language": "zh", "prompt_opens_think": True}
+    completion = "Three plus four is seven.</think><answer>7 <think>五</think></answer>"
+    assert registry.language(completion, record) == 0.0
 
 
 @pytest.mark.parametrize(

@@ -1,47 +1,158 @@
-"""Language consistency (R1): share of chain-of-thought words in the target language, by script."""
+"""Language consistency (R1): share of chain-of-thought words in the target language, by script.
 
+R1 (§2.3.2) computes the reward "as the proportion of target language words in the CoT". Words
+are told apart by script here: a run of Latin letters is one word (every Latin-script language
+counts as "en"); each CJK ideograph, kana or Hangul syllable is one word (those scripts have no
+spaces between words). What is not prose of any language is left out, so that reasoning about
+math or code in Chinese is Chinese:
+- LaTeX command names (\\frac, \\sqrt, \\text) and single letters (x, n: variables);
+- short all-capital runs (ABC, AB: points and segments) and math function names (sin, gcd);
+- inline code without spaces (`numpy.linalg.solve`);
+- closed code fences that hold code: Python that parses, or lines of code punctuation; their
+  comments count as prose. A fence that is never closed, or holds prose (```text, or English
+  that does not parse), counts as prose: one ``` must not hide a thought's mixed language.
+The text is NFKC-normalized first (full-width Latin is Latin, half-width kana are kana).
+"""
+
+import ast
 import re
+import unicodedata
+import warnings
 
 from r1jax.rewards import format as format_reward
 
-# Script-based words: a run of Latin letters is one word; each CJK ideograph, kana or Hangul
-# syllable counts as one word (Chinese has no spaces, and R1 counts characters there).
 _SCRIPTS = {
     # Latin letters with accents; not the multiplication and division signs (U+00D7, U+00F7).
     "en": re.compile(r"[A-Za-z\u00c0-\u00d6\u00d8-\u00f6\u00f8-\u024f]+"),
-    "zh": re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]"),
-    "ja": re.compile(r"[\u3040-\u30ff]"),
+    # CJK ideographs: extension A, the unified block, compatibility, extensions B-F.
+    "zh": re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002ebef]"),
+    "ja": re.compile(r"[\u3040-\u309f\u30a1-\u30fa\u30fc-\u30ff]"),  # kana (not the ・ dot)
     "ko": re.compile(r"[\uac00-\ud7af]"),
     "ru": re.compile(r"[\u0400-\u04ff]+"),
-    "ar": re.compile(r"[\u0600-\u06ff]+"),
+    # Arabic letters (not its digits or punctuation: ١٢ ، ؟).
+    "ar": re.compile(r"[\u0620-\u064a\u066e-\u066f\u0671-\u06d3\u06d5\u06fa-\u06fc\u06ff]+"),
 }
 LANGUAGES = tuple(_SCRIPTS)
-# Single Latin letters are mostly math variables ("let x be"), not English words.
-_MATH_VARIABLE = re.compile(r"^[A-Za-z]$")
-# Not words of any language: LaTeX command names (\frac, \sqrt, \cdot) and fenced code.
-_NOT_PROSE = re.compile(r"\\[A-Za-z]+|```.*?(?:```|$)", re.DOTALL)
+# Latin runs that are math, not English: one letter (a variable), up to 4 capitals (triangle
+# ABC, segment AB), the names of functions and operators written without a backslash.
+_MATH_WORD = re.compile(r"^(?:[A-Za-z]|[A-Z]{2,4})$")
+_MATH_FUNCTIONS = frozenset(
+    "sin cos tan cot sec csc arcsin arccos arctan sinh cosh tanh log ln lg exp gcd lcm max min "
+    "mod det lim sup inf arg deg dim ker sgn".split()
+)
+_LATEX_COMMAND = re.compile(r"\\[A-Za-z]+")
+_INLINE_CODE = re.compile(r"`[^`\s]+`")
+# A fence: ``` and its info string, the body, the closing ``` (a fence never closed is prose).
+_FENCE = re.compile(r"```([^\n`]*)\n(.*?)```", re.DOTALL)
+_CODE_INFO = frozenset(
+    "python py python3 c cpp c++ cc h java javascript js typescript ts go rust rs bash sh shell "
+    "zsh console sql r julia matlab octave ruby rb php kotlin swift scala haskell hs lua perl "
+    "csharp cs c# ocaml fortran lisp scheme clojure elixir erlang dart".split()
+)
+_CODE_PUNCTUATION = re.compile(r"[;{}()\[\]=<>]")
+_COMMENT = re.compile(r"(?:^|\s)(?:#|//)(.*)$", re.MULTILINE)
+
+
+def _python(body: str) -> ast.Module | None:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # invalid escapes in a string: SyntaxWarning
+            return ast.parse(body)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return None
+
+
+def _code_prose(info: str, body: str) -> str | None:
+    """The prose in a closed fence that holds code (its comments, and a Python block's bare
+    strings: docstrings), or None when the fence holds prose: a block is code when it is Python
+    that parses, or under a code language's label mostly lines with code punctuation."""
+    lang = info.strip().lower()
+    if lang and lang not in _CODE_INFO:
+        return None  # ```text, ```markdown: prose by its own label
+    comments = " ".join(_COMMENT.findall(body))
+    tree = _python(body) if lang in ("", "python", "py", "python3") else None
+    if tree is not None:
+        strings = [
+            node.value.value
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Expr)
+            and isinstance(node.value, ast.Constant)
+            and isinstance(node.value.value, str)
+        ]
+        return " ".join([comments, *strings])
+    lines = [line for line in body.splitlines() if line.strip()]
+    punctuated = sum(bool(_CODE_PUNCTUATION.search(line)) for line in lines)
+    return comments if lang and 2 * punctuated >= max(len(lines), 1) else None
+
+
+def _drop_code(match: re.Match) -> str:
+    kept = _code_prose(match.group(1), match.group(2))
+    return " " + (match.group(2) if kept is None else kept) + " "
+
+
+def prose(text: str) -> str:
+    """The text with what is no language's words taken out (see the module docstring)."""
+    text = unicodedata.normalize("NFKC", text)
+    text = _FENCE.sub(_drop_code, text)
+    text = _INLINE_CODE.sub(" ", text)
+    return _LATEX_COMMAND.sub(" ", text)
 
 
 def word_counts(text: str) -> dict[str, int]:
-    """Number of words per language script in the text (Latin counts as "en"), LaTeX command
-    names and fenced code blocks left out (Chinese reasoning about $\\frac{a}{b}$ is Chinese)."""
-    text = _NOT_PROSE.sub(" ", text)
+    """Number of words per language script in the text (Latin counts as "en"), math and code
+    left out (`prose`)."""
+    text = prose(text)
     counts = {}
     for lang, pattern in _SCRIPTS.items():
         words = pattern.findall(text)
         if lang == "en":
-            words = [w for w in words if not _MATH_VARIABLE.match(w)]
+            words = [w for w in words if not _MATH_WORD.match(w) and w not in _MATH_FUNCTIONS]
         counts[lang] = len(words)
     return counts
 
 
+def normalize(code) -> str | None:
+    """A record's language field as one of LANGUAGES ('zh-CN' and 'ZH' read as 'zh'), else None."""
+    if not isinstance(code, str):
+        return None
+    base = re.split(r"[-_]", code.strip().lower(), maxsplit=1)[0]
+    return base if base in _SCRIPTS else None
+
+
+def thought(text: str) -> str:
+    """The chain of thought without the R1 tags: the <think> part (or the text before </think>);
+    with no think tag, the text before <answer> (an answer alone has no thought); with no tag at
+    all, the whole text."""
+    if "<think>" in text or "</think>" in text:
+        part = format_reward.think_part(text)
+    else:
+        part = text.split("<answer>", 1)[0]
+    for tag in format_reward.TAGS:
+        part = part.replace(tag, " ")
+    return part
+
+
+# Sentences, for telling a Japanese sentence (kana among its kanji) from a Chinese one.
+_SENTENCE = re.compile(r"[^。！？!?.\n]+")
+
+
 def consistency(text: str, target_language: str) -> float:
-    """Share of words in the target language over the <think> part when present; 0 if no words."""
+    """Share of the thought's words (`thought`) in the target language; 0 if it has no words."""
     if target_language not in _SCRIPTS:
         raise ValueError(f"unknown language {target_language!r}; known: {LANGUAGES}")
-    counts = word_counts(format_reward.think_part(text))
-    if target_language == "ja":  # Japanese writes kanji beside kana: both are Japanese words
-        counts["ja"] += counts.pop("zh")
+    part = thought(text)
+    if target_language != "ja":
+        counts = word_counts(part)
+    else:
+        # Japanese writes kanji beside kana: a sentence with kana counts its ideographs as
+        # Japanese words; a sentence of ideographs alone is Chinese.
+        counts = dict.fromkeys(LANGUAGES, 0)
+        for sentence in _SENTENCE.findall(prose(part)):
+            sentence_counts = word_counts(sentence)
+            if sentence_counts["ja"]:
+                sentence_counts["ja"] += sentence_counts.pop("zh")
+            for lang, n in sentence_counts.items():
+                counts[lang] += n
     total = sum(counts.values())
     return counts[target_language] / total if total else 0.0
 

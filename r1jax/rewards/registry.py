@@ -46,8 +46,29 @@ def tag_count(completion: str, record: dict) -> float:
 
 def language(completion: str, record: dict) -> float:
     """Share of chain-of-thought words in record["language"] (else the prompt's language)."""
-    target = record.get("language") or language_reward.detect(record.get("prompt", ""))
-    return language_reward.consistency(completion, target)
+    opens = bool(record.get("prompt_opens_think", False))
+    return language_reward.consistency(
+        format_reward.with_think_prefix(completion, opens), target_language(record)
+    )
+
+
+def target_language(record: dict) -> str:
+    """record["language"] ('zh-CN' reads as 'zh'), else the language the prompt is written in;
+    an unknown code raises (`record_problem` refuses such records before a run starts)."""
+    field = record.get("language")
+    if field is None or field == "":
+        return language_reward.detect(record.get("prompt") or "")
+    code = language_reward.normalize(field)
+    if code is None:
+        raise ValueError(_unknown_language(field))
+    return code
+
+
+def _unknown_language(field) -> str:
+    return (
+        f"unknown language {field!r} (known: {list(language_reward.LANGUAGES)}; the reward "
+        "tells languages by script, so a Latin-script language counts as 'en')"
+    )
 
 
 def target_chars(completion: str, record: dict) -> float:
@@ -110,6 +131,9 @@ def record_problem(names, record: dict) -> str | None:
     record scores 0 and the run trains on nothing but a crash count."""
     if not isinstance(record, dict):
         return f"a record must be a JSON object, got {type(record).__name__}"
+    if "language" in names and record.get("language") not in (None, ""):
+        if language_reward.normalize(record["language"]) is None:
+            return _unknown_language(record["language"])
     for name in names:
         if name == "accuracy":
             task = record.get("task", "math")

@@ -107,9 +107,9 @@ def _opens_think(completion: str) -> bool:
 
 
 def language_of(record: dict) -> str:
-    """The record's language, else the one its prompt is written in."""
-    lang = record.get("language")
-    return lang if lang in language_reward.LANGUAGES else language_reward.detect(record["prompt"])
+    """The record's language ('zh-CN' reads as 'zh'), else the one its prompt is written in."""
+    lang = language_reward.normalize(record.get("language"))
+    return lang or language_reward.detect(record["prompt"])
 
 
 def render(completion: str, record: dict, *, summary: bool) -> str:
