@@ -381,6 +381,7 @@ def evaluate(
     ks = _check(cfg, records)
     # (1)
     prompts = [prompt_fn(r) for r in records]
+    records = [registry.opened_thought(r, p) for r, p in zip(records, prompts, strict=True)]
     ids = [encode_prompt(tokenizer, p) for p in prompts]
     rows = min(cfg.prompts_per_batch, len(records))  # the last call is padded to this many
     root = jax.random.key(cfg.seed)

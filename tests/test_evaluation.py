@@ -21,6 +21,7 @@ from r1jax.data import world
 from r1jax.model import config as config_lib
 from r1jax.model import transformer as tf
 from r1jax.rewards import math as math_reward
+from r1jax.rewards import registry
 from r1jax.train import checkpoint, trainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -251,6 +252,30 @@ def test_evaluation_samples_with_the_runs_mesh_rules(tiny, monkeypatch):
         rules=rules, progress=False,
     )  # fmt: skip
     assert seen and all(r == rules for r in seen)
+
+
+def test_a_prompt_that_opens_the_thought_is_graded_as_its_continuation(tiny, monkeypatch):
+    # An R1-distill style template ends the prompt in <think>: the format reward must read the
+    # completion as the thought's continuation without a prompt_opens_think in every record.
+    _, tok, model_cfg, params, records, mesh = tiny
+    seen, real = [], registry.format_strict
+    monkeypatch.setattr(
+        registry,
+        "format_strict",
+        lambda c, r: seen.append(r.get("prompt_opens_think")) or real(c, r),
+    )
+    evaluation.evaluate(
+        model_cfg, params, tok, records[:2], prompt_fn=lambda r: _world_prompt(r) + " <think>\n",
+        cfg=SMALL, mesh=mesh, progress=False,
+    )  # fmt: skip
+    assert seen and all(seen)
+    assert registry.opened_thought({"prompt": "q"}, "q <think>\n") == {
+        "prompt": "q",
+        "prompt_opens_think": True,
+    }
+    explicit = {"prompt": "q", "prompt_opens_think": False}  # the record's own say stands
+    assert registry.opened_thought(explicit, "q <think>") is explicit
+    assert "prompt_opens_think" not in registry.opened_thought({"prompt": "q"}, "q")
 
 
 def test_evaluate_end_to_end_is_deterministic(tiny):

@@ -17,6 +17,7 @@ import time
 
 import numpy as np
 
+from r1jax import text
 from r1jax.data import sources
 from r1jax.rewards import code, tasks
 from r1jax.rewards import format as format_reward
@@ -123,6 +124,15 @@ def time_needed(name: str, record: dict) -> float:
     """Seconds reward `name` may need on `record` by its task's own limits (`tasks.time_needed`)."""
     task = _graded_task(name, record)
     return tasks.time_needed(task, record) if task in tasks.TASKS else 0.0
+
+
+def opened_thought(record: dict, prompt_text: str) -> dict:
+    """`record` with prompt_opens_think set when its templated prompt ends in <think> (an
+    R1-distill style chat template) and the record does not say: the rewards then read the
+    completion as the thought's continuation (without it, strict format scored 0 every time)."""
+    if "prompt_opens_think" in record or not prompt_text.rstrip().endswith(text.THINK_OPEN):
+        return record
+    return {**record, "prompt_opens_think": True}
 
 
 def record_problem(names, record: dict) -> str | None:

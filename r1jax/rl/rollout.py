@@ -11,7 +11,7 @@ import jax
 import numpy as np
 
 from r1jax import distributed, sampler, text
-from r1jax.rewards import preference
+from r1jax.rewards import preference, registry
 from r1jax.rl import advantages as adv_lib
 
 
@@ -217,6 +217,10 @@ class ExperienceMaker:
         cfg = self.cfg
         # (1)
         records = [next(self.prompts) for _ in range(cfg.prompts_per_step)]
+        records = [
+            registry.opened_thought(r, text.apply_template(cfg.template, r["prompt"]))
+            for r in records
+        ]
         ids = encode_prompts(records, self.tokenizer, cfg.template, cfg.max_prompt_len)
         # Processes sample one global batch: they agree on its prompt length.
         longest = distributed.global_max(max(len(i) for i in ids))

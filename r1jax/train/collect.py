@@ -187,6 +187,7 @@ def sample_accepted(cfg, records, *, mesh, progress=True, journal=None):
         batch = records[start : start + c.prompts_per_batch]
         if b not in done:
             prompts = [text.apply_template(template, r["prompt"]) for r in batch]
+            batch = [registry.opened_thought(r, p) for r, p in zip(batch, prompts, strict=True)]
             ids = [evaluation.encode_prompt(tokenizer, p) for p in prompts]
             texts, lengths, truncated = evaluation.sample_completions(
                 model_cfg,
