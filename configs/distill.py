@@ -6,7 +6,7 @@ directly (configs/distill.py:tiny_rl, GRPO from the student base): R1 finds dist
 for small models.
 
 Variants:
-- tiny: the small world on a CPU; the student is r1jax/assets/world_student (0.2M parameters,
+- tiny: the small world on a CPU; the student is r1jax/assets/world_student (0.3M parameters,
   configs/pretrain.py:student), the teacher an all-domain RL run:
     r1jax --config=configs/distill.py:tiny --workdir=runs/distill \
         --config.collect.model=runs/all-domain-rl --config.collect.reward_model=runs/reward-model

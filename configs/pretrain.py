@@ -59,7 +59,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
 
 
 def world_base(c: ml_collections.ConfigDict) -> None:
-    """A 0.86M-parameter decoder on the world corpus (30% worked solutions, 70% direct answers)."""
+    """A 1.1M-parameter decoder on the world corpus (30% worked solutions, 70% direct answers)."""
     c.data.format = "world"  # r1jax.data.world generates the corpus in memory (seeded)
     c.data.train = "corpus"
     c.data.eval = ""
@@ -84,7 +84,7 @@ def world_base(c: ml_collections.ConfigDict) -> None:
 
 
 def world_student(c: ml_collections.ConfigDict) -> None:
-    """A smaller base for distillation in the small world: d 64 (0.2M parameters), same corpus
+    """A smaller base for distillation in the small world: d 64 (0.3M parameters), same corpus
     and the world base's tokenizer, so teacher samples need no re-tokenizing."""
     world_base(c)
     c.tokenizer.path = base.WORLD_BASE

@@ -32,7 +32,7 @@ def test_summary_reports_before_after_gain_and_compute():
     assert "before" not in only_after and "gain" not in only_after
 
 
-def test_step_flops_follow_the_6nd_rule():
+def test_step_flops_count_as_mfu_does():
     cfg = model_config.ModelConfig(
         vocab_size=64,
         d_model=32,
@@ -43,15 +43,18 @@ def test_step_flops_follow_the_6nd_rule():
         d_ff=64,
         max_seq_len=32,
     )
-    n = model_config.num_params(cfg)
-    out = report.step_flops(
-        cfg, trained_tokens=100, generated_tokens=40, scored_tokens=100, epochs=2, seq_len=20
-    )
-    assert out["train_flops"] == pytest.approx(6 * n * 100 * 2)
+    counts = dict(trained_tokens=100, generated_tokens=40, scored_tokens=100, epochs=2, seq_len=20)
+    out = report.step_flops(cfg, **counts)
     # Attention counted at the rollout's length, not max_seq_len (32k-128k for real presets).
     fwd = model_config.forward_flops_per_token(cfg, 20)
     assert fwd < model_config.forward_flops_per_token(cfg, 32)
+    # Training: forward + backward (3 forwards) a token and epoch, the count MFU uses (6·N·D
+    # missed attention and counted the embedding lookup as a matmul).
+    assert out["train_flops"] == pytest.approx(3 * fwd * 100 * 2)
     assert out["rollout_flops"] == pytest.approx(fwd * 140)
+    # PPO with a separate critic trains two models.
+    two = report.step_flops(cfg, **counts, trained_models=2)
+    assert two["train_flops"] == pytest.approx(2 * out["train_flops"])
 
 
 def test_write_report_makes_summary_and_figure(tmp_path):

@@ -196,6 +196,36 @@ def test_rl_variants_load_and_give_loss_configs(spec):
     assert cfg.rl.kl_estimator == ("k1" if cfg.rl.algorithm == "ppo" else "k3")
 
 
+def test_compute_counts_every_sampling_round(tmp_path, shared_data, monkeypatch):
+    # Dynamic sampling drops groups and samples again: those tokens were generated (and timed)
+    # too. Here the first group of each step's first round is dropped, forcing a second round.
+    generated, sample_round = [], rollout.ExperienceMaker._sample_round
+    informative = rollout.informative_groups
+
+    def counted(self, round_index):
+        s = sample_round(self, round_index)
+        generated.append((round_index, int(s.lengths_N.sum())))
+        return s
+
+    def drop_first(rewards_BxG):
+        keep = informative(rewards_BxG) | True
+        if generated[-1][0] == 0:
+            keep[0] = False
+        return keep
+
+    monkeypatch.setattr(rollout.ExperienceMaker, "_sample_round", counted)
+    monkeypatch.setattr(rollout, "informative_groups", drop_first)
+    rl.run(_cfg("configs/grpo.py:tiny", train__steps=2, rl__dynamic_sampling=True), tmp_path)
+    rows = _rows(tmp_path)
+    assert [r["sampling_rounds"] for r in rows] == [2, 2]
+    per_step = [a + b for (_, a), (_, b) in zip(generated[::2], generated[1::2], strict=True)]
+    assert [r["generated_tokens"] for r in rows] == per_step
+    for row in rows:
+        assert row["gen_tokens_per_s"] == pytest.approx(
+            row["generated_tokens"] / row["step_time_s"]
+        )
+
+
 def test_non_finite_updates_in_a_row_stop_the_run_and_save_the_rollout(
     tmp_path, shared_data, monkeypatch
 ):

@@ -209,6 +209,33 @@ def test_eval_every_zero_evaluates_once_at_the_end_and_rates_cover_the_steps_log
     assert times[6] == pytest.approx(times[4], rel=0.5) and times[6] > 0.04
 
 
+def test_evaluation_time_is_not_charged_to_the_steps(tmp_path):
+    # An evaluation between steps made the next row's step_time_s 20x a step (its mfu 20x low).
+    cfg = _short_cfg(train__eval_every=2, train__log_every=1)
+    _, _, state, batch = _tiny_setup(1)
+    loop = trainer.Loop(
+        workdir=tmp_path, cfg=cfg, total_steps=4, start_step=0, ckpt_manager=None, peak_flops=1e9
+    )
+
+    def slow_step(state, batch):
+        time.sleep(0.05)
+        return state.replace(step=state.step + 1), {"loss": jnp.float32(1.0), "tokens": 100.0}
+
+    def slow_eval(state):
+        time.sleep(1.0)
+        return {"eval_loss": 0.5}
+
+    loop.run(state, slow_step, iter([batch] * 4), flops_per_step=1e7, eval_fn=slow_eval)
+    rows = metrics_lib.read_jsonl(tmp_path / "metrics.jsonl")
+    times = [r["step_time_s"] for r in rows if "step_time_s" in r]
+    assert len(times) == 4 and all(0.04 < t < 0.5 for t in times), times
+
+
+def test_mfu_counts_the_peak_once_per_host_on_cpu():
+    # The probe's matmul already uses every core; host devices (8 here) share those cores.
+    assert jax.device_count() == 8 and metrics_lib.peak_units() == jax.process_count() == 1
+
+
 def test_init_params_match_transformer_init():
     model_cfg, opt, state, _ = _tiny_setup(1)
     expected = transformer.init_params(model_cfg, jax.random.split(jax.random.PRNGKey(0))[0])

@@ -257,10 +257,12 @@ class ExperienceMaker:
         """One RL batch (host arrays), its metrics, and the raw samples for logging."""
         cfg = self.cfg
         self.timings = {"generate_s": 0.0, "reward_s": 0.0}
-        kept, dropped, rounds = [], [], 0
+        kept, dropped, rounds, generated = [], [], 0, 0
         while True:
             s = self._sample_round(rounds)
             rounds += 1
+            # Every round's tokens were sampled, those of groups dropped below too (compute).
+            generated += int(distributed.gather_rows(s.lengths_N).sum())
             # (4)
             informative = informative_groups(
                 s.rewards_N.reshape(cfg.prompts_per_step, cfg.num_samples)
@@ -278,7 +280,9 @@ class ExperienceMaker:
         metrics.update(self.timings)
         zero_std = distributed.gather_rows(np.asarray([dropped[0]]))  # one count per process
         metrics.update(
-            sampling_rounds=rounds, zero_std_groups=zero_std.mean() / cfg.prompts_per_step
+            sampling_rounds=rounds,
+            zero_std_groups=zero_std.mean() / cfg.prompts_per_step,
+            generated_tokens=float(generated),  # all processes', all rounds'
         )
         return batch, metrics, samples
 

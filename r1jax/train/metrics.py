@@ -33,6 +33,15 @@ def measure_matmul_peak_flops(n: int = 1024, repeats: int = 5) -> float:
     return _PEAK_CACHE[key]
 
 
+def peak_units() -> int:
+    """How many times the measured peak the whole job has: one per accelerator chip; on CPU one
+    per process (the probe's matmul already uses every core of its host, which host devices
+    made by --xla_force_host_platform_device_count share)."""
+    if jax.devices()[0].platform == "cpu":
+        return jax.process_count()
+    return jax.device_count()
+
+
 # All rows of a metrics.jsonl file ([] when it does not exist; a last line cut short by a kill
 # is dropped).
 read_jsonl = files.read_jsonl

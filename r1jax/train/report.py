@@ -2,8 +2,9 @@
 report.png (training curves and the test-time-compute curve), and sampled completions.
 
 The evaluations are r1jax.evaluation's (pass@1 over k samples at the eval temperature, greedy
-pass@1, unbiased pass@k, maj@k); compute is counted as 6·N·D for training plus the forward FLOPs
-of the rollout and of the reference/old log-probs.
+pass@1, unbiased pass@k, maj@k); compute is counted as MFU counts it (`step_flops`): 3 forwards a
+trained token for the update plus a forward per sampled and per scored (reference/old log-prob)
+token.
 """
 
 import dataclasses
@@ -46,18 +47,21 @@ def step_flops(
     scored_tokens: float,
     epochs: int,
     seq_len: int,
+    trained_models: int = 1,
 ) -> dict:
-    """One RL step's compute: 6·N·D training, and forward FLOPs of sampling and scoring.
+    """One RL step's compute, in the count MFU uses (`forward_flops_per_token`: the matmuls,
+    LM head and attention of a forward): training 3 forwards a token (forward and backward) per
+    epoch and trained model, and a forward per sampled and scored token.
 
     trained_tokens: prompt + completion tokens of the rollout batch (the update's D per epoch);
     generated_tokens: sampled tokens; scored_tokens: tokens the reference (and old) log-prob
     passes read; seq_len: the rollout's sequence length (prompt + completion), which the
-    attention term counts (not the model's max_seq_len, 32k-128k for real presets).
+    attention term counts (not the model's max_seq_len, 32k-128k for real presets);
+    trained_models: 2 for PPO with a separate critic (its forward and backward as well).
     """
-    n = model_config.num_params(model_cfg)
     fwd = model_config.forward_flops_per_token(model_cfg, seq_len)
     return {
-        "train_flops": 6.0 * n * trained_tokens * epochs,
+        "train_flops": 3.0 * fwd * trained_tokens * epochs * trained_models,
         "rollout_flops": fwd * (generated_tokens + scored_tokens),
     }
 

@@ -17,7 +17,6 @@ from absl import logging
 
 from r1jax import configlib, distributed, sampler, sharding, text
 from r1jax.data import sources
-from r1jax.model import config as model_config
 from r1jax.model import heads, transformer
 from r1jax.rewards import registry
 from r1jax.rl import losses, rollout, steps
@@ -508,8 +507,11 @@ def run(cfg, workdir) -> dict:
             t0 = time.perf_counter()
             metrics, samples = r.step_once()
             metrics["step_time_s"] = time.perf_counter() - t0
-            metrics.update(_throughput(cfg, r, samples, metrics["step_time_s"], peak))
-            r.flops += np.asarray(_step_flops(cfg, r, samples), np.float32)
+            step_flops = _step_flops(cfg, r, samples, metrics["generated_tokens"])
+            metrics.update(
+                _throughput(step_flops, metrics["generated_tokens"], metrics["step_time_s"], peak)
+            )
+            r.flops += np.asarray(step_flops, np.float32)
             metrics["total_flops"] = float(r.flops.sum())
             if evaluator is not None and cfg.rl.eval_every and step % cfg.rl.eval_every == 0:
                 quick = evaluator.evaluate(r.state.params["policy"], f"eval_{step}", quick=True)
@@ -560,19 +562,21 @@ def _scoring_passes(cfg, r: "RLRun") -> int:
     return int((r.kl_coef > 0) + (not r.on_policy) + (cfg.rl.algorithm == "ppo") + kl_penalty)
 
 
-def _step_flops(cfg, r: "RLRun", samples) -> tuple[float, float]:
-    """(training, rollout) FLOPs of one step, all processes together (see report.step_flops)."""
-    count = jax.process_count()
-    n_seq = len(samples.texts) * count
+def _step_flops(cfg, r: "RLRun", samples, generated_tokens: float) -> tuple[float, float]:
+    """(training, rollout) FLOPs of one step, all processes together (see report.step_flops).
+
+    generated_tokens: every sampling round's (dynamic sampling drops groups it sampled)."""
+    n_seq = len(samples.texts) * jax.process_count()
     seq = samples.prompt_BxP.shape[1] + samples.completion_NxT.shape[1]
-    passes = _scoring_passes(cfg, r)
+    separate_critic = cfg.rl.algorithm == "ppo" and cfg.rl.critic == "separate"
     flops = report.step_flops(
         r.model_cfg,
         trained_tokens=n_seq * seq,
-        generated_tokens=float(distributed.gather_rows(samples.lengths_N).sum()),
-        scored_tokens=passes * n_seq * seq,
+        generated_tokens=generated_tokens,
+        scored_tokens=_scoring_passes(cfg, r) * n_seq * seq,
         epochs=cfg.rl.epochs,
         seq_len=seq,
+        trained_models=2 if separate_critic else 1,  # a separate critic trains a second model
     )
     return flops["train_flops"], flops["rollout_flops"]
 
@@ -592,18 +596,9 @@ def _guard_bad_steps(r: RLRun, metrics: dict, step: int, bad_in_row: int) -> int
     return bad_in_row
 
 
-def _throughput(cfg, r: "RLRun", samples, step_time_s: float, peak: float) -> dict:
-    """Generated tokens/s and model FLOPs utilisation of the whole step."""
-    gen_tokens = float(distributed.gather_rows(samples.lengths_N).sum())  # all processes'
-    seq = samples.prompt_BxP.shape[1] + samples.completion_NxT.shape[1]
-    n_seq = len(samples.texts) * jax.process_count()
-    fwd = model_config.forward_flops_per_token(r.model_cfg, seq)
-    # Generation (a forward per token), the scoring forwards that ran (`_scoring_passes`) and
-    # one training pass (3 forwards) per epoch over the N*(P+T) tokens.
-    train_tokens = n_seq * (samples.prompt_BxP.shape[1] + samples.completion_NxT.shape[1])
-    passes = _scoring_passes(cfg, r) + 3 * cfg.rl.epochs
-    flops = fwd * (gen_tokens + passes * train_tokens)
+def _throughput(step_flops, generated_tokens: float, step_time_s: float, peak: float) -> dict:
+    """Generated tokens/s and model FLOPs utilisation of the whole step (`_step_flops`)."""
     return {
-        "gen_tokens_per_s": gen_tokens / step_time_s,
-        "mfu": flops / step_time_s / (peak * jax.device_count()),
+        "gen_tokens_per_s": generated_tokens / step_time_s,
+        "mfu": sum(step_flops) / step_time_s / (peak * metrics_lib.peak_units()),
     }

@@ -220,11 +220,19 @@ class Loop:
                 t_last = self._log(*pending, t_last, flops_per_step, force=True)
                 pending = None
             every = self.cfg.train.eval_every  # 0: at the last step only
-            if eval_fn is not None and ((every and step % every == 0) or step == self.total_steps):
-                self.writer.write(step, eval_fn(state))
+            evaluates = eval_fn is not None and (
+                (every and step % every == 0) or step == self.total_steps
+            )
             saved = step % self.cfg.train.checkpoint_every == 0 or step == self.total_steps
-            if self.ckpt is not None and saved:
-                checkpoint.save(self.ckpt, state, iterator, force=True)
+            if evaluates or (self.ckpt is not None and saved):
+                # Their time is not the steps': the next row's step_time_s leaves it out.
+                jax.block_until_ready(state)
+                t_aside = time.perf_counter()
+                if evaluates:
+                    self.writer.write(step, eval_fn(state))
+                if self.ckpt is not None and saved:
+                    checkpoint.save(self.ckpt, state, iterator, force=True)
+                t_last += time.perf_counter() - t_aside
             if self.ckpt is not None and step < self.total_steps and preemption.should_stop():
                 if not saved:  # (rows are written at log steps only, as in a run not stopped)
                     checkpoint.save(self.ckpt, state, iterator, force=True)
@@ -254,7 +262,7 @@ class Loop:
         if "tokens" in row and dt > 0:
             row["tokens_per_s"] = row["tokens"] / dt
         if flops_per_step and dt > 0:
-            row["mfu"] = flops_per_step / dt / (self.peak_flops * jax.device_count())
+            row["mfu"] = flops_per_step / dt / (self.peak_flops * metrics_lib.peak_units())
         self.writer.write(step, row)
         return now
 
