@@ -250,6 +250,27 @@ def _side_names(args) -> list[str]:
     return names
 
 
+def _busy_cpu_s() -> float | None:
+    """CPU seconds every process of this host has been busy since boot (/proc/stat; None where
+    there is none)."""
+    try:
+        with open("/proc/stat") as f:
+            ticks = [int(x) for x in f.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")  # less idle, iowait
+
+
+def _children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+# Cores other processes kept busy while a side ran, above which its timing is suspect (torch's
+# OpenMP threads slow down several-fold on a shared core; XLA's pool much less).
+BUSY_WARNING_CORES = 0.25
+
+
 def _run_side(name: str, model_dir: str, args) -> dict:
     side, _, devices = name.partition("-")
     out = pathlib.Path(model_dir) / f"{name}.json"
@@ -260,8 +281,13 @@ def _run_side(name: str, model_dir: str, args) -> dict:
     from r1jax import hostmem  # huge pages are a glibc tunable: set when the side starts
 
     env = hostmem.environ_for(malloc, {**os.environ, "PYTHONWARNINGS": "ignore"})
+    busy, own, start = _busy_cpu_s(), _children_cpu_s(), time.perf_counter()
     subprocess.run(cmd, check=True, env=env)
-    return json.loads(out.read_text())
+    result = json.loads(out.read_text())
+    if busy is not None:  # the host's busy CPU time less the side's own, per second
+        others = (_busy_cpu_s() - busy) - (_children_cpu_s() - own)
+        result["others_cores"] = max(0.0, others) / (time.perf_counter() - start)
+    return result
 
 
 def _print_model(name: str, res: dict, peak: float) -> None:
@@ -287,6 +313,15 @@ def _print_model(name: str, res: dict, peak: float) -> None:
             f"  peak RSS {side:12s} {r['peak_rss_mib']:6.0f} MiB "
             f"(after imports {r['base_rss_mib']:.0f} MiB)"
         )
+    for side, r in res.items():
+        others = r.get("others_cores")
+        if others is not None:
+            warn = (
+                "  WARNING: a busy host; its timings are suspect"
+                if others > BUSY_WARNING_CORES
+                else ""
+            )
+            print(f"  other processes {side:12s} {others:.2f} cores busy meanwhile{warn}")
 
 
 def _print_median_ratios(name: str, rounds: list[dict]) -> None:
