@@ -173,6 +173,10 @@ def get_config() -> ml_collections.ConfigDict:
     # repeats short ones ('\sqrt { a' 9 times in R1's own aha-moment chain).
     c.collect.max_ngram_repeats = 3
     c.collect.ngram_size = 16
+    # R1 §2.3.3's other readability filters (0 / False: off): the longest paragraph of the
+    # thought, in characters, and code blocks (```) in it.
+    c.collect.max_paragraph_chars = 0
+    c.collect.reject_code_blocks = False
     c.collect.max_per_prompt = 1  # distinct accepted responses kept per prompt
     c.collect.summary = True  # render with a one-line summary at the end of the thought
     c.collect.general_prompts = ""  # general prompts sampled too, kept if the reward model agrees

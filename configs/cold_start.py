@@ -25,8 +25,7 @@ VARIANTS = ("tiny", "qwen2.5-1.5b", "qwen2.5-7b-tpu")
 
 def world_sft(c: ml_collections.ConfigDict) -> None:
     """SFT of the world base in its own template (shared by cold start, sft_all and distill)."""
-    c.model.init_from = base.WORLD_BASE
-    c.tokenizer.path = base.WORLD_BASE
+    c.model.init_from = base.WORLD_BASE  # and its tokenizer (a swapped-in model brings its own)
     c.data.template = "world"
     c.data.seq_len = 128
     c.data.batch_size = 32
@@ -84,6 +83,8 @@ def real(c: ml_collections.ConfigDict, size: str) -> None:
     c.collect.max_new_tokens = c.data.get_ref("seq_len") - 512  # follows --config.data.seq_len
     c.collect.min_tokens = 256  # long chains of thought
     c.collect.min_language_consistency = 0.95
+    c.collect.max_paragraph_chars = 2000  # readable: no long paragraphs, no code blocks (R1)
+    c.collect.reject_code_blocks = True
     c.collect.prompts_per_batch = 16
     c.collect.summary = True
     c.collect.sft = True

@@ -75,6 +75,8 @@ def real(c: ml_collections.ConfigDict, size: str) -> None:
     c.collect.temperature = 0.7
     c.collect.max_new_tokens = 8192
     c.collect.min_language_consistency = 0.95
+    c.collect.max_paragraph_chars = 2000  # R1 §2.3.3's readability filters, as rejection sampling
+    c.collect.reject_code_blocks = True
     c.collect.prompts_per_batch = 16
     c.collect.summary = False
     c.collect.sft = True

@@ -1,6 +1,8 @@
 """Rejection sampling (R1 stage 3, first half): many answers per prompt from the reasoning-RL
 checkpoint, kept when the rule check accepts them (correct, R1 format, one language, no
-repetition loop), deduplicated, mixed with general (non-reasoning) SFT data.
+repetition loop; the real variants also drop thoughts with long paragraphs or code blocks, R1
+§2.3.3), deduplicated, mixed with general (non-reasoning) SFT data (general_ratio rows per
+reasoning row, taken as they are).
 
 Stage `collect` (no SFT here: configs/sft_all.py trains the base model on the dataset).
 
@@ -50,6 +52,8 @@ def real(c: ml_collections.ConfigDict, size: str) -> None:
     c.collect.temperature = 0.7
     c.collect.max_new_tokens = 8192 if size == "qwen2.5-1.5b" else 16384
     c.collect.min_language_consistency = 0.95
+    c.collect.max_paragraph_chars = 2000  # R1's "long paragraphs" (its threshold is not given)
+    c.collect.reject_code_blocks = True  # R1's "code blocks" in the thought
     c.collect.prompts_per_batch = 8 if size == "qwen2.5-1.5b" else 32
     c.collect.summary = False
     c.collect.general_data = "/data/general_sft.jsonl"

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from r1jax import configlib, pipeline
-from r1jax.data import world
+from r1jax.data import sources, world
 from r1jax.rewards import language
 from r1jax.rl import rollout
 from r1jax.train import collect, rl
@@ -37,6 +37,8 @@ def _collect_cfg(**kw):
             min_language_consistency=1.0,
             max_ngram_repeats=3,
             ngram_size=4,
+            max_paragraph_chars=0,
+            reject_code_blocks=False,
         )
     )
     c.update(kw)
@@ -71,6 +73,20 @@ def test_rejection_reasons_name_the_first_failed_check():
     assert collect.rejection_reason(loop, RECORD, 20, False, c) == "repetition"
     assert collect.ngram_repeats("a b c d a b c d a b c d", 4) == 3
     assert collect.ngram_repeats("乘4得1乘4得1", 4) == 2  # CJK characters are words
+
+
+def test_r1s_readability_filters_long_paragraphs_and_code_blocks():
+    long = GOOD.replace("<think>", "<think>" + "We add the numbers one by one. " * 10 + "\n\n")
+    assert collect.longest_paragraph("ab\n\n  abcd \n \nx") == 4
+    loose = _collect_cfg(max_ngram_repeats=0)  # (the long paragraph repeats itself)
+    assert collect.rejection_reason(long, RECORD, 20, False, loose) is None
+    strict = _collect_cfg(max_paragraph_chars=200, max_ngram_repeats=0)
+    assert collect.rejection_reason(long, RECORD, 20, False, strict) == "readability"
+    assert collect.rejection_reason(GOOD, RECORD, 20, False, strict) is None
+    fenced = GOOD.replace("</think>", "\n```python\nprint(1)\n```</think>")
+    no_code = _collect_cfg(reject_code_blocks=True)
+    assert collect.rejection_reason(fenced, RECORD, 20, False, no_code) == "readability"
+    assert collect.rejection_reason(GOOD, RECORD, 20, False, no_code) is None
 
 
 def test_a_grader_that_raises_rejects_the_sample_instead_of_stopping_collection(monkeypatch):
@@ -153,6 +169,39 @@ def test_collect_writes_a_deduplicated_dataset_with_provenance_and_sfts(tmp_path
     before = (tmp_path / "dataset.jsonl").read_bytes()
     assert collect.collect(cfg, tmp_path) == tmp_path / "dataset.jsonl"  # complete: kept as is
     assert (tmp_path / "dataset.jsonl").read_bytes() == before
+    # Other prompts (another world seed: none in common) are not served the finished dataset.
+    other = configlib.updated(cfg, data__world_seed=7)
+    with pytest.raises(configlib.ConfigError, match="prompts_sha256"):
+        collect.collect(other, tmp_path)
+
+
+def test_general_rows_follow_the_ratio_of_reasoning_rows_and_need_their_fields(
+    tmp_path, monkeypatch
+):
+    # Sampled general answers (collect.general_prompts) are neither reasoning rows nor general
+    # data rows: general_ratio counted them as reasoning rows (8 general rows a reasoning row).
+    cfg = configlib.load_config(
+        os.path.join(REPO, "configs/cold_start.py:tiny"),
+        collect__model=WORLD_BASE,
+        collect__num_prompts=8,
+        collect__general_data="general_sft",
+        collect__general_ratio=1.0,
+        mesh__num_devices=1,
+    )
+    accepted = [{"prompt": f"q{i}", "response": "r"} for i in range(3)]
+    accepted += [{"prompt": f"g{i}", "response": "r", "domain": "general"} for i in range(5)]
+    stats = {"accepted": 8, "sampled": 8, "rejected_by": {}}
+    monkeypatch.setattr(collect, "sample_accepted", lambda *a, **kw: (accepted, dict(stats)))
+    collect.collect(cfg, tmp_path / "mix")
+    prov = json.loads((tmp_path / "mix" / "provenance.json").read_text())
+    assert (prov["reasoning_rows"], prov["general_sampled_rows"], prov["general_rows"]) == (3, 5, 3)
+    # General rows of another schema stop collection naming the file and row (they reached the
+    # SFT, which stopped there, or with data.on_error=skip dropped them all).
+    alpaca = tmp_path / "alpaca.jsonl"
+    alpaca.write_text(json.dumps({"instruction": "Say hi.", "output": "Hi."}) + "\n")
+    bad = configlib.updated(cfg, collect__general_data=str(alpaca))
+    with pytest.raises(sources.DataError, match=r"alpaca\.jsonl:1: .*'prompt'"):
+        collect.collect(bad, tmp_path / "alpaca")
 
 
 def test_collect_config_errors_name_the_field(tmp_path):

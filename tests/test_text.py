@@ -282,6 +282,31 @@ def test_a_run_keeps_its_tokenizer_files(tmp_path):
     assert text.load_tokenizer(run).vocab_size == 320 != other.vocab_size == 400
     same = supervised.resolve_tokenizer(cfg(path=str(tmp_path / "sp.model")), run, [])
     assert same.vocab_size == 320
+    # ... nor with a tokenizer of the other format (the folder would load tokenizer.json next).
+    with pytest.raises(text.TokenizerError, match=r"tokenizer\.model: this run folder was made"):
+        supervised.resolve_tokenizer(cfg(path=str(hf / "tokenizer.json")), run, [])
+    assert not (run / "tokenizer.json").exists()
+
+
+def test_a_tokenizer_other_than_init_froms_own_is_refused(tmp_path):
+    # A swapped-in model brings its own ids: training it on another tokenizer's went unnoticed.
+    import ml_collections
+
+    from r1jax import configlib
+    from r1jax.train import supervised
+
+    def cfg(path, init_from):
+        return ml_collections.ConfigDict(
+            {"tokenizer": {"path": path, "train_vocab_size": 0}, "model": {"init_from": init_from}}
+        )
+
+    hf = _build_hf_folder(tmp_path / "hf")  # the "model" folder's own tokenizer
+    text.SentencePieceTokenizer.train(CORPUS, tmp_path / "sp", vocab_size=320)
+    with pytest.raises(configlib.ConfigError, match=r"not the tokenizer of model\.init_from"):
+        supervised.resolve_tokenizer(cfg(str(tmp_path / "sp.model"), str(hf)), tmp_path / "a", [])
+    # Its own tokenizer named explicitly (or a copy) is fine.
+    tok = supervised.resolve_tokenizer(cfg(str(hf / "tokenizer.json"), str(hf)), tmp_path / "b", [])
+    assert tok.vocab_size == text.load_tokenizer(hf).vocab_size
 
 
 def test_the_run_folder_loads_the_special_ids_the_run_trained_with(tmp_path):

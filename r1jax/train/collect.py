@@ -7,13 +7,16 @@ The `collect` stage (configs/cold_start.py, configs/rejection_sampling.py, confi
 2. Sample collect.num_samples completions per prompt through the sampler (batched, on the mesh).
 3. Keep a completion only if it passes every check (`rejection_reason`): not truncated, within
    the length bounds, reasoning in the R1 format, the task's rule check accepts the answer, its
-   thought is in the prompt's language, and it has no repetition loop.
+   thought is in the prompt's language, it has no repetition loop, and (R1's other readability
+   filters, when set) no paragraph over collect.max_paragraph_chars and no code block.
 4. Render accepted ones in a readable pattern, a thought ending in a one-line summary, then the
-   answer (`render`); deduplicate; keep up to collect.max_per_prompt per prompt.
+   answer (`render`); deduplicate the sampled rows; keep up to collect.max_per_prompt per
+   prompt.
    Prompts of collect.general_prompts (domain "general") are sampled too and kept when the
    reward model (collect.reward_model) scores them above collect.general_min_score.
-5. Mix in general (non-reasoning) SFT rows, collect.general_ratio per reasoning row, optionally
-   only those the reward model scores above collect.general_min_score.
+5. Mix in general (non-reasoning) SFT rows, collect.general_ratio per reasoning row (sampled
+   general answers are neither), optionally only those the reward model scores above
+   collect.general_min_score. They are taken as they are (duplicates included).
 6. Write WORKDIR/dataset.jsonl and provenance.json (written last: a run that finds both skips
    collection). With collect.sft the stage then fine-tunes model.init_from on the dataset in
    the same WORKDIR (an ordinary SFT run there: checkpoints, metrics, resumable).
@@ -65,8 +68,8 @@ _LOGGED_ERRORS: set[str] = set()
 
 def rejection_reason(completion: str, record: dict, length: int, truncated: bool, c) -> str | None:
     """The first check `completion` fails ('truncated', 'length', 'format', 'incorrect',
-    'grading_error', 'language', 'repetition'), or None when it is accepted. `c` is
-    config.collect. A grader that raises rejects the completion (logged once per kind of error)
+    'grading_error', 'language', 'repetition', 'readability'), or None when it is accepted. `c`
+    is config.collect. A grader that raises rejects the completion (logged once per kind of error)
     rather than stopping the collection: a resumed run would sample and raise again."""
     if truncated:
         return "truncated"
@@ -94,7 +97,16 @@ def rejection_reason(completion: str, record: dict, length: int, truncated: bool
             return "language"
     if c.max_ngram_repeats and ngram_repeats(full, c.ngram_size) > c.max_ngram_repeats:
         return "repetition"
+    if c.max_paragraph_chars and longest_paragraph(think) > c.max_paragraph_chars:
+        return "readability"
+    if c.reject_code_blocks and "```" in think:
+        return "readability"
     return None
+
+
+def longest_paragraph(text: str) -> int:
+    """Characters of the longest paragraph (paragraphs are separated by blank lines)."""
+    return max((len(p.strip()) for p in re.split(r"\n\s*\n", text)), default=0)
 
 
 def _full_text(completion: str, record: dict) -> str:
@@ -273,12 +285,30 @@ def _gather(records, starts, outcomes, c, template):
 JOURNAL = "collect_journal.jsonl"
 
 
-def _journal_header(cfg, records) -> dict:
-    """What a journal's calls depend on: a rerun with other settings or prompts starts over."""
-    prompts = hashlib.sha256(
+def _prompt_records(cfg) -> list[dict]:
+    """The records sampled: data.train's first collect.num_prompts, then collect.general_prompts'
+    (domain "general")."""
+    records = supervised.load_records(cfg, cfg.data.train)
+    if cfg.collect.num_prompts:
+        records = records[: cfg.collect.num_prompts]
+    if cfg.collect.general_prompts:  # sampled too, and judged by the reward model
+        general = supervised.load_records(
+            cfg, cfg.collect.general_prompts, generic=True, required=(("prompt",),)
+        )
+        n = cfg.collect.num_general_prompts or len(general)
+        records = records + [{**r, "domain": "general"} for r in general[:n]]
+    return records
+
+
+def _prompts_sha256(records) -> str:
+    return hashlib.sha256(
         json.dumps([r["prompt"] for r in records], ensure_ascii=False).encode("utf-8")
     ).hexdigest()
-    return {"settings": _collection_settings(cfg), "prompts_sha256": prompts}
+
+
+def _journal_header(cfg, records) -> dict:
+    """What a journal's calls depend on: a rerun with other settings or prompts starts over."""
+    return {"settings": _collection_settings(cfg), "prompts_sha256": _prompts_sha256(records)}
 
 
 def _read_journal(path, header) -> dict[int, dict]:
@@ -299,6 +329,8 @@ def _collection_settings(cfg) -> dict:
             "prompts_from": _same_path(str(cfg.data.train)),
             "seed": int(cfg.seed),
             "collect": c,
+            # What picks the general rows (the world's general_sft is made from world_seed).
+            "general_data_from": {"world_seed": int(cfg.data.world_seed)},
         }
     )
 
@@ -333,7 +365,9 @@ def general_rows(cfg, n: int, *, mesh) -> tuple[list[dict], dict]:
     c = cfg.collect
     if n <= 0 or not c.general_data:
         return [], {"general_rows": 0}
-    rows = supervised.load_records(cfg, c.general_data, generic=True)
+    rows = supervised.load_records(
+        cfg, c.general_data, generic=True, required=(("prompt", "response"),)
+    )
     random.Random(f"r1jax-collect|{cfg.seed}").shuffle(rows)
     stats = {"general_available": len(rows)}
     if c.reward_model:
@@ -363,17 +397,24 @@ def is_complete(workdir) -> bool:
     return (workdir / PROVENANCE).is_file() and (workdir / DATASET).is_file()
 
 
-def _check_same_settings(cfg, workdir: pathlib.Path) -> None:
+def _check_same_settings(cfg, workdir: pathlib.Path, records) -> None:
     """Refuses a finished dataset collected with other settings than cfg's (another source
-    model, prompts, seed or collect.* value): reusing it would go unnoticed."""
+    model, prompts, seed or collect.* value): reusing it would go unnoticed. The prompts are
+    compared by content (another data.world_seed, data.max_records or file picks others)."""
     try:
         provenance = json.loads((workdir / PROVENANCE).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as e:
         raise configlib.ConfigError(f"{workdir / PROVENANCE}: unreadable ({e})") from None
     was = {k: _same_path(provenance.get(k)) for k in ("source_model", "prompts_from", "seed")}
     was["collect"] = {k: _same_path(v) for k, v in (provenance.get("collect") or {}).items()}
+    if "general_data_from" in provenance:
+        was["general_data_from"] = provenance["general_data_from"]
+    if "prompts_sha256" in provenance:
+        was["prompts_sha256"] = provenance["prompts_sha256"]
     was = configlib.flatten(configlib.json_form(was))
-    now = configlib.flatten(_collection_settings(cfg))
+    now = configlib.flatten(
+        {**_collection_settings(cfg), "prompts_sha256": _prompts_sha256(records)}
+    )
     # Fields a dataset written before they existed does not record are not compared.
     diff = [f"{k}: {was[k]!r} -> {now[k]!r}" for k in now if k in was and was[k] != now[k]]
     if diff:
@@ -387,17 +428,11 @@ def collect(cfg, workdir) -> pathlib.Path:
     """Steps 1-6 of the module docstring (without the SFT); returns the dataset's path."""
     workdir = pathlib.Path(workdir)
     if is_complete(workdir):
-        _check_same_settings(cfg, workdir)
+        _check_same_settings(cfg, workdir, _prompt_records(cfg))
         logging.info("collect: %s already holds a dataset; not sampling again", workdir)
         return workdir / DATASET
     t0 = time.perf_counter()
-    records = supervised.load_records(cfg, cfg.data.train)
-    if cfg.collect.num_prompts:
-        records = records[: cfg.collect.num_prompts]
-    if cfg.collect.general_prompts:  # sampled too, and judged by the reward model
-        general = supervised.load_records(cfg, cfg.collect.general_prompts, generic=True)
-        n = cfg.collect.num_general_prompts or len(general)
-        records = records + [{**r, "domain": "general"} for r in general[:n]]
+    records = _prompt_records(cfg)
     mesh = sharding.make_mesh(cfg.mesh.to_dict())
     if jax.process_index() == 0:
         workdir.mkdir(parents=True, exist_ok=True)
@@ -408,17 +443,20 @@ def collect(cfg, workdir) -> pathlib.Path:
             f"collect: no sample of {cfg.collect.model} passed the checks "
             f"(rejected by: {stats['rejected_by']}); see config.collect"
         )
-    n_general = round(cfg.collect.general_ratio * len(accepted))
+    reasoning = sum(r.get("domain") != "general" for r in accepted)
+    n_general = round(cfg.collect.general_ratio * reasoning)  # per reasoning row, as documented
     general, general_stats = general_rows(cfg, n_general, mesh=mesh)
     stats.update(general_stats)
     rows = accepted + general
     provenance = {
         "source_model": str(cfg.collect.model),
         "prompts_from": str(cfg.data.train),
+        "prompts_sha256": _prompts_sha256(records),
         "collect": cfg.collect.to_dict(),
         "seed": int(cfg.seed),
         "rows": len(rows),
-        "reasoning_rows": len(accepted),
+        "reasoning_rows": reasoning,
+        "general_sampled_rows": len(accepted) - reasoning,
         "acceptance_rate": stats["accepted"] / max(stats["sampled"], 1),
         "seconds": time.perf_counter() - t0,
         **stats,

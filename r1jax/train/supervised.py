@@ -127,6 +127,7 @@ def resolve_tokenizer(cfg, workdir, records):
     """The configured tokenizer; else model.init_from's (its weights know no other ids); else a
     SentencePiece model trained on the data (kept in workdir)."""
     if cfg.tokenizer.path:
+        _check_init_from_tokenizer(cfg)
         return _keep_tokenizer(cfg.tokenizer.path, workdir)
     if cfg.model.init_from:
         if cfg.tokenizer.train_vocab_size:
@@ -134,9 +135,7 @@ def resolve_tokenizer(cfg, workdir, records):
                 "tokenizer: model.init_from's own (tokenizer.train_vocab_size=%d is not used)",
                 cfg.tokenizer.train_vocab_size,
             )
-        path = pathlib.Path(cfg.model.init_from)  # a run, an HF folder, or RUN/checkpoints
-        run_dir = next((d for d in (path, path.parent) if configlib.is_run_dir(d)), path)
-        return _keep_tokenizer(run_dir, workdir)
+        return _keep_tokenizer(_init_from_dir(cfg), workdir)
     if cfg.tokenizer.train_vocab_size:
         path = pathlib.Path(workdir) / "tokenizer.model"
         if jax.process_count() > 1:  # process 0 trains it (deterministic); the others read it
@@ -149,6 +148,38 @@ def resolve_tokenizer(cfg, workdir, records):
     raise configlib.ConfigError(
         "config.tokenizer.path: no tokenizer (set a path, train_vocab_size, or model.init_from)"
     )
+
+
+# Text whose ids tell two tokenizers apart (R1 tags, digits, CJK, accents, code, spacing).
+_PROBE_TEXT = (
+    "<think>Let 3 + 4 = 7; 计算 八加九 = 17. Café, naïve — résumé!</think>\n"
+    "<answer>\\frac{1}{2}</answer>  def f(x):\n    return x ** 2  # ok"
+)
+
+
+def _init_from_dir(cfg) -> pathlib.Path:
+    path = pathlib.Path(cfg.model.init_from)  # a run, an HF folder, or RUN/checkpoints
+    return next((d for d in (path, path.parent) if configlib.is_run_dir(d)), path)
+
+
+def _check_init_from_tokenizer(cfg) -> None:
+    """Refuses a tokenizer.path other than model.init_from's own tokenizer (when it has one):
+    its weights know their own ids, and another tokenizer trained them on the wrong ones, with
+    no error (a swapped-in student on the world's ids)."""
+    if not cfg.model.init_from:
+        return
+    own_dir = _init_from_dir(cfg)
+    if not any((own_dir / n).is_file() for n in ("tokenizer.json", "tokenizer.model")):
+        return  # weights without a tokenizer: tokenizer.path names it
+    own, configured = text.load_tokenizer(own_dir), text.load_tokenizer(cfg.tokenizer.path)
+    ids = lambda t: (t.vocab_size, t.eos_id, t.bos_id, t.encode(_PROBE_TEXT))  # noqa: E731
+    if ids(own) != ids(configured):
+        raise configlib.ConfigError(
+            f"config.tokenizer.path: {cfg.tokenizer.path} is not the tokenizer of "
+            f"model.init_from ({own_dir}; vocab {own.vocab_size} against "
+            f"{configured.vocab_size}, or other ids): its weights know their own token ids. "
+            "Leave tokenizer.path empty to use init_from's tokenizer"
+        )
 
 
 # Files of a Hugging Face tokenizer folder worth keeping beside tokenizer.json.
@@ -175,7 +206,16 @@ def _keep_tokenizer(path, workdir):
         copies = [(path, "tokenizer.model" if path.suffix == ".model" else "tokenizer.json")]
         if path.suffix == ".json" and (path.parent / "generation_config.json").is_file():
             copies.append((path.parent / "generation_config.json", "generation_config.json"))
-    for src, name in copies:  # a resumed run must not switch token ids under its checkpoint
+    # A resumed run must not switch token ids under its checkpoint: not to another tokenizer
+    # file of the same name, nor to one of the other format (load_tokenizer prefers .json).
+    kept = [n for n in ("tokenizer.model", "tokenizer.json") if (workdir / n).is_file()]
+    other = [n for n in kept if n not in {name for _, name in copies}]
+    if other:
+        raise text.TokenizerError(
+            f"{workdir / other[0]}: this run folder was made with another tokenizer than the "
+            f"configured {path} (use a new workdir, or the tokenizer the run was made with)"
+        )
+    for src, name in copies:
         dst = workdir / name
         if name not in ("tokenizer.model", "tokenizer.json") or not dst.is_file():
             continue
