@@ -28,6 +28,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 
 from r1jax import sharding as sharding_lib
 from r1jax.model import config as config_lib
@@ -58,6 +59,11 @@ class SamplingConfig:
         if not (math.isfinite(self.temperature) and self.temperature >= 0):
             raise ValueError(
                 f"temperature must be finite and >= 0 (0 = greedy), got {self.temperature}"
+            )
+        if 0 < self.temperature < np.finfo(np.float32).tiny:  # flushed to 0 in float32: NaN
+            raise ValueError(
+                f"temperature {self.temperature} is below float32's smallest normal number; "
+                "use 0 for greedy decoding"
             )
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1] (1 = off), got {self.top_p}")
@@ -954,6 +960,20 @@ def pad_prompts(prompts, bucket: int, rows: int, pad_id: int) -> tuple[np.ndarra
     return tokens_NxP, lens_N
 
 
+def seed_key(seed: int) -> jax.Array:
+    """jax.random.key(seed) for seeds in [0, 2**32); other integers fold in 32 bits at a time
+    (key() keeps only the low 32 bits without jax_enable_x64: 2**40 drew as 0)."""
+    seed = int(seed)
+    if 0 <= seed < 2**32:
+        return jax.random.key(seed)
+    key = jax.random.key(seed & 0xFFFFFFFF)
+    rest = seed >> 32
+    while rest not in (0, -1):
+        key = jax.random.fold_in(key, rest & 0xFFFFFFFF)
+        rest >>= 32
+    return jax.random.fold_in(key, 1) if seed < 0 else key
+
+
 def generate(
     cfg: config_lib.ModelConfig,
     params,
@@ -969,8 +989,20 @@ def generate(
     pad_id: int = 0,
     mesh=None,
 ) -> SampleOutput:
-    """Samples from token-id lists of varied lengths; returns host (numpy) arrays, N*G rows."""
+    """Samples from token-id lists of varied lengths; returns host (numpy) arrays, N*G rows.
+
+    `seed`: any integer; seeds in [0, 2**32) give jax.random.key(seed)'s draws, larger ones
+    (which key() would cut to their low 32 bits) fold in their higher bits."""
     check_prompts(prompts, cfg.vocab_size)
+    longest = max(map(len, prompts))
+    if longest + max_new_tokens > cfg.max_seq_len:
+        logging.warning(
+            "generate: prompts of up to %d tokens plus %d new ones pass the model's max_seq_len "
+            "%d: positions beyond it were never trained",
+            longest,
+            max_new_tokens,
+            cfg.max_seq_len,
+        )
     n = len(prompts)
     rows = (
         n
@@ -985,7 +1017,7 @@ def generate(
         params,
         jnp.asarray(tokens_NxP),
         jnp.asarray(lens_N),
-        jax.random.key(seed),
+        seed_key(seed),
         max_new_tokens=max_new_tokens,
         temperature=temperature,
         top_p=top_p,

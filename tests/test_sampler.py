@@ -266,6 +266,8 @@ def test_eos_stopping_padding_and_determinism(model):
         (dict(prompts="abc"), "non-empty list"),
         (dict(temperature=-0.5), "temperature must be finite and >= 0"),
         (dict(temperature=float("nan")), "temperature must be finite"),
+        # Flushed to 0 in float32: token 0 and NaN log-probs on every row.
+        (dict(temperature=1e-39), "below float32's smallest normal number"),
         (dict(top_p=0.0), r"top_p must be in \(0, 1\]"),
         (dict(top_p=1.5), r"top_p must be in \(0, 1\]"),
         (dict(top_k=-1), "top_k must be >= 0"),
@@ -282,6 +284,23 @@ def test_bad_arguments_are_refused_with_the_reason(model, kw, match):
     kw = {"prompts": PROMPTS, "max_new_tokens": 4, **kw}
     with pytest.raises(ValueError, match=match):
         sampler.generate(cfg, params, **kw)
+
+
+def test_seeds_past_32_bits_draw_differently_and_long_contexts_are_flagged(model, caplog):
+    cfg, params = model
+    kw = dict(max_new_tokens=6, temperature=1.0)
+    draws = [sampler.generate(cfg, params, PROMPTS, seed=s, **kw).tokens for s in (0, 2**40, 7)]
+    assert not np.array_equal(draws[0], draws[1])  # key() kept the low 32 bits: seed 0's draws
+    np.testing.assert_array_equal(
+        draws[2], sampler.generate(cfg, params, PROMPTS, seed=7, **kw).tokens
+    )
+    assert (
+        jax.random.key_data(sampler.seed_key(7)).tolist()
+        == jax.random.key_data(jax.random.key(7)).tolist()
+    )
+    with caplog.at_level("WARNING"):
+        sampler.generate(cfg, params, PROMPTS, max_new_tokens=cfg.max_seq_len, temperature=0.0)
+    assert "pass the model's max_seq_len" in caplog.text
 
 
 def test_prompts_as_arrays_and_eos_ids_as_one_id_or_none(model):
