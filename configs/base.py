@@ -56,7 +56,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.seq_len = 256  # tokens per packed row
     c.data.batch_size = 16  # global rows per optimizer step (all processes together)
     c.data.pack = True  # pack several examples per row (segment ids keep them apart)
-    c.data.template = "chat"  # prompt template for SFT: chat | r1_zero | none
+    c.data.template = "chat"  # prompt template for SFT: chat | r1_zero | world | none
     c.data.on_error = "raise"  # malformed rows: raise (file:line) | skip (and count)
     c.data.max_records = 0  # use only the first N records (0 = all)
     c.data.eval_batches = 4  # batches in each eval-loss measurement
@@ -87,7 +87,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.mesh.fsdp = 1  # parameter-sharded data-parallel axis
     c.mesh.tensor = 1  # tensor-parallel axis
     c.mesh.num_devices = 0  # use the first N devices (0 = all of them); for tests and debugging
-    c.mesh.rules = []  # [[logical name, mesh axis or list or None], ...]: replace those defaults
+    # ((logical name, mesh axis or list or None), ...): replace those defaults; on the command
+    # line --config.mesh.rules='(("embed", None), ("mlp", ("fsdp", "tensor")))'
+    c.mesh.rules = ()
 
     c.rl = ml_collections.ConfigDict()
     c.rl.algorithm = "grpo"  # grpo | ppo
@@ -98,7 +100,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.rl.temperature = 1.0  # sampling temperature (log-probs use the same scaled distribution)
     c.rl.top_p = 1.0
     c.rl.top_k = 0  # 0 = off
-    c.rl.template = "r1_zero"  # prompt template: r1_zero | chat | none
+    c.rl.template = "r1_zero"  # prompt template: r1_zero | chat | world | none
     c.rl.rewards = ml_collections.ConfigDict({"accuracy": 1.0, "format": 1.0})  # name -> weight
     c.rl.reward_workers = 2  # host processes scoring completions (0 = in-process)
     c.rl.reward_timeout_s = 10.0  # per completion; a timeout scores 0 and is counted

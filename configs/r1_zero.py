@@ -9,7 +9,7 @@ Variants:
   FLOPs) and report.png next to metrics.jsonl.
 - qwen2.5-7b-tpu / qwen2.5-1.5b: the published R1-Zero settings on a real base model
   (configs/grpo.py), e.g.
-    r1jax --config=configs/r1_zero.py:qwen2.5-1.5b --workdir=runs/r1-zero-1.5b \
+    r1jax --config=configs/r1_zero.py:qwen2.5-1.5b --workdir=runs/r1zero-1.5b \
         --config.model.init_from=/models/Qwen2.5-Math-1.5B
 """
 

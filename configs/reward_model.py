@@ -23,7 +23,7 @@ Variants:
         --config.model.init_from=/models/Qwen2.5-1.5B-Instruct \
         --config.data.train=/data/hh-rlhf/harmless-base/train.jsonl.gz
 - qwen2.5-7b-tpu: the same on a pod slice, parameters sharded (mesh fsdp):
-    r1jax --config=configs/reward_model.py:qwen2.5-7b-tpu --workdir=gs://bucket/rm-7b \
+    r1jax --config=configs/reward_model.py:qwen2.5-7b-tpu --workdir=/mnt/shared/rm-7b \
         --config.model.init_from=/models/Qwen2.5-7B-Instruct \
         --config.data.train=/data/hh-rlhf/train.jsonl.gz
 """

@@ -9,6 +9,8 @@
 #   NUM_GPUS      GPUs to use (default: those CUDA_VISIBLE_DEVICES names, else all that
 #                 nvidia-smi lists); PORT coordinator port
 #                 (default 12355). DRY_RUN=1 prints the commands instead of running them.
+#   JAX_PLATFORMS cuda (default; rocm for AMD GPUs): a missing GPU plugin stops the run at
+#                 start-up instead of training on the CPU.
 # Example: MODE=per-gpu launch/multi_gpu.sh configs/grpo.py:qwen2.5-1.5b runs/grpo-1.5b
 set -euo pipefail
 
@@ -17,6 +19,7 @@ workdir=${2:?workdir}
 shift 2
 mode=${MODE:-single}
 r1jax=(r1jax --config="$config" --workdir="$workdir")
+export JAX_PLATFORMS=${JAX_PLATFORMS:-cuda}
 export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.92}
 
 run() {  # runs a command, or prints it (shell-quoted) under DRY_RUN=1

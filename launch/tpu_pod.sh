@@ -89,7 +89,9 @@ start() {
   local data=""
   [[ -n ${R1JAX_DATA:-} ]] && data="export R1JAX_DATA=$(printf '%q' "$R1JAX_DATA") && "
   # Every worker runs the same command; all of them stream here, and into $log on the worker.
-  ssh_all "set -o pipefail; export PATH=$venv/bin:\$PATH; ${data}cd $remote_dir && $cmd 2>&1 | tee $log"
+  # JAX_PLATFORMS=tpu: a worker without libtpu stops at start-up instead of training on its CPU.
+  local env="export PATH=$venv/bin:\$PATH JAX_PLATFORMS=tpu; "
+  ssh_all "set -o pipefail; ${env}${data}cd $remote_dir && $cmd 2>&1 | tee $log"
 }
 
 case $action in

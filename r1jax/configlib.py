@@ -6,6 +6,7 @@ import importlib.util
 import json
 import os
 import pathlib
+import re
 import sys
 
 import jax
@@ -241,7 +242,14 @@ def model_config_from(cfg: ml_collections.ConfigDict, *, vocab_size: int | None 
 
 
 def check_workdir(workdir) -> None:
-    """Fails when `workdir` cannot be a run folder: a file, under a file, or not writable."""
+    """Fails when `workdir` cannot be a run folder: a URL, a file, under a file, or not
+    writable."""
+    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", str(workdir)):
+        raise ConfigError(
+            f"--workdir {workdir}: r1jax writes its runs with local file operations (gs://... "
+            "became a local folder 'gs:'); mount the bucket (e.g. gcsfuse) and give the mount's "
+            "path"
+        )
     path = pathlib.Path(workdir)
     if path.exists() and not path.is_dir():
         raise ConfigError(f"--workdir {workdir}: exists and is not a folder")

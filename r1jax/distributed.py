@@ -86,6 +86,13 @@ def initialize(
     if index < 0:
         index = _int("R1JAX_PROCESS_ID", _env("R1JAX_PROCESS_ID") or "-1")
     device_ids = local_device_ids or _env("R1JAX_LOCAL_DEVICE_IDS")
+    if mode == "auto" and not address and not cluster_detected() and (count > 1 or index >= 0):
+        raise ValueError(
+            "--num_processes/--process_id (or R1JAX_NUM_PROCESSES/R1JAX_PROCESS_ID) need "
+            "--coordinator_address (R1JAX_COORDINATOR_ADDRESS), or --distributed=on where JAX "
+            "finds the coordinator itself (SLURM, a TPU pod): alone, each process would run as "
+            "process 0 of its own and write the same files"
+        )
     if mode == "off" or (mode == "auto" and not address and not cluster_detected()):
         return False
     if jax.distributed.is_initialized():

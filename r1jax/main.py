@@ -13,7 +13,12 @@ from ml_collections import config_flags
 from r1jax import configlib, distributed, hostmem, sharding, text
 from r1jax.data import sources
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "configs/<stage>.py:<variant>")
+_CONFIG = config_flags.DEFINE_config_file(
+    "config",
+    None,
+    "configs/<stage>.py:<variant> (the stages and their variants: README 'Stages and configs'); "
+    "any field is then set with --config.<field>=<value>, e.g. --config.train.steps=10",
+)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: config, metrics, checkpoints.")
 flags.mark_flags_as_required(["config", "workdir"])
 # Multi-process runs (jax.distributed); each falls back to R1JAX_<FLAG NAME> in the environment.
@@ -109,6 +114,8 @@ def config_problem(argv: list[str]) -> str:
         "",
     )
     path = spec.split(":", 1)[0]
+    if not spec:
+        return "--config is required: --config=configs/<stage>.py:<variant>"
     if not pathlib.Path(path).is_file():
         return f"--config={spec}: no such config file {path!r}"
     try:

@@ -283,6 +283,25 @@ def test_cli_start_up_mistakes_are_one_line(tmp_path):
             os.environ.pop(name, None)
 
 
+def test_cli_refuses_what_it_cannot_honour(tmp_path):
+    config = f"--config={REPO / 'configs/sft.py'}:tiny"
+    # A gs:// workdir became a local folder "gs:" (every pod worker its own); mesh.rules (a
+    # list before) could not be set on the command line at all.
+    rules = '--config.mesh.rules=(("embed", None), ("mlp", ("fsdp", "tensor")))'
+    out = _cli([config, rules, "--workdir=gs://bucket/run"], tmp_path)
+    assert out.returncode != 0 and "mount the bucket" in out.stderr.strip().splitlines()[-1]
+    assert list(tmp_path.iterdir()) == []
+    # A process count or index without a coordinator ran each process as a lone process 0.
+    out = _cli(
+        [config, f"--workdir={tmp_path / 'a'}", "--num_processes=2", "--process_id=1"], tmp_path
+    )
+    assert out.returncode != 0 and "need --coordinator_address" in out.stderr, out.stderr[-2000:]
+    assert not (tmp_path / "a").exists()
+    # No --config: say it is required (it read "no such config file ''").
+    out = _cli([f"--workdir={tmp_path / 'b'}"], tmp_path)
+    assert "r1jax: --config is required: --config=configs/<stage>.py:<variant>" in out.stderr
+
+
 def test_slurm_refuses_tasks_per_node_that_leave_gpus_idle():
     env = {**SLURM, "SLURM_NTASKS": "4", "SLURM_NTASKS_PER_NODE": "2", "SLURM_GPUS_PER_NODE": "8"}
     out = _script("slurm.sbatch", [CONFIG, WORKDIR], env)
@@ -312,3 +331,80 @@ def test_tpu_runtime_follows_the_accelerator_and_install_makes_a_311_env():
     # The runtimes' python3 is 3.10; r1jax needs 3.11 (pip install -e failed on every worker).
     out = _script("tpu_pod.sh", ["install"], env)
     assert "uv venv -q -p 3.11" in out.stdout.replace("\\", "")
+
+
+_DUMP_ENV = """#!/usr/bin/env python3
+import json, os, sys
+names = ("JAX_PLATFORMS", "XLA_PYTHON_CLIENT_MEM_FRACTION", "CUDA_VISIBLE_DEVICES")
+with open(os.path.join(os.environ["FAKE_DIR"], os.path.basename(sys.argv[0]) + ".json"), "w") as f:
+    json.dump({"argv": sys.argv[1:], "env": {n: os.environ.get(n) for n in names}}, f)
+"""
+
+
+def _run_with_fakes(tmp_path, name, env, *fakes):
+    """Runs launch/`name` (not a dry run) with `fakes` (r1jax, srun, ...) on PATH that record
+    their arguments and the environment the script gives them."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    for fake in fakes:
+        (bin_dir / fake).write_text(_DUMP_ENV)
+        (bin_dir / fake).chmod(0o755)
+    recorded = ("JAX_PLATFORMS", "XLA_PYTHON_CLIENT_MEM_FRACTION", "CUDA_VISIBLE_DEVICES")
+    env = {**{k: v for k, v in os.environ.items() if k not in recorded}, **env}
+    env.update(PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}", FAKE_DIR=str(tmp_path))
+    env["DRY_RUN"] = "0"
+    done = subprocess.run(
+        ["bash", str(LAUNCH / name), CONFIG, str(tmp_path / "run")],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads((tmp_path / f"{fakes[0]}.json").read_text())
+
+
+@pytest.mark.parametrize(
+    "name, env, fake, platform",
+    [
+        ("local_cpu.sh", {}, "r1jax", "cpu"),
+        ("single_gpu.sh", {}, "r1jax", "cuda"),
+        ("multi_gpu.sh", {}, "r1jax", "cuda"),
+        ("slurm.sbatch", SLURM, "srun", "cuda"),
+        ("single_gpu.sh", {"JAX_PLATFORMS": "rocm"}, "r1jax", "rocm"),
+    ],
+)
+def test_scripts_pin_the_platform_they_are_for(tmp_path, name, env, fake, platform):
+    # Without JAX_PLATFORMS a GPU job on a node without the GPU plugin trained on the CPU.
+    seen = _run_with_fakes(tmp_path, name, env, fake)
+    assert seen["env"]["JAX_PLATFORMS"] == platform
+    if platform != "cpu":
+        assert seen["env"]["XLA_PYTHON_CLIENT_MEM_FRACTION"] == "0.92"
+    if name == "single_gpu.sh":
+        assert seen["env"]["CUDA_VISIBLE_DEVICES"] == "0"
+
+
+def test_slurm_coordinator_is_the_first_node_scontrol_lists(tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "scontrol").write_text("#!/bin/sh\nprintf 'gpu01\\ngpu02\\ngpu03\\ngpu04\\n'\n")
+    (bin_dir / "scontrol").chmod(0o755)
+    env = {
+        **SLURM,
+        "SLURM_JOB_NODELIST": "gpu[01-04]",
+        "SLURM_NTASKS": "32",
+        "SLURM_CPUS_PER_TASK": "8",
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+    }
+    out = _script("slurm.sbatch", [CONFIG, WORKDIR], env)
+    assert out.returncode == 0, out.stderr
+    line = shlex.split(out.stdout)
+    assert "--coordinator_address=gpu01:12355" in line and "--num_processes=32" in line
+    assert line[:3] == ["srun", "--kill-on-bad-exit=1", "--cpus-per-task=8"]
+
+
+def test_tpu_workers_get_the_data_root_and_the_tpu_platform():
+    env = {"TPU_NAME": "r1", "ZONE": "us-central2-b", "R1JAX_DATA": "/mnt/data sets"}
+    out = _script("tpu_pod.sh", ["run", CONFIG, WORKDIR], env)
+    command = next(t for t in shlex.split(out.stdout) if t.startswith("--command="))
+    assert "export R1JAX_DATA=/mnt/data\\ sets" in command and "JAX_PLATFORMS=tpu" in command
