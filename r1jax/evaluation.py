@@ -247,9 +247,16 @@ def sample_completions(
     `prompt_ids` (at most `rows` prompts) are padded to `rows` so one program serves every
     batch of a run; samples of one prompt are adjacent. `kw` are sampler.generate's options.
     `rules` lay out the KV cache on the mesh (the run's config.mesh.rules, as its params).
+
+    Every process passes the same prompts and gets every row back; under several processes
+    each samples its own block of them (process p rows [p*k, (p+1)*k)), so the draws are a
+    single process's and the work is split (`sampler.generate_local`), then the rows are
+    gathered.
     """
+    count = 1 if mesh is None else jax.process_count()
+    block = -(-rows // count)  # each process's share of the call's rows
     bucket = sampler.prompt_bucket(max(map(len, prompt_ids)))
-    tokens_NxP, lens_N = sampler.pad_prompts(prompt_ids, bucket, rows, tokenizer.pad_id)
+    tokens_NxP, lens_N = sampler.pad_prompts(prompt_ids, bucket, block * count, tokenizer.pad_id)
     kw.update(num_samples=num_samples, eos_ids=text.stop_ids(tokenizer), pad_id=tokenizer.pad_id)
     if mesh is None:
         out = sampler.generate_padded(
@@ -257,9 +264,13 @@ def sample_completions(
         )
         out = {name: np.asarray(x) for name, x in vars(out).items()}
     else:
+        mine = slice(jax.process_index() * block, (jax.process_index() + 1) * block)
         out = sampler.generate_local(
-            model_cfg, params, tokens_NxP, lens_N, key, mesh=mesh, rules=rules, **kw
+            model_cfg, params, tokens_NxP[mine], lens_N[mine], key, mesh=mesh, rules=rules, **kw
         )
+        out = {
+            name: distributed.gather_rows(out[name]) for name in ("tokens", "lengths", "stopped")
+        }
     keep = len(prompt_ids) * num_samples
     tokens, lengths, stopped = (out[name][:keep] for name in ("tokens", "lengths", "stopped"))
     texts = [tokenizer.decode(row[: n - s]) for row, n, s in zip(tokens, lengths, stopped)]
@@ -650,7 +661,8 @@ def run(cfg, workdir) -> dict:
     workdir.mkdir(parents=True, exist_ok=True)
     resolved = {"config": cfg.to_dict(), "model": dataclasses.asdict(model_cfg)}
     resolved["template"] = template
-    files.write_json(workdir / "eval_config.json", resolved, default=str)
+    if jax.process_index() == 0:
+        files.write_json(workdir / "eval_config.json", resolved, default=str)
     logging.info(
         "evaluating %s on %d problems of %s (template %s)",
         cfg.model.init_from,

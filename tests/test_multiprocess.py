@@ -1,5 +1,5 @@
 """Two local processes (4 host devices each) under jax.distributed give one 8-device process's
-GRPO and PPO numbers, through a collective checkpoint save and restore.
+GRPO and PPO numbers, through a collective checkpoint save and restore, and its evaluation.
 
 The test starts this file as a script: `python tests/test_multiprocess.py WORKDIR OUT.json
 PROCESS_ID NUM_PROCESSES ADDRESS [key=value ...]`.
@@ -47,6 +47,8 @@ def _worker(workdir, out, process_id, num_processes, address, extra):
         distributed.initialize(address, num_processes, process_id)
     assert jax.device_count() == 8, jax.devices()
     stage = extra.pop("stage_config", "grpo")
+    if stage == "eval":
+        return _eval_worker(workdir, out)
     cfg = configlib.load_config(
         str(REPO / f"configs/{stage}.py") + ":tiny", **{**OVERRIDES, **extra}
     )
@@ -82,6 +84,27 @@ def _worker(workdir, out, process_id, num_processes, address, extra):
     run.close()
     stable = [{k: v for k, v in r.items() if not any(t in k for t in TIMING_KEYS)} for r in rows]
     pathlib.Path(out).write_text(json.dumps({"rows": stable, "processes": jax.process_count()}))
+
+
+def _eval_worker(workdir, out):
+    """The eval stage on the world base: 7 problems x 4 samples, 4 prompts a sampler call."""
+    import jax
+
+    from r1jax import configlib, evaluation
+
+    cfg = configlib.load_config(
+        str(REPO / "configs/eval.py") + ":world",
+        model__init_from=str(REPO / "r1jax/assets/world_base"),
+        eval__max_problems=7,
+        eval__num_samples=4,
+        eval__ks=(1, 2, 4),
+        eval__prompts_per_batch=4,
+        eval__max_new_tokens=24,
+        metrics__tensorboard=False,
+    )
+    metrics = evaluation.run(cfg, workdir)
+    stable = {k: v for k, v in metrics.items() if not k.endswith("_seconds")}
+    pathlib.Path(out).write_text(json.dumps({"metrics": stable, "processes": jax.process_count()}))
 
 
 def _free_port() -> int:
@@ -177,6 +200,25 @@ def test_two_processes_match_one_process_through_save_and_restore(
     # add float32 partial sums in another order: relative 1e-5 leaves a margin of ~100 ulp.
     _assert_rows_close(multi[0]["rows"], rows, rtol=1e-5)
     assert rows[0]["reward"] > 0 and rows[2]["kl_ref" if stage == "grpo" else "kl_ref_k3"] > 0
+
+
+def test_evaluation_splits_its_prompts_over_two_processes(tmp_path):
+    # Every process sampled every prompt (twice the work of one process, and process 1 logged
+    # other samples and metrics; rejection sampling hung when the processes disagreed).
+    try:
+        import jax
+
+        jax.config.jax_cpu_collectives_implementation  # noqa: B018  (gloo is selectable)
+    except AttributeError:
+        pytest.skip("this JAX has no gloo CPU collectives")
+    extra = ["stage_config=eval"]
+    single_run = _start(tmp_path, "single", 1, extra)
+    multi_run = _start(tmp_path, "multi", 2, extra)
+    (single,), multi = _finish(single_run), _finish(multi_run)
+    assert multi[0]["processes"] == 2 and single["metrics"]["num_problems"] == 7
+    assert multi[0]["metrics"] == multi[1]["metrics"] == single["metrics"]
+    lines = lambda name: (tmp_path / name / "eval_samples.jsonl").read_text()  # noqa: E731
+    assert lines("multi") == lines("single")
 
 
 def _main(argv):

@@ -178,7 +178,13 @@ def make_dataset(
     """
     _check_args(records, kind, seq_len, batch_size, shard_index, shard_count, template)
     tokenize = _tokenize_fn(kind, tokenizer, seq_len, template)
-    # (1)
+    # (1) Every process sees every record: all of them stop here together, not one of them
+    # (the others would wait for it in their first collective).
+    if len(records) < shard_count:
+        raise ValueError(
+            f"{len(records)} records for {shard_count} processes: each process reads its own "
+            "share and needs at least one"
+        )
     ds = grain.MapDataset.source(records)[shard_index::shard_count]
     if len(ds) == 0:
         raise ValueError(f"shard {shard_index} of {shard_count} has no records ({len(records)})")

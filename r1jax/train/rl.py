@@ -463,7 +463,8 @@ class RLRun:
 
 
 def _log_sample(step: int, samples, every: int, workdir) -> None:
-    """Logs a completion every `every` steps; appends one per prompt (up to 4) to samples.jsonl."""
+    """Logs a completion every `every` steps; appends one per prompt (up to 4, of process 0's
+    prompts under several processes) to samples.jsonl."""
     if every and step % every == 0 and samples.texts and jax.process_index() == 0:
         group = len(samples.texts) // len(samples.records)
         with (pathlib.Path(workdir) / "samples.jsonl").open("a", encoding="utf-8") as f:
@@ -587,7 +588,7 @@ def _guard_bad_steps(r: RLRun, metrics: dict, step: int, bad_in_row: int) -> int
         return 0
     bad_in_row += 1
     if bad_in_row >= r.cfg.train.max_bad_steps:
-        path = r.workdir / f"bad_batch_step{step}.npz"
+        path = trainer.bad_batch_path(r.workdir, step)  # this process's rows
         np.savez(path, **r.last_host_batch)
         raise trainer.BadStepsError(
             f"{bad_in_row} RL steps in a row with non-finite updates (last: step {step}); "

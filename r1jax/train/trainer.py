@@ -168,6 +168,12 @@ class Preemption:
         sys.exit(128 + int(self.signum) if self.requested else PREEMPTED_EXIT_CODE)
 
 
+def bad_batch_path(workdir, step: int) -> pathlib.Path:
+    """Where a stopped run saves its last batch: one file per process (its own rows)."""
+    suffix = f"_process{jax.process_index()}" if jax.process_count() > 1 else ""
+    return pathlib.Path(workdir) / f"bad_batch_step{step}{suffix}.npz"
+
+
 class BadStepsError(RuntimeError):
     """Too many non-finite steps in a row; the offending batch was saved."""
 
@@ -267,10 +273,16 @@ class Loop:
         return now
 
     def _bad_step(self, step, host_batch):
+        """Counts a non-finite step; after max_bad_steps in a row saves the batch and stops."""
         self.bad_in_row += 1
         if self.bad_in_row >= self.cfg.train.max_bad_steps:
-            path = self.workdir / f"bad_batch_step{step}.npz"
-            np.savez(path, **jax.device_get(host_batch))
+            path = bad_batch_path(self.workdir, step)
+            # This process's rows (a global batch cannot be fetched whole by one process).
+            rows = jax.tree.map(
+                lambda x: sharding.local_rows(x) if isinstance(x, jax.Array) else np.asarray(x),
+                host_batch,
+            )
+            np.savez(path, **rows)
             raise BadStepsError(
                 f"{self.bad_in_row} non-finite steps in a row (last: step {step}); "
                 f"its batch is saved in {path}"
