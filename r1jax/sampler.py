@@ -966,12 +966,15 @@ def seed_key(seed: int) -> jax.Array:
     seed = int(seed)
     if 0 <= seed < 2**32:
         return jax.random.key(seed)
-    key = jax.random.key(seed & 0xFFFFFFFF)
-    rest = seed >> 32
-    while rest not in (0, -1):
-        key = jax.random.fold_in(key, rest & 0xFFFFFFFF)
-        rest >>= 32
-    return jax.random.fold_in(key, 1) if seed < 0 else key
+    magnitude, chunks = abs(seed), []
+    while magnitude:
+        chunks.append(magnitude & 0xFFFFFFFF)
+        magnitude >>= 32
+    key = jax.random.key(chunks[0])
+    for chunk in chunks[1:]:
+        key = jax.random.fold_in(key, chunk)
+    # The chunk count and the sign last: no two seeds fold the same sequence.
+    return jax.random.fold_in(key, (len(chunks) << 1) | (seed < 0))
 
 
 def generate(
@@ -996,9 +999,11 @@ def generate(
     check_prompts(prompts, cfg.vocab_size)
     longest = max(map(len, prompts))
     if longest + max_new_tokens > cfg.max_seq_len:
-        logging.warning(
+        logging.log_first_n(
+            logging.WARNING,
             "generate: prompts of up to %d tokens plus %d new ones pass the model's max_seq_len "
             "%d: positions beyond it were never trained",
+            1,
             longest,
             max_new_tokens,
             cfg.max_seq_len,

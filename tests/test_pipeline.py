@@ -152,6 +152,7 @@ def test_collect_writes_a_deduplicated_dataset_with_provenance_and_sfts(tmp_path
     reasoning = [r for r in rows if r.get("domain") != "general"]
     general = [r for r in rows if r.get("domain") == "general"]
     assert prov["reasoning_rows"] == len(reasoning) > 0
+    assert prov["general_data_from"] == {"world_seed": cfg.data.world_seed}
     assert len(general) == round(0.5 * len(reasoning)) == prov["general_rows"]
     assert prov["sampled"] == 48 * 4
     accounted = prov["accepted"] + sum(prov["rejected_by"].values()) + prov["duplicates"]

@@ -33,13 +33,24 @@ CASES = [
     ("<think>これは日本語です</think>", "zh", 3 / 8),
     # ... but a sentence of ideographs alone is Chinese, also for a Japanese target.
     ("<think>我们需要计算三加四，结果是七。</think>", "ja", 0.0),
-    ("<think>これは日本語です。三加四等于七。</think>", "ja", 8 / 14),
+    ("<think>これは日本語です。我们需要计算三加四，结果是七。</think>", "ja", 8 / 21),
+    # Headings and list items of kanji alone are Japanese too.
+    ("<think>問題\nこれは日本語です。\n結論\n答えは七です。</think>", "ja", 1.0),
     # A fence hides code only: one unclosed ``` or prose in a closed fence hid the rest of a
     # mixed thought (0.010 -> 1.0 by adding ```).
     ("<think>我们来算。``` Let me add these numbers</think><answer>5</answer>", "zh", 4 / 9),
     ("<think>我们来算。\n```\nLet me add these numbers.\n```\n</think>", "zh", 4 / 9),
     ("<think>我们来算。\n```text\nLet me add these numbers.\n```\n</think>", "zh", 4 / 9),
-    ("<think>我们来算。\n```cpp\nLet me add these numbers.\n```\n</think>", "zh", 4 / 9),
+    # A code label is trusted (English under ```cpp is not counted); its comments are prose.
+    ("<think>我们来算。\n```cpp\nLet me add these numbers.\n```\n</think>", "zh", 1.0),
+    ("<think>算。\n```js\nconst x = 1\n```\n</think>", "zh", 1.0),
+    ("<think>算。\n```\nconst x = f(1);\nlet y = g(x);\n```\n</think>", "zh", 1.0),
+    ("<think>算。\n```python\nn = total // base  # add it\n```\n</think>", "zh", 1 / 3),
+    ("<think>算。\n```cpp\n#include <iostream>\n```\n</think>", "zh", 1.0),
+    ('<think>算。\n```json\n{"key": "value here"}\n```\n</think>', "zh", 1.0),
+    ("<think>算。\n```bash\nls -la results\n```\n</think>", "zh", 1.0),
+    # Arabic vowel marks are part of their word.
+    ("<think>We add مُحَمَّدٌ now</think>", "en", 3 / 4),
     ("<think>算。\n```cpp\nint x = 1;  // add it\n```\n</think>", "zh", 1 / 3),
     ("<think>算。\n```python\n# add it\n'then check'\nx = 1\n```\n</think>", "zh", 1 / 5),
     # Points, segments and function names are math, not English; so is inline code.

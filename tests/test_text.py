@@ -307,6 +307,11 @@ def test_a_tokenizer_other_than_init_froms_own_is_refused(tmp_path):
     # Its own tokenizer named explicitly (or a copy) is fine.
     tok = supervised.resolve_tokenizer(cfg(str(hf / "tokenizer.json"), str(hf)), tmp_path / "b", [])
     assert tok.vocab_size == text.load_tokenizer(hf).vocab_size
+    # So is the same vocabulary with another end token (an instruct sibling's config files).
+    other_eos = _build_hf_folder(tmp_path / "eos", with_config=False)
+    (other_eos / "tokenizer_config.json").write_text(json.dumps({"eos_token": "</answer>"}))
+    tok = supervised.resolve_tokenizer(cfg(str(other_eos), str(hf)), tmp_path / "c", [])
+    assert tok.eos_id != text.load_tokenizer(hf).eos_id
 
 
 def test_the_run_folder_loads_the_special_ids_the_run_trained_with(tmp_path):

@@ -8,14 +8,18 @@ math or code in Chinese is Chinese:
 - LaTeX command names (\\frac, \\sqrt, \\text) and single letters (x, n: variables);
 - short all-capital runs (ABC, AB: points and segments) and math function names (sin, gcd);
 - inline code without spaces (`numpy.linalg.solve`);
-- closed code fences that hold code: Python that parses, or lines of code punctuation; their
-  comments count as prose. A fence that is never closed, or holds prose (```text, or English
-  that does not parse), counts as prose: one ``` must not hide a thought's mixed language.
+- closed code fences that hold code: under a code or data language's label (```cpp, ```json),
+  Python that parses, or unlabelled lines mostly of code punctuation; their comments (and
+  Python docstrings) count as prose. A fence that is never closed, or holds prose (```text,
+  ```markdown, unlabelled lines of words), counts as prose: one ``` must not hide a thought's
+  mixed language. (A label is trusted: English under ```cpp is not counted.)
 The text is NFKC-normalized first (full-width Latin is Latin, half-width kana are kana).
 """
 
 import ast
+import io
 import re
+import tokenize
 import unicodedata
 import warnings
 
@@ -29,8 +33,11 @@ _SCRIPTS = {
     "ja": re.compile(r"[\u3040-\u309f\u30a1-\u30fa\u30fc-\u30ff]"),  # kana (not the ・ dot)
     "ko": re.compile(r"[\uac00-\ud7af]"),
     "ru": re.compile(r"[\u0400-\u04ff]+"),
-    # Arabic letters (not its digits or punctuation: ١٢ ، ؟).
-    "ar": re.compile(r"[\u0620-\u064a\u066e-\u066f\u0671-\u06d3\u06d5\u06fa-\u06fc\u06ff]+"),
+    # Arabic letters and their vowel marks (not its digits or punctuation: ١٢ ، ؟).
+    "ar": re.compile(
+        r"[\u0620-\u065f\u066e-\u066f\u0670-\u06d3\u06d5\u06df-\u06e8\u06ea-\u06ed"
+        r"\u06fa-\u06fc\u06ff]+"
+    ),
 }
 LANGUAGES = tuple(_SCRIPTS)
 # Latin runs that are math, not English: one letter (a variable), up to 4 capitals (triangle
@@ -44,13 +51,26 @@ _LATEX_COMMAND = re.compile(r"\\[A-Za-z]+")
 _INLINE_CODE = re.compile(r"`[^`\s]+`")
 # A fence: ``` and its info string, the body, the closing ``` (a fence never closed is prose).
 _FENCE = re.compile(r"```([^\n`]*)\n(.*?)```", re.DOTALL)
-_CODE_INFO = frozenset(
-    "python py python3 c cpp c++ cc h java javascript js typescript ts go rust rs bash sh shell "
-    "zsh console sql r julia matlab octave ruby rb php kotlin swift scala haskell hs lua perl "
-    "csharp cs c# ocaml fortran lisp scheme clojure elixir erlang dart".split()
+_PYTHON = frozenset(("python", "py", "python3", "ipython", "pycon"))
+# Code and data languages by how their comments start: '#', '//' (C family), neither.
+_HASH_COMMENTS = frozenset(
+    "bash sh shell zsh console shell-session r julia ruby rb perl yaml yml toml ini "
+    "dockerfile makefile make cmake elixir nim powershell ps1 tcl coffee".split()
+)
+_SLASH_COMMENTS = frozenset(
+    "c cpp c++ cc cxx h hpp java javascript js jsx typescript ts tsx go rust rs kotlin kt swift "
+    "scala csharp cs c# dart php groovy objc objective-c zig solidity proto graphql scss less "
+    "cuda".split()
+)
+_NO_COMMENTS = frozenset(
+    "json jsonc sql haskell hs lua matlab octave ocaml fortran lisp scheme clojure erlang html "
+    "xml css latex tex diff patch csv asm nasm prolog vhdl verilog wasm".split()
 )
 _CODE_PUNCTUATION = re.compile(r"[;{}()\[\]=<>]")
-_COMMENT = re.compile(r"(?:^|\s)(?:#|//)(.*)$", re.MULTILINE)
+_COMMENTS = {
+    "#": re.compile(r"(?:^|\s)#(?!include|define|if|endif|pragma|import)(.*)$", re.MULTILINE),
+    "//": re.compile(r"(?:^|\s)//(.*)$", re.MULTILINE),
+}
 
 
 def _python(body: str) -> ast.Module | None:
@@ -62,27 +82,48 @@ def _python(body: str) -> ast.Module | None:
         return None
 
 
+def _python_prose(tree: ast.Module, body: str) -> str:
+    """A parsed Python block's comments and bare strings (docstrings)."""
+    try:
+        tokens = tokenize.generate_tokens(io.StringIO(body).readline)
+        comments = [t.string[1:] for t in tokens if t.type == tokenize.COMMENT]
+    except (tokenize.TokenError, SyntaxError):
+        comments = []
+    strings = [
+        node.value.value
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Expr)
+        and isinstance(node.value, ast.Constant)
+        and isinstance(node.value.value, str)
+    ]
+    return " ".join(comments + strings)
+
+
 def _code_prose(info: str, body: str) -> str | None:
-    """The prose in a closed fence that holds code (its comments, and a Python block's bare
-    strings: docstrings), or None when the fence holds prose: a block is code when it is Python
-    that parses, or under a code language's label mostly lines with code punctuation."""
-    lang = info.strip().lower()
-    if lang and lang not in _CODE_INFO:
-        return None  # ```text, ```markdown: prose by its own label
-    comments = " ".join(_COMMENT.findall(body))
-    tree = _python(body) if lang in ("", "python", "py", "python3") else None
-    if tree is not None:
-        strings = [
-            node.value.value
-            for node in ast.walk(tree)
-            if isinstance(node, ast.Expr)
-            and isinstance(node.value, ast.Constant)
-            and isinstance(node.value.value, str)
-        ]
-        return " ".join([comments, *strings])
+    """The prose in a closed fence that holds code (its comments; a Python block's docstrings
+    too), or None when the fence holds prose. Code: a code or data language's label (the
+    label's first word), Python that parses, or, unlabelled, mostly lines of code punctuation;
+    prose: its own label (```text, ```markdown), or unlabelled lines of words."""
+    lang = (info.split() or [""])[0].lower()
+    if lang in _PYTHON or not lang:
+        tree = _python(body)
+        if tree is not None:
+            return _python_prose(tree, body)
+        if lang:  # labelled Python that does not parse (a fragment): code still
+            return " ".join(_COMMENTS["#"].findall(body))
+    if lang in _HASH_COMMENTS:
+        return " ".join(_COMMENTS["#"].findall(body))
+    if lang in _SLASH_COMMENTS:
+        return " ".join(_COMMENTS["//"].findall(body))
+    if lang in _NO_COMMENTS:
+        return ""
+    if lang:
+        return None  # ```text, ```markdown, an unknown label: prose
     lines = [line for line in body.splitlines() if line.strip()]
     punctuated = sum(bool(_CODE_PUNCTUATION.search(line)) for line in lines)
-    return comments if lang and 2 * punctuated >= max(len(lines), 1) else None
+    if lines and 2 * punctuated >= len(lines):  # unlabelled code of some language
+        return " ".join(_COMMENTS["//"].findall(body) + _COMMENTS["#"].findall(body))
+    return None
 
 
 def _drop_code(match: re.Match) -> str:
@@ -132,6 +173,8 @@ def thought(text: str) -> str:
     return part
 
 
+# Ideographs a kana-free sentence may have and still count as Japanese for a Japanese target.
+JA_KANJI_ONLY_MAX = 8
 # Sentences, for telling a Japanese sentence (kana among its kanji) from a Chinese one.
 _SENTENCE = re.compile(r"[^。！？!?.\n]+")
 
@@ -145,11 +188,12 @@ def consistency(text: str, target_language: str) -> float:
         counts = word_counts(part)
     else:
         # Japanese writes kanji beside kana: a sentence with kana counts its ideographs as
-        # Japanese words; a sentence of ideographs alone is Chinese.
+        # Japanese words, and so does a short one without (a heading: 問題, 解法); a sentence
+        # of JA_KANJI_ONLY_MAX ideographs or more and no kana is Chinese.
         counts = dict.fromkeys(LANGUAGES, 0)
         for sentence in _SENTENCE.findall(prose(part)):
             sentence_counts = word_counts(sentence)
-            if sentence_counts["ja"]:
+            if sentence_counts["ja"] or sentence_counts["zh"] < JA_KANJI_ONLY_MAX:
                 sentence_counts["ja"] += sentence_counts.pop("zh")
             for lang, n in sentence_counts.items():
                 counts[lang] += n

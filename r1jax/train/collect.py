@@ -105,8 +105,9 @@ def rejection_reason(completion: str, record: dict, length: int, truncated: bool
 
 
 def longest_paragraph(text: str) -> int:
-    """Characters of the longest paragraph (paragraphs are separated by blank lines)."""
-    return max((len(p.strip()) for p in re.split(r"\n\s*\n", text)), default=0)
+    """Characters of the longest paragraph (a line: models separate paragraphs by one newline
+    as often as by a blank line)."""
+    return max((len(p.strip()) for p in text.split("\n")), default=0)
 
 
 def _full_text(completion: str, record: dict) -> str:
@@ -452,6 +453,7 @@ def collect(cfg, workdir) -> pathlib.Path:
         "source_model": str(cfg.collect.model),
         "prompts_from": str(cfg.data.train),
         "prompts_sha256": _prompts_sha256(records),
+        "general_data_from": {"world_seed": int(cfg.data.world_seed)},
         "collect": cfg.collect.to_dict(),
         "seed": int(cfg.seed),
         "rows": len(rows),

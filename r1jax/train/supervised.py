@@ -172,12 +172,15 @@ def _check_init_from_tokenizer(cfg) -> None:
     if not any((own_dir / n).is_file() for n in ("tokenizer.json", "tokenizer.model")):
         return  # weights without a tokenizer: tokenizer.path names it
     own, configured = text.load_tokenizer(own_dir), text.load_tokenizer(cfg.tokenizer.path)
-    ids = lambda t: (t.vocab_size, t.eos_id, t.bos_id, t.encode(_PROBE_TEXT))  # noqa: E731
+    # The pieces' ids only: another end token over the same vocabulary is a choice, not a
+    # mismatch (a base model with its instruct sibling's tokenizer_config.json).
+    ids = lambda t: (t.vocab_size, t.encode(_PROBE_TEXT))  # noqa: E731
     if ids(own) != ids(configured):
         raise configlib.ConfigError(
             f"config.tokenizer.path: {cfg.tokenizer.path} is not the tokenizer of "
             f"model.init_from ({own_dir}; vocab {own.vocab_size} against "
-            f"{configured.vocab_size}, or other ids): its weights know their own token ids. "
+            f"{configured.vocab_size}, or other ids for the same text): its weights know "
+            "their own token ids. "
             "Leave tokenizer.path empty to use init_from's tokenizer"
         )
 
