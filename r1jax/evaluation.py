@@ -201,6 +201,13 @@ def canonical_answer(answer: str) -> str | None:
         value = int(whole) + fractions.Fraction(int(num), int(den))
         return str(-value if sign == "-" else value)
     s = _ATOM_FRAC.sub(r"\1/\2", s)  # normalize braced every \frac: \frac12 is \frac{1}{2}
+    if math_reward._top_level_comma(s):  # "2, 1" answers "1, 2" (the grader's lists are sets)
+        return ",".join(sorted(_number_key(x) for x in s.split(",")))
+    return _number_key(s)
+
+
+def _number_key(s: str) -> str:
+    """A plain number as its exact value ("0.50" and "1/2" as "1/2"), else `s`."""
     if math_reward._NUMBER.match(s) and len(s) <= 100:
         try:
             value = fractions.Fraction(s)

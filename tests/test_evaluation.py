@@ -154,7 +154,10 @@ def test_vote_key():
     for forms in (
         ["(1,2)", "(1, 2)"],
         ["\\frac{\\sqrt{3}}{2}", "\\frac{\\sqrt3}{2}", "\\frac{\\sqrt{3}}2"],
-        ["2\\sqrt{2}", "2\\sqrt2"],
+        ["2\\sqrt{2}", "2\\sqrt2", "2 \\sqrt 2"],
+        ["\\frac 59", "\\frac{5}{9}", "\\cfrac{5}{9}"],  # MATH-500 writes "\\frac 59"
+        ["14{,}916", "14916"],
+        ["1, -2", "-2, 1", "-2,1"],  # a list of solutions is a set
         ["\\text{(A)}", "A", "(A)"],
         ["\\pi/2", "\\frac{\\pi}{2}", "\\frac\\pi2"],
         ["1e3", "1000", "1,000"],
@@ -168,6 +171,8 @@ def test_vote_key():
         assert len(keys) == 1, (forms, keys)
         assert all(math_reward.is_equiv(f, forms[0]) for f in forms), forms
     assert key(_ans("81, 256"), math) != key(_ans("81256"), math)  # a list, not thousands
+    assert key(_ans("(1, 2)"), math) != key(_ans("(2, 1)"), math)  # ordered pairs keep order
+    assert key(_ans("2ab"), math) != key(_ans("2"), math)  # variables are not a unit
     assert key(_ans("1\\frac{4}{5}"), math) != key(_ans("\\frac{14}{5}"), math)
     general = world.dataset("general_test", n=1)[0]  # graded on phrase runs, not <answer>
     good = "Sure! The answer is " + general["answer"] + "."

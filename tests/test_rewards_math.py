@@ -39,6 +39,13 @@ EXTRACTION = [
     ("no final answer here", None),
     ("<think>so the answer is 18</think>", "18"),  # up to the closing tag
     ("", None),
+    # lm-eval's minerva format and a clause after the answer (the rest of the line was kept).
+    ("Final Answer: The final answer is $5$. I hope it is correct.", "5"),
+    ("The answer is $5$, since 2+3=5.", "5"),
+    ("<answer>The final answer is 5. I hope it is correct.</answer>", "5"),
+    ("So the answer is $\\$32,\\!348$.", "\\$32,\\!348"),  # a currency $, not a span
+    # A trailing empty box is a mention, as a box of nothing is.
+    ("So \\boxed{5}. Put the final answer within \\boxed{}.", "5"),
 ]
 
 
@@ -343,6 +350,23 @@ PAIRS = [
     ("15", "15\\mbox{ cm}^2", True),
     ("864 inches^2", "864", True),
     ("3 xy^2", "3", False),
+    # From the outside-reference audit (Math-Verify's and Qwen's grader cases, lm-eval).
+    ("\\text{East}", "\\text{east}", True),  # words in any case
+    ("Ellipse", "\\text{ellipse}", True),
+    ("x = 1 \\text{ or } x = 2", "1, 2", True),  # the gold lists both: no hedge
+    ("1 \\text{ and } 2", "1, 2", True),
+    ("2ab", "2", False),  # letters against a number are variables, not a unit
+    ("6", "6xy", False),
+    ("4 sevenths", "4", False),
+    ("5cm", "5", True),  # ... unless they are a unit's abbreviation
+    ("u_{16} = a", "a", True),  # a lowercase gold letter is a variable, not a choice
+    ("\\textbf{(C)}\\ 7", "\\text{(C)}", True),  # the choice, then its value
+    ("(C) 7", "(C)", True),
+    ("(B) 7", "(C)", False),
+    ("8^\\text{th}", "8", True),  # ordinal suffixes
+    ("x=4 \\lor x=6", "6", False),  # a disjunction hedges
+    ("\\cfrac{1}{3}", "\\frac13", True),
+    ("14{,}916", "14916", True),
 ]
 
 

@@ -29,6 +29,18 @@ MAX_ABS_ERROR = fractions.Fraction(1, 10**6)
 _CHECKER_START_S = 60.0
 
 _MC_LETTER = re.compile(r"^\(?([A-Ea-e])\)?$")
+# A choice letter followed by the option's value: "(C) 7", "C) 7", "\textbf{(C)}\ 7", "C. 7".
+_LEADING_CHOICE = re.compile(r"^(?:\\text(?:bf)?\{)?\s*(?:\(([A-E])\)|([A-E])[).])")
+# Ordinal suffixes: "8^\text{th}", "2^{\rm nd}".
+_ORDINAL = re.compile(r"\^\{?\s*(?:\\(?:text|mathrm|rm)\s*\{?\s*)?(?:st|nd|rd|th)\}?\}?")
+# Disjunctions: "x=4 \lor x=6" names two candidates.
+_DISJUNCTION = re.compile(r"\\(?:lor|vee)(?![a-zA-Z])")
+# A sentence or clause after an answer given in prose ("is $5$. I hope it is correct",
+# "is 5, since ..."): cut there.
+_SENTENCE_END = re.compile(
+    r"\.\s+(?=[A-Z])|\s*\bI hope it is correct|,\s+(?:since|because|as|which|so|and|but|where)\b"
+)
+_DOLLAR_SPAN = re.compile(r"(?<!\\)\$\$?((?:\\\$|[^$])+?)(?<!\\)\$\$?")  # not at "\$" (currency)
 _GSM8K = re.compile(r"####\s*([^\n]*)")
 # Up to the line's end or a closing tag ("... the answer is 18</think>").
 _THE_ANSWER_IS = re.compile(r"answer\s+is\s*:?\s*((?:(?!</)[^\n])*)", re.IGNORECASE)
@@ -42,8 +54,13 @@ _THOUSANDS = re.compile(r"^[-+]?\d{1,3}(,\d{3})+(\.\d+)?$")
 # e would otherwise reach math-verify as Euler's number; the exponent is kept small).
 _NUMBER = re.compile(r"^[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d{1,3}|(/\d+)?)$")
 _UNIT_TAIL = re.compile(
-    r"^([-+]?[\d.,]*\d)\s*(\\%|%|°|\\text\{[^{}]*\}|\\mbox\{[^{}]*\}|[a-zA-Z]{2,}[a-zA-Z .\-/]*)$"
+    r"^([-+]?[\d.,]*\d)(\s*(?:\\%|%|°|\\text\{[^{}]*\}|\\mbox\{[^{}]*\})"
+    r"|\s+[a-zA-Z]{2,}[a-zA-Z .\-/]*"
+    # written against the number, only unit abbreviations: "2ab" keeps its variables
+    r"|(?:cm|mm|km|kg|mg|ml|mL|ft|lbs?|oz|hrs?|sec|mph|cents?|dollars?)(?:[ .\-/][a-zA-Z .\-/]*)?)$"
 )
+# A number with letters against it ("2ab"): an expression, never a plain number's equal.
+_NUMBER_TIMES_LETTERS = re.compile(r"[-+]?[\d.]*\d[a-zA-Z]{2,}")
 # A unit squared or cubed: "15\mbox{ cm}^2" (MATH-500's gold), "864 inches^2": a \text/\mbox
 # group, or a unit name of two letters or more after a space ("3m^2" keeps its variable m).
 _AREA_TAIL = re.compile(
@@ -58,7 +75,8 @@ _NOT_UNITS = frozenset(
     thirteen fourteen fifteen sixteen seventeen eighteen nineteen twenty thirty forty fifty sixty
     seventy eighty ninety hundred hundreds thousand thousands million millions billion billions
     trillion trillions dozen dozens half halves quarter quarters third thirds fourth fourths
-    fifth fifths tenth tenths hundredth hundredths thousandth thousandths squared cubed
+    fifth fifths sixth sixths seventh sevenths eighth eighths ninth ninths tenth tenths
+    hundredth hundredths thousandth thousandths squared cubed
     factorial pi mod sqrt root""".split()
 )
 _TEXT_WRAP = re.compile(r"^\\(?:text|textbf|mathrm|mbox)\{([^{}]*)\}$")
@@ -120,14 +138,21 @@ def _last_boxed(text: str) -> str | None:
         content = _box_at(text, start, command)
         if content is _UNBALANCED:  # the last box never closes: no answer rather than a guess
             return None
-        if content is not None:
+        if content is not None and content.strip():  # an empty \boxed{} is a mention too
             return content
         end = start
     return None
 
 
 def _strip_sentence(ans: str) -> str:
-    """Trim phrasing around an answer given in prose ("is $42$.", "is **42**")."""
+    """Trim phrasing around an answer given in prose ("is $42$.", "is **42**", "is $5$. I hope
+    it is correct", "is 5, since ..."): one $...$ span is the answer (two stay, a hedge)."""
+    spans = _DOLLAR_SPAN.findall(ans)
+    if len(spans) == 1:
+        ans = spans[0]
+    else:
+        cut = _SENTENCE_END.search(ans)
+        ans = ans[: cut.start()] if cut else ans
     ans = ans.strip().rstrip(".").strip()
     ans = ans.strip("*").strip()
     if len(ans) >= 2 and ans[0] == "$" and ans[-1] == "$":
@@ -182,8 +207,8 @@ _TOKEN = r"(\\[a-zA-Z]+|[a-zA-Z0-9])"
 _ARG = (
     r"(\{(?:[^{}]|\{[^{}]*\})*\}|\\[a-zA-Z]+|[a-zA-Z0-9])"  # braced (one level nested) or a token
 )
-_BARE_SQRT = re.compile(r"\\sqrt" + _TOKEN)
-_ANY_FRAC = re.compile(r"\\frac" + _ARG + _ARG)
+_BARE_SQRT = re.compile(r"\\sqrt\s*" + _TOKEN)
+_ANY_FRAC = re.compile(r"\\frac\s*" + _ARG + r"\s*" + _ARG)
 
 
 def _braced(s: str) -> str:
@@ -205,7 +230,10 @@ def normalize(ans: str) -> str:
     # LaTeX spaces (\\, \\! \\: \\; \\  and ~); a "\\ " that ends a "\\\\" row break is not one.
     s = re.sub(r"(?<!\\)\\[!,:; ]|(?<!\\)~", "", s).replace("\\dfrac", "\\frac")
     s = s.replace("\\tfrac", "\\frac").replace("\\left", "").replace("\\right", "")
+    s = s.replace("\\cfrac", "\\frac")
     s = _braced(s)
+    s = _ORDINAL.sub("", s)  # "8^\text{th}"
+    s = re.sub(r"(?<=\d)\{,\}(?=\d{3})", "", s)  # "14{,}916": a digit group separator
     s = re.sub(r"^\\\$\s*|^\$", "", s).strip()  # a leading currency sign
     s = re.sub(r"\s+", " ", s).rstrip(".").strip()
     unwrapped = _TEXT_WRAP.match(s)
@@ -429,15 +457,39 @@ def is_equiv(pred: str | None, gold: str, *, timeout_s: float = DEFAULT_TIMEOUT_
         return False
     if p == g:
         return True
-    gold_letter = _choice_letter(g)
+    # A choice is an uppercase letter ("(C)"); a lowercase one is a variable ("a", "e").
+    gold_letter = _choice_letter(g) if not re.fullmatch(r"\(?[a-e]\)?", g) else None
     if gold_letter is not None:
-        return _choice_letter(p) == gold_letter
+        leading = _LEADING_CHOICE.match(p)
+        letter = _choice_letter(p) or (leading and (leading.group(1) or leading.group(2)))
+        return letter == gold_letter
     pf, gf = _as_fraction(p), _as_fraction(g)
     if pf is not None and gf is not None:
         return abs(pf - gf) <= min(fractions.Fraction(1, 10**9) * max(1, abs(gf)), MAX_ABS_ERROR)
-    if _hedged_text(pred) and not _hedged_text(gold):
+    if (gf is None) != (pf is None) and _NUMBER_TIMES_LETTERS.fullmatch(p if gf else g):
+        return False  # math-verify reads "2ab" as 2
+    if _WORDS.fullmatch(p) and _WORDS.fullmatch(g):  # "\text{East}" is "east": words, any case
+        return p.casefold() == g.casefold()
+    # Two candidates where the gold has one ("7\text{ or }8", "x=4 \lor x=6"); a gold that
+    # lists several values is answered by "1 or 2" / "1 and 2".
+    hedged = lambda s: _hedged_text(s) or bool(_DISJUNCTION.search(s))  # noqa: E731
+    if hedged(pred) and not hedged(gold) and not _top_level_comma(gold):
         return False
     return symbolic_equal(p, g, timeout_s=timeout_s)
+
+
+_WORDS = re.compile(r"[A-Za-z]{2,}(?: ?[A-Za-z]+)*")
+
+
+def _top_level_comma(s: str) -> bool:
+    """Whether `s` is a list of values: a comma outside every bracket ("1, 2", not "(1, 2)")."""
+    depth = 0
+    for ch in s:
+        depth += ch in "([{"
+        depth -= ch in ")]}"
+        if ch == "," and depth == 0:
+            return True
+    return False
 
 
 def accuracy_reward(completion: str, gold: str, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> float:
