@@ -88,7 +88,7 @@ def real(c: ml_collections.ConfigDict, size: str) -> None:
     c.collect.prompts_per_batch = 16
     c.collect.summary = True
     c.collect.sft = True
-    c.train.steps = 400
+    c.train.epochs = 2  # R1's cold start: train.steps from the collected chains (data_stats.json)
 
 
 def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:

@@ -10,6 +10,10 @@ R1-Zero settings on a real base model (one GPU):
       --config.model.init_from=/models/Qwen2.5-Math-1.5B
 DAPO on the same model:
   r1jax --config=configs/grpo.py:qwen2.5-1.5b,dapo --workdir=runs/dapo-1.5b
+Memory (estimates, README 'Scaling out'): the update and the log-prob passes take micro-batches
+of 512 / train.grad_accum rows (4 for 1.5B; 16 for 7B: one row a device on 16 devices, set
+--config.train.grad_accum=16 on 32); sampling holds the whole model on every device, so 7B
+sampling wants 80 GB devices (H100), not 32 GB TPU v4 chips.
 """
 
 import ml_collections
@@ -71,7 +75,13 @@ def real(c: ml_collections.ConfigDict, size: str) -> None:
     c.optim.schedule = "constant"
     c.optim.weight_decay = 0.0
     c.train.steps = 8000
-    c.train.grad_accum = 16
+    # Micro-batches of 4 rows (1.5B on one 80 GB GPU) / 16 (7B over 16+ devices): attention
+    # keeps [rows, heads, L, L] float32 scores, ~1.6 GB a row a layer at 4608 tokens (the
+    # realcfg audit's estimates from compiled programs; 32 rows did not fit). The reference,
+    # old and value passes take the same micro-batches (`rl.in_micro_batches`).
+    c.train.grad_accum = 128 if size == "qwen2.5-1.5b" else 32
+    # Held-out answers as long as the rollouts (1024 cut R1-Zero's growing answers short).
+    c.eval.max_new_tokens = c.rl.get_ref("max_new_tokens")
     c.train.checkpoint_every = 50
     c.train.log_every = 1
     if size == "qwen2.5-7b-tpu":

@@ -14,7 +14,9 @@ Variants:
   HH-RLHF 0.53 (a 512-piece tokenizer and a 128-token context see little of those talks).
 - qwen2.5-1.5b: one GPU; HH-RLHF-style training pairs at a path you give (rows {"chosen",
   "rejected"} transcripts, or {"prompt", "chosen", "rejected"}), InstructGPT's RM settings
-  (lr 9e-6 cosine, batch 64, one epoch). R1's two judges, one run each, as
+  (lr 9e-6 cosine, batch 64; 2513 steps: one epoch of all four HH-RLHF train splits, ~3.7
+  epochs of one split: pass --config.train.steps=-(-PAIRS // 64) for one epoch of yours, e.g.
+  670 for helpful-base's ~43k pairs). R1's two judges, one run each, as
   configs/all_domain_rl.py's qwen variants read them:
     r1jax --config=configs/reward_model.py:qwen2.5-1.5b --workdir=runs/rm-helpful-1.5b \
         --config.model.init_from=/models/Qwen2.5-1.5B-Instruct \
@@ -77,7 +79,8 @@ def real_model(c: ml_collections.ConfigDict, arg: str) -> None:
     c.optim.warmup_steps = 75  # 3% of the epoch
     c.optim.min_lr_ratio = 0.1
     c.optim.weight_decay = 0.0
-    c.train.steps = -(-HH_TRAIN_PAIRS // c.data.batch_size)  # one epoch: 2513 steps
+    # One epoch of all four HH-RLHF splits (2513 steps); one split alone is ~1/4 of it.
+    c.train.steps = -(-HH_TRAIN_PAIRS // c.data.batch_size)
     c.train.log_every = 10
     c.train.eval_every = 500
     c.train.checkpoint_every = 500

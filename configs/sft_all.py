@@ -40,4 +40,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     c.optim.lr = 5e-5  # R1: 2 epochs, cosine from 5e-5 down to 5e-6
     c.optim.min_lr_ratio = 0.1
     c.train.epochs = 2  # train.steps from the collected dataset's size (data_stats.json)
+    # 1.5B: 4 rows of 8704 tokens a micro-batch on one GPU (8 needed ~89 GB). 7B at 16896
+    # tokens needs memory-efficient attention (one row's scores are ~64 GB; not implemented).
+    c.train.grad_accum = 16 if arg == "qwen2.5-1.5b" else c.train.grad_accum
     return c

@@ -163,9 +163,32 @@ class Jitted:
     values: object | None
 
 
+def in_micro_batches(fn, k: int):
+    """`fn(params, batch) -> [N, ...]` over k micro-batches of the batch's rows, one after the
+    other (`lax.map`), as the update takes them (`trainer.micro_batches`: each device keeps
+    its rows): the reference, old-policy and value passes then hold one update micro-batch's
+    activations, not the whole rollout's (512 rows x 4608 tokens: ~800 GB of attention
+    scores). Leaves without the batch's rows (scalars) go to every call whole."""
+    if k == 1:
+        return fn
+
+    def chunked(params, batch):
+        n = batch["input_ids_NxL"].shape[0]
+        rows = {key: x for key, x in batch.items() if jnp.ndim(x) and x.shape[0] == n}
+        rest = {key: x for key, x in batch.items() if key not in rows}
+        out = jax.lax.map(
+            lambda micro: fn(params, {**rest, **micro}), trainer.micro_batches(rows, k)
+        )
+        return jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1).reshape(n, *x.shape[2:]), out)
+
+    return chunked
+
+
 def build_jitted(cfg, model_cfg, optimizer, shardings, mesh) -> Jitted:
-    """Jits the update step (state donated) and the log-prob / value functions."""
+    """Jits the update step (state donated) and the log-prob / value functions (over the
+    update's micro-batches, `in_micro_batches`)."""
     lcfg = loss_config(cfg)
+    chunks = cfg.rl.num_minibatches * cfg.train.grad_accum
     batch_sh = sharding.batch_sharding(mesh)
     rules = sharding.rules_from_config(cfg.mesh.rules)
     common = dict(
@@ -183,7 +206,10 @@ def build_jitted(cfg, model_cfg, optimizer, shardings, mesh) -> Jitted:
         )
         values = jax.jit(
             sharding.laid_out(
-                lambda p, b: steps.compute_values(model_cfg, p, b, critic=cfg.rl.critic),
+                in_micro_batches(
+                    lambda p, b: steps.compute_values(model_cfg, p, b, critic=cfg.rl.critic),
+                    chunks,
+                ),
                 mesh,
                 rules,
             ),
@@ -197,7 +223,7 @@ def build_jitted(cfg, model_cfg, optimizer, shardings, mesh) -> Jitted:
         model_cfg, p, b, temperature=cfg.rl.temperature
     )[0]
     logprobs = jax.jit(
-        sharding.laid_out(logprobs_fn, mesh, rules),
+        sharding.laid_out(in_micro_batches(logprobs_fn, chunks), mesh, rules),
         in_shardings=(shardings.params["policy"], batch_sh),
         out_shardings=batch_sh,
     )
