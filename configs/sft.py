@@ -39,7 +39,9 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
         c.train.checkpoint_every = 50
     elif arg in ("qwen2.5-1.5b", "qwen2.5-7b-tpu"):
         c.model.preset = "qwen2.5-1.5b" if arg == "qwen2.5-1.5b" else "qwen2.5-7b"
-        c.model.init_from = "/models/Qwen2.5-Math-1.5B" if arg == "qwen2.5-1.5b" else ""
+        c.model.init_from = (
+            "/models/Qwen2.5-Math-1.5B" if arg == "qwen2.5-1.5b" else "/models/Qwen2.5-7B"
+        )
         c.model.dtype = "bfloat16"
         c.model.remat = "full"
         c.data.seq_len = 4096

@@ -176,8 +176,8 @@ def validate(cfg: ml_collections.ConfigDict, *, num_devices: int | None = None) 
         _validate_eval(cfg)
     if cfg.stage == "collect":
         _validate_collect(cfg)
-    if cfg.stage in ("rl", "eval"):
-        return
+    if cfg.stage in ("rl", "eval") or (cfg.stage == "collect" and not cfg.collect.sft):
+        return  # no SFT batch (a collection alone refused 32 devices over one it never used)
     splits = shape[0] * shape[1]
     micro = cfg.data.batch_size // cfg.train.grad_accum
     _require(

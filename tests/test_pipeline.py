@@ -216,6 +216,11 @@ def test_collect_config_errors_name_the_field(tmp_path):
     with pytest.raises(configlib.ConfigError, match=r"config\.collect\.general_data"):
         cfg = configlib.load_config(spec, collect__model=WORLD_BASE, collect__general_ratio=0.5)
         configlib.validate(cfg, num_devices=1)
+    # A collection without its SFT has no SFT batch to split over the devices.
+    alone = configlib.load_config(spec, collect__model=WORLD_BASE, collect__sft=False)
+    configlib.validate(alone, num_devices=64)  # data.batch_size 32 would not split over 64
+    with pytest.raises(configlib.ConfigError, match="data.batch_size"):
+        configlib.validate(configlib.load_config(spec, collect__model=WORLD_BASE), num_devices=64)
 
 
 # ---- GRPO: general prompts mixed in, routed to a reward model --------------------------------
