@@ -32,12 +32,6 @@ def export(run_dir, out_dir, *, step: int | None = None) -> pathlib.Path:
     run_dir, out_dir = pathlib.Path(run_dir), pathlib.Path(out_dir)
     cfg = run_model_config(run_dir)
     abstract = jax.eval_shape(lambda k: transformer.init_params(cfg, k), jax.random.key(0))
-    # Whole on this machine's first device, however the run was sharded: said outright, orbax
-    # neither guesses from the saved layout nor warns that guessing is unsafe.
-    one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    abstract = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=one), abstract
-    )
     params = checkpoint.restore_params(run_dir, abstract, step=step)
     # The run's tokenizer first (its SentencePiece model, or the HF tokenizer files it kept),
     # then the model, whose config.json save_hf writes last: an export cut short has none.
