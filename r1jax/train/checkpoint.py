@@ -2,6 +2,7 @@
 
 import contextlib
 import functools
+import gc
 import json
 import logging as std_logging
 import pathlib
@@ -243,6 +244,16 @@ def _set_aside(mngr, bad_steps, *, restored_step: int, error: Exception) -> None
 
 def restore_params(directory: str | pathlib.Path, target_params, *, step: int | None = None):
     """Restores only the params of a run's checkpoint (e.g. to start a later stage from it)."""
+    try:
+        return _restore_params(directory, target_params, step=step)
+    finally:
+        # A layout that does not match leaves orbax read coroutines unfinished; collected here
+        # rather than at some later moment (inside CPython 3.11's ast.parse, a finalizer run
+        # by the garbage collector broke the AST recursion counter: a SystemError).
+        gc.collect()
+
+
+def _restore_params(directory, target_params, *, step):
     directory = pathlib.Path(directory)
     if (directory / "checkpoints").is_dir():
         directory = directory / "checkpoints"
