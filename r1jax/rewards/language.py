@@ -142,7 +142,11 @@ def prose(text: str) -> str:
 def word_counts(text: str) -> dict[str, int]:
     """Number of words per language script in the text (Latin counts as "en"), math and code
     left out (`prose`)."""
-    text = prose(text)
+    return _script_counts(prose(text))
+
+
+def _script_counts(text: str) -> dict[str, int]:
+    """`word_counts` of text that is prose already."""
     counts = {}
     for lang, pattern in _SCRIPTS.items():
         words = pattern.findall(text)
@@ -192,7 +196,7 @@ def consistency(text: str, target_language: str) -> float:
         # of JA_KANJI_ONLY_MAX ideographs or more and no kana is Chinese.
         counts = dict.fromkeys(LANGUAGES, 0)
         for sentence in _SENTENCE.findall(prose(part)):
-            sentence_counts = word_counts(sentence)
+            sentence_counts = _script_counts(sentence)  # prose(part) was taken above
             if sentence_counts["ja"] or sentence_counts["zh"] < JA_KANJI_ONLY_MAX:
                 sentence_counts["ja"] += sentence_counts.pop("zh")
             for lang, n in sentence_counts.items():
