@@ -43,6 +43,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.param_dtype = "float32"  # master weights and optimizer state
     c.model.remat = "none"  # none | full | dots: rematerialise each layer in the backward pass
     c.model.unroll_layers = 0  # layers per layer-loop iteration: 1 scan, n straight-line, 0 auto
+    c.model.attention_chunk = 0  # queries per attention block (memory ~ block x seq); 0 = all
 
     c.tokenizer = ml_collections.ConfigDict()
     c.tokenizer.path = ""  # a SentencePiece .model, or a folder/tokenizer.json; '' = model folder

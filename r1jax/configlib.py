@@ -216,7 +216,7 @@ def _validate_model(cfg) -> None:
     _require(m.param_dtype in ("float32", "bfloat16"), "model.param_dtype", "float32 or bfloat16")
     modes = model_config.REMAT_MODES
     _require(m.remat in modes, "model.remat", f"expected one of {modes}")
-    for name in (*MODEL_SHAPE_FIELDS, "max_seq_len", "unroll_layers"):
+    for name in (*MODEL_SHAPE_FIELDS, "max_seq_len", "unroll_layers", "attention_chunk"):
         _require(m[name] >= 0, f"model.{name}", f"must be >= 0 (0 = the preset's), got {m[name]}")
     vocab = cfg.tokenizer.train_vocab_size
     _require(vocab >= 0, "tokenizer.train_vocab_size", f"must be >= 0 (0 = none), got {vocab}")
@@ -235,6 +235,7 @@ def model_config_from(cfg: ml_collections.ConfigDict, *, vocab_size: int | None 
         changes["vocab_size"] = int(vocab_size)
     changes.update(dtype=cfg.model.dtype, param_dtype=cfg.model.param_dtype, remat=cfg.model.remat)
     changes["unroll_layers"] = int(cfg.model.get("unroll_layers", 0))
+    changes["attention_chunk"] = int(cfg.model.get("attention_chunk", 0))
     try:
         return dataclasses.replace(mcfg, **changes)
     except ValueError as e:  # ModelConfig's own checks name ModelConfig.<field>
@@ -261,7 +262,14 @@ def check_workdir(workdir) -> None:
 
 
 # Model fields a resumed run may change: numerics and context, not the shape of its weights.
-_RESUMABLE_MODEL_FIELDS = ("dtype", "param_dtype", "remat", "unroll_layers", "max_seq_len")
+_RESUMABLE_MODEL_FIELDS = (
+    "dtype",
+    "param_dtype",
+    "remat",
+    "unroll_layers",
+    "attention_chunk",
+    "max_seq_len",
+)
 
 
 def json_form(value):

@@ -604,7 +604,12 @@ def _load_model(cfg, mesh, rules=sharding.DEFAULT_RULES):
     Face folder its config.json and tokenizer.json. config.tokenizer.path overrides either.
     """
     path = pathlib.Path(cfg.model.init_from)
-    numerics = dict(dtype=cfg.model.dtype, param_dtype=cfg.model.param_dtype, remat="none")
+    numerics = dict(
+        dtype=cfg.model.dtype,
+        param_dtype=cfg.model.param_dtype,
+        remat="none",
+        attention_chunk=int(cfg.model.get("attention_chunk", 0)),
+    )
     run_dir = next((d for d in (path, path.parent) if configlib.is_run_dir(d)), None)
     if (path / "config.json").is_file() and run_dir != path:
         hf_cfg, params = hf_io.load_hf(path, dtype=cfg.model.param_dtype)

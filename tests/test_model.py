@@ -220,6 +220,63 @@ def test_layer_unroll_auto_and_bounds():
         dataclasses.replace(CFG, unroll_layers=-1)
 
 
+@pytest.mark.parametrize("chunk", [1, 5, 8])
+def test_attention_in_chunks_keeps_logits_and_gradients(chunk):
+    """Blocks of queries (5 does not divide T = 8: the last block is padded) give the logits
+    and gradients of whole-sequence attention, also over packed segments."""
+    params, tokens = _params(), _tokens((B, 8))
+    segment_ids = jnp.asarray([[1] * 5 + [2] * 3, [1] * 6 + [0] * 2])
+    positions = jnp.asarray([[0, 1, 2, 3, 4, 0, 1, 2], list(range(8))])
+
+    def loss(cfg, p):
+        logits = tf.forward(cfg, p, tokens, positions_BxT=positions, segment_ids_BxT=segment_ids)
+        return jnp.mean(logits**2), logits
+
+    run = lambda cfg: jax.jit(jax.value_and_grad(functools.partial(loss, cfg), has_aux=True))(
+        params
+    )
+    (ref_val, ref_logits), ref_grad = run(CFG)
+    (val, logits), grad = run(dataclasses.replace(CFG, attention_chunk=chunk))
+    np.testing.assert_allclose(logits, ref_logits, atol=1e-5)
+    np.testing.assert_allclose(val, ref_val, rtol=1e-6)
+    chex.assert_trees_all_close(grad, ref_grad, atol=1e-6)
+
+
+def test_attention_in_chunks_prefills_a_cache_like_one_block():
+    params, tokens = _params(), _tokens((B, 10), seed=7)
+    positions = jnp.broadcast_to(jnp.arange(10), (B, 10))
+    kv_mask = jnp.asarray([[True] * S, [False] * 2 + [True] * (S - 2)])
+    outs = [
+        _forward_cached(cfg, params, tokens, positions, tf.init_cache(cfg, B, S), 0, kv_mask)
+        for cfg in (CFG, dataclasses.replace(CFG, attention_chunk=4))
+    ]
+    np.testing.assert_allclose(outs[1][0], outs[0][0], atol=1e-5)
+    chex.assert_trees_all_close(outs[1][1], outs[0][1], atol=1e-6)
+
+
+def test_attention_in_chunks_holds_a_fraction_of_the_scores():
+    """The compiled gradient's temporaries: whole-sequence attention keeps [B, H, T, T] float32
+    scores (and probabilities) per layer; blocks of 64 queries keep [B, H, 64, T]."""
+    cfg = dataclasses.replace(CFG, max_seq_len=1024)
+    abstract = jax.eval_shape(functools.partial(tf.init_params, cfg), jax.random.key(0))
+    tokens = jax.ShapeDtypeStruct((1, 1024), jnp.int32)
+
+    def temp_bytes(chunk):
+        c = dataclasses.replace(cfg, attention_chunk=chunk)
+        grad = jax.grad(lambda p, t: jnp.mean(tf.forward(c, p, t) ** 2))
+        return jax.jit(grad).lower(abstract, tokens).compile().memory_analysis().temp_size_in_bytes
+
+    whole, blocks = temp_bytes(0), temp_bytes(64)
+    scores = 1 * CFG.n_heads * 1024 * 1024 * 4  # one layer's [B, H, T, T] float32
+    assert whole > 2 * scores, whole
+    assert blocks < whole / 4 and blocks < scores, (blocks, whole)
+
+
+def test_attention_chunk_must_not_be_negative():
+    with pytest.raises(ValueError, match="attention_chunk"):
+        dataclasses.replace(CFG, attention_chunk=-1)
+
+
 @functools.cache
 def _reference_value_and_grad():
     tokens = _tokens((B, 8))

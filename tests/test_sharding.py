@@ -311,6 +311,13 @@ def test_remat_step_on_mesh_equals_one_device(sft_reference):
     _assert_trees_close(state, sft_reference[1])
 
 
+def test_attention_in_chunks_on_mesh_equals_one_device(sft_reference):
+    # Blocks of 6 of the 16 queries (the last one padded), with heads split over tensor.
+    metrics, state = _sft_run((1, 4, 2), dataclasses.replace(CFG, attention_chunk=6))
+    _assert_metrics_close(metrics, sft_reference[0])
+    _assert_trees_close(state, sft_reference[1])
+
+
 def test_kv_cache_sharding_follows_the_rules():
     mesh = _mesh((2, 2, 2))
     decode_k = sharding.cache_sharding(mesh, layout="decode_k").spec

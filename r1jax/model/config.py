@@ -86,6 +86,10 @@ class ModelConfig:
     # code, no stacked activations (a 4-layer GRPO update ~10% faster on XLA:CPU); 0 = auto,
     # straight-line up to AUTO_UNROLL_MAX_LAYERS layers, else rolled.
     unroll_layers: int = 0
+    # Queries per block of attention over a whole sequence (training, scoring, prefill): the
+    # float32 scores held at once are [B, H, block, S] instead of [B, H, T, S], each block
+    # recomputed in the backward pass. 0 = the whole sequence in one block.
+    attention_chunk: int = 0
 
     def __post_init__(self):
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim"):
@@ -103,6 +107,10 @@ class ModelConfig:
         if self.unroll_layers < 0:
             raise ValueError(
                 f"ModelConfig.unroll_layers must be >= 0 (0 = auto), got {self.unroll_layers}"
+            )
+        if self.attention_chunk < 0:
+            raise ValueError(
+                f"ModelConfig.attention_chunk must be >= 0 (0 = off), got {self.attention_chunk}"
             )
         if self.head_dim % 2:
             raise ValueError(f"ModelConfig.head_dim must be even for RoPE, got {self.head_dim}")

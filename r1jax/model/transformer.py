@@ -144,6 +144,44 @@ def _matmul(x_BxTxI, w_IxO):
     return (x_BxTxI.reshape(b * t, i) @ w_IxO).reshape(b, t, w_IxO.shape[-1])
 
 
+def _attend(cfg, q_BxTxKxGxDh, k_BxSxKxDh, v_BxSxKxDh, mask_BxTxS):
+    """Softmax attention of T queries over S slots; [B, T, K, G, Dh] in cfg.dtype."""
+    scores_BxKxGxTxS = jnp.einsum(
+        "btkge,bske->bkgts", q_BxTxKxGxDh, k_BxSxKxDh, preferred_element_type=jnp.float32
+    ) * (cfg.head_dim**-0.5)
+    # A finite fill keeps fully masked rows (padding queries) finite instead of NaN.
+    scores_BxKxGxTxS = jnp.where(
+        mask_BxTxS[:, None, None, :, :], scores_BxKxGxTxS, jnp.finfo(jnp.float32).min
+    )
+    probs_BxKxGxTxS = jax.nn.softmax(scores_BxKxGxTxS, axis=-1).astype(q_BxTxKxGxDh.dtype)
+    return jnp.einsum("bkgts,bske->btkge", probs_BxKxGxTxS, v_BxSxKxDh)
+
+
+def _attend_in_chunks(cfg, q_BxTxKxGxDh, k_BxSxKxDh, v_BxSxKxDh, mask_BxTxS, chunk):
+    """`_attend` over blocks of `chunk` queries in a loop, each block rematerialised in the
+    backward pass: the float32 scores held at once are [B, H, chunk, S] instead of
+    [B, H, T, S] (32 GB a row for 28 heads at 16k tokens). Each query's softmax still runs
+    over all of its slots, so the result is the same up to matmul rounding. T is padded to
+    whole blocks with fully masked queries, whose outputs are dropped."""
+    b, t = q_BxTxKxGxDh.shape[:2]
+    n = -(-t // chunk)
+    pad = n * chunk - t
+    q = jnp.pad(q_BxTxKxGxDh, ((0, 0), (0, pad), (0, 0), (0, 0), (0, 0)))
+    mask = jnp.pad(mask_BxTxS, ((0, 0), (0, pad), (0, 0)))
+    # Blocks on a leading axis for lax.map: [n, B, chunk, ...].
+    q_NxBxCxKxGxDh = jnp.moveaxis(q.reshape(b, n, chunk, *q.shape[2:]), 1, 0)
+    mask_NxBxCxS = jnp.moveaxis(mask.reshape(b, n, chunk, mask.shape[-1]), 1, 0)
+
+    @jax.checkpoint
+    def block(args):
+        q_BxCxKxGxDh, mask_BxCxS = args
+        return _attend(cfg, q_BxCxKxGxDh, k_BxSxKxDh, v_BxSxKxDh, mask_BxCxS)
+
+    out_NxBxCxKxGxDh = jax.lax.map(block, (q_NxBxCxKxGxDh, mask_NxBxCxS))
+    out = jnp.moveaxis(out_NxBxCxKxGxDh, 0, 1).reshape(b, n * chunk, *q.shape[2:])
+    return out[:, :t]
+
+
 class Attention(nn.Module):
     """Grouped-query attention with RoPE, optional qkv bias and an optional KV cache."""
 
@@ -190,18 +228,14 @@ class Attention(nn.Module):
         b, t = x_BxTxD.shape[:2]
         g = cfg.n_heads // cfg.n_kv_heads
         q_BxTxKxGxDh = q_BxTxHxDh.reshape(b, t, cfg.n_kv_heads, g, cfg.head_dim)
-        scores_BxKxGxTxS = jnp.einsum(
-            "btkge,bske->bkgts",
-            q_BxTxKxGxDh,
-            k_BxSxKxDh.astype(dt),
-            preferred_element_type=jnp.float32,
-        ) * (cfg.head_dim**-0.5)
-        # A finite fill keeps fully masked rows (padding queries) finite instead of NaN.
-        scores_BxKxGxTxS = jnp.where(
-            mask_BxTxS[:, None, None, :, :], scores_BxKxGxTxS, jnp.finfo(jnp.float32).min
-        )
-        probs_BxKxGxTxS = jax.nn.softmax(scores_BxKxGxTxS, axis=-1).astype(dt)
-        out_BxTxKxGxDh = jnp.einsum("bkgts,bske->btkge", probs_BxKxGxTxS, v_BxSxKxDh.astype(dt))
+        k_BxSxKxDh, v_BxSxKxDh = k_BxSxKxDh.astype(dt), v_BxSxKxDh.astype(dt)
+        chunk = cfg.attention_chunk
+        if chunk and t > chunk:
+            out_BxTxKxGxDh = _attend_in_chunks(
+                cfg, q_BxTxKxGxDh, k_BxSxKxDh, v_BxSxKxDh, mask_BxTxS, chunk
+            )
+        else:
+            out_BxTxKxGxDh = _attend(cfg, q_BxTxKxGxDh, k_BxSxKxDh, v_BxSxKxDh, mask_BxTxS)
         out_BxTxHxDh = out_BxTxKxGxDh.reshape(b, t, cfg.n_heads, cfg.head_dim)
         out_BxTxHxDh = sharding.constrain(out_BxTxHxDh, ("batch", None, "heads", None))
         w_o = _param(

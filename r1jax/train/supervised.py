@@ -268,7 +268,7 @@ def _train_tokenizer(cfg, workdir, records):
 
 
 # What this run's config decides about a model whose shape comes from elsewhere.
-_RUN_NUMERICS = ("dtype", "param_dtype", "remat", "unroll_layers")
+_RUN_NUMERICS = ("dtype", "param_dtype", "remat", "unroll_layers", "attention_chunk")
 
 
 def _loaded_shape(cfg, model_cfg, loaded):
