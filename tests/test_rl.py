@@ -12,8 +12,8 @@ import pytest
 from r1jax import configlib, sharding
 from r1jax.data import sources
 from r1jax.rl import rollout
+from r1jax.train import checkpoint, rl
 from r1jax.train import metrics as metrics_lib
-from r1jax.train import rl
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMING_KEYS = ("_s", "tokens_per_s", "mfu", "rewards/seconds")
@@ -145,6 +145,33 @@ def test_a_resume_takes_the_configs_kl_coef_unless_it_adapts(tmp_path, shared_da
     finally:
         r.close()
     assert 0 <= metrics["kl_ref"] < 0.1, metrics["kl_ref"]
+
+
+def test_kl_coef_zero_holds_and_checkpoints_no_reference(tmp_path, shared_data):
+    """DAPO / GSPO train without a KL term: no reference policy on the devices or on disk. A
+    reference-holding checkpoint resumes with the KL off and drops it."""
+    spec = "configs/grpo.py:tiny"
+    rl.run(_cfg(spec, train__steps=1, train__checkpoint_every=1), tmp_path / "kl")
+    r = rl.RLRun(_cfg(spec, rl__kl_coef=0.0, train__steps=3), tmp_path / "kl")
+    try:
+        assert int(r.state.step) == 1 and r.ref is None
+        metrics, _ = r.step_once()
+        r.save(force=True)
+        r.ckpt.wait_until_finished()
+        assert "kl_ref" not in metrics and np.isfinite(metrics["loss"])
+        assert checkpoint.saved_keys(r.ckpt, 1, "extra") == {"flops", "kl_coef", "ref"}
+        assert checkpoint.saved_keys(r.ckpt, 2, "extra") == {"flops", "kl_coef"}
+    finally:
+        r.close()
+    assert checkpoint.saved_keys(r.ckpt, 3, "extra") is None  # no such step
+
+
+def test_a_kl_turned_on_after_a_reference_reset_stops_with_the_way_out(tmp_path, shared_data):
+    spec = "configs/grpo.py:tiny"
+    steps = dict(train__steps=2, train__checkpoint_every=1)
+    rl.run(_cfg(spec, rl__kl_coef=0.0, rl__ref_reset_every=2, **steps), tmp_path)
+    with pytest.raises(configlib.ConfigError, match="ref_reset_every=2 replaced.*kl_coef=0"):
+        rl.RLRun(_cfg(spec, rl__ref_reset_every=2, train__steps=3), tmp_path)
 
 
 def test_rl_config_mistakes_name_the_field(shared_data):

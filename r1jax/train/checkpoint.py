@@ -128,7 +128,9 @@ def restore_latest(mngr: ocp.CheckpointManager, target_state, iterator=None, *, 
     """Restores the newest checkpoint onto target_state's (and extra's) shapes and shardings.
 
     Returns (state, iterator, extra) or None when the directory holds no checkpoint. The
-    iterator, when given, is moved to the position it had at save time.
+    iterator, when given, is moved to the position it had at save time. `extra` may be a
+    function of the step that returns its target (what a step holds can depend on the run
+    that saved it: `saved_keys`).
 
     A checkpoint that cannot be read (cut short or damaged on disk) is moved out of the way, to
     DIR/../corrupt_checkpoints/STEP-TIME, with a warning naming the error, and the next older
@@ -202,7 +204,23 @@ def _own_files_problem(mngr, step: int) -> Exception | None:
     return None
 
 
+def saved_keys(mngr: ocp.CheckpointManager, step: int, item: str) -> set[str] | None:
+    """The top-level keys of a dict saved as `item` of `step` (from orbax's tree metadata, no
+    array read); None when the item is absent or its metadata unreadable."""
+    path = pathlib.Path(mngr.directory) / str(step) / item
+    if not path.is_dir():
+        return None
+    try:
+        with _quiet_logs():  # orbax warns that an item folder has no step metadata of its own
+            metadata = ocp.StandardCheckpointer().metadata(path)
+        tree = getattr(metadata, "item_metadata", metadata)  # a StepMetadata since orbax 0.11.x
+        return {str(k) for k in tree.keys()}
+    except Exception:  # noqa: BLE001 - a format this orbax does not read: the caller decides
+        return None
+
+
 def _restore(mngr, step, target_state, iterator, extra):
+    extra = extra(step) if callable(extra) else extra
     items = {"state": ocp.args.StandardRestore(abstract_like(target_state))}
     if iterator is not None:
         items["data"] = grain.checkpoint.CheckpointRestore(iterator)

@@ -284,8 +284,12 @@ class RLRun:
                 logical, abstract, self.optimizer, self.mesh, rules
             )
             self.state = trainer.state_from_params(params, self.shardings, self.optimizer, keys[1])
-        # A copy: the state's buffers are donated to every update.
-        self.ref = jax.tree.map(jnp.copy, self.state.params["policy"])
+        # Kept at float32 precision, as it is checkpointed, so a resumed run logs the same value.
+        self.kl_coef = float(np.float32(cfg.rl.kl_coef))
+        # The reference policy (a copy: the state's buffers are donated to every update), held
+        # and checkpointed only where a KL term reads it: rl.kl_coef=0 presets (DAPO, GSPO) keep
+        # no second float32 model on the devices or on disk.
+        self.ref = self._policy_copy() if self.kl_coef > 0 else None
         general = load_general_prompts(cfg) if cfg.rl.general_prompts else []
         self.prompts = prompt_stream(
             records,
@@ -298,8 +302,6 @@ class RLRun:
         self.ckpt = checkpoint.manager(
             self.workdir / "checkpoints", max_to_keep=cfg.train.keep_checkpoints, writer=True
         )
-        # Kept at float32 precision, as it is checkpointed, so a resumed run logs the same value.
-        self.kl_coef = float(np.float32(cfg.rl.kl_coef))
         # Only PPO's adaptive KL (kl_penalty form) changes the coefficient as it trains; a
         # resume restores it there, and takes the config's (perhaps new) value everywhere else.
         rl = cfg.rl
@@ -348,13 +350,62 @@ class RLRun:
                 )
         return out
 
-    def _restore(self):
-        extra = {"ref": self.ref, "kl_coef": jnp.asarray(self.kl_coef, jnp.float32)}
+    def _policy_copy(self):
+        return jax.tree.map(jnp.copy, self.state.params["policy"])
+
+    def _extra(self) -> dict:
+        """The arrays checkpointed beside the state: the KL coefficient, the FLOP counters and,
+        where held, the reference policy."""
+        extra = {"kl_coef": jnp.asarray(self.kl_coef, jnp.float32)}
         extra["flops"] = jnp.asarray(self.flops)
-        restored = checkpoint.restore_latest(self.ckpt, self.state, self.prompts, extra=extra)
+        if self.ref is not None:
+            extra["ref"] = self.ref
+        return extra
+
+    def _extra_target(self, step: int) -> dict:
+        """What to restore of `step`'s extra arrays: its reference policy wherever it holds one
+        (a run with rl.kl_coef > 0 wrote it), dropped after the restore when this run's
+        coefficient is 0.
+
+        A KL turned on at a resume (the checkpoints were saved with rl.kl_coef=0, so hold no
+        reference) takes the initial policy, as the run would have held it, unless
+        rl.ref_reset_every has replaced that by `step`: then the run stops (that policy is
+        gone)."""
+        keys = checkpoint.saved_keys(self.ckpt, step, "extra")
+        has_ref = keys is None or "ref" in keys  # unreadable metadata: restore as saved before
+        every = self.cfg.rl.ref_reset_every
+        if self.ref is not None and not has_ref and every and step >= every:
+            raise configlib.ConfigError(
+                f"{self.ckpt.directory}: step {step} was saved by a run with rl.kl_coef=0, so "
+                f"holds no reference policy, and rl.ref_reset_every={every} replaced the initial "
+                f"one by then; resume with --config.rl.kl_coef=0, or start a new --workdir from "
+                f"these weights (--config.model.init_from={self.workdir}: the reference is then "
+                f"the policy of step {step})"
+            )
+        extra = {"kl_coef": jnp.asarray(self.kl_coef, jnp.float32)}
+        extra["flops"] = jnp.asarray(self.flops)
+        if has_ref:
+            extra["ref"] = self.ref if self.ref is not None else self.state.params["policy"]
+        return extra
+
+    def _restore(self):
+        latest = self.ckpt.latest_step()
+        if latest is not None:
+            self._extra_target(latest)  # a missing reference stops here, before any restore
+        restored = checkpoint.restore_latest(
+            self.ckpt, self.state, self.prompts, extra=self._extra_target
+        )
         if restored is not None:
             self.state, self.prompts, extra = restored
-            self.ref = extra["ref"]
+            if self.ref is not None and "ref" not in extra:
+                logging.warning(
+                    "step %d holds no reference policy (saved with rl.kl_coef=0): the KL of "
+                    "rl.kl_coef=%g is taken to the initial policy",
+                    int(self.state.step),
+                    self.kl_coef,
+                )
+            elif self.ref is not None:
+                self.ref = extra["ref"]
             if self.adaptive_kl:  # the controller's state; elsewhere the config's value holds
                 self.kl_coef = float(extra["kl_coef"])
             self.flops = np.array(extra["flops"], np.float32)  # a writable copy
@@ -419,8 +470,9 @@ class RLRun:
                 d = self.adapt_kl(inputs, batch["old_logp_NxT"], host)
                 if d is not None:
                     metrics["kl_old_new"] = d
-        if rl.ref_reset_every and int(self.state.step) % rl.ref_reset_every == 0:
-            self.ref = jax.tree.map(jnp.copy, self.state.params["policy"])
+        reset = rl.ref_reset_every and int(self.state.step) % rl.ref_reset_every == 0
+        if reset and self.ref is not None:
+            self.ref = self._policy_copy()
         return metrics, samples
 
     def _kl_to_ref(self, host, batch) -> float:
@@ -479,9 +531,7 @@ class RLRun:
         return d
 
     def save(self, force=False):
-        extra = {"ref": self.ref, "kl_coef": jnp.asarray(self.kl_coef, jnp.float32)}
-        extra["flops"] = jnp.asarray(self.flops)
-        checkpoint.save(self.ckpt, self.state, self.prompts, extra=extra, force=force)
+        checkpoint.save(self.ckpt, self.state, self.prompts, extra=self._extra(), force=force)
 
     def close(self):
         self.ckpt.wait_until_finished()
