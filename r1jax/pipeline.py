@@ -183,13 +183,14 @@ def general_metrics(cfg, model_cfg, params, tokenizer, scorer, records, *, mesh)
     ids = [evaluation.encode_prompt(tokenizer, p) for p in prompts]
     texts = []
     root = jax.random.key(cfg.seed + 1)
-    for b, start in enumerate(range(0, len(ids), cfg.eval.prompts_per_batch)):
+    per_call = evaluation.prompts_per_call(cfg.eval.prompts_per_batch, mesh)
+    for b, start in enumerate(range(0, len(ids), per_call)):
         out, _, _ = evaluation.sample_completions(
             model_cfg,
             params,
             tokenizer,
-            ids[start : start + cfg.eval.prompts_per_batch],
-            rows=min(cfg.eval.prompts_per_batch, len(ids)),
+            ids[start : start + per_call],
+            rows=min(per_call, len(ids)),
             key=jax.random.fold_in(root, b),
             mesh=mesh,
             rules=sharding.rules_from_config(cfg.mesh.rules),
@@ -226,7 +227,7 @@ def evaluate_model(cfg, label: str, model: str, *, mesh, scorer, reasoning, gene
         tokenizer,
         reasoning,
         prompt_fn=lambda r: text.apply_template(template, r["prompt"]),
-        cfg=evaluation.eval_config(cfg),
+        cfg=evaluation.eval_config(cfg, mesh),
         mesh=mesh,
         progress=False,
     )

@@ -456,6 +456,22 @@ def test_plot_compares_labels(tmp_path):
     assert "all" in table and "chain" in table
 
 
+def test_prompts_per_call_fill_every_row_shard(shared_data):
+    """A call's prompts are padded to the mesh's row shards (data x fsdp), a prompt's samples on
+    one device: AIME's 1 prompt per call sampled padding on 7 of 8 devices."""
+    devices = jax.devices()
+    mesh8 = sharding.make_mesh({"data": -1})
+    mesh4 = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2}, devices[:8])
+    assert evaluation.prompts_per_call(1, None) == 1
+    assert evaluation.prompts_per_call(1, mesh8) == len(devices) == 8
+    assert evaluation.prompts_per_call(5, mesh4) == 8  # 4 row shards; tensor splits heads
+    assert evaluation.prompts_per_call(32, mesh8) == 32
+    cfg = configlib.load_config(os.path.join(REPO, "configs/eval.py:aime24"))
+    assert cfg.eval.prompts_per_batch == 1
+    assert evaluation.eval_config(cfg).prompts_per_batch == 1
+    assert evaluation.eval_config(cfg, mesh8).prompts_per_batch == 8
+
+
 def test_eval_config_validation_names_the_field(shared_data):
     spec = os.path.join(REPO, "configs/eval.py:gsm8k")
     configlib.validate(configlib.load_config(spec, model__init_from=REPO), num_devices=1)

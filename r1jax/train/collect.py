@@ -168,9 +168,11 @@ def sample_accepted(cfg, records, *, mesh, progress=True, journal=None):
     killed collection loses at most the call in flight, and gives the same dataset.
     """
     c = cfg.collect
-    rows_per_call = min(c.prompts_per_batch, len(records))
-    starts = list(range(0, len(records), c.prompts_per_batch))
-    done = _read_journal(journal, _journal_header(cfg, records)) if journal else {}
+    per_call = evaluation.prompts_per_call(c.prompts_per_batch, mesh)
+    rows_per_call = min(per_call, len(records))
+    starts = list(range(0, len(records), per_call))
+    header = {**_journal_header(cfg, records), "prompts_per_call": per_call}
+    done = _read_journal(journal, header) if journal else {}
     if done:
         logging.info(
             "collect: %d of %d sampler calls done before; resuming", len(done), len(starts)
@@ -197,7 +199,7 @@ def sample_accepted(cfg, records, *, mesh, progress=True, journal=None):
     bar = tqdm.tqdm(total=len(records), desc="collect", unit="prompt", disable=not progress)
     outcomes = []
     for b, start in enumerate(starts):
-        batch = records[start : start + c.prompts_per_batch]
+        batch = records[start : start + per_call]
         if b not in done:
             prompts = [text.apply_template(template, r["prompt"]) for r in batch]
             batch = [registry.opened_thought(r, p) for r, p in zip(batch, prompts, strict=True)]

@@ -76,7 +76,7 @@ class Evaluator:
         self.records = records[:limit] if limit else records
         template = cfg.eval.template or cfg.rl.template
         self.prompt_fn = lambda r: text.apply_template(template, r["prompt"])
-        self.eval_cfg = evaluation.eval_config(cfg)
+        self.eval_cfg = evaluation.eval_config(cfg, mesh)
 
     def evaluate(self, params, name: str, *, quick: bool = False) -> evaluation.EvalResult:
         """Evaluates `params`; writes {name}.json and {name}_samples.jsonl unless quick."""
