@@ -61,14 +61,16 @@ def real(c: ml_collections.ConfigDict, size: str) -> None:
     )
     c.model.dtype = "bfloat16"
     c.model.remat = "full"
+    c.model.attention_chunk = 1024  # blocks of queries: scores [rows, H, 1024, L], not L x L
     c.data.format = "math"
     c.data.train = base.data_path("math_train_rllm.json")
     c.data.on_error = "skip"
     c.data.template = "r1_zero"
     c.data.seq_len = 8192 + 512  # the teacher's longest completion and a prompt of up to 512
     c.data.batch_size = 64
-    # Micro-batches of 4 rows of 8704 tokens on one GPU (8 needed ~89 GB), 1 a chip on a v4-32.
-    c.train.grad_accum = 16 if size == "qwen2.5-1.5b" else 4
+    # Micro-batches of 8 rows of 8704 tokens on one GPU (~60 GB; 4 rows ~46 GB, and ~105 GB
+    # without attention_chunk: estimates from CPU-compiled programs), 1 a chip on a v4-32.
+    c.train.grad_accum = 8 if size == "qwen2.5-1.5b" else 4
     c.collect.model = teacher
     c.collect.template = "r1_zero"
     c.collect.num_samples = 4

@@ -57,6 +57,7 @@ def real(c: ml_collections.ConfigDict, size: str) -> None:
     )
     c.model.dtype = "bfloat16"
     c.model.remat = "full"
+    c.model.attention_chunk = 1024  # blocks of queries: scores [rows, H, 1024, L], not L x L
     c.data.format = "math"
     c.data.train = base.data_path("math_train_rllm.json")
     c.data.eval = base.data_path("math500_test.jsonl")
@@ -75,11 +76,11 @@ def real(c: ml_collections.ConfigDict, size: str) -> None:
     c.optim.schedule = "constant"
     c.optim.weight_decay = 0.0
     c.train.steps = 8000
-    # Micro-batches of 4 rows (1.5B on one 80 GB GPU) / 16 (7B over 16+ devices): attention
-    # keeps [rows, heads, L, L] float32 scores, ~1.6 GB a row a layer at 4608 tokens (the
-    # realcfg audit's estimates from compiled programs; 32 rows did not fit). The reference,
-    # old and value passes take the same micro-batches (`rl.in_micro_batches`).
-    c.train.grad_accum = 128 if size == "qwen2.5-1.5b" else 32
+    # Micro-batches of 8 rows (1.5B on one 80 GB GPU: the update ~46 GB, an estimate from a
+    # CPU-compiled program with attention_chunk 1024; 4 rows took ~54 GB without the blocks) /
+    # 16 (7B over 16+ devices). The reference, old and value passes take the same micro-batches
+    # (`rl.in_micro_batches`).
+    c.train.grad_accum = 64 if size == "qwen2.5-1.5b" else 32
     # Held-out answers as long as the rollouts (1024 cut R1-Zero's growing answers short).
     c.eval.max_new_tokens = c.rl.get_ref("max_new_tokens")
     c.train.checkpoint_every = 50

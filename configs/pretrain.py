@@ -42,6 +42,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
         c.model.init_from = "/models/Qwen2.5-0.5B"
         c.model.dtype = "bfloat16"
         c.model.remat = "full"
+        c.model.attention_chunk = 1024  # blocks of queries: scores [rows, H, 1024, L], not L x L
         c.data.format = "jsonl"
         c.data.train = "/data/corpus.jsonl"
         c.data.seq_len = 2048

@@ -65,6 +65,7 @@ def real_model(c: ml_collections.ConfigDict, arg: str) -> None:
     c.model.init_from = f"/models/Qwen2.5-{'1.5B' if arg == 'qwen2.5-1.5b' else '7B'}-Instruct"
     c.model.dtype = "bfloat16"
     c.model.remat = "full"
+    c.model.attention_chunk = 1024  # blocks of queries: scores [rows, H, 1024, L], not L x L
     c.data.format = "jsonl"
     c.data.train = "/data/hh-rlhf/train.jsonl.gz"  # yours: HH-RLHF rows or prompt/chosen/rejected
     c.data.eval = ""  # a held-out pair file of yours ('' = only the HH-RLHF test below)

@@ -44,6 +44,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
         )
         c.model.dtype = "bfloat16"
         c.model.remat = "full"
+        c.model.attention_chunk = 1024  # blocks of queries: scores [rows, H, 1024, L], not L x L
         c.data.seq_len = 4096
         c.data.batch_size = 64 if arg == "qwen2.5-1.5b" else 256
         # 7B: one 4096-token row a chip per micro-batch on a v4-32 (16 rows a chip needed

@@ -40,7 +40,9 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     c.optim.lr = 5e-5  # R1: 2 epochs, cosine from 5e-5 down to 5e-6
     c.optim.min_lr_ratio = 0.1
     c.train.epochs = 2  # train.steps from the collected dataset's size (data_stats.json)
-    # 1.5B: 4 rows of 8704 tokens a micro-batch on one GPU (8 needed ~89 GB). 7B at 16896
-    # tokens needs memory-efficient attention (one row's scores are ~64 GB; not implemented).
-    c.train.grad_accum = 16 if arg == "qwen2.5-1.5b" else c.train.grad_accum
+    # Estimates from CPU-compiled programs at the real widths, model.attention_chunk 1024 (the
+    # sft variants'): 1.5B, 8 rows of 8704 tokens a micro-batch on one GPU ~60 GB (4 rows needed
+    # ~105 GB without the blocks); 7B, one row of 16896 tokens a chip on a v4-32 ~32 GB of a
+    # chip's 34.4 (at the limit: 80 GB GPUs are safer; 137+ GB without the blocks).
+    c.train.grad_accum = 8 if arg == "qwen2.5-1.5b" else c.train.grad_accum
     return c
