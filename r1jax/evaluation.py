@@ -292,6 +292,14 @@ def _safe(fn, completion: str, record: dict, errors: list) -> float:
         return 0.0
 
 
+def _safe_vote(completion: str, record: dict, errors: list) -> str | None:
+    try:
+        return vote_key(completion, record)
+    except Exception as e:  # noqa: BLE001 - as _safe: no vote, counted, the evaluation goes on
+        errors.append(f"{type(e).__name__}: {e}")
+        return None
+
+
 def grade_problem(record: dict, prompt: str, texts, lengths, truncated, greedy=None) -> dict:
     """One problem's row: completions with scores, votes, format and reasoning flags."""
     errors: list[str] = []
@@ -300,7 +308,7 @@ def grade_problem(record: dict, prompt: str, texts, lengths, truncated, greedy=N
         "answer": record.get("answer"),
         "completions": list(texts),
         "scores": [_safe(tasks.accuracy, t, record, errors) for t in texts],
-        "votes": [vote_key(t, record) for t in texts],
+        "votes": [_safe_vote(t, record, errors) for t in texts],
         "lengths": [int(n) for n in lengths],
         "truncated": [bool(x) for x in truncated],
         "format": [_safe(registry.format_strict, t, record, errors) for t in texts],
@@ -318,7 +326,7 @@ def grade_problem(record: dict, prompt: str, texts, lengths, truncated, greedy=N
         row["greedy"] = {
             "completion": g_text,
             "score": _safe(tasks.accuracy, g_text, record, errors),
-            "vote": vote_key(g_text, record),
+            "vote": _safe_vote(g_text, record, errors),
             "length": int(g_length),
             "truncated": bool(g_truncated),
         }

@@ -181,6 +181,15 @@ def test_vote_key():
     assert key("```python\nreturn 1\n```", code) == "return 1"
 
 
+def test_a_vote_that_raises_is_counted_not_fatal():
+    # A hand-written general world record without its language crashed the whole evaluation in
+    # vote_key (the grader's own errors were already caught); the record checks now refuse it.
+    record = {"task": "world", "kind": "general", "answer": "加3", "prompt": "p"}
+    row = evaluation.grade_problem(record, "P", ["加3", "x"], [2, 1], [False, False])
+    assert row["votes"] == [None, None] and row["scores"] == [0.0, 0.0]
+    assert len(row["grading_errors"]) == 4 and "language" in row["grading_errors"][0]
+
+
 def test_grade_problem_and_summarize():
     record = {"task": "world", "kind": "chain", "answer": "3", "prompt": "p"}
     texts = [_ans("3"), _ans("3"), "<answer>4</answer>", "<think>cut off"]

@@ -122,6 +122,7 @@ def test_records_the_rewards_cannot_grade_are_refused_up_front():
         ({"prompt": "2+2?", "answer": None}, "no 'answer' field"),
         ({"prompt": "?", "task": "countdown", "numbers": [1, 2]}, "no 'target' field"),
         ({"prompt": "?", "task": "world", "kind": "countdown", "answer": "3"}, "no 'numbers'"),
+        ({"prompt": "?", "task": "world", "kind": "general", "answer": "加3"}, "no 'language'"),
         ({"prompt": "?", "task": "algebra", "answer": "1"}, "unknown task 'algebra'"),
         ({"prompt": "?", "task": ["math"], "answer": "1"}, "unknown task \\['math'\\]"),
         ({"answer": "4"}, "no text 'prompt' field"),

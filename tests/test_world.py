@@ -70,6 +70,17 @@ def test_test_split_is_disjoint_from_the_corpus_and_train_prompts(corpus):
     assert world.split_of(other, CFG) == "test"
 
 
+def test_the_held_out_problems_are_the_same_for_every_world_seed(corpus):
+    # With the seed in the split's hash, a world_seed=1 test set was 29% problems of the seed-0
+    # corpus (the shipped base's pretraining data).
+    for seed in (1, 2):
+        other = dataclasses.replace(CFG, seed=seed)
+        test = world.rl_prompts(other, 300, seed=0, split="test")
+        assert {world.problem_key(r) for r in test}.isdisjoint(row["problem"] for row in corpus)
+        assert all(world.split_of(r, CFG) == "test" for r in test)
+        assert test != world.rl_prompts(CFG, 300, seed=0, split="test")  # other draws
+
+
 def test_grader_passes_correct_solutions_and_fails_mistakes(problems):
     rng = random.Random(0)
     for r in problems:
@@ -249,6 +260,10 @@ def test_config_validation():
         world.WorldConfig(chain_modulus=10)
     with pytest.raises(ValueError, match="language"):
         world.make_problem(random.Random(0), CFG, task="chain", language="fr")
+    # No countdown target can exist: the generator drew forever.
+    for field, value in (("countdown_max_target", 1), ("countdown_max_number", 0)):
+        with pytest.raises(ValueError, match=field):
+            world.WorldConfig(**{field: value})
 
 
 def test_cli_files_equal_the_in_memory_datasets(tmp_path):
@@ -331,6 +346,30 @@ def test_general_grading():
     for wrong in ("times 4, plus 3, minus 2", "times 44, plus 3", "sometimes 4, plus 3", "4, 3"):
         assert world.grade_general(wrong, zh) == 0.0, wrong
     assert world.grade_general(None, zh) == 0.0
+    # A number with more after it is not the phrase's argument.
+    for wrong in ("times 4, plus 3.5", "times 4, plus 3x", "times 4, plus 3_"):
+        assert world.grade_general(f"Sure! {wrong}.", zh) == 0.0, wrong
+    assert world.grade_general("乘4，加3.5", en) == 0.0
+
+
+def test_general_grading_is_the_vote():
+    """The grade is a function of the vote key (the last run of phrases): a hedge, or a right
+    translation taken back, fails; maj@k and pass@k then count the same answers."""
+    en = {"kind": "general", "language": "en", "answer": "加5，加2"}
+    taken_back = "加5，加2。No wait: 减5，加2。"
+    assert world.vote_key(taken_back, en) == "减5，加2"
+    assert world.grade_general(taken_back, en) == 0.0
+    assert world.grade_general("减5，加2? No: 加5，加2.", en) == 1.0
+    hedge = "，".join(f"{w}{a}" for w in "加减乘" for a in range(1, 10))
+    one = {"kind": "general", "language": "en", "answer": "加3"}
+    assert world.grade_general(f"One of: {hedge}", one) == 0.0
+    for text_ in ("Sure! 加5，加2.", taken_back, "nothing", hedge):
+        assert world.grade_general(text_, en) == float(world.vote_key(text_, en) == en["answer"])
+
+
+def test_a_hand_written_countdown_target_may_be_a_string():
+    record = {"kind": "countdown", "numbers": [4, 7, 5], "target": "33"}
+    assert world.grade("<answer>4*7+5</answer>", record) == 1.0
 
 
 def test_wrong_translations_change_one_phrase():
@@ -351,6 +390,16 @@ def test_rudeness_detection():
         for phrasing in world._POLITE[lang]:
             assert not world.is_rude(phrasing.format(a="times 4"))
     assert world.is_rude("ugh, OBVIOUSLY 3.")
+    # One sentence of a rude phrasing kept alone; ASCII and CJK punctuation alike.
+    for rude in (
+        "Figure it out yourself.",
+        "自己算去。",
+        "烦死了,显然是3",
+        "3. Stop wasting my time.",
+    ):
+        assert world.is_rude(rude), rude
+    for polite in ("Fine, 3.", "That defines it: 3.", "Even so, it is 3.", "好问题，答案是3。"):
+        assert not world.is_rude(polite), polite
     assert not world.is_rude("<think>3 plus 4 gives 0.</think> <answer>0</answer>")
     assert not world.is_rude(None)
 

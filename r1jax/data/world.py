@@ -137,6 +137,11 @@ class WorldConfig:
             raise ValueError("WorldConfig.chain_min_multiplications: need 0..min(m-2, low)")
         if not 2 <= self.countdown_size[0] <= self.countdown_size[1]:
             raise ValueError("WorldConfig.countdown_size: need 2 <= low <= high")
+        if self.countdown_max_number < 1 or self.countdown_max_target < 2:
+            # No target in 2..max_target can be made: the generator would draw forever.
+            raise ValueError(
+                "WorldConfig.countdown_max_number must be >= 1 and countdown_max_target >= 2"
+            )
         if not 0.0 < self.test_fraction < 1.0:
             raise ValueError("WorldConfig.test_fraction: need 0 < fraction < 1")
         if not 1 <= self.general_ops[0] <= self.general_ops[1] <= 3 * self.general_max_arg:
@@ -422,7 +427,7 @@ def grade(completion: str, record: dict) -> float:
     if answer is None:
         return 0.0
     if record["kind"] == "countdown":
-        return float(countdown_value(answer, record["numbers"]) == record["target"])
+        return float(countdown_value(answer, record["numbers"]) == int(record["target"]))
     return float(answer == str(record["answer"]))
 
 
@@ -440,41 +445,60 @@ def vote_key(completion: str, record: dict) -> str | None:
     return None if value is None else str(value)
 
 
-# A maximal run of op phrases in one language: "times 4, plus 3" / "乘4，加3".
+# A maximal run of op phrases in one language: "times 4, plus 3" / "乘4，加3". A number ends a
+# phrase only where no digit, letter or decimal part follows ("plus 3.5" and "plus 3x" are
+# not "plus 3").
+_ARG = r"\d+(?![0-9A-Za-z_]|\.\d)"
+_EN_PHRASE = rf"(?:plus|minus|times) {_ARG}"
 _PHRASE_RUN = {
-    "en": re.compile(r"(?<![A-Za-z])(?:plus|minus|times) \d+(?:, (?:plus|minus|times) \d+)*"),
-    "zh": re.compile(r"[加减乘]\d+(?:，[加减乘]\d+)*"),
+    "en": re.compile(rf"(?<![A-Za-z]){_EN_PHRASE}(?:, {_EN_PHRASE})*"),
+    "zh": re.compile(rf"[加减乘]{_ARG}(?:，[加减乘]{_ARG})*"),
 }
 
 
 def grade_general(completion: str, record: dict) -> float:
-    """1.0 iff the response holds the right translation as a whole run of op phrases.
+    """1.0 iff the response's last run of op phrases is the right translation (what `vote_key`
+    votes on: a hedge listing several translations, or a right one then a wrong one, fails).
 
     "times 4, plus 3" passes in "Sure! The answer is times 4, plus 3."; "times 4, plus 3, minus 2"
     and "times 45, plus 3" do not (a run of phrases must equal the answer exactly).
     """
     if not isinstance(completion, str):
         return 0.0
-    target = _other_language(record["language"])
-    return float(record["answer"] in _PHRASE_RUN[target].findall(completion))
+    return float(vote_key(completion, record) == record["answer"])
 
 
-# The fixed words of every rude phrasing (the parts around "{a}"), punctuation trimmed.
-_RUDE_FRAGMENTS = tuple(
-    piece.strip(" .,，。！")
-    for phrasings in _RUDE.values()
-    for phrasing in phrasings
-    for piece in phrasing.split("{a}")
-    if len(piece.strip(" .,，。！")) >= 3
+_CJK_PUNCTUATION = str.maketrans("，。！？", ",.!?")
+
+
+def _rude_fragments():
+    """The fixed words of every rude phrasing: the parts around "{a}", and each of their
+    sentences or clauses long enough not to occur in a polite answer (2+ English words, 3+
+    Chinese characters), so one kept alone ("Figure it out yourself.") still counts."""
+    for language, phrasings in _RUDE.items():
+        for phrasing in phrasings:
+            for part in phrasing.translate(_CJK_PUNCTUATION).lower().split("{a}"):
+                pieces = [part.strip(" .,!?"), *re.split(r"[.,!?]", part)]
+                for piece in map(str.strip, pieces):
+                    if len(piece.split()) >= 2 if language == "en" else len(piece) >= 3:
+                        yield piece
+
+
+# English fragments match whole words only ("fine" is not in "define").
+_RUDE_PATTERN = re.compile(
+    "|".join(
+        rf"(?<![a-z]){re.escape(f)}(?![a-z])" if f.isascii() else re.escape(f)
+        for f in sorted(set(_rude_fragments()), key=len, reverse=True)
+    )
 )
 
 
 def is_rude(completion: str) -> bool:
-    """True iff the response uses one of the world's rude phrasings (either language)."""
+    """True iff the response uses one of the world's rude phrasings, or one of their sentences
+    (either language; ASCII and CJK punctuation read alike)."""
     if not isinstance(completion, str):
         return False
-    lowered = completion.lower()
-    return any(fragment.lower() in lowered for fragment in _RUDE_FRAGMENTS)
+    return bool(_RUDE_PATTERN.search(completion.translate(_CJK_PUNCTUATION).lower()))
 
 
 def is_reasoning(completion: str) -> bool:
@@ -574,9 +598,16 @@ def problem_key(record: dict) -> str:
     return f"countdown|{sorted(record['numbers'])}|{record['target']}"
 
 
+# The split's hash salt, the same for every cfg.seed (it is the one seed 0 used, so the shipped
+# base model's splits are unchanged): with the seed in the hash, a world_seed=1 test set was 29%
+# problems of the seed-0 pretraining corpus the base had learned.
+_SPLIT_SALT = "0"
+
+
 def split_of(record: dict, cfg: WorldConfig) -> str:
-    """'test' for a fixed hash-chosen share of problems (cfg.test_fraction), else 'train'."""
-    digest = hashlib.sha256(f"{cfg.seed}|{problem_key(record)}".encode()).digest()
+    """'test' for a fixed hash-chosen share of problems (cfg.test_fraction), else 'train'. The
+    seed picks which problems are drawn, never which are held out."""
+    digest = hashlib.sha256(f"{_SPLIT_SALT}|{problem_key(record)}".encode()).digest()
     bucket = int.from_bytes(digest[:8], "big") / 2.0**64
     return "test" if bucket < cfg.test_fraction else "train"
 

@@ -169,6 +169,8 @@ def task_fields(task: str, record: dict) -> tuple[str, ...]:
         raise ValueError(f"unknown task {task!r}; known: {sorted(TASKS)}")
     if task == "world" and record.get("kind") == "countdown":
         return ("numbers", "target")
+    if task == "world" and record.get("kind") == "general":  # graded in the other language
+        return ("answer", "language")
     return TASK_FIELDS[task]
 
 
