@@ -5,7 +5,13 @@
 The folder loads in `transformers` (Qwen2/Llama) and back in r1jax (`--config.model.init_from`).
 RL runs export their policy. The run's tokenizer (tokenizer.model, or the HF tokenizer.json and
 its config files) is copied beside the weights, with a chat_template that renders the prompt
-template the run trained with (`text.hf_chat_template`).
+template the run trained with (`text.hf_chat_template`), and a generation_config.json naming its
+stop ids where the run kept none.
+
+A SentencePiece model trained here exports as a tokenizer.json with the same ids for any text
+but the literal names of its control pieces: "<s>", "</s>", "<pad>", "<unk>" typed in a text read
+as those ids there (as in every Hugging Face tokenizer), where the run encoded them as plain
+characters.
 """
 
 import argparse
@@ -45,6 +51,8 @@ def export(run_dir, out_dir, *, step: int | None = None) -> pathlib.Path:
     ):
         if (run_dir / name).exists():
             files.write_atomic(out_dir / name, (run_dir / name).read_bytes())
+        else:  # an earlier export's file here would be read with this run's
+            (out_dir / name).unlink(missing_ok=True)
     if (run_dir / "tokenizer.model").exists() and not (run_dir / "tokenizer.json").exists():
         # A SentencePiece model trained here: transformers' AutoTokenizer would convert it with
         # a dummy prefix (other ids); a tokenizer.json gives the run's own ids, BOS included.
@@ -57,8 +65,25 @@ def export(run_dir, out_dir, *, step: int | None = None) -> pathlib.Path:
             config = {"tokenizer_class": "PreTrainedTokenizerFast", **sp.special_tokens()}
             files.write_json(out_dir / "tokenizer_config.json", config, sort_keys=False)
     _write_chat_template(out_dir, configlib.trained_template(configlib.load_resolved(run_dir)[1]))
+    _write_generation_config(out_dir)
     hf_io.save_hf(out_dir, cfg, params)
     return out_dir
+
+
+def _write_generation_config(out_dir: pathlib.Path) -> None:
+    """A generation_config.json naming the tokenizer's BOS, stop ids and pad, where the run kept
+    none (a SentencePiece model trained here): without it transformers' generate() never
+    stops at EOS."""
+    path = out_dir / "generation_config.json"
+    if path.exists():
+        return
+    tokenizer = text.load_tokenizer(out_dir)
+    stops = list(text.stop_ids(tokenizer))
+    config = {"eos_token_id": stops[0] if len(stops) == 1 else stops}
+    if tokenizer.bos_id is not None:
+        config["bos_token_id"] = int(tokenizer.bos_id)
+    config["pad_token_id"] = int(tokenizer.pad_id)
+    files.write_json(path, config, sort_keys=False)
 
 
 def _write_chat_template(out_dir: pathlib.Path, template: str | None) -> None:

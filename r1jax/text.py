@@ -57,6 +57,7 @@ class SentencePieceTokenizer:
     def __init__(self, model_proto: bytes):
         self.model_proto = bytes(model_proto)
         self._sp = sentencepiece.SentencePieceProcessor(model_proto=self.model_proto)
+        self._continuation_sp = None  # made on first use (encode_continuation)
         self.vocab_size = int(self._sp.get_piece_size())
         bos = self._sp.bos_id()
         self.bos_id = bos if bos >= 0 else None
@@ -134,6 +135,25 @@ class SentencePieceTokenizer:
     def encode(self, text: str) -> list[int]:
         """Token ids of `text`, with no BOS or EOS added."""
         return list(self._sp.encode(text, out_type=int))
+
+    def encode_continuation(self, text: str) -> list[int]:
+        """Token ids of `text` where it follows other text (an SFT response after its prompt):
+        without the dummy prefix of models that have one (Llama-2 / Mistral style), which
+        would put a '\u2581' no whole-text encoding has at the start of every response."""
+        if self._continuation_sp is None:
+            from sentencepiece import sentencepiece_model_pb2  # needs protobuf (grain's)
+
+            proto = sentencepiece_model_pb2.ModelProto()
+            proto.ParseFromString(self.model_proto)
+            self._continuation_sp = self._sp
+            if proto.normalizer_spec.add_dummy_prefix:
+                proto.normalizer_spec.add_dummy_prefix = False
+                # Leading whitespace is the text's own here, not to be stripped.
+                proto.normalizer_spec.remove_extra_whitespaces = False
+                self._continuation_sp = sentencepiece.SentencePieceProcessor(
+                    model_proto=proto.SerializeToString()
+                )
+        return list(self._continuation_sp.encode(text, out_type=int))
 
     def to_hf_json(self) -> str:
         """This model as a Hugging Face tokenizer.json giving the same ids (BOS first, as r1jax
@@ -249,9 +269,35 @@ def _read_json(path: pathlib.Path) -> dict:
     if not path.is_file():
         return {}
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        value = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise TokenizerError(f"{path}: not valid JSON ({e})") from e
+    if not isinstance(value, dict):
+        raise TokenizerError(f"{path}: expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _without_prefix_space(spec, changed: list):
+    """A tokenizer.json section (normalizer / pre-tokenizer) with what puts a space before a
+    text removed: Prepend normalizers, Metaspace's prepend scheme, ByteLevel's
+    add_prefix_space. `changed` gets an entry per removal."""
+    if not isinstance(spec, dict):
+        return spec
+    kind = spec.get("type")
+    if kind == "Prepend":
+        changed.append(kind)
+        return None
+    if kind == "Sequence":
+        key = "normalizers" if "normalizers" in spec else "pretokenizers"
+        parts = [_without_prefix_space(s, changed) for s in spec.get(key) or []]
+        return {**spec, key: [s for s in parts if s is not None]}
+    if kind == "Metaspace" and spec.get("prepend_scheme", "always") != "never":
+        changed.append(kind)
+        return {**spec, "prepend_scheme": "never", "add_prefix_space": False}
+    if kind == "ByteLevel" and spec.get("add_prefix_space"):
+        changed.append(kind)
+        return {**spec, "add_prefix_space": False}
+    return spec
 
 
 _COMMON_EOS = ("<|endoftext|>", "</s>", "<|end_of_text|>", "<eos>", "<|im_end|>")
@@ -271,6 +317,7 @@ class HFTokenizer:
             self._tok = tokenizers.Tokenizer.from_file(str(file))
         except Exception as e:  # tokenizers raises a bare Exception on a malformed file
             raise TokenizerError(f"{file}: not a readable tokenizer.json ({e})") from None
+        self._continuation = None  # made on first use (encode_continuation)
         self.vocab_size = int(self._tok.get_vocab_size(with_added_tokens=True))
         tok_cfg = _read_json(folder / "tokenizer_config.json")
         # Older folders name their special tokens in special_tokens_map.json, which wins over
@@ -298,7 +345,9 @@ class HFTokenizer:
         self.eos_id = int(eos)
         # Every id generation stops on: EOS and generation_config.json's others (Llama-3.1 and
         # Qwen2.5 instruct models end turns with one token and text with another).
-        extra = gen_cfg.get("eos_token_id")
+        # Without a generation_config.json, config.json's list (what transformers derives its
+        # generation config from).
+        extra = gen_cfg.get("eos_token_id", model_cfg.get("eos_token_id"))
         extra = extra if isinstance(extra, list) else [extra]
         self.stop_ids = tuple(
             dict.fromkeys([self.eos_id] + [int(i) for i in extra if isinstance(i, int)])
@@ -344,6 +393,20 @@ class HFTokenizer:
         """Token ids of `text`, with no BOS or EOS added."""
         return list(self._tok.encode(text, add_special_tokens=False).ids)
 
+    def encode_continuation(self, text: str) -> list[int]:
+        """Token ids of `text` where it follows other text (an SFT response after its prompt):
+        without the space a Llama-2-style tokenizer.json puts before every text (a Prepend
+        normalizer, Metaspace's prepend scheme, ByteLevel's add_prefix_space)."""
+        if self._continuation is None:
+            spec = json.loads(self._tok.to_str())
+            changed: list = []
+            for section in ("normalizer", "pre_tokenizer"):
+                spec[section] = _without_prefix_space(spec.get(section), changed)
+            self._continuation = (
+                tokenizers.Tokenizer.from_str(json.dumps(spec)) if changed else self._tok
+            )
+        return list(self._continuation.encode(text, add_special_tokens=False).ids)
+
     def decode(self, ids: Iterable[int]) -> str:
         """Text of `ids`; pad is dropped unless it doubles as EOS."""
         keep = [int(i) for i in ids if int(i) != self.pad_id or self.pad_id == self.eos_id]
@@ -363,6 +426,14 @@ class HFTokenizer:
             "bos_token": piece(self.bos_id),
             "pad_token": piece(self.pad_id),
         }
+
+
+def encode_continuation(tokenizer, text: str) -> list[int]:
+    """Token ids of `text` where it follows other text (a response after its prompt, encoded
+    apart): `tokenizer.encode_continuation` where the tokenizer has one, else `encode`. Equal to
+    `encode` for tokenizers without a dummy prefix (byte-level BPE, models trained here)."""
+    method = getattr(tokenizer, "encode_continuation", None)
+    return method(text) if method is not None else tokenizer.encode(text)
 
 
 def bos_ids(tokenizer) -> list[int]:

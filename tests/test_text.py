@@ -120,6 +120,11 @@ def test_hf_tokenizer_eos_from_generation_config(tmp_path):
     (folder / "generation_config.json").write_text(json.dumps({"eos_token_id": [3, 0]}))
     tok = text.HFTokenizer(folder)
     assert tok.eos_id == 3 and tok.pad_id == 3  # pad falls back to EOS
+    assert text.stop_ids(tok) == (3, 0)
+    # Without generation_config.json, config.json's list (transformers stops on all of them).
+    (folder / "generation_config.json").unlink()
+    (folder / "config.json").write_text(json.dumps({"eos_token_id": [3, 0]}))
+    assert text.stop_ids(text.HFTokenizer(folder)) == (3, 0)
 
 
 def test_load_tokenizer_errors_name_the_path(tmp_path):
@@ -146,7 +151,11 @@ def test_corrupt_tokenizer_files_name_the_file(tmp_path):
         text.TokenizerError, match="'<\\|eos\\|>' of tokenizer_config.json is not in"
     ):
         text.load_tokenizer(folder)
-    (folder / "tokenizer_config.json").unlink()
+    for name, value in (("tokenizer_config.json", None), ("config.json", [1, 2])):
+        (folder / name).write_text(json.dumps(value))
+        with pytest.raises(text.TokenizerError, match=rf"{name}: expected a JSON object, got"):
+            text.load_tokenizer(folder)
+        (folder / name).unlink()
     (folder / "generation_config.json").write_text(json.dumps({"eos_token_id": 99999}))
     with pytest.raises(text.TokenizerError, match=r"eos_id 99999 .* not an id of the \d+-token"):
         text.load_tokenizer(folder)
@@ -447,3 +456,61 @@ def test_a_dummy_prefix_sentencepiece_model_is_not_converted(tmp_path):
     sp = text.load_tokenizer(tmp_path / "llama2.model")
     with pytest.raises(text.TokenizerError, match="dummy prefix"):
         sp.to_hf_json()
+
+
+def _llama2_style_hf_folder(folder, corpus):
+    """A tokenizer.json as Llama-2's: a Prepend('\u2581') normalizer, byte fallback, BOS."""
+    tok = tokenizers.Tokenizer(tokenizers.models.BPE(unk_token="<unk>", byte_fallback=True))
+    tok.normalizer = tokenizers.normalizers.Sequence(
+        [tokenizers.normalizers.Prepend("\u2581"), tokenizers.normalizers.Replace(" ", "\u2581")]
+    )
+    tok.decoder = tokenizers.decoders.Sequence(
+        [
+            tokenizers.decoders.Replace("\u2581", " "),
+            tokenizers.decoders.ByteFallback(),
+            tokenizers.decoders.Fuse(),
+            tokenizers.decoders.Strip(" ", 1, 0),
+        ]
+    )
+    bytes_ = [f"<0x{i:02X}>" for i in range(256)]
+    trainer = tokenizers.trainers.BpeTrainer(
+        vocab_size=400, special_tokens=["<unk>", "<s>", "</s>", *bytes_]
+    )
+    tok.train_from_iterator(corpus, trainer)
+    folder.mkdir()
+    tok.save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text(json.dumps({"eos_token": "</s>"}))
+    return text.load_tokenizer(folder)
+
+
+def test_a_response_encoded_after_its_prompt_has_the_whole_texts_ids(tmp_path):
+    """Llama-2 / Mistral-style tokenizers put '\u2581' before every text: a response encoded
+    apart from its prompt began with an extra '\u2581' piece (every SFT row of such a model
+    trained on ids no whole text has, and decoded with a double space)."""
+    import sentencepiece
+
+    from r1jax.data import pipeline
+
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(CORPUS * 3),
+        model_prefix=str(tmp_path / "llama2"),
+        vocab_size=400,
+        add_dummy_prefix=True,
+        remove_extra_whitespaces=False,
+        normalization_rule_name="identity",  # as Llama-2's
+        byte_fallback=True,
+        minloglevel=2,
+    )
+    dummy_sp = text.load_tokenizer(tmp_path / "llama2.model")
+    dummy_hf = _llama2_style_hf_folder(tmp_path / "hf", CORPUS * 3)
+    plain_sp = text.SentencePieceTokenizer.train(CORPUS, tmp_path / "plain", vocab_size=320)
+    records = [{"prompt": f"Tom has {a} apples.", "response": c} for a, c in enumerate(CORPUS)]
+    for tok in (dummy_sp, dummy_hf, plain_sp):
+        for template in ("chat", "r1_zero"):
+            for record in records:
+                row = pipeline.tokenize_sft(record, tok, 1024, template=template)
+                ids = [int(row["inputs"][0]), *map(int, row["targets"])]
+                whole = text.chat_example(record["prompt"], record["response"], template=template)
+                assert ids == text.bos_ids(tok) + tok.encode(whole) + [tok.eos_id], whole
+                assert tok.decode(ids[len(text.bos_ids(tok)) : -1]) == whole  # no double space
+    assert text.encode_continuation(plain_sp, " x y") == plain_sp.encode(" x y")

@@ -386,6 +386,9 @@ def test_a_run_saved_on_eight_devices_exports_on_one(tmp_path, shared_data):
     ids = chat["input_ids"] if hasattr(chat, "keys") else chat
     assert cfg.data.template == "chat"
     assert list(ids) == evaluation.encode_prompt(ours, text.apply_template("chat", prompt))
+    # generate() stops at the run's EOS (without generation_config.json it never did).
+    generation = transformers.GenerationConfig.from_pretrained(tmp_path / "on1")
+    assert generation.eos_token_id == ours.eos_id and generation.bos_token_id == ours.bos_id
 
 
 def test_checkpoints_of_another_process_count_are_refused_in_one_line(tmp_path, shared_data):

@@ -75,7 +75,8 @@ def tokenize_sft(
         raise KeyError(f"sft record needs 'prompt' and 'response': {record!r:.200}")
     head = _bos(tokenizer)
     prompt_ids = tokenizer.encode(text.apply_template(template, record["prompt"]))
-    response_ids = tokenizer.encode(text.response_text(template, record["response"]))
+    response = text.response_text(template, record["response"])
+    response_ids = text.encode_continuation(tokenizer, response)
     response_ids.append(tokenizer.eos_id)
     budget = seq_len + 1
     truncated = len(head) + len(prompt_ids) + len(response_ids) > budget

@@ -79,7 +79,7 @@ def tokenize(tokenizer, prompt: str, response: str, *, template: str, max_len: i
     (BOS stays, the start of the prompt goes first)."""
     head = text.bos_ids(tokenizer)
     body = tokenizer.encode(text.apply_template(template, prompt))
-    body += tokenizer.encode(text.response_text(template, response))
+    body += text.encode_continuation(tokenizer, text.response_text(template, response))
     body.append(tokenizer.eos_id)
     if max_len and len(head) + len(body) > max_len:
         body = body[len(body) - (max_len - len(head)) :]
