@@ -98,6 +98,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.rl.num_samples = 16  # G: completions per prompt
     c.rl.max_prompt_len = 256  # prompts are left-cut to this many tokens
     c.rl.max_new_tokens = 1024  # T: completion budget
+    c.rl.sample_prompts_per_call = 0  # prompts per sampler call (KV cache ~ its rows); 0 = all
     c.rl.temperature = 1.0  # sampling temperature (log-probs use the same scaled distribution)
     c.rl.top_p = 1.0
     c.rl.top_k = 0  # 0 = off

@@ -67,6 +67,9 @@ def real(c: ml_collections.ConfigDict, size: str) -> None:
     c.rl.temperature = 1.0
     c.rl.max_prompt_len = 512
     c.rl.max_new_tokens = 4096 if size == "qwen2.5-1.5b" else 8192
+    # 1.5B on one GPU: the 512 rows' KV cache would be ~61 GB (bf16, 28 layers x 1 KB a slot)
+    # beside ~28 GB of params, Adam, reference and decode copy; 16 prompts a call hold ~30 GB.
+    c.rl.sample_prompts_per_call = 16 if size == "qwen2.5-1.5b" else 0
     c.rl.kl_coef = 0.001
     c.rl.ref_reset_every = 400
     c.rl.rewards = ml_collections.ConfigDict({"accuracy": 1.0, "format": 1.0})

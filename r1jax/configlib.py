@@ -461,6 +461,8 @@ def _validate_rl(cfg, num_devices: int) -> None:
     _require(0 < rl.top_p <= 1, "rl.top_p", "must be in (0, 1]")
     _require(rl.top_k >= 0, "rl.top_k", "must be >= 0 (0 = off)")
     _require(rl.max_new_tokens > 0, "rl.max_new_tokens", "must be positive")
+    per_call = rl.get("sample_prompts_per_call", 0)
+    _require(per_call >= 0, "rl.sample_prompts_per_call", f"must be >= 0 (0 = all), got {per_call}")
     _require(rl.max_prompt_len > 0, "rl.max_prompt_len", "must be positive")
     for name in ("prompts_per_step", "epochs", "num_minibatches"):
         _require(rl[name] >= 1, f"rl.{name}", f"must be at least 1, got {rl[name]}")

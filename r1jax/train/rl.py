@@ -415,16 +415,39 @@ class RLRun:
         """Samples G completions per prompt with the current policy params.
 
         All processes sample one global batch on the mesh (this process's prompts are its
-        rows of it) and each gets its own rows back.
+        rows of it) and each gets its own rows back. With rl.sample_prompts_per_call, the
+        prompts go in calls of that many (all processes together; the last call padded with
+        empty prompts, so one program serves every call), each call's draws keyed by its index:
+        the KV cache holds one call's rows, not the rollout's.
         """
         rl = self.cfg.rl
         step_key = jax.random.fold_in(self.sample_key, int(self.step))
+        key = jax.random.fold_in(step_key, round_index)
+        b = prompt_BxP.shape[0]
+        per_call = -(-rl.sample_prompts_per_call // jax.process_count())  # this process's share
+        if not per_call or per_call >= b:
+            return self._sample_call(prompt_BxP, prompt_lens_B, key)
+        parts = []
+        for i, start in enumerate(range(0, b, per_call)):
+            tokens_CxP = np.full((per_call, prompt_BxP.shape[1]), self.tokenizer.pad_id, np.int32)
+            lens_C = np.zeros((per_call,), np.int32)
+            n = min(per_call, b - start)
+            tokens_CxP[:n], lens_C[:n] = (
+                prompt_BxP[start : start + n],
+                prompt_lens_B[start : start + n],
+            )
+            out = self._sample_call(tokens_CxP, lens_C, jax.random.fold_in(key, i))
+            parts.append({name: x[: n * rl.num_samples] for name, x in out.items()})
+        return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+
+    def _sample_call(self, prompt_BxP, prompt_lens_B, key):
+        rl = self.cfg.rl
         out = sampler.generate_local(
             self.model_cfg,
             self.state.params["policy"],
             prompt_BxP,
             prompt_lens_B,
-            jax.random.fold_in(step_key, round_index),
+            key,
             mesh=self.mesh,
             rules=self.rules,
             max_new_tokens=rl.max_new_tokens,
