@@ -11,9 +11,10 @@ R1-Zero settings on a real base model (one GPU):
 DAPO on the same model:
   r1jax --config=configs/grpo.py:qwen2.5-1.5b,dapo --workdir=runs/dapo-1.5b
 Memory (estimates, README 'Scaling out'): the update and the log-prob passes take micro-batches
-of 512 / train.grad_accum rows (4 for 1.5B; 16 for 7B: one row a device on 16 devices, set
---config.train.grad_accum=16 on 32); sampling holds the whole model on every device, so 7B
-sampling wants 80 GB devices (H100), not 32 GB TPU v4 chips.
+of 512 / train.grad_accum rows (8 for 1.5B; 16 for 7B: one row a device on 16 devices, set
+--config.train.grad_accum=16 on 32); sampling holds one bf16 copy of the model on every
+device (~31 GB of temporaries at 7B), so 7B sampling wants 80 GB devices (H100) more than 32 GB
+TPU v4 chips.
 """
 
 import ml_collections

@@ -640,7 +640,9 @@ def prefill(
     return _constrain(_record(state, token_B, logp_B, sampling), layout)
 
 
-def decode(cfg, params, state: DecodeState, *, sampling, layout=None, stop_axes=()) -> SampleOutput:
+def decode(
+    cfg, params, state: DecodeState, *, sampling, layout=None, stop_axes=(), layers=None
+) -> SampleOutput:
     """Runs the decode loops until every row has stopped or T tokens are sampled.
 
     One `lax.while_loop` per cache chunk (`attention_bounds`): the loop for chunk j feeds slots
@@ -648,6 +650,9 @@ def decode(cfg, params, state: DecodeState, *, sampling, layout=None, stop_axes=
     branch to pick the chunk to write or the chunks to read. Each loop also stops as soon as
     every row has stopped; the later loops then run no step. With `stop_axes` (manual mesh axes
     inside `jax.shard_map`) "every row" means every row on those axes (`_generate`).
+
+    `layers`: `decode_layers(cfg, params)` made by the caller; `params` then needs only its
+    "embedding" and "final_norm".
     """
     t, p = state.tokens_BxT.shape[1], state.prompt_mask_NxP.shape[1]
     # Ends of the chunks in new-token slots (the first chunk holds the prompt's P slots too when
@@ -655,7 +660,7 @@ def decode(cfg, params, state: DecodeState, *, sampling, layout=None, stop_axes=
     sizes = [v.shape[2] for v in state.v_layers[0]]
     sizes[0] -= 0 if state.prompt_v_layers else p
     ends = np.cumsum(sizes) if t > 1 else []
-    layers = decode_layers(cfg, params)
+    layers = decode_layers(cfg, params) if layers is None else layers
     # RoPE cos / sin of every position a step can feed (< P + T), made once and gathered per
     # step: computed inside the step, XLA fused cos and sin into each consumer and evaluated them
     # per element of q and k, heads times over.
@@ -753,11 +758,16 @@ def _generate(
     """One program: the cache is born and dies inside it (no host round trip, nothing to donate;
     XLA updates the while_loop carry in place).
 
-    On a mesh, every device samples its own rows with its own decode loops (`jax.shard_map`
-    over the batch axes): no step waits for another device (one global loop all-reduced its
-    all-rows-done test every step, and gathered FSDP weights inside the loop), and each device
-    stops as soon as its own rows have. Params are gathered over the batch axes once per call;
-    the other axes (tensor) stay automatic (`sharding.per_shard_layout`). When those axes are
+    On a mesh, the prefill is one program over the whole mesh, laid out as the training forward
+    (rows split over the batch axes, FSDP weights gathered a layer at a time), and then every
+    device samples its own rows with its own decode loops (`jax.shard_map` over the batch axes):
+    no step waits for another device (one global loop all-reduced its all-rows-done test every
+    step, and gathered FSDP weights inside the loop), and each device stops as soon as its own
+    rows have. The decode weights (`decode_layers`, in the compute dtype) are made on the
+    params' own shards and gathered over the batch axes once per call: a device holds one
+    compute-dtype copy of the model while sampling, not the gathered params besides (7B in bf16:
+    ~15 GB, where float32 params plus the copy were ~46 GB). The other axes (tensor) stay
+    automatic (`sharding.per_shard_layout`). When those axes are
     split, the steps hold collectives over them, and XLA:CPU's collectives wait for every
     device of the program, so a shard that stopped early would leave the others waiting
     forever: the loops then stop when every shard's rows have (`decode`'s stop_axes). The
@@ -780,20 +790,63 @@ def _generate(
     if layout is None:
         return sample(params, prompt_NxP, prompt_lens_N, uniform_BxT, layout=None)
     mesh, rules = layout
+    # The compute dtype on the params' own shards: every use casts a weight to it first, so the
+    # values are the same, and what is gathered below is half the bytes of float32 params.
+    dt = jnp.dtype(cfg.dtype)
+    params = jax.tree.map(
+        lambda x: x.astype(dt) if jnp.issubdtype(x.dtype, jnp.floating) else x, params
+    )
+    with sharding_lib.activation_layout(mesh, rules):
+        state = prefill(
+            cfg,
+            params,
+            prompt_NxP,
+            prompt_lens_N,
+            uniform_BxT,
+            max_new_tokens=max_new_tokens,
+            num_samples=num_samples,
+            sampling=sampling,
+            layout=layout,
+        )
     rows = sharding_lib.batch_sharding(mesh).spec
+    layers = decode_layers(cfg, params)
+    if mesh.shape.get("fsdp", 1) > 1:
+        # Made on the params' shards and kept split over the batch axes until the shard_map
+        # gathers them, so no device holds both the gathered params and the copy. (Replicated
+        # params, data parallelism alone: made whole where they are, nothing moves.)
+        split = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(rows[0]))
+        layers = jax.lax.with_sharding_constraint(layers, split)
+    small = {"embedding": params["embedding"], "final_norm": params["final_norm"]}
+    everywhere = jax.sharding.PartitionSpec()
     inner = sharding_lib.per_shard_layout(mesh, rules)
     axes = tuple(sharding_lib.batch_axes(mesh))
+
+    def decode_rows(small, layers, state):
+        return decode(
+            cfg,
+            small,
+            state,
+            sampling=sampling,
+            layout=inner,
+            stop_axes=axes if inner is not None else (),
+            layers=layers,
+        )
+
     per_shard = jax.shard_map(
-        functools.partial(sample, layout=inner, stop_axes=axes if inner is not None else ()),
+        decode_rows,
         mesh=mesh,
-        in_specs=(jax.sharding.PartitionSpec(), rows, rows, rows),
+        in_specs=(
+            everywhere,
+            everywhere,
+            jax.tree.map(lambda x: rows if x.ndim else everywhere, state),
+        ),
         out_specs=rows,
-        axis_names=set(sharding_lib.batch_axes(mesh)),
+        axis_names=set(axes),
         # No collectives inside; the check would ask every zero-initialised carry (the caches)
         # to be cast to "varying over the batch axes" first.
         check_vma=False,
     )
-    return per_shard(params, prompt_NxP, prompt_lens_N, uniform_BxT)
+    return per_shard(small, layers, state)
 
 
 _generate_jit = jax.jit(
