@@ -196,6 +196,13 @@ def test_general_rows_follow_the_ratio_of_reasoning_rows_and_need_their_fields(
     collect.collect(cfg, tmp_path / "mix")
     prov = json.loads((tmp_path / "mix" / "provenance.json").read_text())
     assert (prov["reasoning_rows"], prov["general_sampled_rows"], prov["general_rows"]) == (3, 5, 3)
+    # Written in a seeded order, not reasoning rows first (data.max_records on the SFT kept
+    # no general row): the same seed, the same order.
+    rows = sources.read_jsonl(tmp_path / "mix" / "dataset.jsonl")
+    assert rows[:3] != accepted[:3] and len(rows) == 11
+    assert all(row in rows for row in accepted)
+    collect.collect(cfg, tmp_path / "again")
+    assert sources.read_jsonl(tmp_path / "again" / "dataset.jsonl") == rows
     # General rows of another schema stop collection naming the file and row (they reached the
     # SFT, which stopped there, or with data.on_error=skip dropped them all).
     alpaca = tmp_path / "alpaca.jsonl"

@@ -17,8 +17,9 @@ The `collect` stage (configs/cold_start.py, configs/rejection_sampling.py, confi
 5. Mix in general (non-reasoning) SFT rows, collect.general_ratio per reasoning row (sampled
    general answers are neither), optionally only those the reward model scores above
    collect.general_min_score. They are taken as they are (duplicates included).
-6. Write WORKDIR/dataset.jsonl and provenance.json (written last: a run that finds both skips
-   collection). With collect.sft the stage then fine-tunes model.init_from on the dataset in
+6. Write WORKDIR/dataset.jsonl, its rows in a seeded random order (so its first N rows, e.g.
+   data.max_records, mix reasoning and general rows as the whole does), and provenance.json
+   (written last: a run that finds both skips collection). With collect.sft the stage then fine-tunes model.init_from on the dataset in
    the same WORKDIR (an ordinary SFT run there: checkpoints, metrics, resumable).
 """
 
@@ -451,6 +452,7 @@ def collect(cfg, workdir) -> pathlib.Path:
     general, general_stats = general_rows(cfg, n_general, mesh=mesh)
     stats.update(general_stats)
     rows = accepted + general
+    random.Random(f"r1jax-collect-order|{cfg.seed}").shuffle(rows)
     provenance = {
         "source_model": str(cfg.collect.model),
         "prompts_from": str(cfg.data.train),
