@@ -474,15 +474,17 @@ def _ops_inside_loops(hlo_text):
     return set().union(*(ops(comps[c]) for c in seen)), ops(sum(comps.values(), []))
 
 
-def test_fsdp_sampling_holds_one_compute_dtype_copy_of_the_model():
+@pytest.mark.parametrize("fsdp,tensor,bound", [(8, 1, 1.4), (4, 2, 0.75)])
+def test_fsdp_sampling_holds_one_compute_dtype_copy_of_the_model(fsdp, tensor, bound):
     """Float32 params split over fsdp=8, bf16 compute: each device held the gathered float32
     params and the decode copy besides (temporaries 2.1x the float32 model). The prefill now
-    runs laid out over the mesh and only the bf16 decode weights are gathered (~1.0x)."""
+    runs laid out over the mesh and only the bf16 decode weights are gathered (~1.0x); a tensor
+    axis splits them further (fsdp=4 x tensor=2: 1.2x before, ~0.55x)."""
     cfg = config_lib.ModelConfig(
         vocab_size=2048, d_model=512, n_layers=4, n_heads=8, n_kv_heads=2, head_dim=64,
         d_ff=2048, dtype="bfloat16", unroll_layers=1,
     )  # fmt: skip
-    mesh = sharding_lib.make_mesh({"data": 1, "fsdp": 8})
+    mesh = sharding_lib.make_mesh({"data": 1, "fsdp": fsdp, "tensor": tensor})
     abstract = jax.eval_shape(lambda k: tf.init_params(cfg, k), jax.random.key(0))
     where = sharding_lib.param_shardings(tf.logical_axes(cfg), mesh, shapes=abstract)
     params = jax.tree.map(
@@ -497,7 +499,7 @@ def test_fsdp_sampling_holds_one_compute_dtype_copy_of_the_model():
     ).compile()  # fmt: skip
     model_f32 = sum(a.size * 4 for a in jax.tree.leaves(abstract))
     temp = compiled.memory_analysis().temp_size_in_bytes
-    assert temp < 1.4 * model_f32, (temp, model_f32)
+    assert temp < bound * model_f32, (temp, model_f32)
 
 
 def test_each_device_decodes_its_own_rows_without_per_step_collectives(model):
