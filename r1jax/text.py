@@ -138,18 +138,20 @@ class SentencePieceTokenizer:
 
     def encode_continuation(self, text: str) -> list[int]:
         """Token ids of `text` where it follows other text (an SFT response after its prompt):
-        without the dummy prefix of models that have one (Llama-2 / Mistral style), which
-        would put a '\u2581' no whole-text encoding has at the start of every response."""
+        without the dummy prefix of models that keep their whitespace (Llama-2 / Mistral
+        style), which would put a '\u2581' no whole-text encoding has at the start of every
+        response. Models that also remove extra whitespace (SentencePiece's defaults) encode
+        as `encode`: the response's leading space is dropped there and the prefix puts it
+        back, as in the whole text."""
         if self._continuation_sp is None:
             from sentencepiece import sentencepiece_model_pb2  # needs protobuf (grain's)
 
             proto = sentencepiece_model_pb2.ModelProto()
             proto.ParseFromString(self.model_proto)
             self._continuation_sp = self._sp
-            if proto.normalizer_spec.add_dummy_prefix:
-                proto.normalizer_spec.add_dummy_prefix = False
-                # Leading whitespace is the text's own here, not to be stripped.
-                proto.normalizer_spec.remove_extra_whitespaces = False
+            spec = proto.normalizer_spec
+            if spec.add_dummy_prefix and not spec.remove_extra_whitespaces:
+                spec.add_dummy_prefix = False
                 self._continuation_sp = sentencepiece.SentencePieceProcessor(
                     model_proto=proto.SerializeToString()
                 )

@@ -514,3 +514,16 @@ def test_a_response_encoded_after_its_prompt_has_the_whole_texts_ids(tmp_path):
                 assert ids == text.bos_ids(tok) + tok.encode(whole) + [tok.eos_id], whole
                 assert tok.decode(ids[len(text.bos_ids(tok)) : -1]) == whole  # no double space
     assert text.encode_continuation(plain_sp, " x y") == plain_sp.encode(" x y")
+    # SentencePiece's defaults (dummy prefix and whitespace removal): the response's leading
+    # space is removed and the prefix puts it back, as in the whole text; double and trailing
+    # spaces are removed alike (with the removal turned off, they were not).
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(CORPUS * 3),
+        model_prefix=str(tmp_path / "defaults"),
+        vocab_size=150,
+        minloglevel=2,
+    )
+    defaults = text.load_tokenizer(tmp_path / "defaults.model")
+    for prompt, response in [("Q:", " The  answer is 4.  "), ("Q: x\n", "Tom  has 3 apples. ")]:
+        whole = defaults.encode(prompt + response)
+        assert defaults.encode(prompt) + text.encode_continuation(defaults, response) == whole

@@ -398,7 +398,8 @@ def test_rudeness_detection():
         "3. Stop wasting my time.",
     ):
         assert world.is_rude(rude), rude
-    for polite in ("Fine, 3.", "That defines it: 3.", "Even so, it is 3.", "好问题，答案是3。"):
+    polite_ones = ("Fine, 3.", "That defines it: 3.", "Even so, it is 3.", "好问题，答案是3。")
+    for polite in (*polite_ones, "答案显然是5。", "行吧，3。"):
         assert not world.is_rude(polite), polite
     assert not world.is_rude("<think>3 plus 4 gives 0.</think> <answer>0</answer>")
     assert not world.is_rude(None)

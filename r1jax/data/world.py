@@ -473,13 +473,14 @@ _CJK_PUNCTUATION = str.maketrans("，。！？", ",.!?")
 
 def _rude_fragments():
     """The fixed words of every rude phrasing: the parts around "{a}", and each of their
-    sentences or clauses long enough not to occur in a polite answer (2+ English words, 3+
-    Chinese characters), so one kept alone ("Figure it out yourself.") still counts."""
+    sentences long enough not to occur in a polite answer (2+ English words, 3+ Chinese
+    characters), so one kept alone ("Figure it out yourself.") still counts. Not clauses: the
+    lead-in "显然是" ("obviously it is") alone is polite."""
     for language, phrasings in _RUDE.items():
         for phrasing in phrasings:
             for part in phrasing.translate(_CJK_PUNCTUATION).lower().split("{a}"):
-                pieces = [part.strip(" .,!?"), *re.split(r"[.,!?]", part)]
-                for piece in map(str.strip, pieces):
+                pieces = [part.strip(" .,!?"), *re.split(r"[.!?]", part)]
+                for piece in (p.strip(" .,!?") for p in pieces):
                     if len(piece.split()) >= 2 if language == "en" else len(piece) >= 3:
                         yield piece
 

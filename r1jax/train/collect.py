@@ -19,8 +19,9 @@ The `collect` stage (configs/cold_start.py, configs/rejection_sampling.py, confi
    collect.general_min_score. They are taken as they are (duplicates included).
 6. Write WORKDIR/dataset.jsonl, its rows in a seeded random order (so its first N rows, e.g.
    data.max_records, mix reasoning and general rows as the whole does), and provenance.json
-   (written last: a run that finds both skips collection). With collect.sft the stage then fine-tunes model.init_from on the dataset in
-   the same WORKDIR (an ordinary SFT run there: checkpoints, metrics, resumable).
+   (written last: a run that finds both skips collection). With collect.sft the stage then
+   fine-tunes model.init_from on the dataset in the same WORKDIR (an ordinary SFT run there:
+   checkpoints, metrics, resumable).
 """
 
 import collections
@@ -172,7 +173,9 @@ def sample_accepted(cfg, records, *, mesh, progress=True, journal=None):
     per_call = evaluation.prompts_per_call(c.prompts_per_batch, mesh)
     rows_per_call = min(per_call, len(records))
     starts = list(range(0, len(records), per_call))
-    header = {**_journal_header(cfg, records), "prompts_per_call": per_call}
+    header = _journal_header(cfg, records)
+    if per_call != c.prompts_per_batch:  # (recorded only then: older journals stay readable)
+        header["prompts_per_call"] = per_call
     done = _read_journal(journal, header) if journal else {}
     if done:
         logging.info(
