@@ -754,6 +754,7 @@ def _generate(
     num_samples,
     sampling,
     layout,
+    draw_prompts=None,
 ):
     """One program: the cache is born and dies inside it (no host round trip, nothing to donate;
     XLA updates the while_loop carry in place).
@@ -775,7 +776,10 @@ def _generate(
     any mesh.
     """
     b, t = prompt_NxP.shape[0] * num_samples, max_new_tokens
-    uniform_BxT = step_uniforms(key, b, t if sampling.temperature > 0 else 0)
+    # The draws of a batch of `draw_prompts` prompts (this call's, unless it is a part of one:
+    # `generate_local`'s draw_from), of which `prompt_order_N` picks this call's.
+    drawn = b if draw_prompts is None else draw_prompts * num_samples
+    uniform_BxT = step_uniforms(key, drawn, t if sampling.temperature > 0 else 0)
     if prompt_order_N is not None:  # row n*G+g draws as the prompt's place in the order says
         samples_1xG = jnp.arange(num_samples)[None, :]
         rows_B = (prompt_order_N[:, None] * num_samples + samples_1xG).reshape(-1)
@@ -853,7 +857,8 @@ def _generate(
 
 
 _generate_jit = jax.jit(
-    _generate, static_argnames=("cfg", "max_new_tokens", "num_samples", "sampling", "layout")
+    _generate,
+    static_argnames=("cfg", "max_new_tokens", "num_samples", "sampling", "layout", "draw_prompts"),
 )
 
 
@@ -894,12 +899,14 @@ def generate_padded(
     mesh=None,
     rules=None,
     prompt_order_N=None,
+    draw_prompts: int | None = None,
 ) -> SampleOutput:
     """Samples G continuations of left-padded prompts; rows n*G..n*G+G-1 belong to prompt n.
 
     `prompt_order_N` (a permutation of 0..N-1, default the identity) gives each prompt the draws
     of that place in the batch: `generate_local` puts every process's padding after all real
-    prompts, so that the draws equal one process's on the concatenated prompts.
+    prompts, so that the draws equal one process's on the concatenated prompts. With
+    `draw_prompts`, the places are in a batch of that many prompts (this call one part of it).
 
     With a mesh, rows and the KV cache are pinned to it (rows over the batch axes, kv heads by
     `rules`); the prompts should then be placed on it already (`sharding.put_batch`).
@@ -940,6 +947,7 @@ def generate_padded(
         num_samples=int(num_samples),
         sampling=sampling,
         layout=None if mesh is None else (mesh, tuple(rules or sharding_lib.DEFAULT_RULES)),
+        draw_prompts=draw_prompts,
     )
 
 
@@ -952,6 +960,7 @@ def generate_local(
     *,
     mesh,
     rules=None,
+    draw_from: tuple[int, int] | None = None,
     **kw,
 ) -> dict:
     """Samples for this process's prompts on the whole mesh; returns this process's rows (numpy).
@@ -960,6 +969,12 @@ def generate_local(
     form one global batch in process order, sampled by one sharded program, so the draws equal a
     single process's on the concatenated prompts. Prompts are padded with empty rows to a
     multiple of this process's share of the batch axes; those rows are dropped again.
+
+    `draw_from` = (offset, total): these prompts are positions offset.. of this process's
+    `total` prompts, sampled in several calls of the same key; each prompt gets the draws it
+    has in one call of all of them (so the samples do not depend on how they are split into
+    calls, nor on the number of processes). Prompts past `total` (a last call padded to the
+    others' size, one program for all) are padding.
     """
     n = prompt_tokens_NxP.shape[0]
     share = max(1, sharding_lib.batch_divisor(mesh) // jax.process_count())
@@ -972,12 +987,33 @@ def generate_local(
     # Each process pads its own prompts, so padding rows sit between processes' prompts; the
     # order gives the real prompts the places (and draws) they have in one process's batch.
     p, count = jax.process_index(), jax.process_count()
-    order_N = np.concatenate(
-        [p * n + np.arange(n), count * n + p * (rows - n) + np.arange(rows - n)]
-    ).astype(np.int32)
+    if draw_from is None:
+        order_N = np.concatenate(
+            [p * n + np.arange(n), count * n + p * (rows - n) + np.arange(rows - n)]
+        )
+        draw_prompts = None
+    else:
+        offset, total = draw_from
+        if not 0 <= offset < total:
+            raise ValueError(f"draw_from {draw_from}: the offset must lie in [0, total)")
+        # The places of one call of all `total` (padded as it would be); padding rows take the
+        # first prompt's draws (their samples are dropped).
+        draw_prompts = count * -(-total // share) * share
+        real = p * total + offset + np.arange(min(n, total - offset))
+        order_N = np.concatenate([real, np.full(rows - len(real), real[0])])
+    order_N = order_N.astype(np.int32)
     tokens_NxP, lens_N, order_N = sharding_lib.put_batch((tokens_NxP, lens_N, order_N), mesh)
     out = generate_padded(
-        cfg, params, tokens_NxP, lens_N, key, mesh=mesh, rules=rules, prompt_order_N=order_N, **kw
+        cfg,
+        params,
+        tokens_NxP,
+        lens_N,
+        key,
+        mesh=mesh,
+        rules=rules,
+        prompt_order_N=order_N,
+        draw_prompts=draw_prompts,
+        **kw,
     )
     keep = n * kw.get("num_samples", 1)
     return {name: sharding_lib.local_rows(x)[:keep] for name, x in vars(out).items()}

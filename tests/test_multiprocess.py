@@ -163,14 +163,17 @@ def _assert_rows_close(got, expected, rtol):
             assert abs(g[key] - e[key]) <= tol, (step, key, g[key], e[key])
 
 
-@pytest.mark.parametrize("stage, prompts", [("grpo", 4), ("grpo", 2), ("ppo", 4)])
+@pytest.mark.parametrize(
+    "stage, prompts, per_call", [("grpo", 4, 0), ("grpo", 2, 0), ("ppo", 4, 0), ("grpo", 4, 2)]
+)
 def test_two_processes_match_one_process_through_save_and_restore(
-    tmp_path, shared_data, stage, prompts
+    tmp_path, shared_data, stage, prompts, per_call
 ):
     # 2 prompts a step: one per process, each padded to its share of the (data x fsdp = 4)
     # rows, so padding sits between the processes' prompts (their draws must not move).
     # PPO: the critic's GAE over every process's scores (they were this process's alone: a
-    # broadcasting error at the first step).
+    # broadcasting error at the first step). rl.sample_prompts_per_call=2: each rollout in two
+    # sampler calls of one prompt per process.
 
     try:
         import jax
@@ -185,7 +188,7 @@ def test_two_processes_match_one_process_through_save_and_restore(
     cfg = configlib.load_config(str(REPO / f"configs/{stage}.py") + ":tiny", **OVERRIDES)
     supervised.resolve_tokenizer(cfg, tmp_path, supervised.load_records(cfg, cfg.data.train))
     extra = [f"tokenizer__path={tmp_path / 'tokenizer.model'}", f"rl__prompts_per_step={prompts}"]
-    extra.append(f"stage_config={stage}")
+    extra += [f"stage_config={stage}", f"rl__sample_prompts_per_call={per_call}"]
     single_run = _start(tmp_path, "single", 1, extra)
     multi_run = _start(tmp_path, "multi", 2, extra)
     (single,), multi = _finish(single_run), _finish(multi_run)

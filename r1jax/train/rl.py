@@ -417,8 +417,9 @@ class RLRun:
         All processes sample one global batch on the mesh (this process's prompts are its
         rows of it) and each gets its own rows back. With rl.sample_prompts_per_call, the
         prompts go in calls of that many (all processes together; the last call padded with
-        empty prompts, so one program serves every call), each call's draws keyed by its index:
-        the KV cache holds one call's rows, not the rollout's.
+        empty prompts, so one program serves every call), so the KV cache holds one call's
+        rows, not the rollout's; every prompt keeps the draws it has in one call of all of them
+        (`sampler.generate_local`'s draw_from): the samples do not depend on the split.
         """
         rl = self.cfg.rl
         step_key = jax.random.fold_in(self.sample_key, int(self.step))
@@ -426,9 +427,9 @@ class RLRun:
         b = prompt_BxP.shape[0]
         per_call = -(-rl.sample_prompts_per_call // jax.process_count())  # this process's share
         if not per_call or per_call >= b:
-            return self._sample_call(prompt_BxP, prompt_lens_B, key)
+            return self._sample_call(prompt_BxP, prompt_lens_B, key, None)
         parts = []
-        for i, start in enumerate(range(0, b, per_call)):
+        for start in range(0, b, per_call):
             tokens_CxP = np.full((per_call, prompt_BxP.shape[1]), self.tokenizer.pad_id, np.int32)
             lens_C = np.zeros((per_call,), np.int32)
             n = min(per_call, b - start)
@@ -436,11 +437,11 @@ class RLRun:
                 prompt_BxP[start : start + n],
                 prompt_lens_B[start : start + n],
             )
-            out = self._sample_call(tokens_CxP, lens_C, jax.random.fold_in(key, i))
+            out = self._sample_call(tokens_CxP, lens_C, key, (start, b))
             parts.append({name: x[: n * rl.num_samples] for name, x in out.items()})
         return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
 
-    def _sample_call(self, prompt_BxP, prompt_lens_B, key):
+    def _sample_call(self, prompt_BxP, prompt_lens_B, key, draw_from):
         rl = self.cfg.rl
         out = sampler.generate_local(
             self.model_cfg,
@@ -450,6 +451,7 @@ class RLRun:
             key,
             mesh=self.mesh,
             rules=self.rules,
+            draw_from=draw_from,
             max_new_tokens=rl.max_new_tokens,
             temperature=rl.temperature,
             top_p=rl.top_p,
