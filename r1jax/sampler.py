@@ -19,7 +19,6 @@ With one sample per prompt there is nothing to share, and the prompt's K/V is th
 first chunk instead (one product fewer per layer and step).
 """
 
-import contextlib
 import dataclasses
 import functools
 import math
@@ -712,36 +711,6 @@ def decode(
     )
 
 
-def _sample_rows(
-    cfg,
-    params,
-    prompt_NxP,
-    prompt_lens_N,
-    uniform_BxT,
-    *,
-    max_new_tokens,
-    num_samples,
-    sampling,
-    layout,
-    stop_axes=(),
-):
-    """Prefill and decode of the given rows (all of them, or one device's share)."""
-    # On a mesh, the prefill forward's activations are laid out (sharding.activation_layout).
-    with contextlib.nullcontext() if layout is None else sharding_lib.activation_layout(*layout):
-        state = prefill(
-            cfg,
-            params,
-            prompt_NxP,
-            prompt_lens_N,
-            uniform_BxT,
-            max_new_tokens=max_new_tokens,
-            num_samples=num_samples,
-            sampling=sampling,
-            layout=layout,
-        )
-    return decode(cfg, params, state, sampling=sampling, layout=layout, stop_axes=stop_axes)
-
-
 def _generate(
     cfg,
     params,
@@ -784,15 +753,10 @@ def _generate(
         samples_1xG = jnp.arange(num_samples)[None, :]
         rows_B = (prompt_order_N[:, None] * num_samples + samples_1xG).reshape(-1)
         uniform_BxT = jnp.take(uniform_BxT, rows_B, axis=0)
-    sample = functools.partial(
-        _sample_rows,
-        cfg,
-        max_new_tokens=max_new_tokens,
-        num_samples=num_samples,
-        sampling=sampling,
-    )
+    run = dict(max_new_tokens=max_new_tokens, num_samples=num_samples, sampling=sampling)
     if layout is None:
-        return sample(params, prompt_NxP, prompt_lens_N, uniform_BxT, layout=None)
+        state = prefill(cfg, params, prompt_NxP, prompt_lens_N, uniform_BxT, **run)
+        return decode(cfg, params, state, sampling=sampling)
     mesh, rules = layout
     # The compute dtype on the params' own shards: every use casts a weight to it first, so the
     # values are the same, and what is gathered below is half the bytes of float32 params.
@@ -800,18 +764,9 @@ def _generate(
     params = jax.tree.map(
         lambda x: x.astype(dt) if jnp.issubdtype(x.dtype, jnp.floating) else x, params
     )
+    # The prefill forward's activations laid out on the mesh, as the training steps'.
     with sharding_lib.activation_layout(mesh, rules):
-        state = prefill(
-            cfg,
-            params,
-            prompt_NxP,
-            prompt_lens_N,
-            uniform_BxT,
-            max_new_tokens=max_new_tokens,
-            num_samples=num_samples,
-            sampling=sampling,
-            layout=layout,
-        )
+        state = prefill(cfg, params, prompt_NxP, prompt_lens_N, uniform_BxT, layout=layout, **run)
     rows = sharding_lib.batch_sharding(mesh).spec
     layers = decode_layers(cfg, params)
     if mesh.shape.get("fsdp", 1) > 1 and mesh.shape.get("tensor", 1) == 1:
