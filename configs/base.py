@@ -205,7 +205,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.eval.max_new_tokens = 1024  # completion budget (truncated samples are counted)
     c.eval.ks = (1, 2, 4, 8, 16)  # k values of the pass@k / maj@k curves (> num_samples dropped)
     c.eval.greedy = True  # also one greedy sample per problem (pass@1_greedy)
-    c.eval.prompts_per_batch = 32  # prompts per sampler call (x num_samples rows)
+    c.eval.prompts_per_batch = 32  # prompts per sampler call (x num_samples rows); rounded up
+    # to a multiple of the mesh's data x fsdp (each device samples whole prompts)
     c.eval.max_problems = 0  # only the first N problems of data.eval (0 = all; RL: rl.eval_prompts)
     c.eval.template = ""  # chat | r1_zero | world | none; '' = the run's own (else r1_zero)
 

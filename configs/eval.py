@@ -71,7 +71,7 @@ def get_config(arg: str = "gsm8k") -> ml_collections.ConfigDict:
         c.eval.num_samples = 64
         c.eval.ks = (1, 2, 4, 8, 16, 32, 64)
         c.eval.max_new_tokens = 8192
-        c.eval.prompts_per_batch = 1
+        c.eval.prompts_per_batch = 1  # 64 rows of 8192 tokens; one prompt a device on a mesh
     elif arg == "world":
         world_eval(c)
     else:
