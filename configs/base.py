@@ -166,7 +166,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.collect.temperature = 0.7
     c.collect.top_p = 0.95
     c.collect.max_new_tokens = 1024
-    c.collect.prompts_per_batch = 32  # prompts per sampler call
+    c.collect.prompts_per_batch = 32  # prompts per sampler call (rounded up to data x fsdp)
     c.collect.require_correct = True  # the task's rule check must accept the answer
     c.collect.require_format = True  # <think>...</think> <answer>...</answer>, nothing else
     c.collect.min_language_consistency = 0.0  # share of thought words in the prompt's language
