@@ -229,6 +229,14 @@ def batch_axes(mesh: Mesh) -> tuple[str, ...]:
     return tuple(batch_sharding(mesh).spec[0])
 
 
+def inner_ways(mesh: Mesh, rules, name: str) -> int:
+    """How many ways logical axis `name` is split over the mesh axes that do not split the
+    batch (those `per_shard_layout` leaves laid out inside a shard_map over the batch axes)."""
+    axes = dict(rules).get(name)
+    axes = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+    return math.prod(mesh.shape[a] for a in axes if a not in batch_axes(mesh))
+
+
 def per_shard_layout(mesh: Mesh, rules=DEFAULT_RULES):
     """The layout (mesh, rules) for code inside `jax.shard_map` over the batch axes: each device
     holds whole rows, so "batch" maps to no axis, and only the other axes (tensor) are laid out,
