@@ -405,16 +405,21 @@ def _decode_layer(
     """
     dt = jnp.dtype(cfg.dtype)
     b, h, kh, dh = x_DxB.shape[1], cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
-    qkv_NxB = layer["qkv_kernel"] @ _rms_norm_t(cfg, layer["attn_norm"], x_DxB)
+    qkv = layer["qkv_kernel"]
+    qkv_NxB = qkv.reshape(-1, qkv.shape[-1]) @ _rms_norm_t(cfg, layer["attn_norm"], x_DxB)
     if cfg.qkv_bias:
         qkv_NxB = qkv_NxB + layer["qkv_bias"][:, None]
-    # Group-major (`decode_layers`): kv head j's G query heads, then its k and its v.
-    qkv_KxG2xDhxB = qkv_NxB.reshape(kh, h // kh + 2, dh, b)
     # The cache and the attention products are row-major: [B, heads, Dh] from here on.
-    q_HxDhxB = qkv_KxG2xDhxB[:, : h // kh].reshape(h, dh, b)
+    if qkv.ndim == 2:  # [(H + 2K) Dh, D]: all q heads, then all k, then all v
+        qkv_NxDhxB = qkv_NxB.reshape(h + 2 * kh, dh, b)
+        q_HxDhxB, k_KxDhxB, v_KxDhxB = jnp.split(qkv_NxDhxB, [h, h + kh])
+    else:  # [K, (G + 2) Dh, D]: per kv head, its G query heads, its k, its v
+        qkv_KxG2xDhxB = qkv_NxB.reshape(kh, h // kh + 2, dh, b)
+        q_HxDhxB = qkv_KxG2xDhxB[:, : h // kh].reshape(h, dh, b)
+        k_KxDhxB, v_KxDhxB = qkv_KxG2xDhxB[:, -2], qkv_KxG2xDhxB[:, -1]
     q_BxHxDh = jnp.transpose(_rope_t(q_HxDhxB, *rope), (2, 0, 1))
-    k_BxKxDh = jnp.transpose(_rope_t(qkv_KxG2xDhxB[:, -2], *rope), (2, 0, 1))
-    v_BxKxDh = jnp.transpose(qkv_KxG2xDhxB[:, -1], (2, 0, 1))
+    k_BxKxDh = jnp.transpose(_rope_t(k_KxDhxB, *rope), (2, 0, 1))
+    v_BxKxDh = jnp.transpose(v_KxDhxB, (2, 0, 1))
     k_chunks = _write_slot(k_chunks, k_BxKxDh[..., None], slot, segment, axis=3)
     v_chunks = _write_slot(v_chunks, v_BxKxDh[:, :, None], slot, segment, axis=2)
     q_BxKxGxDh = q_BxHxDh.reshape(b, kh, h // kh, dh) * jnp.asarray(dh**-0.5, dt)
@@ -484,25 +489,38 @@ def _decode_logits(
     return jax.lax.optimization_barrier(logits_VxB).T, tuple(new_k), tuple(new_v)
 
 
-def decode_layers(cfg, params, mlp_shards: int = 1) -> dict:
+def decode_layers(cfg, params, *, split_heads: bool = False, mlp_shards: int = 1) -> dict:
     """The decode step's weights, made once per `generate` call (one transient copy of the layer
     weights and the untied output projection): per layer (the scanned [L, ...] params split into
     L dicts) q|k|v and gate|up kernels concatenated into one matmul each; every kernel
     transposed to [out, in] (the left operand of W @ x) and cast to the compute dtype.
 
-    The fused outputs are ordered so that their split over a (tensor) axis that splits the
-    heads and kv heads, or the MLP width `mlp_shards` ways (`sharding.inner_ways`), is the
-    params' own split: q|k|v group-major (kv head j's G query heads, its k, its v:
-    [K, G + 2, Dh]), and gate|up [mlp_shards, 2F / mlp_shards, D] (each shard's gate rows,
-    then its up rows; [2F, D] when the width is whole). Concatenated whole (all q, then all k,
-    then all v; all gate, then all up), a tensor shard's part of the product held other
-    shards' heads and units, and every decode step moved them between devices
-    (6 collective-permutes a layer at tensor=2; on CPU 1.2x slower).
+    Where a (tensor) axis splits the heads or the MLP width (`split_heads`, `mlp_shards` ways:
+    `sharding.inner_ways`), the fused kernels are blocks that split as the params do: q|k|v
+    [K, (G + 2) Dh, D] (kv head j's G query heads, its k, its v) and gate|up
+    [mlp_shards, 2F / mlp_shards, D] (a shard's gate rows, then its up rows). Concatenated
+    whole (all q, then all k, then all v; all gate, then all up: the 2-D kernels of one
+    device), a tensor shard's part of the products held other shards' heads and units, and
+    every decode step moved them between devices (6 collective-permutes a layer at tensor=2;
+    on CPU 1.2x slower).
     """
     dt = jnp.dtype(cfg.dtype)
     stacked = params["layers"]
     attn, mlp = stacked["attn"], stacked["mlp"]
-    qkv_LxDxN = _group_major(cfg, [attn[f"{n}_kernel"] for n in "qkv"], lead=2)
+    kh, dh = cfg.n_kv_heads, cfg.head_dim
+
+    def qkv_blocks(q_xHxDh, k_xKxDh, v_xKxDh):  # -> [..., K, (G + 2) Dh]
+        lead = q_xHxDh.shape[:-2]
+        q = q_xHxDh.reshape(*lead, kh, cfg.n_heads // kh, dh)
+        k, v = (x.reshape(*lead, kh, 1, dh) for x in (k_xKxDh, v_xKxDh))
+        return jnp.concatenate([q, k, v], axis=-2).reshape(*lead, kh, -1)
+
+    qkv = [attn[f"{n}_kernel"] for n in "qkv"]
+    if split_heads:
+        qkv_LxDxKxN = qkv_blocks(*qkv)
+    else:
+        flat = lambda w_LxDxNxDh: w_LxDxNxDh.reshape(*w_LxDxNxDh.shape[:2], -1)
+        qkv_LxDxN = jnp.concatenate([flat(w) for w in qkv], axis=-1)
     if mlp_shards == 1:
         gate_up_LxDx2F = jnp.concatenate([mlp["gate_kernel"], mlp["up_kernel"]], axis=-1)
     o_LxHDxD = attn["o_kernel"].reshape(cfg.n_layers, -1, cfg.d_model)
@@ -511,36 +529,26 @@ def decode_layers(cfg, params, mlp_shards: int = 1) -> dict:
         layer = {
             "attn_norm": stacked["attn_norm"]["scale"][i],
             "mlp_norm": stacked["mlp_norm"]["scale"][i],
-            "qkv_kernel": qkv_LxDxN[i].T.astype(dt),
+            "qkv_kernel": (
+                jnp.transpose(qkv_LxDxKxN[i], (1, 2, 0)) if split_heads else qkv_LxDxN[i].T
+            ).astype(dt),
             "o_kernel": o_LxHDxD[i].T.astype(dt),
             "down_kernel": mlp["down_kernel"][i].T.astype(dt),
         }
         if mlp_shards == 1:
             layer["gate_up_kernel"] = gate_up_LxDx2F[i].T.astype(dt)
-        else:  # [S, 2F/S, D]: shard s's gate rows, then its up rows
+        else:
             blocks = lambda w_DxF: w_DxF.T.astype(dt).reshape(mlp_shards, -1, w_DxF.shape[0])
             layer["gate_up_kernel"] = jnp.concatenate(
                 [blocks(mlp["gate_kernel"][i]), blocks(mlp["up_kernel"][i])], axis=1
             )
         if cfg.qkv_bias:
             biases = [attn[f"{n}_bias"][i] for n in "qkv"]
-            layer["qkv_bias"] = _group_major(cfg, biases, lead=0).astype(dt)
+            joined = qkv_blocks(*biases) if split_heads else jnp.concatenate(biases)
+            layer["qkv_bias"] = joined.reshape(-1).astype(dt)
         out.append(layer)
     w, is_vxd = transformer.unembed_weight(cfg, params)
     return {"layers": out, "unembed": (w if is_vxd else w.T).astype(dt)}
-
-
-def _group_major(cfg, qkv, *, lead: int) -> jax.Array:
-    """q [..., H, Dh], k and v [..., K, Dh] (`lead` leading axes) as one [..., K * (G+2) * Dh]:
-    for each kv head j, its G = H / K query heads (heads j*G .. j*G + G - 1, as attention
-    groups them), then k_j, then v_j."""
-    q, k, v = qkv
-    kh, dh = cfg.n_kv_heads, cfg.head_dim
-    lead_shape = q.shape[:lead]
-    q = q.reshape(*lead_shape, kh, cfg.n_heads // kh, dh)
-    k = k.reshape(*lead_shape, kh, 1, dh)
-    v = v.reshape(*lead_shape, kh, 1, dh)
-    return jnp.concatenate([q, k, v], axis=-2).reshape(*lead_shape, -1)
 
 
 def _kv_mask(prompt_lens_B: jax.Array, p: int, s: int) -> jax.Array:
@@ -806,7 +814,12 @@ def _generate(
     with sharding_lib.activation_layout(mesh, rules):
         state = prefill(cfg, params, prompt_NxP, prompt_lens_N, uniform_BxT, layout=layout, **run)
     rows = sharding_lib.batch_sharding(mesh).spec
-    layers = decode_layers(cfg, params, sharding_lib.inner_ways(mesh, rules, "mlp"))
+    layers = decode_layers(
+        cfg,
+        params,
+        split_heads=sharding_lib.inner_ways(mesh, rules, "heads") > 1,
+        mlp_shards=sharding_lib.inner_ways(mesh, rules, "mlp"),
+    )
     if mesh.shape.get("fsdp", 1) > 1 and mesh.shape.get("tensor", 1) == 1:
         # Made on the params' shards and kept split over the batch axes until the shard_map
         # gathers them, so no device holds both the gathered params and the copy (fsdp=8,
