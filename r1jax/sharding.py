@@ -232,7 +232,7 @@ def batch_axes(mesh: Mesh) -> tuple[str, ...]:
 def inner_ways(mesh: Mesh, rules, name: str) -> int:
     """How many ways logical axis `name` is split over the mesh axes that do not split the
     batch (those `per_shard_layout` leaves laid out inside a shard_map over the batch axes)."""
-    axes = dict(rules).get(name)
+    axes = dict(reversed(tuple(rules))).get(name)  # the first rule for a name wins, as in flax
     axes = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
     return math.prod(mesh.shape[a] for a in axes if a not in batch_axes(mesh))
 
