@@ -384,3 +384,13 @@ def test_a_mesh_that_does_not_divide_the_model_is_refused_naming_the_param(
         trainer.model_shardings(model_cfg, optimizer, mesh, sharding.DEFAULT_RULES)
     fits = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
     trainer.model_shardings(model_cfg, optimizer, fits, sharding.DEFAULT_RULES)
+
+
+def test_inner_ways_counts_only_the_axes_that_do_not_split_the_batch():
+    mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+    assert sharding.inner_ways(mesh, sharding.DEFAULT_RULES, "mlp") == 2
+    assert sharding.inner_ways(mesh, sharding.DEFAULT_RULES, "embed") == 1  # fsdp splits rows
+    assert sharding.inner_ways(mesh, sharding.DEFAULT_RULES, "head_dim") == 1
+    rules = sharding.rules_from_config([["heads", ["fsdp", "tensor"]], ["mlp", None]])
+    assert sharding.inner_ways(mesh, rules, "heads") == 2
+    assert sharding.inner_ways(mesh, rules, "mlp") == 1
