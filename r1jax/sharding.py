@@ -310,6 +310,18 @@ def laid_out(fn, mesh: Mesh, rules=DEFAULT_RULES):
     return wrapped
 
 
+def layout_ways(name: str) -> int:
+    """How many ways the active `activation_layout` splits logical axis `name` (1 outside one,
+    and inside a shard_map, whose layout leaves it to the compiler)."""
+    layout = getattr(_ACTIVATIONS, "layout", None)
+    if layout is None or layout[0] is None:
+        return 1
+    mesh, rules = layout
+    axes = dict(reversed(rules)).get(name)  # the first rule for a name wins, as in flax
+    axes = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+    return math.prod(mesh.shape[a] for a in axes)
+
+
 def constrain(x: jax.Array, names: tuple) -> jax.Array:
     """Pins activation `x` by logical axis names (None: replicated) inside `activation_layout`.
 

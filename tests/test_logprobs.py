@@ -2,6 +2,7 @@
 
 import dataclasses
 import functools
+import re
 
 import chex
 import jax
@@ -9,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from r1jax import sharding
 from r1jax.model import config as config_lib
 from r1jax.model import logprobs
 from r1jax.model import transformer as tf
@@ -95,3 +97,37 @@ def test_shape_mismatch_is_reported():
     h = jnp.zeros((2, 8, CFG.d_model))
     with pytest.raises(ValueError, match="targets_BxT"):
         logprobs.token_logprobs(CFG, _params(CFG), h, jnp.zeros((2, 7), jnp.int32))
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_vocab_split_over_tensor_is_walked_shard_by_shard(tied):
+    """Vocabulary split over tensor, walked in chunks (64 columns of 256: 32 of each shard):
+    every device slices only its own columns, and values and gradients equal one device's.
+    Slicing chunks of the whole vocabulary, each device gathered the whole output projection
+    (~1 GB for 7B in bf16), again for every chunk of the backward pass."""
+    cfg = config_lib.ModelConfig(
+        vocab_size=256, d_model=64, n_layers=1, n_heads=4, n_kv_heads=2, head_dim=16,
+        d_ff=128, tie_embeddings=tied,
+    )  # fmt: skip
+    params = jax.tree.map(lambda x: 8.0 * x, tf.init_params(cfg, jax.random.key(0)))
+    h = jax.random.normal(jax.random.key(1), (4, 18, 64))
+    targets = jax.random.randint(jax.random.key(2), (4, 16), 0, 256)
+
+    def total(p, h, t):  # completion positions of longer hidden states, as RL's steps take
+        lp, ent = logprobs.token_logprobs(cfg, p, h[:, 1:-1], t, chunk_size=64)
+        return jnp.sum(lp) + 0.1 * jnp.sum(ent)
+
+    mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+    where = sharding.param_shardings(tf.logical_axes(cfg), mesh, shapes=params)
+    rows = sharding.batch_sharding(mesh)
+    args = (jax.device_put(params, where), jax.device_put(h, rows), jax.device_put(targets, rows))
+    grad = jax.jit(sharding.laid_out(jax.value_and_grad(total, argnums=(0, 1)), mesh))
+    text = grad.lower(*args).compile().as_text()
+    gathered = re.findall(r"= (\S+) all-gather\(", text)
+    assert gathered  # the parser sees the FSDP gathers of the chunks
+    whole = [shape for shape in gathered if "256" in shape]  # all 256 columns (or rows)
+    assert not whole, whole
+    got = grad(*args)
+    want = jax.jit(jax.value_and_grad(total, argnums=(0, 1)))(params, h, targets)
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-5, atol=1e-5)
