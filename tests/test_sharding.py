@@ -22,8 +22,9 @@ import pytest
 from r1jax import sampler, sharding
 from r1jax.model import config as config_lib
 from r1jax.model import transformer
+from r1jax.rewards import preference
 from r1jax.rl import steps
-from r1jax.train import checkpoint, supervised, trainer
+from r1jax.train import checkpoint, reward_model, supervised, trainer
 from r1jax.train import state as state_lib
 
 CFG = config_lib.ModelConfig(
@@ -168,6 +169,28 @@ def test_grpo_update_keeps_activation_gradients_in_the_batch_layout():
     text = update.lower(state, batch).compile(FAST_COMPILE).as_text()
     assert " all-reduce(" in text  # the parser sees the step's collectives
     assert " all-to-all(" not in text
+
+
+def test_reward_model_step_moves_no_rows_between_devices():
+    # Chosen and rejected rows were concatenated (each device's half-blocks belonged to other
+    # devices: all-to-alls of the tokens and masks, permutes of the scores, every micro-batch)
+    # and the value head's D was split over tensor (permutes of [B, T] partial values).
+    mesh, opt = _mesh((2, 2, 2)), _optimizer()
+    params = jax.device_get(preference.init_params(CFG, _host_params(), jax.random.key(2)))
+    state, shardings = _state_on(mesh, params, preference.logical_axes(CFG), opt)
+    step = trainer.jit_step(
+        reward_model.reward_model_step, shardings, mesh, model_cfg=CFG, optimizer=opt, grad_accum=2
+    )
+    rng = np.random.default_rng(3)
+    tokens = lambda: rng.integers(1, CFG.vocab_size, (16, 12)).astype(np.int32)
+    batch = {"chosen_BxT": tokens(), "rejected_BxT": tokens()}
+    batch.update(
+        chosen_mask_BxT=np.ones((16, 12), np.int32), rejected_mask_BxT=np.ones((16, 12), np.int32)
+    )
+    text = step.lower(state, sharding.put_batch(batch, mesh)).compile(FAST_COMPILE).as_text()
+    assert " all-reduce(" in text  # the parser sees the step's collectives
+    assert " all-to-all(" not in text
+    assert " collective-permute(" not in text
 
 
 # The references take whole batches; the meshes accumulate 2 micro-batches: the tests check the

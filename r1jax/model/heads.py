@@ -7,6 +7,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from r1jax import sharding
+
 
 class ValueHead(nn.Module):
     """Dense D -> 1 with logical axes ("embed", None)."""
@@ -30,7 +32,12 @@ class ValueHead(nn.Module):
             (1,),
             jnp.dtype(self.param_dtype),
         )
-        v_BxTx1 = jnp.einsum("btd,do->bto", h_BxTxD.astype(jnp.float32), kernel.astype(jnp.float32))
+        # Rows in the batch layout and the D floats of the kernel whole on every device: left to
+        # the partitioner, the product's D was split over tensor, with collectives of [B, T]
+        # partial values every micro-batch.
+        h_BxTxD = sharding.constrain(h_BxTxD.astype(jnp.float32), ("batch", None, None))
+        kernel = sharding.constrain(kernel.astype(jnp.float32), (None, None))
+        v_BxTx1 = jnp.einsum("btd,do->bto", h_BxTxD, kernel)
         return (v_BxTx1 + bias.astype(jnp.float32)[None, None])[..., 0]
 
 

@@ -35,11 +35,14 @@ _GROUPS = ("aspect", "domain")  # pair fields that held-out accuracy is broken d
 
 def rm_loss_terms(model_cfg, params, batch):
     """(summed pair NLL, summed terms) of one (micro-)batch: chosen and rejected in one forward."""
-    b = batch["chosen_BxT"].shape[0]
-    tokens_RxT = jnp.concatenate([batch["chosen_BxT"], batch["rejected_BxT"]])
-    mask_RxT = jnp.concatenate([batch["chosen_mask_BxT"], batch["rejected_mask_BxT"]])
-    r_R = preference.scores(model_cfg, params, tokens_RxT, mask_RxT)
-    terms = preference.bradley_terry_terms(r_R[:b], r_R[b:])
+    # Pairs interleaved (chosen, rejected, chosen, ...): each device's rows stay its own pairs
+    # (concatenated, the halves' blocks belonged to other devices and every micro-batch's
+    # tokens and scores moved between them).
+    pairs = lambda c, r: jnp.stack([c, r], axis=1).reshape(-1, *c.shape[1:])
+    tokens_RxT = pairs(batch["chosen_BxT"], batch["rejected_BxT"])
+    mask_RxT = pairs(batch["chosen_mask_BxT"], batch["rejected_mask_BxT"])
+    r_Bx2 = preference.scores(model_cfg, params, tokens_RxT, mask_RxT).reshape(-1, 2)
+    terms = preference.bradley_terry_terms(r_Bx2[:, 0], r_Bx2[:, 1])
     return terms["nll"], terms
 
 
