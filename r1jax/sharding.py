@@ -229,12 +229,17 @@ def batch_axes(mesh: Mesh) -> tuple[str, ...]:
     return tuple(batch_sharding(mesh).spec[0])
 
 
+def _rule_axes(rules, name: str) -> tuple[str, ...]:
+    """The mesh axes `rules` map logical axis `name` to (the first rule for a name wins, as in
+    flax)."""
+    axes = dict(reversed(tuple(rules))).get(name)
+    return () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+
+
 def inner_ways(mesh: Mesh, rules, name: str) -> int:
     """How many ways logical axis `name` is split over the mesh axes that do not split the
     batch (those `per_shard_layout` leaves laid out inside a shard_map over the batch axes)."""
-    axes = dict(reversed(tuple(rules))).get(name)  # the first rule for a name wins, as in flax
-    axes = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
-    return math.prod(mesh.shape[a] for a in axes if a not in batch_axes(mesh))
+    return math.prod(mesh.shape[a] for a in _rule_axes(rules, name) if a not in batch_axes(mesh))
 
 
 def per_shard_layout(mesh: Mesh, rules=DEFAULT_RULES):
@@ -317,9 +322,7 @@ def layout_ways(name: str) -> int:
     if layout is None or layout[0] is None:
         return 1
     mesh, rules = layout
-    axes = dict(reversed(rules)).get(name)  # the first rule for a name wins, as in flax
-    axes = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
-    return math.prod(mesh.shape[a] for a in axes)
+    return math.prod(mesh.shape[a] for a in _rule_axes(rules, name))
 
 
 def constrain(x: jax.Array, names: tuple) -> jax.Array:
