@@ -127,8 +127,8 @@ def _sft_run(shape, cfg=CFG, grad_accum=2):
     return jax.device_get(metrics), jax.device_get((state.params, state.opt_state))
 
 
-def _grpo_run(shape, grad_accum=2):
-    """(metrics, updated params) of one GRPO update: 2 minibatches (x micro-batches), KL on."""
+def _grpo_update(shape, grad_accum=2):
+    """(jitted GRPO update: 2 minibatches (x micro-batches), KL on; step-0 state; the batch)."""
     mesh, opt = _mesh(shape), _optimizer()
     params = {"policy": _host_params()}
     state, shardings = _state_on(mesh, params, {"policy": transformer.logical_axes(CFG)}, opt)
@@ -143,7 +143,12 @@ def _grpo_run(shape, grad_accum=2):
         num_minibatches=2,
         grad_accum=grad_accum,
     )
-    state, metrics = _run(update, state, sharding.put_batch(_grpo_batch(), mesh))
+    return update, state, sharding.put_batch(_grpo_batch(), mesh)
+
+
+def _grpo_run(shape, grad_accum=2):
+    """(metrics, updated params) of one GRPO update (`_grpo_update`)."""
+    state, metrics = _run(*_grpo_update(shape, grad_accum))
     return jax.device_get(metrics), jax.device_get(state.params)
 
 
@@ -152,20 +157,7 @@ def test_grpo_update_keeps_activation_gradients_in_the_batch_layout():
     # partitioner in the log-prob chunks, whose backward then split their gradient like the
     # output projection's FSDP shards: every chunk's logit gradient gathered over fsdp, then
     # an all-to-all back to rows (~25 GB a micro-batch at 7B widths, fsdp 4 x tensor 2).
-    mesh, opt = _mesh((2, 2, 2)), _optimizer()
-    params = {"policy": _host_params()}
-    state, shardings = _state_on(mesh, params, {"policy": transformer.logical_axes(CFG)}, opt)
-    update = trainer.jit_step(
-        steps.grpo_update,
-        shardings,
-        mesh,
-        model_cfg=CFG,
-        optimizer=opt,
-        loss_cfg=steps.LossConfig(kl_coef=0.04),
-        num_minibatches=2,
-        grad_accum=2,
-    )
-    batch = sharding.put_batch(_grpo_batch(), mesh)
+    update, state, batch = _grpo_update((2, 2, 2))
     text = update.lower(state, batch).compile(FAST_COMPILE).as_text()
     assert " all-reduce(" in text  # the parser sees the step's collectives
     assert " all-to-all(" not in text
