@@ -163,6 +163,24 @@ def test_grpo_update_keeps_activation_gradients_in_the_batch_layout():
     assert " all-to-all(" not in text
 
 
+def test_sft_eval_is_laid_out_as_the_training_step():
+    # Jitted bare, the eval split the activations like the FSDP weights: every q/k/v and MLP
+    # product all-reduced over fsdp, and activations permuted between devices.
+    mesh = _mesh((2, 2, 2))
+    where = sharding.param_shardings(transformer.logical_axes(CFG), mesh)
+    params = jax.device_put(_host_params(), where)
+    batch = sharding.put_batch(_sft_batch(), mesh)
+    program = supervised.eval_program(CFG, mesh)
+    text = program.lower(params, batch).compile(FAST_COMPILE).as_text()
+    assert " all-gather(" in text  # the parser sees the layers' FSDP gathers
+    assert " collective-permute(" not in text
+    nll, count = program(params, batch)
+    want = jax.jit(functools.partial(supervised.eval_terms, model_cfg=CFG))(
+        _host_params(), _sft_batch()
+    )
+    np.testing.assert_allclose([float(nll), float(count)], [float(w) for w in want], rtol=1e-5)
+
+
 def test_reward_model_step_moves_no_rows_between_devices():
     # Chosen and rejected rows were concatenated (each device's half-blocks belonged to other
     # devices: all-to-alls of the tokens and masks, permutes of the scores, every micro-batch)

@@ -390,19 +390,24 @@ def _report_truncation(cfg, records, tokenizer, workdir, rows_per_epoch=None) ->
         files.write_json(pathlib.Path(workdir) / "data_stats.json", stats)
 
 
+def eval_program(model_cfg, mesh, rules=sharding.DEFAULT_RULES):
+    """`eval_terms` jitted and laid out over the mesh as the training step is (without the
+    layout, the partitioner split the activations like the FSDP weights and all-reduced every
+    q/k/v and MLP product)."""
+    return jax.jit(
+        sharding.laid_out(lambda p, b: eval_terms(p, b, model_cfg=model_cfg), mesh, rules)
+    )
+
+
 def make_eval_fn(cfg, model_cfg, mesh, records, tokenizer, rules=sharding.DEFAULT_RULES):
-    """A function state -> {'eval_loss': ...} over a fixed set of held-out batches, laid out
-    over the mesh as the training step is (without the layout, the partitioner split the
-    activations like the FSDP weights and all-reduced every q/k/v and MLP product)."""
+    """A function state -> {'eval_loss': ...} over a fixed set of held-out batches."""
     if not records:
         return None
     batches = []
     it = make_batches(cfg, records, tokenizer, seed=cfg.seed + 1, num_epochs=None)
     for _ in range(cfg.data.eval_batches):
         batches.append(next(it))
-    terms = jax.jit(
-        sharding.laid_out(lambda p, b: eval_terms(p, b, model_cfg=model_cfg), mesh, rules)
-    )
+    terms = eval_program(model_cfg, mesh, rules)
 
     def eval_fn(state):
         nll = count = 0.0
