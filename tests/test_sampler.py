@@ -482,8 +482,8 @@ def test_fsdp_sampling_holds_one_compute_dtype_copy_of_the_model(fsdp, tensor, b
     params and the decode copy besides (temporaries 2.1x the float32 model). The prefill now
     runs laid out over the mesh and only the bf16 decode weights are gathered (~1.0x); a tensor
     axis splits them further (fsdp=4 x tensor=2: 1.2x before, ~0.55x; ~0.76x since the decode
-    weights are split as the params are, with no per-step exchange: XLA:CPU keeps the four
-    layers' gathered MLP kernels live together)."""
+    weights are split as the params are, with no per-step exchange: XLA:CPU's buffer
+    assignment; at 7B widths in float32 the cost a layer is unchanged)."""
     cfg = config_lib.ModelConfig(
         vocab_size=2048, d_model=512, n_layers=4, n_heads=8, n_kv_heads=2, head_dim=64,
         d_ff=2048, dtype="bfloat16", unroll_layers=1,
