@@ -382,10 +382,11 @@ class RLRun:
                 f"these weights (--config.model.init_from={self.workdir}: the reference is then "
                 f"the policy of step {step})"
             )
-        extra = {"kl_coef": jnp.asarray(self.kl_coef, jnp.float32)}
-        extra["flops"] = jnp.asarray(self.flops)
+        extra = self._extra()
         if has_ref:
             extra["ref"] = self.ref if self.ref is not None else self.state.params["policy"]
+        else:
+            extra.pop("ref", None)
         return extra
 
     def _restore(self):
