@@ -2,11 +2,12 @@
 
   python -m r1jax.export RUN_DIR OUT_DIR [--step N]
 
-The folder loads in `transformers` (Qwen2/Llama) and back in r1jax (`--config.model.init_from`).
-RL runs export their policy. The run's tokenizer (tokenizer.model, or the HF tokenizer.json and
-its config files) is copied beside the weights, with a chat_template that renders the prompt
-template the run trained with (`text.hf_chat_template`), and a generation_config.json naming its
-stop ids where the run kept none.
+The folder loads in `transformers` (Qwen2/Qwen3/Llama) and back in r1jax
+(`--config.model.init_from`). RL runs export their policy. The run's tokenizer
+(tokenizer.model, or the HF tokenizer.json and its config files) is copied beside the weights,
+with a chat_template that renders the prompt template the run trained with
+(`text.hf_chat_template`), and a generation_config.json naming its stop ids where the run kept
+none.
 
 A SentencePiece model trained here exports as a tokenizer.json with the same ids for any text
 but the literal names of its control pieces: "<s>", "</s>", "<pad>", "<unk>" typed in a text read

@@ -267,11 +267,8 @@ def _last_logits(cfg, params, tokens_BxT, positions_BxT, cache, cache_index, kv_
 
 
 def _rms_norm_t(cfg, scale_D, x_DxB):
-    # As transformer.RMSNorm, on feature-major activations: statistics in float32 over D
-    # (axis 0), scaled in the compute dtype.
-    x = x_DxB.astype(jnp.float32)
-    x = x * jax.lax.rsqrt(jnp.mean(x * x, axis=0, keepdims=True) + cfg.rms_norm_eps)
-    return scale_D.astype(x_DxB.dtype)[:, None] * x.astype(x_DxB.dtype)
+    # As transformer.RMSNorm, on feature-major activations (statistics over axis 0).
+    return transformer.rms_norm(x_DxB, scale_D, cfg.rms_norm_eps, axis=0)
 
 
 def _rope_t(x_NxDhxB, cos_DhxB, sin_DhxB):
@@ -417,6 +414,9 @@ def _decode_layer(
         qkv_KxG2xDhxB = qkv_NxB.reshape(kh, h // kh + 2, dh, b)
         q_HxDhxB = qkv_KxG2xDhxB[:, : h // kh].reshape(h, dh, b)
         k_KxDhxB, v_KxDhxB = qkv_KxG2xDhxB[:, -2], qkv_KxG2xDhxB[:, -1]
+    if cfg.qk_norm:  # as transformer.Attention._head_norm: each head over Dh (axis 1)
+        q_HxDhxB = transformer.rms_norm(q_HxDhxB, layer["q_norm"], cfg.rms_norm_eps, axis=1)
+        k_KxDhxB = transformer.rms_norm(k_KxDhxB, layer["k_norm"], cfg.rms_norm_eps, axis=1)
     q_BxHxDh = jnp.transpose(_rope_t(q_HxDhxB, *rope), (2, 0, 1))
     k_BxKxDh = jnp.transpose(_rope_t(k_KxDhxB, *rope), (2, 0, 1))
     v_BxKxDh = jnp.transpose(v_KxDhxB, (2, 0, 1))
@@ -542,6 +542,8 @@ def decode_layers(cfg, params, *, split_heads: bool = False, mlp_shards: int = 1
             layer["gate_up_kernel"] = jnp.concatenate(
                 [blocks(mlp["gate_kernel"][i]), blocks(mlp["up_kernel"][i])], axis=1
             )
+        if cfg.qk_norm:
+            layer.update(q_norm=attn["q_norm"][i], k_norm=attn["k_norm"][i])
         if cfg.qkv_bias:
             biases = [attn[f"{n}_bias"][i] for n in "qkv"]
             joined = qkv_blocks(*biases) if split_heads else jnp.concatenate(biases)

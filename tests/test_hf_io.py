@@ -41,6 +41,7 @@ def _hf_model(arch, **kwargs):
         "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM),
         "llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
         "mistral": (transformers.MistralConfig, transformers.MistralForCausalLM),
+        "qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM),
     }[arch]
     base = dict(vocab_size=V, hidden_size=64, intermediate_size=96, num_hidden_layers=2)
     hf_config = config_cls(**base, **kwargs, attn_implementation="eager")
@@ -136,6 +137,24 @@ PARITY_CASES = {
         ),
         None,
     ),
+    # Qwen3: q/k norms over each head; head_dim apart from hidden / heads.
+    "qwen3-tied-head_dim32": (
+        "qwen3",
+        dict(
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=32,
+            tie_word_embeddings=True,
+            rope_theta=1e6,
+        ),
+        None,
+    ),
+    # No head_dim given: Qwen3Config's 128, whatever hidden / heads is.
+    "qwen3-untied-default-head_dim-sharded": (
+        "qwen3",
+        dict(num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=False),
+        "40KB",
+    ),
     "llama3-scaling-tied-head_dim32": (
         "llama",
         dict(
@@ -160,7 +179,9 @@ def test_load_hf_matches_transformers_logits(case, tmp_path):
     cfg, params = hf_io.load_hf(tmp_path)
     assert cfg.family == {"mistral": "llama"}.get(arch, arch)
     assert cfg.tie_embeddings == kwargs.get("tie_word_embeddings", False)
-    assert cfg.head_dim == kwargs.get("head_dim", 64 // kwargs["num_attention_heads"])
+    default_head_dim = 128 if arch == "qwen3" else 64 // kwargs["num_attention_heads"]
+    assert cfg.head_dim == kwargs.get("head_dim", default_head_dim)
+    assert cfg.qk_norm == (arch == "qwen3")
     assert (cfg.rope_scaling is not None) == ("rope_parameters" in kwargs)
     tokens = _tokens()
     diff = np.abs(np.asarray(_forward(cfg, params, tokens)) - _hf_logits(model, tokens)).max()
@@ -251,6 +272,10 @@ SAVE_CASES = {
                 4.0, original_max_position=8, rope_type="yarn", beta_fast=16.0, attention_factor=1.2
             ),
         ),
+        None,
+    ),
+    "qwen3-tied-head_dim16": (
+        _small(n_heads=4, n_kv_heads=2, head_dim=16, qk_norm=True, family="qwen3"),
         None,
     ),
     "llama-linear": (
@@ -411,6 +436,18 @@ def test_swish_is_read_as_silu():
             "rope_parameters .* and rope_scaling .* disagree",
         ),
         ({"attention_bias": True}, "attention_bias"),
+        (
+            {"architectures": ["Qwen3ForCausalLM"], "attention_bias": True},
+            r"Qwen3ForCausalLM attention_bias=true \(o_proj bias\)",
+        ),
+        (
+            {
+                "architectures": ["Qwen3ForCausalLM"],
+                "use_sliding_window": True,
+                "max_window_layers": 1,
+            },
+            r"sliding-window attention .*layers \[1\]",
+        ),
         ({"hidden_act": "gelu"}, "hidden_act"),
         ({"hidden_size": None}, "hidden_size"),
     ],
@@ -528,6 +565,15 @@ def test_config_defaults_follow_transformers():
     assert cfg.n_kv_heads == cfg.n_heads and cfg.head_dim == cfg.d_model // cfg.n_heads
     llama = hf_io.config_from_hf({**hf, "architectures": ["LlamaForCausalLM"]})
     assert llama.max_seq_len == 2048  # LlamaConfig default
+    del hf["head_dim"]
+    qwen3 = hf_io.config_from_hf({**hf, "architectures": ["Qwen3ForCausalLM"]})
+    assert qwen3.head_dim == 128 and qwen3.max_seq_len == 32768  # Qwen3Config defaults
+    assert qwen3.qk_norm and not qwen3.qkv_bias and qwen3.family == "qwen3"
+    with pytest.raises(ValueError, match="'head_dim' must be a number"):  # transformers fails
+        hf_io.config_from_hf({**hf, "architectures": ["Qwen3ForCausalLM"], "head_dim": None})
+    # Qwen3 slides only with a window (transformers drops use_sliding_window's without one).
+    windowless = {"use_sliding_window": True, "sliding_window": None, "max_window_layers": 0}
+    assert hf_io.config_from_hf({**hf, **windowless, "architectures": ["Qwen3ForCausalLM"]})
     with pytest.raises(ValueError, match="'rms_norm_eps' must be a number"):
         hf_io.config_from_hf({**hf, "rms_norm_eps": None})  # transformers rejects it too
 

@@ -88,7 +88,13 @@ def test_preset_param_counts_match_published(name):
 
 
 def test_num_params_matches_init_and_config_is_hashable():
-    for cfg in (config_lib.get_preset("tiny"), CFG, dataclasses.replace(CFG, qkv_bias=False)):
+    qwen3 = dataclasses.replace(CFG, qkv_bias=False, qk_norm=True, family="qwen3")
+    for cfg in (
+        config_lib.get_preset("tiny"),
+        CFG,
+        dataclasses.replace(CFG, qkv_bias=False),
+        qwen3,
+    ):
         params = jax.eval_shape(functools.partial(tf.init_params, cfg), jax.random.key(0))
         assert config_lib.num_params(cfg) == sum(x.size for x in jax.tree.leaves(params))
     scaled = config_lib.get_preset("llama3.1-8b")
@@ -106,6 +112,11 @@ def test_bad_config_names_the_field():
         dataclasses.replace(CFG, n_kv_heads=3)
     with pytest.raises(ValueError, match="remat"):
         dataclasses.replace(CFG, remat="some")
+    # q/k norms are Qwen3's: any other family would export a different computation.
+    with pytest.raises(ValueError, match="qk_norm=True with family='qwen2'"):
+        dataclasses.replace(CFG, qk_norm=True)
+    with pytest.raises(ValueError, match="qk_norm=False with family='qwen3'"):
+        dataclasses.replace(CFG, family="qwen3")
 
 
 def test_flops_per_token_formula():

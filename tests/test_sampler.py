@@ -55,6 +55,9 @@ def _hf_model(arch):
         )
     elif arch == "llama":
         model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**base))
+    elif arch == "qwen3":  # q/k norms; head_dim 32, not hidden / heads
+        config = transformers.Qwen3Config(**base, head_dim=32, tie_word_embeddings=True)
+        model = transformers.Qwen3ForCausalLM(config)
     else:  # "llama-yarn": YaRN RoPE (cos and sin scaled) over a short original context
         yarn = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 8}
         config = transformers.LlamaConfig(**base, rope_parameters={**yarn, "rope_theta": 1e4})
@@ -88,7 +91,7 @@ def _hf_greedy(model, prompts, t, eos):
 
 # t = 75 decodes in two attention segments (`sampler.attention_bounds`), t = 12 in one.
 @pytest.mark.parametrize(
-    "arch,t", [("qwen2", 12), ("llama", 12), ("qwen2", 75), ("llama-yarn", 12)]
+    "arch,t", [("qwen2", 12), ("llama", 12), ("qwen2", 75), ("llama-yarn", 12), ("qwen3", 12)]
 )
 def test_greedy_matches_transformers_generate(arch, t, tmp_path):
     model = _hf_model(arch)
@@ -414,6 +417,27 @@ def test_sharded_params_and_batch_match_single_device(model, t, mesh_sizes, g):
     ref = sampler.generate(cfg, params, prompts, **kw)
     np.testing.assert_array_equal(out.tokens, ref.tokens)
     np.testing.assert_allclose(out.logprobs, ref.logprobs, atol=1e-5)
+
+
+def test_qk_norm_decoding_matches_forward_and_a_tensor_mesh():
+    # Qwen3's q/k norms in the decode step's own layer code (`_decode_layer`): log-probs equal
+    # the forward's, with a shared prompt cache (g 2) and on a mesh splitting heads and MLP.
+    cfg = _tiny_cfg(qkv_bias=False, qk_norm=True, family="qwen3", head_dim=16)
+    params = tf.init_params(cfg, jax.random.key(4))
+    params = jax.tree.map(lambda x: x * 4.0 if x.ndim > 1 else x, params)
+    norms = params["layers"]["attn"]
+    for name in ("q_norm", "k_norm"):  # not all ones, so a missing norm scale would show
+        norms[name] = norms[name] * jnp.linspace(0.8, 1.25, cfg.head_dim)[None]
+    kw = dict(max_new_tokens=20, num_samples=2, temperature=0.8, seed=5)
+    out = sampler.generate(cfg, params, PROMPTS, **kw)
+    logp_BxTxV = _forward_logp(cfg, params, PROMPTS, out, 2, 0.8)
+    chosen = np.take_along_axis(logp_BxTxV, out.tokens[..., None], axis=-1)[..., 0]
+    np.testing.assert_allclose(out.logprobs, chosen, atol=1e-5, rtol=0)
+    mesh = sharding_lib.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+    sharded = jax.device_put(params, sharding_lib.param_shardings(tf.logical_axes(cfg), mesh))
+    on_mesh = sampler.generate(cfg, sharded, PROMPTS, mesh=mesh, **kw)
+    np.testing.assert_array_equal(on_mesh.tokens, out.tokens)
+    np.testing.assert_allclose(on_mesh.logprobs, out.logprobs, atol=1e-5)
 
 
 def test_tensor_split_mesh_with_shards_stopping_at_different_steps(model):

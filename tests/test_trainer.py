@@ -391,6 +391,48 @@ def test_a_run_saved_on_eight_devices_exports_on_one(tmp_path, shared_data):
     assert generation.eos_token_id == ours.eos_id and generation.bos_token_id == ours.bos_id
 
 
+def test_a_qwen3_base_from_transformers_trains_and_exports_back(tmp_path, shared_data):
+    # Qwen3 (q/k norms over each head, head_dim apart from hidden / heads) end to end: a folder
+    # transformers saved -> model.init_from -> SFT steps -> export -> transformers' logits.
+    import shutil
+
+    import torch
+    import transformers
+
+    from r1jax import export
+    from r1jax.model import hf_io
+
+    torch.manual_seed(0)
+    hf_cfg = transformers.Qwen3Config(
+        vocab_size=512,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=32,
+        max_position_embeddings=128,
+        tie_word_embeddings=True,
+    )
+    base = tmp_path / "base"
+    transformers.Qwen3ForCausalLM(hf_cfg).save_pretrained(base)
+    shutil.copy(os.path.join(REPO, "r1jax/assets/world_base/tokenizer.model"), base)
+    cfg = _short_cfg(model__init_from=str(base), tokenizer__train_vocab_size=0, train__steps=2)
+    supervised.run(cfg, tmp_path / "run")
+    export.export(tmp_path / "run", tmp_path / "out")
+    model_cfg, params = hf_io.load_hf(tmp_path / "out")
+    assert model_cfg.family == "qwen3" and model_cfg.qk_norm and model_cfg.head_dim == 32
+    _, before = hf_io.load_hf(base)
+    for name in ("q_norm", "k_norm", "q_kernel"):  # trained, the norms' scales included
+        assert not np.array_equal(params["layers"]["attn"][name], before["layers"]["attn"][name])
+    ref = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out", dtype=torch.float32)
+    tokens = np.random.RandomState(0).randint(0, 512, (2, 20))
+    with torch.no_grad():
+        want = ref.eval()(torch.tensor(tokens)).logits.numpy()
+    got = np.asarray(transformer.forward(model_cfg, params, jnp.asarray(tokens, jnp.int32)))
+    np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
+
+
 def test_checkpoints_of_another_process_count_are_refused_in_one_line(tmp_path, shared_data):
     # grain keeps one position file per process: with another count every step failed and the
     # error advised moving the checkpoints away. Here: files as two processes name them.

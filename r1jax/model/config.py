@@ -2,7 +2,7 @@
 
 import dataclasses
 
-FAMILIES = ("qwen2", "llama")
+FAMILIES = ("qwen2", "llama", "qwen3")
 REMAT_MODES = ("none", "full", "dots")
 # unroll_layers=0 ("auto") writes the layers out as straight-line code up to this depth.
 AUTO_UNROLL_MAX_LAYERS = 8
@@ -75,12 +75,15 @@ class ModelConfig:
     rope_scaling: RopeScaling | None = None
     rms_norm_eps: float = 1e-6
     qkv_bias: bool = False
+    # RMSNorm of each query and key head over Dh (own scales, shared by the heads) before RoPE,
+    # as Qwen3; set exactly when family is "qwen3".
+    qk_norm: bool = False
     tie_embeddings: bool = False
     max_seq_len: int = 2048
     dtype: str = "float32"  # compute dtype; logits are always float32
     param_dtype: str = "float32"
     remat: str = "none"  # "none" | "full" | "dots": rematerialisation of each layer
-    family: str = "qwen2"  # "qwen2" | "llama": the Hugging Face architecture used on export
+    family: str = "qwen2"  # "qwen2" | "llama" | "qwen3": the Hugging Face architecture on export
     # Layers per iteration of the layer loop (params stay stacked on a leading "layers" axis
     # either way): 1 = one rolled scan, compile time flat in depth; n_layers = straight-line
     # code, no stacked activations (a 4-layer GRPO update ~10% faster on XLA:CPU); 0 = auto,
@@ -104,6 +107,13 @@ class ModelConfig:
             raise ValueError(f"ModelConfig.remat must be one of {REMAT_MODES}, got {self.remat!r}")
         if self.family not in FAMILIES:
             raise ValueError(f"ModelConfig.family must be one of {FAMILIES}, got {self.family!r}")
+        if self.qk_norm != (self.family == "qwen3"):
+            # Qwen3 always normalises q and k; Qwen2 and Llama never do, so a model of the
+            # other kind would export (and load back) as a different computation.
+            raise ValueError(
+                f"ModelConfig.qk_norm={self.qk_norm} with family={self.family!r}: q/k norms "
+                "are Qwen3's (qk_norm=True exactly when family='qwen3')"
+            )
         if self.unroll_layers < 0:
             raise ValueError(
                 f"ModelConfig.unroll_layers must be >= 0 (0 = auto), got {self.unroll_layers}"
@@ -227,6 +237,8 @@ def _layer_params(cfg: ModelConfig) -> int:
     attn = d * cfg.n_heads * dh * 2 + d * cfg.n_kv_heads * dh * 2
     if cfg.qkv_bias:
         attn += (cfg.n_heads + 2 * cfg.n_kv_heads) * dh
+    if cfg.qk_norm:
+        attn += 2 * dh
     return attn + 3 * d * cfg.d_ff + 2 * d
 
 

@@ -28,6 +28,12 @@ _ARCHITECTURES = {
     "Qwen2ForCausalLM": "qwen2",
     "LlamaForCausalLM": "llama",
     "MistralForCausalLM": "llama",
+    "Qwen3ForCausalLM": "qwen3",
+}
+_EXPORT_ARCHITECTURES = {
+    "qwen2": "Qwen2ForCausalLM",
+    "llama": "LlamaForCausalLM",
+    "qwen3": "Qwen3ForCausalLM",
 }
 _INDEX_FILE = "model.safetensors.index.json"
 _SINGLE_FILE = "model.safetensors"
@@ -39,6 +45,7 @@ _DEFAULT_MAX_POSITIONS = {
     "Qwen2ForCausalLM": 32768,
     "LlamaForCausalLM": 2048,
     "MistralForCausalLM": 4096 * 32,
+    "Qwen3ForCausalLM": 32768,
 }
 
 
@@ -193,7 +200,9 @@ def _sliding_layers(hf: dict, arch: str) -> list[int]:
         return list(range(n_layers or 1)) if hf.get("sliding_window", 4096) is not None else []
     if isinstance(hf.get("layer_types"), list):
         return [i for i, t in enumerate(hf["layer_types"]) if t != "full_attention"]
-    if arch == "Qwen2ForCausalLM" and hf.get("use_sliding_window", False):
+    if arch in ("Qwen2ForCausalLM", "Qwen3ForCausalLM") and hf.get("use_sliding_window", False):
+        if hf.get("sliding_window", 4096) is None:  # no window: transformers slides no layer
+            return []
         first = hf.get("max_window_layers", 28)  # transformers' default
         return list(range(first, n_layers)) if isinstance(first, int) else [0]
     return []
@@ -207,14 +216,20 @@ def _check_supported(hf: dict, family: str, arch: str, path) -> None:
             f"{path}: sliding-window attention (sliding_window {hf.get('sliding_window', 4096)}, "
             f"layers {sliding}) is not supported"
         )
-    if family == "llama" and hf.get("attention_bias", False):
-        raise ValueError(f"{path}: Llama attention_bias=true (o_proj bias) is not supported")
+    if family in ("llama", "qwen3") and hf.get("attention_bias", False):
+        raise ValueError(f"{path}: {arch} attention_bias=true (o_proj bias) is not supported")
     if family == "llama" and hf.get("mlp_bias", False):
         raise ValueError(f"{path}: Llama mlp_bias=true is not supported")
 
 
+def _head_dim(hf: dict, arch: str, d_model: int, n_heads: int, path) -> int:
+    if arch == "Qwen3ForCausalLM":  # Qwen3Config's default is 128 whatever the width
+        return _number(hf, "head_dim", path, int, 128)
+    return _number(hf, "head_dim", path, int, d_model // max(n_heads, 1), nullable=True)
+
+
 def config_from_hf(hf: dict, *, path="config.json", dtype: str = "float32") -> ModelConfig:
-    """Maps a Hugging Face Qwen2 / Llama / Mistral (no sliding window) config dict to a
+    """Maps a Hugging Face Qwen2 / Llama / Mistral / Qwen3 (no sliding window) config dict to a
     ModelConfig."""
     archs = hf.get("architectures") or []
     arch = next((a for a in archs if a in _ARCHITECTURES), None)
@@ -234,12 +249,13 @@ def config_from_hf(hf: dict, *, path="config.json", dtype: str = "float32") -> M
         n_layers=_number(hf, "num_hidden_layers", path, int),
         n_heads=n_heads,
         n_kv_heads=_number(hf, "num_key_value_heads", path, int, n_heads, nullable=True),
-        head_dim=_number(hf, "head_dim", path, int, d_model // max(n_heads, 1), nullable=True),
+        head_dim=_head_dim(hf, arch, d_model, n_heads, path),
         d_ff=_number(hf, "intermediate_size", path, int),
         rope_theta=theta,
         rope_scaling=scaling,
         rms_norm_eps=_number(hf, "rms_norm_eps", path, float, 1e-6),
         qkv_bias=family == "qwen2",
+        qk_norm=family == "qwen3",
         tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
         max_seq_len=_number(hf, "max_position_embeddings", path, int, _DEFAULT_MAX_POSITIONS[arch]),
         dtype=dtype,
@@ -278,6 +294,13 @@ def _layer_specs(cfg: ModelConfig) -> dict:
                 f"self_attn.{name}_proj.bias",
                 lambda w, n=n: w.reshape(n, dh),
                 lambda w, n=n: w.reshape(n * dh),
+            )
+    if cfg.qk_norm:
+        for name in ("q", "k"):
+            specs[("attn", f"{name}_norm")] = (
+                f"self_attn.{name}_norm.weight",
+                lambda w: w,
+                lambda w: w,
             )
     return specs
 
@@ -350,6 +373,8 @@ def _hf_shapes(cfg: ModelConfig) -> dict:
         "self_attn.q_proj.bias": (h * dh,),
         "self_attn.k_proj.bias": (k * dh,),
         "self_attn.v_proj.bias": (k * dh,),
+        "self_attn.q_norm.weight": (dh,),
+        "self_attn.k_norm.weight": (dh,),
     }
 
 
@@ -368,7 +393,7 @@ def _checkpoint_dtype(path: pathlib.Path, files: dict) -> str:
 
 
 def load_hf(path, *, dtype: str | None = None) -> tuple[ModelConfig, dict]:
-    """Loads a Qwen2 / Llama / Mistral (no sliding window) Hugging Face folder; dtype=None
+    """Loads a Qwen2 / Llama / Mistral / Qwen3 (no sliding window) Hugging Face folder; dtype=None
     keeps the checkpoint's dtype.
 
     A tied config (tie_word_embeddings) whose checkpoint also stores an lm_head.weight that
@@ -430,7 +455,7 @@ def config_to_hf(cfg: ModelConfig, dtype_name: str) -> dict:
             truncate=sc.truncate,
         )
     hf = {
-        "architectures": ["Qwen2ForCausalLM" if cfg.family == "qwen2" else "LlamaForCausalLM"],
+        "architectures": [_EXPORT_ARCHITECTURES[cfg.family]],
         "model_type": cfg.family,
         "vocab_size": cfg.vocab_size,
         "hidden_size": cfg.d_model,
@@ -450,17 +475,22 @@ def config_to_hf(cfg: ModelConfig, dtype_name: str) -> dict:
     }
     if cfg.rope_scaling is not None:
         hf["rope_scaling"] = {k: v for k, v in rope.items() if k != "rope_theta"}  # legacy key
-    if cfg.family == "qwen2":
+    if cfg.family in ("qwen2", "qwen3"):
         hf.update(use_sliding_window=False, sliding_window=None)
-    else:
+    if cfg.family == "qwen3":
+        hf.update(attention_bias=False)
+    if cfg.family == "llama":
         hf.update(attention_bias=False, mlp_bias=False)
     return hf
 
 
 def _hf_tensors(cfg: ModelConfig, params) -> dict[str, np.ndarray]:
     """Our params -> HF tensor name -> numpy array (layers unstacked)."""
-    if cfg.family == "llama" and cfg.qkv_bias:
-        raise ValueError("family='llama' cannot export qkv_bias=True (HF Llama has no qkv bias)")
+    if cfg.family in ("llama", "qwen3") and cfg.qkv_bias:
+        raise ValueError(
+            f"family={cfg.family!r} cannot export qkv_bias=True (its Hugging Face attention "
+            "has q/k/v biases only with an o_proj bias, or none)"
+        )
     params = jax.tree.map(np.asarray, params)
     out = {"model.embed_tokens.weight": params["embedding"]}
     specs = _layer_specs(cfg)

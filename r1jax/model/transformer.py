@@ -1,4 +1,4 @@
-"""Decoder-only transformer (Qwen2 / Llama family) in Flax linen, with an explicit KV cache.
+"""Decoder-only transformer (Qwen2 / Llama / Qwen3) in Flax linen, with an explicit KV cache.
 
 B batch, T time, S cache length, D model, H heads, K kv heads, G heads per kv head,
 Dh head dim (e in einsums), F mlp, V vocab, L layers; N is H or K where both fit.
@@ -125,17 +125,26 @@ def _apply_rope(x_BxTxNxDh, cos_BxTxDh, sin_BxTxDh):
     return out.astype(x_BxTxNxDh.dtype)
 
 
+def rms_norm(x, scale, eps: float, axis: int = -1):
+    """Root-mean-square norm of `x` over `axis`, computed in float32 and scaled in x's dtype
+    (as HF); `scale` has the length of that axis."""
+    dt = x.dtype
+    x = x.astype(jnp.float32)
+    x = x * jax.lax.rsqrt(jnp.mean(x * x, axis=axis, keepdims=True) + eps)
+    shape = [1] * x.ndim
+    shape[axis] = -1
+    return scale.astype(dt).reshape(shape) * x.astype(dt)
+
+
 class RMSNorm(nn.Module):
-    """Root-mean-square norm computed in float32, scaled in the input dtype (as HF)."""
+    """Root-mean-square norm over the model dimension (`rms_norm`)."""
 
     cfg: ModelConfig
 
     @nn.compact
     def __call__(self, x_BxTxD):
         scale = _param(self, "scale", (self.cfg.d_model,), ("norm",), nn.initializers.ones)
-        x = x_BxTxD.astype(jnp.float32)
-        x = x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + self.cfg.rms_norm_eps)
-        return scale.astype(x_BxTxD.dtype)[None, None] * x.astype(x_BxTxD.dtype)
+        return rms_norm(x_BxTxD, scale, self.cfg.rms_norm_eps)
 
 
 def _matmul(x_BxTxI, w_IxO):
@@ -183,7 +192,8 @@ def _attend_in_chunks(cfg, q_BxTxKxGxDh, k_BxSxKxDh, v_BxSxKxDh, mask_BxTxS, chu
 
 
 class Attention(nn.Module):
-    """Grouped-query attention with RoPE, optional qkv bias and an optional KV cache."""
+    """Grouped-query attention with RoPE, optional qkv bias, optional q/k norms (Qwen3) and an
+    optional KV cache."""
 
     cfg: ModelConfig
 
@@ -212,11 +222,21 @@ class Attention(nn.Module):
             y_BxTxNxDh = y_BxTxNxDh + b.astype(dt)[None, None]
         return y_BxTxNxDh
 
+    def _head_norm(self, x_BxTxNxDh, name):
+        """Qwen3's q/k norm: each head's vector normalised over Dh (one scale for all heads)."""
+        if not self.cfg.qk_norm:
+            return x_BxTxNxDh
+        scale = _param(self, name, (self.cfg.head_dim,), ("head_dim",), nn.initializers.ones)
+        return rms_norm(x_BxTxNxDh, scale, self.cfg.rms_norm_eps)
+
     @nn.compact
     def __call__(self, x_BxTxD, rope, mask_BxTxS, kv, cache_index):
         cfg, dt = self.cfg, jnp.dtype(self.cfg.dtype)
-        q_BxTxHxDh = _apply_rope(self._project(x_BxTxD, "q", cfg.n_heads, "heads"), *rope)
-        k_BxTxKxDh = _apply_rope(self._project(x_BxTxD, "k", cfg.n_kv_heads, "kv_heads"), *rope)
+        q_BxTxHxDh = self._head_norm(self._project(x_BxTxD, "q", cfg.n_heads, "heads"), "q_norm")
+        k_BxTxKxDh = self._head_norm(
+            self._project(x_BxTxD, "k", cfg.n_kv_heads, "kv_heads"), "k_norm"
+        )
+        q_BxTxHxDh, k_BxTxKxDh = _apply_rope(q_BxTxHxDh, *rope), _apply_rope(k_BxTxKxDh, *rope)
         v_BxTxKxDh = self._project(x_BxTxD, "v", cfg.n_kv_heads, "kv_heads")
         if kv is None:
             k_BxSxKxDh, v_BxSxKxDh, new_kv = k_BxTxKxDh, v_BxTxKxDh, None
