@@ -378,6 +378,12 @@ def test_kl_estimators_formulas_and_monte_carlo():
     for est in ["k1", "k3"]:
         np.testing.assert_allclose(jnp.mean(losses.kl(lp_s, lq_s, est)), true_kl, rtol=0.03)
     assert jnp.min(losses.kl(lp_s, lq_s, "k3")) >= 0.0
+    # Near the reference (early in a run) k3 ~ x^2 / 2 keeps its digits in float32: computed as
+    # exp(x) - x - 1 it read 0 or below for |x| < 1e-4 (the logged kl_ref and PPO's kl_ref_k3).
+    lp = jnp.full((1, 6), -2.0, jnp.float32)
+    ref = lp + jnp.asarray([[5e-5, -2e-5, 1e-4, -4e-4, 2e-3, -1e-2]], jnp.float32)
+    x = np.asarray(ref, np.float64) - np.asarray(lp, np.float64)  # the float32 inputs' log ratio
+    np.testing.assert_allclose(losses.kl(lp, ref, "k3"), np.expm1(x) - x, rtol=2e-2)
 
 
 def _ref_value_loss(v, old, ret, mask, clip):
