@@ -63,6 +63,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.eval_batches = 4  # batches in each eval-loss measurement
 
     c.optim = ml_collections.ConfigDict()
+    # The schedule is read at the training step (every RL update of a step, and a skipped
+    # non-finite step, take that step's rate: metrics' lr); grad_norm is before clipping.
     c.optim.lr = 3e-4  # peak learning rate
     c.optim.schedule = "cosine"  # constant | cosine | linear (after warmup)
     c.optim.warmup_steps = 20
@@ -70,7 +72,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.optim.b1 = 0.9
     c.optim.b2 = 0.95
     c.optim.eps = 1e-8
-    c.optim.weight_decay = 0.0
+    c.optim.weight_decay = 0.0  # AdamW's, on matrices and embeddings (not norms or biases)
     c.optim.grad_clip = 1.0  # global-norm clipping (0 = off)
 
     c.train = ml_collections.ConfigDict()

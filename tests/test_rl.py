@@ -14,6 +14,7 @@ from r1jax.data import sources
 from r1jax.rl import rollout
 from r1jax.train import checkpoint, rl
 from r1jax.train import metrics as metrics_lib
+from r1jax.train import state as state_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMING_KEYS = ("_s", "tokens_per_s", "mfu", "rewards/seconds")
@@ -42,9 +43,12 @@ def _rise(rows, k=5):
 
 
 def test_grpo_raises_the_reward(tmp_path, shared_data):
-    rl.run(_cfg("configs/grpo.py:tiny", train__steps=30), tmp_path)
+    cfg = _cfg("configs/grpo.py:tiny", train__steps=30)
+    rl.run(cfg, tmp_path)
     rows = _rows(tmp_path)
     assert len(rows) == 30
+    schedule = state_lib.learning_rate_schedule(cfg.optim, 30)  # the rate each step applied
+    np.testing.assert_allclose([r["lr"] for r in rows], [schedule(s) for s in range(30)])
     first, last = _rise(rows)
     assert last > first + 0.25, (first, last)
     assert all(np.isfinite(r["loss"]) for r in rows)

@@ -163,6 +163,45 @@ def test_non_finite_step_is_skipped():
         np.testing.assert_array_equal(a, b)
 
 
+def test_weight_decay_spares_norm_scales_and_biases_as_hugging_face():
+    import ml_collections
+
+    optim = ml_collections.ConfigDict(
+        dict(lr=0.5, warmup_steps=0, schedule="constant", min_lr_ratio=1.0, b1=0.9, b2=0.95)
+    )
+    optim.update(eps=1e-8, weight_decay=0.1, grad_clip=1.0)
+    opt = state_lib.make_optimizer(optim, 10)
+    model_cfg = configlib.model_config_from(_short_cfg(), vocab_size=64)
+    assert model_cfg.qkv_bias
+    params = transformer.init_params(model_cfg, jax.random.key(0))
+    zeros = jax.tree.map(jnp.zeros_like, params)  # Adam moves nothing: only the decay acts
+    updates, _ = state_lib.update_at_step(opt, zeros, opt.init(params), params, 0)
+    flat = jax.tree_util.tree_flatten_with_path(updates)[0]
+    spared = [jax.tree_util.keystr(k) for k, u in flat if not np.any(u)]
+    assert spared and all("norm" in k or k.endswith("bias']") for k in spared), spared
+    assert len(spared) == 3 + 3  # attn_norm, mlp_norm, final_norm; q/k/v biases
+    for (key, u), w in zip(flat, jax.tree.leaves(params)):
+        if jax.tree_util.keystr(key) not in spared:
+            np.testing.assert_allclose(u, -0.5 * 0.1 * w, rtol=1e-6)
+
+
+def test_after_skipped_steps_a_step_applies_the_rate_it_logs():
+    # Three non-finite steps kept optax's schedule count at 0 while the step count went on:
+    # step 3 logged schedule(3) and applied schedule(0), here 0 (warmup), training nothing.
+    model_cfg, opt, state, batch = _tiny_setup(1)
+    schedule = state_lib.learning_rate_schedule(_short_cfg().optim, 10)
+    assert float(schedule(0)) == 0.0 < float(schedule(3))
+    state = state.replace(step=jnp.asarray(3, state.step.dtype))  # opt_state as at step 0
+    new, metrics = supervised.supervised_step(
+        state, batch, model_cfg=model_cfg, optimizer=opt, lr_schedule=schedule
+    )
+    assert bool(metrics["finite"]) and float(metrics["lr"]) == float(schedule(3))
+    moved = [
+        not np.array_equal(a, b) for a, b in zip(*map(jax.tree.leaves, (new.params, state.params)))
+    ]
+    assert all(moved)
+
+
 def test_bad_steps_in_a_row_stop_the_run_and_save_the_batch(tmp_path):
     cfg = _short_cfg(train__max_bad_steps=2)
     model_cfg, opt, state, batch = _tiny_setup(1)
@@ -326,22 +365,24 @@ def test_init_from_brings_its_tokenizer_and_shape(tmp_path, shared_data, caplog)
     assert "data.seq_len = 600 tokens, past the model's max_seq_len 512" in caplog.text
 
 
-def test_the_schedule_counts_training_steps_not_optimizer_updates():
-    # RL makes epochs x minibatches updates a step: sized in steps but indexed by update, the
-    # warmup ended and the cosine reached its floor that many times too early.
+def test_the_schedule_is_read_at_the_training_step_not_the_optimizers_count():
+    # RL makes epochs x minibatches updates a step: indexed by update, warmup ended and the
+    # cosine reached its floor that many times too early. A skipped (non-finite) update kept
+    # optax's count, so every later step applied the rate of the step before the one it logged.
     import ml_collections
 
     optim = ml_collections.ConfigDict(
-        dict(lr=1.0, warmup_steps=2, schedule="constant", min_lr_ratio=0.1, b1=0.0, b2=0.0)
+        dict(lr=1.0, warmup_steps=4, schedule="constant", min_lr_ratio=0.1, b1=0.0, b2=0.0)
     )
     optim.update(eps=1e-12, weight_decay=0.0, grad_clip=0.0)
-    opt = state_lib.make_optimizer(optim, 10, updates_per_step=3)
+    opt = state_lib.make_optimizer(optim, 10)
     params = jnp.zeros(())
     opt_state, lrs = opt.init(params), []
-    for _ in range(9):
-        updates, opt_state = opt.update(jnp.ones(()), opt_state, params)
+    for step, skipped in [(0, 0), (0, 0), (1, 0), (1, 0), (2, 1), (2, 1), (3, 0), (3, 0)]:
+        updates, new_state = state_lib.update_at_step(opt, jnp.ones(()), opt_state, params, step)
+        opt_state = opt_state if skipped else new_state  # as trainer.apply_if_finite
         lrs.append(-float(updates))  # Adam with b1 = b2 = 0 moves by lr * sign(grad)
-    np.testing.assert_allclose(lrs, [0, 0, 0, 0.5, 0.5, 0.5, 1, 1, 1], atol=1e-6)
+    np.testing.assert_allclose(lrs, [0, 0, 0.25, 0.25, 0.5, 0.5, 0.75, 0.75], atol=1e-6)
 
 
 def test_a_run_saved_on_eight_devices_exports_on_one(tmp_path, shared_data):

@@ -16,6 +16,7 @@ import optax
 
 from r1jax.model import heads, logprobs, transformer
 from r1jax.rl import advantages, losses
+from r1jax.train import state as state_lib
 from r1jax.train import trainer
 
 PPO_FORMS = ("clip", "kl_penalty")
@@ -302,7 +303,9 @@ def _one_update(state, minibatch, *, micro_loss, optimizer, grad_accum, aggregat
     init = (zeros, jnp.zeros((), jnp.float32), sums)
     (grads, loss, sums), _ = jax.lax.scan(accumulate, init, micro)
     grad_norm = optax.tree.norm(grads)
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    updates, opt_state = state_lib.update_at_step(
+        optimizer, grads, state.opt_state, state.params, state.step
+    )
     new_state = state.replace(
         params=optax.apply_updates(state.params, updates), opt_state=opt_state
     )

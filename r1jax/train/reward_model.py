@@ -80,7 +80,9 @@ def reward_model_step(state, batch, *, model_cfg, optimizer, grad_accum=1, lr_sc
     grads["head"]["bias"] = jnp.zeros_like(grads["head"]["bias"])
     loss, pair_metrics = preference.terms_to_metrics(terms)
     grad_norm = optax.tree.norm(grads)
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    updates, opt_state = state_lib.update_at_step(
+        optimizer, grads, state.opt_state, state.params, state.step
+    )
     params = optax.apply_updates(state.params, updates)
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
     # (4)

@@ -262,9 +262,8 @@ class RLRun:
         configlib.save_resolved(cfg, workdir, self.model_cfg)
         self.mesh = sharding.make_mesh(cfg.mesh.to_dict())
         rules = sharding.rules_from_config(cfg.mesh.rules)
-        self.optimizer = state_lib.make_optimizer(
-            cfg.optim, cfg.train.steps, updates_per_step=cfg.rl.epochs * cfg.rl.num_minibatches
-        )
+        self.optimizer = state_lib.make_optimizer(cfg.optim, cfg.train.steps)
+        self.lr_schedule = state_lib.learning_rate_schedule(cfg.optim, cfg.train.steps)
         keys = jax.random.split(jax.random.PRNGKey(cfg.seed), 3)  # init, state, sample
         self.sample_key = keys[2]
         self.rules = rules
@@ -489,6 +488,7 @@ class RLRun:
         update_metrics = jax.device_get(update_metrics)
         t["update_s"] = time.perf_counter() - t0
         metrics.update({k: float(np.asarray(v)) for k, v in update_metrics.items()})
+        metrics["lr"] = float(self.lr_schedule(self.step))  # every update of the step's (its rate)
         metrics.update(t)
         if rl.algorithm == "ppo":
             metrics["kl_ref_k3"] = self._kl_to_ref(host, batch)
@@ -653,7 +653,7 @@ def _mean_k3(log_ratio_NxT, mask_NxT) -> float:
     """Mean k3 estimate exp(x) - x - 1 of log ratios x over every process's completion tokens
     (this process's rows given; padding ignored)."""
     x = np.where(mask_NxT > 0, log_ratio_NxT, 0.0)
-    k3_sum = ((np.exp(x) - x - 1.0) * mask_NxT).sum()
+    k3_sum = ((np.expm1(x) - x) * mask_NxT).sum()  # as losses.kl
     k3_sum, count = distributed.gather_rows(np.asarray([[k3_sum, mask_NxT.sum()]])).sum(axis=0)
     return float(k3_sum / max(count, 1.0))
 

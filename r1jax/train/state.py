@@ -39,30 +39,55 @@ def learning_rate_schedule(optim_cfg, total_steps: int) -> optax.Schedule:
     return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), decay], [warmup])
 
 
-def make_optimizer(
-    optim_cfg, total_steps: int, *, updates_per_step: int = 1
-) -> optax.GradientTransformation:
+def make_optimizer(optim_cfg, total_steps: int) -> optax.GradientTransformation:
     """AdamW with global-norm clipping and the configured schedule over `total_steps` training
-    steps. A step of `updates_per_step` optimizer updates (RL: epochs x minibatches) keeps one
-    learning rate: the schedule is indexed by step, not by update, so warmup_steps and the decay
-    count steps as train.steps does."""
+    steps. Apply it with `update_at_step`, which reads the schedule at the training step."""
     schedule = learning_rate_schedule(optim_cfg, total_steps)
-    if updates_per_step > 1:
-        by_step = schedule
-        schedule = lambda count: by_step(count // updates_per_step)  # noqa: E731
     parts = []
     if optim_cfg.grad_clip and optim_cfg.grad_clip > 0:
         parts.append(optax.clip_by_global_norm(float(optim_cfg.grad_clip)))
+    weight_decay = float(optim_cfg.weight_decay)
     parts.append(
         optax.adamw(
             schedule,
             b1=float(optim_cfg.b1),
             b2=float(optim_cfg.b2),
             eps=float(optim_cfg.eps),
-            weight_decay=float(optim_cfg.weight_decay),
+            weight_decay=weight_decay,
+            # Without decay no mask, so the optimizer state keeps the structure it always had.
+            mask=decay_mask if weight_decay else None,
         )
     )
     return optax.chain(*parts)
+
+
+def decay_mask(params):
+    """Which params weight decay applies to: weight matrices and embeddings, not norm scales or
+    biases (as Hugging Face's Trainer, so TRL recipes' weight_decay means the same here)."""
+
+    def decays(path, _):
+        names = [str(getattr(k, "key", getattr(k, "name", k))) for k in path]
+        return not any("norm" in n for n in names) and not names[-1].endswith("bias")
+
+    return jax.tree_util.tree_map_with_path(decays, params)
+
+
+def update_at_step(optimizer, grads, opt_state, params, step):
+    """`optimizer.update` with the learning-rate schedule read at training step `step`.
+
+    optax counts the schedule in updates it applied. Indexed by step instead, the learning rate
+    logged for a step is the one it applied, also after a skipped (non-finite) step, which
+    keeps the old optimizer state but uses up its step as it does its step number; every update
+    of an RL step (epochs x minibatches) takes the step's rate; and a resume with another
+    number of updates a step stays on schedule. Adam's own count (bias correction) still
+    counts the updates applied.
+    """
+    is_schedule = lambda x: isinstance(x, optax.ScaleByScheduleState)  # noqa: E731
+    at_step = lambda x: (  # noqa: E731
+        x._replace(count=jnp.asarray(step, x.count.dtype)) if is_schedule(x) else x
+    )
+    opt_state = jax.tree.map(at_step, opt_state, is_leaf=is_schedule)
+    return optimizer.update(grads, opt_state, params)
 
 
 def create(params, optimizer: optax.GradientTransformation, rng: jax.Array) -> TrainState:

@@ -64,7 +64,9 @@ def supervised_step(state, batch, *, model_cfg, optimizer, grad_accum=1, lr_sche
     grads = jax.tree.map(lambda g: g / denom, grads)
     loss = nll / denom
     grad_norm = optax.tree.norm(grads)
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    updates, opt_state = state_lib.update_at_step(
+        optimizer, grads, state.opt_state, state.params, state.step
+    )
     params = optax.apply_updates(state.params, updates)
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
     # (4)
