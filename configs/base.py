@@ -39,6 +39,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.head_dim = 0
     c.model.d_ff = 0
     c.model.max_seq_len = 0
+    # '' = the preset's; qwen2 | llama | qwen3 switches the architecture of a random init or a
+    # bare checkpoint (q/k/v biases: qwen2 only; q/k norms: qwen3 only). init_from brings its own.
+    c.model.family = ""
     c.model.dtype = "float32"  # compute dtype: float32 | bfloat16
     c.model.param_dtype = "float32"  # master weights and optimizer state
     c.model.remat = "none"  # none | full | dots: rematerialise each layer in the backward pass

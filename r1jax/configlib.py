@@ -13,12 +13,14 @@ import jax
 import ml_collections
 from absl import logging
 
-from r1jax import files
+from r1jax import files, text
 from r1jax.model import config as model_config
+from r1jax.rl import advantages
 
 STAGES = ("pretrain", "sft", "rl", "eval", "collect", "reward_model", "pipeline")
+# Read by supervised.load_records (and the RL / eval / collect record readers).
 DATA_FORMATS = ("jsonl", "gsm8k", "math", "world")
-TEMPLATES = ("chat", "r1_zero", "world", "none")
+TEMPLATES = text.TEMPLATES  # one list: text.apply_template's
 
 
 class ConfigError(ValueError):
@@ -216,6 +218,8 @@ def _validate_model(cfg) -> None:
     _require(m.param_dtype in ("float32", "bfloat16"), "model.param_dtype", "float32 or bfloat16")
     modes = model_config.REMAT_MODES
     _require(m.remat in modes, "model.remat", f"expected one of {modes}")
+    families = ("",) + model_config.FAMILIES
+    _require(m.get("family", "") in families, "model.family", f"expected one of {families}")
     for name in (*MODEL_SHAPE_FIELDS, "max_seq_len", "unroll_layers", "attention_chunk"):
         _require(m[name] >= 0, f"model.{name}", f"must be >= 0 (0 = the preset's), got {m[name]}")
     vocab = cfg.tokenizer.train_vocab_size
@@ -223,7 +227,8 @@ def _validate_model(cfg) -> None:
 
 
 def model_config_from(cfg: ml_collections.ConfigDict, *, vocab_size: int | None = None):
-    """The frozen ModelConfig: the preset with the non-zero shape fields of config.model applied."""
+    """The frozen ModelConfig: the preset with the non-zero shape fields of config.model (and
+    a non-empty model.family) applied."""
     mcfg = model_config.get_preset(cfg.model.preset)
     changes = {}
     for name in ("d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim", "d_ff", "max_seq_len"):
@@ -233,6 +238,8 @@ def model_config_from(cfg: ml_collections.ConfigDict, *, vocab_size: int | None 
         changes["vocab_size"] = int(cfg.model.vocab_size)
     elif vocab_size:
         changes["vocab_size"] = int(vocab_size)
+    if family := cfg.model.get("family", ""):  # the family's own attention details with it
+        changes.update(family=family, qkv_bias=family == "qwen2", qk_norm=family == "qwen3")
     changes.update(dtype=cfg.model.dtype, param_dtype=cfg.model.param_dtype, remat=cfg.model.remat)
     changes["unroll_layers"] = int(cfg.model.get("unroll_layers", 0))
     changes["attention_chunk"] = int(cfg.model.get("attention_chunk", 0))
@@ -415,14 +422,24 @@ def is_run_dir(folder) -> bool:
     return isinstance(saved, dict) and "model" in saved and "config" in saved
 
 
-def load_resolved(run_dir) -> tuple[model_config.ModelConfig, dict]:
-    """(ModelConfig, resolved config dict) that a run wrote with save_resolved."""
+def load_resolved(
+    run_dir, *, language_model: bool = False
+) -> tuple[model_config.ModelConfig, dict]:
+    """(ModelConfig, resolved config dict) that a run wrote with save_resolved.
+
+    language_model=True (export, init_from, evaluation) refuses a reward-model run: its params
+    are a trunk and a scalar head, which no language-model layout restores."""
     path = pathlib.Path(run_dir) / "config.json"
     if not path.exists():
         raise FileNotFoundError(f"{path}: not an r1jax run folder (no config.json)")
     saved = json.loads(path.read_text())
     if "model" not in saved or "config" not in saved:
         raise ValueError(f"{path}: no 'model'/'config' sections (was it written by r1jax?)")
+    if language_model and saved["config"].get("stage") == "reward_model":
+        raise ConfigError(
+            f"{run_dir} is a reward model's run (a trunk and a scalar head), not a language "
+            "model to export, start from or sample: RL reads it as rl.reward_model.path"
+        )
     shape = dict(saved["model"])
     if shape.get("rope_scaling"):
         shape["rope_scaling"] = model_config.RopeScaling(**shape["rope_scaling"])
@@ -446,9 +463,15 @@ def _validate_rl(cfg, num_devices: int) -> None:
 
     rl = cfg.rl
     _require(rl.algorithm in ("grpo", "ppo"), "rl.algorithm", "expected 'grpo' or 'ppo'")
-    _require(rl.advantage in ("grpo", "rloo"), "rl.advantage", "expected 'grpo' or 'rloo'")
     _require(
-        rl.std_normalize in ("group", "batch", "none"), "rl.std_normalize", "group | batch | none"
+        rl.advantage in advantages.ESTIMATORS,
+        "rl.advantage",
+        f"expected one of {advantages.ESTIMATORS}",
+    )
+    _require(
+        rl.std_normalize in advantages.STD_NORMALIZE_MODES,
+        "rl.std_normalize",
+        f"expected one of {advantages.STD_NORMALIZE_MODES}",
     )
     aggregations = ("seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm")
     _require(rl.aggregation in aggregations, "rl.aggregation", f"expected one of {aggregations}")

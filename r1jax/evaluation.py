@@ -608,7 +608,7 @@ def eval_config(cfg, mesh=None) -> EvalConfig:
 
 def run_model_config(run_dir) -> tuple[model_config.ModelConfig, dict]:
     """(ModelConfig, resolved config dict) that an r1jax run wrote to its config.json."""
-    return configlib.load_resolved(run_dir)
+    return configlib.load_resolved(run_dir, language_model=True)
 
 
 def place_params(model_cfg, params, mesh, rules=sharding.DEFAULT_RULES):

@@ -31,7 +31,7 @@ from r1jax.train import checkpoint
 
 def run_model_config(run_dir: pathlib.Path) -> model_config.ModelConfig:
     """The resolved model config an r1jax run saved in its config.json."""
-    return configlib.load_resolved(run_dir)[0]
+    return configlib.load_resolved(run_dir, language_model=True)[0]
 
 
 def export(run_dir, out_dir, *, step: int | None = None) -> pathlib.Path:

@@ -491,6 +491,9 @@ WORLD_TEMPLATE = (
     "answers in <answer> </answer>. User: {prompt} Assistant:"
 )
 
+# A new template: its name here (configlib validates against this tuple), its text in
+# apply_template, and in response_text how its completions begin (the others end in
+# "Assistant:", so a response starts with a space); hf_chat_template follows apply_template.
 TEMPLATES = ("chat", "r1_zero", "world", "none")
 
 

@@ -79,6 +79,20 @@ def test_rloo_matches_leave_one_out():
     np.testing.assert_allclose(advantages.rloo(jnp.asarray(r)), want, rtol=1e-5, atol=1e-6)
 
 
+def test_every_configured_estimator_is_computed_and_no_other_name():
+    # rl.advantage reaches the rollout through of_groups; an unknown name was GRPO before.
+    r = jnp.asarray(np.random.RandomState(1).rand(3, 4), jnp.float32)
+    for mode in advantages.STD_NORMALIZE_MODES:
+        np.testing.assert_array_equal(
+            advantages.of_groups("grpo", r, std_normalize=mode),
+            advantages.group_relative(r, std_normalize=mode),
+        )
+    np.testing.assert_array_equal(advantages.of_groups("rloo", r), advantages.rloo(r))
+    assert advantages.ESTIMATORS == ("grpo", "rloo")
+    with pytest.raises(ValueError, match="'reinforce' not in"):
+        advantages.of_groups("reinforce", r)
+
+
 def test_broadcast_to_tokens():
     mask = jnp.array([[1, 1, 0], [0, 0, 0], [1, 1, 1]], bool)
     got = advantages.broadcast_to_tokens(jnp.array([2.0, 5.0, -1.0]), mask)

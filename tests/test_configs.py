@@ -155,6 +155,9 @@ def test_malformed_row_names_file_and_line_or_is_skipped_and_counted(tmp_path):
         ("sft.py:tiny", "optim.schedule", "cosin"),
         ("sft.py:tiny", "model.remat", "fulll"),
         ("sft.py:tiny", "model.d_model", -8),
+        ("sft.py:tiny", "model.family", "qwen2.5"),
+        ("r1_zero.py:tiny", "rl.advantage", "reinforce"),
+        ("r1_zero.py:tiny", "rl.std_normalize", "batchnorm"),
         ("sft.py:tiny", "tokenizer.train_vocab_size", -5),
         ("r1_zero.py:tiny", "rl.num_minibatches", 0),
         ("r1_zero.py:tiny", "rl.prompts_per_step", -16),
@@ -190,6 +193,15 @@ def test_data_file_that_is_a_folder_and_bad_model_shape(shared_data, tmp_path):
         configlib.validate(_cfg(data__train=str(tmp_path)), num_devices=1)
     with pytest.raises(configlib.ConfigError, match=r"config\.model: .*n_kv_heads"):
         configlib.model_config_from(_cfg(model__n_heads=3), vocab_size=100)
+
+
+def test_model_family_switches_the_architecture_of_a_random_init():
+    # A Qwen3 (or Llama) shape described by the config alone: random init, a bare checkpoint.
+    for family, bias, norms in (("qwen3", False, True), ("llama", False, False)):
+        shape = configlib.model_config_from(_cfg(model__family=family), vocab_size=100)
+        assert (shape.family, shape.qkv_bias, shape.qk_norm) == (family, bias, norms)
+    tiny = configlib.model_config_from(_cfg(), vocab_size=100)
+    assert (tiny.family, tiny.qkv_bias, tiny.qk_norm) == ("qwen2", True, False)  # the preset's
 
 
 def test_a_workdir_holding_another_run_is_refused_and_kept(tmp_path):

@@ -308,6 +308,23 @@ def test_scorer_round_trip(rm_run):
         (workdir / "rm_eval.kept").rename(workdir / "rm_eval.json")
 
 
+def test_a_reward_model_run_is_no_language_model_to_export_or_start_from(rm_run, tmp_path):
+    # Its params are a trunk and a head: export and init_from failed with orbax's layout dump.
+    from r1jax import evaluation, export
+    from r1jax.train import supervised
+
+    workdir, _ = rm_run
+    with pytest.raises(configlib.ConfigError, match="reward model's run .* rl.reward_model.path"):
+        export.export(workdir, tmp_path / "hf")
+    assert not (tmp_path / "hf").exists()
+    sft = configlib.load_config(os.path.join(REPO, "configs/sft.py:tiny"))
+    sft.model.init_from = str(workdir)
+    with pytest.raises(configlib.ConfigError, match="reward model's run"):
+        supervised.initial_params(sft, configlib.model_config_from(sft))
+    with pytest.raises(configlib.ConfigError, match="reward model's run"):
+        evaluation.run_model_config(workdir)
+
+
 def test_scorer_refuses_other_runs(tmp_path):
     (tmp_path / "config.json").write_text(
         json.dumps({"config": {"stage": "sft"}, "model": dataclasses.asdict(TINY)})

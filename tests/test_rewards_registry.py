@@ -45,6 +45,13 @@ def test_registry_names_and_lookup():
         assert name in registry.REWARDS
         assert callable(registry.get(name))
     assert registry.get("test_rewards_registry:hang_on_marker") is hang_on_marker
+    # A module in a package, named as a config key can be (ConfigDict refuses dots in keys).
+    import ml_collections
+
+    from r1jax.rewards import tasks
+
+    weights = ml_collections.ConfigDict({"r1jax/rewards/tasks:gsm8k": 1.0})
+    assert [registry.get(name) for name in weights] == [tasks.gsm8k]
     with pytest.raises(KeyError):
         registry.get("no_such_reward")
 

@@ -87,7 +87,15 @@ def _jsonl_rows(path: pathlib.Path, on_error: str, stats: dict | None) -> Iterat
         try:
             row = json.loads(line)
         except json.JSONDecodeError as e:
-            _reject(f"{where}: malformed JSON ({e.msg} at column {e.colno})", on_error, stats)
+            hint = (
+                ""
+                if path.name.removesuffix(".gz").endswith((".jsonl", ".ndjson"))
+                else (
+                    "; read as JSON lines, as any file whose name ends in neither .json nor "
+                    ".parquet (each optionally .gz)"
+                )
+            )
+            _reject(f"{where}: malformed JSON ({e.msg} at column {e.colno}){hint}", on_error, stats)
             continue
         if not isinstance(row, dict):
             _reject(f"{where}: expected a JSON object, got {type(row).__name__}", on_error, stats)

@@ -100,12 +100,14 @@ REWARDS = {
 
 
 def get(name: str):
-    """The reward registered under `name`, or a "module:function" path (custom rewards)."""
+    """The reward registered under `name`, or a "module:function" path (custom rewards); a
+    module in a package may be written with "/" for "." (pkg/mod:fn), as a config key (a
+    field name of config.rl.rewards) cannot hold a dot."""
     if name in REWARDS:
         return REWARDS[name]
     if ":" in name:
         module, _, attr = name.partition(":")
-        return getattr(importlib.import_module(module), attr)
+        return getattr(importlib.import_module(module.replace("/", ".")), attr)
     raise KeyError(f"unknown reward {name!r}; known: {sorted(REWARDS)} or 'module:function'")
 
 

@@ -8,6 +8,8 @@ import jax
 import jax.numpy as jnp
 
 STD_NORMALIZE_MODES = ("group", "batch", "none")
+# rl.advantage: the outcome-reward estimators `of_groups` computes (PPO uses `gae` instead).
+ESTIMATORS = ("grpo", "rloo")
 
 
 def _sample_std(x, mask, axis):
@@ -58,6 +60,16 @@ def rloo(rewards_BxG):
     g = r.shape[1]
     others_mean_BxG = (jnp.sum(r, axis=1, keepdims=True) - r) / (g - 1)
     return r - others_mean_BxG
+
+
+def of_groups(estimator: str, rewards_BxG, *, std_normalize: str = "group"):
+    """Advantages [B, G] of `estimator` (one of ESTIMATORS) from rewards [B, G]; std_normalize
+    applies to "grpo" (RLOO's leave-one-out baseline is not scaled)."""
+    if estimator == "grpo":
+        return group_relative(rewards_BxG, std_normalize=std_normalize)
+    if estimator == "rloo":
+        return rloo(rewards_BxG)
+    raise ValueError(f"advantage estimator {estimator!r} not in {ESTIMATORS}")
 
 
 def broadcast_to_tokens(adv_N, mask_NxT):

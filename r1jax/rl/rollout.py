@@ -294,10 +294,7 @@ class ExperienceMaker:
             everyone(s.lengths_N), cfg.max_new_tokens, cfg.overlong_buffer, cfg.overlong_penalty
         )
         rewards_BxG = shaped_N.reshape(-1, cfg.num_samples)
-        if cfg.advantage == "rloo":
-            adv_BxG = adv_lib.rloo(rewards_BxG)
-        else:
-            adv_BxG = adv_lib.group_relative(rewards_BxG, std_normalize=cfg.std_normalize)
+        adv_BxG = adv_lib.of_groups(cfg.advantage, rewards_BxG, std_normalize=cfg.std_normalize)
         mine = distributed.local_slice(len(s.rewards_N))
         # (6)
         batch = training_arrays(

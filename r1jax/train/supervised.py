@@ -105,8 +105,10 @@ def load_records(cfg, path: str, *, generic: bool = False, required=()) -> list[
         records = sources.math_records(path, on_error=on_error, stats=stats)
     elif fmt == "world" and path in world.DATASETS:  # generated in memory
         records = world.dataset(path, seed=cfg.data.world_seed, n=cfg.data.max_records)
-    else:  # .jsonl, .json (one list) or .parquet, each possibly .gz
+    elif fmt in ("jsonl", "world"):  # .jsonl, .json (one list) or .parquet, each possibly .gz
         records = sources.read_records(path, on_error=on_error, stats=stats, required=required)
+    else:  # a format added to configlib.DATA_FORMATS needs its reader here
+        raise ValueError(f"config.data.format {fmt!r} has no reader in load_records")
     if stats.get("skipped"):
         logging.warning(
             "%s: skipped %d malformed rows (data.on_error='skip')", path, stats["skipped"]
@@ -285,6 +287,8 @@ def _loaded_shape(cfg, model_cfg, loaded):
         for name in (*configlib.MODEL_SHAPE_FIELDS, "max_seq_len")
         if cfg.model[name] and cfg.model[name] != getattr(loaded, name) and name not in keep
     ]
+    if cfg.model.get("family", "") not in ("", loaded.family):
+        ignored.append(f"family={cfg.model.family} (it is {loaded.family})")
     if ignored:
         logging.warning(
             "model.init_from %s brings its own shape; config.model %s not applied",
@@ -317,7 +321,7 @@ def initial_params(cfg, model_cfg):
         return _loaded_shape(cfg, model_cfg, hf_cfg), params
     run_dir = next((d for d in (path, path.parent) if configlib.is_run_dir(d)), None)
     if run_dir is not None:  # an r1jax run brings its own model shape (this config's numerics)
-        run_cfg, _ = configlib.load_resolved(run_dir)
+        run_cfg, _ = configlib.load_resolved(run_dir, language_model=True)
         model_cfg = _loaded_shape(cfg, model_cfg, run_cfg)
     abstract = jax.eval_shape(lambda k: transformer.init_params(model_cfg, k), jax.random.key(0))
     return model_cfg, checkpoint.restore_params(path, abstract)
