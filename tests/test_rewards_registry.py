@@ -40,6 +40,27 @@ def crash_on_marker(completion, record):
     return 1.0
 
 
+def math_past_deadline(completion, record):
+    """A reward whose math check runs past its (tiny) deadline: ~0.7 s of sympy, 0.05 allowed."""
+    from r1jax.rewards import math as math_reward
+
+    return float(math_reward.is_equiv("{" * 10 + "x+1" + "}" * 10, "x+2", timeout_s=0.05))
+
+
+def test_a_math_check_past_its_deadline_is_counted_as_a_timeout():
+    # It counted as "not equal" and nothing said so: a correct answer's check that ran out of
+    # time (e.g. more reward workers than free cores) scored 0 silently.
+    name = "test_rewards_registry:math_past_deadline"
+    for workers in (0, 1):  # in process (the math child), in a worker (its interval timer)
+        with registry.RewardPool(
+            {name: 1.0, "format": 1.0}, num_workers=workers, timeout_s=30
+        ) as p:
+            _, per_fn, metrics = p.score(COMPLETIONS[:2], RECORDS[:2])
+        assert metrics[f"rewards/timeouts/{name}"] == 2.0, (workers, metrics)
+        assert metrics[f"rewards/crashes/{name}"] == 0.0 and metrics["rewards/timeouts/format"] == 0
+        np.testing.assert_array_equal(per_fn[name], [0.0, 0.0])
+
+
 def test_registry_names_and_lookup():
     for name in ("accuracy", "format", "format_lenient", "tag_count", "language"):
         assert name in registry.REWARDS

@@ -19,6 +19,9 @@ from r1jax.text import last_tagged
 logging.getLogger("math_verify").setLevel(logging.ERROR)
 
 DEFAULT_TIMEOUT_S = 5.0
+# Checks of this process that ran past their deadline and counted as not equal (a correct
+# answer then scores 0): the reward pool reports each as a timeout of the reward that ran it.
+deadline_hits = 0
 MAX_ANSWER_CHARS = 1000  # longer "answers" are never sent to sympy
 MAX_NESTING = 24  # bracket depth above which parsing gets super-linear in latex2sympy
 MAX_EXPONENT = 10_000  # a literal exponent above this can make sympy build a giant integer
@@ -355,6 +358,7 @@ def _with_itimer(pred: str, gold: str, timeout_s: float) -> bool:
     try:
         return _mv_equal(pred, gold)
     except _Deadline:
+        _count_deadline()
         return False
     finally:
         _deadline_armed.clear()
@@ -421,6 +425,7 @@ class _Checker:
                 self._requests.send((pred, gold))
                 if self._replies.poll(timeout_s):
                     return bool(self._replies.recv())
+                _count_deadline()
             except (EOFError, OSError):
                 pass
             self._kill()
@@ -428,6 +433,11 @@ class _Checker:
 
 
 _CHECKER = _Checker()
+
+
+def _count_deadline() -> None:
+    global deadline_hits
+    deadline_hits += 1
 
 
 def symbolic_equal(pred: str, gold: str, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> bool:

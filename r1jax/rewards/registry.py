@@ -22,6 +22,7 @@ from r1jax.data import sources
 from r1jax.rewards import code, tasks
 from r1jax.rewards import format as format_reward
 from r1jax.rewards import language as language_reward
+from r1jax.rewards import math as math_reward
 
 _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _WORKER_START_S = 60.0  # importing sympy on a loaded machine
@@ -186,13 +187,21 @@ def check_records(names, records: list[dict], where: str, *, on_error: str = "ra
     return kept
 
 
+# The error of a reward whose math check ran past its deadline (counted as a timeout).
+_MATH_DEADLINE = "MathDeadline: a math-verify check ran past its deadline and counted as not equal"
+
+
 def score_item(names: list[str], completion: str, record: dict):
-    """Yield (name, value, error) for each reward, in order; an exception is (name, 0, repr)."""
+    """Yield (name, value, error) for each reward, in order; an exception is (name, 0, repr),
+    a math check past its deadline (name, value, _MATH_DEADLINE)."""
     for name in names:
+        hits = math_reward.deadline_hits
         try:
-            yield name, float(get(name)(completion, record)), None
+            value = float(get(name)(completion, record))
         except Exception as exc:  # noqa: BLE001 - one bad reward must not stop the others
             yield name, 0.0, f"{type(exc).__name__}: {exc}"[:300]
+            continue
+        yield name, value, _MATH_DEADLINE if math_reward.deadline_hits != hits else None
 
 
 def _worker_main(read_fd: int, write_fd: int) -> None:
@@ -249,6 +258,12 @@ class RewardPool:
         self.names = list(weights)
         self.timeout_s = float(timeout_s)
         self.num_workers = int(num_workers)
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        if self.num_workers > (cores or 1):
+            # More workers than cores share them, and the math checks' deadlines are wall-clock
+            # time: a correct answer's check could run out of time waiting for a core.
+            logging.info("reward workers: %d, one a core (not %d)", cores, self.num_workers)
+            self.num_workers = cores or 1
         self._workers = [_Worker() for _ in range(self.num_workers)]
         self._restarts = 0
         self._logged = set()  # (reward, exception type) pairs already logged
@@ -347,14 +362,16 @@ class RewardPool:
         """Count a reward that raised; log the first error of each kind (the metrics count all)."""
         if error is None:
             return
-        counts[f"crashes/{name}"] += 1
+        what = "timeouts" if error == _MATH_DEADLINE else "crashes"
+        counts[f"{what}/{name}"] += 1
         kind = (name, error.split(":", 1)[0])
         if kind not in self._logged:
             self._logged.add(kind)
             logging.warning(
-                "reward %r raised and scored 0 (counted in rewards/crashes/%s; each kind of "
-                "error is logged once): %s",
+                "reward %r %s (counted in rewards/%s/%s; each kind of error is logged once): %s",
                 name,
+                "timed out" if what == "timeouts" else "raised and scored 0",
+                what,
                 name,
                 error,
             )
