@@ -161,7 +161,8 @@ def pair_batches(
     must agree on the shape in a multi-process run)."""
     ds = grain.MapDataset.source(pairs)[shard_index::shard_count]
     ds = ds.shuffle(seed=seed).repeat(None)
-    ds = ds.map(lambda p: _tokenize_pair(p, tokenizer, template, max_len)).to_iter_dataset()
+    ds = ds.map(lambda p: _tokenize_pair(p, tokenizer, template, max_len))
+    ds = ds.to_iter_dataset(pipeline.read_options())
     pad = lambda items: _pad_pairs(
         items, pad_id=tokenizer.pad_id, max_len=max_len, fixed_len=fixed_len
     )
