@@ -46,6 +46,11 @@ def test_read_jsonl_malformed_line_names_file_and_line(tmp_path):
         sources.read_jsonl(not_object)
     with pytest.raises(ValueError, match="on_error"):
         sources.read_jsonl(path, on_error="ignore")
+    # A file of another kind is read as JSON lines too, and its error says so (a CSV read
+    # "qa.csv:1: malformed JSON" and nothing more).
+    csv = _write_lines(tmp_path / "qa.csv", ["question,answer", "1+1,2"])
+    with pytest.raises(sources.DataError, match=r"qa\.csv:1: malformed JSON .*read as JSON lines"):
+        sources.read_records(csv)
 
 
 def test_missing_files_name_the_path(tmp_path):

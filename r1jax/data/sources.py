@@ -73,6 +73,13 @@ def _check_on_error(on_error: str) -> None:
         raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
 
 
+# What a malformed-JSON error adds for a file not named .jsonl (a .csv or .txt, say).
+_READ_AS_JSONL = (
+    "; read as JSON lines, as any file whose name ends in neither .json nor .parquet (each "
+    "optionally .gz)"
+)
+
+
 def _jsonl_rows(path: pathlib.Path, on_error: str, stats: dict | None) -> Iterator[tuple]:
     """(location 'file:line', row dict) for each good line; blank lines are ignored."""
     for lineno, raw in _numbered_lines(path):
@@ -87,14 +94,8 @@ def _jsonl_rows(path: pathlib.Path, on_error: str, stats: dict | None) -> Iterat
         try:
             row = json.loads(line)
         except json.JSONDecodeError as e:
-            hint = (
-                ""
-                if path.name.removesuffix(".gz").endswith((".jsonl", ".ndjson"))
-                else (
-                    "; read as JSON lines, as any file whose name ends in neither .json nor "
-                    ".parquet (each optionally .gz)"
-                )
-            )
+            named = path.name.removesuffix(".gz").endswith((".jsonl", ".ndjson"))
+            hint = "" if named else _READ_AS_JSONL
             _reject(f"{where}: malformed JSON ({e.msg} at column {e.colno}){hint}", on_error, stats)
             continue
         if not isinstance(row, dict):

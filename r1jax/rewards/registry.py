@@ -262,7 +262,7 @@ class RewardPool:
         if self.num_workers > (cores or 1):
             # More workers than cores share them, and the math checks' deadlines are wall-clock
             # time: a correct answer's check could run out of time waiting for a core.
-            logging.info("reward workers: %d, one a core (not %d)", cores, self.num_workers)
+            logging.info("reward workers: %d, one a core (config: %d)", cores, self.num_workers)
             self.num_workers = cores or 1
         self._workers = [_Worker() for _ in range(self.num_workers)]
         self._restarts = 0
