@@ -438,6 +438,18 @@ def test_dangerous_answers_are_rejected_before_sympy():
         assert math_reward.is_dangerous(answer), answer
     for answer in ("2^{100}", "x^2+y^2", "\\frac{1}{2}", "5!", "e^{i\\pi}"):
         assert not math_reward.is_dangerous(answer), answer
+    # Bare braces: math-verify's parse doubles about every level (12 deep 1.6 s, 14 deep 5.3 s,
+    # the deadline). A command's argument, an exponent or a literal \{ is no bare brace; the
+    # golds and solutions of shared/data nest them 3 deep at most.
+    for answer in ("{" * 9 + "5" + "}" * 9, "{ " * 9 + "5" + " }" * 9, "{1+" * 9 + "5" + "}" * 9):
+        assert math_reward.is_dangerous(answer), answer
+    for answer in (
+        "{" * 8 + "5" + "}" * 8,
+        "1+\\cfrac{1}{" * 12 + "2" + "}" * 12,
+        "\\sqrt {\\sqrt[3]{" * 6 + "2" + "}}" * 6,
+        "\\{" * 12 + "1" + "\\}" * 12,
+    ):
+        assert not math_reward.is_dangerous(answer), answer
 
 
 # The deadline the two tests below give `is_equiv`, well under what `_slow_pair` takes.

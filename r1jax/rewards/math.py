@@ -24,6 +24,10 @@ DEFAULT_TIMEOUT_S = 5.0
 deadline_hits = 0
 MAX_ANSWER_CHARS = 1000  # longer "answers" are never sent to sympy
 MAX_NESTING = 24  # bracket depth above which parsing gets super-linear in latex2sympy
+# Depth of bare braces (a group no command, ^, _ or earlier group takes as its argument) above
+# which math-verify's parse gets exponential: {{...5...}} 8 deep 0.4 s, 10 0.7 s, 12 1.6 s,
+# 14 5.3 s, past the deadline (nested \frac, \sqrt, ^ or parentheses stay under 0.6 s at 14).
+MAX_BARE_BRACES = 8
 MAX_EXPONENT = 10_000  # a literal exponent above this can make sympy build a giant integer
 MAX_FACTORIAL = 2_000
 # A plain-number comparison allows 1e-9 relative error (a repeating decimal written out), but never
@@ -297,9 +301,31 @@ def _max_nesting(s: str) -> int:
     return deepest
 
 
+_LATEX_TOKEN = re.compile(r"\\[a-zA-Z]+|\\.|\s+|.", re.DOTALL)
+
+
+def _max_bare_braces(s: str) -> int:
+    """Deepest nesting of bare braces: groups not taken as an argument, i.e. not straight after
+    a command name (\\frac), ^, _, } or ] (spaces skipped; \\{ is a literal brace)."""
+    stack, deepest, before = [], 0, ""  # stack: bare braces open up to and including each
+    for m in _LATEX_TOKEN.finditer(s):
+        token = m.group(0)
+        if token == "{":
+            takes = before in ("^", "_", "}", "]") or (before[:1] == "\\" and before[1:].isalpha())
+            stack.append((stack[-1] if stack else 0) + (not takes))
+            deepest = max(deepest, stack[-1])
+        elif token == "}" and stack:
+            stack.pop()
+        if not token.isspace():
+            before = token
+    return deepest
+
+
 def is_dangerous(ans: str) -> bool:
     """True for answers that could make sympy build huge integers or parse super-linearly."""
     if len(ans) > MAX_ANSWER_CHARS or _max_nesting(ans) > MAX_NESTING:
+        return True
+    if _max_bare_braces(ans) > MAX_BARE_BRACES:
         return True
     if any(int(d) > MAX_EXPONENT for d in _EXPONENT_LITERAL.findall(ans) if len(d) < 12):
         return True
