@@ -5,6 +5,7 @@ import gzip
 import importlib.util
 import json
 import logging
+import pickle
 
 import ml_collections
 import numpy as np
@@ -156,6 +157,84 @@ def test_rows_without_text_fields_or_with_lone_surrogates_follow_on_error(tmp_pa
     with pytest.raises(sources.DataError, match=r"l\.json\[1\]: expected a JSON object"):
         sources.read_records(listed)
     assert len(sources.read_records(listed, on_error="skip", stats={})) == 2
+
+
+def test_jsonl_records_read_rows_from_the_file_as_they_are_asked(tmp_path, tok):
+    # An R1-size SFT file (~20 GB of JSON) was held as dicts in every process; JsonlRecords
+    # keeps two numbers a row and reads the row when asked, equal to read_records' list.
+    lines = [
+        '{"prompt": "caf\u00e9 \u8ba1\u7b97", "response": "b"}',
+        "",
+        '{"prompt": "c"}',
+        "{broken",
+        '{"prompt": "e", "response": "f", "extra": [1, {"k": null}]}',
+        '{"prompt": "g", "response": "h"}\r',
+        '{"prompt": "i", "response": "j"}',
+    ]
+    path = tmp_path / "sft.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + "\n".join(lines).encode())  # a BOM, no final newline
+    need = pipeline.REQUIRED_FIELDS["sft"]
+    want_stats, stats = {}, {}
+    want = sources.read_records(path, on_error="skip", stats=want_stats, required=need)
+    rows = sources.JsonlRecords(path, on_error="skip", stats=stats, required=need)
+    assert len(rows) == 4 and list(rows) == want and stats == want_stats
+    assert rows[-1] == want[-1] and rows[1] == want[1]
+    assert list(rows[1::2]) == want[1::2] and list(rows[::-1]) == want[::-1]
+    assert len(rows[:2]) == 2 and rows[:2].required == need
+    with pytest.raises(IndexError):
+        rows[4]
+    assert list(pickle.loads(pickle.dumps(rows[1:]))) == want[1:]  # grain worker processes
+    with pytest.raises(sources.DataError, match=r"sft\.jsonl:3: field 'response' is missing"):
+        sources.JsonlRecords(path, required=need)
+    (tmp_path / "x.jsonl.gz").write_bytes(gzip.compress(path.read_bytes()))
+    with pytest.raises(sources.DataError, match="no row offsets"):
+        sources.JsonlRecords(tmp_path / "x.jsonl.gz")
+    # The same batches (and resumed state) as from the list.
+    kw = dict(kind="sft", seq_len=8, batch_size=2, seed=3, pack=False)
+    got = list(pipeline.make_dataset(rows, tok, num_epochs=3, **kw))
+    ref = list(pipeline.make_dataset(want, tok, num_epochs=3, **kw))
+    assert len(got) == len(ref) == 6
+    for a, b in zip(got, ref, strict=True):
+        assert all(np.array_equal(a[k], b[k]) for k in pipeline.BATCH_KEYS)
+    # A new file renamed over it is not seen; one rewritten in place stops the read.
+    replaced = tmp_path / "new.jsonl"
+    replaced.write_text('{"prompt": "z", "response": "z"}\n')
+    replaced.replace(path)
+    assert rows[0] == want[0]
+    held = sources.JsonlRecords(path, required=need)
+    path.write_text('{"prompt": "zz", "response": "zz"}\n')
+    with pytest.raises(
+        sources.DataError, match=r"sft\.jsonl: the file changed while the run read rows"
+    ):
+        held[0]
+    with pytest.raises(sources.DataError, match="changed since its rows were indexed"):
+        pickle.loads(pickle.dumps(held))
+
+
+def test_pretraining_rows_with_text_not_a_string_are_refused_at_their_line(tmp_path):
+    # A pair beside a numeric text passed the file's check and failed in make_dataset (no
+    # line), or, unchecked, in a reader thread.
+    path = _write_lines(
+        tmp_path / "p.jsonl", ['{"text": "a"}', '{"text": 5, "prompt": "p", "response": "r"}']
+    )
+    need = pipeline.REQUIRED_FIELDS["pretrain"]
+    for read in (sources.read_records, sources.JsonlRecords):
+        with pytest.raises(sources.DataError, match=r"p\.jsonl:2: field 'text' is a int"):
+            read(path, required=need)
+
+
+def test_load_records_reads_a_plain_jsonl_file_lazily(tmp_path):
+    cfg = ml_collections.ConfigDict(
+        {"data": {"format": "jsonl", "on_error": "raise", "max_records": 2}}
+    )
+    rows = [{"prompt": f"p{i}", "response": f"r{i}"} for i in range(3)]
+    plain = _write_lines(tmp_path / "d.jsonl", [json.dumps(r) for r in rows])
+    listed = tmp_path / "d.json"
+    listed.write_text(json.dumps(rows))
+    lazy = supervised.load_records(cfg, str(plain), lazy=True)
+    assert isinstance(lazy, sources.JsonlRecords) and list(lazy) == rows[:2]
+    assert supervised.load_records(cfg, str(listed), lazy=True) == rows[:2]
+    assert supervised.load_records(cfg, str(plain)) == rows[:2]
 
 
 def test_read_parquet(tmp_path):

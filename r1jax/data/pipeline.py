@@ -23,6 +23,12 @@ from r1jax import text
 from r1jax.data import sources
 
 KINDS = ("pretrain", "sft")
+# The string fields a record of each kind needs (alternatives), as sources.read_records and
+# sources.JsonlRecords check them: pretraining reads text, else prompt and response.
+REQUIRED_FIELDS = {
+    "pretrain": (("text",), ("prompt", "response")),
+    "sft": (("prompt", "response"),),
+}
 BATCH_KEYS = ("inputs", "targets", "loss_mask", "segment_ids", "positions")
 _SEQ_KEYS = ("inputs", "targets", "loss_mask")
 
@@ -265,7 +271,10 @@ def _check_args(records, kind, seq_len, batch_size, shard_index, shard_count, te
 
 def _check_records(records, kind: str) -> None:
     """Every record has the string fields `kind` tokenizes: found now, not when the shuffled
-    stream first reaches a bad row (possibly hours in, inside a reader thread)."""
+    stream first reaches a bad row (possibly hours in, inside a reader thread). A
+    sources.JsonlRecords file checked for `kind`'s fields as it was indexed is not read again."""
+    if getattr(records, "required", None) == REQUIRED_FIELDS[kind]:
+        return
     for i, record in enumerate(records, start=1):
         if not isinstance(record, dict):
             raise sources.DataError(f"record {i}: expected a dict, got {type(record).__name__}")

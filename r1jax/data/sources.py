@@ -6,10 +6,14 @@ records also carry "answer" (the reference final answer, a string) and "task".
 
 import gzip
 import json
+import operator
+import os
 import pathlib
 import re
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
+
+import numpy as np
 
 from r1jax import text
 
@@ -33,8 +37,12 @@ def _check_file(path) -> pathlib.Path:
 _GZIP_ERRORS = (gzip.BadGzipFile, EOFError, zlib.error)
 
 
-def _numbered_lines(path: pathlib.Path) -> Iterator[tuple[int, bytes]]:
-    """(line number, raw bytes) of a file (.gz ok); a broken .gz raises DataError."""
+def _numbered_lines(path: pathlib.Path, file=None) -> Iterator[tuple[int, bytes]]:
+    """(line number, raw bytes) of a file (.gz ok), or of the open binary `file` (plain) named
+    `path`; a broken .gz raises DataError."""
+    if file is not None:
+        yield from enumerate(file, start=1)
+        return
     opener = gzip.open if path.name.endswith(".gz") else open
     try:
         with opener(path, "rb") as f:
@@ -82,7 +90,15 @@ _READ_AS_JSONL = (
 
 def _jsonl_rows(path: pathlib.Path, on_error: str, stats: dict | None) -> Iterator[tuple]:
     """(location 'file:line', row dict) for each good line; blank lines are ignored."""
-    for lineno, raw in _numbered_lines(path):
+    return ((where, row) for where, row, _, _ in _jsonl_entries(path, on_error, stats))
+
+
+def _jsonl_entries(path: pathlib.Path, on_error: str, stats: dict | None, file=None) -> Iterator:
+    """(location 'file:line', row dict, byte offset, byte length) for each good line (the
+    offsets count the decompressed bytes of a .gz)."""
+    offset = 0
+    for lineno, raw in _numbered_lines(path, file):
+        start, offset = offset, offset + len(raw)
         where = f"{path}:{lineno}"
         try:
             line = _decode(raw, where, first=lineno == 1)
@@ -102,7 +118,7 @@ def _jsonl_rows(path: pathlib.Path, on_error: str, stats: dict | None) -> Iterat
             _reject(f"{where}: expected a JSON object, got {type(row).__name__}", on_error, stats)
             continue
         if _proper_text(where, row, on_error, stats):
-            yield where, row
+            yield where, row, start, len(raw)
 
 
 def read_jsonl(path, *, on_error: str = "raise", stats: dict | None = None) -> list[dict]:
@@ -215,6 +231,105 @@ def read_records(
     return rows
 
 
+def is_plain_jsonl(path) -> bool:
+    """Whether read_records reads `path` as JSON lines, not compressed (JsonlRecords can)."""
+    name = pathlib.Path(path).name
+    return not name.endswith((".gz", ".json", ".parquet"))
+
+
+class JsonlRecords(Sequence):
+    """The good rows of a plain (not .gz) JSON-lines file, read from the file as they are
+    asked for: a sequence of dicts equal to `read_records`' list, holding only two numbers a
+    row. One pass at construction checks every row as `read_records` does (errors name
+    file:line; on_error, stats and required alike) and notes where each good one lies.
+
+    An SFT file of R1's size (800k long reasoning rows, ~20 GB of JSON) held as dicts took its
+    size in memory in every process (8 a GPU host). Rows are read with pread, safe from grain's
+    reader threads. The file stays open: one replaced (a new file renamed over it) is not
+    seen, one rewritten in place raises DataError when a row is next read. A slice is a view
+    of the same file; the object pickles (reopening the file, which must be unchanged)."""
+
+    def __init__(self, path, *, on_error: str = "raise", stats: dict | None = None, required=()):
+        _check_on_error(on_error)
+        self.path = _check_file(path)
+        if self.path.name.endswith(".gz"):
+            raise DataError(f"{self.path}: a .gz file has no row offsets; use read_records")
+        self.required = tuple(tuple(names) for names in required)
+        self._fd = _OpenFile(self.path)
+        spans = []
+        with os.fdopen(os.dup(self._fd.fd), "rb") as f:
+            for where, row, start, length in _jsonl_entries(self.path, on_error, stats, f):
+                if _has_text_fields(where, row, required, on_error, stats):
+                    spans.append((start, length))
+        self._spans = np.asarray(spans, np.int64).reshape(-1, 2)  # [rows, (offset, length)]
+        _count(stats, "rows", len(self._spans))
+
+    def __len__(self) -> int:
+        return len(self._spans)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            view = object.__new__(JsonlRecords)
+            view.__dict__.update(self.__dict__, _spans=self._spans[index])
+            return view
+        index = operator.index(index)
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"row {index} of {len(self)}")
+        start, length = (int(v) for v in self._spans[index])
+        raw = self._fd.read(start, length)
+        try:
+            row = json.loads(raw.decode("utf-8-sig" if start == 0 else "utf-8"))
+        except ValueError:  # the check at construction read this line as an object
+            row = None
+        if not isinstance(row, dict):
+            raise DataError(f"{self.path}: row at byte {start} is no longer the row read at start")
+        return row
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
+    def __getstate__(self):
+        return {**self.__dict__, "_fd": None, "_stamp": self._fd.stamp}
+
+    def __setstate__(self, state):
+        stamp = state.pop("_stamp")
+        self.__dict__.update(state, _fd=_OpenFile(state["path"], stamp))
+
+
+class _OpenFile:
+    """A file descriptor, closed with the last records that read through it, and the file's
+    (size, mtime) when it was opened: a read after the file changed raises DataError."""
+
+    def __init__(self, path: pathlib.Path, stamp: tuple | None = None):
+        self.path = path
+        self.fd = os.open(path, os.O_RDONLY)
+        self.stamp = self._stamp()
+        if stamp is not None and self.stamp != tuple(stamp):
+            self.close()
+            raise DataError(f"{path}: changed since its rows were indexed (size, mtime)")
+
+    def _stamp(self) -> tuple:
+        st = os.fstat(self.fd)
+        return st.st_size, st.st_mtime_ns
+
+    def read(self, start: int, length: int) -> bytes:
+        if self._stamp() != self.stamp:
+            raise DataError(
+                f"{self.path}: the file changed while the run read rows from it (it is read as "
+                "training goes); replace a data file by writing a new one and renaming it over "
+                "the old, or restart the run"
+            )
+        return os.pread(self.fd, length, start)
+
+    def close(self) -> None:
+        if getattr(self, "fd", -1) >= 0:  # (also when os.open failed)
+            os.close(self.fd)
+            self.fd = -1
+
+    def __del__(self):
+        self.close()
+
+
 def _text(row: dict, name: str) -> bool:
     """A string, and not blank except a pretraining `text` (corpora hold empty documents)."""
     value = row.get(name)
@@ -225,9 +340,20 @@ def _has_text_fields(where: str, row: dict, required, on_error: str, stats) -> b
     """Whether the row has one of the `required` sets of string fields, prompt and response not
     blank (a blank SFT response would train EOS straight after the prompt); else raises or
     counts (_reject)."""
+    text_value = row.get("text")
+    if any(tuple(names) == ("text",) for names in required) and not isinstance(
+        text_value, (str, type(None))
+    ):
+        # the pipeline pretrains on any non-null text, before a prompt/response beside it
+        _reject(
+            f"{where}: field 'text' is a {type(text_value).__name__}, not a string",
+            on_error,
+            stats,
+        )
+        return False
     if not required or any(all(_text(row, f) for f in names) for names in required):
         return True
-    names = required[-1] if row.get("text") is None and len(required) > 1 else required[0]
+    names = required[-1] if text_value is None and len(required) > 1 else required[0]
     name = next(f for f in names if not _text(row, f))
     value = row.get(name)
     what = "missing" if value is None else "blank"

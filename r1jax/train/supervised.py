@@ -8,6 +8,7 @@ import filecmp
 import json
 import math
 import pathlib
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -88,13 +89,18 @@ def eval_terms(params, batch, *, model_cfg):
     return lm_loss_terms(model_cfg, params, batch)
 
 
-def load_records(cfg, path: str, *, generic: bool = False, required=()) -> list[dict]:
+def load_records(
+    cfg, path: str, *, generic: bool = False, required=(), lazy: bool = False
+) -> Sequence[dict]:
     """Reads a data file in the configured format into prompt/response (or text) records.
 
     generic=True reads plain rows whatever data.format says (general prompts and SFT rows mixed
     into a math run), except world dataset names. A malformed row stops the run naming
     file:line, or with data.on_error="skip" is skipped, counted in the log; for plain rows
     that includes a row without the string fields `required` asks for (`sources.read_records`).
+    lazy=True reads a plain .jsonl file's rows from the file when they are used
+    (sources.JsonlRecords: a training set need not fit in every process's memory); the
+    records are then read-only.
     """
     stats: dict = {}
     on_error = cfg.data.on_error
@@ -105,6 +111,11 @@ def load_records(cfg, path: str, *, generic: bool = False, required=()) -> list[
         records = sources.math_records(path, on_error=on_error, stats=stats)
     elif fmt == "world" and path in world.DATASETS:  # generated in memory
         records = world.dataset(path, seed=cfg.data.world_seed, n=cfg.data.max_records)
+    elif fmt in ("jsonl", "world") and lazy and sources.is_plain_jsonl(path):
+        records = sources.JsonlRecords(path, on_error=on_error, stats=stats, required=required)
+        logging.info(
+            "%s: %d rows checked; each is read from the file when used", path, len(records)
+        )
     elif fmt in ("jsonl", "world"):  # .jsonl, .json (one list) or .parquet, each possibly .gz
         records = sources.read_records(path, on_error=on_error, stats=stats, required=required)
     else:  # a format added to configlib.DATA_FORMATS needs its reader here
@@ -429,11 +440,11 @@ def run(cfg, workdir) -> dict:
     """Trains a pretrain or sft stage to cfg.train.steps, resuming from WORKDIR when it can."""
     workdir = pathlib.Path(workdir)
     configlib.validate(cfg)
-    required = (("prompt", "response"),)  # the string fields a training row needs
-    if cfg.stage == "pretrain":
-        required = (("text",), *required)
-    records = load_records(cfg, cfg.data.train, required=required)
-    eval_records = load_records(cfg, cfg.data.eval, required=required) if cfg.data.eval else []
+    required = pipeline.REQUIRED_FIELDS[_kind(cfg)]  # the string fields a training row needs
+    records = load_records(cfg, cfg.data.train, required=required, lazy=True)
+    eval_records = []
+    if cfg.data.eval:
+        eval_records = load_records(cfg, cfg.data.eval, required=required, lazy=True)
     tokenizer = resolve_tokenizer(cfg, workdir, records)
     rows = None
     if cfg.train.epochs > 0:  # the step count follows the data (a collected dataset's size)
