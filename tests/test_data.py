@@ -237,6 +237,23 @@ def test_load_records_reads_a_plain_jsonl_file_lazily(tmp_path):
     assert supervised.load_records(cfg, str(plain)) == rows[:2]
 
 
+def test_json_nested_past_the_recursion_limit_names_its_line_and_can_be_skipped(tmp_path):
+    # json.loads raised RecursionError (no file, line, nor skip); a value nested just under
+    # the limit passed json.loads and hit it in the lone-surrogate check.
+    deep = '{"prompt": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    almost = '{"prompt": "p", "response": "r", "x": ' + "[" * 700 + '"ok"' + "]" * 700 + "}"
+    path = _write_lines(tmp_path / "d.jsonl", ['{"prompt": "a", "response": "b"}', deep, almost])
+    for read in (sources.read_records, sources.JsonlRecords):
+        with pytest.raises(sources.DataError, match=r"d\.jsonl:2: JSON nested too deeply"):
+            read(path)
+        stats = {}
+        assert len(read(path, on_error="skip", stats=stats)) == 2 and stats["skipped"] == 1
+    listed = tmp_path / "d.json"
+    listed.write_text("[" + deep + "]")
+    with pytest.raises(sources.DataError, match=r"d\.json: JSON nested too deeply"):
+        sources.read_records(listed)
+
+
 def test_read_parquet(tmp_path):
     path = tmp_path / "t.parquet"
     if importlib.util.find_spec("pyarrow") is None:

@@ -88,6 +88,10 @@ _READ_AS_JSONL = (
 )
 
 
+# What a JSON value nested past Python's recursion limit (~1000 levels) is called.
+_TOO_DEEP = "JSON nested too deeply to read (past Python's recursion limit)"
+
+
 def _jsonl_rows(path: pathlib.Path, on_error: str, stats: dict | None) -> Iterator[tuple]:
     """(location 'file:line', row dict) for each good line; blank lines are ignored."""
     return ((where, row) for where, row, _, _ in _jsonl_entries(path, on_error, stats))
@@ -114,6 +118,9 @@ def _jsonl_entries(path: pathlib.Path, on_error: str, stats: dict | None, file=N
             hint = "" if named else _READ_AS_JSONL
             _reject(f"{where}: malformed JSON ({e.msg} at column {e.colno}){hint}", on_error, stats)
             continue
+        except RecursionError:
+            _reject(f"{where}: {_TOO_DEEP}", on_error, stats)
+            continue
         if not isinstance(row, dict):
             _reject(f"{where}: expected a JSON object, got {type(row).__name__}", on_error, stats)
             continue
@@ -138,6 +145,8 @@ def _json_list_rows(path: pathlib.Path, on_error: str = "raise", stats=None) -> 
         data = json.loads(content)
     except json.JSONDecodeError as e:
         raise DataError(f"{path}:{e.lineno}: malformed JSON ({e.msg})") from e
+    except RecursionError:
+        raise DataError(f"{path}: {_TOO_DEEP}") from None
     if not isinstance(data, list):
         raise DataError(f"{path}: expected a JSON list of objects, got {type(data).__name__}")
     rows = []
@@ -164,20 +173,21 @@ def _proper_text(where: str, row, on_error: str, stats: dict | None) -> bool:
 
 
 def _lone_surrogate(value):
-    """The first lone surrogate in a JSON value's strings (keys included), or None."""
-    if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError as e:
-            return value[e.start]
-        return None
-    if isinstance(value, dict):
-        parts = [*value.keys(), *value.values()]
-    elif isinstance(value, list):
-        parts = value
-    else:
-        return None
-    return next((bad for bad in map(_lone_surrogate, parts) if bad is not None), None)
+    """The first lone surrogate in a JSON value's strings (keys included), or None. (A loop, not
+    recursion: json.loads reads values nested nearly as deep as Python's recursion limit.)"""
+    pending = [value]
+    while pending:
+        value = pending.pop()
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as e:
+                return value[e.start]
+        elif isinstance(value, dict):
+            pending.extend(reversed([*value.keys(), *value.values()]))
+        elif isinstance(value, list):
+            pending.extend(reversed(value))
+    return None
 
 
 def read_json_list(path, *, on_error: str = "raise", stats: dict | None = None) -> list[dict]:
