@@ -256,12 +256,9 @@ def _last_logits(cfg, params, tokens_BxT, positions_BxT, cache, cache_index, kv_
     As `transformer.forward_cached`, but unembeds only the last position, so a long prefill
     never materialises [B, P, V] logits.
     """
-    t, s = tokens_BxT.shape[1], cache.k.shape[2]
-    slot_T = cache_index + jnp.arange(t, dtype=jnp.int32)
-    causal_TxS = jnp.arange(s, dtype=jnp.int32)[None, :] <= slot_T[:, None]
-    mask_BxTxS = causal_TxS[None] & kv_mask_BxS[:, None, :]
+    mask = transformer.cache_mask(kv_mask_BxS, tokens_BxT.shape[1], cache_index)
     h_BxTxD, cache = transformer.Transformer(cfg).apply(
-        {"params": params}, tokens_BxT, positions_BxT, mask_BxTxS, cache, cache_index
+        {"params": params}, tokens_BxT, positions_BxT, mask, cache, cache_index
     )
     return transformer.unembed(cfg, params, h_BxTxD[:, -1]), cache
 

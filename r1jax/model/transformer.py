@@ -10,6 +10,7 @@ Layers are stacked with `nn.scan`, so layer params have a leading "layers" axis.
 
 import functools
 import math
+from typing import NamedTuple
 
 import flax.linen as nn
 import flax.struct
@@ -28,6 +29,63 @@ _INIT_STD = 0.02  # Hugging Face `initializer_range` for Qwen2 / Llama
 # weights (tensor parallelism), so FSDP gathers weights to the rows, never the rows.
 _RESIDUAL = ("batch", None, None)
 _HIDDEN = ("batch", None, "mlp")
+
+
+class AttentionMask(NamedTuple):
+    """Which slots each query attends to: query t of row b sees slot s iff
+    q_group[b, t] == kv_group[b, s] and kv_index[s] <= q_index[t].
+
+    Four small int32 arrays instead of a [B, T, S] boolean: each block of queries compares its
+    own [B, chunk, S] where attention uses it. The boolean was built ahead of the layer loop
+    and copied when padded and laid out by block (~1 GB a row of 32k tokens), and without
+    remat the gradient kept every block's slice broadcast over the heads, in every layer
+    (compiled at 1.5B widths, one row of 16k tokens, one layer: 9.0 GB of temporaries, now
+    6.9 GB; remat=full, a row of 32k: 13.6 GB, now 13.0 GB).
+    """
+
+    q_group_BxT: jax.Array
+    kv_group_BxS: jax.Array
+    q_index_T: jax.Array
+    kv_index_S: jax.Array
+
+    def dense(self) -> jax.Array:
+        """The mask [B, T, S] as a boolean."""
+        same_BxTxS = self.q_group_BxT[:, :, None] == self.kv_group_BxS[:, None, :]
+        return same_BxTxS & (self.kv_index_S[None, :] <= self.q_index_T[:, None])[None]
+
+
+# Groups that match nothing: padding queries, and slots no query may see.
+_NO_QUERY = np.iinfo(np.int32).min
+_NO_SLOT = np.iinfo(np.int32).min + 1
+
+
+def packing_mask(segment_ids_BxT: jax.Array | None, b: int, t: int) -> AttentionMask:
+    """Causal attention within each packed segment (segment_ids: 1, 2, ... per example, 0 =
+    padding, whose queries see nothing and whose slots no one sees); one causal segment per
+    row when segment_ids is None."""
+    index_T = jnp.arange(t, dtype=jnp.int32)
+    if segment_ids_BxT is None:
+        zeros_BxT = jnp.zeros((b, t), jnp.int32)
+        return AttentionMask(zeros_BxT, zeros_BxT, index_T, index_T)
+    seg_BxT = jnp.asarray(segment_ids_BxT).astype(jnp.int32)
+    real_BxT = seg_BxT != 0
+    return AttentionMask(
+        jnp.where(real_BxT, seg_BxT, _NO_QUERY),
+        jnp.where(real_BxT, seg_BxT, _NO_SLOT),
+        index_T,
+        index_T,
+    )
+
+
+def cache_mask(kv_mask_BxS: jax.Array, t: int, cache_index) -> AttentionMask:
+    """T new tokens written at slots [cache_index, cache_index + T): token t sees slot s iff
+    kv_mask_BxS[b, s] and s <= cache_index + t."""
+    b, s = kv_mask_BxS.shape
+    slot_T = jnp.asarray(cache_index, jnp.int32) + jnp.arange(t, dtype=jnp.int32)
+    kv_group_BxS = jnp.where(kv_mask_BxS.astype(bool), 0, _NO_SLOT).astype(jnp.int32)
+    return AttentionMask(
+        jnp.zeros((b, t), jnp.int32), kv_group_BxS, slot_T, jnp.arange(s, dtype=jnp.int32)
+    )
 
 
 @flax.struct.dataclass
@@ -153,40 +211,46 @@ def _matmul(x_BxTxI, w_IxO):
     return (x_BxTxI.reshape(b * t, i) @ w_IxO).reshape(b, t, w_IxO.shape[-1])
 
 
-def _attend(cfg, q_BxTxKxGxDh, k_BxSxKxDh, v_BxSxKxDh, mask_BxTxS):
+def _attend(cfg, q_BxTxKxGxDh, k_BxSxKxDh, v_BxSxKxDh, mask: AttentionMask):
     """Softmax attention of T queries over S slots; [B, T, K, G, Dh] in cfg.dtype."""
     scores_BxKxGxTxS = jnp.einsum(
         "btkge,bske->bkgts", q_BxTxKxGxDh, k_BxSxKxDh, preferred_element_type=jnp.float32
     ) * (cfg.head_dim**-0.5)
     # A finite fill keeps fully masked rows (padding queries) finite instead of NaN.
     scores_BxKxGxTxS = jnp.where(
-        mask_BxTxS[:, None, None, :, :], scores_BxKxGxTxS, jnp.finfo(jnp.float32).min
+        mask.dense()[:, None, None, :, :], scores_BxKxGxTxS, jnp.finfo(jnp.float32).min
     )
     probs_BxKxGxTxS = jax.nn.softmax(scores_BxKxGxTxS, axis=-1).astype(q_BxTxKxGxDh.dtype)
     return jnp.einsum("bkgts,bske->btkge", probs_BxKxGxTxS, v_BxSxKxDh)
 
 
-def _attend_in_chunks(cfg, q_BxTxKxGxDh, k_BxSxKxDh, v_BxSxKxDh, mask_BxTxS, chunk):
+def _attend_in_chunks(cfg, q_BxTxKxGxDh, k_BxSxKxDh, v_BxSxKxDh, mask: AttentionMask, chunk):
     """`_attend` over blocks of `chunk` queries in a loop, each block rematerialised in the
     backward pass: the float32 scores held at once are [B, H, chunk, S] instead of
     [B, H, T, S] (32 GB a row for 28 heads at 16k tokens). Each query's softmax still runs
     over all of its slots, so the result is the same up to matmul rounding. T is padded to
-    whole blocks with fully masked queries, whose outputs are dropped."""
+    whole blocks with queries that see nothing, whose outputs are dropped."""
     b, t = q_BxTxKxGxDh.shape[:2]
     n = -(-t // chunk)
     pad = n * chunk - t
     q = jnp.pad(q_BxTxKxGxDh, ((0, 0), (0, pad), (0, 0), (0, 0), (0, 0)))
-    mask = jnp.pad(mask_BxTxS, ((0, 0), (0, pad), (0, 0)))
+    group_BxT = jnp.pad(mask.q_group_BxT, ((0, 0), (0, pad)), constant_values=_NO_QUERY)
+    index_T = jnp.pad(mask.q_index_T, (0, pad))
     # Blocks on a leading axis for lax.map: [n, B, chunk, ...].
     q_NxBxCxKxGxDh = jnp.moveaxis(q.reshape(b, n, chunk, *q.shape[2:]), 1, 0)
-    mask_NxBxCxS = jnp.moveaxis(mask.reshape(b, n, chunk, mask.shape[-1]), 1, 0)
+    group_NxBxC = jnp.moveaxis(group_BxT.reshape(b, n, chunk), 1, 0)
+    index_NxC = index_T.reshape(n, chunk)
 
     @jax.checkpoint
     def block(args):
-        q_BxCxKxGxDh, mask_BxCxS = args
-        return _attend(cfg, q_BxCxKxGxDh, k_BxSxKxDh, v_BxSxKxDh, mask_BxCxS)
+        # The barrier ties the mask's inputs to the queries, so that autodiff recomputes this
+        # block's mask with it in the backward pass: computed from integers alone, the masks of
+        # all blocks were kept from the forward pass, [B, H, T, S] booleans in all.
+        q_BxCxKxGxDh, group_BxC, index_C = jax.lax.optimization_barrier(args)
+        block_mask = mask._replace(q_group_BxT=group_BxC, q_index_T=index_C)
+        return _attend(cfg, q_BxCxKxGxDh, k_BxSxKxDh, v_BxSxKxDh, block_mask)
 
-    out_NxBxCxKxGxDh = jax.lax.map(block, (q_NxBxCxKxGxDh, mask_NxBxCxS))
+    out_NxBxCxKxGxDh = jax.lax.map(block, (q_NxBxCxKxGxDh, group_NxBxC, index_NxC))
     out = jnp.moveaxis(out_NxBxCxKxGxDh, 0, 1).reshape(b, n * chunk, *q.shape[2:])
     return out[:, :t]
 
@@ -230,7 +294,7 @@ class Attention(nn.Module):
         return rms_norm(x_BxTxNxDh, scale, self.cfg.rms_norm_eps)
 
     @nn.compact
-    def __call__(self, x_BxTxD, rope, mask_BxTxS, kv, cache_index):
+    def __call__(self, x_BxTxD, rope, mask: AttentionMask, kv, cache_index):
         cfg, dt = self.cfg, jnp.dtype(self.cfg.dtype)
         q_BxTxHxDh = self._head_norm(self._project(x_BxTxD, "q", cfg.n_heads, "heads"), "q_norm")
         k_BxTxKxDh = self._head_norm(
@@ -252,10 +316,10 @@ class Attention(nn.Module):
         chunk = cfg.attention_chunk
         if chunk and t > chunk:
             out_BxTxKxGxDh = _attend_in_chunks(
-                cfg, q_BxTxKxGxDh, k_BxSxKxDh, v_BxSxKxDh, mask_BxTxS, chunk
+                cfg, q_BxTxKxGxDh, k_BxSxKxDh, v_BxSxKxDh, mask, chunk
             )
         else:
-            out_BxTxKxGxDh = _attend(cfg, q_BxTxKxGxDh, k_BxSxKxDh, v_BxSxKxDh, mask_BxTxS)
+            out_BxTxKxGxDh = _attend(cfg, q_BxTxKxGxDh, k_BxSxKxDh, v_BxSxKxDh, mask)
         out_BxTxHxDh = out_BxTxKxGxDh.reshape(b, t, cfg.n_heads, cfg.head_dim)
         out_BxTxHxDh = sharding.constrain(out_BxTxHxDh, ("batch", None, "heads", None))
         w_o = _param(
@@ -292,12 +356,10 @@ class DecoderLayer(nn.Module):
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, x_BxTxD, kv, rope, mask_BxTxS, cache_index):
+    def __call__(self, x_BxTxD, kv, rope, mask, cache_index):
         x_BxTxD = sharding.constrain(x_BxTxD, _RESIDUAL)
         h_BxTxD = RMSNorm(self.cfg, name="attn_norm")(x_BxTxD)
-        attn_BxTxD, new_kv = Attention(self.cfg, name="attn")(
-            h_BxTxD, rope, mask_BxTxS, kv, cache_index
-        )
+        attn_BxTxD, new_kv = Attention(self.cfg, name="attn")(h_BxTxD, rope, mask, kv, cache_index)
         x_BxTxD = x_BxTxD + attn_BxTxD
         x_BxTxD = x_BxTxD + MLP(self.cfg, name="mlp")(RMSNorm(self.cfg, name="mlp_norm")(x_BxTxD))
         return sharding.constrain(x_BxTxD, _RESIDUAL), new_kv
@@ -322,7 +384,7 @@ class Transformer(nn.Module):
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, tokens_BxT, positions_BxT, mask_BxTxS, cache=None, cache_index=None):
+    def __call__(self, tokens_BxT, positions_BxT, mask, cache=None, cache_index=None):
         cfg = self.cfg
         normal = nn.initializers.normal(_INIT_STD)
         embedding = _param(
@@ -345,7 +407,7 @@ class Transformer(nn.Module):
             metadata_params={nn.PARTITION_NAME: "layers"},
         )(cfg, name="layers")
         kv = None if cache is None else (cache.k, cache.v)
-        x_BxTxD, new_kv = layers(x_BxTxD, kv, rope, mask_BxTxS, cache_index)
+        x_BxTxD, new_kv = layers(x_BxTxD, kv, rope, mask, cache_index)
         h_BxTxD = sharding.constrain(RMSNorm(cfg, name="final_norm")(x_BxTxD), _RESIDUAL)
         new_cache = None if cache is None else KVCache(k=new_kv[0], v=new_kv[1])
         return h_BxTxD, new_cache
@@ -353,7 +415,7 @@ class Transformer(nn.Module):
 
 def _dummy_inputs(cfg: ModelConfig):
     tokens = jnp.zeros((1, 1), jnp.int32)
-    return tokens, tokens, jnp.ones((1, 1, 1), bool)
+    return tokens, tokens, packing_mask(None, 1, 1)
 
 
 @functools.lru_cache(maxsize=16)
@@ -379,15 +441,6 @@ def _check_tokens(name, x, shape):
         raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(x.shape)}")
 
 
-def _packing_mask(tokens_BxT, segment_ids_BxT):
-    t = tokens_BxT.shape[1]
-    causal_TxT = jnp.arange(t)[:, None] >= jnp.arange(t)[None, :]
-    if segment_ids_BxT is None:
-        return jnp.broadcast_to(causal_TxT, (tokens_BxT.shape[0], t, t))
-    same_BxTxT = segment_ids_BxT[:, :, None] == segment_ids_BxT[:, None, :]
-    return causal_TxT[None] & same_BxTxT & (segment_ids_BxT[:, None, :] != 0)
-
-
 def hidden_states(cfg, params, tokens_BxT, *, positions_BxT=None, segment_ids_BxT=None):
     """Final-norm hidden states [B, T, D] in cfg.dtype; segment_ids (0 = pad) isolate segments."""
     if positions_BxT is None:
@@ -395,8 +448,8 @@ def hidden_states(cfg, params, tokens_BxT, *, positions_BxT=None, segment_ids_Bx
     _check_tokens("positions_BxT", positions_BxT, tokens_BxT.shape)
     if segment_ids_BxT is not None:
         _check_tokens("segment_ids_BxT", segment_ids_BxT, tokens_BxT.shape)
-    mask_BxTxT = _packing_mask(tokens_BxT, segment_ids_BxT)
-    h_BxTxD, _ = Transformer(cfg).apply({"params": params}, tokens_BxT, positions_BxT, mask_BxTxT)
+    mask = packing_mask(segment_ids_BxT, *tokens_BxT.shape)
+    h_BxTxD, _ = Transformer(cfg).apply({"params": params}, tokens_BxT, positions_BxT, mask)
     return h_BxTxD
 
 
@@ -443,10 +496,8 @@ def forward_cached(cfg, params, tokens_BxT, positions_BxT, cache, *, cache_index
     if cache.k.shape != (cfg.n_layers, b, s, cfg.n_kv_heads, cfg.head_dim):
         raise ValueError(f"cache.k has shape {cache.k.shape}, expected [L, B, S, K, Dh]")
     cache_index = jnp.asarray(cache_index, jnp.int32)
-    slot_T = cache_index + jnp.arange(t, dtype=jnp.int32)
-    causal_TxS = jnp.arange(s, dtype=jnp.int32)[None, :] <= slot_T[:, None]
-    mask_BxTxS = causal_TxS[None] & kv_mask_BxS.astype(bool)[:, None, :]
+    mask = cache_mask(kv_mask_BxS, t, cache_index)
     h_BxTxD, cache = Transformer(cfg).apply(
-        {"params": params}, tokens_BxT, positions_BxT, mask_BxTxS, cache, cache_index
+        {"params": params}, tokens_BxT, positions_BxT, mask, cache, cache_index
     )
     return unembed(cfg, params, h_BxTxD), cache
