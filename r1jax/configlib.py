@@ -4,6 +4,7 @@ import contextlib
 import dataclasses
 import importlib.util
 import json
+import math
 import os
 import pathlib
 import re
@@ -104,6 +105,12 @@ def validate(cfg: ml_collections.ConfigDict, *, num_devices: int | None = None) 
     from r1jax import sharding  # a cycle otherwise: sharding is light, imported late for clarity
 
     _require(cfg.stage in STAGES, "stage", f"unknown stage {cfg.stage!r}; expected one of {STAGES}")
+    _require_finite(cfg)
+    _require(
+        isinstance(cfg.seed, int) and 0 <= cfg.seed < 2**32,
+        "seed",
+        f"must be an integer in [0, 2**32), got {cfg.seed!r}",
+    )
     _require(
         cfg.model.preset in model_config.PRESETS,
         "model.preset",
@@ -166,9 +173,22 @@ def validate(cfg: ml_collections.ConfigDict, *, num_devices: int | None = None) 
         _require(cfg.train[name] > 0, f"train.{name}", "must be positive")
     _require(cfg.train.eval_every >= 0, "train.eval_every", "must be >= 0 (0 = only at the end)")
     _require(cfg.data.eval_batches >= 1, "data.eval_batches", "must be at least 1")
+    max_bad = cfg.train.get("max_bad_steps", 1)
+    _require(max_bad >= 1, "train.max_bad_steps", f"must be at least 1, got {max_bad}")
+    num = cfg.mesh.get("num_devices", 0)
+    _require(num >= 0, "mesh.num_devices", f"must be >= 0 (0 = all devices), got {num}")
+    if 0 < o.warmup_steps and cfg.train.get("epochs", 0) == 0 and o.warmup_steps >= cfg.train.steps:
+        logging.warning(
+            "config.optim.warmup_steps=%d >= train.steps=%d: the whole run is warm-up (the "
+            "learning rate never reaches optim.lr)",
+            o.warmup_steps,
+            cfg.train.steps,
+        )
     num_devices = jax.device_count() if num_devices is None else num_devices
     if cfg.stage == "rl":
         _validate_rl(cfg, num_devices)
+        if cfg.data.eval:  # the evaluations before, after (and during) the run sample with it
+            validate_eval_sampling(cfg)
     try:
         shape = sharding.mesh_shape(cfg.mesh.to_dict(), num_devices)
         sharding.rules_from_config(cfg.mesh.rules)
@@ -456,12 +476,30 @@ def trained_template(run_cfg: dict) -> str | None:
     return None
 
 
+def _require_finite(cfg, prefix: str = "") -> None:
+    """Every float in the config is a number: inf passed `>= 0` checks (lr=inf trained NaN
+    weights and saved them; optim.eps=inf made every update 0) and NaN failed them with a
+    message about the range."""
+    for name, value in cfg.items():
+        if isinstance(value, ml_collections.ConfigDict):
+            _require_finite(value, f"{prefix}{name}.")
+        elif isinstance(value, float):
+            _require(
+                math.isfinite(value), f"{prefix}{name}", f"must be a finite number, got {value}"
+            )
+
+
 def _validate_rl(cfg, num_devices: int) -> None:
     """RL-specific checks: algorithm names, group size, how the rollout divides."""
     from r1jax import sharding
     from r1jax.rewards import registry
 
     rl = cfg.rl
+    # Step counts read modulo: a negative one acted every step (ref_reset_every=-1 reset the
+    # reference every step, so the KL penalty was gone).
+    for name in ("ref_reset_every", "eval_every", "log_samples_every", "general_from_step"):
+        _require(rl.get(name, 0) >= 0, f"rl.{name}", f"must be >= 0, got {rl.get(name, 0)}")
+    _require(rl.eval_prompts >= 0, "rl.eval_prompts", f"must be >= 0, got {rl.eval_prompts}")
     _require(rl.algorithm in ("grpo", "ppo"), "rl.algorithm", "expected 'grpo' or 'ppo'")
     _require(
         rl.advantage in advantages.ESTIMATORS,
@@ -614,7 +652,12 @@ def validate_eval_sampling(cfg) -> None:
     _require(e.prompts_per_batch > 0, "eval.prompts_per_batch", "must be positive")
     _require(e.max_problems >= 0, "eval.max_problems", "must be >= 0 (0 = all)")
     # ks above num_samples are dropped with a warning (so eval.num_samples alone can shrink a run)
-    _require(all(k >= 1 for k in e.ks), "eval.ks", f"every k must be >= 1, got {tuple(e.ks)}")
+    ks = tuple(e.ks)
+    _require(
+        bool(ks) and all(isinstance(k, int) and k >= 1 for k in ks),
+        "eval.ks",
+        f"must be one or more integers >= 1, got {ks}",
+    )
     _require(e.template in TEMPLATES + ("",), "eval.template", f"'' or one of {TEMPLATES}")
 
 
@@ -624,6 +667,14 @@ def _validate_collect(cfg) -> None:
     _require(bool(c.model), "collect.model", "the collect stage needs a model to sample from")
     _check_path(cfg, "collect.model")
     _require(c.num_samples >= 1, "collect.num_samples", "must be at least 1")
+    for name in ("num_prompts", "num_general_prompts", "min_tokens", "max_paragraph_chars"):
+        _require(c.get(name, 0) >= 0, f"collect.{name}", f"must be >= 0, got {c.get(name, 0)}")
+    _require(
+        c.max_tokens == 0 or c.max_tokens >= c.min_tokens,
+        "collect.max_tokens",
+        f"0 (no bound) or at least collect.min_tokens={c.min_tokens}, got {c.max_tokens}: no "
+        "sample could pass",
+    )
     _require(c.temperature > 0, "collect.temperature", "must be positive")
     _require(0 < c.top_p <= 1, "collect.top_p", "must be in (0, 1]")
     _require(c.max_new_tokens > 0, "collect.max_new_tokens", "must be positive")

@@ -244,10 +244,10 @@ class SentencePieceTokenizer:
 
 
 def check_fits(tokenizer: Tokenizer, vocab_size: int) -> None:
-    """Raises ValueError when the tokenizer has ids the model has no embedding row for: the
-    embedding lookup and the loss would silently clamp them to the last row."""
+    """Raises TokenizerError (a ValueError) when the tokenizer has ids the model has no embedding
+    row for: the embedding lookup and the loss would silently clamp them to the last row."""
     if tokenizer.vocab_size > vocab_size:
-        raise ValueError(
+        raise TokenizerError(
             f"the tokenizer has {tokenizer.vocab_size} ids but the model's vocab_size is "
             f"{vocab_size}: use the model's own tokenizer, or a config.model.vocab_size of at "
             f"least {tokenizer.vocab_size}"

@@ -4,6 +4,7 @@ import dataclasses
 import gzip
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -178,6 +179,22 @@ def test_malformed_row_names_file_and_line_or_is_skipped_and_counted(tmp_path):
         ("r1_zero.py:tiny", "rl.gamma", 1.5),
         ("r1_zero.py:tiny", "rl.reward_timeout_s", 0),
         ("r1_zero.py:tiny", "rl.overlong_buffer", 10_000),
+        # From the config audit: inf passed the >= checks (lr=inf saved NaN weights, eps=inf
+        # updated nothing); negative step counts act every step (ref_reset_every=-1 reset the
+        # reference each step: no KL); eval settings the RL stage's evaluations use.
+        ("r1_zero.py:tiny", "optim.lr", float("inf")),
+        ("r1_zero.py:tiny", "optim.eps", float("inf")),
+        ("r1_zero.py:tiny", "rl.kl_coef", float("inf")),
+        ("r1_zero.py:tiny", "rl.temperature", float("nan")),
+        ("sft.py:tiny", "train.epochs", float("inf")),
+        ("r1_zero.py:tiny", "rl.ref_reset_every", -1),
+        ("r1_zero.py:tiny", "rl.eval_every", -1),
+        ("r1_zero.py:tiny", "rl.log_samples_every", -1),
+        ("r1_zero.py:tiny", "eval.num_samples", 0),
+        ("r1_zero.py:tiny", "mesh.num_devices", -1),
+        ("sft.py:tiny", "train.max_bad_steps", 0),
+        ("r1_zero.py:tiny", "eval.ks", (1.5, 2)),
+        ("r1_zero.py:tiny", "eval.ks", ()),
     ],
 )
 def test_sizes_and_names_that_cannot_work_name_the_field(shared_data, spec, field, value):
@@ -186,6 +203,52 @@ def test_sizes_and_names_that_cannot_work_name_the_field(shared_data, spec, fiel
     cfg[section][name] = value
     with pytest.raises(configlib.ConfigError, match=rf"config\.{field}: "):
         configlib.validate(cfg, num_devices=1)
+
+
+@pytest.mark.parametrize(
+    "spec,overrides,field",
+    [
+        ("r1_zero.py:tiny", {"seed": -1}, "seed"),
+        ("r1_zero.py:tiny", {"rl__rewards__format": float("inf")}, "rl.rewards.format"),
+        # A negative count took all but that many prompts (records[:-5]); bounds no sample can
+        # meet were found after sampling them all; NaN rejected every general sample.
+        ("cold_start.py:tiny", {"collect__num_prompts": -5}, "collect.num_prompts"),
+        (
+            "cold_start.py:tiny",
+            {"collect__min_tokens": 50, "collect__max_tokens": 10},
+            "collect.max_tokens",
+        ),
+        (
+            "distill.py:tiny",
+            {"collect__general_min_score": float("nan")},
+            "collect.general_min_score",
+        ),
+    ],
+)
+def test_values_that_cannot_work_in_any_section_name_the_field(shared_data, spec, overrides, field):
+    cfg = configlib.load_config(os.path.join(REPO, "configs", spec))
+    if cfg.stage == "collect":
+        cfg.collect.model = os.path.join(REPO, "r1jax/assets/world_base")
+    cfg = configlib.updated(cfg, **overrides)
+    with pytest.raises(configlib.ConfigError, match=rf"config\.{re.escape(field)}: "):
+        configlib.validate(cfg, num_devices=1)
+
+
+def test_tokenizer_sizes_that_cannot_work_are_one_line_errors(tmp_path, caplog):
+    # Both were tracebacks main does not print as one line (a ValueError; SentencePiece's
+    # RuntimeError), and a size the data cannot fill was trained smaller without a word.
+    from r1jax import text
+    from r1jax.train import supervised
+
+    cfg = configlib.updated(_cfg(), tokenizer__train_vocab_size=5)
+    records = [{"prompt": "Question 12: what is 3 + 4?", "response": "It is 7."}] * 20
+    with pytest.raises(text.TokenizerError, match=r"config\.tokenizer\.train_vocab_size=5: "):
+        supervised._train_tokenizer(cfg, tmp_path, records)
+    cfg = configlib.updated(cfg, tokenizer__train_vocab_size=2000)
+    tokenizer = supervised._train_tokenizer(cfg, tmp_path, records)
+    assert tokenizer.vocab_size < 2000 and "the data gave only" in caplog.text
+    with pytest.raises(text.TokenizerError, match="vocab_size is 100"):
+        text.check_fits(tokenizer, 100)
 
 
 def test_data_file_that_is_a_folder_and_bad_model_shape(shared_data, tmp_path):

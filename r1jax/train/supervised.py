@@ -274,12 +274,23 @@ def _keep_tokenizer(path, workdir):
 
 
 def _train_tokenizer(cfg, workdir, records):
-    logging.info("training a SentencePiece tokenizer (%d pieces)", cfg.tokenizer.train_vocab_size)
-    return text.SentencePieceTokenizer.train(
-        (record_text(r) for r in records),
-        pathlib.Path(workdir) / "tokenizer",
-        vocab_size=cfg.tokenizer.train_vocab_size,
-    )
+    size = cfg.tokenizer.train_vocab_size
+    logging.info("training a SentencePiece tokenizer (%d pieces)", size)
+    try:
+        tokenizer = text.SentencePieceTokenizer.train(
+            (record_text(r) for r in records), pathlib.Path(workdir) / "tokenizer", vocab_size=size
+        )
+    except RuntimeError as e:  # SentencePiece's own checks, e.g. fewer pieces than characters
+        raise text.TokenizerError(
+            f"config.tokenizer.train_vocab_size={size}: SentencePiece could not train ({e})"
+        ) from None
+    if tokenizer.vocab_size < size:
+        logging.warning(
+            "config.tokenizer.train_vocab_size=%d: the data gave only %d pieces",
+            size,
+            tokenizer.vocab_size,
+        )
+    return tokenizer
 
 
 # What this run's config decides about a model whose shape comes from elsewhere.
