@@ -41,10 +41,11 @@ def crash_on_marker(completion, record):
 
 
 def math_past_deadline(completion, record):
-    """A reward whose math check runs past its (tiny) deadline: ~0.7 s of sympy, 0.05 allowed."""
+    """A reward whose math check runs past its (tiny) deadline: ~0.4 s of sympy, 0.05 allowed
+    (bare braces 8 deep: one more and math.is_dangerous refuses the answer unchecked)."""
     from r1jax.rewards import math as math_reward
 
-    return float(math_reward.is_equiv("{" * 10 + "x+1" + "}" * 10, "x+2", timeout_s=0.05))
+    return float(math_reward.is_equiv("{" * 8 + "x+1" + "}" * 8, "x+2", timeout_s=0.05))
 
 
 def test_a_math_check_past_its_deadline_is_counted_as_a_timeout():
