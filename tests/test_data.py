@@ -254,6 +254,61 @@ def test_json_nested_past_the_recursion_limit_names_its_line_and_can_be_skipped(
         sources.read_records(listed)
 
 
+def test_files_read_the_wrong_way_say_why(tmp_path):
+    # From the data audit: each raised a bare error, or lost a whole file as one skipped row
+    # with no word of the cause.
+    big = _write_lines(
+        tmp_path / "big.jsonl", ['{"prompt": "a", "response": "b", "n": ' + "9" * 5000 + "}"]
+    )
+    with pytest.raises(sources.DataError, match=r"big\.jsonl:1: unreadable JSON value .*4300"):
+        sources.read_records(big)
+    assert sources.read_records(big, on_error="skip", stats={}) == []
+    cr = tmp_path / "cr.jsonl"
+    cr.write_bytes(b'{"prompt": "a", "response": "b"}\r{"prompt": "c", "response": "d"}\r')
+    with pytest.raises(sources.DataError, match=r"cr\.jsonl:1: .*carriage return"):
+        sources.read_records(cr)
+    listed = _write_lines(tmp_path / "l.jsonl", ['[{"prompt": "a", "response": "b"}]'])
+    with pytest.raises(sources.DataError, match=r"got list; a JSON list of rows is read from"):
+        sources.read_records(listed)
+    lines = tmp_path / "m.json"
+    lines.write_text('{"prompt": "a", "response": "b"}\n{"prompt": "c", "response": "d"}\n')
+    with pytest.raises(sources.DataError, match=r"m\.json:2: .*read from a file named \.jsonl"):
+        sources.read_records(lines)
+    # Read as they are: gzip bytes without .gz (not lazily), and names in upper case.
+    row = {"prompt": "a", "response": "b"}
+    (tmp_path / "z.jsonl").write_bytes(gzip.compress(json.dumps(row).encode()))
+    assert sources.read_records(tmp_path / "z.jsonl") == [row]
+    assert not sources.is_plain_jsonl(tmp_path / "z.jsonl")
+    (tmp_path / "U.JSON").write_text(json.dumps([row]))
+    assert sources.read_records(tmp_path / "U.JSON") == [row]
+
+
+def test_math_rows_with_non_numbers_or_without_solutions_for_sft(tmp_path):
+    lines = [
+        '{"problem": "p", "answer": NaN}',  # Python's json writes (and reads) NaN and Infinity
+        '{"problem": "p", "answer": 1e400}',
+        '{"problem": "q", "answer": "3", "solution": "  "}',  # blank: no solution, not a bad row
+        '{"problem": "r", "answer": 2, "solution": "1 + 1"}',
+    ]
+    path = _write_lines(tmp_path / "math.jsonl", lines)
+    stats = {}
+    rows = sources.math_records(path, on_error="skip", stats=stats)
+    assert [r["prompt"] for r in rows] == ["q", "r"] and "response" not in rows[0]
+    assert stats["errors"][:2] == [
+        f"{path}:1: field 'answer' is nan, not a number",
+        f"{path}:2: field 'answer' is inf, not a number",
+    ]
+    # SFT on MATH rows needs their solutions: refused at the line, not later as "record 1".
+    cfg = ml_collections.ConfigDict(
+        {"data": {"format": "math", "on_error": "raise", "max_records": 0}}
+    )
+    with pytest.raises(sources.DataError, match=r"math\.jsonl:1: required field 'solution'"):
+        supervised.load_records(cfg, str(path), required=pipeline.REQUIRED_FIELDS["sft"])
+    cfg.data.on_error = "skip"
+    got = supervised.load_records(cfg, str(path), required=pipeline.REQUIRED_FIELDS["sft"])
+    assert [r["prompt"] for r in got] == ["r"]
+
+
 def test_read_parquet(tmp_path):
     path = tmp_path / "t.parquet"
     if importlib.util.find_spec("pyarrow") is None:

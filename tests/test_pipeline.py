@@ -464,13 +464,18 @@ def test_general_prompts_from_a_file_are_tagged_general_and_checked(tmp_path):
     path = tmp_path / "general.jsonl"
     path.write_text('{"prompt": "Write a haiku."}\n{"prompt": "Greet me.", "domain": "chat"}\n')
     cfg = configlib.load_config(
-        os.path.join(REPO, "configs/all_domain_rl.py:qwen2.5-1.5b"), rl__general_prompts=str(path)
+        os.path.join(REPO, "configs/all_domain_rl.py:qwen2.5-1.5b"),
+        rl__general_prompts=str(path),
+        data__on_error="raise",
     )
     records = rl.load_general_prompts(cfg)
     assert [r["domain"] for r in records] == ["general", "general"]
-    path.write_text('{"prompt": "Write a haiku."}\n{"question": "no prompt"}\n')
-    with pytest.raises(Exception, match=r"general_prompts: row 2"):
+    path.write_text('{"prompt": "Write a haiku."}\n{"question": "no prompt"}\n{"prompt": " "}\n')
+    with pytest.raises(sources.DataError, match=r"general\.jsonl:2: field 'prompt' is missing"):
         rl.load_general_prompts(cfg)
+    # data.on_error="skip" skips them (it stopped the run), a blank prompt too (it passed).
+    cfg = configlib.updated(cfg, data__on_error="skip")
+    assert [r["prompt"] for r in rl.load_general_prompts(cfg)] == ["Write a haiku."]
 
 
 def test_collect_samples_on_eight_devices_as_on_one():

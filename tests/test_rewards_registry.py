@@ -156,6 +156,41 @@ def test_records_the_rewards_cannot_grade_are_refused_up_front():
         ({"prompt": "?", "task": ["math"], "answer": "1"}, "unknown task \\['math'\\]"),
         ({"answer": "4"}, "no text 'prompt' field"),
         ({"prompt": 4, "answer": "4"}, "no text 'prompt' field"),
+        # Types (from the data audit): each scored every completion 0, read "123" as the
+        # numbers 1, 2, 3, cut a target of 6.5 to 6, or crashed the run when graded.
+        ({"prompt": "?", "answer": " "}, "field 'answer' is blank"),
+        ({"prompt": "?", "answer": [4]}, "field 'answer' must be a string or a number"),
+        ({"prompt": "?", "answer": float("nan")}, "field 'answer' must be a string or a number"),
+        ({"prompt": "?", "task": "countdown", "numbers": "123", "target": 6}, "field 'numbers'"),
+        ({"prompt": "?", "task": "countdown", "numbers": [1, 2], "target": 6.5}, "field 'target'"),
+        (
+            {"prompt": "def f():", "task": "code", "test": ["t"], "entry_point": "f"},
+            "field 'test' must be a non-blank string",
+        ),
+        (
+            {"prompt": "def f():", "task": "code", "test": "t", "entry_point": "f x"},
+            "field 'entry_point' must be a Python function name",
+        ),
+        (
+            {
+                "prompt": "def f():",
+                "task": "code",
+                "test": "t",
+                "entry_point": "f",
+                "timeout_s": "ten",
+            },
+            "field 'timeout_s' must be a number in \\(0, 600\\]",
+        ),
+        (
+            {
+                "prompt": "def f():",
+                "task": "code",
+                "test": "t",
+                "entry_point": "f",
+                "timeout_s": 1e9,
+            },
+            "field 'timeout_s'",
+        ),
     ]
     for record, reason in bad:
         with pytest.raises(sources.DataError, match=f"^data: record 2: {reason}"):

@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from r1jax.data import sources
 from r1jax.rewards import code, registry, tasks
 
 
@@ -118,6 +119,25 @@ def test_extract_code_is_linear_on_many_unclosed_answer_tags():
     start = time.monotonic()
     assert tasks.extract_code(text) == "x = 1"
     assert time.monotonic() - start < 0.5
+
+
+def test_humaneval_rows_that_are_malformed_name_their_line_or_are_skipped(tmp_path):
+    # Its own reader raised json's error with no file, or a bare KeyError.
+    row = {
+        "task_id": "t/0",
+        "prompt": "def f():\n",
+        "test": "def check(c): pass",
+        "entry_point": "f",
+        "canonical_solution": "    return 1\n",
+    }
+    lines = [json.dumps(row), '{"task_id": "t/1"', json.dumps({**row, "test": None})]
+    path = tmp_path / "he.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(sources.DataError, match=r"he\.jsonl:2: malformed JSON"):
+        tasks.humaneval_records(path)
+    stats = {}
+    assert len(tasks.humaneval_records(path, on_error="skip", stats=stats)) == 1
+    assert stats["skipped"] == 2 and "he.jsonl:3: required field 'test'" in stats["errors"][1]
 
 
 def test_every_humaneval_canonical_solution_passes(shared_data):

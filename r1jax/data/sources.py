@@ -6,6 +6,7 @@ records also carry "answer" (the reference final answer, a string) and "task".
 
 import gzip
 import json
+import math
 import operator
 import os
 import pathlib
@@ -37,13 +38,26 @@ def _check_file(path) -> pathlib.Path:
 _GZIP_ERRORS = (gzip.BadGzipFile, EOFError, zlib.error)
 
 
+def _gzipped(path: pathlib.Path) -> bool:
+    """Named .gz (any case), or starting with gzip's magic bytes (a .jsonl that is gzip)."""
+    if path.name.lower().endswith(".gz"):
+        return True
+    with open(path, "rb") as f:
+        return f.read(2) == b"\x1f\x8b"
+
+
+def _format_name(path: pathlib.Path) -> str:
+    """The file's name in lower case without a .gz: what tells its format."""
+    return path.name.lower().removesuffix(".gz")
+
+
 def _numbered_lines(path: pathlib.Path, file=None) -> Iterator[tuple[int, bytes]]:
     """(line number, raw bytes) of a file (.gz ok), or of the open binary `file` (plain) named
     `path`; a broken .gz raises DataError."""
     if file is not None:
         yield from enumerate(file, start=1)
         return
-    opener = gzip.open if path.name.endswith(".gz") else open
+    opener = gzip.open if _gzipped(path) else open
     try:
         with opener(path, "rb") as f:
             yield from enumerate(f, start=1)
@@ -90,6 +104,16 @@ _READ_AS_JSONL = (
 
 # What a JSON value nested past Python's recursion limit (~1000 levels) is called.
 _TOO_DEEP = "JSON nested too deeply to read (past Python's recursion limit)"
+# What a malformed line holding a carriage return not before its newline adds.
+_LONE_CR = (
+    "; the line holds a carriage return (\\r): a file whose lines end in \\r alone reads as one "
+    "line (convert its line endings to \\n)"
+)
+
+
+def _loads(text: str):
+    """json.loads; past the integer digit limit (4300) it raises ValueError, not a decode error."""
+    return json.loads(text)
 
 
 def _jsonl_rows(path: pathlib.Path, on_error: str, stats: dict | None) -> Iterator[tuple]:
@@ -112,17 +136,25 @@ def _jsonl_entries(path: pathlib.Path, on_error: str, stats: dict | None, file=N
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
+            row = _loads(line)
         except json.JSONDecodeError as e:
-            named = path.name.removesuffix(".gz").endswith((".jsonl", ".ndjson"))
+            named = _format_name(path).endswith((".jsonl", ".ndjson"))
             hint = "" if named else _READ_AS_JSONL
+            if "\r" in line.rstrip("\r\n"):
+                hint += _LONE_CR
             _reject(f"{where}: malformed JSON ({e.msg} at column {e.colno}){hint}", on_error, stats)
             continue
         except RecursionError:
             _reject(f"{where}: {_TOO_DEEP}", on_error, stats)
             continue
+        except ValueError as e:  # an integer past Python's 4300 digits
+            _reject(f"{where}: unreadable JSON value ({e})", on_error, stats)
+            continue
         if not isinstance(row, dict):
-            _reject(f"{where}: expected a JSON object, got {type(row).__name__}", on_error, stats)
+            hint = "; a JSON list of rows is read from a file named .json" if lineno == 1 else ""
+            _reject(
+                f"{where}: expected a JSON object, got {type(row).__name__}{hint}", on_error, stats
+            )
             continue
         if _proper_text(where, row, on_error, stats):
             yield where, row, start, len(raw)
@@ -142,11 +174,18 @@ def read_jsonl(path, *, on_error: str = "raise", stats: dict | None = None) -> l
 def _json_list_rows(path: pathlib.Path, on_error: str = "raise", stats=None) -> list[tuple]:
     content = _decode(b"".join(raw for _, raw in _numbered_lines(path)), str(path), first=True)
     try:
-        data = json.loads(content)
+        data = _loads(content)
     except json.JSONDecodeError as e:
-        raise DataError(f"{path}:{e.lineno}: malformed JSON ({e.msg})") from e
+        hint = (
+            "; one JSON object a line is read from a file named .jsonl"
+            if "Extra data" in e.msg
+            else ""
+        )
+        raise DataError(f"{path}:{e.lineno}: malformed JSON ({e.msg}){hint}") from e
     except RecursionError:
         raise DataError(f"{path}: {_TOO_DEEP}") from None
+    except ValueError as e:
+        raise DataError(f"{path}: unreadable JSON value ({e})") from None
     if not isinstance(data, list):
         raise DataError(f"{path}: expected a JSON list of objects, got {type(data).__name__}")
     rows = []
@@ -204,7 +243,7 @@ def read_parquet(path) -> list[dict]:
     except ImportError as e:
         raise DataError(f"{path}: reading parquet needs pyarrow (pip install pyarrow)") from e
     try:
-        if path.name.endswith(".gz"):
+        if _gzipped(path):
             with gzip.open(path) as f:
                 return pq.read_table(f).to_pylist()
         return pq.read_table(path).to_pylist()
@@ -217,7 +256,7 @@ def _located_rows(path, on_error: str, stats: dict | None) -> Iterable[tuple]:
     """(location, row) pairs of a .jsonl / .json list / .parquet file (each may end in .gz)."""
     _check_on_error(on_error)
     path = _check_file(path)
-    name = path.name.removesuffix(".gz")
+    name = _format_name(path)
     if name.endswith(".json"):
         return _json_list_rows(path, on_error, stats)
     if name.endswith(".parquet"):
@@ -243,8 +282,10 @@ def read_records(
 
 def is_plain_jsonl(path) -> bool:
     """Whether read_records reads `path` as JSON lines, not compressed (JsonlRecords can)."""
-    name = pathlib.Path(path).name
-    return not name.endswith((".gz", ".json", ".parquet"))
+    path = pathlib.Path(path)
+    if _format_name(path).endswith((".json", ".parquet")):
+        return False
+    return not (path.is_file() and _gzipped(path))
 
 
 class JsonlRecords(Sequence):
@@ -262,8 +303,8 @@ class JsonlRecords(Sequence):
     def __init__(self, path, *, on_error: str = "raise", stats: dict | None = None, required=()):
         _check_on_error(on_error)
         self.path = _check_file(path)
-        if self.path.name.endswith(".gz"):
-            raise DataError(f"{self.path}: a .gz file has no row offsets; use read_records")
+        if _gzipped(self.path):
+            raise DataError(f"{self.path}: a gzip file has no row offsets; use read_records")
         self.required = tuple(tuple(names) for names in required)
         self._fd = _OpenFile(self.path)
         spans = []
@@ -288,7 +329,7 @@ class JsonlRecords(Sequence):
         start, length = (int(v) for v in self._spans[index])
         raw = self._fd.read(start, length)
         try:
-            row = json.loads(raw.decode("utf-8-sig" if start == 0 else "utf-8"))
+            row = _loads(raw.decode("utf-8-sig" if start == 0 else "utf-8"))
         except ValueError:  # the check at construction read this line as an object
             row = None
         if not isinstance(row, dict):
@@ -447,21 +488,36 @@ def _answer_string(value) -> str:
     return str(value).strip()
 
 
-def math_records(path, *, on_error: str = "raise", stats: dict | None = None) -> list[dict]:
+def math_records(
+    path, *, on_error: str = "raise", stats: dict | None = None, solutions: bool = False
+) -> list[dict]:
     """MATH-style rows (problem, answer[, solution]) -> {prompt, answer, task='math'[, response]}.
 
-    With a solution, response is '<think>solution</think> <answer>answer</answer>'.
+    With a solution, response is '<think>solution</think> <answer>answer</answer>'; a blank one
+    is no solution. solutions=True (SFT on the rows) requires one in every row. A numeric answer
+    must be finite (JSON files written by Python can hold NaN and Infinity).
     """
     records = []
     for where, row in _located_rows(path, on_error, stats):
         types = {"problem": _TEXT, "answer": _ANSWER, "solution": _TEXT}
-        names = ("problem", "answer", "solution") if row.get("solution") else ("problem", "answer")
+        solution = row.get("solution")
+        has_solution = not (
+            solution is None or (isinstance(solution, str) and not solution.strip())
+        )
+        names = (
+            ("problem", "answer", "solution")
+            if has_solution or solutions
+            else ("problem", "answer")
+        )
         if not _fields(where, row, names, on_error, stats, types=types):
             continue
+        if isinstance(row["answer"], float) and not math.isfinite(row["answer"]):
+            _reject(f"{where}: field 'answer' is {row['answer']}, not a number", on_error, stats)
+            continue
         record = {"prompt": row["problem"], "answer": _answer_string(row["answer"]), "task": "math"}
-        if row.get("solution"):
-            record["solution"] = row["solution"]
-            record["response"] = text.format_reasoning(row["solution"], record["answer"])
+        if has_solution:
+            record["solution"] = solution
+            record["response"] = text.format_reasoning(solution, record["answer"])
         records.append(record)
     _count(stats, "rows", len(records))
     return records

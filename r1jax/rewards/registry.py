@@ -8,6 +8,7 @@ in a persistent worker process; a function that overruns `timeout_s` or kills it
 
 import importlib
 import logging
+import math
 import multiprocessing.connection
 import os
 import signal
@@ -156,9 +157,52 @@ def record_problem(names, record: dict) -> str | None:
             task = _REWARD_TASK[name]
         else:
             continue
-        missing = [f for f in tasks.task_fields(task, record) if record.get(f) is None]
+        fields = tasks.task_fields(task, record)
+        missing = [f for f in fields if record.get(f) is None]
         if missing:
             return f"no {missing[0]!r} field, which reward {name!r} (task {task!r}) needs"
+        for field in fields:
+            problem = _field_problem(field, record[field])
+            if problem:
+                return f"field {field!r} {problem} (reward {name!r}, task {task!r})"
+        if tasks.TASKS[task] is tasks.humaneval:
+            for field, upper in (("timeout_s", MAX_CODE_TIMEOUT_S), ("memory_mb", 1 << 20)):
+                value = record.get(field)
+                if value is not None and not (_is_number(value) and 0 < value <= upper):
+                    return f"field {field!r} must be a number in (0, {upper}], got {value!r:.40}"
+    return None
+
+
+# The longest a record may let its program run (timeout_s): the reward pool waits that long
+# before it counts a timeout.
+MAX_CODE_TIMEOUT_S = 600
+
+
+def _is_number(value) -> bool:
+    """An int or a finite float, not a bool."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return math.isfinite(value)
+
+
+def _field_problem(field: str, value) -> str | None:
+    """What is wrong with a task field's value, or None (a code test that is a list scored
+    every completion 0; countdown numbers "123" read as digits; a target 6.5 was cut to 6)."""
+    if field == "answer":
+        if isinstance(value, str):
+            return None if value.strip() else "is blank"
+        return None if _is_number(value) else f"must be a string or a number, got {value!r:.40}"
+    if field == "numbers":
+        ints = isinstance(value, list) and bool(value)
+        ints = ints and all(isinstance(n, int) and not isinstance(n, bool) for n in value)
+        return None if ints else f"must be a list of integers, got {value!r:.40}"
+    if field == "target":
+        whole = _is_number(value) and float(value).is_integer()
+        return None if whole else f"must be an integer, got {value!r:.40}"
+    if not isinstance(value, str) or not value.strip():
+        return f"must be a non-blank string, got {value!r:.40}"
+    if field == "entry_point" and not value.isidentifier():
+        return f"must be a Python function name, got {value!r:.40}"
     return None
 
 

@@ -6,10 +6,7 @@ record["task"] (default "math").
 
 import ast
 import fractions
-import gzip
-import json
 import operator
-import pathlib
 import re
 
 from r1jax.data import sources, world
@@ -192,12 +189,6 @@ def accuracy(completion: str, record: dict) -> float:
     return TASKS[task](completion, record)
 
 
-def _jsonl(path: pathlib.Path) -> list[dict]:
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
 def gsm8k_records(path) -> list[dict]:
     """GSM8K jsonl rows as reward records (prompt, answer = final number, task); see sources."""
     return sources.gsm8k_records(path)
@@ -208,7 +199,13 @@ def math_records(path) -> list[dict]:
     return sources.math_records(path)
 
 
-def humaneval_records(path) -> list[dict]:
-    """HumanEval rows as reward records (prompt, test, entry_point, task="code")."""
+def humaneval_records(path, *, on_error: str = "raise", stats: dict | None = None) -> list[dict]:
+    """HumanEval rows as reward records (prompt, test, entry_point, task="code"); a malformed
+    row raises sources.DataError naming file:line or (on_error="skip") is skipped and counted."""
     fields = ("task_id", "prompt", "test", "entry_point", "canonical_solution")
-    return [dict({k: r[k] for k in fields}, task="code") for r in _jsonl(pathlib.Path(path))]
+    types = dict.fromkeys(fields, (str,))
+    records = []
+    for where, row in sources._located_rows(path, on_error, stats):
+        if sources._fields(where, row, fields, on_error, stats, types=types):
+            records.append(dict({k: row[k] for k in fields}, task="code"))
+    return records

@@ -16,7 +16,6 @@ import numpy as np
 from absl import logging
 
 from r1jax import configlib, distributed, sampler, sharding, text
-from r1jax.data import sources
 from r1jax.model import heads, transformer
 from r1jax.rewards import registry
 from r1jax.rl import losses, rollout, steps
@@ -130,10 +129,8 @@ def prompt_stream(
 def load_general_prompts(cfg) -> list[dict]:
     """rl.general_prompts as records of domain "general" (routed to the reward model)."""
     path = cfg.rl.general_prompts
-    records = supervised.load_records(cfg, path, generic=True)
-    bad = next((i for i, r in enumerate(records) if not isinstance(r.get("prompt"), str)), None)
-    if bad is not None:
-        raise sources.DataError(f"config.rl.general_prompts: row {bad + 1} of {path} has no prompt")
+    # A row without a (non-blank) text prompt names its line, or is skipped (data.on_error).
+    records = supervised.load_records(cfg, path, generic=True, required=(("prompt",),))
     return [{**r, "domain": "general"} for r in records]
 
 

@@ -107,8 +107,9 @@ def load_records(
     fmt = "jsonl" if generic and cfg.data.format != "world" else cfg.data.format
     if fmt == "gsm8k":
         records = sources.gsm8k_records(path, on_error=on_error, stats=stats)
-    elif fmt == "math":
-        records = sources.math_records(path, on_error=on_error, stats=stats)
+    elif fmt == "math":  # a row trains on its solution where `required` asks for a response
+        solutions = any("response" in names for names in required)
+        records = sources.math_records(path, on_error=on_error, stats=stats, solutions=solutions)
     elif fmt == "world" and path in world.DATASETS:  # generated in memory
         records = world.dataset(path, seed=cfg.data.world_seed, n=cfg.data.max_records)
     elif fmt in ("jsonl", "world") and lazy and sources.is_plain_jsonl(path):
