@@ -427,3 +427,18 @@ def test_config_checks():
         reward_model._check(_cfg(rm__max_len=-1))
     with pytest.raises(configlib.ConfigError, match="rm.hh_eval"):
         reward_model._check(_cfg(rm__hh_eval="/nope.jsonl"))
+
+
+def test_a_max_len_that_leaves_no_pair_apart_is_refused(world_tokenizer, caplog):
+    # rm.max_len=2 kept BOS + EOS of every row: loss 0.693, gradient ~0, no word of it.
+    cfg = _cfg()
+    pairs = [
+        {"prompt": f"Say {i} times 4.", "chosen": f"It is {4 * i}.", "rejected": f"Maybe {i}."}
+        for i in range(20)
+    ]
+    with pytest.raises(configlib.ConfigError, match=r"config\.rm\.max_len: at 2 tokens"):
+        reward_model._check_pairs_differ(cfg, pairs, world_tokenizer, 2)
+    reward_model._check_pairs_differ(cfg, pairs, world_tokenizer, 64)
+    same = [{**p, "rejected": "Sure. " + p["chosen"]} for p in pairs[:5]] + pairs[5:]
+    reward_model._check_pairs_differ(cfg, same, world_tokenizer, 6)
+    assert "are the same tokens in" in caplog.text
