@@ -6,6 +6,8 @@ import importlib.util
 import json
 import logging
 import pickle
+import subprocess
+import sys
 
 import ml_collections
 import numpy as np
@@ -209,6 +211,19 @@ def test_jsonl_records_read_rows_from_the_file_as_they_are_asked(tmp_path, tok):
         held[0]
     with pytest.raises(sources.DataError, match="changed since its rows were indexed"):
         pickle.loads(pickle.dumps(held))
+
+
+def test_jsonl_records_held_until_exit_close_quietly(tmp_path):
+    # Its file was closed by __del__ at interpreter exit, when `os` may already be gone:
+    # "Exception ignored ... AttributeError" after a finished run.
+    path = _write_lines(tmp_path / "d.jsonl", ['{"prompt": "a", "response": "b"}'])
+    code = (
+        "import ml_collections\nfrom r1jax.train import supervised\n"
+        "cfg = ml_collections.ConfigDict({'data': {'format': 'jsonl', 'on_error': 'raise', "
+        f"'max_records': 0}}}})\nrows = supervised.load_records(cfg, {str(path)!r}, lazy=True)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "Exception ignored" not in out.stderr, out.stderr
 
 
 def test_pretraining_rows_with_text_not_a_string_are_refused_at_their_line(tmp_path):

@@ -372,9 +372,9 @@ class _OpenFile:
             )
         return os.pread(self.fd, length, start)
 
-    def close(self) -> None:
+    def close(self, _close=os.close) -> None:  # (bound early: at exit `os` may be gone)
         if getattr(self, "fd", -1) >= 0:  # (also when os.open failed)
-            os.close(self.fd)
+            _close(self.fd)
             self.fd = -1
 
     def __del__(self):

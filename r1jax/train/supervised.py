@@ -7,7 +7,9 @@ import dataclasses
 import filecmp
 import json
 import math
+import os
 import pathlib
+import time
 from collections.abc import Sequence
 
 import jax
@@ -89,6 +91,9 @@ def eval_terms(params, batch, *, model_cfg):
     return lm_loss_terms(model_cfg, params, batch)
 
 
+_BIG_FILE_BYTES = 100_000_000  # data files past this size are announced before they are read
+
+
 def load_records(
     cfg, path: str, *, generic: bool = False, required=(), lazy: bool = False
 ) -> Sequence[dict]:
@@ -105,6 +110,10 @@ def load_records(
     stats: dict = {}
     on_error = cfg.data.on_error
     fmt = "jsonl" if generic and cfg.data.format != "world" else cfg.data.format
+    start = time.monotonic()
+    size = os.path.getsize(path) if os.path.isfile(path) else 0
+    if size > _BIG_FILE_BYTES:  # a minute or more at R1's SFT sizes: say what is happening
+        logging.info("%s: reading and checking %.1f GB of rows", path, size / 1e9)
     if fmt == "gsm8k":
         records = sources.gsm8k_records(path, on_error=on_error, stats=stats)
     elif fmt == "math":  # a row trains on its solution where `required` asks for a response
@@ -115,7 +124,10 @@ def load_records(
     elif fmt in ("jsonl", "world") and lazy and sources.is_plain_jsonl(path):
         records = sources.JsonlRecords(path, on_error=on_error, stats=stats, required=required)
         logging.info(
-            "%s: %d rows checked; each is read from the file when used", path, len(records)
+            "%s: %d rows checked in %.1f s; each is read from the file when used",
+            path,
+            len(records),
+            time.monotonic() - start,
         )
     elif fmt in ("jsonl", "world"):  # .jsonl, .json (one list) or .parquet, each possibly .gz
         records = sources.read_records(path, on_error=on_error, stats=stats, required=required)
