@@ -111,11 +111,6 @@ _LONE_CR = (
 )
 
 
-def _loads(text: str):
-    """json.loads; past the integer digit limit (4300) it raises ValueError, not a decode error."""
-    return json.loads(text)
-
-
 def _jsonl_rows(path: pathlib.Path, on_error: str, stats: dict | None) -> Iterator[tuple]:
     """(location 'file:line', row dict) for each good line; blank lines are ignored."""
     return ((where, row) for where, row, _, _ in _jsonl_entries(path, on_error, stats))
@@ -136,7 +131,7 @@ def _jsonl_entries(path: pathlib.Path, on_error: str, stats: dict | None, file=N
         if not line.strip():
             continue
         try:
-            row = _loads(line)
+            row = json.loads(line)
         except json.JSONDecodeError as e:
             named = _format_name(path).endswith((".jsonl", ".ndjson"))
             hint = "" if named else _READ_AS_JSONL
@@ -174,7 +169,7 @@ def read_jsonl(path, *, on_error: str = "raise", stats: dict | None = None) -> l
 def _json_list_rows(path: pathlib.Path, on_error: str = "raise", stats=None) -> list[tuple]:
     content = _decode(b"".join(raw for _, raw in _numbered_lines(path)), str(path), first=True)
     try:
-        data = _loads(content)
+        data = json.loads(content)
     except json.JSONDecodeError as e:
         hint = (
             "; one JSON object a line is read from a file named .jsonl"
@@ -329,7 +324,7 @@ class JsonlRecords(Sequence):
         start, length = (int(v) for v in self._spans[index])
         raw = self._fd.read(start, length)
         try:
-            row = _loads(raw.decode("utf-8-sig" if start == 0 else "utf-8"))
+            row = json.loads(raw.decode("utf-8-sig" if start == 0 else "utf-8"))
         except ValueError:  # the check at construction read this line as an object
             row = None
         if not isinstance(row, dict):

@@ -203,9 +203,5 @@ def humaneval_records(path, *, on_error: str = "raise", stats: dict | None = Non
     """HumanEval rows as reward records (prompt, test, entry_point, task="code"); a malformed
     row raises sources.DataError naming file:line or (on_error="skip") is skipped and counted."""
     fields = ("task_id", "prompt", "test", "entry_point", "canonical_solution")
-    types = dict.fromkeys(fields, (str,))
-    records = []
-    for where, row in sources._located_rows(path, on_error, stats):
-        if sources._fields(where, row, fields, on_error, stats, types=types):
-            records.append(dict({k: row[k] for k in fields}, task="code"))
-    return records
+    rows = sources.read_records(path, on_error=on_error, stats=stats, required=(fields,))
+    return [dict({k: row[k] for k in fields}, task="code") for row in rows]
