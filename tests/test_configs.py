@@ -251,6 +251,19 @@ def test_tokenizer_sizes_that_cannot_work_are_one_line_errors(tmp_path, caplog):
         text.check_fits(tokenizer, 100)
 
 
+def test_an_init_from_that_is_no_model_names_the_field(tmp_path):
+    # An empty folder said "folder has neither tokenizer.json nor tokenizer.model", a file
+    # "not a tokenizer": neither named config.model.init_from.
+    from r1jax.train import supervised
+
+    for init_from in (tmp_path, os.path.join(REPO, "README.md")):
+        cfg = configlib.updated(_cfg(), model__init_from=str(init_from))
+        with pytest.raises(
+            configlib.ConfigError, match=r"config\.model\.init_from: .* is not a model"
+        ):
+            supervised.resolve_tokenizer(cfg, tmp_path / "run", [])
+
+
 def test_data_file_that_is_a_folder_and_bad_model_shape(shared_data, tmp_path):
     with pytest.raises(configlib.ConfigError, match=r"config\.data\.train: .* is a folder"):
         configlib.validate(_cfg(data__train=str(tmp_path)), num_devices=1)

@@ -163,7 +163,17 @@ def resolve_tokenizer(cfg, workdir, records):
                 "tokenizer: model.init_from's own (tokenizer.train_vocab_size=%d is not used)",
                 cfg.tokenizer.train_vocab_size,
             )
-        return _keep_tokenizer(_init_from_dir(cfg), workdir)
+        source = _init_from_dir(cfg)
+        if not source.is_dir() or not any(
+            (source / n).is_file() for n in ("tokenizer.json", "tokenizer.model")
+        ):
+            raise configlib.ConfigError(
+                f"config.model.init_from: {cfg.model.init_from} is not a model to start from "
+                "with its tokenizer (a Hugging Face folder with tokenizer.json or "
+                "tokenizer.model, an r1jax run folder, or RUN/checkpoints); a bare checkpoint "
+                "needs config.tokenizer.path"
+            )
+        return _keep_tokenizer(source, workdir)
     if cfg.tokenizer.train_vocab_size:
         path = pathlib.Path(workdir) / "tokenizer.model"
         if jax.process_count() > 1:  # process 0 trains it (deterministic); the others read it
