@@ -5,6 +5,7 @@ Run: python benchmarks/rewards.py [--data ../shared/data] [--workers 2]
 
 import argparse
 import concurrent.futures
+import os
 import pathlib
 import random
 import sys
@@ -83,7 +84,10 @@ def bench_code(count: int, threads: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    default_data = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
+    default_data = pathlib.Path(
+        os.environ.get("R1JAX_DATA")
+        or pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
+    )
     parser.add_argument("--data", type=pathlib.Path, default=default_data)
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()

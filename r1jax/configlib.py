@@ -198,6 +198,8 @@ def validate(cfg: ml_collections.ConfigDict, *, num_devices: int | None = None) 
         _validate_eval(cfg)
     if cfg.stage == "collect":
         _validate_collect(cfg)
+    if cfg.stage == "reward_model":
+        _validate_reward_model(cfg)
     if cfg.stage in ("rl", "eval") or (cfg.stage == "collect" and not cfg.collect.sft):
         return  # no SFT batch (a collection alone refused 32 devices over one it never used)
     splits = shape[0] * shape[1]
@@ -659,6 +661,20 @@ def validate_eval_sampling(cfg) -> None:
         f"must be one or more integers >= 1, got {ks}",
     )
     _require(e.template in TEMPLATES + ("",), "eval.template", f"'' or one of {TEMPLATES}")
+
+
+def _validate_reward_model(cfg) -> None:
+    """The reward-model stage's own settings (checked with the others: a pipeline validates every
+    stage at start-up, and a missing HH-RLHF file stopped it at stage 2, after R1-Zero)."""
+    rm = cfg.rm
+    for name in ("max_len", "hh_max_pairs"):
+        _require(rm[name] >= 0, f"rm.{name}", f"must be >= 0, got {rm[name]}")
+    _check_path(cfg, "rm.hh_eval")
+    _require(
+        not rm.hh_eval or pathlib.Path(rm.hh_eval).is_file(),
+        "rm.hh_eval",
+        f"{rm.hh_eval} is not a file",
+    )
 
 
 def _validate_collect(cfg) -> None:

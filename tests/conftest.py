@@ -22,12 +22,16 @@ import pathlib  # noqa: E402
 
 import pytest  # noqa: E402
 
-SHARED_DATA = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data"
+# ../shared/data next to the checkout, or R1JAX_DATA (as configs/base.py reads it).
+SHARED_DATA = pathlib.Path(
+    os.environ.get("R1JAX_DATA")
+    or pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data"
+)
 
 
 @pytest.fixture(scope="session")
 def shared_data() -> pathlib.Path:
-    """Path to ../shared/data (the public datasets); tests that need it skip when it is absent."""
+    """The public datasets' folder (SHARED_DATA); tests that need it skip when it is absent."""
     if not SHARED_DATA.is_dir():
         pytest.skip(f"shared data folder not found at {SHARED_DATA}")
     return SHARED_DATA

@@ -422,11 +422,21 @@ def test_config_variants_load_and_validate(variant, tmp_path):
     assert cfg.train.steps * cfg.data.batch_size >= 160_800  # one epoch of HH-RLHF
 
 
-def test_config_checks():
-    with pytest.raises(configlib.ConfigError, match="rm.max_len"):
-        reward_model._check(_cfg(rm__max_len=-1))
-    with pytest.raises(configlib.ConfigError, match="rm.hh_eval"):
-        reward_model._check(_cfg(rm__hh_eval="/nope.jsonl"))
+def test_config_checks(tmp_path):
+    # In configlib.validate, so that a pipeline checks them at start-up with every stage (a
+    # missing HH-RLHF file stopped it at the reward-model stage, after R1-Zero had run).
+    with pytest.raises(configlib.ConfigError, match=r"config\.rm\.max_len"):
+        configlib.validate(_cfg(rm__max_len=-1), num_devices=1)
+    with pytest.raises(configlib.ConfigError, match=r"config\.rm\.hh_eval: no such file"):
+        configlib.validate(_cfg(rm__hh_eval="/nope.jsonl"), num_devices=1)
+    with pytest.raises(configlib.ConfigError, match=r"config\.rm\.hh_eval: .* is not a file"):
+        configlib.validate(_cfg(rm__hh_eval=str(tmp_path)), num_devices=1)
+    from r1jax import pipeline as recipe
+
+    whole = configlib.load_config(os.path.join(REPO, "configs/pipeline.py:tiny"))
+    whole.stages.reward_model.rm.hh_eval = "/nope.jsonl.gz"
+    with pytest.raises(configlib.ConfigError, match=r"stages\.reward_model\.rm\.hh_eval"):
+        recipe.check_stage_configs(whole, tmp_path)
 
 
 def test_a_max_len_that_leaves_no_pair_apart_is_refused(world_tokenizer, caplog):

@@ -228,15 +228,6 @@ def _flat(prefix: str, result: dict) -> dict:
 # ---- the run --------------------------------------------------------------------------------
 
 
-def _check(cfg) -> None:
-    rm = cfg.rm
-    for name in ("max_len", "hh_max_pairs"):
-        if rm[name] < 0:
-            raise configlib.ConfigError(f"config.rm.{name}: must be >= 0, got {rm[name]}")
-    if rm.hh_eval and not pathlib.Path(rm.hh_eval).is_file():
-        raise configlib.ConfigError(f"config.rm.hh_eval: no such file: {rm.hh_eval}")
-
-
 def _check_pairs_differ(cfg, pairs, tokenizer, max_len: int, limit: int = 500) -> None:
     """Refuses a max_len that cuts every pair's chosen and rejected rows (their ends are kept) to
     the same tokens, and warns when it does so to many: such a pair has no margin to learn
@@ -287,7 +278,6 @@ def run(cfg, workdir) -> dict:
     """Trains a reward model to cfg.train.steps (resuming from WORKDIR); writes rm_eval.json."""
     workdir = pathlib.Path(workdir)
     configlib.validate(cfg)
-    _check(cfg)
     pairs = load_pairs(cfg, cfg.data.train)
     eval_pairs = load_pairs(cfg, cfg.data.eval) if cfg.data.eval else []
     tokenizer = supervised.resolve_tokenizer(cfg, workdir, pairs)
