@@ -156,10 +156,12 @@ def _assert_rows_close(got, expected, rtol):
     for step, (g, e) in enumerate(zip(got, expected), 1):
         assert g.keys() == e.keys(), step
         for key in e:
-            # A clip fraction counts tokens past a threshold: one token at the boundary may
-            # fall on the other side (PPO's vf_clip_frac moved by 1/368 from step 3 on, with
-            # the losses and norms equal to 1e-6).
-            tol = 0.01 if key.endswith("_frac") else rtol * max(1.0, abs(e[key]))
+            # A clip fraction counts tokens past a threshold: a value at the boundary may fall
+            # on the other side, and the samples of a group that share a prefix share its
+            # values, so they flip together (PPO's vf_clip_frac moved by 1/368 from step 3
+            # on, and since the attention masks are compared per block by 4/380, one group
+            # of 4, with every loss, norm and mean equal to 1.2e-6).
+            tol = 0.025 if key.endswith("_frac") else rtol * max(1.0, abs(e[key]))
             assert abs(g[key] - e[key]) <= tol, (step, key, g[key], e[key])
 
 
