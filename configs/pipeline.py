@@ -1,6 +1,6 @@
 """The whole R1 recipe, stage after stage (r1jax/pipeline.py), ending with one table.
 
-tiny: the small world on 2 CPU cores (21-34 minutes measured, see the README), from the shipped world base:
+tiny: the small world on 2 CPU cores (21-34 minutes measured, README), from the shipped base:
   r1jax --config=configs/pipeline.py:tiny --workdir=runs/r1-pipeline
 Stages (each in WORKDIR/<name>; a finished stage is skipped when the command is run again, a
 killed one resumes from its checkpoints):

@@ -669,11 +669,11 @@ def _validate_reward_model(cfg) -> None:
     rm = cfg.rm
     for name in ("max_len", "hh_max_pairs"):
         _require(rm[name] >= 0, f"rm.{name}", f"must be >= 0, got {rm[name]}")
-    _check_path(cfg, "rm.hh_eval")
+    _check_path(cfg, "rm.hh_eval")  # (a path a pipeline's earlier stage writes may not exist yet)
     _require(
-        not rm.hh_eval or pathlib.Path(rm.hh_eval).is_file(),
+        not (rm.hh_eval and pathlib.Path(rm.hh_eval).is_dir()),
         "rm.hh_eval",
-        f"{rm.hh_eval} is not a file",
+        f"{rm.hh_eval} is not a file (a folder)",
     )
 
 

@@ -236,13 +236,8 @@ def _check_pairs_differ(cfg, pairs, tokenizer, max_len: int, limit: int = 500) -
     sample = pipeline.spaced_sample(pairs, limit)
     same = 0
     for p in sample:
-        rows = [
-            preference.tokenize(
-                tokenizer, p["prompt"], p[side], template=cfg.data.template, max_len=max_len
-            )
-            for side in ("chosen", "rejected")
-        ]
-        same += rows[0] == rows[1]
+        rows = _tokenize_pair(p, tokenizer, cfg.data.template, max_len)
+        same += np.array_equal(rows["chosen"], rows["rejected"])
     if sample and same == len(sample):
         raise configlib.ConfigError(
             f"config.rm.max_len: at {max_len} tokens (the end of each row is kept) chosen and "
