@@ -302,3 +302,19 @@ def test_non_finite_updates_in_a_row_stop_the_run_and_save_the_rollout(
     assert np.isnan(saved["advantages_N"]).all() and saved["input_ids_NxL"].shape[0] == 32
     rows = _rows(tmp_path)
     assert rows[0]["skipped_updates"] == 1.0
+
+
+def test_steps_whose_groups_all_score_alike_are_warned_once(caplog):
+    # A reward that cannot pay (an answer field the data lacks) gave every group the same
+    # scores: GRPO's advantages were all 0 and the run trained on the KL alone, silently.
+    grpo = _cfg("configs/grpo.py:tiny")
+    alike, mixed = {"zero_std_groups": 1.0, "reward": 0.0}, {"zero_std_groups": 0.75}
+    count = 0
+    with caplog.at_level("WARNING"):
+        for step in range(1, 2 * rl.NO_SIGNAL_STEPS + 1):
+            count = rl._watch_learning_signal(grpo, mixed if step == 3 else alike, step, count)
+    warned = [r.getMessage() for r in caplog.records if "scored alike" in r.getMessage()]
+    assert warned == [warned[0]] and warned[0].startswith(f"steps 4-{3 + rl.NO_SIGNAL_STEPS}:")
+    assert "mean reward 0.000" in warned[0] and "config.rl.rewards" in warned[0]
+    ppo = _cfg("configs/ppo.py:tiny")  # its critic's advantages need no spread in the rewards
+    assert rl._watch_learning_signal(ppo, alike, 1, rl.NO_SIGNAL_STEPS - 1) == 0

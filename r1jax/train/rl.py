@@ -592,7 +592,7 @@ def run(cfg, workdir) -> dict:
     writer = metrics_lib.MetricsWriter(
         workdir, total_steps=cfg.train.steps, start_step=start, tensorboard=cfg.metrics.tensorboard
     )
-    bad_in_row = 0
+    bad_in_row = alike_in_row = 0
     if jax.process_index() == 0:  # a resumed run redoes the rows after its checkpoint
         metrics_lib.drop_rows_after(pathlib.Path(workdir) / "samples.jsonl", start)
     evaluator, before = _evaluator(r), None
@@ -617,6 +617,7 @@ def run(cfg, workdir) -> dict:
                 quick = evaluator.evaluate(r.state.params["policy"], f"eval_{step}", quick=True)
                 metrics.update({f"eval/{k}": v for k, v in quick.metrics.items() if "/" not in k})
             bad_in_row = _guard_bad_steps(r, metrics, step, bad_in_row)
+            alike_in_row = _watch_learning_signal(cfg, metrics, step, alike_in_row)
             metrics["kl_coef"] = r.kl_coef
             if step % cfg.train.log_every == 0 or step == cfg.train.steps:
                 writer.write(step, metrics)
@@ -694,6 +695,34 @@ def _guard_bad_steps(r: RLRun, metrics: dict, step: int, bad_in_row: int) -> int
             f"its rollout batch is saved in {path}"
         )
     return bad_in_row
+
+
+# Steps in a row whose groups all scored alike before a warning: a base model can fail every
+# sample of a few early steps; ten in a row is more often a reward that cannot pay (a wrong
+# answer field, a format the prompt never asks for) or a task far from the model's reach.
+NO_SIGNAL_STEPS = 10
+
+
+def _watch_learning_signal(cfg, metrics: dict, step: int, alike_in_row: int) -> int:
+    """Counts GRPO-family steps in a row where every prompt's samples scored the same (all
+    advantages 0: the rewards teach nothing); warns when the count reaches NO_SIGNAL_STEPS.
+    PPO's critic gives advantages of equal rewards, so it is not watched."""
+    if cfg.rl.algorithm == "ppo" or metrics.get("zero_std_groups", 0.0) < 1.0:
+        return 0
+    alike_in_row += 1
+    if alike_in_row == NO_SIGNAL_STEPS:
+        logging.warning(
+            "steps %d-%d: all %d samples of every prompt scored alike (this step's mean reward "
+            "%.3f), so every group-relative advantage is 0 and the rewards train nothing (only "
+            "the KL term moves the policy). Check config.rl.rewards against the data (the "
+            "answer field, the format asked for) and the samples in samples.jsonl; the metric "
+            "zero_std_groups is the share of such prompts",
+            step - NO_SIGNAL_STEPS + 1,
+            step,
+            cfg.rl.num_samples,
+            metrics.get("reward", float("nan")),
+        )
+    return alike_in_row
 
 
 def _throughput(step_flops, generated_tokens: float, step_time_s: float, peak: float) -> dict:
