@@ -6,17 +6,18 @@ os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# Runs that rebuild the same programs (resume tests, repeated stages) compile them once; set
+# in the environment, so the runs tests start as subprocesses (the CLI killed and resumed)
+# share the cache too (sigkill + sigterm tests: 44 -> 33 s).
+os.environ["JAX_COMPILATION_CACHE_DIR"] = os.environ.get(
+    "R1JAX_TEST_COMPILE_CACHE", f"/tmp/r1jax-test-xla-cache-{os.getuid()}"
+)
+os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.5"
+os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
 
 import jax  # noqa: E402
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
-# Runs that rebuild the same programs (resume tests, repeated stages) compile them once.
-jax.config.update(
-    "jax_compilation_cache_dir",
-    os.environ.get("R1JAX_TEST_COMPILE_CACHE", f"/tmp/r1jax-test-xla-cache-{os.getuid()}"),
-)
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 import pathlib  # noqa: E402
 

@@ -1,5 +1,6 @@
 """Supervised trainer: exact resume after SIGKILL, gradient accumulation, bad-step guard."""
 
+import functools
 import json
 import os
 import signal
@@ -136,12 +137,16 @@ def test_a_tokenizer_larger_than_the_model_vocab_is_refused(tmp_path, shared_dat
         supervised.run(_short_cfg(model__vocab_size=300), tmp_path)
 
 
+def _jitted_step(state, batch, **static):
+    """supervised_step jitted as a run jits it (un-jitted, each of its ops compiled alone: ~9 s
+    of a test on 2 cores)."""
+    return jax.jit(functools.partial(supervised.supervised_step, **static))(state, batch)
+
+
 def test_grad_accumulation_equals_one_batch():
     model_cfg, opt, state, batch = _tiny_setup(1)
-    one, m1 = supervised.supervised_step(state, batch, model_cfg=model_cfg, optimizer=opt)
-    four, m4 = supervised.supervised_step(
-        state, batch, model_cfg=model_cfg, optimizer=opt, grad_accum=4
-    )
+    one, m1 = _jitted_step(state, batch, model_cfg=model_cfg, optimizer=opt)
+    four, m4 = _jitted_step(state, batch, model_cfg=model_cfg, optimizer=opt, grad_accum=4)
     np.testing.assert_allclose(m1["loss"], m4["loss"], rtol=1e-6)
     np.testing.assert_allclose(m1["grad_norm"], m4["grad_norm"], rtol=1e-5)
     for a, b in zip(jax.tree.leaves(one.params), jax.tree.leaves(four.params)):
@@ -154,7 +159,7 @@ def test_non_finite_step_is_skipped():
     leaves, treedef = jax.tree.flatten(poisoned)
     leaves[0] = leaves[0].at[(0,) * leaves[0].ndim].set(jnp.nan)
     bad_state = state.replace(params=jax.tree.unflatten(treedef, leaves))
-    new, metrics = supervised.supervised_step(bad_state, batch, model_cfg=model_cfg, optimizer=opt)
+    new, metrics = _jitted_step(bad_state, batch, model_cfg=model_cfg, optimizer=opt)
     assert not bool(metrics["finite"])
     assert int(new.step) == 1
     for a, b in zip(jax.tree.leaves(new.params), jax.tree.leaves(bad_state.params)):
@@ -175,7 +180,8 @@ def test_weight_decay_spares_norm_scales_and_biases_as_hugging_face():
     assert model_cfg.qkv_bias
     params = transformer.init_params(model_cfg, jax.random.key(0))
     zeros = jax.tree.map(jnp.zeros_like, params)  # Adam moves nothing: only the decay acts
-    updates, _ = state_lib.update_at_step(opt, zeros, opt.init(params), params, 0)
+    update = jax.jit(functools.partial(state_lib.update_at_step, opt))  # as a step runs it
+    updates, _ = update(zeros, opt.init(params), params, 0)
     flat = jax.tree_util.tree_flatten_with_path(updates)[0]
     spared = [jax.tree_util.keystr(k) for k, u in flat if not np.any(u)]
     assert spared and all("norm" in k or k.endswith("bias']") for k in spared), spared
@@ -192,7 +198,7 @@ def test_after_skipped_steps_a_step_applies_the_rate_it_logs():
     schedule = state_lib.learning_rate_schedule(_short_cfg().optim, 10)
     assert float(schedule(0)) == 0.0 < float(schedule(3))
     state = state.replace(step=jnp.asarray(3, state.step.dtype))  # opt_state as at step 0
-    new, metrics = supervised.supervised_step(
+    new, metrics = _jitted_step(
         state, batch, model_cfg=model_cfg, optimizer=opt, lr_schedule=schedule
     )
     assert bool(metrics["finite"]) and float(metrics["lr"]) == float(schedule(3))
