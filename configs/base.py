@@ -214,6 +214,10 @@ def get_config() -> ml_collections.ConfigDict:
     # to a multiple of the mesh's data x fsdp (each device samples whole prompts)
     c.eval.max_problems = 0  # only the first N problems of data.eval (0 = all; RL: rl.eval_prompts)
     c.eval.template = ""  # chat | r1_zero | world | none; '' = the run's own (else r1_zero)
+    # Worker processes grading task accuracy in parallel (capped at the cores; 0 = in this
+    # process): math-verify takes ~10 ms a wrong answer, a code run 75-150 ms.
+    c.eval.grade_workers = 4
+    c.eval.grade_timeout_s = 10.0  # a completion graded past this scores 0 (code: its limit)
 
     c.metrics = ml_collections.ConfigDict()
     c.metrics.peak_flops = 0.0  # per-device peak FLOP/s for MFU; 0 = measure a float32 matmul

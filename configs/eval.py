@@ -44,6 +44,7 @@ def world_eval(c: ml_collections.ConfigDict) -> None:
     c.eval.max_problems = 200
     c.eval.max_new_tokens = 64  # world responses stay under ~67 tokens; the context is 128
     c.eval.prompts_per_batch = 32
+    c.eval.grade_workers = 0  # string comparisons: worker processes would only add start-up
 
 
 def get_config(arg: str = "gsm8k") -> ml_collections.ConfigDict:

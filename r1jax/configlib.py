@@ -653,6 +653,8 @@ def validate_eval_sampling(cfg) -> None:
     _require(e.get("top_k", 0) >= 0, "eval.top_k", "must be >= 0 (0 = off)")
     _require(e.prompts_per_batch > 0, "eval.prompts_per_batch", "must be positive")
     _require(e.max_problems >= 0, "eval.max_problems", "must be >= 0 (0 = all)")
+    _require(e.grade_workers >= 0, "eval.grade_workers", "must be >= 0 (0 = in this process)")
+    _require(e.grade_timeout_s > 0, "eval.grade_timeout_s", "must be positive")
     # ks above num_samples are dropped with a warning (so eval.num_samples alone can shrink a run)
     ks = tuple(e.ks)
     _require(

@@ -47,6 +47,10 @@ class EvalConfig:
     ks: tuple[int, ...] = (1, 2, 4, 8, 16)  # k values for the pass@k / maj@k curves
     prompts_per_batch: int = 32  # prompts per sampler call
     seed: int = 0
+    # Task accuracy graded by this many worker processes (registry.RewardPool; capped at the
+    # cores), 0 = in this process. Code runs and math-verify take 10-150 ms a completion.
+    grade_workers: int = 0
+    grade_timeout_s: float = 10.0  # a completion's grading past this scores 0 (code: its own)
 
 
 @dataclasses.dataclass
@@ -300,14 +304,30 @@ def _safe_vote(completion: str, record: dict, errors: list) -> str | None:
         return None
 
 
-def grade_problem(record: dict, prompt: str, texts, lengths, truncated, greedy=None) -> dict:
-    """One problem's row: completions with scores, votes, format and reasoning flags."""
+def _graded(accuracy, i: int, completion: str, record: dict, errors: list) -> float:
+    """Completion i's task accuracy: from `accuracy` ((score, error) pairs graded elsewhere),
+    or graded here."""
+    if accuracy is None:
+        return _safe(tasks.accuracy, completion, record, errors)
+    score, error = accuracy[i]
+    if error is not None:
+        errors.append(error)
+    return float(score)
+
+
+def grade_problem(
+    record: dict, prompt: str, texts, lengths, truncated, greedy=None, *, accuracy=None
+) -> dict:
+    """One problem's row: completions with scores, votes, format and reasoning flags.
+
+    accuracy: (score, error or None) of each completion, the greedy one last, when graded
+    elsewhere (`evaluate`'s grading workers); else each is graded here."""
     errors: list[str] = []
     row = {
         "prompt": prompt,
         "answer": record.get("answer"),
         "completions": list(texts),
-        "scores": [_safe(tasks.accuracy, t, record, errors) for t in texts],
+        "scores": [_graded(accuracy, i, t, record, errors) for i, t in enumerate(texts)],
         "votes": [_safe_vote(t, record, errors) for t in texts],
         "lengths": [int(n) for n in lengths],
         "truncated": [bool(x) for x in truncated],
@@ -325,7 +345,7 @@ def grade_problem(record: dict, prompt: str, texts, lengths, truncated, greedy=N
         g_text, g_length, g_truncated = greedy
         row["greedy"] = {
             "completion": g_text,
-            "score": _safe(tasks.accuracy, g_text, record, errors),
+            "score": _graded(accuracy, len(texts), g_text, record, errors),
             "vote": _safe_vote(g_text, record, errors),
             "length": int(g_length),
             "truncated": bool(g_truncated),
@@ -418,28 +438,36 @@ def evaluate(
     if done:
         logging.info("evaluate: %d batches sampled before; resuming", len(done))
     bar = tqdm.tqdm(total=len(records), desc="eval", unit="prompt", disable=not progress)
-    for b, start in enumerate(range(0, len(records), cfg.prompts_per_batch)):
-        batch = slice(start, start + cfg.prompts_per_batch)
-        # (2)
-        if b in done:
-            sampled, greedy = done[b]["sampled"], done[b]["greedy"]
-        else:
-            sampled, greedy = _sample_batch(
-                model_cfg, params, tokenizer, ids[batch], cfg, b, root, rows, (mesh, rules)
-            )
-            if journal and jax.process_index() == 0:
-                files.append_journal(journal[0], {"batch": b, "sampled": sampled, "greedy": greedy})
-        # (3)
-        for i, record in enumerate(records[batch]):
-            part = slice(i * cfg.num_samples, (i + 1) * cfg.num_samples)
-            texts, lengths, truncated = (x[part] for x in sampled)
-            g = None if greedy is None else tuple(x[i] for x in greedy)
-            row = grade_problem(record, prompts[start + i], texts, lengths, truncated, g)
-            row_errors = row.pop("grading_errors")
-            errors += len(row_errors)
-            first_error = first_error or (row_errors[0] if row_errors else None)
-            out_rows.append(row)
-        bar.update(len(records[batch]))
+    grader = registry.RewardPool(
+        {"accuracy": 1.0}, num_workers=cfg.grade_workers, timeout_s=cfg.grade_timeout_s
+    )
+    with grader:  # (workers start while the first batch samples)
+        for b, start in enumerate(range(0, len(records), cfg.prompts_per_batch)):
+            batch = slice(start, start + cfg.prompts_per_batch)
+            # (2)
+            if b in done:
+                sampled, greedy = done[b]["sampled"], done[b]["greedy"]
+            else:
+                sampled, greedy = _sample_batch(
+                    model_cfg, params, tokenizer, ids[batch], cfg, b, root, rows, (mesh, rules)
+                )
+                if journal and jax.process_index() == 0:
+                    entry = {"batch": b, "sampled": sampled, "greedy": greedy}
+                    files.append_journal(journal[0], entry)
+            # (3)
+            accuracy = _grade_accuracy(grader, records[batch], sampled, greedy, cfg.num_samples)
+            for i, record in enumerate(records[batch]):
+                part = slice(i * cfg.num_samples, (i + 1) * cfg.num_samples)
+                texts, lengths, truncated = (x[part] for x in sampled)
+                g = None if greedy is None else tuple(x[i] for x in greedy)
+                row = grade_problem(
+                    record, prompts[start + i], texts, lengths, truncated, g, accuracy=accuracy[i]
+                )
+                row_errors = row.pop("grading_errors")
+                errors += len(row_errors)
+                first_error = first_error or (row_errors[0] if row_errors else None)
+                out_rows.append(row)
+            bar.update(len(records[batch]))
     bar.close()
     if errors:
         logging.warning(
@@ -451,6 +479,23 @@ def evaluate(
         kind_metrics, _ = summarize([r for r in out_rows if r.get("kind") == kind], ks)
         metrics.update({f"{kind}/{name}": v for name, v in kind_metrics.items()})
     return EvalResult(metrics=metrics, curves=curves, samples=out_rows)
+
+
+def _grade_accuracy(grader, records, sampled, greedy, num_samples) -> list[list[tuple]]:
+    """Per record, the (score, error) of its samples' task accuracy, then its greedy
+    completion's: one `RewardPool.grade` call for the batch (its workers grade in parallel)."""
+    texts, owners = [], []
+    for i, record in enumerate(records):
+        mine = sampled[0][i * num_samples : (i + 1) * num_samples]
+        mine += [greedy[0][i]] if greedy is not None else []
+        texts += mine
+        owners += [record] * len(mine)
+    values, _, errors = grader.grade(texts, owners)
+    # A math check past its deadline counts as not equal, as in this process: not an error.
+    errors = [None if e == registry.MATH_DEADLINE else e for e in errors["accuracy"]]
+    pairs = list(zip(values["accuracy"].tolist(), errors, strict=True))
+    per = num_samples + (greedy is not None)
+    return [pairs[i * per : (i + 1) * per] for i in range(len(records))]
 
 
 def _sample_batch(model_cfg, params, tokenizer, prompt_ids, cfg, b, root, rows, layout):
@@ -603,6 +648,8 @@ def eval_config(cfg, mesh=None) -> EvalConfig:
         ks=tuple(int(k) for k in e.ks),
         prompts_per_batch=prompts_per_call(e.prompts_per_batch, mesh),
         seed=int(cfg.seed),
+        grade_workers=int(e.grade_workers),
+        grade_timeout_s=float(e.grade_timeout_s),
     )
 
 

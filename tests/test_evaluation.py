@@ -190,6 +190,38 @@ def test_a_vote_that_raises_is_counted_not_fatal():
     assert len(row["grading_errors"]) == 4 and "language" in row["grading_errors"][0]
 
 
+def test_grading_workers_score_as_this_process_does(shared_data):
+    # Math-verify and code runs graded in worker processes (in parallel, and no sandbox forked
+    # from the process holding the model): the same scores, and the same errors reported.
+    from r1jax.data import sources
+    from r1jax.rewards import tasks
+
+    maths = sources.math_records(shared_data / "math500_test.jsonl")[:2]
+    (code,) = tasks.humaneval_records(shared_data / "HumanEval.jsonl.gz")[:1]
+    odd = {"prompt": "p", "answer": "1", "task": "no_such_task"}  # its grader raises
+    boxed = lambda r: f"<think>t</think> <answer>\\boxed{{{r['answer']}}}</answer>"  # noqa: E731
+    texts = [[boxed(maths[0]), boxed(maths[1])], [boxed(maths[1]), "<answer>1/0</answer>"]]
+    texts += [[code["canonical_solution"], "    return None\n"], ["x", "y"]]
+    greedy_texts = [boxed(maths[0]), "", code["canonical_solution"], "z"]
+    records = [*maths, code, odd]
+    sampled = (sum(texts, []), [5] * 8, [False] * 8)
+    greedy = (greedy_texts, [5] * 4, [False] * 4)
+    here = [
+        evaluation.grade_problem(r, "P", t, [5, 5], [False, False], (g, 5, False))
+        for r, t, g in zip(records, texts, greedy_texts, strict=True)
+    ]
+    assert [row["scores"] for row in here] == [[1.0, 0.0], [1.0, 0.0], [1.0, 0.0], [0.0, 0.0]]
+    assert [row["greedy"]["score"] for row in here] == [1.0, 0.0, 1.0, 0.0]
+    assert here[3]["grading_errors"][0].startswith("ValueError: unknown task 'no_such_task'")
+    with registry.RewardPool({"accuracy": 1.0}, num_workers=2, timeout_s=10.0) as pool:
+        accuracy = evaluation._grade_accuracy(pool, records, sampled, greedy, 2)
+    graded = [
+        evaluation.grade_problem(r, "P", t, [5, 5], [False, False], (g, 5, False), accuracy=a)
+        for r, t, g, a in zip(records, texts, greedy_texts, accuracy, strict=True)
+    ]
+    assert graded == here
+
+
 def test_grade_problem_and_summarize():
     record = {"task": "world", "kind": "chain", "answer": "3", "prompt": "p"}
     texts = [_ans("3"), _ans("3"), "<answer>4</answer>", "<think>cut off"]
@@ -318,6 +350,8 @@ def test_evaluate_end_to_end_is_deterministic(tiny):
     assert sum(m[f"{kind}/num_problems"] for kind in kinds) == len(records)
     assert result.curves["k"] == [1.0, 2.0, 4.0] and len(result.curves["maj@k"]) == 3
     assert run(SMALL).samples == result.samples  # a fixed seed gives the same samples
+    workers = evaluation.EvalConfig(**{**SMALL.__dict__, "grade_workers": 2})
+    assert run(workers).samples == result.samples  # graded by worker processes alike
     other = run(evaluation.EvalConfig(**{**SMALL.__dict__, "seed": 4}))
     assert [r["completions"] for r in other.samples] != [r["completions"] for r in result.samples]
     assert [r["greedy"] for r in other.samples] == [r["greedy"] for r in result.samples]
@@ -486,7 +520,9 @@ def test_eval_config_validation_names_the_field(shared_data):
     configlib.validate(configlib.load_config(spec, model__init_from=REPO), num_devices=1)
     with pytest.raises(configlib.ConfigError, match=r"config\.model\.init_from"):
         configlib.validate(configlib.load_config(spec), num_devices=1)
-    for field, value in [("ks", (0, 2)), ("top_p", 0.0), ("template", "r1"), ("temperature", 0)]:
+    bad = [("ks", (0, 2)), ("top_p", 0.0), ("template", "r1"), ("temperature", 0)]
+    bad += [("grade_workers", -1), ("grade_timeout_s", 0.0)]
+    for field, value in bad:
         cfg = configlib.load_config(spec, model__init_from=REPO, **{f"eval__{field}": value})
         with pytest.raises(configlib.ConfigError, match=rf"config\.eval\.{field}"):
             configlib.validate(cfg, num_devices=1)

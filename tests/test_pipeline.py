@@ -98,6 +98,29 @@ def test_a_grader_that_raises_rejects_the_sample_instead_of_stopping_collection(
     assert collect.rejection_reason(GOOD, RECORD, 20, False, _collect_cfg()) == "grading_error"
 
 
+def test_grading_workers_judge_a_call_as_this_process_does():
+    # Collection grades each call's samples in config.eval.grade_workers processes (math-verify
+    # and code runs in parallel, no sandbox forked from the process holding the model).
+    from r1jax.rewards import registry
+
+    c = _collect_cfg(num_samples=3, summary=False, general_min_score=0.0)
+    maths = {"task": "math", "prompt": "1+1?", "answer": "\\frac{1}{2}"}
+    odd = {**RECORD, "task": "no_such_task"}  # its grader raises
+    batch = [RECORD, maths, odd]
+    answer = lambda a: GOOD.replace("<answer>1", f"<answer>{a}")  # noqa: E731
+    texts = [GOOD, answer(2), "<answer>1</answer>", answer(0.5), GOOD, answer("x")] + [GOOD] * 3
+    judged = []
+    for workers in (0, 2):
+        with registry.RewardPool({"accuracy": 1.0}, num_workers=workers, timeout_s=10) as pool:
+            judged.append(collect._judge(c, batch, texts, [20] * 9, [False] * 9, None, pool))
+    assert judged[0] == judged[1]
+    reasons = [v[2] for v in judged[0]["verdicts"]]
+    assert (
+        reasons
+        == [None, "incorrect", "format", None, "incorrect", "incorrect"] + ["grading_error"] * 3
+    )
+
+
 def test_a_prompt_cut_to_max_len_keeps_its_bos():
     class Words:
         bos_id = 2

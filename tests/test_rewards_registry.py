@@ -113,7 +113,7 @@ def test_worker_pool_matches_in_process_and_survives_hangs_and_crashes():
     with registry.RewardPool(weights, num_workers=2, timeout_s=1.0) as pool:
         pool.score(COMPLETIONS[:1], RECORDS[:1])  # workers are up before the timing
         start = time.monotonic()
-        total_N, per_fn, metrics = pool.score(completions, records)
+        per_fn, counts, errors = pool.grade(completions, records)  # score's values and counts
         elapsed = time.monotonic() - start
         # The pool keeps working after replacing workers.
         again_N, _, again_metrics = pool.score(COMPLETIONS, RECORDS)
@@ -126,11 +126,19 @@ def test_worker_pool_matches_in_process_and_survives_hangs_and_crashes():
     np.testing.assert_array_equal(crash, [1, 1, 1, 1, 1, 0, 0, 1])
     # Rewards scheduled after the hanging one on the same item were still computed.
     assert per_fn["accuracy"][7] == 1.0
-    assert metrics["rewards/timeouts/test_rewards_registry:hang_on_marker"] == 1.0
-    assert metrics["rewards/crashes/test_rewards_registry:crash_on_marker"] == 2.0
-    assert metrics["rewards/timeouts/accuracy"] == 0.0
+    assert counts["timeouts/test_rewards_registry:hang_on_marker"] == 1
+    assert counts["crashes/test_rewards_registry:crash_on_marker"] == 2
+    assert counts["timeouts/accuracy"] == 0
+    # Each item's error says why it scored 0 (evaluation reports them per completion).
+    hang_errors = errors["test_rewards_registry:hang_on_marker"]
+    assert hang_errors[4].startswith("timeout: no score within 1.0 s")
+    assert [e is None for e in hang_errors] == [True] * 4 + [False] + [True] * 3
+    crash_errors = errors["test_rewards_registry:crash_on_marker"]
+    assert crash_errors[5] == "crash: the worker process died while scoring it"
+    assert crash_errors[6].startswith("RuntimeError: ") and crash_errors[7] is None
     assert elapsed < 30.0
     assert again_metrics["rewards/timeouts/test_rewards_registry:hang_on_marker"] == 0.0
+    total_N = sum(weight * per_fn[name] for name, weight in weights.items())
     np.testing.assert_allclose(again_N, total_N[:4], rtol=1e-6)
 
 

@@ -232,12 +232,12 @@ def check_records(names, records: list[dict], where: str, *, on_error: str = "ra
 
 
 # The error of a reward whose math check ran past its deadline (counted as a timeout).
-_MATH_DEADLINE = "MathDeadline: a math-verify check ran past its deadline and counted as not equal"
+MATH_DEADLINE = "MathDeadline: a math-verify check ran past its deadline and counted as not equal"
 
 
 def score_item(names: list[str], completion: str, record: dict):
     """Yield (name, value, error) for each reward, in order; an exception is (name, 0, repr),
-    a math check past its deadline (name, value, _MATH_DEADLINE)."""
+    a math check past its deadline (name, value, MATH_DEADLINE)."""
     for name in names:
         hits = math_reward.deadline_hits
         try:
@@ -245,7 +245,7 @@ def score_item(names: list[str], completion: str, record: dict):
         except Exception as exc:  # noqa: BLE001 - one bad reward must not stop the others
             yield name, 0.0, f"{type(exc).__name__}: {exc}"[:300]
             continue
-        yield name, value, _MATH_DEADLINE if math_reward.deadline_hits != hits else None
+        yield name, value, MATH_DEADLINE if math_reward.deadline_hits != hits else None
 
 
 def _worker_main(read_fd: int, write_fd: int) -> None:
@@ -282,7 +282,7 @@ class _Worker:
         self.replies = multiprocessing.connection.Connection(rep_r, writable=False)
         self.ready = False
         self.task = None  # (index, names still to score)
-        self.deadline = 0.0
+        self.deadline = self.started = 0.0  # of the function being scored
 
     def kill(self):
         self.proc.kill()
@@ -326,16 +326,9 @@ class RewardPool:
 
     def score(self, completions: list[str], records: list[dict]):
         """(total_N float32, {name: values_N}, metrics) for a batch of completions."""
-        if len(completions) != len(records):
-            raise ValueError(f"{len(completions)} completions but {len(records)} records")
         start = time.monotonic()
         n = len(completions)
-        values = {name: np.zeros(n, np.float32) for name in self.names}
-        counts = {f"{kind}/{name}": 0 for name in self.names for kind in ("timeouts", "crashes")}
-        if self.num_workers == 0:
-            self._score_in_process(completions, records, values, counts)
-        else:
-            self._score_in_workers(completions, records, values, counts)
+        values, counts, _ = self.grade(completions, records)
         total_N = sum((self.weights[k] * values[k] for k in self.names), np.zeros(n, np.float32))
         metrics = {f"rewards/{k}": float(v) for k, v in counts.items()}
         metrics.update(
@@ -345,11 +338,27 @@ class RewardPool:
         metrics["rewards/seconds"] = time.monotonic() - start
         return total_N.astype(np.float32), values, metrics
 
+    def grade(self, completions: list[str], records: list[dict]):
+        """({name: values_N}, {"timeouts/<name>" | "crashes/<name>": count}, {name: errors_N})
+        for a batch; errors_N[i] is None, or why completion i scored 0 for `name` (what it
+        raised, a timeout, a worker that died)."""
+        if len(completions) != len(records):
+            raise ValueError(f"{len(completions)} completions but {len(records)} records")
+        n = len(completions)
+        values = {name: np.zeros(n, np.float32) for name in self.names}
+        counts = {f"{kind}/{name}": 0 for name in self.names for kind in ("timeouts", "crashes")}
+        self._errors = {name: [None] * n for name in self.names}
+        if self.num_workers == 0:
+            self._score_in_process(completions, records, values, counts)
+        else:
+            self._score_in_workers(completions, records, values, counts)
+        return values, counts, self._errors
+
     def _score_in_process(self, completions, records, values, counts):
         for i, (completion, record) in enumerate(zip(completions, records, strict=True)):
             for name, value, error in score_item(self.names, completion, record):
                 values[name][i] = value
-                self._count_error(name, error, counts)
+                self._count_error(name, i, error, counts)
 
     def _score_in_workers(self, completions, records, values, counts):
         pending = [(i, list(self.names)) for i in range(len(completions))][::-1]
@@ -360,6 +369,7 @@ class RewardPool:
                     index, names = worker.task
                     worker.requests.send((index, names, completions[index], records[index]))
                     worker.deadline = self._deadline(names[0], records[index])
+                    worker.started = time.monotonic()
             self._collect(values, counts, pending, records)
 
     def _deadline(self, name: str, record: dict) -> float:
@@ -396,17 +406,19 @@ class RewardPool:
             return
         index, name, value, error = message
         values[name][index] = value
-        self._count_error(name, error, counts)
+        self._count_error(name, index, error, counts)
         remaining = worker.task[1][1:]
         worker.task = (index, remaining) if remaining else None
         if remaining:
             worker.deadline = self._deadline(remaining[0], records[index])
+            worker.started = time.monotonic()
 
-    def _count_error(self, name, error, counts):
+    def _count_error(self, name, index, error, counts):
         """Count a reward that raised; log the first error of each kind (the metrics count all)."""
         if error is None:
             return
-        what = "timeouts" if error == _MATH_DEADLINE else "crashes"
+        self._errors[name][index] = error
+        what = "timeouts" if error == MATH_DEADLINE else "crashes"
         counts[f"{what}/{name}"] += 1
         kind = (name, error.split(":", 1)[0])
         if kind not in self._logged:
@@ -426,6 +438,11 @@ class RewardPool:
         if worker.task:
             index, names = worker.task
             counts[f"{reason}/{names[0]}"] += 1
+            self._errors[names[0]][index] = (
+                f"timeout: no score within {worker.deadline - worker.started:.1f} s"
+                if reason == "timeouts"
+                else "crash: the worker process died while scoring it"
+            )
             if names[1:]:
                 pending.append((index, names[1:]))
         worker.kill()

@@ -68,11 +68,8 @@ def ngram_repeats(completion: str, n: int = 16) -> int:
 _LOGGED_ERRORS: set[str] = set()
 
 
-def rejection_reason(completion: str, record: dict, length: int, truncated: bool, c) -> str | None:
-    """The first check `completion` fails ('truncated', 'length', 'format', 'incorrect',
-    'grading_error', 'language', 'repetition', 'readability'), or None when it is accepted. `c`
-    is config.collect. A grader that raises rejects the completion (logged once per kind of error)
-    rather than stopping the collection: a resumed run would sample and raise again."""
+def _form_reason(completion: str, record: dict, length: int, truncated: bool, c) -> str | None:
+    """The checks before the answer is graded: 'truncated', 'length', 'format', or None."""
     if truncated:
         return "truncated"
     if length < c.min_tokens or (c.max_tokens and length > c.max_tokens):
@@ -83,17 +80,41 @@ def rejection_reason(completion: str, record: dict, length: int, truncated: bool
         return "format"
     if c.require_format and registry.format_strict(completion, record) < 1.0:
         return "format"
+    return None
+
+
+def _accuracy_here(completion: str, record: dict) -> tuple[float, str | None]:
+    """(task accuracy, None) or (0, what the grader raised), graded in this process."""
+    try:
+        return float(tasks.accuracy(completion, record)), None
+    except Exception as exc:  # noqa: BLE001 - one grader failure must not stop a collection
+        return 0.0, f"{type(exc).__name__}: {exc}"[:300]
+
+
+def rejection_reason(
+    completion: str, record: dict, length: int, truncated: bool, c, accuracy=None
+) -> str | None:
+    """The first check `completion` fails ('truncated', 'length', 'format', 'incorrect',
+    'grading_error', 'language', 'repetition', 'readability'), or None when it is accepted. `c`
+    is config.collect; `accuracy` its (score, error or None) when graded elsewhere (`_judge`'s
+    grading workers), else it is graded here. A grader that raises (or times out in a worker)
+    rejects the completion (logged once per kind of error) rather than stopping the collection:
+    a resumed run would sample and raise again."""
+    reason = _form_reason(completion, record, length, truncated, c)
+    if reason is not None:
+        return reason
     if c.require_correct:
-        try:
-            correct = tasks.accuracy(completion, record) >= 0.5
-        except Exception as exc:  # noqa: BLE001 - one grader failure must not stop a collection
-            error = f"{type(exc).__name__}: {exc}"[:300]
-            if type(exc).__name__ not in _LOGGED_ERRORS:
-                _LOGGED_ERRORS.add(type(exc).__name__)
+        score, error = accuracy if accuracy is not None else _accuracy_here(completion, record)
+        if error is not None:
+            kind = error.split(":", 1)[0]
+            if kind not in _LOGGED_ERRORS:
+                _LOGGED_ERRORS.add(kind)
                 logging.warning("collect: a grader raised (logged once per kind): %s", error)
             return "grading_error"
-        if not correct:
+        if score < 0.5:
             return "incorrect"
+    full = _full_text(completion, record)
+    think, _ = text.split_reasoning(full)
     if c.min_language_consistency > 0:
         if language_reward.consistency(full, language_of(record)) < c.min_language_consistency:
             return "language"
@@ -202,41 +223,67 @@ def sample_accepted(cfg, records, *, mesh, progress=True, journal=None):
     root = jax.random.key(cfg.seed)
     bar = tqdm.tqdm(total=len(records), desc="collect", unit="prompt", disable=not progress)
     outcomes = []
-    for b, start in enumerate(starts):
-        batch = records[start : start + per_call]
-        if b not in done:
-            prompts = [text.apply_template(template, r["prompt"]) for r in batch]
-            batch = [registry.opened_thought(r, p) for r, p in zip(batch, prompts, strict=True)]
-            ids = [evaluation.encode_prompt(tokenizer, p) for p in prompts]
-            texts, lengths, truncated = evaluation.sample_completions(
-                model_cfg,
-                params,
-                tokenizer,
-                ids,
-                rows=rows_per_call,
-                key=jax.random.fold_in(root, b),
-                mesh=mesh,
-                rules=rules,
-                num_samples=c.num_samples,
-                max_new_tokens=c.max_new_tokens,
-                temperature=c.temperature,
-                top_p=c.top_p,
-            )
-            scores = _general_scores(scorer, batch, texts, c.num_samples)
-            done[b] = _judge(c, batch, texts, lengths, truncated, scores)
-            done[b].update(batch=b, template=template)
-            if journal and jax.process_index() == 0:
-                files.append_journal(journal, done[b])
-        outcomes.append(done[b])
-        bar.update(len(batch))
+    # Task accuracy graded by config.eval.grade_workers processes (none when every call is
+    # replayed from the journal); 0 grades in this process.
+    workers = cfg.eval.grade_workers if len(done) < len(starts) else 0
+    grader = registry.RewardPool(
+        {"accuracy": 1.0}, num_workers=workers, timeout_s=cfg.eval.grade_timeout_s
+    )
+    with grader:
+        for b, start in enumerate(starts):
+            batch = records[start : start + per_call]
+            if b not in done:
+                prompts = [text.apply_template(template, r["prompt"]) for r in batch]
+                batch = [registry.opened_thought(r, p) for r, p in zip(batch, prompts, strict=True)]
+                ids = [evaluation.encode_prompt(tokenizer, p) for p in prompts]
+                texts, lengths, truncated = evaluation.sample_completions(
+                    model_cfg,
+                    params,
+                    tokenizer,
+                    ids,
+                    rows=rows_per_call,
+                    key=jax.random.fold_in(root, b),
+                    mesh=mesh,
+                    rules=rules,
+                    num_samples=c.num_samples,
+                    max_new_tokens=c.max_new_tokens,
+                    temperature=c.temperature,
+                    top_p=c.top_p,
+                )
+                scores = _general_scores(scorer, batch, texts, c.num_samples)
+                done[b] = _judge(c, batch, texts, lengths, truncated, scores, grader)
+                done[b].update(batch=b, template=template)
+                if journal and jax.process_index() == 0:
+                    files.append_journal(journal, done[b])
+            outcomes.append(done[b])
+            bar.update(len(batch))
     bar.close()
     return _gather(records, starts, outcomes, c, template)
 
 
-def _judge(c, batch, texts, lengths, truncated, scores) -> dict:
+def _grade_accuracy(grader, c, batch, texts, lengths, truncated) -> dict[int, tuple]:
+    """{sample index: (score, error or None)} of the reasoning samples that pass the checks
+    before grading, graded in one `RewardPool.grade` call (its workers grade in parallel)."""
+    if not c.require_correct:
+        return {}
+    todo = [
+        (j, record)
+        for i, record in enumerate(batch)
+        if record.get("domain") != "general"
+        for j in range(i * c.num_samples, (i + 1) * c.num_samples)
+        if _form_reason(texts[j], record, lengths[j], truncated[j], c) is None
+    ]
+    values, _, errors = grader.grade([texts[j] for j, _ in todo], [r for _, r in todo])
+    # A math check past its deadline counts as not equal (as graded here): no grading error.
+    errors = [None if e == registry.MATH_DEADLINE else e for e in errors["accuracy"]]
+    return {j: (float(v), e) for (j, _), v, e in zip(todo, values["accuracy"], errors)}
+
+
+def _judge(c, batch, texts, lengths, truncated, scores, grader) -> dict:
     """One sampler call's outcome: each sample's verdict ([record index in the call, response]
     for a sample that passes, else its reason)."""
     verdicts = []
+    accuracy = _grade_accuracy(grader, c, batch, texts, lengths, truncated)
     for i, record in enumerate(batch):
         for j in range(i * c.num_samples, (i + 1) * c.num_samples):
             if record.get("domain") == "general":
@@ -245,7 +292,9 @@ def _judge(c, batch, texts, lengths, truncated, scores) -> dict:
                     reason = "reward_model"
                 response = texts[j].strip()
             else:
-                reason = rejection_reason(texts[j], record, lengths[j], truncated[j], c)
+                reason = rejection_reason(
+                    texts[j], record, lengths[j], truncated[j], c, accuracy.get(j)
+                )
                 response = reason or render(texts[j], record, summary=c.summary)
             verdicts.append([i, None, reason] if reason else [i, response, None])
     return {"verdicts": verdicts}
