@@ -432,12 +432,15 @@ def test_qk_norm_decoding_matches_forward_and_a_tensor_mesh():
     out = sampler.generate(cfg, params, PROMPTS, **kw)
     logp_BxTxV = _forward_logp(cfg, params, PROMPTS, out, 2, 0.8)
     chosen = np.take_along_axis(logp_BxTxV, out.tokens[..., None], axis=-1)[..., 0]
-    np.testing.assert_allclose(out.logprobs, chosen, atol=1e-5, rtol=0)
+    # Within 1e-5 as users' runs compile; the suite's cheap compiles (conftest) round these
+    # sharp (x4) logits differently, by up to 1.1e-5 here and 1.8e-5 on the mesh below (the
+    # same token). A missing norm moves them by ~1.
+    np.testing.assert_allclose(out.logprobs, chosen, atol=3e-5, rtol=0)
     mesh = sharding_lib.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
     sharded = jax.device_put(params, sharding_lib.param_shardings(tf.logical_axes(cfg), mesh))
     on_mesh = sampler.generate(cfg, sharded, PROMPTS, mesh=mesh, **kw)
     np.testing.assert_array_equal(on_mesh.tokens, out.tokens)
-    np.testing.assert_allclose(on_mesh.logprobs, out.logprobs, atol=1e-5)
+    np.testing.assert_allclose(on_mesh.logprobs, out.logprobs, atol=3e-5, rtol=0)
 
 
 def test_tensor_split_mesh_with_shards_stopping_at_different_steps(model):
