@@ -301,9 +301,10 @@ def test_seeds_past_32_bits_draw_differently_and_long_contexts_are_flagged(model
         jax.random.key_data(sampler.seed_key(7)).tolist()
         == jax.random.key_data(jax.random.key(7)).tolist()
     )
+    short = dataclasses.replace(cfg, max_seq_len=16)  # 11-token prompt + 6 (2048 steps took 7 s)
     with caplog.at_level("WARNING"):
-        sampler.generate(cfg, params, PROMPTS, max_new_tokens=cfg.max_seq_len, temperature=0.0)
-    assert "pass the model's max_seq_len" in caplog.text
+        sampler.generate(short, params, PROMPTS, **kw)
+    assert "prompts of up to 11 tokens plus 6 new ones pass the model's max_seq_len" in caplog.text
 
 
 def test_prompts_as_arrays_and_eos_ids_as_one_id_or_none(model):
