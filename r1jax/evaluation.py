@@ -439,7 +439,10 @@ def evaluate(
         logging.info("evaluate: %d batches sampled before; resuming", len(done))
     bar = tqdm.tqdm(total=len(records), desc="eval", unit="prompt", disable=not progress)
     grader = registry.RewardPool(
-        {"accuracy": 1.0}, num_workers=cfg.grade_workers, timeout_s=cfg.grade_timeout_s
+        {"accuracy": 1.0},
+        num_workers=cfg.grade_workers,
+        timeout_s=cfg.grade_timeout_s,
+        log_errors=False,
     )
     with grader:  # (workers start while the first batch samples)
         for b, start in enumerate(range(0, len(records), cfg.prompts_per_batch)):

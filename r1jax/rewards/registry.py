@@ -295,7 +295,11 @@ class _Worker:
 class RewardPool:
     """Weighted rewards over a batch, scored by persistent workers with per-function timeouts."""
 
-    def __init__(self, weights: dict[str, float], *, num_workers: int, timeout_s: float):
+    def __init__(
+        self, weights: dict[str, float], *, num_workers: int, timeout_s: float, log_errors=True
+    ):
+        """log_errors=False leaves reporting errors to the caller (`grade`'s per-item errors):
+        evaluation and collection name them their own way, not as rewards/ metrics."""
         for name in weights:
             get(name)
         self.weights = dict(weights)
@@ -311,6 +315,7 @@ class RewardPool:
         self._workers = [_Worker() for _ in range(self.num_workers)]
         self._restarts = 0
         self._logged = set()  # (reward, exception type) pairs already logged
+        self._log_errors = log_errors
 
     def __enter__(self):
         return self
@@ -368,8 +373,8 @@ class RewardPool:
                     worker.task = pending.pop()
                     index, names = worker.task
                     worker.requests.send((index, names, completions[index], records[index]))
-                    worker.deadline = self._deadline(names[0], records[index])
                     worker.started = time.monotonic()
+                    worker.deadline = self._deadline(names[0], records[index])
             self._collect(values, counts, pending, records)
 
     def _deadline(self, name: str, record: dict) -> float:
@@ -410,8 +415,8 @@ class RewardPool:
         remaining = worker.task[1][1:]
         worker.task = (index, remaining) if remaining else None
         if remaining:
-            worker.deadline = self._deadline(remaining[0], records[index])
             worker.started = time.monotonic()
+            worker.deadline = self._deadline(remaining[0], records[index])
 
     def _count_error(self, name, index, error, counts):
         """Count a reward that raised; log the first error of each kind (the metrics count all)."""
@@ -421,7 +426,7 @@ class RewardPool:
         what = "timeouts" if error == MATH_DEADLINE else "crashes"
         counts[f"{what}/{name}"] += 1
         kind = (name, error.split(":", 1)[0])
-        if kind not in self._logged:
+        if self._log_errors and kind not in self._logged:
             self._logged.add(kind)
             logging.warning(
                 "reward %r %s (counted in rewards/%s/%s; each kind of error is logged once): %s",

@@ -227,7 +227,10 @@ def sample_accepted(cfg, records, *, mesh, progress=True, journal=None):
     # replayed from the journal); 0 grades in this process.
     workers = cfg.eval.grade_workers if len(done) < len(starts) else 0
     grader = registry.RewardPool(
-        {"accuracy": 1.0}, num_workers=workers, timeout_s=cfg.eval.grade_timeout_s
+        {"accuracy": 1.0},
+        num_workers=workers,
+        timeout_s=cfg.eval.grade_timeout_s,
+        log_errors=False,
     )
     with grader:
         for b, start in enumerate(starts):
