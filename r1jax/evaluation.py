@@ -493,10 +493,7 @@ def _grade_accuracy(grader, records, sampled, greedy, num_samples) -> list[list[
         mine += [greedy[0][i]] if greedy is not None else []
         texts += mine
         owners += [record] * len(mine)
-    values, _, errors = grader.grade(texts, owners)
-    # A math check past its deadline counts as not equal, as in this process: not an error.
-    errors = [None if e == registry.MATH_DEADLINE else e for e in errors["accuracy"]]
-    pairs = list(zip(values["accuracy"].tolist(), errors, strict=True))
+    pairs = grader.grade_pairs("accuracy", texts, owners)
     per = num_samples + (greedy is not None)
     return [pairs[i * per : (i + 1) * per] for i in range(len(records))]
 

@@ -359,6 +359,15 @@ class RewardPool:
             self._score_in_workers(completions, records, values, counts)
         return values, counts, self._errors
 
+    def grade_pairs(self, name: str, completions: list[str], records: list[dict]):
+        """[(score, error or None)] of reward `name` per completion, errors as in-process
+        grading reports them: a math check past its deadline is "not equal", not an error."""
+        values, _, errors = self.grade(completions, records)
+        return [
+            (float(v), None if e == MATH_DEADLINE else e)
+            for v, e in zip(values[name].tolist(), errors[name], strict=True)
+        ]
+
     def _score_in_process(self, completions, records, values, counts):
         for i, (completion, record) in enumerate(zip(completions, records, strict=True)):
             for name, value, error in score_item(self.names, completion, record):

@@ -91,18 +91,21 @@ def _accuracy_here(completion: str, record: dict) -> tuple[float, str | None]:
         return 0.0, f"{type(exc).__name__}: {exc}"[:300]
 
 
-def rejection_reason(
-    completion: str, record: dict, length: int, truncated: bool, c, accuracy=None
-) -> str | None:
+def rejection_reason(completion: str, record: dict, length: int, truncated: bool, c) -> str | None:
     """The first check `completion` fails ('truncated', 'length', 'format', 'incorrect',
     'grading_error', 'language', 'repetition', 'readability'), or None when it is accepted. `c`
-    is config.collect; `accuracy` its (score, error or None) when graded elsewhere (`_judge`'s
-    grading workers), else it is graded here. A grader that raises (or times out in a worker)
-    rejects the completion (logged once per kind of error) rather than stopping the collection:
-    a resumed run would sample and raise again."""
-    reason = _form_reason(completion, record, length, truncated, c)
-    if reason is not None:
-        return reason
+    is config.collect. A grader that raises (or times out in a grading worker) rejects the
+    completion (logged once per kind of error) rather than stopping the collection: a resumed
+    run would sample and raise again."""
+    return _form_reason(completion, record, length, truncated, c) or _graded_reason(
+        completion, record, c
+    )
+
+
+def _graded_reason(completion: str, record: dict, c, accuracy=None) -> str | None:
+    """The checks after `_form_reason` passed: the answer ('incorrect', 'grading_error'), then
+    language, repetition, readability. `accuracy`: the completion's (score, error or None) when
+    graded elsewhere (`_judge`'s grading workers), else it is graded here."""
     if c.require_correct:
         score, error = accuracy if accuracy is not None else _accuracy_here(completion, record)
         if error is not None:
@@ -264,29 +267,20 @@ def sample_accepted(cfg, records, *, mesh, progress=True, journal=None):
     return _gather(records, starts, outcomes, c, template)
 
 
-def _grade_accuracy(grader, c, batch, texts, lengths, truncated) -> dict[int, tuple]:
-    """{sample index: (score, error or None)} of the reasoning samples that pass the checks
-    before grading, graded in one `RewardPool.grade` call (its workers grade in parallel)."""
-    if not c.require_correct:
-        return {}
-    todo = [
-        (j, record)
-        for i, record in enumerate(batch)
-        if record.get("domain") != "general"
-        for j in range(i * c.num_samples, (i + 1) * c.num_samples)
-        if _form_reason(texts[j], record, lengths[j], truncated[j], c) is None
-    ]
-    values, _, errors = grader.grade([texts[j] for j, _ in todo], [r for _, r in todo])
-    # A math check past its deadline counts as not equal (as graded here): no grading error.
-    errors = [None if e == registry.MATH_DEADLINE else e for e in errors["accuracy"]]
-    return {j: (float(v), e) for (j, _), v, e in zip(todo, values["accuracy"], errors)}
-
-
 def _judge(c, batch, texts, lengths, truncated, scores, grader) -> dict:
     """One sampler call's outcome: each sample's verdict ([record index in the call, response]
-    for a sample that passes, else its reason)."""
+    for a sample that passes, else its reason). The reasoning samples that pass the checks
+    before grading are graded in one `RewardPool.grade_pairs` call (its workers in parallel)."""
+    owner = [record for record in batch for _ in range(c.num_samples)]
+    form = {
+        j: _form_reason(texts[j], record, lengths[j], truncated[j], c)
+        for j, record in enumerate(owner)
+        if record.get("domain") != "general"
+    }
+    todo = [j for j, reason in form.items() if reason is None] if c.require_correct else []
+    graded = grader.grade_pairs("accuracy", [texts[j] for j in todo], [owner[j] for j in todo])
+    accuracy = dict(zip(todo, graded, strict=True))
     verdicts = []
-    accuracy = _grade_accuracy(grader, c, batch, texts, lengths, truncated)
     for i, record in enumerate(batch):
         for j in range(i * c.num_samples, (i + 1) * c.num_samples):
             if record.get("domain") == "general":
@@ -295,9 +289,7 @@ def _judge(c, batch, texts, lengths, truncated, scores, grader) -> dict:
                     reason = "reward_model"
                 response = texts[j].strip()
             else:
-                reason = rejection_reason(
-                    texts[j], record, lengths[j], truncated[j], c, accuracy.get(j)
-                )
+                reason = form[j] or _graded_reason(texts[j], record, c, accuracy.get(j))
                 response = reason or render(texts[j], record, summary=c.summary)
             verdicts.append([i, None, reason] if reason else [i, response, None])
     return {"verdicts": verdicts}
