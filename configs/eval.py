@@ -10,6 +10,10 @@ GSM8K test (1319 problems, 8 samples each):
 MATH-500 (16 samples each, 4096 new tokens):
   r1jax --config=configs/eval.py:math500 --workdir=runs/eval-math500 \
       --config.model.init_from=/models/Qwen2.5-Math-1.5B
+HumanEval (164 code problems, 16 samples each, 4096 new tokens; each sample's program runs
+the problem's tests in the bubblewrap sandbox, in config.eval.grade_workers processes):
+  r1jax --config=configs/eval.py:humaneval --workdir=runs/eval-humaneval \
+      --config.model.init_from=/models/DeepSeek-R1-Distill-Qwen-1.5B
 AIME 2024 (30 problems, 64 samples each as in the R1 paper, 8192 new tokens):
   r1jax --config=configs/eval.py:aime24 --workdir=runs/eval-aime24 \
       --config.model.init_from=runs/r1zero-1.5b
@@ -24,7 +28,7 @@ import ml_collections
 
 from configs import base
 
-VARIANTS = ("gsm8k", "math500", "aime24", "world")
+VARIANTS = ("gsm8k", "math500", "humaneval", "aime24", "world")
 
 
 def real(c: ml_collections.ConfigDict) -> None:
@@ -48,7 +52,7 @@ def world_eval(c: ml_collections.ConfigDict) -> None:
 
 
 def get_config(arg: str = "gsm8k") -> ml_collections.ConfigDict:
-    """Variants: gsm8k, math500, aime24 (../shared/data), world (the built-in world)."""
+    """Variants: gsm8k, math500, humaneval, aime24 (../shared/data), world (the built-in world)."""
     c = base.get_config()
     c.stage = "eval"
     if arg == "gsm8k":
@@ -62,6 +66,14 @@ def get_config(arg: str = "gsm8k") -> ml_collections.ConfigDict:
     elif arg == "math500":
         real(c)
         c.data.eval = base.data_path("math500_test.jsonl")
+        c.eval.num_samples = 16
+        c.eval.ks = (1, 2, 4, 8, 16)
+        c.eval.max_new_tokens = 4096
+        c.eval.prompts_per_batch = 8
+    elif arg == "humaneval":
+        real(c)
+        c.data.format = "humaneval"  # the model sees an instruction around each code stub
+        c.data.eval = base.data_path("HumanEval.jsonl.gz")
         c.eval.num_samples = 16
         c.eval.ks = (1, 2, 4, 8, 16)
         c.eval.max_new_tokens = 4096

@@ -23,6 +23,7 @@ VARIANTS = [
     "configs/pretrain.py:qwen2.5-0.5b",
     "configs/eval.py:gsm8k",
     "configs/eval.py:math500",
+    "configs/eval.py:humaneval",
     "configs/eval.py:aime24",
     "configs/eval.py:world",
 ]

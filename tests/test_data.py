@@ -324,6 +324,21 @@ def test_math_rows_with_non_numbers_or_without_solutions_for_sft(tmp_path):
     assert [r["prompt"] for r in got] == ["r"]
 
 
+def test_sft_on_a_format_without_responses_is_one_error_naming_file_and_format(shared_data):
+    # HumanEval's reader gives prompts, no responses: SFT stopped in tokenization with a KeyError.
+    cfg = ml_collections.ConfigDict(
+        {"data": {"format": "humaneval", "on_error": "raise", "max_records": 0}}
+    )
+    path = str(shared_data / "HumanEval.jsonl.gz")
+    with pytest.raises(
+        sources.DataError,
+        match=r"HumanEval\.jsonl\.gz \(data\.format='humaneval'\): "
+        r"record 1: no string field 'response'; this stage's rows need 'prompt'\+'response'",
+    ):
+        supervised.load_records(cfg, path, required=pipeline.REQUIRED_FIELDS["sft"])
+    assert len(supervised.load_records(cfg, path, required=(("prompt",),))) == 164  # RL's need
+
+
 def test_read_parquet(tmp_path):
     path = tmp_path / "t.parquet"
     if importlib.util.find_spec("pyarrow") is None:

@@ -528,6 +528,28 @@ def test_eval_config_validation_names_the_field(shared_data):
             configlib.validate(cfg, num_devices=1)
 
 
+def test_the_humaneval_variant_grades_whole_functions_written_for_its_prompts(shared_data):
+    spec = os.path.join(REPO, "configs/eval.py:humaneval")
+    cfg = configlib.load_config(spec, model__init_from=REPO, eval__max_problems=3)
+    configlib.validate(cfg, num_devices=1)
+    records = evaluation.load_eval_records(cfg)
+    assert [r["task_id"] for r in records] == ["HumanEval/0", "HumanEval/1", "HumanEval/2"]
+    answers = [
+        f"<think>t</think> <answer>```python\n{r['stub']}{r['canonical_solution']}```</answer>"
+        for r in records
+    ]
+    texts = [[a, "<answer>oops</answer>"] for a in answers]
+    sampled = (sum(texts, []), [9] * 6, [False] * 6)
+    with registry.RewardPool({"accuracy": 1.0}, num_workers=2, timeout_s=10.0) as pool:
+        accuracy = evaluation._grade_accuracy(pool, records, sampled, None, 2)
+    rows = [
+        evaluation.grade_problem(r, r["prompt"], t, [9, 3], [False] * 2, accuracy=a)
+        for r, t, a in zip(records, texts, accuracy, strict=True)
+    ]
+    assert [row["scores"] for row in rows] == [[1.0, 0.0]] * 3
+    assert all(not row["grading_errors"] for row in rows)
+
+
 def test_a_kill_while_writing_the_results_leaves_no_summary_beside_cut_samples(
     tmp_path, monkeypatch
 ):

@@ -136,7 +136,39 @@ def test_humaneval_rows_that_are_malformed_name_their_line_or_are_skipped(tmp_pa
         tasks.humaneval_records(path)
     stats = {}
     assert len(tasks.humaneval_records(path, on_error="skip", stats=stats)) == 1
-    assert stats["skipped"] == 2 and "he.jsonl:3: field 'test' is missing" in stats["errors"][1]
+    assert (
+        stats["skipped"] == 2
+        and "he.jsonl:3: required field 'test' is missing" in stats["errors"][1]
+    )
+    bad_name = json.dumps({**row, "entry_point": "f()"})
+    path.write_text(bad_name + "\n")
+    with pytest.raises(
+        sources.DataError, match=r"he\.jsonl:1: field 'entry_point' must be a Python"
+    ):
+        sources.humaneval_records(path)
+
+
+def test_humaneval_instruction_records_grade_the_program_against_their_stub(shared_data):
+    # data.format="humaneval": the model sees an instruction around the code stub and answers
+    # with the whole function; the grader prepends the stub (kept as `stub`), not the
+    # instruction text, which as the program's first lines scored every answer 0.
+    records = sources.humaneval_records(shared_data / "HumanEval.jsonl.gz")
+    plain = tasks.humaneval_records(shared_data / "HumanEval.jsonl.gz")
+    assert len(records) == len(plain) == 164
+    for record, raw in zip(records, plain, strict=True):
+        assert record["stub"] == raw["prompt"] and "stub" not in raw
+        assert f"```python\n{raw['prompt'].rstrip()}\n```" in record["prompt"]
+        assert record["task"] == "code" and record["task_id"] == raw["task_id"]
+    assert registry.check_records(["accuracy"], records, "he") == records
+    # HumanEval/38's stub defines the helper its function calls (encode_cyclic).
+    for record in (records[0], records[38]):
+        whole = record["stub"] + record["canonical_solution"]
+        answer = f"<think>Write it.</think> <answer>```python\n{whole}```</answer>"
+        assert tasks.accuracy(answer, record) == 1.0
+        assert tasks.accuracy(record["canonical_solution"], record) == 1.0  # a bare body
+        assert tasks.accuracy("<answer>```python\nx = 1\n```</answer>", record) == 0.0
+    with pytest.raises(sources.DataError, match=r"he: record 1: field 'stub' must be a non-blank"):
+        registry.check_records(["accuracy"], [{**records[0], "stub": " "}], "he")
 
 
 def test_every_humaneval_canonical_solution_passes(shared_data):

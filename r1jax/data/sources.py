@@ -518,6 +518,51 @@ def math_records(
     return records
 
 
+# ---- code --------------------------------------------------------------------------------------
+
+# The model-facing text of a HumanEval problem (data.format="humaneval"); {stub} is the record's
+# code stub (signature and docstring), which the grader prepends to the completion's program.
+CODE_INSTRUCTION = (
+    "Complete the following Python function. Write the whole function, its signature included, "
+    "in a ```python code block.\n\n```python\n{stub}\n```"
+)
+
+
+def humaneval_records(
+    path, *, on_error: str = "raise", stats: dict | None = None, instruction: bool = True
+) -> list[dict]:
+    """HumanEval rows (task_id, prompt, test, entry_point[, canonical_solution]) -> code records
+    {prompt, stub, test, entry_point, task_id, task="code"[, canonical_solution]}.
+
+    instruction=True (data.format="humaneval"): `prompt` is CODE_INSTRUCTION around the row's
+    code stub, which is kept as `stub` for the grader (an instruction-following or reasoning
+    model answers with the whole function). instruction=False: `prompt` is the stub itself, as
+    HumanEval's completion protocol gives it to a base model to continue, and there is no `stub`.
+    """
+    names = ("task_id", "prompt", "test", "entry_point")
+    records = []
+    for where, row in _located_rows(path, on_error, stats):
+        if not _fields(where, row, names, on_error, stats, types=dict.fromkeys(names, _TEXT)):
+            continue
+        if not row["entry_point"].isidentifier():
+            bad = f"{row['entry_point']!r:.60}"
+            _reject(
+                f"{where}: field 'entry_point' must be a Python function name, got {bad}",
+                on_error,
+                stats,
+            )
+            continue
+        record = {name: row[name] for name in names} | {"task": "code"}
+        if isinstance(row.get("canonical_solution"), str):
+            record["canonical_solution"] = row["canonical_solution"]
+        if instruction:
+            stub = row["prompt"].rstrip("\n")
+            record.update(prompt=CODE_INSTRUCTION.format(stub=stub), stub=row["prompt"])
+        records.append(record)
+    _count(stats, "rows", len(records))
+    return records
+
+
 # ---- preference pairs ------------------------------------------------------------------------
 
 HH_ASSISTANT = "\n\nAssistant:"

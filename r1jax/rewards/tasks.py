@@ -109,12 +109,19 @@ def extract_code(completion: str) -> str:
     return completion.split("</think>", 1)[-1]
 
 
+def code_stub(record: dict) -> str:
+    """The code a code record's completion continues: its `stub` (an instruction-wrapped
+    record, data.format="humaneval"), else its `prompt` (HumanEval's completion protocol)."""
+    return record["prompt"] if record.get("stub") is None else record["stub"]
+
+
 def humaneval_program(completion: str, record: dict) -> str:
-    """Prompt + completion: a whole function replaces the stub; a bare body continues it."""
+    """Stub + completion: a whole function replaces the stub; a bare body continues it."""
     body = extract_code(completion)
+    stub = code_stub(record)
     if re.search(rf"^def\s+{re.escape(record['entry_point'])}\s*\(", body, re.MULTILINE):
-        return record["prompt"] + "\n    pass\n\n" + body
-    return record["prompt"] + body
+        return stub + "\n    pass\n\n" + body
+    return stub + body
 
 
 def humaneval(completion: str, record: dict) -> float:
@@ -126,7 +133,7 @@ def humaneval(completion: str, record: dict) -> float:
         humaneval_program(completion, record),
         record["test"],
         entry_point=record["entry_point"],
-        prelude=record["prompt"],
+        prelude=code_stub(record),
         timeout_s=float(record.get("timeout_s", CODE_TIMEOUT_S)),
         memory_mb=int(record.get("memory_mb", 512)),
     )
@@ -168,6 +175,8 @@ def task_fields(task: str, record: dict) -> tuple[str, ...]:
         return ("numbers", "target")
     if task == "world" and record.get("kind") == "general":  # graded in the other language
         return ("answer", "language")
+    if TASKS[task] is humaneval and record.get("stub") is not None:  # the prompt is free text
+        return ("stub", "test", "entry_point")
     return TASK_FIELDS[task]
 
 
@@ -200,8 +209,8 @@ def math_records(path) -> list[dict]:
 
 
 def humaneval_records(path, *, on_error: str = "raise", stats: dict | None = None) -> list[dict]:
-    """HumanEval rows as reward records (prompt, test, entry_point, task="code"); a malformed
-    row raises sources.DataError naming file:line or (on_error="skip") is skipped and counted."""
-    fields = ("task_id", "prompt", "test", "entry_point", "canonical_solution")
-    rows = sources.read_records(path, on_error=on_error, stats=stats, required=(fields,))
-    return [dict({k: row[k] for k in fields}, task="code") for row in rows]
+    """HumanEval rows as completion-protocol code records (`prompt` is the stub a completion
+    continues; task="code"); see sources.humaneval_records, which with instruction=True gives the
+    records data.format="humaneval" reads (an instruction around the stub). A malformed row
+    raises sources.DataError naming file:line or (on_error="skip") is skipped and counted."""
+    return sources.humaneval_records(path, on_error=on_error, stats=stats, instruction=False)

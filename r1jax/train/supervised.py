@@ -119,6 +119,8 @@ def load_records(
     elif fmt == "math":  # a row trains on its solution where `required` asks for a response
         solutions = any("response" in names for names in required)
         records = sources.math_records(path, on_error=on_error, stats=stats, solutions=solutions)
+    elif fmt == "humaneval":  # code problems: an instruction around each stub (task "code")
+        records = sources.humaneval_records(path, on_error=on_error, stats=stats)
     elif fmt == "world" and path in world.DATASETS:  # generated in memory
         records = world.dataset(path, seed=cfg.data.world_seed, n=cfg.data.max_records)
     elif fmt in ("jsonl", "world") and lazy and sources.is_plain_jsonl(path):
@@ -141,7 +143,22 @@ def load_records(
         records = records[: cfg.data.max_records]
     if not records:
         raise sources.DataError(f"config.data: no records in {path}")
+    if required and not isinstance(records, sources.JsonlRecords):  # (which checked its rows)
+        _check_required(records, required, f"{path} (data.format={fmt!r})")
     return records
+
+
+def _check_required(records, required, where: str) -> None:
+    """Every record holds one of the `required` alternatives as string fields (a format's own
+    reader, e.g. HumanEval's, gives no response to train on); else DataError naming `where`."""
+    for i, record in enumerate(records, start=1):
+        if any(all(isinstance(record.get(f), str) for f in names) for names in required):
+            continue
+        needs = " or ".join("+".join(repr(f) for f in names) for names in required)
+        missing = [f for f in required[0] if not isinstance(record.get(f), str)]
+        raise sources.DataError(
+            f"{where}: record {i}: no string field {missing[0]!r}; this stage's rows need {needs}"
+        )
 
 
 def record_text(record: dict) -> str:
