@@ -320,6 +320,10 @@ def _saved_model_form(saved: dict) -> dict:
     return json_form(form)
 
 
+# A run's cache of its data files' row checks (sources.JsonlRecords' index): not a run output.
+DATA_INDEX_DIR = "data_index"
+
+
 def check_resumable(cfg: ml_collections.ConfigDict, workdir, model_cfg=None) -> None:
     """Refuses a workdir whose checkpoints another run wrote (another stage or model shape):
     resuming would fail inside orbax's restore, or continue someone else's run."""
@@ -329,7 +333,9 @@ def check_resumable(cfg: ml_collections.ConfigDict, workdir, model_cfg=None) -> 
     has_checkpoints = ckpt.is_dir() and any(ckpt.iterdir())
     # Another stage's outputs without checkpoints (a pipeline's stage folders and table, a
     # collected dataset) are a run too: its config.json must not be overwritten.
-    others = path.exists() and any(p.name != "config.json" for p in workdir.iterdir())
+    others = path.exists() and any(
+        p.name not in ("config.json", DATA_INDEX_DIR) for p in workdir.iterdir()
+    )
     if not (path.exists() and (has_checkpoints or others)):
         return
     advice = f"use another --workdir, or start from that run: --config.model.init_from={workdir}"

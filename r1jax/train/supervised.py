@@ -5,6 +5,7 @@ Shapes: B rows, T time, k micro-batches.
 
 import dataclasses
 import filecmp
+import hashlib
 import json
 import math
 import os
@@ -95,7 +96,13 @@ _BIG_FILE_BYTES = 100_000_000  # data files past this size are announced before 
 
 
 def load_records(
-    cfg, path: str, *, generic: bool = False, required=(), lazy: bool = False
+    cfg,
+    path: str,
+    *,
+    generic: bool = False,
+    required=(),
+    lazy: bool = False,
+    index_dir: pathlib.Path | None = None,
 ) -> Sequence[dict]:
     """Reads a data file in the configured format into prompt/response (or text) records.
 
@@ -105,15 +112,17 @@ def load_records(
     that includes a row without the string fields `required` asks for (`sources.read_records`).
     lazy=True reads a plain .jsonl file's rows from the file when they are used
     (sources.JsonlRecords: a training set need not fit in every process's memory); the
-    records are then read-only.
+    records are then read-only. index_dir keeps that file's row check for the next start
+    (`sources.JsonlRecords`' index; written by process 0, read by every process).
     """
     stats: dict = {}
     on_error = cfg.data.on_error
     fmt = "jsonl" if generic and cfg.data.format != "world" else cfg.data.format
     start = time.monotonic()
     size = os.path.getsize(path) if os.path.isfile(path) else 0
-    if size > _BIG_FILE_BYTES:  # a minute or more at R1's SFT sizes: say what is happening
-        logging.info("%s: reading and checking %.1f GB of rows", path, size / 1e9)
+    index = None if index_dir is None else _index_path(index_dir, path, required, on_error)
+    if size > _BIG_FILE_BYTES and not (index and index.exists()):  # a minute or more at R1's
+        logging.info("%s: reading and checking %.1f GB of rows", path, size / 1e9)  # SFT sizes
     if fmt == "gsm8k":
         records = sources.gsm8k_records(path, on_error=on_error, stats=stats)
     elif fmt == "math":  # a row trains on its solution where `required` asks for a response
@@ -124,11 +133,19 @@ def load_records(
     elif fmt == "world" and path in world.DATASETS:  # generated in memory
         records = world.dataset(path, seed=cfg.data.world_seed, n=cfg.data.max_records)
     elif fmt in ("jsonl", "world") and lazy and sources.is_plain_jsonl(path):
-        records = sources.JsonlRecords(path, on_error=on_error, stats=stats, required=required)
+        records = sources.JsonlRecords(
+            path,
+            on_error=on_error,
+            stats=stats,
+            required=required,
+            index=index,
+            write_index=jax.process_index() == 0,
+        )
         logging.info(
-            "%s: %d rows checked in %.1f s; each is read from the file when used",
+            "%s: %d rows %s in %.1f s; each is read from the file when used",
             path,
             len(records),
+            "found by the index of an earlier start" if records.from_index else "checked",
             time.monotonic() - start,
         )
     elif fmt in ("jsonl", "world"):  # .jsonl, .json (one list) or .parquet, each possibly .gz
@@ -146,6 +163,13 @@ def load_records(
     if required and not isinstance(records, sources.JsonlRecords):  # (which checked its rows)
         _check_required(records, required, f"{path} (data.format={fmt!r})")
     return records
+
+
+def _index_path(index_dir, path: str, required, on_error: str) -> pathlib.Path:
+    """Where a run keeps the row index of data file `path` as read with these settings."""
+    key = json.dumps([str(pathlib.Path(path).resolve()), required, on_error])
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    return pathlib.Path(index_dir) / f"{pathlib.Path(path).name}.{digest}.rows.npz"
 
 
 def _check_required(records, required, where: str) -> None:
@@ -492,10 +516,13 @@ def run(cfg, workdir) -> dict:
     workdir = pathlib.Path(workdir)
     configlib.validate(cfg)
     required = pipeline.REQUIRED_FIELDS[_kind(cfg)]  # the string fields a training row needs
-    records = load_records(cfg, cfg.data.train, required=required, lazy=True)
+    index_dir = workdir / configlib.DATA_INDEX_DIR  # the rows' check, kept for a resume
+    records = load_records(cfg, cfg.data.train, required=required, lazy=True, index_dir=index_dir)
     eval_records = []
     if cfg.data.eval:
-        eval_records = load_records(cfg, cfg.data.eval, required=required, lazy=True)
+        eval_records = load_records(
+            cfg, cfg.data.eval, required=required, lazy=True, index_dir=index_dir
+        )
     tokenizer = resolve_tokenizer(cfg, workdir, records)
     rows = None
     if cfg.train.epochs > 0:  # the step count follows the data (a collected dataset's size)
