@@ -569,11 +569,14 @@ def plot_test_time_compute(results: dict[str, EvalResult], path) -> None:
     plt.close(fig)
 
 
-def write_result(result: EvalResult, workdir, name: str) -> None:
-    """Writes WORKDIR/{name}.json (metrics, curves) and {name}_samples.jsonl (one row a problem)."""
+def write_result(result: EvalResult, workdir, name: str, *, seconds: float | None = None) -> None:
+    """Writes WORKDIR/{name}.json (metrics, curves[, seconds: the wall time, beside the metrics,
+    which a resumed evaluation reproduces]) and {name}_samples.jsonl (one row a problem)."""
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     summary = {"metrics": result.metrics, "curves": result.curves}
+    if seconds is not None:
+        summary["seconds"] = seconds
     # The samples first, each file whole or absent: a run that finds {name}.json skips the
     # evaluation, so a kill between the two must not leave the samples cut short for good.
     rows = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in result.samples)
@@ -781,10 +784,12 @@ def run(cfg, workdir) -> dict:
         rules=rules,
         journal=(workdir / JOURNAL, header),
     )
-    result.metrics["eval_seconds"] = time.perf_counter() - t0
+    seconds = time.perf_counter() - t0  # (a resumed evaluation's: since its restart)
     if jax.process_index() == 0:
-        write_result(result, workdir, "eval")
+        write_result(result, workdir, "eval", seconds=seconds)
         plot_test_time_compute({"eval": result}, workdir / "test_time_compute.png")
         (workdir / JOURNAL).unlink(missing_ok=True)  # the results hold it all now
-    logging.info("evaluation of %s:\n%s", cfg.model.init_from, format_table(result.metrics))
+    logging.info(
+        "evaluation of %s (%.0f s):\n%s", cfg.model.init_from, seconds, format_table(result.metrics)
+    )
     return result.metrics
