@@ -148,6 +148,12 @@ def test_render_adds_a_summary_in_the_prompts_language():
         line = collect.render(GOOD, {**RECORD, "language": lang}, summary=True)
         summary = line.split("gives 1. ", 1)[1].split("</think>")[0]
         assert language.consistency(summary, lang) == 1.0, (lang, summary)
+    # A program answer (a code record) gets no summary line restating it.
+    program = (
+        "<think>Loop and add.</think> <answer>```python\ndef f(x):\n    return x\n```</answer>"
+    )
+    code = {"prompt": "Write f.", "task": "code", "test": "t", "entry_point": "f"}
+    assert collect.render(program, code, summary=True) == program
 
 
 def test_collect_writes_a_deduplicated_dataset_with_provenance_and_sfts(tmp_path):

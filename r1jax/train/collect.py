@@ -152,10 +152,11 @@ def language_of(record: dict) -> str:
 
 
 def render(completion: str, record: dict, *, summary: bool) -> str:
-    """'<think>thought[ summary]</think> <answer>answer</answer>' from an accepted completion;
-    without its '<think>' when the prompt opens it (prompt + response holds the tag once)."""
+    """'<think>thought[ summary]</think> <answer>answer</answer>' from an accepted completion
+    (the summary line restates a one-line answer); without its '<think>' when the prompt opens
+    it (prompt + response holds the tag once)."""
     think, answer = text.split_reasoning(_full_text(completion, record))
-    if summary:
+    if summary and "\n" not in answer.strip():  # (a program is no summary line)
         line = SUMMARY.get(language_of(record), SUMMARY["en"]).format(answer=answer)
         think = f"{think.rstrip()} {line}"
     rendered = text.format_reasoning(think, answer)
