@@ -570,8 +570,9 @@ def plot_test_time_compute(results: dict[str, EvalResult], path) -> None:
 
 
 def write_result(result: EvalResult, workdir, name: str, *, seconds: float | None = None) -> None:
-    """Writes WORKDIR/{name}.json (metrics, curves[, seconds: the wall time, beside the metrics,
-    which a resumed evaluation reproduces]) and {name}_samples.jsonl (one row a problem)."""
+    """Writes WORKDIR/{name}.json (metrics, curves[, seconds: the wall time, kept out of the
+    metrics, which a resumed evaluation reproduces exactly]) and {name}_samples.jsonl (one row a
+    problem)."""
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     summary = {"metrics": result.metrics, "curves": result.curves}
