@@ -34,6 +34,7 @@ setuptools.setup(
         "test": [
             "pytest>=8",
             "pytest-timeout",
+            "pytest-xdist>=3",
             "torch==2.13.0",
             "transformers>=4.50",
             "chex>=0.1.88",
