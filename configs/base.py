@@ -55,7 +55,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.data = ml_collections.ConfigDict()
     c.data.train = ""  # training file (.jsonl, .json list, .parquet; .gz allowed)
     c.data.eval = ""  # held-out file for the eval loss ('' = none)
-    c.data.format = "jsonl"  # jsonl (prompt/response or text) | gsm8k | math | humaneval | world
+    # jsonl (prompt/response or text) | gsm8k | math | humaneval | humaneval_completion | world
+    c.data.format = "jsonl"
     c.data.world_seed = 0  # data.format=world: the generator's seed (train/eval name a dataset)
     c.data.seq_len = 256  # tokens per packed row
     c.data.batch_size = 16  # global rows per optimizer step (all processes together)

@@ -14,6 +14,11 @@ HumanEval (164 code problems, 16 samples each, 4096 new tokens; each sample's pr
 the problem's tests in the bubblewrap sandbox, in config.eval.grade_workers processes):
   r1jax --config=configs/eval.py:humaneval --workdir=runs/eval-humaneval \
       --config.model.init_from=/models/DeepSeek-R1-Distill-Qwen-1.5B
+HumanEval as base models are scored (the completion protocol: the raw stub is the prompt, no
+template; each continuation is cut at HumanEval's stop sequences; greedy pass@1 and pass@k at
+T=0.2, top-p 0.95, 512 new tokens):
+  r1jax --config=configs/eval.py:humaneval_completion --workdir=runs/eval-humaneval-base \
+      --config.model.init_from=/models/Qwen2.5-1.5B
 AIME 2024 (30 problems, 64 samples each as in the R1 paper, 8192 new tokens):
   r1jax --config=configs/eval.py:aime24 --workdir=runs/eval-aime24 \
       --config.model.init_from=runs/r1zero-1.5b
@@ -28,7 +33,7 @@ import ml_collections
 
 from configs import base
 
-VARIANTS = ("gsm8k", "math500", "humaneval", "aime24", "world")
+VARIANTS = ("gsm8k", "math500", "humaneval", "humaneval_completion", "aime24", "world")
 
 
 def real(c: ml_collections.ConfigDict) -> None:
@@ -52,7 +57,8 @@ def world_eval(c: ml_collections.ConfigDict) -> None:
 
 
 def get_config(arg: str = "gsm8k") -> ml_collections.ConfigDict:
-    """Variants: gsm8k, math500, humaneval, aime24 (../shared/data), world (the built-in world)."""
+    """Variants: gsm8k, math500, humaneval, humaneval_completion, aime24 (../shared/data), world
+    (the built-in world)."""
     c = base.get_config()
     c.stage = "eval"
     if arg == "gsm8k":
@@ -78,6 +84,16 @@ def get_config(arg: str = "gsm8k") -> ml_collections.ConfigDict:
         c.eval.ks = (1, 2, 4, 8, 16)
         c.eval.max_new_tokens = 4096
         c.eval.prompts_per_batch = 8
+    elif arg == "humaneval_completion":
+        real(c)
+        c.data.format = "humaneval_completion"  # the raw stub; the model continues it
+        c.data.eval = base.data_path("HumanEval.jsonl.gz")
+        c.eval.template = "none"  # a chat or R1-Zero template would wrap the code in prose
+        c.eval.temperature = 0.2  # the Codex paper's pass@1 temperature (greedy is also run)
+        c.eval.num_samples = 16
+        c.eval.ks = (1, 2, 4, 8, 16)
+        c.eval.max_new_tokens = 512  # a function body; the rest is cut at the stop sequences
+        c.eval.prompts_per_batch = 16
     elif arg == "aime24":
         real(c)
         c.data.eval = base.data_path("aime24_test.jsonl")

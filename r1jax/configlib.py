@@ -20,7 +20,7 @@ from r1jax.rl import advantages
 
 STAGES = ("pretrain", "sft", "rl", "eval", "collect", "reward_model", "pipeline")
 # Read by supervised.load_records (and the RL / eval / collect record readers).
-DATA_FORMATS = ("jsonl", "gsm8k", "math", "humaneval", "world")
+DATA_FORMATS = ("jsonl", "gsm8k", "math", "humaneval", "humaneval_completion", "world")
 TEMPLATES = text.TEMPLATES  # one list: text.apply_template's
 
 

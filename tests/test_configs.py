@@ -24,6 +24,7 @@ VARIANTS = [
     "configs/eval.py:gsm8k",
     "configs/eval.py:math500",
     "configs/eval.py:humaneval",
+    "configs/eval.py:humaneval_completion",
     "configs/eval.py:aime24",
     "configs/eval.py:world",
 ]

@@ -550,6 +550,28 @@ def test_the_humaneval_variant_grades_whole_functions_written_for_its_prompts(sh
     assert all(not row["grading_errors"] for row in rows)
 
 
+def test_the_humaneval_completion_variant_gives_base_models_the_raw_stub(shared_data):
+    # HumanEval as base models are scored: the stub is the prompt, untemplated, and the
+    # continuation is graded up to HumanEval's stop sequences.
+    spec = os.path.join(REPO, "configs/eval.py:humaneval_completion")
+    cfg = configlib.load_config(spec, model__init_from=REPO, eval__max_problems=2)
+    configlib.validate(cfg, num_devices=1)
+    records = evaluation.load_eval_records(cfg)
+    template = evaluation.resolve_template(cfg, {"data": {"template": "r1_zero"}})
+    assert template == "none"
+    for record in records:
+        assert "stub" not in record and record["prompt"].startswith(("from typing", "def"))
+        assert text.apply_template(template, record["prompt"]) == record["prompt"]
+    texts = [
+        [r["canonical_solution"] + "\n\ndef check(candidate):\n    assert candidate(", "    pass"]
+        for r in records
+    ]
+    sampled = (sum(texts, []), [9] * 4, [False] * 4)
+    with registry.RewardPool({"accuracy": 1.0}, num_workers=1, timeout_s=10.0) as pool:
+        accuracy = evaluation._grade_accuracy(pool, records, sampled, None, 2)
+    assert [[score for score, _ in a] for a in accuracy] == [[1.0, 0.0]] * 2
+
+
 def test_a_kill_while_writing_the_results_leaves_no_summary_beside_cut_samples(
     tmp_path, monkeypatch
 ):

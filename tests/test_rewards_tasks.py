@@ -171,6 +171,38 @@ def test_humaneval_instruction_records_grade_the_program_against_their_stub(shar
         registry.check_records(["accuracy"], [{**records[0], "stub": " "}], "he")
 
 
+def test_a_completion_protocol_continuation_is_cut_at_humaneval_stop_sequences(shared_data):
+    # A base model continuing the raw stub goes on past the body (a test function, prints, a
+    # __main__ block) until its tokens run out, often mid-statement; HumanEval's harnesses stop
+    # at "\ndef", "\nif", "\nprint", ... so only the body is graded.
+    record = tasks.humaneval_records(shared_data / "HumanEval.jsonl.gz")[0]
+    body = record["canonical_solution"]
+    trailing = [
+        "\n\ndef test_has_close_elements():\n    assert has_close_elements([1.0, 2.0",  # cut
+        "\nif __name__ == '__main__':\n    raise SystemExit(has_close_elements(",
+        "\nprint(has_close_elements([1.0, 2.0], 0.5)\n",
+        "\n# Tests\nassert has_close_elements([1.0], 0.1) is True\n",
+        "\n@decorate\ndef f(",
+        "\nclass Solution:\n    pass\n1/0\n",
+        "\n```\n\nThe function loops over the pairs.",
+    ]
+    for tail in trailing:
+        assert tasks.continuation(body + tail).rstrip("\n") == body.rstrip("\n")
+        assert tasks.accuracy(body + tail, record) == 1.0, tail
+    assert tasks.continuation(body.replace("\n", "\r\n") + "\r\nprint(1") == body
+    assert tasks.continuation(body) == body  # nothing to cut
+    # Nested code (indented comments, an inner if) is the body's own and stays.
+    nested = "    # look at each pair\n    if not numbers:\n        return False\n" + body
+    assert tasks.continuation(nested + "\ndef g(") == nested
+    assert tasks.accuracy(nested + "\ndef g(", record) == 1.0
+    # Fenced or tagged answers and instruction records (with a `stub`) are read as before.
+    fenced = f"```python\n{record['prompt']}{body}```\nprint(oops"
+    assert tasks.accuracy(fenced, record) == 1.0
+    wrapped = sources.humaneval_records(shared_data / "HumanEval.jsonl.gz")[0]
+    assert tasks.humaneval_program(body + trailing[0], wrapped).endswith(trailing[0])
+    assert tasks.accuracy("    return False\n\ndef x():\n    return True\n", record) == 0.0
+
+
 def test_every_humaneval_canonical_solution_passes(shared_data):
     records = tasks.humaneval_records(shared_data / "HumanEval.jsonl.gz")
     assert len(records) == 164

@@ -606,8 +606,10 @@ def humaneval_records(
 
     instruction=True (data.format="humaneval"): `prompt` is CODE_INSTRUCTION around the row's
     code stub, which is kept as `stub` for the grader (an instruction-following or reasoning
-    model answers with the whole function). instruction=False: `prompt` is the stub itself, as
-    HumanEval's completion protocol gives it to a base model to continue, and there is no `stub`.
+    model answers with the whole function). instruction=False (data.format="humaneval_completion"):
+    `prompt` is the stub itself, as HumanEval's completion protocol gives it to a base model to
+    continue, and there is no `stub` (the grader cuts a raw continuation at
+    `tasks.COMPLETION_STOPS`).
     """
     names = ("task_id", "prompt", "test", "entry_point")
     records = []

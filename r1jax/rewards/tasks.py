@@ -109,16 +109,44 @@ def extract_code(completion: str) -> str:
     return completion.split("</think>", 1)[-1]
 
 
+# HumanEval's stop sequences (Codex paper; bigcode-evaluation-harness adds "\n@" and "\n```"):
+# a base model's continuation of a stub ends where a top-level statement, decorator, comment or
+# fence starts. Samplers stop on them; cutting afterwards gives the same program.
+COMPLETION_STOPS = ("\nclass", "\ndef", "\n#", "\n@", "\nprint", "\nif", "\n```")
+
+
+def continuation(completion: str) -> str:
+    """A completion-protocol answer cut at the first of COMPLETION_STOPS (its function body; a
+    base model goes on with tests, prints or other functions until it runs out of tokens)."""
+    text = completion.replace("\r\n", "\n")
+    cuts = [i for stop in COMPLETION_STOPS if (i := text.find(stop)) >= 0]
+    return text[: min(cuts)] if cuts else text
+
+
 def code_stub(record: dict) -> str:
     """The code a code record's completion continues: its `stub` (an instruction-wrapped
     record, data.format="humaneval"), else its `prompt` (HumanEval's completion protocol)."""
     return record["prompt"] if record.get("stub") is None else record["stub"]
 
 
+def _is_raw(completion: str) -> bool:
+    """No ```python block, <answer> part or </think>: the text continues the prompt as it is."""
+    return not (
+        _python_blocks(completion)
+        or math_reward.last_tagged(completion) is not None
+        or "</think>" in completion
+    )
+
+
 def humaneval_program(completion: str, record: dict) -> str:
-    """Stub + completion: a whole function replaces the stub; a bare body continues it."""
-    body = extract_code(completion)
+    """Stub + completion: a whole function replaces the stub; a bare body continues it. Under
+    the completion protocol (no `stub`: the prompt is the code) a raw continuation is cut at
+    HumanEval's stop sequences first (`continuation`)."""
     stub = code_stub(record)
+    if record.get("stub") is None and _is_raw(completion):
+        body = continuation(completion)
+    else:
+        body = extract_code(completion)
     if re.search(rf"^def\s+{re.escape(record['entry_point'])}\s*\(", body, re.MULTILINE):
         return stub + "\n    pass\n\n" + body
     return stub + body
@@ -210,7 +238,8 @@ def math_records(path) -> list[dict]:
 
 def humaneval_records(path, *, on_error: str = "raise", stats: dict | None = None) -> list[dict]:
     """HumanEval rows as completion-protocol code records (`prompt` is the stub a completion
-    continues; task="code"); see sources.humaneval_records, which with instruction=True gives the
-    records data.format="humaneval" reads (an instruction around the stub). A malformed row
-    raises sources.DataError naming file:line or (on_error="skip") is skipped and counted."""
+    continues; task="code"; data.format="humaneval_completion"); see sources.humaneval_records,
+    which with instruction=True gives the records data.format="humaneval" reads (an instruction
+    around the stub). A malformed row raises sources.DataError naming file:line or
+    (on_error="skip") is skipped and counted."""
     return sources.humaneval_records(path, on_error=on_error, stats=stats, instruction=False)

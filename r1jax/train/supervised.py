@@ -130,6 +130,8 @@ def load_records(
         records = sources.math_records(path, on_error=on_error, stats=stats, solutions=solutions)
     elif fmt == "humaneval":  # code problems: an instruction around each stub (task "code")
         records = sources.humaneval_records(path, on_error=on_error, stats=stats)
+    elif fmt == "humaneval_completion":  # a base model continues each stub (template "none")
+        records = sources.humaneval_records(path, on_error=on_error, stats=stats, instruction=False)
     elif fmt == "world" and path in world.DATASETS:  # generated in memory
         records = world.dataset(path, seed=cfg.data.world_seed, n=cfg.data.max_records)
     elif fmt in ("jsonl", "world") and lazy and sources.is_plain_jsonl(path):
