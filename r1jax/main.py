@@ -74,6 +74,7 @@ def main(argv) -> None:
         sys.exit(f"r1jax: --distributed={_DISTRIBUTED.value}: {e}")
     cfg = _CONFIG.value
     logging.info("stage %s, workdir %s", cfg.stage, _WORKDIR.value)
+    from r1jax.model import hf_io  # a Hugging Face folder's problems are one line too
     from r1jax.train import checkpoint  # its RestoreError is one line too
 
     try:
@@ -88,6 +89,7 @@ def main(argv) -> None:
         FileNotFoundError,
         checkpoint.RestoreError,
         sharding.ShardingError,
+        hf_io.HFError,
     ) as e:
         sys.exit(f"r1jax: {e}")
 

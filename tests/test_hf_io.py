@@ -524,6 +524,16 @@ def test_save_hf_over_an_earlier_save_replaces_its_weight_files(tmp_path):
     assert hf_io.load_hf(tmp_path)[0] == one_layer
 
 
+def test_a_shard_missing_from_a_sharded_save_is_named_before_any_read(tmp_path):
+    cfg = SAVE_CASES["qwen2-tied"][0]
+    hf_io.save_hf(tmp_path, cfg, _our_model(cfg), max_shard_bytes=20_000)
+    shards = sorted(tmp_path.glob("model-*-of-*.safetensors"))
+    assert len(shards) > 2
+    shards[-1].unlink()  # a copy or download cut short (it read as a bare FileNotFoundError)
+    with pytest.raises(hf_io.HFError, match=rf"lacks: {shards[-1].name}$"):
+        hf_io.load_hf(tmp_path)
+
+
 def test_a_single_file_beside_a_stale_shard_index_is_the_model_as_in_transformers(tmp_path):
     # transformers' save_pretrained unsharded over a sharded save removes the shards but not
     # the index; from_pretrained then reads model.safetensors, and so must load_hf.

@@ -5,6 +5,7 @@ import json
 import os
 import pathlib
 import shlex
+import shutil
 import subprocess
 import sys
 
@@ -300,6 +301,18 @@ def test_cli_refuses_what_it_cannot_honour(tmp_path):
     # No --config: say it is required (it read "no such config file ''").
     out = _cli([f"--workdir={tmp_path / 'b'}"], tmp_path)
     assert "r1jax: --config is required: --config=configs/<stage>.py:<variant>" in out.stderr
+    # A Hugging Face folder whose config.json disagrees with its weights: one line, not a
+    # traceback ending in the same message.
+    folder = tmp_path / "hf"
+    shutil.copytree(REPO / "r1jax" / "assets" / "world_base", folder)
+    hf = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**hf, "intermediate_size": 384}))
+    out = _cli(
+        [config, f"--workdir={tmp_path / 'c'}", f"--config.model.init_from={folder}"], tmp_path
+    )
+    last = out.stderr.strip().splitlines()[-1]
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr[-2000:]
+    assert last.startswith(f"r1jax: {folder}: tensor 'model.layers.0.mlp.gate_proj.weight'"), last
 
 
 def test_slurm_refuses_tasks_per_node_that_leave_gpus_idle():

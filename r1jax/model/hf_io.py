@@ -23,6 +23,12 @@ from r1jax.model import config as config_lib
 
 ModelConfig = config_lib.ModelConfig
 
+
+class HFError(ValueError):
+    """A Hugging Face folder that cannot be loaded as it is: the message names the file and
+    what is wrong with it (the `r1jax` command prints it as one line)."""
+
+
 # Mistral without a sliding window is Llama's computation (same tensors, no biases).
 _ARCHITECTURES = {
     "Qwen2ForCausalLM": "qwen2",
@@ -54,12 +60,12 @@ def _number(hf: dict, key: str, path, kind, default=None, *, nullable=False):
     value = hf.get(key)
     if value is None and (key not in hf or nullable):
         if default is None:
-            raise KeyError(f"{path}: config.json is missing required key {key!r}")
+            raise HFError(f"{path}: config.json is missing required key {key!r}")
         return kind(default)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{path}: config key {key!r} must be a number, got {value!r}")
+        raise HFError(f"{path}: config key {key!r} must be a number, got {value!r}")
     if kind is int and value != int(value):
-        raise ValueError(f"{path}: config key {key!r} must be an integer, got {value!r}")
+        raise HFError(f"{path}: config key {key!r} must be an integer, got {value!r}")
     return kind(value)
 
 
@@ -68,9 +74,9 @@ def _read_json(file: pathlib.Path, what: str) -> dict:
     try:
         obj = json.loads(file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{file}: {what} is not valid JSON ({e})") from e
+        raise HFError(f"{file}: {what} is not valid JSON ({e})") from e
     if not isinstance(obj, dict):
-        raise ValueError(f"{file}: {what} must hold a JSON object, got {type(obj).__name__}")
+        raise HFError(f"{file}: {what} must hold a JSON object, got {type(obj).__name__}")
     return obj
 
 
@@ -78,7 +84,7 @@ def _safe_open(file: pathlib.Path):
     try:
         return safetensors.safe_open(file, framework="numpy")
     except safetensors.SafetensorError as e:
-        raise ValueError(f"{file}: not a readable safetensors file ({e})") from e
+        raise HFError(f"{file}: not a readable safetensors file ({e})") from e
 
 
 def _rope_from_hf(hf: dict, path) -> tuple[float, config_lib.RopeScaling | None]:
@@ -91,17 +97,17 @@ def _rope_from_hf(hf: dict, path) -> tuple[float, config_lib.RopeScaling | None]
     key = "rope_parameters" if hf.get("rope_parameters") else "rope_scaling"
     rope = hf.get(key) or {}
     if not isinstance(rope, dict):
-        raise ValueError(f"{path}: {key} must be a JSON object, got {rope!r}")
+        raise HFError(f"{path}: {key} must be a JSON object, got {rope!r}")
     if rope and all(isinstance(v, dict) for v in rope.values()):
-        raise ValueError(f"{path}: per-layer-type rope_parameters are not supported: {rope}")
+        raise HFError(f"{path}: per-layer-type rope_parameters are not supported: {rope}")
     theta = _number(rope, "rope_theta", path, float, _number(hf, "rope_theta", path, float, 1e4))
     rope_type = rope.get("rope_type", rope.get("type", "default")) or "default"
     if rope.get("partial_rotary_factor", hf.get("partial_rotary_factor", 1.0)) != 1.0:
-        raise ValueError(f"{path}: partial_rotary_factor != 1 is not supported")
+        raise HFError(f"{path}: partial_rotary_factor != 1 is not supported")
     if rope_type == "default":
         return theta, None
     if rope_type not in config_lib.ROPE_TYPES:
-        raise ValueError(
+        raise HFError(
             f"{path}: unsupported rope type {rope_type!r} in {key} "
             f"(supported: default, {', '.join(config_lib.ROPE_TYPES)})"
         )
@@ -121,7 +127,7 @@ def _rope_from_hf(hf: dict, path) -> tuple[float, config_lib.RopeScaling | None]
     except ValueError as e:
         if str(e).startswith(str(path)):
             raise
-        raise ValueError(f"{path}: {key}: {e}") from e
+        raise HFError(f"{path}: {key}: {e}") from e
 
 
 def _rope_settings(rope) -> dict:
@@ -137,7 +143,7 @@ def _check_one_rope(hf: dict, path) -> None:
     if not (isinstance(new, dict) and isinstance(old, dict) and new and old):
         return
     if _rope_settings(new) != _rope_settings(old):
-        raise ValueError(
+        raise HFError(
             f"{path}: rope_parameters {new} and rope_scaling {old} disagree (transformers "
             "reads rope_scaling when both are set); keep one of them"
         )
@@ -180,7 +186,7 @@ def _yarn_from_hf(hf: dict, rope: dict, original: int, path) -> config_lib.RopeS
         attention_factor = _number(rope, "attention_factor", path, float)
     truncate = rope.get("truncate", True)
     if truncate is not None and not isinstance(truncate, bool):
-        raise ValueError(f"{path}: rope key 'truncate' must be true or false, got {truncate!r}")
+        raise HFError(f"{path}: rope key 'truncate' must be true or false, got {truncate!r}")
     return config_lib.RopeScaling(
         factor=factor,
         original_max_position=original,
@@ -210,16 +216,16 @@ def _sliding_layers(hf: dict, arch: str) -> list[int]:
 
 def _check_supported(hf: dict, family: str, arch: str, path) -> None:
     if hf.get("hidden_act", "silu") not in ("silu", "swish"):  # one function in transformers
-        raise ValueError(f"{path}: unsupported hidden_act {hf['hidden_act']!r} (only silu)")
+        raise HFError(f"{path}: unsupported hidden_act {hf['hidden_act']!r} (only silu)")
     if sliding := _sliding_layers(hf, arch):
-        raise ValueError(
+        raise HFError(
             f"{path}: sliding-window attention (sliding_window {hf.get('sliding_window', 4096)}, "
             f"layers {sliding}) is not supported"
         )
     if family in ("llama", "qwen3") and hf.get("attention_bias", False):
-        raise ValueError(f"{path}: {arch} attention_bias=true (o_proj bias) is not supported")
+        raise HFError(f"{path}: {arch} attention_bias=true (o_proj bias) is not supported")
     if family == "llama" and hf.get("mlp_bias", False):
-        raise ValueError(f"{path}: Llama mlp_bias=true is not supported")
+        raise HFError(f"{path}: Llama mlp_bias=true is not supported")
 
 
 def _head_dim(hf: dict, arch: str, d_model: int, n_heads: int, path) -> int:
@@ -234,7 +240,7 @@ def config_from_hf(hf: dict, *, path="config.json", dtype: str = "float32") -> M
     archs = hf.get("architectures") or []
     arch = next((a for a in archs if a in _ARCHITECTURES), None)
     if arch is None:
-        raise ValueError(
+        raise HFError(
             f"{path}: unsupported architectures {archs} (model_type {hf.get('model_type')!r}); "
             f"supported: {sorted(_ARCHITECTURES)}"
         )
@@ -265,7 +271,7 @@ def config_from_hf(hf: dict, *, path="config.json", dtype: str = "float32") -> M
     try:
         return ModelConfig(**fields)
     except ValueError as e:  # ModelConfig's own checks (e.g. heads not a multiple of kv heads)
-        raise ValueError(f"{path}: {e}") from e
+        raise HFError(f"{path}: {e}") from e
 
 
 def _layer_specs(cfg: ModelConfig) -> dict:
@@ -315,7 +321,13 @@ def _tensor_files(path: pathlib.Path) -> dict[str, pathlib.Path]:
     elif (path / _INDEX_FILE).exists():
         weight_map = _read_json(path / _INDEX_FILE, "the shard index").get("weight_map")
         if not isinstance(weight_map, dict):
-            raise ValueError(f"{path / _INDEX_FILE}: no 'weight_map' object")
+            raise HFError(f"{path / _INDEX_FILE}: no 'weight_map' object")
+        missing = sorted({f for f in weight_map.values() if not (path / str(f)).is_file()})
+        if missing:
+            raise HFError(
+                f"{path / _INDEX_FILE} names {len(missing)} shard file(s) the folder lacks: "
+                f"{', '.join(map(str, missing[:4]))}{' ...' if len(missing) > 4 else ''}"
+            )
         return {name: path / file for name, file in weight_map.items()}
     else:
         files = sorted(path.glob("*.safetensors"))
@@ -339,13 +351,13 @@ class _Reader:
 
     def get(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
         if name not in self.files:
-            raise KeyError(f"{self.path}: checkpoint has no tensor {name!r}")
+            raise HFError(f"{self.path}: checkpoint has no tensor {name!r}")
         file = self.files[name]
         if file not in self._handles:
             self._handles[file] = _safe_open(file)
         w = self._handles[file].get_tensor(name)
         if tuple(w.shape) != tuple(shape):
-            raise ValueError(f"{self.path}: tensor {name!r} has shape {w.shape}, expected {shape}")
+            raise HFError(f"{self.path}: tensor {name!r} has shape {w.shape}, expected {shape}")
         self.used.add(name)
         return w.astype(self.dtype) if self.dtype is not None else w
 
@@ -355,7 +367,7 @@ class _Reader:
         ignored = lambda n: "rotary_emb" in n or (tied and n == "lm_head.weight")
         extra = {n for n in self.files if n not in self.used and not ignored(n)}
         if extra:
-            raise ValueError(f"{self.path}: unexpected tensors not mapped: {sorted(extra)[:8]}")
+            raise HFError(f"{self.path}: unexpected tensors not mapped: {sorted(extra)[:8]}")
 
 
 def _hf_shapes(cfg: ModelConfig) -> dict:
@@ -384,11 +396,11 @@ _SAFETENSORS_DTYPES = {"BF16": "bfloat16", "F32": "float32", "F16": "float16"}
 def _checkpoint_dtype(path: pathlib.Path, files: dict) -> str:
     name = "model.embed_tokens.weight"
     if name not in files:
-        raise KeyError(f"{path}: checkpoint has no tensor {name!r}")
+        raise HFError(f"{path}: checkpoint has no tensor {name!r}")
     with _safe_open(files[name]) as f:
         stored = f.get_slice(name).get_dtype()
     if stored not in _SAFETENSORS_DTYPES:
-        raise ValueError(f"{path}: unsupported tensor dtype {stored} for {name!r}")
+        raise HFError(f"{path}: unsupported tensor dtype {stored} for {name!r}")
     return _SAFETENSORS_DTYPES[stored]
 
 
