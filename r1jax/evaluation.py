@@ -538,6 +538,19 @@ def params_fingerprint(params) -> str:
     return hashlib.sha256(json.dumps(values).encode()).hexdigest()
 
 
+def journal_header(cfg: EvalConfig, prompts: list[str], model_cfg, params) -> dict:
+    """What an evaluation journal's samples depend on (`evaluate`'s `journal`): the sampling
+    settings, the prompts, the model shape and the params' values."""
+    sampling = dataclasses.asdict(cfg)
+    sampling.pop("ks")  # what is computed from the samples, not how they are drawn
+    return {
+        "eval": sampling,
+        "prompts_sha256": hashlib.sha256(json.dumps(prompts).encode()).hexdigest(),
+        "model": dataclasses.asdict(model_cfg),
+        "params": params_fingerprint(params),
+    }
+
+
 # ---------------------------------------------------------------------------------------------
 # Output.
 
@@ -765,22 +778,16 @@ def run(cfg, workdir) -> dict:
         template,
     )
     t0 = time.perf_counter()
-    prompts = [text.apply_template(template, r["prompt"]) for r in records]
-    sampling = dataclasses.asdict(eval_config(cfg, mesh))
-    sampling.pop("ks")  # what is computed from the samples, not how they are drawn
-    header = {
-        "eval": sampling,
-        "prompts_sha256": hashlib.sha256(json.dumps(prompts).encode()).hexdigest(),
-        "model": dataclasses.asdict(model_cfg),
-        "params": params_fingerprint(params),
-    }
+    prompt_fn = lambda r: text.apply_template(template, r["prompt"])  # noqa: E731
+    eval_cfg = eval_config(cfg, mesh)
+    header = journal_header(eval_cfg, [prompt_fn(r) for r in records], model_cfg, params)
     result = evaluate(
         model_cfg,
         params,
         tokenizer,
         records,
-        prompt_fn=lambda r: text.apply_template(template, r["prompt"]),
-        cfg=eval_config(cfg, mesh),
+        prompt_fn=prompt_fn,
+        cfg=eval_cfg,
         mesh=mesh,
         rules=rules,
         journal=(workdir / JOURNAL, header),

@@ -136,3 +136,56 @@ def test_quick_evaluation_during_training_uses_few_samples_and_writes_nothing(tm
     assert result.metrics["num_problems"] == 3
     assert result.curves["k"] == [1.0, 8.0] and "pass@1_greedy" not in result.metrics
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_killed_before_or_after_evaluation_resumes_from_its_journal(tmp_path, monkeypatch):
+    """An RL run killed during eval_before / eval_after sampled it all again (hours for an
+    aime24 / math500 evaluation); it resumes from {name}_journal.jsonl as the eval stage does."""
+    import pathlib
+
+    from r1jax import configlib, sharding, text
+    from r1jax.data import world
+
+    repo = pathlib.Path(__file__).resolve().parents[1]
+    cfg = configlib.load_config(
+        str(repo / "configs/r1_zero.py") + ":tiny",
+        eval__max_problems=3,
+        eval__prompts_per_batch=1,  # 3 batches
+        eval__num_samples=4,
+        eval__ks=(1, 2, 4),
+    )
+    model_cfg, params = hf_io.load_hf(cfg.model.init_from)
+    tok = text.load_tokenizer(cfg.tokenizer.path)
+    mesh = sharding.make_mesh({"data": 1}, jax.devices()[:1])
+    records = world.dataset("test")
+    full = report.Evaluator(cfg, tmp_path / "full", model_cfg, tok, records, mesh)
+    full = full.evaluate(params, "eval_after")
+    calls, sample = [], evaluation.sample_completions
+
+    def killed_at_the_fifth_call(*args, **kwargs):  # two batches: sampled and greedy each
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        calls.append(1)
+        return sample(*args, **kwargs)
+
+    monkeypatch.setattr(evaluation, "sample_completions", killed_at_the_fifth_call)
+    evaluator = report.Evaluator(cfg, tmp_path / "killed", model_cfg, tok, records, mesh)
+    with pytest.raises(KeyboardInterrupt):
+        evaluator.evaluate(params, "eval_after")
+    journal = tmp_path / "killed" / "eval_after_journal.jsonl"
+    assert len(journal.read_text().splitlines()) == 3  # the header and two batches
+    calls.clear()
+    resumed = evaluator.evaluate(params, "eval_after")
+    assert len(calls) == 2  # only the last batch sampled again
+    assert resumed.metrics == full.metrics and not journal.exists()
+    for name in ("eval_after.json", "eval_after_samples.jsonl"):
+        assert (tmp_path / "killed" / name).read_bytes() == (tmp_path / "full" / name).read_bytes()
+    # Another policy's journal (eval_before's params, or a run trained further) is not replayed.
+    with pytest.raises(KeyboardInterrupt):
+        evaluator.evaluate(params, "eval_before")
+    counted = []
+    monkeypatch.setattr(
+        evaluation, "sample_completions", lambda *a, **kw: counted.append(1) or sample(*a, **kw)
+    )
+    evaluator.evaluate(jax.tree.map(lambda x: x * 1.01, params), "eval_before")
+    assert len(counted) == 6

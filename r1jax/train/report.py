@@ -79,11 +79,19 @@ class Evaluator:
         self.eval_cfg = evaluation.eval_config(cfg, mesh)
 
     def evaluate(self, params, name: str, *, quick: bool = False) -> evaluation.EvalResult:
-        """Evaluates `params`; writes {name}.json and {name}_samples.jsonl unless quick."""
+        """Evaluates `params`; writes {name}.json and {name}_samples.jsonl unless quick.
+
+        Unless quick, finished batches are journaled in {name}_journal.jsonl (as the eval
+        stage's): a run killed during its before / after evaluation resumes it there."""
         eval_cfg = self.eval_cfg
+        journal = None
         if quick:  # periodic checks during training: fewer samples, no curves worth keeping
             n = min(eval_cfg.num_samples, 8)
             eval_cfg = dataclasses.replace(eval_cfg, num_samples=n, ks=(1, n), greedy=False)
+        else:
+            prompts = [self.prompt_fn(r) for r in self.records]
+            header = evaluation.journal_header(eval_cfg, prompts, self.model_cfg, params)
+            journal = (self.workdir / f"{name}_journal.jsonl", header)
         t0 = time.perf_counter()
         result = evaluation.evaluate(
             self.model_cfg,
@@ -95,6 +103,7 @@ class Evaluator:
             mesh=self.mesh,
             rules=sharding.rules_from_config(self.cfg.mesh.rules),
             progress=not quick,
+            journal=journal,
         )
         logging.info(
             "evaluation %s (%d problems, %.0f s):\n%s",
@@ -105,6 +114,7 @@ class Evaluator:
         )
         if not quick and jax.process_index() == 0:
             evaluation.write_result(result, self.workdir, name)
+            journal[0].unlink(missing_ok=True)  # the results hold it all now
         return result
 
     def load(self, name: str) -> evaluation.EvalResult | None:
