@@ -593,8 +593,8 @@ def write_result(result: EvalResult, workdir, name: str, *, seconds: float | Non
         summary["seconds"] = seconds
     # The samples first, each file whole or absent: a run that finds {name}.json skips the
     # evaluation, so a kill between the two must not leave the samples cut short for good.
-    rows = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in result.samples)
-    files.write_atomic(workdir / f"{name}_samples.jsonl", rows)
+    rows = (json.dumps(row, ensure_ascii=False) + "\n" for row in result.samples)
+    files.write_lines_atomic(workdir / f"{name}_samples.jsonl", rows)
     files.write_json(workdir / f"{name}.json", summary)
 
 

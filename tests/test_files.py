@@ -38,3 +38,22 @@ def test_write_atomic_leaves_the_old_file_whole_when_interrupted(tmp_path, monke
         files.write_json(path, {"new": True})
     assert path.read_bytes() == b"\x00\x01"
     assert sorted(p.name for p in path.parent.iterdir()) == ["config.json"]  # no temporary left
+
+
+def test_write_lines_atomic_streams_the_lines_and_returns_their_sha256(tmp_path):
+    import hashlib
+
+    path = tmp_path / "data" / "dataset.jsonl"
+    lines = ['{"text": "caf\u00e9"}\n', '{"text": "\u601d\u8003"}\n']
+    digest = files.write_lines_atomic(path, iter(lines))
+    body = "".join(lines).encode("utf-8")
+    assert path.read_bytes() == body and digest == hashlib.sha256(body).hexdigest()
+
+    def cut_short():  # the rows' producer fails (or the run is killed) half-way
+        yield '{"text": "new"}\n'
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        files.write_lines_atomic(path, cut_short())
+    assert path.read_bytes() == body  # the old file, whole
+    assert sorted(p.name for p in path.parent.iterdir()) == ["dataset.jsonl"]

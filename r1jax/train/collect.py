@@ -437,9 +437,8 @@ def general_rows(cfg, n: int, *, mesh) -> tuple[list[dict], dict]:
 
 def _write_dataset(workdir: pathlib.Path, rows: list[dict], provenance: dict) -> None:
     """dataset.jsonl then provenance.json, each through a temporary file and a rename."""
-    body = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode("utf-8")
-    provenance["sha256"] = hashlib.sha256(body).hexdigest()
-    files.write_atomic(workdir / DATASET, body)
+    lines = (json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    provenance["sha256"] = files.write_lines_atomic(workdir / DATASET, lines)
     files.write_json(workdir / PROVENANCE, provenance, ensure_ascii=False)
 
 
