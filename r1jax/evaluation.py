@@ -225,13 +225,13 @@ def vote_key(completion: str, record: dict) -> str | None:
     """What maj@k votes on for the record's task; None when the completion has no usable answer.
 
     world: `world.vote_key` (a countdown expression's value); countdown: the expression's value;
-    code: the extracted program text; math / gsm8k / aime / amc: `canonical_answer`.
+    code: the answer's code (`tasks.code_answer`); math / gsm8k / aime / amc: `canonical_answer`.
     """
     task = record.get("task", "math")
     if task == "world":
         return world.vote_key(completion, {"kind": "chain", **record})
     if task in ("code", "humaneval"):
-        return tasks.extract_code(completion).strip() or None
+        return tasks.code_answer(completion, record).strip() or None
     answer = math_reward.extract_answer(completion)
     if answer is None:
         return None

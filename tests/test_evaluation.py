@@ -570,6 +570,10 @@ def test_the_humaneval_completion_variant_gives_base_models_the_raw_stub(shared_
     with registry.RewardPool({"accuracy": 1.0}, num_workers=1, timeout_s=10.0) as pool:
         accuracy = evaluation._grade_accuracy(pool, records, sampled, None, 2)
     assert [[score for score, _ in a] for a in accuracy] == [[1.0, 0.0]] * 2
+    # maj@k votes on the graded body: other text after the stop sequences is the same vote.
+    body = records[0]["canonical_solution"]
+    votes = {evaluation.vote_key(body + tail, records[0]) for tail in ("\nprint(1)", "\nif x")}
+    assert votes == {body.strip()}
 
 
 def test_a_kill_while_writing_the_results_leaves_no_summary_beside_cut_samples(

@@ -138,15 +138,19 @@ def _is_raw(completion: str) -> bool:
     )
 
 
-def humaneval_program(completion: str, record: dict) -> str:
-    """Stub + completion: a whole function replaces the stub; a bare body continues it. Under
-    the completion protocol (no `stub`: the prompt is the code) a raw continuation is cut at
-    HumanEval's stop sequences first (`continuation`)."""
-    stub = code_stub(record)
+def code_answer(completion: str, record: dict) -> str:
+    """The code a completion answers `record` with (what is graded and voted on): its
+    `extract_code`, or under the completion protocol (no `stub`: the prompt is the code) a raw
+    continuation cut at HumanEval's stop sequences (`continuation`)."""
     if record.get("stub") is None and _is_raw(completion):
-        body = continuation(completion)
-    else:
-        body = extract_code(completion)
+        return continuation(completion)
+    return extract_code(completion)
+
+
+def humaneval_program(completion: str, record: dict) -> str:
+    """Stub + completion: a whole function replaces the stub; a bare body continues it."""
+    stub = code_stub(record)
+    body = code_answer(completion, record)
     if re.search(rf"^def\s+{re.escape(record['entry_point'])}\s*\(", body, re.MULTILINE):
         return stub + "\n    pass\n\n" + body
     return stub + body
