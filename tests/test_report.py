@@ -180,6 +180,10 @@ def test_a_killed_before_or_after_evaluation_resumes_from_its_journal(tmp_path, 
     assert resumed.metrics == full.metrics and not journal.exists()
     for name in ("eval_after.json", "eval_after_samples.jsonl"):
         assert (tmp_path / "killed" / name).read_bytes() == (tmp_path / "full" / name).read_bytes()
+    # A kill after the result was written but before the journal was removed: the resumed run
+    # loads the result (eval_before is not redone) and removes the journal then.
+    journal.write_text("{}\n")
+    assert evaluator.load("eval_after").metrics == full.metrics and not journal.exists()
     # Another policy's journal (eval_before's params, or a run trained further) is not replayed.
     with pytest.raises(KeyboardInterrupt):
         evaluator.evaluate(params, "eval_before")

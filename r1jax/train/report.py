@@ -118,10 +118,13 @@ class Evaluator:
         return result
 
     def load(self, name: str) -> evaluation.EvalResult | None:
-        """A result written earlier by this run (e.g. the 'before' of a resumed run)."""
+        """A result written earlier by this run (e.g. the 'before' of a resumed run). Its journal
+        is removed, if a kill came between the result and the journal's removal."""
         path = self.workdir / f"{name}.json"
         if not path.exists():
             return None
+        if jax.process_index() == 0:
+            (self.workdir / f"{name}_journal.jsonl").unlink(missing_ok=True)
         saved = json.loads(path.read_text())
         return evaluation.EvalResult(metrics=saved["metrics"], curves=saved["curves"], samples=[])
 
