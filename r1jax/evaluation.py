@@ -429,6 +429,7 @@ def evaluate(
     prompts = [prompt_fn(r) for r in records]
     records = [registry.opened_thought(r, p) for r, p in zip(records, prompts, strict=True)]
     ids = [encode_prompt(tokenizer, p) for p in prompts]
+    _warn_past_context(ids, records, cfg.max_new_tokens, model_cfg.max_seq_len)
     rows = min(cfg.prompts_per_batch, len(records))  # the last call is padded to this many
     root = jax.random.key(cfg.seed)
     out_rows, errors, first_error = [], 0, None
@@ -521,6 +522,25 @@ def _sample_batch(model_cfg, params, tokenizer, prompt_ids, cfg, b, root, rows, 
             model_cfg, params, tokenizer, prompt_ids, num_samples=1, temperature=0.0, **common
         )
     return sampled, greedy
+
+
+def _warn_past_context(ids, records, max_new_tokens: int, max_seq_len: int) -> None:
+    """A warning naming the longest prompt when it and max_new_tokens pass the model's context:
+    positions beyond it were never trained, and the KV cache (every row of the batch is as
+    long) grows with it; a stray huge prompt otherwise shows only as an out-of-memory error."""
+    i = max(range(len(ids)), key=lambda j: len(ids[j]))
+    if len(ids[i]) + max_new_tokens > max_seq_len:
+        name = records[i].get("task_id") or records[i].get("id") or f"problem {i + 1}"
+        logging.warning(
+            "evaluate: %s's prompt is %d tokens; with %d new ones it passes the model's "
+            "max_seq_len %d (%d of %d prompts do)",
+            name,
+            len(ids[i]),
+            max_new_tokens,
+            max_seq_len,
+            sum(len(x) + max_new_tokens > max_seq_len for x in ids),
+            len(ids),
+        )
 
 
 def params_fingerprint(params) -> str:

@@ -5,6 +5,7 @@ N prompts, G samples per prompt.
 
 import itertools
 import json
+import logging
 import os
 import random
 import subprocess
@@ -410,6 +411,26 @@ def test_eval_stage_writes_results(tiny, tmp_path):
         progress=False,
     )
     assert [r["completions"] for r in rows] == [r["completions"] for r in direct.samples]
+
+
+def test_a_prompt_past_the_models_context_is_named_before_sampling(tiny, monkeypatch, caplog):
+    # A stray huge prompt showed only as an out-of-memory error from the sampler (26 GB for
+    # 5 000 words on the world model): the warning names it first.
+    _, tok, model_cfg, params, records, mesh = tiny
+    long = {**records[1], "prompt": "the " * 400}
+    monkeypatch.setattr(evaluation, "sample_completions", _interrupt)
+    with caplog.at_level(logging.WARNING), pytest.raises(KeyboardInterrupt):
+        evaluation.evaluate(
+            model_cfg, params, tok, [records[0], long], prompt_fn=_world_prompt, cfg=SMALL,
+            mesh=mesh, progress=False,
+        )  # fmt: skip
+    warned = [r.getMessage() for r in caplog.records if "passes the model's" in r.getMessage()]
+    assert len(warned) == 1 and warned[0].startswith("evaluate: problem 2's prompt is "), warned
+    assert f"max_seq_len {model_cfg.max_seq_len} (1 of 2 prompts do)" in warned[0]
+
+
+def _interrupt(*args, **kwargs):
+    raise KeyboardInterrupt
 
 
 def test_a_killed_eval_stage_resumes_from_its_journal(tiny, tmp_path, monkeypatch):
