@@ -7,6 +7,7 @@ rename, so a reader sees the old file or the new one, never a part. An append-on
 can still end in a line the kill cut short: `read_jsonl` drops that one line.
 """
 
+import contextlib
 import hashlib
 import json
 import os
@@ -16,38 +17,39 @@ from collections.abc import Iterable
 from absl import logging
 
 
-def write_atomic(path, data: str | bytes, *, encoding: str = "utf-8") -> None:
-    """Writes `data` to `path` through `path`.tmp<pid> and a rename (parents are created)."""
+@contextlib.contextmanager
+def _replacing(path):
+    """Yields `path`.tmp<pid> to write; on success renames it over `path` (parents are
+    created), and removes it whatever happens."""
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
     try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_atomic(path, data: str | bytes, *, encoding: str = "utf-8") -> None:
+    """Writes `data` to `path` through `path`.tmp<pid> and a rename (parents are created)."""
+    with _replacing(path) as tmp:
         if isinstance(data, bytes):
             tmp.write_bytes(data)
         else:
             tmp.write_text(data, encoding=encoding)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def write_lines_atomic(path, lines: Iterable[str]) -> str:
     """Writes `lines` (UTF-8) to `path` as write_atomic does, one line at a time: a dataset of
     many GB is not first joined into one string and encoded (three copies at the peak).
     Returns the sha256 of the bytes written."""
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
     digest = hashlib.sha256()
-    try:
-        with open(tmp, "wb", buffering=1 << 20) as f:
-            for line in lines:
-                data = line.encode("utf-8")
-                digest.update(data)
-                f.write(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with _replacing(path) as tmp, open(tmp, "wb", buffering=1 << 20) as f:
+        for line in lines:
+            data = line.encode("utf-8")
+            digest.update(data)
+            f.write(data)
     return digest.hexdigest()
 
 
