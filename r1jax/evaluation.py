@@ -445,7 +445,7 @@ def evaluate(
         timeout_s=cfg.grade_timeout_s,
         log_errors=False,
     )
-    with grader:  # (workers start while the first batch samples)
+    with grader, bar:  # (workers start while the first batch samples)
         for b, start in enumerate(range(0, len(records), cfg.prompts_per_batch)):
             batch = slice(start, start + cfg.prompts_per_batch)
             # (2)
@@ -472,7 +472,6 @@ def evaluate(
                 first_error = first_error or (row_errors[0] if row_errors else None)
                 out_rows.append(row)
             bar.update(len(records[batch]))
-    bar.close()
     if errors:
         logging.warning(
             "evaluate: %d grader calls raised and scored 0; the first: %s", errors, first_error

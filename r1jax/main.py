@@ -10,7 +10,7 @@ import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from r1jax import configlib, distributed, hostmem, sharding, text
+from r1jax import configlib, distributed, hostmem, memory, sharding, text
 from r1jax.data import sources
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -90,6 +90,7 @@ def main(argv) -> None:
         checkpoint.RestoreError,
         sharding.ShardingError,
         hf_io.HFError,
+        memory.OutOfMemory,
     ) as e:
         sys.exit(f"r1jax: {e}")
 

@@ -20,19 +20,85 @@ command line: `--config.stages.reasoning_rl.train.steps=100`.
 import json
 import pathlib
 import time
+import traceback
 
 import jax
 import numpy as np
 from absl import logging
 
-from r1jax import configlib, distributed, evaluation, files, sharding, text
+from r1jax import configlib, distributed, evaluation, files, memory, sharding, text
 from r1jax.data import world
 
 DONE = "stage_done.json"
 
 
 def run_stage(cfg, workdir) -> dict:
-    """Runs one stage config (any of configlib.STAGES) in `workdir`; returns what it returns."""
+    """Runs one stage config (any of configlib.STAGES) in `workdir`; returns what it returns.
+
+    An out-of-memory error inside it (XLA's, or r1jax's own check, `memory`) comes out as a
+    memory.OutOfMemory naming the stage's memory settings and where it ran out."""
+    try:
+        return _dispatch(cfg, workdir)
+    except Exception as e:
+        if cfg.stage == "pipeline" or not memory.is_out_of_memory(e):
+            raise  # (a pipeline's stages name their own settings)
+        raise out_of_memory(cfg, e) from e
+
+
+# The settings that size a stage's device memory, named when it runs out.
+_TRAINING = ("data.batch_size", "data.seq_len", "train.grad_accum", "model.remat")
+_SAMPLING = ("eval.prompts_per_batch", "eval.num_samples", "eval.max_new_tokens")
+MEMORY_SETTINGS = {
+    "pretrain": (*_TRAINING, "model.attention_chunk"),
+    "sft": (*_TRAINING, "model.attention_chunk"),
+    "reward_model": ("data.batch_size", "rm.max_len", "train.grad_accum", "model.remat"),
+    "rl": (
+        "rl.prompts_per_step",
+        "rl.num_samples",
+        "rl.max_new_tokens",
+        "rl.sample_prompts_per_call",
+        "rl.num_minibatches",
+        "train.grad_accum",
+        "model.remat",
+        *_SAMPLING,
+    ),
+    "eval": _SAMPLING,
+    "collect": ("collect.prompts_per_batch", "collect.num_samples", "collect.max_new_tokens"),
+}
+
+
+def out_of_memory(cfg, error: BaseException) -> memory.OutOfMemory:
+    """`error` in one line, with where in r1jax it ran out and the stage's memory settings."""
+    message = (str(error).strip().splitlines() or [type(error).__name__])[0][:400]
+    where = ""
+    if not isinstance(error, memory.OutOfMemory):  # (r1jax's own check says what it sized)
+        package = pathlib.Path(__file__).resolve().parent
+        frames = [
+            f
+            for f in traceback.extract_tb(error.__traceback__)
+            if pathlib.Path(f.filename).resolve().is_relative_to(package)
+        ]
+        if frames:
+            last = frames[-1]
+            here = pathlib.Path(last.filename)
+            where = f" (raised at {here.parent.name}/{here.name}:{last.lineno}, {last.name})"
+    names = MEMORY_SETTINGS.get(cfg.stage, ())
+    if cfg.stage == "collect" and cfg.collect.sft:
+        names = (*names, *_TRAINING)
+    settings = ", ".join(f"{name}={_field(cfg, name)!r}" for name in names)
+    return memory.OutOfMemory(
+        f"stage {cfg.stage} does not fit in device memory{where}: {message} (the settings "
+        f"that size it: {settings}; and the model's size, dtype and the mesh)"
+    )
+
+
+def _field(cfg, dotted: str):
+    for name in dotted.split("."):
+        cfg = cfg[name]
+    return cfg
+
+
+def _dispatch(cfg, workdir) -> dict:
     stage = cfg.stage
     if stage in ("pretrain", "sft"):
         from r1jax.train import supervised

@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
+from r1jax import memory
 from r1jax import sharding as sharding_lib
 from r1jax.model import config as config_lib
 from r1jax.model import transformer
@@ -887,6 +888,18 @@ def token_ids(name: str, ids) -> tuple[int, ...]:
     return tuple(_integer(name, i) for i in ids)
 
 
+def sampling_bytes(
+    cfg, prompts: int, prompt_len: int, num_samples: int, max_new_tokens: int, *, greedy=False
+) -> int:
+    """Bytes a sampler call of `prompts` prompts (bucket `prompt_len`) keeps for its whole run,
+    at the least: the prompts' K/V, the new tokens' K/V (to the end of the last decode segment)
+    and the rows' tokens, log-probs and draws. Weights and activations come on top."""
+    rows, t = prompts * num_samples, max_new_tokens
+    new_slots = attention_bounds(prompt_len, prompt_len + t - 1, cfg.n_layers)[-1] - prompt_len
+    per_slot = 2 * cfg.n_layers * cfg.n_kv_heads * cfg.head_dim * jnp.dtype(cfg.dtype).itemsize
+    return per_slot * (rows * new_slots + prompts * prompt_len) + rows * t * (8 if greedy else 12)
+
+
 def generate_padded(
     cfg: config_lib.ModelConfig,
     params,
@@ -941,6 +954,14 @@ def generate_padded(
             f"eos_ids {sampling.eos_ids} and pad_id {sampling.pad_id} must be below the "
             f"model's vocab_size {cfg.vocab_size}"
         )
+    n, p = prompt_tokens_NxP.shape
+    memory.check_fits(
+        sampling_bytes(cfg, n, p, num_samples, max_new_tokens, greedy=sampling.temperature == 0),
+        jax.devices()[:1] if mesh is None else mesh.devices.flat,
+        f"sampling {n} prompts x {num_samples} samples x {max_new_tokens} new tokens (prompts "
+        f"padded to {p}: the KV cache and token buffers)",
+        "sample fewer prompts per call, fewer samples or fewer new tokens",
+    )
     return _generate_jit(
         cfg,
         params,

@@ -4,6 +4,7 @@ DRY_RUN=1) parse with r1jax's own flags, with the values the script means."""
 import json
 import os
 import pathlib
+import re
 import shlex
 import shutil
 import subprocess
@@ -421,3 +422,37 @@ def test_tpu_workers_get_the_data_root_and_the_tpu_platform():
     out = _script("tpu_pod.sh", ["run", CONFIG, WORKDIR], env)
     command = next(t for t in shlex.split(out.stdout) if t.startswith("--command="))
     assert "export R1JAX_DATA=/mnt/data\\ sets" in command and "JAX_PLATFORMS=tpu" in command
+
+
+def test_out_of_device_memory_is_one_line_naming_the_stages_settings(tmp_path):
+    config = f"--config={REPO / 'configs/pretrain.py'}:tiny"
+    quick = ["--config.train.steps=1", "--config.metrics.tensorboard=False"]
+    quick += ["--config.metrics.peak_flops=1e9", "--config.mesh.num_devices=1"]
+    # Params no host holds: the init program waited forever on XLA:CPU (an output it could not
+    # allocate never raised); now refused before it runs.
+    out = _cli(
+        [config, f"--workdir={tmp_path / 'a'}", *quick, "--config.model.vocab_size=1073741824"],
+        tmp_path,
+    )
+    last = out.stderr.strip().splitlines()[-1]
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr[-2000:]
+    assert re.search(
+        r"^r1jax: stage pretrain does not fit in device memory: the training state of "
+        r"137,440,004,736 parameters .* needs at least [0-9.]+ GiB.*, more than this host's .* "
+        r"\(the settings that size it: data\.batch_size=64, data\.seq_len=128, ",
+        last,
+    ), last
+    # A step whose attention scores no host holds: XLA's RESOURCE_EXHAUSTED traceback before.
+    long_rows = ["--config.data.seq_len=131072", "--config.model.max_seq_len=131072"]
+    out = _cli(
+        [config, f"--workdir={tmp_path / 'b'}", *quick, *long_rows, "--config.data.batch_size=2"],
+        tmp_path,
+    )
+    last = out.stderr.strip().splitlines()[-1]
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr[-2000:]
+    assert re.search(
+        r"r1jax: stage pretrain does not fit in device memory \(raised at train/\w+\.py:\d+, "
+        r"\w+\): RESOURCE_EXHAUSTED: Out of memory allocating \d+ bytes\. \(the settings that "
+        r"size it: data\.batch_size=2, data\.seq_len=131072, train\.grad_accum=1, ",
+        last,
+    ), last

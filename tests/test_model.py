@@ -117,6 +117,9 @@ def test_bad_config_names_the_field():
         dataclasses.replace(CFG, qk_norm=True)
     with pytest.raises(ValueError, match="qk_norm=False with family='qwen3'"):
         dataclasses.replace(CFG, family="qwen3")
+    # Token ids are int32: a larger vocabulary was a JAX OverflowError traceback at init.
+    with pytest.raises(ValueError, match=r"vocab_size must be below 2\*\*31, got 8589934592"):
+        dataclasses.replace(CFG, vocab_size=2**33)
 
 
 def test_flops_per_token_formula():

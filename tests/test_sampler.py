@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from r1jax import sampler
+from r1jax import memory, sampler
 from r1jax import sharding as sharding_lib
 from r1jax.model import config as config_lib
 from r1jax.model import hf_io
@@ -573,3 +573,46 @@ def test_tensor_parallel_decode_moves_no_activations_between_devices(model):
     # Only sampling's scan over the vocab shards passes one number a row ([rows, 1]) on.
     moved = [shape for shape in ops("collective-permute") if not shape.endswith(",1]{1,0}")]
     assert not moved, moved
+
+
+@pytest.mark.parametrize("g, temperature", [(1, 1.0), (4, 1.0), (3, 0.0)])
+def test_sampling_bytes_counts_the_cache_and_row_buffers_a_call_holds(model, g, temperature):
+    cfg, params = model
+    n, p, t = 2, 16, 150  # t: three decode segments, the last one partly past the cache
+    sampling = sampler.SamplingConfig(temperature=temperature)
+    uniform = jax.ShapeDtypeStruct((n * g, t if temperature else 0), jnp.float32)
+    state = jax.eval_shape(
+        functools.partial(sampler.prefill, cfg, max_new_tokens=t, num_samples=g, sampling=sampling),
+        params,
+        jax.ShapeDtypeStruct((n, p), jnp.int32),
+        jax.ShapeDtypeStruct((n,), jnp.int32),
+        uniform,
+    )
+    held = [
+        state.prompt_k_layers,
+        state.prompt_v_layers,
+        state.k_layers,
+        state.v_layers,
+        state.tokens_BxT,
+        state.logprobs_BxT,
+        state.uniform_BxT,
+    ]
+    nbytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(held))
+    assert sampler.sampling_bytes(cfg, n, p, g, t, greedy=temperature == 0) == nbytes
+
+
+def test_a_call_beyond_memory_is_refused_before_compiling(model):
+    cfg, params = model
+    with pytest.raises(
+        memory.OutOfMemory,
+        match=r"sampling 4 prompts x 2 samples x 1099511627776 new tokens \(prompts padded to 16: "
+        r"the KV cache and token buffers\) needs at least [0-9.]+ GiB, more than this host's "
+        r"[0-9.]+ GiB of memory: sample fewer prompts per call",
+    ):
+        sampler.generate(cfg, params, PROMPTS, max_new_tokens=2**40, num_samples=2)
+    mesh = sharding_lib.make_mesh({"data": 8})
+    with pytest.raises(
+        memory.OutOfMemory,
+        match=r"sampling 8 prompts .* on each of 8 devices\), more than this host's",
+    ):
+        sampler.generate(cfg, params, PROMPTS, max_new_tokens=2**40, num_samples=2, mesh=mesh)

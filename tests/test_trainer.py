@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from r1jax import configlib, evaluation, sharding
+from r1jax import configlib, evaluation, memory, sharding
 from r1jax.model import transformer
 from r1jax.train import checkpoint, supervised, trainer
 from r1jax.train import metrics as metrics_lib
@@ -586,3 +586,29 @@ def test_a_save_cut_by_a_kill_is_removed_by_the_next_run_not_by_a_reader(tmp_pat
     supervised.run(_short_cfg(train__steps=2), tmp_path / "run")
     assert not cut.exists()
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["1", "2"]
+
+
+def test_a_training_state_beyond_memory_is_refused_before_it_is_made():
+    cfg = _short_cfg()
+    opt = state_lib.make_optimizer(cfg.optim, 10)
+    mesh = sharding.make_mesh({"data": 2, "fsdp": 4})
+    # What the check counts is what the state holds: every device's shards, replicas included.
+    model_cfg = configlib.model_config_from(cfg, vocab_size=64)
+    state, shardings = trainer.init_state(
+        model_cfg, opt, jax.random.PRNGKey(0), mesh, sharding.DEFAULT_RULES
+    )
+    held = sum(s.data.nbytes for x in jax.tree.leaves(state) for s in x.addressable_shards)
+    assert memory.sharded_bytes(jax.eval_shape(lambda: state), shardings) == held
+    # 2**30 x 128 embeddings (and as many output rows), float32, with Adam's two moments:
+    # ~1.5 TiB even split over 4 fsdp shards (the init program waited forever on XLA:CPU).
+    huge = configlib.model_config_from(cfg, vocab_size=2**30)
+    with pytest.raises(memory.OutOfMemory, match=r"the training state of [0-9,]+ parameters"):
+        trainer.init_state(huge, opt, jax.random.PRNGKey(0), mesh, sharding.DEFAULT_RULES)
+    abstract = jax.eval_shape(lambda k: transformer.init_params(huge, k), jax.random.key(0))
+    with pytest.raises(memory.OutOfMemory, match=r"more than this host's [0-9.]+ GiB"):
+        trainer.state_from_params(
+            abstract,
+            trainer.model_shardings(huge, opt, mesh, sharding.DEFAULT_RULES),
+            opt,
+            jax.random.PRNGKey(0),
+        )

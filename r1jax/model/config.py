@@ -98,6 +98,8 @@ class ModelConfig:
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"ModelConfig.{name} must be positive, got {getattr(self, name)}")
+        if self.vocab_size >= 2**31:  # token ids are int32 everywhere
+            raise ValueError(f"ModelConfig.vocab_size must be below 2**31, got {self.vocab_size}")
         if self.n_heads % self.n_kv_heads:
             raise ValueError(
                 f"ModelConfig.n_heads ({self.n_heads}) must be a multiple of "

@@ -236,7 +236,7 @@ def sample_accepted(cfg, records, *, mesh, progress=True, journal=None):
         timeout_s=cfg.eval.grade_timeout_s,
         log_errors=False,
     )
-    with grader:
+    with grader, bar:  # (the bar closes on an error too)
         for b, start in enumerate(starts):
             batch = records[start : start + per_call]
             if b not in done:
@@ -264,7 +264,6 @@ def sample_accepted(cfg, records, *, mesh, progress=True, journal=None):
                     files.append_journal(journal, done[b])
             outcomes.append(done[b])
             bar.update(len(batch))
-    bar.close()
     return _gather(records, starts, outcomes, c, template)
 
 

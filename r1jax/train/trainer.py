@@ -1,5 +1,6 @@
 """Where steps are jitted (shardings, donation), states are built on the mesh, and loops run."""
 
+import contextlib
 import pathlib
 import signal
 import sys
@@ -13,7 +14,7 @@ import numpy as np
 import optax
 from absl import logging
 
-from r1jax import distributed, sharding
+from r1jax import distributed, memory, sharding
 from r1jax.model import transformer
 from r1jax.train import checkpoint
 from r1jax.train import metrics as metrics_lib
@@ -39,11 +40,10 @@ def model_shardings(model_cfg, optimizer, mesh, rules):
 
 def state_from_params(params, shardings, optimizer, rng):
     """A step-0 TrainState around existing params, placed on the mesh (params donated)."""
+    create = lambda p: state_lib.create(p, optimizer, rng)
+    _check_state_fits(jax.eval_shape(create, params), shardings)
     params = jax.device_put(params, shardings.params)
-    make = jax.jit(
-        lambda p: state_lib.create(p, optimizer, rng), out_shardings=shardings, donate_argnums=0
-    )
-    return make(params)
+    return jax.jit(create, out_shardings=shardings, donate_argnums=0)(params)
 
 
 def init_sharded_state(init_params, logical_params, optimizer, mesh, rules, init_key, rng):
@@ -56,7 +56,22 @@ def init_sharded_state(init_params, logical_params, optimizer, mesh, rules, init
     abstract = jax.eval_shape(init_params, init_key)
     shardings = state_shardings(logical_params, abstract, optimizer, mesh, rules)
     make = lambda key: state_lib.create(init_params(key), optimizer, rng)
+    _check_state_fits(jax.eval_shape(make, init_key), shardings)
     return jax.jit(make, out_shardings=shardings)(init_key), shardings
+
+
+def _check_state_fits(abstract_state, shardings) -> None:
+    """memory.OutOfMemory when the training state alone cannot fit in the mesh's devices (an
+    init program whose outputs XLA:CPU cannot allocate waits forever instead of failing)."""
+    n_params = sum(x.size for x in jax.tree.leaves(abstract_state.params))
+    devices = jax.tree.leaves(shardings)[0].device_set
+    memory.check_fits(
+        memory.sharded_bytes(abstract_state, shardings),
+        devices,
+        f"the training state of {n_params:,} parameters (params and optimizer moments, as laid "
+        "out on the mesh)",
+        "a smaller model, or more devices with the params split over them (mesh.fsdp)",
+    )
 
 
 def init_state(model_cfg, optimizer, rng, mesh, rules, params=None):
@@ -208,8 +223,10 @@ class Loop:
         flops_per_step=0.0,
         eval_fn: Callable | None = None,
     ):
-        """Runs until total_steps (or a SIGTERM, `Preemption`); returns the final state."""
-        with Preemption() as preemption:
+        """Runs until total_steps (or a SIGTERM, `Preemption`); returns the final state. The
+        writer is closed however the loop ends (an error's message then starts on its own line,
+        not after the progress bar)."""
+        with contextlib.closing(self.writer), Preemption() as preemption:
             return self._run(state, step_fn, batches, iterator, flops_per_step, eval_fn, preemption)
 
     def _run(self, state, step_fn, batches, iterator, flops_per_step, eval_fn, preemption):
