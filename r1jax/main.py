@@ -156,11 +156,19 @@ def _parse_flags(argv: list[str]) -> list[str]:
 
 
 class _QuietLibraries:
-    """Drops the per-file INFO chatter of orbax and grain; their warnings still show."""
+    """Drops the per-file INFO chatter of orbax and grain (their warnings still show), and two
+    lines every run printed that say nothing about it: JAX's INFO that it found no libtpu on a
+    machine without one, and orbax's warning that it registered its jax.Array handler again."""
 
     def filter(self, record) -> bool:
-        noisy = "/orbax/" in record.pathname or "/grain/" in record.pathname
-        return not (noisy and record.levelno < std_logging.WARNING)
+        path = record.pathname.replace("\\", "/")
+        quiet = record.levelno < std_logging.WARNING
+        if quiet and ("/orbax/" in path or "/grain/" in path):
+            return False
+        message = record.getMessage()
+        if "/orbax/" in path and message.startswith("Type handler registry type"):
+            return False
+        return not (quiet and path.endswith("xla_bridge.py") and "open libtpu.so" in message)
 
 
 def run() -> None:

@@ -436,6 +436,8 @@ def test_out_of_device_memory_is_one_line_naming_the_stages_settings(tmp_path):
     )
     last = out.stderr.strip().splitlines()[-1]
     assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr[-2000:]
+    # (Nor the two lines every run printed: no libtpu here, orbax's handler registered again.)
+    assert "libtpu" not in out.stderr and "Type handler registry" not in out.stderr
     assert re.search(
         r"^r1jax: stage pretrain does not fit in device memory: the training state of "
         r"137,440,004,736 parameters .* needs at least [0-9.]+ GiB.*, more than this host's .* "
