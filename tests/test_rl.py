@@ -318,3 +318,18 @@ def test_steps_whose_groups_all_score_alike_are_warned_once(caplog):
     assert "mean reward 0.000" in warned[0] and "config.rl.rewards" in warned[0]
     ppo = _cfg("configs/ppo.py:tiny")  # its critic's advantages need no spread in the rewards
     assert rl._watch_learning_signal(ppo, alike, 1, rl.NO_SIGNAL_STEPS - 1) == 0
+
+
+def test_a_rollout_beyond_memory_is_refused_before_the_base_evaluation(tmp_path):
+    from r1jax import memory
+
+    # The world's R1-Zero run evaluates its base model first (hours for a real benchmark); a
+    # rollout that cannot fit failed only after it.
+    cfg = _cfg("configs/r1_zero.py:tiny", rl__max_new_tokens=2**40)
+    with pytest.raises(
+        memory.OutOfMemory,
+        match=r"a rollout sampler call of 16 prompts x 8 samples x 1099511627776 new tokens .* "
+        r"needs at least [0-9.]+ GiB, more than this host's",
+    ):
+        rl.run(cfg, tmp_path)
+    assert not list(tmp_path.glob("eval_before*"))

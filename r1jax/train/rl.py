@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from r1jax import configlib, distributed, sampler, sharding, text
+from r1jax import configlib, distributed, memory, sampler, sharding, text
 from r1jax.model import heads, transformer
 from r1jax.rewards import registry
 from r1jax.rl import losses, rollout, steps
@@ -67,6 +67,25 @@ def rollout_config(cfg) -> rollout.RolloutConfig:
         mask_truncated=rl.mask_truncated,
         overlong_buffer=rl.overlong_buffer,
         overlong_penalty=rl.overlong_penalty,
+    )
+
+
+def _check_rollout_fits(cfg, model_cfg, mesh) -> None:
+    """memory.OutOfMemory when one rollout sampler call cannot fit even with the shortest
+    prompts (checked at the start: the base model's evaluation, hours at scale, comes first)."""
+    rl = cfg.rl
+    prompts = min(rl.sample_prompts_per_call or rl.prompts_per_step, rl.prompts_per_step)
+    shortest = sampler.PROMPT_BUCKETS[0]
+    nbytes = sampler.sampling_bytes(
+        model_cfg, prompts, shortest, rl.num_samples, rl.max_new_tokens, greedy=not rl.temperature
+    )
+    memory.check_fits(
+        nbytes,
+        mesh.devices.flat,
+        f"a rollout sampler call of {prompts} prompts x {rl.num_samples} samples x "
+        f"{rl.max_new_tokens} new tokens (the KV cache and token buffers, even were every "
+        f"prompt {shortest} tokens or fewer)",
+        "fewer prompts per call (rl.sample_prompts_per_call), fewer samples or fewer new tokens",
     )
 
 
@@ -258,6 +277,7 @@ class RLRun:
         text.check_fits(self.tokenizer, self.model_cfg.vocab_size)
         configlib.save_resolved(cfg, workdir, self.model_cfg)
         self.mesh = sharding.make_mesh(cfg.mesh.to_dict())
+        _check_rollout_fits(cfg, self.model_cfg, self.mesh)
         rules = sharding.rules_from_config(cfg.mesh.rules)
         self.optimizer = state_lib.make_optimizer(cfg.optim, cfg.train.steps)
         self.lr_schedule = state_lib.learning_rate_schedule(cfg.optim, cfg.train.steps)
