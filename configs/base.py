@@ -209,6 +209,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.eval.top_p = 0.95
     c.eval.top_k = 0  # 0 = off
     c.eval.max_new_tokens = 1024  # completion budget (truncated samples are counted)
+    # A sample also ends once its text holds one of these (kept in the text: the grader cuts);
+    # configs/eval.py:humaneval_completion stops on HumanEval's stop sequences.
+    c.eval.stop_strings = ()
     c.eval.ks = (1, 2, 4, 8, 16)  # k values of the pass@k / maj@k curves (> num_samples dropped)
     c.eval.greedy = True  # also one greedy sample per problem (pass@1_greedy)
     c.eval.prompts_per_batch = 32  # prompts per sampler call (x num_samples rows); rounded up

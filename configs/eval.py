@@ -15,8 +15,8 @@ the problem's tests in the bubblewrap sandbox, in config.eval.grade_workers proc
   r1jax --config=configs/eval.py:humaneval --workdir=runs/eval-humaneval \
       --config.model.init_from=/models/DeepSeek-R1-Distill-Qwen-1.5B
 HumanEval as base models are scored (the completion protocol: the raw stub is the prompt, no
-template; each continuation is cut at HumanEval's stop sequences; greedy pass@1 and pass@k at
-T=0.2, top-p 0.95, 512 new tokens):
+template; each sample ends at HumanEval's stop sequences, config.eval.stop_strings, and is cut
+there; greedy pass@1 and pass@k at T=0.2, top-p 0.95, at most 512 new tokens):
   r1jax --config=configs/eval.py:humaneval_completion --workdir=runs/eval-humaneval-base \
       --config.model.init_from=/models/Qwen2.5-1.5B
 AIME 2024 (30 problems, 64 samples each as in the R1 paper, 8192 new tokens):
@@ -32,6 +32,7 @@ fewer samples (larger ks are dropped), --config.eval.template=chat to override t
 import ml_collections
 
 from configs import base
+from r1jax.rewards import tasks
 
 VARIANTS = ("gsm8k", "math500", "humaneval", "humaneval_completion", "aime24", "world")
 
@@ -92,7 +93,8 @@ def get_config(arg: str = "gsm8k") -> ml_collections.ConfigDict:
         c.eval.temperature = 0.2  # the Codex paper's pass@1 temperature (greedy is also run)
         c.eval.num_samples = 16
         c.eval.ks = (1, 2, 4, 8, 16)
-        c.eval.max_new_tokens = 512  # a function body; the rest is cut at the stop sequences
+        c.eval.max_new_tokens = 512  # a function body, ended by HumanEval's stop sequences
+        c.eval.stop_strings = tasks.COMPLETION_STOPS  # (the grader cuts the text at them too)
         c.eval.prompts_per_batch = 16
     elif arg == "aime24":
         real(c)

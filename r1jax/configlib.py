@@ -669,6 +669,12 @@ def validate_eval_sampling(cfg) -> None:
         f"must be one or more integers >= 1, got {ks}",
     )
     _require(e.template in TEMPLATES + ("",), "eval.template", f"'' or one of {TEMPLATES}")
+    stops = e.get("stop_strings", ())
+    _require(
+        isinstance(stops, (tuple, list)) and all(isinstance(x, str) and x for x in stops),
+        "eval.stop_strings",
+        f"must be a tuple of non-empty strings, got {stops!r}",
+    )
 
 
 def _validate_reward_model(cfg) -> None:

@@ -51,6 +51,9 @@ class EvalConfig:
     # cores), 0 = in this process. Code runs and math-verify take 10-150 ms a completion.
     grade_workers: int = 0
     grade_timeout_s: float = 10.0  # a completion's grading past this scores 0 (code: its own)
+    # A sample also ends at the token that completes one of these in its text (kept in the
+    # text; where the tokenizer's tokens do not map to bytes, samples run on and are cut after).
+    stop_strings: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass
@@ -284,7 +287,12 @@ def sample_completions(
         }
     keep = len(prompt_ids) * num_samples
     tokens, lengths, stopped = (out[name][:keep] for name in ("tokens", "lengths", "stopped"))
-    texts = [tokenizer.decode(row[: n - s]) for row, n, s in zip(tokens, lengths, stopped)]
+    # The stop token is dropped when it is an EOS id (one that completed a stop string is text).
+    ends = set(kw["eos_ids"])
+    texts = [
+        tokenizer.decode(row[: n - bool(s and row[n - 1] in ends)])
+        for row, n, s in zip(tokens, lengths, stopped)
+    ]
     return texts, lengths.tolist(), (~stopped).tolist()
 
 
@@ -432,6 +440,7 @@ def evaluate(
     _warn_past_context(ids, records, cfg.max_new_tokens, model_cfg.max_seq_len)
     rows = min(cfg.prompts_per_batch, len(records))  # the last call is padded to this many
     root = jax.random.key(cfg.seed)
+    stops = _sampler_stops(cfg, tokenizer)
     out_rows, errors, first_error = [], 0, None
     done = {}
     if journal:
@@ -453,7 +462,16 @@ def evaluate(
                 sampled, greedy = done[b]["sampled"], done[b]["greedy"]
             else:
                 sampled, greedy = _sample_batch(
-                    model_cfg, params, tokenizer, ids[batch], cfg, b, root, rows, (mesh, rules)
+                    model_cfg,
+                    params,
+                    tokenizer,
+                    ids[batch],
+                    cfg,
+                    b,
+                    root,
+                    rows,
+                    (mesh, rules),
+                    stops,
                 )
                 if journal and jax.process_index() == 0:
                     entry = {"batch": b, "sampled": sampled, "greedy": greedy}
@@ -498,12 +516,28 @@ def _grade_accuracy(grader, records, sampled, greedy, num_samples) -> list[list[
     return [pairs[i * per : (i + 1) * per] for i in range(len(records))]
 
 
-def _sample_batch(model_cfg, params, tokenizer, prompt_ids, cfg, b, root, rows, layout):
+def _sampler_stops(cfg: EvalConfig, tokenizer) -> dict:
+    """The sampler's stop-string options for cfg.stop_strings ({} without them, or when the
+    tokenizer's tokens do not map to bytes: the samples then run on, and are cut after)."""
+    if not cfg.stop_strings:
+        return {}
+    token_bytes = text.token_bytes(tokenizer)
+    if token_bytes is None:
+        logging.warning(
+            "evaluate: this tokenizer's tokens do not map to bytes one by one; samples do not "
+            "stop at eval.stop_strings (they run to max_new_tokens; the grader still cuts them)"
+        )
+        return {}
+    return {"stop_strings": cfg.stop_strings, "token_bytes": token_bytes}
+
+
+def _sample_batch(model_cfg, params, tokenizer, prompt_ids, cfg, b, root, rows, layout, stops):
     """Step 2 for batch b: (texts, lengths, truncated) of its samples, and of its greedy
-    completions when cfg.greedy (else None). `layout` is (mesh, rules)."""
+    completions when cfg.greedy (else None). `layout` is (mesh, rules); `stops` the sampler's
+    stop-string options (`_sampler_stops`)."""
     mesh, rules = layout
     common = dict(rows=rows, key=jax.random.fold_in(root, b), mesh=mesh, rules=rules)
-    common.update(max_new_tokens=cfg.max_new_tokens)
+    common.update(max_new_tokens=cfg.max_new_tokens, **stops)
     sampled = sample_completions(
         model_cfg,
         params,
@@ -562,6 +596,8 @@ def journal_header(cfg: EvalConfig, prompts: list[str], model_cfg, params) -> di
     settings, the prompts, the model shape and the params' values."""
     sampling = dataclasses.asdict(cfg)
     sampling.pop("ks")  # what is computed from the samples, not how they are drawn
+    if not sampling["stop_strings"]:  # (recorded only then: older journals stay readable)
+        sampling.pop("stop_strings")
     return {
         "eval": sampling,
         "prompts_sha256": hashlib.sha256(json.dumps(prompts).encode()).hexdigest(),
@@ -686,6 +722,7 @@ def eval_config(cfg, mesh=None) -> EvalConfig:
         seed=int(cfg.seed),
         grade_workers=int(e.grade_workers),
         grade_timeout_s=float(e.grade_timeout_s),
+        stop_strings=tuple(str(x) for x in e.get("stop_strings", ())),
     )
 
 

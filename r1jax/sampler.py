@@ -54,6 +54,9 @@ class SamplingConfig:
     top_k: int = 0  # 0 = off
     eos_ids: tuple[int, ...] = ()
     pad_id: int = 0
+    # A row also stops once its text (the bytes of its tokens, `token_bytes`) contains one of
+    # these; the stop string's token is its last (the text after it is the caller's to cut).
+    stop_strings: tuple[bytes, ...] = ()
 
     def __post_init__(self):
         if not (math.isfinite(self.temperature) and self.temperature >= 0):
@@ -71,12 +74,15 @@ class SamplingConfig:
             raise ValueError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
         if self.pad_id < 0 or any(e < 0 for e in self.eos_ids):
             raise ValueError(f"eos_ids {self.eos_ids} and pad_id {self.pad_id} must be >= 0")
+        if not all(isinstance(x, bytes) and x for x in self.stop_strings):
+            raise ValueError(f"stop_strings must be non-empty bytes, got {self.stop_strings}")
 
 
 @flax.struct.dataclass
 class SampleOutput:
     """tokens, logprobs [B, T] (pad / 0 after the stop token), lengths [B] (stop token
-    included), stopped [B] (True: ended by an EOS id; False: truncated at T or a padding row)."""
+    included), stopped [B] (True: ended by an EOS id or a stop string; False: truncated at T or
+    a padding row)."""
 
     tokens: jax.Array
     lengths: jax.Array
@@ -111,6 +117,9 @@ class DecodeState:
     lengths_B: jax.Array
     done_B: jax.Array
     stopped_B: jax.Array
+    # The last bytes of each row's text, as many as the longest stop string less one (-1 before
+    # the text's start); [B, 0] without stop strings.
+    tail_BxW: jax.Array
 
 
 def prompt_bucket(length: int) -> int:
@@ -563,14 +572,24 @@ def _step_uniform(state: DecodeState, step, sampling: SamplingConfig) -> jax.Arr
     return jax.lax.dynamic_index_in_dim(state.uniform_BxT, step, axis=1, keepdims=False)
 
 
-def _record(state: DecodeState, token_B, logp_B, sampling: SamplingConfig) -> DecodeState:
-    """Writes step `state.step`'s tokens; rows already done get pad / 0."""
+def _record(
+    state: DecodeState, token_B, logp_B, sampling: SamplingConfig, stop_table_VxE=None
+) -> DecodeState:
+    """Writes step `state.step`'s tokens; rows already done get pad / 0. A row stops on an EOS
+    id, or on a token that completes one of the stop strings (`stop_table_VxE`)."""
     active_B = ~state.done_B
     token_B = jnp.where(active_B, token_B, sampling.pad_id).astype(jnp.int32)
     logp_B = jnp.where(active_B, logp_B, 0.0)
     hit_eos_B = jnp.zeros_like(active_B)
     for eos in sampling.eos_ids:
         hit_eos_B = hit_eos_B | (token_B == eos)
+    tail_BxW = state.tail_BxW
+    if sampling.stop_strings:
+        hit_B, tail_BxW = _stop_string_hits(
+            tail_BxW, stop_table_VxE[token_B], sampling.stop_strings
+        )
+        hit_eos_B = hit_eos_B | hit_B
+        tail_BxW = jnp.where(active_B[:, None], tail_BxW, state.tail_BxW)
     hit_eos_B = hit_eos_B & active_B
     start = (jnp.int32(0), state.step)
     return state.replace(
@@ -581,7 +600,60 @@ def _record(state: DecodeState, token_B, logp_B, sampling: SamplingConfig) -> De
         lengths_B=state.lengths_B + active_B.astype(jnp.int32),
         done_B=state.done_B | hit_eos_B,
         stopped_B=state.stopped_B | hit_eos_B,
+        tail_BxW=tail_BxW,
     )
+
+
+def _stop_string_hits(tail_BxW, entry_BxE, stops: tuple[bytes, ...]):
+    """Whether each row's new token completes a stop string, and the row's new tail (its text's
+    last W bytes, W = the longest stop string's length - 1; -1 before the text's start).
+
+    `entry_BxE` is the token's row of `stop_table`: its first W bytes, its last W bytes, its
+    length in bytes and whether a stop string lies wholly inside it. A stop string that ends in
+    the token either lies inside it or ends within its first W bytes (it is at most W + 1 bytes
+    long), so the W bytes before the token and its first W bytes are all that is compared.
+    """
+    w = tail_BxW.shape[1]
+    prefix_BxW, suffix_BxW = entry_BxE[:, :w], entry_BxE[:, w : 2 * w]
+    n_B, hit_B = entry_BxE[:, 2 * w], entry_BxE[:, 2 * w + 1] > 0
+    window_Bx2W = jnp.concatenate([tail_BxW, prefix_BxW], axis=1)
+    ends_BxW = jnp.arange(w)[None, :] < n_B[:, None]  # token bytes a match may end at
+    for stop in stops:
+        m = len(stop)
+        match_BxW = ends_BxW
+        for k, byte in enumerate(stop):  # byte k of a match ending at token byte j: w-m+1+k+j
+            match_BxW = match_BxW & (window_Bx2W[:, w - m + 1 + k : 2 * w - m + 1 + k] == byte)
+        hit_B = hit_B | jnp.any(match_BxW, axis=1)
+    at_BxW = jnp.minimum(n_B[:, None] + jnp.arange(w)[None, :], 2 * w - 1)
+    short_BxW = jnp.take_along_axis(window_Bx2W, at_BxW, axis=1) if w else tail_BxW
+    return hit_B, jnp.where(n_B[:, None] >= w, suffix_BxW, short_BxW)
+
+
+@functools.lru_cache(maxsize=4)
+def _stop_table_cached(token_bytes: tuple, stop_strings: tuple, vocab_size: int) -> np.ndarray:
+    """`stop_table`, made once per tokenizer and stop strings (0.5 s for a 152k vocabulary;
+    an evaluation calls the sampler twice per batch)."""
+    return stop_table(token_bytes, stop_strings, vocab_size)
+
+
+def stop_table(token_bytes, stop_strings, vocab_size: int) -> np.ndarray:
+    """[V, 2W + 2] int32, the rows `_stop_string_hits` reads: per token id its first W bytes and
+    its last W bytes (-1 where it is shorter), its length in bytes, and 1 where a stop string
+    lies wholly inside it (W = the longest stop string's length - 1). `token_bytes[i]` is the
+    text token i adds to a decoded sequence (`text.token_bytes`); ids past it have none."""
+    stops = tuple(stop_strings)
+    w = max(map(len, stops), default=1) - 1
+    table = np.full((vocab_size, 2 * w + 2), -1, np.int32)
+    table[:, 2 * w :] = 0
+    for i, piece in enumerate(token_bytes[:vocab_size]):
+        if not piece:
+            continue
+        head, tail = piece[:w], piece[-w:] if w else b""
+        table[i, : len(head)] = np.frombuffer(head, np.uint8)
+        table[i, 2 * w - len(tail) : 2 * w] = np.frombuffer(tail, np.uint8)
+        table[i, 2 * w] = len(piece)
+        table[i, 2 * w + 1] = any(stop in piece for stop in stops)
+    return table
 
 
 # ---------------------------------------------------------------------------------------------
@@ -618,9 +690,10 @@ def prefill(
     num_samples,
     sampling,
     layout=None,
+    stop_table_VxE=None,
 ):
     """Prefills each prompt once and samples token 0 of every row; `uniform_BxT` are the draws'
-    uniforms (`step_uniforms`; [B, 0] when greedy).
+    uniforms (`step_uniforms`; [B, 0] when greedy); `stop_table_VxE` with stop strings.
 
     Group sampling shares the prompt: its FLOPs are paid once and its cache is kept once, for
     all G samples (`_attend`); only the new tokens' cache has B = N*G rows. With G = 1 the
@@ -680,13 +753,22 @@ def prefill(
         lengths_B=jnp.zeros((b,), jnp.int32),
         done_B=prompt_lens_B == 0,
         stopped_B=jnp.zeros((b,), bool),
+        tail_BxW=jnp.full((b, max(map(len, sampling.stop_strings), default=1) - 1), -1, jnp.int32),
     )
     token_B, logp_B = sample_with_uniforms(logits_BxV, _step_uniform(state, 0, sampling), sampling)
-    return _constrain(_record(state, token_B, logp_B, sampling), layout)
+    return _constrain(_record(state, token_B, logp_B, sampling, stop_table_VxE), layout)
 
 
 def decode(
-    cfg, params, state: DecodeState, *, sampling, layout=None, stop_axes=(), layers=None
+    cfg,
+    params,
+    state: DecodeState,
+    *,
+    sampling,
+    layout=None,
+    stop_axes=(),
+    layers=None,
+    stop_table_VxE=None,
 ) -> SampleOutput:
     """Runs the decode loops until every row has stopped or T tokens are sampled.
 
@@ -739,7 +821,7 @@ def decode(
         uniform_B = _step_uniform(st, st.step, sampling)
         token_B, logp_B = sample_with_uniforms(logits_BxV, uniform_B, sampling)
         st = st.replace(k_layers=k, v_layers=v)
-        return _constrain(_record(st, token_B, logp_B, sampling), layout)
+        return _constrain(_record(st, token_B, logp_B, sampling, stop_table_VxE), layout)
 
     for segment, end in enumerate(ends):
         # Steps whose new-token slot step - 1 lies below `end`, in order; T - 1 feeds at most.
@@ -764,6 +846,7 @@ def _generate(
     prompt_lens_N,
     key,
     prompt_order_N=None,
+    stop_table_VxE=None,
     *,
     max_new_tokens,
     num_samples,
@@ -800,9 +883,10 @@ def _generate(
         rows_B = (prompt_order_N[:, None] * num_samples + samples_1xG).reshape(-1)
         uniform_BxT = jnp.take(uniform_BxT, rows_B, axis=0)
     run = dict(max_new_tokens=max_new_tokens, num_samples=num_samples, sampling=sampling)
+    run.update(stop_table_VxE=stop_table_VxE)
     if layout is None:
         state = prefill(cfg, params, prompt_NxP, prompt_lens_N, uniform_BxT, **run)
-        return decode(cfg, params, state, sampling=sampling)
+        return decode(cfg, params, state, sampling=sampling, stop_table_VxE=stop_table_VxE)
     mesh, rules = layout
     # The compute dtype on the params' own shards: every use casts a weight to it first, so the
     # values are the same, and what is gathered below is half the bytes of float32 params.
@@ -834,7 +918,7 @@ def _generate(
     inner = sharding_lib.per_shard_layout(mesh, rules)
     axes = tuple(sharding_lib.batch_axes(mesh))
 
-    def decode_rows(small, layers, state):
+    def decode_rows(small, layers, state, stop_table_VxE):
         return decode(
             cfg,
             small,
@@ -843,6 +927,7 @@ def _generate(
             layout=inner,
             stop_axes=axes if inner is not None else (),
             layers=layers,
+            stop_table_VxE=stop_table_VxE,
         )
 
     per_shard = jax.shard_map(
@@ -852,6 +937,7 @@ def _generate(
             everywhere,
             everywhere,
             jax.tree.map(lambda x: rows if x.ndim else everywhere, state),
+            everywhere,
         ),
         out_specs=rows,
         axis_names=set(axes),
@@ -859,7 +945,7 @@ def _generate(
         # to be cast to "varying over the batch axes" first.
         check_vma=False,
     )
-    return per_shard(small, layers, state)
+    return per_shard(small, layers, state, stop_table_VxE)
 
 
 _generate_jit = jax.jit(
@@ -918,8 +1004,16 @@ def generate_padded(
     rules=None,
     prompt_order_N=None,
     draw_prompts: int | None = None,
+    stop_strings=(),
+    token_bytes=None,
 ) -> SampleOutput:
     """Samples G continuations of left-padded prompts; rows n*G..n*G+G-1 belong to prompt n.
+
+    `stop_strings` (strs or bytes, or one of them): a row also stops at the token that
+    completes one of them in its text, `token_bytes[i]` being the bytes token i adds to it
+    (`text.token_bytes`); the token is the row's last (stopped True) and the text after the
+    stop string is left to the caller to cut. The row's tokens up to there are those it
+    samples without stop strings.
 
     `prompt_order_N` (a permutation of 0..N-1, default the identity) gives each prompt the draws
     of that place in the batch: `generate_local` puts every process's padding after all real
@@ -942,13 +1036,20 @@ def generate_padded(
         raise ValueError(
             f"max_new_tokens ({max_new_tokens}) and num_samples ({num_samples}) must be >= 1"
         )
+    if isinstance(stop_strings, (str, bytes)):  # one stop string, not one per character
+        stop_strings = (stop_strings,)
+    stops = tuple(x.encode("utf-8") if isinstance(x, str) else x for x in stop_strings or ())
+    if stops and token_bytes is None:
+        raise ValueError("stop_strings need token_bytes: the bytes each token id adds to a text")
     sampling = SamplingConfig(
         float(temperature),
         float(top_p),
         _integer("top_k", top_k),
         token_ids("eos_ids", eos_ids),
         _integer("pad_id", pad_id),
+        tuple(dict.fromkeys(stops)),
     )
+    table = _stop_table_cached(tuple(token_bytes), stops, cfg.vocab_size) if stops else None
     if max((sampling.pad_id, *sampling.eos_ids)) >= cfg.vocab_size:
         raise ValueError(
             f"eos_ids {sampling.eos_ids} and pad_id {sampling.pad_id} must be below the "
@@ -969,6 +1070,7 @@ def generate_padded(
         prompt_lens_N,
         key,
         prompt_order_N,
+        table,
         max_new_tokens=int(max_new_tokens),
         num_samples=int(num_samples),
         sampling=sampling,
@@ -1109,6 +1211,8 @@ def generate(
     seed: int = 0,
     pad_id: int = 0,
     mesh=None,
+    stop_strings=(),
+    token_bytes=None,
 ) -> SampleOutput:
     """Samples from token-id lists of varied lengths; returns host (numpy) arrays, N*G rows.
 
@@ -1149,6 +1253,8 @@ def generate(
         eos_ids=token_ids("eos_ids", eos_ids),
         pad_id=pad_id,
         mesh=mesh,
+        stop_strings=stop_strings,
+        token_bytes=token_bytes,
     )
     keep = n * num_samples
     return jax.tree.map(lambda x: np.asarray(x)[:keep], out)

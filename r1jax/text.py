@@ -242,6 +242,23 @@ class SentencePieceTokenizer:
         idx = self._sp.piece_to_id(piece)
         return None if idx == self._sp.unk_id() and piece != self._sp.id_to_piece(idx) else idx
 
+    def token_bytes(self) -> list[bytes]:
+        """The bytes each id adds to `decode`'s text (see `token_bytes`): a byte piece its byte,
+        a control piece or pad nothing, the unknown piece SentencePiece's surface, any other its
+        text with the meta symbol as a space."""
+        sp, out = self._sp, []
+        for i in range(self.vocab_size):
+            piece = sp.id_to_piece(i)
+            if i == self.pad_id or sp.is_control(i) or sp.is_unused(i):
+                out.append(b"")
+            elif sp.is_byte(i):  # "<0x0A>"
+                out.append(bytes([int(piece[3:5], 16)]))
+            elif sp.is_unknown(i):
+                out.append(sp.decode([i]).encode("utf-8"))  # " \u2047 " by default
+            else:
+                out.append(piece.replace(_META, " ").encode("utf-8"))
+        return out
+
 
 def check_fits(tokenizer: Tokenizer, vocab_size: int) -> None:
     """Raises TokenizerError (a ValueError) when the tokenizer has ids the model has no embedding
@@ -418,6 +435,60 @@ class HFTokenizer:
         """The id of `piece`, or None when it is not in the vocabulary."""
         return self._tok.token_to_id(piece)
 
+    def token_bytes(self) -> list[bytes] | None:
+        """The bytes each id adds to `decode`'s text (see `token_bytes`), for the decoders whose
+        tokens map to bytes one by one: byte-level BPE (GPT-2's byte alphabet; Qwen, Llama 3)
+        and the SentencePiece style (the meta symbol a space, <0xNN> pieces a byte; Llama 2,
+        Mistral). None for any other decoder. Added tokens go through the decoder as the others
+        do (as in `tokenizers`: a token with a character outside the byte alphabet is its own
+        UTF-8)."""
+        spec = json.loads(self._tok.to_str())
+        decoder = spec.get("decoder") or {}
+        parts = decoder.get("decoders") if decoder.get("type") == "Sequence" else [decoder]
+        kinds = {d.get("type") for d in parts or []}
+        meta = next(
+            (
+                d.get("replacement") or d.get("content")
+                for d in parts or []
+                if d.get("type") == "Metaspace"
+                or (d.get("type") == "Replace" and d.get("pattern", {}).get("String") == _META)
+            ),
+            None,
+        )
+        if kinds == {"ByteLevel"}:
+            to_byte = _unicode_to_byte()
+
+            def piece_bytes(piece: str) -> bytes:
+                if all(c in to_byte for c in piece):
+                    return bytes(to_byte[c] for c in piece)
+                return piece.encode("utf-8")
+        elif meta is not None and kinds <= {
+            "Metaspace",
+            "Replace",
+            "ByteFallback",
+            "Fuse",
+            "Strip",
+        }:
+            byte_fallback = "ByteFallback" in kinds
+
+            def piece_bytes(piece: str) -> bytes:
+                if (
+                    byte_fallback
+                    and len(piece) == 6
+                    and piece.startswith("<0x")
+                    and piece[-1] == ">"
+                ):
+                    return bytes([int(piece[3:5], 16)])
+                return piece.replace(_META, " ").encode("utf-8")
+        else:
+            return None
+        drop = () if self.pad_id == self.eos_id else (self.pad_id,)
+        out = []
+        for i in range(self.vocab_size):
+            piece = self._tok.id_to_token(i)
+            out.append(b"" if i in drop or piece is None else piece_bytes(piece))
+        return out
+
     def special_tokens(self) -> dict:
         """eos/bos/pad as tokenizer_config.json entries naming the tokens this tokenizer
         resolved (from whichever config file gave them): a tokenizer.json beside a
@@ -445,6 +516,26 @@ def bos_ids(tokenizer) -> list[int]:
     if prefix is not None:
         return list(prefix)
     return [] if tokenizer.bos_id is None else [tokenizer.bos_id]
+
+
+_META = "\u2581"  # SentencePiece's meta symbol for a space
+
+
+def _unicode_to_byte() -> dict[str, int]:
+    """Byte-level BPE's alphabet (GPT-2's bytes_to_unicode), character -> byte."""
+    printable = [*range(33, 127), *range(161, 173), *range(174, 256)]
+    others = [b for b in range(256) if b not in printable]
+    chars = [*printable, *(256 + k for k in range(len(others)))]
+    return {chr(c): b for b, c in zip(printable + others, chars, strict=True)}
+
+
+def token_bytes(tokenizer) -> list[bytes] | None:
+    """Per token id, the bytes it adds to a decoded text (the sampler's stop strings compare
+    them), or None where that cannot be told for this tokenizer. Joined, a completion's ids
+    give the UTF-8 of its `decode`, except that a SentencePiece-style decode drops the first
+    token's leading space."""
+    method = getattr(tokenizer, "token_bytes", None)
+    return method() if method is not None else None
 
 
 def stop_ids(tokenizer) -> tuple[int, ...]:

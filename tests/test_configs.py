@@ -197,6 +197,7 @@ def test_malformed_row_names_file_and_line_or_is_skipped_and_counted(tmp_path):
         ("sft.py:tiny", "train.max_bad_steps", 0),
         ("r1_zero.py:tiny", "eval.ks", (1.5, 2)),
         ("r1_zero.py:tiny", "eval.ks", ()),
+        ("r1_zero.py:tiny", "eval.stop_strings", ("\ndef", "")),  # an empty one stops at once
     ],
 )
 def test_sizes_and_names_that_cannot_work_name_the_field(shared_data, spec, field, value):

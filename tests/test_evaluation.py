@@ -3,6 +3,7 @@
 N prompts, G samples per prompt.
 """
 
+import dataclasses
 import itertools
 import json
 import logging
@@ -620,3 +621,30 @@ def test_a_kill_while_writing_the_results_leaves_no_summary_beside_cut_samples(
     lines = (tmp_path / "eval_before_samples.jsonl").read_text().splitlines()
     assert [json.loads(line) for line in lines] == result.samples
     assert json.loads((tmp_path / "eval_before.json").read_text())["metrics"] == {"pass@1": 0.5}
+
+
+def test_stop_strings_end_samples_at_their_first_stop_and_keep_its_text(tiny):
+    _, tok, model_cfg, params, records, mesh = tiny
+    stops = ("e", "t ")  # frequent in the random model's text
+    run = lambda cfg: evaluation.evaluate(
+        model_cfg, params, tok, records[:3], prompt_fn=_world_prompt, cfg=cfg, mesh=mesh,
+        progress=False,
+    )  # fmt: skip
+    free, ended = run(SMALL), run(dataclasses.replace(SMALL, stop_strings=stops))
+    count = 0
+    for a, b in zip(free.samples, ended.samples, strict=True):
+        pairs = list(zip(a["completions"], b["completions"], a["lengths"], b["lengths"]))
+        pairs.append((a["greedy"]["completion"], b["greedy"]["completion"], 0, 0))
+        truncated = b["truncated"] + [b["greedy"]["truncated"]]
+        for (whole, cut, n_whole, n_cut), was_cut in zip(pairs, truncated, strict=True):
+            first = min((i + len(s) for s in stops if (i := whole.find(s)) >= 0), default=None)
+            assert whole.startswith(cut), (whole, cut)
+            if first is None:
+                assert cut == whole
+                continue
+            count += 1
+            # The text keeps the stop string (to the end of the token that completes it).
+            assert len(cut) >= first
+            assert not was_cut and n_cut <= n_whole
+    assert count >= 6, count
+    assert ended.metrics["truncation_rate"] < free.metrics["truncation_rate"]

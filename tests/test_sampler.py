@@ -616,3 +616,80 @@ def test_a_call_beyond_memory_is_refused_before_compiling(model):
         match=r"sampling 8 prompts .* on each of 8 devices\), more than this host's",
     ):
         sampler.generate(cfg, params, PROMPTS, max_new_tokens=2**40, num_samples=2, mesh=mesh)
+
+
+# Token i of the tiny vocabulary adds 1-3 letters to the text; EOS (255) adds nothing.
+TOKEN_BYTES = [bytes([97 + i % 7]) * (1 + i % 3) for i in range(V - 1)] + [b""]
+
+
+def _first_stop(tokens, length, stops):
+    """The length a row has when it stops at the first token completing a stop string."""
+    text = b""
+    for j, token in enumerate(tokens[:length]):
+        text += TOKEN_BYTES[token]
+        if any(stop in text for stop in stops):
+            return j + 1
+    return None
+
+
+@pytest.mark.parametrize(
+    "g, temperature, mesh_sizes",
+    [(1, 1.0, None), (3, 0.7, None), (1, 0.0, None), (2, 1.0, (2, 2, 2))],
+)
+def test_stop_strings_end_rows_where_their_text_first_holds_one(model, g, temperature, mesh_sizes):
+    cfg, params = model
+    mesh = (
+        None
+        if mesh_sizes is None
+        else sharding_lib.make_mesh(dict(zip(("data", "fsdp", "tensor"), mesh_sizes)))
+    )
+    run = dict(max_new_tokens=40, num_samples=g, temperature=temperature, eos_ids=(V - 1,))
+    free = sampler.generate(cfg, params, PROMPTS, seed=3, mesh=mesh, **run)
+    # Stops that the free rows' texts hold at various places: across tokens, inside one, 1 byte.
+    stops = (b"cab", b"eee", b"gfgf", b"bbbcc")
+    out = sampler.generate(
+        cfg, params, PROMPTS, seed=3, mesh=mesh, stop_strings=stops, token_bytes=TOKEN_BYTES, **run
+    )
+    ended = 0
+    for r in range(len(PROMPTS) * g):
+        at = _first_stop(free.tokens[r], free.lengths[r], stops)
+        n = free.lengths[r] if at is None else at
+        ended += at is not None
+        assert out.lengths[r] == n, r
+        assert out.stopped[r] == (free.stopped[r] or at is not None), r
+        np.testing.assert_array_equal(out.tokens[r, :n], free.tokens[r, :n])
+        np.testing.assert_array_equal(out.tokens[r, n:], 0)
+        np.testing.assert_allclose(out.logprobs[r, :n], free.logprobs[r, :n], atol=1e-5)
+    assert ended >= len(PROMPTS) * g // 2, ended  # the stops did stop rows
+    # One string is one stop string (not one per character).
+    one = sampler.generate(cfg, params, PROMPTS, seed=3, mesh=mesh, stop_strings="gfgf",
+                           token_bytes=TOKEN_BYTES, **run)  # fmt: skip
+    for r in range(len(PROMPTS) * g):
+        at = _first_stop(free.tokens[r], free.lengths[r], (b"gfgf",))
+        assert one.lengths[r] == (free.lengths[r] if at is None else at), r
+
+
+def test_stop_string_hits_match_a_search_of_the_text():
+    # Tokens of 0-9 bytes over a 3-letter alphabet (so stops occur often): inside one token,
+    # across two or three, at the text's start; tokens past token_bytes add nothing.
+    rng = np.random.default_rng(0)
+    pieces = [bytes(rng.choice(list(b"abc"), rng.integers(0, 10))) for _ in range(60)]
+    stops = (b"abca", b"cc", b"b", b"aaaaaa")
+    for chosen in ((b"abca", b"cc"), (b"aaaaaa",), (b"b",), stops):
+        table = jnp.asarray(sampler.stop_table(pieces, chosen, 64))
+        w = max(map(len, chosen)) - 1
+        tokens = rng.integers(0, 64, (16, 30))
+        tail = jnp.full((16, w), -1, jnp.int32)
+        hits = []
+        for j in range(30):
+            hit, tail = sampler._stop_string_hits(tail, table[tokens[:, j]], chosen)
+            hits.append(np.asarray(hit))
+        for r in range(16):
+            text = b""
+            for j in range(30):
+                before = text
+                text += pieces[tokens[r, j]] if tokens[r, j] < len(pieces) else b""
+                # A stop ends in token j: the text holds it now, and did not hold that
+                # occurrence before (it ends past the old text's end).
+                expected = any(text.find(s, max(0, len(before) - len(s) + 1)) >= 0 for s in chosen)
+                assert hits[j][r] == expected, (chosen, r, j)

@@ -3,6 +3,7 @@
 import json
 import time
 
+import numpy as np
 import pytest
 import tokenizers
 import transformers
@@ -527,3 +528,46 @@ def test_a_response_encoded_after_its_prompt_has_the_whole_texts_ids(tmp_path):
     for prompt, response in [("Q:", " The  answer is 4.  "), ("Q: x\n", "Tom  has 3 apples. ")]:
         whole = defaults.encode(prompt + response)
         assert defaults.encode(prompt) + text.encode_continuation(defaults, response) == whole
+
+
+def _check_token_bytes(tok, seed=0, trials=1500):
+    """Joined, the token bytes of random id sequences give the UTF-8 of their decode (where
+    they are UTF-8 at all; a SentencePiece-style decode drops the text's leading space)."""
+    pieces = text.token_bytes(tok)
+    assert pieces is not None and len(pieces) == tok.vocab_size
+    rng = np.random.default_rng(seed)
+    compared = 0
+    for _ in range(trials):
+        ids = rng.integers(0, tok.vocab_size, rng.integers(1, 10)).tolist()
+        try:
+            want = b"".join(pieces[i] for i in ids).decode("utf-8")
+        except UnicodeDecodeError:
+            continue
+        got = tok.decode(ids)
+        assert got in (want, want[1:] if want.startswith(" ") else want), (ids, got, want)
+        compared += 1
+    assert compared > trials // 10, compared
+
+
+def test_token_bytes_join_to_the_decoded_text(tmp_path):
+    folder = _build_hf_folder(tmp_path / "byte_level")
+    _check_token_bytes(text.load_tokenizer(folder))
+    # Added tokens go through the decoder too: "\u00e9" (in the byte alphabet) is byte 0xE9, the
+    # others (a space, a newline: outside it) their own UTF-8.
+    tok = tokenizers.Tokenizer.from_file(str(folder / "tokenizer.json"))
+    tok.add_special_tokens(["\u00e9", "<|x y|>"])
+    tok.add_tokens(["ab\ncd"])
+    tok.save(str(folder / "tokenizer.json"))
+    added = text.load_tokenizer(folder)
+    ids = [added.token_to_id(t) for t in ("\u00e9", "<|x y|>", "ab\ncd")]
+    assert [text.token_bytes(added)[i] for i in ids] == [b"\xe9", b"<|x y|>", b"ab\ncd"]
+    _check_token_bytes(added, seed=1)
+    _check_token_bytes(_llama2_style_hf_folder(tmp_path / "llama2", CORPUS))
+    sp = text.SentencePieceTokenizer.train(CORPUS, tmp_path / "sp", vocab_size=400)
+    _check_token_bytes(sp)
+    # A decoder whose tokens do not map to bytes one by one: no table (no stops in the sampler).
+    tok = tokenizers.Tokenizer(tokenizers.models.WordPiece({"[UNK]": 0, "a": 1, "##b": 2}))
+    tok.decoder = tokenizers.decoders.WordPiece()
+    tok.save(str(tmp_path / "wordpiece.json"))
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"eos_token": "[UNK]"}))
+    assert text.token_bytes(text.load_tokenizer(tmp_path / "wordpiece.json")) is None

@@ -111,7 +111,8 @@ def extract_code(completion: str) -> str:
 
 # HumanEval's stop sequences (Codex paper; bigcode-evaluation-harness adds "\n@" and "\n```"):
 # a base model's continuation of a stub ends where a top-level statement, decorator, comment or
-# fence starts. Samplers stop on them; cutting afterwards gives the same program.
+# fence starts. r1jax's sampler stops on them too (configs/eval.py:humaneval_completion sets them
+# as eval.stop_strings); `continuation` cuts the text at the first.
 COMPLETION_STOPS = ("\nclass", "\ndef", "\n#", "\n@", "\nprint", "\nif", "\n```")
 
 
