@@ -87,7 +87,8 @@ def _worker(workdir, out, process_id, num_processes, address, extra):
 
 
 def _eval_worker(workdir, out):
-    """The eval stage on the world base: 7 problems x 4 samples, 4 prompts a sampler call."""
+    """The eval stage on the world base: 7 problems x 4 samples, 4 prompts a sampler call,
+    samples ending at their first </answer> (the sampler's stop strings on a mesh of two)."""
     import jax
 
     from r1jax import configlib, evaluation
@@ -100,6 +101,7 @@ def _eval_worker(workdir, out):
         eval__ks=(1, 2, 4),
         eval__prompts_per_batch=4,
         eval__max_new_tokens=24,
+        eval__stop_strings=("</answer>",),
         metrics__tensorboard=False,
     )
     metrics = evaluation.run(cfg, workdir)
