@@ -93,7 +93,11 @@ def out_of_memory(cfg, error: BaseException) -> memory.OutOfMemory:
 
 
 def _field(cfg, dotted: str):
+    """The value of a dotted field ('?' where the config has none: an error message must not
+    fail in turn)."""
     for name in dotted.split("."):
+        if not hasattr(cfg, "get") or name not in cfg:
+            return "?"
         cfg = cfg[name]
     return cfg
 
