@@ -974,6 +974,22 @@ def token_ids(name: str, ids) -> tuple[int, ...]:
     return tuple(_integer(name, i) for i in ids)
 
 
+def _stop_bytes(stop_strings) -> tuple[bytes, ...]:
+    """Stop strings as UTF-8 bytes: None / () (none), one str or bytes, or a sequence of them."""
+    if isinstance(stop_strings, (str, bytes)):  # one stop string, not one per character
+        stop_strings = (stop_strings,)
+    if not hasattr(stop_strings or (), "__iter__"):
+        raise TypeError(
+            f"stop_strings must be a string or a sequence of them, got {stop_strings!r}"
+        )
+    out = []
+    for x in stop_strings or ():
+        if not isinstance(x, (str, bytes)) or not x:
+            raise ValueError(f"stop_strings must be non-empty strings, got {x!r}")
+        out.append(x.encode("utf-8") if isinstance(x, str) else x)
+    return tuple(out)
+
+
 def sampling_bytes(
     cfg, prompts: int, prompt_len: int, num_samples: int, max_new_tokens: int, *, greedy=False
 ) -> int:
@@ -1036,11 +1052,13 @@ def generate_padded(
         raise ValueError(
             f"max_new_tokens ({max_new_tokens}) and num_samples ({num_samples}) must be >= 1"
         )
-    if isinstance(stop_strings, (str, bytes)):  # one stop string, not one per character
-        stop_strings = (stop_strings,)
-    stops = tuple(x.encode("utf-8") if isinstance(x, str) else x for x in stop_strings or ())
+    stops = _stop_bytes(stop_strings)
     if stops and token_bytes is None:
         raise ValueError("stop_strings need token_bytes: the bytes each token id adds to a text")
+    if stops:
+        token_bytes = tuple(token_bytes)
+        if not all(isinstance(piece, bytes) for piece in token_bytes):
+            raise TypeError("token_bytes must hold one bytes object per token id")
     sampling = SamplingConfig(
         float(temperature),
         float(top_p),
@@ -1049,7 +1067,7 @@ def generate_padded(
         _integer("pad_id", pad_id),
         tuple(dict.fromkeys(stops)),
     )
-    table = _stop_table_cached(tuple(token_bytes), stops, cfg.vocab_size) if stops else None
+    table = _stop_table_cached(token_bytes, stops, cfg.vocab_size) if stops else None
     if max((sampling.pad_id, *sampling.eos_ids)) >= cfg.vocab_size:
         raise ValueError(
             f"eos_ids {sampling.eos_ids} and pad_id {sampling.pad_id} must be below the "

@@ -533,7 +533,10 @@ def token_bytes(tokenizer) -> list[bytes] | None:
     """Per token id, the bytes it adds to a decoded text (the sampler's stop strings compare
     them), or None where that cannot be told for this tokenizer. Joined, a completion's ids
     give the UTF-8 of its `decode`, except that a SentencePiece-style decode drops the first
-    token's leading space."""
+    token's leading space, and that where the bytes are not valid UTF-8 decoders differ: a
+    byte-fallback tokenizer.json turns a whole run of <0xNN> tokens that is not valid UTF-8
+    into U+FFFD characters, ASCII bytes in it included (so a stop string among them ends a
+    sample whose text does not show it; a trained model rarely writes such runs)."""
     method = getattr(tokenizer, "token_bytes", None)
     return method() if method is not None else None
 

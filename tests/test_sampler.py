@@ -693,3 +693,18 @@ def test_stop_string_hits_match_a_search_of_the_text():
                 # occurrence before (it ends past the old text's end).
                 expected = any(text.find(s, max(0, len(before) - len(s) + 1)) >= 0 for s in chosen)
                 assert hits[j][r] == expected, (chosen, r, j)
+
+
+def test_stop_strings_that_cannot_work_are_clear_errors(model):
+    cfg, params = model
+    run = lambda **kw: sampler.generate(cfg, params, PROMPTS, max_new_tokens=4, **kw)  # noqa: E731
+    with pytest.raises(ValueError, match="non-empty strings"):
+        run(stop_strings=("ab", ""), token_bytes=TOKEN_BYTES)  # "" would stop every row at once
+    with pytest.raises(ValueError, match="non-empty strings, got \\['a'\\]"):
+        run(stop_strings=(["a"],), token_bytes=TOKEN_BYTES)
+    with pytest.raises(TypeError, match="a string or a sequence of them, got 5"):
+        run(stop_strings=5, token_bytes=TOKEN_BYTES)
+    with pytest.raises(ValueError, match="need token_bytes"):
+        run(stop_strings="ab")
+    with pytest.raises(TypeError, match="one bytes object per token id"):
+        run(stop_strings="ab", token_bytes=[p.decode() for p in TOKEN_BYTES])
