@@ -446,12 +446,19 @@ class HFTokenizer:
         decoder = spec.get("decoder") or {}
         parts = decoder.get("decoders") if decoder.get("type") == "Sequence" else [decoder]
         kinds = {d.get("type") for d in parts or []}
+        # The character that stands for a space: Metaspace's replacement, or what a Replace
+        # decoder turns into " " (Llama 2's "\u2581").
         meta = next(
             (
-                d.get("replacement") or d.get("content")
+                d.get("replacement") if d.get("type") == "Metaspace" else d["pattern"]["String"]
                 for d in parts or []
                 if d.get("type") == "Metaspace"
-                or (d.get("type") == "Replace" and d.get("pattern", {}).get("String") == _META)
+                or (
+                    d.get("type") == "Replace"
+                    and d.get("content") == " "
+                    and isinstance(d.get("pattern"), dict)
+                    and isinstance(d["pattern"].get("String"), str)
+                )
             ),
             None,
         )
@@ -479,7 +486,7 @@ class HFTokenizer:
                     and piece[-1] == ">"
                 ):
                     return bytes([int(piece[3:5], 16)])
-                return piece.replace(_META, " ").encode("utf-8")
+                return piece.replace(meta, " ").encode("utf-8")
         else:
             return None
         drop = () if self.pad_id == self.eos_id else (self.pad_id,)
