@@ -629,6 +629,12 @@ def _stop_string_hits(tail_BxW, entry_BxE, stops: tuple[bytes, ...]):
     return hit_B, jnp.where(n_B[:, None] >= w, suffix_BxW, short_BxW)
 
 
+def tail_width(stops) -> int:
+    """W: the bytes of a row's text the stop check keeps (the longest stop string's length - 1;
+    0 without stop strings). The decode state's tail and `stop_table`'s columns both use it."""
+    return max(map(len, stops), default=1) - 1
+
+
 @functools.lru_cache(maxsize=4)
 def _stop_table_cached(token_bytes: tuple, stop_strings: tuple, vocab_size: int) -> np.ndarray:
     """`stop_table`, made once per tokenizer and stop strings (0.5 s for a 152k vocabulary;
@@ -642,7 +648,7 @@ def stop_table(token_bytes, stop_strings, vocab_size: int) -> np.ndarray:
     lies wholly inside it (W = the longest stop string's length - 1). `token_bytes[i]` is the
     text token i adds to a decoded sequence (`text.token_bytes`); ids past it have none."""
     stops = tuple(stop_strings)
-    w = max(map(len, stops), default=1) - 1
+    w = tail_width(stops)
     table = np.full((vocab_size, 2 * w + 2), -1, np.int32)
     table[:, 2 * w :] = 0
     for i, piece in enumerate(token_bytes[:vocab_size]):
@@ -753,7 +759,7 @@ def prefill(
         lengths_B=jnp.zeros((b,), jnp.int32),
         done_B=prompt_lens_B == 0,
         stopped_B=jnp.zeros((b,), bool),
-        tail_BxW=jnp.full((b, max(map(len, sampling.stop_strings), default=1) - 1), -1, jnp.int32),
+        tail_BxW=jnp.full((b, tail_width(sampling.stop_strings)), -1, jnp.int32),
     )
     token_B, logp_B = sample_with_uniforms(logits_BxV, _step_uniform(state, 0, sampling), sampling)
     return _constrain(_record(state, token_B, logp_B, sampling, stop_table_VxE), layout)
