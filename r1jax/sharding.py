@@ -325,6 +325,44 @@ def layout_ways(name: str) -> int:
     return math.prod(mesh.shape[a] for a in _rule_axes(rules, name))
 
 
+def replica_ways() -> int:
+    """How many whole copies of the params the active `activation_layout`'s mesh holds along
+    its "data" axis: the axis's size when the batch is split over it (first) and no other rule
+    maps a name to it, else 1 (also outside a layout, and inside a shard_map).
+
+    Each such replica can sum its own micro-batches' gradients and the replicas reduce their
+    sums once (`trainer.accumulate`), instead of all-reducing every micro-batch's gradients.
+    """
+    layout = getattr(_ACTIVATIONS, "layout", None)
+    if layout is None or layout[0] is None:
+        return 1
+    mesh, rules = layout
+    if mesh.shape.get("data", 1) == 1 or _rule_axes(rules, "batch")[:1] != ("data",):
+        return 1
+    if any("data" in _rule_axes(rules, name) for name, _ in rules if name != "batch"):
+        return 1
+    return mesh.shape["data"]
+
+
+@contextlib.contextmanager
+def per_replica_layout():
+    """The active layout for code vmapped over the data replicas (`replica_ways`;
+    `jax.vmap(..., spmd_axis_name="data")`, which adds "data" to every constraint inside):
+    "batch" keeps only its other axes."""
+    mesh, rules = _ACTIVATIONS.layout
+    rest = tuple(a for a in _rule_axes(rules, "batch") if a != "data") or None
+    with activation_layout(mesh, tuple((n, rest if n == "batch" else a) for n, a in rules)):
+        yield
+
+
+def pin_replicas(x: jax.Array) -> jax.Array:
+    """Pins the leading (replica) dimension of `x` to the active layout's "data" axis, leaving
+    the other dimensions to the compiler (`replica_ways`)."""
+    mesh, _ = _ACTIVATIONS.layout
+    spec = PartitionSpec("data", *[PartitionSpec.UNCONSTRAINED] * (x.ndim - 1))
+    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
+
+
 def constrain(x: jax.Array, names: tuple) -> jax.Array:
     """Pins activation `x` by logical axis names (None: replicated) inside `activation_layout`.
 

@@ -127,7 +127,7 @@ def _sft_run(shape, cfg=CFG, grad_accum=2):
     return jax.device_get(metrics), jax.device_get((state.params, state.opt_state))
 
 
-def _grpo_update(shape, grad_accum=2):
+def _grpo_update(shape, grad_accum=2, rows=16):
     """(jitted GRPO update: 2 minibatches (x micro-batches), KL on; step-0 state; the batch)."""
     mesh, opt = _mesh(shape), _optimizer()
     params = {"policy": _host_params()}
@@ -143,7 +143,7 @@ def _grpo_update(shape, grad_accum=2):
         num_minibatches=2,
         grad_accum=grad_accum,
     )
-    return update, state, sharding.put_batch(_grpo_batch(), mesh)
+    return update, state, sharding.put_batch(_grpo_batch(n=rows), mesh)
 
 
 def _grpo_run(shape, grad_accum=2):
@@ -201,6 +201,88 @@ def test_reward_model_step_moves_no_rows_between_devices():
     assert " all-reduce(" in text  # the parser sees the step's collectives
     assert " all-to-all(" not in text
     assert " collective-permute(" not in text
+
+
+def _all_reduce_loop_depths(text: str) -> list[int]:
+    """How many while loops enclose each all-reduce of a compiled program (its HLO text)."""
+    comps, name, entry = {}, None, None
+    for line in text.splitlines():
+        head = re.match(r"^(ENTRY )?%?([\w.\-]+) .*\{$", line)
+        if head:
+            name, comps[head.group(2)] = head.group(2), []
+            entry = name if head.group(1) else entry
+        elif line.startswith("}"):
+            name = None
+        elif name:
+            comps[name].append(line)
+    depths = []
+
+    def visit(comp, depth):
+        for line in comps[comp]:
+            depths.extend([depth] * (" all-reduce(" in line))
+            for kind, callee in re.findall(r"(calls|to_apply|body|condition)=%?([\w.\-]+)", line):
+                visit(callee, depth + (kind == "body"))
+
+    visit(entry, 0)
+    return depths
+
+
+def _reward_model_step(shape, grad_accum):
+    mesh, opt = _mesh(shape), _optimizer()
+    params = jax.device_get(preference.init_params(CFG, _host_params(), jax.random.key(2)))
+    state, shardings = _state_on(mesh, params, preference.logical_axes(CFG), opt)
+    step = trainer.jit_step(
+        reward_model.reward_model_step,
+        shardings,
+        mesh,
+        model_cfg=CFG,
+        optimizer=opt,
+        grad_accum=grad_accum,
+    )
+    rng = np.random.default_rng(4)
+    batch = {
+        f"{side}_BxT": rng.integers(1, CFG.vocab_size, (16, 12)) for side in ("chosen", "rejected")
+    }
+    lengths = rng.integers(4, 13, (2, 16))
+    for side, n in zip(("chosen", "rejected"), lengths):
+        batch[f"{side}_mask_BxT"] = (np.arange(12)[None] < n[:, None]).astype(np.int32)
+    batch = {k: v.astype(np.int32) for k, v in batch.items()}
+    return step, state, sharding.put_batch(batch, mesh)
+
+
+@pytest.mark.parametrize("kind", ["sft", "grpo", "reward_model"])
+def test_accumulation_all_reduces_gradients_over_data_once_a_step(kind):
+    # Each micro-batch's gradients were all-reduced over the data axis inside the accumulation
+    # loop (grad_accum x the params' bytes a step); now each replica sums its own and the
+    # replicas reduce once, after the loop.
+    if kind == "sft":
+        mesh, opt = _mesh((8, 1, 1)), _optimizer()
+        state, shardings = _state_on(mesh, _host_params(), transformer.logical_axes(CFG), opt)
+        step = trainer.jit_step(
+            supervised.supervised_step, shardings, mesh, model_cfg=CFG, optimizer=opt, grad_accum=2
+        )
+        batch = sharding.put_batch(_sft_batch(), mesh)
+    elif kind == "grpo":
+        step, state, batch = _grpo_update((8, 1, 1), grad_accum=2, rows=32)  # 8-row micro-batches
+    else:
+        step, state, batch = _reward_model_step((8, 1, 1), grad_accum=2)
+    text = step.lower(state, batch).compile(FAST_COMPILE).as_text()
+    depths = _all_reduce_loop_depths(text)
+    assert depths  # the parser sees the step's collectives
+    # On a data-only mesh every all-reduce is a reduction over the replicas; none may sit in
+    # the accumulation loop. GRPO's updates are themselves a loop (one reduction each).
+    assert max(depths) == (1 if kind == "grpo" else 0), depths
+
+
+def test_reward_model_step_on_mesh_equals_one_device():
+    results = []
+    for shape, grad_accum in (((1, 1, 1), 1), ((2, 2, 2), 2), ((8, 1, 1), 2)):
+        state, metrics = _run(*_reward_model_step(shape, grad_accum))
+        results.append((jax.device_get(metrics), jax.device_get((state.params, state.opt_state))))
+    (metrics_ref, state_ref), *meshes = results
+    for metrics, state in meshes:
+        _assert_metrics_close(metrics, metrics_ref)
+        _assert_trees_close(state, state_ref)
 
 
 # The references take whole batches; the meshes accumulate 2 micro-batches: the tests check the

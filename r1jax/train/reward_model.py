@@ -63,18 +63,10 @@ def reward_model_step(state, batch, *, model_cfg, optimizer, grad_accum=1, lr_sc
     grad_fn = jax.value_and_grad(lambda p, b: rm_loss_terms(model_cfg, p, b), has_aux=True)
 
     # (2)
-    def accumulate(carry, mb):
-        grads, terms = carry
-        (_, mb_terms), mb_grads = grad_fn(state.params, mb)
-        return (
-            jax.tree.map(jnp.add, grads, mb_grads),
-            jax.tree.map(jnp.add, terms, mb_terms),
-        ), None
-
     zero = jnp.zeros((), jnp.float32)
     init_terms = {"nll": zero, "correct": zero, "margin": zero, "pairs": zero}
-    init = (jax.tree.map(jnp.zeros_like, state.params), init_terms)
-    (grads, terms), _ = jax.lax.scan(accumulate, init, micro)
+    init = ((zero, init_terms), jax.tree.map(jnp.zeros_like, state.params))
+    (_, terms), grads = trainer.accumulate(grad_fn, state.params, micro, init)
     # (3)
     grads = jax.tree.map(lambda g: g / jnp.maximum(terms["pairs"], 1.0), grads)
     grads["head"]["bias"] = jnp.zeros_like(grads["head"]["bias"])

@@ -54,15 +54,9 @@ def supervised_step(state, batch, *, model_cfg, optimizer, grad_accum=1, lr_sche
     grad_fn = jax.value_and_grad(lambda p, b: lm_loss_terms(model_cfg, p, b), has_aux=True)
 
     # (2)
-    def accumulate(carry, mb):
-        grads, nll, count = carry
-        (mb_nll, mb_count), mb_grads = grad_fn(state.params, mb)
-        grads = jax.tree.map(jnp.add, grads, mb_grads)
-        return (grads, nll + mb_nll, count + mb_count), None
-
-    zeros = jax.tree.map(jnp.zeros_like, state.params)
-    init = (zeros, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32))
-    (grads, nll, count), _ = jax.lax.scan(accumulate, init, micro)
+    zero = jnp.zeros((), jnp.float32)
+    init = ((zero, zero), jax.tree.map(jnp.zeros_like, state.params))
+    (nll, count), grads = trainer.accumulate(grad_fn, state.params, micro, init)
     # (3)
     denom = jnp.maximum(count, 1.0)
     grads = jax.tree.map(lambda g: g / denom, grads)

@@ -132,6 +132,51 @@ def micro_batches(batch: dict, k: int) -> dict:
     )
 
 
+def add_trees(a, b):
+    """Leafwise a + b (`accumulate`'s default combine)."""
+    return jax.tree.map(jnp.add, a, b)
+
+
+def sum_replicas(tree):
+    """Leafwise sum over the leading (replica) axis (`accumulate`'s default reduce)."""
+    return jax.tree.map(lambda x: jnp.sum(x, axis=0), tree)
+
+
+def accumulate(fn, params, micro, init, *, combine=add_trees, reduce=sum_replicas):
+    """`init` combined with fn(params, mb) for each micro-batch mb of `micro` (their leading
+    axis, `micro_batches`), in a scan: gradients and loss sums, exact under accumulation.
+
+    `init` must be an identity of `combine` (zeros for sums, -inf for maxima). On a mesh whose
+    "data" axis holds whole copies of the params (`sharding.replica_ways`, e.g. the default
+    rules with data > 1), each replica combines its own rows' outputs through the loop
+    (`fn` vmapped over the replicas, [R, ...] outputs pinned to "data") and `reduce` merges the
+    replicas' results once at the end (`combine` over the leading axis): one all-reduce of the
+    gradients over the data axis a step, not one a micro-batch. Elsewhere the plain scan.
+    """
+    replicas = sharding.replica_ways()
+    rows = jax.tree.leaves(micro)[0].shape
+    if replicas == 1 or rows[0] == 1 or rows[1] % replicas:
+
+        def body(carry, mb):
+            return combine(carry, fn(params, mb)), None
+
+        return jax.lax.scan(body, init, micro)[0]
+
+    def one_replica(mb):
+        with sharding.per_replica_layout():
+            return fn(params, mb)
+
+    per_replica = jax.vmap(one_replica, spmd_axis_name="data")
+    split = lambda x: x.reshape(x.shape[0], replicas, x.shape[1] // replicas, *x.shape[2:])
+    pin = lambda tree: jax.tree.map(sharding.pin_replicas, tree)
+
+    def body(carry, mb):
+        return pin(combine(carry, per_replica(mb))), None
+
+    init = pin(jax.tree.map(lambda x: jnp.broadcast_to(x, (replicas, *jnp.shape(x))), init))
+    return reduce(jax.lax.scan(body, init, jax.tree.map(split, micro))[0])
+
+
 PREEMPTED_EXIT_CODE = 128 + signal.SIGTERM  # what a shell reports for a SIGTERM death
 
 
