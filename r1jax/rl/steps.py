@@ -283,30 +283,32 @@ def _one_update(state, minibatch, *, micro_loss, optimizer, grad_accum, aggregat
         "policy": losses.aggregation_denominator(mask_NxT, aggregation),
         "value": losses.aggregation_denominator(mask_NxT, "token-mean"),
     }
-    grad_fn = jax.value_and_grad(lambda p, mb: micro_loss(p, mb, dens), has_aux=True)
+    grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
 
-    def combine(a, b):  # ((loss, metric sums), grads) of two micro-batches (or replicas)
-        (loss_a, sums_a), grads_a = a
-        (loss_b, sums_b), grads_b = b
-        sums = losses.combine_metric_sums(sums_a, sums_b)
-        return (loss_a + loss_b, sums), trainer.add_trees(grads_a, grads_b)
+    def grads_loss_sums(params, micro):
+        (loss, sums), grads = grad_fn(params, micro, dens)
+        return grads, loss, sums
+
+    def combine(a, b):  # (grads, loss, metric sums) of two micro-batches (or replicas)
+        return trainer.add_trees(a[0], b[0]), a[1] + b[1], losses.combine_metric_sums(a[2], b[2])
 
     def reduce(out):  # combine over the replicas' leading axis
-        (loss, sums), grads = out
+        grads, loss, sums = out
         sums = {k: jnp.max(v, 0) if k.endswith("_max") else jnp.sum(v, 0) for k, v in sums.items()}
-        return (jnp.sum(loss, 0), sums), trainer.sum_replicas(grads)
+        return trainer.sum_replicas(grads), jnp.sum(loss, 0), sums
 
     micro = trainer.micro_batches(minibatch, grad_accum)
+    zeros = jax.tree.map(jnp.zeros_like, state.params)
     first = jax.tree.map(lambda x: x[0], micro)
-    (_, sums_shape), _ = jax.eval_shape(grad_fn, state.params, first)
+    (_, sums_shape), _ = jax.eval_shape(grad_fn, state.params, first, dens)
     # Identities of combine_metric_sums: -inf for the maxima, 0 for the sums.
     sums = {
         k: jnp.full(v.shape, -jnp.inf if k.endswith("_max") else 0.0, v.dtype)
         for k, v in sums_shape.items()
     }
-    init = ((jnp.zeros((), jnp.float32), sums), jax.tree.map(jnp.zeros_like, state.params))
-    (loss, sums), grads = trainer.accumulate(
-        grad_fn, state.params, micro, init, combine=combine, reduce=reduce
+    init = (zeros, jnp.zeros((), jnp.float32), sums)
+    grads, loss, sums = trainer.accumulate(
+        grads_loss_sums, state.params, micro, init, combine=combine, reduce=reduce
     )
     grad_norm = optax.tree.norm(grads)
     updates, opt_state = state_lib.update_at_step(

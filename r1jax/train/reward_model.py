@@ -63,10 +63,14 @@ def reward_model_step(state, batch, *, model_cfg, optimizer, grad_accum=1, lr_sc
     grad_fn = jax.value_and_grad(lambda p, b: rm_loss_terms(model_cfg, p, b), has_aux=True)
 
     # (2)
+    def grads_terms(params, mb):
+        (_, terms), grads = grad_fn(params, mb)
+        return grads, terms
+
     zero = jnp.zeros((), jnp.float32)
     init_terms = {"nll": zero, "correct": zero, "margin": zero, "pairs": zero}
-    init = ((zero, init_terms), jax.tree.map(jnp.zeros_like, state.params))
-    (_, terms), grads = trainer.accumulate(grad_fn, state.params, micro, init)
+    init = (jax.tree.map(jnp.zeros_like, state.params), init_terms)
+    grads, terms = trainer.accumulate(grads_terms, state.params, micro, init)
     # (3)
     grads = jax.tree.map(lambda g: g / jnp.maximum(terms["pairs"], 1.0), grads)
     grads["head"]["bias"] = jnp.zeros_like(grads["head"]["bias"])

@@ -54,9 +54,13 @@ def supervised_step(state, batch, *, model_cfg, optimizer, grad_accum=1, lr_sche
     grad_fn = jax.value_and_grad(lambda p, b: lm_loss_terms(model_cfg, p, b), has_aux=True)
 
     # (2)
+    def grads_nll_count(params, mb):
+        (nll, count), grads = grad_fn(params, mb)
+        return grads, nll, count
+
     zero = jnp.zeros((), jnp.float32)
-    init = ((zero, zero), jax.tree.map(jnp.zeros_like, state.params))
-    (nll, count), grads = trainer.accumulate(grad_fn, state.params, micro, init)
+    init = (jax.tree.map(jnp.zeros_like, state.params), zero, zero)
+    grads, nll, count = trainer.accumulate(grads_nll_count, state.params, micro, init)
     # (3)
     denom = jnp.maximum(count, 1.0)
     grads = jax.tree.map(lambda g: g / denom, grads)
