@@ -329,6 +329,19 @@ COLUMNS = (
 )
 
 
+def stage_time_line(done: dict[str, dict]) -> str:
+    """The stages' total minutes, saying which count only the run that finished them (those
+    resumed after a stop: the time before the stop is not known)."""
+    total = sum(d["seconds"] for d in done.values()) / 60
+    resumed = [n for n, d in done.items() if d.get("resumed")]
+    if not resumed:
+        return f"Stages took {total:.1f} min."
+    return (
+        f"Stages took {total:.1f} min in the runs that finished them ({', '.join(resumed)} "
+        "resumed after a stop: their time before it is not counted)."
+    )
+
+
 def format_markdown(
     rows: dict[str, dict], k: int, minutes: dict[str, float], resumed=frozenset()
 ) -> str:
@@ -470,7 +483,7 @@ def write_table(cfg, workdir: pathlib.Path, done: dict[str, dict]) -> dict:
             f"Held-out: {len(reasoning)} reasoning problems x {cfg.eval.num_samples} samples "
             f"(T {cfg.eval.temperature}, top-p {cfg.eval.top_p}); {len(general)} general prompts "
             f"x {cfg.pipeline.general_samples} samples scored by the reward model. "
-            f"Stages took {total:.1f} min.\n\n"
+            f"{stage_time_line(done)}\n\n"
         )
         tail = "".join(f"- {n}\n" for n in notes)
         files.write_atomic(workdir / "table.md", head + body + ("\n" + tail if tail else ""))

@@ -487,6 +487,14 @@ def test_findings_and_markdown_table():
     assert "| 2.5* |" in md and md.rstrip().endswith(
         "the minutes of the run that finished the stage"
     )
+    # So is the total above the table (it said "Stages took 3.0 min." of a stopped run).
+    done = {"a": {"seconds": 60.0, "resumed": False}, "b": {"seconds": 120.0, "resumed": True}}
+    assert pipeline.stage_time_line(done) == (
+        "Stages took 3.0 min in the runs that finished them (b resumed after a stop: their "
+        "time before it is not counted)."
+    )
+    done["b"]["resumed"] = False
+    assert pipeline.stage_time_line(done) == "Stages took 3.0 min."
 
 
 def test_general_prompts_from_a_file_are_tagged_general_and_checked(tmp_path):
