@@ -27,6 +27,7 @@ OVERRIDES = dict(
     rl__max_new_tokens=12,
     data__max_records=200,
     train__steps=4,
+    train__grad_accum=2,  # micro-batches: each data replica sums its own, reduced once a step
     metrics__tensorboard=False,
     metrics__peak_flops=1e9,
     rl__log_samples_every=0,
