@@ -631,9 +631,7 @@ def plot_test_time_compute(results: dict[str, EvalResult], path) -> None:
     axes[0].set_ylim(0.0, 1.0)
     axes[1].legend()
     fig.tight_layout()
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    files.save_figure(fig, path, dpi=100)
     plt.close(fig)
 
 

@@ -53,6 +53,14 @@ def write_lines_atomic(path, lines: Iterable[str]) -> str:
     return digest.hexdigest()
 
 
+def save_figure(fig, path, **savefig_kwargs) -> None:
+    """Saves a matplotlib figure as write_atomic writes: a stop in the middle leaves the old
+    image (or none), never a cut one. The format follows `path`'s suffix (png if none)."""
+    path = pathlib.Path(path)
+    with _replacing(path) as tmp:
+        fig.savefig(tmp, format=path.suffix.lstrip(".") or "png", **savefig_kwargs)
+
+
 def give_default_mode(path) -> None:
     """chmod `path` to what open() would have given a new file (0666 less the umask); for files
     written by libraries that create them owner-only (safetensors: 0600)."""

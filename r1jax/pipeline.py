@@ -411,7 +411,7 @@ def plot_table(rows: dict[str, dict], path, k: int) -> None:
         twin.set_ylim(0, 1.05)
         twin.set_ylabel("correct by the rule check (line)")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    files.save_figure(fig, path, dpi=100)
     plt.close(fig)
 
 

@@ -1,6 +1,7 @@
 """r1jax.files: what a run killed at any moment leaves behind is whole when it resumes."""
 
 import os
+import pathlib
 
 import pytest
 
@@ -57,3 +58,31 @@ def test_write_lines_atomic_streams_the_lines_and_returns_their_sha256(tmp_path)
         files.write_lines_atomic(path, cut_short())
     assert path.read_bytes() == body  # the old file, whole
     assert sorted(p.name for p in path.parent.iterdir()) == ["dataset.jsonl"]
+
+
+def test_save_figure_leaves_the_old_image_whole_when_interrupted(tmp_path, monkeypatch):
+    # Plots were saved in place: a run killed while matplotlib wrote one left a cut PNG.
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [1, 0])
+    path = tmp_path / "plots" / "curves.png"
+    files.save_figure(fig, path, dpi=50)
+    image = path.read_bytes()
+    assert image.startswith(b"\x89PNG") and image.rstrip().endswith(b"IEND\xaeB`\x82")
+
+    def cut(target, **kwargs):  # a stop after the first bytes
+        pathlib.Path(target).write_bytes(image[:100])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(fig, "savefig", cut)
+    with pytest.raises(KeyboardInterrupt):
+        files.save_figure(fig, path, dpi=50)
+    assert path.read_bytes() == image and os.listdir(path.parent) == ["curves.png"]
+    monkeypatch.undo()
+    files.save_figure(fig, tmp_path / "table.svg")  # the suffix picks the format
+    assert b"<svg" in (tmp_path / "table.svg").read_bytes()
+    plt.close(fig)

@@ -134,5 +134,5 @@ def plot_curves(rows: list[dict], keys: list[str], out_path, *, title: str = "")
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(out_path, dpi=110)
+    files.save_figure(fig, out_path, dpi=110)
     plt.close(fig)

@@ -197,5 +197,5 @@ def _plot(path, rows, results) -> None:
     for ax in flat[panels:]:
         ax.axis("off")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    files.save_figure(fig, path, dpi=100)
     plt.close(fig)
