@@ -28,7 +28,7 @@ import pathlib
 import random
 import re
 
-from r1jax import text
+from r1jax import files, text
 
 KINDS = ("chain", "countdown")  # reasoning kinds (WorldConfig.task_mix)
 GENERAL_KIND = "general"  # the non-reasoning kind: translate operation phrases
@@ -777,12 +777,9 @@ def preference_pairs(
 
 
 def write_jsonl(path, rows) -> int:
-    """Writes rows as JSON lines (UTF-8, Chinese kept readable); returns the row count."""
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    """Writes rows as JSON lines (UTF-8, Chinese kept readable) through a temporary file and a
+    rename (a stop mid-write leaves no cut file); returns the row count."""
+    files.write_lines_atomic(path, (json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
     return len(rows)
 
 
