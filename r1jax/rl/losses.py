@@ -216,6 +216,12 @@ def combine_metric_sums(a, b):
     return {k: jnp.maximum(a[k], b[k]) if k.endswith("_max") else a[k] + b[k] for k in a}
 
 
+def reduce_metric_sums(sums, axis=0):
+    """combine_metric_sums over an axis (data replicas): `*_max` keys take the max, the rest add."""
+    reduce = lambda k, v: jnp.max(v, axis) if k.endswith("_max") else jnp.sum(v, axis)
+    return {k: reduce(k, v) for k, v in sums.items()}
+
+
 def metrics_from_sums(sums):
     """Token means from (combined) metric sums; `*_max` keys pass through."""
     n = jnp.maximum(sums["n_tokens"], 1.0)

@@ -294,8 +294,7 @@ def _one_update(state, minibatch, *, micro_loss, optimizer, grad_accum, aggregat
 
     def reduce(out):  # combine over the replicas' leading axis
         grads, loss, sums = out
-        sums = {k: jnp.max(v, 0) if k.endswith("_max") else jnp.sum(v, 0) for k, v in sums.items()}
-        return trainer.sum_replicas(grads), jnp.sum(loss, 0), sums
+        return trainer.sum_replicas(grads), jnp.sum(loss, 0), losses.reduce_metric_sums(sums)
 
     micro = trainer.micro_batches(minibatch, grad_accum)
     zeros = jax.tree.map(jnp.zeros_like, state.params)
