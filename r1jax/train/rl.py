@@ -656,7 +656,8 @@ def run(cfg, workdir) -> dict:
             if jax.process_index() == 0:
                 flops = {"train_flops": float(r.flops[0]), "rollout_flops": float(r.flops[1])}
                 done = report.write_report(workdir, before, after, flops, steps=cfg.train.steps)
-                logging.info("summary: %s", json.dumps(done.get("gain", {}), sort_keys=True))
+                gain = json.dumps(done.get("gain", {}), sort_keys=True)
+                logging.info("gain, after minus before (summary.json): %s", gain)
     return {"step": int(r.state.step), "model": r.model_cfg}
 
 
