@@ -95,8 +95,8 @@ class DecodeState:
     """The while_loop carry: `step` is the index of the next token to sample."""
 
     step: jax.Array
-    # The draws' uniforms [B, T] (`step_uniforms`); [B, 0] when greedy.
-    uniform_BxT: jax.Array
+    # The draws' uniform pairs [B, T, 2] (`step_uniforms`); [B, 0, 2] when greedy.
+    uniform_BxTx2: jax.Array
     prompt_lens_B: jax.Array
     last_token_B: jax.Array
     # The prompts' cache, one entry per layer, written by the prefill and only read after:
@@ -182,21 +182,27 @@ def _first_or_last(hit_BxN: jax.Array, nonzero_BxN: jax.Array) -> jax.Array:
 
 
 def step_uniforms(key: jax.Array, b: int, t: int) -> jax.Array:
-    """The uniforms [B, T] in [0, 1) of the draws: step s uses uniform(fold_in(key, s), (B,)).
+    """The draws' uniform pairs [B, T, 2] in [0, 1): step s uses uniform(fold_in(key, s), (B, 2)).
 
     Made once per call, before the decode loops: inside a step, the two threefry calls ran as
     rolled XLA:CPU loops (a dozen small thunks per round), several percent of a tiny model's step.
     """
-    draw = lambda s: jax.random.uniform(jax.random.fold_in(key, s), (b,), jnp.float32)
+    draw = lambda s: jax.random.uniform(jax.random.fold_in(key, s), (b, 2), jnp.float32)
     return jax.vmap(draw, out_axes=1)(jnp.arange(t, dtype=jnp.int32))
 
 
-def _inverse_cdf_sample(probs_BxV: jax.Array, uniform_B: jax.Array) -> jax.Array:
-    """One categorical draw per row from unnormalised probs and one uniform in [0, 1) per row.
+def _inverse_cdf_sample(probs_BxV: jax.Array, uniform_Bx2: jax.Array) -> jax.Array:
+    """One categorical draw per row from unnormalised probs and two uniforms in [0, 1) per row.
 
-    Two-level inverse CDF: find the block of C ~ sqrt(V) tokens whose cumulative mass first
-    reaches u * total, then the token inside it. A cumsum over all V (a reduce-window on
-    XLA:CPU) cost 5-10x the whole draw. A token of zero probability is never chosen.
+    Two-level inverse CDF: the first uniform picks a block of C ~ sqrt(V) tokens by the blocks'
+    masses, the second a token inside it by the tokens' masses there. A cumsum over all V (a
+    reduce-window on XLA:CPU) cost 5-10x the whole draw. The second uniform keeps the draw exact
+    at large V: a float32 uniform takes 2^23 values, and with one uniform for both levels a
+    token's chance moved by up to 2^-23 (a token of mass 1e-6 drawn up to 12% too often or too
+    rarely), 2.5e-3 to 3.7e-3 in total variation at a 152k vocabulary (Qwen2's), whatever the
+    distribution's shape. With one uniform a level, each level is off by at most one part in
+    2^23 of its blocks' or tokens' count: ~1e-5 (`tests/test_sampler.py`). A token of zero
+    probability is never chosen.
     """
     b, v = probs_BxV.shape
     c = max(8, 1 << (max(1, int(np.sqrt(v))) - 1).bit_length())  # a power of two >= sqrt(V)
@@ -204,13 +210,13 @@ def _inverse_cdf_sample(probs_BxV: jax.Array, uniform_B: jax.Array) -> jax.Array
     blocks_BxNxC = jnp.pad(probs_BxV, ((0, 0), (0, nb * c - v))).reshape(b, nb, c)
     mass_BxN = jnp.sum(blocks_BxNxC, axis=-1)
     cdf_BxN = jnp.cumsum(mass_BxN, axis=-1)
-    # u in (0, 1] so the target is > 0 and a zero-mass prefix never reaches it.
-    u_B = 1.0 - uniform_B
-    target_B = u_B * cdf_BxN[:, -1]
+    # u in (0, 1], so a target is > 0 and a zero-mass prefix never reaches it.
+    u_Bx2 = 1.0 - uniform_Bx2
+    target_B = u_Bx2[:, 0] * cdf_BxN[:, -1]
     block_B = _first_or_last((cdf_BxN >= target_B[:, None]) & (mass_BxN > 0), mass_BxN > 0)
-    before_B = jnp.take_along_axis(cdf_BxN - mass_BxN, block_B[:, None], axis=-1)[:, 0]
     inside_BxC = jnp.take_along_axis(blocks_BxNxC, block_B[:, None, None], axis=1)[:, 0]
-    cdf_BxC = before_B[:, None] + jnp.cumsum(inside_BxC, axis=-1)
+    cdf_BxC = jnp.cumsum(inside_BxC, axis=-1)
+    target_B = u_Bx2[:, 1] * cdf_BxC[:, -1]
     offset_B = _first_or_last((cdf_BxC >= target_B[:, None]) & (inside_BxC > 0), inside_BxC > 0)
     return (block_B * c + offset_B).astype(jnp.int32)
 
@@ -219,16 +225,16 @@ def sample_logits(
     logits_BxV: jax.Array, key: jax.Array, sampling: SamplingConfig
 ) -> tuple[jax.Array, jax.Array]:
     """Chosen tokens [B] and their log-probs [B] under the temperature-scaled, unfiltered law
-    (`sample_with_uniforms` with uniform(key, (B,)))."""
-    uniform_B = jax.random.uniform(key, logits_BxV.shape[:1], jnp.float32)
-    return sample_with_uniforms(logits_BxV, uniform_B, sampling)
+    (`sample_with_uniforms` with uniform(key, (B, 2)))."""
+    uniform_Bx2 = jax.random.uniform(key, (logits_BxV.shape[0], 2), jnp.float32)
+    return sample_with_uniforms(logits_BxV, uniform_Bx2, sampling)
 
 
 def sample_with_uniforms(
-    logits_BxV: jax.Array, uniform_B: jax.Array, sampling: SamplingConfig
+    logits_BxV: jax.Array, uniform_Bx2: jax.Array, sampling: SamplingConfig
 ) -> tuple[jax.Array, jax.Array]:
-    """Chosen tokens [B] and their log-probs [B]; row b draws with uniform_B[b] in [0, 1)
-    (unused when greedy).
+    """Chosen tokens [B] and their log-probs [B]; row b draws with the pair uniform_Bx2[b] in
+    [0, 1) (`_inverse_cdf_sample`; unused when greedy).
 
     One exp pass over [B, V]: the draw uses the unnormalised weights exp(z - max) (the inverse
     CDF is scale-free) and the chosen token's log-prob is z - max - log(sum), the value
@@ -251,7 +257,7 @@ def sample_with_uniforms(
             logp_BxV = z_BxV - (max_B + log_total_B)[:, None]
             allowed_BxV = _filter_mask(logp_BxV, sampling.top_p, sampling.top_k)
             weights_BxV = jnp.where(allowed_BxV, weights_BxV, 0.0)
-        token_B = _inverse_cdf_sample(weights_BxV, uniform_B)
+        token_B = _inverse_cdf_sample(weights_BxV, uniform_Bx2)
     z_B = jnp.take_along_axis(z_BxV, token_B[:, None], axis=-1)[:, 0]
     return token_B, z_B - max_B - log_total_B
 
@@ -566,10 +572,10 @@ def _kv_mask(prompt_lens_B: jax.Array, p: int, s: int) -> jax.Array:
 
 
 def _step_uniform(state: DecodeState, step, sampling: SamplingConfig) -> jax.Array:
-    """Step `step`'s uniforms [B] (zeros when greedy: none are drawn)."""
+    """Step `step`'s uniform pairs [B, 2] (zeros when greedy: none are drawn)."""
     if sampling.temperature == 0:
-        return jnp.zeros(state.uniform_BxT.shape[:1], jnp.float32)
-    return jax.lax.dynamic_index_in_dim(state.uniform_BxT, step, axis=1, keepdims=False)
+        return jnp.zeros((state.uniform_BxTx2.shape[0], 2), jnp.float32)
+    return jax.lax.dynamic_index_in_dim(state.uniform_BxTx2, step, axis=1, keepdims=False)
 
 
 def _record(
@@ -690,7 +696,7 @@ def prefill(
     params,
     prompt_NxP,
     prompt_lens_N,
-    uniform_BxT,
+    uniform_BxTx2,
     *,
     max_new_tokens,
     num_samples,
@@ -698,8 +704,8 @@ def prefill(
     layout=None,
     stop_table_VxE=None,
 ):
-    """Prefills each prompt once and samples token 0 of every row; `uniform_BxT` are the draws'
-    uniforms (`step_uniforms`; [B, 0] when greedy); `stop_table_VxE` with stop strings.
+    """Prefills each prompt once and samples token 0 of every row; `uniform_BxTx2` are the draws'
+    uniform pairs (`step_uniforms`; [B, 0, 2] when greedy); `stop_table_VxE` with stop strings.
 
     Group sampling shares the prompt: its FLOPs are paid once and its cache is kept once, for
     all G samples (`_attend`); only the new tokens' cache has B = N*G rows. With G = 1 the
@@ -746,7 +752,7 @@ def prefill(
     prompt_lens_B = jnp.repeat(prompt_lens_N, g, axis=0)
     state = DecodeState(
         step=jnp.int32(0),
-        uniform_BxT=uniform_BxT,
+        uniform_BxTx2=uniform_BxTx2,
         prompt_lens_B=prompt_lens_B,
         last_token_B=jnp.zeros((b,), jnp.int32),
         prompt_k_layers=prompt_k,
@@ -824,8 +830,8 @@ def decode(
             slot_R[:, :read] <= slot,
             segment,
         )
-        uniform_B = _step_uniform(st, st.step, sampling)
-        token_B, logp_B = sample_with_uniforms(logits_BxV, uniform_B, sampling)
+        uniform_Bx2 = _step_uniform(st, st.step, sampling)
+        token_B, logp_B = sample_with_uniforms(logits_BxV, uniform_Bx2, sampling)
         st = st.replace(k_layers=k, v_layers=v)
         return _constrain(_record(st, token_B, logp_B, sampling, stop_table_VxE), layout)
 
@@ -883,15 +889,15 @@ def _generate(
     # The draws of a batch of `draw_prompts` prompts (this call's, unless it is a part of one:
     # `generate_local`'s draw_from), of which `prompt_order_N` picks this call's.
     drawn = b if draw_prompts is None else draw_prompts * num_samples
-    uniform_BxT = step_uniforms(key, drawn, t if sampling.temperature > 0 else 0)
+    uniform_BxTx2 = step_uniforms(key, drawn, t if sampling.temperature > 0 else 0)
     if prompt_order_N is not None:  # row n*G+g draws as the prompt's place in the order says
         samples_1xG = jnp.arange(num_samples)[None, :]
         rows_B = (prompt_order_N[:, None] * num_samples + samples_1xG).reshape(-1)
-        uniform_BxT = jnp.take(uniform_BxT, rows_B, axis=0)
+        uniform_BxTx2 = jnp.take(uniform_BxTx2, rows_B, axis=0)
     run = dict(max_new_tokens=max_new_tokens, num_samples=num_samples, sampling=sampling)
     run.update(stop_table_VxE=stop_table_VxE)
     if layout is None:
-        state = prefill(cfg, params, prompt_NxP, prompt_lens_N, uniform_BxT, **run)
+        state = prefill(cfg, params, prompt_NxP, prompt_lens_N, uniform_BxTx2, **run)
         return decode(cfg, params, state, sampling=sampling, stop_table_VxE=stop_table_VxE)
     mesh, rules = layout
     # The compute dtype on the params' own shards: every use casts a weight to it first, so the
@@ -902,7 +908,7 @@ def _generate(
     )
     # The prefill forward's activations laid out on the mesh, as the training steps'.
     with sharding_lib.activation_layout(mesh, rules):
-        state = prefill(cfg, params, prompt_NxP, prompt_lens_N, uniform_BxT, layout=layout, **run)
+        state = prefill(cfg, params, prompt_NxP, prompt_lens_N, uniform_BxTx2, layout=layout, **run)
     rows = sharding_lib.batch_sharding(mesh).spec
     layers = decode_layers(
         cfg,
@@ -1005,7 +1011,8 @@ def sampling_bytes(
     rows, t = prompts * num_samples, max_new_tokens
     new_slots = attention_bounds(prompt_len, prompt_len + t - 1, cfg.n_layers)[-1] - prompt_len
     per_slot = 2 * cfg.n_layers * cfg.n_kv_heads * cfg.head_dim * jnp.dtype(cfg.dtype).itemsize
-    return per_slot * (rows * new_slots + prompts * prompt_len) + rows * t * (8 if greedy else 12)
+    # A row's token (int32) and log-prob (float32) a step, and its two uniforms when sampling.
+    return per_slot * (rows * new_slots + prompts * prompt_len) + rows * t * (8 if greedy else 16)
 
 
 def generate_padded(
