@@ -201,6 +201,17 @@ def _fake_env(tmp_path, **env):
     }
 
 
+# Runs a command with SIGINT at its default, as a terminal's foreground job has it: a suite run
+# in the background of a shell (or by a runner that ignores SIGINT) passes it on ignored, and
+# bash cannot trap a signal that was ignored when it started.
+_SIGINT_DEFAULT = (
+    sys.executable,
+    "-c",
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+    "os.execvp(sys.argv[1], sys.argv[1:])",
+)
+
+
 def test_per_gpu_launcher_passes_ctrl_c_on_and_reports_every_failure(tmp_path):
     import signal
     import time
@@ -209,7 +220,7 @@ def test_per_gpu_launcher_passes_ctrl_c_on_and_reports_every_failure(tmp_path):
     # process running; it now sends them SIGTERM (r1jax saves and exits) and exits 130.
     env = _fake_env(tmp_path)
     p = subprocess.Popen(
-        ["bash", str(LAUNCH / "multi_gpu.sh"), CONFIG, str(tmp_path / "run")],
+        [*_SIGINT_DEFAULT, "bash", str(LAUNCH / "multi_gpu.sh"), CONFIG, str(tmp_path / "run")],
         env=env,
         cwd=REPO,
         start_new_session=True,
