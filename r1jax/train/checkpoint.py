@@ -64,7 +64,15 @@ def manager(
     options = ocp.CheckpointManagerOptions(
         max_to_keep=max_to_keep, create=True, cleanup_tmp_directories=writer
     )
-    return ocp.CheckpointManager(pathlib.Path(directory).absolute(), options=options)
+    mngr = ocp.CheckpointManager(pathlib.Path(directory).absolute(), options=options)
+    # orbax removes them in a background thread and waits for it only before its first save: a
+    # run that stopped before then (checkpoints refused, a config error) printed that thread's
+    # traceback after its one-line error, as the interpreter shut down under it. Wait here (it
+    # lists the folder; process 0 alone deletes, with no barrier, so no process waits on another).
+    wait = getattr(mngr, "_maybe_await_cleanup_tmp_directory", None)
+    if writer and wait is not None:
+        wait()
+    return mngr
 
 
 def _everywhere() -> jax.sharding.NamedSharding:
