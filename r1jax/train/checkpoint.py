@@ -65,10 +65,10 @@ def manager(
         max_to_keep=max_to_keep, create=True, cleanup_tmp_directories=writer
     )
     mngr = ocp.CheckpointManager(pathlib.Path(directory).absolute(), options=options)
-    # orbax removes them in a background thread and waits for it only before its first save: a
-    # run that stopped before then (checkpoints refused, a config error) printed that thread's
-    # traceback after its one-line error, as the interpreter shut down under it. Wait here (it
-    # lists the folder; process 0 alone deletes, with no barrier, so no process waits on another).
+    # orbax removes the unfinished saves in a background thread and waits for it only before its
+    # first save: a run that stopped before then (checkpoints refused, a config error) printed
+    # that thread's traceback after its one-line error, as the interpreter shut down under it.
+    # Wait here (it lists the folder; process 0 alone deletes, with no barrier to wait on).
     wait = getattr(mngr, "_maybe_await_cleanup_tmp_directory", None)
     if writer and wait is not None:
         wait()
