@@ -10,18 +10,21 @@ configs/pipeline.py:tiny with every stage shortened to 6 steps (collections to 9
 16-problem table (about 4.5 minutes). Or any r1jax command's arguments after `--`.
 
 1. `r1jax R1JAX_ARGS --workdir=OUT/reference`, timed: T seconds.
-2. `r1jax R1JAX_ARGS --workdir=OUT/killed` --kills times, each run's process group sent SIGKILL
-   (a machine that dies: no handler runs) after a time drawn uniformly from [1 s, 2T / (kills +
-   1)] (a run that ends first is let be), then once more to the end.
-3. The two folders compared: every JSON / JSONL file (metrics, samples, summaries, evaluations,
-   datasets, provenance, stage markers) as data, less its timing fields (`*_s`, `*seconds`,
-   `*_per_s`, `*minutes`, `mfu`) and the `resumed` markers, with the workdir's path written the
-   same; every other file byte for byte (tokenizers, data statistics), except checkpoints,
-   TensorBoard events, data indexes, figures, Markdown tables (they print minutes) and logs;
-   and, for every run folder in it (a pipeline's stages), the newest checkpoint's step and its
-   whole training state (params, optimizer moments) bit for bit.
+2. `r1jax R1JAX_ARGS --workdir=OUT/killed-1` started again and again, each run's process group
+   sent SIGKILL (a machine that dies: no handler runs) after a time drawn uniformly from
+   [1 s, T], until a run ends on its own (its kill would have come after its end: a resumed run
+   has less left to do); then the same in OUT/killed-2, ..., until --kills kills have landed.
+   So the kills fall anywhere in a run, its start-up, evaluations and saves included.
+3. Each killed-N folder compared with the reference: every JSON / JSONL file (metrics, samples,
+   summaries, evaluations, datasets, provenance, stage markers) as data, less its timing fields
+   (`*_s`, `*seconds`, `*_per_s`, `*minutes`, `mfu`) and the `resumed` markers, with the
+   workdir's path written the same; every other file byte for byte (tokenizers, data
+   statistics), except checkpoints, TensorBoard events, data indexes, figures, Markdown tables
+   (they print minutes) and logs; and, for every run folder in it (a pipeline's stages), the
+   newest checkpoint's step and its whole training state (params, optimizer moments) bit for
+   bit.
 Prints each kill's moment and the last line the run logged before it, and the differences;
-exits 1 when there is one. Each run's output is in OUT/<name>.log.
+exits 1 when there is one. The runs' output is in OUT/<folder>.log.
 """
 
 import argparse
@@ -184,10 +187,17 @@ def compare(reference: pathlib.Path, killed: pathlib.Path) -> list[str]:
 
 
 def _last_line(log: pathlib.Path, since: int) -> str:
+    """What the run was doing when it stopped: its last log message (absl's format), and the
+    progress bar drawn after it, if any."""
     with open(log, "rb") as f:
         f.seek(since)
-        lines = [x for x in f.read().decode("utf-8", "replace").splitlines() if x.strip()]
-    return lines[-1][-150:] if lines else "(nothing logged)"
+        lines = [x.strip() for x in f.read().decode("utf-8", "replace").splitlines() if x.strip()]
+    records = [i for i, x in enumerate(lines) if re.match(r"[IWEF]\d{4} ", x)]
+    if not records:
+        return lines[-1][-150:] if lines else "(nothing logged)"
+    message = lines[records[-1]].split("] ", 1)[-1][:150]
+    bar = lines[-1] if records[-1] < len(lines) - 1 else ""
+    return f"{message} | {bar[:80]}" if bar else message
 
 
 def _start(args, workdir: pathlib.Path, log) -> subprocess.Popen:
@@ -213,11 +223,10 @@ def main(argv=None) -> int:
         parser.error("give --preset or the r1jax arguments after --, not both")
     args = ns.r1jax_args or list(PRESETS[ns.preset or "main_job"])
     if any(a.startswith("--workdir") for a in args):
-        parser.error("leave --workdir out: the runs go to OUT/reference and OUT/killed")
+        parser.error("leave --workdir out: the runs go to OUT/reference and OUT/killed-N")
     out = pathlib.Path(ns.out or tempfile.mkdtemp(prefix="kill_resume_"))
-    for name in ("reference", "killed"):
-        if (out / name).exists():
-            parser.error(f"{out / name} exists; give an empty --out")
+    if out.exists() and any(out.iterdir()):
+        parser.error(f"{out} is not empty; give an empty or new --out")
     out.mkdir(parents=True, exist_ok=True)
     print(f"r1jax {' '.join(args)}\nruns in {out}", flush=True)
 
@@ -231,38 +240,43 @@ def main(argv=None) -> int:
     print(f"uninterrupted: {total:.1f} s", flush=True)
 
     rng = random.Random(ns.seed)
-    killed_log = out / "killed.log"
-    killed_log.touch()
-    for i in range(ns.kills + 1):
-        # Each wait ~ U(1 s, 2T / (kills + 1)): their mean sum is under T, so the kills fall
-        # all along the run (waits up to T would leave most of them past its end).
-        wait = rng.uniform(1.0, 2 * total / (ns.kills + 1)) if i < ns.kills else None
-        since = killed_log.stat().st_size
-        with open(killed_log, "ab") as log:
-            proc = _start(args, out / "killed", log)
-            try:
-                code = proc.wait(timeout=wait)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-                last = _last_line(killed_log, since)
-                print(f"run {i + 1}: SIGKILL at {wait:.1f} s, after: {last}", flush=True)
-                continue
-        if code != 0:
-            print(f"run {i + 1} failed (exit {code}): {_last_line(killed_log, since)}")
-            return 2
-        when = "to the end" if wait is None else f"ended before its kill at {wait:.1f} s"
-        print(f"run {i + 1}: {when}", flush=True)
-
-    problems = compare(out / "reference", out / "killed")
-    for p in problems:
-        print("DIFFERENT", p)
-    checked = len(_compared_files(out / "reference")) + len(_run_folders(out / "reference"))
-    if problems:
-        print(f"{len(problems)} differences in {checked} things compared")
-        return 1
-    print(f"identical: {checked} files and final params compared, {ns.kills} kills")
-    return 0
+    n_files, n_runs = len(_compared_files(out / "reference")), len(_run_folders(out / "reference"))
+    checked = f"{n_files} files and {n_runs} final training states"
+    landed, chain, failed = 0, 0, False
+    while landed < ns.kills:
+        chain += 1
+        name = f"killed-{chain}"
+        log_path = out / f"{name}.log"
+        log_path.touch()
+        kills_here = 0
+        while True:
+            wait = rng.uniform(1.0, total) if landed < ns.kills else None
+            since = log_path.stat().st_size
+            with open(log_path, "ab") as log:
+                proc = _start(args, out / name, log)
+                try:
+                    code = proc.wait(timeout=wait)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+                    landed, kills_here = landed + 1, kills_here + 1
+                    last = _last_line(log_path, since)
+                    print(f"{name}: SIGKILL at {wait:.1f} s, after: {last}", flush=True)
+                    continue
+            if code != 0:
+                print(f"{name}: a run failed (exit {code}): {_last_line(log_path, since)}")
+                return 2
+            when = "" if wait is None else f" before its kill at {wait:.1f} s"
+            print(f"{name}: a run ended{when}", flush=True)
+            break
+        problems = compare(out / "reference", out / name)
+        for p in problems:
+            print(f"DIFFERENT ({name})", p)
+        verdict = f"{len(problems)} differences" if problems else "identical"
+        print(f"{name}: {verdict} after {kills_here} kills ({checked} compared)", flush=True)
+        failed |= bool(problems)
+    print(f"{'DIFFERENT' if failed else 'identical'}: {ns.kills} kills in {chain} run folders")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
