@@ -219,6 +219,8 @@ def main(argv=None) -> int:
     parser.add_argument("--preset", choices=sorted(PRESETS), default=None)
     parser.add_argument("r1jax_args", nargs="*", help="after --: the r1jax command's arguments")
     ns = parser.parse_args(argv)
+    if ns.kills < 1:
+        parser.error("--kills must be at least 1")
     if ns.preset and ns.r1jax_args:
         parser.error("give --preset or the r1jax arguments after --, not both")
     args = ns.r1jax_args or list(PRESETS[ns.preset or "main_job"])
