@@ -235,3 +235,27 @@ def test_a_ctrl_c_to_the_process_group_leaves_the_reward_helpers_scoring():
         _, per_fn, metrics = pool.score(COMPLETIONS, RECORDS)
     np.testing.assert_allclose(per_fn["accuracy"], _expected()[0])
     assert not any(v for k, v in metrics.items() if "crashes" in k or "restarts" in k)
+
+
+@pytest.mark.parametrize(
+    "module, main",
+    [("r1jax.rewards.registry", "_worker_main"), ("r1jax.rewards.math", "_checker_main")],
+)
+def test_a_ctrl_c_while_a_reward_helper_starts_does_not_kill_it(module, main):
+    # The helpers ignored SIGINT only once their imports (seconds, sympy's) were done: a Ctrl-C
+    # then killed a worker the pool was starting or replacing, and its items scored 0.
+    import signal
+
+    from r1jax.rewards import helper
+
+    proc, requests, replies = helper.start(module, main)
+    try:
+        for _ in range(3):  # at once (the interpreter starting), then during the imports
+            os.kill(proc.pid, signal.SIGINT)
+            time.sleep(0.05)
+        assert replies.poll(120) and replies.recv() == "ready"
+        assert proc.poll() is None
+    finally:
+        requests.close()
+        assert proc.wait(30) == 0  # EOF on its requests: it exits cleanly
+        replies.close()

@@ -509,18 +509,39 @@ def test_checkpoints_of_another_process_count_are_refused_in_one_line(tmp_path, 
 
 def test_a_first_ctrl_c_saves_after_the_step_a_second_stops_at_once(tmp_path):
     # Ctrl-C lost every step since the last interval checkpoint (a traceback, no save).
-    before = signal.getsignal(signal.SIGINT)  # ignored when the suite runs in the background
-    with trainer.Preemption() as preemption:
-        os.kill(os.getpid(), signal.SIGINT)
-        time.sleep(0.01)
-        assert preemption.should_stop()
-        with pytest.raises(SystemExit) as stopped:
-            preemption.exit(3, tmp_path)
-        assert stopped.value.code == 130
-        with pytest.raises(KeyboardInterrupt):
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)  # ignored in background
+    try:
+        with trainer.Preemption() as preemption:
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(0.01)
-    assert signal.getsignal(signal.SIGINT) is before
+            assert preemption.should_stop()
+            with pytest.raises(SystemExit) as stopped:
+                preemption.exit(3, tmp_path)
+            assert stopped.value.code == 130
+            with pytest.raises(KeyboardInterrupt):
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.01)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
+def test_an_ignored_ctrl_c_stays_ignored_sigterm_still_saves():
+    # A job a non-interactive shell put in the background starts with SIGINT ignored; Python
+    # leaves it so, and the loop used to install its handler over it anyway.
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with trainer.Preemption() as preemption:
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.01)
+            assert not preemption.should_stop()
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.01)
+            assert preemption.should_stop() and preemption.signum == signal.SIGTERM
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, before)
 
 
 def test_train_epochs_run_the_steps_one_pass_of_the_data_fills(tmp_path, shared_data):

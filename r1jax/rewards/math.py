@@ -4,15 +4,14 @@ import fractions
 import logging
 import multiprocessing
 import multiprocessing.connection
-import os
 import re
 import signal
-import subprocess
 import sys
 import threading
 
 import math_verify
 
+from r1jax.rewards import helper
 from r1jax.text import last_tagged
 
 # math-verify warns on every call with its own (signal-based) timeout disabled; we bound time here.
@@ -92,7 +91,6 @@ _TEXT_GROUP = re.compile(r"\\(?:text|textbf|mathrm|mbox)\{([^{}]*)\}")
 _POWER = re.compile(r"(\^|\*\*)")
 _EXPONENT_LITERAL = re.compile(r"(?:\^|\*\*)\s*\{?\s*\(?\s*(\d+)")
 _FACTORIAL_LITERAL = re.compile(r"(\d+)\s*!")
-_PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _PARSE_CONFIG = [
     math_verify.LatexExtractionConfig(boxed_match_priority=0),
     math_verify.ExprExtractionConfig(),
@@ -393,10 +391,8 @@ def _with_itimer(pred: str, gold: str, timeout_s: float) -> bool:
 
 
 def _checker_main(read_fd: int, write_fd: int) -> None:
-    """Child process: answer (pred, gold) requests until the parent closes the pipe."""
-    # A terminal's Ctrl-C reaches the whole process group: the trainer finishes its step and
-    # saves (trainer.Preemption), so this helper keeps scoring it; the parent closes the pipe.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    """Child process: answer (pred, gold) requests until the parent closes the pipe. SIGINT is
+    ignored (`helper.start`): it keeps checking for the step a Ctrl-C'd trainer saves."""
     requests = multiprocessing.connection.Connection(read_fd, writable=False)
     replies = multiprocessing.connection.Connection(write_fd, readable=False)
     replies.send("ready")
@@ -419,18 +415,9 @@ class _Checker:
         self._proc = None
 
     def _start(self):
-        # A plain subprocess, not multiprocessing spawn: the caller's __main__ is not re-imported.
-        req_r, req_w = os.pipe()
-        rep_r, rep_w = os.pipe()
-        code = f"from r1jax.rewards import math; math._checker_main({req_r}, {rep_w})"
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join([_PACKAGE_ROOT] + sys.path))
-        self._proc = subprocess.Popen(
-            [sys.executable, "-c", code], pass_fds=(req_r, rep_w), env=env, close_fds=True
+        self._proc, self._requests, self._replies = helper.start(
+            "r1jax.rewards.math", "_checker_main"
         )
-        os.close(req_r)
-        os.close(rep_w)
-        self._requests = multiprocessing.connection.Connection(req_w, readable=False)
-        self._replies = multiprocessing.connection.Connection(rep_r, writable=False)
         # Imports (sympy) take a second or more; that wait is not charged to the first check.
         if not self._replies.poll(_CHECKER_START_S) or self._replies.recv() != "ready":
             self._kill()

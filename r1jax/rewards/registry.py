@@ -11,21 +11,17 @@ import logging
 import math
 import multiprocessing.connection
 import os
-import signal
-import subprocess
-import sys
 import time
 
 import numpy as np
 
 from r1jax import text
 from r1jax.data import sources
-from r1jax.rewards import code, tasks
+from r1jax.rewards import code, helper, tasks
 from r1jax.rewards import format as format_reward
 from r1jax.rewards import language as language_reward
 from r1jax.rewards import math as math_reward
 
-_PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _WORKER_START_S = 60.0  # importing sympy on a loaded machine
 
 
@@ -249,10 +245,8 @@ def score_item(names: list[str], completion: str, record: dict):
 
 
 def _worker_main(read_fd: int, write_fd: int) -> None:
-    """Worker process: score (index, names, completion, record) requests until EOF."""
-    # A terminal's Ctrl-C reaches the whole process group: the trainer finishes its step and
-    # saves (trainer.Preemption), so this helper keeps scoring it; the parent closes the pipe.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    """Worker process: score (index, names, completion, record) requests until EOF. SIGINT is
+    ignored (`helper.start`): it keeps scoring the step a Ctrl-C'd trainer saves."""
     requests = multiprocessing.connection.Connection(read_fd, writable=False)
     replies = multiprocessing.connection.Connection(write_fd, readable=False)
     replies.send("ready")
@@ -269,17 +263,9 @@ class _Worker:
     """One persistent worker process and the item it is working on."""
 
     def __init__(self):
-        req_r, req_w = os.pipe()
-        rep_r, rep_w = os.pipe()
-        code = f"from r1jax.rewards import registry; registry._worker_main({req_r}, {rep_w})"
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join([_PACKAGE_ROOT] + sys.path))
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", code], pass_fds=(req_r, rep_w), env=env, close_fds=True
+        self.proc, self.requests, self.replies = helper.start(
+            "r1jax.rewards.registry", "_worker_main"
         )
-        os.close(req_r)
-        os.close(rep_w)
-        self.requests = multiprocessing.connection.Connection(req_w, readable=False)
-        self.replies = multiprocessing.connection.Connection(rep_r, writable=False)
         self.ready = False
         self.task = None  # (index, names still to score)
         self.deadline = self.started = 0.0  # of the function being scored

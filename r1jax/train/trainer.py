@@ -184,7 +184,9 @@ class Preemption:
     """SIGTERM, the notice SLURM and Cloud TPU / GCE preemption send before they kill, asks a
     training loop to finish its step, save a checkpoint and exit (code 143); the same command
     then resumes from that step to the same numbers. A first Ctrl-C (SIGINT) does the same
-    (exit code 130); a second one stops at once. A context manager around the loop (the
+    (exit code 130); a second one stops at once, unless SIGINT was ignored when the process
+    started (a job put in the background by a non-interactive shell, `nohup`-style launchers):
+    then it stays ignored, as Python leaves it. A context manager around the loop (the
     handlers are installed from the main thread only; the old ones are put back on exit)."""
 
     def __init__(self):
@@ -195,6 +197,8 @@ class Preemption:
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
             for signum in (signal.SIGTERM, signal.SIGINT):
+                if signum == signal.SIGINT and signal.getsignal(signum) is signal.SIG_IGN:
+                    continue
                 self._old[signum] = signal.signal(signum, self._handle)
         return self
 
