@@ -16,6 +16,15 @@ sampler's data-parallel path. Each of --rounds runs every side once, in alternat
 speed-ups are printed per round and as the median over rounds (the time of one call drifts by
 up to 2x over minutes on a shared VM).
 
+Decoding reads every weight and the caches each step, so at these batches it is bound by
+memory, not FLOPs: each case also prints the fraction of the memory roofline reached, the
+fewest bytes a step must read (`config.decode_bytes_per_step`: weights once, each prompt's K/V
+once, each row's new K/V) at the mean context over the read bandwidth of one device, measured
+in the same run (a jitted sum over a large array). On a GPU (JAX's default backend; found in a
+subprocess, so this process holds no device memory) r1jax runs on it, transformers on CUDA
+when torch has it (else r1jax alone), there is no host-devices side, and peak device memory
+(JAX's and torch's allocators) is printed with the RSS.
+
 Run (about 4 minutes a round on 2 cores):
   python benchmarks/sampler.py [--rounds 2] [--repeats 3] [--threads 2] [--host-devices 2]
                                [--models tiny,small]
@@ -94,17 +103,19 @@ def _time_runs(fn, repeats: int) -> tuple[float, list[float]]:
     return first, times
 
 
-def run_hf(model_dir: str, repeats: int, threads: int) -> dict:
-    """transformers generate: sampling, KV cache, exactly T new tokens."""
+def run_hf(model_dir: str, repeats: int, threads: int, device: str = "cpu") -> dict:
+    """transformers generate: sampling, KV cache, exactly T new tokens (on `device`: "cpu" or
+    "cuda")."""
     import torch
     import transformers
 
     torch.set_num_threads(threads)
     base_rss = _rss_mib()
     model = transformers.Qwen2ForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    model = model.to(device)
     out = {"base_rss_mib": base_rss}
     for case, (n, g, p) in CASES.items():
-        ids = torch.tensor(prompt_ids(n, p))
+        ids = torch.tensor(prompt_ids(n, p), device=device)
 
         def gen(ids=ids, g=g):
             with torch.no_grad():
@@ -122,11 +133,15 @@ def run_hf(model_dir: str, repeats: int, threads: int) -> dict:
                     pad_token_id=0,
                     use_cache=True,
                 )
+            if device != "cpu":
+                torch.cuda.synchronize()  # (the shape check below waits too; made explicit)
             assert res.shape == (len(ids) * g, ids.shape[1] + NEW_TOKENS), res.shape
 
         first, times = _time_runs(gen, repeats)
         out[case] = {"first_s": first, "run_s": statistics.median(times), "runs_s": times}
     out["peak_rss_mib"] = _rss_mib()
+    if device != "cpu":
+        out["peak_device_mib"] = torch.cuda.max_memory_allocated() / 2**20
     return out
 
 
@@ -173,16 +188,18 @@ def run_r1jax(model_dir: str, repeats: int, threads: int) -> dict:
         run = statistics.median(times)
         out[case] = {"first_s": first, "run_s": run, "runs_s": times, "compile_s": first - run}
     out["peak_rss_mib"] = _rss_mib()
+    stats = jax.devices()[0].memory_stats()  # None on CPU
+    if stats and "peak_bytes_in_use" in stats:
+        out["peak_device_mib"] = stats["peak_bytes_in_use"] / 2**20
     return out
 
 
-def decode_flops(name: str, p: int) -> float:
-    """Model FLOPs of one generated token: `forward_flops_per_token` at the mean context P + T/2
-    (the prefill's FLOPs are not counted, its time is)."""
+def _model_config(name: str):
+    """The r1jax ModelConfig of a benchmark model (as hf_io reads the saved Qwen2)."""
     from r1jax.model import config as config_lib
 
     m = MODELS[name]
-    cfg = config_lib.ModelConfig(
+    return config_lib.ModelConfig(
         vocab_size=m["vocab"],
         d_model=m["d"],
         n_layers=m["layers"],
@@ -192,19 +209,62 @@ def decode_flops(name: str, p: int) -> float:
         d_ff=m["ff"],
         qkv_bias=True,
     )
-    return config_lib.forward_flops_per_token(cfg, p + NEW_TOKENS // 2)
 
 
-def _measure_peak() -> float:
-    """The f32 matmul peak of this host (all cores), measured in a fresh process."""
-    code = (
-        "from r1jax.train import metrics; "
-        "print(max(metrics.measure_matmul_peak_flops(n, repeats=10) for n in (1024, 2048)))"
+def decode_bytes(name: str, case: str) -> float:
+    """The fewest bytes a decode step of `case` reads (f32 weights and caches) at the mean
+    number of new tokens in the cache, T / 2: its memory roofline's numerator."""
+    from r1jax.model import config as config_lib
+
+    n, g, p = CASES[case]
+    return config_lib.decode_bytes_per_step(
+        _model_config(name), rows=n * g, prompts=n, prompt_len=p, new_len=NEW_TOKENS / 2
     )
+
+
+def decode_flops(name: str, p: int) -> float:
+    """Model FLOPs of one generated token: `forward_flops_per_token` at the mean context P + T/2
+    (the prefill's FLOPs are not counted, its time is)."""
+    from r1jax.model import config as config_lib
+
+    return config_lib.forward_flops_per_token(_model_config(name), p + NEW_TOKENS // 2)
+
+
+# Measured in a fresh process on JAX's default device: the f32 matmul peak (on a CPU host all
+# cores; larger products on an accelerator), the read bandwidth (best of 10 jitted sums over
+# 256 MiB on a CPU, 2 GiB on an accelerator: far past any cache), and what the device is.
+_PROBE = """
+import json, time, jax, jax.numpy as jnp
+from r1jax.train import metrics
+dev = jax.devices()[0]
+cpu = dev.platform == "cpu"
+sizes = (1024, 2048) if cpu else (4096, 8192)
+peak = max(metrics.measure_matmul_peak_flops(n, repeats=10) for n in sizes)
+x = jnp.ones(((256 if cpu else 2048) << 18,), jnp.float32)
+total = jax.jit(jnp.sum)
+total(x).block_until_ready()
+best = float("inf")
+for _ in range(10):
+    t0 = time.perf_counter()
+    total(x).block_until_ready()
+    best = min(best, time.perf_counter() - t0)
+print(json.dumps({"platform": dev.platform, "device_kind": dev.device_kind, "peak_flops": peak,
+                  "read_bytes_per_s": x.nbytes / best}))
+"""
+
+
+def _probe_device() -> dict:
+    """The default device's platform and kind, f32 matmul peak and read bandwidth."""
     out = subprocess.run(
-        [sys.executable, "-c", code], check=True, capture_output=True, text=True, cwd=ROOT
+        [sys.executable, "-c", _PROBE], check=True, capture_output=True, text=True, cwd=ROOT
     )
-    return float(out.stdout.strip().splitlines()[-1])
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _torch_has_cuda() -> bool:
+    code = "import torch; print(torch.cuda.is_available())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    return out.returncode == 0 and out.stdout.strip().endswith("True")
 
 
 def host_info() -> dict:
@@ -240,12 +300,12 @@ def host_info() -> dict:
 
 
 def _side_names(args) -> list[str]:
-    """The sides to run: "transformers", "r1jax" (one XLA device) and, with --host-devices
-    N > 1, "r1jax-Ndev" (rows split over N host devices)."""
+    """The sides to run: "transformers", "r1jax" (one XLA device) and, on a CPU host with
+    --host-devices N > 1, "r1jax-Ndev" (rows split over N host devices)."""
     names = []
     for side in args.sides.split(","):
         names.append(side)
-        if side == "r1jax" and args.host_devices > 1:
+        if side == "r1jax" and args.host_devices > 1 and args.platform == "cpu":
             names.append(f"r1jax-{args.host_devices}dev")
     return names
 
@@ -278,6 +338,7 @@ def _run_side(name: str, model_dir: str, args) -> dict:
     cmd += ["--repeats", str(args.repeats), "--threads", str(args.threads)]
     malloc = args.host_malloc if side == "r1jax" else "system"
     cmd += ["--host-malloc", malloc, "--host-devices", devices.removesuffix("dev") or "1"]
+    cmd += ["--torch-device", "cpu" if args.platform == "cpu" else "cuda"]
     from r1jax import hostmem  # huge pages are a glibc tunable: set when the side starts
 
     env = hostmem.environ_for(malloc, {**os.environ, "PYTHONWARNINGS": "ignore"})
@@ -290,11 +351,19 @@ def _run_side(name: str, model_dir: str, args) -> dict:
     return result
 
 
-def _print_model(name: str, res: dict, peak: float) -> None:
-    print(f"\n{name}: peak {peak / 1e9:.1f} GFLOP/s")
+def _print_model(name: str, res: dict, device: dict) -> None:
+    peak, bandwidth = device["peak_flops"], device["read_bytes_per_s"]
+    print(
+        f"\n{name}: matmul peak {peak / 1e9:.1f} GFLOP/s, read bandwidth "
+        f"{bandwidth / 1e9:.1f} GB/s of one {device['device_kind']} device"
+    )
     for case, (n, g, p) in CASES.items():
-        flops = decode_flops(name, p)
-        print(f"  {case}: {flops / 1e6:.1f} MFLOP per generated token")
+        flops, step_bytes = decode_flops(name, p), decode_bytes(name, case)
+        roofline = n * g * bandwidth / step_bytes  # tokens/s if a step only read its bytes
+        print(
+            f"  {case}: {flops / 1e6:.1f} MFLOP per generated token; a step reads at least "
+            f"{step_bytes / 1e6:.1f} MB: memory roofline {roofline:.0f} tokens/s"
+        )
         tokens = n * g * NEW_TOKENS
         tps = {side: tokens / r[case]["run_s"] for side, r in res.items()}
         for side, r in res.items():
@@ -302,6 +371,7 @@ def _print_model(name: str, res: dict, peak: float) -> None:
             extra = f"  compile {r[case]['compile_s']:.1f} s" if "compile_s" in r[case] else ""
             print(
                 f"  {case:7s} {side:12s} {tps[side]:8.0f} tokens/s  {100 * frac:5.1f}% of peak"
+                f"  {100 * tps[side] / roofline:5.1f}% of roofline"
                 f"  (median {r[case]['run_s']:.3f} s; first call {r[case]['first_s']:.2f} s)"
                 + extra
             )
@@ -309,9 +379,12 @@ def _print_model(name: str, res: dict, peak: float) -> None:
             if side.startswith("r1jax") and "transformers" in tps:
                 print(f"  {case:7s} {side} / transformers: {tps[side] / tps['transformers']:.2f}x")
     for side, r in res.items():
+        on_device = (
+            f"; peak device memory {r['peak_device_mib']:.0f} MiB" if "peak_device_mib" in r else ""
+        )
         print(
             f"  peak RSS {side:12s} {r['peak_rss_mib']:6.0f} MiB "
-            f"(after imports {r['base_rss_mib']:.0f} MiB)"
+            f"(after imports {r['base_rss_mib']:.0f} MiB){on_device}"
         )
     for side, r in res.items():
         others = r.get("others_cores")
@@ -362,6 +435,7 @@ def main() -> None:
         "pages where glibc and the kernel allow, else reuse); transformers always runs with "
         "glibc's defaults",
     )
+    parser.add_argument("--torch-device", default="cpu", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.side != "both":
         from r1jax import hostmem
@@ -371,14 +445,21 @@ def main() -> None:
             # XLA's CPU client makes one device unless told before JAX starts.
             flag = f"--xla_force_host_platform_device_count={args.host_devices}"
             os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {flag}".strip()
-        run = run_hf if args.side == "transformers" else run_r1jax
-        result = run(args.model_dir, args.repeats, args.threads)
+        if args.side == "transformers":
+            result = run_hf(args.model_dir, args.repeats, args.threads, args.torch_device)
+        else:
+            result = run_r1jax(args.model_dir, args.repeats, args.threads)
         pathlib.Path(args.out).write_text(json.dumps(result))
         return
     host = host_info()
     print("host: " + ", ".join(f"{k} {v}" for k, v in host.items()), flush=True)
-    peak = _measure_peak()
-    report = {"host": host, "peak_flops": peak}
+    device = _probe_device()
+    args.platform = device["platform"]
+    if args.platform != "cpu" and "transformers" in args.sides.split(","):
+        if not _torch_has_cuda():
+            print(f"torch has no CUDA here: r1jax runs alone on the {args.platform}", flush=True)
+            args.sides = ",".join(s for s in args.sides.split(",") if s != "transformers")
+    report = {"host": host, "device": device, "peak_flops": device["peak_flops"]}
     for name in args.models.split(","):
         rounds = []
         with tempfile.TemporaryDirectory() as tmp:
@@ -391,7 +472,7 @@ def main() -> None:
                 rounds.append({side: res[side] for side in _side_names(args)})
                 if args.rounds > 1:
                     print(f"\n=== {name}: round {r + 1} of {args.rounds}")
-                _print_model(name, rounds[-1], peak)
+                _print_model(name, rounds[-1], device)
         if len(rounds) > 1:
             _print_median_ratios(name, rounds)
         report[name] = rounds

@@ -130,6 +130,26 @@ def test_flops_per_token_formula():
     assert config_lib.forward_flops_per_token(cfg, t) == pytest.approx(expected / 3)
 
 
+@pytest.mark.parametrize("tie", [False, True])
+def test_decode_bytes_per_step_counts_weights_once_and_the_shared_prompt_once(tie):
+    cfg = dataclasses.replace(CFG, tie_embeddings=tie)
+    params = jax.eval_shape(functools.partial(tf.init_params, cfg), jax.random.key(0))
+    # Every weight once, except the embedding table when untied: of it only the rows' own rows.
+    weights = sum(x.size for x in jax.tree.leaves(params))
+    if not tie:
+        weights -= cfg.vocab_size * cfg.d_model
+    cache = jax.eval_shape(lambda: tf.init_cache(cfg, 1, 1))
+    per_slot = cache.k.size + cache.v.size  # one row, one slot, every layer
+    rows, prompts, p, t = 12, 3, 20, 5.5  # 4 samples of each of 3 prompts
+    want = 4 * (weights + rows * cfg.d_model) + 4 * per_slot * (prompts * p + rows * t)
+    got = config_lib.decode_bytes_per_step(cfg, rows=rows, prompts=prompts, prompt_len=p, new_len=t)
+    assert got == want
+    bf16 = config_lib.decode_bytes_per_step(
+        cfg, rows=rows, prompts=prompts, prompt_len=p, new_len=t, param_bytes=2, cache_bytes=2
+    )
+    assert bf16 == want / 2
+
+
 # --- params and logical axes ------------------------------------------------------------------
 
 

@@ -265,3 +265,26 @@ def flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
 def forward_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
     """Forward-only FLOPs per token (one third of `flops_per_token`)."""
     return flops_per_token(cfg, seq_len) / 3.0
+
+
+def decode_bytes_per_step(
+    cfg: ModelConfig,
+    *,
+    rows: int,
+    prompts: int,
+    prompt_len: float,
+    new_len: float,
+    param_bytes: int = 4,
+    cache_bytes: int = 4,
+) -> float:
+    """The fewest bytes one decode step of `rows` rows (`rows / prompts` samples of each of
+    `prompts` prompts) must read from memory, `new_len` new tokens into their caches: every
+    weight once (of the embedding table only the rows' own rows; the lm head whole, tied or
+    not), each prompt's K/V once (its samples share it) and each row's K/V of its new tokens.
+    Divided by a memory bandwidth it is the step's memory roofline: decoding is bound by these
+    reads, not by its FLOPs, at small batches."""
+    weights = cfg.n_layers * _layer_params(cfg) + cfg.d_model + cfg.vocab_size * cfg.d_model
+    weights += rows * cfg.d_model
+    kv_per_slot = 2 * cfg.n_layers * cfg.n_kv_heads * cfg.head_dim
+    kv_slots = prompts * prompt_len + rows * new_len
+    return float(weights * param_bytes + kv_per_slot * kv_slots * cache_bytes)
