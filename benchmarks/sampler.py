@@ -16,11 +16,12 @@ sampler's data-parallel path. Each of --rounds runs every side once, in alternat
 speed-ups are printed per round and as the median over rounds (the time of one call drifts by
 up to 2x over minutes on a shared VM).
 
-Decoding reads every weight and the caches each step, so at these batches it is bound by
-memory, not FLOPs: each case also prints the fraction of the memory roofline reached, the
-fewest bytes a step must read (`config.decode_bytes_per_step`: weights once, each prompt's K/V
-once, each row's new K/V) at the mean context over the read bandwidth of one device, measured
-in the same run (a jitted sum over a large array). On a GPU (JAX's default backend; found in a
+Decoding reads every weight and the caches each step: on an accelerator, at these batches,
+those reads and not its FLOPs bound it (on a 2-core CPU the arithmetic does). Each case also
+prints the fraction of that memory roofline reached: the fewest bytes a step must read
+(`config.decode_bytes_per_step`: weights once, each prompt's K/V once, each row's new K/V) at
+the mean context over the read bandwidth of one device, measured in the same run (a jitted
+sum over a large array). On a GPU (JAX's default backend; found in a
 subprocess, so this process holds no device memory) r1jax runs on it, transformers on CUDA
 when torch has it (else r1jax alone), there is no host-devices side, and peak device memory
 (JAX's and torch's allocators) is printed with the RSS.

@@ -281,8 +281,8 @@ def decode_bytes_per_step(
     `prompts` prompts) must read from memory, `new_len` new tokens into their caches: every
     weight once (of the embedding table only the rows' own rows; the lm head whole, tied or
     not), each prompt's K/V once (its samples share it) and each row's K/V of its new tokens.
-    Divided by a memory bandwidth it is the step's memory roofline: decoding is bound by these
-    reads, not by its FLOPs, at small batches."""
+    Divided by a memory bandwidth it is the step's memory roofline: on an accelerator decoding
+    at small batches is bound by these reads rather than by its FLOPs."""
     weights = cfg.n_layers * _layer_params(cfg) + cfg.d_model + cfg.vocab_size * cfg.d_model
     weights += rows * cfg.d_model
     kv_per_slot = 2 * cfg.n_layers * cfg.n_kv_heads * cfg.head_dim
