@@ -75,7 +75,7 @@ def main(argv) -> None:
     cfg = _CONFIG.value
     logging.info("stage %s, workdir %s", cfg.stage, _WORKDIR.value)
     from r1jax.model import hf_io  # a Hugging Face folder's problems are one line too
-    from r1jax.train import checkpoint  # its RestoreError is one line too
+    from r1jax.train import checkpoint  # its RestoreError and SaveError are one line too
 
     try:
         from r1jax import pipeline  # the stage dispatch (imports each stage's module lazily)
@@ -91,8 +91,16 @@ def main(argv) -> None:
         sharding.ShardingError,
         hf_io.HFError,
         memory.OutOfMemory,
+        checkpoint.SaveError,
     ) as e:
         sys.exit(f"r1jax: {e}")
+    except OSError as e:  # a full disk under another file than a checkpoint (metrics, journals)
+        if not checkpoint.is_out_of_space(e):
+            raise
+        sys.exit(
+            f"r1jax: {e} (a run in --workdir={_WORKDIR.value}): free space on that disk and run "
+            "the same command again (a run resumes from its newest checkpoint)"
+        )
 
 
 def _started_as_command() -> bool:
@@ -155,24 +163,57 @@ def _parse_flags(argv: list[str]) -> list[str]:
         sys.exit(f"r1jax: {config_problem(argv) or e}")
 
 
+def _out_of_space(record) -> bool:
+    """True for a log record about a write refused for want of space (orbax logs each of its
+    threads' errors, with their tracebacks, before the save's error reaches the run)."""
+    from r1jax.train import checkpoint
+
+    error = record.exc_info[1] if record.exc_info else None
+    return checkpoint.is_out_of_space(RuntimeError(record.getMessage())) or (
+        error is not None and checkpoint.is_out_of_space(error)
+    )
+
+
 class _QuietLibraries:
     """Drops the per-file INFO chatter of orbax and grain (their warnings still show), and two
     lines every run printed that say nothing about it: JAX's INFO that it found no libtpu on a
-    machine without one, and orbax's warning that it registered its jax.Array handler again."""
+    machine without one, and orbax's warning that it registered its jax.Array handler again.
+    Also orbax's errors about a full disk: the run ends with a SaveError's one line instead."""
 
     def filter(self, record) -> bool:
         path = record.pathname.replace("\\", "/")
         quiet = record.levelno < std_logging.WARNING
         if quiet and ("/orbax/" in path or "/grain/" in path):
             return False
+        if "/orbax/" in path and _out_of_space(record):
+            return False  # the run ends with one line that says so (checkpoint.SaveError)
         message = record.getMessage()
         if "/orbax/" in path and message.startswith("Type handler registry type"):
             return False
         return not (quiet and path.endswith("xla_bridge.py") and "open libtpu.so" in message)
 
 
+def _late_callback_to_a_closed_loop(unraisable) -> bool:
+    """True for TensorStore's writes that finish after orbax closed their event loop (orbax
+    gives up a save at its first failed write, e.g. on a full disk): each printed a traceback
+    of asyncio's "Event loop is closed" while the save's own error was being raised."""
+    error = unraisable.exc_value
+    return isinstance(error, RuntimeError) and str(error) == "Event loop is closed"
+
+
+def _install_unraisable_filter() -> None:
+    default = sys.unraisablehook
+
+    def hook(unraisable):
+        if not _late_callback_to_a_closed_loop(unraisable):
+            default(unraisable)
+
+    sys.unraisablehook = hook
+
+
 def run() -> None:
     """Console-script entry: lets config files import their siblings, then runs the absl app."""
+    _install_unraisable_filter()
     for arg in sys.argv[1:]:
         if arg.startswith("--config="):
             configlib.add_config_root_to_path(arg.split("=", 1)[1].split(":", 1)[0])

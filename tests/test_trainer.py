@@ -1,5 +1,6 @@
 """Supervised trainer: exact resume after SIGKILL, gradient accumulation, bad-step guard."""
 
+import contextlib
 import functools
 import json
 import os
@@ -8,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import flax
 import grain
 import jax
 import jax.numpy as jnp
@@ -53,9 +55,17 @@ def _losses(workdir):
     return [(r["step"], r["loss"], r["grad_norm"]) for r in rows if "loss" in r]
 
 
-def test_sigkill_then_resume_matches_uninterrupted(tmp_path, shared_data):
-    full, killed = tmp_path / "full", tmp_path / "killed"
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, shared_data):
+    """The folder of a _short_cfg() run from start to end (checkpoints at steps 2, 4, 6, 8;
+    how often a run saves does not change its numbers)."""
+    full = tmp_path_factory.mktemp("uninterrupted")
     supervised.run(_short_cfg(), full)
+    return full
+
+
+def test_sigkill_then_resume_matches_uninterrupted(tmp_path, uninterrupted):
+    full, killed = uninterrupted, tmp_path / "killed"
     proc = subprocess.Popen(
         [sys.executable, "-m", "r1jax.main", *_cli_args(killed)],
         cwd=REPO,
@@ -99,11 +109,10 @@ def _tiny_setup(grad_accum):
 
 
 def test_sigterm_saves_after_the_step_exits_143_and_resumes_to_the_same_numbers(
-    tmp_path, shared_data
+    tmp_path, uninterrupted
 ):
     # SLURM and TPU preemption send SIGTERM before the kill: the run saves where it stands.
-    full, stopped = tmp_path / "full", tmp_path / "stopped"
-    supervised.run(_short_cfg(train__checkpoint_every=100), full)
+    full, stopped = uninterrupted, tmp_path / "stopped"
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -129,6 +138,89 @@ def test_sigterm_saves_after_the_step_exits_143_and_resumes_to_the_same_numbers(
     assert f"stopped after step {steps[0]} with its checkpoint saved" in err
     supervised.run(_short_cfg(train__checkpoint_every=100), stopped)
     assert _losses(stopped) == _losses(full)
+
+
+@contextlib.contextmanager
+def _small_disk(path, size_bytes: int):
+    """A tmpfs of `size_bytes` mounted at `path` (a full disk, for real); skips the test where
+    this process may not mount one (not root, or no CAP_SYS_ADMIN)."""
+    path.mkdir()
+    mount = ["mount", "-t", "tmpfs", "-o", f"size={size_bytes}", "tmpfs", str(path)]
+    try:
+        done = subprocess.run(mount, capture_output=True, text=True)
+    except FileNotFoundError:
+        pytest.skip("no mount command here")
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {done.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def _resize(path, size_bytes: int) -> None:
+    subprocess.run(["mount", "-o", f"remount,size={size_bytes}", str(path)], check=True)
+
+
+def _folder_bytes(folder) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def test_a_full_disk_stops_the_run_in_one_line_and_a_rerun_resumes_to_the_same_numbers(
+    tmp_path, uninterrupted
+):
+    # Room for two checkpoints and a half: steps 2 and 4 are saved, step 6 cannot fit. Before,
+    # orbax's background write failed, the run trained on to its next save and then ended in
+    # ~700 lines of tracebacks from orbax's threads.
+    size = _folder_bytes(uninterrupted / "checkpoints" / "8")
+    with _small_disk(tmp_path / "disk", int(2.5 * size)) as disk:
+        run = subprocess.run(
+            [sys.executable, "-m", "r1jax.main", *_cli_args(disk / "run")],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert run.returncode == 1, run.stderr[-3000:]
+        last = run.stderr.strip().splitlines()[-1]
+        assert last.startswith("r1jax: ") and "Traceback" not in run.stderr, run.stderr[-3000:]
+        assert "no space left to save the checkpoint of step 6" in last, last
+        assert "the newest complete checkpoint is step 4" in last, last
+        assert "run the same command again" in last, last
+        steps = sorted(p.name for p in (disk / "run" / "checkpoints").iterdir())
+        assert steps == ["2", "4"]  # refused before writing: no partial step-6 folder
+        _resize(disk, 6 * size)  # space freed: the same command resumes from step 4
+        supervised.run(_short_cfg(), disk / "run")
+        assert _losses(disk / "run") == _losses(uninterrupted)
+
+
+@flax.struct.dataclass
+class _Stepped:
+    step: jax.Array
+    w: jax.Array
+
+
+# TensorStore's writes that end after orbax gave the save up ("Event loop is closed"; r1jax.main
+# drops them).
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_a_background_save_that_runs_out_of_space_stops_the_run_at_its_next_step(tmp_path):
+    # The first checkpoint cannot fit (nothing on disk to size it by beforehand): orbax's
+    # background write fails, and `check`, called after every step, raises it as a SaveError.
+    w = jnp.asarray(np.random.default_rng(0).normal(size=(512, 1024)), jnp.float32)  # 2 MB
+    with _small_disk(tmp_path / "disk", w.nbytes // 2) as disk:
+        mngr = checkpoint.manager(disk / "checkpoints", writer=True)
+        assert checkpoint.save(mngr, _Stepped(step=jnp.asarray(3), w=w))
+        deadline = time.time() + 60
+        with pytest.raises(checkpoint.SaveError) as raised:
+            while time.time() < deadline:
+                checkpoint.check(mngr)
+                time.sleep(0.05)
+        message = str(raised.value)
+        assert "no space left to save the checkpoint of step 3" in message, message
+        assert "none is complete" in message and "No space left on device" in message, message
+        assert checkpoint.is_out_of_space(raised.value.__cause__)
+        checkpoint.wait(mngr)  # the failure was raised once; nothing is left pending
+        assert mngr.all_steps() == []
 
 
 def test_a_tokenizer_larger_than_the_model_vocab_is_refused(tmp_path, shared_data):

@@ -1,14 +1,17 @@
 """Orbax checkpoints: the train state (params, optimizer, step, RNG) and the data iterator."""
 
 import contextlib
+import errno
 import functools
 import gc
 import json
 import logging as std_logging
 import pathlib
 import re
+import shutil
 import time
 import warnings
+import weakref
 from typing import Any
 
 import grain
@@ -100,19 +103,153 @@ def _globalize(tree):
     )
 
 
+class SaveError(RuntimeError):
+    """A checkpoint could not be written for want of disk space (a full device, a quota); the
+    message names the step, the folder, the space free and needed, and the checkpoint a rerun
+    of the same command resumes from."""
+
+
+# The step each manager is writing in the background (its error, if any, is raised by the
+# manager's next save or wait).
+_SAVING: "weakref.WeakKeyDictionary[ocp.CheckpointManager, int]" = weakref.WeakKeyDictionary()
+_NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+# How TensorStore (orbax's writer) words them: "... No space left on device [os_error_code='28']"
+_NO_SPACE_TEXT = ("No space left on device", "Disk quota exceeded")
+
+
+def is_out_of_space(error: BaseException) -> bool:
+    """True when `error`, or an error it was raised from, is a write refused for want of space."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in _NO_SPACE_ERRNOS:
+            return True
+        if any(text in str(error) for text in _NO_SPACE_TEXT):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def _complete_steps(directory: pathlib.Path) -> list[int]:
+    """The steps with a finished checkpoint folder (not an .orbax-checkpoint-tmp one)."""
+    try:
+        return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit() and p.is_dir())
+    except OSError:
+        return []
+
+
+def _folder_bytes(folder: pathlib.Path) -> int:
+    total = 0
+    for path in folder.rglob("*"):
+        try:
+            total += path.stat().st_size if path.is_file() else 0
+        except OSError:  # removed meanwhile (an old checkpoint being deleted)
+            pass
+    return total
+
+
+def _free_bytes(directory: pathlib.Path) -> int | None:
+    try:
+        return shutil.disk_usage(directory).free
+    except OSError:
+        return None
+
+
+def _out_of_space(mngr, step: int, error=None) -> SaveError:
+    directory = pathlib.Path(mngr.directory)
+    free = _free_bytes(directory)
+    newest = [s for s in _complete_steps(directory) if s != step]
+    sizes = f"{free / 1e6:,.0f} MB free there" if free is not None else "its space"
+    if newest:
+        needed = _folder_bytes(directory / str(newest[-1]))
+        sizes += f", a checkpoint of this run takes {needed / 1e6:,.0f} MB"
+    resume = (
+        f"the newest complete checkpoint is step {newest[-1]}" if newest else "none is complete"
+    )
+    said = [text for text in _NO_SPACE_TEXT if error is not None and text in str(error)]
+    cause = f" ({said[0] if said else error})" if error is not None else ""
+    return SaveError(
+        f"{directory}: no space left to save the checkpoint of step {step} ({sizes}); "
+        f"{resume}. Free space on that disk (or copy the run folder to a larger one and use it as "
+        f"--workdir) and run the same command again to resume from it{cause}"
+    )
+
+
+def wait(mngr) -> None:
+    """Waits for the manager's background save; one that ran out of space is a SaveError."""
+    step = _SAVING.pop(mngr, None)
+    try:
+        mngr.wait_until_finished()
+    except Exception as e:
+        if step is not None and is_out_of_space(e):
+            raise _out_of_space(mngr, step, e) from e
+        raise
+
+
+def check(mngr) -> None:
+    """Raises the error of a background save that has already failed (a SaveError when it ran
+    out of space) instead of at the run's next save: the steps in between could not be kept.
+    Cheap; called after every training step. In a multi-process run the processes agree on a
+    failure at the next save (`save`), as a check here could stop one process alone."""
+    in_progress = getattr(mngr, "is_saving_in_progress", None)
+    if jax.process_count() == 1 and mngr in _SAVING and in_progress and not in_progress():
+        wait(mngr)
+
+
+def _ready_to_save(mngr, step: int) -> None:
+    """Waits for the previous save and refuses this one, before it writes anything, when the
+    previous one ran out of space or this one cannot fit: the newest checkpoint's size on disk
+    (all processes' parts) against the space free where it goes. Every process takes the same
+    decision (a collective save is made by all processes or none)."""
+    pending = _SAVING.get(mngr)
+    failed = None
+    try:
+        wait(mngr)
+    except SaveError as e:
+        failed = e
+    directory = pathlib.Path(mngr.directory)
+    steps = _complete_steps(directory)
+    needed = _folder_bytes(directory / str(steps[-1])) if steps and failed is None else 0
+    free = _free_bytes(directory)
+    fits = failed is None and (not needed or free is None or free >= needed)
+    if distributed.global_min(int(fits)) == 1:
+        return
+    if failed is not None:
+        raise failed
+    if needed and free is not None and free < needed:
+        raise _out_of_space(mngr, step)
+    raise _out_of_space(  # another process's part of the previous save failed
+        mngr, pending if pending is not None else step, "another process ran out of space"
+    )
+
+
 def save(mngr, state, iterator=None, *, extra=None, force: bool = False) -> bool:
     """Saves state, the data iterator's position and `extra` arrays at state.step (async).
 
     In a multi-process run every process calls it: each writes the shards it holds (one copy
     of each), process 0 the metadata, and each its own iterator position.
+
+    The previous save is waited for first; its failure for want of space, or this save's not
+    fitting on the disk, is a SaveError raised before anything is written (`_ready_to_save`).
     """
     step = int(jax.device_get(state.step))
+    _ready_to_save(mngr, step)
     items = {"state": ocp.args.StandardSave(_globalize(state))}
     if extra is not None:
         items["extra"] = ocp.args.StandardSave(_globalize(extra))
     if iterator is not None:
         items["data"] = grain.checkpoint.CheckpointSave(_IteratorSnapshot(iterator))
-    return mngr.save(step, args=ocp.args.Composite(**items), force=force)
+    _SAVING[mngr] = step
+    try:
+        saved = mngr.save(step, args=ocp.args.Composite(**items), force=force)
+    except Exception as e:
+        _SAVING.pop(mngr, None)
+        if is_out_of_space(e):
+            raise _out_of_space(mngr, step, e) from e
+        raise
+    if not saved:
+        _SAVING.pop(mngr, None)
+    return saved
 
 
 def abstract_like(tree) -> Any:

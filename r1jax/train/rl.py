@@ -577,7 +577,7 @@ class RLRun:
         checkpoint.save(self.ckpt, self.state, self.prompts, extra=self._extra(), force=force)
 
     def close(self):
-        self.ckpt.wait_until_finished()
+        checkpoint.wait(self.ckpt)
         self.pool.close()
 
 
@@ -627,6 +627,7 @@ def run(cfg, workdir) -> dict:
             t0 = time.perf_counter()
             metrics, samples = r.step_once()
             metrics["step_time_s"] = time.perf_counter() - t0
+            checkpoint.check(r.ckpt)  # a background save that failed stops the run now
             step_flops = _step_flops(cfg, r, samples, metrics["generated_tokens"])
             metrics.update(
                 _throughput(step_flops, metrics["generated_tokens"], metrics["step_time_s"], peak)
@@ -648,7 +649,7 @@ def run(cfg, workdir) -> dict:
             if step < cfg.train.steps and preemption.should_stop():
                 if not saved:
                     r.save(force=True)
-                r.ckpt.wait_until_finished()
+                checkpoint.wait(r.ckpt)
                 preemption.exit(step, workdir)
         writer.close()
         if evaluator is not None:

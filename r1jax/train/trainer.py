@@ -285,6 +285,8 @@ class Loop:
             host_batch = next(batches)
             state, metrics = step_fn(state, host_batch)
             step += 1
+            if self.ckpt is not None:  # a background save that failed stops the run now
+                checkpoint.check(self.ckpt)
             if pending is not None:
                 t_last = self._log(*pending, t_last, flops_per_step)
             pending = (step, metrics, host_batch)
@@ -308,11 +310,11 @@ class Loop:
             if self.ckpt is not None and step < self.total_steps and preemption.should_stop():
                 if not saved:  # (rows are written at log steps only, as in a run not stopped)
                     checkpoint.save(self.ckpt, state, iterator, force=True)
-                self.ckpt.wait_until_finished()
+                checkpoint.wait(self.ckpt)
                 self.writer.close()
                 preemption.exit(step, self.workdir)
         if self.ckpt is not None:
-            self.ckpt.wait_until_finished()
+            checkpoint.wait(self.ckpt)
         self.writer.close()
         return state
 
