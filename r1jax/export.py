@@ -117,6 +117,14 @@ def main(argv=None) -> None:
         print(export(args.run_dir, args.out_dir, step=args.step))
     except (FileNotFoundError, ValueError) as e:  # a wrong folder or step: one line, no trace
         sys.exit(f"r1jax.export: {e}")
+    except Exception as e:  # OSError, or safetensors' own error for the same full disk
+        if not checkpoint.is_out_of_space(e):
+            raise
+        # Each file is written whole or not at all (a temporary file, then a rename).
+        sys.exit(
+            f"r1jax.export: no space left on the device writing {args.out_dir} ({e}): free "
+            "space there and run it again"
+        )
 
 
 if __name__ == "__main__":

@@ -94,7 +94,7 @@ def main(argv) -> None:
         checkpoint.SaveError,
     ) as e:
         sys.exit(f"r1jax: {e}")
-    except OSError as e:  # a full disk under another file than a checkpoint (metrics, journals)
+    except Exception as e:  # a full disk under another file than a checkpoint (metrics, journals)
         if not checkpoint.is_out_of_space(e):
             raise
         sys.exit(

@@ -200,6 +200,26 @@ class _Stepped:
     w: jax.Array
 
 
+def test_an_export_to_a_full_disk_is_one_line_and_leaves_no_partial_file(tmp_path, uninterrupted):
+    with _small_disk(tmp_path / "disk", 1 << 20) as disk:  # the weights take ~3 MB
+        run = subprocess.run(
+            [sys.executable, "-m", "r1jax.export", str(uninterrupted), str(disk / "hf")],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr[-3000:]
+        last = run.stderr.strip().splitlines()[-1]
+        assert last.startswith("r1jax.export: no space left on the device writing "), last
+        assert not list((disk / "hf").glob("*.safetensors*"))  # no partial weights file
+        _resize(disk, 64 << 20)
+        from r1jax import export
+
+        export.export(uninterrupted, disk / "hf")
+        assert (disk / "hf" / "model.safetensors").stat().st_size > 1 << 20
+
+
 # TensorStore's writes that end after orbax gave the save up ("Event loop is closed"; r1jax.main
 # drops them).
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
