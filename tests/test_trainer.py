@@ -224,10 +224,11 @@ def test_an_export_to_a_full_disk_is_one_line_and_leaves_no_partial_file(tmp_pat
 # drops them).
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_a_background_save_that_runs_out_of_space_stops_the_run_at_its_next_step(tmp_path):
-    # The first checkpoint cannot fit (nothing on disk to size it by beforehand): orbax's
-    # background write fails, and `check`, called after every step, raises it as a SaveError.
+    # The first checkpoint cannot fit, though it passes the check made before it (half its
+    # arrays' bytes): orbax's background write fails, and `check`, called after every step,
+    # raises that as a SaveError.
     w = jnp.asarray(np.random.default_rng(0).normal(size=(512, 1024)), jnp.float32)  # 2 MB
-    with _small_disk(tmp_path / "disk", w.nbytes // 2) as disk:
+    with _small_disk(tmp_path / "disk", w.nbytes * 3 // 4) as disk:
         mngr = checkpoint.manager(disk / "checkpoints", writer=True)
         assert checkpoint.save(mngr, _Stepped(step=jnp.asarray(3), w=w))
         deadline = time.time() + 60
@@ -241,6 +242,11 @@ def test_a_background_save_that_runs_out_of_space_stops_the_run_at_its_next_step
         assert checkpoint.is_out_of_space(raised.value.__cause__)
         checkpoint.wait(mngr)  # the failure was raised once; nothing is left pending
         assert mngr.all_steps() == []
+        # One that cannot fit at all is refused before it writes (half of 2 MB in 1.5 MB less
+        # the first attempt's leftovers: the writer removes those only when it starts).
+        big = _Stepped(step=jnp.asarray(4), w=jnp.concatenate([w, w + 1.0]))
+        with pytest.raises(checkpoint.SaveError, match="takes at least 2 MB"):
+            checkpoint.save(mngr, big)
 
 
 def test_a_tokenizer_larger_than_the_model_vocab_is_refused(tmp_path, shared_data):

@@ -155,7 +155,7 @@ def _free_bytes(directory: pathlib.Path) -> int | None:
         return None
 
 
-def _out_of_space(mngr, step: int, error=None) -> SaveError:
+def _out_of_space(mngr, step: int, error=None, needed: int | None = None) -> SaveError:
     directory = pathlib.Path(mngr.directory)
     free = _free_bytes(directory)
     newest = [s for s in _complete_steps(directory) if s != step]
@@ -163,6 +163,8 @@ def _out_of_space(mngr, step: int, error=None) -> SaveError:
     if newest:
         needed = _folder_bytes(directory / str(newest[-1]))
         sizes += f", a checkpoint of this run takes {needed / 1e6:,.0f} MB"
+    elif needed:
+        sizes += f", a checkpoint of this run takes at least {needed / 1e6:,.0f} MB"
     resume = (
         f"the newest complete checkpoint is step {newest[-1]}" if newest else "none is complete"
     )
@@ -189,38 +191,31 @@ def wait(mngr) -> None:
 def check(mngr) -> None:
     """Raises the error of a background save that has already failed (a SaveError when it ran
     out of space) instead of at the run's next save: the steps in between could not be kept.
-    Cheap; called after every training step. In a multi-process run the processes agree on a
-    failure at the next save (`save`), as a check here could stop one process alone."""
+    Cheap; called after every training step. Not in a multi-process run, where orbax's own
+    finalizing waits for every process (see `save`)."""
     in_progress = getattr(mngr, "is_saving_in_progress", None)
     if jax.process_count() == 1 and mngr in _SAVING and in_progress and not in_progress():
         wait(mngr)
 
 
-def _ready_to_save(mngr, step: int) -> None:
-    """Waits for the previous save and refuses this one, before it writes anything, when the
-    previous one ran out of space or this one cannot fit: the newest checkpoint's size on disk
-    (all processes' parts) against the space free where it goes. Every process takes the same
-    decision (a collective save is made by all processes or none)."""
-    pending = _SAVING.get(mngr)
-    failed = None
-    try:
-        wait(mngr)
-    except SaveError as e:
-        failed = e
+def _ready_to_save(mngr, step: int, trees) -> None:
+    """Waits for the previous save (its failure for want of space is raised here) and refuses
+    this one, before it writes anything, when it cannot fit: the newest checkpoint's size on
+    disk (all processes' parts), or before the first one half the arrays' bytes (orbax
+    compresses them, floats by a few percent), against the space free where it goes. Every
+    process takes the same decision (a collective save is made by all processes or none)."""
+    wait(mngr)
     directory = pathlib.Path(mngr.directory)
     steps = _complete_steps(directory)
-    needed = _folder_bytes(directory / str(steps[-1])) if steps and failed is None else 0
+    if steps:
+        needed = _folder_bytes(directory / str(steps[-1]))
+    else:
+        needed = sum(getattr(x, "nbytes", 0) for x in jax.tree.leaves(trees)) // 2
     free = _free_bytes(directory)
-    fits = failed is None and (not needed or free is None or free >= needed)
-    if distributed.global_min(int(fits)) == 1:
-        return
-    if failed is not None:
-        raise failed
-    if needed and free is not None and free < needed:
-        raise _out_of_space(mngr, step)
-    raise _out_of_space(  # another process's part of the previous save failed
-        mngr, pending if pending is not None else step, "another process ran out of space"
-    )
+    fits = free is None or free >= needed
+    if distributed.global_min(int(fits)) == 0:
+        elsewhere = "another process found too little space" if fits else None
+        raise _out_of_space(mngr, step, elsewhere, needed=needed)
 
 
 def save(mngr, state, iterator=None, *, extra=None, force: bool = False) -> bool:
@@ -231,9 +226,11 @@ def save(mngr, state, iterator=None, *, extra=None, force: bool = False) -> bool
 
     The previous save is waited for first; its failure for want of space, or this save's not
     fitting on the disk, is a SaveError raised before anything is written (`_ready_to_save`).
+    (In a multi-process run a background write that fails on one process leaves orbax's
+    finalizing barrier waiting for it on every process until its timeout.)
     """
     step = int(jax.device_get(state.step))
-    _ready_to_save(mngr, step)
+    _ready_to_save(mngr, step, (state, extra))
     items = {"state": ocp.args.StandardSave(_globalize(state))}
     if extra is not None:
         items["extra"] = ocp.args.StandardSave(_globalize(extra))
