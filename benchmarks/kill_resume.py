@@ -76,7 +76,7 @@ PIPELINE_SHORT = (
 PRESETS = {"main_job": MAIN_JOB_SHORT, "pipeline": PIPELINE_SHORT}
 # Not compared: what a restart rewrites with other bytes by design.
 SKIPPED_DIRS = {"checkpoints", "corrupt_checkpoints", "tensorboard", "data_index"}
-SKIPPED_SUFFIXES = {".png", ".md", ".log"}
+SKIPPED_SUFFIXES = {".png", ".md", ".log", ".lock"}  # .lock: the pid holding the folder
 TIMING = re.compile(r"(_s|seconds|_per_s|minutes)$|^mfu$")
 
 

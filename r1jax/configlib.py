@@ -334,7 +334,7 @@ def check_resumable(cfg: ml_collections.ConfigDict, workdir, model_cfg=None) -> 
     # Another stage's outputs without checkpoints (a pipeline's stage folders and table, a
     # collected dataset) are a run too: its config.json must not be overwritten.
     others = path.exists() and any(
-        p.name not in ("config.json", DATA_INDEX_DIR) for p in workdir.iterdir()
+        p.name not in ("config.json", DATA_INDEX_DIR, files.WORKDIR_LOCK) for p in workdir.iterdir()
     )
     if not (path.exists() and (has_checkpoints or others)):
         return

@@ -8,10 +8,14 @@ can still end in a line the kill cut short: `read_jsonl` drops that one line.
 """
 
 import contextlib
+import errno
+import fcntl
 import hashlib
 import json
 import os
 import pathlib
+import socket
+import time
 from collections.abc import Iterable
 
 from absl import logging
@@ -128,3 +132,51 @@ def append_journal(path, entry: dict) -> None:
         f.write(json.dumps(entry, ensure_ascii=False) + "\n")
         f.flush()
         os.fsync(f.fileno())
+
+
+# Held by the run writing in a folder (`workdir_lock`).
+WORKDIR_LOCK = ".r1jax.lock"
+
+
+class WorkdirBusy(RuntimeError):
+    """Another r1jax run is writing in this run folder; the message names it."""
+
+
+@contextlib.contextmanager
+def workdir_lock(workdir):
+    """Holds WORKDIR/.r1jax.lock while a run writes in WORKDIR: a second run started on the same
+    folder (the command launched twice, a requeued job while the old one still runs) is refused
+    with a WorkdirBusy naming the first, instead of both resuming from one checkpoint and
+    interleaving their metrics, samples and saves. The lock is the kernel's (flock): it goes
+    when the process ends, however it ends, so a killed run never leaves its folder locked. The
+    file keeps the holder's pid, host and start time. On a filesystem without locks (some
+    network mounts) the run goes on with a warning."""
+    path = pathlib.Path(workdir) / WORKDIR_LOCK
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 1024, 0).decode("utf-8", "replace").strip() or "its pid unknown"
+            raise WorkdirBusy(
+                f"--workdir {workdir} is in use by another r1jax run ({holder}): wait for it to "
+                "end, or use another --workdir"
+            ) from None
+        except OSError as e:
+            if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL):
+                raise
+            logging.warning(
+                "%s: this filesystem takes no locks (%s); a second run started on this folder "
+                "would not be refused",
+                path.parent,
+                e.strerror,
+            )
+        else:
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+            holder = f"pid {os.getpid()} on {socket.gethostname()}, started {stamp}\n"
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, holder.encode("utf-8"), 0)
+        yield
+    finally:
+        os.close(fd)

@@ -10,7 +10,7 @@ import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from r1jax import configlib, distributed, hostmem, memory, sharding, text
+from r1jax import configlib, distributed, files, hostmem, memory, sharding, text
 from r1jax.data import sources
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -92,6 +92,7 @@ def main(argv) -> None:
         hf_io.HFError,
         memory.OutOfMemory,
         checkpoint.SaveError,
+        files.WorkdirBusy,
     ) as e:
         sys.exit(f"r1jax: {e}")
     except Exception as e:  # a full disk under another file than a checkpoint (metrics, journals)

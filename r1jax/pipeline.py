@@ -17,6 +17,7 @@ command line: `--config.stages.reasoning_rl.train.steps=100`.
 3. Write WORKDIR/table.md, table.json and table.png, and log the table.
 """
 
+import contextlib
 import json
 import pathlib
 import time
@@ -36,9 +37,14 @@ def run_stage(cfg, workdir) -> dict:
     """Runs one stage config (any of configlib.STAGES) in `workdir`; returns what it returns.
 
     An out-of-memory error inside it (XLA's, or r1jax's own check, `memory`) comes out as a
-    memory.OutOfMemory naming the stage's memory settings and where it ran out."""
+    memory.OutOfMemory naming the stage's memory settings and where it ran out. Another run
+    writing in `workdir` meanwhile is refused (files.WorkdirBusy)."""
     try:
-        return _dispatch(cfg, workdir)
+        # The process that writes the folder's shared files holds it (each of a pipeline's
+        # stage folders too, in turn): another run started on it is refused.
+        hold = files.workdir_lock(workdir) if jax.process_index() == 0 else contextlib.nullcontext()
+        with hold:
+            return _dispatch(cfg, workdir)
     except Exception as e:
         if cfg.stage == "pipeline" or not memory.is_out_of_memory(e):
             raise  # (a pipeline's stages name their own settings)

@@ -2,6 +2,8 @@
 
 import os
 import pathlib
+import subprocess
+import sys
 
 import pytest
 
@@ -86,3 +88,52 @@ def test_save_figure_leaves_the_old_image_whole_when_interrupted(tmp_path, monke
     files.save_figure(fig, tmp_path / "table.svg")  # the suffix picks the format
     assert b"<svg" in (tmp_path / "table.svg").read_bytes()
     plt.close(fig)
+
+
+def test_a_second_run_on_a_busy_workdir_is_refused_in_one_line_and_a_kill_frees_it(tmp_path):
+    # The command launched twice (or a requeued job while the old one runs): both would resume
+    # from one checkpoint and interleave their rows and saves. The second is refused, naming
+    # the first, before it writes anything.
+    repo = pathlib.Path(__file__).resolve().parents[1]
+    workdir = tmp_path / "run"
+    with files.workdir_lock(workdir):
+        assert f"pid {os.getpid()} on " in (workdir / files.WORKDIR_LOCK).read_text()
+        with pytest.raises(
+            files.WorkdirBusy, match=f"in use by another r1jax run \\(pid {os.getpid()} "
+        ):
+            with files.workdir_lock(workdir):
+                pass
+        second = subprocess.run(
+            [sys.executable, "-m", "r1jax.main", f"--config={repo}/configs/sft.py:tiny"]
+            + [f"--workdir={workdir}"],
+            cwd=repo,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert second.returncode == 1, second.stderr[-2000:]
+        last = second.stderr.strip().splitlines()[-1]
+        assert last.startswith(
+            f"r1jax: --workdir {workdir} is in use by another r1jax run (pid "
+        ), last
+        assert sorted(p.name for p in workdir.iterdir()) == [files.WORKDIR_LOCK]  # untouched
+    # The kernel's lock goes with its process, however it ends: a SIGKILLed run frees it.
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from r1jax import files\n"
+            "with files.workdir_lock(sys.argv[1]):\n    print('held', flush=True); time.sleep(300)",
+            str(workdir),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout.readline().strip() == "held"
+    with pytest.raises(files.WorkdirBusy, match=f"pid {holder.pid} "):
+        with files.workdir_lock(workdir):
+            pass
+    holder.kill()
+    holder.wait()
+    with files.workdir_lock(workdir):
+        assert f"pid {os.getpid()} " in (workdir / files.WORKDIR_LOCK).read_text()
