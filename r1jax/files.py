@@ -164,7 +164,10 @@ def workdir_lock(workdir):
                 "end, or use another --workdir"
             ) from None
         except OSError as e:
-            if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL):
+            # (Lustre without -o flock says ENOSYS; FUSE and NFS mounts without a lock
+            # manager the others.)
+            no_locks = (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL)
+            if e.errno not in no_locks:
                 raise
             logging.warning(
                 "%s: this filesystem takes no locks (%s); a second run started on this folder "

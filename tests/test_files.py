@@ -1,5 +1,6 @@
 """r1jax.files: what a run killed at any moment leaves behind is whole when it resumes."""
 
+import errno
 import os
 import pathlib
 import subprocess
@@ -137,3 +138,24 @@ def test_a_second_run_on_a_busy_workdir_is_refused_in_one_line_and_a_kill_frees_
     holder.wait()
     with files.workdir_lock(workdir):
         assert f"pid {os.getpid()} " in (workdir / files.WORKDIR_LOCK).read_text()
+
+
+def test_a_filesystem_without_locks_lets_the_run_go_on(tmp_path, monkeypatch):
+    # Lustre without -o flock (ENOSYS), FUSE or NFS mounts without a lock manager (ENOLCK...):
+    # the run goes on with a warning instead of failing at its start.
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOSYS, "Function not implemented")
+
+    monkeypatch.setattr(files.fcntl, "flock", no_locks)
+    ran = False
+    with files.workdir_lock(tmp_path / "run"):
+        ran = True
+    assert ran
+
+    def denied(fd, operation):
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(files.fcntl, "flock", denied)
+    with pytest.raises(PermissionError):  # any other error is not hidden
+        with files.workdir_lock(tmp_path / "run"):
+            pass
