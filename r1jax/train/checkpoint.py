@@ -155,23 +155,30 @@ def _free_bytes(directory: pathlib.Path) -> int | None:
         return None
 
 
-def _out_of_space(mngr, step: int, error=None, needed: int | None = None) -> SaveError:
+def _mb(n: int) -> str:
+    return f"{n / 1e6:,.1f} MB" if n < 10e6 else f"{n / 1e6:,.0f} MB"
+
+
+def _out_of_space(
+    mngr, step: int, error=None, needed: int | None = None, *, what: str = ""
+) -> SaveError:
     directory = pathlib.Path(mngr.directory)
     free = _free_bytes(directory)
     newest = [s for s in _complete_steps(directory) if s != step]
-    sizes = f"{free / 1e6:,.0f} MB free there" if free is not None else "its space"
+    sizes = f"{_mb(free)} free there" if free is not None else "its space"
     if newest:
         needed = _folder_bytes(directory / str(newest[-1]))
-        sizes += f", a checkpoint of this run takes {needed / 1e6:,.0f} MB"
+        sizes += f", a checkpoint of this run takes {_mb(needed)}"
     elif needed:
-        sizes += f", a checkpoint of this run takes at least {needed / 1e6:,.0f} MB"
+        sizes += f", a checkpoint of this run takes at least {_mb(needed)}"
     resume = (
         f"the newest complete checkpoint is step {newest[-1]}" if newest else "none is complete"
     )
     said = [text for text in _NO_SPACE_TEXT if error is not None and text in str(error)]
     cause = f" ({said[0] if said else error})" if error is not None else ""
     return SaveError(
-        f"{directory}: no space left to save the checkpoint of step {step} ({sizes}); "
+        f"{directory}: no space left {what or f'to save the checkpoint of step {step}'} "
+        f"({sizes}); "
         f"{resume}. Free space on that disk (or copy the run folder to a larger one and use it as "
         f"--workdir) and run the same command again to resume from it{cause}"
     )
@@ -198,13 +205,12 @@ def check(mngr) -> None:
         wait(mngr)
 
 
-def _ready_to_save(mngr, step: int, trees) -> None:
-    """Waits for the previous save (its failure for want of space is raised here) and refuses
-    this one, before it writes anything, when it cannot fit: the newest checkpoint's size on
-    disk (all processes' parts), or before the first one half the arrays' bytes (orbax
-    compresses them, floats by a few percent), against the space free where it goes. Every
-    process takes the same decision (a collective save is made by all processes or none)."""
-    wait(mngr)
+def _room_problem(mngr, trees) -> tuple[bool, int, bool]:
+    """(whether a checkpoint fits here, the bytes it needs, whether it fits on every process):
+    the newest checkpoint's size on disk (all processes' parts), or before the first one half
+    the arrays' bytes (orbax compresses them, floats by a few percent), against the space free
+    where it goes. The last is agreed by every process (a collective save is made by all
+    processes or none)."""
     directory = pathlib.Path(mngr.directory)
     steps = _complete_steps(directory)
     if steps:
@@ -213,7 +219,25 @@ def _ready_to_save(mngr, step: int, trees) -> None:
         needed = sum(getattr(x, "nbytes", 0) for x in jax.tree.leaves(trees)) // 2
     free = _free_bytes(directory)
     fits = free is None or free >= needed
-    if distributed.global_min(int(fits)) == 0:
+    return fits, needed, distributed.global_min(int(fits)) == 1
+
+
+def ensure_room(mngr, trees, step: int) -> None:
+    """Refuses to start training from `step` when its checkpoints cannot fit on the disk (see
+    `save`): the run would otherwise train until its first save and stop there."""
+    fits, needed, agreed = _room_problem(mngr, trees)
+    if not agreed:
+        elsewhere = "another process found too little space" if fits else None
+        what = f"for this run's checkpoints before it trains from step {step}"
+        raise _out_of_space(mngr, step, elsewhere, needed=needed, what=what)
+
+
+def _ready_to_save(mngr, step: int, trees) -> None:
+    """Waits for the previous save (its failure for want of space is raised here) and refuses
+    this one, before it writes anything, when it cannot fit (`_room_problem`)."""
+    wait(mngr)
+    fits, needed, agreed = _room_problem(mngr, trees)
+    if not agreed:
         elsewhere = "another process found too little space" if fits else None
         raise _out_of_space(mngr, step, elsewhere, needed=needed)
 

@@ -623,6 +623,8 @@ def run(cfg, workdir) -> dict:
             before = evaluator.load("eval_before")
             if before is None and start == 0:
                 before = evaluator.evaluate(r.state.params["policy"], "eval_before")
+        if start < cfg.train.steps:
+            checkpoint.ensure_room(r.ckpt, (r.state, r._extra()), start)
         for step in range(start + 1, cfg.train.steps + 1):
             t0 = time.perf_counter()
             metrics, samples = r.step_once()

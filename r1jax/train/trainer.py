@@ -281,6 +281,8 @@ class Loop:
     def _run(self, state, step_fn, batches, iterator, flops_per_step, eval_fn, preemption):
         pending, t_last = None, time.perf_counter()
         step = int(jax.device_get(state.step))
+        if self.ckpt is not None and step < self.total_steps:
+            checkpoint.ensure_room(self.ckpt, state, step)
         while step < self.total_steps:
             host_batch = next(batches)
             state, metrics = step_fn(state, host_batch)
