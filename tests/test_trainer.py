@@ -197,6 +197,17 @@ def test_a_full_disk_stops_the_run_in_one_line_and_a_rerun_resumes_to_the_same_n
         assert _losses(disk / "run") == _losses(uninterrupted)
 
 
+def test_a_full_disk_under_any_other_file_is_one_line_too(tmp_path):
+    # Three pages: the lock and the tokenizer fit, the run's config.json does not.
+    command = [sys.executable, "-m", "r1jax.main", *_cli_args(tmp_path / "disk" / "run")]
+    with _small_disk(tmp_path / "disk", 12 << 10):
+        run = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr[-3000:]
+    last = run.stderr.strip().splitlines()[-1]
+    assert last.startswith("r1jax: [Errno 28] No space left on device (a run in --workdir="), last
+    assert "run the same command again" in last, last
+
+
 @flax.struct.dataclass
 class _Stepped:
     step: jax.Array
