@@ -5,6 +5,7 @@ import functools
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -212,6 +213,69 @@ def test_a_full_disk_under_any_other_file_is_one_line_too(tmp_path):
 class _Stepped:
     step: jax.Array
     w: jax.Array
+
+
+# Two processes (one host device each) save a replicated 2 MB array on one small disk: step 1
+# fits, step 2 does not; each process prints what its saves did.
+_TWO_PROCESS_SAVES = """
+import sys
+import flax, jax, numpy as np
+from r1jax import distributed
+from r1jax.train import checkpoint
+
+@flax.struct.dataclass
+class State:
+    step: jax.Array
+    w: jax.Array
+
+folder, address, index = sys.argv[1], sys.argv[2], int(sys.argv[3])
+distributed.initialize(address, 2, index)
+mesh = jax.sharding.Mesh(np.asarray(jax.devices()), ("all",))
+everywhere = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+w = np.random.default_rng(0).normal(size=(512, 1024)).astype(np.float32)
+mngr = checkpoint.manager(folder, writer=True)
+for step in (1, 2):
+    state = jax.device_put(State(step=np.asarray(step), w=w + step), everywhere)
+    try:
+        checkpoint.save(mngr, state)
+        checkpoint.wait(mngr)
+        print("saved", step, flush=True)
+    except checkpoint.SaveError as e:
+        print("refused", step, e, flush=True)
+"""
+
+
+def test_processes_of_a_run_refuse_a_save_that_cannot_fit_together(tmp_path):
+    # A collective save is made by every process or by none: the check before it is agreed,
+    # so no process goes into the save while another has given up.
+    try:
+        jax.config.jax_cpu_collectives_implementation  # noqa: B018  (gloo is selectable)
+    except AttributeError:
+        pytest.skip("this JAX has no gloo CPU collectives")
+    with _small_disk(tmp_path / "disk", 3 << 20) as disk:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            address = f"127.0.0.1:{s.getsockname()[1]}"
+        env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+        env.pop("JAX_COMPILATION_CACHE_DIR", None)
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", _TWO_PROCESS_SAVES, str(disk / "ck"), address, str(i)],
+                cwd=REPO,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for i in range(2)
+        ]
+        outs = [proc.communicate(timeout=300) for proc in procs]
+    for proc, (out, err) in zip(procs, outs):
+        assert proc.returncode == 0, err[-3000:]
+        lines = [line for line in out.strip().splitlines() if not line.startswith("[Gloo]")]
+        assert lines[0] == "saved 1" and lines[1].startswith("refused 2 "), out
+        assert "no space left to save the checkpoint of step 2" in lines[1], out
+        assert "the newest complete checkpoint is step 1" in lines[1], out
 
 
 def test_an_export_to_a_full_disk_is_one_line_and_leaves_no_partial_file(tmp_path, uninterrupted):
