@@ -149,10 +149,13 @@ def _folder_bytes(folder: pathlib.Path) -> int:
 
 
 def _free_bytes(directory: pathlib.Path) -> int | None:
+    """The bytes free where `directory` is, or None when its filesystem does not say (some FUSE
+    mounts of object stores report no capacity at all: their saves are not checked)."""
     try:
-        return shutil.disk_usage(directory).free
+        usage = shutil.disk_usage(directory)
     except OSError:
         return None
+    return usage.free if usage.total > 0 else None
 
 
 def _mb(n: int) -> str:
