@@ -170,7 +170,7 @@ def _out_of_space(
     newest = [s for s in _complete_steps(directory) if s != step]
     sizes = f"{_mb(free)} free there" if free is not None else "its space"
     if newest:
-        needed = _folder_bytes(directory / str(newest[-1]))
+        needed = needed or _folder_bytes(directory / str(newest[-1]))
         sizes += f", a checkpoint of this run takes {_mb(needed)}"
     elif needed:
         sizes += f", a checkpoint of this run takes at least {_mb(needed)}"
@@ -208,12 +208,11 @@ def check(mngr) -> None:
         wait(mngr)
 
 
-def _room_problem(mngr, trees) -> tuple[bool, int, bool]:
-    """(whether a checkpoint fits here, the bytes it needs, whether it fits on every process):
-    the newest checkpoint's size on disk (all processes' parts), or before the first one half
-    the arrays' bytes (orbax compresses them, floats by a few percent), against the space free
-    where it goes. The last is agreed by every process (a collective save is made by all
-    processes or none)."""
+def _require_room(mngr, trees, step: int, what: str = "") -> None:
+    """Raises a SaveError unless a checkpoint fits: the newest checkpoint's size on disk (all
+    processes' parts), or before the first one half the arrays' bytes (orbax compresses them,
+    floats by a few percent), against the space free where it goes. Every process takes the
+    same decision (a collective save is made by all processes or none)."""
     directory = pathlib.Path(mngr.directory)
     steps = _complete_steps(directory)
     if steps:
@@ -222,27 +221,17 @@ def _room_problem(mngr, trees) -> tuple[bool, int, bool]:
         needed = sum(getattr(x, "nbytes", 0) for x in jax.tree.leaves(trees)) // 2
     free = _free_bytes(directory)
     fits = free is None or free >= needed
-    return fits, needed, distributed.global_min(int(fits)) == 1
+    if distributed.global_min(int(fits)) == 0:
+        elsewhere = "another process found too little space" if fits else None
+        raise _out_of_space(mngr, step, elsewhere, needed=needed, what=what)
 
 
 def ensure_room(mngr, trees, step: int) -> None:
     """Refuses to start training from `step` when its checkpoints cannot fit on the disk (see
     `save`): the run would otherwise train until its first save and stop there."""
-    fits, needed, agreed = _room_problem(mngr, trees)
-    if not agreed:
-        elsewhere = "another process found too little space" if fits else None
-        what = f"for this run's checkpoints before it trains from step {step}"
-        raise _out_of_space(mngr, step, elsewhere, needed=needed, what=what)
-
-
-def _ready_to_save(mngr, step: int, trees) -> None:
-    """Waits for the previous save (its failure for want of space is raised here) and refuses
-    this one, before it writes anything, when it cannot fit (`_room_problem`)."""
-    wait(mngr)
-    fits, needed, agreed = _room_problem(mngr, trees)
-    if not agreed:
-        elsewhere = "another process found too little space" if fits else None
-        raise _out_of_space(mngr, step, elsewhere, needed=needed)
+    _require_room(
+        mngr, trees, step, f"for this run's checkpoints before it trains from step {step}"
+    )
 
 
 def save(mngr, state, iterator=None, *, extra=None, force: bool = False) -> bool:
@@ -252,12 +241,13 @@ def save(mngr, state, iterator=None, *, extra=None, force: bool = False) -> bool
     of each), process 0 the metadata, and each its own iterator position.
 
     The previous save is waited for first; its failure for want of space, or this save's not
-    fitting on the disk, is a SaveError raised before anything is written (`_ready_to_save`).
+    fitting on the disk (`_require_room`), is a SaveError raised before anything is written.
     (In a multi-process run a background write that fails on one process leaves orbax's
     finalizing barrier waiting for it on every process until its timeout.)
     """
     step = int(jax.device_get(state.step))
-    _ready_to_save(mngr, step, (state, extra))
+    wait(mngr)  # the previous save's failure for want of space is raised here
+    _require_room(mngr, (state, extra), step)
     items = {"state": ocp.args.StandardSave(_globalize(state))}
     if extra is not None:
         items["extra"] = ocp.args.StandardSave(_globalize(extra))
