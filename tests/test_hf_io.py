@@ -361,6 +361,36 @@ def test_both_rope_spellings_agreeing_are_read(tmp_path):
     assert cfg.rope_scaling.factor == 4.0
 
 
+@pytest.mark.parametrize("top_level", [None, 1e4])
+def test_both_rope_spellings_with_a_theta_transformers_would_not_run_are_refused(
+    tmp_path, top_level
+):
+    # A transformers 5 folder keeps theta in rope_parameters alone; a YaRN rope_scaling added
+    # beside it by hand makes transformers run rope_scaling's, else the top-level, else 1e4.
+    yarn = {"factor": 4.0, "original_max_position_embeddings": 8}
+    rope_parameters = {**yarn, "rope_type": "yarn", "rope_theta": 5e5}
+    _write_config(
+        tmp_path,
+        rope_parameters=rope_parameters,
+        rope_scaling={**yarn, "type": "yarn"},
+        rope_theta=top_level,
+    )
+    theirs = transformers.AutoConfig.from_pretrained(tmp_path).rope_parameters["rope_theta"]
+    assert theirs == 1e4
+    with pytest.raises(hf_io.HFError, match="rope_theta 500000 but transformers.* runs with 10000"):
+        hf_io.load_hf(tmp_path)
+    # rope_scaling carrying the same theta: transformers runs it, and so does r1jax.
+    _write_config(
+        tmp_path,
+        rope_parameters=rope_parameters,
+        rope_scaling={**yarn, "type": "yarn", "rope_theta": 5e5},
+        rope_theta=top_level,
+    )
+    assert transformers.AutoConfig.from_pretrained(tmp_path).rope_parameters["rope_theta"] == 5e5
+    hf = json.loads((tmp_path / "config.json").read_text())
+    assert hf_io.config_from_hf(hf).rope_theta == 5e5
+
+
 def test_swish_is_read_as_silu():
     # transformers maps both names to one function (ACT2FN); some Llama configs say "swish".
     hf = hf_io.config_to_hf(SAVE_CASES["llama3-untied-head_dim16"][0], "float32")
@@ -532,6 +562,72 @@ def test_a_shard_missing_from_a_sharded_save_is_named_before_any_read(tmp_path):
     shards[-1].unlink()  # a copy or download cut short (it read as a bare FileNotFoundError)
     with pytest.raises(hf_io.HFError, match=rf"lacks: {shards[-1].name}$"):
         hf_io.load_hf(tmp_path)
+
+
+def test_an_index_naming_a_shard_without_the_tensor_is_a_clear_error(tmp_path):
+    cfg = SAVE_CASES["qwen2-tied"][0]
+    hf_io.save_hf(tmp_path, cfg, _our_model(cfg), max_shard_bytes=20_000)
+    weight_map = json.loads((tmp_path / "model.safetensors.index.json").read_text())["weight_map"]
+    name = "model.layers.1.mlp.down_proj.weight"
+    shard = tmp_path / weight_map[name]
+    tensors = safetensors_numpy.load_file(shard)
+    del tensors[name]  # re-sharded or hand-edited (safetensors' own error named neither)
+    safetensors_numpy.save_file(tensors, shard)
+    with pytest.raises(hf_io.HFError, match=rf"{shard.name}: cannot read tensor '{name}'"):
+        hf_io.load_hf(tmp_path)
+
+
+@pytest.mark.parametrize("stored", [np.int32, np.bool_, np.int8])
+def test_a_weight_stored_as_integers_is_refused_not_cast(tmp_path, stored):
+    # Cast to float it loaded as another model (a quantized or damaged checkpoint).
+    cfg = SAVE_CASES["qwen2-tied"][0]
+    hf_io.save_hf(tmp_path, cfg, _our_model(cfg))
+    tensors = safetensors_numpy.load_file(tmp_path / "model.safetensors")
+    name = "model.layers.0.mlp.up_proj.weight"
+    tensors[name] = tensors[name].astype(stored)
+    safetensors_numpy.save_file(tensors, tmp_path / "model.safetensors")
+    with pytest.raises(hf_io.HFError, match=rf"'{name}' is stored as (I32|BOOL|I8), not as a"):
+        hf_io.load_hf(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "saved, named, expected",
+    [
+        (torch.bfloat16, "float32", "float32"),
+        (torch.float32, "bfloat16", "bfloat16"),
+        (torch.float32, None, "float32"),
+        (torch.bfloat16, None, "bfloat16"),
+    ],
+)
+def test_the_dtype_is_config_jsons_as_transformers_auto_else_the_stored_one(
+    tmp_path, saved, named, expected
+):
+    model = _hf_model("qwen2", num_attention_heads=4, num_key_value_heads=2)
+    model.to(saved).save_pretrained(tmp_path)
+    hf = json.loads((tmp_path / "config.json").read_text())
+    hf.pop("torch_dtype", None)
+    hf["dtype"] = named
+    (tmp_path / "config.json").write_text(json.dumps(hf))
+    auto = transformers.AutoModelForCausalLM.from_pretrained(tmp_path)  # dtype="auto"
+    assert str(next(auto.parameters()).dtype) == f"torch.{expected}"
+    cfg, params = hf_io.load_hf(tmp_path)
+    assert (cfg.dtype, cfg.param_dtype) == (expected, expected)
+    assert {str(x.dtype) for x in jax.tree.leaves(params)} == {expected}
+    # The older key alone is read too; a dtype given by the caller wins.
+    hf["torch_dtype"] = hf.pop("dtype")
+    (tmp_path / "config.json").write_text(json.dumps(hf))
+    assert hf_io.load_hf(tmp_path)[0].dtype == expected
+    assert hf_io.load_hf(tmp_path, dtype="float16")[0].dtype == "float16"
+
+
+def test_a_config_dtype_r1jax_cannot_compute_in_is_a_clear_error(tmp_path):
+    cfg = SAVE_CASES["qwen2-tied"][0]
+    hf_io.save_hf(tmp_path, cfg, _our_model(cfg))
+    hf = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**hf, "dtype": "float64"}))
+    with pytest.raises(hf_io.HFError, match="config key 'dtype' is 'float64'; supported"):
+        hf_io.load_hf(tmp_path)
+    assert hf_io.load_hf(tmp_path, dtype="float32")[0].dtype == "float32"
 
 
 def test_a_single_file_beside_a_stale_shard_index_is_the_model_as_in_transformers(tmp_path):

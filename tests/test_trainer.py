@@ -567,6 +567,27 @@ def test_init_from_brings_its_tokenizer_and_shape(tmp_path, shared_data, caplog)
     assert "data.seq_len = 600 tokens, past the model's max_seq_len 512" in caplog.text
 
 
+@pytest.mark.parametrize("param_dtype", ["float32", "bfloat16"])
+def test_a_bfloat16_hub_checkpoint_trains_in_the_configs_param_dtype(tmp_path, param_dtype):
+    # Hub checkpoints are mostly stored in bfloat16: loaded as stored, the run trained
+    # bfloat16 master weights under param_dtype float32 (Adam's small steps rounded away) while
+    # its resolved config said float32.
+    from r1jax.model import hf_io
+
+    cfg = configlib.load_config(
+        os.path.join(REPO, "configs/sft.py:tiny"), model__param_dtype=param_dtype
+    )
+    model_cfg = configlib.model_config_from(cfg, vocab_size=512)
+    params = transformer.init_params(model_cfg, jax.random.key(0))
+    stored = jax.tree.map(lambda x: x.astype(jnp.bfloat16), params)
+    hf_io.save_hf(tmp_path / "hub", model_cfg, stored)
+    cfg = configlib.updated(cfg, model__init_from=str(tmp_path / "hub"))
+    loaded_cfg, loaded = supervised.initial_params(cfg, model_cfg)
+    assert loaded_cfg.param_dtype == param_dtype
+    assert {str(x.dtype) for x in jax.tree.leaves(loaded)} == {param_dtype}
+    jax.tree.map(np.testing.assert_array_equal, loaded, jax.tree.map(np.asarray, stored))
+
+
 def test_the_schedule_is_read_at_the_training_step_not_the_optimizers_count():
     # RL makes epochs x minibatches updates a step: indexed by update, warmup ended and the
     # cosine reached its floor that many times too early. A skipped (non-finite) update kept

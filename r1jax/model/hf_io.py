@@ -147,6 +147,17 @@ def _check_one_rope(hf: dict, path) -> None:
             f"{path}: rope_parameters {new} and rope_scaling {old} disagree (transformers "
             "reads rope_scaling when both are set); keep one of them"
         )
+    # transformers takes the theta of rope_scaling, else the top-level rope_theta, else 1e4:
+    # never rope_parameters' own (a transformers 5 folder keeps it only there).
+    top = _number(hf, "rope_theta", path, float, 1e4)
+    theirs = _number(old, "rope_theta", path, float, top)
+    ours = _number(new, "rope_theta", path, float, top)
+    if ours != theirs:
+        raise HFError(
+            f"{path}: rope_parameters says rope_theta {ours:g} but transformers, reading "
+            f"rope_scaling when both are set, runs with {theirs:g} (rope_scaling's, else the "
+            "top-level rope_theta, else 1e4); keep one of them or make the thetas agree"
+        )
 
 
 def _original_context(hf: dict, rope: dict, path) -> int:
@@ -355,7 +366,17 @@ class _Reader:
         file = self.files[name]
         if file not in self._handles:
             self._handles[file] = _safe_open(file)
-        w = self._handles[file].get_tensor(name)
+        try:  # an index can name a shard that lacks the tensor (a hand-edited or re-sharded save)
+            stored = self._handles[file].get_slice(name).get_dtype()
+            w = self._handles[file].get_tensor(name)
+        except safetensors.SafetensorError as e:
+            raise HFError(f"{file}: cannot read tensor {name!r} ({e})") from e
+        if stored not in _FLOAT_TENSOR_DTYPES:  # cast, an int or bool tensor gives another model
+            raise HFError(
+                f"{self.path}: tensor {name!r} is stored as {stored}, not as a floating-point "
+                f"weight ({', '.join(sorted(_FLOAT_TENSOR_DTYPES))}): a quantized or damaged "
+                "checkpoint"
+            )
         if tuple(w.shape) != tuple(shape):
             raise HFError(f"{self.path}: tensor {name!r} has shape {w.shape}, expected {shape}")
         self.used.add(name)
@@ -391,6 +412,22 @@ def _hf_shapes(cfg: ModelConfig) -> dict:
 
 
 _SAFETENSORS_DTYPES = {"BF16": "bfloat16", "F32": "float32", "F16": "float16"}
+_FLOAT_TENSOR_DTYPES = {*_SAFETENSORS_DTYPES, "F64"}  # what a weight may be stored as
+
+
+def _config_dtype(hf: dict, path) -> str | None:
+    """The dtype config.json names, as transformers' `dtype="auto"` (its default) reads it:
+    `dtype`, else the older `torch_dtype`; None when it names none."""
+    key = "dtype" if hf.get("dtype") is not None else "torch_dtype"
+    name = hf.get(key)
+    if name is None:
+        return None
+    if name not in _DTYPE_NAMES:
+        raise HFError(
+            f"{path}: config key {key!r} is {name!r}; supported: {sorted(_DTYPE_NAMES)} (or "
+            "load with an explicit dtype)"
+        )
+    return name
 
 
 def _checkpoint_dtype(path: pathlib.Path, files: dict) -> str:
@@ -406,7 +443,8 @@ def _checkpoint_dtype(path: pathlib.Path, files: dict) -> str:
 
 def load_hf(path, *, dtype: str | None = None) -> tuple[ModelConfig, dict]:
     """Loads a Qwen2 / Llama / Mistral / Qwen3 (no sliding window) Hugging Face folder; dtype=None
-    keeps the checkpoint's dtype.
+    takes the one config.json names (`dtype` or `torch_dtype`, as transformers' default
+    dtype="auto"), else the stored embedding's.
 
     A tied config (tie_word_embeddings) whose checkpoint also stores an lm_head.weight that
     differs from the embedding loads untied, as transformers does.
@@ -416,7 +454,11 @@ def load_hf(path, *, dtype: str | None = None) -> tuple[ModelConfig, dict]:
         raise FileNotFoundError(f"{path}: no config.json (expected a Hugging Face model folder)")
     hf = _read_json(path / "config.json", "config.json")
     cfg = config_from_hf(hf, path=path / "config.json")  # validate before touching tensors
-    dtype = dtype or _checkpoint_dtype(path, _tensor_files(path))
+    dtype = (
+        dtype
+        or _config_dtype(hf, path / "config.json")
+        or _checkpoint_dtype(path, _tensor_files(path))
+    )
     if dtype not in _DTYPE_NAMES:
         raise ValueError(f"unsupported dtype {dtype!r}; supported: {sorted(_DTYPE_NAMES)}")
     cfg = dataclasses.replace(cfg, dtype=dtype, param_dtype=dtype)

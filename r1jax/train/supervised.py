@@ -403,7 +403,9 @@ def initial_params(cfg, model_cfg):
         return model_cfg, None
     path = pathlib.Path(cfg.model.init_from)
     if (path / "config.json").exists() and not (path / "checkpoints").exists():
-        hf_cfg, params = hf_io.load_hf(path)
+        # In this config's param_dtype: a bfloat16 Hub checkpoint under param_dtype float32
+        # trains float32 master weights (kept in bfloat16, Adam's small updates were lost).
+        hf_cfg, params = hf_io.load_hf(path, dtype=model_cfg.param_dtype)
         return _loaded_shape(cfg, model_cfg, hf_cfg), params
     run_dir = next((d for d in (path, path.parent) if configlib.is_run_dir(d)), None)
     if run_dir is not None:  # an r1jax run brings its own model shape (this config's numerics)
