@@ -28,6 +28,7 @@ from r1jax import configlib, distributed, files, sampler, sharding, text
 from r1jax.data import world
 from r1jax.model import config as model_config
 from r1jax.model import hf_io, transformer
+from r1jax.rewards import format as format_reward
 from r1jax.rewards import language as language_reward
 from r1jax.rewards import math as math_reward
 from r1jax.rewards import registry, tasks
@@ -81,9 +82,7 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return float(1.0 - np.prod(1.0 - k / np.arange(n - c + 1, n + 1, dtype=np.float64)))
 
 
-def maj_at_k(
-    votes: list[str | None], correct: list[bool], k: int, *, exact: bool | None = None
-) -> float:
+def maj_at_k(votes: list[str | None], correct: list[bool], k: int, *, exact: bool = False) -> float:
     """Expected accuracy of a majority vote over a uniformly random size-k subset of n samples.
 
     Exact (no sampling). Definitions:
@@ -97,9 +96,11 @@ def maj_at_k(
     Method: answer a wins a subset holding j of its samples when every other answer holds <= j,
     with weight 1/(1 + number of others holding exactly j). Counting subsets by size with a
     generating function per group of answers of equal count (answers with equal counts are
-    interchangeable) gives, for each (count, j), the number of subsets per tie count. The
-    counts are float64 where they fit (n < 1030; exact=True forces Python integers: 256 samples
-    of 100 answers took 39 s a problem that way, 0.1 s in floats).
+    interchangeable) gives, for each (count, j), the number of subsets per tie count. In float64
+    (every term positive: a relative error near 1e-15), and from n = 1030, where C(n, n/2)
+    leaves float64, each count scaled by p^k (1 - p)^(n - k), p = k / n (every sample a
+    Bernoulli(p) pick: the coefficients are binomial probabilities); exact=True counts in Python
+    integers instead (256 samples of 100 answers took 39 s a problem that way, 0.1 s in floats).
     """
     n = len(votes)
     if len(correct) != n:
@@ -112,24 +113,42 @@ def maj_at_k(
         if v is not None:
             right[v] += float(c)
     n_none = n - sum(counts.values())
+    if k == n:  # the one subset: a plain majority vote, ties shared
+        top = max(counts.values(), default=0)
+        tied = [a for a, m in counts.items() if m == top]
+        return float(np.mean([right[a] / top for a in tied])) if tied else 0.0
     # count -> [number of answers with that count, summed answer scores]
     groups: dict[int, list] = {}
     for answer, m in counts.items():
         group = groups.setdefault(m, [0, fractions.Fraction(0)])
         group[0] += 1
         group[1] += fractions.Fraction(right[answer]) / m
-    # Subset counts in float64 (every term is positive: a relative error near 1e-15) while the
-    # largest, C(n, n/2), fits in its range; past it (n near 1030) as exact integers, slower.
-    if exact is None:
-        exact = math.comb(n, n // 2) > 1e307  # float64 ends near 1.8e308
+    # Counts as they are while C(n, n/2) fits in float64 (n < 1030), scaled past it.
+    scaled = not exact and math.comb(n, n // 2) > 1e307  # float64 ends near 1.8e308
+    weight = functools.partial(_binomial_pmf, p=k / n) if scaled else math.comb
     total = fractions.Fraction(0) if exact else 0.0
     for m, (_, score) in groups.items():
         if score == 0:
             continue
         for j in range(1, min(m, k) + 1):
-            ways = _tie_weighted_ways(groups, m, j, k - j, n_none, exact=exact)
-            total += (score if exact else float(score)) * math.comb(m, j) * ways
-    return float(total / math.comb(n, k))
+            ways = _tie_weighted_ways(groups, m, j, k - j, n_none, exact=exact, weight=weight)
+            total += (score if exact else float(score)) * weight(m, j) * ways
+    return float(total / weight(n, k))
+
+
+def _log_comb(m: int, i: int) -> float:
+    return math.lgamma(m + 1) - math.lgamma(i + 1) - math.lgamma(m - i + 1)
+
+
+def _binomial_pmf(m: int, i: int, p: float) -> float:
+    """C(m, i) p^i (1 - p)^(m - i), from logarithms (C(m, i) alone leaves float64 near m = 1030)."""
+    if not 0 <= i <= m:
+        return 0.0
+    if m == i:
+        return p**i
+    if p == 1.0:
+        return 0.0
+    return math.exp(_log_comb(m, i) + i * math.log(p) + (m - i) * math.log1p(-p))
 
 
 def _truncated_product(a: np.ndarray, b: np.ndarray, size: int) -> np.ndarray:
@@ -143,20 +162,21 @@ def _poly(coefficients, exact: bool) -> np.ndarray:
     return np.array([float(c) for c in coefficients], dtype=np.float64)
 
 
-def _tie_weighted_ways(groups: dict, own: int, j: int, rest: int, n_none: int, *, exact: bool):
+def _tie_weighted_ways(groups: dict, own: int, j: int, rest: int, n_none: int, *, exact, weight):
     """Sum over ways to pick `rest` more samples with every other answer holding <= j of them,
     of 1/(1 + number of other answers holding exactly j). One answer of count `own` is the
-    candidate and is excluded from its group."""
+    candidate and is excluded from its group. `weight(m, i)`: the count (math.comb) or the
+    scaled count (see maj_at_k) of the ways to pick i of an answer's m samples."""
     size = rest + 1
     coefficients = functools.partial(_poly, exact=exact)
-    none_poly = coefficients(math.comb(n_none, i) for i in range(size))
+    none_poly = coefficients(weight(n_none, i) for i in range(size))
     by_ties = {0: none_poly}  # ties t -> polynomial over the number of samples picked
     for m, (g, _) in groups.items():
         g -= m == own
         if g == 0:
             continue
-        below = coefficients(math.comb(m, i) if i < j else 0 for i in range(size))
-        tie = math.comb(m, j) if m >= j and j <= rest else 0
+        below = coefficients(weight(m, i) if i < j else 0 for i in range(size))
+        tie = weight(m, j) if m >= j and j <= rest else 0
         # (below(x) + y * tie * x^j)^g: u of the g answers tie with the candidate.
         powers = [coefficients([1] + [0] * rest)]
         for _ in range(g):
@@ -166,7 +186,11 @@ def _tie_weighted_ways(groups: dict, own: int, j: int, rest: int, n_none: int, *
             if j * u > rest:
                 break
             term = coefficients([0] * size)
-            term[j * u :] = powers[g - u][: size - j * u] * (math.comb(g, u) * tie**u)
+            if weight is math.comb:
+                factor = math.comb(g, u) * tie**u
+            else:  # C(g, u) of up to n answers leaves float64 too
+                factor = math.exp(_log_comb(g, u) + u * math.log(tie)) if u else 1.0
+            term[j * u :] = powers[g - u][: size - j * u] * factor
             terms.append(term)
         new: dict[int, np.ndarray] = {}
         for t, poly in by_ties.items():
@@ -331,6 +355,7 @@ def grade_problem(
     accuracy: (score, error or None) of each completion, the greedy one last, when graded
     elsewhere (`evaluate`'s grading workers); else each is graded here."""
     errors: list[str] = []
+    opens_think = bool(record.get("prompt_opens_think", False))
     row = {
         "prompt": prompt,
         "answer": record.get("answer"),
@@ -340,7 +365,10 @@ def grade_problem(
         "lengths": [int(n) for n in lengths],
         "truncated": [bool(x) for x in truncated],
         "format": [_safe(registry.format_strict, t, record, errors) for t in texts],
-        "reasoning": [bool(world.is_reasoning(t)) for t in texts],
+        # A prompt ending in <think> (an R1-distill template) opened the thought for the model.
+        "reasoning": [
+            bool(world.is_reasoning(format_reward.with_think_prefix(t, opens_think))) for t in texts
+        ],
     }
     if "kind" in record:
         row["kind"] = record["kind"]

@@ -119,10 +119,20 @@ def test_maj_at_k_in_floats_equals_the_exact_count():
 
 
 def test_maj_at_k_beyond_float64_subset_counts():
-    # C(1030, 515) > 1.8e308: float64 subset counts raised OverflowError here.
+    # C(1030, 515) > 1.8e308: float64 subset counts raised OverflowError here, then Python
+    # integers took a minute a problem (12 answers, k = n / 2); scaled floats take a second.
     votes = ["a"] * 1000 + [None] * 30
-    assert evaluation.maj_at_k(votes, [True] * 1030, 515) == 1.0
+    assert evaluation.maj_at_k(votes, [True] * 1030, 515) == pytest.approx(1.0, rel=1e-12)
     assert evaluation.maj_at_k(votes, [False] * 1030, 515) == 0.0
+    rng = np.random.RandomState(0)
+    votes = [None if rng.rand() < 0.1 else str(rng.randint(3)) for _ in range(1100)]
+    correct = [v == "1" for v in votes]
+    for k in (40, 100):
+        assert evaluation.maj_at_k(votes, correct, k) == pytest.approx(
+            evaluation.maj_at_k(votes, correct, k, exact=True), rel=1e-11
+        )
+    votes = [None if rng.rand() < 0.1 else str(rng.randint(12)) for _ in range(1030)]
+    assert 0.0 < evaluation.maj_at_k(votes, [v == "1" for v in votes], 515) < 0.01
 
 
 def _ans(x):
@@ -243,6 +253,18 @@ def test_grade_problem_and_summarize():
     assert metrics["format_rate"] == 0.5 and metrics["reasoning_rate"] == 0.75
     assert metrics["mean_length"] == 5.25 and metrics["truncation_rate"] == 0.25
     assert curves["k"] == [1.0, 2.0, 4.0] and curves["pass@k"][0] == 0.5
+
+
+def test_a_prompt_that_opened_the_thought_counts_it_as_reasoning():
+    # An R1-distill template ends the prompt in <think>: the model writes the thought's rest.
+    # Format honoured it; reasoning did not, so the language of those thoughts went unmeasured.
+    record = {"task": "math", "answer": "3", "language": "zh", "prompt_opens_think": True}
+    texts = ["我们先计算一下，结果是三。</think><answer>3</answer>", "</think><answer>3</answer>"]
+    row = evaluation.grade_problem(record, "...<think>", texts, [20, 5], [False, False])
+    assert row["scores"] == [1.0, 1.0] and row["format"] == [1.0, 0.0]
+    assert row["reasoning"] == [True, False] and row["language"] == [1.0, None]
+    metrics, _ = evaluation.summarize([row], ks=(1,))
+    assert metrics["reasoning_rate"] == 0.5 and metrics["language_consistency"] == 1.0
 
 
 # ---- evaluate on a tiny random model ----------------------------------------------------------

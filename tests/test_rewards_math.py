@@ -367,6 +367,17 @@ PAIRS = [
     ("x=4 \\lor x=6", "6", False),  # a disjunction hedges
     ("\\cfrac{1}{3}", "\\frac13", True),
     ("14{,}916", "14916", True),
+    # A gold equation that is not a name = value is the answer whole (math-verify credited
+    # its right side: "0" for a plane through the origin).
+    ("0", "x + y + z = 0", False),
+    ("1", "x + y + z = 1", False),
+    ("-4", "5x - 7y + 11z + 4 = 0", False),
+    ("5x-7y+11z=-4", "5x - 7y + 11z + 4 = 0", True),
+    ("z + y + x = 0", "x + y + z = 0", True),
+    ("2x+3", "y = 2x + 3", True),  # a name = value gold is answered by the value
+    ("x^2", "f(x) = x^2", True),
+    ("3", "x_1 = 3", True),
+    ("12+12\\sqrt{3}", "AB=12+12\\sqrt{3}", True),
 ]
 
 
@@ -431,6 +442,18 @@ def test_extraction_is_linear_on_many_unclosed_answer_tags():
     start = time.monotonic()
     assert math_reward.extract_answer(text) == "7"
     assert time.monotonic() - start < 0.5
+
+
+def test_a_sentence_answer_is_graded_in_linear_time():
+    # The word-answer check ran "[A-Za-z]{2,}(?: ?[A-Za-z]+)*" over normalize()'s space-free
+    # letters, before the sympy deadline: exponential backtracking, 2.3 s with 29 letters before
+    # the digit, twice that for every letter more (this one's 35: ~2 min; 43 letters: days).
+    answer = "Every day Janet makes a total of all of them 18 dollars"
+    tasks.accuracy("<answer>18</answer>", {"task": "gsm8k", "answer": "18"})  # imports, checker
+    start = time.monotonic()
+    assert tasks.accuracy(f"<answer>{answer}</answer>", {"task": "gsm8k", "answer": "18"}) == 0
+    assert time.monotonic() - start < 8.0  # sympy's part is under its 5 s deadline
+    assert math_reward.is_equiv("\\text{North East}", "north east")  # words, any case
 
 
 def test_dangerous_answers_are_rejected_before_sympy():

@@ -67,6 +67,10 @@ _UNIT_TAIL = re.compile(
 )
 # A number with letters against it ("2ab"): an expression, never a plain number's equal.
 _NUMBER_TIMES_LETTERS = re.compile(r"[-+]?[\d.]*\d[a-zA-Z]{2,}")
+# The left side of a gold that names its value ("x = 3", "x_1 = 3", "f(x) = x^2", "AB = 12",
+# "\theta = 30"): answering with the value alone is right. Any other equation ("x + y + z = 0",
+# a plane) is the answer itself; math-verify would credit its right side alone ("0").
+_NAMED_VALUE = re.compile(r"(?:[a-zA-Z]|[A-Z]{2,3}|\\[a-zA-Z]+)'*(?:_\{?\w+\}?)?(?:\([^()=]*\))?'*")
 # A unit squared or cubed: "15\mbox{ cm}^2" (MATH-500's gold), "864 inches^2": a \text/\mbox
 # group, or a unit name of two letters or more after a space ("3m^2" keeps its variable m).
 _AREA_TAIL = re.compile(
@@ -498,10 +502,12 @@ def is_equiv(pred: str | None, gold: str, *, timeout_s: float = DEFAULT_TIMEOUT_
     hedged = lambda s: _hedged_text(s) or bool(_DISJUNCTION.search(s))  # noqa: E731
     if hedged(pred) and not hedged(gold) and not _top_level_comma(gold):
         return False
+    if g.count("=") == 1 and "=" not in p and not _NAMED_VALUE.fullmatch(g.split("=")[0]):
+        return False
     return symbolic_equal(p, g, timeout_s=timeout_s)
 
 
-_WORDS = re.compile(r"[A-Za-z]{2,}(?: ?[A-Za-z]+)*")
+_WORDS = re.compile(r"[A-Za-z]{2,}(?: [A-Za-z]+)*")  # one way to match: no backtracking blow-up
 
 
 def _top_level_comma(s: str) -> bool:
