@@ -390,6 +390,22 @@ def grade_problem(
     return row
 
 
+_GOLD_VOTE = "\x00equal to the gold"
+
+
+def grouped_votes(votes: list[str | None], correct: list[bool]) -> list[str | None]:
+    """`votes` with every key whose samples all graded correct made one: the grader found each
+    equal to the gold, so to one another. canonical_answer's cheap forms miss some equal pairs
+    (\\sqrt{2}/2 and \\frac{1}{\\sqrt{2}}, 2x+3 and 3+2x); split, the right answer's votes
+    lost to a wrong one written one way. Keys graded both ways stay apart (maj_at_k scores
+    them by their mean)."""
+    verdicts: dict[str, set] = {}
+    for v, c in zip(votes, correct, strict=True):
+        if v is not None:
+            verdicts.setdefault(v, set()).add(bool(c))
+    return [_GOLD_VOTE if v is not None and verdicts[v] == {True} else v for v in votes]
+
+
 def summarize(rows: list[dict], ks) -> tuple[dict[str, float], dict[str, list[float]]]:
     """Metrics and curves over problem rows (scores >= 0.5 count as correct for pass@k/maj@k)."""
     ks = sorted(set(ks))
@@ -401,9 +417,10 @@ def summarize(rows: list[dict], ks) -> tuple[dict[str, float], dict[str, list[fl
     if all("greedy" in r for r in rows):
         metrics["pass@1_greedy"] = float(np.mean([r["greedy"]["score"] for r in rows]))
     curves = {"k": [float(k) for k in ks], "pass@k": [], "maj@k": []}
+    votes = [grouped_votes(r["votes"], c) for r, c in zip(rows, correct, strict=True)]
     for k in ks:
         p = np.mean([pass_at_k(len(c), sum(c), k) for c in correct])
-        m = np.mean([maj_at_k(r["votes"], c, k) for r, c in zip(rows, correct, strict=True)])
+        m = np.mean([maj_at_k(v, c, k) for v, c in zip(votes, correct, strict=True)])
         curves["pass@k"].append(float(p))
         curves["maj@k"].append(float(m))
         if k > 1:  # pass@1 is the mean score above (equal for 0/1 scores)

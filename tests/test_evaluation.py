@@ -255,6 +255,24 @@ def test_grade_problem_and_summarize():
     assert curves["k"] == [1.0, 2.0, 4.0] and curves["pass@k"][0] == 0.5
 
 
+def test_maj_at_k_counts_every_answer_the_grader_found_right_as_one_vote():
+    # 9 right answers in three forms canonical_answer keeps apart, 5 of one wrong answer: the
+    # right answer's votes were split and "1" won maj@16 (0.0).
+    record = {"task": "math", "answer": "\\frac{\\sqrt{2}}{2}"}
+    answers = ["\\frac{\\sqrt{2}}{2}"] * 4 + ["\\sqrt{2}/2"] * 3 + ["\\frac{1}{\\sqrt{2}}"] * 2
+    answers += ["1"] * 5 + [None] * 2
+    texts = [f"<think>w</think><answer>{a}</answer>" if a else "<think>w</think>" for a in answers]
+    row = evaluation.grade_problem(record, "P", texts, [9] * 16, [False] * 16)
+    assert sum(row["scores"]) == 9 and len(set(row["votes"]) - {None}) == 4
+    metrics, _ = evaluation.summarize([row], ks=(1, 16))
+    assert metrics["maj@16"] == 1.0
+    assert metrics["maj@1"] == pytest.approx(9 / 16)
+    # A key graded both ways stays apart (scored by its mean), as do wrong ones.
+    votes, correct = ["a", "a", "b", "c", "c", None], [True, False, True, False, False, False]
+    gold = evaluation._GOLD_VOTE
+    assert evaluation.grouped_votes(votes, correct) == ["a", "a", gold, "c", "c", None]
+
+
 def test_a_prompt_that_opened_the_thought_counts_it_as_reasoning():
     # An R1-distill template ends the prompt in <think>: the model writes the thought's rest.
     # Format honoured it; reasoning did not, so the language of those thoughts went unmeasured.
