@@ -41,13 +41,24 @@ CASES = [
     ("<think>我们来算。``` Let me add these numbers</think><answer>5</answer>", "zh", 4 / 9),
     ("<think>我们来算。\n```\nLet me add these numbers.\n```\n</think>", "zh", 4 / 9),
     ("<think>我们来算。\n```text\nLet me add these numbers.\n```\n</think>", "zh", 4 / 9),
-    # A code label is trusted (English under ```cpp is not counted); its comments are prose.
-    ("<think>我们来算。\n```cpp\nLet me add these numbers.\n```\n</think>", "zh", 1.0),
+    # A code label does not hide sentences written under it (English under ```cpp or ```json,
+    # lines with = or ( ) in an unlabelled fence: 1.0 before); code's comments and strings are
+    # prose too.
+    ("<think>我们来算。\n```cpp\nLet me add these numbers.\n```\n</think>", "zh", 4 / 9),
+    ("<think>我们来算。\n```json\nLet me add these numbers.\n```\n</think>", "zh", 4 / 9),
+    (
+        "<think>我们来算。\n```\nSo we get the sum (a + b) = 10\nand then we know b = 4\n```",
+        "zh",
+        4 / 13,
+    ),
+    ('<think>算。\n```json\n{"thought": "we add them all"}\n```\n</think>', "zh", 1 / 6),
+    ('<think>算。\n```c\nprintf("sum is");  // add it\n```\n</think>', "zh", 1 / 5),
+    ('<think>算。\n```python\nprint("sum is")\n```\n</think>', "zh", 1 / 3),
     ("<think>算。\n```js\nconst x = 1\n```\n</think>", "zh", 1.0),
     ("<think>算。\n```\nconst x = f(1);\nlet y = g(x);\n```\n</think>", "zh", 1.0),
     ("<think>算。\n```python\nn = total // base  # add it\n```\n</think>", "zh", 1 / 3),
     ("<think>算。\n```cpp\n#include <iostream>\n```\n</think>", "zh", 1.0),
-    ('<think>算。\n```json\n{"key": "value here"}\n```\n</think>', "zh", 1.0),
+    ('<think>算。\n```json\n{"x": 1, "y": [2]}\n```\n</think>', "zh", 1.0),
     ("<think>算。\n```bash\nls -la results\n```\n</think>", "zh", 1.0),
     # Arabic vowel marks are part of their word.
     ("<think>We add مُحَمَّدٌ now</think>", "en", 3 / 4),

@@ -9,10 +9,11 @@ math or code in Chinese is Chinese:
 - short all-capital runs (ABC, AB: points and segments) and math function names (sin, gcd);
 - inline code without spaces (`numpy.linalg.solve`);
 - closed code fences that hold code: under a code or data language's label (```cpp, ```json),
-  Python that parses, or unlabelled lines mostly of code punctuation; their comments (and
-  Python docstrings) count as prose. A fence that is never closed, or holds prose (```text,
-  ```markdown, unlabelled lines of words), counts as prose: one ``` must not hide a thought's
-  mixed language. (A label is trusted: English under ```cpp is not counted.)
+  Python that parses, or unlabelled lines mostly of code punctuation; their comments, strings
+  and lines that read as sentences (four words in a row) count as prose. A fence that is never
+  closed, or holds prose (```text, ```markdown, unlabelled lines of words), counts as prose:
+  one ``` must not hide a thought's mixed language, nor must a label (English sentences under
+  ```json, or as JSON strings, are English).
 The text is NFKC-normalized first (full-width Latin is Latin, half-width kana are kana).
 """
 
@@ -67,6 +68,13 @@ _NO_COMMENTS = frozenset(
     "xml css latex tex diff patch csv asm nasm prolog vhdl verilog wasm".split()
 )
 _CODE_PUNCTUATION = re.compile(r"[;{}()\[\]=<>]")
+# From a word's start only, words taken whole (possessive): linear in a line of any length.
+_LETTER = r"[A-Za-z\u00c0-\u024f\u0400-\u04ff]"
+_SENTENCE_RUN = re.compile(
+    rf"(?<!{_LETTER}){_LETTER}{{2,}}+(?: {_LETTER}{{2,}}+){{3}}"
+    r"|[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af]{4}"
+)
+_DOUBLE_QUOTED = re.compile(r'"((?:[^"\\\n]|\\.)*)"')
 _COMMENTS = {
     "#": re.compile(r"(?:^|\s)#(?!include|define|if|endif|pragma|import)(.*)$", re.MULTILINE),
     "//": re.compile(r"(?:^|\s)//(.*)$", re.MULTILINE),
@@ -83,47 +91,63 @@ def _python(body: str) -> ast.Module | None:
 
 
 def _python_prose(tree: ast.Module, body: str) -> str:
-    """A parsed Python block's comments and bare strings (docstrings)."""
+    """A parsed Python block's comments and strings (docstrings, messages, data)."""
     try:
         tokens = tokenize.generate_tokens(io.StringIO(body).readline)
         comments = [t.string[1:] for t in tokens if t.type == tokenize.COMMENT]
     except (tokenize.TokenError, SyntaxError):
         comments = []
     strings = [
-        node.value.value
+        node.value
         for node in ast.walk(tree)
-        if isinstance(node, ast.Expr)
-        and isinstance(node.value, ast.Constant)
-        and isinstance(node.value.value, str)
+        if isinstance(node, ast.Constant) and isinstance(node.value, str)
     ]
     return " ".join(comments + strings)
 
 
+def _sentence(line: str) -> bool:
+    """Whether a line in a fence reads as a sentence, not code: four words in a row (Latin,
+    Cyrillic) or four ideographs / kana / Hangul syllables."""
+    return bool(_SENTENCE_RUN.search(line))
+
+
+def _code_line_prose(line: str, comment_starts) -> str:
+    """A code line's prose: the line itself when it is a sentence, else its comments and its
+    double-quoted strings (C-family and JSON strings; Python's come from its parse)."""
+    if _sentence(line):
+        return line
+    parts = [m for start in comment_starts for m in _COMMENTS[start].findall(line)]
+    return " ".join(parts + _DOUBLE_QUOTED.findall(line))
+
+
 def _code_prose(info: str, body: str) -> str | None:
-    """The prose in a closed fence that holds code (its comments; a Python block's docstrings
-    too), or None when the fence holds prose. Code: a code or data language's label (the
-    label's first word), Python that parses, or, unlabelled, mostly lines of code punctuation;
-    prose: its own label (```text, ```markdown), or unlabelled lines of words."""
+    """The prose in a closed fence that holds code, or None when the fence holds prose. Code: a
+    code or data language's label (the label's first word), Python that parses, or, unlabelled,
+    mostly lines of code punctuation; prose: its own label (```text, ```markdown), or unlabelled
+    lines of words. Of code, its comments and strings are prose, and so is every line that
+    reads as a sentence: a label does not hide the English written under it."""
     lang = (info.split() or [""])[0].lower()
     if lang in _PYTHON or not lang:
         tree = _python(body)
         if tree is not None:
             return _python_prose(tree, body)
-        if lang:  # labelled Python that does not parse (a fragment): code still
-            return " ".join(_COMMENTS["#"].findall(body))
-    if lang in _HASH_COMMENTS:
-        return " ".join(_COMMENTS["#"].findall(body))
-    if lang in _SLASH_COMMENTS:
-        return " ".join(_COMMENTS["//"].findall(body))
-    if lang in _NO_COMMENTS:
-        return ""
-    if lang:
+    if lang in _PYTHON or lang in _HASH_COMMENTS:
+        starts = ("#",)
+    elif lang in _SLASH_COMMENTS:
+        starts = ("//",)
+    elif lang in _NO_COMMENTS:
+        starts = ()
+    elif lang:
         return None  # ```text, ```markdown, an unknown label: prose
-    lines = [line for line in body.splitlines() if line.strip()]
-    punctuated = sum(bool(_CODE_PUNCTUATION.search(line)) for line in lines)
-    if lines and 2 * punctuated >= len(lines):  # unlabelled code of some language
-        return " ".join(_COMMENTS["//"].findall(body) + _COMMENTS["#"].findall(body))
-    return None
+    else:
+        lines = [line for line in body.splitlines() if line.strip()]
+        punctuated = sum(
+            bool(_CODE_PUNCTUATION.search(line)) and not _sentence(line) for line in lines
+        )
+        if not lines or 2 * punctuated < len(lines):
+            return None  # unlabelled lines of words
+        starts = ("//", "#")  # unlabelled code of some language
+    return " ".join(_code_line_prose(line, starts) for line in body.splitlines())
 
 
 def _drop_code(match: re.Match) -> str:
