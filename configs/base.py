@@ -106,6 +106,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.rl.max_new_tokens = 1024  # T: completion budget
     c.rl.sample_prompts_per_call = 0  # prompts per sampler call (KV cache ~ its rows); 0 = all
     c.rl.temperature = 1.0  # sampling temperature (log-probs use the same scaled distribution)
+    # Truncation (top_p < 1, top_k > 0) is warned about: the log-probs of the ratio and the KL
+    # are the untruncated policy's, so the samples are off-policy by it.
     c.rl.top_p = 1.0
     c.rl.top_k = 0  # 0 = off
     c.rl.template = "r1_zero"  # prompt template: r1_zero | chat | world | none

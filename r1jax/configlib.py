@@ -529,6 +529,14 @@ def _validate_rl(cfg, num_devices: int) -> None:
     _require(rl.temperature > 0, "rl.temperature", "RL samples need a positive temperature")
     _require(0 < rl.top_p <= 1, "rl.top_p", "must be in (0, 1]")
     _require(rl.top_k >= 0, "rl.top_k", "must be >= 0 (0 = off)")
+    if rl.top_p < 1 or rl.top_k > 0:
+        logging.warning(
+            "rl.top_p=%s, rl.top_k=%s: RL then samples from the truncated distribution while the "
+            "ratio, the KL and the TIS weight use the untruncated policy's log-probs (as TRL and "
+            "verl): the update is off-policy by the truncation, which nothing corrects",
+            rl.top_p,
+            rl.top_k,
+        )
     _require(rl.max_new_tokens > 0, "rl.max_new_tokens", "must be positive")
     per_call = rl.get("sample_prompts_per_call", 0)
     _require(per_call >= 0, "rl.sample_prompts_per_call", f"must be >= 0 (0 = all), got {per_call}")

@@ -208,6 +208,15 @@ def test_sizes_and_names_that_cannot_work_name_the_field(shared_data, spec, fiel
         configlib.validate(cfg, num_devices=1)
 
 
+@pytest.mark.parametrize("overrides", [{"rl__top_p": 0.9}, {"rl__top_k": 20}, {}])
+def test_truncated_rl_sampling_is_warned_about(shared_data, caplog, overrides):
+    # The ratio's and the KL's log-probs are the untruncated policy's: silently off-policy.
+    cfg = configlib.load_config(os.path.join(REPO, "configs/r1_zero.py:tiny"), **overrides)
+    with caplog.at_level("WARNING"):
+        configlib.validate(cfg, num_devices=1)
+    assert ("off-policy by the truncation" in caplog.text) == bool(overrides)
+
+
 @pytest.mark.parametrize(
     "spec,overrides,field",
     [
