@@ -26,6 +26,8 @@ CASES = [
     # LaTeX command names, code and the signs × ÷ are no language's words
     ("<think>因为 $\\frac{a}{b}\\cdot\\sqrt{x}$ 所以</think>", "zh", 1.0),
     ("<think>3 × 4 ÷ 2 等于六</think>", "zh", 1.0),
+    # ... LaTeX's own command names: a backslashed English word is English (1.0 before).
+    ("<think>我们来算。\\First \\we \\note \\that $\\mathbb{R}$</think>", "zh", 0.5),
     ("<think>先运行 ```python\nprint(sum([1, 2]))\n``` 得到三</think>", "zh", 1.0),
     ("<think>Café résumé</think>", "en", 1.0),
     # Japanese writes kanji beside kana: both count for "ja", only kanji for "zh"

@@ -5,7 +5,8 @@ are told apart by script here: a run of Latin letters is one word (every Latin-s
 counts as "en"); each CJK ideograph, kana or Hangul syllable is one word (those scripts have no
 spaces between words). What is not prose of any language is left out, so that reasoning about
 math or code in Chinese is Chinese:
-- LaTeX command names (\\frac, \\sqrt, \\text) and single letters (x, n: variables);
+- LaTeX command names (\\frac, \\sqrt, \\text: LaTeX's own, not any backslashed word) and
+  single letters (x, n: variables);
 - short all-capital runs (ABC, AB: points and segments) and math function names (sin, gcd);
 - inline code without spaces (`numpy.linalg.solve`);
 - closed code fences that hold code: under a code or data language's label (```cpp, ```json),
@@ -48,7 +49,52 @@ _MATH_FUNCTIONS = frozenset(
     "sin cos tan cot sec csc arcsin arccos arctan sinh cosh tanh log ln lg exp gcd lcm max min "
     "mod det lim sup inf arg deg dim ker sgn".split()
 )
-_LATEX_COMMAND = re.compile(r"\\[A-Za-z]+")
+_LATEX_COMMAND = re.compile(r"\\([A-Za-z]+)")
+# LaTeX's and its math packages' command names (those of MATH's problems and solutions among
+# them): math, no language's words. Any other \name is its letters ("\we \note" is English).
+_LATEX_NAMES = frozenset(
+    """
+    alpha beta gamma delta epsilon varepsilon zeta eta theta vartheta iota kappa lambda mu nu xi
+    omicron pi varpi rho varrho sigma varsigma tau upsilon phi varphi chi psi omega Gamma Delta
+    Theta Lambda Xi Pi Sigma Upsilon Phi Psi Omega ell hbar imath jmath aleph wp Re Im
+    frac dfrac tfrac cfrac sqrt root of binom dbinom tbinom choose over atop pmod bmod mod
+    cdot cdots ldots dots dotsb dotsm dotsc dotsi dotso vdots ddots times div pm mp ast star
+    circ bullet oplus ominus otimes oslash odot bigcirc dagger ddagger amalg cup cap sqcup sqcap
+    vee wedge bigcup bigcap bigvee bigwedge bigoplus bigotimes biguplus setminus smallsetminus
+    le leq leqslant ge geq geqslant ne neq lt gt ll gg lesssim gtrsim prec succ preceq succeq
+    approx equiv cong sim simeq asymp propto doteq models perp parallel mid nmid
+    in notin ni subset subseteq subsetneq supset supseteq supsetneq emptyset varnothing
+    forall exists nexists neg lnot land lor implies impliedby iff therefore because
+    to gets mapsto rightarrow leftarrow Rightarrow Leftarrow leftrightarrow Leftrightarrow
+    longrightarrow longleftarrow Longrightarrow Longleftarrow longleftrightarrow
+    Longleftrightarrow uparrow downarrow Uparrow Downarrow updownarrow nearrow searrow
+    swarrow nwarrow hookrightarrow rightharpoonup leadsto
+    infty partial nabla prime backslash angle measuredangle sphericalangle triangle
+    bigtriangleup bigtriangledown triangleleft triangleright square Box blacksquare diamond
+    Diamond lozenge clubsuit diamondsuit heartsuit spadesuit top bot flat natural sharp bowtie
+    degree checkmark surd
+    sum prod coprod int iint iiint oint lim limsup liminf sup inf max min arg det dim ker hom
+    deg gcd lcm exp log ln lg sin cos tan cot sec csc arcsin arccos arctan arccot sinh cosh
+    tanh coth Pr operatorname
+    left right big Big bigg Bigg bigl bigr Bigl Bigr biggl biggr Biggl Biggr middle
+    lfloor rfloor lceil rceil langle rangle lvert rvert lVert rVert vert Vert lbrace rbrace
+    lbrack rbrack
+    text textbf textit textrm textsf texttt textnormal textup textsc emph mbox hbox fbox
+    boxed mathrm mathbf mathit mathsf mathtt mathcal mathbb mathfrak mathscr mathop mathbin
+    mathrel mathord bm boldsymbol bf it rm sf tt cal bold displaystyle textstyle
+    scriptstyle scriptscriptstyle limits nolimits
+    overline underline overbrace underbrace overrightarrow overleftarrow overleftrightarrow
+    overarc widehat widetilde hat tilde bar vec dot ddot dddot acute grave breve check
+    mathring cancel cancelto bcancel xcancel not stackrel overset underset frown smile
+    begin end matrix pmatrix bmatrix Bmatrix vmatrix Vmatrix smallmatrix cases dcases array
+    align aligned gather gathered split equation eqnarray tabular hline cline multicolumn
+    multirow noalign arraystretch
+    quad qquad hspace vspace space enspace thinspace negthinspace phantom hphantom vphantom
+    smallskip medskip bigskip newline linebreak allowbreak nobreak indent noindent cr
+    label tag notag nonumber ref eqref item tiny scriptsize footnotesize small normalsize
+    large Large LARGE huge Huge parbox renewcommand newcommand def let
+    """.split()
+)
 _INLINE_CODE = re.compile(r"`[^`\s]+`")
 # A fence: ``` and its info string, the body, the closing ``` (a fence never closed is prose).
 _FENCE = re.compile(r"```([^\n`]*)\n(.*?)```", re.DOTALL)
@@ -160,7 +206,11 @@ def prose(text: str) -> str:
     text = unicodedata.normalize("NFKC", text)
     text = _FENCE.sub(_drop_code, text)
     text = _INLINE_CODE.sub(" ", text)
-    return _LATEX_COMMAND.sub(" ", text)
+    return _LATEX_COMMAND.sub(_latex_name, text)
+
+
+def _latex_name(match: re.Match) -> str:
+    return " " if match.group(1) in _LATEX_NAMES else f" {match.group(1)} "
 
 
 def word_counts(text: str) -> dict[str, int]:
