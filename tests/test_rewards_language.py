@@ -68,6 +68,7 @@ CASES = [
     ("<think>算。\n```python\n# add it\n'then check'\nx = 1\n```\n</think>", "zh", 1 / 5),
     # Points, segments and function names are math, not English; so is inline code.
     ("<think>在三角形ABC中，AB=AC，求角BAC。由 sin 和 gcd 得</think>", "zh", 1.0),
+    ("<think>我们来算。 FIRST WE NOTE THAT, AB = 2</think>", "zh", 0.5),  # shouted: 0.8 before
     ("<think>我们调用 `numpy.linalg.solve` 函数求解。</think>", "zh", 1.0),
     # The tags are not words: an answer without a thought has no thought's words.
     ("<answer>5</answer>", "en", 0.0),

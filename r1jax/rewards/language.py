@@ -7,7 +7,8 @@ spaces between words). What is not prose of any language is left out, so that re
 math or code in Chinese is Chinese:
 - LaTeX command names (\\frac, \\sqrt, \\text: LaTeX's own, not any backslashed word) and
   single letters (x, n: variables);
-- short all-capital runs (ABC, AB: points and segments) and math function names (sin, gcd);
+- short all-capital runs (ABC, AB: points and segments; not three capital words in a row,
+  which are shouted prose) and math function names (sin, gcd);
 - inline code without spaces (`numpy.linalg.solve`);
 - closed code fences that hold code: under a code or data language's label (```cpp, ```json),
   Python that parses, or unlabelled lines mostly of code punctuation; their comments, strings
@@ -50,6 +51,8 @@ _MATH_FUNCTIONS = frozenset(
     "mod det lim sup inf arg deg dim ker sgn".split()
 )
 _LATEX_COMMAND = re.compile(r"\\([A-Za-z]+)")
+# Three or more capital words in a row are shouted prose ("FIRST WE NOTE"), not points (ABC).
+_SHOUTED = re.compile(r"(?<![A-Za-z])[A-Z]{2,}+(?:[ \t]+[A-Z]{2,}+){2,}(?![A-Za-z])")
 # LaTeX's and its math packages' command names (those of MATH's problems and solutions among
 # them): math, no language's words. Any other \name is its letters ("\we \note" is English).
 _LATEX_NAMES = frozenset(
@@ -206,7 +209,8 @@ def prose(text: str) -> str:
     text = unicodedata.normalize("NFKC", text)
     text = _FENCE.sub(_drop_code, text)
     text = _INLINE_CODE.sub(" ", text)
-    return _LATEX_COMMAND.sub(_latex_name, text)
+    text = _LATEX_COMMAND.sub(_latex_name, text)
+    return _SHOUTED.sub(lambda m: m.group(0).lower(), text)
 
 
 def _latex_name(match: re.Match) -> str:
