@@ -112,7 +112,7 @@ def test_cli_unknown_override_and_missing_file(tmp_path):
     assert "Traceback" not in out.stderr, out.stderr[-2000:]
 
 
-def test_malformed_row_names_file_and_line_or_is_skipped_and_counted(tmp_path):
+def test_malformed_row_names_file_and_line_or_is_skipped_and_counted(tmp_path, caplog):
     from r1jax.data import sources
     from r1jax.train import supervised
 
@@ -124,7 +124,10 @@ def test_malformed_row_names_file_and_line_or_is_skipped_and_counted(tmp_path):
     with pytest.raises(sources.DataError, match=r"bad\.jsonl:2"):
         supervised.load_records(cfg, str(bad))
     cfg = _cfg(data__train=str(bad), data__format="jsonl", data__eval="", data__on_error="skip")
-    assert [r["prompt"] for r in supervised.load_records(cfg, str(bad))] == ["a", "d"]
+    with caplog.at_level("WARNING"):
+        assert [r["prompt"] for r in supervised.load_records(cfg, str(bad))] == ["a", "d"]
+    # The count, and which rows (it said how many only).
+    assert "skipped 1 malformed rows" in caplog.text and "bad.jsonl:2: " in caplog.text
     # A gzipped JSON list is read as a list (it was read as JSONL, failing at line 1).
     rows = [{"prompt": "a", "response": "b"}, {"prompt": "c", "response": "d"}]
     with gzip.open(tmp_path / "rows.json.gz", "wt") as f:

@@ -252,7 +252,9 @@ def test_load_records_reads_a_plain_jsonl_file_lazily(tmp_path):
     assert supervised.load_records(cfg, str(plain)) == rows[:2]
 
 
-def test_a_kept_row_index_spares_a_restart_the_check_and_follows_the_file(tmp_path, monkeypatch):
+def test_a_kept_row_index_spares_a_restart_the_check_and_follows_the_file(
+    tmp_path, monkeypatch, caplog
+):
     # Checking rows runs at ~250 MB/s: an R1-size SFT file (20 GB) took every process ~80 s
     # at each resume. The index keeps the check while the file and the settings are the same.
     rows = [{"prompt": f"p{i}", "response": "r"} for i in range(5)]
@@ -271,10 +273,13 @@ def test_a_kept_row_index_spares_a_restart_the_check_and_follows_the_file(tmp_pa
     assert len(read(required=(("prompt",),), index=index)) == 6  # other settings: checked
     assert not read(required=need, index=index).from_index  # (the index now holds those)
     assert read(required=need, index=index).from_index
-    with path.open("a") as f:  # the file changed: checked again
-        f.write(json.dumps({"prompt": "new", "response": "r"}) + "\n")
-    changed = read(required=need, index=index)
+    assert "changed since this run indexed it" not in caplog.text  # other settings: no note
+    with path.open("a") as f:  # the file changed: checked again, and said (a resume's data
+        f.write(json.dumps({"prompt": "new", "response": "r"}) + "\n")  # position moved)
+    with caplog.at_level("WARNING"):
+        changed = read(required=need, index=index)
     assert not changed.from_index and changed[-1]["prompt"] == "new"
+    assert f"{path}: changed since this run indexed it" in caplog.text
     index.write_bytes(b"not an index")  # a damaged index: checked again, and rewritten
     assert not read(required=need, index=index).from_index
     assert read(required=need, index=index).from_index

@@ -164,6 +164,7 @@ def test_records_the_rewards_cannot_grade_are_refused_up_front():
         ({"prompt": "?", "task": ["math"], "answer": "1"}, "unknown task \\['math'\\]"),
         ({"answer": "4"}, "no text 'prompt' field"),
         ({"prompt": 4, "answer": "4"}, "no text 'prompt' field"),
+        ({"prompt": "  ", "answer": "4"}, "field 'prompt' is blank"),  # trained on nothing
         # Types (from the data audit): each scored every completion 0, read "123" as the
         # numbers 1, 2, 3, cut a target of 6.5 to 6, or crashed the run when graded.
         ({"prompt": "?", "answer": " "}, "field 'answer' is blank"),

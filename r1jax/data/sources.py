@@ -387,6 +387,7 @@ def _read_index(index, header: str) -> dict | None:
     try:
         with np.load(index, allow_pickle=False) as saved:
             if str(saved["header"]) != header:
+                _warn_if_changed(json.loads(str(saved["header"])), json.loads(header))
                 return None
             out = {"spans": saved["spans"].astype(np.int64).reshape(-1, 2)}
             out["skipped"] = int(saved["skipped"])
@@ -394,6 +395,17 @@ def _read_index(index, header: str) -> dict | None:
             return out
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
         return None
+
+
+def _warn_if_changed(old: dict, new: dict) -> None:
+    """A warning when the file an index was made of has changed since (a resumed run's saved
+    data position then points into other rows)."""
+    if old.get("path") == new["path"] and old.get("stamp") != new["stamp"]:
+        logging.warning(
+            "%s: changed since this run indexed it (size or modification time): a run resumed "
+            "from a checkpoint goes on at its saved position in the changed rows",
+            new["path"],
+        )
 
 
 def _write_index(index, header: str, own: dict) -> None:

@@ -212,6 +212,8 @@ def check_records(names, records: list[dict], where: str, *, on_error: str = "ra
         problem = record_problem(names, record)
         if problem is None and not isinstance(record.get("prompt"), str):
             problem = "no text 'prompt' field"
+        elif problem is None and not record["prompt"].strip():  # sampled from nothing
+            problem = "field 'prompt' is blank"
         if problem is None:
             kept.append(record)
         elif on_error != "skip":

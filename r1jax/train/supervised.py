@@ -153,8 +153,12 @@ def load_records(
     else:  # a format added to configlib.DATA_FORMATS needs its reader here
         raise ValueError(f"config.data.format {fmt!r} has no reader in load_records")
     if stats.get("skipped"):
+        shown = stats.get("errors", [])[:3]
         logging.warning(
-            "%s: skipped %d malformed rows (data.on_error='skip')", path, stats["skipped"]
+            "%s: skipped %d malformed rows (data.on_error='skip')%s",
+            path,
+            stats["skipped"],
+            "".join(f"\n  {e}" for e in shown) + ("\n  ..." if stats["skipped"] > 3 else ""),
         )
     if cfg.data.max_records:
         records = records[: cfg.data.max_records]
