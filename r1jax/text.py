@@ -13,6 +13,7 @@ from typing import Protocol, runtime_checkable
 
 import sentencepiece
 import tokenizers
+from absl import logging
 
 from r1jax import files
 
@@ -338,6 +339,15 @@ class HFTokenizer:
             raise TokenizerError(f"{file}: not a readable tokenizer.json ({e})") from None
         self._continuation = None  # made on first use (encode_continuation)
         self.vocab_size = int(self._tok.get_vocab_size(with_added_tokens=True))
+        # Control tokens (special added tokens): their text in a data string encodes as them.
+        # The R1 tags are the recipe's own (its templates name them; a tokenizer may hold them).
+        r1_tags = (THINK_OPEN, THINK_CLOSE, ANSWER_OPEN, ANSWER_CLOSE)
+        self._special = {
+            i: t.content
+            for i, t in self._tok.get_added_tokens_decoder().items()
+            if t.special and t.content not in r1_tags
+        }
+        self._warned_special = False
         tok_cfg = _read_json(folder / "tokenizer_config.json")
         # Older folders name their special tokens in special_tokens_map.json, which wins over
         # tokenizer_config.json in transformers' loading too.
@@ -409,8 +419,23 @@ class HFTokenizer:
         return ()
 
     def encode(self, text: str) -> list[int]:
-        """Token ids of `text`, with no BOS or EOS added."""
-        return list(self._tok.encode(text, add_special_tokens=False).ids)
+        """Token ids of `text`, with no BOS or EOS added. The text of a control token
+        (<|im_end|>) in it is that token, as in transformers' tokenizer(text): a warning the
+        first time (r1jax's templates hold none but the R1 tags, so it came from the data)."""
+        return self._noted(list(self._tok.encode(text, add_special_tokens=False).ids))
+
+    def _noted(self, ids: list[int]) -> list[int]:
+        if not self._warned_special and self._special:
+            found = sorted({self._special[i] for i in ids if i in self._special})
+            if found:
+                self._warned_special = True
+                logging.warning(
+                    "a text to encode holds the text of control token(s) %s, which encodes as "
+                    "the token itself (an EOS inside a response ends it there): right for data "
+                    "written in the model's chat format (template 'none'), else clean the data",
+                    ", ".join(found),
+                )
+        return ids
 
     def encode_continuation(self, text: str) -> list[int]:
         """Token ids of `text` where it follows other text (an SFT response after its prompt):
@@ -424,7 +449,7 @@ class HFTokenizer:
             self._continuation = (
                 tokenizers.Tokenizer.from_str(json.dumps(spec)) if changed else self._tok
             )
-        return list(self._continuation.encode(text, add_special_tokens=False).ids)
+        return self._noted(list(self._continuation.encode(text, add_special_tokens=False).ids))
 
     def decode(self, ids: Iterable[int]) -> str:
         """Text of `ids`; pad is dropped unless it doubles as EOS."""

@@ -116,6 +116,19 @@ def test_hf_tokenizer_matches_transformers(tmp_path):
     assert text.load_tokenizer(folder / "tokenizer.json").vocab_size == tok.vocab_size
 
 
+def test_control_token_text_in_data_is_warned_about_once(tmp_path, caplog):
+    # As transformers' tokenizer(text), "<|endoftext|>" in a text is the EOS token: a
+    # response holding it trained an EOS in its middle, silently. The R1 tags are not warned
+    # about (the templates name them; this tokenizer holds them as special tokens).
+    tok = text.HFTokenizer(_build_hf_folder(tmp_path / "hf"))
+    with caplog.at_level("WARNING"):
+        assert tok.encode("<think>a</think> <answer>b</answer>").count(2) == 1
+        assert "control token" not in caplog.text
+        assert tok.eos_id in tok.encode("an answer<|endoftext|> and more")
+        assert tok.pad_id in tok.encode_continuation("x<|pad|>")
+    assert caplog.text.count("control token") == 1 and "<|endoftext|>" in caplog.text
+
+
 def test_hf_tokenizer_eos_from_generation_config(tmp_path):
     folder = _build_hf_folder(tmp_path / "hf", with_config=False)
     (folder / "generation_config.json").write_text(json.dumps({"eos_token_id": [3, 0]}))
