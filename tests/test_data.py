@@ -5,6 +5,7 @@ import gzip
 import importlib.util
 import json
 import logging
+import os
 import pickle
 import subprocess
 import sys
@@ -137,6 +138,14 @@ def test_rows_without_text_fields_or_with_lone_surrogates_follow_on_error(tmp_pa
     need = (("prompt", "response"),)
     with pytest.raises(sources.DataError, match=r"m\.jsonl:2: field 'response' is missing"):
         sources.read_records(path, required=need)
+    fifo = tmp_path / "fifo.jsonl"  # not a file (it read "not found")
+    os.mkfifo(fifo)
+    with pytest.raises(sources.DataError, match=r"fifo\.jsonl: not a regular file"):
+        sources.read_records(fifo, required=need)
+    null = tmp_path / "null.jsonl"  # present but null: said so (it read "missing")
+    null.write_text('{"prompt": "a", "response": null}\n')
+    with pytest.raises(sources.DataError, match=r"null\.jsonl:1: field 'response' is null"):
+        sources.read_records(null, required=need)
     stats = {}
     rows = sources.read_records(path, on_error="skip", stats=stats, required=need)
     assert [r["prompt"] for r in rows] == ["a", "g"] and stats["skipped"] == 4
@@ -150,7 +159,7 @@ def test_rows_without_text_fields_or_with_lone_surrogates_follow_on_error(tmp_pa
     assert len(rows) == 3  # an empty document is a corpus's, not an error
     ds = pipeline.make_dataset(rows, tok, kind="pretrain", seq_len=8, batch_size=2, seed=0)
     assert next(iter(ds))["inputs"].shape == (2, 8)
-    assert any("m.jsonl:3: field 'response' is a int, not a string" in e for e in stats["errors"])
+    assert any("m.jsonl:3: field 'response' is an int, not a string" in e for e in stats["errors"])
     assert any("m.jsonl:4: a string holds the lone surrogate" in e for e in stats["errors"])
     with pytest.raises(sources.DataError, match=r"m\.jsonl:4: .*lone surrogate"):
         sources.read_records(path)  # without required fields too
@@ -234,7 +243,7 @@ def test_pretraining_rows_with_text_not_a_string_are_refused_at_their_line(tmp_p
     )
     need = pipeline.REQUIRED_FIELDS["pretrain"]
     for read in (sources.read_records, sources.JsonlRecords):
-        with pytest.raises(sources.DataError, match=r"p\.jsonl:2: field 'text' is a int"):
+        with pytest.raises(sources.DataError, match=r"p\.jsonl:2: field 'text' is an int"):
             read(path, required=need)
 
 
@@ -683,7 +692,7 @@ def test_records_without_their_fields_are_refused_before_training(tok):
     with pytest.raises(sources.DataError, match=r"record 2 of 2: field 'response' is missing"):
         pipeline.make_dataset(sft, tok, kind="sft", seq_len=16, batch_size=1, seed=0)
     sft[1]["response"] = 5
-    with pytest.raises(sources.DataError, match=r"record 2 of 2: field 'response' is a int"):
+    with pytest.raises(sources.DataError, match=r"record 2 of 2: field 'response' is an int"):
         pipeline.make_dataset(sft, tok, kind="sft", seq_len=16, batch_size=1, seed=0)
     with pytest.raises(sources.DataError, match=r"record 1 of 1.*'text' \(or 'prompt'"):
         pipeline.make_dataset([{"txt": "a"}], tok, seq_len=16, batch_size=1, seed=0)

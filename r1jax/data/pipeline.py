@@ -285,7 +285,8 @@ def _check_records(records, kind: str) -> None:
         for name in names:
             value = record.get(name)
             if not isinstance(value, str):
-                what = "missing" if value is None else f"a {type(value).__name__}"
+                what = "missing" if name not in record else "null" if value is None else None
+                what = what or sources.type_phrase(value)
                 needs = "'prompt' and 'response'"
                 if kind == "pretrain":
                     needs = "'text' (or " + needs + ")"

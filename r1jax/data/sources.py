@@ -32,6 +32,8 @@ def _check_file(path) -> pathlib.Path:
     path = pathlib.Path(path)
     if path.is_dir():
         raise DataError(f"{path}: is a folder, not a data file")
+    if path.exists() and not path.is_file():  # a FIFO, a socket, a device
+        raise DataError(f"{path}: not a regular file (a data file is read by offset, twice)")
     if not path.is_file():
         raise FileNotFoundError(f"data file not found: {path}")
     return path
@@ -474,7 +476,7 @@ def _has_text_fields(where: str, row: dict, required, on_error: str, stats) -> b
     ):
         # the pipeline pretrains on any non-null text, before a prompt/response beside it
         _reject(
-            f"{where}: field 'text' is a {type(text_value).__name__}, not a string",
+            f"{where}: field 'text' is {type_phrase(text_value)}, not a string",
             on_error,
             stats,
         )
@@ -484,12 +486,18 @@ def _has_text_fields(where: str, row: dict, required, on_error: str, stats) -> b
     names = required[-1] if text_value is None and len(required) > 1 else required[0]
     name = next(f for f in names if not _text(row, f))
     value = row.get(name)
-    what = "missing" if value is None else "blank"
+    what = "missing" if name not in row else "null" if value is None else "blank"
     if not isinstance(value, (str, type(None))):
-        what = f"a {type(value).__name__}, not a string"
+        what = f"{type_phrase(value)}, not a string"
     needs = " or ".join("+".join(repr(f) for f in alt) for alt in required)
     _reject(f"{where}: field {name!r} is {what} (rows need {needs})", on_error, stats)
     return False
+
+
+def type_phrase(value) -> str:
+    """ "a list", "an int": the type of `value` in a message."""
+    name = type(value).__name__
+    return f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
 
 
 def _fields(where: str, row: dict, names, on_error: str, stats: dict | None, *, types=None) -> bool:
