@@ -378,6 +378,14 @@ PAIRS = [
     ("x^2", "f(x) = x^2", True),
     ("3", "x_1 = 3", True),
     ("12+12\\sqrt{3}", "AB=12+12\\sqrt{3}", True),
+    # Superscript digits are exponents; a repeating decimal is its exact value (both scored 0).
+    ("x²-1", "x^2-1", True),
+    ("10⁻³", "0.001", True),
+    ("x²", "x^3", False),
+    ("0.\\overline{3}", "\\frac13", True),
+    ("1.2\\overline{45}", "\\frac{137}{110}", True),
+    ("0.\\overline{3}", "0.3", False),
+    ("\\frac23", "0.\\overline{6}", True),
 ]
 
 

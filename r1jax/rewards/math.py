@@ -210,6 +210,13 @@ _UNICODE_MATH = str.maketrans(
         "\u00be": "\\frac{3}{4}",
     }
 )
+# Superscript digits and signs ("x²", "10⁻³") as an exponent.
+_SUPERSCRIPT = re.compile("[\u2070\u00b9\u00b2\u00b3\u2074-\u2079\u207a\u207b]+")
+_FROM_SUPERSCRIPT = str.maketrans(
+    "\u2070\u00b9\u00b2\u00b3\u2074\u2075\u2076\u2077\u2078\u2079\u207a\u207b", "0123456789+-"
+)
+# A repeating decimal, "0.\overline{3}" or "1.2\overline{45}": its exact value.
+_REPEATING = re.compile(r"([-+]?)(\d*)\.(\d*)\\overline\{(\d+)\}")
 _ROOT_PARENS = re.compile(r"\\sqrt\(([^()]*)\)")
 # LaTeX arguments of one token may go without braces: \sqrt3, \frac12, \frac\pi2, \frac{\sqrt3}2.
 _TOKEN = r"(\\[a-zA-Z]+|[a-zA-Z0-9])"
@@ -230,6 +237,7 @@ def _braced(s: str) -> str:
 def normalize(ans: str) -> str:
     """Cheap canonical form: no $, spaces, \\left, thousands separators, units or \\text{}."""
     s = ans.translate(_UNICODE_MATH)
+    s = _SUPERSCRIPT.sub(lambda m: "^{" + m.group(0).translate(_FROM_SUPERSCRIPT) + "}", s)
     s = re.sub(r"(?<![\w)}])\u2013", "-", s)  # an en dash used as a minus ("–5"), not "1–5"
     s = _ROOT_PARENS.sub(r"\\sqrt{\1}", s)  # "√(2)"
     s = s.strip().strip("$").strip()
@@ -256,7 +264,14 @@ def normalize(ans: str) -> str:
     # that no later reading (math-verify's) takes "81,256" for 81256.
     if _THOUSANDS.match(s):
         s = s.replace(",", "")
-    return re.sub(r"(?<!\d,) | (?!\d)", "", s)
+    s = re.sub(r"(?<!\d,) | (?!\d)", "", s)
+    repeating = _REPEATING.fullmatch(s)
+    if repeating:
+        sign, whole, fixed, period = repeating.groups()
+        tail = fractions.Fraction(int(period), 10 ** len(period) - 1)
+        value = int(whole or 0) + (int(fixed or 0) + tail) / 10 ** len(fixed)
+        s = str(-value if sign == "-" else value)
+    return s
 
 
 def _plain_unit(tail: str) -> bool:
