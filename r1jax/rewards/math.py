@@ -298,6 +298,18 @@ def _as_fraction(s: str) -> fractions.Fraction | None:
         return None
 
 
+_LATEX_FRACTION = re.compile(r"([-+]?)\\frac\{(\d{1,50})\}\{(\d{1,50})\}")
+
+
+def _latex_fraction(s: str) -> fractions.Fraction | None:
+    """'\\frac{14}{3}' (normalize braced it; signed or not) as 14/3, else None."""
+    m = _LATEX_FRACTION.fullmatch(s)
+    if m is None or int(m.group(3)) == 0:
+        return None
+    value = fractions.Fraction(int(m.group(2)), int(m.group(3)))
+    return -value if m.group(1) == "-" else value
+
+
 def _choice_letter(s: str) -> str | None:
     s = re.sub(r"^(option|choice)\s*", "", s.strip(), flags=re.IGNORECASE)
     unwrapped = _TEXT_WRAP.match(s)
@@ -506,6 +518,11 @@ def is_equiv(pred: str | None, gold: str, *, timeout_s: float = DEFAULT_TIMEOUT_
         letter = _choice_letter(p) or (leading and (leading.group(1) or leading.group(2)))
         return letter == gold_letter
     pf, gf = _as_fraction(p), _as_fraction(g)
+    # A LaTeX fraction of integers is a plain number too: against a decimal, the same 1e-9
+    # (math-verify rounds to 6 places: "4.666667" was \frac{14}{3}, though not 14/3).
+    if (pf is None) != (gf is None):
+        pf = pf if pf is not None else _latex_fraction(p)
+        gf = gf if gf is not None else _latex_fraction(g)
     if pf is not None and gf is not None:
         return abs(pf - gf) <= min(fractions.Fraction(1, 10**9) * max(1, abs(gf)), MAX_ABS_ERROR)
     if (gf is None) != (pf is None) and _NUMBER_TIMES_LETTERS.fullmatch(p if gf else g):
