@@ -386,6 +386,7 @@ PAIRS = [
     ("1.2\\overline{45}", "\\frac{137}{110}", True),
     ("0.\\overline{3}", "0.3", False),
     ("\\frac23", "0.\\overline{6}", True),
+    ("0.\\overline{" + "3" * 5000 + "}", "1/3", False),  # past int()'s 4300 digits: no error
     # A decimal against a LaTeX fraction: the plain numbers' 1e-9, as against "14/3" (it was
     # math-verify's 6 places).
     ("4.666667", "\\frac{14}{3}", False),

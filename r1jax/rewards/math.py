@@ -216,7 +216,7 @@ _FROM_SUPERSCRIPT = str.maketrans(
     "\u2070\u00b9\u00b2\u00b3\u2074\u2075\u2076\u2077\u2078\u2079\u207a\u207b", "0123456789+-"
 )
 # A repeating decimal, "0.\overline{3}" or "1.2\overline{45}": its exact value.
-_REPEATING = re.compile(r"([-+]?)(\d*)\.(\d*)\\overline\{(\d+)\}")
+_REPEATING = re.compile(r"([-+]?)(\d{0,50})\.(\d{0,50})\\overline\{(\d{1,50})\}")
 _ROOT_PARENS = re.compile(r"\\sqrt\(([^()]*)\)")
 # LaTeX arguments of one token may go without braces: \sqrt3, \frac12, \frac\pi2, \frac{\sqrt3}2.
 _TOKEN = r"(\\[a-zA-Z]+|[a-zA-Z0-9])"
