@@ -285,8 +285,9 @@ def _check_records(records, kind: str) -> None:
         for name in names:
             value = record.get(name)
             if not isinstance(value, str):
-                what = "missing" if name not in record else "null" if value is None else None
-                what = what or sources.type_phrase(value)
+                what = sources.type_phrase(value)
+                if value is None:
+                    what = "null" if name in record else "missing"
                 needs = "'prompt' and 'response'"
                 if kind == "pretrain":
                     needs = "'text' (or " + needs + ")"
