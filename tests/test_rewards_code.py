@@ -93,6 +93,15 @@ def test_program_cannot_shadow_builtins_the_tests_use():
     assert honest.passed
 
 
+def test_stop_iteration_from_the_program_does_not_end_the_tests_iteration():
+    # Re-raised as StopIteration in the tests, it ended `map` early: `all` of nothing passed.
+    tests = "def check(candidate):\n    assert all(map(lambda x: candidate(x) == x * x + 1, [3]))\n"
+    program = "def solve(x):\n    raise StopIteration\n"
+    result = code.run_tests(program, tests, entry_point="solve", timeout_s=TIMEOUT_S)
+    assert not result.passed and result.status == "error", result
+    assert code.run_tests(CORRECT, tests, entry_point="solve", timeout_s=TIMEOUT_S).passed
+
+
 def test_deeply_nested_reply_is_an_error_not_a_crash():
     program = (
         "def solve(x):\n    v = []\n    for _ in range(5000):\n        v = [v]\n    return v\n"
