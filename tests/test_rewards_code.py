@@ -136,6 +136,18 @@ def test_encode_decode_round_trip_and_rejects_foreign_types():
             sandbox_harness.decode(malformed)
 
 
+def test_a_range_reply_is_no_longer_than_a_list_reply_could_be():
+    # The harness has no memory limit: tests that turn a reply into a tuple (HumanEval/33, 37)
+    # made it hold gigabytes for a range of 10**8 in a reply of a few bytes.
+    cap = sandbox_harness.MAX_RANGE
+    assert sandbox_harness.decode({"r": [5, 5 + cap, 1]}) == range(5, 5 + cap)
+    wide = range(0, -(10**30), -(10**24))  # a million elements, however big
+    assert sandbox_harness.decode({"r": [wide.start, wide.stop, wide.step]}) == wide
+    for body in ([0, cap + 1, 1], [0, 10**8, 1], [0, 10**30, 7], [10**30, 0, -1]):
+        with pytest.raises(ValueError, match="range too long"):
+            sandbox_harness.decode({"r": body})
+
+
 def test_views_iterators_fractions_cross_as_python_sees_them():
     d = {"a": 1, "b": 2}
     value = [

@@ -34,6 +34,7 @@ PRELOAD = (
     "itertools json math operator random re statistics string traceback typing"
 ).split()
 MAX_MESSAGE = 4 << 20
+MAX_RANGE = MAX_MESSAGE // 2  # elements: a list message spends 2 bytes or more on each
 OUTPUT_PREVIEW = 2048
 PR_SET_DUMPABLE = 4
 PR_SET_NO_NEW_PRIVS = 38
@@ -117,7 +118,13 @@ def decode(tree):
     if tag in ("q", "r"):
         if type(body) is not list or [type(v) for v in body] != [int] * (2 if tag == "q" else 3):
             raise ValueError("malformed fraction or range")
-        return fractions.Fraction(*body) if tag == "q" else range(*body)
+        if tag == "q":
+            return fractions.Fraction(*body)
+        # No longer than a list in a message could be: the tests' tuple(candidate(x)) made H,
+        # which has no memory limit, hold 2.6 GB for a range(5 * 10**7) in a 30-byte reply.
+        if len(range(*body)[: MAX_RANGE + 1]) > MAX_RANGE:
+            raise ValueError("range too long")
+        return range(*body)
     if tag in ("dk", "dv", "di", "it"):
         if type(body) is not list:
             raise ValueError("malformed view or iterator")
