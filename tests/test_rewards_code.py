@@ -768,6 +768,30 @@ def test_code_records_without_a_sandbox_stop_the_run_before_training(monkeypatch
     assert registry.check_records(["accuracy"], [record], "train.jsonl") == [record]
 
 
+_BEST = """
+from r1jax.rewards import code
+try:
+    print(code.best_isolation())
+except code.SandboxUnavailable as e:
+    print("unavailable:", e)
+"""
+
+
+def test_root_without_namespaces_is_refused_not_given_rlimits():
+    # A PATH without bwrap and unshare: as on a machine without namespaces. Under "rlimits" a
+    # program read the tests' answers from the (world-readable) dataset and passed.
+    if not code._is_root():
+        pytest.skip("the user who is not root is tested above")
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(code.__file__))))
+    env = {"PATH": "/nonexistent", "PYTHONPATH": root}
+    done = subprocess.run([sys.executable, "-c", _BEST], env=env, capture_output=True, text=True)
+    assert done.stdout.startswith("unavailable:"), (done.stdout, done.stderr[-2000:])
+    assert "R1JAX_SANDBOX=rlimits" in done.stdout and "bubblewrap" in done.stdout
+    env["R1JAX_SANDBOX"] = "rlimits"  # accepted when asked for by name
+    done = subprocess.run([sys.executable, "-c", _BEST], env=env, capture_output=True, text=True)
+    assert done.stdout == "rlimits\n", done.stderr[-2000:]
+
+
 def test_the_pool_waits_for_a_code_run_as_long_as_its_own_limit():
     # The pool's timeout (1 s here, 10 s by default) is shorter than the record's code timeout
     # plus the sandbox's start-up: a correct but slow program must not be cut off as a hang.

@@ -10,9 +10,11 @@ See sandbox_harness.py for how tests call the program.
 
 Run by a user who is not root, only bwrap (unprivileged, in a user namespace) isolates: the
 program keeps the user's uid (sandbox_harness.py says what still separates it from the tests),
-and "unshare" is unavailable. Without bwrap a non-root user's code rewards raise
+and "unshare" is unavailable. Where neither bwrap nor unshare works, code rewards raise
 SandboxUnavailable at the start of a run (`require_isolation`) rather than grade with nothing
-between the program and the user's files and network; R1JAX_SANDBOX=rlimits accepts that.
+between the program and the host's files and network (its uid aside, "rlimits" leaves a program
+every world-readable file: a program that read HumanEval's canonical solutions from the dataset
+passed); R1JAX_SANDBOX=rlimits accepts that.
 """
 
 import ctypes
@@ -148,9 +150,10 @@ def _mode_works(mode: str) -> bool:
 def best_isolation() -> str:
     """The strongest isolation mode that works here (the R1JAX_SANDBOX env var can force one).
 
-    Raises SandboxUnavailable for a user who is not root where bwrap does not work: "rlimits"
-    would then run programs as that user, with their files and the network (force it with
-    R1JAX_SANDBOX=rlimits where that is acceptable, e.g. inside a throwaway container)."""
+    Raises SandboxUnavailable where neither bwrap nor unshare works: "rlimits" would run
+    programs with the host's world-readable files (the tests' datasets) and the network, and for
+    a user who is not root with that user's files (force it with R1JAX_SANDBOX=rlimits where
+    that is acceptable, e.g. trusted programs inside a throwaway container)."""
     forced = os.environ.get("R1JAX_SANDBOX")
     if forced:
         if forced not in ISOLATION_MODES:
@@ -163,6 +166,14 @@ def best_isolation() -> str:
             "(bubblewrap) is missing or cannot create namespaces here, and 'unshare' needs "
             "root. Install bubblewrap, run as root (e.g. in a container), or set "
             "R1JAX_SANDBOX=rlimits to run programs under your own uid with resource limits only"
+        )
+    if mode == "rlimits":
+        raise SandboxUnavailable(
+            "code rewards: no sandbox: neither bwrap (bubblewrap) nor 'unshare' can create "
+            "namespaces here, and without them a program reads the host's world-readable files "
+            "(the tests' datasets) and reaches the network. Install bubblewrap, allow namespaces "
+            "(e.g. a container with CAP_SYS_ADMIN), or set R1JAX_SANDBOX=rlimits to run programs "
+            "under a throwaway uid with resource limits only"
         )
     return mode
 
