@@ -56,6 +56,16 @@ def test_correct_program_passes_and_wrong_fails_in_every_mode(mode):
     assert code.processes_of_uid(good.uid) == [] and code.processes_of_uid(bad.uid) == []
 
 
+def test_a_sandbox_that_cannot_start_leaves_no_work_dir(tmp_path, monkeypatch):
+    # Popen raised (here: no bwrap) after the work dir was made, and nothing removed it.
+    if shutil.which("bwrap") is not None:
+        pytest.skip("needs a machine without bwrap, where starting it fails")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    with pytest.raises(FileNotFoundError):
+        _run(CORRECT, isolation="bwrap")
+    assert os.listdir(tmp_path) == []
+
+
 def test_plain_asserts_tuples_floats_and_exceptions_cross_the_proxy():
     program = """
     def pair(a):

@@ -98,12 +98,18 @@ def _root_binds() -> list[str]:
     return args
 
 
+def _tool(name: str) -> str:
+    """The path `_mode_works` found the tool at: the sandbox's PATH (/usr/bin:/bin) may lack it
+    (bwrap built from source is in /usr/local/bin: every run raised FileNotFoundError)."""
+    return shutil.which(name) or name
+
+
 def _sandbox_prefix(mode: str) -> list[str]:
     """The command that wraps the harness interpreter for an isolation mode."""
     if mode == "bwrap":
-        sandbox = ["bwrap", "--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts"]
-        sandbox += ["--unshare-cgroup-try", "--die-with-parent", "--new-session", "--clearenv"]
-        sandbox += _root_binds() + ["--proc", "/proc", "--dev", "/dev"]
+        sandbox = [_tool("bwrap"), "--unshare-net", "--unshare-pid", "--unshare-ipc"]
+        sandbox += ["--unshare-uts", "--unshare-cgroup-try", "--die-with-parent", "--new-session"]
+        sandbox += ["--clearenv"] + _root_binds() + ["--proc", "/proc", "--dev", "/dev"]
         sandbox += ["--perms", "1777", "--size", str(WORKDIR_BYTES), "--tmpfs", "/tmp"]
         sandbox += ["--perms", "0777", "--size", str(WORKDIR_BYTES), "--tmpfs", "/sandbox"]
         # The harness at a fixed path: a checkout under /tmp would be hidden by the tmpfs above.
@@ -111,7 +117,8 @@ def _sandbox_prefix(mode: str) -> list[str]:
         return sandbox + ["--chdir", "/sandbox", "--setenv", "PATH", "/usr/bin:/bin", "--"]
     if mode == "unshare":
         # --ipc: SysV shared memory segments outlive their process, but not their namespace.
-        return ["unshare", "--net", "--pid", "--ipc", "--fork", "--kill-child", "--mount-proc"]
+        unshare = [_tool("unshare"), "--net", "--pid", "--ipc", "--fork", "--kill-child"]
+        return unshare + ["--mount-proc"]
     return []
 
 
@@ -255,19 +262,23 @@ def run_tests(
     workdir = tempfile.mkdtemp(prefix=f"{WORKDIR_PREFIX}{os.getpid()}-")
     os.chmod(workdir, 0o777)
     start = time.monotonic()
-    proc = subprocess.Popen(
-        _command(mode, uid, _limits(timeout_s, memory_mb)),
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        cwd=workdir,
-        env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
-        start_new_session=True,
-        # The sandbox dies with this thread's process (a pool worker killed on its timeout):
-        # bwrap --die-with-parent and unshare --kill-child pass it on to the harness, whose pid
-        # namespace takes the program with it.
-        preexec_fn=_die_with_parent,
-    )
+    try:
+        proc = subprocess.Popen(
+            _command(mode, uid, _limits(timeout_s, memory_mb)),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=workdir,
+            env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
+            start_new_session=True,
+            # The sandbox dies with this thread's process (a pool worker killed on its timeout):
+            # bwrap --die-with-parent and unshare --kill-child pass it on to the harness, whose
+            # pid namespace takes the program with it.
+            preexec_fn=_die_with_parent,
+        )
+    except BaseException:  # no sandbox started (a missing tool, no memory to fork): no work dir
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise
     try:
         stdout, stderr = proc.communicate(
             json.dumps(request).encode(), timeout_s + STARTUP_MARGIN_S
