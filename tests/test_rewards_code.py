@@ -586,6 +586,28 @@ def test_program_sees_python_but_no_other_host_file():
     assert _run("import gzip, threading\n" + CORRECT).passed  # the stdlib is all there
 
 
+@pytest.mark.parametrize("mode", ["bwrap", "unshare"])
+def test_program_cannot_make_a_user_namespace(mode):
+    # As root of its own user namespace, the program mounted a tmpfs past the 16 MiB work dir
+    # and its memory limit (under bwrap: 300 MiB in a second). The kernel refuses a chrooted
+    # process one; under bwrap the harness chroots only for that.
+    if not code._mode_works(mode) or not code._is_root():
+        pytest.skip(f"{mode} not usable here, or not root (the harness cannot chroot)")
+    program = _src(
+        """
+        import ctypes
+        made = ctypes.CDLL(None).unshare(0x10000000)  # CLONE_NEWUSER
+
+        def solve(x):
+            return made
+        """
+    )
+    tests = "def check(candidate):\n    assert candidate(0) == -1\n"
+    result = code.run_tests(program, tests, entry_point="solve", isolation=mode)
+    assert result.passed, result
+    assert _run(CORRECT, isolation=mode).passed
+
+
 _WORKER = """
 import sys
 import tempfile

@@ -127,6 +127,8 @@ def _command(mode: str, uid: int, limits: dict[str, int]) -> list[str]:
     python = [sys.executable, "-I", "-S", harness, str(uid), json.dumps(limits)]
     if mode in ("bwrap", "unshare"):  # an IPC namespace of its own: the harness caps it
         python.append(sandbox_harness.OWN_IPC_FLAG)
+    if mode == "bwrap" and uid >= 0:  # root: H may chroot (the program gets no user namespace)
+        python.append(sandbox_harness.NO_USERNS_FLAG)
     if mode == "unshare":  # the harness builds what bwrap's arguments give (`_root_binds`)
         python += [sandbox_harness.PRIVATE_FS_FLAG, sys.base_prefix, sys.prefix]
     return _sandbox_prefix(mode) + python
