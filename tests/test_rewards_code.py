@@ -112,6 +112,15 @@ def test_stop_iteration_from_the_program_does_not_end_the_tests_iteration():
     assert code.run_tests(CORRECT, tests, entry_point="solve", timeout_s=TIMEOUT_S).passed
 
 
+def test_tests_that_never_call_the_program_pass_nothing():
+    # A record whose tests check nothing (no `check` for the entry point, or a `check` that
+    # never calls it) passed every program: reward 1 for `pass`, and inflated pass@k.
+    for tests in ("x = 1\n", "def check(candidate):\n    assert True\n"):
+        result = code.run_tests("def solve(x):\n    return 0\n", tests, entry_point="solve")
+        assert result.status == "error" and "never called" in result.detail, result
+    assert code.run_tests(CORRECT, TESTS, entry_point="solve", timeout_s=TIMEOUT_S).passed
+
+
 def test_deeply_nested_reply_is_an_error_not_a_crash():
     program = (
         "def solve(x):\n    v = []\n    for _ in range(5000):\n        v = [v]\n    return v\n"

@@ -327,10 +327,12 @@ def _program_main(cmd_fd, res_fd, uid, limits, own_uid=True):
             _send(res_fd, {"exc": type(exc).__name__, "msg": str(exc)[:200]})
 
 
-def _make_proxy(name, cmd_fd, reader, deadline):
-    """A function in H that forwards a call to P and returns a fresh copy of P's answer."""
+def _make_proxy(name, cmd_fd, reader, deadline, calls):
+    """A function in H that forwards a call to P and returns a fresh copy of P's answer;
+    `calls` (a one-item list) counts the calls."""
 
     def proxy(*args, **kwargs):
+        calls[0] += 1
         message = {"op": "call", "name": name, "args": encode(list(args))}
         if kwargs:
             message["kwargs"] = encode(kwargs)
@@ -366,13 +368,13 @@ def _run_tests(request, cmd_fd, reader):
     names = [n for n in reply["ok"] if isinstance(n, str)]
     namespace = {"__name__": "__tests__"}
     exec(compile(request.get("prelude") or "", "<prelude>", "exec", optimize=0), namespace)
-    entry = request.get("entry_point")
+    entry, calls = request.get("entry_point"), [0]
     for name in names + ([entry] if entry else []):
         # Builtins and names the trusted prelude defines (HumanEval's helpers) stay trusted:
         # a program that defines `abs` must not change what the tests' `abs` does.
         trusted = name in namespace or hasattr(builtins, name)
         if name == entry or not trusted:
-            namespace[name] = _make_proxy(name, cmd_fd, reader, deadline)
+            namespace[name] = _make_proxy(name, cmd_fd, reader, deadline, calls)
     try:
         exec(compile(request["tests"], "<tests>", "exec", optimize=0), namespace)
         if entry and callable(namespace.get("check")):
@@ -383,6 +385,8 @@ def _run_tests(request, cmd_fd, reader):
         return "timeout", str(exc)
     except Exception as exc:  # noqa: BLE001 - a test error is a failure to pass
         return "error", f"{type(exc).__name__}: {str(exc)[:200]}"
+    if not calls[0]:  # a record whose tests check nothing: any program would pass
+        return "error", "the tests never called the program (no `check`, or it tests nothing)"
     return "passed", ""
 
 
