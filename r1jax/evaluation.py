@@ -274,7 +274,7 @@ def vote_key(completion: str, record: dict) -> str | None:
 
 def encode_prompt(tokenizer, prompt: str) -> list[int]:
     """Token ids of a prompt text, BOS first when the tokenizer has one."""
-    return text.bos_ids(tokenizer) + tokenizer.encode(prompt)
+    return text.bos_ids(tokenizer) + text.without_bos(tokenizer, tokenizer.encode(prompt))
 
 
 def sample_completions(

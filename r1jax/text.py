@@ -550,6 +550,14 @@ def bos_ids(tokenizer) -> list[int]:
     return [] if tokenizer.bos_id is None else [tokenizer.bos_id]
 
 
+def without_bos(tokenizer, ids: list[int]) -> list[int]:
+    """`ids` less the `bos_ids` they start with, for the encoders that put `bos_ids` first: a
+    text that writes the BOS token itself (data in a chat format whose template opens with
+    bos_token, as Llama 3's) would start with it twice, where apply_chat_template has it once."""
+    prefix = bos_ids(tokenizer)
+    return ids[len(prefix) :] if prefix and ids[: len(prefix)] == prefix else ids
+
+
 _META = "\u2581"  # SentencePiece's meta symbol for a space
 
 

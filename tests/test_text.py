@@ -584,3 +584,40 @@ def test_token_bytes_join_to_the_decoded_text(tmp_path):
     tok.save(str(tmp_path / "wordpiece.json"))
     (tmp_path / "tokenizer_config.json").write_text(json.dumps({"eos_token": "[UNK]"}))
     assert text.token_bytes(text.load_tokenizer(tmp_path / "wordpiece.json")) is None
+
+
+def test_data_that_writes_the_bos_token_starts_with_it_once(tmp_path):
+    """Rows in a chat format whose template opens with bos_token (Llama 3's), read with template
+    'none': every encoder has the BOS once, as transformers' apply_chat_template (it was twice)."""
+    from r1jax import evaluation
+    from r1jax.data import pipeline
+    from r1jax.rewards import preference
+    from r1jax.rl import rollout
+
+    folder = _build_hf_folder(tmp_path / "hf", with_config=False)
+    tok = tokenizers.Tokenizer.from_file(str(folder / "tokenizer.json"))
+    tok.add_special_tokens(["<|begin|>"])
+    tok.post_processor = tokenizers.processors.TemplateProcessing(
+        single="<|begin|> $A", special_tokens=[("<|begin|>", tok.token_to_id("<|begin|>"))]
+    )
+    tok.save(str(folder / "tokenizer.json"))
+    chat = (
+        "{{ bos_token }}{% for m in messages %}{{ m['role'] + ':\\n' + m['content'] + '\\n' }}"
+        "{% if m['role'] == 'assistant' %}{{ eos_token }}{% endif %}{% endfor %}"
+        "{% if add_generation_prompt %}{{ 'assistant:\\n' }}{% endif %}"
+    )
+    config = {"eos_token": "<|endoftext|>", "bos_token": "<|begin|>", "chat_template": chat}
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    ours, ref = text.load_tokenizer(folder), transformers.AutoTokenizer.from_pretrained(folder)
+    user = [{"role": "user", "content": "Tom has 12 apples."}]
+    both = user + [{"role": "assistant", "content": "7"}]
+    prompt = ref.apply_chat_template(user, tokenize=False, add_generation_prompt=True)
+    want_prompt = _chat_ids(ref, user, add_generation_prompt=True)
+    want_row = _chat_ids(ref, both)
+    assert want_prompt.count(ours.bos_id) == 1 and want_row[: len(want_prompt)] == want_prompt
+    assert evaluation.encode_prompt(ours, prompt) == want_prompt
+    assert rollout.encode_prompts([{"prompt": prompt}], ours, "none", 64) == [want_prompt]
+    row = pipeline.tokenize_sft({"prompt": prompt, "response": "7\n"}, ours, 64, template="none")
+    assert [*row["inputs"], row["targets"][-1]] == want_row
+    assert row["loss_mask"].sum() == len(want_row) - len(want_prompt)
+    assert preference.tokenize(ours, prompt, "7\n", template="none", max_len=0) == want_row

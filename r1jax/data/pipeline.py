@@ -81,7 +81,9 @@ def tokenize_sft(
     if "prompt" not in record or "response" not in record:
         raise KeyError(f"sft record needs 'prompt' and 'response': {record!r:.200}")
     head = _bos(tokenizer)
-    prompt_ids = tokenizer.encode(text.apply_template(template, record["prompt"]))
+    prompt_ids = text.without_bos(
+        tokenizer, tokenizer.encode(text.apply_template(template, record["prompt"]))
+    )
     response = text.response_text(template, record["response"])
     response_ids = text.encode_continuation(tokenizer, response)
     response_ids.append(tokenizer.eos_id)

@@ -46,7 +46,9 @@ def encode_prompts(records: list[dict], tokenizer, template: str, max_len: int) 
     bos = text.bos_ids(tokenizer)
     out = []
     for r in records:
-        ids = tokenizer.encode(text.apply_template(template, r["prompt"]))
+        ids = text.without_bos(
+            tokenizer, tokenizer.encode(text.apply_template(template, r["prompt"]))
+        )
         keep = max_len - len(bos)  # prompt tokens that fit beside the BOS
         out.append(bos + ids[max(0, len(ids) - keep) :] if keep > 0 else (bos + ids)[-max_len:])
     return out
