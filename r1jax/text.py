@@ -558,6 +558,13 @@ def without_bos(tokenizer, ids: list[int]) -> list[int]:
     return ids[len(prefix) :] if prefix and ids[: len(prefix)] == prefix else ids
 
 
+def with_eos(tokenizer, ids: list[int]) -> list[int]:
+    """`ids` ending in EOS, appended unless they end with it already: a response in the model's
+    chat format that writes its end-of-turn token (the EOS) would end with it twice, where
+    apply_chat_template has it once."""
+    return ids if ids[-1:] == [tokenizer.eos_id] else [*ids, tokenizer.eos_id]
+
+
 _META = "\u2581"  # SentencePiece's meta symbol for a space
 
 

@@ -586,9 +586,11 @@ def test_token_bytes_join_to_the_decoded_text(tmp_path):
     assert text.token_bytes(text.load_tokenizer(tmp_path / "wordpiece.json")) is None
 
 
-def test_data_that_writes_the_bos_token_starts_with_it_once(tmp_path):
+@pytest.mark.parametrize("response", ["7\n", "7\n<|endoftext|>"])
+def test_data_that_writes_the_bos_and_eos_tokens_has_each_once(tmp_path, response):
     """Rows in a chat format whose template opens with bos_token (Llama 3's), read with template
-    'none': every encoder has the BOS once, as transformers' apply_chat_template (it was twice)."""
+    'none': every encoder has the BOS once, as transformers' apply_chat_template (it was twice);
+    a response that ends with the EOS (its end-of-turn) keeps that one (EOS was appended)."""
     from r1jax import evaluation
     from r1jax.data import pipeline
     from r1jax.rewards import preference
@@ -617,7 +619,7 @@ def test_data_that_writes_the_bos_token_starts_with_it_once(tmp_path):
     assert want_prompt.count(ours.bos_id) == 1 and want_row[: len(want_prompt)] == want_prompt
     assert evaluation.encode_prompt(ours, prompt) == want_prompt
     assert rollout.encode_prompts([{"prompt": prompt}], ours, "none", 64) == [want_prompt]
-    row = pipeline.tokenize_sft({"prompt": prompt, "response": "7\n"}, ours, 64, template="none")
+    row = pipeline.tokenize_sft({"prompt": prompt, "response": response}, ours, 64, template="none")
     assert [*row["inputs"], row["targets"][-1]] == want_row
     assert row["loss_mask"].sum() == len(want_row) - len(want_prompt)
-    assert preference.tokenize(ours, prompt, "7\n", template="none", max_len=0) == want_row
+    assert preference.tokenize(ours, prompt, response, template="none", max_len=0) == want_row

@@ -85,8 +85,7 @@ def tokenize_sft(
         tokenizer, tokenizer.encode(text.apply_template(template, record["prompt"]))
     )
     response = text.response_text(template, record["response"])
-    response_ids = text.encode_continuation(tokenizer, response)
-    response_ids.append(tokenizer.eos_id)
+    response_ids = text.with_eos(tokenizer, text.encode_continuation(tokenizer, response))
     budget = seq_len + 1
     truncated = len(head) + len(prompt_ids) + len(response_ids) > budget
     if truncated:

@@ -79,8 +79,8 @@ def tokenize(tokenizer, prompt: str, response: str, *, template: str, max_len: i
     (BOS stays, the start of the prompt goes first)."""
     head = text.bos_ids(tokenizer)
     body = text.without_bos(tokenizer, tokenizer.encode(text.apply_template(template, prompt)))
-    body += text.encode_continuation(tokenizer, text.response_text(template, response))
-    body.append(tokenizer.eos_id)
+    response_ids = text.encode_continuation(tokenizer, text.response_text(template, response))
+    body += text.with_eos(tokenizer, response_ids)
     if max_len and len(head) + len(body) > max_len:
         body = body[len(body) - (max_len - len(head)) :]
     return head + body
