@@ -75,6 +75,23 @@ def test_rejection_reasons_name_the_first_failed_check():
     assert collect.ngram_repeats("乘4得1乘4得1", 4) == 2  # CJK characters are words
 
 
+def test_text_from_token_bytes_that_are_not_utf8_is_rejected():
+    # A byte-fallback token cut a character: the decoded text holds U+FFFD, not what the model
+    # wrote (a tiny pipeline's teacher: 135 of 366 kept general answers were such gibberish).
+    c = _collect_cfg(num_samples=1, summary=False, general_min_score=0.0)
+    cut = GOOD.replace("</think>", "\ufffd</think>")
+    assert collect.rejection_reason(cut, RECORD, 20, False, c) == "invalid_text"
+    assert collect.rejection_reason(cut, {**RECORD, "prompt": "x\ufffd"}, 20, False, c) is None
+    general = {"prompt": "Say hi.", "domain": "general"}
+    texts = ["Hi \ufffd there", "Hi there"]
+    from r1jax.rewards import registry
+
+    with registry.RewardPool({"accuracy": 1.0}, num_workers=0, timeout_s=10) as pool:
+        for response, verdict in zip(texts, ([0, None, "invalid_text"], [0, "Hi there", None])):
+            judged = collect._judge(c, [general], [response], [5], [False], [1.0], pool)
+            assert judged["verdicts"] == [verdict]
+
+
 def test_r1s_readability_filters_long_paragraphs_and_code_blocks():
     long = GOOD.replace("<think>", "<think>" + "We add the numbers one by one. " * 10 + "\n\n")
     assert collect.longest_paragraph("ab\n\n  abcd \n \nx") == 4

@@ -5,15 +5,17 @@ The `collect` stage (configs/cold_start.py, configs/rejection_sampling.py, confi
 1. Load the source model (collect.model: an r1jax run, checkpoint or Hugging Face folder) and
    the prompts (data.train, the first collect.num_prompts).
 2. Sample collect.num_samples completions per prompt through the sampler (batched, on the mesh).
-3. Keep a completion only if it passes every check (`rejection_reason`): not truncated, within
-   the length bounds, reasoning in the R1 format, the task's rule check accepts the answer, its
-   thought is in the prompt's language, it has no repetition loop, and (R1's other readability
-   filters, when set) no paragraph over collect.max_paragraph_chars and no code block.
+3. Keep a completion only if it passes every check (`rejection_reason`): not truncated, its
+   text valid (no U+FFFD from token bytes that are not UTF-8), within the length bounds,
+   reasoning in the R1 format, the task's rule check accepts the answer, its thought is in the
+   prompt's language, it has no repetition loop, and (R1's other readability filters, when
+   set) no paragraph over collect.max_paragraph_chars and no code block.
 4. Render accepted ones in a readable pattern, a thought ending in a one-line summary, then the
    answer (`render`); deduplicate the sampled rows; keep up to collect.max_per_prompt per
    prompt.
    Prompts of collect.general_prompts (domain "general") are sampled too and kept when the
-   reward model (collect.reward_model) scores them above collect.general_min_score.
+   reward model (collect.reward_model) scores them above collect.general_min_score (and
+   their text is valid).
 5. Mix in general (non-reasoning) SFT rows, collect.general_ratio per reasoning row (sampled
    general answers are neither), optionally only those the reward model scores above
    collect.general_min_score. They are taken as they are (duplicates included).
@@ -69,9 +71,12 @@ _LOGGED_ERRORS: set[str] = set()
 
 
 def _form_reason(completion: str, record: dict, length: int, truncated: bool, c) -> str | None:
-    """The checks before the answer is graded: 'truncated', 'length', 'format', or None."""
+    """The checks before the answer is graded: 'truncated', 'invalid_text', 'length',
+    'format', or None."""
     if truncated:
         return "truncated"
+    if invalid_text(completion, record):
+        return "invalid_text"
     if length < c.min_tokens or (c.max_tokens and length > c.max_tokens):
         return "length"
     full = _full_text(completion, record)
@@ -83,6 +88,14 @@ def _form_reason(completion: str, record: dict, length: int, truncated: bool, c)
     return None
 
 
+def invalid_text(completion: str, record: dict) -> bool:
+    """Whether the completion holds U+FFFD its prompt does not: the sampled token bytes were
+    not UTF-8 (a byte-fallback or byte-level token cut a character), so the text is not what
+    the model wrote and a student would train on other tokens (a teacher's general answers were
+    ~1/3 such gibberish in a tiny pipeline run)."""
+    return "\ufffd" in completion and "\ufffd" not in str(record.get("prompt", ""))
+
+
 def _accuracy_here(completion: str, record: dict) -> tuple[float, str | None]:
     """(task accuracy, None) or (0, what the grader raised), graded in this process."""
     try:
@@ -92,7 +105,8 @@ def _accuracy_here(completion: str, record: dict) -> tuple[float, str | None]:
 
 
 def rejection_reason(completion: str, record: dict, length: int, truncated: bool, c) -> str | None:
-    """The first check `completion` fails ('truncated', 'length', 'format', 'incorrect',
+    """The first check `completion` fails ('truncated', 'invalid_text', 'length', 'format',
+    'incorrect',
     'grading_error', 'language', 'repetition', 'readability'), or None when it is accepted. `c`
     is config.collect. A grader that raises (or times out in a grading worker) rejects the
     completion (logged once per kind of error) rather than stopping the collection: a resumed
@@ -285,6 +299,8 @@ def _judge(c, batch, texts, lengths, truncated, scores, grader) -> dict:
         for j in range(i * c.num_samples, (i + 1) * c.num_samples):
             if record.get("domain") == "general":
                 reason = "truncated" if truncated[j] else None
+                if reason is None and invalid_text(texts[j], record):
+                    reason = "invalid_text"
                 if reason is None and not scores[j] > c.general_min_score:
                     reason = "reward_model"
                 response = texts[j].strip()
