@@ -197,6 +197,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.collect.general_ratio = 0.0  # general rows per reasoning row
     c.collect.reward_model = ""  # a reward_model run judging general samples and rows
     c.collect.general_min_score = 0.0  # keep general rows the reward model scores above this
+    c.collect.normalize_scores = False  # that score z-scored by the reward model run's statistics
     c.collect.sft = False  # then SFT model.init_from on the dataset, in the same workdir
 
     # Reward-model training (Bradley-Terry on chosen/rejected pairs).

@@ -308,6 +308,34 @@ def test_scorer_round_trip(rm_run):
         (workdir / "rm_eval.kept").rename(workdir / "rm_eval.json")
 
 
+def test_collect_keeps_general_rows_above_a_raw_or_normalized_score(rm_run, tmp_path):
+    # A Bradley-Terry score's offset is arbitrary: collect.normalize_scores reads
+    # collect.general_min_score in standard deviations from the reward model's mean score.
+    from r1jax.train import collect
+
+    workdir, _ = rm_run
+    pairs = world.dataset("preference_test", n=48)
+    rows = [
+        {"prompt": p["prompt"], "response": p[side]}
+        for p in pairs
+        for side in ("chosen", "rejected")
+    ]
+    data = tmp_path / "general.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    scorer = preference.RewardModelScorer.load(workdir)
+    raw = scorer.score([r["prompt"] for r in rows], [r["response"] for r in rows])
+    report = json.loads((workdir / "rm_eval.json").read_text())
+    z = (raw - report["score_mean"]) / report["score_std"]
+    for normalize, threshold, expected in ((False, 0.0, raw > 0), (True, 0.5, z > 0.5)):
+        cfg = base.get_config()
+        cfg.collect.general_data, cfg.collect.reward_model = str(data), str(workdir)
+        cfg.collect.normalize_scores, cfg.collect.general_min_score = normalize, threshold
+        kept, stats = collect.general_rows(cfg, len(rows), mesh=None)
+        assert stats["general_filtered_out"] == len(rows) - expected.sum() > 0, normalize
+        wanted = {(r["prompt"], r["response"]) for r, e in zip(rows, expected) if e}
+        assert {(r["prompt"], r["response"]) for r in kept} == wanted
+
+
 def test_a_reward_model_run_is_no_language_model_to_export_or_start_from(rm_run, tmp_path):
     # Its params are a trunk and a head: export and init_from failed with orbax's layout dump.
     from r1jax import evaluation, export

@@ -14,8 +14,9 @@ The `collect` stage (configs/cold_start.py, configs/rejection_sampling.py, confi
    answer (`render`); deduplicate the sampled rows; keep up to collect.max_per_prompt per
    prompt.
    Prompts of collect.general_prompts (domain "general") are sampled too and kept when the
-   reward model (collect.reward_model) scores them above collect.general_min_score (and
-   their text is valid).
+   reward model (collect.reward_model) scores them above collect.general_min_score (a raw
+   score, or with collect.normalize_scores one in standard deviations from the reward model's
+   mean score over its held-out responses) and their text is valid.
 5. Mix in general (non-reasoning) SFT rows, collect.general_ratio per reasoning row (sampled
    general answers are neither), optionally only those the reward model scores above
    collect.general_min_score. They are taken as they are (duplicates included).
@@ -191,10 +192,15 @@ def _source_config(cfg):
     )
 
 
-def _load_scorer(path, mesh):
+def _load_scorer(c, mesh):
+    """collect.reward_model's scorer; z-scored by its run's score statistics when
+    collect.normalize_scores (a Bradley-Terry score's offset is arbitrary: a raw threshold of 0
+    sat at z = -0.36 in a tiny pipeline run and kept 997 of 1000 general answers)."""
     from r1jax.rewards import preference  # a second model, loaded only when asked for
 
-    return preference.RewardModelScorer.load(path, mesh=mesh)
+    return preference.RewardModelScorer.load(
+        c.reward_model, mesh=mesh, normalize=c.normalize_scores
+    )
 
 
 def sample_accepted(cfg, records, *, mesh, progress=True, journal=None):
@@ -227,7 +233,7 @@ def sample_accepted(cfg, records, *, mesh, progress=True, journal=None):
                 raise ValueError(
                     "collect: general prompts are judged by collect.reward_model; set it"
                 )
-            scorer = _load_scorer(c.reward_model, mesh)
+            scorer = _load_scorer(c, mesh)
         rules = sharding.rules_from_config(cfg.mesh.rules)
         src = _source_config(cfg)
         try:
@@ -438,7 +444,7 @@ def general_rows(cfg, n: int, *, mesh) -> tuple[list[dict], dict]:
     random.Random(f"r1jax-collect|{cfg.seed}").shuffle(rows)
     stats = {"general_available": len(rows)}
     if c.reward_model:
-        scorer = _load_scorer(c.reward_model, mesh)
+        scorer = _load_scorer(c, mesh)
         scores = scorer.score([r["prompt"] for r in rows], [r["response"] for r in rows])
         kept = [r for r, s in zip(rows, scores, strict=True) if s > c.general_min_score]
         stats["general_filtered_out"] = len(rows) - len(kept)
