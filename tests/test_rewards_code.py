@@ -112,6 +112,15 @@ def test_stop_iteration_from_the_program_does_not_end_the_tests_iteration():
     assert code.run_tests(CORRECT, tests, entry_point="solve", timeout_s=TIMEOUT_S).passed
 
 
+def test_what_the_tests_make_of_a_reply_is_bounded_in_memory_too():
+    # The trusted tests run in the harness, outside the program's memory limit: a list reply
+    # times 2 * 10**5 (1.6 GB) was built there (the host's memory, not the sandbox's).
+    program = "def solve(x):\n    return list(range(1000))\n"
+    tests = "def check(candidate):\n    assert len(candidate(1) * 200_000) == 0\n"
+    result = code.run_tests(program, tests, entry_point="solve", timeout_s=TIMEOUT_S)
+    assert result.status == "error" and "MemoryError" in result.detail, result
+
+
 def test_tests_that_never_call_the_program_pass_nothing():
     # A record whose tests check nothing (no `check` for the entry point, or a `check` that
     # never calls it) passed every program: reward 1 for `pass`, and inflated pass@k.

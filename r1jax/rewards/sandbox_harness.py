@@ -34,6 +34,7 @@ PRELOAD = (
     "itertools json math operator random re statistics string traceback typing"
 ).split()
 MAX_MESSAGE = 4 << 20
+H_MEMORY_BYTES = 512 << 20  # the harness's interpreter, modules and messages
 MAX_RANGE = MAX_MESSAGE // 2  # elements: a list message spends 2 bytes or more on each
 OUTPUT_PREVIEW = 2048
 PR_SET_PDEATHSIG = 1
@@ -461,6 +462,10 @@ def main():
             os._exit(1)
     os.close(cmd_r)
     os.close(res_w)
+    # H holds what the tests make of P's replies: bounded too (a range(5 * 10**7) reply became
+    # a 2.6 GB tuple, a list reply times 10**8 as much), at twice P's limit plus its own needs.
+    cap = 2 * limits["RLIMIT_AS"] + H_MEMORY_BYTES
+    resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     # The verdict goes out on a copy of stdout; what the trusted prelude and tests print goes
     # to stderr (it made the verdict unreadable: every program scored 0).
