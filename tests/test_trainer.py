@@ -1,6 +1,7 @@
 """Supervised trainer: exact resume after SIGKILL, gradient accumulation, bad-step guard."""
 
 import contextlib
+import dataclasses
 import functools
 import json
 import os
@@ -18,6 +19,7 @@ import numpy as np
 import pytest
 
 from r1jax import configlib, evaluation, memory, sharding
+from r1jax.model import config as model_config
 from r1jax.model import transformer
 from r1jax.train import checkpoint, supervised, trainer
 from r1jax.train import metrics as metrics_lib
@@ -606,6 +608,35 @@ def test_the_schedule_is_read_at_the_training_step_not_the_optimizers_count():
         opt_state = opt_state if skipped else new_state  # as trainer.apply_if_finite
         lrs.append(-float(updates))  # Adam with b1 = b2 = 0 moves by lr * sign(grad)
     np.testing.assert_allclose(lrs, [0, 0, 0.25, 0.25, 0.5, 0.5, 0.75, 0.75], atol=1e-6)
+
+
+def test_params_restore_in_the_configs_dtype_and_another_shape_is_named(tmp_path):
+    # Restored as saved: a run started from a bfloat16 run under param_dtype float32 trained
+    # bfloat16 master weights and moments; a config of another shape got the saved shapes, and
+    # the first step's init failed on them (a flax traceback) instead of this message.
+    cfg = model_config.ModelConfig(
+        vocab_size=64, d_model=32, n_layers=2, n_heads=2, n_kv_heads=2, head_dim=16, d_ff=64
+    )
+    bf16 = dataclasses.replace(cfg, dtype="bfloat16", param_dtype="bfloat16")
+    params = transformer.init_params(bf16, jax.random.PRNGKey(0))
+    state = state_lib.TrainState(
+        step=jnp.asarray(1), params=params, opt_state={}, rng=jax.random.PRNGKey(1)
+    )
+    ckpt = checkpoint.manager(tmp_path / "checkpoints")
+    checkpoint.save(ckpt, state, force=True)
+    ckpt.wait_until_finished()
+
+    def shapes(c):
+        return jax.eval_shape(functools.partial(transformer.init_params, c), state.rng)
+
+    restored = checkpoint.restore_params(tmp_path, shapes(cfg))
+    assert {x.dtype for x in jax.tree.leaves(restored)} == {jnp.dtype(jnp.float32)}
+    np.testing.assert_array_equal(restored["embedding"], params["embedding"].astype(jnp.float32))
+    narrower = dataclasses.replace(cfg, d_ff=48)
+    with pytest.raises(
+        ValueError, match=r"\['gate_kernel'\] is \(2, 32, 64\) there, \(2, 32, 48\)"
+    ):
+        checkpoint.restore_params(tmp_path, shapes(narrower))
 
 
 def test_a_run_saved_on_eight_devices_exports_on_one(tmp_path, shared_data):

@@ -487,6 +487,20 @@ def _restore_params(directory, target_params, *, step):
                     KeyError(f"layout {jax.tree.structure(abstract)} not in the checkpoint")
                 )
                 continue
+            # Arrays restore in their saved shapes whatever the target's: another model shape
+            # is named here, not by the first step that runs on them.
+            wrong = [
+                f"{jax.tree_util.keystr(key)} is {x.shape} there, {want.shape} in this config"
+                for (key, x), want in zip(
+                    jax.tree_util.tree_leaves_with_path(params), jax.tree.leaves(target_params)
+                )
+                if x.shape != want.shape
+            ]
+            if wrong:
+                raise ValueError(
+                    f"{directory} step {step}: params do not match the model config: "
+                    f"{'; '.join(wrong[:3])}{f' (and {len(wrong) - 3} more)' if wrong[3:] else ''}"
+                )
             return params
         if not any("sharding" in str(e) for e in errors):
             break
@@ -505,12 +519,15 @@ def _quiet_logs():
 
 
 def _restore_arg(x, elsewhere: bool = False):
-    """As the target says; else as saved, or (`elsewhere`: saved on other devices) whole on
-    this process's first device (every device when there are several processes)."""
+    """In the target's dtype (a run saved in bfloat16 started from in float32 trains float32
+    master weights, as a Hugging Face folder's load casts them). Placed as the target says;
+    else as saved, or (`elsewhere`: saved on other devices) whole on this process's first
+    device (every device when there are several processes)."""
     if x.sharding is not None:
-        return ocp.ArrayRestoreArgs(sharding=x.sharding)
+        return ocp.ArrayRestoreArgs(sharding=x.sharding, dtype=x.dtype)
     if not elsewhere:
-        return ocp.RestoreArgs()
+        return ocp.RestoreArgs(dtype=x.dtype)
     if jax.process_count() == 1:
-        return ocp.ArrayRestoreArgs(sharding=jax.sharding.SingleDeviceSharding(jax.devices()[0]))
-    return ocp.ArrayRestoreArgs(sharding=_everywhere())
+        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        return ocp.ArrayRestoreArgs(sharding=device, dtype=x.dtype)
+    return ocp.ArrayRestoreArgs(sharding=_everywhere(), dtype=x.dtype)
