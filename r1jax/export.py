@@ -65,6 +65,9 @@ def export(run_dir, out_dir, *, step: int | None = None) -> pathlib.Path:
         else:
             config = {"tokenizer_class": "PreTrainedTokenizerFast", **sp.special_tokens()}
             files.write_json(out_dir / "tokenizer_config.json", config, sort_keys=False)
+    # transformers reads a chat_template.jinja (an earlier tokenizer.save_pretrained here)
+    # before tokenizer_config.json's: another run's template, also where this run has none.
+    (out_dir / "chat_template.jinja").unlink(missing_ok=True)
     _write_chat_template(out_dir, configlib.trained_template(configlib.load_resolved(run_dir)[1]))
     _write_generation_config(out_dir)
     hf_io.save_hf(out_dir, cfg, params)
@@ -104,7 +107,6 @@ def _write_chat_template(out_dir: pathlib.Path, template: str | None) -> None:
         logging.info("export: the tokenizer's chat_template replaced by the run's %r", template)
     config["chat_template"] = text.hf_chat_template(template, bos=bool(prefix))
     files.write_json(path, config, sort_keys=False)
-    (out_dir / "chat_template.jinja").unlink(missing_ok=True)  # it would win over the config
 
 
 def main(argv=None) -> None:

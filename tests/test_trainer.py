@@ -639,6 +639,35 @@ def test_params_restore_in_the_configs_dtype_and_another_shape_is_named(tmp_path
         checkpoint.restore_params(tmp_path, shapes(narrower))
 
 
+def test_an_export_over_an_earlier_one_leaves_no_chat_template_of_it(tmp_path):
+    # transformers reads chat_template.jinja (what its tokenizer.save_pretrained writes) before
+    # tokenizer_config.json: exporting a run without a template (pretraining) over an earlier
+    # export kept that export's template.
+    import transformers
+
+    from r1jax import export
+
+    run, out = tmp_path / "run", tmp_path / "out"
+    cfg = model_config.ModelConfig(
+        vocab_size=512, d_model=32, n_layers=1, n_heads=2, n_kv_heads=2, head_dim=16, d_ff=64
+    )
+    params = transformer.init_params(cfg, jax.random.PRNGKey(0))
+    state = state_lib.TrainState(
+        step=jnp.asarray(1), params=params, opt_state={}, rng=jax.random.PRNGKey(1)
+    )
+    ckpt = checkpoint.manager(run / "checkpoints")
+    checkpoint.save(ckpt, state, force=True)
+    ckpt.wait_until_finished()
+    config = {"config": {"stage": "pretrain"}, "model": dataclasses.asdict(cfg)}
+    (run / "config.json").write_text(json.dumps(config))
+    base = os.path.join(REPO, "r1jax", "assets", "world_base", "tokenizer.model")
+    (run / "tokenizer.model").write_bytes(open(base, "rb").read())
+    out.mkdir()
+    (out / "chat_template.jinja").write_text("{{ 'another run' }}")
+    export.export(run, out)
+    assert transformers.PreTrainedTokenizerFast.from_pretrained(out).chat_template is None
+
+
 def test_a_run_saved_on_eight_devices_exports_on_one(tmp_path, shared_data):
     # Restored "as saved", the params named devices 0-7: on a one-device machine the export
     # (and model.init_from) failed, calling it a model-config mismatch.
