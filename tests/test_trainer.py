@@ -639,6 +639,30 @@ def test_params_restore_in_the_configs_dtype_and_another_shape_is_named(tmp_path
         checkpoint.restore_params(tmp_path, shapes(narrower))
 
 
+@_ABANDONED_READS
+def test_params_of_a_damaged_step_are_not_called_a_config_mismatch_alone(tmp_path):
+    # The export of a run whose newest checkpoint cannot be read said only that its params do
+    # not match the model config (model.init_from: in a traceback).
+    cfg = model_config.ModelConfig(
+        vocab_size=64, d_model=32, n_layers=1, n_heads=2, n_kv_heads=2, head_dim=16, d_ff=64
+    )
+    params = transformer.init_params(cfg, jax.random.PRNGKey(0))
+    ckpt = checkpoint.manager(tmp_path / "checkpoints")
+    for step in (1, 2):
+        state = state_lib.TrainState(
+            step=jnp.asarray(step), params=params, opt_state={}, rng=jax.random.PRNGKey(1)
+        )
+        checkpoint.save(ckpt, state, force=True)
+        ckpt.wait_until_finished()
+    (tmp_path / "checkpoints" / "2" / "state" / "manifest.ocdbt").unlink()
+    abstract = jax.eval_shape(lambda: params)
+    damaged = r"step 2: .* or the checkpoint is damaged \(other steps here: \[1\]\)"
+    with pytest.raises(ValueError, match=damaged):
+        checkpoint.restore_params(tmp_path, abstract)
+    restored = checkpoint.restore_params(tmp_path, abstract, step=1)
+    np.testing.assert_array_equal(restored["embedding"], params["embedding"])
+
+
 def test_an_export_over_an_earlier_one_leaves_no_chat_template_of_it(tmp_path):
     # transformers reads chat_template.jinja (what its tokenizer.save_pretrained writes) before
     # tokenizer_config.json: exporting a run without a template (pretraining) over an earlier

@@ -504,7 +504,14 @@ def _restore_params(directory, target_params, *, step):
             return params
         if not any("sharding" in str(e) for e in errors):
             break
-    raise ValueError(f"{directory} step {step}: params do not match the model config: {errors}")
+    # Every layout failed: another model (a structure this config does not have), or files of
+    # the step that cannot be read; the other steps may restore (--step, or a resume).
+    others = [s for s in mngr.all_steps() if s != step]
+    raise ValueError(
+        f"{directory} step {step}: params do not match the model config, or the checkpoint is "
+        f"damaged{f' (other steps here: {others})' if others else ''}: "
+        + "; ".join(f"{type(e).__name__}: {str(e)[:300]}" for e in errors)
+    )
 
 
 @contextlib.contextmanager

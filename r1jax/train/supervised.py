@@ -416,7 +416,10 @@ def initial_params(cfg, model_cfg):
         run_cfg, _ = configlib.load_resolved(run_dir, language_model=True)
         model_cfg = _loaded_shape(cfg, model_cfg, run_cfg)
     abstract = jax.eval_shape(lambda k: transformer.init_params(model_cfg, k), jax.random.key(0))
-    return model_cfg, checkpoint.restore_params(path, abstract)
+    try:
+        return model_cfg, checkpoint.restore_params(path, abstract)
+    except ValueError as e:  # another shape, or a damaged checkpoint: one line, not a traceback
+        raise configlib.ConfigError(f"config.model.init_from: {e}") from e
 
 
 def _kind(cfg) -> str:
