@@ -639,6 +639,24 @@ def test_params_restore_in_the_configs_dtype_and_another_shape_is_named(tmp_path
         checkpoint.restore_params(tmp_path, shapes(narrower))
 
 
+def test_saved_params_the_config_has_no_place_for_are_named(tmp_path):
+    # A partial restore left them out: a bare checkpoint of an untied model with q/k/v biases,
+    # started from under a tied config without biases, lost its lm_head and biases silently.
+    cfg = model_config.ModelConfig(
+        vocab_size=64, d_model=32, n_layers=1, n_heads=2, n_kv_heads=2, head_dim=16, d_ff=64
+    )
+    params = transformer.init_params(dataclasses.replace(cfg, qkv_bias=True), jax.random.PRNGKey(0))
+    state = state_lib.TrainState(
+        step=jnp.asarray(1), params=params, opt_state={}, rng=jax.random.PRNGKey(1)
+    )
+    ckpt = checkpoint.manager(tmp_path / "checkpoints")
+    checkpoint.save(ckpt, state, force=True)
+    ckpt.wait_until_finished()
+    abstract = jax.eval_shape(functools.partial(transformer.init_params, cfg), state.rng)
+    with pytest.raises(ValueError, match=r"\['attn'\]\['k_bias'\] is there, not in this config"):
+        checkpoint.restore_params(tmp_path, abstract)
+
+
 @_ABANDONED_READS
 def test_params_of_a_damaged_step_are_not_called_a_config_mismatch_alone(tmp_path):
     # The export of a run whose newest checkpoint cannot be read said only that its params do

@@ -379,6 +379,19 @@ def saved_keys(mngr: ocp.CheckpointManager, step: int, item: str) -> set[str] | 
         return None
 
 
+def _saved_params(step_dir: pathlib.Path, policy: bool) -> set[str]:
+    """The key paths of a step's saved params (params["policy"] where `policy`), from orbax's
+    tree metadata (no array read); empty when it cannot be read."""
+    try:
+        with _quiet_logs():
+            metadata = ocp.StandardCheckpointer().metadata(step_dir / "state")
+        params = getattr(metadata, "item_metadata", metadata)["params"]
+        params = params["policy"] if policy else params
+        return {jax.tree_util.keystr(k) for k, _ in jax.tree_util.tree_leaves_with_path(params)}
+    except Exception:  # noqa: BLE001 - a format this orbax does not read: the restore decided
+        return set()
+
+
 def _restore(mngr, step, target_state, iterator, extra):
     extra = extra(step) if callable(extra) else extra
     items = {"state": ocp.args.StandardRestore(abstract_like(target_state))}
@@ -496,6 +509,12 @@ def _restore_params(directory, target_params, *, step):
                 )
                 if x.shape != want.shape
             ]
+            # A partial restore also leaves out saved params the config has no place for (an
+            # untied lm_head, q/k/v biases): a model that computes something else.
+            policy = "policy" in abstract["params"]
+            saved = _saved_params(directory / str(step), policy)
+            ours = {jax.tree_util.keystr(k) for k, _ in jax.tree_util.tree_leaves_with_path(params)}
+            wrong += [f"{key} is there, not in this config" for key in sorted(saved - ours)]
             if wrong:
                 raise ValueError(
                     f"{directory} step {step}: params do not match the model config: "
