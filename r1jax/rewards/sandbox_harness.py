@@ -123,8 +123,8 @@ def decode(tree):
             raise ValueError("malformed fraction or range")
         if tag == "q":
             return fractions.Fraction(*body)
-        # No longer than a list in a message could be: the tests' tuple(candidate(x)) made H,
-        # which has no memory limit, hold 2.6 GB for a range(5 * 10**7) in a 30-byte reply.
+        # No longer than a list in a message could be: the tests' tuple(candidate(x)) made H
+        # hold 2.6 GB for a range(5 * 10**7) in a 30-byte reply (before H's memory was capped).
         if len(range(*body)[: MAX_RANGE + 1]) > MAX_RANGE:
             raise ValueError("range too long")
         return range(*body)
