@@ -107,11 +107,10 @@ def _accuracy_here(completion: str, record: dict) -> tuple[float, str | None]:
 
 def rejection_reason(completion: str, record: dict, length: int, truncated: bool, c) -> str | None:
     """The first check `completion` fails ('truncated', 'invalid_text', 'length', 'format',
-    'incorrect',
-    'grading_error', 'language', 'repetition', 'readability'), or None when it is accepted. `c`
-    is config.collect. A grader that raises (or times out in a grading worker) rejects the
-    completion (logged once per kind of error) rather than stopping the collection: a resumed
-    run would sample and raise again."""
+    'incorrect', 'grading_error', 'language', 'repetition', 'readability'), or None when it is
+    accepted. `c` is config.collect. A grader that raises (or times out in a grading worker)
+    rejects the completion (logged once per kind of error) rather than stopping the collection:
+    a resumed run would sample and raise again."""
     return _form_reason(completion, record, length, truncated, c) or _graded_reason(
         completion, record, c
     )
