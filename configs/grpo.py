@@ -67,18 +67,26 @@ def real(c: ml_collections.ConfigDict, size: str) -> None:
     c.rl.num_samples = 16
     c.rl.temperature = 1.0
     c.rl.max_prompt_len = 512
+    # R1-Zero samples up to 32,768 tokens (65,536 after step 8.2k): budgets for one GPU here.
     c.rl.max_new_tokens = 4096 if size == "qwen2.5-1.5b" else 8192
     # 1.5B on one GPU: the 512 rows' KV cache would be ~61 GB (bf16, 28 layers x 1 KB a slot)
     # beside ~28 GB of params, Adam, reference and decode copy; 16 prompts a call hold ~30 GB.
     c.rl.sample_prompts_per_call = 16 if size == "qwen2.5-1.5b" else 0
     c.rl.kl_coef = 0.001
     c.rl.ref_reset_every = 400
+    # R1 (first RL stage) clips at epsilon 10, each rollout of 8,192 samples split into 16
+    # updates of 32 prompts. Here a step samples its 32 prompts and updates once: the ratio is 1,
+    # so the clip (base's 0.2; clip_low must stay below 1) never binds. R1's layout would be
+    # rl.prompts_per_step 512, rl.num_minibatches 16, clip_high 10, and train.steps and
+    # ref_reset_every / 16 (they count rollouts; R1's steps are updates).
     c.rl.rewards = ml_collections.ConfigDict({"accuracy": 1.0, "format": 1.0})
     c.rl.reward_workers = 8
     c.optim.lr = 3e-6
     c.optim.warmup_steps = 0
     c.optim.schedule = "constant"
     c.optim.weight_decay = 0.0
+    # Not a published count: R1-Zero ran 10,400 steps, 1.6 epochs of its prompts; 8000 steps of
+    # 32 prompts are ~34 passes over MATH's 7.5k train problems.
     c.train.steps = 8000
     # Micro-batches of 8 rows (1.5B on one 80 GB GPU: the update ~46 GB, an estimate from a
     # CPU-compiled program with attention_chunk 1024; 4 rows took ~54 GB without the blocks) /
@@ -95,18 +103,25 @@ def real(c: ml_collections.ConfigDict, size: str) -> None:
 
 
 def apply_preset(c: ml_collections.ConfigDict, preset: str) -> None:
-    """The variants as their papers set them."""
+    """Each variant's objective as its paper sets it, on the size's shared settings (lr, batch,
+    samples, lengths: R1's on the real sizes), so runs differ in the objective alone."""
     if preset == "dr_grpo":  # Liu et al. 2025: no std, constant length normaliser
+        # Their runs (understand-r1-zero examples/*.sh) also set lr 1e-6, KL 0 (--beta 0),
+        # 8 samples, 128 prompts and 3000 new tokens: not applied here.
         c.rl.std_normalize = "none"
         c.rl.aggregation = "seq-mean-token-sum-norm"
     elif preset == "dapo":  # Yu et al. 2025
+        # Not applied (DAPO §4.1): lr 1e-6, 512 prompts a rollout in 16 updates of 32.
         c.rl.clip_low, c.rl.clip_high = 0.2, 0.28
         c.rl.aggregation = "token-mean"
         c.rl.dynamic_sampling = True
-        # A reference: --config.rl.max_new_tokens=N moves the buffer with it (N // 4).
-        c.rl.overlong_buffer = c.rl.get_ref("max_new_tokens") // 4
+        # DAPO: the last 4,096 of 20,480 tokens. A reference: --config.rl.max_new_tokens=N
+        # moves the buffer with it (N // 5).
+        c.rl.overlong_buffer = c.rl.get_ref("max_new_tokens") // 5
         c.rl.kl_coef = 0.0
     elif preset == "gspo":  # Zheng et al. 2025: sequence-level ratio, tiny clip ranges
+        # The clip binds only with several updates a rollout (rl.num_minibatches > 1): with
+        # one, the ratio is 1.
         c.rl.ratio_level = "sequence"
         c.rl.clip_low, c.rl.clip_high = 3e-4, 4e-4
         c.rl.kl_coef = 0.0

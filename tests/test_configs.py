@@ -423,7 +423,7 @@ def test_derived_fields_follow_an_override():
     cfg = configlib.load_config(
         os.path.join(REPO, "configs/grpo.py:qwen2.5-1.5b,dapo"), rl__max_new_tokens=512
     )
-    assert cfg.rl.overlong_buffer == 128
+    assert cfg.rl.overlong_buffer == 512 // 5  # DAPO's 4,096 of 20,480
     cfg = configlib.load_config(
         os.path.join(REPO, "configs/cold_start.py:qwen2.5-1.5b"), data__seq_len=4096
     )
