@@ -11,7 +11,7 @@ Variants:
   configs/r1_zero.py:tiny (collect.model defaults to runs/r1-zero):
     r1jax --config=configs/cold_start.py:tiny --workdir=runs/cold-start
 - qwen2.5-1.5b / qwen2.5-7b-tpu: R1's recipe on a real base (the paper collects thousands of
-  such samples; SFT 2 epochs at 1e-5 here):
+  such samples; SFT 2 epochs, cosine from 5e-5 to 5e-6, as R1's cold start):
     r1jax --config=configs/cold_start.py:qwen2.5-1.5b --workdir=runs/cold-start-1.5b \
         --config.collect.model=runs/r1zero-1.5b --config.model.init_from=/models/Qwen2.5-Math-1.5B
 """
@@ -64,7 +64,7 @@ def tiny(c: ml_collections.ConfigDict) -> None:
 
 
 def real(c: ml_collections.ConfigDict, size: str) -> None:
-    """Published-scale settings: MATH prompts, 8 samples each, 2 epochs of SFT at lr 1e-5."""
+    """Published-scale settings: MATH prompts, 8 samples each, 2 epochs of SFT from lr 5e-5."""
     s = sft.get_config(size)
     for name in ("model", "data", "optim", "train", "mesh"):
         c[name] = s[name]
@@ -90,6 +90,11 @@ def real(c: ml_collections.ConfigDict, size: str) -> None:
     c.collect.summary = True
     c.collect.sft = True
     c.train.epochs = 2  # R1's cold start: train.steps from the collected chains (data_stats.json)
+    # R1 (Supplementary B.4.2, cold-start and second-stage SFT): cosine from 5e-5 down to 5e-6,
+    # batch 128 of up to 32,768 tokens; sft.py's 1e-5 is its own GSM8K choice. The batch and
+    # length stay sft.py's, sized for one GPU.
+    c.optim.lr = 5e-5
+    c.optim.min_lr_ratio = 0.1
 
 
 def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
