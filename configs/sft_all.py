@@ -37,7 +37,9 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     c.data.template = "r1_zero"
     # configs/rejection_sampling.py's longest completion plus a prompt of up to 512 tokens.
     c.data.seq_len = (8192 if arg == "qwen2.5-1.5b" else 16384) + 512
-    c.optim.lr = 5e-5  # R1: 2 epochs, cosine from 5e-5 down to 5e-6
+    # R1: 2 epochs, cosine from 5e-5 down to 5e-6 (batch 128 rows of up to 32,768 tokens there;
+    # sft.py's batch here).
+    c.optim.lr = 5e-5
     c.optim.min_lr_ratio = 0.1
     c.train.epochs = 2  # train.steps from the collected dataset's size (data_stats.json)
     # Estimates from CPU-compiled programs at the real widths, model.attention_chunk 1024 (the
