@@ -610,6 +610,17 @@ def test_the_schedule_is_read_at_the_training_step_not_the_optimizers_count():
     np.testing.assert_allclose(lrs, [0, 0, 0.25, 0.25, 0.5, 0.5, 0.75, 0.75], atol=1e-6)
 
 
+def _save_params(run_dir, params, steps=(1,)) -> None:
+    """A checkpoint of `params` (empty optimizer state) at each of `steps` under run_dir."""
+    ckpt = checkpoint.manager(run_dir / "checkpoints")
+    for step in steps:
+        state = state_lib.TrainState(
+            step=jnp.asarray(step), params=params, opt_state={}, rng=jax.random.PRNGKey(1)
+        )
+        checkpoint.save(ckpt, state, force=True)
+        ckpt.wait_until_finished()
+
+
 def test_params_restore_in_the_configs_dtype_and_another_shape_is_named(tmp_path):
     # Restored as saved: a run started from a bfloat16 run under param_dtype float32 trained
     # bfloat16 master weights and moments; a config of another shape got the saved shapes, and
@@ -619,15 +630,10 @@ def test_params_restore_in_the_configs_dtype_and_another_shape_is_named(tmp_path
     )
     bf16 = dataclasses.replace(cfg, dtype="bfloat16", param_dtype="bfloat16")
     params = transformer.init_params(bf16, jax.random.PRNGKey(0))
-    state = state_lib.TrainState(
-        step=jnp.asarray(1), params=params, opt_state={}, rng=jax.random.PRNGKey(1)
-    )
-    ckpt = checkpoint.manager(tmp_path / "checkpoints")
-    checkpoint.save(ckpt, state, force=True)
-    ckpt.wait_until_finished()
+    _save_params(tmp_path, params)
 
     def shapes(c):
-        return jax.eval_shape(functools.partial(transformer.init_params, c), state.rng)
+        return jax.eval_shape(functools.partial(transformer.init_params, c), jax.random.key(0))
 
     restored = checkpoint.restore_params(tmp_path, shapes(cfg))
     assert {x.dtype for x in jax.tree.leaves(restored)} == {jnp.dtype(jnp.float32)}
@@ -646,13 +652,8 @@ def test_saved_params_the_config_has_no_place_for_are_named(tmp_path):
         vocab_size=64, d_model=32, n_layers=1, n_heads=2, n_kv_heads=2, head_dim=16, d_ff=64
     )
     params = transformer.init_params(dataclasses.replace(cfg, qkv_bias=True), jax.random.PRNGKey(0))
-    state = state_lib.TrainState(
-        step=jnp.asarray(1), params=params, opt_state={}, rng=jax.random.PRNGKey(1)
-    )
-    ckpt = checkpoint.manager(tmp_path / "checkpoints")
-    checkpoint.save(ckpt, state, force=True)
-    ckpt.wait_until_finished()
-    abstract = jax.eval_shape(functools.partial(transformer.init_params, cfg), state.rng)
+    _save_params(tmp_path, params)
+    abstract = jax.eval_shape(functools.partial(transformer.init_params, cfg), jax.random.key(0))
     with pytest.raises(ValueError, match=r"\['attn'\]\['k_bias'\] is there, not in this config"):
         checkpoint.restore_params(tmp_path, abstract)
 
@@ -665,13 +666,7 @@ def test_params_of_a_damaged_step_are_not_called_a_config_mismatch_alone(tmp_pat
         vocab_size=64, d_model=32, n_layers=1, n_heads=2, n_kv_heads=2, head_dim=16, d_ff=64
     )
     params = transformer.init_params(cfg, jax.random.PRNGKey(0))
-    ckpt = checkpoint.manager(tmp_path / "checkpoints")
-    for step in (1, 2):
-        state = state_lib.TrainState(
-            step=jnp.asarray(step), params=params, opt_state={}, rng=jax.random.PRNGKey(1)
-        )
-        checkpoint.save(ckpt, state, force=True)
-        ckpt.wait_until_finished()
+    _save_params(tmp_path, params, steps=(1, 2))
     (tmp_path / "checkpoints" / "2" / "state" / "manifest.ocdbt").unlink()
     abstract = jax.eval_shape(lambda: params)
     damaged = r"step 2: .* or the checkpoint is damaged \(other steps here: \[1\]\)"
@@ -693,13 +688,7 @@ def test_an_export_over_an_earlier_one_leaves_no_chat_template_of_it(tmp_path):
     cfg = model_config.ModelConfig(
         vocab_size=512, d_model=32, n_layers=1, n_heads=2, n_kv_heads=2, head_dim=16, d_ff=64
     )
-    params = transformer.init_params(cfg, jax.random.PRNGKey(0))
-    state = state_lib.TrainState(
-        step=jnp.asarray(1), params=params, opt_state={}, rng=jax.random.PRNGKey(1)
-    )
-    ckpt = checkpoint.manager(run / "checkpoints")
-    checkpoint.save(ckpt, state, force=True)
-    ckpt.wait_until_finished()
+    _save_params(run, transformer.init_params(cfg, jax.random.PRNGKey(0)))
     config = {"config": {"stage": "pretrain"}, "model": dataclasses.asdict(cfg)}
     (run / "config.json").write_text(json.dumps(config))
     base = os.path.join(REPO, "r1jax", "assets", "world_base", "tokenizer.model")
