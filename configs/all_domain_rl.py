@@ -1,6 +1,9 @@
 """All-domain RL (R1 stage 4): one GRPO run over reasoning prompts (rule rewards: accuracy,
 format, language consistency) and general prompts (a preference reward model's score), routed
 per prompt by its domain; general prompts join only for the last part of the run, as in R1.
+General prompts get the reward models' score alone, as the arXiv paper's §2.3.4 describes; the
+Nature version's equations (8-10) also add the format reward to it and the language reward to
+every prompt, which this code does not do.
 
 Variants:
 - tiny: the small world on a CPU (a few minutes), from configs/sft_all.py:tiny with the reward
