@@ -121,6 +121,22 @@ def test_what_the_tests_make_of_a_reply_is_bounded_in_memory_too():
     assert result.status == "error" and "MemoryError" in result.detail, result
 
 
+def test_what_the_tests_print_is_capped_before_it_reaches_the_caller():
+    # The caller reads the harness's stderr whole: tests printing a 1 MiB reply 100 times held
+    # ~300 MB of the caller's memory (a reward worker's) until the run ended.
+    import tracemalloc
+
+    program = "def solve(x):\n    return 'x' * (1 << 20)\n"
+    tests = "def check(candidate):\n    for _ in range(100):\n        print(candidate(1))\n"
+    tracemalloc.start()
+    try:
+        result = code.run_tests(program, tests, entry_point="solve", timeout_s=20.0)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert result.passed and peak < 16 << 20, (result, peak)
+
+
 def test_tests_that_never_call_the_program_pass_nothing():
     # A record whose tests check nothing (no `check` for the entry point, or a `check` that
     # never calls it) passed every program: reward 1 for `pass`, and inflated pass@k.

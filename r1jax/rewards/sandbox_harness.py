@@ -34,6 +34,7 @@ PRELOAD = (
     "itertools json math operator random re statistics string traceback typing"
 ).split()
 MAX_MESSAGE = 4 << 20
+TESTS_OUTPUT_BYTES = 1 << 20  # what the trusted prelude and tests may print
 H_MEMORY_BYTES = 512 << 20  # the harness's interpreter, modules and messages
 MAX_RANGE = MAX_MESSAGE // 2  # elements: a list message spends 2 bytes or more on each
 OUTPUT_PREVIEW = 2048
@@ -472,6 +473,9 @@ def main():
     verdict_fd = os.dup(1)
     sys.stdout.flush()
     os.dup2(2, 1)
+    # What they print is read whole by the caller (only its end is kept): capped, or tests that
+    # print the program's replies (4 MiB each) filled the caller's memory until the deadline.
+    sys.stdout = _CappedOutput(1, TESTS_OUTPUT_BYTES)
     request = json.loads(sys.stdin.buffer.read())
     try:
         caller = verdict_fd if stat.S_ISFIFO(os.fstat(verdict_fd).st_mode) else None
