@@ -181,8 +181,8 @@ def test_encode_decode_round_trip_and_rejects_foreign_types():
 
 
 def test_a_range_reply_is_no_longer_than_a_list_reply_could_be():
-    # The harness has no memory limit: tests that turn a reply into a tuple (HumanEval/33, 37)
-    # made it hold gigabytes for a range of 10**8 in a reply of a few bytes.
+    # Tests that turn a reply into a tuple (HumanEval/33, 37) made the harness hold gigabytes
+    # for a range of 10**8 in a reply of a few bytes (before its own memory was capped too).
     cap = sandbox_harness.MAX_RANGE
     assert sandbox_harness.decode({"r": [5, 5 + cap, 1]}) == range(5, 5 + cap)
     wide = range(0, -(10**30), -(10**24))  # a million elements, however big
