@@ -558,6 +558,12 @@ def without_bos(tokenizer, ids: list[int]) -> list[int]:
     return ids[len(prefix) :] if prefix and ids[: len(prefix)] == prefix else ids
 
 
+def prompt_ids(tokenizer, template: str, prompt: str) -> list[int]:
+    """Token ids of `prompt` in `template`, without a BOS it writes itself (`without_bos`): what
+    SFT, RL and the reward model put after `bos_ids`."""
+    return without_bos(tokenizer, tokenizer.encode(apply_template(template, prompt)))
+
+
 def with_eos(tokenizer, ids: list[int]) -> list[int]:
     """`ids` ending in EOS, appended unless they end with it already: a response in the model's
     chat format that writes its end-of-turn token (the EOS) would end with it twice, where

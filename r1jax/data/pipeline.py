@@ -81,9 +81,7 @@ def tokenize_sft(
     if "prompt" not in record or "response" not in record:
         raise KeyError(f"sft record needs 'prompt' and 'response': {record!r:.200}")
     head = _bos(tokenizer)
-    prompt_ids = text.without_bos(
-        tokenizer, tokenizer.encode(text.apply_template(template, record["prompt"]))
-    )
+    prompt_ids = text.prompt_ids(tokenizer, template, record["prompt"])
     response = text.response_text(template, record["response"])
     response_ids = text.with_eos(tokenizer, text.encode_continuation(tokenizer, response))
     budget = seq_len + 1

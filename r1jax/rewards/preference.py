@@ -78,7 +78,7 @@ def tokenize(tokenizer, prompt: str, response: str, *, template: str, max_len: i
     """BOS + template(prompt) + response + EOS as SFT tokenizes it; over max_len, keeps the end
     (BOS stays, the start of the prompt goes first)."""
     head = text.bos_ids(tokenizer)
-    body = text.without_bos(tokenizer, tokenizer.encode(text.apply_template(template, prompt)))
+    body = text.prompt_ids(tokenizer, template, prompt)
     response_ids = text.encode_continuation(tokenizer, text.response_text(template, response))
     body += text.with_eos(tokenizer, response_ids)
     if max_len and len(head) + len(body) > max_len:

@@ -46,9 +46,7 @@ def encode_prompts(records: list[dict], tokenizer, template: str, max_len: int) 
     bos = text.bos_ids(tokenizer)
     out = []
     for r in records:
-        ids = text.without_bos(
-            tokenizer, tokenizer.encode(text.apply_template(template, r["prompt"]))
-        )
+        ids = text.prompt_ids(tokenizer, template, r["prompt"])
         keep = max_len - len(bos)  # prompt tokens that fit beside the BOS
         out.append(bos + ids[max(0, len(ids) - keep) :] if keep > 0 else (bos + ids)[-max_len:])
     return out
