@@ -1,9 +1,11 @@
 """All-domain RL (R1 stage 4): one GRPO run over reasoning prompts (rule rewards: accuracy,
 format, language consistency) and general prompts (a preference reward model's score), routed
 per prompt by its domain; general prompts join only for the last part of the run, as in R1.
-General prompts get the reward models' score alone, as the arXiv paper's §2.3.4 describes; the
-Nature version's equations (8-10) also add the format reward to it and the language reward to
-every prompt, which this code does not do.
+Two reward compositions for general prompts (rl.general_rule_rewards): the reward models' score
+alone, as the arXiv paper's §2.3.4 describes (tiny, whose recorded pipeline results used it), or
+that score plus the format and language rewards, as R1's Nature version writes it (equations
+8-10: Reward = Reward_reasoning + Reward_general + Reward_language, Reward_general =
+Reward_reward_model + Reward_format; the qwen variants).
 
 Variants:
 - tiny: the small world on a CPU (a few minutes), from configs/sft_all.py:tiny with the reward
@@ -66,4 +68,5 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     c.rl.general_fraction = 0.25
     c.train.steps = 1700
     c.rl.general_from_step = 1300  # the last 400 steps
+    c.rl.general_rule_rewards = ("format", "language")  # Nature's equations 8-10
     return c

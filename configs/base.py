@@ -163,6 +163,11 @@ def get_config() -> ml_collections.ConfigDict:
     c.rl.general_prompts = ""  # general prompts (data.format dataset name or file) mixed in
     c.rl.general_fraction = 0.0  # share of each step's prompts drawn from general_prompts
     c.rl.general_from_step = 0  # general prompts only after this many steps (R1: the last part)
+    # Rule rewards (names in rl.rewards, at their weights) general prompts get too, added to the
+    # reward models' score: () = the reward models alone (R1 on arXiv, §2.3.4); R1 in Nature
+    # (equations 8-10) adds format to general prompts and language to every prompt:
+    # ("format", "language") with those two in rl.rewards.
+    c.rl.general_rule_rewards = ()
 
     # Sampling datasets from a model (cold start, rejection sampling, distillation).
     c.collect = ml_collections.ConfigDict()

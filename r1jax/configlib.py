@@ -626,6 +626,24 @@ def _validate_rl(cfg, num_devices: int) -> None:
         )
         if cfg.data.format != "world" or pathlib.Path(rl.general_prompts).suffix:
             _check_path(cfg, "rl.general_prompts")
+    rules = rl.general_rule_rewards
+    _require(
+        isinstance(rules, (tuple, list)) and all(isinstance(n, str) for n in rules),
+        "rl.general_rule_rewards",
+        f"must be a tuple of reward names, got {rules!r}",
+    )
+    for name in rules:
+        _require(
+            name in rl.rewards.keys(),
+            "rl.general_rule_rewards",
+            f"{name!r} is not one of rl.rewards ({sorted(rl.rewards.keys())}): general prompts get "
+            "the rule rewards at their weights there",
+        )
+    _require(
+        not rules or bool(rl.general_prompts),
+        "rl.general_rule_rewards",
+        "rule rewards for general prompts need general prompts (rl.general_prompts)",
+    )
     try:
         shape = sharding.mesh_shape(cfg.mesh.to_dict(), num_devices)
     except ValueError as e:

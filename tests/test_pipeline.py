@@ -322,10 +322,12 @@ class _LengthScorer:
         )
 
 
-def _maker(reward_models, group_size=1):
+def _maker(reward_models, group_size=1, general_rule_rewards=()):
     maker = rollout.ExperienceMaker.__new__(rollout.ExperienceMaker)
     maker.reward_models = reward_models
-    maker.cfg = types.SimpleNamespace(num_samples=group_size)
+    maker.cfg = types.SimpleNamespace(
+        num_samples=group_size, general_rule_rewards=general_rule_rewards
+    )
     return maker
 
 
@@ -399,6 +401,48 @@ def test_general_prompts_are_not_graded_by_the_rule_rewards(tmp_path):
     assert per_fn["accuracy"][0] == 1.0 and np.isnan(per_fn["accuracy"][1])
 
 
+@pytest.mark.parametrize("workers", [0, 1])
+def test_general_prompts_can_get_format_and_language_rewards_too(workers):
+    # R1 in Nature (equations 8-10): a general prompt's reward is the reward model's score plus
+    # the format reward, and the language reward is every prompt's.
+    from r1jax.rewards import registry
+
+    maker = _maker(
+        [("reward_model", _LengthScorer(), 0.5)], general_rule_rewards=("format", "language")
+    )
+    weights = {"accuracy": 1.0, "format": 0.5, "language": 0.25}
+    records = [RECORD, {"prompt": "Write a haiku.", "domain": "general"}] * 2
+    texts = [
+        GOOD,
+        "<think>five, seven, five</think> <answer>Leaves fall.</answer>",  # format 1, English
+        "<think>a guess</think> 1",  # no answer block: format 0, wrong
+        "<think>落叶</think> <answer>Leaves.</answer>",  # format 1, a Chinese thought
+    ]
+    with registry.RewardPool(weights, num_workers=workers, timeout_s=30) as pool:
+        maker.pool = pool
+        rule_N, per_fn = maker._score_rules(texts, records)
+        graded = pool.grade(texts, records, [[], ["format"], ["format"], []])[0]
+        assert graded["format"].tolist() == [0.0, 1.0, 0.0, 0.0]
+        with pytest.raises(ValueError, match=r"\['tag_count'\] are not in this pool"):
+            pool.score(texts[:1], records[:1], [["tag_count"]])
+    assert maker.last_pool_metrics["rewards/crashes/accuracy"] == 0
+    rewards_N, out = maker._route(texts, records, rule_N, per_fn)
+    accuracy, fmt, lang = out["accuracy"], out["format"], out["language"]
+    assert accuracy[0] == 1.0 and np.isnan(accuracy[[1, 3]]).all()  # no answer to grade
+    np.testing.assert_array_equal(fmt, [1.0, 1.0, 0.0, 1.0])
+    np.testing.assert_array_equal(lang, [1.0, 1.0, 1.0, 0.0])
+    np.testing.assert_allclose(
+        rewards_N,
+        [
+            1.0 + 0.5 + 0.25,
+            0.5 * len(texts[1]) + 0.5 + 0.25,
+            0.25,
+            0.5 * len(texts[3]) + 0.5,
+        ],
+    )
+    assert np.isnan(out["reward_model"][[0, 2]]).all()
+
+
 def test_all_domain_config_errors_name_the_field(tmp_path):
     spec = os.path.join(REPO, "configs/all_domain_rl.py:tiny")
     ok = dict(model__init_from=WORLD_BASE, rl__reward_model__path=WORLD_BASE)
@@ -411,6 +455,25 @@ def test_all_domain_config_errors_name_the_field(tmp_path):
     with pytest.raises(configlib.ConfigError, match=r"config\.rl\.general_fraction"):
         configlib.validate(
             configlib.load_config(spec, rl__general_fraction=0.01, **ok), num_devices=1
+        )
+    nature = dict(ok, rl__general_rule_rewards=("format", "language"))
+    cfg = configlib.load_config(spec, **nature)
+    configlib.validate(cfg, num_devices=1)
+    assert rl.rollout_config(cfg).general_rule_rewards == ("format", "language")
+    # General prompts graded by a rule reward are checked as its records (a language code).
+    bad = tmp_path / "general.jsonl"
+    bad.write_text('{"prompt": "Say hi.", "language": "en"}\n{"prompt": "Hi?", "language": "xx"}\n')
+    with pytest.raises(sources.DataError, match=r"general_prompts .*record 2: .*'xx'"):
+        rl.load_general_prompts(configlib.updated(cfg, rl__general_prompts=str(bad)))
+    with pytest.raises(configlib.ConfigError, match=r"general_rule_rewards: 'tag_count' is not"):
+        configlib.validate(
+            configlib.load_config(spec, rl__general_rule_rewards=("tag_count",), **ok),
+            num_devices=1,
+        )
+    with pytest.raises(configlib.ConfigError, match=r"general_rule_rewards: .*need general"):
+        configlib.validate(
+            configlib.load_config(spec, rl__general_prompts="", rl__general_fraction=0.0, **nature),
+            num_devices=1,
         )
     with pytest.raises(configlib.ConfigError, match=r"config\.rl\.reward_model\.scope"):
         configlib.validate(

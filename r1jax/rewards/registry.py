@@ -317,11 +317,13 @@ class RewardPool:
             worker.kill()
         self._workers = []
 
-    def score(self, completions: list[str], records: list[dict]):
-        """(total_N float32, {name: values_N}, metrics) for a batch of completions."""
+    def score(self, completions: list[str], records: list[dict], names=None):
+        """(total_N float32, {name: values_N}, metrics) for a batch of completions. `names`
+        (optional, one per completion) grades each with those of the pool's rewards alone; an
+        ungraded reward's value is 0 and adds nothing to the total."""
         start = time.monotonic()
         n = len(completions)
-        values, counts, _ = self.grade(completions, records)
+        values, counts, _ = self.grade(completions, records, names)
         total_N = sum((self.weights[k] * values[k] for k in self.names), np.zeros(n, np.float32))
         metrics = {f"rewards/{k}": float(v) for k, v in counts.items()}
         metrics.update(
@@ -331,21 +333,36 @@ class RewardPool:
         metrics["rewards/seconds"] = time.monotonic() - start
         return total_N.astype(np.float32), values, metrics
 
-    def grade(self, completions: list[str], records: list[dict]):
+    def grade(self, completions: list[str], records: list[dict], names=None):
         """({name: values_N}, {"timeouts/<name>" | "crashes/<name>": count}, {name: errors_N})
         for a batch; errors_N[i] is None, or why completion i scored 0 for `name` (what it
-        raised, a timeout, a worker that died)."""
+        raised, a timeout, a worker that died). `names`: as in `score`."""
         if len(completions) != len(records):
             raise ValueError(f"{len(completions)} completions but {len(records)} records")
         n = len(completions)
+        names = self._item_names(names, n)
         values = {name: np.zeros(n, np.float32) for name in self.names}
         counts = {f"{kind}/{name}": 0 for name in self.names for kind in ("timeouts", "crashes")}
         self._errors = {name: [None] * n for name in self.names}
         if self.num_workers == 0:
-            self._score_in_process(completions, records, values, counts)
+            self._score_in_process(completions, records, names, values, counts)
         else:
-            self._score_in_workers(completions, records, values, counts)
+            self._score_in_workers(completions, records, names, values, counts)
         return values, counts, self._errors
+
+    def _item_names(self, names, n: int) -> list[list[str]]:
+        """Each item's rewards, in the pool's order (all of them when `names` is None)."""
+        if names is None:
+            return [list(self.names)] * n
+        if len(names) != n:
+            raise ValueError(f"{n} completions but {len(names)} lists of reward names")
+        out = []
+        for item in names:
+            unknown = set(item) - set(self.names)
+            if unknown:
+                raise ValueError(f"rewards {sorted(unknown)} are not in this pool {self.names}")
+            out.append([name for name in self.names if name in item])
+        return out
 
     def grade_pairs(self, name: str, completions: list[str], records: list[dict]):
         """[(score, error or None)] of reward `name` per completion, errors as in-process
@@ -356,14 +373,14 @@ class RewardPool:
             for v, e in zip(values[name].tolist(), errors[name], strict=True)
         ]
 
-    def _score_in_process(self, completions, records, values, counts):
+    def _score_in_process(self, completions, records, names, values, counts):
         for i, (completion, record) in enumerate(zip(completions, records, strict=True)):
-            for name, value, error in score_item(self.names, completion, record):
+            for name, value, error in score_item(names[i], completion, record):
                 values[name][i] = value
                 self._count_error(name, i, error, counts)
 
-    def _score_in_workers(self, completions, records, values, counts):
-        pending = [(i, list(self.names)) for i in range(len(completions))][::-1]
+    def _score_in_workers(self, completions, records, names, values, counts):
+        pending = [(i, names[i]) for i in range(len(completions)) if names[i]][::-1]
         while pending or any(w.task for w in self._workers):
             for worker in self._workers:
                 if worker.task is None and pending and worker.ready:

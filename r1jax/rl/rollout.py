@@ -31,6 +31,9 @@ class RolloutConfig:
     mask_truncated: bool = False  # completions without EOS get no loss
     overlong_buffer: int = 0  # DAPO soft overlong penalty over the last N tokens (0 = off)
     overlong_penalty: float = 1.0  # the penalty at the hard limit
+    # All-domain RL: rule rewards general prompts get too, added to the reward models' score
+    # (R1 in Nature, equations 8-10: format for general prompts, language for every prompt).
+    general_rule_rewards: tuple[str, ...] = ()
 
 
 def prompt_bucket(length: int, max_len: int) -> int:
@@ -164,9 +167,9 @@ class ExperienceMaker:
         self.reward_models = list(reward_models)
 
     def _route(self, texts, group_records, rewards_N, per_fn):
-        """All-domain RL: general prompts are scored by the reward models alone (their weighted
-        sum), reasoning prompts by the rule rewards; each per-function score is NaN outside its
-        domain."""
+        """All-domain RL: general prompts are scored by the reward models (their weighted sum,
+        plus the rule rewards of cfg.general_rule_rewards), reasoning prompts by the rule
+        rewards; each per-function score is NaN outside its domain."""
         general_N = np.array([r.get("domain") == "general" for r in group_records], bool)
         if not self.reward_models:
             if general_N.any():
@@ -176,9 +179,15 @@ class ExperienceMaker:
                 )
             return rewards_N, per_fn
         idx = np.flatnonzero(general_N)
-        per_fn = {k: np.where(general_N, np.nan, v).astype(np.float32) for k, v in per_fn.items()}
+        both = set(self.cfg.general_rule_rewards)  # graded on general rows by `_score_rules`
+        per_fn = {
+            k: v if k in both else np.where(general_N, np.nan, v).astype(np.float32)
+            for k, v in per_fn.items()
+        }
         opens = [bool(group_records[i].get("prompt_opens_think")) for i in idx]
         total_N = np.zeros(len(texts), np.float32)
+        if both:  # the rule rewards `_score_rules` graded general rows by
+            total_N = np.where(general_N, rewards_N, 0.0).astype(np.float32)
         for name, scorer, weight in self.reward_models:
             rm_N = np.full(len(texts), np.nan, np.float32)
             if idx.size or jax.process_count() > 1:  # a collective call: every process makes it
@@ -198,19 +207,24 @@ class ExperienceMaker:
     def _score_rules(self, texts, group_records):
         """The rule rewards (the pool) of the rows they grade: with a reward model, rows of
         domain "general" are left to it (`_route`) rather than graded, and counted as crashes,
-        by rewards that need an answer they do not have."""
-        rows = np.arange(len(texts))
+        by rewards that need an answer they do not have; they get only the rewards of
+        cfg.general_rule_rewards."""
+        n, every = len(texts), list(self.pool.names)
+        names = [every] * n
         if self.reward_models:
-            rows = np.flatnonzero([r.get("domain") != "general" for r in group_records])
+            rules = [name for name in every if name in self.cfg.general_rule_rewards]
+            names = [rules if r.get("domain") == "general" else every for r in group_records]
+        rows = np.flatnonzero([bool(item) for item in names])
         scored_N, per_rows, self.last_pool_metrics = self.pool.score(
-            [texts[i] for i in rows], [group_records[i] for i in rows]
+            [texts[i] for i in rows], [group_records[i] for i in rows], [names[i] for i in rows]
         )
-        rewards_N = np.zeros(len(texts), np.float32)
+        rewards_N = np.zeros(n, np.float32)
         rewards_N[rows] = scored_N
         per_fn = {}
         for name, values in per_rows.items():
-            per_fn[name] = np.full(len(texts), np.nan, np.float32)
-            per_fn[name][rows] = values
+            per_fn[name] = np.full(n, np.nan, np.float32)
+            graded = [i for i, item in enumerate(names[j] for j in rows) if name in item]
+            per_fn[name][rows[graded]] = values[graded]
         return rewards_N, per_fn
 
     def _sample_round(self, round_index: int) -> Samples:

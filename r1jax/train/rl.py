@@ -67,6 +67,7 @@ def rollout_config(cfg) -> rollout.RolloutConfig:
         mask_truncated=rl.mask_truncated,
         overlong_buffer=rl.overlong_buffer,
         overlong_penalty=rl.overlong_penalty,
+        general_rule_rewards=tuple(rl.general_rule_rewards),
     )
 
 
@@ -150,6 +151,13 @@ def load_general_prompts(cfg) -> list[dict]:
     path = cfg.rl.general_prompts
     # A row without a (non-blank) text prompt names its line, or is skipped (data.on_error).
     records = supervised.load_records(cfg, path, generic=True, required=(("prompt",),))
+    if cfg.rl.general_rule_rewards:  # a rule reward graded there (an unknown language field)
+        records = registry.check_records(
+            list(cfg.rl.general_rule_rewards),
+            records,
+            f"config.rl.general_prompts ({path})",
+            on_error=cfg.data.on_error,
+        )
     return [{**r, "domain": "general"} for r in records]
 
 
