@@ -21,6 +21,25 @@ def test_the_shipped_base_has_its_provenance():
     assert pathlib.Path(cfg.model.init_from) == BASE and pathlib.Path(cfg.tokenizer.path) == BASE
 
 
+@pytest.fixture(scope="module")
+def corpus_once():
+    """world.dataset, its rows made once per (name, seed, n) in this module: both pretraining
+    checks read the same 50 000-row corpus (Python makes it in 5-10 s); each run gets copies."""
+    from r1jax.data import world
+
+    made = {}
+
+    def dataset(name, *, seed=0, n=0):
+        if (name, seed, n) not in made:
+            made[name, seed, n] = make(name, seed=seed, n=n)
+        return [dict(row) for row in made[name, seed, n]]
+
+    make = world.dataset
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(world, "dataset", dataset)
+        yield
+
+
 def _two_pretraining_steps(variant: str, workdir) -> list[dict]:
     """Runs configs/pretrain.py:<variant> for two steps; returns its metric rows with a loss."""
     from r1jax.train import supervised
@@ -36,7 +55,7 @@ def _two_pretraining_steps(variant: str, workdir) -> list[dict]:
     return [r for r in metrics_lib.read_jsonl(workdir / "metrics.jsonl") if "loss" in r]
 
 
-def test_pretraining_command_starts_like_the_shipped_base(tmp_path):
+def test_pretraining_command_starts_like_the_shipped_base(tmp_path, corpus_once):
     """Two steps of configs/pretrain.py:tiny give the recorded first losses and the same
     tokenizer, byte for byte: the base model is reproducible from its command and seed."""
     prov = json.loads((BASE / "provenance.json").read_text())
@@ -103,7 +122,7 @@ def test_short_r1_zero_run_raises_the_reward(short_run):
         assert last > first + margin, (key, first, last)
 
 
-def test_the_shipped_student_starts_like_its_command(tmp_path):
+def test_the_shipped_student_starts_like_its_command(tmp_path, corpus_once):
     """The distillation student (configs/pretrain.py:student): its provenance names the command,
     and two steps of it give the recorded first losses (the world base's tokenizer, reused)."""
     student = REPO / "r1jax" / "assets" / "world_student"
