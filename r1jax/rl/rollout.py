@@ -186,7 +186,7 @@ class ExperienceMaker:
         }
         opens = [bool(group_records[i].get("prompt_opens_think")) for i in idx]
         total_N = np.zeros(len(texts), np.float32)
-        if both:  # the rule rewards `_score_rules` graded general rows by
+        if both:  # general rows' rule rewards (`_score_rules` graded them by these alone)
             total_N = np.where(general_N, rewards_N, 0.0).astype(np.float32)
         for name, scorer, weight in self.reward_models:
             rm_N = np.full(len(texts), np.nan, np.float32)
