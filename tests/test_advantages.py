@@ -63,6 +63,14 @@ def test_ties_give_exactly_zero_in_float32():
     np.testing.assert_array_equal(advantages.whiten(r[:1], jnp.ones_like(r[:1])), 0.0)
 
 
+def test_rloo_gives_exactly_zero_for_ties_in_float32():
+    # (sum - r) / (G - 1) of 3 x 0.7 in float32 is an ulp off 0.7: the advantage was -6e-8.
+    for g in (2, 3, 7, 16):
+        for value in (0.7, 0.1, 1.0 / 3.0, 1e6 + 0.1):
+            r = jnp.full((2, g), value, jnp.float32)
+            np.testing.assert_array_equal(advantages.rloo(r), 0.0, err_msg=f"{g} x {value}")
+
+
 def test_dynamic_sampling_drops_float32_ties():
     # np.std of 7 x 0.7 in float32 is 6e-8 > 0: the all-equal group counted as informative.
     r = np.array([[0.7] * 7, [0.9] * 3 + [0.0] * 4, [1.1] * 7], np.float32)

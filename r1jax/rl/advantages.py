@@ -58,8 +58,11 @@ def rloo(rewards_BxG):
         raise ValueError(f"rewards_BxG must be [B, G] with G >= 2, got {rewards_BxG.shape}")
     r = rewards_BxG.astype(jnp.result_type(rewards_BxG, jnp.float32))
     g = r.shape[1]
-    others_mean_BxG = (jnp.sum(r, axis=1, keepdims=True) - r) / (g - 1)
-    return r - others_mean_BxG
+    # r - (sum - r) / (G - 1) = G / (G - 1) * (r - mean), with the corrected mean: the float32
+    # sum minus r left an ulp for ties (3 x 0.7 gave -6e-8, not 0: a gradient from a group
+    # with no signal, which Adam's normalised update can magnify).
+    mean_Bx1, _ = _sample_std(r, jnp.ones_like(r), axis=1)
+    return g / (g - 1) * (r - mean_Bx1)
 
 
 def of_groups(estimator: str, rewards_BxG, *, std_normalize: str = "group"):
