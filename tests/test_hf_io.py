@@ -684,6 +684,38 @@ def test_config_defaults_follow_transformers():
         hf_io.config_from_hf({**hf, "rms_norm_eps": None})  # transformers rejects it too
 
 
+@pytest.mark.parametrize(
+    "arch, heads, kv_heads, extra",
+    [
+        ("qwen2", 64, 32, {}),
+        ("qwen3", 64, 32, {}),
+        ("mistral", 16, 8, {"sliding_window": None}),
+        ("llama", 16, 16, {}),
+    ],
+)
+def test_an_absent_kv_head_count_is_the_config_classs_default(
+    tmp_path, arch, heads, kv_heads, extra
+):
+    # transformers fills an absent num_key_value_heads with its class default (Qwen2 and Qwen3
+    # 32, Mistral 8, Llama one per head); r1jax read one per head and refused the weights.
+    model = _hf_model(
+        arch, num_attention_heads=heads, num_key_value_heads=kv_heads, head_dim=4, **extra
+    )
+    model.save_pretrained(tmp_path)
+    hf = json.loads((tmp_path / "config.json").read_text())
+    del hf["num_key_value_heads"]
+    (tmp_path / "config.json").write_text(json.dumps(hf))
+    reference = transformers.AutoModelForCausalLM.from_pretrained(
+        tmp_path, attn_implementation="eager", dtype=torch.float32
+    ).eval()
+    assert reference.config.num_key_value_heads == kv_heads
+    cfg, params = hf_io.load_hf(tmp_path)
+    assert cfg.n_kv_heads == kv_heads
+    tokens = _tokens()
+    diff = np.abs(np.asarray(_forward(cfg, params, tokens)) - _hf_logits(reference, tokens)).max()
+    assert diff <= 1e-4, f"max |logit diff| {diff}"
+
+
 def test_a_save_cut_short_is_no_model_until_saved_again(tmp_path, monkeypatch):
     cfg = SAVE_CASES["qwen2-tied"][0]
     old, new = _our_model(cfg, seed=0), _our_model(cfg, seed=1)

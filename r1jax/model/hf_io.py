@@ -53,6 +53,9 @@ _DEFAULT_MAX_POSITIONS = {
     "MistralForCausalLM": 4096 * 32,
     "Qwen3ForCausalLM": 32768,
 }
+# transformers' defaults where a config.json leaves num_key_value_heads out (a null, and
+# Llama's default, give one kv head per head).
+_DEFAULT_KV_HEADS = {"Qwen2ForCausalLM": 32, "MistralForCausalLM": 8, "Qwen3ForCausalLM": 32}
 
 
 def _number(hf: dict, key: str, path, kind, default=None, *, nullable=False):
@@ -239,6 +242,11 @@ def _check_supported(hf: dict, family: str, arch: str, path) -> None:
         raise HFError(f"{path}: Llama mlp_bias=true is not supported")
 
 
+def _kv_heads(hf: dict, arch: str, n_heads: int, path) -> int:
+    default = n_heads if "num_key_value_heads" in hf else _DEFAULT_KV_HEADS.get(arch, n_heads)
+    return _number(hf, "num_key_value_heads", path, int, default, nullable=True)
+
+
 def _head_dim(hf: dict, arch: str, d_model: int, n_heads: int, path) -> int:
     if arch == "Qwen3ForCausalLM":  # Qwen3Config's default is 128 whatever the width
         return _number(hf, "head_dim", path, int, 128)
@@ -265,7 +273,7 @@ def config_from_hf(hf: dict, *, path="config.json", dtype: str = "float32") -> M
         d_model=d_model,
         n_layers=_number(hf, "num_hidden_layers", path, int),
         n_heads=n_heads,
-        n_kv_heads=_number(hf, "num_key_value_heads", path, int, n_heads, nullable=True),
+        n_kv_heads=_kv_heads(hf, arch, n_heads, path),
         head_dim=_head_dim(hf, arch, d_model, n_heads, path),
         d_ff=_number(hf, "intermediate_size", path, int),
         rope_theta=theta,
