@@ -187,6 +187,9 @@ PAIRS = [
     ("y = 2x + 1", "y=2x-1", False),
     ("x=3", "3", True),
     ("x=4", "3", False),
+    ("x = 1,000", "1000", True),  # the named value normalized as a bare answer is
+    ("n = \\$1,234", "1234", True),
+    ("x = 1,001", "1000", False),
     # tuples, sets, lists, intervals
     ("(15,-29)", "(15, -29)", True),
     ("(15,-29)", "(-29,15)", False),

@@ -507,6 +507,10 @@ def is_equiv(pred: str | None, gold: str, *, timeout_s: float = DEFAULT_TIMEOUT_
         return False
     pred, gold = str(pred), str(gold)
     p, g = normalize(pred), normalize(gold)
+    if "=" not in g and p.count("=") == 1 and _NAMED_VALUE.fullmatch(p.split("=")[0]):
+        # "x = 1,000" answers "1000" with its value, read as a bare answer is (math-verify
+        # takes the right side, but "1,000" there as the set {1, 0}).
+        p = normalize(p.split("=")[1])
     if not p or not g:
         return False
     if p == g:
