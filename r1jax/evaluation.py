@@ -218,9 +218,13 @@ _MIXED = re.compile(r"^([-+]?)(\d+)\\frac\{(\d+)\}\{(\d+)\}$")
 def canonical_answer(answer: str) -> str | None:
     """A cheap canonical form of a final math answer, so that maj@k counts as one the forms the
     grader accepts as equal: '1,000' == '1000' == '1e3', '\\frac12' == '0.5', '(1, 2)' ==
-    '(1,2)', '\\sqrt3' == '\\sqrt{3}', '\\frac{\\pi}{2}' == '\\pi/2', '\\text{(A)}' == 'A'."""
+    '(1,2)', '\\sqrt3' == '\\sqrt{3}', '\\frac{\\pi}{2}' == '\\pi/2', '\\text{(A)}' == 'A',
+    'x = 1,000' == '1000'."""
     s = math_reward.normalize(answer)
-    s = _DEGREES.sub("", _ASSIGNMENT.sub("", s)).replace(" ", "")  # "(1, 2)": a list's spaces
+    named = _ASSIGNMENT.match(s)
+    if named:  # "x = 1,000": the value, normalized as a bare answer is (as the grader reads it)
+        s = math_reward.normalize(s[named.end() :])
+    s = _DEGREES.sub("", s).replace(" ", "")  # "(1, 2)": a list's spaces
     if not s:
         return None
     letter = math_reward._choice_letter(s)
