@@ -219,7 +219,7 @@ def canonical_answer(answer: str) -> str | None:
     """A cheap canonical form of a final math answer, so that maj@k counts as one the forms the
     grader accepts as equal: '1,000' == '1000' == '1e3', '\\frac12' == '0.5', '(1, 2)' ==
     '(1,2)', '\\sqrt3' == '\\sqrt{3}', '\\frac{\\pi}{2}' == '\\pi/2', '\\text{(A)}' == 'A',
-    'x = 1,000' == '1000'."""
+    'x = 1,000' == '1000', '\\text{East}' == 'east'."""
     s = math_reward.normalize(answer)
     named = _ASSIGNMENT.match(s)
     if named:  # "x = 1,000": the value, normalized as a bare answer is (as the grader reads it)
@@ -230,6 +230,8 @@ def canonical_answer(answer: str) -> str | None:
     letter = math_reward._choice_letter(s)
     if letter is not None:
         return letter
+    if math_reward._WORDS.fullmatch(s):  # the grader compares words in any case
+        return s.casefold()
     mixed = _MIXED.match(s)
     if mixed and int(mixed.group(4)):
         sign, whole, num, den = mixed.groups()

@@ -179,6 +179,7 @@ def test_vote_key():
         ["-1\\frac{4}{5}", "-\\frac{9}{5}"],
         ["11,\\! 111,\\! 111,\\! 100", "11111111100", "11,111,111,100"],
         ["1000", "x = 1,000", "1,000"],  # the key of "x = 1,000" was "0,1", a list
+        ["\\text{east}", "East", "\\text{EAST}"],  # MATH-500's gold; words in any case
     ):
         keys = {key(_ans(f), math) for f in forms}
         assert len(keys) == 1, (forms, keys)
