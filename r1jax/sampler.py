@@ -977,6 +977,17 @@ def _integer(name: str, value) -> int:
     return int(value)
 
 
+def _real(name: str, value) -> float:
+    """`value` as a float (a Python, NumPy or 0-d JAX number); anything else (None, a string)
+    raises naming `name`."""
+    if not isinstance(value, (str, bytes, bool, np.bool_)):
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            pass
+    raise TypeError(f"{name} must be a number, got {value!r}")
+
+
 def token_ids(name: str, ids) -> tuple[int, ...]:
     """Stop token ids as a tuple: None (none), one id, or a sequence of ids."""
     if ids is None:
@@ -1075,8 +1086,8 @@ def generate_padded(
         if not all(isinstance(piece, bytes) for piece in token_bytes):
             raise TypeError("token_bytes must hold one bytes object per token id")
     sampling = SamplingConfig(
-        float(temperature),
-        float(top_p),
+        _real("temperature", temperature),
+        _real("top_p", top_p),
         _integer("top_k", top_k),
         token_ids("eos_ids", eos_ids),
         _integer("pad_id", pad_id),
@@ -1183,7 +1194,7 @@ def generate_local(
 def check_prompts(prompts, vocab_size: int) -> None:
     """Raises ValueError unless `prompts` is a non-empty list of non-empty lists of integer token
     ids in [0, vocab_size); the model's embedding lookup would clamp an id out of range."""
-    if isinstance(prompts, (str, bytes)) or not len(prompts):
+    if isinstance(prompts, (str, bytes)) or not hasattr(prompts, "__len__") or not len(prompts):
         raise ValueError("prompts must be a non-empty list of non-empty token-id lists")
     for i, ids in enumerate(prompts):
         ids = np.asarray(ids)
@@ -1252,6 +1263,7 @@ def generate(
     `seed`: any integer; seeds in [0, 2**32) give jax.random.key(seed)'s draws, larger ones
     (which key() would cut to their low 32 bits) fold in their higher bits."""
     check_prompts(prompts, cfg.vocab_size)
+    max_new_tokens, seed = _integer("max_new_tokens", max_new_tokens), _integer("seed", seed)
     longest = max(map(len, prompts))
     if longest + max_new_tokens > cfg.max_seq_len:
         logging.log_first_n(

@@ -362,6 +362,24 @@ def test_bad_arguments_are_refused_with_the_reason(model, kw, match):
         sampler.generate(cfg, params, **kw)
 
 
+@pytest.mark.parametrize(
+    "kw,error,match",
+    [
+        (dict(max_new_tokens="4"), TypeError, "max_new_tokens must be an integer, got '4'"),
+        (dict(max_new_tokens=None), TypeError, "max_new_tokens must be an integer, got None"),
+        (dict(temperature=None), TypeError, "temperature must be a number, got None"),
+        (dict(top_p="0.9"), TypeError, "top_p must be a number, got '0.9'"),
+        (dict(seed="a"), TypeError, "seed must be an integer"),
+        (dict(seed=1.5), ValueError, "seed must be a whole number, got 1.5"),  # was seed 1's draws
+        (dict(prompts=None), ValueError, "prompts must be a non-empty list"),
+    ],
+)
+def test_arguments_of_the_wrong_type_are_refused_by_name(model, kw, error, match):
+    cfg, params = model
+    with pytest.raises(error, match=match):
+        sampler.generate(cfg, params, **{"prompts": PROMPTS, "max_new_tokens": 4, **kw})
+
+
 def test_seeds_past_32_bits_draw_differently_and_long_contexts_are_flagged(model, caplog):
     cfg, params = model
     kw = dict(max_new_tokens=6, temperature=1.0)
