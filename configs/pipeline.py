@@ -92,7 +92,8 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     c.eval.ks = (1, 2, 4, 8, 16)
     c.eval.max_new_tokens = 80
     c.eval.prompts_per_batch = 50
-    c.tokenizer.path = base.WORLD_BASE
+    # No config.tokenizer.path: each table row is evaluated with its own model's tokenizer (a
+    # student's may not be the teacher's).
     c.stages = stage_configs(arg)
     c.pipeline = ml_collections.ConfigDict()
     c.pipeline.order = ORDER

@@ -733,6 +733,45 @@ def test_the_teacher_is_sampled_with_its_own_tokenizer(tmp_path):
     assert tok.vocab_size == 512
 
 
+def _hf_student(folder, vocab_size: int):
+    """A tiny Hugging Face folder: its own 400-piece tokenizer, `vocab_size` embedding rows."""
+    import jax
+
+    from r1jax.model import config as model_config
+    from r1jax.model import hf_io, transformer
+
+    prompts = (r["prompt"] for r in world.dataset("train", n=300))
+    sp = text.SentencePieceTokenizer.train(prompts, folder / "sp", vocab_size=400)
+    (folder / "tokenizer.json").write_text(sp.to_hf_json())
+    (folder / "tokenizer_config.json").write_text(json.dumps(sp.special_tokens()))
+    shape = dict(d_model=16, n_layers=1, n_heads=2, n_kv_heads=2, head_dim=8, d_ff=32)
+    cfg = model_config.ModelConfig(vocab_size=vocab_size, tie_embeddings=True, **shape)
+    hf_io.save_hf(folder, cfg, transformer.init_params(cfg, jax.random.key(0)))
+    return folder
+
+
+def test_the_table_evaluates_a_student_with_its_own_tokenizer(tmp_path, monkeypatch):
+    # The pipeline config named the world base's tokenizer for every table row: a student with
+    # its own tokenizer (and room for 512 ids) was evaluated on the teacher's token ids.
+    from r1jax import evaluation, sharding
+
+    student = _hf_student(tmp_path / "student", vocab_size=640)
+    seen = []
+    fake = lambda model_cfg, params, tok, *a, **k: (
+        seen.append(tok)
+        or types.SimpleNamespace(  # noqa: E731
+            metrics={}
+        )
+    )
+    monkeypatch.setattr(evaluation, "evaluate", fake)
+    cfg = _pipeline_cfg(mesh__num_devices=1)
+    mesh = sharding.make_mesh({"num_devices": 1})
+    for model in (str(student), WORLD_BASE):
+        pipeline.evaluate_model(cfg, "row", model, mesh=mesh, scorer=None, reasoning=[], general=[])
+    assert [t.vocab_size for t in seen] == [400, 512]
+    assert isinstance(seen[0], text.HFTokenizer)
+
+
 def test_every_stage_config_is_checked_before_the_first_stage_runs(tmp_path):
     # A mistake in the 8th stage surfaced when it was reached (40 minutes in here, days at
     # scale); paths into stage folders that earlier stages write are not required yet.
