@@ -733,6 +733,30 @@ def test_the_teacher_is_sampled_with_its_own_tokenizer(tmp_path):
     assert tok.vocab_size == 512
 
 
+def test_a_student_without_a_tokenizer_is_refused_before_the_teacher_is_sampled(
+    tmp_path, monkeypatch
+):
+    # An empty student folder passed validation (it exists) and was refused by the SFT after
+    # the whole collection (hours of sampling at scale).
+    student = tmp_path / "student"
+    student.mkdir()
+    cfg = configlib.load_config(
+        os.path.join(REPO, "configs/distill.py:tiny"),
+        model__init_from=str(student),
+        collect__model=WORLD_BASE,
+        collect__general_prompts="",
+        collect__reward_model="",
+        mesh__num_devices=1,
+    )
+
+    def sampled(*args, **kw):
+        raise AssertionError("the teacher was sampled")
+
+    monkeypatch.setattr(collect, "collect", sampled)
+    with pytest.raises(configlib.ConfigError, match=r"init_from: .*student is not a model"):
+        collect.run(cfg, tmp_path / "run")
+
+
 def _hf_student(folder, vocab_size: int):
     """A tiny Hugging Face folder: its own 400-piece tokenizer, `vocab_size` embedding rows."""
     import jax

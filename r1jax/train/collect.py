@@ -567,6 +567,8 @@ def sft_config(cfg, dataset: pathlib.Path):
 def run(cfg, workdir) -> dict:
     """The collect stage: the dataset, then (collect.sft) an SFT run on it in WORKDIR."""
     configlib.validate(cfg)
+    if cfg.collect.sft:  # the student's tokenizer, before the teacher is sampled (hours at scale)
+        supervised.check_tokenizer(cfg)
     dataset = collect(cfg, workdir)
     out = {"dataset": str(dataset)}
     if cfg.collect.sft:

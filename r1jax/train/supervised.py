@@ -208,17 +208,7 @@ def resolve_tokenizer(cfg, workdir, records):
                 "tokenizer: model.init_from's own (tokenizer.train_vocab_size=%d is not used)",
                 cfg.tokenizer.train_vocab_size,
             )
-        source = _init_from_dir(cfg)
-        if not source.is_dir() or not any(
-            (source / n).is_file() for n in ("tokenizer.json", "tokenizer.model")
-        ):
-            raise configlib.ConfigError(
-                f"config.model.init_from: {cfg.model.init_from} is not a model to start from "
-                "with its tokenizer (a Hugging Face folder with tokenizer.json or "
-                "tokenizer.model, an r1jax run folder, or RUN/checkpoints); a bare checkpoint "
-                "needs config.tokenizer.path"
-            )
-        return _keep_tokenizer(source, workdir)
+        return _keep_tokenizer(_init_from_tokenizer_dir(cfg), workdir)
     if cfg.tokenizer.train_vocab_size:
         path = pathlib.Path(workdir) / "tokenizer.model"
         if jax.process_count() > 1:  # process 0 trains it (deterministic); the others read it
@@ -231,6 +221,30 @@ def resolve_tokenizer(cfg, workdir, records):
     raise configlib.ConfigError(
         "config.tokenizer.path: no tokenizer (set a path, train_vocab_size, or model.init_from)"
     )
+
+
+def check_tokenizer(cfg) -> None:
+    """Refuses now the tokenizer resolve_tokenizer would refuse (without reading the data or
+    writing the run): a collect.sft run checks its student before it samples the teacher."""
+    if cfg.tokenizer.path:
+        _check_init_from_tokenizer(cfg)
+    elif cfg.model.init_from:
+        _init_from_tokenizer_dir(cfg)
+
+
+def _init_from_tokenizer_dir(cfg) -> pathlib.Path:
+    """The folder of model.init_from's own tokenizer, else a ConfigError."""
+    source = _init_from_dir(cfg)
+    if not source.is_dir() or not any(
+        (source / n).is_file() for n in ("tokenizer.json", "tokenizer.model")
+    ):
+        raise configlib.ConfigError(
+            f"config.model.init_from: {cfg.model.init_from} is not a model to start from "
+            "with its tokenizer (a Hugging Face folder with tokenizer.json or "
+            "tokenizer.model, an r1jax run folder, or RUN/checkpoints); a bare checkpoint "
+            "needs config.tokenizer.path"
+        )
+    return source
 
 
 # Text whose ids tell two tokenizers apart (R1 tags, digits, CJK, accents, code, spacing).
