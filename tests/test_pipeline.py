@@ -781,13 +781,12 @@ def test_the_table_evaluates_a_student_with_its_own_tokenizer(tmp_path, monkeypa
 
     student = _hf_student(tmp_path / "student", vocab_size=640)
     seen = []
-    fake = lambda model_cfg, params, tok, *a, **k: (
-        seen.append(tok)
-        or types.SimpleNamespace(  # noqa: E731
-            metrics={}
-        )
-    )
-    monkeypatch.setattr(evaluation, "evaluate", fake)
+
+    def tokenizer_seen(model_cfg, params, tokenizer, *args, **kwargs):  # the row's evaluation
+        seen.append(tokenizer)
+        return types.SimpleNamespace(metrics={})
+
+    monkeypatch.setattr(evaluation, "evaluate", tokenizer_seen)
     cfg = _pipeline_cfg(mesh__num_devices=1)
     mesh = sharding.make_mesh({"num_devices": 1})
     for model in (str(student), WORLD_BASE):
