@@ -155,6 +155,13 @@ def pair_batches(
     """An endless iterator of pair batches (BATCH_KEYS, numpy), reshuffled each epoch and
     checkpointable; rows are padded to a length bucket, or to fixed_len when given (processes
     must agree on the shape in a multi-process run)."""
+    # Every process sees every pair: all of them stop here together (a process with no pairs
+    # ended its stream at the first batch, and the others waited for it in their collective).
+    if len(pairs) < shard_count:
+        raise ValueError(
+            f"{len(pairs)} preference pairs for {shard_count} processes: each process reads "
+            "its own share and needs at least one"
+        )
     ds = grain.MapDataset.source(pairs)[shard_index::shard_count]
     ds = ds.shuffle(seed=seed).repeat(None)
     ds = ds.map(lambda p: _tokenize_pair(p, tokenizer, template, max_len))
