@@ -14,7 +14,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from r1jax import text
+from r1jax import sharding, text
 from r1jax.data import pipeline, sources
 from r1jax.train import supervised
 
@@ -738,6 +738,14 @@ def test_records_longer_than_seq_len_are_counted_and_reported(gsm8k, tok, tmp_pa
     assert "longer than data.seq_len=64" in caplog.text and "EOS" in caplog.text
     stats = json.loads((tmp_path / "data_stats.json").read_text())
     assert stats["records"] == 300 and stats["longer_than_seq_len"] > 0
+
+
+def test_the_eval_batches_take_the_largest_seed_validate_allows(gsm8k, tok):
+    # The eval order's seed is the run's + 1, past the 2**32 - 1 grain takes (a crash at start).
+    data = {"seq_len": 64, "batch_size": 2, "template": "chat", "pack": True, "eval_batches": 1}
+    cfg = ml_collections.ConfigDict({"stage": "sft", "seed": 2**32 - 1, "data": data})
+    mesh = sharding.make_mesh({"num_devices": 1})
+    assert supervised.make_eval_fn(cfg, None, mesh, gsm8k[:4], tok) is not None
 
 
 def test_train_epochs_sets_the_steps_from_the_data(gsm8k, tok, tmp_path):

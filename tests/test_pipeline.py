@@ -297,6 +297,11 @@ def test_mixed_prompts_put_general_prompts_at_the_end_of_late_rounds():
     general_seen = [n for n in flat if n[0] == "g"]
     assert sorted(general_seen[:3]) == ["g0", "g1", "g2"]
     assert len(set(general_seen[3:6])) == 3
+    # The general prompts' seed is the run's + 1: the largest seed validate allows wraps.
+    ds = rl.mixed_prompts(
+        reasoning, general, seed=2**32 - 1, per_round=4, general_per_round=1, general_from_round=0
+    )
+    assert sorted(ds[r * 4 + 3]["prompt"] for r in range(3)) == ["g0", "g1", "g2"]
 
 
 class _LengthScorer:

@@ -99,7 +99,8 @@ def mixed_prompts(
     reasoning = grain.MapDataset.source(records).shuffle(seed=seed).repeat(None)
     if not general or general_per_round <= 0:
         return reasoning
-    chat = grain.MapDataset.source(general).shuffle(seed=seed + 1).repeat(None)
+    # (wrapped: grain takes seeds below 2**32, and validate allows seed 2**32 - 1)
+    chat = grain.MapDataset.source(general).shuffle(seed=(seed + 1) % 2**32).repeat(None)
     b, g, start = per_round, general_per_round, general_from_round
 
     def pick(j):

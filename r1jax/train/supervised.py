@@ -519,7 +519,10 @@ def make_eval_fn(cfg, model_cfg, mesh, records, tokenizer, rules=sharding.DEFAUL
     if not records:
         return None
     batches = []
-    it = make_batches(cfg, records, tokenizer, seed=cfg.seed + 1, num_epochs=None)
+    # Another order than training's; wrapped, as grain takes seeds below 2**32 (validate's
+    # largest seed crashed here).
+    seed = (cfg.seed + 1) % 2**32
+    it = make_batches(cfg, records, tokenizer, seed=seed, num_epochs=None)
     for _ in range(cfg.data.eval_batches):
         batches.append(next(it))
     terms = eval_program(model_cfg, mesh, rules)
