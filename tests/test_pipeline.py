@@ -153,6 +153,29 @@ def test_a_prompt_cut_to_max_len_keeps_its_bos():
     ]
 
 
+def test_prompts_longer_than_max_prompt_len_are_counted_and_warned_about(caplog):
+    class Words:
+        bos_id = 2
+
+        def encode(self, s):
+            return [10 + i for i in range(len(s.split()))]
+
+    records = [{"prompt": "a b c d e f"}, {"prompt": "a"}, {"prompt": "a b c"}]
+    # BOS + 6, 1 and 3 words: one prompt past 4 tokens, the longest 7.
+    assert rollout.long_prompts(records, Words(), "none", 4) == (1, 3, 7)
+    assert rollout.long_prompts(records, Words(), "none", 7) == (0, 3, 7)
+    cfg = ml_collections.ConfigDict({"rl": {"template": "none", "max_prompt_len": 4}})
+    with caplog.at_level("WARNING"):
+        rl._warn_long_prompts(cfg, Words(), records, "config.data.train")
+    assert "1 of 3 prompts checked in config.data.train" in caplog.text
+    assert "rl.max_prompt_len=4 tokens (the longest 7)" in caplog.text
+    caplog.clear()
+    cfg.rl.max_prompt_len = 7
+    with caplog.at_level("WARNING"):
+        rl._warn_long_prompts(cfg, Words(), records, "config.data.train")
+    assert "max_prompt_len" not in caplog.text
+
+
 def test_render_adds_a_summary_in_the_prompts_language():
     assert collect.render(GOOD, RECORD, summary=True) == (
         "<think>0 minus 5 gives 2. 2 times 4 gives 1. Result: 1.</think> <answer>1</answer>"

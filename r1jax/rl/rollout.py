@@ -11,6 +11,7 @@ import jax
 import numpy as np
 
 from r1jax import distributed, sampler, text
+from r1jax.data import pipeline
 from r1jax.rewards import preference, registry
 from r1jax.rl import advantages as adv_lib
 
@@ -53,6 +54,18 @@ def encode_prompts(records: list[dict], tokenizer, template: str, max_len: int) 
         keep = max_len - len(bos)  # prompt tokens that fit beside the BOS
         out.append(bos + ids[max(0, len(ids) - keep) :] if keep > 0 else (bos + ids)[-max_len:])
     return out
+
+
+def long_prompts(
+    records: list[dict], tokenizer, template: str, max_len: int, limit: int = 2000
+) -> tuple[int, int, int]:
+    """(longer, checked, longest): how many of up to `limit` records, evenly spaced, have a
+    templated prompt (with its BOS) longer than max_len tokens, which `encode_prompts` cuts
+    from the left, and the longest one's length."""
+    sample = pipeline.spaced_sample(records, limit)
+    bos = len(text.bos_ids(tokenizer))
+    lens = [bos + len(text.prompt_ids(tokenizer, template, r["prompt"])) for r in sample]
+    return sum(n > max_len for n in lens), len(lens), max(lens, default=0)
 
 
 def pad_left(prompts: list[list[int]], bucket: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:

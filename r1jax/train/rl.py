@@ -255,6 +255,28 @@ def build_jitted(cfg, model_cfg, optimizer, shardings, mesh) -> Jitted:
     return Jitted(update=update, logprobs=logprobs, values=values)
 
 
+def _warn_long_prompts(cfg, tokenizer, records, where) -> None:
+    """Warns when prompts do not fit rl.max_prompt_len: the sampler sees only their ends (the
+    question's start, or the template's, is cut away without a trace in the metrics)."""
+    if not records:
+        return
+    cut, checked, longest = rollout.long_prompts(
+        records, tokenizer, cfg.rl.template, cfg.rl.max_prompt_len
+    )
+    if cut:
+        logging.warning(
+            "%d of %d prompts checked in %s (%.1f%%) are longer than rl.max_prompt_len=%d "
+            "tokens (the longest %d) and are cut from the left (the policy sees only their "
+            "ends); raise rl.max_prompt_len or drop long prompts",
+            cut,
+            checked,
+            where,
+            100 * cut / checked,
+            cfg.rl.max_prompt_len,
+            longest,
+        )
+
+
 class RLRun:
     """Everything one RL run holds between steps."""
 
@@ -316,6 +338,8 @@ class RLRun:
         # no second float32 model on the devices or on disk.
         self.ref = self._policy_copy() if self.kl_coef > 0 else None
         general = load_general_prompts(cfg) if cfg.rl.general_prompts else []
+        _warn_long_prompts(cfg, self.tokenizer, records, "config.data.train")
+        _warn_long_prompts(cfg, self.tokenizer, general, "config.rl.general_prompts")
         self.prompts = prompt_stream(
             records,
             seed=cfg.seed,
