@@ -177,13 +177,8 @@ def validate(cfg: ml_collections.ConfigDict, *, num_devices: int | None = None) 
     _require(max_bad >= 1, "train.max_bad_steps", f"must be at least 1, got {max_bad}")
     num = cfg.mesh.get("num_devices", 0)
     _require(num >= 0, "mesh.num_devices", f"must be >= 0 (0 = all devices), got {num}")
-    if 0 < o.warmup_steps and cfg.train.get("epochs", 0) == 0 and o.warmup_steps >= cfg.train.steps:
-        logging.warning(
-            "config.optim.warmup_steps=%d >= train.steps=%d: the whole run is warm-up (the "
-            "learning rate never reaches optim.lr)",
-            o.warmup_steps,
-            cfg.train.steps,
-        )
+    if cfg.train.get("epochs", 0) == 0:  # else train.steps is known once the data is read
+        warn_long_warmup(cfg)
     num_devices = jax.device_count() if num_devices is None else num_devices
     if cfg.stage == "rl":
         _validate_rl(cfg, num_devices)
@@ -220,6 +215,20 @@ def validate(cfg: ml_collections.ConfigDict, *, num_devices: int | None = None) 
         "data.batch_size",
         f"not divisible by the {jax.process_count()} processes",
     )
+
+
+def warn_long_warmup(cfg: ml_collections.ConfigDict) -> None:
+    """A warning when optim.warmup_steps covers all of train.steps (the learning rate never
+    reaches optim.lr and never decays); supervised runs call it again once train.epochs has
+    set train.steps from the data."""
+    o = cfg.optim
+    if 0 < o.warmup_steps and o.warmup_steps >= cfg.train.steps:
+        logging.warning(
+            "config.optim.warmup_steps=%d >= train.steps=%d: the whole run is warm-up (the "
+            "learning rate never reaches optim.lr)",
+            o.warmup_steps,
+            cfg.train.steps,
+        )
 
 
 MODEL_SHAPE_FIELDS = (

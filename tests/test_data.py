@@ -760,3 +760,20 @@ def test_train_epochs_sets_the_steps_from_the_data(gsm8k, tok, tmp_path):
     kw = dict(kind="sft", seq_len=256, batch_size=4, pack=True, num_epochs=1)
     batches = list(pipeline.make_dataset(records, tok, seed=0, **kw))
     assert abs(4 * len(batches) - rows) <= 0.1 * rows + 4
+
+
+def test_a_warmup_longer_than_the_steps_epochs_set_is_warned(gsm8k, tok, caplog):
+    # validate leaves train.epochs runs alone (their steps come from the data): sft.py's
+    # qwen2.5 variants warmed up 50 steps of a ~30-step run, warned nowhere.
+    cfg = ml_collections.ConfigDict(
+        {
+            "stage": "sft",
+            "data": {"seq_len": 256, "batch_size": 4, "template": "chat", "pack": True},
+            "train": {"epochs": 1.0, "steps": 1000},
+            "optim": {"warmup_steps": 50},
+        }
+    )
+    with caplog.at_level(logging.WARNING):
+        cfg, rows = supervised._steps_for_epochs(cfg, gsm8k[:40], tok)
+    assert cfg.train.steps == -(-rows // 4) < 50
+    assert f"warmup_steps=50 >= train.steps={cfg.train.steps}" in caplog.text

@@ -464,7 +464,9 @@ def _steps_for_epochs(cfg, records, tokenizer):
         cfg.data.seq_len,
         steps,
     )
-    return configlib.updated(cfg, train__steps=steps), rows
+    cfg = configlib.updated(cfg, train__steps=steps)
+    configlib.warn_long_warmup(cfg)  # validate could not tell before the steps were known
+    return cfg, rows
 
 
 def make_batches(cfg, records, tokenizer, *, seed, num_epochs=None):
