@@ -72,6 +72,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.optim.lr = 3e-4  # peak learning rate
     c.optim.schedule = "cosine"  # constant | cosine | linear (after warmup)
     c.optim.warmup_steps = 20
+    # >0: the warm-up is this fraction of train.steps instead (rounded; warmup_steps must be 0),
+    # for train.epochs runs, whose steps are known only once the data is read.
+    c.optim.warmup_ratio = 0.0
     c.optim.min_lr_ratio = 0.1  # final lr as a fraction of the peak
     c.optim.b1 = 0.9
     c.optim.b2 = 0.95

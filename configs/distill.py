@@ -86,7 +86,8 @@ def real(c: ml_collections.ConfigDict, size: str) -> None:
     # R1-Distill (Supplementary B.4.3, Table 6): Qwen2.5-Math-1.5B from 1e-4, Qwen2.5-Math-7B from
     # 8e-5 (the 7B student here is Qwen2.5-7B), cosine down to a tenth (base's min_lr_ratio).
     c.optim.lr = 1e-4 if size == "qwen2.5-1.5b" else 8e-5
-    c.optim.warmup_steps = 50
+    c.optim.warmup_steps = 0  # 3% of the steps the epochs give (sft.py's qwen variants)
+    c.optim.warmup_ratio = 0.03
     c.train.epochs = 2  # R1-Distill: 2 epochs; train.steps follows the collected dataset's size
     c.train.checkpoint_every = 200
     if size == "qwen2.5-7b-tpu":

@@ -51,7 +51,10 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
         # ~81 GB against 32; the realcfg audit's estimate).
         c.train.grad_accum = 8 if arg == "qwen2.5-1.5b" else 16
         c.optim.lr = 1e-5
-        c.optim.warmup_steps = 50
+        # A share of the steps the epochs give (a fixed 50 was the whole run at 7B: ~3-7 steps
+        # an epoch at batch 256); 3%, a common SFT choice (R1 does not give its warm-up).
+        c.optim.warmup_steps = 0
+        c.optim.warmup_ratio = 0.03
         c.optim.weight_decay = 0.01
         # Steps from the data: GSM8K's 7.5k answers pack ~13 to a 4096-token row, so a fixed
         # 2000 steps were ~200 epochs.

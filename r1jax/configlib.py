@@ -155,6 +155,13 @@ def validate(cfg: ml_collections.ConfigDict, *, num_devices: int | None = None) 
     o = cfg.optim
     _require(o.schedule in schedules, "optim.schedule", f"expected one of {schedules}")
     _require(o.warmup_steps >= 0, "optim.warmup_steps", "must be >= 0")
+    ratio = o.get("warmup_ratio", 0.0)
+    _require(0 <= ratio < 1, "optim.warmup_ratio", f"must be in [0, 1), got {ratio}")
+    _require(
+        not (ratio > 0 and o.warmup_steps > 0),
+        "optim.warmup_ratio",
+        f"set with optim.warmup_steps={o.warmup_steps}: set one of the two (the other 0)",
+    )
     _require(
         0 <= o.min_lr_ratio <= 1, "optim.min_lr_ratio", f"must be in [0, 1], got {o.min_lr_ratio}"
     )
@@ -217,16 +224,23 @@ def validate(cfg: ml_collections.ConfigDict, *, num_devices: int | None = None) 
     )
 
 
+def warmup_steps(optim, total_steps: int) -> int:
+    """The warm-up's length in steps: optim.warmup_ratio of total_steps (rounded) when it is
+    set, else optim.warmup_steps."""
+    ratio = float(optim.get("warmup_ratio", 0.0))
+    return round(ratio * total_steps) if ratio > 0 else int(optim.warmup_steps)
+
+
 def warn_long_warmup(cfg: ml_collections.ConfigDict) -> None:
     """A warning when optim.warmup_steps covers all of train.steps (the learning rate never
     reaches optim.lr and never decays); supervised runs call it again once train.epochs has
     set train.steps from the data."""
-    o = cfg.optim
-    if 0 < o.warmup_steps and o.warmup_steps >= cfg.train.steps:
+    warmup = warmup_steps(cfg.optim, cfg.train.steps)
+    if 0 < warmup and warmup >= cfg.train.steps:
         logging.warning(
             "config.optim.warmup_steps=%d >= train.steps=%d: the whole run is warm-up (the "
             "learning rate never reaches optim.lr)",
-            o.warmup_steps,
+            warmup,
             cfg.train.steps,
         )
 

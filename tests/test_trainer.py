@@ -389,6 +389,27 @@ def test_weight_decay_spares_norm_scales_and_biases_as_hugging_face():
             np.testing.assert_allclose(u, -0.5 * 0.1 * w, rtol=1e-6)
 
 
+def test_a_warmup_ratio_takes_its_share_of_the_steps_and_excludes_warmup_steps():
+    import ml_collections
+
+    optim = ml_collections.ConfigDict(
+        dict(lr=1.0, warmup_steps=0, warmup_ratio=0.1, schedule="constant", min_lr_ratio=1.0)
+    )
+    for total, warmup in ((200, 20), (37, 4), (4, 0)):  # round(0.1 * total)
+        schedule = state_lib.learning_rate_schedule(optim, total)
+        rates = [float(schedule(i)) for i in range(warmup + 2)]
+        assert rates[warmup:] == [1.0, 1.0] and all(r < 1.0 for r in rates[:warmup])
+    cfg = configlib.load_config(os.path.join(REPO, "configs", "sft.py:tiny"))
+    cfg.optim.warmup_ratio = 0.05
+    with pytest.raises(configlib.ConfigError, match=r"config\.optim\.warmup_ratio: .*set one"):
+        configlib.validate(cfg, num_devices=1)
+    cfg.optim.warmup_steps = 0
+    configlib.validate(cfg, num_devices=1)
+    cfg.optim.warmup_ratio = 1.0
+    with pytest.raises(configlib.ConfigError, match=r"config\.optim\.warmup_ratio: must be in"):
+        configlib.validate(cfg, num_devices=1)
+
+
 def test_after_skipped_steps_a_step_applies_the_rate_it_logs():
     # Three non-finite steps kept optax's schedule count at 0 while the step count went on:
     # step 3 logged schedule(3) and applied schedule(0), here 0 (warmup), training nothing.

@@ -7,6 +7,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from r1jax import configlib
+
 
 @flax.struct.dataclass
 class TrainState:
@@ -20,7 +22,7 @@ class TrainState:
 
 def learning_rate_schedule(optim_cfg, total_steps: int) -> optax.Schedule:
     """Linear warmup, then 'constant', 'cosine' or 'linear' decay to lr * min_lr_ratio."""
-    lr, warmup = float(optim_cfg.lr), int(optim_cfg.warmup_steps)
+    lr, warmup = float(optim_cfg.lr), configlib.warmup_steps(optim_cfg, total_steps)
     end = lr * float(optim_cfg.min_lr_ratio)
     decay_steps = max(1, total_steps - warmup)
     if optim_cfg.schedule == "constant":
