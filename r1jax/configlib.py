@@ -232,15 +232,17 @@ def warmup_steps(optim, total_steps: int) -> int:
 
 
 def warn_long_warmup(cfg: ml_collections.ConfigDict) -> None:
-    """A warning when optim.warmup_steps covers all of train.steps (the learning rate never
-    reaches optim.lr and never decays); supervised runs call it again once train.epochs has
-    set train.steps from the data."""
+    """A warning when the warm-up (optim.warmup_steps, or optim.warmup_ratio of train.steps)
+    covers all of train.steps (the learning rate never reaches optim.lr and never decays);
+    supervised runs call it again once train.epochs has set train.steps from the data."""
     warmup = warmup_steps(cfg.optim, cfg.train.steps)
     if 0 < warmup and warmup >= cfg.train.steps:
+        ratio = cfg.optim.get("warmup_ratio", 0.0)
+        field = f"warmup_ratio={ratio} ({warmup} steps)" if ratio > 0 else f"warmup_steps={warmup}"
         logging.warning(
-            "config.optim.warmup_steps=%d >= train.steps=%d: the whole run is warm-up (the "
-            "learning rate never reaches optim.lr)",
-            warmup,
+            "config.optim.%s >= train.steps=%d: the whole run is warm-up (the learning rate "
+            "never reaches optim.lr)",
+            field,
             cfg.train.steps,
         )
 

@@ -410,6 +410,13 @@ def test_a_warmup_ratio_takes_its_share_of_the_steps_and_excludes_warmup_steps()
         configlib.validate(cfg, num_devices=1)
 
 
+def test_a_whole_run_warmup_warning_names_the_field_that_set_it(caplog):
+    cfg = configlib.load_config(os.path.join(REPO, "configs", "sft.py:tiny"))
+    cfg.train.steps, cfg.optim.warmup_steps, cfg.optim.warmup_ratio = 10, 0, 0.99
+    configlib.warn_long_warmup(cfg)
+    assert "config.optim.warmup_ratio=0.99 (10 steps) >= train.steps=10" in caplog.text
+
+
 def test_after_skipped_steps_a_step_applies_the_rate_it_logs():
     # Three non-finite steps kept optax's schedule count at 0 while the step count went on:
     # step 3 logged schedule(3) and applied schedule(0), here 0 (warmup), training nothing.
