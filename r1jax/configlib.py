@@ -267,8 +267,10 @@ def _validate_model(cfg) -> None:
     _require(m.remat in modes, "model.remat", f"expected one of {modes}")
     families = ("",) + model_config.FAMILIES
     _require(m.get("family", "") in families, "model.family", f"expected one of {families}")
-    for name in (*MODEL_SHAPE_FIELDS, "max_seq_len", "unroll_layers", "attention_chunk"):
+    for name in (*MODEL_SHAPE_FIELDS, "max_seq_len"):
         _require(m[name] >= 0, f"model.{name}", f"must be >= 0 (0 = the preset's), got {m[name]}")
+    for name, zero in (("unroll_layers", "auto"), ("attention_chunk", "all queries at once")):
+        _require(m[name] >= 0, f"model.{name}", f"must be >= 0 (0 = {zero}), got {m[name]}")
     vocab = cfg.tokenizer.train_vocab_size
     _require(vocab >= 0, "tokenizer.train_vocab_size", f"must be >= 0 (0 = none), got {vocab}")
 

@@ -249,6 +249,14 @@ def test_values_that_cannot_work_in_any_section_name_the_field(shared_data, spec
         configlib.validate(cfg, num_devices=1)
 
 
+def test_a_negative_layer_loop_or_attention_block_says_what_0_means(shared_data):
+    cfg = configlib.load_config(os.path.join(REPO, "configs", "sft.py:tiny"))
+    for name, zero in (("unroll_layers", "auto"), ("attention_chunk", "all queries at once")):
+        bad = configlib.updated(cfg, **{f"model__{name}": -1})
+        with pytest.raises(configlib.ConfigError, match=rf"config\.model\.{name}: .*0 = {zero}"):
+            configlib.validate(bad, num_devices=1)
+
+
 def test_tokenizer_sizes_that_cannot_work_are_one_line_errors(tmp_path, caplog):
     # Both were tracebacks main does not print as one line (a ValueError; SentencePiece's
     # RuntimeError), and a size the data cannot fill was trained smaller without a word.
