@@ -7,7 +7,6 @@ pay nothing for them.
 """
 
 import os
-import zlib
 
 import jax
 import numpy as np
@@ -161,14 +160,6 @@ def global_min(value: int) -> int:
     if jax.process_count() == 1:
         return int(value)
     return int(np.min(multihost_utils.process_allgather(np.asarray(value, np.int64))))
-
-
-def assert_same(value: str, what: str) -> None:
-    """Fails on every process when `value` differs between processes (e.g. a config)."""
-    if jax.process_count() > 1:
-        multihost_utils.assert_equal(
-            np.uint32(zlib.crc32(value.encode())), f"{what} differs between processes"
-        )
 
 
 def open_journal(path, header: dict, name: str) -> list[dict]:

@@ -349,8 +349,3 @@ def _tokenize_fn(kind: str, tokenizer, seq_len: int, template: str):
     if kind == "pretrain":
         return lambda r: tokenize_pretrain(r, tokenizer, seq_len)
     return lambda r: [tokenize_sft(r, tokenizer, seq_len, template)]
-
-
-def tokens_per_batch(batch: dict) -> tuple[int, int]:
-    """(real tokens, trained tokens) in a batch."""
-    return int((batch["segment_ids"] > 0).sum()), int(batch["loss_mask"].sum())
