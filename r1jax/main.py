@@ -21,7 +21,8 @@ _CONFIG = config_flags.DEFINE_config_file(
 )
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: config, metrics, checkpoints.")
 flags.mark_flags_as_required(["config", "workdir"])
-# Multi-process runs (jax.distributed); each falls back to R1JAX_<FLAG NAME> in the environment.
+# Multi-process runs (jax.distributed); --coordinator_address, --num_processes, --process_id and
+# --local_device_ids each fall back to R1JAX_<FLAG NAME> in the environment (not --distributed).
 _DISTRIBUTED = flags.DEFINE_enum(
     "distributed",
     "auto",
