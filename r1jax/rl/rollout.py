@@ -28,7 +28,7 @@ class RolloutConfig:
     advantage: str = "grpo"  # grpo | rloo
     std_normalize: str = "group"  # group | batch | none (none = Dr. GRPO)
     dynamic_sampling: bool = False  # DAPO: drop groups whose rewards are all equal, refill
-    max_sampling_rounds: int = 3  # cap on refills per step
+    max_sampling_rounds: int = 3  # cap on sampling rounds per step, the first one included
     mask_truncated: bool = False  # completions without EOS get no loss
     overlong_buffer: int = 0  # DAPO soft overlong penalty over the last N tokens (0 = off)
     overlong_penalty: float = 1.0  # the penalty at the hard limit
