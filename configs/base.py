@@ -31,7 +31,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.init_from = (
         ""  # '' = random init; a Hugging Face folder; or an r1jax run/checkpoint dir
     )
-    c.model.vocab_size = 0  # 0 = the preset's, or the tokenizer's when training one
+    c.model.vocab_size = 0  # 0 = the tokenizer's (trained or given); init_from brings its own
     c.model.d_model = 0  # 0 = the preset's; likewise the shape fields below
     c.model.n_layers = 0
     c.model.n_heads = 0
@@ -165,7 +165,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.rl.harmlessness_model.normalize = True  # its scores are added to rl.reward_model's
     c.rl.general_prompts = ""  # general prompts (data.format dataset name or file) mixed in
     c.rl.general_fraction = 0.0  # share of each step's prompts drawn from general_prompts
-    c.rl.general_from_step = 0  # general prompts only after this many steps (R1: the last part)
+    # General prompts only after this many sampling rounds (R1: the last part of the run): a
+    # round is a step, unless rl.dynamic_sampling samples more rounds in a step.
+    c.rl.general_from_step = 0
     # Rule rewards (names in rl.rewards, at their weights) general prompts get too, added to the
     # reward models' score: () = the reward models alone (R1 on arXiv, §2.3.4); R1 in Nature
     # (equations 8-10) adds format to general prompts and language to every prompt:
@@ -211,7 +213,7 @@ def get_config() -> ml_collections.ConfigDict:
     # Reward-model training (Bradley-Terry on chosen/rejected pairs).
     c.rm = ml_collections.ConfigDict()
     c.rm.hh_eval = ""  # an HH-RLHF jsonl(.gz) whose held-out accuracy is reported ('' = none)
-    c.rm.hh_max_pairs = 500  # pairs of it scored
+    c.rm.hh_max_pairs = 500  # pairs of it scored (0 = all)
     c.rm.max_len = 0  # tokens per prompt + response (0 = the model's context); keeps the end
 
     c.eval = ml_collections.ConfigDict()
