@@ -57,7 +57,8 @@ def _write_small_arrays_whole() -> None:
 def manager(
     directory: str | pathlib.Path, *, max_to_keep: int = 3, writer: bool = False
 ) -> ocp.CheckpointManager:
-    """A checkpoint manager over DIR/checkpoints with items 'state' and (optionally) 'data'.
+    """A checkpoint manager over `directory` itself (a run's WORKDIR/checkpoints, not WORKDIR)
+    with items 'state' and (optionally) 'data' and 'extra' (`save`).
 
     writer: the run that saves here; it removes the unfinished saves a kill left (a step's
     .orbax-checkpoint-tmp folder, the size of a checkpoint, which stays when that step is not
