@@ -583,7 +583,8 @@ def _validate_rl(cfg, num_devices: int) -> None:
         rl.dual_clip == 0 or rl.dual_clip > 1, "rl.dual_clip", f"0 (off) or > 1, got {rl.dual_clip}"
     )
     _require(rl.tis_cap == 0 or rl.tis_cap >= 1, "rl.tis_cap", f"0 (off) or >= 1, got {rl.tis_cap}")
-    _require(0 <= rl.gamma <= 1 and 0 <= rl.lam <= 1, "rl.gamma", "gamma and lam must be in [0, 1]")
+    for name in ("gamma", "lam"):
+        _require(0 <= rl[name] <= 1, f"rl.{name}", f"must be in [0, 1], got {rl[name]}")
     _require(
         0 <= rl.overlong_buffer <= rl.max_new_tokens,
         "rl.overlong_buffer",

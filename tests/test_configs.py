@@ -182,6 +182,7 @@ def test_malformed_row_names_file_and_line_or_is_skipped_and_counted(tmp_path, c
         ("r1_zero.py:tiny", "rl.clip_low", -0.2),
         ("r1_zero.py:tiny", "rl.dual_clip", 0.5),
         ("r1_zero.py:tiny", "rl.gamma", 1.5),
+        ("r1_zero.py:tiny", "rl.lam", 1.5),  # was named config.rl.gamma
         ("r1_zero.py:tiny", "rl.reward_timeout_s", 0),
         ("r1_zero.py:tiny", "rl.overlong_buffer", 10_000),
         # From the config audit: inf passed the >= checks (lr=inf saved NaN weights, eps=inf
