@@ -591,11 +591,13 @@ def _validate_rl(cfg, num_devices: int) -> None:
         f"must be in [0, rl.max_new_tokens={rl.max_new_tokens}], got {rl.overlong_buffer}",
     )
     if rl.algorithm == "ppo" and rl.ppo_form == "kl_penalty":
-        _require(
-            rl.kl_coef > 0 and rl.kl_target > 0,
-            "rl.kl_coef",
-            "ppo_form='kl_penalty' adapts a positive kl_coef toward a positive rl.kl_target",
-        )
+        for name in ("kl_coef", "kl_target"):
+            _require(
+                rl[name] > 0,
+                f"rl.{name}",
+                "ppo_form='kl_penalty' adapts a positive rl.kl_coef toward a positive "
+                f"rl.kl_target, got {rl[name]}",
+            )
         # The clip form's extras that the penalty form's loss (PPO §4) has no place for.
         for name, off in (("entropy_coef", 0.0), ("tis_cap", 0.0), ("ratio_level", "token")):
             _require(

@@ -409,6 +409,10 @@ def test_rl_config_mistakes_that_need_two_fields(shared_data):
     cfg.rl.kl_coef = 0.0  # the adaptive coefficient would stay 0 forever
     with pytest.raises(configlib.ConfigError, match=r"config\.rl\.kl_coef: "):
         configlib.validate(cfg, num_devices=1)
+    cfg = configlib.load_config(os.path.join(REPO, "configs/ppo.py:tiny,kl_penalty"))
+    cfg.rl.kl_target = 0.0  # was named config.rl.kl_coef
+    with pytest.raises(configlib.ConfigError, match=r"config\.rl\.kl_target: "):
+        configlib.validate(cfg, num_devices=1)
     # The clip form's extras were silently ignored by the penalty form's loss.
     for field, value in (("entropy_coef", 0.01), ("tis_cap", 2.0), ("ratio_level", "sequence")):
         cfg = configlib.load_config(os.path.join(REPO, "configs/ppo.py:tiny,kl_penalty"))
