@@ -632,12 +632,13 @@ def _validate_rl(cfg, num_devices: int) -> None:
             "rl.harmlessness_model.path",
             "a second reward model needs the first, rl.reward_model.path (or set this one there)",
         )
-        _require(
-            rl.reward_model.normalize and rl.harmlessness_model.normalize,
-            "rl.harmlessness_model.normalize",
-            "two reward models' scores add up only on one scale: set normalize=True on both "
-            "rl.reward_model and rl.harmlessness_model",
-        )
+        for name in ("reward_model", "harmlessness_model"):
+            _require(
+                rl[name].normalize,
+                f"rl.{name}.normalize",
+                "two reward models' scores add up only on one scale: set normalize=True on both "
+                "rl.reward_model and rl.harmlessness_model",
+            )
     _require(0 <= rl.general_fraction < 1, "rl.general_fraction", "must be in [0, 1)")
     if rl.general_fraction > 0:
         _require(

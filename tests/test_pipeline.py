@@ -508,9 +508,13 @@ def test_all_domain_config_errors_name_the_field(tmp_path):
             configlib.load_config(spec, rl__reward_model__scope="all", **ok), num_devices=1
         )
     # A second reward model: after the first, and both on the normalized scale.
+    # The error names the one left False (it named harmlessness_model.normalize, True here).
     two = dict(ok, rl__harmlessness_model__path=WORLD_BASE)
-    with pytest.raises(configlib.ConfigError, match=r"harmlessness_model\.normalize: .*both"):
+    with pytest.raises(configlib.ConfigError, match=r"rl\.reward_model\.normalize: .*both"):
         configlib.validate(configlib.load_config(spec, **two), num_devices=1)
+    unscaled = dict(two, rl__reward_model__normalize=True, rl__harmlessness_model__normalize=False)
+    with pytest.raises(configlib.ConfigError, match=r"harmlessness_model\.normalize: .*both"):
+        configlib.validate(configlib.load_config(spec, **unscaled), num_devices=1)
     configlib.validate(
         configlib.load_config(spec, rl__reward_model__normalize=True, **two), num_devices=1
     )
