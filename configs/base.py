@@ -54,7 +54,9 @@ def get_config() -> ml_collections.ConfigDict:
 
     c.data = ml_collections.ConfigDict()
     c.data.train = ""  # training file (.jsonl, .json list, .parquet; .gz allowed)
-    c.data.eval = ""  # held-out file for the eval loss ('' = none)
+    # Held-out file ('' = none): the eval loss (pretrain, sft), the problems evaluated before and
+    # after training (rl) or evaluated (eval), the pairs scored (reward_model).
+    c.data.eval = ""
     # jsonl (prompt/response or text) | gsm8k | math | humaneval | humaneval_completion | world
     c.data.format = "jsonl"
     c.data.world_seed = 0  # data.format=world: the generator's seed (train/eval name a dataset)
