@@ -517,7 +517,8 @@ class RLRun:
         }
 
     def step_once(self) -> dict:
-        """One RL step: rollout, log-probs, (PPO: values and GAE), update. Returns its metrics."""
+        """One RL step: rollout, log-probs, (PPO: values and GAE), update. Returns its metrics
+        and the rollout's samples."""
         rl, t = self.cfg.rl, {}
         self.step = int(self.state.step)
         host, metrics, samples = self.maker.make()
@@ -552,7 +553,8 @@ class RLRun:
         return metrics, samples
 
     def _kl_to_ref(self, host, batch) -> float:
-        """Mean k3 KL(policy || reference) over completion tokens (drives the adaptive KL)."""
+        """Mean k3 KL(policy || reference) over completion tokens, logged as kl_ref_k3 (the
+        adaptive KL coefficient follows KL(old || new) instead, `adapt_kl`)."""
         if self.kl_coef <= 0:
             return 0.0
         old = sharding.local_rows(batch["old_logp_NxT"])
