@@ -219,7 +219,8 @@ def kill_uid(uid: int) -> None:
 
 
 def processes_of_uid(uid: int) -> list[int]:
-    """Live (non-zombie) pids whose real uid is `uid` (used by tests to check for leftovers)."""
+    """Live (non-zombie) pids whose real uid is `uid` (`_cleanup` waits until there are none;
+    tests check for leftovers)."""
     found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
