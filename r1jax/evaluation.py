@@ -471,7 +471,7 @@ def evaluate(
     progress: bool = True,
     journal: tuple[pathlib.Path, dict] | None = None,
 ) -> EvalResult:
-    """Samples, grades and scores `records`; see the module docstring for the metrics.
+    """Samples, grades and scores `records`; the metrics are `summarize`'s.
 
     journal: (path, header). Each batch's samples are appended there as they finish, and a
     rerun with the same header (sampling settings, prompts, model) grades them again instead of
