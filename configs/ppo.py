@@ -30,9 +30,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     else:
         grpo.real(c, size)
     c.rl.algorithm = "ppo"
-    c.rl.num_samples = (
-        4 if size == "tiny" else 4
-    )  # PPO needs no group; a few samples share a prompt
+    c.rl.num_samples = 4  # PPO needs no group; a few samples share a prompt
     c.rl.prompts_per_step = 8 if size == "tiny" else 128
     c.rl.gamma, c.rl.lam = 1.0, 0.95
     c.rl.vf_coef = 0.1

@@ -516,7 +516,7 @@ class RLRun:
             "truncated": ~out["stopped"],
         }
 
-    def step_once(self) -> dict:
+    def step_once(self) -> tuple[dict, rollout.Samples]:
         """One RL step: rollout, log-probs, (PPO: values and GAE), update. Returns its metrics
         and the rollout's samples."""
         rl, t = self.cfg.rl, {}
