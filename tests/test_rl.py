@@ -2,6 +2,7 @@
 
 import json
 import os
+import types
 
 import jax
 import jax.numpy as jnp
@@ -333,3 +334,42 @@ def test_a_rollout_beyond_memory_is_refused_before_the_base_evaluation(tmp_path)
     ):
         rl.run(cfg, tmp_path)
     assert not list(tmp_path.glob("eval_before*"))
+
+
+class _CharTokenizer:
+    vocab_size, bos_id, eos_id, pad_id = 128, None, 3, 0
+
+    def encode(self, s):
+        return [min(ord(c), 127) for c in s]
+
+    def decode(self, ids):
+        return "".join(chr(int(i)) for i in ids)
+
+
+def _one_reward_pool():
+    score = lambda texts, records, names: (np.ones(len(texts), np.float32), {}, {})
+    return types.SimpleNamespace(names=["target_chars"], score=score)
+
+
+def test_ppo_rolls_out_one_sample_per_prompt():
+    # validate admits rl.num_samples=1 for PPO (its advantages are GAE's), but the rollout
+    # computed GRPO's group advantages anyway and raised "needs G >= 2" at the first step.
+    def sample_fn(prompt_BxP, lens_B, round_index):
+        n, t = prompt_BxP.shape[0] * maker.cfg.num_samples, 5
+        return {
+            "tokens": np.full((n, t), 65, np.int32),
+            "lengths": np.full((n,), t, np.int32),
+            "truncated": np.ones((n,), bool),
+            "logprobs": np.zeros((n, t), np.float32),
+        }
+
+    records = iter([{"prompt": f"question {i}", "answer": "1"} for i in range(64)])
+    for spec, group in (("configs/ppo.py:tiny", 1), ("configs/grpo.py:tiny", 2)):
+        cfg = rl.rollout_config(_cfg(spec, rl__num_samples=group))
+        maker = rollout.ExperienceMaker(
+            cfg, _CharTokenizer(), _one_reward_pool(), sample_fn, records
+        )
+        batch, metrics, _ = maker.make()
+        assert batch["completion_mask_NxT"].shape == (cfg.prompts_per_step * group, 5)
+        assert ("advantages_N" in batch) == (group == 2)  # PPO's come from GAE in the trainer
+        assert metrics["reward"] == 1.0

@@ -27,6 +27,9 @@ class RolloutConfig:
     template: str = "r1_zero"
     advantage: str = "grpo"  # grpo | rloo
     std_normalize: str = "group"  # group | batch | none (none = Dr. GRPO)
+    # False for PPO: the trainer takes its advantages from GAE, and one sample per prompt (which
+    # PPO allows) has no group to compare with.
+    group_advantages: bool = True
     dynamic_sampling: bool = False  # DAPO: drop groups whose rewards are all equal, refill
     max_sampling_rounds: int = 3  # cap on sampling rounds per step, the first one included
     mask_truncated: bool = False  # completions without EOS get no loss
@@ -320,9 +323,12 @@ class ExperienceMaker:
         shaped_N = everyone(s.rewards_N) + overlong_shaping(
             everyone(s.lengths_N), cfg.max_new_tokens, cfg.overlong_buffer, cfg.overlong_penalty
         )
-        rewards_BxG = shaped_N.reshape(-1, cfg.num_samples)
-        adv_BxG = adv_lib.of_groups(cfg.advantage, rewards_BxG, std_normalize=cfg.std_normalize)
-        mine = distributed.local_slice(len(s.rewards_N))
+        adv_N = None
+        if cfg.group_advantages:
+            rewards_BxG = shaped_N.reshape(-1, cfg.num_samples)
+            adv_BxG = adv_lib.of_groups(cfg.advantage, rewards_BxG, std_normalize=cfg.std_normalize)
+            mine = distributed.local_slice(len(s.rewards_N))
+            adv_N = np.asarray(adv_BxG, np.float32).reshape(-1)[mine]
         # (6)
         batch = training_arrays(
             s.prompt_BxP,
@@ -334,7 +340,8 @@ class ExperienceMaker:
         )
         if cfg.mask_truncated:
             batch["completion_mask_NxT"] *= (~s.truncated_N)[:, None].astype(np.float32)
-        batch["advantages_N"] = np.asarray(adv_BxG, np.float32).reshape(-1)[mine]
+        if adv_N is not None:
+            batch["advantages_N"] = adv_N
         t = s.completion_NxT.shape[1]
         batch["sampler_logp_NxT"] = np.where(
             np.arange(t)[None, :] < s.lengths_N[:, None], s.sampler_logp_NxT, 0.0

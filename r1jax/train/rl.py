@@ -62,6 +62,7 @@ def rollout_config(cfg) -> rollout.RolloutConfig:
         template=rl.template,
         advantage=rl.advantage,
         std_normalize=rl.std_normalize,
+        group_advantages=rl.algorithm != "ppo",
         dynamic_sampling=rl.dynamic_sampling,
         max_sampling_rounds=rl.max_sampling_rounds,
         mask_truncated=rl.mask_truncated,
