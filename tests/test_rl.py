@@ -61,6 +61,23 @@ def test_ppo_raises_the_reward(tmp_path, shared_data):
     rows = _rows(tmp_path)
     first, last = _rise(rows)
     assert last > first + 0.2, (first, last)
+    # The critic learns to predict the returns: its explained variance on the rollout rises.
+    fit = [r["value/explained_variance"] for r in rows if "value/explained_variance" in r]
+    assert len(fit) >= len(rows) - 2 and np.mean(fit[-5:]) > np.mean(fit[:5]) + 0.2, fit
+
+
+def test_critic_fit_is_the_explained_variance_of_the_returns_over_completion_tokens():
+    rng = np.random.default_rng(0)
+    g, v = rng.normal(size=(4, 6)), rng.normal(size=(4, 6))
+    mask = (rng.random((4, 6)) < 0.7).astype(np.float32)
+    g_pad = np.where(mask > 0, g, np.inf)  # padding holds anything
+    batch = {"old_values_NxT": jnp.asarray(v), "returns_NxT": jnp.asarray(g_pad, jnp.float32)}
+    fit = rl._critic_fit(batch, mask)
+    gv, vv = g[mask > 0].astype(np.float32).astype(np.float64), v[mask > 0]
+    assert fit["value/explained_variance"] == pytest.approx(1 - np.var(gv - vv) / np.var(gv))
+    assert fit["value/return_mean"] == pytest.approx(np.mean(gv))
+    batch["returns_NxT"] = jnp.ones((4, 6))  # returns that do not vary: nothing to explain
+    assert set(rl._critic_fit(batch, mask)) == {"value/return_mean"}
 
 
 def test_ppo_kl_penalty_adapts_its_coefficient_to_the_updates_kl(tmp_path, shared_data):

@@ -543,6 +543,7 @@ class RLRun:
         metrics["lr"] = float(self.lr_schedule(self.step))  # every update of the step's (its rate)
         metrics.update(t)
         if rl.algorithm == "ppo":
+            metrics.update(_critic_fit(batch, host["completion_mask_NxT"]))
             metrics["kl_ref_k3"] = self._kl_to_ref(host, batch)
             if not metrics.get("skipped_updates", 0.0):  # a skipped update changed nothing
                 d = self.adapt_kl(inputs, batch["old_logp_NxT"], host)
@@ -714,6 +715,31 @@ def _mean_k3(log_ratio_NxT, mask_NxT) -> float:
     k3_sum = ((np.expm1(x) - x) * mask_NxT).sum()  # as losses.kl
     k3_sum, count = distributed.gather_rows(np.asarray([[k3_sum, mask_NxT.sum()]])).sum(axis=0)
     return float(k3_sum / max(count, 1.0))
+
+
+def _critic_fit(batch, mask_NxT) -> dict:
+    """PPO's critic on the rollout, before the update, over every process's completion tokens:
+    value/explained_variance = 1 - Var(returns - values) / Var(returns) (1 a perfect fit, 0 no
+    better than a constant, negative worse; left out when the returns do not vary) and
+    value/return_mean."""
+    v = sharding.local_rows(batch["old_values_NxT"]).astype(np.float64)
+    g = sharding.local_rows(batch["returns_NxT"]).astype(np.float64)
+    m = np.asarray(mask_NxT > 0, np.float64)
+    v, g = np.where(m > 0, v, 0.0), np.where(m > 0, g, 0.0)  # padding holds anything
+    sums = [
+        m.sum(),
+        (g * m).sum(),
+        (g * g * m).sum(),
+        ((g - v) * m).sum(),
+        ((g - v) ** 2 * m).sum(),
+    ]
+    n, g1, g2, e1, e2 = distributed.gather_rows(np.asarray([sums])).sum(axis=0)
+    n = max(n, 1.0)
+    var_g, var_e = g2 / n - (g1 / n) ** 2, e2 / n - (e1 / n) ** 2
+    fit = {"value/return_mean": float(g1 / n)}
+    if var_g > 1e-12:
+        fit["value/explained_variance"] = float(1.0 - var_e / var_g)
+    return fit
 
 
 def _scoring_passes(cfg, r: "RLRun") -> int:
