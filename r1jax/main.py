@@ -114,11 +114,10 @@ def _started_as_command() -> bool:
     return replayable and (script.name == "r1jax" or script.parts[-2:] == ("r1jax", "main.py"))
 
 
-def config_problem(argv: list[str]) -> str:
-    """Why the --config flags of `argv` cannot be loaded: a missing config file, or the first
-    --config.<field> override that names no field (with the closest field name)."""
+def config_spec(argv: list[str]) -> str:
+    """The value of --config in `argv`, given as --config=SPEC or --config SPEC ('' if none)."""
     pairs = zip(argv, argv[1:] + [""])
-    spec = next(
+    return next(
         (
             a.split("=", 1)[1] if "=" in a else b
             for a, b in pairs
@@ -126,6 +125,12 @@ def config_problem(argv: list[str]) -> str:
         ),
         "",
     )
+
+
+def config_problem(argv: list[str]) -> str:
+    """Why the --config flags of `argv` cannot be loaded: a missing config file, or the first
+    --config.<field> override that names no field (with the closest field name)."""
+    spec = config_spec(argv)
     path = spec.split(":", 1)[0]
     if not spec:
         return "--config is required: --config=configs/<stage>.py:<variant>"
@@ -216,9 +221,9 @@ def _install_unraisable_filter() -> None:
 def run() -> None:
     """Console-script entry: lets config files import their siblings, then runs the absl app."""
     _install_unraisable_filter()
-    for arg in sys.argv[1:]:
-        if arg.startswith("--config="):
-            configlib.add_config_root_to_path(arg.split("=", 1)[1].split(":", 1)[0])
+    spec = config_spec(sys.argv[1:])
+    if spec:  # --config=SPEC or --config SPEC, as absl reads both
+        configlib.add_config_root_to_path(spec.split(":", 1)[0])
     logging.get_absl_handler().addFilter(_QuietLibraries())
     # --helpshort lists the main module's key flags; as a console script that is bin/r1jax.
     for flag in (_CONFIG, _WORKDIR, _DISTRIBUTED, _COORDINATOR, _NUM_PROCESSES, _PROCESS_ID):

@@ -397,6 +397,22 @@ def test_an_unknown_variant_is_one_line_not_a_traceback(tmp_path):
     assert last.startswith("r1jax: --config=configs/sft.py:bogus: ValueError: ") and "bogus" in last
 
 
+def test_config_given_as_a_separate_argument_loads_from_any_folder(tmp_path):
+    # `--config PATH` as absl reads it: the config's folder goes on sys.path as for --config=PATH
+    # (without it, `from configs import base` was a ModuleNotFoundError traceback).
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib" / "r1jax").symlink_to(os.path.join(REPO, "r1jax"))  # r1jax, no configs
+    spec = os.path.join(REPO, "configs/sft.py:tiny")
+    argv = ["--config", spec, f"--workdir={tmp_path / 'run'}", "--config.optim.lrr=1"]
+    code = f"import sys; from r1jax import main; sys.argv = ['r1jax', *{argv!r}]; main.run()"
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(tmp_path / "lib")}
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, env=env
+    )
+    assert out.returncode != 0 and "Traceback" not in out.stderr, out.stderr[-2000:]
+    assert "config.optim has no field 'lrr'" in out.stderr.strip().splitlines()[-1]
+
+
 def test_export_names_a_wrong_folder_in_one_line(tmp_path):
     from r1jax import export
 
