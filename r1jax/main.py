@@ -50,8 +50,11 @@ _HOST_MALLOC = flags.DEFINE_enum(
 
 
 def main(argv) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if len(argv) > 1:  # e.g. --config.model.init_from= DIR: absl's usage text hid the argument
+        sys.exit(
+            f"r1jax: unexpected arguments {argv[1:]}: settings are --flag=value, with no space "
+            "after '=' (flags: r1jax --helpshort)"
+        )
     if not _WORKDIR.value.strip():  # e.g. --workdir=$RUN with RUN unset: not the current folder
         sys.exit("r1jax: --workdir is empty; name the run folder")
     # Before anything touches a JAX device (XLA's CPU threads take their malloc arenas at start).

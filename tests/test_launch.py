@@ -296,6 +296,16 @@ def test_cli_start_up_mistakes_are_one_line(tmp_path):
             os.environ.pop(name, None)
 
 
+def test_a_stray_argument_is_one_line(tmp_path):
+    # `--config.model.init_from= DIR` leaves DIR as an argument: absl printed its whole usage.
+    config = f"--config={REPO / 'configs/sft.py'}:tiny"
+    out = _cli(
+        [config, f"--workdir={tmp_path / 'a'}", "--config.model.init_from=", "DIR"], tmp_path
+    )
+    assert out.returncode != 0 and "USAGE" not in out.stderr, out.stderr
+    assert out.stderr.strip().startswith("r1jax: unexpected arguments ['DIR']: ")
+
+
 def test_cli_refuses_what_it_cannot_honour(tmp_path):
     config = f"--config={REPO / 'configs/sft.py'}:tiny"
     # A gs:// workdir became a local folder "gs:" (every pod worker its own); mesh.rules (a
