@@ -11,6 +11,7 @@
 #                 (default 12355). DRY_RUN=1 prints the commands instead of running them.
 #   JAX_PLATFORMS cuda (default; rocm for AMD GPUs): a missing GPU plugin stops the run at
 #                 start-up instead of training on the CPU.
+#   XLA_PYTHON_CLIENT_MEM_FRACTION  share of each GPU's memory JAX takes at start (default 0.92).
 # Example: MODE=per-gpu launch/multi_gpu.sh configs/grpo.py:qwen2.5-1.5b runs/grpo-1.5b
 set -euo pipefail
 

@@ -3,6 +3,7 @@
 # CUDA_VISIBLE_DEVICES picks the GPU (default 0); DRY_RUN=1 prints the command instead.
 # JAX_PLATFORMS=cuda (default; rocm for AMD GPUs): a missing GPU plugin stops the run at start-up
 # instead of training on the CPU.
+# XLA_PYTHON_CLIENT_MEM_FRACTION: the share of the GPU's memory JAX takes at start (default 0.92).
 set -euo pipefail
 config=${1:?config spec}; workdir=${2:?workdir}; shift 2
 export JAX_PLATFORMS=${JAX_PLATFORMS:-cuda}
