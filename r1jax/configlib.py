@@ -365,7 +365,9 @@ def check_resumable(cfg: ml_collections.ConfigDict, workdir, model_cfg=None) -> 
     )
     if not (path.exists() and (has_checkpoints or others)):
         return
-    advice = f"use another --workdir, or start from that run: --config.model.init_from={workdir}"
+    advice = "use another --workdir"
+    if has_checkpoints and cfg.stage != "pipeline":  # a folder without them holds no model
+        advice += f", or start from that run: --config.model.init_from={workdir}"
     try:
         saved = json.loads(path.read_text())
         old_stage = saved["config"]["stage"]

@@ -332,8 +332,9 @@ def test_a_stage_is_refused_over_another_stages_outputs_without_checkpoints(tmp_
     configlib.save_resolved(sft, tmp_path / "fresh", shape)  # only config.json: a fresh start
     configlib.save_resolved(sft, tmp_path / "fresh", shape)
     (tmp_path / "r1_zero").mkdir()
-    with pytest.raises(configlib.ConfigError, match="holds the outputs of a 'pipeline' run"):
+    with pytest.raises(configlib.ConfigError, match="holds the outputs of a 'pipeline' run") as e:
         configlib.save_resolved(sft, tmp_path, shape)
+    assert "init_from" not in str(e.value)  # the pipeline's folder holds no model to start from
     assert json.loads((tmp_path / "config.json").read_text()) == pipeline_cfg
 
 
