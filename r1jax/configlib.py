@@ -2,6 +2,7 @@
 
 import contextlib
 import dataclasses
+import importlib.machinery
 import importlib.util
 import json
 import math
@@ -39,7 +40,10 @@ def load_config(spec: str, **overrides) -> ml_collections.ConfigDict:
     """Loads 'configs/sft.py:tiny' like --config does; overrides use dotted keys with '__'."""
     path, _, arg = spec.partition(":")
     add_config_root_to_path(path)
-    module_spec = importlib.util.spec_from_file_location(pathlib.Path(path).stem, path)
+    name = pathlib.Path(path).stem
+    # As ml_collections loads --config: any file as Python source, whatever its suffix.
+    loader = importlib.machinery.SourceFileLoader(name, path)
+    module_spec = importlib.util.spec_from_file_location(name, path, loader=loader)
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
     cfg = module.get_config(arg) if arg else module.get_config()

@@ -169,7 +169,9 @@ def _parse_flags(argv: list[str]) -> list[str]:
         return args
     except flags.Error as e:  # e.g. the config file's own error (an unknown variant)
         sys.exit(f"r1jax: {config_problem(argv) or e} (flags: r1jax --helpshort)")
-    except (KeyError, AttributeError, OSError) as e:
+    # SyntaxError, ImportError: --config names a file that is not Python (README.md) or a config
+    # whose imports fail; config_problem's line names the file and line, or the module.
+    except (KeyError, AttributeError, OSError, SyntaxError, ImportError) as e:
         sys.exit(f"r1jax: {config_problem(argv) or e}")
 
 

@@ -414,6 +414,20 @@ def test_config_given_as_a_separate_argument_loads_from_any_folder(tmp_path):
     assert "config.optim has no field 'lrr'" in out.stderr.strip().splitlines()[-1]
 
 
+def test_a_config_file_that_is_not_python_is_one_line(tmp_path):
+    (tmp_path / "notes.md").write_text("# Notes\n\nPython >= 3.11, e.g. `x`\n")
+    out = subprocess.run(
+        [sys.executable, "-m", "r1jax.main", "--config=notes.md", f"--workdir={tmp_path / 'r'}"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode != 0 and "Traceback" not in out.stderr, out.stderr[-2000:]
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("r1jax: --config=notes.md: SyntaxError: ") and "line 3" in last, last
+
+
 def test_export_names_a_wrong_folder_in_one_line(tmp_path):
     from r1jax import export
 
