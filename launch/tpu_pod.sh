@@ -66,10 +66,12 @@ create() {
 }
 
 install() {
-  # The working tree as it is here (uncommitted changes included), copied to every worker.
+  # The working tree as it is here (uncommitted changes included), copied to every worker; not a
+  # local ./.venv (the workers make their own there) nor ./runs.
   local tarball
   tarball=$(mktemp /tmp/r1jax-src.XXXXXX.tar.gz)
-  run tar -czf "$tarball" --exclude=.git --exclude=./runs --exclude='*.egg-info' -C "$repo" .
+  run tar -czf "$tarball" --exclude=.git --exclude=./runs --exclude=./.venv --exclude='*.egg-info' \
+    -C "$repo" .
   run "${tpu[@]}" scp "$tarball" "$TPU_NAME:~/r1jax-src.tar.gz" --zone="$ZONE" \
     "${project[@]}" --worker=all
   # r1jax needs Python >= 3.11 (jax, flax, orbax, grain); the runtimes' python3 is 3.10: uv

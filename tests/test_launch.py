@@ -366,6 +366,7 @@ def test_tpu_runtime_follows_the_accelerator_and_install_makes_a_311_env():
     # The runtimes' python3 is 3.10; r1jax needs 3.11 (pip install -e failed on every worker).
     out = _script("tpu_pod.sh", ["install"], env)
     assert "uv venv -q -p 3.11" in out.stdout.replace("\\", "")
+    assert "--exclude=./.venv" in out.stdout  # a local venv is not shipped into the workers' one
 
 
 _DUMP_ENV = """#!/usr/bin/env python3
