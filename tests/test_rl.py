@@ -322,6 +322,34 @@ def test_non_finite_updates_in_a_row_stop_the_run_and_save_the_rollout(
     assert rows[0]["skipped_updates"] == 1.0
 
 
+def test_dynamic_sampling_pads_the_batch_to_every_rounds_prompt_width():
+    # Rounds are global (each one's prompt bucket agreed by every process), but each process
+    # picks its own groups: one whose picks all came from a round of short prompts made a
+    # narrower batch than another's, and the processes compiled the update for other shapes.
+    def round_of(width, rewards):
+        b, g, t = 2, 2, 3
+        return rollout.Samples(
+            records=[{"prompt": f"p{width}-{i}"} for i in range(b)],
+            prompt_BxP=np.ones((b, width), np.int32),
+            prompt_lens_B=np.full((b,), width, np.int32),
+            completion_NxT=np.ones((b * g, t), np.int32),
+            lengths_N=np.full((b * g,), t, np.int32),
+            truncated_N=np.zeros((b * g,), bool),
+            sampler_logp_NxT=np.zeros((b * g, t), np.float32),
+            texts=["x"] * (b * g),
+            rewards_N=np.asarray(rewards, np.float32),
+            per_fn={},
+        )
+
+    short = round_of(16, [1.0, 0.0, 1.0, 0.0])  # both groups informative
+    long = round_of(32, [1.0, 1.0, 0.0, 0.0])  # neither
+    kept = [(short, np.array([True, True])), (long, np.array([False, False]))]
+    samples = rollout._select_groups(kept, 2, 2, pad_id=0)
+    assert [r["prompt"] for r in samples.records] == ["p16-0", "p16-1"]
+    assert samples.prompt_BxP.shape == (2, 32)
+    assert (samples.prompt_BxP[:, :16] == 0).all() and (samples.prompt_BxP[:, 16:] == 1).all()
+
+
 def test_steps_whose_groups_all_score_alike_are_warned_once(caplog):
     # A reward that cannot pay (an answer field the data lacks) gave every group the same
     # scores: GRPO's advantages were all 0 and the run trained on the KL alone, silently.

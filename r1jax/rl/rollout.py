@@ -374,7 +374,9 @@ def _select_groups(kept: list, num_prompts: int, num_samples: int, pad_id: int) 
     chosen = [(s, b) for s, m in kept for b in range(num_prompts) if m[b]]
     chosen += [(s, b) for s, m in kept for b in range(num_prompts) if not m[b]]
     chosen = chosen[:num_prompts]
-    p = max(s.prompt_BxP.shape[1] for s, _ in chosen)
+    # Every round's width, not only the chosen groups': rounds are global (each bucket agreed
+    # by all processes), the choice is each process's own, and the batch's shape must agree.
+    p = max(s.prompt_BxP.shape[1] for s, _ in kept)
     rows = lambda s, b: slice(b * num_samples, (b + 1) * num_samples)
     prompts = [
         np.pad(s.prompt_BxP[b], (p - s.prompt_BxP.shape[1], 0), constant_values=pad_id)
