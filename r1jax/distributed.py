@@ -6,6 +6,7 @@ devices. The collectives below are identities in a single process, so single-pro
 pay nothing for them.
 """
 
+import contextlib
 import os
 
 import jax
@@ -168,3 +169,25 @@ def open_journal(path, header: dict, name: str) -> list[dict]:
     entries = files.open_journal(path, header) if is_primary() else None
     barrier(name)
     return files.read_jsonl(path)[1:] if entries is None else entries
+
+
+@contextlib.contextmanager
+def workdir_lock(workdir):
+    """files.workdir_lock held by process 0 for the whole run; when it cannot take it (another
+    run holds the folder, or the lock file cannot be written), every process stops: the others
+    went on alone and failed a minute later inside their first collective (gloo's timeout, a
+    traceback) or waited there for good."""
+    with contextlib.ExitStack() as stack:
+        error = None
+        if is_primary():
+            try:
+                stack.enter_context(files.workdir_lock(workdir))
+            except (files.WorkdirBusy, OSError) as e:
+                error = e
+        if global_min(int(error is None)) == 0:
+            if error is not None:
+                raise error
+            raise files.WorkdirBusy(
+                f"--workdir {workdir}: process 0 could not take the run's lock (its log says why)"
+            )
+        yield

@@ -17,7 +17,6 @@ command line: `--config.stages.reasoning_rl.train.steps=100`.
 3. Write WORKDIR/table.md, table.json and table.png, and log the table.
 """
 
-import contextlib
 import json
 import pathlib
 import time
@@ -41,9 +40,8 @@ def run_stage(cfg, workdir) -> dict:
     writing in `workdir` meanwhile is refused (files.WorkdirBusy)."""
     try:
         # The process that writes the folder's shared files holds it (each of a pipeline's
-        # stage folders too, in turn): another run started on it is refused.
-        hold = files.workdir_lock(workdir) if jax.process_index() == 0 else contextlib.nullcontext()
-        with hold:
+        # stage folders too, in turn): another run started on it is refused, by every process.
+        with distributed.workdir_lock(workdir):
             return _dispatch(cfg, workdir)
     except Exception as e:
         if cfg.stage == "pipeline" or not memory.is_out_of_memory(e):

@@ -583,6 +583,29 @@ def test_pipeline_skips_finished_stages_and_writes_markers(tmp_path, monkeypatch
     assert done["reasoning_rl"]["resumed"] and not done["cold_start"]["resumed"]
 
 
+def test_a_run_folder_process_0_finds_locked_stops_every_process(tmp_path, monkeypatch):
+    # Process 0 alone holds the folder's lock: when another run held it, process 0 stopped in one
+    # line and the others went on into the stage, to fail inside their first collective
+    # (gloo's 30 s timeout and a traceback, on GPUs a wait without end).
+    import jax
+
+    from r1jax import distributed, files
+
+    monkeypatch.setattr(pipeline, "_dispatch", lambda cfg, workdir: pytest.fail("stage ran"))
+    seen = []
+    monkeypatch.setattr(distributed, "global_min", lambda v: seen.append(v) or 0)
+    monkeypatch.setattr(jax, "process_index", lambda: 1)  # process 1, told process 0 failed
+    cfg = ml_collections.ConfigDict({"stage": "sft"})
+    with pytest.raises(files.WorkdirBusy, match="process 0 could not take the run's lock"):
+        pipeline.run_stage(cfg, tmp_path / "run")
+    assert seen == [1]
+    monkeypatch.setattr(jax, "process_index", lambda: 0)  # process 0: the folder is held
+    with files.workdir_lock(tmp_path / "run"):
+        with pytest.raises(files.WorkdirBusy, match="in use by another r1jax run"):
+            pipeline.run_stage(cfg, tmp_path / "run")
+    assert seen == [1, 0]
+
+
 def test_findings_and_markdown_table():
     rows = {
         "a": {"pass@1": 0.2, "maj@16": 0.3, "language_consistency": 0.9, "general/rm_score": -1.0},
