@@ -275,6 +275,30 @@ def test_tokenizer_sizes_that_cannot_work_are_one_line_errors(tmp_path, caplog):
         text.check_fits(tokenizer, 100)
 
 
+def test_a_tokenizer_process_0_cannot_train_stops_every_process(tmp_path, monkeypatch):
+    # Process 0 trains the tokenizer while the others wait: its error stopped it alone, and the
+    # others waited in the barrier until JAX's shutdown barrier aborted both, 5 minutes later.
+    import jax
+
+    from r1jax import distributed, text
+    from r1jax.train import supervised
+
+    cfg = configlib.updated(_cfg(), tokenizer__train_vocab_size=5)
+    records = [{"prompt": "Question 12: what is 3 + 4?", "response": "It is 7."}] * 20
+    agreed = []
+    monkeypatch.setattr(distributed, "global_min", lambda v: agreed.append(v) or min(agreed))
+    monkeypatch.setattr(distributed, "barrier", lambda name: agreed.append(None))
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    monkeypatch.setattr(jax, "process_index", lambda: 0)
+    with pytest.raises(text.TokenizerError, match=r"train_vocab_size=5: SentencePiece could not"):
+        supervised.resolve_tokenizer(cfg, tmp_path / "run", records)
+    assert agreed == [0]  # what process 0 told the others
+    monkeypatch.setattr(jax, "process_index", lambda: 1)  # process 1, told process 0 failed
+    with pytest.raises(text.TokenizerError, match="process 0 could not train the tokenizer"):
+        supervised.resolve_tokenizer(cfg, tmp_path / "run", records)
+    assert agreed == [0, 1]
+
+
 def test_an_init_from_that_is_no_model_names_the_field(tmp_path):
     # An empty folder said "folder has neither tokenizer.json nor tokenizer.model", a file
     # "not a tokenizer": neither named config.model.init_from.

@@ -212,9 +212,17 @@ def resolve_tokenizer(cfg, workdir, records):
     if cfg.tokenizer.train_vocab_size:
         path = pathlib.Path(workdir) / "tokenizer.model"
         if jax.process_count() > 1:  # process 0 trains it (deterministic); the others read it
+            error = None
             if jax.process_index() == 0 and not path.exists():
-                _train_tokenizer(cfg, workdir, records)
-            distributed.barrier("tokenizer")
+                try:
+                    _train_tokenizer(cfg, workdir, records)
+                except text.TokenizerError as e:  # every process stops (the others waited)
+                    error = e
+            if distributed.global_min(int(error is None)) == 0:  # (the processes' barrier)
+                raise error or text.TokenizerError(
+                    f"config.tokenizer.train_vocab_size={cfg.tokenizer.train_vocab_size}: "
+                    "process 0 could not train the tokenizer (its log says why)"
+                )
         if path.exists():  # a resumed run reuses the tokenizer it trained
             return text.load_tokenizer(path)
         return _train_tokenizer(cfg, workdir, records)
