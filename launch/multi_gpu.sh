@@ -75,19 +75,29 @@ case $mode in
     # Ctrl-C / SIGTERM reach only this shell (background jobs ignore SIGINT): pass a SIGTERM on,
     # which makes each r1jax save a checkpoint and exit.
     trap 'status=130; kill -TERM "${pids[@]}" 2> /dev/null || true' INT TERM
-    # The first process to fail stops the rest (the others would wait on it forever).
+    # The first process to fail stops the rest (the others would wait on it forever). Polled,
+    # not `wait -n -p`: that needs bash 5.1 (Ubuntu 20.04 has 5.0, RHEL 8 4.4), where it failed
+    # at once and every process was stopped.
     while ((${#pids[@]})) && ((status == 0)); do
-      done_pid=
-      if ! wait -n -p done_pid "${pids[@]}"; then
-        ((status)) && break  # interrupted by the trap above
-        status=1
-        echo "multi_gpu.sh: a process failed; stopping the others (logs: $workdir/logs)" >&2
-        kill "${pids[@]}" 2> /dev/null || true
-        break
-      fi
       alive=()
-      for pid in "${pids[@]}"; do [[ $pid == "$done_pid" ]] || alive+=("$pid"); done
+      for pid in "${pids[@]}"; do
+        if kill -0 "$pid" 2> /dev/null; then
+          alive+=("$pid")
+        elif ! wait "$pid"; then  # ended: its exit status
+          ((status)) && break 2  # interrupted by the trap above
+          status=1
+          echo "multi_gpu.sh: a process failed; stopping the others (logs: $workdir/logs)" >&2
+          kill "${pids[@]}" 2> /dev/null || true
+          break 2
+        fi
+      done
       pids=("${alive[@]+"${alive[@]}"}")
+      if ((${#pids[@]})); then
+        # In the background: a Ctrl-C then interrupts the wait builtin, not a foreground sleep
+        # (after which the last `wait` below returned before the processes had ended).
+        sleep 0.2 &
+        wait "$!" || true
+      fi
     done
     wait || true
     exit "$status"

@@ -252,6 +252,32 @@ def test_per_gpu_launcher_passes_ctrl_c_on_and_reports_every_failure(tmp_path):
         assert out.returncode == 1, out.stderr
 
 
+# Sourced through BASH_ENV: `wait` as bash before 5.1 has it (Ubuntu 20.04's 5.0, RHEL 8's
+# 4.4), without the -p option.
+_WAIT_BEFORE_BASH_5_1 = """
+wait() {
+  local a
+  for a in "$@"; do
+    if [[ $a == -p ]]; then echo "wait: -p: invalid option" >&2; return 2; fi
+  done
+  builtin wait "$@"
+}
+"""
+
+
+def test_per_gpu_launcher_runs_on_bash_before_5_1(tmp_path):
+    # `wait -n -p` failed at once there: every run stopped as "a process failed".
+    shim = tmp_path / "wait.sh"
+    shim.write_text(_WAIT_BEFORE_BASH_5_1)
+    env = _fake_env(tmp_path, BASH_ENV=str(shim), FAKE_SLEEP_0="0.5", FAKE_SLEEP_1="1")
+    command = ["bash", str(LAUNCH / "multi_gpu.sh"), CONFIG, str(tmp_path / "run")]
+    out = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    env.update(FAKE_RC_1="1")  # and a failure still stops the run
+    out = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1 and "a process failed" in out.stderr, out.stderr
+
+
 def _cli(args, cwd, **env):
     env = {**os.environ, "JAX_PLATFORMS": "cpu", **env}
     return subprocess.run(
