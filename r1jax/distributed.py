@@ -62,6 +62,17 @@ def _use_gloo_on_cpu() -> None:
         logging.warning("could not select gloo CPU collectives: %s", e)
 
 
+def _leave_sigterm_to_r1jax() -> None:
+    # JAX's preemption service takes SIGTERM for its sync points, which r1jax does not use: a
+    # SIGTERM to an evaluation, a collection or a start-up was caught and ignored (a two-process
+    # eval stage ran to its end). Without it SIGTERM ends the process, as in one process, and
+    # the training loops save first (trainer.Preemption, agreed by every process).
+    try:
+        jax.config.update("jax_enable_preemption_service", False)
+    except (AttributeError, ValueError) as e:  # renamed or removed in a later JAX
+        logging.warning("could not turn JAX's preemption service off: %s", e)
+
+
 def initialize(
     coordinator_address: str = "",
     num_processes: int = 0,
@@ -107,6 +118,7 @@ def initialize(
     if device_ids:
         kwargs["local_device_ids"] = [_int("--local_device_ids", i) for i in device_ids.split(",")]
     _use_gloo_on_cpu()
+    _leave_sigterm_to_r1jax()
     jax.distributed.initialize(**kwargs)
     logging.info(
         "process %d of %d: %d local devices, %d in all",

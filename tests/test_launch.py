@@ -332,6 +332,32 @@ def test_a_stray_argument_is_one_line(tmp_path):
     assert out.stderr.strip().startswith("r1jax: unexpected arguments ['DIR']: ")
 
 
+def test_a_multi_process_run_leaves_sigterm_to_r1jax(monkeypatch):
+    # JAX's preemption service caught SIGTERM and ignored it: a two-process eval stage sent
+    # SIGTERM ran on to its end (41 s); r1jax's training loops handle it themselves.
+    import jax
+
+    from r1jax import distributed
+
+    seen = []
+    monkeypatch.setattr(jax.distributed, "is_initialized", lambda: False)
+    monkeypatch.setattr(
+        jax.distributed,
+        "initialize",
+        lambda **kw: seen.append((kw, jax.config.jax_enable_preemption_service)),
+    )
+    names = ("jax_enable_preemption_service", "jax_cpu_collectives_implementation")
+    before = {name: getattr(jax.config, name) for name in names}
+    try:
+        assert distributed.initialize("127.0.0.1:1234", 2, 1)
+    finally:
+        for name, value in before.items():
+            jax.config.update(name, value)
+    assert seen == [
+        (dict(coordinator_address="127.0.0.1:1234", num_processes=2, process_id=1), False)
+    ]
+
+
 def test_cli_refuses_what_it_cannot_honour(tmp_path):
     config = f"--config={REPO / 'configs/sft.py'}:tiny"
     # A gs:// workdir became a local folder "gs:" (every pod worker its own); mesh.rules (a
