@@ -47,7 +47,7 @@ log="~/r1jax-${TPU_NAME}.log"
 venv="$remote_dir/.venv"
 
 ssh_all() {  # runs a shell command on every worker, their output streamed here
-  run "${tpu[@]}" ssh "$TPU_NAME" --zone="$ZONE" "${project[@]}" --worker=all --command="$1"
+  run "${tpu[@]}" ssh "$TPU_NAME" --zone="$ZONE" ${project[@]+"${project[@]}"} --worker=all --command="$1"
 }
 
 runtime() {  # Cloud TPU's software version for the accelerator (its docs' table)
@@ -61,7 +61,7 @@ runtime() {  # Cloud TPU's software version for the accelerator (its docs' table
 
 create() {
   : "${ACCELERATOR_TYPE:?set ACCELERATOR_TYPE, e.g. v4-32 or v5litepod-16}"
-  run "${tpu[@]}" create "$TPU_NAME" --zone="$ZONE" "${project[@]}" \
+  run "${tpu[@]}" create "$TPU_NAME" --zone="$ZONE" ${project[@]+"${project[@]}"} \
     --accelerator-type="$ACCELERATOR_TYPE" --version="${RUNTIME_VERSION:-$(runtime)}"
 }
 
@@ -69,11 +69,11 @@ install() {
   # The working tree as it is here (uncommitted changes included), copied to every worker; not a
   # local ./.venv (the workers make their own there) nor ./runs.
   local tarball
-  tarball=$(mktemp /tmp/r1jax-src.XXXXXX.tar.gz)
+  tarball=$(mktemp "${TMPDIR:-/tmp}/r1jax-src.XXXXXX")  # (BSD mktemp: the Xs last)
   run tar -czf "$tarball" --exclude=.git --exclude=./runs --exclude=./.venv --exclude='*.egg-info' \
     -C "$repo" .
   run "${tpu[@]}" scp "$tarball" "$TPU_NAME:~/r1jax-src.tar.gz" --zone="$ZONE" \
-    "${project[@]}" --worker=all
+    ${project[@]+"${project[@]}"} --worker=all
   # r1jax needs Python >= 3.11 (jax, flax, orbax, grain); the runtimes' python3 is 3.10: uv
   # makes a 3.11 environment in $remote_dir/.venv, which `run` puts first on PATH.
   ssh_all "mkdir -p $remote_dir && tar -xzf ~/r1jax-src.tar.gz -C $remote_dir \
@@ -101,7 +101,7 @@ case $action in
   install) install ;;
   run) start "$@" ;;
   logs) ssh_all "tail -n 50 -f $log" ;;
-  delete) run "${tpu[@]}" delete "$TPU_NAME" --zone="$ZONE" "${project[@]}" --quiet ;;
+  delete) run "${tpu[@]}" delete "$TPU_NAME" --zone="$ZONE" ${project[@]+"${project[@]}"} --quiet ;;
   all)
     create
     install
