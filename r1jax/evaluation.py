@@ -498,7 +498,12 @@ def evaluate(
         done = {int(e["batch"]): e for e in distributed.open_journal(*journal, "eval-journal")}
     if done:
         logging.info("evaluate: %d batches sampled before; resuming", len(done))
-    bar = tqdm.tqdm(total=len(records), desc="eval", unit="prompt", disable=not progress)
+    bar = tqdm.tqdm(
+        total=len(records),
+        desc="eval",
+        unit="prompt",
+        disable=not progress or jax.process_index() != 0,
+    )
     grader = registry.RewardPool(
         {"accuracy": 1.0},
         num_workers=cfg.grade_workers,

@@ -244,7 +244,12 @@ def sample_accepted(cfg, records, *, mesh, progress=True, journal=None):
     else:
         template = next(iter(done.values()))["template"] if done else c.template
     root = jax.random.key(cfg.seed)
-    bar = tqdm.tqdm(total=len(records), desc="collect", unit="prompt", disable=not progress)
+    bar = tqdm.tqdm(
+        total=len(records),
+        desc="collect",
+        unit="prompt",
+        disable=not progress or jax.process_index() != 0,
+    )
     outcomes = []
     # Task accuracy graded by config.eval.grade_workers processes (none when every call is
     # replayed from the journal); 0 grades in this process.
