@@ -7,6 +7,7 @@ pay nothing for them.
 """
 
 import contextlib
+import json
 import os
 
 import jax
@@ -173,6 +174,21 @@ def global_min(value: int) -> int:
     if jax.process_count() == 1:
         return int(value)
     return int(np.min(multihost_utils.process_allgather(np.asarray(value, np.int64))))
+
+
+def from_primary(value):
+    """Process 0's `value` (JSON-serializable; other processes may pass None) on every process:
+    host-side decisions that must agree (a grade that timed out on one process only) are taken
+    from process 0, which also writes them down. `value` itself in a single process."""
+    if jax.process_count() == 1:
+        return value
+    data = json.dumps(value).encode() if is_primary() else b""
+    size = int(multihost_utils.broadcast_one_to_all(np.int32(len(data))))
+    # Sent as 32-bit words, as gather_rows does.
+    words = np.zeros(-(-size // 4), np.uint32)
+    words.view(np.uint8)[: len(data)] = np.frombuffer(data, np.uint8)
+    out = np.asarray(multihost_utils.broadcast_one_to_all(words)).view(np.uint8)[:size]
+    return json.loads(out.tobytes())
 
 
 def open_journal(path, header: dict, name: str) -> list[dict]:

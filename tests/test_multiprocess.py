@@ -92,8 +92,11 @@ def _eval_worker(workdir, out):
     samples ending at their first </answer> (the sampler's stop strings on a mesh of two)."""
     import jax
 
-    from r1jax import configlib, evaluation
+    from r1jax import configlib, distributed, evaluation
 
+    # Host-side decisions taken from process 0 (collect's verdicts): process 1 passes None.
+    mine = {"from": jax.process_index(), "v": [0.1, None, "\u00e9", float("nan")], "t": "x" * 9}
+    shared = distributed.from_primary(mine if distributed.is_primary() else None)
     cfg = configlib.load_config(
         str(REPO / "configs/eval.py") + ":world",
         model__init_from=str(REPO / "r1jax/assets/world_base"),
@@ -107,7 +110,8 @@ def _eval_worker(workdir, out):
     )
     metrics = evaluation.run(cfg, workdir)
     stable = {k: v for k, v in metrics.items() if not k.endswith("_seconds")}
-    pathlib.Path(out).write_text(json.dumps({"metrics": stable, "processes": jax.process_count()}))
+    result = {"metrics": stable, "processes": jax.process_count(), "shared": shared}
+    pathlib.Path(out).write_text(json.dumps(result))
 
 
 def _free_port() -> int:
@@ -225,6 +229,10 @@ def test_evaluation_splits_its_prompts_over_two_processes(tmp_path):
     (single,), multi = _finish(single_run), _finish(multi_run)
     assert multi[0]["processes"] == 2 and single["metrics"]["num_problems"] == 7
     assert multi[0]["metrics"] == multi[1]["metrics"] == single["metrics"]
+    assert multi[0]["shared"] == multi[1]["shared"] == {**multi[0]["shared"], "from": 0}
+    assert (
+        multi[1]["shared"]["v"][:3] == [0.1, None, "\u00e9"] and multi[1]["shared"]["t"] == "x" * 9
+    )
     lines = lambda name: (tmp_path / name / "eval_samples.jsonl").read_text()  # noqa: E731
     assert lines("multi") == lines("single")
 

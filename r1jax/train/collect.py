@@ -282,7 +282,10 @@ def sample_accepted(cfg, records, *, mesh, progress=True, journal=None):
                     top_p=c.top_p,
                 )
                 scores = _general_scores(scorer, batch, texts, c.num_samples)
-                done[b] = _judge(c, batch, texts, lengths, truncated, scores, grader)
+                # Process 0's verdicts on every process: a grade past its deadline on one
+                # process only would split the accepted rows (and what the processes do next).
+                judged = _judge(c, batch, texts, lengths, truncated, scores, grader)
+                done[b] = distributed.from_primary(judged if distributed.is_primary() else None)
                 done[b].update(batch=b, template=template)
                 if journal and jax.process_index() == 0:
                     files.append_journal(journal, done[b])
