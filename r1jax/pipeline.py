@@ -303,6 +303,7 @@ def evaluate_model(cfg, label: str, model: str, *, mesh, scorer, reasoning, gene
         prompt_fn=lambda r: text.apply_template(template, r["prompt"]),
         cfg=evaluation.eval_config(cfg, mesh),
         mesh=mesh,
+        rules=rules,  # the KV cache laid out as the params (config.mesh.rules)
         progress=False,
     )
     row = dict(result.metrics)
