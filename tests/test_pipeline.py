@@ -176,6 +176,18 @@ def test_prompts_longer_than_max_prompt_len_are_counted_and_warned_about(caplog)
     assert "max_prompt_len" not in caplog.text
 
 
+def test_collection_samples_in_its_own_or_the_source_runs_template_not_the_evals():
+    # With collect.template '' (the source run's own), a set eval.template took precedence.
+    cfg = configlib.load_config(os.path.join(REPO, "configs/cold_start.py:tiny"))
+    cfg.eval.template = "chat"
+    sft_run = {"stage": "sft", "data": {"template": "world"}}
+    cfg.collect.template = ""
+    assert collect._template(cfg.collect, sft_run) == "world"
+    assert collect._template(cfg.collect, {"stage": "pretrain"}) == "r1_zero"
+    cfg.collect.template = "none"
+    assert collect._template(cfg.collect, sft_run) == "none"
+
+
 def test_render_adds_a_summary_in_the_prompts_language():
     assert collect.render(GOOD, RECORD, summary=True) == (
         "<think>0 minus 5 gives 2. 2 times 4 gives 1. Result: 1.</think> <answer>1</answer>"

@@ -191,6 +191,12 @@ def _source_config(cfg):
     )
 
 
+def _template(c, run_cfg: dict) -> str:
+    """collect.template, or ('') the template the source run trained with, else r1_zero; not
+    config.eval.template, which is the evaluation's (it took precedence over the source run's)."""
+    return c.template or configlib.trained_template(run_cfg) or "r1_zero"
+
+
 def _load_scorer(c, mesh):
     """collect.reward_model's scorer; z-scored by its run's score statistics when
     collect.normalize_scores (a Bradley-Terry score's offset is arbitrary: a raw threshold of 0
@@ -240,7 +246,7 @@ def sample_accepted(cfg, records, *, mesh, progress=True, journal=None):
         except configlib.ConfigError as e:  # src.tokenizer is collect.tokenizer here
             message = str(e).replace("config.tokenizer.path", "config.collect.tokenizer")
             raise configlib.ConfigError(message) from None
-        template = c.template or evaluation.resolve_template(src, run_cfg)
+        template = _template(c, run_cfg)
     else:
         template = next(iter(done.values()))["template"] if done else c.template
     root = jax.random.key(cfg.seed)
