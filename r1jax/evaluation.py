@@ -491,7 +491,7 @@ def evaluate(
     _warn_past_context(ids, records, cfg.max_new_tokens, model_cfg.max_seq_len)
     rows = min(cfg.prompts_per_batch, len(records))  # the last call is padded to this many
     root = jax.random.key(cfg.seed)
-    stops = _sampler_stops(cfg, tokenizer)
+    stops = sampler_stops(cfg, tokenizer)
     out_rows, errors, first_error = [], 0, None
     done = {}
     if journal:
@@ -572,7 +572,7 @@ def _grade_accuracy(grader, records, sampled, greedy, num_samples) -> list[list[
     return [pairs[i * per : (i + 1) * per] for i in range(len(records))]
 
 
-def _sampler_stops(cfg: EvalConfig, tokenizer) -> dict:
+def sampler_stops(cfg: EvalConfig, tokenizer) -> dict:
     """The sampler's stop-string options for cfg.stop_strings ({} without them, or when the
     tokenizer's tokens do not map to bytes: the samples then run on, and are cut after)."""
     if not cfg.stop_strings:
@@ -590,7 +590,7 @@ def _sampler_stops(cfg: EvalConfig, tokenizer) -> dict:
 def _sample_batch(model_cfg, params, tokenizer, prompt_ids, cfg, b, root, rows, layout, stops):
     """Step 2 for batch b: (texts, lengths, truncated) of its samples, and of its greedy
     completions when cfg.greedy (else None). `layout` is (mesh, rules); `stops` the sampler's
-    stop-string options (`_sampler_stops`)."""
+    stop-string options (`sampler_stops`)."""
     mesh, rules = layout
     common = dict(rows=rows, key=jax.random.fold_in(root, b), mesh=mesh, rules=rules)
     common.update(max_new_tokens=cfg.max_new_tokens, **stops)

@@ -258,6 +258,9 @@ def general_metrics(cfg, model_cfg, params, tokenizer, scorer, records, *, mesh)
     texts = []
     root = jax.random.key(cfg.seed + 1)
     per_call = evaluation.prompts_per_call(cfg.eval.prompts_per_batch, mesh)
+    # Sampled as the reasoning prompts are (top-k and stop strings too, which were left out).
+    sampling = evaluation.eval_config(cfg, mesh)
+    stops = evaluation.sampler_stops(sampling, tokenizer)
     for b, start in enumerate(range(0, len(ids), per_call)):
         out, _, _ = evaluation.sample_completions(
             model_cfg,
@@ -270,8 +273,10 @@ def general_metrics(cfg, model_cfg, params, tokenizer, scorer, records, *, mesh)
             rules=sharding.rules_from_config(cfg.mesh.rules),
             num_samples=e.general_samples,
             max_new_tokens=cfg.eval.max_new_tokens,
-            temperature=cfg.eval.temperature,
-            top_p=cfg.eval.top_p,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            top_k=sampling.top_k,
+            **stops,
         )
         texts += out
     group = [r for r in records for _ in range(e.general_samples)]

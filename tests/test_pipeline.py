@@ -862,6 +862,34 @@ def test_the_table_evaluates_a_student_with_its_own_tokenizer(tmp_path, monkeypa
     assert isinstance(seen[0], text.HFTokenizer)
 
 
+def test_general_prompts_in_the_table_are_sampled_as_the_reasoning_ones(monkeypatch):
+    # Their sampling left out eval.top_k and eval.stop_strings.
+    from r1jax import evaluation, sharding
+
+    calls, real = [], evaluation.sample_completions
+
+    def spy(*args, **kw):
+        calls.append(kw)
+        return real(*args, **kw)
+
+    monkeypatch.setattr(evaluation, "sample_completions", spy)
+    cfg = _pipeline_cfg(
+        mesh__num_devices=1,
+        eval__top_k=5,
+        eval__stop_strings=("</answer>",),
+        eval__max_new_tokens=8,
+    )
+    cfg.pipeline.general_samples = 2
+    mesh = sharding.make_mesh({"num_devices": 1})
+    src = configlib.updated(cfg, model__init_from=WORLD_BASE)
+    model_cfg, params, tokenizer, _ = evaluation.load_model(src, mesh)
+    records = world.dataset("general_test")[:2]
+    metrics = pipeline.general_metrics(cfg, model_cfg, params, tokenizer, None, records, mesh=mesh)
+    assert 0 <= metrics["general/correct"] <= 1
+    assert calls and all(kw["top_k"] == 5 for kw in calls)
+    assert all(kw["stop_strings"] == ("</answer>",) for kw in calls)
+
+
 def test_every_stage_config_is_checked_before_the_first_stage_runs(tmp_path):
     # A mistake in the 8th stage surfaced when it was reached (40 minutes in here, days at
     # scale); paths into stage folders that earlier stages write are not required yet.
