@@ -86,7 +86,7 @@ def get_config() -> ml_collections.ConfigDict:
 
     c.train = ml_collections.ConfigDict()
     c.train.steps = 100  # optimizer steps
-    c.train.epochs = 0.0  # >0 (pretrain, sft): steps = this many passes over the data instead
+    c.train.epochs = 0.0  # >0 (pretrain, sft, collect): steps = this many passes over the data
     c.train.grad_accum = 1  # micro-batches per step (the loss stays exact: sums and counts)
     c.train.log_every = 10  # metrics row every N steps
     c.train.eval_every = 50  # eval loss every N steps (0 = only at the end)

@@ -152,6 +152,12 @@ def validate(cfg: ml_collections.ConfigDict, *, num_devices: int | None = None) 
     _require(cfg.data.max_records >= 0, "data.max_records", "must be >= 0 (0 = all)")
     _require(cfg.train.steps > 0, "train.steps", "must be positive")
     _require(cfg.train.get("epochs", 0) >= 0, "train.epochs", "must be >= 0 (0 = train.steps)")
+    _require(
+        cfg.train.get("epochs", 0) == 0 or cfg.stage in ("pretrain", "sft", "collect"),
+        "train.epochs",
+        f"a {cfg.stage!r} stage runs train.steps (passes over the data are for the pretrain, sft "
+        "and collect stages); set train.epochs=0",
+    )
     _require(cfg.train.grad_accum >= 1, "train.grad_accum", "must be at least 1")
     _validate_model(cfg)
     _require(cfg.optim.lr >= 0, "optim.lr", f"must be a non-negative number, got {cfg.optim.lr}")
