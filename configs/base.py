@@ -143,6 +143,10 @@ def get_config() -> ml_collections.ConfigDict:
     c.rl.vf_coef = 0.1  # PPO value-loss weight
     c.rl.value_clip = 0.2  # PPO value clipping
     c.rl.critic = "shared"  # PPO critic: shared trunk + value head | separate model
+    # PPO: >0 gives the critic (value head, and the critic model) an optimizer of its own with
+    # this peak rate (optim's schedule, warm-up, betas, decay) and its own grad_clip, as
+    # OpenRLHF's critic_learning_rate; 0 = one optimizer and clip over all params (as TRL).
+    c.rl.critic_lr = 0.0
     c.rl.ppo_form = "clip"  # clip | kl_penalty (PPO §4: KL(old || new) in the loss, kl_coef adapts)
     c.rl.kl_target = 0.01  # kl_penalty form: target KL(old || new) per token after an update
     c.rl.whiten_advantages = True  # PPO: whiten GAE advantages over the batch

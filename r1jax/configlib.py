@@ -564,6 +564,11 @@ def _validate_rl(cfg, num_devices: int) -> None:
     _require(rl.kl_estimator in ("k1", "k2", "k3"), "rl.kl_estimator", "k1 | k2 | k3")
     _require(rl.critic in ("shared", "separate"), "rl.critic", "shared | separate")
     _require(rl.ppo_form in ("clip", "kl_penalty"), "rl.ppo_form", "clip | kl_penalty")
+    _require(
+        rl.critic_lr == 0 or rl.algorithm == "ppo",
+        "rl.critic_lr",
+        f"is the rate of PPO's critic; rl.algorithm={rl.algorithm!r} has none (set it to 0)",
+    )
     _require(rl.template in TEMPLATES, "rl.template", f"expected one of {TEMPLATES}")
     _require(rl.temperature > 0, "rl.temperature", "RL samples need a positive temperature")
     _require(0 < rl.top_p <= 1, "rl.top_p", "must be in (0, 1]")
@@ -584,7 +589,15 @@ def _validate_rl(cfg, num_devices: int) -> None:
         _require(rl[name] >= 1, f"rl.{name}", f"must be at least 1, got {rl[name]}")
     _require(rl.reward_workers >= 0, "rl.reward_workers", "must be >= 0 (0 = in-process)")
     _require(rl.reward_timeout_s > 0, "rl.reward_timeout_s", "must be positive")
-    for name in ("kl_coef", "clip_low", "clip_high", "entropy_coef", "vf_coef", "value_clip"):
+    for name in (
+        "kl_coef",
+        "clip_low",
+        "clip_high",
+        "entropy_coef",
+        "vf_coef",
+        "value_clip",
+        "critic_lr",
+    ):
         _require(rl[name] >= 0, f"rl.{name}", f"must be >= 0, got {rl[name]}")
     _require(
         rl.clip_low < 1,

@@ -205,6 +205,8 @@ def test_malformed_row_names_file_and_line_or_is_skipped_and_counted(tmp_path, c
         # Read by the pretrain, sft and collect stages only: elsewhere it did nothing.
         ("r1_zero.py:tiny", "train.epochs", 1.0),
         ("reward_model.py:tiny", "train.epochs", 2.0),
+        ("r1_zero.py:tiny", "rl.critic_lr", 1e-5),  # GRPO has no critic
+        ("ppo.py:tiny", "rl.critic_lr", -1e-5),
     ],
 )
 def test_sizes_and_names_that_cannot_work_name_the_field(shared_data, spec, field, value):

@@ -309,3 +309,51 @@ def test_ppo_value_loss_falls(critic, form):
     if critic == "separate":  # the critic trains, and it is not the policy
         assert _max_diff(state.params["critic"], params["critic"]) > 1e-4
         assert _max_diff(state.params["critic"], state.params["policy"]) > 1e-4
+
+
+def test_critic_lr_gives_the_critic_an_optimizer_and_a_clip_of_its_own():
+    # OpenRLHF's PPO: actor and critic optimizers apart (critic_learning_rate, each clipped by
+    # its own grad norm). Rebuilt here from two optax chains, one over each part.
+    import ml_collections
+
+    optim = ml_collections.ConfigDict(
+        dict(
+            lr=1e-3, schedule="cosine", warmup_steps=2, warmup_ratio=0.0, min_lr_ratio=0.1,
+            grad_clip=1.0, weight_decay=0.1, b1=0.9, b2=0.95, eps=1e-8,
+        )
+    )  # fmt: skip
+    params = steps.init_rl_params(
+        CFG, _policy(), jax.random.PRNGKey(1), algorithm="ppo", critic="separate"
+    )
+    split = lambda p: ({"policy": p["policy"]}, {k: p[k] for k in ("value_head", "critic")})  # noqa: E731
+
+    def chain(lr):
+        return optax.chain(
+            optax.clip_by_global_norm(1.0),
+            optax.adamw(
+                state_lib.learning_rate_schedule(optim, 10, lr),
+                b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, mask=state_lib.decay_mask,
+            ),
+        )  # fmt: skip
+
+    def run(opt, params, n=4):
+        s = opt.init(params)
+        for step in range(n):
+            key = jax.random.PRNGKey(step)
+            grads = jax.tree.map(lambda x, k=key: jax.random.normal(k, x.shape), params)
+            # The critic's grads jump every other step: under one clip they shrink the policy's.
+            for name in set(grads) & {"value_head", "critic"}:
+                scale = 1.0 if step % 2 else 300.0
+                grads[name] = jax.tree.map(lambda g, c=scale: g * c, grads[name])
+            updates, s = state_lib.update_at_step(opt, grads, s, params, step)
+            params = optax.apply_updates(params, updates)
+        return params
+
+    got = run(state_lib.make_optimizer(optim, 10, critic_lr=5e-3), params)
+    policy, critic = split(params)  # the same grads, each part on its own optimizer
+    ref = {**run(chain(0.0), policy), **run(chain(5e-3), critic)}
+    assert _max_diff(got, ref) < 1e-6
+    # One optimizer over both: the critic at the policy's rate, both under one clip.
+    joint = run(state_lib.make_optimizer(optim, 10), params)
+    assert _max_diff(joint["policy"], ref["policy"]) > 1e-4
+    assert _max_diff(joint["critic"], ref["critic"]) > 1e-4

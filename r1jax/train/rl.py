@@ -311,8 +311,12 @@ class RLRun:
         self.mesh = sharding.make_mesh(cfg.mesh.to_dict())
         _check_rollout_fits(cfg, self.model_cfg, self.mesh)
         rules = sharding.rules_from_config(cfg.mesh.rules)
-        self.optimizer = state_lib.make_optimizer(cfg.optim, cfg.train.steps)
+        critic_lr = cfg.rl.critic_lr if cfg.rl.algorithm == "ppo" else 0.0
+        self.optimizer = state_lib.make_optimizer(cfg.optim, cfg.train.steps, critic_lr)
         self.lr_schedule = state_lib.learning_rate_schedule(cfg.optim, cfg.train.steps)
+        self.critic_lr_schedule = critic_lr and state_lib.learning_rate_schedule(
+            cfg.optim, cfg.train.steps, critic_lr
+        )
         keys = jax.random.split(jax.random.PRNGKey(cfg.seed), 3)  # init, state, sample
         self.sample_key = keys[2]
         self.rules = rules
@@ -541,6 +545,8 @@ class RLRun:
         t["update_s"] = time.perf_counter() - t0
         metrics.update({k: float(np.asarray(v)) for k, v in update_metrics.items()})
         metrics["lr"] = float(self.lr_schedule(self.step))  # every update of the step's (its rate)
+        if self.critic_lr_schedule:  # PPO's critic on an optimizer of its own
+            metrics["value/lr"] = float(self.critic_lr_schedule(self.step))
         metrics.update(t)
         if rl.algorithm == "ppo":
             metrics.update(_critic_fit(batch, host["completion_mask_NxT"]))

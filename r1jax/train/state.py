@@ -20,9 +20,10 @@ class TrainState:
     rng: jax.Array  # root key of the run; a step's key is fold_in(rng, step), never stored
 
 
-def learning_rate_schedule(optim_cfg, total_steps: int) -> optax.Schedule:
-    """Linear warmup, then 'constant', 'cosine' or 'linear' decay to lr * min_lr_ratio."""
-    lr, warmup = float(optim_cfg.lr), configlib.warmup_steps(optim_cfg, total_steps)
+def learning_rate_schedule(optim_cfg, total_steps: int, lr: float = 0.0) -> optax.Schedule:
+    """Linear warmup, then 'constant', 'cosine' or 'linear' decay to lr * min_lr_ratio; `lr` > 0
+    replaces optim.lr as the peak (PPO's rl.critic_lr), the schedule's shape kept."""
+    lr, warmup = float(lr or optim_cfg.lr), configlib.warmup_steps(optim_cfg, total_steps)
     end = lr * float(optim_cfg.min_lr_ratio)
     decay_steps = max(1, total_steps - warmup)
     if optim_cfg.schedule == "constant":
@@ -41,26 +42,67 @@ def learning_rate_schedule(optim_cfg, total_steps: int) -> optax.Schedule:
     return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), decay], [warmup])
 
 
-def make_optimizer(optim_cfg, total_steps: int) -> optax.GradientTransformation:
+def make_optimizer(
+    optim_cfg, total_steps: int, critic_lr: float = 0.0
+) -> optax.GradientTransformation:
     """AdamW with global-norm clipping and the configured schedule over `total_steps` training
-    steps. Apply it with `update_at_step`, which reads the schedule at the training step."""
+    steps. Apply it with `update_at_step`, which reads the schedule at the training step.
+
+    `critic_lr` > 0 (PPO's rl.critic_lr) optimizes the critic's params, the RL layout's
+    top-level CRITIC_KEYS, apart from the policy's, as OpenRLHF's two optimizers: clipped by
+    their own global norm, and at that peak rate on the same schedule (AdamW's update scaled
+    by critic_lr / lr: the schedule is linear in its peak). The optimizer state is the same
+    tree either way. 0 keeps one clip over every param (TRL's PPOTrainer)."""
     schedule = learning_rate_schedule(optim_cfg, total_steps)
     parts = []
     if optim_cfg.grad_clip and optim_cfg.grad_clip > 0:
-        parts.append(optax.clip_by_global_norm(float(optim_cfg.grad_clip)))
-    weight_decay = float(optim_cfg.weight_decay)
-    parts.append(
-        optax.adamw(
-            schedule,
-            b1=float(optim_cfg.b1),
-            b2=float(optim_cfg.b2),
-            eps=float(optim_cfg.eps),
-            weight_decay=weight_decay,
-            # Without decay no mask, so the optimizer state keeps the structure it always had.
-            mask=decay_mask if weight_decay else None,
+        max_norm = float(optim_cfg.grad_clip)
+        parts.append(
+            _clip_apart(max_norm) if critic_lr > 0 else optax.clip_by_global_norm(max_norm)
         )
+    weight_decay = float(optim_cfg.weight_decay)
+    adamw = optax.adamw(
+        schedule,
+        b1=float(optim_cfg.b1),
+        b2=float(optim_cfg.b2),
+        eps=float(optim_cfg.eps),
+        weight_decay=weight_decay,
+        # Without decay no mask, so the optimizer state keeps the structure it always had.
+        mask=decay_mask if weight_decay else None,
     )
+    if critic_lr > 0:
+        adamw = _critic_scaled(adamw, critic_lr / float(optim_cfg.lr))
+    parts.append(adamw)
     return optax.chain(*parts)
+
+
+CRITIC_KEYS = ("value_head", "critic")  # the critic's params in the RL layout (rl/steps.py)
+
+
+def _clip_apart(max_norm: float) -> optax.GradientTransformation:
+    """clip_by_global_norm of the critic's params (CRITIC_KEYS) and of the rest, each by its own
+    norm; the same (empty) state."""
+    clip = optax.clip_by_global_norm(max_norm)
+
+    def update(updates, state, params=None):
+        del params
+        critic = {k: v for k, v in updates.items() if k in CRITIC_KEYS}
+        policy = {k: v for k, v in updates.items() if k not in CRITIC_KEYS}
+        out = {**clip.update(policy, state)[0], **clip.update(critic, state)[0]}
+        return {k: out[k] for k in updates}, state
+
+    return optax.GradientTransformation(clip.init, update)
+
+
+def _critic_scaled(inner: optax.GradientTransformation, scale: float):
+    """`inner` (its state unchanged) with its updates of the critic's params times `scale`."""
+
+    def update(updates, state, params=None):
+        updates, state = inner.update(updates, state, params)
+        scaled = lambda k, v: jax.tree.map(lambda u: u * scale, v) if k in CRITIC_KEYS else v  # noqa: E731
+        return {k: scaled(k, v) for k, v in updates.items()}, state
+
+    return optax.GradientTransformation(inner.init, update)
 
 
 def decay_mask(params):
