@@ -65,7 +65,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.pack = True  # pack several examples per row (segment ids keep them apart)
     c.data.template = "chat"  # prompt template for SFT: chat | r1_zero | world | none
     c.data.on_error = "raise"  # malformed rows: raise (file:line) | skip (and count)
-    c.data.max_records = 0  # use only the first N records (0 = all)
+    # Use only the first N records (0 = all) of every data file the stage reads: data.train,
+    # data.eval, and rl.general_prompts / collect.general_data / pipeline.general_eval.
+    c.data.max_records = 0
     c.data.eval_batches = 4  # batches in each eval-loss measurement
 
     c.optim = ml_collections.ConfigDict()
