@@ -430,3 +430,4 @@ def test_ppo_rolls_out_one_sample_per_prompt():
         assert batch["completion_mask_NxT"].shape == (cfg.prompts_per_step * group, 5)
         assert ("advantages_N" in batch) == (group == 2)  # PPO's come from GAE in the trainer
         assert metrics["reward"] == 1.0
+        assert metrics.get("zero_std_groups") == (None if group == 1 else 1.0)  # no groups

@@ -309,11 +309,9 @@ class ExperienceMaker:
         batch, metrics = self._finish(samples)
         metrics.update(self.timings)
         zero_std = distributed.gather_rows(np.asarray([dropped[0]]))  # one count per process
-        metrics.update(
-            sampling_rounds=rounds,
-            zero_std_groups=zero_std.mean() / cfg.prompts_per_step,
-            generated_tokens=float(generated),  # all processes', all rounds'
-        )
+        metrics.update(sampling_rounds=rounds, generated_tokens=float(generated))  # all of them
+        if cfg.num_samples > 1:  # one sample a prompt (PPO) is no group: its std is always 0
+            metrics["zero_std_groups"] = zero_std.mean() / cfg.prompts_per_step
         return batch, metrics, samples
 
     def _finish(self, s: Samples) -> tuple[dict, dict]:
