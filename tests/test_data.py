@@ -681,7 +681,7 @@ def test_make_dataset_rejects_bad_arguments(tok):
             records, tok, seq_len=8, batch_size=1, seed=0, shard_index=2, shard_count=2
         )
     # Fewer records than processes: every process stops (one alone left the others waiting).
-    with pytest.raises(ValueError, match="1 records for 2 processes"):
+    with pytest.raises(sources.DataError, match="1 records for 2 processes"):
         pipeline.make_dataset(
             records, tok, seq_len=8, batch_size=1, seed=0, shard_index=1, shard_count=2
         )

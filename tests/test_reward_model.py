@@ -434,7 +434,7 @@ def test_fewer_pairs_than_processes_stop_every_process(world_tokenizer):
     kw = dict(template="world", max_len=16, batch_size=1, seed=0, shard_count=2)
     # Process 1 has no pair: its stream ended at the first batch while process 0 trained on.
     for index in (0, 1):
-        with pytest.raises(ValueError, match="1 preference pairs for 2 processes"):
+        with pytest.raises(sources.DataError, match="1 preference pairs for 2 processes"):
             reward_model.pair_batches(pairs, world_tokenizer, shard_index=index, **kw)
 
 

@@ -199,7 +199,7 @@ def make_dataset(
     # (1) Every process sees every record: all of them stop here together, not one of them
     # (the others would wait for it in their first collective).
     if len(records) < shard_count:
-        raise ValueError(
+        raise sources.DataError(  # one line from main, not a traceback
             f"{len(records)} records for {shard_count} processes: each process reads its own "
             "share and needs at least one"
         )

@@ -158,7 +158,7 @@ def pair_batches(
     # Every process sees every pair: all of them stop here together (a process with no pairs
     # ended its stream at the first batch, and the others waited for it in their collective).
     if len(pairs) < shard_count:
-        raise ValueError(
+        raise sources.DataError(  # one line from main, not a traceback
             f"{len(pairs)} preference pairs for {shard_count} processes: each process reads "
             "its own share and needs at least one"
         )
