@@ -151,6 +151,11 @@ def get_config() -> ml_collections.ConfigDict:
     c.rl.critic_lr = 0.0
     c.rl.ppo_form = "clip"  # clip | kl_penalty (PPO §4: KL(old || new) in the loss, kl_coef adapts)
     c.rl.kl_target = 0.01  # kl_penalty form: target KL(old || new) per token after an update
+    # PPO's clip form: > 0 adapts the KL-in-reward coefficient (from rl.kl_coef) toward
+    # rl.kl_target, then the rollout's KL(policy || ref) per sample (rl.kl_estimator summed over
+    # its tokens), with Ziegler et al.'s controller over this horizon in samples (TRL's default
+    # target 6, horizon 10000); 0 = a fixed coefficient.
+    c.rl.kl_horizon = 0
     c.rl.whiten_advantages = True  # PPO: whiten GAE advantages over the batch
     c.rl.eval_every = 0  # held-out evaluation every N steps (0 = before and after only)
     c.rl.eval_prompts = 64  # held-out prompts per evaluation; eval.max_problems, when set, wins

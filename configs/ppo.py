@@ -6,6 +6,8 @@ A real model (one GPU): r1jax --config=configs/ppo.py:qwen2.5-1.5b --workdir=run
 Variants: tiny | qwen2.5-1.5b, optionally `,separate` (separate critic model) or
 `,kl_penalty` (PPO's adaptive-KL-penalty form instead of clipping: beta * KL(old || new) in the
 loss, beta halved or doubled after each update toward rl.kl_target, Schulman et al. 2017 §4).
+The clip form's KL-in-reward coefficient is fixed unless rl.kl_horizon is set (Ziegler et al.'s
+adaptive controller toward rl.kl_target KL per sample, e.g. TRL's 6 over a horizon of 10000).
 The critic shares the policy's optimizer unless rl.critic_lr is set (its own rate and clip; the
 OpenRLHF examples train the critic at 9e-6 against the actor's 5e-7), e.g.
   r1jax --config=configs/ppo.py:tiny,separate --config.rl.critic_lr=1e-2 --workdir=runs/ppo-own

@@ -615,6 +615,21 @@ def _validate_rl(cfg, num_devices: int) -> None:
         "rl.overlong_buffer",
         f"must be in [0, rl.max_new_tokens={rl.max_new_tokens}], got {rl.overlong_buffer}",
     )
+    _require(rl.kl_horizon >= 0, "rl.kl_horizon", f"must be >= 0 (0 = off), got {rl.kl_horizon}")
+    if rl.kl_horizon > 0:
+        _require(
+            rl.algorithm == "ppo" and rl.ppo_form == "clip",
+            "rl.kl_horizon",
+            "adapts PPO's KL in the reward (rl.algorithm='ppo', rl.ppo_form='clip'), got "
+            f"algorithm {rl.algorithm!r}, ppo_form {rl.ppo_form!r}",
+        )
+        for name in ("kl_coef", "kl_target"):
+            _require(
+                rl[name] > 0,
+                f"rl.{name}",
+                f"rl.kl_horizon adapts a positive rl.kl_coef toward a positive rl.kl_target, "
+                f"got {rl[name]}",
+            )
     if rl.algorithm == "ppo" and rl.ppo_form == "kl_penalty":
         for name in ("kl_coef", "kl_target"):
             _require(

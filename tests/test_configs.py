@@ -207,6 +207,9 @@ def test_malformed_row_names_file_and_line_or_is_skipped_and_counted(tmp_path, c
         ("reward_model.py:tiny", "train.epochs", 2.0),
         ("r1_zero.py:tiny", "rl.critic_lr", 1e-5),  # GRPO has no critic
         ("ppo.py:tiny", "rl.critic_lr", -1e-5),
+        ("r1_zero.py:tiny", "rl.kl_horizon", 1000),  # adapts PPO's KL in the reward only
+        ("ppo.py:tiny,kl_penalty", "rl.kl_horizon", 1000),
+        ("ppo.py:tiny", "rl.kl_horizon", -1),
     ],
 )
 def test_sizes_and_names_that_cannot_work_name_the_field(shared_data, spec, field, value):

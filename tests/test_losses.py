@@ -449,6 +449,15 @@ def test_adaptive_kl_coef():
         assert losses.adaptive_kl_coef(0.1, d, target=0.01) == 0.1
 
 
+def test_proportional_kl_coef():
+    # Ziegler et al. 2019 §2.2: e clipped to +-0.2, beta *= 1 + e * n / horizon.
+    f = lambda d: losses.proportional_kl_coef(0.1, d, target=6.0, n_samples=256, horizon=10000)  # noqa: E731
+    assert f(6.6) == pytest.approx(0.1 * (1 + 0.1 * 256 / 10000))
+    assert f(60.0) == pytest.approx(0.1 * (1 + 0.2 * 256 / 10000))  # the error is clipped
+    assert f(0.0) == pytest.approx(0.1 * (1 - 0.2 * 256 / 10000))
+    assert f(6.0) == 0.1
+
+
 def test_kl_in_reward():
     lp = jnp.array([[-1.0, -2.0, -3.0], [-1.0, -1.0, -1.0], [0.0, 0.0, 0.0]])
     ref = jnp.array([[-1.5, -2.0, GARBAGE], [-0.5, -1.0, -2.0], [0.0, 0.0, 0.0]])

@@ -116,6 +116,29 @@ def test_ppo_kl_penalty_adapts_its_coefficient_to_the_updates_kl(tmp_path, share
     assert r.kl_coef == pytest.approx(want, rel=1e-6)
 
 
+def test_ppo_kl_horizon_adapts_the_reward_kl_as_ziegler_et_al(tmp_path, shared_data):
+    # Ziegler et al. 2019 §2.2 (TRL's AdaptiveKLController): e = clip(KL / target - 1, +-0.2),
+    # beta *= 1 + e * N / horizon, KL = the rollout's k1 KL(old || ref) summed per sample.
+    cfg = _cfg("configs/ppo.py:tiny", rl__kl_horizon=100, rl__kl_target=1e-3, train__steps=2)
+    r = rl.RLRun(cfg, tmp_path)
+    try:
+        r.step_once()  # the policy moves away from the reference
+        beta = r.kl_coef
+        before = jax.tree.map(jnp.copy, r.state.params["policy"])
+        metrics, _ = r.step_once()
+        batch = sharding.put_batch(r.last_host_batch, r.mesh)
+        old = np.asarray(r.jitted.logprobs(before, batch), np.float64)
+        ref = np.asarray(r.jitted.logprobs(r.ref, batch), np.float64)
+    finally:
+        r.close()
+    mask = r.last_host_batch["completion_mask_NxT"]
+    kl = float(((old - ref) * mask).sum(axis=1).mean())
+    assert kl > 0 and metrics["kl_ref_per_sample"] == pytest.approx(kl, rel=1e-4, abs=1e-6)
+    n = mask.shape[0]
+    want = beta * (1 + float(np.clip(kl / 1e-3 - 1, -0.2, 0.2)) * n / 100)
+    assert r.kl_coef == pytest.approx(want, rel=1e-6) and r.kl_coef != beta
+
+
 def test_ppo_score_gets_dapo_overlong_shaping(tmp_path, shared_data):
     # With gamma = lambda = 1 and no KL in the reward, the return at the first completion token
     # is the sequence's score: the task reward plus the soft overlong penalty.

@@ -326,6 +326,19 @@ def adaptive_kl_coef(coef, observed_kl, *, target):
     return coef
 
 
+def proportional_kl_coef(coef, observed_kl, *, target, n_samples, horizon):
+    """The adaptive KL controller of Ziegler et al. 2019 §2.2 (TRL's and OpenRLHF's
+    AdaptiveKLController) for a KL in the reward.
+
+    `observed_kl` is the rollout's KL(pi || ref) per sample (summed over its tokens, averaged
+    over the `n_samples` samples of the step):
+    (1) e = clip(observed_kl / target - 1, -0.2, 0.2);
+    (2) coef <- coef * (1 + e * n_samples / horizon).
+    """
+    error = min(max(observed_kl / target - 1.0, -0.2), 0.2)  # (1)
+    return coef * (1.0 + error * n_samples / horizon)  # (2)
+
+
 def kl_in_reward(score_N, logp_NxT, ref_logp_NxT, mask_NxT, *, kl_coef, estimator="k1"):
     """PPO per-token rewards: -kl_coef * kl(logp, ref), plus the score at the last valid token.
 

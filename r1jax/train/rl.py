@@ -356,12 +356,12 @@ class RLRun:
         self.ckpt = checkpoint.manager(
             self.workdir / "checkpoints", max_to_keep=cfg.train.keep_checkpoints, writer=True
         )
-        # Only PPO's adaptive KL (kl_penalty form) changes the coefficient as it trains; a
-        # resume restores it there, and takes the config's (perhaps new) value everywhere else.
+        # Only PPO's adaptive KLs (the kl_penalty form's; the clip form's with rl.kl_horizon)
+        # change the coefficient as it trains; a resume restores it there, and takes the
+        # config's (perhaps new) value everywhere else.
         rl = cfg.rl
-        self.adaptive_kl = (
-            rl.algorithm == "ppo" and rl.ppo_form == "kl_penalty" and rl.kl_target > 0
-        )
+        penalty = rl.ppo_form == "kl_penalty" and rl.kl_target > 0
+        self.adaptive_kl = rl.algorithm == "ppo" and (penalty or rl.kl_horizon > 0)
         self.flops = np.zeros(2, np.float32)  # cumulative (training, rollout) FLOPs; checkpointed
         # One update per rollout: the step uses its own log-probs as the old ones (PPO needs
         # them before the update for the KL in the reward).
@@ -551,7 +551,9 @@ class RLRun:
         if rl.algorithm == "ppo":
             metrics.update(_critic_fit(batch, host["completion_mask_NxT"]))
             metrics["kl_ref_k3"] = self._kl_to_ref(host, batch)
-            if not metrics.get("skipped_updates", 0.0):  # a skipped update changed nothing
+            if rl.ppo_form == "clip" and self.adaptive_kl:  # of the rollout, updated or not
+                metrics["kl_ref_per_sample"] = self.adapt_reward_kl(batch, host)
+            elif not metrics.get("skipped_updates", 0.0):  # a skipped update changed nothing
                 d = self.adapt_kl(inputs, batch["old_logp_NxT"], host)
                 if d is not None:
                     metrics["kl_old_new"] = d
@@ -608,11 +610,30 @@ class RLRun:
         old policy sampled, all processes' rows), and the coefficient halves or doubles toward
         rl.kl_target. Returns d (None in other forms, where the coefficient is fixed)."""
         rl = self.cfg.rl
-        if not self.adaptive_kl:
+        if not self.adaptive_kl or rl.ppo_form != "kl_penalty":
             return None
         new = sharding.local_rows(self.jitted.logprobs(self.state.params["policy"], inputs))
         d = _mean_k3(new - sharding.local_rows(old_logp_NxT), host["completion_mask_NxT"])
         coef = losses.adaptive_kl_coef(self.kl_coef, d, target=rl.kl_target)
+        self.kl_coef = float(np.float32(coef))  # checkpointed as float32
+        return d
+
+    def adapt_reward_kl(self, batch, host) -> float:
+        """Ziegler et al.'s controller of the KL in the reward (clip form, rl.kl_horizon): the
+        rollout's KL(pi_old || ref) per sample, rl.kl_estimator summed over each completion's
+        tokens and averaged over every process's samples, moves the coefficient the next
+        steps use toward rl.kl_target. Returns that KL."""
+        rl = self.cfg.rl
+        mask = host["completion_mask_NxT"]
+        old = sharding.local_rows(batch["old_logp_NxT"])
+        ref = sharding.local_rows(batch["ref_logp_NxT"])
+        kl = np.asarray(losses.kl(old, ref, rl.kl_estimator), np.float64)
+        kl_sum = (np.where(mask > 0, kl, 0.0)).sum()
+        rows = distributed.gather_rows(np.asarray([[kl_sum, mask.shape[0]]])).sum(axis=0)
+        d = float(rows[0] / rows[1])
+        coef = losses.proportional_kl_coef(
+            self.kl_coef, d, target=rl.kl_target, n_samples=int(rows[1]), horizon=rl.kl_horizon
+        )
         self.kl_coef = float(np.float32(coef))  # checkpointed as float32
         return d
 
