@@ -357,8 +357,15 @@ def test_scorer_refuses_other_runs(tmp_path):
     (tmp_path / "config.json").write_text(
         json.dumps({"config": {"stage": "sft"}, "model": dataclasses.asdict(TINY)})
     )
-    with pytest.raises(ValueError, match="not a reward_model run"):
-        preference.RewardModelScorer.load(tmp_path)
+    # One line (ConfigError), and what the folder is first: with normalize, an SFT run was told
+    # to train again for its missing score statistics, a Hugging Face folder a traceback.
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    (hf / "config.json").write_text(json.dumps({"architectures": ["Qwen2ForCausalLM"]}))
+    for folder in (tmp_path, hf):
+        for normalize in (False, True):
+            with pytest.raises(configlib.ConfigError, match="not a reward_model run"):
+                preference.RewardModelScorer.load(folder, normalize=normalize)
 
 
 # ---- data -----------------------------------------------------------------------------------

@@ -189,20 +189,29 @@ class RewardModelScorer:
         apart add up on one scale and next to the rule rewards (Bradley-Terry fixes only score
         differences: a model's offset and scale are arbitrary)."""
         run_dir = pathlib.Path(run_dir)
+        # What the folder is comes first: an SFT run or a Hugging Face folder given with
+        # normalize was told to train "again" for its missing score statistics. ConfigError:
+        # the command prints it in one line (a ValueError was a traceback).
+        try:
+            model_cfg, run_cfg = configlib.load_resolved(run_dir)
+        except ValueError as e:  # a config.json that r1jax did not write (a Hugging Face one)
+            raise configlib.ConfigError(f"{run_dir} is not a reward_model run: {e}") from None
+        if run_cfg.get("stage") != "reward_model":
+            raise configlib.ConfigError(
+                f"{run_dir} is a {run_cfg.get('stage')!r} run, not a reward_model run (a "
+                "trunk and a scalar head, trained by the reward_model stage)"
+            )
         stats = None
         report = run_dir / "rm_eval.json"
         found = json.loads(report.read_text()) if report.is_file() else {}
         if normalize:
             if not (found.get("score_std") or 0) > 0:
-                raise ValueError(
+                raise configlib.ConfigError(
                     f"{run_dir}: normalize needs the score statistics a reward_model run writes "
                     f"to rm_eval.json at its end (score_mean, score_std); {report} has none "
                     "(a run from before they were recorded: train it again, or do not normalize)"
                 )
             stats = (float(found["score_mean"]), float(found["score_std"]))
-        model_cfg, run_cfg = configlib.load_resolved(run_dir)
-        if run_cfg.get("stage") != "reward_model":
-            raise ValueError(f"{run_dir} is a {run_cfg.get('stage')!r} run, not a reward_model run")
         model_cfg = dataclasses.replace(model_cfg, remat="none")
         if rules is None:
             rules = sharding.rules_from_config(run_cfg.get("mesh", {}).get("rules", []))
