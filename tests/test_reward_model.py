@@ -426,6 +426,17 @@ def test_hh_rlhf_adapter_errors(tmp_path):
     same.write_text(json.dumps({"prompt": "q", "chosen": "a", "rejected": "a "}) + "\n")
     stats = {}
     assert sources.preference_records(same, stats=stats) == [] and stats["identical"] == 1
+    # An empty reply is a reply in either kind of row (HH-RLHF's harmless test split has 4): as
+    # prompt/chosen/rejected it was a malformed row, which stopped the run.
+    empty = tmp_path / "empty.jsonl"
+    rows = [{**good, "rejected": "\n\nHuman: hi\n\nAssistant:"}]
+    rows.append({"prompt": "hi", "chosen": "hello", "rejected": ""})
+    empty.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    got = [(p["prompt"], p["chosen"], p["rejected"]) for p in sources.preference_records(empty)]
+    assert got == [("hi", "hello", "")] * 2
+    empty.write_text(json.dumps({"prompt": "hi", "chosen": "hello"}) + "\n")
+    with pytest.raises(sources.DataError, match=r"empty\.jsonl:1: required field 'rejected' is"):
+        sources.preference_records(empty)
 
 
 def test_pair_dataset_checks(tmp_path):

@@ -756,9 +756,14 @@ def preference_records(
     pairs = []
     for where, row in _located_rows(path, on_error, stats):
         pair = _hh_pair(where, row, on_error, stats) if is_hh_row(row) else None
-        if not is_hh_row(row) and _fields(where, row, _PAIR_FIELDS, on_error, stats):
-            wrong = [k for k in _PAIR_FIELDS if not isinstance(row[k], str)]
-            if wrong:
+        # An empty reply is a reply (HH-RLHF's transcripts have some, kept above): only the
+        # prompt must have text.
+        if not is_hh_row(row) and _fields(where, row, ("prompt",), on_error, stats):
+            missing = [k for k in _PAIR_FIELDS if row.get(k) is None]
+            wrong = [k for k in _PAIR_FIELDS if not isinstance(row.get(k), str)]
+            if missing:
+                _reject(f"{where}: required field {missing[0]!r} is missing", on_error, stats)
+            elif wrong:
                 _reject(f"{where}: field {wrong[0]!r} must be a string", on_error, stats)
             elif row["chosen"].strip() == row["rejected"].strip():
                 _count(stats, "identical")  # no preference, as for HH rows
