@@ -190,9 +190,12 @@ def _check_required(records, required, where: str) -> None:
 
 
 def record_text(record: dict) -> str:
-    """The text a tokenizer is trained on: `text` (unless null), or prompt and response."""
+    """The text a tokenizer is trained on: `text` (unless null), or prompt and response (a
+    preference pair's: prompt, chosen and rejected)."""
     if record.get("text") is not None:
         return record["text"]
+    if "chosen" in record:  # a reward model's pair has no response: its replies were unseen
+        return "\n".join((record.get("prompt", ""), record["chosen"], record["rejected"]))
     return f"{record.get('prompt', '')}\n{record.get('response', '')}"
 
 
