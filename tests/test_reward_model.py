@@ -507,6 +507,15 @@ def test_config_checks(tmp_path):
         recipe.check_stage_configs(whole, tmp_path)
 
 
+def test_an_hh_eval_file_without_hh_pairs_is_refused_before_training(tmp_path):
+    # Its accuracy was NaN (0 pairs), written to rm_eval.json after the whole run.
+    plain = tmp_path / "pairs.jsonl"
+    plain.write_text(json.dumps({"prompt": "q", "chosen": "a", "rejected": "b"}) + "\n")
+    with pytest.raises(sources.DataError, match=r"config\.rm\.hh_eval: no HH-RLHF pair .*:1: "):
+        reward_model.run(_cfg(rm__hh_eval=str(plain)), tmp_path / "run")
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
 def test_a_max_len_that_leaves_no_pair_apart_is_refused(world_tokenizer, caplog):
     # rm.max_len=2 kept BOS + EOS of every row: loss 0.693, gradient ~0, no word of it.
     cfg = _cfg()

@@ -278,6 +278,7 @@ def run(cfg, workdir) -> dict:
     configlib.validate(cfg)
     pairs = load_pairs(cfg, cfg.data.train)
     eval_pairs = load_pairs(cfg, cfg.data.eval) if cfg.data.eval else []
+    hh = _hh_pairs(cfg)
     tokenizer = supervised.resolve_tokenizer(cfg, workdir, pairs)
     model_cfg = configlib.model_config_from(cfg, vocab_size=tokenizer.vocab_size)
     model_cfg, trunk = supervised.initial_params(cfg, model_cfg)
@@ -347,7 +348,7 @@ def run(cfg, workdir) -> dict:
     state = loop.run(
         state, step_fn, batches, iterator=iterator, eval_fn=eval_fn if heldout else None
     )
-    report = _final_report(cfg, state, scorer, heldout, results, pairs, max_len)
+    report = _final_report(cfg, state, scorer, heldout, results, pairs, max_len, hh)
     if jax.process_index() == 0:
         files.write_json(workdir / "rm_eval.json", report)
         _log_table(report)
@@ -360,7 +361,22 @@ def run(cfg, workdir) -> dict:
     return {"step": int(state.step), "model": model_cfg, **report}
 
 
-def _final_report(cfg, state, scorer, heldout, results, pairs, max_len: int) -> dict:
+def _hh_pairs(cfg) -> tuple[list[dict], dict]:
+    """(pairs, stats) of rm.hh_eval, read before training: a file with no HH-RLHF pair in it
+    (e.g. prompt/chosen/rejected rows) is refused now; its accuracy was NaN, after the run."""
+    stats: dict = {}
+    if not cfg.rm.hh_eval:
+        return [], stats
+    hh = sources.hh_rlhf_pairs(
+        cfg.rm.hh_eval, on_error="skip", stats=stats, max_pairs=cfg.rm.hh_max_pairs
+    )
+    if not hh:
+        why = (stats.get("errors") or ["no row with two different replies"])[0]
+        raise sources.DataError(f"config.rm.hh_eval: no HH-RLHF pair in {cfg.rm.hh_eval} ({why})")
+    return hh, stats
+
+
+def _final_report(cfg, state, scorer, heldout, results, pairs, max_len: int, hh) -> dict:
     """rm_eval.json: held-out accuracy (by aspect / domain) and HH-RLHF accuracy at the end, and
     the mean and std of the scores of the held-out responses (else of up to 500 training
     pairs'), which RL's rl.reward_model.normalize divides by."""
@@ -374,11 +390,8 @@ def _final_report(cfg, state, scorer, heldout, results, pairs, max_len: int) -> 
     else:
         result = PairEval(pipeline.spaced_sample(pairs, 500), scorer)(state.params)
     report["score_mean"], report["score_std"] = result["score_mean"], result["score_std"]
-    if cfg.rm.hh_eval:
-        stats: dict = {}
-        hh = sources.hh_rlhf_pairs(
-            cfg.rm.hh_eval, on_error="skip", stats=stats, max_pairs=cfg.rm.hh_max_pairs
-        )
+    hh, stats = hh
+    if hh:
         result = PairEval(hh, scorer)(state.params)
         report.update(
             hh_accuracy=result["accuracy"],
