@@ -4,6 +4,7 @@ import dataclasses
 import gzip
 import json
 import os
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -246,7 +247,7 @@ def test_killed_then_resumed_run_matches_the_uninterrupted_one(rm_run, tmp_path,
     assert (killed / "rm_eval.json").read_text() == (full / "rm_eval.json").read_text()
 
 
-def test_scorer_round_trip(rm_run):
+def test_scorer_round_trip(rm_run, tmp_path):
     workdir, _ = rm_run
     scorer = preference.RewardModelScorer.load(workdir, batch_size=16)
     assert scorer.template == "world" and scorer.max_len == 64
@@ -300,6 +301,16 @@ def test_scorer_round_trip(rm_run):
         rtol=1e-5,
         atol=1e-5,
     )
+    # Statistics of another step than the checkpoint's (a run trained on, not finished yet)
+    # z-scored its newest params by its older ones' scale, with no word.
+    stale = tmp_path / "stale"
+    shutil.copytree(workdir, stale)
+    (stale / "rm_eval.json").write_text(json.dumps({**report, "step": 3}))
+    with pytest.raises(
+        configlib.ConfigError, match="are of step 3, its newest checkpoint of step 6"
+    ):
+        preference.RewardModelScorer.load(stale, normalize=True)
+    preference.RewardModelScorer.load(stale)  # raw scores: no statistics read
     (workdir / "rm_eval.json").rename(workdir / "rm_eval.kept")
     try:
         with pytest.raises(ValueError, match="normalize needs the score statistics"):

@@ -212,6 +212,14 @@ class RewardModelScorer:
                     "(a run from before they were recorded: train it again, or do not normalize)"
                 )
             stats = (float(found["score_mean"]), float(found["score_std"]))
+            saved = run_dir / "checkpoints"
+            newest = checkpoint.manager(saved).latest_step() if saved.is_dir() else None
+            if newest is not None and newest != found.get("step"):
+                raise configlib.ConfigError(
+                    f"{run_dir}: normalize's score statistics (rm_eval.json) are of step "
+                    f"{found.get('step')}, its newest checkpoint of step {newest}: a run trained "
+                    "on and not finished (finish it first, or do not normalize)"
+                )
         model_cfg = dataclasses.replace(model_cfg, remat="none")
         if rules is None:
             rules = sharding.rules_from_config(run_cfg.get("mesh", {}).get("rules", []))
