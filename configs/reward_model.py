@@ -16,7 +16,7 @@ Variants:
   "rejected"} transcripts, or {"prompt", "chosen", "rejected"}), InstructGPT's RM settings
   (lr 9e-6 cosine, batch 64; 2513 steps: one epoch of all four HH-RLHF train splits, ~3.7
   epochs of one split: pass --config.train.steps=-(-PAIRS // 64) for one epoch of yours, e.g.
-  670 for helpful-base's ~43k pairs). R1's two judges, one run each, as
+  685 for helpful-base's 43 835 pairs). R1's two judges, one run each, as
   configs/all_domain_rl.py's qwen variants read them:
     r1jax --config=configs/reward_model.py:qwen2.5-1.5b --workdir=runs/rm-helpful-1.5b \
         --config.model.init_from=/models/Qwen2.5-1.5B-Instruct \
