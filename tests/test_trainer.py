@@ -670,7 +670,7 @@ def test_params_restore_in_the_configs_dtype_and_another_shape_is_named(tmp_path
     np.testing.assert_array_equal(restored["embedding"], params["embedding"].astype(jnp.float32))
     narrower = dataclasses.replace(cfg, d_ff=48)
     with pytest.raises(
-        ValueError, match=r"\['gate_kernel'\] is \(2, 32, 64\) there, \(2, 32, 48\)"
+        checkpoint.ParamsError, match=r"\['gate_kernel'\] is \(2, 32, 64\) there, \(2, 32, 48\)"
     ):
         checkpoint.restore_params(tmp_path, shapes(narrower))
 
@@ -684,7 +684,9 @@ def test_saved_params_the_config_has_no_place_for_are_named(tmp_path):
     params = transformer.init_params(dataclasses.replace(cfg, qkv_bias=True), jax.random.PRNGKey(0))
     _save_params(tmp_path, params)
     abstract = jax.eval_shape(functools.partial(transformer.init_params, cfg), jax.random.key(0))
-    with pytest.raises(ValueError, match=r"\['attn'\]\['k_bias'\] is there, not in this config"):
+    with pytest.raises(
+        checkpoint.ParamsError, match=r"\['attn'\]\['k_bias'\] is there, not in this config"
+    ):
         checkpoint.restore_params(tmp_path, abstract)
 
 
@@ -700,7 +702,7 @@ def test_params_of_a_damaged_step_are_not_called_a_config_mismatch_alone(tmp_pat
     (tmp_path / "checkpoints" / "2" / "state" / "manifest.ocdbt").unlink()
     abstract = jax.eval_shape(lambda: params)
     damaged = r"step 2: .* or the checkpoint is damaged \(other steps here: \[1\]\)"
-    with pytest.raises(ValueError, match=damaged):
+    with pytest.raises(checkpoint.ParamsError, match=damaged):
         checkpoint.restore_params(tmp_path, abstract)
     restored = checkpoint.restore_params(tmp_path, abstract, step=1)
     np.testing.assert_array_equal(restored["embedding"], params["embedding"])

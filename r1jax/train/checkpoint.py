@@ -281,6 +281,11 @@ def abstract_like(tree) -> Any:
     return jax.tree.map(abstract, tree)
 
 
+class ParamsError(ValueError):
+    """A checkpoint's params that this model config cannot take (other shapes, params it has no
+    place for) or that cannot be read (a damaged step); the message names the step and why."""
+
+
 class RestoreError(RuntimeError):
     """No checkpoint of a run folder can be restored by this run; the message says why."""
 
@@ -517,7 +522,7 @@ def _restore_params(directory, target_params, *, step):
             ours = {jax.tree_util.keystr(k) for k, _ in jax.tree_util.tree_leaves_with_path(params)}
             wrong += [f"{key} is there, not in this config" for key in sorted(saved - ours)]
             if wrong:
-                raise ValueError(
+                raise ParamsError(
                     f"{directory} step {step}: params do not match the model config: "
                     f"{'; '.join(wrong[:3])}{f' (and {len(wrong) - 3} more)' if wrong[3:] else ''}"
                 )
@@ -527,7 +532,7 @@ def _restore_params(directory, target_params, *, step):
     # Every layout failed: another model (a structure this config does not have), or files of
     # the step that cannot be read; the other steps may restore (--step, or a resume).
     others = [s for s in mngr.all_steps() if s != step]
-    raise ValueError(
+    raise ParamsError(
         f"{directory} step {step}: params do not match the model config, or the checkpoint is "
         f"damaged{f' (other steps here: {others})' if others else ''}: "
         + "; ".join(f"{type(e).__name__}: {str(e)[:300]}" for e in errors)
