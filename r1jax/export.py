@@ -37,6 +37,13 @@ def run_model_config(run_dir: pathlib.Path) -> model_config.ModelConfig:
 def export(run_dir, out_dir, *, step: int | None = None) -> pathlib.Path:
     """Writes the run's params (latest or `step`) and tokenizer to OUT_DIR; returns it."""
     run_dir, out_dir = pathlib.Path(run_dir), pathlib.Path(out_dir)
+    if configlib.is_run_dir(out_dir):
+        # The export's config.json would replace the run's own (and a tokenizer.json beside a
+        # tokenizer.model would change the run's tokenizer): the run could not resume or export.
+        raise ValueError(
+            f"{out_dir}: OUT_DIR holds an r1jax run (its config.json), which the export would "
+            "overwrite; give another folder"
+        )
     cfg = run_model_config(run_dir)
     abstract = jax.eval_shape(lambda k: transformer.init_params(cfg, k), jax.random.key(0))
     params = checkpoint.restore_params(run_dir, abstract, step=step)
