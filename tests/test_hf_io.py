@@ -648,6 +648,27 @@ def test_a_single_file_beside_a_stale_shard_index_is_the_model_as_in_transformer
     assert diff <= 1e-4, f"max |logit diff| {diff}"
 
 
+@pytest.mark.parametrize("arch", ["llama", "qwen3"])
+def test_a_config_without_architectures_loads_by_its_model_type_as_transformers(arch, tmp_path):
+    # AutoModelForCausalLM reads model_type where architectures is absent (configs written by
+    # hand or by other tools); r1jax called such a folder an "unsupported architectures []".
+    model = _hf_model(arch, num_attention_heads=4, num_key_value_heads=2, head_dim=8)
+    model.save_pretrained(tmp_path)
+    hf = json.loads((tmp_path / "config.json").read_text())
+    del hf["architectures"]
+    (tmp_path / "config.json").write_text(json.dumps(hf))
+    reference = transformers.AutoModelForCausalLM.from_pretrained(
+        tmp_path, attn_implementation="eager", dtype=torch.float32
+    ).eval()
+    cfg, params = hf_io.load_hf(tmp_path)
+    assert cfg.family == arch and cfg.qk_norm == (arch == "qwen3")
+    tokens = _tokens()
+    diff = np.abs(np.asarray(_forward(cfg, params, tokens)) - _hf_logits(reference, tokens)).max()
+    assert diff <= 1e-4, f"max |logit diff| {diff}"
+    with pytest.raises(hf_io.HFError, match="unsupported architectures"):  # named, not ours
+        hf_io.config_from_hf({**hf, "architectures": ["LlamaModel"]})
+
+
 @pytest.mark.parametrize(
     "text, message",
     [

@@ -36,6 +36,13 @@ _ARCHITECTURES = {
     "MistralForCausalLM": "llama",
     "Qwen3ForCausalLM": "qwen3",
 }
+# What transformers' Auto classes load for a config.json without "architectures".
+_MODEL_TYPES = {
+    "qwen2": "Qwen2ForCausalLM",
+    "llama": "LlamaForCausalLM",
+    "mistral": "MistralForCausalLM",
+    "qwen3": "Qwen3ForCausalLM",
+}
 _EXPORT_ARCHITECTURES = {
     "qwen2": "Qwen2ForCausalLM",
     "llama": "LlamaForCausalLM",
@@ -258,6 +265,8 @@ def config_from_hf(hf: dict, *, path="config.json", dtype: str = "float32") -> M
     ModelConfig."""
     archs = hf.get("architectures") or []
     arch = next((a for a in archs if a in _ARCHITECTURES), None)
+    if not archs:  # AutoModelForCausalLM goes by model_type then
+        arch = _MODEL_TYPES.get(str(hf.get("model_type")))
     if arch is None:
         raise HFError(
             f"{path}: unsupported architectures {archs} (model_type {hf.get('model_type')!r}); "
