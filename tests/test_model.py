@@ -342,6 +342,22 @@ def test_forward_rejects_mismatched_positions():
         tf.forward(CFG, _params(), _tokens((2, 8)), positions_BxT=jnp.zeros((2, 7), jnp.int32))
 
 
+def test_tokens_that_are_not_a_batch_of_rows_are_named():
+    # A 1-D sequence was an IndexError (forward, sequence_logprobs), "positions_BxT must have
+    # shape (7,), got (7,)" with positions given, and an unpacking error in forward_cached.
+    seq, positions = _tokens((7,)), jnp.arange(7, dtype=jnp.int32)
+    match = r"tokens_BxT must be 2-D \[B, T\], got shape \(7,\)"
+    with pytest.raises(ValueError, match=match):
+        tf.forward(CFG, _params(), seq)
+    with pytest.raises(ValueError, match=match):
+        tf.forward(CFG, _params(), seq, positions_BxT=positions)
+    with pytest.raises(ValueError, match=match):
+        cache = tf.init_cache(CFG, 1, 8)
+        tf.forward_cached(
+            CFG, _params(), seq, positions, cache, cache_index=0, kv_mask_BxS=jnp.ones(8, bool)
+        )
+
+
 # --- KV cache ---------------------------------------------------------------------------------
 
 

@@ -436,6 +436,12 @@ def logical_axes(cfg: ModelConfig) -> dict:
     return nn.get_partition_spec(boxed)["params"]
 
 
+def _check_batch(tokens_BxT):
+    # Checked first: the other inputs' shapes are read from it.
+    if tokens_BxT.ndim != 2:
+        raise ValueError(f"tokens_BxT must be 2-D [B, T], got shape {tuple(tokens_BxT.shape)}")
+
+
 def _check_tokens(name, x, shape):
     if x.ndim != 2 or tuple(x.shape) != tuple(shape):
         raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(x.shape)}")
@@ -443,6 +449,7 @@ def _check_tokens(name, x, shape):
 
 def hidden_states(cfg, params, tokens_BxT, *, positions_BxT=None, segment_ids_BxT=None):
     """Final-norm hidden states [B, T, D] in cfg.dtype; segment_ids (0 = pad) isolate segments."""
+    _check_batch(tokens_BxT)
     if positions_BxT is None:
         positions_BxT = jnp.broadcast_to(jnp.arange(tokens_BxT.shape[1]), tokens_BxT.shape)
     _check_tokens("positions_BxT", positions_BxT, tokens_BxT.shape)
@@ -489,6 +496,7 @@ def forward_cached(cfg, params, tokens_BxT, positions_BxT, cache, *, cache_index
 
     New token t attends to slot s iff kv_mask_BxS[b, s] and s <= cache_index + t.
     """
+    _check_batch(tokens_BxT)
     b, t = tokens_BxT.shape
     s = cache.k.shape[2]
     _check_tokens("positions_BxT", positions_BxT, (b, t))
