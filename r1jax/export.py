@@ -124,7 +124,8 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     try:
         print(export(args.run_dir, args.out_dir, step=args.step))
-    except (FileNotFoundError, ValueError) as e:  # a wrong folder or step: one line, no trace
+    except (FileNotFoundError, NotADirectoryError, ValueError) as e:  # a wrong folder or step
+        # (NotADirectoryError: OUT_DIR is a file, or under one): one line, no trace
         sys.exit(f"r1jax.export: {e}")
     except Exception as e:  # OSError, or safetensors' own error for the same full disk
         if not checkpoint.is_out_of_space(e):

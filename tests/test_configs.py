@@ -467,20 +467,16 @@ def test_export_names_a_wrong_folder_in_one_line(tmp_path):
         export.main([str(tmp_path / "nope"), str(tmp_path / "out")])
 
 
-def test_export_into_a_run_folder_is_refused_and_leaves_the_run(tmp_path):
-    # Into the run itself it deleted the run's config.json (the export's own replaces it), wrote
-    # a tokenizer.json beside the run's tokenizer.model, then failed calling the folder "not an
-    # r1jax run"; into another run it replaced that run's config.json.
+def _tiny_run(run):
+    """An r1jax run folder with a one-layer model's checkpoint, its config and a tokenizer."""
     import shutil
 
     import jax
     import orbax.checkpoint as ocp
 
-    from r1jax import export
     from r1jax.model import transformer
     from r1jax.train import checkpoint
 
-    run = tmp_path / "run"
     cfg = model_config.ModelConfig(
         vocab_size=64, d_model=32, n_layers=1, n_heads=2, n_kv_heads=1, head_dim=16, d_ff=64
     )
@@ -491,7 +487,19 @@ def test_export_into_a_run_folder_is_refused_and_leaves_the_run(tmp_path):
     saved = json.dumps({"config": {"stage": "pretrain"}, "model": dataclasses.asdict(cfg)})
     (run / "config.json").write_text(saved)
     shutil.copy(os.path.join(REPO, "r1jax/assets/world_base/tokenizer.model"), run)
-    other = tmp_path / "other"
+    return saved
+
+
+def test_export_into_a_run_folder_is_refused_and_leaves_the_run(tmp_path):
+    # Into the run itself it deleted the run's config.json (the export's own replaces it), wrote
+    # a tokenizer.json beside the run's tokenizer.model, then failed calling the folder "not an
+    # r1jax run"; into another run it replaced that run's config.json.
+    import shutil
+
+    from r1jax import export
+
+    run, other = tmp_path / "run", tmp_path / "other"
+    saved = _tiny_run(run)
     shutil.copytree(run, other)
     before = sorted(p.name for p in run.iterdir())
     for out in (run, tmp_path / "run" / ".." / "run", other):
@@ -501,6 +509,17 @@ def test_export_into_a_run_folder_is_refused_and_leaves_the_run(tmp_path):
         assert sorted(p.name for p in folder.iterdir()) == before
         assert (folder / "config.json").read_text() == saved
     assert export.export(run, tmp_path / "hf") == tmp_path / "hf"  # a fresh folder still works
+
+
+def test_export_to_a_file_is_one_line(tmp_path):
+    # OUT_DIR a file, or under one, was a NotADirectoryError traceback.
+    from r1jax import export
+
+    _tiny_run(tmp_path / "run")
+    (tmp_path / "notes.txt").write_text("notes")
+    for out in (tmp_path / "notes.txt", tmp_path / "notes.txt" / "hf"):
+        with pytest.raises(SystemExit, match=r"^r1jax\.export: .*Not a directory: .*notes\.txt"):
+            export.main([str(tmp_path / "run"), str(out)])
 
 
 def test_rl_config_mistakes_that_need_two_fields(shared_data):
