@@ -53,6 +53,9 @@ CASES = [
         "zh",
         4 / 13,
     ),
+    # Korean puts spaces between words: a run of Hangul is one word, as a run of Latin is
+    # (each syllable was one: 9 / 12 here).
+    ("<think>이 문제를 풀어 봅시다 let us solve</think>", "ko", 4 / 7),
     ('<think>算。\n```json\n{"thought": "we add them all"}\n```\n</think>', "zh", 1 / 6),
     ('<think>算。\n```c\nprintf("sum is");  // add it\n```\n</think>', "zh", 1 / 5),
     ('<think>算。\n```python\nprint("sum is")\n```\n</think>', "zh", 1 / 3),

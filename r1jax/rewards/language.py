@@ -2,9 +2,9 @@
 
 R1 (§2.3.2) computes the reward "as the proportion of target language words in the CoT". Words
 are told apart by script here: a run of Latin letters is one word (every Latin-script language
-counts as "en"); each CJK ideograph, kana or Hangul syllable is one word (those scripts have no
-spaces between words). What is not prose of any language is left out, so that reasoning about
-math or code in Chinese is Chinese:
+counts as "en"), and so is a run of Hangul syllables (Korean puts spaces between words); each
+CJK ideograph or kana is one word (those scripts have no spaces between words). What is not
+prose of any language is left out, so that reasoning about math or code in Chinese is Chinese:
 - LaTeX command names (\\frac, \\sqrt, \\text: LaTeX's own, not any backslashed word) and
   single letters (x, n: variables);
 - short all-capital runs (ABC, AB: points and segments; not three capital words in a row,
@@ -34,7 +34,7 @@ _SCRIPTS = {
     # CJK ideographs: extension A, the unified block, compatibility, extensions B-F.
     "zh": re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002ebef]"),
     "ja": re.compile(r"[\u3040-\u309f\u30a1-\u30fa\u30fc-\u30ff]"),  # kana (not the ・ dot)
-    "ko": re.compile(r"[\uac00-\ud7af]"),
+    "ko": re.compile(r"[\uac00-\ud7af]+"),
     "ru": re.compile(r"[\u0400-\u04ff]+"),
     # Arabic letters and their vowel marks (not its digits or punctuation: ١٢ ، ؟).
     "ar": re.compile(
