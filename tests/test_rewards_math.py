@@ -366,6 +366,13 @@ PAIRS = [
     ("\\textbf{(C)}\\ 7", "\\text{(C)}", True),  # the choice, then its value
     ("(C) 7", "(C)", True),
     ("(B) 7", "(C)", False),
+    # A second choice after the first is a hedge, as "7 or 8" is (listing every choice scored 1
+    # whenever the gold was the first listed).
+    ("(C) or (D)", "\\text{(C)}", False),
+    ("(A), (B), (C), (D), (E)", "\\text{(A)}", False),
+    ("C. or D.", "C", False),
+    ("(C) 7 or (D) 8", "(C)", False),
+    ("(C) 7 (answer C)", "(C)", True),
     ("8^\\text{th}", "8", True),  # ordinal suffixes
     ("x=4 \\lor x=6", "6", False),  # a disjunction hedges
     ("\\cfrac{1}{3}", "\\frac13", True),

@@ -37,6 +37,8 @@ _CHECKER_START_S = 60.0
 _MC_LETTER = re.compile(r"^\(?([A-Ea-e])\)?$")
 # A choice letter followed by the option's value: "(C) 7", "C) 7", "\textbf{(C)}\ 7", "C. 7".
 _LEADING_CHOICE = re.compile(r"^(?:\\text(?:bf)?\{)?\s*(?:\(([A-E])\)|([A-E])[).])")
+# Choice marks: another letter's after a leading choice ("(A) or (B)", "A. or B.") is a hedge.
+_CHOICE_MARK = re.compile(r"([A-E])[).]")
 # Ordinal suffixes: "8^\text{th}", "2^{\rm nd}".
 _ORDINAL = re.compile(r"\^\{?\s*(?:\\(?:text|mathrm|rm)\s*\{?\s*)?(?:st|nd|rd|th)\}?\}?")
 # Disjunctions: "x=4 \lor x=6" names two candidates.
@@ -519,6 +521,8 @@ def is_equiv(pred: str | None, gold: str, *, timeout_s: float = DEFAULT_TIMEOUT_
     gold_letter = _choice_letter(g) if not re.fullmatch(r"\(?[a-e]\)?", g) else None
     if gold_letter is not None:
         leading = _LEADING_CHOICE.match(p)
+        if len(set(_CHOICE_MARK.findall(pred))) > 1:  # as written: normalize drops a final "."
+            leading = None
         letter = _choice_letter(p) or (leading and (leading.group(1) or leading.group(2)))
         return letter == gold_letter
     pf, gf = _as_fraction(p), _as_fraction(g)
