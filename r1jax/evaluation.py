@@ -239,8 +239,21 @@ def canonical_answer(answer: str) -> str | None:
         return str(-value if sign == "-" else value)
     s = _ATOM_FRAC.sub(r"\1/\2", s)  # normalize braced every \frac: \frac12 is \frac{1}{2}
     if math_reward._top_level_comma(s):  # "2, 1" answers "1, 2" (the grader's lists are sets)
-        return ",".join(sorted(_number_key(x) for x in s.split(",")))
+        return ",".join(sorted(_number_key(x) for x in _top_level_items(s)))
     return _number_key(s)
+
+
+def _top_level_items(s: str) -> list[str]:
+    """`s` cut at its commas outside brackets: "(1,2),(3,4)" is "(1,2)" and "(3,4)" (cut at
+    every comma, its pieces sorted as one key with "(1,4),(3,2)")."""
+    items, depth, start = [], 0, 0
+    for i, ch in enumerate(s):
+        depth += ch in "([{"
+        depth -= ch in ")]}"
+        if ch == "," and depth == 0:
+            items.append(s[start:i])
+            start = i + 1
+    return items + [s[start:]]
 
 
 def _number_key(s: str) -> str:

@@ -186,6 +186,10 @@ def test_vote_key():
         assert all(math_reward.is_equiv(f, forms[0]) for f in forms), forms
     assert key(_ans("81, 256"), math) != key(_ans("81256"), math)  # a list, not thousands
     assert key(_ans("(1, 2)"), math) != key(_ans("(2, 1)"), math)  # ordered pairs keep order
+    # A list of pairs is a set of pairs: its commas inside a pair do not cut it (cut at every
+    # comma and sorted, "(1,4), (3,2)" and "(1,2), (3,4)" were one key).
+    assert key(_ans("(1,2), (3,4)"), math) == key(_ans("(3, 4), (1, 2)"), math)
+    assert key(_ans("(1,2), (3,4)"), math) != key(_ans("(1,4), (3,2)"), math)
     assert key(_ans("2ab"), math) != key(_ans("2"), math)  # variables are not a unit
     assert key(_ans("1\\frac{4}{5}"), math) != key(_ans("\\frac{14}{5}"), math)
     general = world.dataset("general_test", n=1)[0]  # graded on phrase runs, not <answer>
