@@ -31,6 +31,7 @@ EXTRACTION = [
     ("\\boxed{42}\nNote: \\fbox would also work.", "42"),
     ("blah\n#### 1,234\n", "1,234"),
     ("#### 3\n#### 4", "4"),
+    ("<answer>#### 1,234</answer>", "1,234"),  # GSM8K's marker in the tag (it was "#### 1,234")
     ("The answer is 42.", "42"),
     ("So the answer is: **17**", "17"),
     ("Thus the final answer is $\\frac{3}{4}$.", "\\frac{3}{4}"),

@@ -180,6 +180,9 @@ def extract_answer(text: str) -> str | None:
         boxed = _last_boxed(inner)
         if boxed is not None:
             return boxed.strip()
+        gsm = _GSM8K.findall(inner)  # "<answer>#### 18</answer>", GSM8K's own marker
+        if gsm:
+            return _strip_sentence(gsm[-1])
         # A sentence in the tag ("The answer is 42.", "Answer: 42") gives what it names.
         said = _ANSWER_SENTENCE.match(inner)
         return _strip_sentence(said.group(1) if said else inner).strip()
