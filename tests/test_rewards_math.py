@@ -221,6 +221,9 @@ PAIRS = [
     ),
     # bases, text answers
     ("2516_8", "2516_8", True),
+    ("2516_9", "2516_8", False),  # another base (math-verify drops the subscript: equal)
+    ("2516_{8}", "2516_8", True),
+    ("2516", "2516_8", True),
     ("\\text{Monday}", "Monday", True),
     ("\\text{Tuesday}", "Monday", False),
     ("\\text{even}", "\\text{even}", True),

@@ -67,6 +67,8 @@ _UNIT_TAIL = re.compile(
     # written against the number, only unit abbreviations: "2ab" keeps its variables
     r"|(?:cm|mm|km|kg|mg|ml|mL|ft|lbs?|oz|hrs?|sec|mph|cents?|dollars?)(?:[ .\-/][a-zA-Z .\-/]*)?)$"
 )
+# A number in a base ("2516_8", "A3_{16}"): math-verify drops the subscript, so "52_9" was "52_8".
+_IN_BASE = re.compile(r"[0-9A-Za-z]+_\{?(\d{1,4})\}?")
 # A number with letters against it ("2ab"): an expression, never a plain number's equal.
 _NUMBER_TIMES_LETTERS = re.compile(r"[-+]?[\d.]*\d[a-zA-Z]{2,}")
 # The left side of a gold that names its value ("x = 3", "x_1 = 3", "f(x) = x^2", "AB = 12",
@@ -536,6 +538,9 @@ def is_equiv(pred: str | None, gold: str, *, timeout_s: float = DEFAULT_TIMEOUT_
         gf = gf if gf is not None else _latex_fraction(g)
     if pf is not None and gf is not None:
         return abs(pf - gf) <= min(fractions.Fraction(1, 10**9) * max(1, abs(gf)), MAX_ABS_ERROR)
+    base_p, base_g = _IN_BASE.fullmatch(p), _IN_BASE.fullmatch(g)
+    if base_p and base_g and int(base_p.group(1)) != int(base_g.group(1)):
+        return False  # another base (a bare "52" still answers "52_8")
     if (gf is None) != (pf is None) and _NUMBER_TIMES_LETTERS.fullmatch(p if gf else g):
         return False  # math-verify reads "2ab" as 2
     if _WORDS.fullmatch(p) and _WORDS.fullmatch(g):  # "\text{East}" is "east": words, any case
