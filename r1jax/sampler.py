@@ -1187,7 +1187,7 @@ def generate_local(
         draw_prompts=draw_prompts,
         **kw,
     )
-    keep = n * kw.get("num_samples", 1)
+    keep = n * _integer("num_samples", kw.get("num_samples", 1))
     return {name: sharding_lib.local_rows(x)[:keep] for name, x in vars(out).items()}
 
 
@@ -1264,6 +1264,7 @@ def generate(
     (which key() would cut to their low 32 bits) fold in their higher bits."""
     check_prompts(prompts, cfg.vocab_size)
     max_new_tokens, seed = _integer("max_new_tokens", max_new_tokens), _integer("seed", seed)
+    num_samples = _integer("num_samples", num_samples)  # 2.0 sampled, then failed to slice rows
     longest = max(map(len, prompts))
     if longest + max_new_tokens > cfg.max_seq_len:
         logging.log_first_n(

@@ -412,6 +412,17 @@ def test_prompts_as_arrays_and_eos_ids_as_one_id_or_none(model):
         sampler.generate(cfg, params, PROMPTS, eos_ids="3", **kw)
 
 
+def test_whole_float_sample_counts_are_sample_counts(model):
+    # num_samples=2.0 passed validation, sampled, then failed to slice the rows it had made.
+    cfg, params = model
+    kw = dict(max_new_tokens=3, temperature=0.0)
+    out = sampler.generate(cfg, params, PROMPTS, num_samples=2.0, **kw)
+    ref = sampler.generate(cfg, params, PROMPTS, num_samples=2, **kw)
+    np.testing.assert_array_equal(out.tokens, ref.tokens)
+    with pytest.raises(ValueError, match="num_samples must be a whole number, got 2.5"):
+        sampler.generate(cfg, params, PROMPTS, num_samples=2.5, **kw)
+
+
 @pytest.mark.parametrize("temperature", [0.01, 1e-4, 1e-8, 1e-20])
 def test_logprobs_stay_exact_at_tiny_temperatures(temperature):
     # As T -> 0 the draw is the argmax with log-prob 0 (minus the others' vanishing mass).
