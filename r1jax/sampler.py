@@ -992,6 +992,8 @@ def token_ids(name: str, ids) -> tuple[int, ...]:
     """Stop token ids as a tuple: None (none), one id, or a sequence of ids."""
     if ids is None:
         return ()
+    if isinstance(ids, (np.ndarray, jax.Array)) and ids.ndim == 0:  # iterating it raised
+        ids = ids.item()
     if isinstance(ids, (int, np.integer)) and not isinstance(ids, (bool, np.bool_)):
         return (int(ids),)
     if isinstance(ids, (str, bytes)) or not hasattr(ids, "__iter__"):

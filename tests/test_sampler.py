@@ -403,7 +403,13 @@ def test_prompts_as_arrays_and_eos_ids_as_one_id_or_none(model):
     kw = dict(max_new_tokens=6, temperature=0.0)
     ref = sampler.generate(cfg, params, PROMPTS, eos_ids=(3,), **kw)
     arrays = [np.asarray(p, np.int32) for p in PROMPTS]
-    for prompts, eos in ((arrays, 3), (PROMPTS, np.int64(3)), (arrays, [3])):
+    for prompts, eos in (
+        (arrays, 3),
+        (PROMPTS, np.int64(3)),
+        (arrays, [3]),
+        (PROMPTS, np.array(3)),  # 0-d arrays: 'iteration over a 0-d array'
+        (arrays, jnp.int32(3)),
+    ):
         out = sampler.generate(cfg, params, prompts, eos_ids=eos, **kw)
         np.testing.assert_array_equal(out.tokens, ref.tokens)
     free = sampler.generate(cfg, params, PROMPTS, eos_ids=None, **kw)
