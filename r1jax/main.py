@@ -79,7 +79,7 @@ def main(argv) -> None:
     cfg = _CONFIG.value
     logging.info("stage %s, workdir %s", cfg.stage, _WORKDIR.value)
     from r1jax.model import hf_io  # a Hugging Face folder's problems are one line too
-    from r1jax.train import checkpoint  # its RestoreError, ParamsError and SaveError are one line too
+    from r1jax.train import checkpoint  # its Restore, Params and Save errors: one line too
 
     try:
         from r1jax import pipeline  # the stage dispatch (imports each stage's module lazily)

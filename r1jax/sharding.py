@@ -374,8 +374,16 @@ def constrain(x: jax.Array, names: tuple) -> jax.Array:
         return x
     mesh, rules = layout
     table = dict(reversed(rules))  # the first rule for a name wins, as in flax
-    spec = PartitionSpec(
-        *[None if n is None else table.get(n, PartitionSpec.UNCONSTRAINED) for n in names]
-    )
+    dims, used = [], set()
+    for n in names:
+        axes = None if n is None else table.get(n, PartitionSpec.UNCONSTRAINED)
+        if axes is not None and axes is not PartitionSpec.UNCONSTRAINED:
+            # A mesh axis splits one dimension: an earlier one keeps it ("mlp" -> (fsdp,
+            # tensor) beside "batch" -> (data, fsdp) is split over tensor; jax refused both).
+            axes = tuple(a for a in ((axes,) if isinstance(axes, str) else axes) if a not in used)
+            used.update(axes)
+            axes = axes[0] if len(axes) == 1 else (axes or None)
+        dims.append(axes)
+    spec = PartitionSpec(*dims)
     # mesh None: inside shard_map (`per_shard_layout`), a bare spec on its context mesh.
     return jax.lax.with_sharding_constraint(x, spec if mesh is None else NamedSharding(mesh, spec))

@@ -525,6 +525,28 @@ def test_a_mesh_that_does_not_divide_the_model_is_refused_naming_the_param(
     trainer.model_shardings(model_cfg, optimizer, fits, sharding.DEFAULT_RULES)
 
 
+def test_rules_that_split_a_name_over_a_batch_axis_train_as_one_device(sft_reference):
+    # configs/base.py's example rules: "mlp" over (fsdp, tensor) beside "batch" over (data,
+    # fsdp) pinned the MLP's hidden activations to fsdp twice (jax's DuplicateSpecError). The
+    # batch keeps fsdp; the hidden activations are split over tensor.
+    rules = sharding.rules_from_config([["embed", None], ["mlp", ["fsdp", "tensor"]]])
+    mesh, opt = _mesh((2, 2, 2)), _optimizer()
+    shardings = trainer.state_shardings(
+        transformer.logical_axes(CFG), _host_params(), opt, mesh, rules
+    )
+    gate = shardings.params["layers"]["mlp"]["gate_kernel"]
+    assert gate.spec == jax.sharding.PartitionSpec(None, None, ("fsdp", "tensor"))
+    state = trainer.state_from_params(_host_params(), shardings, opt, jax.random.key(1))
+    step = trainer.jit_step(
+        supervised.supervised_step, shardings, mesh, rules=rules, model_cfg=CFG, optimizer=opt,
+        grad_accum=2,
+    )  # fmt: skip
+    state, metrics = _run(step, state, sharding.put_batch(_sft_batch(), mesh))
+    metrics_ref, state_ref = sft_reference
+    _assert_metrics_close(jax.device_get(metrics), metrics_ref)
+    _assert_trees_close(jax.device_get((state.params, state.opt_state)), state_ref)
+
+
 def test_inner_ways_counts_only_the_axes_that_do_not_split_the_batch():
     mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
     assert sharding.inner_ways(mesh, sharding.DEFAULT_RULES, "mlp") == 2
