@@ -393,6 +393,17 @@ def test_general_prompts_get_the_reward_models_reasoning_prompts_the_rules():
         maker._route(texts, records, rule_N, per_fn)
 
 
+def test_a_reward_models_non_finite_score_counts_as_0_and_is_warned_about(caplog):
+    # nan_to_num made a broken model's NaN 0 (and its inf 3.4e38) without a word.
+    broken = _LengthScorer(scale=float("inf"))
+    maker = _maker([("reward_model", broken, 1.0)])
+    records = [RECORD, {"prompt": "Say hi.", "domain": "general"}]
+    with caplog.at_level("WARNING"):
+        rewards_N, _ = maker._route([GOOD, "hi"], records, np.ones(2, np.float32), {})
+    np.testing.assert_array_equal(rewards_N, [1.0, 0.0])
+    assert "scored 1 of 1 general responses NaN or inf" in caplog.text
+
+
 def test_a_response_with_no_summary_scores_below_its_groups_worst_finished_one():
     # Judged as an empty reply, a response cut inside its thought scored above real answers
     # (+1.16 against -3.8 for a rude one with the tiny reward model): never finishing paid.

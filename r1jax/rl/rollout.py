@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 
 import jax
 import numpy as np
+from absl import logging
 
 from r1jax import distributed, sampler, text
 from r1jax.data import pipeline
@@ -215,8 +216,17 @@ class ExperienceMaker:
             if scorer.scope == "summary":
                 spread = scorer.score_spread()
                 _floor_unfinished(rm_N, idx, texts, opens, self.cfg.num_samples, spread)
+            bad = int((~np.isfinite(rm_N[idx])).sum())
+            if bad:  # NaN only marks other domains' rows; here it is a broken model's score
+                logging.warning(
+                    "reward model %s scored %d of %d general responses NaN or inf; they count "
+                    "as 0 (its params or its input are broken)",
+                    name,
+                    bad,
+                    idx.size,
+                )
             per_fn[name] = rm_N
-            total_N += weight * np.nan_to_num(rm_N)
+            total_N += weight * np.nan_to_num(rm_N, posinf=0.0, neginf=0.0)
         rewards_N = np.where(general_N, total_N, rewards_N)
         return rewards_N.astype(np.float32), per_fn
 
