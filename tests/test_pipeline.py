@@ -780,6 +780,7 @@ def test_a_killed_collection_resumes_from_its_journal_to_the_same_dataset(tmp_pa
     journal = tmp_path / "resumed" / collect.JOURNAL
     with open(journal, "ab") as f:
         f.write(b'{"batch": 2, "verd')  # a write the kill tore
+    journal_bytes = journal.read_bytes()
     calls.clear()
     monkeypatch.setattr(evaluation, "sample_completions", original)
     counted = lambda *a, **k: calls.append(1) or original(*a, **k)  # noqa: E731
@@ -791,6 +792,10 @@ def test_a_killed_collection_resumes_from_its_journal_to_the_same_dataset(tmp_pa
     with pytest.raises(configlib.ConfigError, match=r"collect\.num_samples: 2 -> 4"):
         collect.collect(_rs_cfg(collect__num_samples=4), tmp_path / "full")
     assert collect.collect(_rs_cfg(), tmp_path / "full").read_bytes() == full
+    # A kill between the dataset's write and the journal's removal: the rerun removes it.
+    (tmp_path / "resumed" / collect.JOURNAL).write_bytes(journal_bytes)
+    collect.collect(_rs_cfg(), tmp_path / "resumed")
+    assert not (tmp_path / "resumed" / collect.JOURNAL).exists()
     # The same folders spelled otherwise (relative, through '..') are the same settings.
     other = os.path.join(os.path.relpath(WORLD_BASE), "..", "world_base")
     assert collect.collect(_rs_cfg(collect__model=other), tmp_path / "full").read_bytes() == full

@@ -514,6 +514,8 @@ def collect(cfg, workdir) -> pathlib.Path:
     workdir = pathlib.Path(workdir)
     if is_complete(workdir):
         _check_same_settings(cfg, workdir, _prompt_records(cfg))
+        if jax.process_index() == 0:  # a kill came between the dataset and the journal's removal
+            (workdir / JOURNAL).unlink(missing_ok=True)
         logging.info("collect: %s already holds a dataset; not sampling again", workdir)
         return workdir / DATASET
     t0 = time.perf_counter()
