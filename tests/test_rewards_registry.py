@@ -218,9 +218,11 @@ def test_records_the_rewards_cannot_grade_are_refused_up_front():
     assert registry.check_records(custom, plain, "d") == plain
 
 
-def test_a_ctrl_c_to_the_process_group_leaves_the_reward_helpers_scoring():
-    # The trainer saves after a first Ctrl-C; its workers and the math checker died of it and
-    # the step it saved had those items scored 0 (crashes).
+@pytest.mark.parametrize("signum", ["SIGINT", "SIGTERM"])
+def test_a_ctrl_c_or_sigterm_to_the_process_group_leaves_the_reward_helpers_scoring(signum):
+    # The trainer saves after a first Ctrl-C or a SIGTERM (SLURM and preempted VMs send it to
+    # every process); its workers and the math checker died of it and the step it saved had
+    # those items scored 0 (crashes).
     import signal
 
     from r1jax.rewards import math as math_reward
@@ -230,7 +232,7 @@ def test_a_ctrl_c_to_the_process_group_leaves_the_reward_helpers_scoring():
         math_reward._CHECKER.equal("x^2", "x*x", 30.0)  # and the math checker
         helpers = [w.proc for w in pool._workers] + [math_reward._CHECKER._proc]
         for proc in helpers:
-            os.kill(proc.pid, signal.SIGINT)
+            os.kill(proc.pid, getattr(signal, signum))
         time.sleep(0.5)
         assert all(proc.poll() is None for proc in helpers)
         _, per_fn, metrics = pool.score(COMPLETIONS, RECORDS)
@@ -238,13 +240,15 @@ def test_a_ctrl_c_to_the_process_group_leaves_the_reward_helpers_scoring():
     assert not any(v for k, v in metrics.items() if "crashes" in k or "restarts" in k)
 
 
+@pytest.mark.parametrize("signum", ["SIGINT", "SIGTERM"])
 @pytest.mark.parametrize(
     "module, main",
     [("r1jax.rewards.registry", "_worker_main"), ("r1jax.rewards.math", "_checker_main")],
 )
-def test_a_ctrl_c_while_a_reward_helper_starts_does_not_kill_it(module, main):
+def test_a_ctrl_c_or_sigterm_while_a_reward_helper_starts_does_not_kill_it(module, main, signum):
     # The helpers ignored SIGINT only once their imports (seconds, sympy's) were done: a Ctrl-C
-    # then killed a worker the pool was starting or replacing, and its items scored 0.
+    # then killed a worker the pool was starting or replacing, and its items scored 0. They did
+    # not ignore SIGTERM at all.
     import signal
 
     from r1jax.rewards import helper
@@ -252,7 +256,7 @@ def test_a_ctrl_c_while_a_reward_helper_starts_does_not_kill_it(module, main):
     proc, requests, replies = helper.start(module, main)
     try:
         for _ in range(3):  # at once (the interpreter starting), then during the imports
-            os.kill(proc.pid, signal.SIGINT)
+            os.kill(proc.pid, getattr(signal, signum))
             time.sleep(0.05)
         assert replies.poll(120) and replies.recv() == "ready"
         assert proc.poll() is None

@@ -1,13 +1,15 @@
 """Helper processes of the rewards (the scoring workers, the math checker): started as plain
 subprocesses (not multiprocessing's spawn, so the caller's __main__ is not re-imported) that
-talk over two pipes, and that a terminal's Ctrl-C does not kill.
+talk over two pipes, and that a terminal's Ctrl-C or a preemption's SIGTERM does not kill.
 
-A Ctrl-C reaches the whole process group: the trainer finishes its step and saves
-(`trainer.Preemption`), so its helpers must go on scoring that step. They ignore SIGINT, and
-from the moment they exist: the parent blocks SIGINT in its calling thread while it starts
-one (the mask is inherited across fork and exec; the parent's other threads still take the
-signal), and the child ignores it, which drops one that arrived meanwhile, before it imports
-anything (its imports take seconds, sympy's above all).
+A Ctrl-C reaches the whole process group, and SLURM and a preempted VM send SIGTERM to every
+process: the trainer finishes its step and saves (`trainer.Preemption`), so its helpers must go
+on scoring that step. They ignore SIGINT and SIGTERM (they end when their requests pipe closes,
+at their parent's end however it ends), and from the moment they exist: the parent blocks both
+in its calling thread while it starts one (the mask is inherited across fork and exec; the
+parent's other threads still take the signals), and the child ignores them, which drops one
+that arrived meanwhile, before it imports anything (its imports take seconds, sympy's above
+all).
 """
 
 import multiprocessing.connection
@@ -18,9 +20,11 @@ import sys
 
 _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-_IGNORE_CTRL_C = (
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+_IGNORE_STOP_SIGNALS = (
     "import signal; signal.signal(signal.SIGINT, signal.SIG_IGN); "
-    "signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT]); "
+    "signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+    "signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT, signal.SIGTERM]); "
 )
 
 
@@ -29,9 +33,9 @@ def start(module: str, main: str):
     Connection, replies Connection)."""
     req_r, req_w = os.pipe()
     rep_r, rep_w = os.pipe()
-    code = f"{_IGNORE_CTRL_C}from {module} import {main}; {main}({req_r}, {rep_w})"
+    code = f"{_IGNORE_STOP_SIGNALS}from {module} import {main}; {main}({req_r}, {rep_w})"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([_PACKAGE_ROOT] + sys.path))
-    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGINT])
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
     try:
         proc = subprocess.Popen(
             [sys.executable, "-c", code], pass_fds=(req_r, rep_w), env=env, close_fds=True

@@ -429,8 +429,8 @@ def _with_itimer(pred: str, gold: str, timeout_s: float) -> bool:
 
 
 def _checker_main(read_fd: int, write_fd: int) -> None:
-    """Child process: answer (pred, gold) requests until the parent closes the pipe. SIGINT is
-    ignored (`helper.start`): it keeps checking for the step a Ctrl-C'd trainer saves."""
+    """Child process: answer (pred, gold) requests until the parent closes the pipe. SIGINT and
+    SIGTERM are ignored (`helper.start`): it keeps checking for the step a stopped trainer saves."""
     requests = multiprocessing.connection.Connection(read_fd, writable=False)
     replies = multiprocessing.connection.Connection(write_fd, readable=False)
     replies.send("ready")

@@ -247,8 +247,8 @@ def score_item(names: list[str], completion: str, record: dict):
 
 
 def _worker_main(read_fd: int, write_fd: int) -> None:
-    """Worker process: score (index, names, completion, record) requests until EOF. SIGINT is
-    ignored (`helper.start`): it keeps scoring the step a Ctrl-C'd trainer saves."""
+    """Worker process: score (index, names, completion, record) requests until EOF. SIGINT
+    and SIGTERM are ignored (`helper.start`): it keeps scoring the step a stopped trainer saves."""
     requests = multiprocessing.connection.Connection(read_fd, writable=False)
     replies = multiprocessing.connection.Connection(write_fd, readable=False)
     replies.send("ready")
