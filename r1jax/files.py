@@ -10,10 +10,12 @@ can still end in a line the kill cut short: `read_jsonl` drops that one line.
 import contextlib
 import errno
 import fcntl
+import glob
 import hashlib
 import json
 import os
 import pathlib
+import re
 import socket
 import time
 from collections.abc import Iterable
@@ -23,11 +25,13 @@ from absl import logging
 
 @contextlib.contextmanager
 def _replacing(path):
-    """Yields `path`.tmp<pid> to write; on success renames it over `path` (parents are
-    created), and removes it whatever happens."""
+    """Yields `path`.tmp<pid>.<host> to write; on success renames it over `path` (parents are
+    created), and removes it whatever happens, and the ones of this host's dead processes."""
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    host = socket.gethostname()
+    _remove_stale(path, host)
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}.{host}")
     try:
         yield tmp
         os.replace(tmp, path)
@@ -35,8 +39,29 @@ def _replacing(path):
         tmp.unlink(missing_ok=True)
 
 
+def _remove_stale(path: pathlib.Path, host: str) -> None:
+    """Removes `path`'s temporary files that a process of this host killed mid-write left (the
+    pid no longer runs): each resume writes under another pid, and a dataset's is gigabytes.
+    Other hosts' are left: their processes may be writing (a shared run folder)."""
+    pattern = re.compile(re.escape(path.name) + r"\.tmp(\d+)\." + re.escape(host))
+    for tmp in path.parent.glob(glob.escape(path.name) + ".tmp*"):
+        found = pattern.fullmatch(tmp.name)
+        if found and not _running(int(found.group(1))):
+            tmp.unlink(missing_ok=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 def write_atomic(path, data: str | bytes, *, encoding: str = "utf-8") -> None:
-    """Writes `data` to `path` through `path`.tmp<pid> and a rename (parents are created)."""
+    """Writes `data` to `path` through a temporary file and a rename (parents are created)."""
     with _replacing(path) as tmp:
         if isinstance(data, bytes):
             tmp.write_bytes(data)

@@ -3,6 +3,7 @@
 import errno
 import os
 import pathlib
+import socket
 import subprocess
 import sys
 
@@ -42,6 +43,25 @@ def test_write_atomic_leaves_the_old_file_whole_when_interrupted(tmp_path, monke
         files.write_json(path, {"new": True})
     assert path.read_bytes() == b"\x00\x01"
     assert sorted(p.name for p in path.parent.iterdir()) == ["config.json"]  # no temporary left
+
+
+def test_temporaries_of_writers_killed_on_this_host_are_removed_by_the_next_write(tmp_path):
+    # A SIGKILL between the write and the rename left NAME.tmp<pid> for good, one more at each
+    # resume (a new pid): gigabytes for a dataset. A dead process's is removed; a live one's,
+    # or another host's (a shared run folder), is left.
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    host = socket.gethostname()
+    path = tmp_path / "dataset.jsonl"
+    stale = tmp_path / f"dataset.jsonl.tmp{dead.pid}.{host}"
+    live = tmp_path / f"dataset.jsonl.tmp{os.getppid()}.{host}"
+    elsewhere = tmp_path / f"dataset.jsonl.tmp{dead.pid}.other-host"
+    other_file = tmp_path / f"data.jsonl.tmp{dead.pid}.{host}"
+    for p in (stale, live, elsewhere, other_file):
+        p.write_text("part of a write")
+    files.write_lines_atomic(path, ["a\n"])
+    assert path.read_text() == "a\n" and not stale.exists()
+    assert live.exists() and elsewhere.exists() and other_file.exists()
 
 
 def test_write_lines_atomic_streams_the_lines_and_returns_their_sha256(tmp_path):
