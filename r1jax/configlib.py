@@ -630,6 +630,13 @@ def _validate_rl(cfg, num_devices: int) -> None:
                 f"rl.kl_horizon adapts a positive rl.kl_coef toward a positive rl.kl_target, "
                 f"got {rl[name]}",
             )
+        samples = rl.prompts_per_step * rl.num_samples
+        _require(
+            rl.kl_horizon > 0.2 * samples,
+            "rl.kl_horizon",
+            f"a step moves the coefficient by up to 0.2 x {samples} samples / horizon: a horizon "
+            f"of {rl.kl_horizon} could turn it negative (use more than {0.2 * samples:g})",
+        )
     if rl.algorithm == "ppo" and rl.ppo_form == "kl_penalty":
         for name in ("kl_coef", "kl_target"):
             _require(

@@ -210,6 +210,7 @@ def test_malformed_row_names_file_and_line_or_is_skipped_and_counted(tmp_path, c
         ("r1_zero.py:tiny", "rl.kl_horizon", 1000),  # adapts PPO's KL in the reward only
         ("ppo.py:tiny,kl_penalty", "rl.kl_horizon", 1000),
         ("ppo.py:tiny", "rl.kl_horizon", -1),
+        ("ppo.py:tiny", "rl.kl_horizon", 6),  # 0.2 x 32 samples a step: beta could turn < 0
     ],
 )
 def test_sizes_and_names_that_cannot_work_name_the_field(shared_data, spec, field, value):
