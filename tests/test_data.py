@@ -515,6 +515,30 @@ def test_tokenize_pretrain_and_long_documents(tok):
         pipeline.tokenize_pretrain({"question": "q"}, tok, seq_len=8)
 
 
+def test_empty_documents_without_bos_make_no_rows_and_an_empty_corpus_fails(tok, tmp_path):
+    # A tokenizer that adds no BOS (as Qwen's): an empty text is EOS alone, nothing to train. It
+    # made an all-padding row unpacked, and a corpus of only such texts never filled a packed
+    # row (the first batch waited forever).
+    spec = json.loads(tok.to_hf_json())
+    spec["post_processor"] = None
+    (tmp_path / "tokenizer.json").write_text(json.dumps(spec))
+    no_bos = text.HFTokenizer(tmp_path)
+    assert no_bos.bos_id is None and text.bos_ids(no_bos) == []
+    assert pipeline.tokenize_pretrain({"text": ""}, no_bos, seq_len=8) == []
+    records = [{"text": ""}, {"text": "one"}, {"text": ""}]
+    ds = pipeline.make_dataset(
+        records, no_bos, kind="pretrain", seq_len=8, batch_size=1, seed=0, num_epochs=1, pack=False
+    )
+    rows = [b["loss_mask"][0] for b in ds]
+    assert len(rows) == 1 and rows[0].sum() == len(no_bos.encode("one"))
+    for pack in (False, True):
+        ds = pipeline.make_dataset(
+            [{"text": ""}] * 3, no_bos, kind="pretrain", seq_len=8, batch_size=2, seed=0, pack=pack
+        )
+        with pytest.raises(sources.DataError, match="none of the 3 pretraining records"):
+            next(iter(ds))
+
+
 @pytest.mark.parametrize("pack", [True, False])
 def test_pretraining_trains_every_token_of_long_documents_and_resumes_inside_one(tok, pack):
     records = [{"text": f"doc {i} " + "one two three " * (3 + 7 * i)} for i in range(5)]

@@ -66,6 +66,8 @@ def tokenize_pretrain(record: dict, tokenizer: text.Tokenizer, seq_len: int) -> 
             f"pretrain record needs 'text' (or 'prompt' and 'response'): {record!r:.200}"
         )
     ids = _bos(tokenizer) + tokenizer.encode(body) + [tokenizer.eos_id]
+    if len(ids) < 2:  # an empty text and no BOS: EOS alone has nothing to predict it
+        return []
     starts = range(0, max(1, len(ids) - 1), seq_len)
     return [_example(ids[start : start + seq_len + 1], 1, seq_len) for start in starts]
 
@@ -142,6 +144,25 @@ def _counting(tokenize, stats: dict | None):
     return fn
 
 
+def _fails_if_nothing_to_train(tokenize, num_records: int):
+    """Wraps tokenize_pretrain: a DataError once two passes (and grain's read-ahead) gave no
+    token to train, where the stream of no examples would wait forever for a row."""
+    lock, calls, found = threading.Lock(), [0], [False]
+
+    def fn(record):
+        examples = tokenize(record)
+        with lock:
+            calls[0], found[0] = calls[0] + 1, found[0] or bool(examples)
+            if not found[0] and calls[0] > 2 * num_records + 64:
+                raise sources.DataError(
+                    f"none of the {num_records} pretraining records has a token to train "
+                    "(every text is empty and the tokenizer adds no BOS)"
+                )
+        return examples
+
+    return fn
+
+
 class _Unlist(grain.experimental.FlatMapTransform):
     """A record's list of examples -> the examples (its iterator state resumes inside one)."""
 
@@ -206,9 +227,12 @@ def make_dataset(
     ds = grain.MapDataset.source(records)[shard_index::shard_count]
     if len(ds) == 0:
         raise ValueError(f"shard {shard_index} of {shard_count} has no records ({len(records)})")
+    shard_size = len(ds)
     # (2)
     ds = ds.shuffle(seed=seed).repeat(num_epochs)
     # (3)
+    if kind == "pretrain":
+        tokenize = _fails_if_nothing_to_train(tokenize, shard_size)
     it_ds = _examples(ds, _counting(tokenize, stats), kind)
     # (4)
     return _rows(it_ds, tokenizer, seq_len, batch_size, seed, pack).batch(
