@@ -6,6 +6,7 @@ pad=0, unk=1, bos=2, eos=3, then the user-defined symbols (<think>, </think>, <a
 """
 
 import io
+import itertools
 import json
 import pathlib
 from collections.abc import Iterable, Sequence
@@ -88,10 +89,13 @@ class SentencePieceTokenizer:
         # Lines, not documents: SentencePiece treats each sentence as one unit, and a newline
         # inside one would be an unseen character (it still encodes, through byte fallback).
         sentences = (line for t in texts for line in t.split("\n") if line.strip())
+        first = next(sentences, None)
+        if first is None:  # SentencePiece said only "INTERNAL: ... [!sentences_.empty()]"
+            raise TokenizerError("no text to train on: every text is empty or blank")
         writer = io.BytesIO()
         sentencepiece.set_random_generator_seed(seed)
         sentencepiece.SentencePieceTrainer.train(
-            sentence_iterator=sentences,
+            sentence_iterator=itertools.chain([first], sentences),
             model_writer=writer,
             vocab_size=vocab_size,
             model_type=model_type,

@@ -66,6 +66,13 @@ def test_sentencepiece_training_is_deterministic(tmp_path, sp_tok):
     assert other.model_proto != sp_tok.model_proto
 
 
+def test_sentencepiece_training_on_blank_texts_says_so(tmp_path):
+    # SentencePiece's own error was "INTERNAL: src/trainer_interface.cc(467) [!sentences_.empty()]".
+    with pytest.raises(text.TokenizerError, match="every text is empty or blank"):
+        text.SentencePieceTokenizer.train(["", " \n\t", "\r\n"], tmp_path / "x", vocab_size=300)
+    assert not (tmp_path / "x.model").exists()
+
+
 def test_sentencepiece_unigram_and_save_load(tmp_path):
     uni = text.SentencePieceTokenizer.train(
         CORPUS, tmp_path / "uni", vocab_size=360, model_type="unigram"

@@ -373,7 +373,7 @@ def _train_tokenizer(cfg, workdir, records):
         tokenizer = text.SentencePieceTokenizer.train(
             (record_text(r) for r in records), pathlib.Path(workdir) / "tokenizer", vocab_size=size
         )
-    except RuntimeError as e:  # SentencePiece's own checks, e.g. fewer pieces than characters
+    except (RuntimeError, text.TokenizerError) as e:  # e.g. fewer pieces than characters
         raise text.TokenizerError(
             f"config.tokenizer.train_vocab_size={size}: SentencePiece could not train ({e})"
         ) from None
