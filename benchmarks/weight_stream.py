@@ -6,7 +6,7 @@ R rows, 128 steps in a `fori_loop`, once with every layer's own weights and once
 weights of only the first k layers reused (the same FLOPs over fewer bytes). When the time
 falls as k shrinks, the weights stop fitting the caches somewhere between, and every step
 streams them from memory. Also prints how fast this machine streams a large array (a
-reduction over 16 MB to 256 MB).
+reduction over 16 MiB to 256 MiB), in GB/s of 10^9 bytes as sampler.py's read bandwidth.
 
   python benchmarks/weight_stream.py [--model small] [--rows 32] [--repeats 5]
 """
@@ -37,7 +37,7 @@ def _best(fn, *args, repeats: int) -> float:
 
 
 def chain_ms(m: dict, rows: int, distinct: int, repeats: int) -> tuple[float, float]:
-    """(ms a step, MB of distinct weights) of the weight chain with `distinct` layers' weights."""
+    """(ms a step, MiB of distinct weights) of the weight chain with `distinct` layers' weights."""
     d, f, v, layers = m["d"], m["ff"], m["vocab"], m["layers"]
     dh = d // m["heads"]
     qkv = (m["heads"] + 2 * m["kv_heads"]) * dh
@@ -68,10 +68,11 @@ def chain_ms(m: dict, rows: int, distinct: int, repeats: int) -> tuple[float, fl
     return seconds / STEPS * 1e3, mb
 
 
-def stream_gbs(mb: int, repeats: int) -> float:
-    a = jnp.asarray(np.random.default_rng(0).standard_normal(mb * 2**18, np.float32))
+def stream_gbs(mib: int, repeats: int) -> float:
+    """GB/s (10^9 bytes) of a jitted reduction over `mib` MiB of float32."""
+    a = jnp.asarray(np.random.default_rng(0).standard_normal(mib * 2**18, np.float32))
     total = jax.jit(lambda a: jnp.sum(a.reshape(-1, 4096), axis=0))
-    return mb / 1024 / _best(total, a, repeats=repeats)
+    return a.nbytes / 1e9 / _best(total, a, repeats=repeats)
 
 
 def main() -> None:
@@ -85,9 +86,9 @@ def main() -> None:
     for distinct in sorted({1, 2, 4, m["layers"] // 2 + 1, m["layers"] - 1, m["layers"]}):
         if 1 <= distinct <= m["layers"]:
             ms, mb = chain_ms(m, args.rows, distinct, args.repeats)
-            print(f"  weights of {distinct} layer(s) reused ({mb:6.1f} MB): {ms:6.2f} ms a step")
+            print(f"  weights of {distinct} layer(s) reused ({mb:6.1f} MiB): {ms:6.2f} ms a step")
     for mb in (16, 64, 128, 256):
-        print(f"  streaming {mb:3d} MB: {stream_gbs(mb, args.repeats):5.1f} GB/s")
+        print(f"  streaming {mb:3d} MiB: {stream_gbs(mb, args.repeats):5.1f} GB/s")
 
 
 if __name__ == "__main__":
