@@ -464,6 +464,8 @@ def main() -> None:
         "--rounds", type=int, default=2, help="rounds of both sides, alternating (median ratio)"
     )
     args = parser.parse_args()
+    if args.steps < 1 or args.warmup < 0:
+        parser.error(f"--steps must be >= 1 and --warmup >= 0, got {args.steps}, {args.warmup}")
     if args.side != "both":
         from r1jax import hostmem
 

@@ -438,6 +438,8 @@ def main() -> None:
     )
     parser.add_argument("--torch-device", default="cpu", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.repeats < 1:
+        parser.error(f"--repeats must be >= 1 (the timed calls), got {args.repeats}")
     if args.side != "both":
         from r1jax import hostmem
 

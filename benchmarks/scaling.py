@@ -245,6 +245,8 @@ def main() -> None:
     parser.add_argument("--kinds", default="grpo,sft", help="which steps to measure")
     parser.add_argument("--host-devices", type=int, default=8, help="XLA host CPU devices")
     args = parser.parse_args()
+    if args.steps < 1 or args.warmup < 0:
+        parser.error(f"--steps must be >= 1 and --warmup >= 0, got {args.steps}, {args.warmup}")
     shapes = _parse_meshes(args.meshes)
     # Must be set before JAX starts; accelerators ignore it.
     flag = f"--xla_force_host_platform_device_count={args.host_devices}"
