@@ -648,23 +648,30 @@ def test_a_single_file_beside_a_stale_shard_index_is_the_model_as_in_transformer
     assert diff <= 1e-4, f"max |logit diff| {diff}"
 
 
+def _saved_without(model, path, field: str):
+    """Saves `model` to `path` with `field` left out of its config.json; returns what
+    transformers loads from that folder (the reference)."""
+    model.save_pretrained(path)
+    hf = json.loads((path / "config.json").read_text())
+    del hf[field]
+    (path / "config.json").write_text(json.dumps(hf))
+    return transformers.AutoModelForCausalLM.from_pretrained(
+        path, attn_implementation="eager", dtype=torch.float32
+    ).eval()
+
+
 @pytest.mark.parametrize("arch", ["llama", "qwen3"])
 def test_a_config_without_architectures_loads_by_its_model_type_as_transformers(arch, tmp_path):
     # AutoModelForCausalLM reads model_type where architectures is absent (configs written by
     # hand or by other tools); r1jax called such a folder an "unsupported architectures []".
     model = _hf_model(arch, num_attention_heads=4, num_key_value_heads=2, head_dim=8)
-    model.save_pretrained(tmp_path)
-    hf = json.loads((tmp_path / "config.json").read_text())
-    del hf["architectures"]
-    (tmp_path / "config.json").write_text(json.dumps(hf))
-    reference = transformers.AutoModelForCausalLM.from_pretrained(
-        tmp_path, attn_implementation="eager", dtype=torch.float32
-    ).eval()
+    reference = _saved_without(model, tmp_path, "architectures")
     cfg, params = hf_io.load_hf(tmp_path)
     assert cfg.family == arch and cfg.qk_norm == (arch == "qwen3")
     tokens = _tokens()
     diff = np.abs(np.asarray(_forward(cfg, params, tokens)) - _hf_logits(reference, tokens)).max()
     assert diff <= 1e-4, f"max |logit diff| {diff}"
+    hf = json.loads((tmp_path / "config.json").read_text())
     with pytest.raises(hf_io.HFError, match="unsupported architectures"):  # named, not ours
         hf_io.config_from_hf({**hf, "architectures": ["LlamaModel"]})
 
@@ -722,13 +729,7 @@ def test_an_absent_kv_head_count_is_the_config_classs_default(
     model = _hf_model(
         arch, num_attention_heads=heads, num_key_value_heads=kv_heads, head_dim=4, **extra
     )
-    model.save_pretrained(tmp_path)
-    hf = json.loads((tmp_path / "config.json").read_text())
-    del hf["num_key_value_heads"]
-    (tmp_path / "config.json").write_text(json.dumps(hf))
-    reference = transformers.AutoModelForCausalLM.from_pretrained(
-        tmp_path, attn_implementation="eager", dtype=torch.float32
-    ).eval()
+    reference = _saved_without(model, tmp_path, "num_key_value_heads")
     assert reference.config.num_key_value_heads == kv_heads
     cfg, params = hf_io.load_hf(tmp_path)
     assert cfg.n_kv_heads == kv_heads
