@@ -318,9 +318,9 @@ class ExperienceMaker:
         samples = _select_groups(kept, cfg.prompts_per_step, cfg.num_samples, self.tokenizer.pad_id)
         batch, metrics = self._finish(samples)
         metrics.update(self.timings)
-        zero_std = distributed.gather_rows(np.asarray([dropped[0]]))  # one count per process
         metrics.update(sampling_rounds=rounds, generated_tokens=float(generated))  # all of them
         if cfg.num_samples > 1:  # one sample a prompt (PPO) is no group: its std is always 0
+            zero_std = distributed.gather_rows(np.asarray([dropped[0]]))  # a count a process
             metrics["zero_std_groups"] = zero_std.mean() / cfg.prompts_per_step
         return batch, metrics, samples
 

@@ -550,10 +550,16 @@ class RLRun:
         metrics.update(t)
         if rl.algorithm == "ppo":
             metrics.update(_critic_fit(batch, host["completion_mask_NxT"]))
-            metrics["kl_ref_k3"] = self._kl_to_ref(host, batch)
-            if rl.ppo_form == "clip" and self.adaptive_kl:  # of the rollout, updated or not
-                metrics["kl_ref_per_sample"] = self.adapt_reward_kl(batch, host)
-            elif not metrics.get("skipped_updates", 0.0):  # a skipped update changed nothing
+            metrics["kl_ref_k3"], reward_kl = 0.0, rl.ppo_form == "clip" and self.adaptive_kl
+            if self.kl_coef > 0:  # one host copy of the old and reference log-probs for both
+                old, ref = (sharding.local_rows(batch[k]) for k in ("old_logp_NxT", "ref_logp_NxT"))
+                # Mean k3 KL(policy || reference) over completion tokens (the kl_penalty form's
+                # coefficient follows KL(old || new) instead, `adapt_kl`).
+                metrics["kl_ref_k3"] = _mean_k3(ref - old, host["completion_mask_NxT"])
+                if reward_kl:  # of the rollout, updated or not
+                    metrics["kl_ref_per_sample"] = self.adapt_reward_kl(old, ref, host)
+            # The kl_penalty form's, after an update (a skipped one changed nothing).
+            if not reward_kl and not metrics.get("skipped_updates", 0.0):
                 d = self.adapt_kl(inputs, batch["old_logp_NxT"], host)
                 if d is not None:
                     metrics["kl_old_new"] = d
@@ -561,15 +567,6 @@ class RLRun:
         if reset and self.ref is not None:
             self.ref = self._policy_copy()
         return metrics, samples
-
-    def _kl_to_ref(self, host, batch) -> float:
-        """Mean k3 KL(policy || reference) over completion tokens, logged as kl_ref_k3 (the
-        adaptive KL coefficient follows KL(old || new) instead, `adapt_kl`)."""
-        if self.kl_coef <= 0:
-            return 0.0
-        old = sharding.local_rows(batch["old_logp_NxT"])
-        ref = sharding.local_rows(batch["ref_logp_NxT"])
-        return _mean_k3(ref - old, host["completion_mask_NxT"])
 
     def _ppo_targets(self, batch, samples):
         """PPO: per-token rewards (task score at the last token, KL penalty) and GAE."""
@@ -618,15 +615,13 @@ class RLRun:
         self.kl_coef = float(np.float32(coef))  # checkpointed as float32
         return d
 
-    def adapt_reward_kl(self, batch, host) -> float:
+    def adapt_reward_kl(self, old, ref, host) -> float:
         """Ziegler et al.'s controller of the KL in the reward (clip form, rl.kl_horizon): the
         rollout's KL(pi_old || ref) per sample, rl.kl_estimator summed over each completion's
         tokens and averaged over every process's samples, moves the coefficient the next
-        steps use toward rl.kl_target. Returns that KL."""
+        steps use toward rl.kl_target (`old`, `ref`: this process's rows). Returns that KL."""
         rl = self.cfg.rl
         mask = host["completion_mask_NxT"]
-        old = sharding.local_rows(batch["old_logp_NxT"])
-        ref = sharding.local_rows(batch["ref_logp_NxT"])
         kl = np.asarray(losses.kl(old, ref, rl.kl_estimator), np.float64)
         kl_sum = (np.where(mask > 0, kl, 0.0)).sum()
         rows = distributed.gather_rows(np.asarray([[kl_sum, mask.shape[0]]])).sum(axis=0)
