@@ -11,11 +11,13 @@ check is a lower bound (the bytes spread evenly over the mesh's devices, nothing
 so it refuses only what cannot fit; `pipeline.run_stage` adds the stage's memory settings to
 this error and to XLA's own out-of-memory errors.
 
-The limit: CPU devices (also simulated ones) share the host's physical memory; an accelerator
+The limit: CPU devices (also simulated ones) share the host's physical memory, or the process's
+cgroup limit where that is lower (`host_memory_bytes`); an accelerator
 holds its `memory_stats()["bytes_limit"]`, and a platform that reports none is not checked.
 """
 
 import os
+import pathlib
 
 import jax
 import numpy as np
@@ -26,8 +28,61 @@ class OutOfMemory(RuntimeError):
 
 
 def host_memory_bytes() -> int:
-    """This host's physical memory."""
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    """This host's physical memory, or the memory limit of this process's cgroup (a container's,
+    a Slurm job's) where that is lower: past it the kernel kills the process with no message."""
+    return _host_limit()[0]
+
+
+def _host_limit() -> tuple[int, str]:
+    """host_memory_bytes and the words for it."""
+    physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    limit = cgroup_memory_limit()
+    if limit is not None and limit < physical:
+        return limit, f"this process's cgroup memory limit of {gib(limit)}"
+    return physical, f"this host's {gib(physical)} of memory"
+
+
+def cgroup_memory_limit(
+    proc_cgroup: str = "/proc/self/cgroup", root: str = "/sys/fs/cgroup"
+) -> int | None:
+    """The lowest memory limit on this process's cgroup and its ancestors (cgroup v2
+    `memory.max`, v1 `memory.limit_in_bytes`), or None where none is set or none can be read."""
+    try:
+        lines = pathlib.Path(proc_cgroup).read_text().splitlines()
+    except OSError:
+        return None
+    limits = []
+    for line in lines:
+        if line.count(":") < 2:
+            continue
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":  # v2: one unified hierarchy
+            folder, name = pathlib.Path(root), "memory.max"
+            if (folder / "unified").is_dir():  # hybrid layout: v2 mounted beside v1
+                folder = folder / "unified"
+        elif "memory" in controllers.split(","):
+            folder, name = pathlib.Path(root) / "memory", "memory.limit_in_bytes"
+        else:
+            continue
+        # Inside a container the hierarchy is mounted at its own cgroup: the path may not exist
+        # below root, and then root's file is the container's.
+        parts = pathlib.PurePosixPath(path).parts[1:]
+        for depth in range(len(parts), -1, -1):
+            value = _read_limit(folder.joinpath(*parts[:depth]) / name)
+            if value is not None:
+                limits.append(value)
+    return min(limits) if limits else None
+
+
+def _read_limit(path: pathlib.Path) -> int | None:
+    """A limit file's bytes; None for "max", v1's no-limit value (~2**63) or no file."""
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return None
+    if not text.isdigit() or int(text) >= 2**62:
+        return None
+    return int(text)
 
 
 def gib(nbytes: float) -> str:
@@ -42,8 +97,8 @@ def check_fits(nbytes: int, devices, what: str, hint: str = "") -> None:
     local = [d for d in devices if d.process_index == jax.process_index()] or devices
     share = nbytes / len(devices)
     if local[0].platform == "cpu":
-        need, limit = share * len(local), host_memory_bytes()
-        where = f"this host's {gib(limit)} of memory"
+        need = share * len(local)
+        limit, where = _host_limit()
     else:
         limit = (local[0].memory_stats() or {}).get("bytes_limit", 0)
         need, where = share, f"the {gib(limit)} of one {local[0].device_kind}"
