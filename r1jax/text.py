@@ -9,7 +9,7 @@ import io
 import itertools
 import json
 import pathlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Protocol, runtime_checkable
 
 import sentencepiece
@@ -53,6 +53,26 @@ class Tokenizer(Protocol):
         ...
 
 
+MAX_SENTENCE_BYTES = 1 << 16  # SentencePiece's trainer skips longer sentences without a word
+
+
+def _sentence_pieces(line: str, limit: int) -> Iterator[str]:
+    """`line` cut into pieces of at most `limit` UTF-8 bytes, at a space where one is in the
+    second half of a piece, else at a character boundary (a long chain of thought on one line
+    would otherwise be left out of tokenizer training)."""
+    data = line.encode()
+    while len(data) > limit:
+        cut = limit
+        while data[cut] & 0xC0 == 0x80:  # a continuation byte: back to the character's start
+            cut -= 1
+        space = data.rfind(b" ", 0, cut)
+        cut = space if space > limit // 2 else cut
+        yield data[:cut].decode()
+        data = data[cut:]
+    if data:
+        yield data.decode()
+
+
 class SentencePieceTokenizer:
     """A SentencePiece model; `train` builds one whose tags are single tokens."""
 
@@ -88,7 +108,13 @@ class SentencePieceTokenizer:
             raise ValueError(f"model_type must be 'bpe' or 'unigram', got {model_type!r}")
         # Lines, not documents: SentencePiece treats each sentence as one unit, and a newline
         # inside one would be an unseen character (it still encodes, through byte fallback).
-        sentences = (line for t in texts for line in t.split("\n") if line.strip())
+        sentences = (
+            piece
+            for t in texts
+            for line in t.split("\n")
+            if line.strip()
+            for piece in _sentence_pieces(line, MAX_SENTENCE_BYTES)
+        )
         first = next(sentences, None)
         if first is None:  # SentencePiece said only "INTERNAL: ... [!sentences_.empty()]"
             raise TokenizerError("no text to train on: every text is empty or blank")
@@ -114,7 +140,7 @@ class SentencePieceTokenizer:
             allow_whitespace_only_pieces=True,
             split_digits=True,
             hard_vocab_limit=False,
-            max_sentence_length=1 << 16,
+            max_sentence_length=MAX_SENTENCE_BYTES,
             num_threads=num_threads,
             minloglevel=2,
         )

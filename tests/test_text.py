@@ -66,6 +66,23 @@ def test_sentencepiece_training_is_deterministic(tmp_path, sp_tok):
     assert other.model_proto != sp_tok.model_proto
 
 
+def test_sentencepiece_trains_on_lines_longer_than_its_sentence_limit(tmp_path):
+    # SentencePiece's trainer skips a sentence over max_sentence_length bytes without a word: a
+    # corpus of long one-line chains of thought trained on nothing (or on the short lines only).
+    words = [f"w{'zqxjkv'[i % 6]}{i % 7}é" for i in range(20_000)]
+    line = " ".join(words)
+    assert len(line.encode()) > text.MAX_SENTENCE_BYTES
+    tok = text.SentencePieceTokenizer.train([line], tmp_path / "long", vocab_size=300)
+    assert tok.decode(tok.encode(line)) == line
+    assert len(tok.encode("wz0é wq1é")) < len("wz0é wq1é".encode())  # pieces learned from it
+    pieces = list(text._sentence_pieces(line, 1000))
+    assert "".join(pieces) == line and all(len(p.encode()) <= 1000 for p in pieces)
+    assert all(p.startswith(" ") for p in pieces[1:])  # cut at spaces
+    no_space = "é" * 999
+    pieces = list(text._sentence_pieces(no_space, 1000))  # 2-byte characters, never split
+    assert "".join(pieces) == no_space and [len(p.encode()) for p in pieces] == [1000, 998]
+
+
 def test_sentencepiece_training_on_blank_texts_says_so(tmp_path):
     # SentencePiece's own error was "INTERNAL: src/trainer_interface.cc(467) [!sentences_.empty()]".
     with pytest.raises(text.TokenizerError, match="every text is empty or blank"):
