@@ -347,6 +347,13 @@ def test_aggregate_terms_hand_values():
         losses.aggregate_terms(v, mask, "sum")
 
 
+def test_metrics_with_every_token_masked_are_zero():
+    # rl.mask_truncated with every response cut: no token counts; ratio_max logged -inf.
+    logp = jnp.full((2, 3), -1.0)
+    _, metrics = losses.policy_loss(logp, logp, jnp.ones(2), jnp.zeros((2, 3), bool))
+    assert {k: float(v) for k, v in metrics.items()} == dict.fromkeys(metrics, 0.0)
+
+
 def test_policy_loss_rejects_bad_arguments():
     lp, mask = jnp.zeros((2, 3)), jnp.ones((2, 3))
     with pytest.raises(ValueError):

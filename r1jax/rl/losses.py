@@ -223,9 +223,16 @@ def reduce_metric_sums(sums, axis=0):
 
 
 def metrics_from_sums(sums):
-    """Token means from (combined) metric sums; `*_max` keys pass through."""
+    """Token means from (combined) metric sums; `*_max` keys pass through. With no token (every
+    response masked: rl.mask_truncated with all of them cut) each is 0, the max too (-inf was
+    logged, which JSON readers other than Python's refuse)."""
     n = jnp.maximum(sums["n_tokens"], 1.0)
-    return {k: v if k.endswith("_max") else v / n for k, v in sums.items() if k != "n_tokens"}
+    some = sums["n_tokens"] > 0
+    return {
+        k: jnp.where(some, v, 0.0) if k.endswith("_max") else v / n
+        for k, v in sums.items()
+        if k != "n_tokens"
+    }
 
 
 def policy_loss(
