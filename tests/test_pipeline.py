@@ -816,6 +816,33 @@ def test_the_teacher_is_sampled_with_its_own_tokenizer(tmp_path):
     assert tok.vocab_size == 512
 
 
+def test_prompts_the_rule_check_cannot_grade_are_refused_before_sampling(tmp_path, monkeypatch):
+    # A prompt without its answer was sampled, then each of its samples rejected as
+    # 'grading_error' (an answer null: 'incorrect'), logged once; RL and evaluation refuse it.
+    from r1jax import evaluation
+
+    records = world.dataset("train", n=3)
+    del records[1]["answer"]
+    path = tmp_path / "prompts.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+
+    def sampled(*args, **kw):
+        raise AssertionError("the model was sampled")
+
+    monkeypatch.setattr(evaluation, "sample_completions", sampled)
+    cfg = _rs_cfg(data__format="jsonl", data__train=str(path), collect__require_correct=True)
+    with pytest.raises(sources.DataError, match=r"prompts\.jsonl\): record 2: no 'answer'"):
+        collect.collect(cfg, tmp_path / "run")
+    skip = configlib.updated(cfg, data__on_error="skip")
+    assert [r["prompt"] for r in collect._prompt_records(skip)] == [
+        records[0]["prompt"],
+        records[2]["prompt"],
+    ]
+    # Without the rule check (collect.require_correct False) no answer is needed.
+    loose = configlib.updated(cfg, collect__require_correct=False)
+    assert len(collect._prompt_records(loose)) == 3
+
+
 def test_a_student_without_a_tokenizer_is_refused_before_the_teacher_is_sampled(
     tmp_path, monkeypatch
 ):

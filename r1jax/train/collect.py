@@ -374,7 +374,15 @@ JOURNAL = "collect_journal.jsonl"
 def _prompt_records(cfg) -> list[dict]:
     """The records sampled: data.train's first collect.num_prompts, then collect.general_prompts'
     (domain "general")."""
-    records = supervised.load_records(cfg, cfg.data.train)
+    # A record the rule check cannot grade (no answer, an unknown task, a blank prompt) stops
+    # the collection now, naming it, or with data.on_error="skip" is dropped: its samples were
+    # all rejected ('grading_error', or 'incorrect' for an answer null) after the sampling.
+    records = registry.check_records(
+        ["accuracy"] if cfg.collect.require_correct else [],
+        supervised.load_records(cfg, cfg.data.train),
+        f"config.data.train ({cfg.data.train})",
+        on_error=cfg.data.on_error,
+    )
     if cfg.collect.num_prompts:
         records = records[: cfg.collect.num_prompts]
     if cfg.collect.general_prompts:  # sampled too, and judged by the reward model
