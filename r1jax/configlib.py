@@ -828,5 +828,12 @@ def _validate_collect(cfg) -> None:
         _check_path(cfg, field)
     if c.general_data and cfg.data.format != "world":
         _check_path(cfg, "collect.general_data")
+    if c.general_prompts and cfg.data.format != "world":
+        _check_path(cfg, "collect.general_prompts")
+    _require(
+        not c.general_prompts or bool(c.reward_model),
+        "collect.reward_model",
+        "collect.general_prompts' samples are judged by a reward model; set it",
+    )
     if c.sft:
         _require(bool(cfg.model.init_from), "model.init_from", "collect.sft trains this model")

@@ -305,6 +305,26 @@ def test_collect_config_errors_name_the_field(tmp_path):
     with pytest.raises(configlib.ConfigError, match=r"config\.collect\.general_data"):
         cfg = configlib.load_config(spec, collect__model=WORLD_BASE, collect__general_ratio=0.5)
         configlib.validate(cfg, num_devices=1)
+    # General prompts are judged by a reward model: without one (or without the file) the
+    # collection stopped after loading the model, in a pipeline hours after its start.
+    distill = os.path.join(REPO, "configs/distill.py:tiny")
+    with pytest.raises(configlib.ConfigError, match=r"config\.collect\.reward_model"):
+        configlib.validate(
+            configlib.load_config(distill, collect__model=WORLD_BASE, collect__reward_model=""),
+            num_devices=1,
+        )
+    missing, prompts = str(tmp_path / "general.jsonl"), tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps(RECORD) + "\n")
+    with pytest.raises(configlib.ConfigError, match=r"config\.collect\.general_prompts.*general"):
+        cfg = configlib.load_config(
+            spec,
+            collect__model=WORLD_BASE,
+            collect__general_prompts=missing,
+            collect__reward_model=WORLD_BASE,
+            data__format="jsonl",
+            data__train=str(prompts),
+        )
+        configlib.validate(cfg, num_devices=1)
     # A collection without its SFT has no SFT batch to split over the devices.
     alone = configlib.load_config(spec, collect__model=WORLD_BASE, collect__sft=False)
     configlib.validate(alone, num_devices=64)  # data.batch_size 32 would not split over 64
