@@ -75,6 +75,20 @@ def test_rejection_reasons_name_the_first_failed_check():
     assert collect.ngram_repeats("乘4得1乘4得1", 4) == 2  # CJK characters are words
 
 
+def test_without_the_strict_format_a_kept_sample_still_renders_in_the_r1_format():
+    # collect.require_format off kept '<think><think>a</think></think> <answer>1</answer>' and
+    # a thought holding an answer block, rendered as rows with a tag twice for SFT to learn.
+    lenient = _collect_cfg(require_format=False)
+    nested = GOOD.replace("<think>", "<think><think>").replace("</think>", "</think></think>")
+    inner = GOOD.replace("gives 2.", "gives <answer>2</answer>.")
+    for completion in (nested, inner, GOOD.replace("<answer>1", "<answer><think>1")):
+        assert collect.rejection_reason(completion, RECORD, 20, False, lenient) == "format"
+    for completion in (f"So: {GOOD}", f"{GOOD} Done."):  # text around the blocks: kept
+        assert collect.rejection_reason(completion, RECORD, 20, False, lenient) is None
+        rendered = collect.render(completion, RECORD, summary=False)
+        assert rendered == GOOD
+
+
 def test_text_from_token_bytes_that_are_not_utf8_is_rejected():
     # A byte-fallback token cut a character: the decoded text holds U+FFFD, not what the model
     # wrote (a tiny pipeline's teacher: 135 of 366 kept general answers were such gibberish).

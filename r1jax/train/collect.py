@@ -84,6 +84,8 @@ def _form_reason(completion: str, record: dict, length: int, truncated: bool, c)
     think, answer = text.split_reasoning(full)
     if not think or answer is None or (full != completion and _opens_think(completion)):
         return "format"
+    if any(tag in part for tag in text.REASONING_TAGS for part in (think, answer)):
+        return "format"  # (collect.require_format off) rendered, a thought holding a tag again
     if c.require_format and registry.format_strict(completion, record) < 1.0:
         return "format"
     return None
