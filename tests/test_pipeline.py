@@ -106,6 +106,23 @@ def test_text_from_token_bytes_that_are_not_utf8_is_rejected():
             assert judged["verdicts"] == [verdict]
 
 
+def test_an_empty_or_out_of_bounds_general_answer_is_rejected_whatever_its_score():
+    # A teacher that stopped at once on a general prompt gave an empty row for SFT, kept when
+    # the reward model scored it above the threshold; collect.min_tokens / max_tokens (the
+    # response length bounds) did not apply to general answers.
+    from r1jax.rewards import registry
+
+    general = {"prompt": "Say hi.", "domain": "general"}
+    texts, lengths = ["", " \n", "Hi there", "Hi there, how are you today?"], [1, 2, 3, 8]
+    with registry.RewardPool({"accuracy": 1.0}, num_workers=0, timeout_s=10) as pool:
+        for c, kept in ((_collect_cfg(), [2, 3]), (_collect_cfg(min_tokens=2, max_tokens=4), [2])):
+            c.update(num_samples=4, summary=False, general_min_score=0.0)
+            judged = collect._judge(c, [general], texts, lengths, [False] * 4, [1.0] * 4, pool)
+            reasons = [v[2] for v in judged["verdicts"]]
+            assert [j for j, r in enumerate(reasons) if r is None] == kept
+            assert {r for r in reasons if r} == {"length"}
+
+
 def test_r1s_readability_filters_long_paragraphs_and_code_blocks():
     long = GOOD.replace("<think>", "<think>" + "We add the numbers one by one. " * 10 + "\n\n")
     assert collect.longest_paragraph("ab\n\n  abcd \n \nx") == 4

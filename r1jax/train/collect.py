@@ -16,7 +16,8 @@ The `collect` stage (configs/cold_start.py, configs/rejection_sampling.py, confi
    Prompts of collect.general_prompts (domain "general") are sampled too and kept when the
    reward model (collect.reward_model) scores them above collect.general_min_score (a raw
    score, or with collect.normalize_scores one in standard deviations from the reward model's
-   mean score over its held-out responses) and their text is valid.
+   mean score over its held-out responses), their text is valid and not empty, and their length
+   within the bounds.
 5. Mix in general (non-reasoning) SFT rows, collect.general_ratio per reasoning row (sampled
    general answers are neither), optionally only those the reward model scores above
    collect.general_min_score. They are taken as they are (duplicates included).
@@ -78,7 +79,7 @@ def _form_reason(completion: str, record: dict, length: int, truncated: bool, c)
         return "truncated"
     if invalid_text(completion, record):
         return "invalid_text"
-    if length < c.min_tokens or (c.max_tokens and length > c.max_tokens):
+    if _outside_length_bounds(length, c):
         return "length"
     full = _full_text(completion, record)
     think, answer = text.split_reasoning(full)
@@ -89,6 +90,11 @@ def _form_reason(completion: str, record: dict, length: int, truncated: bool, c)
     if c.require_format and registry.format_strict(completion, record) < 1.0:
         return "format"
     return None
+
+
+def _outside_length_bounds(length: int, c) -> bool:
+    """Whether a response of `length` tokens is outside collect.min_tokens..max_tokens."""
+    return length < c.min_tokens or bool(c.max_tokens and length > c.max_tokens)
 
 
 def invalid_text(completion: str, record: dict) -> bool:
@@ -214,8 +220,9 @@ def sample_accepted(cfg, records, *, mesh, progress=True, journal=None):
     """Samples every record; returns (accepted rows, stats). Rows keep the record's metadata.
 
     Reasoning records pass the rule checks (`rejection_reason`); records of domain "general"
-    pass when they are not truncated and the reward model (collect.reward_model) scores them
-    above collect.general_min_score, and are kept as sampled (no think block is required).
+    pass when they are not truncated, their text is valid, not empty and within the length
+    bounds, and the reward model (collect.reward_model) scores them above
+    collect.general_min_score; they are kept as sampled (no think block is required).
 
     With `journal` (a path), each sampler call's outcome is appended there as it finishes and a
     rerun with the same settings replays the calls it holds instead of sampling them again: a
@@ -322,6 +329,11 @@ def _judge(c, batch, texts, lengths, truncated, scores, grader) -> dict:
                 reason = "truncated" if truncated[j] else None
                 if reason is None and invalid_text(texts[j], record):
                     reason = "invalid_text"
+                # An empty answer (the stop token at once) trained the student to say nothing.
+                if reason is None and (
+                    not texts[j].strip() or _outside_length_bounds(lengths[j], c)
+                ):
+                    reason = "length"
                 if reason is None and not scores[j] > c.general_min_score:
                     reason = "reward_model"
                 response = texts[j].strip()
