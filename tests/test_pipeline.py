@@ -316,8 +316,14 @@ def test_general_rows_follow_the_ratio_of_reasoning_rows_and_need_their_fields(
     assert all(row in rows for row in accepted)
     collect.collect(cfg, tmp_path / "again")
     assert sources.read_jsonl(tmp_path / "again" / "dataset.jsonl") == rows
+
     # General rows of another schema stop collection naming the file and row (they reached the
-    # SFT, which stopped there, or with data.on_error=skip dropped them all).
+    # SFT, which stopped there, or with data.on_error=skip dropped them all), before the
+    # sampling (they stopped it after every prompt was sampled).
+    def sampled(*args, **kw):
+        raise AssertionError("the model was sampled")
+
+    monkeypatch.setattr(collect, "sample_accepted", sampled)
     alpaca = tmp_path / "alpaca.jsonl"
     alpaca.write_text(json.dumps({"instruction": "Say hi.", "output": "Hi."}) + "\n")
     bad = configlib.updated(cfg, collect__general_data=str(alpaca))

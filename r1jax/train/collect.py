@@ -468,15 +468,25 @@ def _general_scores(scorer, batch, texts, num_samples):
     return scores
 
 
-def general_rows(cfg, n: int, *, mesh) -> tuple[list[dict], dict]:
-    """Up to `n` general SFT rows from collect.general_data (optionally reward-model filtered)."""
+def load_general_data(cfg) -> list[dict]:
+    """collect.general_data's rows in a seeded order (the rows a collection mixes in are read
+    and checked before its sampling: a file of another schema stopped it after hours)."""
+    rows = list(
+        supervised.load_records(
+            cfg, cfg.collect.general_data, generic=True, required=(("prompt", "response"),)
+        )
+    )
+    random.Random(f"r1jax-collect|{cfg.seed}").shuffle(rows)
+    return rows
+
+
+def general_rows(cfg, n: int, *, mesh, rows=None) -> tuple[list[dict], dict]:
+    """Up to `n` general SFT rows from collect.general_data (optionally reward-model filtered);
+    `rows`: its rows as `load_general_data` gave them (else read here)."""
     c = cfg.collect
     if n <= 0 or not c.general_data:
         return [], {"general_rows": 0}
-    rows = supervised.load_records(
-        cfg, c.general_data, generic=True, required=(("prompt", "response"),)
-    )
-    random.Random(f"r1jax-collect|{cfg.seed}").shuffle(rows)
+    rows = load_general_data(cfg) if rows is None else rows
     stats = {"general_available": len(rows)}
     if c.reward_model:
         scorer = _load_scorer(c, mesh)
@@ -546,6 +556,8 @@ def collect(cfg, workdir) -> pathlib.Path:
     if jax.process_index() == 0:
         workdir.mkdir(parents=True, exist_ok=True)
     distributed.barrier("collect-workdir")
+    c = cfg.collect  # general rows mixed in: read (and checked) now, not after the sampling
+    general_data = load_general_data(cfg) if c.general_ratio and c.general_data else []
     accepted, stats = sample_accepted(cfg, records, mesh=mesh, journal=workdir / JOURNAL)
     if not accepted:
         raise RuntimeError(
@@ -554,7 +566,7 @@ def collect(cfg, workdir) -> pathlib.Path:
         )
     reasoning = sum(r.get("domain") != "general" for r in accepted)
     n_general = round(cfg.collect.general_ratio * reasoning)  # per reasoning row, as documented
-    general, general_stats = general_rows(cfg, n_general, mesh=mesh)
+    general, general_stats = general_rows(cfg, n_general, mesh=mesh, rows=general_data)
     stats.update(general_stats)
     rows = accepted + general
     random.Random(f"r1jax-collect-order|{cfg.seed}").shuffle(rows)
