@@ -331,6 +331,24 @@ def test_general_rows_follow_the_ratio_of_reasoning_rows_and_need_their_fields(
         collect.collect(bad, tmp_path / "alpaca")
 
 
+def test_a_collection_without_one_reasoning_row_stops_before_its_sft(tmp_path, monkeypatch):
+    # A teacher whose every reasoning sample failed (a wrong template: 'format') but whose
+    # general answers the reward model accepted gave a distillation set of general rows only.
+    cfg = configlib.load_config(
+        os.path.join(REPO, "configs/cold_start.py:tiny"),
+        collect__model=WORLD_BASE,
+        collect__num_prompts=8,
+        mesh__num_devices=1,
+    )
+    general = [{"prompt": f"g{i}", "response": "r", "domain": "general"} for i in range(5)]
+    stats = {"accepted": 5, "sampled": 13, "rejected_by": {"format": 8}}
+    monkeypatch.setattr(collect, "sample_accepted", lambda *a, **kw: (general, dict(stats)))
+    with pytest.raises(RuntimeError, match=r"for a reasoning prompt passed.*'format': 8"):
+        collect.run(cfg, tmp_path)
+    assert not (tmp_path / collect.DATASET).exists()
+    assert not (tmp_path / "checkpoints").exists()
+
+
 def test_collect_config_errors_name_the_field(tmp_path):
     spec = os.path.join(REPO, "configs/cold_start.py:tiny")
     with pytest.raises(configlib.ConfigError, match=r"config\.collect\.model"):

@@ -559,12 +559,13 @@ def collect(cfg, workdir) -> pathlib.Path:
     c = cfg.collect  # general rows mixed in: read (and checked) now, not after the sampling
     general_data = load_general_data(cfg) if c.general_ratio and c.general_data else []
     accepted, stats = sample_accepted(cfg, records, mesh=mesh, journal=workdir / JOURNAL)
-    if not accepted:
-        raise RuntimeError(
-            f"collect: no sample of {cfg.collect.model} passed the checks "
-            f"(rejected by: {stats['rejected_by']}); see config.collect"
-        )
     reasoning = sum(r.get("domain") != "general" for r in accepted)
+    # (Sampled general answers alone made a distillation set without one reasoning row.)
+    if not reasoning and any(r.get("domain") != "general" for r in records):
+        raise RuntimeError(
+            f"collect: no sample of {cfg.collect.model} for a reasoning prompt passed the "
+            f"checks (rejected by: {stats['rejected_by']}); see config.collect"
+        )
     n_general = round(cfg.collect.general_ratio * reasoning)  # per reasoning row, as documented
     general, general_stats = general_rows(cfg, n_general, mesh=mesh, rows=general_data)
     stats.update(general_stats)
