@@ -942,6 +942,35 @@ def test_a_student_without_a_tokenizer_is_refused_before_the_teacher_is_sampled(
         collect.run(cfg, tmp_path / "run")
 
 
+def test_a_workdir_holding_another_run_is_refused_before_the_teacher_is_sampled(
+    tmp_path, monkeypatch
+):
+    # --workdir naming the RL run sampled (collect.model's folder): the dataset was collected
+    # into it, then its SFT refused the folder (it holds an 'rl' run's checkpoints).
+    rl_cfg = configlib.load_config(os.path.join(REPO, "configs/reasoning_rl.py:tiny"))
+    configlib.save_resolved(rl_cfg, tmp_path, configlib.model_config_from(rl_cfg, vocab_size=512))
+    (tmp_path / "checkpoints" / "20").mkdir(parents=True)
+    cfg = configlib.load_config(
+        os.path.join(REPO, "configs/cold_start.py:tiny"),
+        collect__model=WORLD_BASE,
+        mesh__num_devices=1,
+    )
+
+    def sampled(*args, **kw):
+        raise AssertionError("the teacher was sampled")
+
+    monkeypatch.setattr(collect, "collect", sampled)
+    with pytest.raises(configlib.ConfigError, match=r"checkpoints of a 'rl' run"):
+        collect.run(cfg, tmp_path)
+    # Its own SFT's folder (a resumed distillation) is not refused.
+    own = tmp_path / "own"
+    sft = collect.sft_config(cfg, own / collect.DATASET)
+    configlib.save_resolved(sft, own, configlib.model_config_from(sft, vocab_size=512))
+    (own / "checkpoints" / "20").mkdir(parents=True)
+    with pytest.raises(AssertionError, match="the teacher was sampled"):
+        collect.run(cfg, own)
+
+
 def _hf_student(folder, vocab_size: int):
     """A tiny Hugging Face folder: its own 400-piece tokenizer, `vocab_size` embedding rows."""
     import jax

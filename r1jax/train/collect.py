@@ -620,6 +620,8 @@ def run(cfg, workdir) -> dict:
     configlib.validate(cfg)
     if cfg.collect.sft:  # the student's tokenizer, before the teacher is sampled (hours at scale)
         supervised.check_tokenizer(cfg)
+        # and a WORKDIR holding another run (the source model's own folder), refused by the SFT
+        configlib.check_resumable(sft_config(cfg, pathlib.Path(workdir) / DATASET), workdir)
     dataset = collect(cfg, workdir)
     out = {"dataset": str(dataset)}
     if cfg.collect.sft:
