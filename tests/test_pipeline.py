@@ -331,6 +331,27 @@ def test_general_rows_follow_the_ratio_of_reasoning_rows_and_need_their_fields(
         collect.collect(bad, tmp_path / "alpaca")
 
 
+def test_the_reward_model_judging_general_rows_is_checked_before_sampling(tmp_path, monkeypatch):
+    # It was loaded (and a folder that is no reward_model run refused) after every prompt was
+    # sampled; the rerun with the right folder then restarted the journal (another setting).
+    cfg = configlib.load_config(
+        os.path.join(REPO, "configs/cold_start.py:tiny"),
+        collect__model=WORLD_BASE,
+        collect__num_prompts=8,
+        collect__general_data="general_sft",
+        collect__general_ratio=1.0,
+        collect__reward_model=WORLD_BASE,
+        mesh__num_devices=1,
+    )
+
+    def sampled(*args, **kw):
+        raise AssertionError("the model was sampled")
+
+    monkeypatch.setattr(collect, "sample_accepted", sampled)
+    with pytest.raises(configlib.ConfigError, match=r"world_base is not a reward_model run"):
+        collect.collect(cfg, tmp_path)
+
+
 def test_a_collection_without_one_reasoning_row_stops_before_its_sft(tmp_path, monkeypatch):
     # A teacher whose every reasoning sample failed (a wrong template: 'format') but whose
     # general answers the reward model accepted gave a distillation set of general rows only.

@@ -127,6 +127,46 @@ def has_summary(response: str, *, prompt_opens_think: bool = False) -> bool:
 # ---- scorer ---------------------------------------------------------------------------------
 
 
+def read_run(run_dir, *, normalize: bool = False):
+    """(model config, run config, score statistics or None, rm_eval.json's fields) of a
+    reward_model run folder, without its params; a ConfigError when it is not one (or, with
+    normalize, has no score statistics of its newest checkpoint). A stage that scores late
+    checks its reward model with it at start."""
+    run_dir = pathlib.Path(run_dir)
+    # What the folder is comes first: an SFT run or a Hugging Face folder given with
+    # normalize was told to train "again" for its missing score statistics. ConfigError:
+    # the command prints it in one line (a ValueError was a traceback).
+    try:
+        model_cfg, run_cfg = configlib.load_resolved(run_dir)
+    except ValueError as e:  # a config.json that r1jax did not write (a Hugging Face one)
+        raise configlib.ConfigError(f"{run_dir} is not a reward_model run: {e}") from None
+    if run_cfg.get("stage") != "reward_model":
+        raise configlib.ConfigError(
+            f"{run_dir} is a {run_cfg.get('stage')!r} run, not a reward_model run (a "
+            "trunk and a scalar head, trained by the reward_model stage)"
+        )
+    stats = None
+    report = run_dir / "rm_eval.json"
+    found = json.loads(report.read_text()) if report.is_file() else {}
+    if normalize:
+        if not (found.get("score_std") or 0) > 0:
+            raise configlib.ConfigError(
+                f"{run_dir}: normalize needs the score statistics a reward_model run writes "
+                f"to rm_eval.json at its end (score_mean, score_std); {report} has none "
+                "(a run from before they were recorded: train it again, or do not normalize)"
+            )
+        stats = (float(found["score_mean"]), float(found["score_std"]))
+        saved = run_dir / "checkpoints"
+        newest = checkpoint.manager(saved).latest_step() if saved.is_dir() else None
+        if newest is not None and newest != found.get("step"):
+            raise configlib.ConfigError(
+                f"{run_dir}: normalize's score statistics (rm_eval.json) are of step "
+                f"{found.get('step')}, its newest checkpoint of step {newest}: a run trained "
+                "on and not finished (finish it first, or do not normalize)"
+            )
+    return model_cfg, run_cfg, stats, found
+
+
 class RewardModelScorer:
     """Scores (prompt, response) texts with a reward model: jitted once per length bucket,
     params as arguments, rows sorted by length so a bucket holds rows of similar length.
@@ -189,37 +229,7 @@ class RewardModelScorer:
         apart add up on one scale and next to the rule rewards (Bradley-Terry fixes only score
         differences: a model's offset and scale are arbitrary)."""
         run_dir = pathlib.Path(run_dir)
-        # What the folder is comes first: an SFT run or a Hugging Face folder given with
-        # normalize was told to train "again" for its missing score statistics. ConfigError:
-        # the command prints it in one line (a ValueError was a traceback).
-        try:
-            model_cfg, run_cfg = configlib.load_resolved(run_dir)
-        except ValueError as e:  # a config.json that r1jax did not write (a Hugging Face one)
-            raise configlib.ConfigError(f"{run_dir} is not a reward_model run: {e}") from None
-        if run_cfg.get("stage") != "reward_model":
-            raise configlib.ConfigError(
-                f"{run_dir} is a {run_cfg.get('stage')!r} run, not a reward_model run (a "
-                "trunk and a scalar head, trained by the reward_model stage)"
-            )
-        stats = None
-        report = run_dir / "rm_eval.json"
-        found = json.loads(report.read_text()) if report.is_file() else {}
-        if normalize:
-            if not (found.get("score_std") or 0) > 0:
-                raise configlib.ConfigError(
-                    f"{run_dir}: normalize needs the score statistics a reward_model run writes "
-                    f"to rm_eval.json at its end (score_mean, score_std); {report} has none "
-                    "(a run from before they were recorded: train it again, or do not normalize)"
-                )
-            stats = (float(found["score_mean"]), float(found["score_std"]))
-            saved = run_dir / "checkpoints"
-            newest = checkpoint.manager(saved).latest_step() if saved.is_dir() else None
-            if newest is not None and newest != found.get("step"):
-                raise configlib.ConfigError(
-                    f"{run_dir}: normalize's score statistics (rm_eval.json) are of step "
-                    f"{found.get('step')}, its newest checkpoint of step {newest}: a run trained "
-                    "on and not finished (finish it first, or do not normalize)"
-                )
+        model_cfg, run_cfg, stats, found = read_run(run_dir, normalize=normalize)
         model_cfg = dataclasses.replace(model_cfg, remat="none")
         if rules is None:
             rules = sharding.rules_from_config(run_cfg.get("mesh", {}).get("rules", []))

@@ -558,6 +558,10 @@ def collect(cfg, workdir) -> pathlib.Path:
     distributed.barrier("collect-workdir")
     c = cfg.collect  # general rows mixed in: read (and checked) now, not after the sampling
     general_data = load_general_data(cfg) if c.general_ratio and c.general_data else []
+    if c.reward_model and general_data:  # (it judges them after the sampling)
+        from r1jax.rewards import preference
+
+        preference.read_run(c.reward_model, normalize=c.normalize_scores)
     accepted, stats = sample_accepted(cfg, records, mesh=mesh, journal=workdir / JOURNAL)
     reasoning = sum(r.get("domain") != "general" for r in accepted)
     # (Sampled general answers alone made a distillation set without one reasoning row.)
