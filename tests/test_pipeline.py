@@ -364,7 +364,7 @@ def test_a_collection_without_one_reasoning_row_stops_before_its_sft(tmp_path, m
     general = [{"prompt": f"g{i}", "response": "r", "domain": "general"} for i in range(5)]
     stats = {"accepted": 5, "sampled": 13, "rejected_by": {"format": 8}}
     monkeypatch.setattr(collect, "sample_accepted", lambda *a, **kw: (general, dict(stats)))
-    with pytest.raises(RuntimeError, match=r"for a reasoning prompt passed.*'format': 8"):
+    with pytest.raises(configlib.ConfigError, match=r"for a reasoning prompt passed.*'format': 8"):
         collect.run(cfg, tmp_path)
     assert not (tmp_path / collect.DATASET).exists()
     assert not (tmp_path / "checkpoints").exists()

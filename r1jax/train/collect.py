@@ -565,8 +565,9 @@ def collect(cfg, workdir) -> pathlib.Path:
     accepted, stats = sample_accepted(cfg, records, mesh=mesh, journal=workdir / JOURNAL)
     reasoning = sum(r.get("domain") != "general" for r in accepted)
     # (Sampled general answers alone made a distillation set without one reasoning row.)
-    if not reasoning and any(r.get("domain") != "general" for r in records):
-        raise RuntimeError(
+    # ConfigError: the command prints it in one line (a RuntimeError was a traceback).
+    if not accepted or (not reasoning and any(r.get("domain") != "general" for r in records)):
+        raise configlib.ConfigError(
             f"collect: no sample of {cfg.collect.model} for a reasoning prompt passed the "
             f"checks (rejected by: {stats['rejected_by']}); see config.collect"
         )
