@@ -897,6 +897,30 @@ def test_a_killed_collection_resumes_from_its_journal_to_the_same_dataset(tmp_pa
     assert collect.collect(_rs_cfg(collect__model=other), tmp_path / "full").read_bytes() == full
 
 
+def test_a_source_run_trained_on_is_not_reused_from_a_journal_or_dataset(tmp_path):
+    # The journal and the finished dataset recorded the source run's folder, not its step: a
+    # collection killed, its RL run trained on, then rerun replayed the older params' verdicts.
+    saved = tmp_path / "rl" / "checkpoints"
+    (saved / "4").mkdir(parents=True)
+    (saved / "6.orbax-checkpoint-tmp-12").mkdir()  # a save in progress (or a kill's leftover)
+    cfg = _rs_cfg(collect__model=str(tmp_path / "rl"))
+    records = [RECORD]
+    header = collect._journal_header(cfg, records)
+    assert header["settings"]["source_step"] == 4
+    provenance = {
+        **collect._collection_settings(cfg),
+        "prompts_sha256": collect._prompts_sha256(records),
+    }
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / collect.PROVENANCE).write_text(json.dumps(provenance))
+    collect._check_same_settings(cfg, tmp_path / "out", records)
+    (saved / "6").mkdir()
+    assert collect._journal_header(cfg, records) != header
+    with pytest.raises(configlib.ConfigError, match=r"source_step: 4 -> 6"):
+        collect._check_same_settings(cfg, tmp_path / "out", records)
+    assert "source_step" not in collect._collection_settings(_rs_cfg())  # a Hugging Face folder
+
+
 def test_the_teacher_is_sampled_with_its_own_tokenizer(tmp_path):
     # config.tokenizer is the student's (the model collect.sft trains): a 400-piece student
     # tokenizer sampled the 512-piece world base, and every sample came out truncated garbage.

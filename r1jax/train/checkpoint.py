@@ -267,6 +267,18 @@ def save(mngr, state, iterator=None, *, extra=None, force: bool = False) -> bool
     return saved
 
 
+def newest_step(path: str | pathlib.Path) -> int | None:
+    """The newest finished save's step in a run folder or its checkpoints folder, read from the
+    step folders' names (no manager: a reader writes nothing); None where there is none (a
+    Hugging Face folder)."""
+    path = pathlib.Path(path)
+    folder = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+    try:
+        return max((int(p.name) for p in folder.iterdir() if p.name.isdigit()), default=None)
+    except OSError:
+        return None
+
+
 def abstract_like(tree) -> Any:
     """ShapeDtypeStructs (with shardings) describing where restored arrays should land.
 

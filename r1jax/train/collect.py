@@ -45,7 +45,7 @@ from r1jax import configlib, distributed, evaluation, files, sharding, text
 from r1jax.rewards import format as format_reward
 from r1jax.rewards import language as language_reward
 from r1jax.rewards import registry, tasks
-from r1jax.train import supervised
+from r1jax.train import checkpoint, supervised
 
 DATASET = "dataset.jsonl"
 PROVENANCE = "provenance.json"
@@ -431,8 +431,12 @@ def _collection_settings(cfg) -> dict:
     paths as absolute paths, however the config spelled them (a pipeline's @stage folders follow
     --workdir's spelling)."""
     c = {k: _same_path(v) for k, v in cfg.collect.to_dict().items() if k != "sft"}
+    # The source run's newest step: once it trained on, a journal or dataset of its older
+    # params is not reused (recorded only where collect.model is an r1jax run).
+    step = checkpoint.newest_step(cfg.collect.model)
     return configlib.json_form(
         {
+            **({} if step is None else {"source_step": step}),
             "source_model": _same_path(str(cfg.collect.model)),
             "prompts_from": _same_path(str(cfg.data.train)),
             "seed": int(cfg.seed),
@@ -528,6 +532,8 @@ def _check_same_settings(cfg, workdir: pathlib.Path, records) -> None:
         was["general_data_from"] = provenance["general_data_from"]
     if "prompts_sha256" in provenance:
         was["prompts_sha256"] = provenance["prompts_sha256"]
+    if "source_step" in provenance:
+        was["source_step"] = provenance["source_step"]
     was = configlib.flatten(configlib.json_form(was))
     now = configlib.flatten(
         {**_collection_settings(cfg), "prompts_sha256": _prompts_sha256(records)}
@@ -576,7 +582,9 @@ def collect(cfg, workdir) -> pathlib.Path:
     stats.update(general_stats)
     rows = accepted + general
     random.Random(f"r1jax-collect-order|{cfg.seed}").shuffle(rows)
+    step = checkpoint.newest_step(cfg.collect.model)
     provenance = {
+        **({} if step is None else {"source_step": step}),
         "source_model": str(cfg.collect.model),
         "prompts_from": str(cfg.data.train),
         "prompts_sha256": _prompts_sha256(records),
