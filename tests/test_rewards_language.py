@@ -10,6 +10,7 @@ def test_word_counts_by_script():
     counts = language.word_counts("We compute 3 加 4 得到 7, so x = 7.")
     assert counts["en"] == 3  # "We", "compute", "so"; the variable x is not a word
     assert counts["zh"] == 3  # each ideograph is a word: 加 得 到
+    assert language.word_counts("Ở đây có một con mèo")["en"] == 6  # 4 before: ở, một split
 
 
 # (text, target, expected share)
@@ -80,6 +81,12 @@ CASES = [
     # Full-width Latin is Latin (NFKC); Arabic digits and punctuation are no words.
     ("<think>ＡＢＣ是 Ｈｅｌｌｏ</think>", "en", 1 / 2),
     ("<think>We add ١٢ ، then stop</think>", "en", 1.0),
+    # Vietnamese letters (Latin Extended Additional) are inside their words: "cần" split at ầ
+    # into two dropped one-letter pieces, "Tiếng" into two words (3/7 here before).
+    ("<think>Ta cần tính tổng 我们计算</think>", "en", 1 / 2),
+    ("<think>Ở đây để 我们计算</think>", "zh", 4 / 7),
+    # A letter with a combining mark NFKC cannot compose is one letter: a variable (x̂).
+    ("<think>因为 x\u0302 = 2 所以</think>", "zh", 1.0),
 ]
 
 

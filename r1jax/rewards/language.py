@@ -29,8 +29,13 @@ import warnings
 from r1jax.rewards import format as format_reward
 
 _SCRIPTS = {
-    # Latin letters with accents; not the multiplication and division signs (U+00D7, U+00F7).
-    "en": re.compile(r"[A-Za-z\u00c0-\u00d6\u00d8-\u00f6\u00f8-\u024f]+"),
+    # Latin letters with accents, Latin Extended Additional among them (Vietnamese ệ ở ầ: a
+    # word split at each of them, its one-letter pieces dropped as variables), and combining
+    # marks after a letter (one NFKC cannot compose); not the signs × ÷ (U+00D7, U+00F7).
+    "en": re.compile(
+        r"[A-Za-z\u00c0-\u00d6\u00d8-\u00f6\u00f8-\u024f\u1e00-\u1eff]"
+        r"[A-Za-z\u00c0-\u00d6\u00d8-\u00f6\u00f8-\u024f\u1e00-\u1eff\u0300-\u036f]*"
+    ),
     # CJK ideographs: extension A, the unified block, compatibility, extensions B-F.
     "zh": re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002ebef]"),
     "ja": re.compile(r"[\u3040-\u309f\u30a1-\u30fa\u30fc-\u30ff]"),  # kana (not the ・ dot)
@@ -45,7 +50,7 @@ _SCRIPTS = {
 LANGUAGES = tuple(_SCRIPTS)
 # Latin runs that are math, not English: one letter (a variable), up to 4 capitals (triangle
 # ABC, segment AB), the names of functions and operators written without a backslash.
-_MATH_WORD = re.compile(r"^(?:[A-Za-z]|[A-Z]{2,4})$")
+_MATH_WORD = re.compile(r"^(?:[A-Za-z]|[A-Z]{2,4})[\u0300-\u036f]*$")  # x̂ too
 _MATH_FUNCTIONS = frozenset(
     "sin cos tan cot sec csc arcsin arccos arctan sinh cosh tanh log ln lg exp gcd lcm max min "
     "mod det lim sup inf arg deg dim ker sgn".split()
@@ -118,7 +123,7 @@ _NO_COMMENTS = frozenset(
 )
 _CODE_PUNCTUATION = re.compile(r"[;{}()\[\]=<>]")
 # From a word's start only, words taken whole (possessive): linear in a line of any length.
-_LETTER = r"[A-Za-z\u00c0-\u024f\u0400-\u04ff]"
+_LETTER = r"[A-Za-z\u00c0-\u024f\u1e00-\u1eff\u0400-\u04ff]"
 _SENTENCE_RUN = re.compile(
     rf"(?<!{_LETTER}){_LETTER}{{2,}}+(?: {_LETTER}{{2,}}+){{3}}"
     r"|[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af]{4}"
