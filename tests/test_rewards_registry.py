@@ -40,6 +40,28 @@ def crash_on_marker(completion, record):
     return 1.0
 
 
+def not_finite_on_marker(completion, record):
+    """A custom reward that returns NaN or inf on a marked completion."""
+    return {"NAN": float("nan"), "INF": float("inf"), "-INF": -np.inf}.get(completion, 0.5)
+
+
+def test_a_nan_or_infinite_reward_scores_0_and_is_counted_as_a_crash():
+    # It went into the total as it was: the group's advantages and the step's loss were NaN (the
+    # update skipped), and NaN, which marks another domain's rows, hid it from reward/<name>.
+    name = "test_rewards_registry:not_finite_on_marker"
+    completions = ["NAN", "INF", "-INF", COMPLETIONS[0]]
+    for workers in (0, 1):
+        with registry.RewardPool(
+            {name: 1.0, "format": 0.5}, num_workers=workers, timeout_s=30
+        ) as p:
+            total_N, per_fn, metrics = p.score(completions, [RECORDS[0]] * 4)
+            errors = p.grade(completions, [RECORDS[0]] * 4)[2][name]
+        np.testing.assert_array_equal(per_fn[name], [0.0, 0.0, 0.0, 0.5])
+        np.testing.assert_array_equal(total_N, [0.0, 0.0, 0.0, 1.0])
+        assert metrics[f"rewards/crashes/{name}"] == 3.0, (workers, metrics)
+        assert errors[0] == "NonFinite: the reward returned nan" and errors[3] is None
+
+
 def math_past_deadline(completion, record):
     """A reward whose math check runs past its (tiny) deadline: ~0.4 s of sympy, 0.05 allowed
     (bare braces 8 deep: one more and math.is_dangerous refuses the answer unchecked)."""

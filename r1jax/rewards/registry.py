@@ -234,14 +234,17 @@ MATH_DEADLINE = "MathDeadline: a math-verify check ran past its deadline and cou
 
 
 def score_item(names: list[str], completion: str, record: dict):
-    """Yield (name, value, error) for each reward, in order; an exception is (name, 0, repr),
-    a math check past its deadline (name, value, MATH_DEADLINE)."""
+    """Yield (name, value, error) for each reward, in order; an exception or a NaN or infinite
+    value is (name, 0, why), a math check past its deadline (name, value, MATH_DEADLINE)."""
     for name in names:
         hits = math_reward.deadline_hits
         try:
             value = float(get(name)(completion, record))
         except Exception as exc:  # noqa: BLE001 - one bad reward must not stop the others
             yield name, 0.0, f"{type(exc).__name__}: {exc}"[:300]
+            continue
+        if not math.isfinite(value):  # its group's advantages, its step's update were NaN
+            yield name, 0.0, f"NonFinite: the reward returned {value}"
             continue
         yield name, value, MATH_DEADLINE if math_reward.deadline_hits != hits else None
 
