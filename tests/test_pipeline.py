@@ -494,10 +494,29 @@ def test_a_reward_models_non_finite_score_counts_as_0_and_is_warned_about(caplog
     broken = _LengthScorer(scale=float("inf"))
     maker = _maker([("reward_model", broken, 1.0)])
     records = [RECORD, {"prompt": "Say hi.", "domain": "general"}]
+    maker.last_pool_metrics = {}
     with caplog.at_level("WARNING"):
-        rewards_N, _ = maker._route([GOOD, "hi"], records, np.ones(2, np.float32), {})
+        rewards_N, out = maker._route([GOOD, "hi"], records, np.ones(2, np.float32), {})
     np.testing.assert_array_equal(rewards_N, [1.0, 0.0])
     assert "scored 1 of 1 general responses NaN or inf" in caplog.text
+    # Logged as it counts (0), and counted: NaN, the other domains' mark, hid it from the
+    # reward/reward_model mean, which then did not add up to the reward's.
+    assert np.isnan(out["reward_model"][0]) and out["reward_model"][1] == 0.0
+    assert maker.last_pool_metrics == {"rewards/crashes/reward_model": 1.0}
+    # A summary model's NaN for a finished response: the group's unfinished one is floored
+    # below the 0 it counts as (a NaN floor made it 0 too, level with it).
+    nan_for_long = _LengthScorer("summary", spread=1.0)
+    nan_for_long.scale = 1.0
+    score = nan_for_long.score
+    nan_for_long.score = lambda p, r, opens_think: np.where(
+        score(p, r, opens_think=opens_think) > 3, np.nan, 1.0
+    ).astype(np.float32)
+    maker = _maker([("reward_model", nan_for_long, 1.0)], group_size=2)
+    general = {"prompt": "Say hi.", "domain": "general"}
+    rewards_N, _ = maker._route(
+        ["<think>a</think> Hello there.", "<think>cut"], [general] * 2, np.zeros(2, np.float32), {}
+    )
+    np.testing.assert_array_equal(rewards_N, [0.0, -1.0])
 
 
 def test_a_response_with_no_summary_scores_below_its_groups_worst_finished_one():

@@ -213,20 +213,25 @@ class ExperienceMaker:
                     [texts[i] for i in idx],
                     opens_think=opens,
                 )
-            if scorer.scope == "summary":
-                spread = scorer.score_spread()
-                _floor_unfinished(rm_N, idx, texts, opens, self.cfg.num_samples, spread)
-            bad = int((~np.isfinite(rm_N[idx])).sum())
-            if bad:  # NaN only marks other domains' rows; here it is a broken model's score
+            # NaN only marks other domains' rows; here it is a broken model's score: 0, as
+            # the total counts it, in the logged score too (and before a floor reads it).
+            broken = ~np.isfinite(rm_N[idx])
+            rm_N[idx[broken]] = 0.0
+            if hasattr(self, "last_pool_metrics"):  # counted as a rule reward's crash is
+                self.last_pool_metrics[f"rewards/crashes/{name}"] = float(broken.sum())
+            if broken.any():
                 logging.warning(
                     "reward model %s scored %d of %d general responses NaN or inf; they count "
                     "as 0 (its params or its input are broken)",
                     name,
-                    bad,
+                    int(broken.sum()),
                     idx.size,
                 )
+            if scorer.scope == "summary":
+                spread = scorer.score_spread()
+                _floor_unfinished(rm_N, idx, texts, opens, self.cfg.num_samples, spread)
             per_fn[name] = rm_N
-            total_N += weight * np.nan_to_num(rm_N, posinf=0.0, neginf=0.0)
+            total_N += weight * np.where(general_N, rm_N, 0.0).astype(np.float32)
         rewards_N = np.where(general_N, total_N, rewards_N)
         return rewards_N.astype(np.float32), per_fn
 
