@@ -452,3 +452,33 @@ def test_ppo_rolls_out_one_sample_per_prompt():
         assert ("advantages_N" in batch) == (group == 2)  # PPO's come from GAE in the trainer
         assert metrics["reward"] == 1.0
         assert metrics.get("zero_std_groups") == (None if group == 1 else 1.0)  # no groups
+
+
+def test_reward_errors_of_every_sampling_round_are_counted():
+    # Dynamic sampling scores several rounds a step; the last round's timeouts and crashes
+    # alone were logged (here 1 of 3), those of the rounds before it went uncounted.
+    def sample_fn(prompt_BxP, lens_B, round_index):
+        n, t = prompt_BxP.shape[0] * maker.cfg.num_samples, 5
+        return {
+            "tokens": np.full((n, t), 65, np.int32),
+            "lengths": np.full((n,), t, np.int32),
+            "truncated": np.ones((n,), bool),
+            "logprobs": np.zeros((n, t), np.float32),
+        }
+
+    def score(texts, records, names):  # all alike: no group is informative, 3 rounds
+        metrics = {"rewards/crashes/target_chars": 1.0, "rewards/worker_restarts": 5.0}
+        return np.ones(len(texts), np.float32), {}, metrics
+
+    pool = types.SimpleNamespace(names=["target_chars"], score=score)
+    records = iter([{"prompt": f"question {i}", "answer": "1"} for i in range(64)])
+    cfg = rl.rollout_config(
+        _cfg("configs/grpo.py:tiny", rl__dynamic_sampling=True, rl__max_sampling_rounds=3)
+    )
+    maker = rollout.ExperienceMaker(cfg, _CharTokenizer(), pool, sample_fn, records)
+    _, metrics, _ = maker.make()
+    assert metrics["sampling_rounds"] == 3
+    assert metrics["rewards/crashes/target_chars"] == 3.0
+    assert metrics["rewards/worker_restarts"] == 5.0  # the pool's running total
+    _, metrics, _ = maker.make()
+    assert metrics["rewards/crashes/target_chars"] == 3.0  # each step its own

@@ -285,6 +285,7 @@ class ExperienceMaker:
         rewards_N, per_fn = self._score_rules(texts, group_records)
         rewards_N, per_fn = self._route(texts, group_records, rewards_N, per_fn)
         self.timings["reward_s"] += time.perf_counter() - t0
+        self._add_reward_counts(getattr(self, "last_pool_metrics", {}))
         return Samples(
             records,
             prompt_BxP,
@@ -298,10 +299,20 @@ class ExperienceMaker:
             per_fn,
         )
 
+    def _add_reward_counts(self, round_metrics: dict) -> None:
+        """Adds a sampling round's reward timeouts, crashes and seconds to the step's (the
+        last round's alone were logged: dynamic sampling's earlier rounds went uncounted)."""
+        for name, value in round_metrics.items():
+            if name.startswith("rewards/mean/"):  # logged as reward/<name>
+                continue
+            summed = name.startswith(("rewards/timeouts/", "rewards/crashes/", "rewards/seconds"))
+            self.reward_counts[name] = value + (self.reward_counts.get(name, 0.0) if summed else 0)
+
     def make(self) -> tuple[dict, dict, Samples]:
         """One RL batch (host arrays), its metrics, and the raw samples for logging."""
         cfg = self.cfg
         self.timings = {"generate_s": 0.0, "reward_s": 0.0}
+        self.reward_counts = {}  # the step's reward errors, every sampling round's
         kept, dropped, rounds, generated = [], [], 0, 0
         while True:
             s = self._sample_round(rounds)
@@ -376,9 +387,8 @@ class ExperienceMaker:
         if self.reward_models:
             general = np.array([r.get("domain") == "general" for r in s.records], np.float32)
             metrics["general_prompt_share"] = float(everyone(general).mean())
-        for name, value in getattr(self, "last_pool_metrics", {}).items():
-            if not name.startswith("rewards/mean/"):  # already logged as reward/<name>
-                metrics[name] = float(value)
+        for name, value in getattr(self, "reward_counts", {}).items():
+            metrics[name] = float(value)
         return batch, metrics
 
 
