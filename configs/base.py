@@ -186,6 +186,10 @@ def get_config() -> ml_collections.ConfigDict:
     # (equations 8-10) adds format to general prompts and language to every prompt:
     # ("format", "language") with those two in rl.rewards.
     c.rl.general_rule_rewards = ()
+    # Subtracted from a general response's reward when it hit rl.max_new_tokens without its stop
+    # token (TRL's missing_eos_penalty; 0 = off): a reward model reads a cut response as if it
+    # were finished (it scores the row with an end token put after it).
+    c.rl.missing_eos_penalty = 0.0
 
     # Sampling datasets from a model (cold start, rejection sampling, distillation).
     c.collect = ml_collections.ConfigDict()

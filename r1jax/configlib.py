@@ -722,6 +722,13 @@ def _validate_rl(cfg, num_devices: int) -> None:
         "rl.general_rule_rewards",
         "rule rewards for general prompts need general prompts (rl.general_prompts)",
     )
+    _require(rl.missing_eos_penalty >= 0, "rl.missing_eos_penalty", "must be >= 0")
+    _require(
+        not rl.missing_eos_penalty or bool(rl.general_prompts),
+        "rl.missing_eos_penalty",
+        "it applies to general prompts' responses: set rl.general_prompts (a rule reward "
+        "judges a cut reasoning response by its missing tags; or use rl.overlong_buffer)",
+    )
     try:
         shape = sharding.mesh_shape(cfg.mesh.to_dict(), num_devices)
     except ValueError as e:

@@ -458,11 +458,13 @@ class _LengthScorer:
         )
 
 
-def _maker(reward_models, group_size=1, general_rule_rewards=()):
+def _maker(reward_models, group_size=1, general_rule_rewards=(), missing_eos_penalty=0.0):
     maker = rollout.ExperienceMaker.__new__(rollout.ExperienceMaker)
     maker.reward_models = reward_models
     maker.cfg = types.SimpleNamespace(
-        num_samples=group_size, general_rule_rewards=general_rule_rewards
+        num_samples=group_size,
+        general_rule_rewards=general_rule_rewards,
+        missing_eos_penalty=missing_eos_penalty,
     )
     return maker
 
@@ -552,6 +554,32 @@ def test_a_response_with_no_summary_scores_below_its_groups_worst_finished_one()
     maker = _maker([("harmlessness_model", _LengthScorer("response"), 1.0)], group_size=3)
     rewards_N, _ = maker._route(texts, records, zeros, {})
     np.testing.assert_allclose(rewards_N, [len(t) for t in texts])
+
+
+def test_missing_eos_penalty_lowers_a_cut_general_response_only():
+    # A reward model scores a response cut at max_new_tokens with an end token put after it,
+    # as if it were finished: rl.missing_eos_penalty (TRL's) takes that back, off by default.
+    general = {"prompt": "Write a haiku.", "domain": "general"}
+    records = [RECORD, RECORD, general, general]
+    texts = [GOOD, "<think>cut", "Leaves fall.", "Leaves fall, slowly, and"]
+    truncated_N = np.array([False, True, False, True])
+    rule_N = np.array([1.5, 0.0, 0.0, 0.0], np.float32)
+    for penalty, expected in ((0.0, [1.5, 0.0, 12, 24]), (5.0, [1.5, 0.0, 12, 24 - 5])):
+        maker = _maker([("reward_model", _LengthScorer(), 1.0)], 2, missing_eos_penalty=penalty)
+        rewards_N, out = maker._route(texts, records, rule_N, {}, truncated_N)
+        np.testing.assert_allclose(rewards_N, expected)
+        assert out["reward_model"][3] == 24  # the model's own score is logged as it is
+    spec = os.path.join(REPO, "configs/all_domain_rl.py:tiny")
+    ok = dict(model__init_from=WORLD_BASE, rl__reward_model__path=WORLD_BASE)
+    cfg = configlib.load_config(spec, rl__missing_eos_penalty=1.0, **ok)
+    configlib.validate(cfg, num_devices=1)
+    assert rl.rollout_config(cfg).missing_eos_penalty == 1.0
+    for bad in (
+        dict(rl__missing_eos_penalty=-1.0),
+        dict(rl__missing_eos_penalty=1.0, rl__general_prompts="", rl__general_fraction=0.0),
+    ):
+        with pytest.raises(configlib.ConfigError, match=r"config\.rl\.missing_eos_penalty"):
+            configlib.validate(configlib.load_config(spec, **{**ok, **bad}), num_devices=1)
 
 
 def test_general_prompts_are_not_graded_by_the_rule_rewards(tmp_path):

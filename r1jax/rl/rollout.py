@@ -39,6 +39,9 @@ class RolloutConfig:
     # All-domain RL: rule rewards general prompts get too, added to the reward models' score
     # (R1 in Nature, equations 8-10: format for general prompts, language for every prompt).
     general_rule_rewards: tuple[str, ...] = ()
+    # All-domain RL: subtracted from a general response's reward when it has no stop token
+    # (cut at max_new_tokens), which the reward models read as if finished (TRL's option).
+    missing_eos_penalty: float = 0.0
 
 
 def prompt_bucket(length: int, max_len: int) -> int:
@@ -183,10 +186,11 @@ class ExperienceMaker:
         # "general" (a scorer: .scope and .score(prompts, responses, opens_think=) -> [N]).
         self.reward_models = list(reward_models)
 
-    def _route(self, texts, group_records, rewards_N, per_fn):
+    def _route(self, texts, group_records, rewards_N, per_fn, truncated_N=None):
         """All-domain RL: general prompts are scored by the reward models (their weighted sum,
-        plus the rule rewards of cfg.general_rule_rewards), reasoning prompts by the rule
-        rewards; each per-function score is NaN outside its domain."""
+        plus the rule rewards of cfg.general_rule_rewards, less cfg.missing_eos_penalty where
+        truncated_N: cut without a stop token), reasoning prompts by the rule rewards; each
+        per-function score is NaN outside its domain."""
         general_N = np.array([r.get("domain") == "general" for r in group_records], bool)
         if not self.reward_models:
             if general_N.any():
@@ -232,6 +236,8 @@ class ExperienceMaker:
                 _floor_unfinished(rm_N, idx, texts, opens, self.cfg.num_samples, spread)
             per_fn[name] = rm_N
             total_N += weight * np.where(general_N, rm_N, 0.0).astype(np.float32)
+        if self.cfg.missing_eos_penalty and truncated_N is not None:
+            total_N -= np.float32(self.cfg.missing_eos_penalty) * np.asarray(truncated_N, bool)
         rewards_N = np.where(general_N, total_N, rewards_N)
         return rewards_N.astype(np.float32), per_fn
 
@@ -283,7 +289,7 @@ class ExperienceMaker:
         t0 = time.perf_counter()
         group_records = [r for r in records for _ in range(cfg.num_samples)]
         rewards_N, per_fn = self._score_rules(texts, group_records)
-        rewards_N, per_fn = self._route(texts, group_records, rewards_N, per_fn)
+        rewards_N, per_fn = self._route(texts, group_records, rewards_N, per_fn, out["truncated"])
         self.timings["reward_s"] += time.perf_counter() - t0
         self._add_reward_counts(getattr(self, "last_pool_metrics", {}))
         return Samples(

@@ -69,6 +69,7 @@ def rollout_config(cfg) -> rollout.RolloutConfig:
         overlong_buffer=rl.overlong_buffer,
         overlong_penalty=rl.overlong_penalty,
         general_rule_rewards=tuple(rl.general_rule_rewards),
+        missing_eos_penalty=rl.missing_eos_penalty,
     )
 
 
