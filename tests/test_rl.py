@@ -482,3 +482,29 @@ def test_reward_errors_of_every_sampling_round_are_counted():
     assert metrics["rewards/worker_restarts"] == 5.0  # the pool's running total
     _, metrics, _ = maker.make()
     assert metrics["rewards/crashes/target_chars"] == 3.0  # each step its own
+
+
+def test_samples_jsonl_shows_a_general_prompt_of_an_all_domain_step(tmp_path):
+    # General prompts come last in a step's batch and samples.jsonl showed the first 4 prompts:
+    # an all-domain run never showed one of its general completions.
+    records = [{"prompt": f"q{i}"} for i in range(6)] + [{"prompt": "hi", "domain": "general"}] * 2
+    samples = types.SimpleNamespace(
+        records=records,
+        texts=[f"t{i}" for i in range(16)],
+        rewards_N=np.arange(16, dtype=np.float32),
+    )
+    rl._log_sample(3, samples, 3, tmp_path)
+    rows = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
+    assert [r["prompt"] for r in rows] == ["q0", "q1", "q2", "hi"]
+    assert rows[3] == {
+        "step": 3,
+        "prompt": "hi",
+        "completion": "t12",
+        "reward": 12.0,
+        "domain": "general",
+    }
+    assert "domain" not in rows[0]
+    samples.records = records[:6] + [{"prompt": "q6"}, {"prompt": "q7"}]  # no general prompt
+    rl._log_sample(6, samples, 3, tmp_path)
+    rows = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
+    assert [r["prompt"] for r in rows[4:]] == ["q0", "q1", "q2", "q3"]

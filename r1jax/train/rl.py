@@ -641,19 +641,31 @@ class RLRun:
         self.pool.close()
 
 
+def _logged_prompts(records: list[dict]) -> list[int]:
+    """The prompts samples.jsonl shows: the first 4, the last of them a general prompt's when
+    the batch has one (they come last in a step's batch: none was ever shown)."""
+    picks = list(range(min(4, len(records))))
+    general = [b for b, r in enumerate(records) if r.get("domain") == "general"]
+    if general and picks and general[0] not in picks:
+        picks[-1] = general[0]
+    return picks
+
+
 def _log_sample(step: int, samples, every: int, workdir) -> None:
     """Logs a completion every `every` steps; appends one per prompt (up to 4, of process 0's
-    prompts under several processes) to samples.jsonl."""
+    prompts under several processes; `_logged_prompts`) to samples.jsonl."""
     if every and step % every == 0 and samples.texts and jax.process_index() == 0:
         group = len(samples.texts) // len(samples.records)
         with (pathlib.Path(workdir) / "samples.jsonl").open("a", encoding="utf-8") as f:
-            for b in range(min(4, len(samples.records))):
+            for b in _logged_prompts(samples.records):
                 row = {
                     "step": step,
                     "prompt": samples.records[b]["prompt"],
                     "completion": samples.texts[b * group],
                     "reward": float(samples.rewards_N[b * group]),
                 }
+                if "domain" in samples.records[b]:
+                    row["domain"] = samples.records[b]["domain"]
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
         logging.info(
             "step %d sample (reward %.2f): %s\n  -> %r",
