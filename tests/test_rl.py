@@ -508,3 +508,33 @@ def test_samples_jsonl_shows_a_general_prompt_of_an_all_domain_step(tmp_path):
     rl._log_sample(6, samples, 3, tmp_path)
     rows = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
     assert [r["prompt"] for r in rows[4:]] == ["q0", "q1", "q2", "q3"]
+
+
+def test_all_domain_steps_log_each_kinds_mean_reward():
+    # `reward` mixes the rules' and the reward models' scales, and jumped when general prompts
+    # joined: each kind's mean is logged, and with the share they make up `reward`.
+    def sample_fn(prompt_BxP, lens_B, round_index):
+        n, t = prompt_BxP.shape[0] * maker.cfg.num_samples, 5
+        return {
+            "tokens": np.full((n, t), 65, np.int32),
+            "lengths": np.full((n,), t, np.int32),
+            "truncated": np.zeros((n,), bool),
+            "logprobs": np.zeros((n, t), np.float32),
+        }
+
+    class Scorer:
+        scope = "response"
+
+        def score(self, prompts, responses, *, opens_think):
+            return np.full(len(prompts), 3.0, np.float32)
+
+    records = iter([{"prompt": "q", "answer": "1"}] * 3 + [{"prompt": "g", "domain": "general"}])
+    cfg = rl.rollout_config(_cfg("configs/grpo.py:tiny"))  # 4 prompts x 8 samples
+    maker = rollout.ExperienceMaker(
+        cfg, _CharTokenizer(), _one_reward_pool(), sample_fn, records, [("rm", Scorer(), 1.0)]
+    )
+    _, metrics, _ = maker.make()
+    assert (metrics["reward_reasoning"], metrics["reward_general"]) == (1.0, 3.0)
+    share = metrics["general_prompt_share"]
+    assert share == 0.25 and metrics["reward"] == (1 - share) * 1.0 + share * 3.0
+    assert metrics["reward/rm"] == 3.0

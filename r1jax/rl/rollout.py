@@ -393,6 +393,12 @@ class ExperienceMaker:
         if self.reward_models:
             general = np.array([r.get("domain") == "general" for r in s.records], np.float32)
             metrics["general_prompt_share"] = float(everyone(general).mean())
+            # Each kind's mean reward: `reward` mixes the scales of the rules and the reward
+            # models, and jumps when general prompts join (rl.general_from_step).
+            general_N = everyone(np.repeat(general, cfg.num_samples)) > 0
+            for kind, rows_N in (("general", general_N), ("reasoning", ~general_N)):
+                if rows_N.any():
+                    metrics[f"reward_{kind}"] = float(rewards_N[rows_N].mean())
         for name, value in getattr(self, "reward_counts", {}).items():
             metrics[name] = float(value)
         return batch, metrics
