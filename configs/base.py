@@ -164,7 +164,7 @@ def get_config() -> ml_collections.ConfigDict:
     # All-domain RL (R1 stage 4): general prompts are routed per prompt to a reward model.
     c.rl.reward_model = ml_collections.ConfigDict()
     c.rl.reward_model.path = ""  # a reward_model run folder; scores records of domain "general"
-    c.rl.reward_model.weight = 1.0  # its weight (general prompts get no rule rewards)
+    c.rl.reward_model.weight = 1.0  # its weight (rule rewards: only rl.general_rule_rewards)
     c.rl.reward_model.scope = "response"  # response | summary (the text after </think>, as R1)
     # z-score by the mean / std of its scores on its evaluation responses (rm_eval.json): needed
     # to add two models' scores, or with rl.std_normalize other than "group"
