@@ -15,7 +15,7 @@ import jax
 import ml_collections
 from absl import logging
 
-from r1jax import files, text
+from r1jax import distributed, files, text
 from r1jax.model import config as model_config
 from r1jax.rl import advantages
 
@@ -457,6 +457,12 @@ def flatten(tree: dict, prefix: str = "") -> dict:
 def save_resolved(cfg: ml_collections.ConfigDict, workdir, model_cfg=None) -> None:
     """Writes the resolved config (and the model shape) to WORKDIR/config.json, after
     check_resumable: a workdir holding another run's checkpoints is refused, not overwritten."""
+    # Every process checks; process 0 writes: either failing stops them all.
+    with distributed.shared_errors():
+        _save_resolved(cfg, workdir, model_cfg)
+
+
+def _save_resolved(cfg, workdir, model_cfg) -> None:
     check_resumable(cfg, workdir, model_cfg)
     out = {"config": cfg.to_dict()}
     if model_cfg is not None:

@@ -191,11 +191,78 @@ def from_primary(value):
     return json.loads(out.tobytes())
 
 
+class PeerError(RuntimeError):
+    """Another process's error, raised by every other process of the run (`shared_errors`);
+    the message names that process and its error's first line (its own log has the rest)."""
+
+
+_sections = 0  # shared_errors sections open (in the main thread)
+_MESSAGE_BYTES = 2000  # of another process's error: its first line, as far as this
+
+
+def _first_line(error: BaseException) -> str:
+    line = (str(error).strip().splitlines() or [""])[0]
+    return f"{type(error).__name__}: {line}" if line else type(error).__name__
+
+
+def raise_together(error: Exception | None) -> None:
+    """Every process raises when any process has an `error` (None where it has none): that
+    process its own, the others a PeerError naming the first such process and its error's
+    first line. One small collective every process must reach; nothing in one process."""
+    if jax.process_count() == 1:
+        if error is not None:
+            raise error
+        return
+    message = b"" if error is None else _first_line(error).encode()[:_MESSAGE_BYTES]
+    size = -1 if error is None else len(message)  # (an error's message may be empty)
+    sizes = np.asarray(multihost_utils.process_allgather(np.asarray(size, np.int32)))
+    sizes = sizes.reshape(-1)
+    failed = np.flatnonzero(sizes >= 0)
+    if not failed.size:
+        return
+    # The first failed process's message, sent to all (the failed ones too: a collective).
+    first, size = int(failed[0]), int(sizes[failed[0]])
+    words = np.zeros(max(1, -(-size // 4)), np.uint32)
+    mine = jax.process_index() == first
+    if mine:
+        words.view(np.uint8)[:size] = np.frombuffer(message, np.uint8)
+    got = np.asarray(multihost_utils.broadcast_one_to_all(words, is_source=mine))
+    if error is not None:
+        raise error
+    text = got.view(np.uint8)[:size].tobytes().decode(errors="replace")
+    raise PeerError(f"process {first} of {jax.process_count()} stopped the run: {text}")
+
+
+@contextlib.contextmanager
+def shared_errors():
+    """A section of host work (reading data, process 0 writing a shared file) whose exception
+    stops every process: on leaving it, the processes agree (`raise_together`) before any of
+    them goes on to the next collective, where the others waited for good (or until a gloo or
+    shutdown timeout) while the one that raised had stopped. The section itself must hold no
+    collective (another process leaving early would meet it in the agreement's place). A
+    section inside another agrees nothing itself (its error reaches the outer one): it is no
+    barrier."""
+    global _sections
+    if _sections:
+        yield
+        return
+    error = None
+    _sections += 1
+    try:
+        yield
+    except Exception as e:  # (KeyboardInterrupt and SystemExit pass: a stop, not a failure)
+        error = e
+    finally:
+        _sections -= 1
+    raise_together(error)
+
+
 def open_journal(path, header: dict, name: str) -> list[dict]:
     """The entries of a killed run's journal that every process replays (files.open_journal:
     only when written with `header`): process 0 checks and rewrites it, the others read it."""
-    entries = files.open_journal(path, header) if is_primary() else None
-    barrier(name)
+    entries = None
+    with shared_errors():  # (a barrier too: the others read it once it is written)
+        entries = files.open_journal(path, header) if is_primary() else None
     return files.read_jsonl(path)[1:] if entries is None else entries
 
 

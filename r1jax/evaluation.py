@@ -543,9 +543,11 @@ def evaluate(
                     (mesh, rules),
                     stops,
                 )
-                if journal and jax.process_index() == 0:
-                    entry = {"batch": b, "sampled": sampled, "greedy": greedy}
-                    files.append_journal(journal[0], entry)
+                # Process 0's append (a full disk) stops every process before the next batch.
+                with distributed.shared_errors():
+                    if journal and jax.process_index() == 0:
+                        entry = {"batch": b, "sampled": sampled, "greedy": greedy}
+                        files.append_journal(journal[0], entry)
             # (3)
             accuracy = _grade_accuracy(grader, records[batch], sampled, greedy, cfg.num_samples)
             for i, record in enumerate(records[batch]):
@@ -883,17 +885,19 @@ def run(cfg, workdir) -> dict:
     """The `eval` stage: evaluate config.model.init_from on config.data.eval; returns metrics.
     A killed evaluation resumes from its journal (WORKDIR/eval_journal.jsonl)."""
     workdir = pathlib.Path(workdir)
-    configlib.validate(cfg)
-    records = load_eval_records(cfg)
+    with distributed.shared_errors():  # a data file one process cannot read stops them all
+        configlib.validate(cfg)
+        records = load_eval_records(cfg)
     mesh = sharding.make_mesh(cfg.mesh.to_dict())
     rules = sharding.rules_from_config(cfg.mesh.rules)
     model_cfg, params, tokenizer, run_cfg = load_model(cfg, mesh, rules)
     template = resolve_template(cfg, run_cfg)
-    workdir.mkdir(parents=True, exist_ok=True)
     resolved = {"config": cfg.to_dict(), "model": dataclasses.asdict(model_cfg)}
     resolved["template"] = template
-    if jax.process_index() == 0:
-        files.write_json(workdir / "eval_config.json", resolved, default=str)
+    with distributed.shared_errors():  # process 0's write (a full disk) stops them all
+        workdir.mkdir(parents=True, exist_ok=True)
+        if jax.process_index() == 0:
+            files.write_json(workdir / "eval_config.json", resolved, default=str)
     logging.info(
         "evaluating %s on %d problems of %s (template %s)",
         cfg.model.init_from,
@@ -917,10 +921,11 @@ def run(cfg, workdir) -> dict:
         journal=(workdir / JOURNAL, header),
     )
     seconds = time.perf_counter() - t0  # (a resumed evaluation's: since its restart)
-    if jax.process_index() == 0:
-        write_result(result, workdir, "eval", seconds=seconds)
-        plot_test_time_compute({"eval": result}, workdir / "test_time_compute.png")
-        (workdir / JOURNAL).unlink(missing_ok=True)  # the results hold it all now
+    with distributed.shared_errors():  # (a pipeline's next stage waits for this one)
+        if jax.process_index() == 0:
+            write_result(result, workdir, "eval", seconds=seconds)
+            plot_test_time_compute({"eval": result}, workdir / "test_time_compute.png")
+            (workdir / JOURNAL).unlink(missing_ok=True)  # the results hold it all now
     logging.info(
         "evaluation of %s (%.0f s):\n%s", cfg.model.init_from, seconds, format_table(result.metrics)
     )

@@ -98,6 +98,7 @@ def main(argv) -> None:
         memory.OutOfMemory,
         checkpoint.SaveError,
         files.WorkdirBusy,
+        distributed.PeerError,  # another process's error, first named in its own log
     ) as e:
         sys.exit(f"r1jax: {e}")
     except Exception as e:  # a full disk under another file than a checkpoint (metrics, journals)

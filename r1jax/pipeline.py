@@ -235,10 +235,10 @@ def run_stages(cfg, workdir: pathlib.Path) -> dict[str, dict]:
         run_stage(stage_cfg, stage_dir)
         record = {"stage": stage_cfg.stage, "seconds": time.perf_counter() - t0}
         record["resumed"] = resumed
-        if jax.process_index() == 0:
-            stage_dir.mkdir(parents=True, exist_ok=True)
-            files.write_json(marker, record, sort_keys=False)
-        distributed.barrier(f"pipeline-{name}")
+        with distributed.shared_errors():  # (the processes' barrier before the next stage)
+            if jax.process_index() == 0:
+                stage_dir.mkdir(parents=True, exist_ok=True)
+                files.write_json(marker, record, sort_keys=False)
         done[name] = record
         logging.info("stage %s done in %.1f min", name, record["seconds"] / 60)
     return done
@@ -458,9 +458,10 @@ def write_table(cfg, workdir: pathlib.Path, done: dict[str, dict]) -> dict:
             reasoning=reasoning,
             general=general,
         )
-        if jax.process_index() == 0:
-            table_dir.mkdir(parents=True, exist_ok=True)
-            files.write_json(path, row)
+        with distributed.shared_errors():  # process 0's write (a full disk) stops them all
+            if jax.process_index() == 0:
+                table_dir.mkdir(parents=True, exist_ok=True)
+                files.write_json(path, row)
         rows[label] = row
     k = max(int(x) for x in cfg.eval.ks if x <= cfg.eval.num_samples)
     minutes, resumed = {}, set()
@@ -488,17 +489,18 @@ def write_table(cfg, workdir: pathlib.Path, done: dict[str, dict]) -> dict:
             "general_samples": cfg.pipeline.general_samples,
         },
     }
-    if jax.process_index() == 0:
-        head = (
-            f"Held-out: {len(reasoning)} reasoning problems x {cfg.eval.num_samples} samples "
-            f"(T {cfg.eval.temperature}, top-p {cfg.eval.top_p}); {len(general)} general prompts "
-            f"x {cfg.pipeline.general_samples} samples scored by the reward model. "
-            f"{stage_time_line(done)}\n\n"
-        )
-        tail = "".join(f"- {n}\n" for n in notes)
-        files.write_atomic(workdir / "table.md", head + body + ("\n" + tail if tail else ""))
-        files.write_json(workdir / "table.json", summary)
-        plot_table(rows, workdir / "table.png", k)
+    with distributed.shared_errors():  # process 0's files (a full disk) fail every process
+        if jax.process_index() == 0:
+            head = (
+                f"Held-out: {len(reasoning)} reasoning problems x {cfg.eval.num_samples} "
+                f"samples (T {cfg.eval.temperature}, top-p {cfg.eval.top_p}); {len(general)} "
+                f"general prompts x {cfg.pipeline.general_samples} samples scored by the reward "
+                f"model. {stage_time_line(done)}\n\n"
+            )
+            tail = "".join(f"- {n}\n" for n in notes)
+            files.write_atomic(workdir / "table.md", head + body + ("\n" + tail if tail else ""))
+            files.write_json(workdir / "table.json", summary)
+            plot_table(rows, workdir / "table.png", k)
     logging.info("R1 pipeline table (%s):\n%s%s", workdir / "table.md", body, "\n".join(notes))
     return rows
 
@@ -506,12 +508,13 @@ def write_table(cfg, workdir: pathlib.Path, done: dict[str, dict]) -> dict:
 def run(cfg, workdir) -> dict:
     """The pipeline stage: every stage in order, then the evaluation table."""
     workdir = pathlib.Path(workdir)
-    check(cfg)
-    check_stage_configs(cfg, workdir)
-    configlib.check_resumable(cfg, workdir)  # not over a single stage's run folder
-    if jax.process_index() == 0:
-        workdir.mkdir(parents=True, exist_ok=True)
-        files.write_json(workdir / "config.json", {"config": cfg.to_dict()}, default=str)
+    with distributed.shared_errors():  # a check or process 0's write stops every process
+        check(cfg)
+        check_stage_configs(cfg, workdir)
+        configlib.check_resumable(cfg, workdir)  # not over a single stage's run folder
+        if jax.process_index() == 0:
+            workdir.mkdir(parents=True, exist_ok=True)
+            files.write_json(workdir / "config.json", {"config": cfg.to_dict()}, default=str)
     t0 = time.perf_counter()
     done = run_stages(cfg, workdir)
     rows = write_table(cfg, workdir, done) if cfg.pipeline.table else {}

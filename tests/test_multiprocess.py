@@ -50,6 +50,8 @@ def _worker(workdir, out, process_id, num_processes, address, extra):
     stage = extra.pop("stage_config", "grpo")
     if stage == "eval":
         return _eval_worker(workdir, out)
+    if stage == "errors":
+        return _errors_worker(workdir, out, extra)
     cfg = configlib.load_config(
         str(REPO / f"configs/{stage}.py") + ":tiny", **{**OVERRIDES, **extra}
     )
@@ -112,6 +114,60 @@ def _eval_worker(workdir, out):
     stable = {k: v for k, v in metrics.items() if not k.endswith("_seconds")}
     result = {"metrics": stable, "processes": jax.process_count(), "shared": shared}
     pathlib.Path(out).write_text(json.dumps(result))
+
+
+# Pretraining runs too small to train anything: each case fails on one process only.
+ERROR_CASE_OVERRIDES = dict(
+    data__format="jsonl",
+    data__eval="",
+    model__d_model=32,
+    model__n_layers=1,
+    model__n_heads=2,
+    model__n_kv_heads=1,
+    model__head_dim=16,
+    model__d_ff=64,
+    model__max_seq_len=32,
+    data__seq_len=32,
+    data__batch_size=8,
+    train__steps=2,
+    metrics__tensorboard=False,
+    metrics__peak_flops=1e9,
+)
+
+
+def _errors_worker(workdir, out, extra):
+    """Pretraining runs (a folder each) that fail on one process only; every process must stop
+    with an error, not wait for the one that stopped. Records what each case raised."""
+    import jax
+
+    from r1jax import configlib
+    from r1jax.train import supervised
+
+    data, me = pathlib.Path(extra["data"]), jax.process_index()
+    cases = {
+        # Process 1's rows (the odd ones) are all empty texts: its shard has nothing to train.
+        "empty_shard": dict(data__train=str(data / "half_empty.jsonl")),
+        # A data file process 1 cannot see (another host's disk).
+        "unreadable": dict(data__train=str(data / ("ok.jsonl" if me == 0 else "gone.jsonl"))),
+        # Process 0 cannot write metrics.jsonl (a folder in the way: a disk error of its own).
+        "metrics": dict(data__train=str(data / "ok.jsonl")),
+    }
+    seen = {}
+    for name, overrides in cases.items():
+        cfg = configlib.load_config(
+            str(REPO / "configs/pretrain.py") + ":gsm8k",
+            **ERROR_CASE_OVERRIDES,
+            tokenizer__path=str(data / "no_bos"),
+            **overrides,
+        )
+        t0 = time.perf_counter()
+        try:
+            supervised.run(cfg, pathlib.Path(workdir) / name)
+            seen[name] = "finished"
+        except Exception as e:
+            seen[name] = f"{type(e).__name__}: {e}"
+        print(f"{name} {time.perf_counter() - t0:.1f} s: {seen[name]}", flush=True)
+    pathlib.Path(out).write_text(json.dumps({"errors": seen}))
 
 
 def _free_port() -> int:
@@ -235,6 +291,50 @@ def test_evaluation_splits_its_prompts_over_two_processes(tmp_path):
     )
     lines = lambda name: (tmp_path / name / "eval_samples.jsonl").read_text()  # noqa: E731
     assert lines("multi") == lines("single")
+
+
+def test_an_error_on_one_process_stops_every_process(tmp_path):
+    # Each case stopped one process while the other waited in its next collective until the
+    # test's timeout (a pod's job: for good): process 1's shard with nothing to train (its
+    # DataError came from the first batch), a data file only process 1 lacks, process 0
+    # failing to write metrics.jsonl. Now each process stops, the one that
+    # failed with its own error, the other naming it.
+    try:
+        import jax
+
+        jax.config.jax_cpu_collectives_implementation  # noqa: B018  (gloo is selectable)
+    except AttributeError:
+        pytest.skip("this JAX has no gloo CPU collectives")
+    from r1jax import text
+
+    data = tmp_path / "data"
+    data.mkdir()
+    rows = [f"the number {i} plus {i} is {2 * i}." for i in range(16)]
+    lines = lambda texts: "".join(json.dumps({"text": t}) + "\n" for t in texts)  # noqa: E731
+    (data / "ok.jsonl").write_text(lines(rows))
+    (data / "half_empty.jsonl").write_text(
+        lines(t if i % 2 == 0 else "" for i, t in enumerate(rows))
+    )
+    sp = text.SentencePieceTokenizer.train(rows * 4, tmp_path / "sp", vocab_size=320)
+    spec = json.loads(sp.to_hf_json())
+    spec["post_processor"] = None  # no BOS (as Qwen's): an empty text has no token to train
+    (data / "no_bos").mkdir()
+    (data / "no_bos" / "tokenizer.json").write_text(json.dumps(spec))
+    for name in ("data_stats", "metrics"):
+        (tmp_path / "errors" / name / f"{name}.json{'l' * (name == 'metrics')}").mkdir(parents=True)
+    run = _start(tmp_path, "errors", 2, ["stage_config=errors", f"data={data}"])
+    first, second = (r["errors"] for r in _finish(run, timeout=150))
+    for name, (culprit, error) in {
+        "empty_shard": (1, "DataError: none of the 8 pretraining records has a token to train"),
+        "unreadable": (1, "ConfigError: config.data.train: no such file or directory"),
+        "metrics": (0, "IsADirectoryError: [Errno 21] Is a directory"),
+    }.items():
+        own, other = (first, second)[culprit][name], (second, first)[culprit][name]
+        assert own.startswith(error), (name, own)
+        assert other.startswith(f"PeerError: process {culprit} of 2 stopped the run: {error}"), (
+            name,
+            other,
+        )
 
 
 def _main(argv):

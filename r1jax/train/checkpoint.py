@@ -440,14 +440,14 @@ def _set_aside(mngr, bad_steps, *, restored_step: int, error: Exception) -> None
         restored_step,
         aside,
     )
-    if distributed.is_primary():
-        aside.mkdir(exist_ok=True)
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        for step in bad_steps:
-            source = directory / str(step)
-            if source.exists():
-                source.rename(aside / f"{step}-{stamp}")
-    distributed.barrier("r1jax-checkpoint-set-aside")
+    with distributed.shared_errors():  # process 0's moves (the others' barrier)
+        if distributed.is_primary():
+            aside.mkdir(exist_ok=True)
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            for step in bad_steps:
+                source = directory / str(step)
+                if source.exists():
+                    source.rename(aside / f"{step}-{stamp}")
     mngr.reload()
 
 

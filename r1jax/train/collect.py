@@ -302,8 +302,9 @@ def sample_accepted(cfg, records, *, mesh, progress=True, journal=None):
                 judged = _judge(c, batch, texts, lengths, truncated, scores, grader)
                 done[b] = distributed.from_primary(judged if distributed.is_primary() else None)
                 done[b].update(batch=b, template=template)
-                if journal and jax.process_index() == 0:
-                    files.append_journal(journal, done[b])
+                with distributed.shared_errors():  # process 0's append (a full disk)
+                    if journal and jax.process_index() == 0:
+                        files.append_journal(journal, done[b])
             outcomes.append(done[b])
             bar.update(len(batch))
     return _gather(records, starts, outcomes, c, template)
@@ -475,11 +476,12 @@ def _general_scores(scorer, batch, texts, num_samples):
 def load_general_data(cfg) -> list[dict]:
     """collect.general_data's rows in a seeded order (the rows a collection mixes in are read
     and checked before its sampling: a file of another schema stopped it after hours)."""
-    rows = list(
-        supervised.load_records(
-            cfg, cfg.collect.general_data, generic=True, required=(("prompt", "response"),)
+    with distributed.shared_errors():  # a file one process cannot read stops them all
+        rows = list(
+            supervised.load_records(
+                cfg, cfg.collect.general_data, generic=True, required=(("prompt", "response"),)
+            )
         )
-    )
     random.Random(f"r1jax-collect|{cfg.seed}").shuffle(rows)
     return rows
 
@@ -557,17 +559,21 @@ def collect(cfg, workdir) -> pathlib.Path:
         logging.info("collect: %s already holds a dataset; not sampling again", workdir)
         return workdir / DATASET
     t0 = time.perf_counter()
-    records = _prompt_records(cfg)
-    mesh = sharding.make_mesh(cfg.mesh.to_dict())
-    if jax.process_index() == 0:
-        workdir.mkdir(parents=True, exist_ok=True)
-    distributed.barrier("collect-workdir")
-    c = cfg.collect  # general rows mixed in: read (and checked) now, not after the sampling
-    general_data = load_general_data(cfg) if c.general_ratio and c.general_data else []
-    if c.reward_model and general_data:  # (it judges them after the sampling)
-        from r1jax.rewards import preference
+    # A prompt file one process cannot read, or a folder process 0 cannot make, stops every
+    # process (the agreement is the barrier the others wait in until the folder exists).
+    c = cfg.collect
+    with distributed.shared_errors():
+        records = _prompt_records(cfg)
+        if jax.process_index() == 0:
+            workdir.mkdir(parents=True, exist_ok=True)
+        # General rows mixed in and their reward model: read (and checked) now, not after the
+        # sampling.
+        general_data = load_general_data(cfg) if c.general_ratio and c.general_data else []
+        if c.reward_model and general_data:  # (it judges them after the sampling)
+            from r1jax.rewards import preference
 
-        preference.read_run(c.reward_model, normalize=c.normalize_scores)
+            preference.read_run(c.reward_model, normalize=c.normalize_scores)
+    mesh = sharding.make_mesh(cfg.mesh.to_dict())
     accepted, stats = sample_accepted(cfg, records, mesh=mesh, journal=workdir / JOURNAL)
     reasoning = sum(r.get("domain") != "general" for r in accepted)
     # (Sampled general answers alone made a distillation set without one reasoning row.)
@@ -598,10 +604,11 @@ def collect(cfg, workdir) -> pathlib.Path:
         "seconds": time.perf_counter() - t0,
         **stats,
     }
-    if jax.process_index() == 0:
-        _write_dataset(workdir, rows, provenance)
-        (workdir / JOURNAL).unlink(missing_ok=True)  # the dataset and provenance hold it all
-    distributed.barrier("collect")  # the SFT that follows reads the file on every process
+    # The SFT that follows reads the file on every process: the agreement is their barrier.
+    with distributed.shared_errors():
+        if jax.process_index() == 0:
+            _write_dataset(workdir, rows, provenance)
+            (workdir / JOURNAL).unlink(missing_ok=True)  # the dataset and provenance hold it all
     logging.info(
         "collect: %d of %d samples accepted (%.1f%%) from %d prompts; rejected by %s; "
         "%d general rows; %s",

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import tqdm
 
-from r1jax import files
+from r1jax import distributed, files
 
 _PEAK_CACHE: dict[str, float] = {}
 
@@ -61,20 +61,24 @@ class MetricsWriter:
     def __init__(self, workdir, *, total_steps: int, start_step: int = 0, tensorboard=True):
         self.path = pathlib.Path(workdir) / "metrics.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        # A resumed run rewrites the steps after its checkpoint: drop rows the killed run left.
-        if jax.process_index() == 0:  # one writer of the shared file in a multi-process run
-            drop_rows_after(self.path, start_step)
-        self._file = self.path.open("a")
-        self._tb = None
-        if tensorboard and jax.process_index() == 0:
-            import tensorboardX  # imported lazily: it pulls in protobuf
+        self._file = self._tb = None
+        # Process 0 writes the shared files, every process constructs and writes through the
+        # writer at the same steps: an error of process 0's (a full disk) stops them all
+        # (distributed.shared_errors), not process 0 alone before the next step's collectives.
+        with distributed.shared_errors():
+            if jax.process_index() == 0:  # one writer of the shared file
+                # A resumed run rewrites the steps after its checkpoint: drop the killed run's.
+                drop_rows_after(self.path, start_step)
+                self._file = self.path.open("a")
+            if tensorboard and jax.process_index() == 0:
+                import tensorboardX  # imported lazily: it pulls in protobuf
 
-            folder = pathlib.Path(workdir) / "tensorboard"
-            # A resumed run redoes the steps after its checkpoint: a SessionLog START at the
-            # first of them makes TensorBoard drop the killed run's events from there on.
-            resumed = folder.is_dir() and any(folder.glob("events.out.tfevents.*"))
-            purge = start_step + 1 if resumed else None
-            self._tb = tensorboardX.SummaryWriter(str(folder), purge_step=purge)
+                folder = pathlib.Path(workdir) / "tensorboard"
+                # A resumed run redoes the steps after its checkpoint: a SessionLog START at the
+                # first of them makes TensorBoard drop the killed run's events from there on.
+                resumed = folder.is_dir() and any(folder.glob("events.out.tfevents.*"))
+                purge = start_step + 1 if resumed else None
+                self._tb = tensorboardX.SummaryWriter(str(folder), purge_step=purge)
         self._bar = tqdm.tqdm(
             total=total_steps,
             initial=start_step,
@@ -90,9 +94,10 @@ class MetricsWriter:
         for name, value in metrics.items():
             value = np.asarray(value).item() if not isinstance(value, str) else value
             row[name] = value
-        if jax.process_index() == 0:
-            self._file.write(json.dumps(row) + "\n")
-            self._file.flush()
+        with distributed.shared_errors():
+            if self._file is not None:
+                self._file.write(json.dumps(row) + "\n")
+                self._file.flush()
             if self._tb is not None:
                 for name, value in row.items():
                     if name != "step" and isinstance(value, int | float):
@@ -105,7 +110,8 @@ class MetricsWriter:
     def close(self) -> None:
         """Flushes and closes every sink."""
         self._bar.close()
-        self._file.close()
+        if self._file is not None:
+            self._file.close()
         if self._tb is not None:
             self._tb.close()
 

@@ -15,7 +15,7 @@ import time
 import jax
 from absl import logging
 
-from r1jax import evaluation, files, sharding, text
+from r1jax import distributed, evaluation, files, sharding, text
 from r1jax.model import config as model_config
 from r1jax.train import metrics as metrics_lib
 
@@ -112,20 +112,25 @@ class Evaluator:
             time.perf_counter() - t0,
             evaluation.format_table(result.metrics),
         )
-        if not quick and jax.process_index() == 0:
-            evaluation.write_result(result, self.workdir, name)
-            journal[0].unlink(missing_ok=True)  # the results hold it all now
+        if not quick:
+            with distributed.shared_errors():  # process 0's write (a full disk) stops them all
+                if jax.process_index() == 0:
+                    evaluation.write_result(result, self.workdir, name)
+                    journal[0].unlink(missing_ok=True)  # the results hold it all now
         return result
 
     def load(self, name: str) -> evaluation.EvalResult | None:
         """A result written earlier by this run (e.g. the 'before' of a resumed run). Its journal
         is removed, if a kill came between the result and the journal's removal."""
-        path = self.workdir / f"{name}.json"
-        if not path.exists():
+        path, saved = self.workdir / f"{name}.json", None
+        # Process 0's reading (the processes must agree whether to evaluate again).
+        with distributed.shared_errors():
+            if jax.process_index() == 0 and path.exists():
+                (self.workdir / f"{name}_journal.jsonl").unlink(missing_ok=True)
+                saved = json.loads(path.read_text())
+        saved = distributed.from_primary(saved)
+        if saved is None:
             return None
-        if jax.process_index() == 0:
-            (self.workdir / f"{name}_journal.jsonl").unlink(missing_ok=True)
-        saved = json.loads(path.read_text())
         return evaluation.EvalResult(metrics=saved["metrics"], curves=saved["curves"], samples=[])
 
 

@@ -18,7 +18,7 @@ import numpy as np
 import optax
 from absl import logging
 
-from r1jax import configlib, files, sharding, text
+from r1jax import configlib, distributed, files, sharding, text
 from r1jax.data import pipeline, sources, world
 from r1jax.model import transformer
 from r1jax.rewards import preference
@@ -275,10 +275,11 @@ def _initial_state(cfg, model_cfg, trunk, optimizer, mesh, rules):
 def run(cfg, workdir) -> dict:
     """Trains a reward model to cfg.train.steps (resuming from WORKDIR); writes rm_eval.json."""
     workdir = pathlib.Path(workdir)
-    configlib.validate(cfg)
-    pairs = load_pairs(cfg, cfg.data.train)
-    eval_pairs = load_pairs(cfg, cfg.data.eval) if cfg.data.eval else []
-    hh = _hh_pairs(cfg)
+    with distributed.shared_errors():  # a data file one process cannot read stops them all
+        configlib.validate(cfg)
+        pairs = load_pairs(cfg, cfg.data.train)
+        eval_pairs = load_pairs(cfg, cfg.data.eval) if cfg.data.eval else []
+        hh = _hh_pairs(cfg)
     tokenizer = supervised.resolve_tokenizer(cfg, workdir, pairs)
     model_cfg = configlib.model_config_from(cfg, vocab_size=tokenizer.vocab_size)
     model_cfg, trunk = supervised.initial_params(cfg, model_cfg)
@@ -349,15 +350,16 @@ def run(cfg, workdir) -> dict:
         state, step_fn, batches, iterator=iterator, eval_fn=eval_fn if heldout else None
     )
     report = _final_report(cfg, state, scorer, heldout, results, pairs, max_len, hh)
-    if jax.process_index() == 0:
-        files.write_json(workdir / "rm_eval.json", report)
-        _log_table(report)
-        metrics_lib.plot_curves(
-            metrics_lib.read_jsonl(workdir / "metrics.jsonl"),
-            ["loss", "accuracy", "eval_accuracy", "margin", "grad_norm", "lr"],
-            workdir / "curves.png",
-            title=f"reward model: {cfg.model.preset}",
-        )
+    with distributed.shared_errors():  # (a pipeline's next stage waits for this one)
+        if jax.process_index() == 0:
+            files.write_json(workdir / "rm_eval.json", report)
+            _log_table(report)
+            metrics_lib.plot_curves(
+                metrics_lib.read_jsonl(workdir / "metrics.jsonl"),
+                ["loss", "accuracy", "eval_accuracy", "margin", "grad_norm", "lr"],
+                workdir / "curves.png",
+                title=f"reward model: {cfg.model.preset}",
+            )
     return {"step": int(state.step), "model": model_cfg, **report}
 
 

@@ -284,21 +284,22 @@ class RLRun:
 
     def __init__(self, cfg, workdir):
         self.cfg, self.workdir = cfg, pathlib.Path(workdir)
-        configlib.validate(cfg)
-        records = registry.check_records(
-            dict(cfg.rl.rewards),
-            supervised.load_records(cfg, cfg.data.train),
-            f"config.data.train ({cfg.data.train})",
-            on_error=cfg.data.on_error,
-        )
-        self.eval_records = []
-        if cfg.data.eval:  # graded by task accuracy (report.Evaluator)
-            self.eval_records = registry.check_records(
-                ["accuracy"],
-                supervised.load_records(cfg, cfg.data.eval),
-                f"config.data.eval ({cfg.data.eval})",
+        with distributed.shared_errors():  # a data file one process cannot read stops them all
+            configlib.validate(cfg)
+            records = registry.check_records(
+                dict(cfg.rl.rewards),
+                supervised.load_records(cfg, cfg.data.train),
+                f"config.data.train ({cfg.data.train})",
                 on_error=cfg.data.on_error,
             )
+            self.eval_records = []
+            if cfg.data.eval:  # graded by task accuracy (report.Evaluator)
+                self.eval_records = registry.check_records(
+                    ["accuracy"],
+                    supervised.load_records(cfg, cfg.data.eval),
+                    f"config.data.eval ({cfg.data.eval})",
+                    on_error=cfg.data.on_error,
+                )
         self.tokenizer = supervised.resolve_tokenizer(cfg, workdir, records)
         model_cfg = configlib.model_config_from(cfg, vocab_size=self.tokenizer.vocab_size)
         self.model_cfg, policy = supervised.initial_params(cfg, model_cfg)
@@ -343,7 +344,8 @@ class RLRun:
         # and checkpointed only where a KL term reads it: rl.kl_coef=0 presets (DAPO, GSPO) keep
         # no second float32 model on the devices or on disk.
         self.ref = self._policy_copy() if self.kl_coef > 0 else None
-        general = load_general_prompts(cfg) if cfg.rl.general_prompts else []
+        with distributed.shared_errors():
+            general = load_general_prompts(cfg) if cfg.rl.general_prompts else []
         _warn_long_prompts(cfg, self.tokenizer, records, "config.data.train")
         _warn_long_prompts(cfg, self.tokenizer, general, "config.rl.general_prompts")
         self.prompts = prompt_stream(
@@ -654,19 +656,12 @@ def _logged_prompts(records: list[dict]) -> list[int]:
 def _log_sample(step: int, samples, every: int, workdir) -> None:
     """Logs a completion every `every` steps; appends one per prompt (up to 4, of process 0's
     prompts under several processes; `_logged_prompts`) to samples.jsonl."""
-    if every and step % every == 0 and samples.texts and jax.process_index() == 0:
-        group = len(samples.texts) // len(samples.records)
-        with (pathlib.Path(workdir) / "samples.jsonl").open("a", encoding="utf-8") as f:
-            for b in _logged_prompts(samples.records):
-                row = {
-                    "step": step,
-                    "prompt": samples.records[b]["prompt"],
-                    "completion": samples.texts[b * group],
-                    "reward": float(samples.rewards_N[b * group]),
-                }
-                if "domain" in samples.records[b]:
-                    row["domain"] = samples.records[b]["domain"]
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    if not every or step % every:
+        return
+    with distributed.shared_errors():  # process 0's write (a full disk) stops every process
+        if samples.texts and jax.process_index() == 0:
+            _append_samples(step, samples, workdir)
+    if samples.texts and jax.process_index() == 0:
         logging.info(
             "step %d sample (reward %.2f): %s\n  -> %r",
             step,
@@ -674,6 +669,22 @@ def _log_sample(step: int, samples, every: int, workdir) -> None:
             samples.records[0]["prompt"][:200],
             samples.texts[0][:400],
         )
+
+
+def _append_samples(step: int, samples, workdir) -> None:
+    """samples.jsonl's rows of this step: one completion of each `_logged_prompts` prompt."""
+    group = len(samples.texts) // len(samples.records)
+    with (pathlib.Path(workdir) / "samples.jsonl").open("a", encoding="utf-8") as f:
+        for b in _logged_prompts(samples.records):
+            row = {
+                "step": step,
+                "prompt": samples.records[b]["prompt"],
+                "completion": samples.texts[b * group],
+                "reward": float(samples.rewards_N[b * group]),
+            }
+            if "domain" in samples.records[b]:
+                row["domain"] = samples.records[b]["domain"]
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
 def run(cfg, workdir) -> dict:
@@ -685,8 +696,9 @@ def run(cfg, workdir) -> dict:
         workdir, total_steps=cfg.train.steps, start_step=start, tensorboard=cfg.metrics.tensorboard
     )
     bad_in_row = alike_in_row = 0
-    if jax.process_index() == 0:  # a resumed run redoes the rows after its checkpoint
-        metrics_lib.drop_rows_after(pathlib.Path(workdir) / "samples.jsonl", start)
+    with distributed.shared_errors():
+        if jax.process_index() == 0:  # a resumed run redoes the rows after its checkpoint
+            metrics_lib.drop_rows_after(pathlib.Path(workdir) / "samples.jsonl", start)
     evaluator, before = _evaluator(r), None
     # SIGTERM: save after the step and exit (`trainer.Preemption`); the writer and the run are
     # closed however the loop ends.
@@ -728,11 +740,12 @@ def run(cfg, workdir) -> dict:
         writer.close()
         if evaluator is not None:
             after = evaluator.evaluate(r.state.params["policy"], "eval_after")
-            if jax.process_index() == 0:
-                flops = {"train_flops": float(r.flops[0]), "rollout_flops": float(r.flops[1])}
-                done = report.write_report(workdir, before, after, flops, steps=cfg.train.steps)
-                gain = json.dumps(done.get("gain", {}), sort_keys=True)
-                logging.info("gain, after minus before (summary.json): %s", gain)
+            with distributed.shared_errors():  # (a pipeline's next stage waits for this one)
+                if jax.process_index() == 0:
+                    flops = {"train_flops": float(r.flops[0]), "rollout_flops": float(r.flops[1])}
+                    done = report.write_report(workdir, before, after, flops, steps=cfg.train.steps)
+                    gain = json.dumps(done.get("gain", {}), sort_keys=True)
+                    logging.info("gain, after minus before (summary.json): %s", gain)
     return {"step": int(r.state.step), "model": r.model_cfg}
 
 

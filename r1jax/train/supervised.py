@@ -498,6 +498,11 @@ def _report_truncation(cfg, records, tokenizer, workdir, rows_per_epoch=None) ->
     """Warns when SFT examples do not fit data.seq_len (one that long trains without the end of
     its response and its EOS; a pretraining document continues in the next rows) and writes
     the count to WORKDIR/data_stats.json."""
+    with distributed.shared_errors():  # process 0's data_stats.json (a full disk)
+        _truncation_stats(cfg, records, tokenizer, workdir, rows_per_epoch)
+
+
+def _truncation_stats(cfg, records, tokenizer, workdir, rows_per_epoch) -> None:
     cut, checked = pipeline.truncation_count(
         records, tokenizer, kind=_kind(cfg), seq_len=cfg.data.seq_len, template=cfg.data.template
     )
@@ -535,9 +540,10 @@ def make_eval_fn(cfg, model_cfg, mesh, records, tokenizer, rules=sharding.DEFAUL
     # Another order than training's; wrapped, as grain takes seeds below 2**32 (validate's
     # largest seed crashed here).
     seed = (cfg.seed + 1) % 2**32
-    it = make_batches(cfg, records, tokenizer, seed=seed, num_epochs=None)
-    for _ in range(cfg.data.eval_batches):
-        batches.append(next(it))
+    with distributed.shared_errors():  # one process's shard with nothing to evaluate
+        it = make_batches(cfg, records, tokenizer, seed=seed, num_epochs=None)
+        for _ in range(cfg.data.eval_batches):
+            batches.append(next(it))
     terms = eval_program(model_cfg, mesh, rules)
 
     def eval_fn(state):
@@ -553,15 +559,18 @@ def make_eval_fn(cfg, model_cfg, mesh, records, tokenizer, rules=sharding.DEFAUL
 def run(cfg, workdir) -> dict:
     """Trains a pretrain or sft stage to cfg.train.steps, resuming from WORKDIR when it can."""
     workdir = pathlib.Path(workdir)
-    configlib.validate(cfg)
     required = pipeline.REQUIRED_FIELDS[_kind(cfg)]  # the string fields a training row needs
     index_dir = workdir / configlib.DATA_INDEX_DIR  # the rows' check, kept for a resume
-    records = load_records(cfg, cfg.data.train, required=required, lazy=True, index_dir=index_dir)
-    eval_records = []
-    if cfg.data.eval:
-        eval_records = load_records(
-            cfg, cfg.data.eval, required=required, lazy=True, index_dir=index_dir
+    with distributed.shared_errors():  # a data file one process cannot read stops them all
+        configlib.validate(cfg)
+        records = load_records(
+            cfg, cfg.data.train, required=required, lazy=True, index_dir=index_dir
         )
+        eval_records = []
+        if cfg.data.eval:
+            eval_records = load_records(
+                cfg, cfg.data.eval, required=required, lazy=True, index_dir=index_dir
+            )
     tokenizer = resolve_tokenizer(cfg, workdir, records)
     rows = None
     if cfg.train.epochs > 0:  # the step count follows the data (a collected dataset's size)
@@ -612,11 +621,12 @@ def run(cfg, workdir) -> dict:
     state = loop.run(
         state, step_fn, batches, iterator=iterator, flops_per_step=flops, eval_fn=eval_fn
     )
-    if jax.process_index() == 0:
-        metrics_lib.plot_curves(
-            metrics_lib.read_jsonl(workdir / "metrics.jsonl"),
-            ["loss", "eval_loss", "grad_norm", "lr", "tokens_per_s", "mfu"],
-            workdir / "curves.png",
-            title=f"{cfg.stage}: {cfg.model.preset}",
-        )
+    with distributed.shared_errors():  # (a pipeline's next stage waits for this one)
+        if jax.process_index() == 0:
+            metrics_lib.plot_curves(
+                metrics_lib.read_jsonl(workdir / "metrics.jsonl"),
+                ["loss", "eval_loss", "grad_norm", "lr", "tokens_per_s", "mfu"],
+                workdir / "curves.png",
+                title=f"{cfg.stage}: {cfg.model.preset}",
+            )
     return {"step": int(state.step), "model": model_cfg}

@@ -284,7 +284,10 @@ class Loop:
         if self.ckpt is not None and step < self.total_steps:
             checkpoint.ensure_room(self.ckpt, state, step)
         while step < self.total_steps:
-            host_batch = next(batches)
+            # A batch one process cannot make (its shard has nothing to train, a data file it
+            # cannot read) stops every process, not that one alone before the step's collectives.
+            with distributed.shared_errors():
+                host_batch = next(batches)
             state, metrics = step_fn(state, host_batch)
             step += 1
             if self.ckpt is not None:  # a background save that failed stops the run now
