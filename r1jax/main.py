@@ -84,7 +84,8 @@ def main(argv) -> None:
     try:
         from r1jax import pipeline  # the stage dispatch (imports each stage's module lazily)
 
-        configlib.check_workdir(_WORKDIR.value)
+        with distributed.shared_errors():  # a folder one host cannot write stops them all
+            configlib.check_workdir(_WORKDIR.value)
         pipeline.run_stage(cfg, _WORKDIR.value)
     except (
         configlib.ConfigError,

@@ -149,7 +149,9 @@ def _errors_worker(workdir, out, extra):
         "empty_shard": dict(data__train=str(data / "half_empty.jsonl")),
         # A data file process 1 cannot see (another host's disk).
         "unreadable": dict(data__train=str(data / ("ok.jsonl" if me == 0 else "gone.jsonl"))),
-        # Process 0 cannot write metrics.jsonl (a folder in the way: a disk error of its own).
+        # Process 0 cannot copy the tokenizer into the run, or write metrics.jsonl (a folder in
+        # the way: a disk error of its own).
+        "tokenizer": dict(data__train=str(data / "ok.jsonl")),
         "metrics": dict(data__train=str(data / "ok.jsonl")),
     }
     seen = {}
@@ -297,8 +299,8 @@ def test_an_error_on_one_process_stops_every_process(tmp_path):
     # Each case stopped one process while the other waited in its next collective until the
     # test's timeout (a pod's job: for good): process 1's shard with nothing to train (its
     # DataError came from the first batch), a data file only process 1 lacks, process 0
-    # failing to write metrics.jsonl. Now each process stops, the one that
-    # failed with its own error, the other naming it.
+    # failing to copy the tokenizer (resolve_tokenizer) or to write metrics.jsonl. Now each
+    # process stops, the one that failed with its own error, the other naming it.
     try:
         import jax
 
@@ -320,13 +322,14 @@ def test_an_error_on_one_process_stops_every_process(tmp_path):
     spec["post_processor"] = None  # no BOS (as Qwen's): an empty text has no token to train
     (data / "no_bos").mkdir()
     (data / "no_bos" / "tokenizer.json").write_text(json.dumps(spec))
-    for name in ("data_stats", "metrics"):
-        (tmp_path / "errors" / name / f"{name}.json{'l' * (name == 'metrics')}").mkdir(parents=True)
+    (tmp_path / "errors" / "tokenizer" / "tokenizer_config.json").mkdir(parents=True)
+    (tmp_path / "errors" / "metrics" / "metrics.jsonl").mkdir(parents=True)
     run = _start(tmp_path, "errors", 2, ["stage_config=errors", f"data={data}"])
     first, second = (r["errors"] for r in _finish(run, timeout=150))
     for name, (culprit, error) in {
         "empty_shard": (1, "DataError: none of the 8 pretraining records has a token to train"),
         "unreadable": (1, "ConfigError: config.data.train: no such file or directory"),
+        "tokenizer": (0, "IsADirectoryError: [Errno 21] Is a directory"),
         "metrics": (0, "IsADirectoryError: [Errno 21] Is a directory"),
     }.items():
         own, other = (first, second)[culprit][name], (second, first)[culprit][name]

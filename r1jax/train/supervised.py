@@ -202,16 +202,20 @@ def record_text(record: dict) -> str:
 def resolve_tokenizer(cfg, workdir, records):
     """The configured tokenizer; else model.init_from's (its weights know no other ids); else a
     SentencePiece model trained on the data (kept in workdir)."""
+    # A tokenizer one process cannot read, or process 0 cannot copy into the run, stops every
+    # process (the agreement is also the others' wait for the copies).
     if cfg.tokenizer.path:
-        _check_init_from_tokenizer(cfg)
-        return _keep_tokenizer(cfg.tokenizer.path, workdir)
+        with distributed.shared_errors():
+            _check_init_from_tokenizer(cfg)
+            return _keep_tokenizer(cfg.tokenizer.path, workdir)
     if cfg.model.init_from:
         if cfg.tokenizer.train_vocab_size:
             logging.info(
                 "tokenizer: model.init_from's own (tokenizer.train_vocab_size=%d is not used)",
                 cfg.tokenizer.train_vocab_size,
             )
-        return _keep_tokenizer(_init_from_tokenizer_dir(cfg), workdir)
+        with distributed.shared_errors():
+            return _keep_tokenizer(_init_from_tokenizer_dir(cfg), workdir)
     if cfg.tokenizer.train_vocab_size:
         path = pathlib.Path(workdir) / "tokenizer.model"
         if jax.process_count() > 1:  # process 0 trains it (deterministic); the others read it
