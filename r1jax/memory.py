@@ -22,6 +22,8 @@ import pathlib
 import jax
 import numpy as np
 
+from r1jax import distributed
+
 
 class OutOfMemory(RuntimeError):
     """What a program needs is more than the devices' memory."""
@@ -92,8 +94,22 @@ def gib(nbytes: float) -> str:
 def check_fits(nbytes: int, devices, what: str, hint: str = "") -> None:
     """Raises OutOfMemory naming `what`, the sizes and `hint` when `nbytes` (all devices
     together), spread evenly over `devices`, is more than one of them holds (on CPU: more than
-    the host holds for this process's devices)."""
+    the host holds for this process's devices). Devices of several processes: each checks its
+    own, and all agree (hosts of other sizes, a GPU another job holds part of): a process that
+    refused alone left the others waiting in the program it would not run."""
     devices = list(devices)
+    error = None
+    try:
+        _check_fits(nbytes, devices, what, hint)
+    except OutOfMemory as e:
+        error = e
+    if len({d.process_index for d in devices}) > 1:
+        distributed.raise_together(error)
+    elif error is not None:
+        raise error
+
+
+def _check_fits(nbytes: int, devices: list, what: str, hint: str) -> None:
     local = [d for d in devices if d.process_index == jax.process_index()] or devices
     share = nbytes / len(devices)
     if local[0].platform == "cpu":

@@ -140,7 +140,7 @@ def _errors_worker(workdir, out, extra):
     with an error, not wait for the one that stopped. Records what each case raised."""
     import jax
 
-    from r1jax import configlib
+    from r1jax import configlib, memory
     from r1jax.train import supervised
 
     data, me = pathlib.Path(extra["data"]), jax.process_index()
@@ -153,8 +153,10 @@ def _errors_worker(workdir, out, extra):
         # the way: a disk error of its own).
         "tokenizer": dict(data__train=str(data / "ok.jsonl")),
         "metrics": dict(data__train=str(data / "ok.jsonl")),
+        # Process 1's host has too little memory for the training state (memory.check_fits).
+        "small_host": dict(data__train=str(data / "ok.jsonl")),
     }
-    seen = {}
+    host_memory_bytes, seen = memory.host_memory_bytes, {}
     for name, overrides in cases.items():
         cfg = configlib.load_config(
             str(REPO / "configs/pretrain.py") + ":gsm8k",
@@ -163,11 +165,15 @@ def _errors_worker(workdir, out, extra):
             **overrides,
         )
         t0 = time.perf_counter()
+        if name == "small_host" and me == 1:
+            memory.host_memory_bytes = lambda: 1000
         try:
             supervised.run(cfg, pathlib.Path(workdir) / name)
             seen[name] = "finished"
         except Exception as e:
             seen[name] = f"{type(e).__name__}: {e}"
+        finally:
+            memory.host_memory_bytes = host_memory_bytes
         print(f"{name} {time.perf_counter() - t0:.1f} s: {seen[name]}", flush=True)
     pathlib.Path(out).write_text(json.dumps({"errors": seen}))
 
@@ -299,8 +305,9 @@ def test_an_error_on_one_process_stops_every_process(tmp_path):
     # Each case stopped one process while the other waited in its next collective until the
     # test's timeout (a pod's job: for good): process 1's shard with nothing to train (its
     # DataError came from the first batch), a data file only process 1 lacks, process 0
-    # failing to copy the tokenizer (resolve_tokenizer) or to write metrics.jsonl. Now each
-    # process stops, the one that failed with its own error, the other naming it.
+    # failing to copy the tokenizer (resolve_tokenizer) or to write metrics.jsonl, process 1's
+    # host too small for the training state. Now each process stops, the one that failed with
+    # its own error, the other naming it.
     try:
         import jax
 
@@ -331,6 +338,7 @@ def test_an_error_on_one_process_stops_every_process(tmp_path):
         "unreadable": (1, "ConfigError: config.data.train: no such file or directory"),
         "tokenizer": (0, "IsADirectoryError: [Errno 21] Is a directory"),
         "metrics": (0, "IsADirectoryError: [Errno 21] Is a directory"),
+        "small_host": (1, "OutOfMemory: the training state of"),
     }.items():
         own, other = (first, second)[culprit][name], (second, first)[culprit][name]
         assert own.startswith(error), (name, own)
