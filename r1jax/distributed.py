@@ -208,8 +208,9 @@ def _first_line(error: BaseException) -> str:
 def raise_together(error: Exception | None) -> None:
     """Every process raises when any process has an `error` (None where it has none): that
     process its own, the others a PeerError naming the first such process and its error's
-    first line. One small collective every process must reach; nothing in one process."""
-    if jax.process_count() == 1:
+    first line. One small collective every process must reach; nothing in one process, nor
+    inside a `shared_errors` section (which agrees when it ends)."""
+    if jax.process_count() == 1 or _sections:
         if error is not None:
             raise error
         return

@@ -536,3 +536,51 @@ def test_out_of_device_memory_is_one_line_naming_the_stages_settings(tmp_path):
         r"size it: data\.batch_size=2, data\.seq_len=131072, train\.grad_accum=1, ",
         last,
     ), last
+
+
+def test_shared_errors_agree_once_when_they_end_and_nest(monkeypatch):
+    # Process 0 of two (the collectives stubbed with process 1's side): a section agrees once
+    # when it ends; another process's error is a PeerError naming it; this process's own error
+    # is raised as it is, after the broadcast every process joins; a section inside another
+    # (and raise_together there) agrees nothing, the outer one does.
+    import jax
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    from r1jax import distributed
+    from r1jax.data import sources
+
+    calls, peer = [], {"message": b""}
+
+    def allgather(size):
+        calls.append("gather")
+        other = len(peer["message"]) if peer["message"] else -1
+        return np.asarray([int(size), other], np.int32)
+
+    def broadcast(words, is_source):
+        calls.append(("broadcast", bool(is_source)))
+        if is_source:
+            return words
+        out = np.zeros(len(words), np.uint32)
+        out.view(np.uint8)[: len(peer["message"])] = np.frombuffer(peer["message"], np.uint8)
+        return out
+
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    monkeypatch.setattr(jax, "process_index", lambda: 0)
+    monkeypatch.setattr(multihost_utils, "process_allgather", allgather)
+    monkeypatch.setattr(multihost_utils, "broadcast_one_to_all", broadcast)
+    with distributed.shared_errors():
+        with distributed.shared_errors():
+            distributed.raise_together(None)
+    assert calls == ["gather"]
+    peer["message"] = b"DataError: no rows"
+    with pytest.raises(distributed.PeerError, match="^process 1 of 2 stopped the run: DataError"):
+        with distributed.shared_errors():
+            pass
+    assert calls[1:] == ["gather", ("broadcast", False)]
+    peer["message"], calls[:] = b"", []
+    with pytest.raises(sources.DataError, match="^mine$"):
+        with distributed.shared_errors():
+            with distributed.shared_errors():
+                raise sources.DataError("mine")
+    assert calls == ["gather", ("broadcast", True)]
