@@ -1,5 +1,6 @@
 """Two local processes (4 host devices each) under jax.distributed give one 8-device process's
-GRPO and PPO numbers, through a collective checkpoint save and restore, and its evaluation.
+GRPO and PPO numbers, through a collective checkpoint save and restore, and its evaluation; an
+error on one of them stops both (distributed.shared_errors).
 
 The test starts this file as a script: `python tests/test_multiprocess.py WORKDIR OUT.json
 PROCESS_ID NUM_PROCESSES ADDRESS [key=value ...]`.
