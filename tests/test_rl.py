@@ -538,3 +538,16 @@ def test_all_domain_steps_log_each_kinds_mean_reward():
     share = metrics["general_prompt_share"]
     assert share == 0.25 and metrics["reward"] == (1 - share) * 1.0 + share * 3.0
     assert metrics["reward/rm"] == 3.0
+
+
+def test_general_rows_without_a_reward_model_are_refused_at_start(tmp_path):
+    # A data.train row of domain "general" is scored by a reward model. Without one the rollout
+    # raised a ValueError traceback at the step that drew it (hours in; under several processes
+    # on that process alone, the others waiting in the step's collectives). Now at start.
+    rows = [{"prompt": f"What is {i} plus {i}?", "answer": str(2 * i)} for i in range(6)]
+    rows[4]["domain"] = "general"
+    path = tmp_path / "mixed.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = _cfg("configs/grpo.py:tiny", data__format="jsonl", data__train=str(path))
+    with pytest.raises(sources.DataError, match=r"record 5 is of domain 'general'.*reward_model"):
+        rl.RLRun(cfg, tmp_path / "run")

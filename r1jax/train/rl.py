@@ -16,6 +16,7 @@ import numpy as np
 from absl import logging
 
 from r1jax import configlib, distributed, memory, sampler, sharding, text
+from r1jax.data import sources
 from r1jax.model import heads, transformer
 from r1jax.rewards import registry
 from r1jax.rl import losses, rollout, steps
@@ -147,6 +148,20 @@ def prompt_stream(
             lambda j: whole[((j // block) * count + p) * block + j % block]
         )
     return iter(ds.to_iter_dataset())
+
+
+def _check_general_rows(cfg, records, where: str) -> None:
+    """A prompt of domain "general" is scored by a reward model: refused at start without one,
+    not at the step that draws it (hours in; under several processes on that process alone,
+    the others waiting in the step's collectives)."""
+    if any(cfg.rl[name].path for name in REWARD_MODELS):
+        return
+    for i, record in enumerate(records, start=1):
+        if record.get("domain") == "general":
+            raise sources.DataError(
+                f"{where}: record {i} is of domain 'general', which a reward model scores: set "
+                "config.rl.reward_model.path, or drop the general rows"
+            )
 
 
 def load_general_prompts(cfg) -> list[dict]:
@@ -292,6 +307,7 @@ class RLRun:
                 f"config.data.train ({cfg.data.train})",
                 on_error=cfg.data.on_error,
             )
+            _check_general_rows(cfg, records, f"config.data.train ({cfg.data.train})")
             self.eval_records = []
             if cfg.data.eval:  # graded by task accuracy (report.Evaluator)
                 self.eval_records = registry.check_records(
