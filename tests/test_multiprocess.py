@@ -157,7 +157,7 @@ def _errors_worker(workdir, out, extra):
         # Process 1's host has too little memory for the training state (memory.check_fits).
         "small_host": dict(data__train=str(data / "ok.jsonl")),
     }
-    host_memory_bytes, seen = memory.host_memory_bytes, {}
+    cgroup_memory_limit, seen = memory.cgroup_memory_limit, {}
     for name, overrides in cases.items():
         cfg = configlib.load_config(
             str(REPO / "configs/pretrain.py") + ":gsm8k",
@@ -167,14 +167,14 @@ def _errors_worker(workdir, out, extra):
         )
         t0 = time.perf_counter()
         if name == "small_host" and me == 1:
-            memory.host_memory_bytes = lambda: 1000
+            memory.cgroup_memory_limit = lambda: 1000  # (its container)
         try:
             supervised.run(cfg, pathlib.Path(workdir) / name)
             seen[name] = "finished"
         except Exception as e:
             seen[name] = f"{type(e).__name__}: {e}"
         finally:
-            memory.host_memory_bytes = host_memory_bytes
+            memory.cgroup_memory_limit = cgroup_memory_limit
         print(f"{name} {time.perf_counter() - t0:.1f} s: {seen[name]}", flush=True)
     pathlib.Path(out).write_text(json.dumps({"errors": seen}))
 
