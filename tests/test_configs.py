@@ -591,3 +591,55 @@ def test_a_mesh_rule_naming_an_unknown_axis_stops_at_start_up(shared_data):
         cfg.mesh.rules = [["kv_head", None]]  # a typo was ignored and the rest replicated
         with pytest.raises(configlib.ConfigError, match=r"config\.mesh\.rules: .*'kv_head'"):
             configlib.validate(cfg, num_devices=1)
+
+
+# Where users copy commands from: every config spec and every config field these name must exist.
+DOC_FILES = [
+    "README.md",
+    "r1jax/rewards/README.md",
+    "configs/world_notes.md",
+    *sorted(f"configs/{n}" for n in os.listdir(os.path.join(REPO, "configs")) if n.endswith(".py")),
+    *sorted(f"launch/{n}" for n in os.listdir(os.path.join(REPO, "launch"))),
+]
+_SPEC = re.compile(r"configs/\w+\.py:[\w.,-]*\w")
+_FIELD = re.compile(r"(?<![\w./-])(--)?config\.((?:[A-Za-z_]\w*\.)*[A-Za-z_]\w*)")
+
+
+def _has_field(cfg, dotted: str) -> bool:
+    node = cfg
+    for name in dotted.split("."):
+        if not hasattr(node, "keys") or name not in node:
+            return False
+        node = node[name]
+    return True
+
+
+def test_every_config_and_field_the_docs_name_exists():
+    """A renamed variant or field fails here, not in a user's copy of a documented command."""
+    configs, missing = {}, []
+
+    def config(spec):
+        if spec not in configs:
+            configs[spec] = configlib.load_config(os.path.join(REPO, spec))
+        return configs[spec]
+
+    known = [config("configs/base.py"), config("configs/pipeline.py:tiny")]
+    for name in DOC_FILES:
+        with open(os.path.join(REPO, name), encoding="utf-8") as f:
+            text = f.read().replace("\\\n", " ")  # a shell command continued over lines
+        for line in text.splitlines():
+            specs = _SPEC.findall(line)
+            for spec in specs:
+                try:
+                    config(spec)
+                except Exception as e:  # noqa: BLE001 - any failure to load is the finding
+                    missing.append(f"{name}: {spec} does not load ({e})")
+            # A field on an r1jax command line must exist in that command's config.
+            command = "r1jax --config=configs/" in line and len(specs) == 1
+            for flag, field in _FIELD.findall(line):
+                if field in ("json", "x"):  # config.json, the file; --config.x=y, the usage
+                    continue
+                cfgs = [config(specs[0])] if command and flag and specs[0] in configs else known
+                if not any(_has_field(c, field) for c in cfgs):
+                    missing.append(f"{name}: {flag}config.{field}")
+    assert not missing, "\n".join(missing)
