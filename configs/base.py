@@ -29,7 +29,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.model = ml_collections.ConfigDict()
     c.model.preset = "tiny"  # a name from r1jax.model.config.PRESETS
     c.model.init_from = (
-        ""  # '' = random init; a Hugging Face folder; or an r1jax run/checkpoint dir
+        ""  # '' = random init; a Hugging Face folder; an r1jax run (RUN/checkpoints/STEP: a step)
     )
     c.model.vocab_size = 0  # 0 = the tokenizer's (trained or given); init_from brings its own
     c.model.d_model = 0  # 0 = the preset's; likewise the shape fields below

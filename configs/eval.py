@@ -2,8 +2,8 @@
 maj@k, greedy pass@1, format / reasoning / truncation rates, per-kind breakdowns.
 
 model.init_from is an r1jax run folder (its model shape, tokenizer and prompt template are
-used), one of its checkpoint folders, or a Hugging Face folder. Writes WORKDIR/eval.json,
-eval_samples.jsonl and test_time_compute.png, and logs a short table.
+used; RUN/checkpoints/STEP: that step, else the newest), or a Hugging Face folder. Writes
+WORKDIR/eval.json, eval_samples.jsonl and test_time_compute.png, and logs a short table.
 
 GSM8K test (1319 problems, 8 samples each):
   r1jax --config=configs/eval.py:gsm8k --workdir=runs/eval-gsm8k --config.model.init_from=runs/sft

@@ -495,6 +495,15 @@ def is_run_dir(folder) -> bool:
     return isinstance(saved, dict) and "model" in saved and "config" in saved
 
 
+def checkpoint_step(model_path) -> tuple[pathlib.Path, int | None]:
+    """(folder, step) of a model path: one step of a run's checkpoints (RUN/checkpoints/STEP) is
+    RUN/checkpoints at that step; any other path is itself at its newest step (None)."""
+    path = pathlib.Path(model_path)
+    if path.name.isdigit() and path.parent.name == "checkpoints" and is_run_dir(path.parents[1]):
+        return path.parent, int(path.name)
+    return path, None
+
+
 def load_resolved(
     run_dir, *, language_model: bool = False
 ) -> tuple[model_config.ModelConfig, dict]:

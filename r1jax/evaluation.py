@@ -807,24 +807,25 @@ def place_params(model_cfg, params, mesh, rules=sharding.DEFAULT_RULES):
     return jax.device_put(params, sharding.param_shardings(logical, mesh, rules, shapes=params))
 
 
-def _restore(path, model_cfg, mesh, rules):
-    """A run's params from its newest checkpoint, restored straight onto the mesh."""
+def _restore(path, model_cfg, mesh, rules, step=None):
+    """A run's params from its checkpoint of `step` (None: the newest), straight onto the mesh."""
     shapes = jax.eval_shape(lambda k: transformer.init_params(model_cfg, k), jax.random.key(0))
     logical = transformer.logical_axes(model_cfg)
     shardings = sharding.param_shardings(logical, mesh, rules, shapes=shapes)
     abstract = jax.tree.map(
         lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh), shapes, shardings
     )
-    return checkpoint.restore_params(path, abstract)
+    return checkpoint.restore_params(path, abstract, step=step)
 
 
 def _load_model(cfg, mesh, rules=sharding.DEFAULT_RULES):
     """(model_cfg, params on the mesh, tokenizer, run config or {}) from config.model.init_from.
 
-    An r1jax run (or its checkpoints folder) brings its own model shape and tokenizer; a Hugging
-    Face folder its config.json and tokenizer.json. config.tokenizer.path overrides either.
+    An r1jax run (or its checkpoints folder, or one step's, RUN/checkpoints/STEP) brings its own
+    model shape and tokenizer; a Hugging Face folder its config.json and tokenizer.json.
+    config.tokenizer.path overrides either.
     """
-    path = pathlib.Path(cfg.model.init_from)
+    path, step = configlib.checkpoint_step(cfg.model.init_from)
     numerics = dict(
         dtype=cfg.model.dtype,
         param_dtype=cfg.model.param_dtype,
@@ -841,7 +842,7 @@ def _load_model(cfg, mesh, rules=sharding.DEFAULT_RULES):
         model_cfg, run_cfg = run_model_config(run_dir)
         model_cfg = dataclasses.replace(model_cfg, **numerics)
         tokenizer = text.load_tokenizer(cfg.tokenizer.path or run_dir)
-        return model_cfg, _restore(path, model_cfg, mesh, rules), tokenizer, run_cfg
+        return model_cfg, _restore(path, model_cfg, mesh, rules, step), tokenizer, run_cfg
     # A bare checkpoint folder: the shape comes from this config.
     if not cfg.tokenizer.path:
         raise configlib.ConfigError(

@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import random
+import shutil
 import subprocess
 import sys
 
@@ -24,7 +25,7 @@ from r1jax.model import config as config_lib
 from r1jax.model import transformer as tf
 from r1jax.rewards import math as math_reward
 from r1jax.rewards import registry
-from r1jax.train import checkpoint, trainer
+from r1jax.train import checkpoint, supervised, trainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORLD = world.WorldConfig()
@@ -408,8 +409,9 @@ def test_evaluate_end_to_end_is_deterministic(tiny):
     assert [r["greedy"] for r in other.samples] == [r["greedy"] for r in result.samples]
 
 
-def _save_run(folder, model_cfg, params):
-    """An r1jax run folder: config.json (model shape, sft with the world template), a checkpoint."""
+def _save_run(folder, model_cfg, params, step=0):
+    """An r1jax run folder: config.json (model shape, sft with the world template), a checkpoint
+    (of `step`)."""
     cfg = configlib.load_config(os.path.join(REPO, "configs/sft.py:tiny"), data__template="world")
     configlib.save_resolved(cfg, folder, model_cfg)
     optimizer = optax.sgd(0.1)
@@ -417,9 +419,37 @@ def _save_run(folder, model_cfg, params):
     shardings = trainer.model_shardings(model_cfg, optimizer, mesh, sharding.DEFAULT_RULES)
     params = jax.tree.map(jnp.copy, params)  # state_from_params donates its params
     state = trainer.state_from_params(params, shardings, optimizer, jax.random.key(0))
+    state = state.replace(step=jnp.asarray(step, state.step.dtype))
     mngr = checkpoint.manager(folder / "checkpoints")
     checkpoint.save(mngr, state, force=True)
     mngr.wait_until_finished()
+
+
+def test_a_checkpoint_step_folder_loads_that_step(tiny, tmp_path):
+    # configs/eval.py names "one of its checkpoint folders" as a model to evaluate: RUN/
+    # checkpoints/STEP stopped on a missing tokenizer, and given one, found no checkpoint in it.
+    tiny_run, _, model_cfg, params, _, _ = tiny
+    folder = tmp_path / "run"
+    folder.mkdir()
+    shutil.copy(tiny_run / "tokenizer.model", folder)
+    _save_run(folder, model_cfg, params)  # step 0
+    later = jax.tree.map(lambda x: x + 1.0, params)
+    _save_run(folder, model_cfg, later, step=5)
+    mesh = sharding.make_mesh({"data": -1, "num_devices": 1})
+    spec = os.path.join(REPO, "configs/eval.py:world")
+    for source, want in (("checkpoints/0", params), ("checkpoints/5", later), ("", later)):
+        cfg = configlib.load_config(spec, model__init_from=str(folder / source))
+        _, got, tok, run_cfg = evaluation.load_model(cfg, mesh)
+        assert run_cfg and tok.vocab_size == model_cfg.vocab_size, source
+        same = jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), got, want)
+        assert all(jax.tree.leaves(same)), source
+    # A training stage starts from that step too (its tokenizer: the run's).
+    sft = os.path.join(REPO, "configs/sft.py:tiny")
+    cfg = configlib.load_config(sft, model__init_from=str(folder / "checkpoints/0"))
+    assert supervised._init_from_tokenizer_dir(cfg) == folder
+    _, start = supervised.initial_params(cfg, model_cfg)
+    same = jax.tree.map(lambda a, b: bool(np.array_equal(a, b)), start, jax.device_get(params))
+    assert all(jax.tree.leaves(same))
 
 
 def test_eval_stage_writes_results(tiny, tmp_path):

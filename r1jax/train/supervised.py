@@ -256,8 +256,8 @@ def _init_from_tokenizer_dir(cfg) -> pathlib.Path:
         raise configlib.ConfigError(
             f"config.model.init_from: {cfg.model.init_from} is not a model to start from "
             "with its tokenizer (a Hugging Face folder with tokenizer.json or "
-            "tokenizer.model, an r1jax run folder, or RUN/checkpoints); a bare checkpoint "
-            "needs config.tokenizer.path"
+            "tokenizer.model, an r1jax run folder, RUN/checkpoints or RUN/checkpoints/STEP); "
+            "a bare checkpoint needs config.tokenizer.path"
         )
     return source
 
@@ -270,7 +270,8 @@ _PROBE_TEXT = (
 
 
 def _init_from_dir(cfg) -> pathlib.Path:
-    path = pathlib.Path(cfg.model.init_from)  # a run, an HF folder, or RUN/checkpoints
+    # a run, an HF folder, RUN/checkpoints or RUN/checkpoints/STEP
+    path, _ = configlib.checkpoint_step(cfg.model.init_from)
     return next((d for d in (path, path.parent) if configlib.is_run_dir(d)), path)
 
 
@@ -434,7 +435,7 @@ def initial_params(cfg, model_cfg):
     """Params to start from: None (random init), a Hugging Face folder, or an r1jax run."""
     if not cfg.model.init_from:
         return model_cfg, None
-    path = pathlib.Path(cfg.model.init_from)
+    path, step = configlib.checkpoint_step(cfg.model.init_from)
     if (path / "config.json").exists() and not (path / "checkpoints").exists():
         # In this config's param_dtype: a bfloat16 Hub checkpoint under param_dtype float32
         # trains float32 master weights (kept in bfloat16, Adam's small updates were lost).
@@ -446,7 +447,7 @@ def initial_params(cfg, model_cfg):
         model_cfg = _loaded_shape(cfg, model_cfg, run_cfg)
     abstract = jax.eval_shape(lambda k: transformer.init_params(model_cfg, k), jax.random.key(0))
     try:
-        return model_cfg, checkpoint.restore_params(path, abstract)
+        return model_cfg, checkpoint.restore_params(path, abstract, step=step)
     except ValueError as e:  # another shape, or a damaged checkpoint: one line, not a traceback
         raise configlib.ConfigError(f"config.model.init_from: {e}") from e
 
