@@ -75,14 +75,14 @@ def get_config() -> ml_collections.ConfigDict:
     # non-finite step, take that step's rate: metrics' lr); grad_norm is before clipping.
     c.optim.lr = 3e-4  # peak learning rate
     c.optim.schedule = "cosine"  # constant | cosine | linear (after warmup)
-    c.optim.warmup_steps = 20
+    c.optim.warmup_steps = 20  # linear warm-up to the peak rate
     # >0: the warm-up is this fraction of train.steps instead (rounded; warmup_steps must be 0),
     # for train.epochs runs, whose steps are known only once the data is read.
     c.optim.warmup_ratio = 0.0
     c.optim.min_lr_ratio = 0.1  # final lr as a fraction of the peak
-    c.optim.b1 = 0.9
-    c.optim.b2 = 0.95
-    c.optim.eps = 1e-8
+    c.optim.b1 = 0.9  # Adam first-moment decay
+    c.optim.b2 = 0.95  # Adam second-moment decay
+    c.optim.eps = 1e-8  # Adam's denominator epsilon
     c.optim.weight_decay = 0.0  # AdamW's, on matrices and embeddings (not norms or biases)
     c.optim.grad_clip = 1.0  # global-norm clipping (0 = off)
 
@@ -173,8 +173,8 @@ def get_config() -> ml_collections.ConfigDict:
     # harmlessness on the whole response by this one); a general prompt gets the weighted sum.
     c.rl.harmlessness_model = ml_collections.ConfigDict()
     c.rl.harmlessness_model.path = ""  # a reward_model run folder ('' = none)
-    c.rl.harmlessness_model.weight = 1.0
-    c.rl.harmlessness_model.scope = "response"
+    c.rl.harmlessness_model.weight = 1.0  # its weight in a general prompt's reward
+    c.rl.harmlessness_model.scope = "response"  # response | summary, as rl.reward_model.scope
     c.rl.harmlessness_model.normalize = True  # its scores are added to rl.reward_model's
     c.rl.general_prompts = ""  # general prompts (data.format dataset name or file) mixed in
     c.rl.general_fraction = 0.0  # share of each step's prompts drawn from general_prompts
@@ -198,9 +198,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.collect.template = ""  # prompt template when sampling ('' = the source run's own)
     c.collect.num_prompts = 0  # prompts of data.train sampled (0 = all)
     c.collect.num_samples = 4  # samples per prompt
-    c.collect.temperature = 0.7
-    c.collect.top_p = 0.95
-    c.collect.max_new_tokens = 1024
+    c.collect.temperature = 0.7  # sampling temperature
+    c.collect.top_p = 0.95  # nucleus sampling (1 = off)
+    c.collect.max_new_tokens = 1024  # completion budget (truncated samples never pass)
     c.collect.prompts_per_batch = 32  # prompts per sampler call (rounded up to data x fsdp)
     c.collect.require_correct = True  # the task's rule check must accept the answer
     c.collect.require_format = True  # <think>...</think> <answer>...</answer>, nothing else
@@ -211,11 +211,11 @@ def get_config() -> ml_collections.ConfigDict:
     # words) appears more than max_ngram_repeats times (0 = off). Long runs: math notation
     # repeats short ones ('\sqrt { a' 9 times in R1's own aha-moment chain).
     c.collect.max_ngram_repeats = 3
-    c.collect.ngram_size = 16
+    c.collect.ngram_size = 16  # words in that run
     # R1 §2.3.3's other readability filters (0 / False: off): the longest paragraph of the
     # thought, in characters, and code blocks (```) in it.
     c.collect.max_paragraph_chars = 0
-    c.collect.reject_code_blocks = False
+    c.collect.reject_code_blocks = False  # True: drop thoughts holding a ``` block
     c.collect.max_per_prompt = 1  # distinct accepted responses kept per prompt
     c.collect.summary = True  # render with a one-line summary at the end of the thought
     c.collect.general_prompts = ""  # general prompts sampled too, kept if the reward model agrees
@@ -236,7 +236,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.eval = ml_collections.ConfigDict()
     c.eval.num_samples = 16  # n samples per problem for pass@1, pass@k and maj@k
     c.eval.temperature = 0.6  # the R1 paper's evaluation temperature
-    c.eval.top_p = 0.95
+    c.eval.top_p = 0.95  # nucleus sampling (the R1 paper's 0.95)
     c.eval.top_k = 0  # 0 = off
     c.eval.max_new_tokens = 1024  # completion budget (truncated samples are counted)
     # A sample also ends once its text holds one of these (kept in the text: the grader cuts);

@@ -643,3 +643,24 @@ def test_every_config_and_field_the_docs_name_exists():
                 if not any(_has_field(c, field) for c in cfgs):
                     missing.append(f"{name}: {flag}config.{field}")
     assert not missing, "\n".join(missing)
+
+
+def test_every_base_field_has_its_comment():
+    """configs/base.py: each field's comment on its line, on the lines just above it, or (a
+    group) a comment that says it covers the fields below."""
+    lines = open(os.path.join(REPO, "configs/base.py"), encoding="utf-8").read().splitlines()
+    bare, group = [], False
+    for i, line in enumerate(lines):
+        field = re.match(r"\s*c\.([\w.]+) = (?!ml_collections\.ConfigDict\(\)$)", line)
+        if not line.strip():
+            group = False
+        if not field:
+            continue
+        statement = [line]
+        while statement[-1].rstrip().endswith("(") and i + len(statement) < len(lines):
+            statement.append(lines[i + len(statement)])  # a value over several lines
+        commented = any("#" in part for part in statement)
+        group = group or any("below" in part.partition("#")[2] for part in statement)
+        if not (commented or lines[i - 1].strip().startswith("#") or group):
+            bare.append(field.group(1))
+    assert not bare, f"configs/base.py fields without a comment: {bare}"
