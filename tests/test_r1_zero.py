@@ -67,14 +67,8 @@ def test_pretraining_command_starts_like_the_shipped_base(tmp_path, corpus_once)
     np.testing.assert_allclose([v for _, v in got], [v for _, v in want], rtol=2e-5)
 
 
-@pytest.fixture(scope="module")
-def short_run(tmp_path_factory):
-    """configs/r1_zero.py:tiny, shortened: 16 steps of 8 prompts at a 2.5x learning rate (the
-    full run's rise, compressed), and a small evaluation."""
-    from r1jax.train import rl
-
-    workdir = tmp_path_factory.mktemp("r1_zero")
-    cfg = configlib.load_config(
+def _short_config():
+    return configlib.load_config(
         str(REPO / "configs/r1_zero.py") + ":tiny",
         train__steps=STEPS,
         rl__prompts_per_step=8,
@@ -85,7 +79,16 @@ def short_run(tmp_path_factory):
         eval__ks=(1, 2, 4, 8),
         metrics__tensorboard=False,
     )
-    rl.run(cfg, workdir)
+
+
+@pytest.fixture(scope="module")
+def short_run(tmp_path_factory):
+    """configs/r1_zero.py:tiny, shortened: 16 steps of 8 prompts at a 2.5x learning rate (the
+    full run's rise, compressed), and a small evaluation."""
+    from r1jax.train import rl
+
+    workdir = tmp_path_factory.mktemp("r1_zero")
+    rl.run(_short_config(), workdir)
     return workdir
 
 
@@ -131,3 +134,18 @@ def test_the_shipped_student_starts_like_its_command(tmp_path, corpus_once):
     assert (student / "tokenizer.model").read_bytes() == (BASE / "tokenizer.model").read_bytes()
     got = [r["loss"] for r in _two_pretraining_steps("student", tmp_path)]
     np.testing.assert_allclose(got, [r["loss"] for r in prov["first_steps"]], rtol=2e-5)
+
+
+def test_a_finished_run_started_again_evaluates_nothing_again(short_run, monkeypatch):
+    # The same command on a finished run sampled its after-evaluation again (2 minutes here,
+    # hours at the real sizes); eval_before was already read back.
+    from r1jax.train import report, rl
+
+    summary = (short_run / "summary.json").read_text()
+
+    def evaluate(self, params, name, *, quick=False):
+        raise AssertionError(f"{name} evaluated again")
+
+    monkeypatch.setattr(report.Evaluator, "evaluate", evaluate)
+    rl.run(_short_config(), short_run)
+    assert (short_run / "summary.json").read_text() == summary

@@ -755,7 +755,11 @@ def run(cfg, workdir) -> dict:
                 preemption.exit(step, workdir)
         writer.close()
         if evaluator is not None:
-            after = evaluator.evaluate(r.state.params["policy"], "eval_after")
+            # A finished run started again reads its result, as it reads eval_before: it sampled
+            # the same params' evaluation again (hours at the real sizes).
+            after = evaluator.load("eval_after") if start >= cfg.train.steps else None
+            if after is None:
+                after = evaluator.evaluate(r.state.params["policy"], "eval_after")
             with distributed.shared_errors():  # (a pipeline's next stage waits for this one)
                 if jax.process_index() == 0:
                     flops = {"train_flops": float(r.flops[0]), "rollout_flops": float(r.flops[1])}
