@@ -92,6 +92,9 @@ def main(argv) -> None:
         sources.DataError,
         text.TokenizerError,
         FileNotFoundError,
+        IsADirectoryError,  # a run's file a folder is in the way of (the message names it)
+        NotADirectoryError,
+        PermissionError,  # a workdir or file this user cannot write
         checkpoint.RestoreError,
         checkpoint.ParamsError,
         sharding.ShardingError,

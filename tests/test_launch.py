@@ -387,6 +387,13 @@ def test_cli_refuses_what_it_cannot_honour(tmp_path):
     last = out.stderr.strip().splitlines()[-1]
     assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr[-2000:]
     assert last.startswith(f"r1jax: {folder}: tensor 'model.layers.0.mlp.gate_proj.weight'"), last
+    # A folder where the run writes a file: the OSError's own line names it (was a traceback).
+    (tmp_path / "d" / "metrics.jsonl").mkdir(parents=True)
+    out = _cli([config, f"--workdir={tmp_path / 'd'}", "--config.train.steps=1"], tmp_path)
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr[-2000:]
+    assert out.stderr.strip().splitlines()[-1] == (
+        f"r1jax: [Errno 21] Is a directory: '{tmp_path / 'd' / 'metrics.jsonl'}'"
+    )
 
 
 def test_slurm_refuses_tasks_per_node_that_leave_gpus_idle():
