@@ -383,8 +383,9 @@ def check_resumable(cfg: ml_collections.ConfigDict, workdir, model_cfg=None) -> 
         old_stage = saved["config"]["stage"]
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise ConfigError(
-            f"--workdir {workdir}: has checkpoints but {path} is unreadable ({e!r:.80}), so "
-            f"they cannot be matched to this config; {advice}"
+            f"--workdir {workdir}: has {'checkpoints' if has_checkpoints else 'outputs'} but "
+            f"{path} is unreadable ({e!r:.80}), so they cannot be matched to this config; "
+            f"{advice}"
         ) from None
     if old_stage != cfg.stage:
         held = "checkpoints" if has_checkpoints else "the outputs"

@@ -562,6 +562,18 @@ def test_derived_fields_follow_an_override():
     assert cfg.collect.max_new_tokens == 4096 - 512
 
 
+def test_an_unreadable_config_json_beside_outputs_says_outputs(tmp_path):
+    # A folder with outputs and no checkpoints was said to have checkpoints.
+    grpo = configlib.load_config(os.path.join(REPO, "configs/grpo.py:tiny"))
+    (tmp_path / "config.json").write_text("{not json")
+    (tmp_path / "metrics.jsonl").write_text("")
+    with pytest.raises(configlib.ConfigError, match=r"has outputs but .*config.json is unreadable"):
+        configlib.check_resumable(grpo, tmp_path)
+    (tmp_path / "checkpoints" / "2").mkdir(parents=True)
+    with pytest.raises(configlib.ConfigError, match=r"has checkpoints but .*config.json is unr"):
+        configlib.check_resumable(grpo, tmp_path)
+
+
 def test_a_resume_with_changed_settings_is_refused_warned_or_recorded(tmp_path, caplog):
     grpo = configlib.load_config(os.path.join(REPO, "configs/grpo.py:tiny"))
     shape = configlib.model_config_from(grpo, vocab_size=100)
