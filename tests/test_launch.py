@@ -402,6 +402,19 @@ def test_slurm_refuses_tasks_per_node_that_leave_gpus_idle():
     assert out.returncode == 2 and "2 tasks per node for 8 GPUs per node" in out.stderr
 
 
+def test_slurm_reads_tasks_per_node_where_ntasks_per_node_was_not_given():
+    # Without --ntasks-per-node SLURM sets only SLURM_TASKS_PER_NODE: eight tasks per node read
+    # as one, and each claimed all of its node's GPUs (--local_device_ids=0,...,7).
+    env = {**SLURM, "SLURM_TASKS_PER_NODE": "8(x2)", "SLURM_GPUS_PER_NODE": "8"}
+    del env["SLURM_NTASKS_PER_NODE"]
+    out = _script("slurm.sbatch", [CONFIG, WORKDIR], env)
+    assert out.returncode == 0, out.stderr
+    assert "--num_processes=16" in out.stdout and "--local_device_ids" not in out.stdout
+    env["SLURM_TASKS_PER_NODE"] = "2(x2)"  # two tasks for eight GPUs: refused, as before
+    out = _script("slurm.sbatch", [CONFIG, WORKDIR], env)
+    assert out.returncode == 2 and "2 tasks per node for 8 GPUs per node" in out.stderr
+
+
 def test_helpshort_of_the_console_script_lists_the_flags():
     import shutil
 
