@@ -553,11 +553,19 @@ def _require_finite(cfg, prefix: str = "") -> None:
 
 
 def _validate_rl(cfg, num_devices: int) -> None:
-    """RL-specific checks: algorithm names, group size, how the rollout divides."""
-    from r1jax import sharding
-    from r1jax.rewards import registry
+    """RL-specific checks: algorithm names, sampling, coefficients, rewards, how the rollout
+    divides (each part its own function, in this order)."""
+    _validate_rl_names(cfg.rl)
+    _validate_rl_sampling(cfg.rl)
+    _validate_rl_coefficients(cfg.rl)
+    _validate_rl_kl_control(cfg.rl)
+    _validate_rl_rewards(cfg)
+    _validate_rl_general(cfg)
+    _validate_rl_batch(cfg, num_devices)
 
-    rl = cfg.rl
+
+def _validate_rl_names(rl) -> None:
+    """Step counts, and the algorithm's and its options' names."""
     # Step counts read modulo: a negative one acted every step (ref_reset_every=-1 reset the
     # reference every step, so the KL penalty was gone).
     for name in ("ref_reset_every", "eval_every", "log_samples_every", "general_from_step"):
@@ -585,6 +593,10 @@ def _validate_rl(cfg, num_devices: int) -> None:
         "rl.critic_lr",
         f"is the rate of PPO's critic; rl.algorithm={rl.algorithm!r} has none (set it to 0)",
     )
+
+
+def _validate_rl_sampling(rl) -> None:
+    """The rollout's sampling and reward-worker settings."""
     _require(rl.template in TEMPLATES, "rl.template", f"expected one of {TEMPLATES}")
     _require(rl.temperature > 0, "rl.temperature", "RL samples need a positive temperature")
     _require(0 < rl.top_p <= 1, "rl.top_p", "must be in (0, 1]")
@@ -605,6 +617,10 @@ def _validate_rl(cfg, num_devices: int) -> None:
         _require(rl[name] >= 1, f"rl.{name}", f"must be at least 1, got {rl[name]}")
     _require(rl.reward_workers >= 0, "rl.reward_workers", "must be >= 0 (0 = in-process)")
     _require(rl.reward_timeout_s > 0, "rl.reward_timeout_s", "must be positive")
+
+
+def _validate_rl_coefficients(rl) -> None:
+    """The loss's coefficients and their ranges."""
     for name in (
         "kl_coef",
         "clip_low",
@@ -631,6 +647,11 @@ def _validate_rl(cfg, num_devices: int) -> None:
         "rl.overlong_buffer",
         f"must be in [0, rl.max_new_tokens={rl.max_new_tokens}], got {rl.overlong_buffer}",
     )
+
+
+def _validate_rl_kl_control(rl) -> None:
+    """PPO's adaptive KL coefficients: Ziegler's controller (rl.kl_horizon) and the penalty
+    form's (rl.ppo_form='kl_penalty')."""
     _require(rl.kl_horizon >= 0, "rl.kl_horizon", f"must be >= 0 (0 = off), got {rl.kl_horizon}")
     if rl.kl_horizon > 0:
         _require(
@@ -669,6 +690,13 @@ def _validate_rl(cfg, num_devices: int) -> None:
                 f"ppo_form='kl_penalty' does not apply it: set it to {off!r} or use "
                 f"ppo_form='clip' (got {rl[name]!r})",
             )
+
+
+def _validate_rl_rewards(cfg) -> None:
+    """Reward functions and reward models."""
+    from r1jax.rewards import registry
+
+    rl = cfg.rl
     _require(
         any(w != 0 for w in rl.rewards.values()) or bool(rl.reward_model.path),
         "rl.rewards",
@@ -702,6 +730,11 @@ def _validate_rl(cfg, num_devices: int) -> None:
                 "two reward models' scores add up only on one scale: set normalize=True on both "
                 "rl.reward_model and rl.harmlessness_model",
             )
+
+
+def _validate_rl_general(cfg) -> None:
+    """All-domain RL: general prompts, their share, and the rewards they get."""
+    rl = cfg.rl
     _require(0 <= rl.general_fraction < 1, "rl.general_fraction", "must be in [0, 1)")
     if rl.general_fraction > 0:
         _require(
@@ -745,6 +778,13 @@ def _validate_rl(cfg, num_devices: int) -> None:
         "it applies to general prompts' responses: set rl.general_prompts (a rule reward "
         "judges a cut reasoning response by its missing tags; or use rl.overlong_buffer)",
     )
+
+
+def _validate_rl_batch(cfg, num_devices: int) -> None:
+    """A step's sequences split into minibatches, micro-batches, devices and processes."""
+    from r1jax import sharding
+
+    rl = cfg.rl
     try:
         shape = sharding.mesh_shape(cfg.mesh.to_dict(), num_devices)
     except ValueError as e:
