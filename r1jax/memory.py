@@ -12,8 +12,9 @@ so it refuses only what cannot fit; `pipeline.run_stage` adds the stage's memory
 this error and to XLA's own out-of-memory errors.
 
 The limit: CPU devices (also simulated ones) share the host's physical memory, or the process's
-cgroup limit where that is lower (`host_memory_bytes`); an accelerator
-holds its `memory_stats()["bytes_limit"]`, and a platform that reports none is not checked.
+cgroup limit where that is lower (`host_memory_bytes`); an accelerator holds its
+`memory_stats()["bytes_limit"]`, and a platform that reports none is not checked. With devices
+of several processes each process checks its own and all agree (`check_fits`).
 """
 
 import os

@@ -559,9 +559,9 @@ def collect(cfg, workdir) -> pathlib.Path:
         logging.info("collect: %s already holds a dataset; not sampling again", workdir)
         return workdir / DATASET
     t0 = time.perf_counter()
+    c = cfg.collect
     # A prompt file one process cannot read, or a folder process 0 cannot make, stops every
     # process (the agreement is the barrier the others wait in until the folder exists).
-    c = cfg.collect
     with distributed.shared_errors():
         records = _prompt_records(cfg)
         if jax.process_index() == 0:
