@@ -429,18 +429,25 @@ def _one_reward_pool():
     return types.SimpleNamespace(names=["target_chars"], score=score)
 
 
-def test_ppo_rolls_out_one_sample_per_prompt():
-    # validate admits rl.num_samples=1 for PPO (its advantages are GAE's), but the rollout
-    # computed GRPO's group advantages anyway and raised "needs G >= 2" at the first step.
+def _same_samples(group_size, *, truncated: bool):
+    """A sampler giving every one of group_size() samples per prompt the tokens "AAAAA"."""
+
     def sample_fn(prompt_BxP, lens_B, round_index):
-        n, t = prompt_BxP.shape[0] * maker.cfg.num_samples, 5
+        n, t = prompt_BxP.shape[0] * group_size(), 5
         return {
             "tokens": np.full((n, t), 65, np.int32),
             "lengths": np.full((n,), t, np.int32),
-            "truncated": np.ones((n,), bool),
+            "truncated": np.full((n,), truncated),
             "logprobs": np.zeros((n, t), np.float32),
         }
 
+    return sample_fn
+
+
+def test_ppo_rolls_out_one_sample_per_prompt():
+    # validate admits rl.num_samples=1 for PPO (its advantages are GAE's), but the rollout
+    # computed GRPO's group advantages anyway and raised "needs G >= 2" at the first step.
+    sample_fn = _same_samples(lambda: maker.cfg.num_samples, truncated=True)
     records = iter([{"prompt": f"question {i}", "answer": "1"} for i in range(64)])
     for spec, group in (("configs/ppo.py:tiny", 1), ("configs/grpo.py:tiny", 2)):
         cfg = rl.rollout_config(_cfg(spec, rl__num_samples=group))
@@ -457,14 +464,7 @@ def test_ppo_rolls_out_one_sample_per_prompt():
 def test_reward_errors_of_every_sampling_round_are_counted():
     # Dynamic sampling scores several rounds a step; the last round's timeouts and crashes
     # alone were logged (here 1 of 3), those of the rounds before it went uncounted.
-    def sample_fn(prompt_BxP, lens_B, round_index):
-        n, t = prompt_BxP.shape[0] * maker.cfg.num_samples, 5
-        return {
-            "tokens": np.full((n, t), 65, np.int32),
-            "lengths": np.full((n,), t, np.int32),
-            "truncated": np.ones((n,), bool),
-            "logprobs": np.zeros((n, t), np.float32),
-        }
+    sample_fn = _same_samples(lambda: maker.cfg.num_samples, truncated=True)
 
     def score(texts, records, names):  # all alike: no group is informative, 3 rounds
         metrics = {"rewards/crashes/target_chars": 1.0, "rewards/worker_restarts": 5.0}
@@ -513,14 +513,7 @@ def test_samples_jsonl_shows_a_general_prompt_of_an_all_domain_step(tmp_path):
 def test_all_domain_steps_log_each_kinds_mean_reward():
     # `reward` mixes the rules' and the reward models' scales, and jumped when general prompts
     # joined: each kind's mean is logged, and with the share they make up `reward`.
-    def sample_fn(prompt_BxP, lens_B, round_index):
-        n, t = prompt_BxP.shape[0] * maker.cfg.num_samples, 5
-        return {
-            "tokens": np.full((n, t), 65, np.int32),
-            "lengths": np.full((n,), t, np.int32),
-            "truncated": np.zeros((n,), bool),
-            "logprobs": np.zeros((n, t), np.float32),
-        }
+    sample_fn = _same_samples(lambda: maker.cfg.num_samples, truncated=False)
 
     class Scorer:
         scope = "response"
