@@ -4,6 +4,7 @@ import dataclasses
 import gzip
 import json
 import os
+import re
 import shutil
 
 import jax
@@ -377,6 +378,20 @@ def test_scorer_refuses_other_runs(tmp_path):
         for normalize in (False, True):
             with pytest.raises(configlib.ConfigError, match="not a reward_model run"):
                 preference.RewardModelScorer.load(folder, normalize=normalize)
+
+
+def test_a_reward_model_the_mesh_cannot_split_is_named_in_the_refusal(tmp_path):
+    # An RL policy whose heads divide the tensor axis beside a reward model whose heads do not
+    # (7B policy, 0.5B RM on tensor=4): the refusal named "config.mesh: param trunk/..." only,
+    # as if the policy were at fault.
+    odd = dataclasses.replace(TINY, vocab_size=301, n_heads=3, n_kv_heads=3)
+    (tmp_path / "config.json").write_text(
+        json.dumps({"config": {"stage": "reward_model"}, "model": dataclasses.asdict(odd)})
+    )
+    mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+    named = re.escape(f"reward model {tmp_path}: config.mesh: param trunk/embedding (301, 32)")
+    with pytest.raises(sharding.ShardingError, match=named):
+        preference.RewardModelScorer.load(tmp_path, mesh=mesh)
 
 
 # ---- data -----------------------------------------------------------------------------------

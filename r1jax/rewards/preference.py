@@ -242,7 +242,12 @@ class RewardModelScorer:
                 lambda _: jax.sharding.SingleDeviceSharding(jax.devices()[0]), abstract
             )
         else:
-            where = sharding.param_shardings(logical_axes(model_cfg), mesh, rules, shapes=abstract)
+            try:
+                where = sharding.param_shardings(
+                    logical_axes(model_cfg), mesh, rules, shapes=abstract
+                )
+            except sharding.ShardingError as e:  # the policy may divide the mesh; this may not
+                raise sharding.ShardingError(f"reward model {run_dir}: {e}") from None
         abstract = jax.tree.map(
             lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh), abstract, where
         )
