@@ -120,6 +120,9 @@ def test_bad_config_names_the_field():
     # Token ids are int32: a larger vocabulary was a JAX OverflowError traceback at init.
     with pytest.raises(ValueError, match=r"vocab_size must be below 2\*\*31, got 8589934592"):
         dataclasses.replace(CFG, vocab_size=2**33)
+    # d_ff = 0 was an MLP of empty matrices: a model that trained without its feed-forward.
+    with pytest.raises(ValueError, match="d_ff must be positive, got 0"):
+        dataclasses.replace(CFG, d_ff=0)
 
 
 def test_flops_per_token_formula():

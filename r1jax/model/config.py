@@ -95,7 +95,8 @@ class ModelConfig:
     attention_chunk: int = 0
 
     def __post_init__(self):
-        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim"):
+        shape_fields = ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim")
+        for name in (*shape_fields, "d_ff"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"ModelConfig.{name} must be positive, got {getattr(self, name)}")
         if self.vocab_size >= 2**31:  # token ids are int32 everywhere
