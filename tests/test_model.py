@@ -279,6 +279,37 @@ def test_attention_in_chunks_keeps_logits_and_gradients(chunk):
     chex.assert_trees_all_close(grad, ref_grad, atol=1e-6)
 
 
+def test_options_together_keep_loss_and_gradients_of_qwen3_shapes():
+    """remat, a partly unrolled layer loop and blocks of queries that do not divide T, all at
+    once, on packed rows of a Qwen3 shape (q/k norms, one kv head, head_dim != D / H, YaRN,
+    untied): the loss and every gradient (logical axes too) are those of the plain model."""
+    yarn = config_lib.RopeScaling(4.0, rope_type="yarn", original_max_position=4)
+    base = dataclasses.replace(
+        CFG, n_layers=3, n_kv_heads=1, head_dim=16, family="qwen3", qk_norm=True,
+        qkv_bias=False, rope_scaling=yarn,
+    )  # fmt: skip
+    params, tokens = _params(base), _tokens((B, 8))
+    segment_ids = jnp.asarray([[1] * 3 + [2] * 4 + [0], [1] * 8])
+    positions = jnp.asarray([[0, 1, 2, 0, 1, 2, 3, 0], list(range(8))])
+
+    def loss(cfg, p):
+        logits = tf.forward(cfg, p, tokens, positions_BxT=positions, segment_ids_BxT=segment_ids)
+        return jnp.mean(jnp.where(segment_ids[..., None] > 0, logits, 0.0) ** 2)
+
+    run = lambda cfg: jax.jit(jax.value_and_grad(functools.partial(loss, cfg)))(params)
+    ref_val, ref_grad = run(base)
+    for options in [dict(remat="dots", unroll_layers=2, attention_chunk=3),
+                    dict(remat="full", unroll_layers=1, attention_chunk=5)]:  # fmt: skip
+        cfg = dataclasses.replace(base, **options)
+        val, grad = run(cfg)
+        np.testing.assert_allclose(val, ref_val, rtol=1e-6)
+        chex.assert_trees_all_close(grad, ref_grad, atol=1e-6)
+        is_spec = lambda x: isinstance(x, jax.sharding.PartitionSpec)
+        axes = tf.logical_axes(cfg)
+        assert jax.tree.structure(axes, is_leaf=is_spec) == jax.tree.structure(grad)
+    assert axes["layers"]["attn"]["k_norm"] == jax.sharding.PartitionSpec("layers", "head_dim")
+
+
 def test_attention_in_chunks_prefills_a_cache_like_one_block():
     params, tokens = _params(), _tokens((B, 10), seed=7)
     positions = jnp.broadcast_to(jnp.arange(10), (B, 10))
